@@ -1,0 +1,56 @@
+"""segue: a durable, asyncio-first task queue for Python on Redis/Valkey."""
+
+from segue._app import App
+from segue._context import Context
+from segue._errors import (
+    BrokerError,
+    ConfigurationError,
+    Fail,
+    InvalidTransition,
+    PayloadError,
+    ResultTimeout,
+    ResultUnavailable,
+    Retry,
+    ScriptError,
+    SegueError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+)
+from segue._handle import TaskHandle
+from segue._settings import Settings
+from segue._state import TaskError, TaskInfo, TaskStatus, Transition
+from segue._task import AsyncTask, Signature, SyncTask, Task
+from segue._worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncTask",
+    "BrokerError",
+    "ConfigurationError",
+    "Context",
+    "Fail",
+    "InvalidTransition",
+    "PayloadError",
+    "ResultTimeout",
+    "ResultUnavailable",
+    "Retry",
+    "ScriptError",
+    "SegueError",
+    "Settings",
+    "Signature",
+    "SyncTask",
+    "Task",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskStatus",
+    "Transition",
+    "Worker",
+    "__version__",
+]

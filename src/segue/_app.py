@@ -1,0 +1,278 @@
+"""App: the task registry, the connection, and the entry points of the client API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+
+from ulid import ULID
+
+from segue._broker import Broker
+from segue._codec import encode_args
+from segue._context import Context
+from segue._errors import ConfigurationError
+from segue._handle import TaskHandle, parse_info
+from segue._keys import check_queue_name, queue_of
+from segue._options import Backoff, Priority, TaskOptions, seconds
+from segue._settings import Settings
+from segue._state import TaskInfo, TaskStatus
+from segue._task import AsyncTask, Signature, SyncTask, Task
+
+if TYPE_CHECKING:
+    from segue._embedded import EmbeddedServer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = logging.getLogger("segue.app")
+_BATCH = 1000
+
+
+class _TaskDecorator:
+    """What `@app.task(...)` returns: applies the options to the function it decorates."""
+
+    def __init__(self, app: App, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]]
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> SyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
+        return self._app._register(fn, **self._options)
+
+
+class App:
+    """A segue application: declare tasks on it, enqueue through it, run workers of it.
+
+    `App(name)` with no URL (and no SEGUE_REDIS_URL) uses the embedded Valkey server of the
+    project directory. Keyword overrides are Settings fields: `App("shop", concurrency=32)`.
+    """
+
+    def __init__(self, name: str = "segue", settings: Settings | None = None, **overrides: Any):
+        self.name = name
+        if settings is None:
+            self.settings = Settings.from_env(**overrides)
+        else:
+            self.settings = settings.replace(**overrides) if overrides else settings
+        check_queue_name(self.settings.queue)
+        self.registry: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._embedded: EmbeddedServer | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._checked_queues: set[str] = set()
+
+    def __repr__(self) -> str:
+        where = self.settings.redis_url or "embedded"
+        return f"<App {self.name} tasks={len(self.registry)} server={where}>"
+
+    # --- declaring tasks -------------------------------------------------------------------
+
+    @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def task(self, fn: Callable[Concatenate[Context, P], R], /) -> SyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_tries: int = 3,
+        retry_backoff: Backoff = 1.0,
+        ttl: float | None = ...,
+        priority: Priority = "normal",
+        silent: bool = False,
+    ) -> _TaskDecorator: ...
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
+        if fn is None:
+            return _TaskDecorator(self, options)
+        return self._register(fn, **options)
+
+    def _register(self, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
+        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        queue = check_queue_name(options.pop("queue", None) or self.settings.queue)
+        options.setdefault("ttl", self.settings.result_ttl_seconds)
+        opts = TaskOptions(name=name, queue=queue, **options)
+        if name in self.registry:
+            raise ConfigurationError(f"a task named {name!r} is already registered on {self!r}")
+        cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
+        task: Task[Any, Any] = cls(self, fn, opts)
+        self.registry[name] = task
+        return task
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def broker(self) -> Broker:
+        """The connected broker, connecting (and starting the embedded server) on first use."""
+        if self._broker is not None:
+            return self._broker
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._broker is None:
+                url = self.settings.redis_url
+                if url is None:
+                    from segue import _embedded
+
+                    self._embedded = await asyncio.to_thread(
+                        _embedded.acquire,
+                        self.settings.home,
+                        idle_timeout=self.settings.embedded_idle_seconds,
+                    )
+                    url = self._embedded.url
+                broker = Broker(self.settings, url)
+                await broker.ping()
+                self._broker = broker
+        return self._broker
+
+    async def connect(self) -> None:
+        await self.broker()
+
+    async def close(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.close()
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            from segue import _embedded
+
+            await asyncio.to_thread(_embedded.release, embedded)
+
+    async def __aenter__(self) -> App:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- enqueueing ------------------------------------------------------------------------
+
+    def _fields(self, sig: Signature[Any]) -> tuple[str, str, list[Any]]:
+        task, o = sig.task, sig.opts
+        d = task.opts
+        queue = o.get("queue", d.queue)
+        if queue not in self._checked_queues:
+            self._checked_queues.add(check_queue_name(queue))
+        key = o.get("key")
+        task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
+        payload = encode_args(
+            sig.args, sig.kwargs, what=f"arguments of task {task.name}",
+            limit=self.settings.max_payload_bytes,
+        )
+        delay = seconds(o.get("delay")) or 0.0
+        at: datetime | None = o.get("at")
+        timeout = o["timeout"] if "timeout" in o else d.timeout
+        ttl = o["ttl"] if "ttl" in o else d.ttl
+        return queue, task_id, [
+            task_id,
+            task.name,
+            payload,
+            o.get("priority", d.priority),
+            int(delay * 1000),
+            int(at.timestamp() * 1000) if at is not None else 0,
+            o.get("max_tries", d.max_tries),
+            int(timeout * 1000) if timeout else 0,
+            -1 if ttl is None else int(ttl * 1000),
+        ]
+
+    async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
+        """Enqueue many calls: one script call per queue and batch of 1,000."""
+        sigs = list(signatures)
+        by_queue: dict[str, list[Any]] = {}
+        handles: list[TaskHandle[R]] = []
+        for sig in sigs:
+            queue, task_id, fields = self._fields(sig)
+            by_queue.setdefault(queue, []).extend(fields)
+            ttl = fields[8]
+            handles.append(
+                TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
+            )
+        broker = await self.broker()
+        calls = []
+        for queue, fields in by_queue.items():
+            ks = broker.keyspace(queue)
+            await broker.register_queue(queue)
+            for start in range(0, len(fields), _BATCH * 9):
+                calls.append(broker.enqueue_call(ks, fields[start : start + _BATCH * 9]))
+        await broker.run_calls(calls)
+        return handles
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def task_handle(self, task_id: str) -> TaskHandle[Any]:
+        """A handle for a task id from anywhere (the id encodes its queue)."""
+        queue_of(task_id)
+        return TaskHandle(self, task_id)
+
+    async def tasks(
+        self,
+        status: TaskStatus | str = TaskStatus.QUEUED,
+        *,
+        queue: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[TaskInfo]:
+        """Tasks of one queue in one status, paged (`offset`, `limit`)."""
+        st = TaskStatus(status)
+        broker = await self.broker()
+        ks = broker.keyspace(queue or self.settings.queue)
+        infos: list[TaskInfo] = []
+        for task_id in await broker.list_ids(ks, st.value, offset, limit):
+            rec = await broker.task_record(ks, task_id)
+            if rec:
+                info = parse_info(task_id, rec, self)
+                if info.status is st or st.is_final:
+                    infos.append(info)
+        return infos
+
+    async def queues(self) -> list[str]:
+        broker = await self.broker()
+        return await broker.queues()
+
+    async def queue_counts(self, queue: str | None = None) -> dict[str, int]:
+        broker = await self.broker()
+        return await broker.count(broker.keyspace(queue or self.settings.queue))
+
+    # --- running ---------------------------------------------------------------------------
+
+    def worker(self, *, queues: list[str] | None = None, concurrency: int | None = None) -> Any:
+        from segue._worker import Worker
+
+        return Worker(self, queues=queues, concurrency=concurrency)
+
+    def run_worker(self, *, queues: list[str] | None = None, concurrency: int | None = None) -> None:
+        """Run a worker in this process until SIGINT/SIGTERM (blocking)."""
+        worker = self.worker(queues=queues, concurrency=concurrency)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(worker.run(install_signal_handlers=True))
+
+    async def drain(
+        self, *, queues: list[str] | None = None, concurrency: int | None = None,
+        horizon: float = 0.0,
+    ) -> int:
+        """Run a burst worker in this process until nothing is queued, running or due within
+        `horizon` seconds; returns how many runs it finished. For tests and scripts."""
+        worker = self.worker(queues=queues, concurrency=concurrency)
+        return await worker.run_until_idle(horizon=horizon)

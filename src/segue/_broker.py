@@ -1,0 +1,335 @@
+"""The only module that talks to Redis/Valkey: connections, scripts, reads, pub/sub.
+
+Redis errors are translated here into segue's own (BrokerError, ScriptError) so callers
+never see a redis-py exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from redis import exceptions as rexc
+
+from segue import _scripts
+from segue._errors import BrokerError, ScriptError
+from segue._keys import Keyspace, queues_key
+from segue._settings import Settings
+
+log = logging.getLogger("segue.broker")
+
+
+def _plain_url(url: str) -> str:
+    """`redis+cluster://` → `redis://` for redis-py, which picks the cluster class itself."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.replace("+cluster", "")
+    netloc = parts.netloc.split(",", 1)[0]
+    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@contextlib.contextmanager
+def map_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except rexc.NoScriptError as exc:  # pragma: no cover - handled by the script wrapper
+        raise BrokerError(f"script missing on {_safe(url)}: {exc}") from exc
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        raise BrokerError(
+            f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}"
+        ) from exc
+    except rexc.ResponseError as exc:
+        text = str(exc)
+        code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
+        raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
+    except rexc.RedisError as exc:
+        raise BrokerError(f"Redis/Valkey error at {_safe(url)}: {exc}") from exc
+
+
+def make_async_client(url: str, *, cluster: bool) -> Any:
+    plain = _plain_url(url)
+    if cluster:
+        return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
+    return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5)
+
+
+def make_sync_client(url: str, *, cluster: bool) -> Any:
+    plain = _plain_url(url)
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5, socket_timeout=10)
+    return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10)
+
+
+class Broker:
+    """Connections and every server operation of one App."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+        self.cluster = settings.cluster
+        self.client: Any = make_async_client(url, cluster=self.cluster)
+        self._blocking: Any = None
+        self._keyspaces: dict[str, Keyspace] = {}
+        self._known_queues: set[str] = set()
+        self._ended: _EndedListener | None = None
+        self.enqueue_script = _scripts.load("enqueue")
+        self.claim_script = _scripts.load("claim")
+        self.finish_script = _scripts.load("finish")
+        self.renew_script = _scripts.load("renew")
+
+    def keyspace(self, queue: str) -> Keyspace:
+        ks = self._keyspaces.get(queue)
+        if ks is None:
+            ks = self._keyspaces[queue] = Keyspace(self.settings.prefix, queue)
+        return ks
+
+    @contextlib.asynccontextmanager
+    async def errors(self) -> AsyncIterator[None]:
+        with map_errors(self.url):
+            yield
+
+    async def ping(self) -> None:
+        async with self.errors():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        if self._ended is not None:
+            await self._ended.close()
+            self._ended = None
+        for c in (self._blocking, self.client):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    await c.aclose()
+        self._blocking = None
+
+    # --- enqueue -------------------------------------------------------------------------
+
+    def enqueue_call(
+        self, ks: Keyspace, fields: list[Any]
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """Create tasks (9 fields each, see enqueue.lua); replies 1 = created, 0 = existed."""
+        keys = [*ks.pending, ks.scheduled, ks.wake]
+        return (self.enqueue_script, keys, [ks.base, len(fields) // 9, *fields])
+
+    async def register_queue(self, queue: str) -> None:
+        if queue in self._known_queues:
+            return
+        async with self.errors():
+            await self.client.sadd(queues_key(self.settings.prefix), queue)
+        self._known_queues.add(queue)
+
+    async def queues(self) -> list[str]:
+        async with self.errors():
+            names = await self.client.smembers(queues_key(self.settings.prefix))
+        return sorted(n.decode() for n in names)
+
+    # --- worker cycle --------------------------------------------------------------------
+
+    def claim_call(
+        self, ks: Keyspace, worker_id: str, want: int
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        s = self.settings
+        keys = [*ks.pending, ks.scheduled, ks.leases, ks.wake, ks.meta, ks.dead, *ks.done]
+        args = [
+            ks.base,
+            worker_id,
+            want,
+            int(s.lease_seconds * 1000),
+            s.max_deliveries,
+            ks.done_channel,
+            s.dead_letter_cap,
+        ]
+        return (self.claim_script, keys, args)
+
+    def finish_call(
+        self, ks: Keyspace, outcomes: Sequence[Any]
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        keys = [*ks.pending, ks.scheduled, ks.leases, ks.wake, ks.dead, *ks.done]
+        args = [ks.base, ks.done_channel, self.settings.dead_letter_cap, len(outcomes) // 5]
+        args.extend(outcomes)
+        return (self.finish_script, keys, args)
+
+    async def run_calls(self, calls: list[tuple[_scripts.Script, list[str], list[Any]]]) -> list[Any]:
+        async with self.errors():
+            if len(calls) == 1:
+                script, keys, args = calls[0]
+                return [await script.run(self.client, keys, args)]
+            if self.cluster:
+                # a cluster pipeline may split over nodes; scripts of one queue share a slot
+                return [await s.run(self.client, k, a) for s, k, a in calls]
+            return await _scripts.run_pipeline(self.client, calls)
+
+    async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
+        """Block until an enqueue or a finished task signals work, or `timeout` passes."""
+        if self._blocking is None:
+            self._blocking = make_async_client(self.url, cluster=self.cluster)
+        timeout = max(0.01, timeout)
+        async with self.errors():
+            if not self.cluster or len(keyspaces) == 1:
+                await self._blocking.blpop([ks.wake for ks in keyspaces], timeout=timeout)
+            else:
+                # wake keys of several queues live in different slots: share the wait
+                share = max(0.01, timeout / len(keyspaces))
+                for ks in keyspaces:
+                    if await self._blocking.blpop([ks.wake], timeout=share):
+                        return
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def task_record(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:
+        async with self.errors():
+            rec: dict[bytes, bytes] = await self.client.hgetall(ks.task(task_id))
+        return rec
+
+    async def task_status(self, ks: Keyspace, task_id: str) -> bytes | None:
+        async with self.errors():
+            st: bytes | None = await self.client.hget(ks.task(task_id), "s")
+        return st
+
+    async def list_ids(self, ks: Keyspace, status: str, offset: int, limit: int) -> list[str]:
+        """Ids of one queue's tasks in a status, newest index entries last, paged."""
+        end = offset + limit - 1
+        async with self.errors():
+            if status == "queued":
+                ids: list[bytes] = []
+                for key in ks.pending:
+                    ids.extend(reversed(await self.client.lrange(key, 0, -1)))
+                ids = ids[offset : end + 1]
+            elif status == "running":
+                ids = await self.client.zrange(ks.leases, offset, end)
+            elif status in ("scheduled", "retrying"):
+                ids = await self.client.zrange(ks.scheduled, offset, end)
+            elif status in ("succeeded", "failed", "cancelled", "expired"):
+                ids = await self.client.zrange(ks.key("done", status), offset, end)
+            else:
+                ids = []
+        return [i.decode() for i in ids]
+
+    async def has_retrying(self, ks: Keyspace) -> bool:
+        """Whether a task of this queue waits for its next try (bounded look: 1,000 ids)."""
+        async with self.errors():
+            ids = await self.client.zrange(ks.scheduled, 0, 999)
+            if not ids:
+                return False
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(ks.task(task_id.decode()), "s")
+            states = await pipe.execute()
+        return b"retrying" in states
+
+    async def count(self, ks: Keyspace) -> dict[str, int]:
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            for key in ks.pending:
+                pipe.llen(key)
+            pipe.zcard(ks.scheduled)
+            pipe.zcard(ks.leases)
+            for key in ks.done:
+                pipe.zcard(key)
+            r = await pipe.execute()
+        return {
+            "queued": sum(r[0:3]),
+            "scheduled": r[3],
+            "running": r[4],
+            "succeeded": r[5],
+            "failed": r[6],
+            "cancelled": r[7],
+            "expired": r[8],
+        }
+
+    # --- waiting for ends ------------------------------------------------------------------
+
+    async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
+        """A future set when the server announces that this task ended (best effort)."""
+        if self._ended is None:
+            self._ended = _EndedListener(self)
+        return await self._ended.watch(ks, task_id)
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        if self._ended is not None:
+            self._ended.unwatch(task_id, fut)
+
+
+class _EndedListener:
+    """One pub/sub connection per App; the stored status stays the truth, this is for speed."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(fut)
+        channel = ks.done_channel
+        event = self._confirmed.get(channel)
+        if event is None:
+            event = self._confirmed[channel] = asyncio.Event()
+            async with self._broker.errors():
+                await self._pubsub.ssubscribe(channel)
+            if self._task is None:
+                self._task = asyncio.create_task(self._listen(), name="segue-ended-listener")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await event.wait()
+        return fut
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        futs = self._waiters.get(task_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self._waiters[task_id]
+
+    async def _listen(self) -> None:
+        get = (
+            self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
+        )
+        while True:
+            try:
+                msg = await get(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("result listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if msg is None:
+                continue
+            kind = msg["type"]
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            channel = msg["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            if kind == "ssubscribe":
+                ev = self._confirmed.get(channel)
+                if ev is not None:
+                    ev.set()
+            elif kind == "smessage":
+                data = msg["data"]
+                tid = data.decode() if isinstance(data, bytes) else str(data)
+                for fut in self._waiters.pop(tid, ()):
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()

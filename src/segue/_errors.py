@@ -1,0 +1,97 @@
+"""The errors segue raises, and the exceptions task code raises to steer its run.
+
+    SegueError
+    ├── ConfigurationError      bad settings, no server binary, bad task definition
+    ├── PayloadError            arguments or a result that cannot be encoded, or too large
+    ├── BrokerError             Redis/Valkey unreachable or replied with an error
+    │   └── ScriptError         a Lua script returned an error reply (carries the code)
+    ├── TaskNotFound            no record for this task id (never existed, or expired)
+    ├── InvalidTransition       a command that does not apply to the task's current status
+    ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
+    ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
+    ├── ResultUnavailable       the task ended but kept no result (ttl=0, or expired)
+    └── ResultTimeout           also a TimeoutError
+
+Raised by task code (not errors of segue's, so not under SegueError):
+
+    Fail(reason)                end the task FAILED now, without retry
+    Retry(delay=None)           ask for another try, after `delay` seconds
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class SegueError(Exception):
+    """Base class of every error segue raises."""
+
+
+class ConfigurationError(SegueError):
+    """Settings, a task definition or the environment are not usable."""
+
+
+class PayloadError(SegueError):
+    """Arguments or a result cannot be encoded or decoded, or exceed the size limit."""
+
+
+class BrokerError(SegueError):
+    """The Redis/Valkey server could not be reached or replied with an error."""
+
+
+class ScriptError(BrokerError):
+    """A segue Lua script refused an operation; `code` is its machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TaskNotFound(SegueError):
+    """No task with this id exists (it never did, or its record expired)."""
+
+
+class InvalidTransition(SegueError):
+    """The command does not apply to the task's current status."""
+
+
+class TaskFailed(SegueError):
+    """The task ended FAILED; carries the remote exception type, message and traceback."""
+
+    def __init__(
+        self, task_id: str, exc_type: str, message: str, traceback: str | None, reason: str
+    ) -> None:
+        super().__init__(f"task {task_id} failed ({reason}): {exc_type}: {message}")
+        self.task_id = task_id
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback = traceback
+        self.reason = reason
+
+
+class TaskCancelled(SegueError):
+    """The task was cancelled before it produced a result."""
+
+
+class ResultUnavailable(SegueError):
+    """The task ended but its result was not kept (ttl=0) or has expired."""
+
+
+class ResultTimeout(SegueError, TimeoutError):
+    """The task did not end within the time given to result()."""
+
+
+class Fail(Exception):
+    """Raise inside a task to end it FAILED at once, without retry (an expected failure)."""
+
+    def __init__(self, reason: str = "failed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Raise inside a task to ask for another try, optionally after `delay`."""
+
+    def __init__(self, delay: float | timedelta | None = None) -> None:
+        super().__init__("retry requested")
+        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay

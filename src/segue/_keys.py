@@ -1,0 +1,98 @@
+"""Every Redis key and channel name, built here and nowhere else.
+
+Keys are `<prefix>:{<queue>}:<kind>[:<id>]`: the `{queue}` hash tag puts all keys of one
+queue in one Cluster slot, so each script touches one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from segue._errors import ConfigurationError
+
+PRIORITIES = ("high", "normal", "low")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "expired")
+
+
+def check_queue_name(queue: str) -> str:
+    if not queue or any(c in queue for c in ":{} \t\n"):
+        raise ConfigurationError(
+            f"queue name {queue!r} must be non-empty and contain no ':', '{{', '}}' or spaces"
+        )
+    return queue
+
+
+def queue_of(task_id: str) -> str:
+    """The queue a task id belongs to: ids are `<queue>:<unique part>`."""
+    queue, sep, rest = task_id.partition(":")
+    if not sep or not rest or not queue:
+        raise ConfigurationError(f"{task_id!r} is not a segue task id (expected '<queue>:<id>')")
+    return queue
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Key names of one queue under one prefix."""
+
+    prefix: str
+    queue: str
+
+    @cached_property
+    def base(self) -> str:
+        """The per-queue key prefix that scripts extend with per-task parts."""
+        return f"{self.prefix}:{{{self.queue}}}:"
+
+    def key(self, *parts: str) -> str:
+        return self.base + ":".join(parts)
+
+    def task(self, task_id: str) -> str:
+        return self.base + "task:" + task_id
+
+    def state(self, task_id: str) -> str:
+        return self.base + "state:" + task_id
+
+    @cached_property
+    def pending(self) -> tuple[str, str, str]:
+        """The queued lists, highest priority first."""
+        return (self.key("q", "high"), self.key("q", "normal"), self.key("q", "low"))
+
+    @cached_property
+    def scheduled(self) -> str:
+        return self.key("sched")
+
+    @cached_property
+    def leases(self) -> str:
+        return self.key("leases")
+
+    @cached_property
+    def wake(self) -> str:
+        return self.key("wake")
+
+    @cached_property
+    def meta(self) -> str:
+        return self.key("meta")
+
+    @cached_property
+    def dead(self) -> str:
+        return self.key("dead")
+
+    @cached_property
+    def done(self) -> tuple[str, str, str, str]:
+        """Indexes of ended tasks by final status, scored by record expiry."""
+        return (
+            self.key("done", "succeeded"),
+            self.key("done", "failed"),
+            self.key("done", "cancelled"),
+            self.key("done", "expired"),
+        )
+
+    @cached_property
+    def done_channel(self) -> str:
+        """Sharded pub/sub channel announcing ids of tasks that just ended."""
+        return self.key("ended")
+
+
+def queues_key(prefix: str) -> str:
+    """The set of known queue names (its own slot: written once per process and queue)."""
+    return f"{prefix}:queues"

@@ -1,0 +1,95 @@
+"""Lease renewal in its own thread, on its own connection.
+
+A task that blocks the event loop (CPU-bound code, a sync call by mistake) cannot delay
+the heartbeat: renewal runs here, not on the loop. Leases this worker no longer holds
+(it was frozen or cut off past the deadline, and another worker took the task) are
+reported back so the loop stops those runs: their outcome would be rejected anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from segue import _scripts
+from segue._broker import make_sync_client
+from segue._keys import Keyspace
+from segue._settings import Settings
+
+log = logging.getLogger("segue.worker")
+
+
+class LeaseKeeper:
+    """Renews the leases of the running tasks every lease/3 seconds."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: Settings,
+        worker_id: str,
+        on_lost: Callable[[list[str]], None],
+    ) -> None:
+        self._url = url
+        self._settings = settings
+        self._worker_id = worker_id
+        self._on_lost = on_lost
+        self._held: dict[str, tuple[Keyspace, str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="segue-lease", daemon=True)
+        self._script = _scripts.load("renew")
+        self._client: Any = None
+        self.interval = settings.lease_seconds / 3
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def hold(self, task_id: str, ks: Keyspace, gen: str) -> None:
+        with self._lock:
+            self._held[task_id] = (ks, gen)
+
+    def drop(self, task_id: str) -> None:
+        with self._lock:
+            self._held.pop(task_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.renew_once()
+            except Exception as exc:
+                # a server outage: keep trying; leases expire only if it lasts past them
+                log.warning("lease renewal failed: %s", exc)
+                self._reset_client()
+        self._reset_client()
+
+    def _reset_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
+
+    def renew_once(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        if not held:
+            return
+        if self._client is None:
+            self._client = make_sync_client(self._url, cluster=self._settings.cluster)
+        by_queue: dict[Keyspace, list[str]] = {}
+        for task_id, (ks, gen) in held:
+            by_queue.setdefault(ks, []).extend((task_id, gen))
+        lease_ms = int(self._settings.lease_seconds * 1000)
+        lost: list[str] = []
+        for ks, pairs in by_queue.items():
+            args = [ks.base, self._worker_id, lease_ms, *pairs]
+            reply = self._script.run_sync(self._client, [ks.leases], args)
+            lost.extend(x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+        if lost:
+            self._on_lost(lost)

@@ -1,0 +1,76 @@
+"""Per-task definition options and per-call enqueue options."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, TypedDict
+
+from segue._errors import ConfigurationError
+from segue._keys import PRIORITIES
+
+Priority = Literal["low", "normal", "high"]
+Backoff = float | Callable[[int], float]
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """Options of one enqueue: `task.options(**these).enqueue(...)`."""
+
+    delay: float | timedelta
+    at: datetime
+    priority: Priority
+    queue: str
+    key: str
+    max_tries: int
+    timeout: float | None
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Options fixed when a task is declared (`@app.task(...)`)."""
+
+    name: str
+    queue: str
+    timeout: float | None = None
+    max_tries: int = 3
+    retry_backoff: Backoff = 1.0
+    ttl: float | None = 3600.0
+    priority: Priority = "normal"
+    silent: bool = False
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+        if self.max_tries < 1:
+            raise ConfigurationError(f"task {self.name}: max_tries must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError(f"task {self.name}: timeout must be positive or None")
+        if self.ttl is not None and self.ttl < 0:
+            raise ConfigurationError(f"task {self.name}: ttl must be >= 0 or None")
+
+    def backoff(self, tries: int) -> float:
+        """Seconds to wait before the next try after `tries` runs failed.
+
+        A number is the base of an exponential backoff with full jitter between half and
+        the whole step (capped at one hour); a callable gets the try count and decides.
+        """
+        if callable(self.retry_backoff):
+            return max(0.0, float(self.retry_backoff(tries)))
+        step = min(3600.0, self.retry_backoff * (2 ** (tries - 1)))
+        return step * random.uniform(0.5, 1.0)
+
+
+def check_priority(priority: str) -> str:
+    if priority not in PRIORITIES:
+        raise ConfigurationError(
+            f"priority {priority!r} is not one of {', '.join(PRIORITIES)}"
+        )
+    return priority
+
+
+def seconds(value: float | timedelta | None) -> float | None:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value

@@ -1,0 +1,140 @@
+"""One attempt of one task: decode, call with a timeout, decide the outcome.
+
+The outcome is a tuple of finish.lua fields (action, a, b); the worker sends it in its
+next batched round trip. Nothing here talks to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import traceback
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from segue._codec import encode
+from segue._context import Context
+from segue._errors import Fail, Retry
+from segue._faults import faultpoint
+from segue._keys import Keyspace
+from segue._settings import Settings
+from segue._task import Task
+
+log = logging.getLogger("segue.worker")
+Outcome = tuple[str, Any, Any]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A claimed run: what the claim script returned, plus how the worker may stop it."""
+
+    ks: Keyspace
+    id: str
+    name: str
+    payload: bytes
+    tries: int
+    gen: str
+    timeout_ms: int
+    max_tries: int
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    requeue: bool = False
+    started: float = field(default=0.0)
+
+
+def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
+    tb = "".join(traceback.format_exception(exc)) if with_tb else None
+    data = {
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "traceback": tb,
+        "reason": reason,
+    }
+    return encode(data, what="an error report", limit=1 << 30)
+
+
+def _message(reason: str, message: str) -> bytes:
+    data = {"type": "SegueError", "message": message, "traceback": None, "reason": reason}
+    return encode(data, what="an error report", limit=1 << 30)
+
+
+async def attempt(
+    job: Job,
+    task: Task[Any, Any] | None,
+    settings: Settings,
+    worker_id: str,
+    executor: Executor,
+) -> Outcome:
+    """Run one attempt and say what should happen next."""
+    if task is None:
+        return (
+            "release",
+            settings.unknown_task_max_releases,
+            int(settings.unknown_task_window_seconds * 1000),
+        )
+    try:
+        args, kwargs = task.args_decoder.decode(job.payload)
+    except Exception as exc:
+        return ("fail", _message("undecodable", (
+            f"the arguments of task {job.id} ({job.name}) do not decode for its parameters: "
+            f"{exc}")), "undecodable")
+    if task.takes_ctx:
+        ctx = Context(
+            task_id=job.id, name=job.name, tries=job.tries, worker_id=worker_id,
+            queue=job.ks.queue,
+        )
+        args.insert(0, ctx)
+    silent = task.opts.silent
+    if not silent:
+        log.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
+    timeout = job.timeout_ms / 1000 if job.timeout_ms else None
+    timer = asyncio.timeout(timeout)
+    try:
+        async with timer:
+            if task.is_async:
+                value = await task.fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(
+                    executor, functools.partial(task.fn, *args, **kwargs)
+                )
+    except Fail as exc:
+        if not silent:
+            log.info("task %s failed (Fail): %s", job.id, exc.reason)
+        return ("fail", _error(exc, "fail", with_tb=False), "fail")
+    except Retry as exc:
+        if job.tries < job.max_tries:
+            delay = exc.delay if exc.delay is not None else task.opts.backoff(job.tries)
+            if not silent:
+                log.info("task %s asked to retry in %.2fs", job.id, delay)
+            return ("retry", _error(exc, "retry", with_tb=False), int(delay * 1000))
+        return ("fail", _error(exc, "max_tries", with_tb=False), "max_tries")
+    except TimeoutError as exc:
+        reason = "timeout" if timer.expired() else "error"
+        if reason == "timeout":
+            exc = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
+        return _failure(job, task, exc, reason)
+    except Exception as exc:
+        return _failure(job, task, exc, "error")
+    faultpoint("after_effect_before_complete")
+    try:
+        payload = encode(value, what=f"the result of task {job.id} ({job.name})",
+                         limit=settings.max_payload_bytes)
+    except Exception as exc:
+        return ("fail", _error(exc, "unencodable_result", with_tb=False), "unencodable_result")
+    if not silent:
+        log.info("task %s succeeded", job.id)
+    return ("ok", payload, "")
+
+
+def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) -> Outcome:
+    if job.tries < job.max_tries:
+        delay = task.opts.backoff(job.tries)
+        if not task.opts.silent:
+            log.info("task %s try %d failed (%r); retrying in %.2fs", job.id, job.tries, exc, delay)
+        return ("retry", _error(exc, reason), int(delay * 1000))
+    if not task.opts.silent:
+        log.warning("task %s failed after %d tries: %r", job.id, job.tries, exc)
+    return ("fail", _error(exc, reason), reason)

@@ -1,0 +1,91 @@
+--[[ claim: promote due tasks, recover expired leases, then lease up to N queued tasks.
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list
+  KEYS[4] scheduled zset   KEYS[5] leases zset (score = lease deadline, server ms)
+  KEYS[6] wake list   KEYS[7] queue meta hash   KEYS[8] dead-letter list
+  KEYS[9..12] done zsets: succeeded, failed, cancelled, expired (score = record expiry)
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
+  ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
+  Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
+    {id, name, payload, tries, gen, timeout_ms, max_tries}... }
+  A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
+  (worker_lost) here, server-side, since the process that ran it left no code to count. ]]
+local prefix = ARGV[1]
+local wid = ARGV[2]
+local want = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local max_deliveries = tonumber(ARGV[5])
+local channel = ARGV[6]
+local now = now_ms()
+local done_keys = { succeeded = KEYS[9], failed = KEYS[10], cancelled = KEYS[11], expired = KEYS[12] }
+
+for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
+
+-- due scheduled/retrying tasks join the back of their priority list
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[4], id)
+  local tk = prefix .. 'task:' .. id
+  local prio = redis.call('HGET', tk, 'q')
+  if prio then
+    redis.call('HSET', tk, 's', 'queued')
+    redis.call('HDEL', tk, 'due')
+    add_history(tk, 'queued', now, 'due')
+    redis.call('LPUSH', KEYS[PRIORITY_LISTS[prio]], id)
+  end
+end
+
+-- expired leases: the holder is gone or cut off; its run is over
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[5], id)
+  local tk = prefix .. 'task:' .. id
+  local prio = redis.call('HGET', tk, 'q')
+  if prio then
+    local d = redis.call('HINCRBY', tk, 'd', 1)
+    redis.call('HDEL', tk, 'w')
+    if d >= max_deliveries then
+      local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
+        .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
+      finalize(prefix, tk, id, 'failed', now, 'e', err, 'worker_lost', done_keys, channel)
+      redis.call('LPUSH', KEYS[8], id)
+      redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[7]) - 1)
+    else
+      redis.call('HSET', tk, 's', 'queued')
+      add_history(tk, 'queued', now, 'lease expired')
+      redis.call('RPUSH', KEYS[PRIORITY_LISTS[prio]], id)
+    end
+  end
+end
+
+local out = { -1, now, 0 }
+local paused = redis.call('HGET', KEYS[7], 'paused') == '1'
+if not paused then
+  local deadline = now + lease
+  for l = 1, 3 do
+    if want <= 0 then break end
+    local ids = redis.call('RPOP', KEYS[l], want)
+    if ids then
+      for _, id in ipairs(ids) do
+        local tk = prefix .. 'task:' .. id
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt')
+        if f[1] == 'queued' then
+          local tries = redis.call('HINCRBY', tk, 't', 1)
+          local gen = redis.call('HINCRBY', tk, 'g', 1)
+          redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)
+          add_history(tk, 'running', now, wid)
+          redis.call('ZADD', KEYS[5], deadline, id)
+          out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5] }
+          want = want - 1
+        end
+      end
+    end
+  end
+end
+
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if first[2] then out[1] = tonumber(first[2]) end
+local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+-- more work is waiting: wake another idle worker (wake-ups chain worker to worker)
+if queued > 0 and not paused and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end
+out[3] = queued + redis.call('ZCARD', KEYS[5])
+return out

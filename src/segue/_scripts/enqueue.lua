@@ -1,0 +1,43 @@
+--[[ enqueue: create tasks, each idempotent by id, queued or scheduled.
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   (segue:{q}:q:<level>)
+  KEYS[4] scheduled zset (segue:{q}:sched)   KEYS[5] wake list (segue:{q}:wake)
+  ARGV[1] key prefix "segue:{q}:" (task hashes are built from it: same hash tag)
+  ARGV[2] count of tasks, then 9 fields per task:
+    id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
+    max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever)
+  Returns: one integer per task: 1 created, 0 already existed (nothing written). ]]
+local prefix = ARGV[1]
+local n = tonumber(ARGV[2])
+local now = now_ms()
+local out = {}
+local pushed = false
+for i = 0, n - 1 do
+  local b = 3 + i * 9
+  local id = ARGV[b]
+  local tk = prefix .. 'task:' .. id
+  if redis.call('EXISTS', tk) == 1 then
+    out[i + 1] = 0
+  else
+    local prio = ARGV[b + 3]
+    local due = now + tonumber(ARGV[b + 4])
+    local at = tonumber(ARGV[b + 5])
+    if at > 0 then due = at end
+    local status = 'queued'
+    if due > now then status = 'scheduled' end
+    redis.call('HSET', tk, 'n', ARGV[b + 1], 'p', ARGV[b + 2], 's', status, 'q', prio,
+      't', 0, 'd', 0, 'g', 0, 'mt', ARGV[b + 6], 'to', ARGV[b + 7], 'ttl', ARGV[b + 8],
+      'ce', now, 'h', status .. '|' .. now .. '|\n')
+    if status == 'scheduled' then
+      redis.call('HSET', tk, 'due', due)
+      redis.call('ZADD', KEYS[4], due, id)
+    else
+      redis.call('LPUSH', KEYS[PRIORITY_LISTS[prio]], id)
+    end
+    pushed = true
+    out[i + 1] = 1
+  end
+end
+if pushed and redis.call('LLEN', KEYS[5]) == 0 then
+  redis.call('LPUSH', KEYS[5], 1)
+end
+return out

@@ -1,0 +1,79 @@
+--[[ finish: record the outcome of runs, fenced by lease generation.
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list
+  KEYS[4] scheduled zset   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] dead-letter list
+  KEYS[8..11] done zsets: succeeded, failed, cancelled, expired
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
+  ARGV[4] count, then 5 fields per outcome: id, gen, action, a, b
+    ok       a = result payload
+    fail     a = error JSON, b = reason
+    retry    a = error JSON, b = delay ms
+    requeue  (graceful shutdown: back to the head of its list, the try not spent)
+    release  a = max releases, b = release window ms (unknown task name: not a try)
+  Returns: one integer per outcome: 1 applied, 0 rejected (the lease was lost: another
+  worker holds the task, or it already ended). A rejected writer must drop the task. ]]
+local prefix = ARGV[1]
+local channel = ARGV[2]
+local n = tonumber(ARGV[4])
+local now = now_ms()
+local done_keys = { succeeded = KEYS[8], failed = KEYS[9], cancelled = KEYS[10], expired = KEYS[11] }
+local out = {}
+local woke = false
+
+local function dead_letter(id)
+  redis.call('LPUSH', KEYS[7], id)
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[3]) - 1)
+end
+
+local function schedule(tk, id, status, at, reason)
+  redis.call('HSET', tk, 's', status, 'due', at, 'd', 0)
+  redis.call('HDEL', tk, 'w')
+  add_history(tk, status, now, reason)
+  redis.call('ZADD', KEYS[4], at, id)
+  woke = true
+end
+
+for i = 0, n - 1 do
+  local b = 5 + i * 5
+  local id, gen, action = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local tk = prefix .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'g')
+  if f[1] ~= 'running' or f[2] ~= gen then
+    out[i + 1] = 0
+  else
+    out[i + 1] = 1
+    redis.call('ZREM', KEYS[5], id)
+    if action == 'ok' then
+      redis.call('HSET', tk, 'd', 0)
+      finalize(prefix, tk, id, 'succeeded', now, 'r', ARGV[b + 3], '', done_keys, channel)
+    elseif action == 'fail' then
+      finalize(prefix, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4], done_keys, channel)
+      dead_letter(id)
+    elseif action == 'retry' then
+      redis.call('HSET', tk, 'e', ARGV[b + 3])
+      schedule(tk, id, 'retrying', now + tonumber(ARGV[b + 4]), 'retry')
+    elseif action == 'requeue' then
+      redis.call('HINCRBY', tk, 't', -1)
+      redis.call('HSET', tk, 's', 'queued', 'd', 0)
+      redis.call('HDEL', tk, 'w')
+      add_history(tk, 'queued', now, 'worker shutdown')
+      redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
+      woke = true
+    elseif action == 'release' then
+      redis.call('HINCRBY', tk, 't', -1)
+      local rel = redis.call('HINCRBY', tk, 'rel', 1)
+      local first = tonumber(redis.call('HGET', tk, 'rel0') or now)
+      if rel == 1 then redis.call('HSET', tk, 'rel0', now) end
+      if rel >= tonumber(ARGV[b + 3]) or now - first >= tonumber(ARGV[b + 4]) then
+        local name = redis.call('HGET', tk, 'n')
+        local err = cjson.encode({ type = 'UnknownTask', reason = 'unknown_task',
+          message = 'no worker knows the task name ' .. name .. ' (released ' .. rel .. ' times)' })
+        finalize(prefix, tk, id, 'failed', now, 'e', err, 'unknown_task', done_keys, channel)
+        dead_letter(id)
+      else
+        schedule(tk, id, 'scheduled', now + 1000 * rel, 'unknown task name, released')
+      end
+    end
+  end
+end
+if woke and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end
+return out

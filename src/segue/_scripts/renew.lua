@@ -1,0 +1,19 @@
+--[[ renew: extend the leases a worker still holds; report the ones it lost.
+  KEYS[1] leases zset
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] lease ms
+  ARGV[4..] pairs: id, gen
+  Returns: the ids whose lease this worker no longer holds (it must stop them). ]]
+local prefix = ARGV[1]
+local wid = ARGV[2]
+local deadline = now_ms() + tonumber(ARGV[3])
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'g', 'w')
+  if f[1] == 'running' and f[2] == ARGV[i + 1] and f[3] == wid then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

@@ -1,0 +1,100 @@
+"""Settings: one frozen object holds every knob; later capabilities add fields here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from segue._errors import ConfigurationError
+
+_ENV_PREFIX = "SEGUE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Connection, worker and lifetime settings of an App.
+
+    Durations are in seconds, sizes in bytes. `redis_url=None` means the embedded server.
+    """
+
+    redis_url: str | None = None
+    prefix: str = "segue"
+    queue: str = "default"
+    concurrency: int = 16
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    shutdown_grace_seconds: float = 10.0
+    max_deliveries: int = 3
+    max_payload_bytes: int = 1024 * 1024
+    result_ttl_seconds: float | None = 3600.0
+    dead_letter_cap: int = 10_000
+    unknown_task_max_releases: int = 3
+    unknown_task_window_seconds: float = 300.0
+    home: Path | None = None
+    embedded_idle_seconds: float = 60.0
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
+            raise ConfigurationError(
+                f"prefix {self.prefix!r} must be a bare word (letters, digits, - or _)"
+            )
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be positive, not {self.lease_seconds}")
+        if self.max_deliveries < 1:
+            raise ConfigurationError(f"max_deliveries must be at least 1, not {self.max_deliveries}")
+
+    @property
+    def cluster(self) -> bool:
+        """True when the URL names a Redis Cluster (scheme `redis+cluster://`)."""
+        return self.redis_url is not None and self.redis_url.startswith(
+            ("redis+cluster://", "rediss+cluster://")
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> Settings:
+        """Settings for a server URL: `redis://`, `rediss://`, `unix://` or `redis+cluster://`."""
+        return cls(redis_url=url, **overrides)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `SEGUE_*` variables (e.g. SEGUE_REDIS_URL, SEGUE_CONCURRENCY)."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is None or f.name in overrides:
+                continue
+            values[f.name] = _parse(f.name, hints[f.name], raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    text = str(hint)
+    try:
+        if raw.lower() in ("none", "") and "None" in text:
+            return None
+        if "int" in text and "float" not in text:
+            return int(raw)
+        if "float" in text:
+            return float(raw)
+        if "Path" in text:
+            return Path(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {_ENV_PREFIX}{name.upper()}={raw!r} is not a valid {text}"
+        ) from None
+    return raw

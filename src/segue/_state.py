@@ -1,0 +1,83 @@
+"""Task statuses, the allowed lifecycle, and the records read back from the server."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its lifecycle (DESIGN §4)."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    WAITING = "waiting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUSPENDED = "suspended"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else at_ms(ms)
+
+
+def at_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step of a task's history."""
+
+    status: TaskStatus
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """How a task failed: the remote exception and why segue ended it."""
+
+    type: str
+    message: str
+    traceback: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A snapshot of a task's record on the server."""
+
+    id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: str
+    tries: int
+    max_tries: int
+    worker_id: str | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    due_at: datetime | None
+    history: list[Transition]
+    result: Any
+    error: TaskError | None

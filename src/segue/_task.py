@@ -1,0 +1,165 @@
+"""Task[P, R]: a registered function, and Signature[R]: a call of it not yet enqueued."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from typing_extensions import Self, Unpack
+
+from segue._codec import ArgsDecoder, TypedDecoder
+from segue._context import Context
+from segue._errors import ConfigurationError
+from segue._options import EnqueueOptions, TaskOptions, check_priority
+
+if TYPE_CHECKING:
+    from segue._app import App
+    from segue._handle import TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
+
+
+def takes_context(fn: Callable[..., Any], hints: dict[str, Any]) -> bool:
+    """A task takes a Context when its first parameter is annotated so (or named `ctx`)."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        return False
+    first = params[0]
+    ann = hints.get(first.name, first.annotation)
+    return ann is Context or ann == "Context" or (ann is first.empty and first.name == "ctx")
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        # unresolvable annotations: decode as plain JSON rather than refuse the task
+        return {}
+
+
+class Signature(Generic[R]):
+    """A task with its arguments and options, ready to enqueue or to put in a workflow."""
+
+    __slots__ = ("args", "kwargs", "opts", "task")
+
+    def __init__(
+        self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], opts: EnqueueOptions
+    ) -> None:
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.opts = opts
+
+    def options(self, **options: Unpack[EnqueueOptions]) -> Signature[R]:
+        return Signature(self.task, self.args, self.kwargs, _merge(self.opts, options))
+
+    async def enqueue(self) -> TaskHandle[R]:
+        return (await self.task.app.enqueue_many([self]))[0]
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.task.name}{self.args!r}>"
+
+
+def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
+    unknown = set(extra) - _ENQUEUE_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown enqueue option(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(_ENQUEUE_KEYS))}"
+        )
+    if "priority" in extra:
+        check_priority(extra["priority"])
+    merged = base.copy()
+    merged.update(extra)
+    return merged
+
+
+class Task(Generic[P, R]):
+    """A function registered with an App; enqueue it, call it, or run it locally."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        opts: TaskOptions,
+        call_options: EnqueueOptions | None = None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.opts = opts
+        self.call_options: EnqueueOptions = call_options or {}
+        hints = _hints(fn)
+        self.takes_ctx = takes_context(fn, hints)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.args_decoder = ArgsDecoder(fn, hints, self.takes_ctx)
+        self.result_decoder = TypedDecoder(hints.get("return", inspect.Parameter.empty))
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.opts.name
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.opts.queue}>"
+
+    def options(self, **options: Unpack[EnqueueOptions]) -> Self:
+        """A copy of this task whose enqueues use these options."""
+        return type(self)(self.app, self.fn, self.opts, _merge(self.call_options, options))
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """This task with arguments, not yet enqueued (for enqueue_many and workflows)."""
+        self.check_args(args, kwargs)
+        return Signature(self, args, kwargs, self.call_options)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Put one run of this task in its queue; returns a handle to follow it."""
+        self.check_args(args, kwargs)
+        return (await self.app.enqueue_many([Signature(self, args, kwargs, self.call_options)]))[0]
+
+    async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, now, without a queue (sync functions in a thread)."""
+        call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
+        if self.is_async:
+            return cast(R, await self.fn(*call_args, **kwargs))
+        return cast(R, await asyncio.to_thread(self.fn, *call_args, **kwargs))
+
+    def local_context(self) -> Context:
+        return Context(
+            task_id=f"{self.opts.queue}:local", name=self.name, tries=1, worker_id="local",
+            queue=self.opts.queue,
+        )
+
+    def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse a call that does not fit the function's parameters, before enqueueing."""
+        try:
+            if self.takes_ctx:
+                self._signature.bind(None, *args, **kwargs)
+            else:
+                self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"wrong arguments for task {self.name}: {exc}") from None
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose function is a coroutine function; calling it gives a coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return self.run(*args, **kwargs)
+
+
+class SyncTask(Task[P, R]):
+    """A task whose function is synchronous; calling it runs it and returns its value."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
+        return cast(R, self.fn(*call_args, **kwargs))
+
+
+AsyncFn = Callable[..., Awaitable[Any]]

@@ -1,0 +1,320 @@
+"""Worker: claims tasks in batches, runs them concurrently, records outcomes in batches.
+
+One loop does all server writes of the hot path: each round trip carries the outcomes that
+piled up since the last one (finish.lua) and a claim for the free slots (claim.lua), in one
+pipeline. Runs are asyncio tasks; sync functions go to a thread pool. Lease renewal lives
+in its own thread (_lease.py). Waiting for work is a BLPOP on the queues' wake lists, run
+by a side task so that finishing runs and new work both wake the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ulid import ULID
+
+from segue import _clock
+from segue._errors import BrokerError
+from segue._faults import faultpoint
+from segue._keys import Keyspace, check_queue_name
+from segue._lease import LeaseKeeper
+from segue._runner import Job, Outcome, attempt
+
+if TYPE_CHECKING:
+    from segue._app import App
+    from segue._broker import Broker
+
+log = logging.getLogger("segue.worker")
+
+
+class Worker:
+    """Runs the tasks of an App from one or more queues (served in the order given)."""
+
+    def __init__(
+        self, app: App, *, queues: list[str] | None = None, concurrency: int | None = None
+    ) -> None:
+        self.app = app
+        self.queues = [check_queue_name(q) for q in (queues or [app.settings.queue])]
+        self.concurrency = concurrency or app.settings.concurrency
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
+        self._running: dict[str, Job] = {}
+        self._outcomes: dict[Keyspace, list[Any]] = {}
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._force = False
+        self._finished = 0
+        self._lease: LeaseKeeper | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._next_due: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.id} [running {len(self._running)}/{self.concurrency}, "
+            f"queues {','.join(self.queues)}]>"
+        )
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def stop(self) -> None:
+        """Graceful stop: take no new work, let running tasks finish within the grace period.
+        A second call stops at once, requeueing what still runs."""
+        if self._stopping:
+            self._force = True
+        self._stopping = True
+        self._changed.set()
+
+    async def run(self, *, install_signal_handlers: bool = False) -> int:
+        """Serve until stop() (or SIGTERM/SIGINT); returns the number of finished runs."""
+        return await self._serve(burst=False, horizon=0.0, signals=install_signal_handlers)
+
+    async def run_until_idle(self, *, horizon: float = 0.0) -> int:
+        """Serve until nothing is queued, running, or due within `horizon` seconds."""
+        return await self._serve(burst=True, horizon=horizon, signals=False)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def _serve(self, *, burst: bool, horizon: float, signals: bool) -> int:
+        broker = await self.app.broker()
+        keyspaces = [broker.keyspace(q) for q in self.queues]
+        for q in self.queues:
+            await broker.register_queue(q)
+        loop = asyncio.get_running_loop()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="segue-task"
+        )
+        self._lease = LeaseKeeper(
+            broker.url, self.app.settings, self.id,
+            lambda ids: loop.call_soon_threadsafe(self._on_lost, ids),
+        )
+        self._lease.start()
+        waker = asyncio.create_task(self._wake_loop(broker, keyspaces), name="segue-waker")
+        log.info("worker %s started queues=%s concurrency=%d", self.id, self.queues,
+                 self.concurrency)
+        try:
+            await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
+            await self._shutdown(broker)
+        finally:
+            waker.cancel()
+            with contextlib.suppress(BaseException):
+                await waker
+            self._lease.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            log.info("worker %s stopped after %d runs", self.id, self._finished)
+        return self._finished
+
+    async def _loop(
+        self, broker: Broker, keyspaces: list[Keyspace], *, burst: bool, horizon: float
+    ) -> None:
+        settings = self.app.settings
+        while not self._stopping:
+            self._changed.clear()
+            free = self.concurrency - len(self._running)
+            taken = self._take_outcomes()
+            calls = [broker.finish_call(ks, fields) for ks, fields in taken]
+            n_finish = len(calls)
+            claim_from = keyspaces[0] if free > 0 else None
+            if claim_from is not None:
+                calls.append(broker.claim_call(claim_from, self.id, free))
+            try:
+                replies = await broker.run_calls(calls)
+            except BrokerError as exc:
+                self._restore(taken)
+                await self._server_down(exc)
+                continue
+            self._check_finished(taken, replies[:n_finish])
+            claimed = 0
+            backlog = 0
+            now_ms = 0
+            if claim_from is not None:
+                claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
+                # later queues are served only with what the earlier ones left free
+                for ks in keyspaces[1:]:
+                    free = self.concurrency - len(self._running)
+                    if free <= 0:
+                        break
+                    try:
+                        reply = (await broker.run_calls([broker.claim_call(ks, self.id, free)]))[0]
+                    except BrokerError as exc:
+                        await self._server_down(exc)
+                        break
+                    c, b, _ = self._start_claimed(ks, reply)
+                    claimed += c
+                    backlog += b
+            if claimed and self.concurrency > len(self._running):
+                continue
+            if self._outcomes:
+                continue
+            if (
+                burst
+                and not self._running
+                and claim_from is not None
+                and backlog == 0
+                and (self._next_due is None or self._next_due > now_ms + horizon * 1000)
+                and not await self._any_retrying(broker, keyspaces)
+            ):
+                return
+            wait = settings.poll_seconds
+            if self._next_due is not None and now_ms:
+                wait = max(0.0, min(wait, (self._next_due - now_ms) / 1000))
+            if burst and self._running:
+                wait = min(wait, 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
+
+    async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
+        if self._next_due is None:
+            return False
+        for ks in keyspaces:
+            if await broker.has_retrying(ks):
+                return True
+        return False
+
+    def _take_outcomes(self) -> list[tuple[Keyspace, list[Any]]]:
+        outcomes, self._outcomes = self._outcomes, {}
+        return list(outcomes.items())
+
+    def _restore(self, taken: list[tuple[Keyspace, list[Any]]]) -> None:
+        for ks, fields in taken:
+            self._outcomes.setdefault(ks, []).extend(fields)
+
+    def _check_finished(self, taken: list[tuple[Keyspace, list[Any]]], replies: list[Any]) -> None:
+        faultpoint("after_complete_before_ack")
+        for (_, fields), reply in zip(taken, replies, strict=True):
+            for i, ok in enumerate(reply):
+                if not ok:
+                    log.warning(
+                        "outcome of task %s discarded: this worker no longer holds its lease "
+                        "(another worker took it over, or it ended)", fields[i * 5]
+                    )
+
+    def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
+        next_due, now_ms, backlog = int(reply[0]), int(reply[1]), int(reply[2])
+        self._next_due = None if next_due < 0 else next_due
+        jobs = reply[3:]
+        if jobs:
+            faultpoint("after_claim")
+            faultpoint("after_start_mark")
+        for raw in jobs:
+            task_id, name, payload, tries, gen, timeout_ms, max_tries = raw
+            job = Job(
+                ks=ks,
+                id=task_id.decode(),
+                name=name.decode(),
+                payload=payload,
+                tries=int(tries),
+                gen=str(int(gen)),
+                timeout_ms=int(timeout_ms or 0),
+                max_tries=int(max_tries or 1),
+                started=_clock.monotonic(),
+            )
+            self._running[job.id] = job
+            assert self._lease is not None
+            self._lease.hold(job.id, ks, job.gen)
+            job.task = asyncio.create_task(self._run(job), name=f"segue-run-{job.id}")
+        return len(jobs), backlog, now_ms
+
+    async def _run(self, job: Job) -> None:
+        assert self._executor is not None
+        task = self.app.registry.get(job.name)
+        outcome: Outcome | None
+        try:
+            outcome = await attempt(job, task, self.app.settings, self.id, self._executor)
+        except asyncio.CancelledError:
+            outcome = ("requeue", "", "") if job.requeue and not job.lost else None
+        except BaseException as exc:  # a bug in segue itself must not lose the task
+            log.exception("internal error running task %s", job.id)
+            outcome = ("retry", b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
+        self._running.pop(job.id, None)
+        if self._lease is not None:
+            self._lease.drop(job.id)
+        if outcome is not None and not job.lost:
+            action, a, b = outcome
+            self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
+        self._finished += 1
+        self._changed.set()
+
+    def _on_lost(self, ids: list[str]) -> None:
+        for task_id in ids:
+            job = self._running.get(task_id)
+            if job is not None and job.task is not None:
+                log.warning("lease of task %s lost; stopping this run", task_id)
+                job.lost = True
+                job.task.cancel()
+
+    async def _wake_loop(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
+        """Turn a wake signal into a loop iteration, while this worker has free slots."""
+        idle = self.app.settings.poll_seconds
+        while not self._stopping:
+            if len(self._running) >= self.concurrency:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await broker.wait_for_work(keyspaces, idle)
+            except BrokerError:
+                await asyncio.sleep(0.5)
+                continue
+            self._changed.set()
+
+    async def _server_down(self, exc: BrokerError) -> None:
+        """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
+        is fenced by lease generation. Pause briefly, then retry."""
+        log.warning("server unavailable (%s); retrying", exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while not self._stopping:
+                    await asyncio.sleep(0.1)
+
+    async def _shutdown(self, broker: Broker) -> None:
+        """Let running tasks finish within the grace period, then requeue the rest."""
+        grace = self.app.settings.shutdown_grace_seconds
+        deadline = _clock.monotonic() + grace
+        while self._running and not self._force and _clock.monotonic() < deadline:
+            await self._flush(broker)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(0.5, deadline - _clock.monotonic()))):
+                    await self._changed.wait()
+        if self._running:
+            faultpoint("during_requeue")
+            log.info("requeueing %d unfinished task(s)", len(self._running))
+            tasks = []
+            for job in list(self._running.values()):
+                job.requeue = True
+                if job.task is not None:
+                    job.task.cancel()
+                    tasks.append(job.task)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(5):
+            if not self._outcomes:
+                break
+            try:
+                await self._flush(broker)
+            except BrokerError as exc:
+                log.warning("could not record outcomes at shutdown (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+
+    async def _flush(self, broker: Broker) -> None:
+        taken = self._take_outcomes()
+        if taken:
+            try:
+                replies = await broker.run_calls([broker.finish_call(k, f) for k, f in taken])
+            except BrokerError:
+                self._restore(taken)
+                raise
+            self._check_finished(taken, replies)
