@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
-from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from ulid import ULID
 
 from segue._broker import Broker
 from segue._codec import encode_args
-from segue._context import Context
 from segue._errors import ConfigurationError
 from segue._handle import TaskHandle, parse_info
 from segue._keys import check_queue_name, queue_of
@@ -24,6 +20,11 @@ from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Iterable
+    from datetime import datetime
+    from types import TracebackType
+
+    from segue._context import Context
     from segue._embedded import EmbeddedServer
 
 P = ParamSpec("P")
@@ -46,7 +47,7 @@ class _TaskDecorator:
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
     @overload
-    def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> SyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> SyncTask[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
     def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
@@ -86,7 +87,7 @@ class App:
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
     @overload
-    def task(self, fn: Callable[Concatenate[Context, P], R], /) -> SyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    def task(self, fn: Callable[Concatenate[Context, P], R], /) -> SyncTask[P, R]: ...
     @overload
     def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
     @overload
@@ -102,7 +103,7 @@ class App:
         priority: Priority = "normal",
         silent: bool = False,
     ) -> _TaskDecorator: ...
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
         if fn is None:
             return _TaskDecorator(self, options)
@@ -178,24 +179,30 @@ class App:
         key = o.get("key")
         task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
         payload = encode_args(
-            sig.args, sig.kwargs, what=f"arguments of task {task.name}",
+            sig.args,
+            sig.kwargs,
+            what=f"arguments of task {task.name}",
             limit=self.settings.max_payload_bytes,
         )
         delay = seconds(o.get("delay")) or 0.0
         at: datetime | None = o.get("at")
-        timeout = o["timeout"] if "timeout" in o else d.timeout
-        ttl = o["ttl"] if "ttl" in o else d.ttl
-        return queue, task_id, [
+        timeout = o.get("timeout", d.timeout)
+        ttl = o.get("ttl", d.ttl)
+        return (
+            queue,
             task_id,
-            task.name,
-            payload,
-            o.get("priority", d.priority),
-            int(delay * 1000),
-            int(at.timestamp() * 1000) if at is not None else 0,
-            o.get("max_tries", d.max_tries),
-            int(timeout * 1000) if timeout else 0,
-            -1 if ttl is None else int(ttl * 1000),
-        ]
+            [
+                task_id,
+                task.name,
+                payload,
+                o.get("priority", d.priority),
+                int(delay * 1000),
+                int(at.timestamp() * 1000) if at is not None else 0,
+                o.get("max_tries", d.max_tries),
+                int(timeout * 1000) if timeout else 0,
+                -1 if ttl is None else int(ttl * 1000),
+            ],
+        )
 
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
@@ -210,12 +217,14 @@ class App:
                 TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
             )
         broker = await self.broker()
-        calls = []
+        calls: list[tuple[Any, list[str], list[Any]]] = []
         for queue, fields in by_queue.items():
             ks = broker.keyspace(queue)
             await broker.register_queue(queue)
-            for start in range(0, len(fields), _BATCH * 9):
-                calls.append(broker.enqueue_call(ks, fields[start : start + _BATCH * 9]))
+            step = _BATCH * 9
+            calls.extend(
+                broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
+            )
         await broker.run_calls(calls)
         return handles
 
@@ -262,17 +271,23 @@ class App:
 
         return Worker(self, queues=queues, concurrency=concurrency)
 
-    def run_worker(self, *, queues: list[str] | None = None, concurrency: int | None = None) -> None:
+    def run_worker(
+        self, *, queues: list[str] | None = None, concurrency: int | None = None
+    ) -> None:
         """Run a worker in this process until SIGINT/SIGTERM (blocking)."""
         worker = self.worker(queues=queues, concurrency=concurrency)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(worker.run(install_signal_handlers=True))
 
     async def drain(
-        self, *, queues: list[str] | None = None, concurrency: int | None = None,
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
         horizon: float = 0.0,
     ) -> int:
         """Run a burst worker in this process until nothing is queued, running or due within
         `horizon` seconds; returns how many runs it finished. For tests and scripts."""
         worker = self.worker(queues=queues, concurrency=concurrency)
-        return await worker.run_until_idle(horizon=horizon)
+        finished: int = await worker.run_until_idle(horizon=horizon)
+        return finished

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -22,7 +21,11 @@ from redis import exceptions as rexc
 from segue import _scripts
 from segue._errors import BrokerError, ScriptError
 from segue._keys import Keyspace, queues_key
-from segue._settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator, Sequence
+
+    from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
 
@@ -48,9 +51,7 @@ def map_errors(url: str) -> Iterator[None]:
     except rexc.NoScriptError as exc:  # pragma: no cover - handled by the script wrapper
         raise BrokerError(f"script missing on {_safe(url)}: {exc}") from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-        raise BrokerError(
-            f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}"
-        ) from exc
+        raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
         text = str(exc)
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
@@ -69,7 +70,9 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
 def make_sync_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
     if cluster:
-        return redis.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5, socket_timeout=10)
+        return redis.cluster.RedisCluster.from_url(
+            plain, socket_connect_timeout=5, socket_timeout=10
+        )
     return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10)
 
 
@@ -162,7 +165,9 @@ class Broker:
         args.extend(outcomes)
         return (self.finish_script, keys, args)
 
-    async def run_calls(self, calls: list[tuple[_scripts.Script, list[str], list[Any]]]) -> list[Any]:
+    async def run_calls(
+        self, calls: list[tuple[_scripts.Script, list[str], list[Any]]]
+    ) -> list[Any]:
         async with self.errors():
             if len(calls) == 1:
                 script, keys, args = calls[0]
@@ -297,9 +302,7 @@ class _EndedListener:
                 del self._waiters[task_id]
 
     async def _listen(self) -> None:
-        get = (
-            self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
-        )
+        get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
         while True:
             try:
                 msg = await get(timeout=1.0)

@@ -7,12 +7,14 @@ go through their own JSON mode. Nothing is ever unpickled.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from segue._errors import PayloadError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _ANY: Any = Any
 

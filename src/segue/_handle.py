@@ -113,7 +113,7 @@ class TaskHandle(Generic[R]):
     def _outcome(self, status: TaskStatus, rec: dict[bytes, bytes]) -> R:
         if status is TaskStatus.SUCCEEDED:
             try:
-                return cast(R, self._decoder.decode(rec.get(b"r", b"null")))
+                return cast("R", self._decoder.decode(rec.get(b"r", b"null")))
             except Exception as exc:
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:

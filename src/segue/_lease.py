@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segue import _scripts
 from segue._broker import make_sync_client
-from segue._keys import Keyspace
-from segue._settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from segue._keys import Keyspace
+    from segue._settings import Settings
 
 log = logging.getLogger("segue.worker")
 

@@ -57,16 +57,15 @@ class TaskOptions:
         the whole step (capped at one hour); a callable gets the try count and decides.
         """
         if callable(self.retry_backoff):
-            return max(0.0, float(self.retry_backoff(tries)))
-        step = min(3600.0, self.retry_backoff * (2 ** (tries - 1)))
+            delay: float = self.retry_backoff(tries)
+            return max(0.0, float(delay))
+        step = min(3600.0, float(self.retry_backoff) * 2.0 ** (tries - 1))
         return step * random.uniform(0.5, 1.0)
 
 
 def check_priority(priority: str) -> str:
     if priority not in PRIORITIES:
-        raise ConfigurationError(
-            f"priority {priority!r} is not one of {', '.join(PRIORITIES)}"
-        )
+        raise ConfigurationError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
     return priority
 
 

@@ -10,17 +10,20 @@ import asyncio
 import functools
 import logging
 import traceback
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segue._codec import encode
 from segue._context import Context
 from segue._errors import Fail, Retry
 from segue._faults import faultpoint
-from segue._keys import Keyspace
-from segue._settings import Settings
-from segue._task import Task
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from segue._keys import Keyspace
+    from segue._settings import Settings
+    from segue._task import Task
 
 log = logging.getLogger("segue.worker")
 Outcome = tuple[str, Any, Any]
@@ -77,12 +80,24 @@ async def attempt(
     try:
         args, kwargs = task.args_decoder.decode(job.payload)
     except Exception as exc:
-        return ("fail", _message("undecodable", (
-            f"the arguments of task {job.id} ({job.name}) do not decode for its parameters: "
-            f"{exc}")), "undecodable")
+        return (
+            "fail",
+            _message(
+                "undecodable",
+                (
+                    f"the arguments of task {job.id} ({job.name}) do not decode "
+                    f"for its parameters: "
+                    f"{exc}"
+                ),
+            ),
+            "undecodable",
+        )
     if task.takes_ctx:
         ctx = Context(
-            task_id=job.id, name=job.name, tries=job.tries, worker_id=worker_id,
+            task_id=job.id,
+            name=job.name,
+            tries=job.tries,
+            worker_id=worker_id,
             queue=job.ks.queue,
         )
         args.insert(0, ctx)
@@ -112,16 +127,19 @@ async def attempt(
             return ("retry", _error(exc, "retry", with_tb=False), int(delay * 1000))
         return ("fail", _error(exc, "max_tries", with_tb=False), "max_tries")
     except TimeoutError as exc:
-        reason = "timeout" if timer.expired() else "error"
-        if reason == "timeout":
-            exc = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
-        return _failure(job, task, exc, reason)
+        if not timer.expired():
+            return _failure(job, task, exc, "error")
+        expired = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
+        return _failure(job, task, expired, "timeout")
     except Exception as exc:
         return _failure(job, task, exc, "error")
     faultpoint("after_effect_before_complete")
     try:
-        payload = encode(value, what=f"the result of task {job.id} ({job.name})",
-                         limit=settings.max_payload_bytes)
+        payload = encode(
+            value,
+            what=f"the result of task {job.id} ({job.name})",
+            limit=settings.max_payload_bytes,
+        )
     except Exception as exc:
         return ("fail", _error(exc, "unencodable_result", with_tb=False), "unencodable_result")
     if not silent:

@@ -47,7 +47,9 @@ class Settings:
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, not {self.lease_seconds}")
         if self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be at least 1, not {self.max_deliveries}")
+            raise ConfigurationError(
+                f"max_deliveries must be at least 1, not {self.max_deliveries}"
+            )
 
     @property
     def cluster(self) -> bool:

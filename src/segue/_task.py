@@ -6,9 +6,9 @@ import asyncio
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, cast
 
-from typing_extensions import Self, Unpack
+from typing_extensions import Unpack
 
 from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context
@@ -27,7 +27,10 @@ _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
 def takes_context(fn: Callable[..., Any], hints: dict[str, Any]) -> bool:
     """A task takes a Context when its first parameter is annotated so (or named `ctx`)."""
     params = list(inspect.signature(fn).parameters.values())
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+    if not params or params[0].kind not in (
+        params[0].POSITIONAL_ONLY,
+        params[0].POSITIONAL_OR_KEYWORD,
+    ):
         return False
     first = params[0]
     ann = hints.get(first.name, first.annotation)
@@ -48,7 +51,11 @@ class Signature(Generic[R]):
     __slots__ = ("args", "kwargs", "opts", "task")
 
     def __init__(
-        self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], opts: EnqueueOptions
+        self,
+        task: Task[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: EnqueueOptions,
     ) -> None:
         self.task = task
         self.args = args
@@ -127,12 +134,15 @@ class Task(Generic[P, R]):
         """Run the function here, now, without a queue (sync functions in a thread)."""
         call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
         if self.is_async:
-            return cast(R, await self.fn(*call_args, **kwargs))
-        return cast(R, await asyncio.to_thread(self.fn, *call_args, **kwargs))
+            return cast("R", await self.fn(*call_args, **kwargs))
+        return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
 
     def local_context(self) -> Context:
         return Context(
-            task_id=f"{self.opts.queue}:local", name=self.name, tries=1, worker_id="local",
+            task_id=f"{self.opts.queue}:local",
+            name=self.name,
+            tries=1,
+            worker_id="local",
             queue=self.opts.queue,
         )
 
@@ -159,7 +169,7 @@ class SyncTask(Task[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
-        return cast(R, self.fn(*call_args, **kwargs))
+        return cast("R", self.fn(*call_args, **kwargs))
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

@@ -95,13 +95,16 @@ class Worker:
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
         self._lease = LeaseKeeper(
-            broker.url, self.app.settings, self.id,
-            lambda ids: loop.call_soon_threadsafe(self._on_lost, ids),
+            broker.url,
+            self.app.settings,
+            self.id,
+            lambda ids: self._report_lost(loop, ids),
         )
         self._lease.start()
         waker = asyncio.create_task(self._wake_loop(broker, keyspaces), name="segue-waker")
-        log.info("worker %s started queues=%s concurrency=%d", self.id, self.queues,
-                 self.concurrency)
+        log.info(
+            "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
+        )
         try:
             await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
             await self._shutdown(broker)
@@ -200,7 +203,8 @@ class Worker:
                 if not ok:
                     log.warning(
                         "outcome of task %s discarded: this worker no longer holds its lease "
-                        "(another worker took it over, or it ended)", fields[i * 5]
+                        "(another worker took it over, or it ended)",
+                        fields[i * 5],
                     )
 
     def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
@@ -248,6 +252,9 @@ class Worker:
             self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
         self._finished += 1
         self._changed.set()
+
+    def _report_lost(self, loop: asyncio.AbstractEventLoop, ids: list[str]) -> None:
+        loop.call_soon_threadsafe(self._on_lost, ids)
 
     def _on_lost(self, ids: list[str]) -> None:
         for task_id in ids:

@@ -1,0 +1,3 @@
+from segue._cli import main
+
+main()
