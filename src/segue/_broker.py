@@ -192,6 +192,13 @@ class Broker:
                     if await self._blocking.blpop([ks.wake], timeout=share):
                         return
 
+    async def nudge(self, keyspaces: Sequence[Keyspace]) -> None:
+        """Put a wake token on each queue so that a blocked wait returns now."""
+        async with self.errors():
+            for ks in keyspaces:
+                await self.client.lpush(ks.wake, 1)
+                await self.client.ltrim(ks.wake, 0, 0)
+
     # --- reads ---------------------------------------------------------------------------
 
     async def task_record(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:

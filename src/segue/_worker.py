@@ -109,9 +109,8 @@ class Worker:
             await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
             await self._shutdown(broker)
         finally:
-            waker.cancel()
-            with contextlib.suppress(BaseException):
-                await waker
+            self._stopping = True
+            await self._stop_waker(broker, keyspaces, waker)
             self._lease.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
             if signals:
@@ -277,6 +276,18 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             self._changed.set()
+
+    async def _stop_waker(
+        self, broker: Broker, keyspaces: list[Keyspace], waker: asyncio.Task[None]
+    ) -> None:
+        # Cancelling a BLPOP in flight can stall redis-py's connection teardown; a wake
+        # token ends the BLPOP at once instead (another worker woken by it finds nothing).
+        with contextlib.suppress(BrokerError):
+            await broker.nudge(keyspaces)
+        try:
+            await asyncio.wait_for(waker, self.app.settings.poll_seconds + 2)
+        except BaseException:
+            waker.cancel()
 
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua

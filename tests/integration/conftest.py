@@ -1,0 +1,54 @@
+"""App fixtures over the server fixtures of tests/conftest.py, and async test support."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from segue import App
+
+# --- async tests -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests on a fresh event loop (no plugin needed)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    asyncio.run(pyfuncitem.obj(**kwargs))
+    return True
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Wait until `check()` is true, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+# --- apps --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_app(segue_engine: Any, queue_name: str) -> Iterator[Callable[..., App]]:
+    """Build Apps on the engine under test, each on this test's queue by default."""
+
+    def build(**overrides: Any) -> App:
+        overrides.setdefault("queue", queue_name)
+        overrides.setdefault("poll_seconds", 0.2)
+        return App("test", redis_url=segue_engine.url, **overrides)
+
+    yield build
