@@ -111,7 +111,9 @@ class App:
 
     def _register(self, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
         name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
-        queue = check_queue_name(options.pop("queue", None) or self.settings.queue)
+        queue = options.pop("queue", None)
+        if queue is not None:
+            check_queue_name(queue)
         options.setdefault("ttl", self.settings.result_ttl_seconds)
         opts = TaskOptions(name=name, queue=queue, **options)
         if name in self.registry:
@@ -173,7 +175,7 @@ class App:
     def _fields(self, sig: Signature[Any]) -> tuple[str, str, list[Any]]:
         task, o = sig.task, sig.opts
         d = task.opts
-        queue = o.get("queue", d.queue)
+        queue = o.get("queue") or d.queue or self.settings.queue
         if queue not in self._checked_queues:
             self._checked_queues.add(check_queue_name(queue))
         key = o.get("key")

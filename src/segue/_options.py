@@ -33,7 +33,7 @@ class TaskOptions:
     """Options fixed when a task is declared (`@app.task(...)`)."""
 
     name: str
-    queue: str
+    queue: str | None = None  # None: the App's default queue at enqueue time
     timeout: float | None = None
     max_tries: int = 3
     retry_backoff: Backoff = 1.0

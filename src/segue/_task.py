@@ -114,7 +114,12 @@ class Task(Generic[P, R]):
         return self.opts.name
 
     def __repr__(self) -> str:
-        return f"<Task {self.name} queue={self.opts.queue}>"
+        return f"<Task {self.name} queue={self.queue}>"
+
+    @property
+    def queue(self) -> str:
+        """The queue enqueues go to unless an enqueue option says otherwise."""
+        return self.opts.queue or self.app.settings.queue
 
     def options(self, **options: Unpack[EnqueueOptions]) -> Self:
         """A copy of this task whose enqueues use these options."""
@@ -139,11 +144,11 @@ class Task(Generic[P, R]):
 
     def local_context(self) -> Context:
         return Context(
-            task_id=f"{self.opts.queue}:local",
+            task_id=f"{self.queue}:local",
             name=self.name,
             tries=1,
             worker_id="local",
-            queue=self.opts.queue,
+            queue=self.queue,
         )
 
     def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,145 @@
+"""Real worker processes: SIGKILL recovery, SIGTERM requeue, two workers sharing a queue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from segue import App, TaskStatus
+from tests.apps import procs
+from tests.integration.conftest import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+class Workers:
+    """Starts `segue worker tests.apps.procs:app` subprocesses; stops only its own."""
+
+    def __init__(self, url: str, queue: str, admin_url: str) -> None:
+        self.env = {
+            **os.environ,
+            "SEGUE_REDIS_URL": url,
+            "SEGUE_QUEUE": queue,
+            "SEGUE_LEASE_SECONDS": "1.5",
+            "SEGUE_POLL_SECONDS": "0.2",
+            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
+            "LEDGER_URL": admin_url,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app",
+             "--concurrency", str(concurrency), "--log-level", "warning"],
+            cwd=ROOT, env=self.env,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(segue_valkey: Any, queue_name: str) -> Iterator[Workers]:
+    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def client_app(segue_valkey: Any, queue_name: str) -> App:
+    # the test's own App knows the tasks of the worker module (same names and types)
+    procs.app.settings = procs.app.settings.replace(
+        redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2
+    )
+    return procs.app
+
+
+async def ledger(admin_url: str, queue: str) -> list[list[str]]:
+    client = redis.asyncio.Redis.from_url(admin_url)
+    try:
+        rows = await client.lrange(f"segue:ledger:{queue}", 0, -1)
+    finally:
+        await client.aclose()
+    return [r.decode().split() for r in rows]
+
+
+async def test_sigkilled_worker_task_is_finished_by_another(
+    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    first = workers.start()
+    async with client_app:
+        h = await procs.nap.enqueue(1.0)
+
+        async def started() -> bool:
+            return len(await ledger(segue_valkey.admin_url, queue_name)) == 1
+
+        await eventually(started, timeout=10)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        assert await h.status() is TaskStatus.RUNNING  # nobody knows yet: the lease runs on
+        workers.start()
+        assert await h.result(timeout=20) == "napped 1.0"
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert [r[0] for r in rows] == [h.id, h.id]
+        assert rows[0][1] != rows[1][1]  # run again by the second worker
+        assert [r[2] for r in rows] == ["1", "2"]  # the lost run counted as a try
+        assert [t.reason for t in (await h.info()).history if t.status is TaskStatus.QUEUED][
+            -1
+        ] == "lease expired"
+
+
+async def test_sigterm_requeues_unfinished_tasks(
+    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    first = workers.start()
+    async with client_app:
+        quick = await procs.nap.enqueue(0.01)
+        long = await procs.nap.enqueue(30.0)
+        assert await quick.result(timeout=10) == "napped 0.01"
+
+        async def both_started() -> bool:
+            return len(await ledger(segue_valkey.admin_url, queue_name)) == 2
+
+        await eventually(both_started, timeout=10)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+        info = await long.info()
+        assert info.status is TaskStatus.QUEUED  # requeued at once, not after the lease
+        assert info.tries == 0  # the interrupted run does not spend a try
+        assert info.history[-1].reason == "worker shutdown"
+
+
+async def test_two_workers_drain_5000_tasks_each_once(
+    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    async with client_app:
+        handles = await client_app.enqueue_many([procs.count.call(i) for i in range(5000)])
+        workers.start(concurrency=16)
+        workers.start(concurrency=16)
+
+        async def all_done() -> bool:
+            counts = await client_app.queue_counts()
+            return counts["succeeded"] == 5000
+
+        await eventually(all_done, timeout=60, interval=0.2)
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        runs = Counter(r[0] for r in rows)
+        assert len(runs) == 5000 and set(runs.values()) == {1}
+        assert len({r[1] for r in rows}) == 2  # both workers took part
+        assert await handles[4999].result() == 4999
