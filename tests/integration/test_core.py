@@ -137,8 +137,11 @@ async def test_priorities_high_first(make_app: Callable[..., App]) -> None:
             + [tag.options(priority="high").call(f"high{i}") for i in range(3)]
         )
         await app.drain(concurrency=1)
-    assert order == [*(f"high{i}" for i in range(3)), *(f"normal{i}" for i in range(3)),
-                     *(f"low{i}" for i in range(3))]
+    assert order == [
+        *(f"high{i}" for i in range(3)),
+        *(f"normal{i}" for i in range(3)),
+        *(f"low{i}" for i in range(3)),
+    ]
 
 
 async def test_delay_and_at_schedule_on_time(make_app: Callable[..., App]) -> None:
@@ -289,8 +292,9 @@ async def test_rich_types_round_trip(make_app: Callable[..., App]) -> None:
 
     @app.task(name="echo")
     async def echo(p: Point, item: Item, order: Order, when: datetime, uid: uuid.UUID) -> Order:
-        assert isinstance(p, Point) and isinstance(item, Item) and isinstance(order, Order)
-        assert isinstance(when, datetime) and isinstance(uid, uuid.UUID)
+        # decoded to the annotated types, not left as dicts and strings
+        types = [type(v) for v in (p, item, order, when, uid)]
+        assert types == [Point, Item, Order, datetime, uuid.UUID]
         return order
 
     order = Order(id=uuid.uuid4(), placed=datetime(2026, 11, 24, 9, 30, tzinfo=UTC))

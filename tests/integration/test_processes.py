@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -40,9 +39,19 @@ class Workers:
 
     def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app",
-             "--concurrency", str(concurrency), "--log-level", "warning"],
-            cwd=ROOT, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "segue",
+                "worker",
+                "tests.apps.procs:app",
+                "--concurrency",
+                str(concurrency),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
         )
         self.procs.append(proc)
         return proc
@@ -76,7 +85,7 @@ async def ledger(admin_url: str, queue: str) -> list[list[str]]:
         rows = await client.lrange(f"segue:ledger:{queue}", 0, -1)
     finally:
         await client.aclose()
-    return [r.decode().split() for r in rows]
+    return [(r.decode() if isinstance(r, bytes) else r).split() for r in rows]
 
 
 async def test_sigkilled_worker_task_is_finished_by_another(

@@ -1,0 +1,131 @@
+"""Leases and fencing at the script level: what a frozen or dead worker can and cannot do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from segue import App, TaskFailed, TaskStatus
+from segue._broker import Broker
+from tests.integration.conftest import eventually
+
+
+async def claim(broker: Broker, queue: str, worker: str, want: int = 1) -> list[Any]:
+    reply = await broker.run_calls([broker.claim_call(broker.keyspace(queue), worker, want)])
+    return list(reply[0][3:])
+
+
+async def finish(broker: Broker, queue: str, task_id: str, gen: Any, result: bytes) -> int:
+    call = broker.finish_call(broker.keyspace(queue), [task_id, gen, "ok", result, ""])
+    reply = await broker.run_calls([call])
+    return int(reply[0][0])
+
+
+async def test_a_worker_that_lost_its_lease_cannot_complete(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(lease_seconds=0.3)
+
+    @app.task(name="job")
+    async def job() -> str:
+        return "real"
+
+    async with app:
+        broker = await app.broker()
+        q = app.settings.queue
+        h = await job.enqueue()
+        (first,) = await claim(broker, q, "zombie")
+        await asyncio.sleep(0.4)  # the zombie is frozen past its lease
+        (second,) = await claim(broker, q, "healthy")
+        assert second[0] == first[0] and int(second[4]) == int(first[4]) + 1
+        assert await finish(broker, q, h.id, first[4], b'"stale"') == 0  # fenced out
+        assert await h.status() is TaskStatus.RUNNING
+        assert await finish(broker, q, h.id, second[4], b'"real"') == 1
+        assert await h.result() == "real"
+        assert await finish(broker, q, h.id, second[4], b'"again"') == 0  # replay: no-op
+        assert await h.result() == "real"
+
+
+async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -> None:
+    app = make_app(lease_seconds=0.5)
+
+    @app.task(name="long")
+    async def long() -> str:
+        await asyncio.sleep(1.6)  # three leases long: only renewal keeps it
+        return "kept"
+
+    async with app:
+        h = await long.enqueue()
+        worker = app.worker()
+        thief = make_app(lease_seconds=0.5)
+        running = asyncio.create_task(worker.run())
+        try:
+            await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
+            async with thief:
+                broker = await thief.broker()
+                for _ in range(6):
+                    assert await claim(broker, app.settings.queue, "thief") == []
+                    await asyncio.sleep(0.2)
+            assert await h.result(timeout=5) == "kept"
+            assert (await h.info()).tries == 1
+        finally:
+            worker.stop()
+            await running
+
+
+async def _is(handle: Any, status: TaskStatus) -> bool:
+    return bool(await handle.status() is status)
+
+
+async def test_repeated_lease_expiry_fails_as_worker_lost(make_app: Callable[..., App]) -> None:
+    app = make_app(lease_seconds=0.2, max_deliveries=3)
+
+    @app.task(name="poison", max_tries=10)
+    async def poison() -> None: ...
+
+    async with app:
+        broker = await app.broker()
+        q = app.settings.queue
+        h = await poison.enqueue()
+        for n in range(3):
+            assert len(await claim(broker, q, f"crashing-{n}")) == 1
+            await asyncio.sleep(0.25)  # the claimer dies: no outcome recorded
+        assert await claim(broker, q, "next") == []
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "3 times in a row" in caught.value.message
+
+
+async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(lease_seconds=0.6)
+    gate = asyncio.Event()
+
+    @app.task(name="frozen")
+    async def frozen() -> str:
+        await gate.wait()
+        return "from the old holder"
+
+    async with app:
+        h = await frozen.enqueue()
+        worker = app.worker()
+        running = asyncio.create_task(worker.run())
+        try:
+            await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
+            broker = await app.broker()
+            # another process takes the task over (as after a partition past the lease)
+            await broker.client.hset(broker.keyspace(app.settings.queue).task(h.id), "g", 99)
+            await eventually(lambda: _running(worker, 0), timeout=5)
+        finally:
+            worker.stop()
+            await running
+        assert await h.status() is TaskStatus.RUNNING  # the old holder wrote nothing
+
+
+async def _running(worker: Any, n: int) -> bool:
+    return bool(worker.running == n)

@@ -1,0 +1,57 @@
+"""Type-checked by mypy, never run: enqueue calls and results are typed end to end.
+
+Each `type: ignore[code]` is a negative test: under `warn_unused_ignores` (strict), mypy
+fails if the error it silences ever stops being an error.
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+from segue import App, AsyncTask, Context, Signature, SyncTask, TaskHandle
+
+app = App("typing")
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="files.process", max_tries=3)
+async def process(ctx: Context, files: list[str]) -> int:
+    return len(files)
+
+
+@app.task(name="math.double")
+def double(x: int) -> int:
+    return 2 * x
+
+
+@app.task
+def greet(ctx: Context, name: str) -> str:
+    return f"hi {name} from {ctx.task_id}"
+
+
+async def check() -> None:
+    async_task: AsyncTask[..., int] = add
+    sync_task: SyncTask[..., str] = greet
+    del async_task, sync_task
+
+    handle = await add.enqueue(1, 2)
+    assert_type(handle, TaskHandle[int])
+    assert_type(await handle.result(), int)
+    assert_type(await process.enqueue(["a", "b"]), TaskHandle[int])
+    assert_type(await double.options(delay=5, priority="high").enqueue(3), TaskHandle[int])
+    assert_type(double.call(2), Signature[int])
+    assert_type(await app.enqueue_many([double.call(i) for i in range(3)]), list[TaskHandle[int]])
+    assert_type(double(4), int)
+    assert_type(await add(1, 2), int)
+
+    await add.enqueue("1", 2)  # type: ignore[arg-type]
+    await add.enqueue(1)  # type: ignore[call-arg]
+    await process.enqueue(files=[1])  # type: ignore[list-item]
+    await add.options(dely=5).enqueue(1, 2)  # type: ignore[call-arg]
+    await add.options(priority="urgent").enqueue(1, 2)  # type: ignore[arg-type]
+    text: str = await handle.result()  # type: ignore[assignment]
+    del text

@@ -1,0 +1,29 @@
+"""Every script's documented KEYS match what its wrapper sends."""
+
+from __future__ import annotations
+
+from segue import Settings
+from segue._broker import Broker
+from segue._scripts import NAMES, load
+
+
+def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
+    broker = Broker(Settings(redis_url="redis://127.0.0.1:1/0"), "redis://127.0.0.1:1/0")
+    ks = broker.keyspace("q")
+    calls = {
+        "enqueue": broker.enqueue_call(ks, []),
+        "claim": broker.claim_call(ks, "w", 1),
+        "finish": broker.finish_call(ks, []),
+    }
+    for name, (script, keys, _) in calls.items():
+        assert script.numkeys == len(keys), name
+    assert load("renew").numkeys == 1
+    assert set(NAMES) == {"enqueue", "claim", "finish", "renew"}
+
+
+def test_every_key_of_a_call_carries_the_queue_tag() -> None:
+    broker = Broker(Settings(redis_url="redis://127.0.0.1:1/0"), "redis://127.0.0.1:1/0")
+    ks = broker.keyspace("q")
+    for _, keys, args in (broker.claim_call(ks, "w", 1), broker.finish_call(ks, [])):
+        assert all("{q}" in k for k in keys)
+        assert args[0] == "segue:{q}:"
