@@ -227,7 +227,7 @@ class App:
             calls.extend(
                 broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
             )
-        await broker.run_calls(calls)
+        await broker.run_calls(calls, retry=True)
         return handles
 
     # --- reading ---------------------------------------------------------------------------

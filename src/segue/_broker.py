@@ -20,6 +20,7 @@ from redis import exceptions as rexc
 
 from segue import _scripts
 from segue._errors import BrokerError, ScriptError
+from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ def map_errors(url: str) -> Iterator[None]:
         yield
     except rexc.NoScriptError as exc:  # pragma: no cover - handled by the script wrapper
         raise BrokerError(f"script missing on {_safe(url)}: {exc}") from exc
+    except ReplyError as exc:
+        text = str(exc)
+        code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
+        raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
@@ -84,6 +89,8 @@ class Broker:
         self.url = url
         self.cluster = settings.cluster
         self.client: Any = make_async_client(url, cluster=self.cluster)
+        # the hot path of a standalone server goes through one auto-pipelined connection
+        self.fast = None if self.cluster else FastConnection(_plain_url(url))
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()
@@ -109,6 +116,8 @@ class Broker:
             await self.client.ping()
 
     async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()
         if self._ended is not None:
             await self._ended.close()
             self._ended = None
@@ -166,8 +175,18 @@ class Broker:
         return (self.finish_script, keys, args)
 
     async def run_calls(
-        self, calls: list[tuple[_scripts.Script, list[str], list[Any]]]
+        self, calls: list[tuple[_scripts.Script, list[str], list[Any]]], *, retry: bool = False
     ) -> list[Any]:
+        """Run script calls in one round trip. `retry=True` resends once after a dropped
+        connection: only for calls that are idempotent (enqueue by id, fenced finishes)."""
+        if self.fast is not None:
+            async with self.errors():
+                try:
+                    return await self._run_fast(self.fast, calls)
+                except ConnectionError:
+                    if not retry:
+                        raise
+                    return await self._run_fast(self.fast, calls)
         async with self.errors():
             if len(calls) == 1:
                 script, keys, args = calls[0]
@@ -176,6 +195,23 @@ class Broker:
                 # a cluster pipeline may split over nodes; scripts of one queue share a slot
                 return [await s.run(self.client, k, a) for s, k, a in calls]
             return await _scripts.run_pipeline(self.client, calls)
+
+    @staticmethod
+    async def _run_fast(
+        fast: FastConnection, calls: list[tuple[_scripts.Script, list[str], list[Any]]]
+    ) -> list[Any]:
+        await fast.connect()
+        futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        results: list[Any] = []
+        for (script, keys, args), fut in zip(calls, futs, strict=True):
+            try:
+                results.append(await fut)
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await fast.execute("SCRIPT", "LOAD", script.source)
+                results.append(await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args))
+        return results
 
     async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
         """Block until an enqueue or a finished task signals work, or `timeout` passes."""
@@ -203,11 +239,17 @@ class Broker:
 
     async def task_record(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:
         async with self.errors():
+            if self.fast is not None:
+                flat = await self.fast.execute("HGETALL", ks.task(task_id))
+                return dict(zip(flat[::2], flat[1::2], strict=True))
             rec: dict[bytes, bytes] = await self.client.hgetall(ks.task(task_id))
         return rec
 
     async def task_status(self, ks: Keyspace, task_id: str) -> bytes | None:
         async with self.errors():
+            if self.fast is not None:
+                raw: bytes | None = await self.fast.execute("HGET", ks.task(task_id), "s")
+                return raw
             st: bytes | None = await self.client.hget(ks.task(task_id), "s")
         return st
 
