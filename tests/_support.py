@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -125,8 +126,16 @@ def start_process(binary: str, port: int, directory: Path, *extra: str) -> subpr
     return proc
 
 
+def _cmd(port: int, *args: Any) -> Any:
+    client: Any = redis.Redis(port=port)
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
+
+
 def add_acl_user(port: int) -> None:
-    redis.Redis(port=port).execute_command("ACL", "SETUSER", ACL_USER, "reset", *ACL_RULES)
+    _cmd(port, "ACL", "SETUSER", ACL_USER, "reset", *ACL_RULES)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -163,8 +172,8 @@ def start_cluster(
     ports = [free_port() for _ in range(primaries)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port in ports:
-            procs.append(
+        for port in ports:  # one at a time: a failure must stop those already started
+            procs.append(  # noqa: PERF401
                 start_process(
                     binary,
                     port,
@@ -180,9 +189,9 @@ def start_cluster(
         step = 16384 // primaries
         for i, port in enumerate(ports):
             last = 16383 if i == primaries - 1 else (i + 1) * step - 1
-            redis.Redis(port=port).execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+            _cmd(port, "CLUSTER", "ADDSLOTSRANGE", i * step, last)
         for port in ports[1:]:
-            redis.Redis(port=ports[0]).execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+            _cmd(ports[0], "CLUSTER", "MEET", "127.0.0.1", port)
         deadline = time.monotonic() + 20
         while not all(_cluster_ok(p, primaries) for p in ports):
             if time.monotonic() > deadline:
@@ -205,7 +214,7 @@ def start_cluster(
 
 def _cluster_ok(port: int, primaries: int) -> bool:
     with contextlib.suppress(redis.RedisError):
-        info = redis.Redis(port=port).execute_command("CLUSTER", "INFO")
+        info = _cmd(port, "CLUSTER", "INFO")
         text = info.decode() if isinstance(info, bytes) else str(info)
         return "cluster_state:ok" in text and f"cluster_known_nodes:{primaries}" in text
     return False

