@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
@@ -59,16 +60,28 @@ def worker(
         str | None, typer.Option("--queues", "-q", help="Comma-separated, served in order")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Exit once nothing is queued, running or retrying")
+    ] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level)
     the_app = load_app(app)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
-        the_app.run_worker(queues=names, concurrency=concurrency)
+        if burst:
+            n = asyncio.run(_burst(the_app, names, concurrency))
+            err.print(f"burst worker finished {n} runs")
+        else:
+            the_app.run_worker(queues=names, concurrency=concurrency)
     except SegueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+async def _burst(app: App, queues: list[str] | None, concurrency: int | None) -> int:
+    async with app:
+        return await app.drain(queues=queues, concurrency=concurrency)
 
 
 @cli.command()

