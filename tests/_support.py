@@ -87,7 +87,8 @@ def wait_for_ping(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            redis.Redis(port=port, socket_connect_timeout=1).ping()
+            with redis.Redis(port=port, socket_connect_timeout=1) as client:
+                client.ping()
             return
         except (redis.ConnectionError, redis.TimeoutError):
             if time.monotonic() > deadline:

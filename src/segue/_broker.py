@@ -133,8 +133,7 @@ class Broker:
         self, ks: Keyspace, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
         """Create tasks (9 fields each, see enqueue.lua); replies 1 = created, 0 = existed."""
-        keys = [*ks.pending, ks.scheduled, ks.wake]
-        return (self.enqueue_script, keys, [ks.base, len(fields) // 9, *fields])
+        return (self.enqueue_script, ks.enqueue_keys, [ks.base, len(fields) // 9, *fields])
 
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
@@ -201,6 +200,15 @@ class Broker:
         fast: FastConnection, calls: list[tuple[_scripts.Script, list[str], list[Any]]]
     ) -> list[Any]:
         await fast.connect()
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            try:
+                return [await fast.send("EVALSHA", script.sha, len(keys), *keys, *args)]
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await fast.execute("SCRIPT", "LOAD", script.source)
+                return [await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)]
         futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
         results: list[Any] = []
         for (script, keys, args), fut in zip(calls, futs, strict=True):

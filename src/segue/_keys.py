@@ -58,6 +58,11 @@ class Keyspace:
         return (self.key("q", "high"), self.key("q", "normal"), self.key("q", "low"))
 
     @cached_property
+    def enqueue_keys(self) -> list[str]:
+        """KEYS of enqueue.lua, built once."""
+        return [*self.pending, self.scheduled, self.wake]
+
+    @cached_property
     def scheduled(self) -> str:
         return self.key("sched")
 

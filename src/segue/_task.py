@@ -66,7 +66,7 @@ class Signature(Generic[R]):
         return Signature(self.task, self.args, self.kwargs, _merge(self.opts, options))
 
     async def enqueue(self) -> TaskHandle[R]:
-        return (await self.task.app.enqueue_many([self]))[0]
+        return await self.task.app.enqueue_one(self)
 
     def __repr__(self) -> str:
         return f"<Signature {self.task.name}{self.args!r}>"
@@ -133,7 +133,7 @@ class Task(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Put one run of this task in its queue; returns a handle to follow it."""
         self.check_args(args, kwargs)
-        return (await self.app.enqueue_many([Signature(self, args, kwargs, self.call_options)]))[0]
+        return await self.app.enqueue_one(Signature(self, args, kwargs, self.call_options))
 
     async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, now, without a queue (sync functions in a thread)."""

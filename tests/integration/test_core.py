@@ -165,8 +165,9 @@ async def test_delay_and_at_schedule_on_time(make_app: Callable[..., App]) -> No
         finally:
             worker.stop()
             await running
-    assert 0.55 <= started["delay"] - t0 <= 0.6 + 0.25
-    assert 0.85 <= started["at"] - t0 <= 0.9 + 0.25
+    # due on time: within 100 ms, plus a little for a busy 2-core test machine
+    assert 0.55 <= started["delay"] - t0 <= 0.6 + 0.15
+    assert 0.85 <= started["at"] - t0 <= 0.9 + 0.15
 
 
 async def test_retries_with_backoff_then_success(make_app: Callable[..., App]) -> None:
@@ -435,7 +436,7 @@ async def test_results_expire_and_leave_no_keys(
 ) -> None:
     app = make_app()
 
-    @app.task(name="short", ttl=0.3)
+    @app.task(name="short", ttl=1.0)
     async def short() -> int:
         return 1
 
@@ -443,7 +444,7 @@ async def test_results_expire_and_leave_no_keys(
     async def none() -> int:
         return 2
 
-    @app.task(name="boom", ttl=0.3, max_tries=1)
+    @app.task(name="boom", ttl=1.0, max_tries=1)
     async def boom() -> None:
         raise RuntimeError("x")
 
@@ -464,7 +465,7 @@ async def test_results_expire_and_leave_no_keys(
             # structural keys: the wake token and the bounded dead-letter list
             return [k for k in keys if not k.endswith((":wake", ":dead"))] == []
 
-        await eventually(gone, timeout=5)
+        await eventually(gone, timeout=10)
         with pytest.raises(TaskNotFound):
             await h1.result()
         with pytest.raises(TaskNotFound):
@@ -489,3 +490,24 @@ async def test_two_apps_in_one_server_do_not_share_queues(make_app: Callable[...
         await a.drain()
         await b.drain()
         assert ran == ["a"]
+
+
+async def test_scripts_reload_after_the_server_forgets_them(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+
+    @app.task(name="after_flush")
+    async def after_flush() -> str:
+        return "ok"
+
+    async with app:
+        await (await after_flush.enqueue()).status()
+        admin = admin_client(segue_engine)
+        try:
+            await admin.script_flush()  # on a cluster, redis-py sends it to every node
+        finally:
+            await admin.aclose()
+        h = await after_flush.enqueue()  # NOSCRIPT: reloaded and resent
+        await app.drain()
+        assert await h.result() == "ok"

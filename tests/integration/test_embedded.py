@@ -139,7 +139,8 @@ def test_a_long_project_path_falls_back_to_tcp(tmp_path: Path) -> None:
     server = emb.acquire(deep)
     try:
         assert server.url.startswith("redis://127.0.0.1:")
-        assert redis.Redis.from_url(server.url).ping()
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
     finally:
         emb.release(server)
     assert not (deep / ".segue" / "server.json").exists()

@@ -56,7 +56,8 @@ class Server:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port).ping()
+                with redis.Redis(port=self.port) as client:
+                    client.ping()
                 return
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
