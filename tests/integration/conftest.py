@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from segue import App
+from segue import App, Worker
 
 # --- async tests -------------------------------------------------------------------------
 
@@ -37,6 +38,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App, **options: Any) -> AsyncIterator[Worker]:
+    """A worker of `app` running in this event loop for the block, stopped after it."""
+    worker = app.worker(**options)
+    running = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await running
 
 
 # --- apps --------------------------------------------------------------------------------

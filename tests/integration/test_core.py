@@ -28,7 +28,7 @@ from segue import (
     TaskNotFound,
     TaskStatus,
 )
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, serving
 
 
 def admin_client(engine: Any) -> Any:
@@ -109,17 +109,11 @@ async def test_result_waits_for_a_running_worker(make_app: Callable[..., App]) -
         await asyncio.sleep(0.2)
         return "done"
 
-    async with app:
-        worker = app.worker(concurrency=4)
-        running = asyncio.create_task(worker.run())
-        try:
-            h = await slow.enqueue()
-            assert await h.result(timeout=10) == "done"
-            with pytest.raises(ResultTimeout):
-                await (await slow.options(delay=30).enqueue()).result(timeout=0.2)
-        finally:
-            worker.stop()
-            await running
+    async with app, serving(app, concurrency=4):
+        h = await slow.enqueue()
+        assert await h.result(timeout=10) == "done"
+        with pytest.raises(ResultTimeout):
+            await (await slow.options(delay=30).enqueue()).result(timeout=0.2)
 
 
 async def test_priorities_high_first(make_app: Callable[..., App]) -> None:
@@ -152,19 +146,13 @@ async def test_delay_and_at_schedule_on_time(make_app: Callable[..., App]) -> No
     async def stamp(label: str) -> None:
         started[label] = time.monotonic()
 
-    async with app:
-        worker = app.worker(concurrency=4)
-        running = asyncio.create_task(worker.run())
-        try:
-            t0 = time.monotonic()
-            h1 = await stamp.options(delay=0.6).enqueue("delay")
-            h2 = await stamp.options(at=datetime.now(UTC) + timedelta(seconds=0.9)).enqueue("at")
-            assert await h1.status() is TaskStatus.SCHEDULED
-            await h1.result(timeout=5)
-            await h2.result(timeout=5)
-        finally:
-            worker.stop()
-            await running
+    async with app, serving(app, concurrency=4):
+        t0 = time.monotonic()
+        h1 = await stamp.options(delay=0.6).enqueue("delay")
+        h2 = await stamp.options(at=datetime.now(UTC) + timedelta(seconds=0.9)).enqueue("at")
+        assert await h1.status() is TaskStatus.SCHEDULED
+        await h1.result(timeout=5)
+        await h2.result(timeout=5)
     # due on time: within 100 ms, plus a little for a busy 2-core test machine
     assert 0.55 <= started["delay"] - t0 <= 0.6 + 0.15
     assert 0.85 <= started["at"] - t0 <= 0.9 + 0.15
@@ -373,17 +361,12 @@ async def test_unknown_task_is_released_then_failed(make_app: Callable[..., App]
 
     async with worker_app, client_app:
         h = await ghost.enqueue()
-        worker = worker_app.worker()
-        running = asyncio.create_task(worker.run())
-        try:
+        async with serving(worker_app):
             await eventually(lambda: _is(h, TaskStatus.SCHEDULED), timeout=5)
             info = await h.info()
             assert info.tries == 0  # a release does not spend a try
             with pytest.raises(TaskFailed) as caught:
                 await h.result(timeout=15)
-        finally:
-            worker.stop()
-            await running
         assert caught.value.reason == "unknown_task"
         assert "nobody.knows" in caught.value.message
 

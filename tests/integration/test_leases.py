@@ -10,7 +10,7 @@ import pytest
 
 from segue import App, TaskFailed, TaskStatus
 from segue._broker import Broker
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, serving
 
 
 async def claim(broker: Broker, queue: str, worker: str, want: int = 1) -> list[Any]:
@@ -59,10 +59,8 @@ async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -
 
     async with app:
         h = await long.enqueue()
-        worker = app.worker()
         thief = make_app(lease_seconds=0.5)
-        running = asyncio.create_task(worker.run())
-        try:
+        async with serving(app):
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
             async with thief:
                 broker = await thief.broker()
@@ -71,9 +69,6 @@ async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -
                     await asyncio.sleep(0.2)
             assert await h.result(timeout=5) == "kept"
             assert (await h.info()).tries == 1
-        finally:
-            worker.stop()
-            await running
 
 
 async def _is(handle: Any, status: TaskStatus) -> bool:
@@ -113,17 +108,12 @@ async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
 
     async with app:
         h = await frozen.enqueue()
-        worker = app.worker()
-        running = asyncio.create_task(worker.run())
-        try:
+        async with serving(app) as worker:
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
             broker = await app.broker()
             # another process takes the task over (as after a partition past the lease)
             await broker.client.hset(broker.keyspace(app.settings.queue).task(h.id), "g", 99)
             await eventually(lambda: _running(worker, 0), timeout=5)
-        finally:
-            worker.stop()
-            await running
         assert await h.status() is TaskStatus.RUNNING  # the old holder wrote nothing
 
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from segue import App, TaskStatus
+from tests.integration.conftest import serving
 
 pytestmark = pytest.mark.slow
 
@@ -93,9 +94,7 @@ async def test_worker_survives_a_server_kill_and_restart(server: Server) -> None
 
     async with app:
         before = await app.enqueue_many([inc.call(i) for i in range(200)])
-        worker = app.worker(concurrency=8)
-        running = asyncio.create_task(worker.run())
-        try:
+        async with serving(app, concurrency=8):
             assert await before[-1].result(timeout=10) == 200
             server.kill()
             await asyncio.sleep(0.3)
@@ -104,8 +103,5 @@ async def test_worker_survives_a_server_kill_and_restart(server: Server) -> None
             after = await app.enqueue_many([inc.call(i) for i in range(200, 400)])
             results = [await h.result(timeout=20) for h in before + after]
             assert results == list(range(1, 401))
-        finally:
-            worker.stop()
-            await running
         assert (await app.queue_counts())["succeeded"] == 400
         assert await before[0].status() is TaskStatus.SUCCEEDED
