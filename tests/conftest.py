@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._support import Engine, start_cluster, start_server, stop
+from tests._support import Engine, server_binary, start_cluster, start_server, stop
 
 # --- servers -----------------------------------------------------------------------------
 
@@ -31,7 +31,19 @@ def segue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         stop(proc)
 
 
-@pytest.fixture(scope="session", params=["valkey", "cluster"])
+@pytest.fixture(scope="session")
+def segue_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """Debian's redis-server (7.0 here), as the least-privilege user."""
+    engine, proc = start_server("redis", tmp_path_factory.mktemp("redis"))
+    yield engine
+    stop(proc)
+
+
+# A machine with redis-server on PATH also runs the contract tests on Redis itself.
+ENGINES = ["valkey", "cluster"] + (["redis"] if server_binary("redis") else [])
+
+
+@pytest.fixture(scope="session", params=ENGINES)
 def segue_engine(request: pytest.FixtureRequest) -> Engine:
     """Contract tests take this fixture to run on a single server and on the cluster."""
     engine: Engine = request.getfixturevalue(f"segue_{request.param}")

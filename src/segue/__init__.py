@@ -7,6 +7,8 @@ from segue._errors import (
     ConfigurationError,
     Fail,
     InvalidTransition,
+    LeaseLost,
+    Pause,
     PayloadError,
     ResultTimeout,
     ResultUnavailable,
@@ -18,6 +20,7 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._handle import TaskHandle
+from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
 from segue._task import AsyncTask, Signature, SyncTask, Task
@@ -33,7 +36,10 @@ __all__ = [
     "Context",
     "Fail",
     "InvalidTransition",
+    "LeaseLost",
+    "Pause",
     "PayloadError",
+    "Queue",
     "ResultTimeout",
     "ResultUnavailable",
     "Retry",

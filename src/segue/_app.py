@@ -15,6 +15,7 @@ from segue._errors import ConfigurationError
 from segue._handle import TaskHandle, parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._options import Backoff, Priority, TaskOptions, seconds
+from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
@@ -266,6 +267,10 @@ class App:
                 if info.status is st or st.is_final:
                     infos.append(info)
         return infos
+
+    def queue(self, name: str | None = None) -> Queue:
+        """One queue as a whole (default: the App's queue): pause, resume, counts."""
+        return Queue(self, check_queue_name(name or self.settings.queue))
 
     async def queues(self) -> list[str]:
         broker = await self.broker()

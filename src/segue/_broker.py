@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +20,7 @@ import redis.cluster
 from redis import exceptions as rexc
 
 from segue import _scripts
-from segue._errors import BrokerError, ScriptError
+from segue._errors import BrokerError, InvalidTransition, ScriptError, TaskNotFound
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 
@@ -94,11 +95,13 @@ class Broker:
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()
-        self._ended: _EndedListener | None = None
+        self._ended: _EndedWaiters | None = None
         self.enqueue_script = _scripts.load("enqueue")
         self.claim_script = _scripts.load("claim")
         self.finish_script = _scripts.load("finish")
         self.renew_script = _scripts.load("renew")
+        self.control_script = _scripts.load("control")
+        self.state_script = _scripts.load("state")
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -153,7 +156,7 @@ class Broker:
         self, ks: Keyspace, worker_id: str, want: int
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
         s = self.settings
-        keys = [*ks.pending, ks.scheduled, ks.leases, ks.wake, ks.meta, ks.dead, *ks.done]
+        keys = ks.claim_keys
         args = [
             ks.base,
             worker_id,
@@ -168,7 +171,7 @@ class Broker:
     def finish_call(
         self, ks: Keyspace, outcomes: Sequence[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        keys = [*ks.pending, ks.scheduled, ks.leases, ks.wake, ks.dead, *ks.done]
+        keys = ks.finish_keys
         args = [ks.base, ks.done_channel, self.settings.dead_letter_cap, len(outcomes) // 5]
         args.extend(outcomes)
         return (self.finish_script, keys, args)
@@ -272,6 +275,8 @@ class Broker:
                 ids = ids[offset : end + 1]
             elif status == "running":
                 ids = await self.client.zrange(ks.leases, offset, end)
+            elif status == "paused":
+                ids = await self.client.zrange(ks.paused, offset, end)
             elif status in ("scheduled", "retrying"):
                 ids = await self.client.zrange(ks.scheduled, offset, end)
             elif status in ("succeeded", "failed", "cancelled", "expired"):
@@ -301,6 +306,7 @@ class Broker:
             pipe.zcard(ks.leases)
             for key in ks.done:
                 pipe.zcard(key)
+            pipe.zcard(ks.paused)
             r = await pipe.execute()
         return {
             "queued": sum(r[0:3]),
@@ -310,53 +316,107 @@ class Broker:
             "failed": r[6],
             "cancelled": r[7],
             "expired": r[8],
+            "paused": r[9],
         }
 
-    # --- waiting for ends ------------------------------------------------------------------
+    # --- pub/sub --------------------------------------------------------------------------
+
+    def subscriber(self) -> Subscriber:
+        """A sharded pub/sub connection of its own (cluster-aware)."""
+        return Subscriber(self)
 
     async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
         """A future set when the server announces that this task ended (best effort)."""
         if self._ended is None:
-            self._ended = _EndedListener(self)
+            self._ended = _EndedWaiters(self)
         return await self._ended.watch(ks, task_id)
 
     def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
         if self._ended is not None:
             self._ended.unwatch(task_id, fut)
 
+    # --- commands and state ------------------------------------------------------------------
 
-class _EndedListener:
-    """One pub/sub connection per App; the stored status stays the truth, this is for speed."""
+    def control_call(
+        self, ks: Keyspace, task_id: str, command: str, reason: str
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        keys = ks.control_keys
+        args = [ks.base, task_id, command, reason, ks.done_channel]
+        return (self.control_script, keys, args)
+
+    async def control(self, ks: Keyspace, task_id: str, command: str, reason: str) -> str:
+        """Apply pause|resume|cancel (control.lua); the status after it, as stored."""
+        try:
+            reply = await self.run_calls([self.control_call(ks, task_id, command, reason)])
+        except ScriptError as exc:
+            if exc.code == "SEGUE_NOT_FOUND":
+                raise TaskNotFound(
+                    f"no task {task_id}: it never existed, or it ended and its record expired"
+                ) from None
+            if exc.code == "SEGUE_INVALID_TRANSITION":
+                status = str(exc).rsplit(" ", 2)[-2]
+                raise InvalidTransition(
+                    f"cannot {command} task {task_id}: it is {status}", status, command
+                ) from None
+            raise
+        status, _asked = reply[0]
+        return _text(status)
+
+    async def write_state(
+        self, ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: list[str]
+    ) -> bool:
+        args: list[Any] = [ks.base, task_id, gen, len(values)]
+        for k, v in values.items():
+            args.extend((k, v))
+        args.extend(deletes)
+        reply = await self.run_calls([(self.state_script, [ks.state(task_id)], args)], retry=True)
+        return bool(reply[0])
+
+    async def read_state(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:
+        async with self.errors():
+            rec: dict[bytes, bytes] = await self.client.hgetall(ks.state(task_id))
+        return rec
+
+    async def set_queue_paused(self, ks: Keyspace, paused: bool) -> None:
+        async with self.errors():
+            if paused:
+                await self.client.hset(ks.meta, "paused", "1")
+            else:
+                await self.client.hdel(ks.meta, "paused")
+                await self.client.lpush(ks.wake, 1)
+                await self.client.ltrim(ks.wake, 0, 0)
+
+    async def queue_paused(self, ks: Keyspace) -> bool:
+        async with self.errors():
+            return bool(await self.client.hget(ks.meta, "paused") == b"1")
+
+
+Handler = Callable[[bytes], None]
+
+
+class Subscriber:
+    """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._handlers: dict[str, Handler] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(fut)
-        channel = ks.done_channel
-        event = self._confirmed.get(channel)
-        if event is None:
-            event = self._confirmed[channel] = asyncio.Event()
-            async with self._broker.errors():
-                await self._pubsub.ssubscribe(channel)
-            if self._task is None:
-                self._task = asyncio.create_task(self._listen(), name="segue-ended-listener")
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Subscribe and wait (briefly) for the server to confirm it."""
+        if channel in self._handlers:
+            return
+        self._handlers[channel] = handler
+        event = self._confirmed[channel] = asyncio.Event()
+        async with self._broker.errors():
+            await self._pubsub.ssubscribe(channel)
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="segue-subscriber")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await event.wait()
-        return fut
-
-    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
-        futs = self._waiters.get(task_id)
-        if futs is not None:
-            futs.discard(fut)
-            if not futs:
-                del self._waiters[task_id]
 
     async def _listen(self) -> None:
         get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
@@ -366,25 +426,22 @@ class _EndedListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("result listener lost its connection (%s); reconnecting", exc)
+                log.warning("pub/sub connection lost (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
                 continue
             if msg is None:
                 continue
-            kind = msg["type"]
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            channel = msg["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
+            kind = _text(msg["type"])
+            channel = _text(msg["channel"])
             if kind == "ssubscribe":
-                ev = self._confirmed.get(channel)
-                if ev is not None:
-                    ev.set()
+                event = self._confirmed.get(channel)
+                if event is not None:
+                    event.set()
             elif kind == "smessage":
-                data = msg["data"]
-                tid = data.decode() if isinstance(data, bytes) else str(data)
-                for fut in self._waiters.pop(tid, ()):
-                    if not fut.done():
-                        fut.set_result(None)
+                handler = self._handlers.get(channel)
+                if handler is not None:
+                    data = msg["data"]
+                    handler(data if isinstance(data, bytes) else str(data).encode())
 
     async def close(self) -> None:
         if self._task is not None:
@@ -393,3 +450,39 @@ class _EndedListener:
                 await self._task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _EndedWaiters:
+    """Futures of result() calls, woken by the ended-task channel of their queue.
+
+    The stored status stays the truth (result() re-reads it); this only makes it fast.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._subscriber = broker.subscriber()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(fut)
+        await self._subscriber.subscribe(ks.done_channel, self._ended)
+        return fut
+
+    def _ended(self, data: bytes) -> None:
+        for fut in self._waiters.pop(data.decode(), ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        futs = self._waiters.get(task_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self._waiters[task_id]
+
+    async def close(self) -> None:
+        await self._subscriber.close()

@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 
 from segue._app import App
 from segue._errors import SegueError
+from segue._state import TaskStatus
 
 cli = typer.Typer(
     name="segue",
@@ -24,6 +25,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+out = Console()
 
 
 def load_app(spec: str) -> App:
@@ -113,6 +115,76 @@ def server(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="The App, as module:attribute (its settings)")
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="Server URL (default: SEGUE_REDIS_URL, else the embedded one)"),
+]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Recorded in the task's history")
+]
+
+
+def client_app(app: str | None, url: str | None) -> App:
+    """The App an inspection command talks through: `--app`, else one built from `--url`
+    or the environment (SEGUE_*), else the embedded server of this project."""
+    if app is not None:
+        return load_app(app)
+    return App("segue-cli", redis_url=url) if url else App("segue-cli")
+
+
+def _command(
+    task_id: str, command: str, app: str | None, url: str | None, reason: str | None
+) -> None:
+    async def go() -> TaskStatus:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            status: TaskStatus = await getattr(handle, command)(reason)
+            return status
+
+    try:
+        status = asyncio.run(go())
+    except SegueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"task {task_id}: {status}")
+
+
+@cli.command()
+def pause(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+    reason: ReasonOption = None,
+) -> None:
+    """Pause a task: held now if waiting; a running one stops at its next checkpoint."""
+    _command(task_id, "pause", app, url, reason)
+
+
+@cli.command()
+def resume(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+    reason: ReasonOption = None,
+) -> None:
+    """Put a paused task back in its queue; it continues from its state."""
+    _command(task_id, "resume", app, url, reason)
+
+
+@cli.command()
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+    reason: ReasonOption = None,
+) -> None:
+    """Cancel a task: removed if waiting, stopped at once if running."""
+    _command(task_id, "cancel", app, url, reason)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@
     ├── BrokerError             Redis/Valkey unreachable or replied with an error
     │   └── ScriptError         a Lua script returned an error reply (carries the code)
     ├── TaskNotFound            no record for this task id (never existed, or expired)
+    ├── LeaseLost               a run wrote after losing its task (taken over, or cancelled)
     ├── InvalidTransition       a command that does not apply to the task's current status
     ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
     ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
@@ -16,6 +17,7 @@ Raised by task code (not errors of segue's, so not under SegueError):
 
     Fail(reason)                end the task FAILED now, without retry
     Retry(delay=None)           ask for another try, after `delay` seconds
+    Pause(delay=None)           stop now and run again later (SUSPENDED), state kept
 """
 
 from __future__ import annotations
@@ -51,8 +53,17 @@ class TaskNotFound(SegueError):
     """No task with this id exists (it never did, or its record expired)."""
 
 
+class LeaseLost(SegueError):
+    """This run no longer holds its task: another worker took it over, or it was cancelled."""
+
+
 class InvalidTransition(SegueError):
     """The command does not apply to the task's current status."""
+
+    def __init__(self, message: str, status: str = "", command: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.command = command
 
 
 class TaskFailed(SegueError):
@@ -94,4 +105,16 @@ class Retry(Exception):
 
     def __init__(self, delay: float | timedelta | None = None) -> None:
         super().__init__("retry requested")
+        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+
+
+class Pause(Exception):
+    """Raise inside a task to stop now and be run again later (SUSPENDED).
+
+    The worker slot is freed at once; the try is not spent; `ctx.state` is kept, so the next
+    run resumes from it. With `delay`, the task waits that long before it is queued again.
+    """
+
+    def __init__(self, delay: float | timedelta | None = None) -> None:
+        super().__init__("paused by the task")
         self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay

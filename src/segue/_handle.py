@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from segue._codec import TypedDecoder, decode_plain
 from segue._errors import (
+    InvalidTransition,
     PayloadError,
     ResultTimeout,
     ResultUnavailable,
@@ -25,6 +28,7 @@ R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
 # pub/sub makes result() fast; this re-read of the stored status makes it certain
 _RECHECK_SECONDS = 1.0
+_WHO = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TaskHandle(Generic[R]):
@@ -109,6 +113,55 @@ class TaskHandle(Generic[R]):
                     pass
         finally:
             broker.unwatch(self.id, fut)
+
+    # --- operator control ----------------------------------------------------------------
+
+    async def pause(self, reason: str | None = None) -> TaskStatus:
+        """Pause the task: a waiting one is held now; a running one stops at its next
+        `ctx.checkpoint()` (or is interrupted after the pause grace period) and is then
+        PAUSED. Returns at once with the status as it stands; see `wait_for`."""
+        return await self._control("pause", reason)
+
+    async def resume(self, reason: str | None = None) -> TaskStatus:
+        """Put a PAUSED task back in its queue (it continues from its state), or withdraw a
+        pause that a running task has not carried out yet."""
+        return await self._control("resume", reason)
+
+    async def cancel(self, reason: str | None = None) -> TaskStatus:
+        """Cancel the task: a waiting or paused one ends now; a running one is stopped at
+        its current await (CancelledError inside it, so `finally` blocks run). CANCELLED,
+        state deleted. Cancelling an ended task changes nothing and returns its status."""
+        return await self._control("cancel", reason)
+
+    async def _control(self, command: str, reason: str | None) -> TaskStatus:
+        broker = await self._app.broker()
+        why = reason or f"{command} requested by {_WHO}"
+        return TaskStatus(await broker.control(broker.keyspace(self.queue), self.id, command, why))
+
+    async def wait_for(self, *statuses: TaskStatus, timeout: float | None = None) -> TaskStatus:
+        """Wait until the task is in one of `statuses` (or any final status, if none are
+        given); returns the status reached. Raises ResultTimeout after `timeout` seconds,
+        and InvalidTransition if it ended in another status (it can never get there)."""
+        wanted = set(statuses)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.005
+        while True:
+            status = await self.status()
+            if status in wanted or (not wanted and status.is_final):
+                return status
+            if status.is_final:
+                raise InvalidTransition(
+                    f"task {self.id} ended {status} while waiting for {', '.join(sorted(wanted))}",
+                    status.value,
+                    "wait_for",
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(
+                    f"task {self.id} did not reach {', '.join(sorted(wanted)) or 'an end'} "
+                    f"within {timeout} s (status {status})"
+                )
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, 0.1)
 
     def _outcome(self, status: TaskStatus, rec: dict[bytes, bytes]) -> R:
         if status is TaskStatus.SUCCEEDED:

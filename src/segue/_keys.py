@@ -63,6 +63,24 @@ class Keyspace:
         return [*self.pending, self.scheduled, self.wake]
 
     @cached_property
+    def claim_keys(self) -> list[str]:
+        """KEYS of claim.lua."""
+        queue_keys = [self.scheduled, self.leases, self.wake, self.meta, self.dead]
+        return [*self.pending, *queue_keys, *self.done, self.paused]
+
+    @cached_property
+    def finish_keys(self) -> list[str]:
+        """KEYS of finish.lua."""
+        queue_keys = [self.scheduled, self.leases, self.wake, self.dead]
+        return [*self.pending, *queue_keys, *self.done, self.paused]
+
+    @cached_property
+    def control_keys(self) -> list[str]:
+        """KEYS of control.lua."""
+        queue_keys = [self.scheduled, self.leases, self.wake, self.control_channel]
+        return [*self.pending, *queue_keys, *self.done, self.paused]
+
+    @cached_property
     def scheduled(self) -> str:
         return self.key("sched")
 
@@ -79,6 +97,11 @@ class Keyspace:
         return self.key("meta")
 
     @cached_property
+    def paused(self) -> str:
+        """Index of operator-paused tasks (held until resumed), scored by pause time."""
+        return self.key("paused")
+
+    @cached_property
     def dead(self) -> str:
         return self.key("dead")
 
@@ -91,6 +114,11 @@ class Keyspace:
             self.key("done", "cancelled"),
             self.key("done", "expired"),
         )
+
+    @cached_property
+    def control_channel(self) -> str:
+        """Sharded pub/sub channel carrying pause and cancel requests to workers."""
+        return self.key("control")
 
     @cached_property
     def done_channel(self) -> str:

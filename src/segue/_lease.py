@@ -33,12 +33,14 @@ class LeaseKeeper:
         url: str,
         settings: Settings,
         worker_id: str,
-        on_lost: Callable[[list[str]], None],
+        on_lost: Callable[[list[str]], object],
+        on_request: Callable[[str, str], object],
     ) -> None:
         self._url = url
         self._settings = settings
         self._worker_id = worker_id
         self._on_lost = on_lost
+        self._on_request = on_request
         self._held: dict[str, tuple[Keyspace, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,7 +94,13 @@ class LeaseKeeper:
         lost: list[str] = []
         for ks, pairs in by_queue.items():
             args = [ks.base, self._worker_id, lease_ms, *pairs]
-            reply = self._script.run_sync(self._client, [ks.leases], args)
-            lost.extend(x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+            gone, requests = self._script.run_sync(self._client, [ks.leases], args)
+            lost.extend(_text(x) for x in gone)
+            for task_id, request in requests:
+                self._on_request(_text(task_id), _text(request))
         if lost:
             self._on_lost(lost)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from segue._codec import encode
-from segue._context import Context
-from segue._errors import Fail, Retry
+from segue._context import Context, PauseRequested, RunControl, SyncContext
+from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class Job:
     gen: str
     timeout_ms: int
     max_tries: int
+    run: RunControl | None = None
     task: asyncio.Task[None] | None = None
     lost: bool = False
     requeue: bool = False
@@ -99,8 +100,10 @@ async def attempt(
             tries=job.tries,
             worker_id=worker_id,
             queue=job.ks.queue,
+            run=job.run,
+            state_limit=settings.max_payload_bytes,
         )
-        args.insert(0, ctx)
+        args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
     silent = task.opts.silent
     if not silent:
         log.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
@@ -115,6 +118,15 @@ async def attempt(
                 value = await loop.run_in_executor(
                     executor, functools.partial(task.fn, *args, **kwargs)
                 )
+    except PauseRequested:
+        if not silent:
+            log.info("task %s paused at a checkpoint", job.id)
+        return ("paused", "", "")
+    except Pause as exc:
+        if not silent:
+            log.info("task %s paused itself (delay %s)", job.id, exc.delay)
+        delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
+        return ("suspend", delay_ms, "")
     except Fail as exc:
         if not silent:
             log.info("task %s failed (Fail): %s", job.id, exc.reason)

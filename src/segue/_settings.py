@@ -27,6 +27,7 @@ class Settings:
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
+    pause_grace_seconds: float = 10.0
     max_deliveries: int = 3
     max_payload_bytes: int = 1024 * 1024
     result_ttl_seconds: float | None = 3600.0

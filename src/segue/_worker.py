@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
+from segue._context import PauseRequested, RunControl
 from segue._errors import BrokerError
 from segue._faults import faultpoint
 from segue._keys import Keyspace, check_queue_name
@@ -53,6 +54,8 @@ class Worker:
         self._lease: LeaseKeeper | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._next_due: float | None = None
+        self._broker: Any = None
+        self._control: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -94,13 +97,18 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
+        self._broker = broker
         self._lease = LeaseKeeper(
             broker.url,
             self.app.settings,
             self.id,
-            lambda ids: self._report_lost(loop, ids),
+            lambda ids: loop.call_soon_threadsafe(self._on_lost, ids),
+            lambda task_id, cmd: loop.call_soon_threadsafe(self._on_request, task_id, cmd),
         )
         self._lease.start()
+        self._control = broker.subscriber()
+        for ks in keyspaces:
+            await self._control.subscribe(ks.control_channel, self._on_control_message)
         waker = asyncio.create_task(self._wake_loop(broker, keyspaces), name="segue-waker")
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -112,6 +120,7 @@ class Worker:
             self._stopping = True
             await self._stop_waker(broker, keyspaces, waker)
             self._lease.stop()
+            await self._control.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -226,6 +235,7 @@ class Worker:
                 max_tries=int(max_tries or 1),
                 started=_clock.monotonic(),
             )
+            job.run = RunControl(self._broker, ks, job.gen)
             self._running[job.id] = job
             assert self._lease is not None
             self._lease.hold(job.id, ks, job.gen)
@@ -238,11 +248,14 @@ class Worker:
         outcome: Outcome | None
         try:
             outcome = await attempt(job, task, self.app.settings, self.id, self._executor)
-        except asyncio.CancelledError:
-            outcome = ("requeue", "", "") if job.requeue and not job.lost else None
+        except (asyncio.CancelledError, PauseRequested):
+            outcome = self._stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = ("retry", b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
+        if outcome is not None and outcome[0] != "ok" and job.run and job.run.request == "cancel":
+            # the task caught the CancelledError and went on: the cancel still stands
+            outcome = ("cancelled", "", "")
         self._running.pop(job.id, None)
         if self._lease is not None:
             self._lease.drop(job.id)
@@ -252,8 +265,43 @@ class Worker:
         self._finished += 1
         self._changed.set()
 
-    def _report_lost(self, loop: asyncio.AbstractEventLoop, ids: list[str]) -> None:
-        loop.call_soon_threadsafe(self._on_lost, ids)
+    def _on_control_message(self, data: bytes) -> None:
+        command, _, task_id = data.decode().partition(" ")
+        self._on_request(task_id, command)
+
+    def _on_request(self, task_id: str, command: str) -> None:
+        """Carry out an operator's request for a task this worker runs."""
+        job = self._running.get(task_id)
+        if job is None or job.run is None or job.task is None:
+            return
+        if job.run.request == command or job.run.request == "cancel":
+            return
+        job.run.request = command
+        if command == "cancel":
+            log.info("task %s cancel requested; stopping it", task_id)
+            job.task.cancel()
+        elif command == "pause":
+            grace = self.app.settings.pause_grace_seconds
+            log.info("task %s pause requested; stops at its next checkpoint", task_id)
+            asyncio.get_running_loop().call_later(grace, self._interrupt, job)
+
+    def _interrupt(self, job: Job) -> None:
+        """The grace period of a pause ran out without a checkpoint: stop at the await."""
+        if self._running.get(job.id) is job and job.task is not None and not job.task.done():
+            log.info("task %s reached no checkpoint within the grace period; interrupting", job.id)
+            job.task.cancel()
+
+    @staticmethod
+    def _stopped_outcome(job: Job) -> Outcome | None:
+        """What a run interrupted from outside records: the request it obeyed, if any."""
+        request = job.run.request if job.run is not None else None
+        if job.lost:
+            return None
+        if request == "cancel":
+            return ("cancelled", "", "")
+        if request == "pause":
+            return ("paused", "", "")
+        return ("requeue", "", "")
 
     def _on_lost(self, ids: list[str]) -> None:
         for task_id in ids:

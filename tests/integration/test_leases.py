@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,3 +121,37 @@ async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
 
 async def _running(worker: Any, n: int) -> bool:
     return bool(worker.running == n)
+
+
+async def test_a_task_blocking_the_loop_keeps_its_lease(make_app: Callable[..., App]) -> None:
+    app = make_app(lease_seconds=0.6)
+    stolen: list[int] = []
+    started = threading.Event()
+
+    @app.task(name="hog")
+    async def hog() -> str:
+        started.set()
+        time.sleep(2.0)  # noqa: ASYNC251 -- blocks the loop for three leases: only the thread renews
+        return "finished"
+
+    def thief() -> None:
+        started.wait(10)
+
+        async def attempts() -> None:
+            async with make_app(lease_seconds=0.6) as other:
+                broker = await other.broker()
+                for _ in range(12):
+                    stolen.extend(await claim(broker, app.settings.queue, "thief"))
+                    await asyncio.sleep(0.15)
+
+        asyncio.run(attempts())
+
+    async with app:
+        h = await hog.enqueue()
+        other = threading.Thread(target=thief)
+        other.start()
+        async with serving(app):
+            assert await h.result(timeout=10) == "finished"
+            await asyncio.to_thread(other.join)
+        assert stolen == []
+        assert (await h.info()).tries == 1

@@ -14,16 +14,23 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "enqueue": broker.enqueue_call(ks, []),
         "claim": broker.claim_call(ks, "w", 1),
         "finish": broker.finish_call(ks, []),
+        "control": broker.control_call(ks, "q:1", "pause", "why"),
     }
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
     assert load("renew").numkeys == 1
-    assert set(NAMES) == {"enqueue", "claim", "finish", "renew"}
+    assert load("state").numkeys == 1
+    assert set(NAMES) == {"enqueue", "claim", "finish", "renew", "control", "state"}
 
 
 def test_every_key_of_a_call_carries_the_queue_tag() -> None:
     broker = Broker(Settings(redis_url="redis://127.0.0.1:1/0"), "redis://127.0.0.1:1/0")
     ks = broker.keyspace("q")
-    for _, keys, args in (broker.claim_call(ks, "w", 1), broker.finish_call(ks, [])):
+    calls = (
+        broker.claim_call(ks, "w", 1),
+        broker.finish_call(ks, []),
+        broker.control_call(ks, "q:1", "cancel", "why"),
+    )
+    for _, keys, args in calls:
         assert all("{q}" in k for k in keys)
         assert args[0] == "segue:{q}:"

@@ -30,3 +30,23 @@ local function finalize(prefix, tk, id, status, at, field, value, reason, done_k
   end
   redis.call('SPUBLISH', channel, id)
 end
+
+-- A pending operator request outranks a run's own outcome when the run stops without
+-- ending: cancel ends the task, pause holds it. Returns true when it took over.
+-- A carried-out pause indexes the task in the paused zset (paused_key).
+local function obey_control(prefix, tk, id, now, done_keys, channel, paused_key)
+  local f = redis.call('HMGET', tk, 'ctl', 'ctlr')
+  if f[1] == 'cancel' then
+    local err = cjson.encode({ type = 'Cancelled', message = f[2] or 'cancelled',
+      reason = 'cancelled' })
+    finalize(prefix, tk, id, 'cancelled', now, 'e', err, f[2] or 'cancelled', done_keys, channel)
+    return true
+  elseif f[1] == 'pause' then
+    redis.call('HSET', tk, 's', 'paused', 'd', 0)
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'w', 'due')
+    add_history(tk, 'paused', now, f[2] or 'paused')
+    redis.call('ZADD', paused_key, now, id)
+    return true
+  end
+  return false
+end

@@ -3,6 +3,7 @@
   KEYS[4] scheduled zset   KEYS[5] leases zset (score = lease deadline, server ms)
   KEYS[6] wake list   KEYS[7] queue meta hash   KEYS[8] dead-letter list
   KEYS[9..12] done zsets: succeeded, failed, cancelled, expired (score = record expiry)
+  KEYS[13] paused zset (operator-paused tasks, score = when)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
@@ -43,7 +44,9 @@ for _, id in ipairs(expired) do
   if prio then
     local d = redis.call('HINCRBY', tk, 'd', 1)
     redis.call('HDEL', tk, 'w')
-    if d >= max_deliveries then
+    if obey_control(prefix, tk, id, now, done_keys, channel, KEYS[13]) then
+      -- the worker died holding a pause or cancel request: carried out here instead
+    elseif d >= max_deliveries then
       local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
         .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
       finalize(prefix, tk, id, 'failed', now, 'e', err, 'worker_lost', done_keys, channel)
@@ -68,7 +71,7 @@ if not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt')
-        if f[1] == 'queued' then
+        if f[1] == 'queued' or f[1] == 'suspended' then
           local tries = redis.call('HINCRBY', tk, 't', 1)
           local gen = redis.call('HINCRBY', tk, 'g', 1)
           redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)

@@ -1,13 +1,16 @@
 --[[ finish: record the outcome of runs, fenced by lease generation.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list
   KEYS[4] scheduled zset   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] dead-letter list
-  KEYS[8..11] done zsets: succeeded, failed, cancelled, expired
+  KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
   ARGV[4] count, then 5 fields per outcome: id, gen, action, a, b
     ok       a = result payload
     fail     a = error JSON, b = reason
     retry    a = error JSON, b = delay ms
     requeue  (graceful shutdown: back to the head of its list, the try not spent)
+    suspend  a = delay ms, -1 for none (the task raised Pause: the try not spent)
+    paused   (an operator's pause was carried out: held until resumed, the try not spent)
+    cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
   Returns: one integer per outcome: 1 applied, 0 rejected (the lease was lost: another
   worker holds the task, or it already ended). A rejected writer must drop the task. ]]
@@ -48,16 +51,49 @@ for i = 0, n - 1 do
     elseif action == 'fail' then
       finalize(prefix, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4], done_keys, channel)
       dead_letter(id)
+    elseif action == 'cancelled' then
+      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+        local err = cjson.encode({ type = 'Cancelled', message = 'cancelled', reason = 'cancelled' })
+        finalize(prefix, tk, id, 'cancelled', now, 'e', err, 'cancelled', done_keys, channel)
+      end
+    elseif action == 'paused' then
+      redis.call('HINCRBY', tk, 't', -1)
+      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+        -- the pause was withdrawn (resumed) while the run was stopping: queue it again
+        redis.call('HSET', tk, 's', 'queued', 'd', 0)
+        redis.call('HDEL', tk, 'w')
+        add_history(tk, 'queued', now, 'resumed')
+        redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
+        woke = true
+      end
     elseif action == 'retry' then
       redis.call('HSET', tk, 'e', ARGV[b + 3])
-      schedule(tk, id, 'retrying', now + tonumber(ARGV[b + 4]), 'retry')
+      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+        schedule(tk, id, 'retrying', now + tonumber(ARGV[b + 4]), 'retry')
+      end
+    elseif action == 'suspend' then
+      redis.call('HINCRBY', tk, 't', -1)
+      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+        local delay = tonumber(ARGV[b + 3])
+        if delay >= 0 then
+          schedule(tk, id, 'suspended', now + delay, 'paused itself')
+        else
+          redis.call('HSET', tk, 's', 'suspended', 'd', 0)
+          redis.call('HDEL', tk, 'w')
+          add_history(tk, 'suspended', now, 'paused itself')
+          redis.call('LPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
+          woke = true
+        end
+      end
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)
-      redis.call('HSET', tk, 's', 'queued', 'd', 0)
-      redis.call('HDEL', tk, 'w')
-      add_history(tk, 'queued', now, 'worker shutdown')
-      redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-      woke = true
+      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+        redis.call('HSET', tk, 's', 'queued', 'd', 0)
+        redis.call('HDEL', tk, 'w')
+        add_history(tk, 'queued', now, 'worker shutdown')
+        redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
+        woke = true
+      end
     elseif action == 'release' then
       redis.call('HINCRBY', tk, 't', -1)
       local rel = redis.call('HINCRBY', tk, 'rel', 1)

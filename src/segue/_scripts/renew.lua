@@ -2,18 +2,22 @@
   KEYS[1] leases zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] lease ms
   ARGV[4..] pairs: id, gen
-  Returns: the ids whose lease this worker no longer holds (it must stop them). ]]
+  Returns: { ids whose lease this worker no longer holds (it must stop them),
+    {id, request}... for held tasks with a pending operator request (pause|cancel) }:
+    the stored request reaches the worker here even if its pub/sub message was lost. ]]
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local deadline = now_ms() + tonumber(ARGV[3])
 local lost = {}
+local requests = {}
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'g', 'w')
+  local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'g', 'w', 'ctl')
   if f[1] == 'running' and f[2] == ARGV[i + 1] and f[3] == wid then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+    if f[4] then requests[#requests + 1] = { id, f[4] } end
   else
     lost[#lost + 1] = id
   end
 end
-return lost
+return { lost, requests }

@@ -1,0 +1,45 @@
+"""Queue: operations on one queue as a whole (pause, resume, counts)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segue._app import App
+
+
+class Queue:
+    """One queue of an App: `await app.queue("default").pause()`.
+
+    A paused queue starts nothing new (its tasks stay queued, due ones become queued as
+    usual); tasks already running go on to their end. The flag is stored on the server, so
+    it holds for every worker, including those started later, until `resume()`.
+    """
+
+    __slots__ = ("_app", "name")
+
+    def __init__(self, app: App, name: str) -> None:
+        self._app = app
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name}>"
+
+    async def pause(self) -> None:
+        """Start nothing new from this queue until `resume()`."""
+        broker = await self._app.broker()
+        await broker.set_queue_paused(broker.keyspace(self.name), True)
+
+    async def resume(self) -> None:
+        """Let workers start this queue's tasks again (waking idle ones now)."""
+        broker = await self._app.broker()
+        await broker.set_queue_paused(broker.keyspace(self.name), False)
+
+    async def is_paused(self) -> bool:
+        broker = await self._app.broker()
+        return await broker.queue_paused(broker.keyspace(self.name))
+
+    async def counts(self) -> dict[str, int]:
+        """How many tasks are queued, scheduled, running, paused, and ended by status."""
+        broker = await self._app.broker()
+        return await broker.count(broker.keyspace(self.name))

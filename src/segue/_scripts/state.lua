@@ -1,0 +1,19 @@
+--[[ state: write a running task's durable state, fenced to its current run.
+  KEYS[1] state hash (segue:{q}:state:<id>)
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] lease generation
+  ARGV[4] count of fields to set, then field, JSON value pairs; then fields to delete
+  Returns: 1 written, 0 rejected (the run no longer holds the task). ]]
+local tk = ARGV[1] .. 'task:' .. ARGV[2]
+local f = redis.call('HMGET', tk, 's', 'g')
+if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
+local n = tonumber(ARGV[4])
+local i = 5
+for _ = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+return 1
