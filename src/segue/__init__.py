@@ -1,7 +1,7 @@
 """segue: a durable, asyncio-first task queue for Python on Redis/Valkey."""
 
 from segue._app import App
-from segue._context import Context
+from segue._context import Context, SyncContext
 from segue._errors import (
     BrokerError,
     ConfigurationError,
@@ -47,6 +47,7 @@ __all__ = [
     "SegueError",
     "Settings",
     "Signature",
+    "SyncContext",
     "SyncTask",
     "Task",
     "TaskCancelled",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from segue._context import Context
+    from segue._context import Context, SyncContext
     from segue._embedded import EmbeddedServer
 
 P = ParamSpec("P")
@@ -47,6 +47,8 @@ class _TaskDecorator:
     ) -> AsyncTask[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[Concatenate[SyncContext, P], R]) -> SyncTask[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> SyncTask[P, R]: ...
     @overload
@@ -87,6 +89,8 @@ class App:
     ) -> AsyncTask[P, R]: ...
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def task(self, fn: Callable[Concatenate[SyncContext, P], R], /) -> SyncTask[P, R]: ...
     @overload
     def task(self, fn: Callable[Concatenate[Context, P], R], /) -> SyncTask[P, R]: ...
     @overload

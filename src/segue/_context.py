@@ -151,13 +151,20 @@ class Context:
 
 
 class SyncState:
-    """`TaskState` for sync tasks: the same methods, blocking."""
+    """`TaskState` for sync tasks: the same methods, blocking (run on the worker's loop)."""
 
-    def __init__(self, state: TaskState, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, state: TaskState, loop: asyncio.AbstractEventLoop | None) -> None:
         self._state = state
         self._loop = loop
 
     def _call(self, coro: Any) -> Any:
+        if self._loop is None:
+            # a local run keeps state in memory: the coroutine finishes without awaiting
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                return done.value
+            raise RuntimeError("local task state unexpectedly awaited")  # pragma: no cover
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -182,7 +189,7 @@ class SyncContext:
 
     __slots__ = ("_ctx", "log", "name", "queue", "state", "task_id", "tries", "worker_id")
 
-    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._ctx = ctx
         self.task_id = ctx.task_id
         self.name = ctx.name
@@ -193,4 +200,8 @@ class SyncContext:
         self.state = SyncState(ctx.state, loop)
 
     def checkpoint(self) -> None:
+        """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
+
+    def __repr__(self) -> str:
+        return f"<SyncContext {self.task_id} {self.name} try={self.tries}>"

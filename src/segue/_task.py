@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, cast
 from typing_extensions import Unpack
 
 from segue._codec import ArgsDecoder, TypedDecoder
-from segue._context import Context
+from segue._context import Context, SyncContext
 from segue._errors import ConfigurationError
 from segue._options import EnqueueOptions, TaskOptions, check_priority
 
@@ -34,7 +34,9 @@ def takes_context(fn: Callable[..., Any], hints: dict[str, Any]) -> bool:
         return False
     first = params[0]
     ann = hints.get(first.name, first.annotation)
-    return ann is Context or ann == "Context" or (ann is first.empty and first.name == "ctx")
+    if ann in (Context, SyncContext, "Context", "SyncContext"):
+        return True
+    return ann is first.empty and first.name == "ctx"
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -140,6 +142,8 @@ class Task(Generic[P, R]):
         call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
         if self.is_async:
             return cast("R", await self.fn(*call_args, **kwargs))
+        if self.takes_ctx:
+            call_args = (SyncContext(call_args[0]), *args)
         return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
 
     def local_context(self) -> Context:
@@ -173,7 +177,7 @@ class SyncTask(Task[P, R]):
     """A task whose function is synchronous; calling it runs it and returns its value."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
+        call_args = (SyncContext(self.local_context()), *args) if self.takes_ctx else args
         return cast("R", self.fn(*call_args, **kwargs))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from segue import App, AsyncTask, Context, Signature, SyncTask, TaskHandle
+from segue import App, AsyncTask, Context, Signature, SyncContext, SyncTask, TaskHandle, TaskStatus
 
 app = App("typing")
 
@@ -33,6 +33,14 @@ def greet(ctx: Context, name: str) -> str:
     return f"hi {name} from {ctx.task_id}"
 
 
+@app.task(name="sync.steps")
+def sync_steps(ctx: SyncContext, n: int) -> int:
+    done: int = ctx.state.get("done", 0)
+    ctx.state.set(done=n)
+    ctx.checkpoint()
+    return done
+
+
 async def check() -> None:
     async_task: AsyncTask[..., int] = add
     sync_task: SyncTask[..., str] = greet
@@ -48,6 +56,11 @@ async def check() -> None:
     assert_type(double(4), int)
     assert_type(await add(1, 2), int)
 
+    assert_type(await sync_steps.enqueue(3), TaskHandle[int])
+    assert_type(sync_steps(3), int)
+    assert_type(await handle.pause(), TaskStatus)
+    assert_type(await handle.wait_for(TaskStatus.PAUSED, timeout=1), TaskStatus)
+    await sync_steps.enqueue("3")  # type: ignore[arg-type]
     await add.enqueue("1", 2)  # type: ignore[arg-type]
     await add.enqueue(1)  # type: ignore[call-arg]
     await process.enqueue(files=[1])  # type: ignore[list-item]
