@@ -2,7 +2,9 @@
 
 Everything here goes through the public API, as a user's code would: tasks are enqueued,
 a worker in this process runs them, and the display follows their handles and the
-queue's counts on the server.
+queue's counts on the server. Beside the batch, two long durable tasks run with
+checkpoints; an operator (a coroutine here, the CLI or another process elsewhere) pauses
+one, holds it, resumes it so that it finishes from its `ctx.state`, and cancels the other.
 """
 
 from __future__ import annotations
@@ -21,14 +23,36 @@ from rich.table import Table
 
 from segue._app import App
 from segue._context import Context
-from segue._errors import Fail, SegueError, TaskFailed
+from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
 from segue._handle import TaskHandle
+from segue._state import TaskStatus
 
 console = Console()
 
+INGEST_FILES = 20  # demo.ingest: one checkpointed step per file
+INGEST_STEP_SECONDS = 0.15
+PAUSE_AT = 6  # the operator pauses demo.ingest once it has done this many files
+HOLD_SECONDS = 1.5  # how long it stays PAUSED
+EXPORT_CHUNKS = 40  # demo.export: cancelled on its way
+EXPORT_STEP_SECONDS = 0.1
+CANCEL_AT = 8
 
-def build_app() -> App:
+
+class Board:
+    """What the long tasks tell the display about themselves (in this process: the worker
+    runs here). Their durable truth is `ctx.state` on the server; this is only the view."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+        self.done: Counter[str] = Counter()  # files processed, counting repeats
+
+    def say(self, line: str) -> None:
+        console.print(line)
+
+
+def build_app(board: Board | None = None) -> App:
     app = App("demo", queue="demo", concurrency=24, result_ttl_seconds=600.0)
+    board = board or Board()
 
     @app.task(name="demo.resize")
     async def resize(photo: str, size: int = 256) -> str:
@@ -58,11 +82,44 @@ def build_app() -> App:
     async def report(title: str) -> str:
         return f"report {title!r} generated at {time.strftime('%H:%M:%S')}"
 
+    @app.task(name="demo.ingest", priority="high")
+    async def ingest(ctx: Context, files: list[str]) -> int:
+        """A long task in checkpointed steps: its progress lives in ctx.state."""
+        done: int = await ctx.state.get("done", 0)
+        if done:
+            board.say(
+                f"demo.ingest [bold]resumed from step {done}[/bold] of its ctx.state; "
+                f"try {ctx.tries}" + (": the pause spent none" if ctx.tries == 1 else "")
+            )
+        for i in range(done, len(files)):
+            await asyncio.sleep(INGEST_STEP_SECONDS)  # process files[i]
+            board.done[files[i]] += 1
+            await ctx.state.set(done=i + 1)  # durable: survives pauses and worker deaths
+            board.steps[ctx.task_id] = i + 1
+            await ctx.checkpoint()  # where an operator's pause or cancel is obeyed
+        return len(files)
+
+    @app.task(name="demo.export", priority="high")
+    async def export(ctx: Context, chunks: int) -> int:
+        for i in range(await ctx.state.get("chunk", 0), chunks):
+            try:
+                await asyncio.sleep(EXPORT_STEP_SECONDS)  # write chunk i
+            except asyncio.CancelledError:
+                board.say(
+                    f"demo.export: CancelledError at its current await (chunk {i + 1}), cleanup ran"
+                )
+                raise
+            await ctx.state.set(chunk=i + 1)
+            board.steps[ctx.task_id] = i + 1
+            await ctx.checkpoint()
+        return chunks
+
     return app
 
 
 async def _demo(total: int) -> None:
-    app = build_app()
+    board = Board()
+    app = build_app(board)
     t = app.registry
     n_resize = max(1, total * 5 // 10)
     n_sum = max(1, total * 2 // 10)
@@ -88,9 +145,20 @@ async def _demo(total: int) -> None:
             f"enqueued {len(handles)} tasks in {1000 * (time.monotonic() - start):.0f} ms "
             "(one batched call); one is delayed by 2 s, one has high priority"
         )
+        files = [f"batch-{i:02}.csv" for i in range(INGEST_FILES)]
+        ingest = await t["demo.ingest"].enqueue(files)
+        export = await t["demo.export"].enqueue(EXPORT_CHUNKS)
+        console.print(
+            f"and two long durable tasks: demo.ingest ({INGEST_FILES} files) "
+            f"and demo.export ({EXPORT_CHUNKS} chunks)"
+        )
         worker = app.worker()
         worker_task = asyncio.create_task(worker.run())
-        outcome = await _follow(app, handles, names)
+        operator = asyncio.create_task(_operate(app, board, ingest, export))
+        outcome = await _follow(
+            app, board, handles, names, {ingest: "demo.ingest", export: "demo.export"}
+        )
+        await operator
         worker.stop()
         await worker_task
         elapsed = time.monotonic() - start
@@ -101,11 +169,61 @@ async def _demo(total: int) -> None:
         failed = next((v for v in outcome.values() if v[0] == "failed"), None)
         if failed is not None:
             console.print(f"a failure, as the caller sees it: [red]{failed[1]}[/red]")
+        _durable_summary(outcome, board, files, ingest, export)
         console.print("[green]done[/green]: the embedded server stops with this process.")
 
 
+async def _reached(board: Board, task_id: str, step: int) -> None:
+    async with asyncio.timeout(30):
+        while board.steps.get(task_id, 0) < step:
+            await asyncio.sleep(0.02)
+
+
+async def _operate(
+    app: App, board: Board, ingest: TaskHandle[int], export: TaskHandle[int]
+) -> None:
+    try:
+        await _operator(app, board, ingest, export)
+    except (SegueError, TimeoutError) as exc:
+        # never leave the display waiting on a task held forever
+        board.say(f"[red]the operator's script failed[/red] ({exc!r}); cancelling both tasks")
+        for h in (ingest, export):
+            await h.cancel(reason="demo: operator script failed")
+
+
+async def _operator(
+    app: App, board: Board, ingest: TaskHandle[int], export: TaskHandle[int]
+) -> None:
+    """What an operator does from any process (here: this one), through the handles."""
+    await _reached(board, ingest.id, PAUSE_AT)
+    status = await ingest.pause(reason="demo: operator pause")
+    board.say(
+        f"operator: pause demo.ingest at step {board.steps[ingest.id]} -> {status} "
+        "(stops at its next checkpoint)"
+    )
+    await ingest.wait_for(TaskStatus.PAUSED, timeout=10)
+    held = await app.tasks(TaskStatus.PAUSED, queue="demo")
+    board.say(
+        f"demo.ingest is [yellow]PAUSED[/yellow] after step {board.steps[ingest.id]}, held on "
+        f"the server; app.tasks(PAUSED): {len(held)}"
+    )
+    paused_at = time.monotonic()
+    await _reached(board, export.id, CANCEL_AT)
+    status = await export.cancel(reason="demo: operator cancel")
+    board.say(f"operator: cancel demo.export at chunk {board.steps[export.id]} -> {status}")
+    await export.wait_for(TaskStatus.CANCELLED, timeout=10)
+    board.say("demo.export is [red]CANCELLED[/red]; its state was deleted with it")
+    await asyncio.sleep(max(0.0, HOLD_SECONDS - (time.monotonic() - paused_at)))
+    status = await ingest.resume(reason="demo: operator resume")
+    board.say(f"operator: resume demo.ingest -> {status} (back in its queue)")
+
+
 async def _follow(
-    app: App, handles: list[TaskHandle[Any]], names: list[str]
+    app: App,
+    board: Board,
+    handles: list[TaskHandle[Any]],
+    names: list[str],
+    durable: dict[TaskHandle[Any], str],
 ) -> dict[str, tuple[str, str]]:
     kinds = Counter(names)
     progress = Progress(
@@ -113,10 +231,16 @@ async def _follow(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
     )
-    bars = {k: progress.add_task(k, total=n) for k, n in kinds.items()}
+    bars = {k: progress.add_task(k, total=n, note="") for k, n in kinds.items()}
+    totals = {"demo.ingest": INGEST_FILES, "demo.export": EXPORT_CHUNKS}
+    long_bars = {
+        h: progress.add_task(name, total=totals[name], note="queued") for h, name in durable.items()
+    }
     outcome: dict[str, tuple[str, str]] = {}
     status = Table.grid(padding=(0, 2))
+    base = await app.queue_counts("demo")  # records of earlier demos are still on the server
 
     async def one(h: TaskHandle[Any], kind: str) -> None:
         try:
@@ -124,9 +248,12 @@ async def _follow(
             outcome[h.id] = ("succeeded", str(value))
         except TaskFailed as exc:
             outcome[h.id] = ("failed", f"{exc.exc_type}: {exc.message}")
+        except TaskCancelled:
+            outcome[h.id] = ("cancelled", "")
         except SegueError as exc:
             outcome[h.id] = ("error", str(exc))
-        progress.advance(bars[kind])
+        if kind in bars:
+            progress.advance(bars[kind])
 
     def render() -> Table:
         grid = Table.grid()
@@ -134,18 +261,38 @@ async def _follow(
         grid.add_row(status)
         return grid
 
-    waiters = [asyncio.create_task(one(h, k)) for h, k in zip(handles, names, strict=True)]
+    styles = {
+        TaskStatus.RUNNING: "[cyan]running[/cyan]",
+        TaskStatus.PAUSED: "[yellow]PAUSED[/yellow] (held, state kept)",
+        TaskStatus.SUCCEEDED: "[green]succeeded[/green]",
+        TaskStatus.CANCELLED: "[red]CANCELLED[/red]",
+    }
+
+    async def refresh() -> None:
+        nonlocal status
+        counts = await app.queue_counts("demo")
+        for h, bar in long_bars.items():
+            st = await h.status()
+            progress.update(bar, completed=board.steps.get(h.id, 0), note=styles.get(st, str(st)))
+        ended = ("succeeded", "failed", "cancelled")
+        counts.update({k: max(0, counts[k] - base[k]) for k in ended})
+        status = Table.grid()
+        shown = ("queued", "scheduled", "running", "paused", *ended)
+        status.add_row(
+            "on the server: " + "  ".join(f"{k} [bold]{counts[k]}[/bold]" for k in shown)
+        )
+
+    everything = [*zip(handles, names, strict=True), *durable.items()]
+    waiters = [asyncio.create_task(one(h, k)) for h, k in everything]
     with Live(render(), console=console, refresh_per_second=10) as live:
         while not all(w.done() for w in waiters):
-            counts = await app.queue_counts("demo")
-            status = Table.grid()
-            shown = ("queued", "scheduled", "running", "succeeded", "failed")
-            status.add_row(
-                "on the server: " + "  ".join(f"{k} [bold]{counts[k]}[/bold]" for k in shown)
-            )
+            await refresh()
             live.update(render())
             await asyncio.sleep(0.1)
+        await refresh()
         live.update(render())
+    if not console.is_terminal:
+        console.line()  # piped output: the last frame of the display ends without one
     await asyncio.gather(*waiters)
     return outcome
 
@@ -156,7 +303,7 @@ def _summary(
     names: list[str],
     elapsed: float,
 ) -> None:
-    table = Table(title=f"{len(outcome)} tasks in {elapsed:.1f} s")
+    table = Table(title=f"{len(handles)} tasks in {elapsed:.1f} s")
     table.add_column("task")
     table.add_column("succeeded", justify="right")
     table.add_column("failed", justify="right")
@@ -166,6 +313,29 @@ def _summary(
     for name, c in by_kind.items():
         table.add_row(name, str(c["succeeded"]), str(c["failed"] + c["error"]))
     console.print(table)
+
+
+def _durable_summary(
+    outcome: dict[str, tuple[str, str]],
+    board: Board,
+    files: list[str],
+    ingest: TaskHandle[int],
+    export: TaskHandle[int],
+) -> None:
+    result, value = outcome[ingest.id]
+    if result == "succeeded":
+        once = all(board.done[f] == 1 for f in files)
+        console.print(
+            f"demo.ingest finished: {value} files"
+            + (", each processed once across the pause" if once else "")
+        )
+    else:
+        console.print(f"demo.ingest ended {result}: {value}")
+    console.print(
+        f"demo.export: result() raised TaskCancelled after chunk {board.steps.get(export.id, 0)}"
+        if outcome[export.id][0] == "cancelled"
+        else f"demo.export ended {outcome[export.id][0]}"
+    )
 
 
 def run_demo(total: int = 300) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,22 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "tasks in" in out.stdout
     assert "demo.flaky" in out.stdout and "demo.report" in out.stdout
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
+    # durable tasks: an operator pauses a running task, which is held PAUSED, then resumed
+    # from the step its ctx.state recorded; another running task is cancelled
+    assert "operator: pause demo.ingest at step" in out.stdout
+    paused_at = re.search(r"demo\.ingest is PAUSED after step (\d+)", out.stdout)
+    resumed_at = re.search(r"demo\.ingest resumed from step (\d+)", out.stdout)
+    assert paused_at and resumed_at, out.stdout
+    assert paused_at.group(1) == resumed_at.group(1)
+    assert "app.tasks(PAUSED): 1" in out.stdout
+    assert "operator: resume demo.ingest -> queued" in out.stdout
+    assert "try 1: the pause spent none" in out.stdout
+    assert "demo.ingest finished: 20 files, each processed once across the pause" in out.stdout
+    assert "operator: cancel demo.export at chunk" in out.stdout
+    assert "demo.export: CancelledError at its current await" in out.stdout
+    assert "demo.export is CANCELLED" in out.stdout
+    assert "demo.export: result() raised TaskCancelled" in out.stdout
+    assert out.stdout.index("PAUSED after step") < out.stdout.index("resumed from step")
     assert not (tmp_path / ".segue" / "server.json").exists()  # the server stopped with it
     assert list((tmp_path / ".segue").glob("appendonly*"))
 
