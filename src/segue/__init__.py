@@ -25,6 +25,7 @@ from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
 from segue._task import AsyncTask, Signature, SyncTask, Task
 from segue._worker import Worker
+from segue._workflow import Chain, Group, WorkflowHandle
 
 __version__ = "0.1.0"
 
@@ -32,9 +33,11 @@ __all__ = [
     "App",
     "AsyncTask",
     "BrokerError",
+    "Chain",
     "ConfigurationError",
     "Context",
     "Fail",
+    "Group",
     "InvalidTransition",
     "LeaseLost",
     "Pause",
@@ -59,5 +62,6 @@ __all__ = [
     "TaskStatus",
     "Transition",
     "Worker",
+    "WorkflowHandle",
     "__version__",
 ]

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from segue._context import Context, SyncContext
     from segue._embedded import EmbeddedServer
+    from segue._workflow import Chain, Group, WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -177,14 +178,28 @@ class App:
 
     # --- enqueueing ------------------------------------------------------------------------
 
-    def _fields(self, sig: Signature[Any]) -> tuple[str, str, list[Any]]:
-        task, o = sig.task, sig.opts
-        d = task.opts
-        queue = o.get("queue") or d.queue or self.settings.queue
+    def queue_for(self, sig: Signature[Any]) -> str:
+        """The queue a signature goes to: its options, else its task's, else the App's."""
+        queue = sig.opts.get("queue") or sig.task.opts.queue or self.settings.queue
         if queue not in self._checked_queues:
             self._checked_queues.add(check_queue_name(queue))
+        return queue
+
+    def _fields(
+        self, sig: Signature[Any], task_id: str | None = None, queue: str | None = None
+    ) -> tuple[str, str, list[Any]]:
+        task, o = sig.task, sig.opts
+        d = task.opts
+        own = self.queue_for(sig)
+        if queue is not None and own != queue:
+            raise ConfigurationError(
+                f"task {task.name} is set to run on queue {own!r}, but it joins work on queue "
+                f"{queue!r} (a workflow's steps and a task's sub-tasks share one queue)"
+            )
+        queue = own
         key = o.get("key")
-        task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
+        if task_id is None:
+            task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
         payload = encode_args(
             sig.args,
             sig.kwargs,
@@ -211,8 +226,70 @@ class App:
             ],
         )
 
+    def graph_fields(
+        self,
+        sig: Signature[Any],
+        queue: str | None,
+        task_id: str | None,
+        deps: list[tuple[str, int]],
+        mode: str,
+    ) -> list[Any]:
+        """The 13 fields of graph.lua for one task that waits for `deps` (id, input index)."""
+        _, _, fields = self._fields(sig, task_id, queue)
+        fields.extend(
+            (
+                " ".join(f"{d}|{i}" for d, i in deps),
+                mode,
+                sig.opts.get("on_failure", "fail"),
+                "1" if sig.opts.get("optional") else "0",
+            )
+        )
+        return fields
+
+    async def enqueue_graph(
+        self, queue: str, fields: list[Any], workflow: tuple[str, int, str, str] | None
+    ) -> None:
+        """Create tasks with dependencies in one queue, in order, 1,000 per script call (the
+        workflow record goes with the first call)."""
+        broker = await self.broker()
+        ks = broker.keyspace(queue)
+        await broker.register_queue(queue)
+        step = _BATCH * 13
+        calls = [
+            broker.graph_call(ks, workflow if i == 0 else None, fields[i : i + step])
+            for i in range(0, len(fields), step)
+        ]
+        await broker.run_calls(calls, retry=True)
+
+    async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
+        """Enqueue a sub-task under a given id, in its parent's queue (the id's); a repeat
+        finds the task already there and changes nothing."""
+        sig.task.check_args(sig.args, sig.kwargs)
+        queue, _, fields = self._fields(sig, task_id, queue_of(task_id))
+        broker = self._broker or await self.broker()
+        await broker.run_calls([broker.enqueue_call(broker.keyspace(queue), fields)], retry=True)
+        return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+
+    async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
+        after = sig.opts.get("after") or []
+        queue = self.queue_for(sig)
+        deps: list[tuple[str, int]] = []
+        for dep in after:
+            dep_id = dep if isinstance(dep, str) else dep.id
+            if queue_of(dep_id) != queue:
+                raise ConfigurationError(
+                    f"after=: task {dep_id} is on queue {queue_of(dep_id)!r}, but "
+                    f"{sig.task.name} goes to {queue!r}; dependencies must share one queue"
+                )
+            deps.append((dep_id, -1))
+        fields = self.graph_fields(sig, None, None, deps, "")
+        await self.enqueue_graph(queue, fields, None)
+        return TaskHandle(self, fields[0], sig.task.result_decoder, keeps_result=fields[8] != 0)
+
     async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         """Enqueue one call (the path of `task.enqueue`, kept short: it is hot)."""
+        if "after" in sig.opts:
+            return await self._enqueue_after(sig)
         queue, task_id, fields = self._fields(sig)
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
@@ -226,6 +303,12 @@ class App:
         by_queue: dict[str, list[Any]] = {}
         handles: list[TaskHandle[R]] = []
         for sig in sigs:
+            if "after" in sig.opts:
+                raise ConfigurationError(
+                    "enqueue_many does not take signatures with after=; enqueue them one by "
+                    "one, or build a workflow"
+                )
+            sig.task.check_args(sig.args, sig.kwargs)
             queue, task_id, fields = self._fields(sig)
             by_queue.setdefault(queue, []).extend(fields)
             ttl = fields[8]
@@ -245,6 +328,25 @@ class App:
         return handles
 
     # --- reading ---------------------------------------------------------------------------
+
+    @overload
+    def group(self, signatures: Iterable[Signature[R]]) -> Group[R]: ...
+    @overload
+    def group(
+        self, signatures: Iterable[Signature[Any] | Chain[Any] | Group[Any]]
+    ) -> Group[Any]: ...
+    def group(self, signatures: Iterable[Any]) -> Group[Any]:
+        """Steps that run in parallel; `group | merge.call()` hands merge their results."""
+        from segue._workflow import Group
+
+        return Group(self, signatures)
+
+    async def workflow_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle for a workflow id from anywhere (the id encodes its queue)."""
+        from segue._workflow import WorkflowHandle
+
+        queue_of(workflow_id)
+        return WorkflowHandle(self, workflow_id)
 
     async def task_handle(self, task_id: str) -> TaskHandle[Any]:
         """A handle for a task id from anywhere (the id encodes its queue)."""

@@ -102,6 +102,9 @@ class Broker:
         self.renew_script = _scripts.load("renew")
         self.control_script = _scripts.load("control")
         self.state_script = _scripts.load("state")
+        self.graph_script = _scripts.load("graph")
+        self.wait_script = _scripts.load("wait")
+        self.workflow_script = _scripts.load("workflow")
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -361,6 +364,57 @@ class Broker:
             raise
         status, _asked = reply[0]
         return _text(status)
+
+    def graph_call(
+        self, ks: Keyspace, workflow: tuple[str, int, str, str] | None, fields: list[Any]
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """Create tasks with dependencies (13 fields each, see graph.lua), and a workflow
+        record (id, ttl ms, step ids, last step ids) when given."""
+        wf_id, ttl_ms, steps, last = workflow or ("", -1, "", "")
+        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, len(fields) // 13]
+        args.extend(fields)
+        return (self.graph_script, ks.graph_keys, args)
+
+    async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
+        """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""
+        call = (self.wait_script, [ks.leases], [ks.base, parent, gen, *children])
+        reply = await self.run_calls([call])
+        return int(reply[0])
+
+    async def workflow_command(self, ks: Keyspace, wf_id: str, command: str, reason: str) -> str:
+        keys = ks.control_keys
+        args = [ks.base, wf_id, command, reason, ks.done_channel]
+        try:
+            reply = await self.run_calls([(self.workflow_script, keys, args)])
+        except ScriptError as exc:
+            if exc.code == "SEGUE_NOT_FOUND":
+                raise TaskNotFound(
+                    f"no workflow {wf_id}: it never existed, or it ended and its record expired"
+                ) from None
+            if exc.code == "SEGUE_INVALID_TRANSITION":
+                state = str(exc).rsplit(" ", 2)[-2]
+                raise InvalidTransition(
+                    f"cannot {command} workflow {wf_id}: it is {state}", state, command
+                ) from None
+            raise
+        return _text(reply[0])
+
+    async def workflow_record(self, ks: Keyspace, wf_id: str) -> dict[bytes, bytes]:
+        async with self.errors():
+            rec: dict[bytes, bytes] = await self.client.hgetall(ks.workflow(wf_id))
+        return rec
+
+    async def task_fields(
+        self, ks: Keyspace, task_ids: Sequence[str], fields: Sequence[str]
+    ) -> list[list[bytes | None]]:
+        """The same few fields of many task records, in one round trip."""
+        async with self.errors():
+            # one queue's keys share a slot: a cluster pipeline goes to one node too
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hmget(ks.task(task_id), *fields)
+            rows: list[list[bytes | None]] = await pipe.execute()
+        return rows
 
     async def write_state(
         self, ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: list[str]

@@ -100,8 +100,12 @@ class ArgsDecoder:
                     self._positional.append(dec)
                 self._named[p.name] = dec
 
-    def decode(self, data: bytes) -> tuple[list[Any], dict[str, Any]]:
+    def decode(self, data: bytes, first: bytes | None = None) -> tuple[list[Any], dict[str, Any]]:
+        """`first`: a JSON value to pass before the stored arguments (a workflow step's
+        input from the step before it), decoded for the first parameter."""
         raw_args, raw_kwargs = _args_decoder.decode(data)
+        if first is not None:
+            raw_args = [msgspec.Raw(first), *raw_args]
         args: list[Any] = []
         for i, raw in enumerate(raw_args):
             if i < len(self._positional):

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from segue._codec import decode_plain, encode
 from segue._errors import LeaseLost, PayloadError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from segue._app import App
     from segue._broker import Broker
+    from segue._handle import TaskHandle
     from segue._keys import Keyspace
+    from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
+R = TypeVar("R")
 _MISSING: Any = object()
 
 
@@ -31,12 +37,18 @@ class PauseRequested(BaseException):
     swallow it."""
 
 
+class WaitingForSubtasks(BaseException):
+    """Raised by `ctx.wait_for` when sub-tasks are still running: the run stops, the task
+    WAITS without holding a worker slot, and the last sub-task to end queues it again."""
+
+
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("broker", "gen", "ks", "request")
+    __slots__ = ("app", "broker", "gen", "ks", "request")
 
-    def __init__(self, broker: Broker, ks: Keyspace, gen: str) -> None:
+    def __init__(self, app: App, broker: Broker, ks: Keyspace, gen: str) -> None:
+        self.app = app
         self.broker = broker
         self.ks = ks
         self.gen = gen
@@ -109,7 +121,17 @@ class Context:
     `log` (a logger whose lines carry the task id), and `state` (durable per-task values).
     """
 
-    __slots__ = ("_run", "log", "name", "queue", "state", "task_id", "tries", "worker_id")
+    __slots__ = (
+        "_run",
+        "_seq",
+        "log",
+        "name",
+        "queue",
+        "state",
+        "task_id",
+        "tries",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -128,6 +150,7 @@ class Context:
         self.worker_id = worker_id
         self.queue = queue
         self._run = run
+        self._seq = 0
         self.state = TaskState(task_id, run, state_limit)
         self.log: logging.LoggerAdapter[logging.Logger] = _TaskLog(
             _task_log, {"task_id": task_id, "task_name": name}
@@ -138,6 +161,44 @@ class Context:
         then PAUSED and resumes later from its state). Cheap: no round trip."""
         self._check()
         await asyncio.sleep(0)
+
+    @overload
+    async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
+    @overload
+    async def enqueue(self, signatures: Iterable[Signature[R]], /) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Any, /) -> Any:
+        """Start sub-tasks of this task, in its queue. Their ids come from this task's id
+        and a count, so a re-run of this task (after a worker death, or after `wait_for`)
+        gets the same handles back instead of starting them twice."""
+        from segue._task import Signature  # _task builds on this module
+
+        single = isinstance(signatures, Signature)
+        sigs: list[Signature[Any]] = [signatures] if single else list(signatures)
+        run = self._run
+        if run is None:
+            local = [await s.enqueue() for s in sigs]
+            return local[0] if single else local
+        handles: list[TaskHandle[Any]] = []
+        for sig in sigs:
+            self._seq += 1
+            handles.append(await run.app.enqueue_child(sig, f"{self.task_id}.{self._seq}"))
+        return handles[0] if single else handles
+
+    async def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
+        """The results of sub-tasks, in order. If some have not ended, this run stops here
+        and the task WAITS (no worker slot held, the try not spent); when the last one ends
+        the task runs again from the start, with its state, and `wait_for` returns at once.
+        Raises TaskFailed or TaskCancelled for a sub-task that did not succeed."""
+        run = self._run
+        if run is not None:
+            ids = [h.id for h in handles]
+            left = await run.broker.wait_children(run.ks, self.task_id, run.gen, ids)
+            if left < 0:
+                raise LeaseLost(f"task {self.task_id}: this run no longer holds the task")
+            if left > 0:
+                self.log.info("waiting for %d sub-task(s)", left)
+                raise WaitingForSubtasks
+        return [await h.result() for h in handles]
 
     def _check(self) -> None:
         run = self._run
@@ -202,6 +263,15 @@ class SyncContext:
     def checkpoint(self) -> None:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
+
+    def enqueue(self, signatures: Any, /) -> Any:
+        """`Context.enqueue`, blocking."""
+        return self.state._call(self._ctx.enqueue(signatures))
+
+    def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
+        """`Context.wait_for`, blocking."""
+        results: list[R] = self.state._call(self._ctx.wait_for(handles))
+        return results
 
     def __repr__(self) -> str:
         return f"<SyncContext {self.task_id} {self.name} try={self.tries}>"

@@ -49,6 +49,9 @@ class Keyspace:
     def task(self, task_id: str) -> str:
         return self.base + "task:" + task_id
 
+    def workflow(self, wf_id: str) -> str:
+        return self.base + "wf:" + wf_id
+
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
@@ -73,6 +76,11 @@ class Keyspace:
         """KEYS of finish.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.dead]
         return [*self.pending, *queue_keys, *self.done, self.paused]
+
+    @cached_property
+    def graph_keys(self) -> list[str]:
+        """KEYS of graph.lua."""
+        return [*self.pending, self.scheduled, self.wake, *self.done, self.paused]
 
     @cached_property
     def control_keys(self) -> list[str]:

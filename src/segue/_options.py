@@ -6,10 +6,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from segue._handle import TaskHandle
 
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
@@ -26,6 +31,9 @@ class EnqueueOptions(TypedDict, total=False):
     max_tries: int
     timeout: float | None
     ttl: float | None
+    after: Sequence[TaskHandle[Any] | str]
+    on_failure: Literal["fail", "cancel"]
+    optional: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from segue._codec import encode
-from segue._context import Context, PauseRequested, RunControl, SyncContext
+from segue._context import (
+    Context,
+    PauseRequested,
+    RunControl,
+    SyncContext,
+    WaitingForSubtasks,
+)
 from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
 
@@ -41,6 +47,7 @@ class Job:
     gen: str
     timeout_ms: int
     max_tries: int
+    input: bytes | None = None  # a workflow step's value from the steps before it (JSON)
     run: RunControl | None = None
     task: asyncio.Task[None] | None = None
     lost: bool = False
@@ -79,7 +86,7 @@ async def attempt(
             int(settings.unknown_task_window_seconds * 1000),
         )
     try:
-        args, kwargs = task.args_decoder.decode(job.payload)
+        args, kwargs = task.args_decoder.decode(job.payload, first=job.input)
     except Exception as exc:
         return (
             "fail",
@@ -118,6 +125,8 @@ async def attempt(
                 value = await loop.run_in_executor(
                     executor, functools.partial(task.fn, *args, **kwargs)
                 )
+    except WaitingForSubtasks:
+        return ("waiting", "", "")
     except PauseRequested:
         if not silent:
             log.info("task %s paused at a checkpoint", job.id)

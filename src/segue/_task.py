@@ -6,7 +6,17 @@ import asyncio
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from typing_extensions import Unpack
 
@@ -18,9 +28,13 @@ from segue._options import EnqueueOptions, TaskOptions, check_priority
 if TYPE_CHECKING:
     from segue._app import App
     from segue._handle import TaskHandle
+    from segue._workflow import Chain, Group
 
 P = ParamSpec("P")
 R = TypeVar("R")
+R2 = TypeVar("R2")
+A = TypeVar("A")
+P2 = ParamSpec("P2")
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
 
 
@@ -68,7 +82,28 @@ class Signature(Generic[R]):
         return Signature(self.task, self.args, self.kwargs, _merge(self.opts, options))
 
     async def enqueue(self) -> TaskHandle[R]:
+        self.task.check_args(self.args, self.kwargs)
         return await self.task.app.enqueue_one(self)
+
+    # Workflow building lives in _workflow (the client layer); imported where used.
+
+    @overload
+    def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
+    @overload
+    def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
+    def __or__(self, other: Any) -> Chain[Any]:
+        """`a.call(x) | b.call()`: a chain; each step gets the previous result first."""
+        from segue._workflow import Chain, _as_node
+
+        return Chain(self.task.app, (self, _as_node(self.task.app, other)))
+
+    def then(
+        self, task: Task[Concatenate[R, P2], R2], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Chain[R2]:
+        """A chain of this call and `task`, which receives this call's result first."""
+        from segue._workflow import Chain
+
+        return Chain(self.task.app, (self, Signature(task, args, kwargs, task.call_options)))
 
     def __repr__(self) -> str:
         return f"<Signature {self.task.name}{self.args!r}>"
@@ -127,9 +162,18 @@ class Task(Generic[P, R]):
         """A copy of this task whose enqueues use these options."""
         return type(self)(self.app, self.fn, self.opts, _merge(self.call_options, options))
 
-    def call(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
-        """This task with arguments, not yet enqueued (for enqueue_many and workflows)."""
-        self.check_args(args, kwargs)
+    @overload
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def call(
+        self: Task[Concatenate[A, P2], R], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Signature[R]: ...
+    def call(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """This task with arguments, not yet enqueued (for enqueue_many and workflows).
+
+        Arguments may leave out the first parameter, which a chain fills with the previous
+        step's result; they are checked in full when the signature is enqueued."""
+        self.check_args(args, kwargs, partial=True)
         return Signature(self, args, kwargs, self.call_options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
@@ -155,13 +199,16 @@ class Task(Generic[P, R]):
             queue=self.queue,
         )
 
-    def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def check_args(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, partial: bool = False
+    ) -> None:
         """Refuse a call that does not fit the function's parameters, before enqueueing."""
+        bind = self._signature.bind_partial if partial else self._signature.bind
         try:
             if self.takes_ctx:
-                self._signature.bind(None, *args, **kwargs)
+                bind(None, *args, **kwargs)
             else:
-                self._signature.bind(*args, **kwargs)
+                bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"wrong arguments for task {self.name}: {exc}") from None
 

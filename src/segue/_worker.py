@@ -223,7 +223,7 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for raw in jobs:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given = raw
             job = Job(
                 ks=ks,
                 id=task_id.decode(),
@@ -234,8 +234,9 @@ class Worker:
                 timeout_ms=int(timeout_ms or 0),
                 max_tries=int(max_tries or 1),
                 started=_clock.monotonic(),
+                input=given or None,
             )
-            job.run = RunControl(self._broker, ks, job.gen)
+            job.run = RunControl(self.app, self._broker, ks, job.gen)
             self._running[job.id] = job
             assert self._lease is not None
             self._lease.hold(job.id, ks, job.gen)
@@ -253,7 +254,9 @@ class Worker:
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = ("retry", b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
-        if outcome is not None and outcome[0] != "ok" and job.run and job.run.request == "cancel":
+        if outcome is not None and outcome[0] == "waiting":
+            outcome = None  # wait.lua already made it WAITING and released its lease
+        elif outcome is not None and outcome[0] != "ok" and job.run and job.run.request == "cancel":
             # the task caught the CancelledError and went on: the cancel still stands
             outcome = ("cancelled", "", "")
         self._running.pop(job.id, None)

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from segue import App, AsyncTask, Context, Signature, SyncContext, SyncTask, TaskHandle, TaskStatus
+from segue import (
+    App,
+    AsyncTask,
+    Chain,
+    Context,
+    Signature,
+    SyncContext,
+    SyncTask,
+    TaskHandle,
+    TaskStatus,
+    WorkflowHandle,
+)
 
 app = App("typing")
 
@@ -41,6 +52,11 @@ def sync_steps(ctx: SyncContext, n: int) -> int:
     return done
 
 
+@app.task(name="math.total")
+async def total(values: list[int]) -> int:
+    return sum(values)
+
+
 async def check() -> None:
     async_task: AsyncTask[..., int] = add
     sync_task: SyncTask[..., str] = greet
@@ -61,6 +77,16 @@ async def check() -> None:
     assert_type(await handle.pause(), TaskStatus)
     assert_type(await handle.wait_for(TaskStatus.PAUSED, timeout=1), TaskStatus)
     await sync_steps.enqueue("3")  # type: ignore[arg-type]
+
+    chain = add.call(1, 2) | double
+    assert_type(chain, Chain[int])
+    assert_type(await chain.enqueue(), WorkflowHandle[int])
+    assert_type(await add.call(1, 2).then(add, 3).enqueue(), WorkflowHandle[int])
+    fan_in = app.group(double.call(i) for i in range(3)) | total
+    assert_type(await fan_in.enqueue(), WorkflowHandle[int])
+    assert_type(await app.group([double.call(1)]).enqueue(), WorkflowHandle[list[int]])
+    add.call(1, 2).then(greet)  # type: ignore[arg-type]
+    add.call(1, 2).then(add, "3")  # type: ignore[arg-type]
     await add.enqueue("1", 2)  # type: ignore[arg-type]
     await add.enqueue(1)  # type: ignore[call-arg]
     await process.enqueue(files=[1])  # type: ignore[list-item]

@@ -15,12 +15,25 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "claim": broker.claim_call(ks, "w", 1),
         "finish": broker.finish_call(ks, []),
         "control": broker.control_call(ks, "q:1", "pause", "why"),
+        "graph": broker.graph_call(ks, None, []),
+        "workflow": (broker.workflow_script, ks.control_keys, []),
     }
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
     assert load("renew").numkeys == 1
     assert load("state").numkeys == 1
-    assert set(NAMES) == {"enqueue", "claim", "finish", "renew", "control", "state"}
+    assert load("wait").numkeys == 1
+    assert set(NAMES) == {
+        "enqueue",
+        "claim",
+        "finish",
+        "renew",
+        "control",
+        "state",
+        "graph",
+        "wait",
+        "workflow",
+    }
 
 
 def test_every_key_of_a_call_carries_the_queue_tag() -> None:
@@ -30,6 +43,7 @@ def test_every_key_of_a_call_carries_the_queue_tag() -> None:
         broker.claim_call(ks, "w", 1),
         broker.finish_call(ks, []),
         broker.control_call(ks, "q:1", "cancel", "why"),
+        broker.graph_call(ks, ("q:wf-1", -1, "q:wf-1.1", "q:wf-1.1"), []),
     )
     for _, keys, args in calls:
         assert all("{q}" in k for k in keys)

@@ -61,7 +61,7 @@ def load(name: str) -> Script:
     return Script(name, source, sha, header_keys(own))
 
 
-NAMES = ("enqueue", "claim", "finish", "renew", "control", "state")
+NAMES = ("enqueue", "claim", "finish", "renew", "control", "state", "graph", "wait", "workflow")
 
 
 async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:

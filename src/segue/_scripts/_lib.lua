@@ -1,6 +1,7 @@
 -- Shared helpers, prepended to every script at load time (see __init__.py).
--- Per-task keys are built here from the key prefix passed in ARGV[1]
--- ("<prefix>:{<queue>}:"), so they share the queue's hash tag and slot.
+-- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>) are built here from the key
+-- prefix passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's hash tag and
+-- slot.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -13,40 +14,254 @@ end
 
 local PRIORITY_LISTS = { high = 1, normal = 2, low = 3 }
 
--- Final transition: store the outcome, index it until the record expires, tell waiters.
--- done_keys: { succeeded = key, failed = key, cancelled = key, expired = key }
-local function finalize(prefix, tk, id, status, at, field, value, reason, done_keys, channel)
-  local ttl = tonumber(redis.call('HGET', tk, 'ttl') or '-1')
+-- The queue-level keys a transition may touch, gathered once per script call:
+-- Q.base prefix; Q.lists[1..3] queued lists (high, normal, low); Q.sched; Q.wake;
+-- Q.done[status] ended-task indexes; Q.paused index; Q.channel ended-task channel.
+-- Q.woke is set when a task became queued (the script then leaves a wake token).
+local function queue_keys(base, high, normal, low, sched, wake, s, f, c, e, paused, channel)
+  return { base = base, lists = { high, normal, low }, sched = sched, wake = wake,
+    done = { succeeded = s, failed = f, cancelled = c, expired = e }, paused = paused,
+    channel = channel, woke = false }
+end
+
+local function wake_if_needed(Q)
+  if Q.woke and redis.call('LLEN', Q.wake) == 0 then redis.call('LPUSH', Q.wake, 1) end
+end
+
+local function workflow_status(Q, wf)
+  if not wf then return nil end
+  return redis.call('HGET', Q.base .. 'wf:' .. wf, 'st')
+end
+
+-- A task whose dependencies are done: queued, unless its workflow is paused or an operator
+-- paused it while it waited (then held, PAUSED, until resumed).
+local function make_ready(Q, tk, id, now)
+  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold')
+  redis.call('HDEL', tk, 'wait', 'hold')
+  if f[3] or workflow_status(Q, f[2]) == 'paused' then
+    redis.call('HSET', tk, 's', 'paused')
+    add_history(tk, 'paused', now, f[3] and 'paused while waiting' or 'workflow paused')
+    redis.call('ZADD', Q.paused, now, id)
+  else
+    redis.call('HSET', tk, 's', 'queued')
+    add_history(tk, 'queued', now, 'dependencies done')
+    redis.call('LPUSH', Q.lists[PRIORITY_LISTS[f[1]]], id)
+    Q.woke = true
+  end
+end
+
+-- The input a step receives from the steps before it: one result ('1'), or the list of
+-- results in order ('l'), spliced from the stored JSON texts (never re-encoded).
+local function assemble_input(tk)
+  local f = redis.call('HMGET', tk, 'im', 'nd')
+  if not f[1] then return end
+  local n = tonumber(f[2])
+  local parts = {}
+  for from = 0, n - 1, 500 do
+    local names = {}
+    for i = from, math.min(n, from + 500) - 1 do names[#names + 1] = 'i:' .. i end
+    local vals = redis.call('HMGET', tk, unpack(names))
+    for j = 1, #names do parts[#parts + 1] = vals[j] or 'null' end
+    redis.call('HDEL', tk, unpack(names))
+  end
+  if f[1] == '1' then
+    redis.call('HSET', tk, 'in', parts[1] or 'null')
+  else
+    redis.call('HSET', tk, 'in', '[' .. table.concat(parts, ',') .. ']')
+  end
+end
+
+-- Final transition of one task: store the outcome, index it until the record expires, tell
+-- waiters, count it in its workflow. Returns what dependants need: its result, whether it
+-- counts as passed (succeeded, or an optional step), its name.
+local function end_task(Q, tk, id, status, at, field, value, reason)
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n')
+  local ttl = tonumber(f[1] or '-1')
   redis.call('HSET', tk, 's', status, 'et', at, field, value)
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'wait', 'hold')
   add_history(tk, status, at, reason)
-  redis.call('DEL', prefix .. 'state:' .. id)
+  redis.call('DEL', Q.base .. 'state:' .. id)
+  redis.call('ZREM', Q.paused, id)
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
-    redis.call('ZADD', done_keys[status], 9007199254740991, id)
+    redis.call('ZADD', Q.done[status], 9007199254740991, id)
   else
     redis.call('PEXPIRE', tk, ttl)
-    redis.call('ZADD', done_keys[status], at + ttl, id)
+    redis.call('ZADD', Q.done[status], at + ttl, id)
   end
-  redis.call('SPUBLISH', channel, id)
+  redis.call('SPUBLISH', Q.channel, id)
+  if f[4] then
+    local wk = Q.base .. 'wf:' .. f[4]
+    if redis.call('HINCRBY', wk, 'left', -1) <= 0 then
+      redis.call('HSET', wk, 'et', at)
+      local wttl = tonumber(redis.call('HGET', wk, 'ttl') or '-1')
+      if wttl >= 0 then redis.call('PEXPIRE', wk, math.max(wttl, 1)) end
+    end
+  end
+  local result = nil
+  if status == 'succeeded' then result = value end
+  return result, status == 'succeeded' or f[3] == '1', f[5] or '?'
+end
+
+-- End a task and carry the consequence to every task waiting on it, transitively: a
+-- dependant whose last dependency passed becomes ready; one whose dependency did not pass
+-- fails (on_failure=fail) or is cancelled (on_failure=cancel, or its workflow cancelled).
+-- A sub-task's parent (kind 'w') is woken whatever the outcome.
+local function finalize(Q, tk, id, status, at, field, value, reason)
+  local work = { { tk, id, status, field, value, reason, nil } }
+  local k = 1
+  while k <= #work do
+    local w = work[k]
+    k = k + 1
+    local wid, wst = w[2], w[3]
+    local nk = Q.base .. 'next:' .. wid
+    local entries = redis.call('LRANGE', nk, 0, -1)
+    local result, passed, name = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
+    if #entries > 0 then redis.call('DEL', nk) end
+    local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)
+    for _, e in ipairs(entries) do
+      local did, idx, kind = string.match(e, '^(.*)|(%-?%d+)|(%a)$')
+      local dtk = Q.base .. 'task:' .. did
+      local df = redis.call('HMGET', dtk, 's', 'of', 'wf')
+      if df[1] == 'waiting' then
+        if kind == 'w' or passed then
+          if kind ~= 'w' and tonumber(idx) >= 0 then
+            redis.call('HSET', dtk, 'i:' .. idx, result or 'null')
+          end
+          if redis.call('HINCRBY', dtk, 'wait', -1) <= 0 then
+            assemble_input(dtk)
+            make_ready(Q, dtk, did, at)
+          end
+        else
+          local cancel = df[2] == 'cancel' or workflow_status(Q, df[3]) == 'cancelled'
+          local st = cancel and 'cancelled' or 'failed'
+          local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
+            message = 'dependency ' .. root, reason = 'dependency_' .. wst })
+          work[#work + 1] = { dtk, did, st, 'e', err, 'dependency ' .. root, root }
+        end
+      end
+    end
+  end
+end
+
+local function cancel_error(reason)
+  return cjson.encode({ type = 'Cancelled', message = reason, reason = 'cancelled' })
 end
 
 -- A pending operator request outranks a run's own outcome when the run stops without
--- ending: cancel ends the task, pause holds it. Returns true when it took over.
--- A carried-out pause indexes the task in the paused zset (paused_key).
-local function obey_control(prefix, tk, id, now, done_keys, channel, paused_key)
+-- ending: cancel ends the task, pause holds it (indexed in the paused zset). Returns true
+-- when it took over.
+local function obey_control(Q, tk, id, now)
   local f = redis.call('HMGET', tk, 'ctl', 'ctlr')
   if f[1] == 'cancel' then
-    local err = cjson.encode({ type = 'Cancelled', message = f[2] or 'cancelled',
-      reason = 'cancelled' })
-    finalize(prefix, tk, id, 'cancelled', now, 'e', err, f[2] or 'cancelled', done_keys, channel)
+    finalize(Q, tk, id, 'cancelled', now, 'e', cancel_error(f[2] or 'cancelled'),
+      f[2] or 'cancelled')
     return true
   elseif f[1] == 'pause' then
     redis.call('HSET', tk, 's', 'paused', 'd', 0)
     redis.call('HDEL', tk, 'ctl', 'ctlr', 'w', 'due')
     add_history(tk, 'paused', now, f[2] or 'paused')
-    redis.call('ZADD', paused_key, now, id)
+    redis.call('ZADD', Q.paused, now, id)
     return true
   end
   return false
+end
+
+local FINAL = { succeeded = true, failed = true, cancelled = true, expired = true }
+local HELD = { queued = true, scheduled = true, retrying = true, suspended = true }
+
+-- An operator's pause|resume|cancel of one task (see control.lua for the table).
+-- Returns { status after, 1 if a running task was asked }, or an error reply.
+local function control_task(Q, id, cmd, reason, control_channel, now)
+  local tk = Q.base .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'q', 'ctl', 'hold')
+  local status, prio, ctl = f[1], f[2], f[3]
+  if not status then return redis.error_reply('SEGUE_NOT_FOUND ' .. id) end
+  local function unqueue()
+    redis.call('LREM', Q.lists[PRIORITY_LISTS[prio]], 0, id)
+    redis.call('ZREM', Q.sched, id)
+  end
+  local function invalid()
+    return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. status .. ' ' .. cmd)
+  end
+  if cmd == 'pause' then
+    if status == 'paused' then return { status, 0 } end
+    if FINAL[status] then return invalid() end
+    if status == 'waiting' then
+      -- held where it is: when its dependencies are done it becomes PAUSED, not queued
+      if not f[4] then
+        redis.call('HSET', tk, 'hold', 1)
+        add_history(tk, 'waiting', now, reason)
+      end
+      return { status, 0 }
+    end
+    if HELD[status] then
+      unqueue()
+      redis.call('HSET', tk, 's', 'paused')
+      redis.call('HDEL', tk, 'due')
+      add_history(tk, 'paused', now, reason)
+      redis.call('ZADD', Q.paused, now, id)
+      return { 'paused', 0 }
+    end
+    if ctl == 'cancel' then return { status, 1 } end -- a cancel already asked for wins
+    redis.call('HSET', tk, 'ctl', 'pause', 'ctlr', reason)
+    redis.call('SPUBLISH', control_channel, 'pause ' .. id)
+    return { status, 1 }
+  elseif cmd == 'resume' then
+    if status == 'paused' then
+      redis.call('HSET', tk, 's', 'queued')
+      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      add_history(tk, 'queued', now, reason)
+      redis.call('ZREM', Q.paused, id)
+      redis.call('LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
+      Q.woke = true
+      return { 'queued', 0 }
+    end
+    if status == 'running' and ctl == 'pause' then
+      -- the pause was not carried out yet: withdraw it
+      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      return { status, 0 }
+    end
+    if status == 'waiting' then
+      redis.call('HDEL', tk, 'hold')
+      return { status, 0 }
+    end
+    if HELD[status] then return { status, 0 } end
+    return invalid()
+  elseif cmd == 'cancel' then
+    if FINAL[status] then return { status, 0 } end
+    if status == 'running' then
+      redis.call('HSET', tk, 'ctl', 'cancel', 'ctlr', reason)
+      redis.call('SPUBLISH', control_channel, 'cancel ' .. id)
+      return { status, 1 }
+    end
+    unqueue()
+    finalize(Q, tk, id, 'cancelled', now, 'e', cancel_error(reason), reason)
+    return { 'cancelled', 0 }
+  end
+  return redis.error_reply('SEGUE_INVALID_COMMAND ' .. cmd)
+end
+
+-- Create a task record from the 9 enqueue fields at ARGV[b..b+8]: id, name, payload,
+-- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms. Returns its key and status
+-- (queued, scheduled, or `waiting` when told so), or nil when the id already exists.
+local function new_task(base, b, now, waiting)
+  local id = ARGV[b]
+  local tk = base .. 'task:' .. id
+  if redis.call('EXISTS', tk) == 1 then return nil end
+  local due = now + tonumber(ARGV[b + 4])
+  local at = tonumber(ARGV[b + 5])
+  if at > 0 then due = at end
+  local status = 'queued'
+  if waiting then
+    status = 'waiting'
+  elseif due > now then
+    status = 'scheduled'
+  end
+  redis.call('HSET', tk, 'n', ARGV[b + 1], 'p', ARGV[b + 2], 's', status, 'q', ARGV[b + 3],
+    't', 0, 'd', 0, 'g', 0, 'mt', ARGV[b + 6], 'to', ARGV[b + 7], 'ttl', ARGV[b + 8],
+    'ce', now, 'h', status .. '|' .. now .. '|\n')
+  if status == 'scheduled' then redis.call('HSET', tk, 'due', due) end
+  return tk, status, due
 end

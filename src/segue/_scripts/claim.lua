@@ -7,7 +7,8 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input}... }
+    (input: the JSON a workflow step receives from the steps before it, '' for none)
   A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
   (worker_lost) here, server-side, since the process that ran it left no code to count. ]]
 local prefix = ARGV[1]
@@ -17,7 +18,8 @@ local lease = tonumber(ARGV[4])
 local max_deliveries = tonumber(ARGV[5])
 local channel = ARGV[6]
 local now = now_ms()
-local done_keys = { succeeded = KEYS[9], failed = KEYS[10], cancelled = KEYS[11], expired = KEYS[12] }
+local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
+  KEYS[11], KEYS[12], KEYS[13], channel)
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
@@ -44,12 +46,12 @@ for _, id in ipairs(expired) do
   if prio then
     local d = redis.call('HINCRBY', tk, 'd', 1)
     redis.call('HDEL', tk, 'w')
-    if obey_control(prefix, tk, id, now, done_keys, channel, KEYS[13]) then
+    if obey_control(Q, tk, id, now) then
       -- the worker died holding a pause or cancel request: carried out here instead
     elseif d >= max_deliveries then
       local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
         .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
-      finalize(prefix, tk, id, 'failed', now, 'e', err, 'worker_lost', done_keys, channel)
+      finalize(Q, tk, id, 'failed', now, 'e', err, 'worker_lost')
       redis.call('LPUSH', KEYS[8], id)
       redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[7]) - 1)
     else
@@ -70,14 +72,14 @@ if not paused then
     if ids then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt')
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local tries = redis.call('HINCRBY', tk, 't', 1)
           local gen = redis.call('HINCRBY', tk, 'g', 1)
           redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)
           add_history(tk, 'running', now, wid)
           redis.call('ZADD', KEYS[5], deadline, id)
-          out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5] }
+          out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '' }
           want = want - 1
         end
       end

@@ -13,25 +13,14 @@ local out = {}
 local pushed = false
 for i = 0, n - 1 do
   local b = 3 + i * 9
-  local id = ARGV[b]
-  local tk = prefix .. 'task:' .. id
-  if redis.call('EXISTS', tk) == 1 then
+  local tk, status, due = new_task(prefix, b, now, false)
+  if not tk then
     out[i + 1] = 0
   else
-    local prio = ARGV[b + 3]
-    local due = now + tonumber(ARGV[b + 4])
-    local at = tonumber(ARGV[b + 5])
-    if at > 0 then due = at end
-    local status = 'queued'
-    if due > now then status = 'scheduled' end
-    redis.call('HSET', tk, 'n', ARGV[b + 1], 'p', ARGV[b + 2], 's', status, 'q', prio,
-      't', 0, 'd', 0, 'g', 0, 'mt', ARGV[b + 6], 'to', ARGV[b + 7], 'ttl', ARGV[b + 8],
-      'ce', now, 'h', status .. '|' .. now .. '|\n')
     if status == 'scheduled' then
-      redis.call('HSET', tk, 'due', due)
-      redis.call('ZADD', KEYS[4], due, id)
+      redis.call('ZADD', KEYS[4], due, ARGV[b])
     else
-      redis.call('LPUSH', KEYS[PRIORITY_LISTS[prio]], id)
+      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + 3]]], ARGV[b])
     end
     pushed = true
     out[i + 1] = 1

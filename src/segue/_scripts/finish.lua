@@ -18,9 +18,9 @@ local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[4])
 local now = now_ms()
-local done_keys = { succeeded = KEYS[8], failed = KEYS[9], cancelled = KEYS[10], expired = KEYS[11] }
+local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
+  KEYS[10], KEYS[11], KEYS[12], channel)
 local out = {}
-local woke = false
 
 local function dead_letter(id)
   redis.call('LPUSH', KEYS[7], id)
@@ -32,7 +32,7 @@ local function schedule(tk, id, status, at, reason)
   redis.call('HDEL', tk, 'w')
   add_history(tk, status, now, reason)
   redis.call('ZADD', KEYS[4], at, id)
-  woke = true
+  Q.woke = true
 end
 
 for i = 0, n - 1 do
@@ -47,33 +47,33 @@ for i = 0, n - 1 do
     redis.call('ZREM', KEYS[5], id)
     if action == 'ok' then
       redis.call('HSET', tk, 'd', 0)
-      finalize(prefix, tk, id, 'succeeded', now, 'r', ARGV[b + 3], '', done_keys, channel)
+      finalize(Q, tk, id, 'succeeded', now, 'r', ARGV[b + 3], '')
     elseif action == 'fail' then
-      finalize(prefix, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4], done_keys, channel)
+      finalize(Q, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4])
       dead_letter(id)
     elseif action == 'cancelled' then
-      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+      if not obey_control(Q, tk, id, now) then
         local err = cjson.encode({ type = 'Cancelled', message = 'cancelled', reason = 'cancelled' })
-        finalize(prefix, tk, id, 'cancelled', now, 'e', err, 'cancelled', done_keys, channel)
+        finalize(Q, tk, id, 'cancelled', now, 'e', err, 'cancelled')
       end
     elseif action == 'paused' then
       redis.call('HINCRBY', tk, 't', -1)
-      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+      if not obey_control(Q, tk, id, now) then
         -- the pause was withdrawn (resumed) while the run was stopping: queue it again
         redis.call('HSET', tk, 's', 'queued', 'd', 0)
         redis.call('HDEL', tk, 'w')
         add_history(tk, 'queued', now, 'resumed')
         redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-        woke = true
+        Q.woke = true
       end
     elseif action == 'retry' then
       redis.call('HSET', tk, 'e', ARGV[b + 3])
-      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+      if not obey_control(Q, tk, id, now) then
         schedule(tk, id, 'retrying', now + tonumber(ARGV[b + 4]), 'retry')
       end
     elseif action == 'suspend' then
       redis.call('HINCRBY', tk, 't', -1)
-      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+      if not obey_control(Q, tk, id, now) then
         local delay = tonumber(ARGV[b + 3])
         if delay >= 0 then
           schedule(tk, id, 'suspended', now + delay, 'paused itself')
@@ -82,17 +82,17 @@ for i = 0, n - 1 do
           redis.call('HDEL', tk, 'w')
           add_history(tk, 'suspended', now, 'paused itself')
           redis.call('LPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-          woke = true
+          Q.woke = true
         end
       end
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)
-      if not obey_control(prefix, tk, id, now, done_keys, channel, KEYS[12]) then
+      if not obey_control(Q, tk, id, now) then
         redis.call('HSET', tk, 's', 'queued', 'd', 0)
         redis.call('HDEL', tk, 'w')
         add_history(tk, 'queued', now, 'worker shutdown')
         redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-        woke = true
+        Q.woke = true
       end
     elseif action == 'release' then
       redis.call('HINCRBY', tk, 't', -1)
@@ -103,7 +103,7 @@ for i = 0, n - 1 do
         local name = redis.call('HGET', tk, 'n')
         local err = cjson.encode({ type = 'UnknownTask', reason = 'unknown_task',
           message = 'no worker knows the task name ' .. name .. ' (released ' .. rel .. ' times)' })
-        finalize(prefix, tk, id, 'failed', now, 'e', err, 'unknown_task', done_keys, channel)
+        finalize(Q, tk, id, 'failed', now, 'e', err, 'unknown_task')
         dead_letter(id)
       else
         schedule(tk, id, 'scheduled', now + 1000 * rel, 'unknown task name, released')
@@ -111,5 +111,5 @@ for i = 0, n - 1 do
     end
   end
 end
-if woke and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end
+wake_if_needed(Q)
 return out

@@ -1,0 +1,87 @@
+--[[ graph: create tasks that wait for others (after=, workflow steps), and a workflow.
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
+  KEYS[5] wake list   KEYS[6..9] done zsets: succeeded, failed, cancelled, expired
+  KEYS[10] paused zset
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel
+  ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
+  ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
+  ARGV[6] ids of the last steps (the workflow's result), space-separated
+  ARGV[7] count of tasks, then 13 fields per task: the 9 of enqueue.lua, then
+    deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
+    input mode: '' none, '1' the one previous result, 'l' the list of previous results
+    on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
+  Tasks come in dependency order. A dependency that already ended counts at once; one
+  whose record is gone fails the dependant. Every dependency lives in this queue's slot.
+  Returns: one integer per task: 1 created, 0 already existed (nothing written). ]]
+local prefix = ARGV[1]
+local now = now_ms()
+local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+  KEYS[8], KEYS[9], KEYS[10], ARGV[2])
+local wf = ARGV[3]
+if wf ~= '' then
+  local wk = prefix .. 'wf:' .. wf
+  if redis.call('EXISTS', wk) == 0 then
+    local steps = ARGV[5]
+    local count = select(2, string.gsub(steps, '%S+', ''))
+    redis.call('HSET', wk, 'st', 'running', 'steps', steps, 'last', ARGV[6], 'left', count,
+      'ttl', ARGV[4], 'ce', now)
+  end
+end
+local n = tonumber(ARGV[7])
+local out = {}
+for i = 0, n - 1 do
+  local b = 8 + i * 13
+  local id, deps, mode = ARGV[b], ARGV[b + 9], ARGV[b + 10]
+  local tk, status, due = new_task(prefix, b, now, deps ~= '')
+  if not tk then
+    out[i + 1] = 0
+  else
+    out[i + 1] = 1
+    redis.call('HSET', tk, 'of', ARGV[b + 11], 'opt', ARGV[b + 12])
+    if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
+    if status == 'scheduled' then
+      redis.call('ZADD', KEYS[4], due, id)
+    elseif status == 'queued' then
+      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + 3]]], id)
+      Q.woke = true
+    else
+      local pending, inputs, bad = 0, 0, nil
+      for dep, idx in string.gmatch(deps, '(%S+)|(%-?%d+)') do
+        if tonumber(idx) >= 0 then inputs = inputs + 1 end
+        local df = redis.call('HMGET', prefix .. 'task:' .. dep, 's', 'r', 'opt', 'n')
+        if not df[1] then
+          bad = bad or { 'failed', 'dependency_missing', 'dependency ' .. dep
+            .. ' has no record (it never existed, or its record expired)' }
+        elseif FINAL[df[1]] then
+          if df[1] == 'succeeded' or df[3] == '1' then
+            if tonumber(idx) >= 0 then
+              local r = 'null'
+              if df[1] == 'succeeded' then r = df[2] or 'null' end
+              redis.call('HSET', tk, 'i:' .. idx, r)
+            end
+          else
+            bad = bad or { df[1], 'dependency_' .. df[1], 'dependency ' .. (df[4] or '?')
+              .. ' (' .. dep .. ') ended ' .. df[1] }
+          end
+        else
+          redis.call('RPUSH', prefix .. 'next:' .. dep, id .. '|' .. idx .. '|a')
+          pending = pending + 1
+        end
+      end
+      if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
+      if bad then
+        local cancel = ARGV[b + 11] == 'cancel'
+        local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
+          message = bad[3], reason = bad[2] })
+        finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, bad[3])
+      elseif pending == 0 then
+        assemble_input(tk)
+        make_ready(Q, tk, id, now)
+      else
+        redis.call('HSET', tk, 'wait', pending)
+      end
+    end
+  end
+end
+wake_if_needed(Q)
+return out

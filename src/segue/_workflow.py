@@ -1,0 +1,257 @@
+"""Workflows: chains and groups of signatures, enqueued as one graph, followed by a handle.
+
+A workflow is compiled into tasks that wait for one another (graph.lua): a chain step waits
+for the step before it and receives its result as its first argument; a step after a group
+waits for every member and receives the list of their results, in order. All steps live in
+one queue, so every transition of the graph is one atomic script in one slot; the workflow
+record (`wf:<id>`) holds the step ids and whether the workflow is paused or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from ulid import ULID
+
+from segue._errors import ConfigurationError, TaskNotFound
+from segue._handle import TaskHandle, parse_info
+from segue._keys import queue_of
+from segue._state import TaskInfo, TaskStatus
+from segue._task import Signature, Task
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from segue._app import App
+    from segue._codec import TypedDecoder
+
+R = TypeVar("R")
+R2 = TypeVar("R2")
+P2 = ParamSpec("P2")
+_WHO = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _as_node(app: App, other: Any) -> Signature[Any] | Chain[Any] | Group[Any]:
+    if isinstance(other, Task):
+        return Signature(other, (), {}, other.call_options)
+    if isinstance(other, Signature | Chain | Group):
+        return other
+    raise TypeError(f"cannot chain {other!r}: expected a task, a signature, a chain or a group")
+
+
+class Chain(Generic[R]):
+    """Steps run one after another, each receiving the previous step's result first."""
+
+    __slots__ = ("app", "stages")
+
+    def __init__(self, app: App, stages: tuple[Signature[Any] | Chain[Any] | Group[Any], ...]):
+        self.app = app
+        self.stages = stages
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(s) for s in self.stages)
+
+    @overload
+    def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
+    @overload
+    def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
+    def __or__(self, other: Any) -> Chain[Any]:
+        return Chain(self.app, (*self.stages, _as_node(self.app, other)))
+
+    def then(
+        self, task: Task[Concatenate[R, P2], R2], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Chain[R2]:
+        """Add a step that receives this chain's result as its first argument."""
+        return Chain(self.app, (*self.stages, Signature(task, args, kwargs, task.call_options)))
+
+    async def enqueue(self) -> WorkflowHandle[R]:
+        return await enqueue_workflow(self.app, self)
+
+
+class Group(Generic[R]):
+    """Steps run in parallel; a step after the group receives the list of their results."""
+
+    __slots__ = ("app", "members")
+
+    def __init__(self, app: App, members: Iterable[Signature[R] | Chain[R] | Group[Any]]):
+        self.app = app
+        self.members = tuple(members)
+        if not self.members:
+            raise ConfigurationError("a group needs at least one step")
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(repr(m) for m in self.members)})"
+
+    @overload
+    def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
+    @overload
+    def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
+    def __or__(self, other: Any) -> Chain[Any]:
+        return Chain(self.app, (self, _as_node(self.app, other)))
+
+    def then(
+        self, task: Task[Concatenate[list[R], P2], R2], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Chain[R2]:
+        """Add a step that receives the list of the members' results as its first argument."""
+        return Chain(self.app, (self, Signature(task, args, kwargs, task.call_options)))
+
+    async def enqueue(self) -> WorkflowHandle[list[R]]:
+        return await enqueue_workflow(self.app, self)
+
+
+@dataclass(slots=True)
+class _Step:
+    sig: Signature[Any]
+    id: str
+    deps: list[tuple[str, int]]
+    mode: str  # '' no input, '1' the previous result, 'l' the list of previous results
+
+
+def _place(
+    node: Signature[Any] | Chain[Any] | Group[Any],
+    inputs: list[str],
+    mode: str,
+    out: list[_Step],
+    new_id: Callable[[], str],
+) -> tuple[list[str], str]:
+    """Lay `node` out after `inputs`; returns its terminal step ids and the input mode a
+    step after it gets ('1' after a single step, 'l' after a group)."""
+    if isinstance(node, Signature):
+        sid = new_id()
+        deps = [(d, i) for i, d in enumerate(inputs)] if mode else []
+        out.append(_Step(node, sid, deps, mode))
+        return [sid], "1"
+    if isinstance(node, Chain):
+        cur, cur_mode = inputs, mode
+        for stage in node.stages:
+            cur, cur_mode = _place(stage, cur, cur_mode, out, new_id)
+        return cur, cur_mode
+    outs: list[str] = []
+    for member in node.members:
+        ids, _ = _place(member, inputs, mode, out, new_id)
+        outs.extend(ids)
+    return outs, "l"
+
+
+def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signature[Any]:
+    while not isinstance(node, Signature):
+        node = node.stages[0] if isinstance(node, Chain) else node.members[0]
+    return node
+
+
+async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowHandle[Any]:
+    first = _first_signature(root)
+    queue = app.queue_for(first)
+    wf_id = f"{queue}:wf-{ULID()}"
+    counter = iter(range(1, 1 << 62))
+    steps: list[_Step] = []
+    last, _ = _place(root, [], "", steps, lambda: f"{wf_id}.{next(counter)}")
+    fields: list[Any] = []
+    for step in steps:
+        step.sig.task.check_args(
+            (None, *step.sig.args) if step.mode else step.sig.args, step.sig.kwargs
+        )
+        fields.extend(app.graph_fields(step.sig, queue, step.id, step.deps, step.mode))
+    ttl = app.settings.result_ttl_seconds
+    record = (
+        wf_id,
+        -1 if ttl is None else int(ttl * 1000),
+        " ".join(s.id for s in steps),
+        " ".join(last),
+    )
+    await app.enqueue_graph(queue, fields, record)
+    by_id = {s.id: s for s in steps}
+    decoder = by_id[last[0]].sig.task.result_decoder if len(last) == 1 else None
+    return WorkflowHandle(app, wf_id, decoder)
+
+
+class WorkflowHandle(Generic[R]):
+    """A submitted workflow: its status, its steps, its result; pause, resume, cancel."""
+
+    __slots__ = ("_app", "_decoder", "id", "queue")
+
+    def __init__(self, app: App, wf_id: str, decoder: TypedDecoder | None = None) -> None:
+        self._app = app
+        self.id = wf_id
+        self.queue = queue_of(wf_id)
+        self._decoder = decoder
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    async def _record(self) -> dict[bytes, bytes]:
+        broker = await self._app.broker()
+        rec = await broker.workflow_record(broker.keyspace(self.queue), self.id)
+        if not rec:
+            raise TaskNotFound(
+                f"no workflow {self.id}: it never existed, or it ended and its record expired"
+            )
+        return rec
+
+    async def _ids(self, field: bytes) -> list[str]:
+        return (await self._record()).get(field, b"").decode().split()
+
+    async def status(self) -> TaskStatus:
+        """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
+        (being cancelled) or RUNNING."""
+        rec = await self._record()
+        broker = await self._app.broker()
+        last = rec.get(b"last", b"").decode().split()
+        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s"])
+        states = {TaskStatus(r[0].decode()) if r[0] else TaskStatus.EXPIRED for r in rows}
+        if states == {TaskStatus.SUCCEEDED}:
+            return TaskStatus.SUCCEEDED
+        for final in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED):
+            if final in states:
+                return final
+        state = rec.get(b"st", b"running").decode()
+        if state == "cancelled":
+            return TaskStatus.CANCELLED
+        return TaskStatus.PAUSED if state == "paused" else TaskStatus.RUNNING
+
+    async def steps(self) -> list[TaskInfo]:
+        """Every step, in the order they were laid out, with status and result or error."""
+        broker = await self._app.broker()
+        ks = broker.keyspace(self.queue)
+        infos: list[TaskInfo] = []
+        for step_id in await self._ids(b"steps"):
+            rec = await broker.task_record(ks, step_id)
+            if rec:
+                infos.append(parse_info(step_id, rec, self._app))
+        return infos
+
+    async def result(self, timeout: float | None = None) -> R:
+        """The last step's value (a list when the workflow ends with a group); raises
+        TaskFailed naming the step that failed, or TaskCancelled."""
+        last = await self._ids(b"last")
+        handles = [TaskHandle[Any](self._app, i, self._decoder) for i in last]
+        if len(handles) == 1:
+            value: R = await handles[0].result(timeout)
+            return value
+        results = await asyncio.gather(*(h.result(timeout) for h in handles))
+        return list(results)  # type: ignore[return-value]
+
+    async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
+        """Start no new step: steps waiting in the queue are held, running ones finish (or,
+        with `running=True`, are paused too, through the task pause). Returns at once."""
+        command = "pause_running" if running else "pause"
+        await self._command(command, reason or f"workflow paused by {_WHO}")
+        return await self.status()
+
+    async def resume(self, reason: str | None = None) -> TaskStatus:
+        """Continue from where it stopped: held steps go back to the queue."""
+        await self._command("resume", reason or f"workflow resumed by {_WHO}")
+        return await self.status()
+
+    async def cancel(self, reason: str | None = None) -> TaskStatus:
+        """Stop running steps and cancel every step not yet ended."""
+        await self._command("cancel", reason or f"workflow cancelled by {_WHO}")
+        return await self.status()
+
+    async def _command(self, command: str, reason: str) -> str:
+        broker = await self._app.broker()
+        return await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
