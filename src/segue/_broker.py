@@ -270,14 +270,21 @@ class Broker:
     async def list_ids(self, ks: Keyspace, status: str, offset: int, limit: int) -> list[str]:
         """Ids of one queue's tasks in a status, newest index entries last, paged."""
         end = offset + limit - 1
+        ids: list[bytes] = []
         async with self.errors():
             if status == "queued":
-                ids: list[bytes] = []
                 for key in ks.pending:
                     ids.extend(reversed(await self.client.lrange(key, 0, -1)))
                 ids = ids[offset : end + 1]
             elif status == "running":
                 ids = await self.client.zrange(ks.leases, offset, end)
+            elif status == "suspended":
+                # suspended tasks wait in the queued lists, or scheduled when delayed;
+                # the caller keeps those whose record says suspended
+                for key in ks.pending:
+                    ids.extend(reversed(await self.client.lrange(key, 0, -1)))
+                ids.extend(await self.client.zrange(ks.scheduled, 0, -1))
+                ids = ids[offset : end + 1]
             elif status == "paused":
                 ids = await self.client.zrange(ks.paused, offset, end)
             elif status in ("scheduled", "retrying"):

@@ -24,8 +24,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
+# soft wrap: a line a script parses (a task id, an error) is never split at 80 columns
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def load_app(spec: str) -> App:

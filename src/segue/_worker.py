@@ -55,6 +55,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._next_due: float | None = None
         self._broker: Any = None
+        self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._control: Any = None
 
     def __repr__(self) -> str:
@@ -260,6 +261,9 @@ class Worker:
             # the task caught the CancelledError and went on: the cancel still stands
             outcome = ("cancelled", "", "")
         self._running.pop(job.id, None)
+        timer = self._grace_timers.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
         if self._lease is not None:
             self._lease.drop(job.id)
         if outcome is not None and not job.lost:
@@ -277,6 +281,15 @@ class Worker:
         job = self._running.get(task_id)
         if job is None or job.run is None or job.task is None:
             return
+        if command in ("none", "resume"):
+            if job.run.request == "pause":
+                # the pause was withdrawn before the task reached a checkpoint
+                log.info("task %s pause withdrawn; it goes on", task_id)
+                job.run.request = None
+                timer = self._grace_timers.pop(task_id, None)
+                if timer is not None:
+                    timer.cancel()
+            return
         if job.run.request == command or job.run.request == "cancel":
             return
         job.run.request = command
@@ -286,10 +299,13 @@ class Worker:
         elif command == "pause":
             grace = self.app.settings.pause_grace_seconds
             log.info("task %s pause requested; stops at its next checkpoint", task_id)
-            asyncio.get_running_loop().call_later(grace, self._interrupt, job)
+            self._grace_timers[task_id] = asyncio.get_running_loop().call_later(
+                grace, self._interrupt, job
+            )
 
     def _interrupt(self, job: Job) -> None:
         """The grace period of a pause ran out without a checkpoint: stop at the await."""
+        self._grace_timers.pop(job.id, None)
         if self._running.get(job.id) is job and job.task is not None and not job.task.done():
             log.info("task %s reached no checkpoint within the grace period; interrupting", job.id)
             job.task.cancel()

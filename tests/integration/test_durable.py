@@ -183,6 +183,7 @@ async def test_pause_with_a_delay_waits_before_running_again(
         async with serving(app):
             await eventually(lambda: _status_is(h, TaskStatus.SUSPENDED), timeout=5)
             assert (await h.info()).due_at is not None
+            assert [t.id for t in await app.tasks(TaskStatus.SUSPENDED)] == [h.id]
             assert await h.result(timeout=5) == "done"
         assert len(starts) == 2
         assert starts[1] - starts[0] >= 0.45
@@ -265,9 +266,11 @@ async def test_resume_before_the_pause_was_carried_out_withdraws_it(
     app = make_app(pause_grace_seconds=5)
     release = asyncio.Event()
     started = asyncio.Event()
+    runs: list[int] = []
 
     @app.task(name="busy")
     async def busy(ctx: Context) -> str:
+        runs.append(ctx.tries)
         started.set()
         await release.wait()
         await ctx.checkpoint()
@@ -275,13 +278,22 @@ async def test_resume_before_the_pause_was_carried_out_withdraws_it(
 
     async with app:
         h = await busy.enqueue()
-        async with serving(app):
+        async with serving(app) as worker:
             await asyncio.wait_for(started.wait(), 5)
             assert await h.pause() is TaskStatus.RUNNING
+            run = worker._running[h.id].run
+            assert run is not None
+            await eventually(lambda: _request_is(run, "pause"))
             assert await h.resume() is TaskStatus.RUNNING
-            await asyncio.sleep(0.1)  # let the pause message reach the worker
+            await eventually(lambda: _request_is(run, None))  # the withdrawal reached it
             release.set()
             assert await h.result(timeout=5) == "finished"
+        assert runs == [1]  # not stopped and run again
+        assert _history(await h.info()).count(TaskStatus.RUNNING) == 1
+
+
+async def _request_is(run: Any, request: str | None) -> bool:
+    return bool(run.request == request)
 
 
 async def test_cancel_a_running_task_runs_its_finally_and_removes_its_state(
@@ -454,3 +466,7 @@ async def test_a_paused_queue_starts_nothing_new_and_running_tasks_go_on(
             await queue.resume()
             assert await second.result(timeout=5) == "ran"
         assert not await queue.is_paused()
+        await queue.pause()
+        third = await later_work.enqueue()
+        assert await app.drain() == 0  # a burst worker does not wait for a paused queue
+        assert await third.status() is TaskStatus.QUEUED

@@ -198,7 +198,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
     end
     if HELD[status] then
       unqueue()
-      redis.call('HSET', tk, 's', 'paused')
+      redis.call('HSET', tk, 's', 'paused', 'd', 0)
       redis.call('HDEL', tk, 'due')
       add_history(tk, 'paused', now, reason)
       redis.call('ZADD', Q.paused, now, id)
@@ -219,9 +219,10 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       return { 'queued', 0 }
     end
     if status == 'running' and ctl == 'pause' then
-      -- the pause was not carried out yet: withdraw it
+      -- the pause was not carried out yet: withdraw it, and tell the worker
       redis.call('HDEL', tk, 'ctl', 'ctlr')
-      return { status, 0 }
+      redis.call('SPUBLISH', control_channel, 'resume ' .. id)
+      return { status, 1 }
     end
     if status == 'waiting' then
       redis.call('HDEL', tk, 'hold')

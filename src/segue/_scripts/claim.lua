@@ -92,5 +92,7 @@ if first[2] then out[1] = tonumber(first[2]) end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker)
 if queued > 0 and not paused and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end
+-- a paused queue's queued tasks are not work a burst worker can wait for
+if paused then queued = 0 end
 out[3] = queued + redis.call('ZCARD', KEYS[5])
 return out

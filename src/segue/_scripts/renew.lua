@@ -3,8 +3,9 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] lease ms
   ARGV[4..] pairs: id, gen
   Returns: { ids whose lease this worker no longer holds (it must stop them),
-    {id, request}... for held tasks with a pending operator request (pause|cancel) }:
-    the stored request reaches the worker here even if its pub/sub message was lost. ]]
+    {id, request}... for every held task: its stored operator request (pause|cancel, or
+    none) }: the stored request is the truth, which reaches the worker here even if a
+    pub/sub message was lost (a request, or the withdrawal of a pause). ]]
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local deadline = now_ms() + tonumber(ARGV[3])
@@ -15,7 +16,7 @@ for i = 4, #ARGV, 2 do
   local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'g', 'w', 'ctl')
   if f[1] == 'running' and f[2] == ARGV[i + 1] and f[3] == wid then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
-    if f[4] then requests[#requests + 1] = { id, f[4] } end
+    requests[#requests + 1] = { id, f[4] or 'none' }
   else
     lost[#lost + 1] = id
   end
