@@ -5,6 +5,7 @@ from segue._context import Context, SyncContext
 from segue._errors import (
     BrokerError,
     ConfigurationError,
+    DuplicateTask,
     Fail,
     InvalidTransition,
     LeaseLost,
@@ -36,6 +37,7 @@ __all__ = [
     "Chain",
     "ConfigurationError",
     "Context",
+    "DuplicateTask",
     "Fail",
     "Group",
     "InvalidTransition",

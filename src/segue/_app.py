@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from ulid import ULID
 
-from segue._broker import Broker
+from segue._broker import ENQUEUE_FIELDS, Broker
 from segue._codec import encode_args
-from segue._errors import ConfigurationError
+from segue._errors import ConfigurationError, DuplicateTask
 from segue._handle import TaskHandle, parse_info
 from segue._keys import check_queue_name, queue_of
-from segue._options import Backoff, Priority, TaskOptions, seconds
+from segue._options import Backoff, OnDuplicate, Priority, TaskOptions, Unique, seconds
 from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
@@ -22,7 +24,7 @@ from segue._task import AsyncTask, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
-    from datetime import datetime
+    from datetime import timedelta
     from types import TracebackType
 
     from segue._context import Context, SyncContext
@@ -108,6 +110,12 @@ class App:
         ttl: float | None = ...,
         priority: Priority = "normal",
         silent: bool = False,
+        unique: Unique = False,
+        on_duplicate: OnDuplicate = "return",
+        expire: float | timedelta | None = None,
+        rate_limit: str | None = None,
+        rate_burst: int = 1,
+        concurrency: int | None = None,
     ) -> _TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
@@ -208,6 +216,10 @@ class App:
         )
         delay = seconds(o.get("delay")) or 0.0
         at: datetime | None = o.get("at")
+        expire = o.get("expire", d.expire)
+        if isinstance(expire, datetime):
+            expire = max(0.001, expire.timestamp() - time.time())
+        expire_s = seconds(expire)
         timeout = o.get("timeout", d.timeout)
         ttl = o.get("ttl", d.ttl)
         return (
@@ -223,8 +235,35 @@ class App:
                 o.get("max_tries", d.max_tries),
                 int(timeout * 1000) if timeout else 0,
                 -1 if ttl is None else int(ttl * 1000),
+                self._unique_key(sig),
+                max(1, int(expire_s * 1000)) if expire_s else 0,
             ],
         )
+
+    @staticmethod
+    def _unique_key(sig: Signature[Any]) -> str:
+        unique = sig.task.opts.unique
+        if unique is False:
+            return ""
+        if unique is True:
+            return f"{sig.task.name}:"
+        return f"{sig.task.name}:{unique(*sig.args, **sig.kwargs)}"
+
+    def _handle_for(
+        self, sig: Signature[R], task_id: str, reply: Any, fields: list[Any]
+    ) -> TaskHandle[R]:
+        """The handle an enqueue gives back: a reply naming another task id means a live
+        task already holds this unique task's key."""
+        if isinstance(reply, bytes | str):
+            holder = reply.decode() if isinstance(reply, bytes) else reply
+            if sig.opts.get("on_duplicate", sig.task.opts.on_duplicate) == "raise":
+                raise DuplicateTask(
+                    f"task {sig.task.name} is unique and task {holder} is already "
+                    "queued or running",
+                    holder,
+                )
+            task_id = holder
+        return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
 
     def graph_fields(
         self,
@@ -248,27 +287,31 @@ class App:
 
     async def enqueue_graph(
         self, queue: str, fields: list[Any], workflow: tuple[str, int, str, str] | None
-    ) -> None:
-        """Create tasks with dependencies in one queue, in order, 1,000 per script call (the
-        workflow record goes with the first call)."""
+    ) -> list[Any]:
+        """Create tasks with dependencies in one queue, in order, in ONE script call: split
+        in parts, an early step could end (and, with ttl=0, lose its record) before a later
+        part made its dependants wait for it."""
         broker = await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        step = _BATCH * 13
-        calls = [
-            broker.graph_call(ks, workflow if i == 0 else None, fields[i : i + step])
-            for i in range(0, len(fields), step)
-        ]
-        await broker.run_calls(calls, retry=True)
+        replies = await broker.run_calls([broker.graph_call(ks, workflow, fields)], retry=True)
+        return list(replies[0])
 
     async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
         """Enqueue a sub-task under a given id, in its parent's queue (the id's); a repeat
         finds the task already there and changes nothing."""
         sig.task.check_args(sig.args, sig.kwargs)
         queue, _, fields = self._fields(sig, task_id, queue_of(task_id))
+        # the parent reads its sub-tasks' results, and finds them again by id when it runs
+        # again: their records must outlive it, so they are kept at least the default ttl
+        default = self.settings.result_ttl_seconds
+        keep = -1 if default is None else int(default * 1000)
+        if fields[8] >= 0 and (keep < 0 or fields[8] < keep):
+            fields[8] = keep
         broker = self._broker or await self.broker()
-        await broker.run_calls([broker.enqueue_call(broker.keyspace(queue), fields)], retry=True)
-        return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+        call = broker.enqueue_call(broker.keyspace(queue), fields)
+        replies = await broker.run_calls([call], retry=True)
+        return self._handle_for(sig, task_id, replies[0][0], fields)
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
         after = sig.opts.get("after") or []
@@ -283,8 +326,8 @@ class App:
                 )
             deps.append((dep_id, -1))
         fields = self.graph_fields(sig, None, None, deps, "")
-        await self.enqueue_graph(queue, fields, None)
-        return TaskHandle(self, fields[0], sig.task.result_decoder, keeps_result=fields[8] != 0)
+        replies = await self.enqueue_graph(queue, fields, None)
+        return self._handle_for(sig, fields[0], replies[0], fields)
 
     async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         """Enqueue one call (the path of `task.enqueue`, kept short: it is hot)."""
@@ -294,15 +337,19 @@ class App:
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True)
-        return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+        reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
+        if reply.__class__ is int:
+            return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+        return self._handle_for(sig, task_id, reply, fields)
 
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         sigs = list(signatures)
         by_queue: dict[str, list[Any]] = {}
+        order: dict[str, list[int]] = {}
+        kept: list[list[Any]] = []
         handles: list[TaskHandle[R]] = []
-        for sig in sigs:
+        for n, sig in enumerate(sigs):
             if "after" in sig.opts:
                 raise ConfigurationError(
                     "enqueue_many does not take signatures with after=; enqueue them one by "
@@ -311,6 +358,8 @@ class App:
             sig.task.check_args(sig.args, sig.kwargs)
             queue, task_id, fields = self._fields(sig)
             by_queue.setdefault(queue, []).extend(fields)
+            order.setdefault(queue, []).append(n)
+            kept.append(fields)
             ttl = fields[8]
             handles.append(
                 TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
@@ -320,11 +369,15 @@ class App:
         for queue, fields in by_queue.items():
             ks = broker.keyspace(queue)
             await broker.register_queue(queue)
-            step = _BATCH * 9
+            step = _BATCH * ENQUEUE_FIELDS
             calls.extend(
                 broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
             )
-        await broker.run_calls(calls, retry=True)
+        replies = [r for reply in await broker.run_calls(calls, retry=True) for r in reply]
+        positions = [n for queue in by_queue for n in order[queue]]
+        for n, reply in zip(positions, replies, strict=True):
+            if reply.__class__ is not int:  # a live task holds this unique task's key
+                handles[n] = self._handle_for(sigs[n], handles[n].id, reply, kept[n])
         return handles
 
     # --- reading ---------------------------------------------------------------------------
@@ -377,6 +430,25 @@ class App:
     def queue(self, name: str | None = None) -> Queue:
         """One queue as a whole (default: the App's queue): pause, resume, counts."""
         return Queue(self, check_queue_name(name or self.settings.queue))
+
+    async def retry(self, task_id: str) -> TaskHandle[Any]:
+        """Queue a failed (e.g. dead-lettered), cancelled or expired task again."""
+        handle = await self.task_handle(task_id)
+        await handle.retry()
+        return handle
+
+    async def dead_letters(
+        self, queue: str | None = None, *, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        """Tasks of a queue that failed for good, newest first, paged."""
+        broker = await self.broker()
+        ks = broker.keyspace(queue or self.settings.queue)
+        infos: list[TaskInfo] = []
+        for task_id in await broker.dead_ids(ks, offset, limit):
+            rec = await broker.task_record(ks, task_id)
+            if rec:
+                infos.append(parse_info(task_id, rec, self))
+        return infos
 
     async def queues(self) -> list[str]:
         broker = await self.broker()

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
+ENQUEUE_FIELDS = 11  # per task, see enqueue.lua
+GRAPH_FIELDS = 15  # per task, see graph.lua
 
 
 def _plain_url(url: str) -> str:
@@ -105,6 +107,7 @@ class Broker:
         self.graph_script = _scripts.load("graph")
         self.wait_script = _scripts.load("wait")
         self.workflow_script = _scripts.load("workflow")
+        self.retry_script = _scripts.load("retry")
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -138,8 +141,10 @@ class Broker:
     def enqueue_call(
         self, ks: Keyspace, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks (9 fields each, see enqueue.lua); replies 1 = created, 0 = existed."""
-        return (self.enqueue_script, ks.enqueue_keys, [ks.base, len(fields) // 9, *fields])
+        """Create tasks (11 fields each, see enqueue.lua); replies 1 = created, 0 = existed,
+        or the id of the live task holding a unique task's key."""
+        count = len(fields) // ENQUEUE_FIELDS
+        return (self.enqueue_script, ks.enqueue_keys, [ks.base, count, *fields])
 
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
@@ -375,10 +380,10 @@ class Broker:
     def graph_call(
         self, ks: Keyspace, workflow: tuple[str, int, str, str] | None, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks with dependencies (13 fields each, see graph.lua), and a workflow
+        """Create tasks with dependencies (15 fields each, see graph.lua), and a workflow
         record (id, ttl ms, step ids, last step ids) when given."""
         wf_id, ttl_ms, steps, last = workflow or ("", -1, "", "")
-        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, len(fields) // 13]
+        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, len(fields) // GRAPH_FIELDS]
         args.extend(fields)
         return (self.graph_script, ks.graph_keys, args)
 
@@ -422,6 +427,48 @@ class Broker:
                 pipe.hmget(ks.task(task_id), *fields)
             rows: list[list[bytes | None]] = await pipe.execute()
         return rows
+
+    async def retry(self, ks: Keyspace, task_id: str, reason: str) -> str:
+        """Queue a failed, cancelled or expired task again (retry.lua)."""
+        call = (self.retry_script, ks.retry_keys, [ks.base, task_id, reason])
+        try:
+            reply = await self.run_calls([call])
+        except ScriptError as exc:
+            if exc.code == "SEGUE_NOT_FOUND":
+                raise TaskNotFound(
+                    f"no task {task_id}: it never existed, or it ended and its record expired"
+                ) from None
+            if exc.code == "SEGUE_INVALID_TRANSITION":
+                status = str(exc).rsplit(" ", 2)[-2]
+                raise InvalidTransition(
+                    f"cannot retry task {task_id}: it is {status} (only failed, cancelled or "
+                    "expired tasks are retried)",
+                    status,
+                    "retry",
+                ) from None
+            raise
+        return _text(reply[0])
+
+    async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
+        async with self.errors():
+            ids = await self.client.lrange(ks.dead, offset, offset + limit - 1)
+        return [i.decode() for i in ids]
+
+    async def set_limits(
+        self, ks: Keyspace, rates: dict[str, str], concurrency: dict[str, int], clear: list[str]
+    ) -> None:
+        """Publish the rate and concurrency limits of task names for claim.lua to enforce."""
+        rate_key, conc_key = ks.limits
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            if rates:
+                pipe.hset(rate_key, mapping=rates)
+            if concurrency:
+                pipe.hset(conc_key, mapping=concurrency)
+            if clear:
+                pipe.hdel(rate_key, *clear)
+                pipe.hdel(conc_key, *clear)
+            await pipe.execute()
 
     async def write_state(
         self, ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: list[str]

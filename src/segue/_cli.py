@@ -13,10 +13,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.table import Table
 
 from segue._app import App
 from segue._errors import SegueError
-from segue._state import TaskStatus
+from segue._state import TaskInfo, TaskStatus
 
 cli = typer.Typer(
     name="segue",
@@ -186,6 +187,45 @@ def cancel(
 ) -> None:
     """Cancel a task: removed if waiting, stopped at once if running."""
     _command(task_id, "cancel", app, url, reason)
+
+
+@cli.command()
+def retry(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+    reason: ReasonOption = None,
+) -> None:
+    """Queue a failed, cancelled or expired task again (same id, tries from zero)."""
+    _command(task_id, "retry", app, url, reason)
+
+
+@cli.command()
+def dead(
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """List the tasks of a queue that failed for good (its dead letters), newest first."""
+
+    async def go() -> list[TaskInfo]:
+        async with client_app(app, url) as the_app:
+            return await the_app.dead_letters(queue, limit=limit)
+
+    try:
+        infos = asyncio.run(go())
+    except SegueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("id", "task", "tries", "ended", "error", title=f"{len(infos)} dead letter(s)")
+    for info in infos:
+        error = (
+            f"{info.error.reason}: {info.error.type}: {info.error.message}" if info.error else ""
+        )
+        ended = info.ended_at.isoformat(timespec="seconds") if info.ended_at else ""
+        table.add_row(info.id, info.name, str(info.tries), ended, error)
+    out.print(table)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@
     ├── TaskNotFound            no record for this task id (never existed, or expired)
     ├── LeaseLost               a run wrote after losing its task (taken over, or cancelled)
     ├── InvalidTransition       a command that does not apply to the task's current status
+    ├── DuplicateTask           a unique task is already queued or running (on_duplicate="raise")
     ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
     ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
     ├── ResultUnavailable       the task ended but kept no result (ttl=0, or expired)
@@ -55,6 +56,14 @@ class TaskNotFound(SegueError):
 
 class LeaseLost(SegueError):
     """This run no longer holds its task: another worker took it over, or it was cancelled."""
+
+
+class DuplicateTask(SegueError):
+    """A unique task is already queued or running; `task_id` names that task."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class InvalidTransition(SegueError):

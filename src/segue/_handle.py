@@ -133,6 +133,13 @@ class TaskHandle(Generic[R]):
         state deleted. Cancelling an ended task changes nothing and returns its status."""
         return await self._control("cancel", reason)
 
+    async def retry(self, reason: str | None = None) -> TaskStatus:
+        """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
+        zero, error cleared (and out of the dead-letter list). Returns QUEUED."""
+        broker = await self._app.broker()
+        why = reason or f"retry requested by {_WHO}"
+        return TaskStatus(await broker.retry(broker.keyspace(self.queue), self.id, why))
+
     async def _control(self, command: str, reason: str | None) -> TaskStatus:
         broker = await self._app.broker()
         why = reason or f"{command} requested by {_WHO}"

@@ -69,7 +69,7 @@ class Keyspace:
     def claim_keys(self) -> list[str]:
         """KEYS of claim.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.meta, self.dead]
-        return [*self.pending, *queue_keys, *self.done, self.paused]
+        return [*self.pending, *queue_keys, *self.done, self.paused, *self.limits]
 
     @cached_property
     def finish_keys(self) -> list[str]:
@@ -81,6 +81,16 @@ class Keyspace:
     def graph_keys(self) -> list[str]:
         """KEYS of graph.lua."""
         return [*self.pending, self.scheduled, self.wake, *self.done, self.paused]
+
+    @cached_property
+    def retry_keys(self) -> list[str]:
+        """KEYS of retry.lua."""
+        return [*self.pending, self.wake, *self.done, self.dead]
+
+    @cached_property
+    def limits(self) -> tuple[str, str]:
+        """Rate limits and concurrency limits of task names in this queue (hashes)."""
+        return (self.key("limits", "rate"), self.key("limits", "concurrency"))
 
     @cached_property
     def control_keys(self) -> list[str]:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
+OnDuplicate = Literal["return", "raise"]
+# unique=True: one live task per task name; a function of the arguments: one per key
+Unique = bool | Callable[..., str]
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class EnqueueOptions(TypedDict, total=False):
@@ -34,6 +38,8 @@ class EnqueueOptions(TypedDict, total=False):
     after: Sequence[TaskHandle[Any] | str]
     on_failure: Literal["fail", "cancel"]
     optional: bool
+    expire: float | timedelta | datetime | None
+    on_duplicate: OnDuplicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +54,26 @@ class TaskOptions:
     ttl: float | None = 3600.0
     priority: Priority = "normal"
     silent: bool = False
+    unique: Unique = False
+    on_duplicate: OnDuplicate = "return"
+    expire: float | timedelta | None = None
+    rate_limit: str | None = None
+    rate_burst: int = 1
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit, self.name)
+        if self.rate_burst < 1:
+            raise ConfigurationError(f"task {self.name}: rate_burst must be >= 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError(f"task {self.name}: concurrency must be >= 1 or None")
+        if self.on_duplicate not in ("return", "raise"):
+            raise ConfigurationError(
+                f"task {self.name}: on_duplicate must be 'return' or 'raise', "
+                f"not {self.on_duplicate!r}"
+            )
         if self.max_tries < 1:
             raise ConfigurationError(f"task {self.name}: max_tries must be >= 1")
         if self.timeout is not None and self.timeout <= 0:
@@ -69,6 +92,20 @@ class TaskOptions:
             return max(0.0, float(delay))
         step = min(3600.0, float(self.retry_backoff) * 2.0 ** (tries - 1))
         return step * random.uniform(0.5, 1.0)
+
+
+def parse_rate(text: str, name: str) -> float:
+    """`"100/m"` → tasks per second; s, m, h and d are the units."""
+    count, _, unit = text.partition("/")
+    try:
+        per = float(count) / _RATE_UNITS[unit.strip() or "s"]
+    except (KeyError, ValueError):
+        raise ConfigurationError(
+            f"task {name}: rate_limit {text!r} is not '<count>/<s|m|h|d>' (e.g. '100/m')"
+        ) from None
+    if per <= 0:
+        raise ConfigurationError(f"task {name}: rate_limit {text!r} must be positive")
+    return per
 
 
 def check_priority(priority: str) -> str:

@@ -26,6 +26,7 @@ from segue._errors import BrokerError
 from segue._faults import faultpoint
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
+from segue._options import parse_rate
 from segue._runner import Job, Outcome, attempt
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Worker:
         keyspaces = [broker.keyspace(q) for q in self.queues]
         for q in self.queues:
             await broker.register_queue(q)
+        await self._publish_limits(broker, keyspaces)
         loop = asyncio.get_running_loop()
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -188,6 +190,23 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._changed.wait()
+
+    async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
+        """The claim script enforces the limits of the tasks this worker's code declares."""
+        rates: dict[str, str] = {}
+        concurrency: dict[str, int] = {}
+        clear: list[str] = []
+        for name, task in self.app.registry.items():
+            opts = task.opts
+            if opts.rate_limit is not None:
+                per_ms = parse_rate(opts.rate_limit, name) / 1000
+                rates[name] = f"{per_ms!r} {opts.rate_burst}"
+            if opts.concurrency is not None:
+                concurrency[name] = opts.concurrency
+            if opts.rate_limit is None and opts.concurrency is None:
+                clear.append(name)
+        for ks in keyspaces:
+            await broker.set_limits(ks, rates, concurrency, clear)
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:

@@ -373,3 +373,26 @@ async def test_workflow_handle_from_an_id_in_another_client(
         again = await other.workflow_handle(h.id)
         assert await again.result(timeout=5) == 2
         assert await again.status() is TaskStatus.SUCCEEDED
+
+
+async def test_sub_tasks_with_ttl_0_keep_their_records_while_the_parent_needs_them(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    child_runs: list[int] = []
+
+    @app.task(name="fleeting", ttl=0)
+    async def fleeting(i: int) -> int:
+        child_runs.append(i)
+        return i
+
+    @app.task(name="collector")
+    async def collector(ctx: Context) -> list[int]:
+        hs = await ctx.enqueue(fleeting.call(i) for i in range(3))
+        return await ctx.wait_for(hs)
+
+    async with app:
+        h = await collector.enqueue()
+        await app.drain()
+        assert await h.result(timeout=5) == [0, 1, 2]
+        assert sorted(child_runs) == [0, 1, 2]  # each child once: the re-run found them

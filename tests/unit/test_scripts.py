@@ -17,6 +17,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "control": broker.control_call(ks, "q:1", "pause", "why"),
         "graph": broker.graph_call(ks, None, []),
         "workflow": (broker.workflow_script, ks.control_keys, []),
+        "retry": (broker.retry_script, ks.retry_keys, []),
     }
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
@@ -33,6 +34,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "graph",
         "wait",
         "workflow",
+        "retry",
     }
 
 

@@ -1,7 +1,7 @@
 -- Shared helpers, prepended to every script at load time (see __init__.py).
--- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>) are built here from the key
--- prefix passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's hash tag and
--- slot.
+-- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>) and per-task-name keys
+-- (uniq:<name>:<key>, bucket:<name>, running:<name>) are built here from the key prefix
+-- passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's hash tag and slot.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,12 +71,26 @@ local function assemble_input(tk)
   end
 end
 
+-- A task leaves RUNNING: it no longer counts against its name's concurrency limit.
+local function leave_running(base, tk, id)
+  local f = redis.call('HMGET', tk, 'cn', 'n')
+  if f[1] then
+    redis.call('SREM', base .. 'running:' .. f[2], id)
+    redis.call('HDEL', tk, 'cn')
+  end
+end
+
 -- Final transition of one task: store the outcome, index it until the record expires, tell
 -- waiters, count it in its workflow. Returns what dependants need: its result, whether it
 -- counts as passed (succeeded, or an optional step), its name.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq')
   local ttl = tonumber(f[1] or '-1')
+  if f[6] then
+    local lock = Q.base .. 'uniq:' .. f[6]
+    if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+  end
+  leave_running(Q.base, tk, id)
   redis.call('HSET', tk, 's', status, 'et', at, field, value)
   redis.call('HDEL', tk, 'ctl', 'ctlr', 'wait', 'hold')
   add_history(tk, status, at, reason)
@@ -244,13 +258,25 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   return redis.error_reply('SEGUE_INVALID_COMMAND ' .. cmd)
 end
 
--- Create a task record from the 9 enqueue fields at ARGV[b..b+8]: id, name, payload,
--- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms. Returns its key and status
--- (queued, scheduled, or `waiting` when told so), or nil when the id already exists.
+-- Create a task record from the 11 enqueue fields at ARGV[b..b+10]: id, name, payload,
+-- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms, unique key ('' none: else a
+-- lock uniq:<key> names the one live task), expire_in_ms (0 none). Returns its key, status
+-- (queued, scheduled, or `waiting` when told so) and due time; nil when the id already
+-- exists; nil, nil, nil, <id> when a live task holds the unique key.
 local function new_task(base, b, now, waiting)
   local id = ARGV[b]
   local tk = base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 1 then return nil end
+  local unique = ARGV[b + 9]
+  if unique ~= '' then
+    local lock = base .. 'uniq:' .. unique
+    local holder = redis.call('GET', lock)
+    if holder then
+      local hs = redis.call('HGET', base .. 'task:' .. holder, 's')
+      if hs and not FINAL[hs] then return nil, nil, nil, holder end
+    end
+    redis.call('SET', lock, id)
+  end
   local due = now + tonumber(ARGV[b + 4])
   local at = tonumber(ARGV[b + 5])
   if at > 0 then due = at end
@@ -264,5 +290,29 @@ local function new_task(base, b, now, waiting)
     't', 0, 'd', 0, 'g', 0, 'mt', ARGV[b + 6], 'to', ARGV[b + 7], 'ttl', ARGV[b + 8],
     'ce', now, 'h', status .. '|' .. now .. '|\n')
   if status == 'scheduled' then redis.call('HSET', tk, 'due', due) end
+  if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
+  -- expiry arrives relative (ms from now), so only the server's clock decides it
+  local expire = tonumber(ARGV[b + 10])
+  if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
   return tk, status, due
+end
+
+-- Keep a task that failed for good in the queue's dead-letter list (Q.dead, newest first,
+-- at most `cap`): its record then lives until it is retried or pushed out of the list,
+-- when its own ttl starts again. A task with ttl 0 kept no record, so there is none.
+local function dead_letter(Q, id, cap, now)
+  local tk = Q.base .. 'task:' .. id
+  if redis.call('EXISTS', tk) == 0 then return end
+  redis.call('PERSIST', tk)
+  redis.call('ZADD', Q.done.failed, 9007199254740991, id)
+  redis.call('LPUSH', Q.dead, id)
+  while redis.call('LLEN', Q.dead) > cap do
+    local old = redis.call('RPOP', Q.dead)
+    local otk = Q.base .. 'task:' .. old
+    local ttl = tonumber(redis.call('HGET', otk, 'ttl') or '-1')
+    if ttl > 0 and redis.call('HGET', otk, 's') == 'failed' then
+      redis.call('PEXPIRE', otk, ttl)
+      redis.call('ZADD', Q.done.failed, now + ttl, old)
+    end
+  end
 end

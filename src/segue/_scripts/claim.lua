@@ -4,13 +4,18 @@
   KEYS[6] wake list   KEYS[7] queue meta hash   KEYS[8] dead-letter list
   KEYS[9..12] done zsets: succeeded, failed, cancelled, expired (score = record expiry)
   KEYS[13] paused zset (operator-paused tasks, score = when)
+  KEYS[14] rate limits hash (task name -> "<tokens per ms> <burst>")
+  KEYS[15] concurrency limits hash (task name -> most running at once, all workers)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
     {id, name, payload, tries, gen, timeout_ms, max_tries, input}... }
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
-  (worker_lost) here, server-side, since the process that ran it left no code to count. ]]
+  (worker_lost) here, server-side, since the process that ran it left no code to count.
+  A task past its expiry ends EXPIRED here instead of running. A task held back by its
+  name's rate or concurrency limit stays at the head of its list; the reply's next_due then
+  includes the moment a rate-limit token comes back. ]]
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local want = tonumber(ARGV[3])
@@ -20,6 +25,7 @@ local channel = ARGV[6]
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], channel)
+Q.dead = KEYS[8]
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
@@ -46,14 +52,14 @@ for _, id in ipairs(expired) do
   if prio then
     local d = redis.call('HINCRBY', tk, 'd', 1)
     redis.call('HDEL', tk, 'w')
+    leave_running(prefix, tk, id)
     if obey_control(Q, tk, id, now) then
       -- the worker died holding a pause or cancel request: carried out here instead
     elseif d >= max_deliveries then
       local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
         .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
       finalize(Q, tk, id, 'failed', now, 'e', err, 'worker_lost')
-      redis.call('LPUSH', KEYS[8], id)
-      redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[7]) - 1)
+      dead_letter(Q, id, tonumber(ARGV[7]), now)
     else
       redis.call('HSET', tk, 's', 'queued')
       add_history(tk, 'queued', now, 'lease expired')
@@ -62,33 +68,86 @@ for _, id in ipairs(expired) do
   end
 end
 
+-- May a task of this name start now? Concurrency: fewer running than its limit. Rate: a
+-- token in its bucket (refilled continuously, at most `burst`; the bucket key expires once
+-- it would be full again). Returns ok, and when refused for rate, when a token is back.
+local limited = redis.call('EXISTS', KEYS[14], KEYS[15]) > 0
+local function admit(name)
+  local most = redis.call('HGET', KEYS[15], name)
+  if most and redis.call('SCARD', prefix .. 'running:' .. name) >= tonumber(most) then
+    return false, nil
+  end
+  local rl = redis.call('HGET', KEYS[14], name)
+  if rl then
+    local per_ms, burst = string.match(rl, '^(%S+) (%S+)$')
+    per_ms, burst = tonumber(per_ms), tonumber(burst)
+    local bk = prefix .. 'bucket:' .. name
+    local b = redis.call('HMGET', bk, 'tk', 'ts')
+    local tokens = math.min(burst, tonumber(b[1] or burst) + (now - tonumber(b[2] or now)) * per_ms)
+    local life = math.ceil(burst / per_ms) + 1000
+    if tokens < 1 then
+      redis.call('HSET', bk, 'tk', tokens, 'ts', now)
+      redis.call('PEXPIRE', bk, life)
+      return false, now + math.ceil((1 - tokens) / per_ms)
+    end
+    redis.call('HSET', bk, 'tk', tokens - 1, 'ts', now)
+    redis.call('PEXPIRE', bk, life)
+  end
+  return true, nil
+end
+
 local out = { -1, now, 0 }
+local token_at = nil
 local paused = redis.call('HGET', KEYS[7], 'paused') == '1'
 if not paused then
   local deadline = now + lease
   for l = 1, 3 do
-    if want <= 0 then break end
-    local ids = redis.call('RPOP', KEYS[l], want)
-    if ids then
+    -- look a little past tasks held back by their limits, so that others go on
+    local held, budget = {}, want + 100
+    while want > 0 and budget > 0 do
+      local ids = redis.call('RPOP', KEYS[l], math.min(want, budget))
+      if not ids then break end
+      budget = budget - #ids
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in')
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp')
         if f[1] == 'queued' or f[1] == 'suspended' then
-          local tries = redis.call('HINCRBY', tk, 't', 1)
-          local gen = redis.call('HINCRBY', tk, 'g', 1)
-          redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)
-          add_history(tk, 'running', now, wid)
-          redis.call('ZADD', KEYS[5], deadline, id)
-          out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '' }
-          want = want - 1
+          local ok, back = true, nil
+          if f[7] and tonumber(f[7]) < now then
+            local err = cjson.encode({ type = 'Expired', reason = 'expired',
+              message = 'not started before its expiry' })
+            finalize(Q, tk, id, 'expired', now, 'e', err, 'not started before its expiry')
+            ok = false
+          elseif limited then
+            ok, back = admit(f[2])
+            if not ok then
+              held[#held + 1] = id
+              if back and (not token_at or back < token_at) then token_at = back end
+            end
+          end
+          if ok then
+            local tries = redis.call('HINCRBY', tk, 't', 1)
+            local gen = redis.call('HINCRBY', tk, 'g', 1)
+            redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)
+            if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
+              redis.call('SADD', prefix .. 'running:' .. f[2], id)
+              redis.call('HSET', tk, 'cn', 1)
+            end
+            add_history(tk, 'running', now, wid)
+            redis.call('ZADD', KEYS[5], deadline, id)
+            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '' }
+            want = want - 1
+          end
         end
       end
     end
+    for j = #held, 1, -1 do redis.call('RPUSH', KEYS[l], held[j]) end
   end
 end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+if token_at and (out[1] < 0 or token_at < out[1]) then out[1] = token_at end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker)
 if queued > 0 and not paused and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end

@@ -2,19 +2,24 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   (segue:{q}:q:<level>)
   KEYS[4] scheduled zset (segue:{q}:sched)   KEYS[5] wake list (segue:{q}:wake)
   ARGV[1] key prefix "segue:{q}:" (task hashes are built from it: same hash tag)
-  ARGV[2] count of tasks, then 9 fields per task:
+  ARGV[2] count of tasks, then 11 fields per task:
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
-    max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever)
-  Returns: one integer per task: 1 created, 0 already existed (nothing written). ]]
+    max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever),
+    unique key ('' = none; "<name>:<key>": at most one live task holds it),
+    expire_in_ms (0 = none: else EXPIRED if not started that long after now)
+  Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
+  of the live task that holds its unique key (nothing written). ]]
 local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
 local now = now_ms()
 local out = {}
 local pushed = false
 for i = 0, n - 1 do
-  local b = 3 + i * 9
-  local tk, status, due = new_task(prefix, b, now, false)
-  if not tk then
+  local b = 3 + i * 11
+  local tk, status, due, holder = new_task(prefix, b, now, false)
+  if holder then
+    out[i + 1] = holder
+  elseif not tk then
     out[i + 1] = 0
   else
     if status == 'scheduled' then

@@ -22,10 +22,8 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8
   KEYS[10], KEYS[11], KEYS[12], channel)
 local out = {}
 
-local function dead_letter(id)
-  redis.call('LPUSH', KEYS[7], id)
-  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[3]) - 1)
-end
+Q.dead = KEYS[7]
+local cap = tonumber(ARGV[3])
 
 local function schedule(tk, id, status, at, reason)
   redis.call('HSET', tk, 's', status, 'due', at, 'd', 0)
@@ -45,12 +43,13 @@ for i = 0, n - 1 do
   else
     out[i + 1] = 1
     redis.call('ZREM', KEYS[5], id)
+    leave_running(prefix, tk, id)
     if action == 'ok' then
       redis.call('HSET', tk, 'd', 0)
       finalize(Q, tk, id, 'succeeded', now, 'r', ARGV[b + 3], '')
     elseif action == 'fail' then
       finalize(Q, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4])
-      dead_letter(id)
+      dead_letter(Q, id, cap, now)
     elseif action == 'cancelled' then
       if not obey_control(Q, tk, id, now) then
         local err = cjson.encode({ type = 'Cancelled', message = 'cancelled', reason = 'cancelled' })
@@ -104,7 +103,7 @@ for i = 0, n - 1 do
         local err = cjson.encode({ type = 'UnknownTask', reason = 'unknown_task',
           message = 'no worker knows the task name ' .. name .. ' (released ' .. rel .. ' times)' })
         finalize(Q, tk, id, 'failed', now, 'e', err, 'unknown_task')
-        dead_letter(id)
+        dead_letter(Q, id, cap, now)
       else
         schedule(tk, id, 'scheduled', now + 1000 * rel, 'unknown task name, released')
       end

@@ -6,13 +6,14 @@
   ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
   ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
   ARGV[6] ids of the last steps (the workflow's result), space-separated
-  ARGV[7] count of tasks, then 13 fields per task: the 9 of enqueue.lua, then
+  ARGV[7] count of tasks, then 15 fields per task: the 11 of enqueue.lua, then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
   Tasks come in dependency order. A dependency that already ended counts at once; one
   whose record is gone fails the dependant. Every dependency lives in this queue's slot.
-  Returns: one integer per task: 1 created, 0 already existed (nothing written). ]]
+  Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
+  of the live task that holds its unique key. ]]
 local prefix = ARGV[1]
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
@@ -30,14 +31,16 @@ end
 local n = tonumber(ARGV[7])
 local out = {}
 for i = 0, n - 1 do
-  local b = 8 + i * 13
-  local id, deps, mode = ARGV[b], ARGV[b + 9], ARGV[b + 10]
-  local tk, status, due = new_task(prefix, b, now, deps ~= '')
-  if not tk then
+  local b = 8 + i * 15
+  local id, deps, mode = ARGV[b], ARGV[b + 11], ARGV[b + 12]
+  local tk, status, due, holder = new_task(prefix, b, now, deps ~= '')
+  if holder then
+    out[i + 1] = holder
+  elseif not tk then
     out[i + 1] = 0
   else
     out[i + 1] = 1
-    redis.call('HSET', tk, 'of', ARGV[b + 11], 'opt', ARGV[b + 12])
+    redis.call('HSET', tk, 'of', ARGV[b + 13], 'opt', ARGV[b + 14])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
@@ -70,7 +73,7 @@ for i = 0, n - 1 do
       end
       if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
       if bad then
-        local cancel = ARGV[b + 11] == 'cancel'
+        local cancel = ARGV[b + 13] == 'cancel'
         local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
           message = bad[3], reason = bad[2] })
         finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, bad[3])

@@ -23,5 +23,6 @@ redis.call('HSET', tk, 's', 'waiting', 'wait', #open, 'd', 0)
 redis.call('HINCRBY', tk, 't', -1)
 redis.call('HDEL', tk, 'w')
 redis.call('ZREM', KEYS[1], id)
+leave_running(prefix, tk, id)
 add_history(tk, 'waiting', now, 'waiting for ' .. #open .. ' sub-task(s)')
 return #open

@@ -1,0 +1,25 @@
+--[[ retry: put a task that ended without success back in its queue, as new (same id).
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] wake list
+  KEYS[5..8] done zsets: succeeded, failed, cancelled, expired   KEYS[9] dead-letter list
+  ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] reason
+  Its tries start again from 0 and its error is cleared; tasks that depended on it have
+  already ended and are not revived.
+  Returns: 'queued'. Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <status> retry. ]]
+local prefix, id = ARGV[1], ARGV[2]
+local tk = prefix .. 'task:' .. id
+local f = redis.call('HMGET', tk, 's', 'q', 'uq')
+if not f[1] then return redis.error_reply('SEGUE_NOT_FOUND ' .. id) end
+if f[1] ~= 'failed' and f[1] ~= 'cancelled' and f[1] ~= 'expired' then
+  return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. f[1] .. ' retry')
+end
+local now = now_ms()
+redis.call('PERSIST', tk)
+for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
+redis.call('LREM', KEYS[9], 0, id)
+redis.call('HSET', tk, 's', 'queued', 't', 0, 'd', 0)
+redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st')
+if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end
+add_history(tk, 'queued', now, ARGV[3])
+redis.call('LPUSH', KEYS[PRIORITY_LISTS[f[2]]], id)
+if redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], 1) end
+return 'queued'
