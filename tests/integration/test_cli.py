@@ -44,6 +44,21 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "demo.export is CANCELLED" in out.stdout
     assert "demo.export: result() raised TaskCancelled" in out.stdout
     assert out.stdout.index("PAUSED after step") < out.stdout.index("resumed from step")
+    # a workflow (chain, fan-out group, merge) paused between two steps: the next step is
+    # held PAUSED until the operator resumes it, then the workflow ends with its result
+    lines = [
+        "workflow: demo.scan | group(4 x demo.thumbnails) | demo.contact_sheet | demo.publish "
+        "(7 steps)",
+        "operator: pause the workflow while 4 thumbnail steps run -> paused",
+        "workflow paused between steps: 5/7 done, next step demo.contact_sheet is PAUSED",
+        "operator: resume the workflow -> running",
+        "workflow result: album-2026 published with a contact sheet of 12 thumbnails",
+        "demo.contact_sheet history: waiting, paused (workflow paused), queued, running, succeeded",
+    ]
+    at = [out.stdout.find(line) for line in lines]
+    assert -1 not in at, out.stdout
+    assert at == sorted(at), out.stdout
+    assert "workflow operator failed" not in out.stdout
     assert not (tmp_path / ".segue" / "server.json").exists()  # the server stopped with it
     assert list((tmp_path / ".segue").glob("appendonly*"))
 
