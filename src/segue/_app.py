@@ -15,7 +15,9 @@ from segue._broker import ENQUEUE_FIELDS, Broker
 from segue._codec import encode_args
 from segue._errors import ConfigurationError, DuplicateTask
 from segue._handle import TaskHandle, parse_info
+from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
+from segue._lifespan import Resource
 from segue._options import Backoff, OnDuplicate, Priority, TaskOptions, Unique, seconds
 from segue._queue import Queue
 from segue._settings import Settings
@@ -23,7 +25,7 @@ from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
     from datetime import timedelta
     from types import TracebackType
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 log = logging.getLogger("segue.app")
 _BATCH = 1000
 
@@ -79,6 +82,8 @@ class App:
         self._embedded: EmbeddedServer | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._checked_queues: set[str] = set()
+        self.hooks: list[Hook] = []
+        self.lifespans: list[Resource[Any]] = []
 
     def __repr__(self) -> str:
         where = self.settings.redis_url or "embedded"
@@ -122,6 +127,17 @@ class App:
         if fn is None:
             return _TaskDecorator(self, options)
         return self._register(fn, **options)
+
+    def lifespan(self, fn: Callable[[], AsyncIterator[T]]) -> Resource[T]:
+        """Declare a resource each worker opens once at start and closes at shutdown: an
+        async generator function that yields it. Tasks reach it with `ctx.get(resource)`."""
+        res = Resource(fn, getattr(fn, "__qualname__", repr(fn)))
+        self.lifespans.append(res)
+        return res
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook (see `segue.Hook`); hooks run in the order they were added."""
+        self.hooks.append(hook)
 
     def _register(self, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
         name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
@@ -331,6 +347,14 @@ class App:
 
     async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         """Enqueue one call (the path of `task.enqueue`, kept short: it is hot)."""
+        if self.hooks:
+            await call_hooks(self.hooks, "before_enqueue", sig)
+            handle = await self._enqueue_one(sig)
+            await call_hooks(self.hooks, "after_enqueue", sig, handle)
+            return handle
+        return await self._enqueue_one(sig)
+
+    async def _enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         if "after" in sig.opts:
             return await self._enqueue_after(sig)
         queue, task_id, fields = self._fields(sig)
@@ -345,6 +369,8 @@ class App:
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         sigs = list(signatures)
+        for sig in sigs if self.hooks else ():
+            await call_hooks(self.hooks, "before_enqueue", sig)
         by_queue: dict[str, list[Any]] = {}
         order: dict[str, list[int]] = {}
         kept: list[list[Any]] = []
@@ -378,6 +404,8 @@ class App:
         for n, reply in zip(positions, replies, strict=True):
             if reply.__class__ is not int:  # a live task holds this unique task's key
                 handles[n] = self._handle_for(sigs[n], handles[n].id, reply, kept[n])
+        for sig, handle in zip(sigs, handles, strict=True) if self.hooks else ():
+            await call_hooks(self.hooks, "after_enqueue", sig, handle)
         return handles
 
     # --- reading ---------------------------------------------------------------------------

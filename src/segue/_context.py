@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from segue._codec import decode_plain, encode
-from segue._errors import LeaseLost, PayloadError
+from segue._errors import ConfigurationError, LeaseLost, PayloadError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
+    from segue._lifespan import Resource
     from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
 R = TypeVar("R")
+T = TypeVar("T")
 _MISSING: Any = object()
 
 
@@ -45,10 +47,18 @@ class WaitingForSubtasks(BaseException):
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("app", "broker", "gen", "ks", "request")
+    __slots__ = ("app", "broker", "gen", "ks", "request", "resources")
 
-    def __init__(self, app: App, broker: Broker, ks: Keyspace, gen: str) -> None:
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        ks: Keyspace,
+        gen: str,
+        resources: dict[Resource[Any], Any] | None = None,
+    ) -> None:
         self.app = app
+        self.resources = resources or {}
         self.broker = broker
         self.ks = ks
         self.gen = gen
@@ -162,6 +172,15 @@ class Context:
         self._check()
         await asyncio.sleep(0)
 
+    def get(self, resource: Resource[T]) -> T:
+        """The value a worker lifespan (`@app.lifespan`) opened for this worker's tasks."""
+        run = self._run
+        if run is None or resource not in run.resources:
+            where = "this worker did not open it" if run else "a local run opens no lifespan"
+            raise ConfigurationError(f"resource {resource.name!r} is not available: {where}")
+        value: T = run.resources[resource]
+        return value
+
     @overload
     async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
     @overload
@@ -263,6 +282,10 @@ class SyncContext:
     def checkpoint(self) -> None:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
+
+    def get(self, resource: Resource[T]) -> T:
+        """`Context.get`: a worker lifespan's value."""
+        return self._ctx.get(resource)
 
     def enqueue(self, signatures: Any, /) -> Any:
         """`Context.enqueue`, blocking."""

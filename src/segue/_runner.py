@@ -7,6 +7,7 @@ next batched round trip. Nothing here talks to the server.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import traceback
@@ -23,10 +24,13 @@ from segue._context import (
 )
 from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
+from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from concurrent.futures import Executor
 
+    from segue._hooks import Hook
     from segue._keys import Keyspace
     from segue._settings import Settings
     from segue._task import Task
@@ -53,6 +57,8 @@ class Job:
     lost: bool = False
     requeue: bool = False
     started: float = field(default=0.0)
+    error: BaseException | None = None  # what the run raised, for hooks
+    value: Any = None  # what it returned, for hooks
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
@@ -71,12 +77,23 @@ def _message(reason: str, message: str) -> bytes:
     return encode(data, what="an error report", limit=1 << 30)
 
 
+_ENDS: dict[str, RunEnd] = {
+    "ok": "succeeded",
+    "fail": "failed",
+    "retry": "retrying",
+    "suspend": "suspended",
+    "paused": "paused",
+    "waiting": "waiting",
+}
+
+
 async def attempt(
     job: Job,
     task: Task[Any, Any] | None,
     settings: Settings,
     worker_id: str,
     executor: Executor,
+    hooks: Sequence[Hook] = (),
 ) -> Outcome:
     """Run one attempt and say what should happen next."""
     if task is None:
@@ -100,7 +117,8 @@ async def attempt(
             ),
             "undecodable",
         )
-    if task.takes_ctx:
+    ctx: Context | None = None
+    if task.takes_ctx or hooks:
         ctx = Context(
             task_id=job.id,
             name=job.name,
@@ -110,7 +128,35 @@ async def attempt(
             run=job.run,
             state_limit=settings.max_payload_bytes,
         )
+    if task.takes_ctx:
+        assert ctx is not None
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
+    if not hooks:
+        return await _call(job, task, settings, executor, args, kwargs)
+    assert ctx is not None
+    await call_hooks(hooks, "before_run", ctx)
+    try:
+        outcome = await _call(job, task, settings, executor, args, kwargs)
+    except BaseException as exc:
+        cancelled = job.run is not None and job.run.request == "cancel"
+        stopped: RunEnd = "cancelled" if cancelled else "stopped"
+        await after_run(hooks, ctx, RunResult(stopped, error=exc))
+        raise
+    end = _ENDS.get(outcome[0], "stopped")
+    retry_in = outcome[2] / 1000 if outcome[0] == "retry" else None
+    await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
+    return outcome
+
+
+async def _call(
+    job: Job,
+    task: Task[Any, Any],
+    settings: Settings,
+    executor: Executor,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> Outcome:
+    """Call the function under its timeout; the outcome, with job.error / job.value set."""
     silent = task.opts.silent
     if not silent:
         log.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
@@ -122,9 +168,9 @@ async def attempt(
                 value = await task.fn(*args, **kwargs)
             else:
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(
-                    executor, functools.partial(task.fn, *args, **kwargs)
-                )
+                # the thread sees the context variables of this run (set by hooks, say)
+                call = functools.partial(task.fn, *args, **kwargs)
+                value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
     except WaitingForSubtasks:
         return ("waiting", "", "")
     except PauseRequested:
@@ -137,10 +183,12 @@ async def attempt(
         delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
         return ("suspend", delay_ms, "")
     except Fail as exc:
+        job.error = exc
         if not silent:
             log.info("task %s failed (Fail): %s", job.id, exc.reason)
         return ("fail", _error(exc, "fail", with_tb=False), "fail")
     except Retry as exc:
+        job.error = exc
         if job.tries < job.max_tries:
             delay = exc.delay if exc.delay is not None else task.opts.backoff(job.tries)
             if not silent:
@@ -154,6 +202,7 @@ async def attempt(
         return _failure(job, task, expired, "timeout")
     except Exception as exc:
         return _failure(job, task, exc, "error")
+    job.value = value
     faultpoint("after_effect_before_complete")
     try:
         payload = encode(
@@ -162,6 +211,7 @@ async def attempt(
             limit=settings.max_payload_bytes,
         )
     except Exception as exc:
+        job.error = exc
         return ("fail", _error(exc, "unencodable_result", with_tb=False), "unencodable_result")
     if not silent:
         log.info("task %s succeeded", job.id)
@@ -169,6 +219,7 @@ async def attempt(
 
 
 def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) -> Outcome:
+    job.error = exc
     if job.tries < job.max_tries:
         delay = task.opts.backoff(job.tries)
         if not task.opts.silent:

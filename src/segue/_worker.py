@@ -26,6 +26,7 @@ from segue._errors import BrokerError
 from segue._faults import faultpoint
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
+from segue._lifespan import open_all
 from segue._options import parse_rate
 from segue._runner import Job, Outcome, attempt
 
@@ -57,6 +58,7 @@ class Worker:
         self._next_due: float | None = None
         self._broker: Any = None
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+        self._resources: dict[Any, Any] = {}
         self._control: Any = None
 
     def __repr__(self) -> str:
@@ -88,6 +90,12 @@ class Worker:
     # --- the loop --------------------------------------------------------------------------
 
     async def _serve(self, *, burst: bool, horizon: float, signals: bool) -> int:
+        # resources open before the first task and close after the last one
+        async with contextlib.AsyncExitStack() as stack:
+            self._resources.update(await open_all(self.app.lifespans, stack))
+            return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
+
+    async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self.app.broker()
         keyspaces = [broker.keyspace(q) for q in self.queues]
         for q in self.queues:
@@ -256,7 +264,7 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
             )
-            job.run = RunControl(self.app, self._broker, ks, job.gen)
+            job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             self._running[job.id] = job
             assert self._lease is not None
             self._lease.hold(job.id, ks, job.gen)
@@ -268,7 +276,9 @@ class Worker:
         task = self.app.registry.get(job.name)
         outcome: Outcome | None
         try:
-            outcome = await attempt(job, task, self.app.settings, self.id, self._executor)
+            outcome = await attempt(
+                job, task, self.app.settings, self.id, self._executor, self.app.hooks
+            )
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
