@@ -214,13 +214,21 @@ class App:
     ) -> tuple[str, str, list[Any]]:
         task, o = sig.task, sig.opts
         d = task.opts
-        own = self.queue_for(sig)
-        if queue is not None and own != queue:
-            raise ConfigurationError(
-                f"task {task.name} is set to run on queue {own!r}, but it joins work on queue "
-                f"{queue!r} (a workflow's steps and a task's sub-tasks share one queue)"
-            )
-        queue = own
+        if queue is None:
+            queue = self.queue_for(sig)
+        else:
+            # joining a workflow or a parent: its queue, unless this step names another
+            own = o.get("queue") or d.queue
+            if own is not None and own != queue:
+                where = (
+                    f"{task.name}.options(queue={own!r})"
+                    if o.get("queue")
+                    else (f"@app.task(queue={own!r}) on {task.name}")
+                )
+                raise ConfigurationError(
+                    f"{where} asks for queue {own!r}, but it joins work on queue {queue!r}: "
+                    "a workflow's steps and a task's sub-tasks share one queue"
+                )
         key = o.get("key")
         if task_id is None:
             task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
@@ -321,7 +329,7 @@ class App:
         # the parent reads its sub-tasks' results, and finds them again by id when it runs
         # again: their records must outlive it, so they are kept at least the default ttl
         default = self.settings.result_ttl_seconds
-        keep = -1 if default is None else int(default * 1000)
+        keep = -1 if default is None else int(max(default, 3600.0) * 1000)
         if fields[8] >= 0 and (keep < 0 or fields[8] < keep):
             fields[8] = keep
         broker = self._broker or await self.broker()
@@ -414,7 +422,7 @@ class App:
     def group(self, signatures: Iterable[Signature[R]]) -> Group[R]: ...
     @overload
     def group(
-        self, signatures: Iterable[Signature[Any] | Chain[Any] | Group[Any]]
+        self, signatures: Iterable[Signature[Any] | Chain[Any] | Group[Any] | Task[Any, Any]]
     ) -> Group[Any]: ...
     def group(self, signatures: Iterable[Any]) -> Group[Any]:
         """Steps that run in parallel; `group | merge.call()` hands merge their results."""

@@ -292,6 +292,8 @@ class Broker:
                 ids = ids[offset : end + 1]
             elif status == "paused":
                 ids = await self.client.zrange(ks.paused, offset, end)
+            elif status == "waiting":
+                ids = await self.client.zrange(ks.waiting, offset, end)
             elif status in ("scheduled", "retrying"):
                 ids = await self.client.zrange(ks.scheduled, offset, end)
             elif status in ("succeeded", "failed", "cancelled", "expired"):
@@ -322,6 +324,7 @@ class Broker:
             for key in ks.done:
                 pipe.zcard(key)
             pipe.zcard(ks.paused)
+            pipe.zcard(ks.waiting)
             r = await pipe.execute()
         return {
             "queued": sum(r[0:3]),
@@ -332,6 +335,7 @@ class Broker:
             "cancelled": r[7],
             "expired": r[8],
             "paused": r[9],
+            "waiting": r[10],
         }
 
     # --- pub/sub --------------------------------------------------------------------------
@@ -389,7 +393,7 @@ class Broker:
 
     async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
         """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""
-        call = (self.wait_script, [ks.leases], [ks.base, parent, gen, *children])
+        call = (self.wait_script, [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
         reply = await self.run_calls([call])
         return int(reply[0])
 
@@ -405,8 +409,9 @@ class Broker:
                 ) from None
             if exc.code == "SEGUE_INVALID_TRANSITION":
                 state = str(exc).rsplit(" ", 2)[-2]
+                verb = "pause" if command == "pause_running" else command
                 raise InvalidTransition(
-                    f"cannot {command} workflow {wf_id}: it is {state}", state, command
+                    f"cannot {verb} workflow {wf_id}: it is {state}", state, verb
                 ) from None
             raise
         return _text(reply[0])

@@ -69,18 +69,18 @@ class Keyspace:
     def claim_keys(self) -> list[str]:
         """KEYS of claim.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.meta, self.dead]
-        return [*self.pending, *queue_keys, *self.done, self.paused, *self.limits]
+        return [*self.pending, *queue_keys, *self.done, self.paused, *self.limits, self.waiting]
 
     @cached_property
     def finish_keys(self) -> list[str]:
         """KEYS of finish.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.dead]
-        return [*self.pending, *queue_keys, *self.done, self.paused]
+        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting]
 
     @cached_property
     def graph_keys(self) -> list[str]:
         """KEYS of graph.lua."""
-        return [*self.pending, self.scheduled, self.wake, *self.done, self.paused]
+        return [*self.pending, self.scheduled, self.wake, *self.done, self.paused, self.waiting]
 
     @cached_property
     def retry_keys(self) -> list[str]:
@@ -96,7 +96,7 @@ class Keyspace:
     def control_keys(self) -> list[str]:
         """KEYS of control.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.control_channel]
-        return [*self.pending, *queue_keys, *self.done, self.paused]
+        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting]
 
     @cached_property
     def scheduled(self) -> str:
@@ -118,6 +118,11 @@ class Keyspace:
     def paused(self) -> str:
         """Index of operator-paused tasks (held until resumed), scored by pause time."""
         return self.key("paused")
+
+    @cached_property
+    def waiting(self) -> str:
+        """Index of tasks waiting for others (after=, workflow steps, sub-task waits)."""
+        return self.key("waiting")
 
     @cached_property
     def dead(self) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from ulid import ULID
 
-from segue._errors import ConfigurationError, TaskNotFound
+from segue._errors import ConfigurationError, TaskCancelled, TaskFailed, TaskNotFound
 from segue._handle import TaskHandle, parse_info
 from segue._keys import queue_of
 from segue._state import TaskInfo, TaskStatus
@@ -77,9 +77,11 @@ class Group(Generic[R]):
 
     __slots__ = ("app", "members")
 
-    def __init__(self, app: App, members: Iterable[Signature[R] | Chain[R] | Group[Any]]):
+    def __init__(
+        self, app: App, members: Iterable[Signature[R] | Chain[R] | Group[Any] | Task[Any, R]]
+    ):
         self.app = app
-        self.members = tuple(members)
+        self.members = tuple(_as_node(app, m) for m in members)
         if not self.members:
             raise ConfigurationError("a group needs at least one step")
 
@@ -152,10 +154,23 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
     last, _ = _place(root, [], "", steps, lambda: f"{wf_id}.{next(counter)}")
     fields: list[Any] = []
     for step in steps:
-        step.sig.task.check_args(
-            (None, *step.sig.args) if step.mode else step.sig.args, step.sig.kwargs
-        )
-        fields.extend(app.graph_fields(step.sig, queue, step.id, step.deps, step.mode))
+        sig = step.sig
+        sig.task.check_args((None, *sig.args) if step.mode else sig.args, sig.kwargs)
+        if sig.task.opts.unique is not False:
+            raise ConfigurationError(
+                f"task {sig.task.name} is unique: a workflow step cannot be (its step could "
+                "be refused while the rest of the workflow waits for it)"
+            )
+        # after= on a step: it also waits for those tasks (no value passed on)
+        for dep in sig.opts.get("after") or ():
+            dep_id = dep if isinstance(dep, str) else dep.id
+            if queue_of(dep_id) != queue:
+                raise ConfigurationError(
+                    f"after=: task {dep_id} is on queue {queue_of(dep_id)!r}, but the "
+                    f"workflow runs on {queue!r}; dependencies must share one queue"
+                )
+            step.deps.append((dep_id, -1))
+        fields.extend(app.graph_fields(sig, queue, step.id, step.deps, step.mode))
     ttl = app.settings.result_ttl_seconds
     record = (
         wf_id,
@@ -167,6 +182,15 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
     by_id = {s.id: s for s in steps}
     decoder = by_id[last[0]].sig.task.result_decoder if len(last) == 1 else None
     return WorkflowHandle(app, wf_id, decoder)
+
+
+def _passed(row: list[bytes | None]) -> TaskStatus:
+    """A last step's status as the workflow counts it: an optional one that ended without
+    success counts as succeeded."""
+    status = TaskStatus(row[0].decode()) if row[0] else TaskStatus.EXPIRED
+    if status.is_final and row[1] == b"1":
+        return TaskStatus.SUCCEEDED
+    return status
 
 
 class WorkflowHandle(Generic[R]):
@@ -201,8 +225,8 @@ class WorkflowHandle(Generic[R]):
         rec = await self._record()
         broker = await self._app.broker()
         last = rec.get(b"last", b"").decode().split()
-        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s"])
-        states = {TaskStatus(r[0].decode()) if r[0] else TaskStatus.EXPIRED for r in rows}
+        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s", "opt"])
+        states = {_passed(r) for r in rows}
         if states == {TaskStatus.SUCCEEDED}:
             return TaskStatus.SUCCEEDED
         for final in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED):
@@ -229,11 +253,23 @@ class WorkflowHandle(Generic[R]):
         TaskFailed naming the step that failed, or TaskCancelled."""
         last = await self._ids(b"last")
         handles = [TaskHandle[Any](self._app, i, self._decoder) for i in last]
+        results = await asyncio.gather(*(self._step_result(h, timeout) for h in handles))
         if len(handles) == 1:
-            value: R = await handles[0].result(timeout)
+            value: R = results[0]
             return value
-        results = await asyncio.gather(*(h.result(timeout) for h in handles))
         return list(results)  # type: ignore[return-value]
+
+    async def _step_result(self, handle: TaskHandle[Any], timeout: float | None) -> Any:
+        """A last step's value; None for an optional step that did not succeed."""
+        try:
+            return await handle.result(timeout)
+        except (TaskFailed, TaskCancelled):
+            broker = await self._app.broker()
+            ks = broker.keyspace(self.queue)
+            [(optional,)] = await broker.task_fields(ks, [handle.id], ["opt"])
+            if optional == b"1":
+                return None
+            raise
 
     async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
         """Start no new step: steps waiting in the queue are held, running ones finish (or,

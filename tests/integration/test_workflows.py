@@ -15,6 +15,7 @@ from segue import (
     ConfigurationError,
     Context,
     InvalidTransition,
+    Retry,
     TaskCancelled,
     TaskFailed,
     TaskStatus,
@@ -396,3 +397,113 @@ async def test_sub_tasks_with_ttl_0_keep_their_records_while_the_parent_needs_th
         await app.drain()
         assert await h.result(timeout=5) == [0, 1, 2]
         assert sorted(child_runs) == [0, 1, 2]  # each child once: the re-run found them
+
+
+async def test_a_step_that_retries_while_its_workflow_is_paused_is_held(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    tries: list[int] = []
+    gate = asyncio.Event()
+
+    @app.task(name="wobbly", max_tries=3)
+    async def wobbly(ctx: Context, x: int) -> int:
+        tries.append(ctx.tries)
+        if ctx.tries == 1:
+            await gate.wait()
+            raise Retry(delay=0.05)
+        return x
+
+    @app.task(name="next_one")
+    async def next_one(x: int) -> int:
+        return x + 1
+
+    async with app:
+        h = await (wobbly.call(1) | next_one).enqueue()
+        async with serving(app):
+            await eventually(lambda: _has(tries, 1))
+            await h.pause()
+            gate.set()
+            await _wait_step(h, 0, TaskStatus.PAUSED)
+            await asyncio.sleep(0.2)
+            assert tries == [1]  # the retry did not run while the workflow was paused
+            await h.resume()
+            assert await h.result(timeout=5) == 2
+        assert tries == [1, 2]
+
+
+async def test_after_with_a_delay_and_after_on_a_workflow_step(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="inc2")
+    async def inc2(x: int) -> int:
+        return x + 1
+
+    async with app:
+        first = await inc2.enqueue(0)
+        await app.drain()
+        later = await inc2.options(after=[first], delay=30).enqueue(5)
+        assert await later.status() is TaskStatus.SCHEDULED  # the delay still counts
+        gate = await inc2.options(delay=0.3).enqueue(100)
+        wf = inc2.call(1) | inc2.options(after=[gate])
+        h = await wf.enqueue()
+        waiting = await app.tasks(TaskStatus.WAITING)
+        assert [t.name for t in waiting] == ["inc2"]
+        assert (await app.queue().counts())["waiting"] == 1
+        await app.drain(horizon=1.0)
+        assert await h.result(timeout=5) == 3
+        steps = await h.steps()
+        gate_ended = (await gate.info()).ended_at
+        assert steps[1].started_at is not None and gate_ended is not None
+        assert steps[1].started_at >= gate_ended
+
+
+async def test_an_optional_last_step_does_not_fail_the_workflow(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="base")
+    async def base(x: int) -> int:
+        return x
+
+    @app.task(name="notify", max_tries=1)
+    async def notify(x: int) -> int | None:
+        raise ConnectionError("mail server down")
+
+    async with app:
+        h = await (base.call(1) | notify.options(optional=True)).enqueue()
+        await app.drain()
+        assert await h.result(timeout=5) is None
+        assert await h.status() is TaskStatus.SUCCEEDED
+
+
+async def test_workflow_building_rules(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="plain")
+    async def plain(x: int) -> int:
+        return x
+
+    @app.task(name="only_one", unique=True)
+    async def only_one(x: int) -> int:
+        return x
+
+    @app.task(name="elsewhere_task", queue="elsewhere")
+    async def elsewhere_task(x: int) -> int:
+        return x
+
+    async with app:
+        with pytest.raises(ConfigurationError, match="is unique"):
+            await (plain.call(1) | only_one).enqueue()
+        # bare tasks in a group, and a workflow that starts on another queue: steps join it
+        h = await (elsewhere_task.call(2) | app.group([plain, plain])).enqueue()
+        assert h.queue == "elsewhere"
+        await app.drain(queues=["elsewhere"])
+        assert await h.result(timeout=5) == [2, 2]
+        with pytest.raises(ConfigurationError, match="share one queue"):
+            await (plain.call(1) | elsewhere_task).enqueue()
+        with pytest.raises(InvalidTransition, match="cannot pause workflow"):
+            await h.pause(running=True)

@@ -23,7 +23,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         assert script.numkeys == len(keys), name
     assert load("renew").numkeys == 1
     assert load("state").numkeys == 1
-    assert load("wait").numkeys == 1
+    assert load("wait").numkeys == 2
     assert set(NAMES) == {
         "enqueue",
         "claim",

@@ -18,6 +18,7 @@ local PRIORITY_LISTS = { high = 1, normal = 2, low = 3 }
 -- Q.base prefix; Q.lists[1..3] queued lists (high, normal, low); Q.sched; Q.wake;
 -- Q.done[status] ended-task indexes; Q.paused index; Q.channel ended-task channel.
 -- Q.woke is set when a task became queued (the script then leaves a wake token).
+-- Q.waiting (the index of WAITING tasks) and Q.dead are set by the scripts that have them.
 local function queue_keys(base, high, normal, low, sched, wake, s, f, c, e, paused, channel)
   return { base = base, lists = { high, normal, low }, sched = sched, wake = wake,
     done = { succeeded = s, failed = f, cancelled = c, expired = e }, paused = paused,
@@ -36,12 +37,18 @@ end
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
-  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold')
+  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold', 'due')
   redis.call('HDEL', tk, 'wait', 'hold')
+  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
   if f[3] or workflow_status(Q, f[2]) == 'paused' then
     redis.call('HSET', tk, 's', 'paused')
     add_history(tk, 'paused', now, f[3] and 'paused while waiting' or 'workflow paused')
     redis.call('ZADD', Q.paused, now, id)
+  elseif f[4] and tonumber(f[4]) > now then
+    -- its delay (counted from enqueue) is not over yet
+    redis.call('HSET', tk, 's', 'scheduled')
+    add_history(tk, 'scheduled', now, 'dependencies done')
+    redis.call('ZADD', Q.sched, tonumber(f[4]), id)
   else
     redis.call('HSET', tk, 's', 'queued')
     add_history(tk, 'queued', now, 'dependencies done')
@@ -96,6 +103,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   add_history(tk, status, at, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
+  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -289,7 +297,7 @@ local function new_task(base, b, now, waiting)
   redis.call('HSET', tk, 'n', ARGV[b + 1], 'p', ARGV[b + 2], 's', status, 'q', ARGV[b + 3],
     't', 0, 'd', 0, 'g', 0, 'mt', ARGV[b + 6], 'to', ARGV[b + 7], 'ttl', ARGV[b + 8],
     'ce', now, 'h', status .. '|' .. now .. '|\n')
-  if status == 'scheduled' then redis.call('HSET', tk, 'due', due) end
+  if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it
   local expire = tonumber(ARGV[b + 10])

@@ -6,6 +6,7 @@
   KEYS[13] paused zset (operator-paused tasks, score = when)
   KEYS[14] rate limits hash (task name -> "<tokens per ms> <burst>")
   KEYS[15] concurrency limits hash (task name -> most running at once, all workers)
+  KEYS[16] waiting zset (tasks waiting for others)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
@@ -26,6 +27,7 @@ local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], channel)
 Q.dead = KEYS[8]
+Q.waiting = KEYS[16]
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
@@ -110,10 +112,16 @@ if not paused then
       budget = budget - #ids
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp')
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
-          if f[7] and tonumber(f[7]) < now then
+          if f[8] and workflow_status(Q, f[8]) == 'paused' then
+            -- a step of a paused workflow back in the queue (a retry, a Pause): held
+            redis.call('HSET', tk, 's', 'paused')
+            add_history(tk, 'paused', now, 'workflow paused')
+            redis.call('ZADD', Q.paused, now, id)
+            ok = false
+          elseif f[7] and tonumber(f[7]) < now then
             local err = cjson.encode({ type = 'Expired', reason = 'expired',
               message = 'not started before its expiry' })
             finalize(Q, tk, id, 'expired', now, 'e', err, 'not started before its expiry')

@@ -2,6 +2,7 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list
   KEYS[4] scheduled zset   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] dead-letter list
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
+  KEYS[13] waiting zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
   ARGV[4] count, then 5 fields per outcome: id, gen, action, a, b
     ok       a = result payload
@@ -23,6 +24,7 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8
 local out = {}
 
 Q.dead = KEYS[7]
+Q.waiting = KEYS[13]
 local cap = tonumber(ARGV[3])
 
 local function schedule(tk, id, status, at, reason)

@@ -1,5 +1,5 @@
 --[[ wait: a running task waits for its sub-tasks without holding a worker slot.
-  KEYS[1] leases zset
+  KEYS[1] leases zset   KEYS[2] waiting zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] parent task id   ARGV[3] its lease generation
   ARGV[4..] ids of the sub-tasks (in this queue: their ids derive from the parent's)
   Returns: -1 if this run no longer holds the parent; 0 when every sub-task has ended (read
@@ -23,6 +23,7 @@ redis.call('HSET', tk, 's', 'waiting', 'wait', #open, 'd', 0)
 redis.call('HINCRBY', tk, 't', -1)
 redis.call('HDEL', tk, 'w')
 redis.call('ZREM', KEYS[1], id)
+redis.call('ZADD', KEYS[2], now, id)
 leave_running(prefix, tk, id)
 add_history(tk, 'waiting', now, 'waiting for ' .. #open .. ' sub-task(s)')
 return #open

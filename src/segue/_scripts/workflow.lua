@@ -2,6 +2,7 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] control channel (sharded pub/sub)
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
+  KEYS[13] waiting zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] workflow id
   ARGV[3] command: pause (running steps finish) | pause_running (they are paused too)
     | resume | cancel
@@ -20,6 +21,7 @@ local ended = tonumber(f[3]) <= 0
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], ARGV[5])
+Q.waiting = KEYS[13]
 local function each_step(fn)
   for sid in string.gmatch(f[2], '%S+') do
     local s = redis.call('HGET', prefix .. 'task:' .. sid, 's')
@@ -36,7 +38,8 @@ if cmd == 'cancel' then
   return 'cancelled'
 end
 if st == 'cancelled' or ended then
-  return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. (ended and 'ended' or st) .. ' ' .. cmd)
+  local verb = cmd == 'pause_running' and 'pause' or cmd
+  return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. (ended and 'ended' or st) .. ' ' .. verb)
 end
 if cmd == 'pause' or cmd == 'pause_running' then
   redis.call('HSET', wk, 'st', 'paused')
