@@ -21,6 +21,8 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._handle import TaskHandle
+from segue._hooks import Hook, RunResult
+from segue._lifespan import Resource
 from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
@@ -40,14 +42,17 @@ __all__ = [
     "DuplicateTask",
     "Fail",
     "Group",
+    "Hook",
     "InvalidTransition",
     "LeaseLost",
     "Pause",
     "PayloadError",
     "Queue",
+    "Resource",
     "ResultTimeout",
     "ResultUnavailable",
     "Retry",
+    "RunResult",
     "ScriptError",
     "SegueError",
     "Settings",
