@@ -324,7 +324,7 @@ class App:
     async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
         """Enqueue a sub-task under a given id, in its parent's queue (the id's); a repeat
         finds the task already there and changes nothing."""
-        sig.task.check_args(sig.args, sig.kwargs)
+        sig.check()
         queue, _, fields = self._fields(sig, task_id, queue_of(task_id))
         # the parent reads its sub-tasks' results, and finds them again by id when it runs
         # again: their records must outlive it, so they are kept at least the default ttl
@@ -389,7 +389,7 @@ class App:
                     "enqueue_many does not take signatures with after=; enqueue them one by "
                     "one, or build a workflow"
                 )
-            sig.task.check_args(sig.args, sig.kwargs)
+            sig.check()
             queue, task_id, fields = self._fields(sig)
             by_queue.setdefault(queue, []).extend(fields)
             order.setdefault(queue, []).append(n)

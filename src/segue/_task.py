@@ -64,7 +64,7 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
 class Signature(Generic[R]):
     """A task with its arguments and options, ready to enqueue or to put in a workflow."""
 
-    __slots__ = ("args", "kwargs", "opts", "task")
+    __slots__ = ("args", "complete", "kwargs", "opts", "task")
 
     def __init__(
         self,
@@ -72,17 +72,28 @@ class Signature(Generic[R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         opts: EnqueueOptions,
+        *,
+        complete: bool = False,
     ) -> None:
         self.task = task
         self.args = args
         self.kwargs = kwargs
         self.opts = opts
+        # the arguments are known to fit the whole signature (checked once, at call())
+        self.complete = complete
 
     def options(self, **options: Unpack[EnqueueOptions]) -> Signature[R]:
-        return Signature(self.task, self.args, self.kwargs, _merge(self.opts, options))
+        merged = _merge(self.opts, options)
+        return Signature(self.task, self.args, self.kwargs, merged, complete=self.complete)
+
+    def check(self) -> None:
+        """Refuse arguments that do not fit the task's parameters (before enqueueing)."""
+        if not self.complete:
+            self.task.check_args(self.args, self.kwargs)
+            self.complete = True
 
     async def enqueue(self) -> TaskHandle[R]:
-        self.task.check_args(self.args, self.kwargs)
+        self.check()
         return await self.task.app.enqueue_one(self)
 
     # Workflow building lives in _workflow (the client layer); imported where used.
@@ -173,13 +184,19 @@ class Task(Generic[P, R]):
 
         Arguments may leave out the first parameter, which a chain fills with the previous
         step's result; they are checked in full when the signature is enqueued."""
-        self.check_args(args, kwargs, partial=True)
-        return Signature(self, args, kwargs, self.call_options)
+        try:
+            self.check_args(args, kwargs)
+            complete = True
+        except TypeError:
+            self.check_args(args, kwargs, partial=True)  # a chain step: first arg to come
+            complete = False
+        return Signature(self, args, kwargs, self.call_options, complete=complete)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Put one run of this task in its queue; returns a handle to follow it."""
         self.check_args(args, kwargs)
-        return await self.app.enqueue_one(Signature(self, args, kwargs, self.call_options))
+        sig = Signature(self, args, kwargs, self.call_options, complete=True)
+        return await self.app.enqueue_one(sig)
 
     async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, now, without a queue (sync functions in a thread)."""
