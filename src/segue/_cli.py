@@ -189,6 +189,76 @@ def cancel(
     _command(task_id, "cancel", app, url, reason)
 
 
+workflow_cli = typer.Typer(help="Follow and steer a workflow by its id.", no_args_is_help=True)
+cli.add_typer(workflow_cli, name="workflow")
+
+
+def _workflow_command(
+    workflow_id: str, command: str, app: str | None, url: str | None, running: bool = False
+) -> None:
+    async def go() -> tuple[TaskStatus, list[TaskInfo]]:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.workflow_handle(workflow_id)
+            if command == "pause":
+                await handle.pause(running=running)
+            elif command != "status":
+                await getattr(handle, command)()
+            return await handle.status(), await handle.steps()
+
+    try:
+        status, steps = asyncio.run(go())
+    except SegueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("#", "step", "task", "status", title=f"workflow {workflow_id}: {status}")
+    for n, step in enumerate(steps, 1):
+        table.add_row(str(n), step.id, step.name, str(step.status))
+    out.print(table)
+
+
+@workflow_cli.command("status")
+def workflow_status(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """The workflow's status and each step's."""
+    _workflow_command(workflow_id, "status", app, url)
+
+
+@workflow_cli.command("pause")
+def workflow_pause(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow id")],
+    running: Annotated[
+        bool, typer.Option("--running", help="Pause running steps too (at a checkpoint)")
+    ] = False,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Start no new step until resumed (running steps finish, unless --running)."""
+    _workflow_command(workflow_id, "pause", app, url, running)
+
+
+@workflow_cli.command("resume")
+def workflow_resume(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Continue a paused workflow from where it stopped."""
+    _workflow_command(workflow_id, "resume", app, url)
+
+
+@workflow_cli.command("cancel")
+def workflow_cancel(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Stop running steps and cancel every step not yet ended."""
+    _workflow_command(workflow_id, "cancel", app, url)
+
+
 @cli.command()
 def retry(
     task_id: Annotated[str, typer.Argument(help="The task id")],
