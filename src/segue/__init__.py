@@ -20,6 +20,7 @@ from segue._errors import (
     TaskFailed,
     TaskNotFound,
 )
+from segue._events import Event
 from segue._handle import TaskHandle
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "DuplicateTask",
+    "Event",
     "Fail",
     "Group",
     "Hook",

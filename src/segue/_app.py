@@ -14,6 +14,7 @@ from ulid import ULID
 from segue._broker import ENQUEUE_FIELDS, Broker
 from segue._codec import encode_args
 from segue._errors import ConfigurationError, DuplicateTask
+from segue._events import Event, follow
 from segue._handle import TaskHandle, parse_info
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
@@ -25,7 +26,7 @@ from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
     from datetime import timedelta
     from types import TracebackType
 
@@ -485,6 +486,15 @@ class App:
             if rec:
                 infos.append(parse_info(task_id, rec, self))
         return infos
+
+    async def events(
+        self, queues: Sequence[str] | None = None, *, since: str = "$", block: float = 1.0
+    ) -> AsyncIterator[Event]:
+        """Follow the event streams of `queues` (default: the App's queue) live, merged.
+        `since="$"` starts with events from now on; `"0"` replays what the streams keep;
+        an event's `id` resumes after it. Ends only when the caller stops iterating."""
+        async for event in follow(self, list(queues or [self.settings.queue]), since, block):
+            yield event
 
     async def queues(self) -> list[str]:
         broker = await self.broker()

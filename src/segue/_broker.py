@@ -108,6 +108,7 @@ class Broker:
         self.wait_script = _scripts.load("wait")
         self.workflow_script = _scripts.load("workflow")
         self.retry_script = _scripts.load("retry")
+        self.event_script = _scripts.load("event")
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -453,6 +454,34 @@ class Broker:
                 ) from None
             raise
         return _text(reply[0])
+
+    async def task_event(
+        self, ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str
+    ) -> bool:
+        call = (self.event_script, [ks.events], [ks.base, task_id, gen, kind, a, b])
+        return bool((await self.run_calls([call]))[0])
+
+    async def read_events(
+        self, keyspaces: Sequence[Keyspace], last: dict[str, str], block_ms: int
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """New entries of the queues' event streams after `last` ids (queue → id):
+        (queue, entry id, fields), oldest first per queue."""
+        found: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        async with self.errors():
+            if self._blocking is None:
+                self._blocking = make_async_client(self.url, cluster=self.cluster)
+            # one slot per queue: on a cluster, read them one at a time
+            groups = [[ks] for ks in keyspaces] if self.cluster else [list(keyspaces)]
+            wait = max(1, block_ms // max(1, len(groups)))
+            for group in groups:
+                streams = {ks.events: last[ks.queue] for ks in group}
+                reply = await self._blocking.xread(streams, count=500, block=wait)
+                by_key = {ks.events: ks.queue for ks in group}
+                for key, entries in reply or []:
+                    queue = by_key[key.decode() if isinstance(key, bytes) else key]
+                    for entry_id, fields in entries:
+                        found.append((queue, entry_id, fields))
+        return found
 
     async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
         async with self.errors():

@@ -181,6 +181,26 @@ class Context:
         value: T = run.resources[resource]
         return value
 
+    async def progress(self, done: float, total: float | None = None) -> None:
+        """Report how far the task is (shown by `info()`, the CLI and the dashboard, and
+        streamed as a task.progress event). One round trip; also a checkpoint."""
+        run = self._run
+        if run is not None:
+            total_text = "" if total is None else repr(total)
+            await run.broker.task_event(
+                run.ks, self.task_id, run.gen, "progress", repr(done), total_text
+            )
+        await self.checkpoint()
+
+    async def emit(self, name: str, data: Any = None) -> None:
+        """Put an event of the task's own on its queue's event stream (`app.events()`)."""
+        run = self._run
+        if run is None:
+            self.log.info("event %s %r (local run: not streamed)", name, data)
+            return
+        payload = encode(data, what=f"data of event {name!r}", limit=self.state._limit)
+        await run.broker.task_event(run.ks, self.task_id, run.gen, "emit", name, payload.decode())
+
     @overload
     async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
     @overload
@@ -282,6 +302,14 @@ class SyncContext:
     def checkpoint(self) -> None:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """`Context.progress`, blocking."""
+        self.state._call(self._ctx.progress(done, total))
+
+    def emit(self, name: str, data: Any = None) -> None:
+        """`Context.emit`, blocking."""
+        self.state._call(self._ctx.emit(name, data))
 
     def get(self, resource: Resource[T]) -> T:
         """`Context.get`: a worker lifespan's value."""

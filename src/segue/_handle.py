@@ -220,6 +220,10 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
         decoder = task.result_decoder if task is not None else _PLAIN
         result = decoder.decode(rec[b"r"])
     worker = rec.get(b"w")
+    progress = None
+    if b"pg" in rec:
+        done, _, total = rec[b"pg"].decode().partition(" ")
+        progress = (float(done), float(total) if total else None)
     return TaskInfo(
         id=task_id,
         name=name,
@@ -238,4 +242,5 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
         history=history,
         result=result,
         error=parse_error(rec.get(b"e")),
+        progress=progress,
     )

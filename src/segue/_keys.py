@@ -69,18 +69,20 @@ class Keyspace:
     def claim_keys(self) -> list[str]:
         """KEYS of claim.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.meta, self.dead]
-        return [*self.pending, *queue_keys, *self.done, self.paused, *self.limits, self.waiting]
+        tail = [self.paused, *self.limits, self.waiting, self.events]
+        return [*self.pending, *queue_keys, *self.done, *tail]
 
     @cached_property
     def finish_keys(self) -> list[str]:
         """KEYS of finish.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.dead]
-        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting]
+        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting, self.events]
 
     @cached_property
     def graph_keys(self) -> list[str]:
         """KEYS of graph.lua."""
-        return [*self.pending, self.scheduled, self.wake, *self.done, self.paused, self.waiting]
+        tail = [self.paused, self.waiting, self.events]
+        return [*self.pending, self.scheduled, self.wake, *self.done, *tail]
 
     @cached_property
     def retry_keys(self) -> list[str]:
@@ -96,7 +98,7 @@ class Keyspace:
     def control_keys(self) -> list[str]:
         """KEYS of control.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.control_channel]
-        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting]
+        return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting, self.events]
 
     @cached_property
     def scheduled(self) -> str:
@@ -123,6 +125,11 @@ class Keyspace:
     def waiting(self) -> str:
         """Index of tasks waiting for others (after=, workflow steps, sub-task waits)."""
         return self.key("waiting")
+
+    @cached_property
+    def events(self) -> str:
+        """The queue's capped stream of lifecycle, progress and custom events."""
+        return self.key("events")
 
     @cached_property
     def dead(self) -> str:

@@ -81,3 +81,4 @@ class TaskInfo:
     history: list[Transition]
     result: Any
     error: TaskError | None
+    progress: tuple[float, float | None] | None = None  # (done, total) from ctx.progress

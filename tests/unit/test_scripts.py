@@ -24,6 +24,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     assert load("renew").numkeys == 1
     assert load("state").numkeys == 1
     assert load("wait").numkeys == 2
+    assert load("event").numkeys == 1
     assert set(NAMES) == {
         "enqueue",
         "claim",
@@ -35,6 +36,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "wait",
         "workflow",
         "retry",
+        "event",
     }
 
 

@@ -72,6 +72,7 @@ NAMES = (
     "wait",
     "workflow",
     "retry",
+    "event",
 )
 
 

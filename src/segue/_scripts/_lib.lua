@@ -18,11 +18,22 @@ local PRIORITY_LISTS = { high = 1, normal = 2, low = 3 }
 -- Q.base prefix; Q.lists[1..3] queued lists (high, normal, low); Q.sched; Q.wake;
 -- Q.done[status] ended-task indexes; Q.paused index; Q.channel ended-task channel.
 -- Q.woke is set when a task became queued (the script then leaves a wake token).
--- Q.waiting (the index of WAITING tasks) and Q.dead are set by the scripts that have them.
+-- Q.waiting (the index of WAITING tasks), Q.dead and Q.events are set by the scripts that
+-- have them.
 local function queue_keys(base, high, normal, low, sched, wake, s, f, c, e, paused, channel)
   return { base = base, lists = { high, normal, low }, sched = sched, wake = wake,
     done = { succeeded = s, failed = f, cancelled = c, expired = e }, paused = paused,
     channel = channel, woke = false }
+end
+
+-- Lifecycle events go to the queue's capped stream (about the last EVENTS_CAP kept), in
+-- the same atomic step as the transition they report.
+local EVENTS_CAP = 10000
+local function emit(Q, kind, id, name)
+  if Q.events then
+    redis.call('XADD', Q.events, 'MAXLEN', '~', EVENTS_CAP, '*', 'e', kind, 'id', id,
+      'n', name or '')
+  end
 end
 
 local function wake_if_needed(Q)
@@ -113,6 +124,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
   redis.call('SPUBLISH', Q.channel, id)
+  emit(Q, 'task.' .. status, id, f[5])
   if f[4] then
     local wk = Q.base .. 'wf:' .. f[4]
     if redis.call('HINCRBY', wk, 'left', -1) <= 0 then
@@ -185,6 +197,7 @@ local function obey_control(Q, tk, id, now)
     redis.call('HDEL', tk, 'ctl', 'ctlr', 'w', 'due')
     add_history(tk, 'paused', now, f[2] or 'paused')
     redis.call('ZADD', Q.paused, now, id)
+    emit(Q, 'task.paused', id, redis.call('HGET', tk, 'n'))
     return true
   end
   return false
@@ -224,6 +237,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       redis.call('HDEL', tk, 'due')
       add_history(tk, 'paused', now, reason)
       redis.call('ZADD', Q.paused, now, id)
+      emit(Q, 'task.paused', id, redis.call('HGET', tk, 'n'))
       return { 'paused', 0 }
     end
     if ctl == 'cancel' then return { status, 1 } end -- a cancel already asked for wins
@@ -238,6 +252,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       redis.call('ZREM', Q.paused, id)
       redis.call('LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
       Q.woke = true
+      emit(Q, 'task.resumed', id, redis.call('HGET', tk, 'n'))
       return { 'queued', 0 }
     end
     if status == 'running' and ctl == 'pause' then

@@ -6,7 +6,7 @@
   KEYS[13] paused zset (operator-paused tasks, score = when)
   KEYS[14] rate limits hash (task name -> "<tokens per ms> <burst>")
   KEYS[15] concurrency limits hash (task name -> most running at once, all workers)
-  KEYS[16] waiting zset (tasks waiting for others)
+  KEYS[16] waiting zset (tasks waiting for others)   KEYS[17] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
@@ -28,6 +28,7 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9
   KEYS[11], KEYS[12], KEYS[13], channel)
 Q.dead = KEYS[8]
 Q.waiting = KEYS[16]
+Q.events = KEYS[17]
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
@@ -142,6 +143,7 @@ if not paused then
               redis.call('HSET', tk, 'cn', 1)
             end
             add_history(tk, 'running', now, wid)
+            emit(Q, 'task.started', id, f[2])
             redis.call('ZADD', KEYS[5], deadline, id)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '' }
             want = want - 1

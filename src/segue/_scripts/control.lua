@@ -2,7 +2,7 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] control channel (sharded pub/sub)
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
-  KEYS[13] waiting zset
+  KEYS[13] waiting zset   KEYS[14] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] command: pause|resume|cancel
   ARGV[4] reason (who asked, why)   ARGV[5] done channel
   A task that is not running changes state here and now (a WAITING one is marked to be
@@ -14,6 +14,7 @@
 local Q = queue_keys(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], ARGV[5])
 Q.waiting = KEYS[13]
+Q.events = KEYS[14]
 local reply = control_task(Q, ARGV[2], ARGV[3], ARGV[4], KEYS[7], now_ms())
 wake_if_needed(Q)
 return reply

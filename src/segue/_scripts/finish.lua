@@ -2,7 +2,7 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list
   KEYS[4] scheduled zset   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] dead-letter list
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
-  KEYS[13] waiting zset
+  KEYS[13] waiting zset   KEYS[14] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
   ARGV[4] count, then 5 fields per outcome: id, gen, action, a, b
     ok       a = result payload
@@ -25,12 +25,16 @@ local out = {}
 
 Q.dead = KEYS[7]
 Q.waiting = KEYS[13]
+Q.events = KEYS[14]
 local cap = tonumber(ARGV[3])
+
+local EVENT = { retrying = 'task.retried', suspended = 'task.suspended' }
 
 local function schedule(tk, id, status, at, reason)
   redis.call('HSET', tk, 's', status, 'due', at, 'd', 0)
   redis.call('HDEL', tk, 'w')
   add_history(tk, status, now, reason)
+  if EVENT[status] then emit(Q, EVENT[status], id, redis.call('HGET', tk, 'n')) end
   redis.call('ZADD', KEYS[4], at, id)
   Q.woke = true
 end

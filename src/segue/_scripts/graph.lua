@@ -1,7 +1,7 @@
 --[[ graph: create tasks that wait for others (after=, workflow steps), and a workflow.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] wake list   KEYS[6..9] done zsets: succeeded, failed, cancelled, expired
-  KEYS[10] paused zset   KEYS[11] waiting zset
+  KEYS[10] paused zset   KEYS[11] waiting zset   KEYS[12] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel
   ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
   ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
@@ -19,6 +19,7 @@ local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   KEYS[8], KEYS[9], KEYS[10], ARGV[2])
 Q.waiting = KEYS[11]
+Q.events = KEYS[12]
 local wf = ARGV[3]
 if wf ~= '' then
   local wk = prefix .. 'wf:' .. wf

@@ -2,7 +2,7 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] leases zset   KEYS[6] wake list   KEYS[7] control channel (sharded pub/sub)
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
-  KEYS[13] waiting zset
+  KEYS[13] waiting zset   KEYS[14] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] workflow id
   ARGV[3] command: pause (running steps finish) | pause_running (they are paused too)
     | resume | cancel
@@ -22,6 +22,7 @@ local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], ARGV[5])
 Q.waiting = KEYS[13]
+Q.events = KEYS[14]
 local function each_step(fn)
   for sid in string.gmatch(f[2], '%S+') do
     local s = redis.call('HGET', prefix .. 'task:' .. sid, 's')

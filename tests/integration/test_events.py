@@ -1,0 +1,109 @@
+"""Events and progress: lifecycle events streamed atomically with transitions, progress on
+the record and the stream, a task's own events, followed live with app.events()."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from segue import App, Context, Event, SyncContext, TaskStatus
+from tests.integration.conftest import serving
+
+
+async def _collect(app: App, events: list[Event], stop: Callable[[list[Event]], bool]) -> None:
+    async for event in app.events(since="0", block=0.2):
+        events.append(event)
+        if stop(events):
+            return
+
+
+async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="import_file", max_tries=2, retry_backoff=lambda tries: 0.0)
+    async def import_file(ctx: Context, rows: int) -> int:
+        for i in range(rows):
+            await ctx.progress(i + 1, rows)
+        await ctx.emit("file.imported", {"rows": rows})
+        if ctx.tries == 1:
+            raise ConnectionError("flaky upstream")
+        return rows
+
+    @app.task(name="sync_report")
+    def sync_report(ctx: SyncContext) -> str:
+        ctx.progress(1)
+        return "ok"
+
+    async with app:
+        h = await import_file.enqueue(3)
+        s = await sync_report.enqueue()
+        await app.drain(horizon=1.0)
+        assert await h.result() == 3
+        info = await h.info()
+        assert info.progress == (3.0, 3.0)
+        assert (await s.info()).progress == (1.0, None)
+        events: list[Event] = []
+        await asyncio.wait_for(
+            _collect(app, events, lambda evs: sum(e.kind == "task.succeeded" for e in evs) == 2),
+            10,
+        )
+        mine = [(e.kind, e.data) for e in events if e.task_id == h.id]
+        assert mine == [
+            ("task.started", None),
+            ("task.progress", {"done": 1.0, "total": 3.0}),
+            ("task.progress", {"done": 2.0, "total": 3.0}),
+            ("task.progress", {"done": 3.0, "total": 3.0}),
+            ("file.imported", {"rows": 3}),
+            ("task.retried", None),
+            ("task.started", None),
+            ("task.progress", {"done": 1.0, "total": 3.0}),
+            ("task.progress", {"done": 2.0, "total": 3.0}),
+            ("task.progress", {"done": 3.0, "total": 3.0}),
+            ("file.imported", {"rows": 3}),
+            ("task.succeeded", None),
+        ]
+        assert all(e.task_name == "import_file" for e in events if e.task_id == h.id)
+        ms = [tuple(int(p) for p in e.id.split("-")) for e in events]
+        assert ms == sorted(ms)  # one queue's stream: in the order things happened
+    started = asyncio.Event()
+
+    @app.task(name="long_job")
+    async def long_job(ctx: Context) -> None:
+        started.set()
+        while True:
+            await asyncio.sleep(0.01)
+            await ctx.checkpoint()
+
+    async with app:
+        seen: list[Event] = []
+
+        async def watch() -> None:
+            async for event in app.events(block=0.2):
+                seen.append(event)
+                if event.kind == "task.cancelled":
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)  # the watcher starts from "now": let it begin blocking
+        h = await long_job.enqueue()
+        async with serving(app):
+            await asyncio.wait_for(started.wait(), 5)
+            await h.pause()
+            await h.wait_for(TaskStatus.PAUSED, timeout=5)
+            await h.resume()
+            await h.wait_for(TaskStatus.RUNNING, timeout=5)
+            await h.cancel()
+            await asyncio.wait_for(watcher, 10)
+        kinds = [e.kind for e in seen if e.task_id == h.id]
+        assert kinds == [
+            "task.started",
+            "task.paused",
+            "task.resumed",
+            "task.started",
+            "task.cancelled",
+        ]
+
+
+def _unused(_: Any) -> None: ...
