@@ -104,6 +104,3 @@ async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
             "task.started",
             "task.cancelled",
         ]
-
-
-def _unused(_: Any) -> None: ...
