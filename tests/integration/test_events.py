@@ -67,6 +67,12 @@ async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
         assert all(e.task_name == "import_file" for e in events if e.task_id == h.id)
         ms = [tuple(int(p) for p in e.id.split("-")) for e in events]
         assert ms == sorted(ms)  # one queue's stream: in the order things happened
+
+
+async def test_events_are_followed_live_and_carry_operator_actions(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
     started = asyncio.Event()
 
     @app.task(name="long_job")
