@@ -20,7 +20,13 @@ import redis.cluster
 from redis import exceptions as rexc
 
 from segue import _scripts
-from segue._errors import BrokerError, InvalidTransition, ScriptError, TaskNotFound
+from segue._errors import (
+    BrokerError,
+    DuplicateTask,
+    InvalidTransition,
+    ScriptError,
+    TaskNotFound,
+)
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 
@@ -109,6 +115,7 @@ class Broker:
         self.workflow_script = _scripts.load("workflow")
         self.retry_script = _scripts.load("retry")
         self.event_script = _scripts.load("event")
+        self.purge_script = _scripts.load("purge")
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -452,6 +459,20 @@ class Broker:
                     status,
                     "retry",
                 ) from None
+            if exc.code == "SEGUE_DUPLICATE":
+                holder = str(exc).rsplit(" ", 1)[-1]
+                raise DuplicateTask(
+                    f"cannot retry task {task_id}: it is unique and task {holder} is queued "
+                    "or running",
+                    holder,
+                ) from None
+            if exc.code == "SEGUE_DEPENDENCY_ENDED":
+                raise InvalidTransition(
+                    f"cannot retry task {task_id}: it ended because a task it depends on did, "
+                    "so it has no input to run with; retry that task, or its workflow's steps",
+                    "failed",
+                    "retry",
+                ) from None
             raise
         return _text(reply[0])
 
@@ -483,13 +504,27 @@ class Broker:
                         found.append((queue, entry_id, fields))
         return found
 
+    async def purge(self, ks: Keyspace, reason: str) -> int:
+        """Cancel every task of the queue that waits to run; how many there were."""
+        total = 0
+        while True:
+            args = [ks.base, ks.done_channel, 500, reason]
+            n = int((await self.run_calls([(self.purge_script, ks.purge_keys, args)]))[0])
+            total += n
+            if n < 500:
+                return total
+
     async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
         async with self.errors():
             ids = await self.client.lrange(ks.dead, offset, offset + limit - 1)
         return [i.decode() for i in ids]
 
     async def set_limits(
-        self, ks: Keyspace, rates: dict[str, str], concurrency: dict[str, int], clear: list[str]
+        self,
+        ks: Keyspace,
+        rates: dict[str, str],
+        concurrency: dict[str, int],
+        clear: tuple[list[str], list[str]],
     ) -> None:
         """Publish the rate and concurrency limits of task names for claim.lua to enforce."""
         rate_key, conc_key = ks.limits
@@ -499,9 +534,10 @@ class Broker:
                 pipe.hset(rate_key, mapping=rates)
             if concurrency:
                 pipe.hset(conc_key, mapping=concurrency)
-            if clear:
-                pipe.hdel(rate_key, *clear)
-                pipe.hdel(conc_key, *clear)
+            if clear[0]:
+                pipe.hdel(rate_key, *clear[0])
+            if clear[1]:
+                pipe.hdel(conc_key, *clear[1])
             await pipe.execute()
 
     async def write_state(

@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -129,6 +130,20 @@ UrlOption = Annotated[
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", "-r", help="Recorded in the task's history")
 ]
+
+
+def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: str) -> None:
+    """A table for a person at a terminal; tab-separated lines, nothing cut, for a pipe."""
+    if not out.is_terminal:
+        # plain print: Rich would expand the tabs
+        print(title)
+        for row in (header, *rows):
+            print("\t".join(row))
+        return
+    table = Table(*header, title=title)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def client_app(app: str | None, url: str | None) -> App:
@@ -288,15 +303,17 @@ def dead(
     except SegueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    table = Table("id", "task", "tries", "ended", "error", title=f"{len(infos)} dead letter(s)")
+    rows = []
     for info in infos:
-        error = (
-            f"{info.error.reason}: {info.error.type}: {info.error.message}" if info.error else ""
-        )
+        e = info.error
+        error = f"{e.reason}: {e.type}: {e.message}" if e else ""
         ended = info.ended_at.isoformat(timespec="seconds") if info.ended_at else ""
-        table.add_row(info.id, info.name, str(info.tries), ended, error)
-    out.print(table)
+        rows.append((info.id, info.name, str(info.tries), ended, error))
+    print_rows(("id", "task", "tries", "ended", "error"), rows, f"{len(infos)} dead letter(s)")
 
 
 def main() -> None:
+    from segue import _cli_inspect  # registers its commands on `cli`
+
+    del _cli_inspect
     cli()

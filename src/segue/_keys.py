@@ -85,6 +85,12 @@ class Keyspace:
         return [*self.pending, self.scheduled, self.wake, *self.done, *tail]
 
     @cached_property
+    def purge_keys(self) -> list[str]:
+        """KEYS of purge.lua."""
+        tail = [self.paused, self.waiting, self.events]
+        return [*self.pending, self.scheduled, self.wake, *self.done, *tail]
+
+    @cached_property
     def retry_keys(self) -> list[str]:
         """KEYS of retry.lua."""
         return [*self.pending, self.wake, *self.done, self.dead]

@@ -39,6 +39,12 @@ class Queue:
         broker = await self._app.broker()
         return await broker.queue_paused(broker.keyspace(self.name))
 
+    async def purge(self, reason: str = "purged by an operator") -> int:
+        """Cancel every task of this queue that waits to run (queued, scheduled, retrying,
+        suspended, paused); running tasks go on. Returns how many were cancelled."""
+        broker = await self._app.broker()
+        return await broker.purge(broker.keyspace(self.name), reason)
+
     async def counts(self) -> dict[str, int]:
         """How many tasks are queued, scheduled, running, paused, and ended by status."""
         broker = await self._app.broker()

@@ -203,16 +203,18 @@ class Worker:
         """The claim script enforces the limits of the tasks this worker's code declares."""
         rates: dict[str, str] = {}
         concurrency: dict[str, int] = {}
-        clear: list[str] = []
+        clear: tuple[list[str], list[str]] = ([], [])
         for name, task in self.app.registry.items():
             opts = task.opts
             if opts.rate_limit is not None:
                 per_ms = parse_rate(opts.rate_limit, name) / 1000
                 rates[name] = f"{per_ms!r} {opts.rate_burst}"
+            else:
+                clear[0].append(name)
             if opts.concurrency is not None:
                 concurrency[name] = opts.concurrency
-            if opts.rate_limit is None and opts.concurrency is None:
-                clear.append(name)
+            else:
+                clear[1].append(name)
         for ks in keyspaces:
             await broker.set_limits(ks, rates, concurrency, clear)
 

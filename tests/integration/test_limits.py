@@ -12,12 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from segue import (
     App,
     ConfigurationError,
+    Context,
     DuplicateTask,
     InvalidTransition,
+    Retry,
     TaskFailed,
     TaskStatus,
 )
@@ -286,3 +289,105 @@ async def test_the_dead_letter_list_is_bounded_and_old_entries_expire(
             return len(records) == 2
 
         await eventually(trimmed_records_gone, timeout=5)
+
+
+async def test_retry_refuses_what_it_cannot_run_and_clears_expiry(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    fail = True
+
+    @app.task(name="single", unique=True, max_tries=1)
+    async def single(x: int) -> int:
+        if fail:
+            raise ValueError("down")
+        return x
+
+    @app.task(name="dated", expire=0.05)
+    async def dated() -> str:
+        return "ran"
+
+    @app.task(name="first_step", max_tries=1)
+    async def first_step() -> int:
+        raise ValueError("no data")
+
+    @app.task(name="second_step")
+    async def second_step(x: int) -> int:
+        return x
+
+    async with app:
+        a = await single.enqueue(1)
+        await app.drain()
+        b = await single.enqueue(2)  # a ended: b takes the unique key
+        with pytest.raises(DuplicateTask) as exc:
+            await a.retry()
+        assert exc.value.task_id == b.id
+        fail = False
+        await app.drain()
+        assert await a.retry() is TaskStatus.QUEUED  # b ended: a may run again
+        await app.drain()
+        assert await a.result() == 1
+
+        old = await dated.enqueue()
+        await asyncio.sleep(0.1)
+        await app.drain()
+        assert await old.status() is TaskStatus.EXPIRED
+        await old.retry()
+        await app.drain()
+        assert await old.result() == "ran"  # retried on purpose: its expiry is dropped
+
+        wf = await (first_step.call() | second_step).enqueue()
+        await app.drain()
+        steps = await wf.steps()
+        with pytest.raises(InvalidTransition, match="no input to run with"):
+            await app.retry(steps[1].id)
+
+
+async def test_expiry_applies_only_to_tasks_never_started(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="retried_late", expire=0.3, max_tries=2)
+    async def retried_late(ctx: Context) -> int:
+        if ctx.tries == 1:
+            raise Retry(delay=0.5)  # comes due after its expiry
+        return ctx.tries
+
+    async with app:
+        h = await retried_late.enqueue()
+        await app.drain(horizon=1.0)
+        assert await h.result(timeout=5) == 2
+
+
+async def test_a_worker_does_not_spin_while_a_limited_task_waits(
+    segue_valkey: Any, queue_name: str
+) -> None:
+    app = App("test", redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.5)
+    release = asyncio.Event()
+
+    @app.task(name="one_at_a_time", concurrency=1)
+    async def one_at_a_time() -> None:
+        await release.wait()
+
+    admin = redis.asyncio.Redis.from_url(segue_valkey.admin_url)
+    try:
+        async with app:
+            first = await one_at_a_time.enqueue()
+            await one_at_a_time.enqueue()
+            async with serving(app):
+                await eventually(lambda: _is_running(first))
+                before = await _script_calls(admin)
+                await asyncio.sleep(1.0)  # measuring a rate over a fixed span
+                calls = await _script_calls(admin) - before
+                release.set()
+            assert calls < 20  # an idle worker polls about twice a second
+    finally:
+        await admin.aclose()
+
+
+async def _is_running(h: Any) -> bool:
+    return bool(await h.status() is TaskStatus.RUNNING)
+
+
+async def _script_calls(admin: Any) -> int:
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

@@ -18,6 +18,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "graph": broker.graph_call(ks, None, []),
         "workflow": (broker.workflow_script, ks.control_keys, []),
         "retry": (broker.retry_script, ks.retry_keys, []),
+        "purge": (broker.purge_script, ks.purge_keys, []),
     }
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
@@ -37,6 +38,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "workflow",
         "retry",
         "event",
+        "purge",
     }
 
 

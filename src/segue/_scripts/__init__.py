@@ -73,6 +73,7 @@ NAMES = (
     "workflow",
     "retry",
     "event",
+    "purge",
 )
 
 

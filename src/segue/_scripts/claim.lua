@@ -14,7 +14,7 @@
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
   (worker_lost) here, server-side, since the process that ran it left no code to count.
-  A task past its expiry ends EXPIRED here instead of running. A task held back by its
+  A task never started and past its expiry ends EXPIRED here instead of running. A task held back by its
   name's rate or concurrency limit stays at the head of its list; the reply's next_due then
   includes the moment a rate-limit token comes back. ]]
 local prefix = ARGV[1]
@@ -113,7 +113,7 @@ if not paused then
       budget = budget - #ids
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf')
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           if f[8] and workflow_status(Q, f[8]) == 'paused' then
@@ -122,7 +122,7 @@ if not paused then
             add_history(tk, 'paused', now, 'workflow paused')
             redis.call('ZADD', Q.paused, now, id)
             ok = false
-          elseif f[7] and tonumber(f[7]) < now then
+          elseif f[7] and not f[9] and tonumber(f[7]) < now then
             local err = cjson.encode({ type = 'Expired', reason = 'expired',
               message = 'not started before its expiry' })
             finalize(Q, tk, id, 'expired', now, 'e', err, 'not started before its expiry')
@@ -159,8 +159,12 @@ local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
 if token_at and (out[1] < 0 or token_at < out[1]) then out[1] = token_at end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
--- more work is waiting: wake another idle worker (wake-ups chain worker to worker)
-if queued > 0 and not paused and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], 1) end
+-- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only
+-- when this claim filled every slot it was given: if it left slots free, what stays queued
+-- is held back by limits, and a wake-up would only make workers spin on it.
+if queued > 0 and not paused and want <= 0 and redis.call('LLEN', KEYS[6]) == 0 then
+  redis.call('LPUSH', KEYS[6], 1)
+end
 -- a paused queue's queued tasks are not work a burst worker can wait for
 if paused then queued = 0 end
 out[3] = queued + redis.call('ZCARD', KEYS[5])

@@ -1,0 +1,203 @@
+"""The `segue` commands that look at a server: status, queues, tasks, info, events, purge.
+
+They take `--app module:attribute` (its settings) or `--url`, else SEGUE_* variables, else
+the embedded server of this project, like the control commands in _cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+
+from segue._cli import AppOption, UrlOption, cli, client_app, err, out, print_rows
+from segue._errors import SegueError
+from segue._state import TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from segue._app import App
+    from segue._state import TaskInfo
+
+_COUNTS = ("queued", "scheduled", "waiting", "running", "paused", "succeeded", "failed")
+
+
+def _run(go: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return asyncio.run(go())  # type: ignore[arg-type]
+    except SegueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
+    rows = []
+    for name in await the_app.queues():
+        queue = the_app.queue(name)
+        counts = await queue.counts()
+        paused = "paused" if await queue.is_paused() else ""
+        rows.append((name, paused, *(str(counts.get(k, 0)) for k in _COUNTS)))
+    return rows
+
+
+@cli.command()
+def status(app: AppOption = None, url: UrlOption = None) -> None:
+    """Every queue with its tasks counted by status."""
+
+    async def go() -> list[tuple[str, ...]]:
+        async with client_app(app, url) as the_app:
+            return await _queue_rows(the_app)
+
+    rows = _run(go)
+    print_rows(("queue", "state", *_COUNTS), rows, f"{len(rows)} queue(s)")
+
+
+@cli.command()
+def queues(app: AppOption = None, url: UrlOption = None) -> None:
+    """The names of the queues this server has seen, and whether each is paused."""
+
+    async def go() -> list[tuple[str, ...]]:
+        async with client_app(app, url) as the_app:
+            return [row[:2] for row in await _queue_rows(the_app)]
+
+    rows = _run(go)
+    print_rows(("queue", "state"), rows, f"{len(rows)} queue(s)")
+
+
+@cli.command()
+def tasks(
+    status_: Annotated[str, typer.Option("--status", "-s", help="A TaskStatus")] = "queued",
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Tasks of one queue in one status, paged."""
+    try:
+        wanted = TaskStatus(status_)
+    except ValueError:
+        err.print(f"[red]error:[/red] {status_!r} is not one of {', '.join(TaskStatus)}")
+        raise typer.Exit(2) from None
+
+    async def go() -> list[TaskInfo]:
+        async with client_app(app, url) as the_app:
+            return await the_app.tasks(wanted, queue=queue, offset=offset, limit=limit)
+
+    infos: list[TaskInfo] = _run(go)
+    rows = [
+        (i.id, i.name, str(i.status), str(i.tries), _progress_text(i), i.worker_id or "")
+        for i in infos
+    ]
+    print_rows(("id", "task", "status", "tries", "progress", "worker"), rows, f"{wanted} tasks")
+
+
+def _progress_text(info: TaskInfo) -> str:
+    if info.progress is None:
+        return ""
+    done, total = info.progress
+    return f"{done:g}/{total:g}" if total else f"{done:g}"
+
+
+@cli.command()
+def info(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show live progress until the task ends")
+    ] = False,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """A task's record: status, arguments, history, progress, result or error."""
+
+    async def go() -> TaskInfo:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            if follow:
+                await _follow(handle)
+            return await handle.info()
+
+    shown: TaskInfo = _run(go)
+    out.print(f"[bold]{shown.id}[/bold]  {shown.name}  [bold]{shown.status}[/bold]")
+    out.print(f"  args {shown.args!r} kwargs {shown.kwargs!r}", markup=False, highlight=False)
+    out.print(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    if shown.progress is not None:
+        out.print(f"  progress {_progress_text(shown)}")
+    for t in shown.history:
+        out.print(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}", markup=False)
+    if shown.status is TaskStatus.SUCCEEDED:
+        out.print(f"  result {shown.result!r}", markup=False, highlight=False)
+    if shown.error is not None:
+        e = shown.error
+        out.print(f"  error ({e.reason}) {e.type}: {e.message}", markup=False, highlight=False)
+        if e.traceback:
+            out.print(e.traceback, markup=False, highlight=False)
+
+
+async def _follow(handle: Any) -> None:
+    """A progress bar fed by the task's record until it ends (a person is watching)."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"))
+    row = bar.add_task(handle.id, total=None, n="")
+    with Live(bar, console=out, transient=True):
+        while True:
+            now = await handle.info()
+            done, total = now.progress or (0.0, None)
+            bar.update(row, completed=done, total=total, n=f"{now.status} {_progress_text(now)}")
+            if now.status.is_final:
+                return
+            await asyncio.sleep(0.25)
+
+
+@cli.command()
+def events(
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Repeat for several")
+    ] = None,
+    since: Annotated[str, typer.Option(help="'$' new only, '0' all kept, or an event id")] = "$",
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Stop after N")] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Follow the event streams of queues live (Ctrl-C to stop)."""
+
+    async def go() -> None:
+        seen = 0
+        async with client_app(app, url) as the_app:
+            async for e in the_app.events(queue, since=since, block=1.0):
+                data = "" if e.data is None else f" {e.data!r}"
+                out.print(
+                    f"{e.at:%H:%M:%S.%f} {e.queue} {e.kind} {e.task_id} {e.task_name}{data}",
+                    markup=False,
+                    highlight=False,
+                )
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    try:
+        _run(go)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def purge(
+    queue: Annotated[str, typer.Argument(help="The queue to empty")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Cancel every task of a queue that waits to run; running tasks go on."""
+    if not yes and not typer.confirm(f"cancel every waiting task of queue {queue!r}?"):
+        raise typer.Exit(1)
+
+    async def go() -> int:
+        async with client_app(app, url) as the_app:
+            return await the_app.queue(queue).purge()
+
+    n = _run(go)
+    out.print(f"queue {queue}: {n} task(s) cancelled")

@@ -1,0 +1,63 @@
+"""The inspection commands as an operator runs them: status, queues, tasks, info, events,
+purge (output piped: tab-separated, nothing cut)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from segue import App, Context, TaskStatus
+from tests.integration.test_cli_workflow import _segue
+
+pytestmark = pytest.mark.slow
+
+
+async def test_inspection_commands_show_what_the_server_holds(
+    segue_valkey: Any, queue_name: str
+) -> None:
+    app = App("test", redis_url=segue_valkey.url, queue=queue_name)
+
+    @app.task(name="cli.report")
+    async def report(ctx: Context, day: str) -> str:
+        await ctx.progress(2, 4)
+        return f"report {day}"
+
+    url = segue_valkey.url
+    async with app:
+        done = await report.enqueue("monday")
+        await app.drain()
+        waiting = [await report.enqueue(f"day{i}") for i in range(3)]
+
+        status = _segue("status", "--url", url)
+        assert status.returncode == 0, status.stderr
+        line = next(row for row in status.stdout.splitlines() if row.startswith(queue_name))
+        cells = line.split("\t")
+        assert cells[0] == queue_name and cells[2] == "3"  # queued
+        assert cells[7] == "1"  # succeeded
+
+        assert queue_name in _segue("queues", "--url", url).stdout
+
+        listed = _segue("tasks", "--url", url, "--queue", queue_name, "--status", "queued")
+        assert listed.returncode == 0, listed.stderr
+        assert {h.id for h in waiting} <= set(listed.stdout.split())
+
+        shown = _segue("info", done.id, "--url", url)
+        assert shown.returncode == 0, shown.stderr
+        assert "succeeded" in shown.stdout and "report monday" in shown.stdout
+        assert "progress 2/4" in shown.stdout
+        assert "args ['monday']" in shown.stdout
+
+        events = _segue("events", "--url", url, "-q", queue_name, "--since", "0", "-n", "3")
+        assert events.returncode == 0, events.stderr
+        kinds = [row.split()[2] for row in events.stdout.splitlines()]
+        assert kinds == ["task.started", "task.progress", "task.succeeded"]
+
+        bad = _segue("tasks", "--url", url, "--status", "sleeping")
+        assert bad.returncode == 2 and "'sleeping' is not one of" in bad.stderr
+
+        purged = _segue("purge", queue_name, "--yes", "--url", url)
+        assert purged.returncode == 0, purged.stderr
+        assert f"queue {queue_name}: 3 task(s) cancelled" in purged.stdout
+        assert [await h.status() for h in waiting] == [TaskStatus.CANCELLED] * 3
+        assert await done.status() is TaskStatus.SUCCEEDED
