@@ -2,6 +2,7 @@
 
 from segue._app import App
 from segue._context import Context, SyncContext
+from segue._cron import ScheduleInfo
 from segue._errors import (
     BrokerError,
     ConfigurationError,
@@ -46,6 +47,7 @@ __all__ = [
     "ResultTimeout",
     "ResultUnavailable",
     "Retry",
+    "ScheduleInfo",
     "ScriptError",
     "SegueError",
     "Settings",

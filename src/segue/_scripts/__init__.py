@@ -61,7 +61,21 @@ def load(name: str) -> Script:
     return Script(name, source, sha, header_keys(own))
 
 
-NAMES = ("enqueue", "claim", "finish", "renew", "control", "state", "graph", "wait", "workflow")
+NAMES = (
+    "enqueue",
+    "claim",
+    "finish",
+    "renew",
+    "control",
+    "state",
+    "graph",
+    "wait",
+    "workflow",
+    "cron_put",
+    "cron_take",
+    "cron_advance",
+    "cron_remove",
+)
 
 
 async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
