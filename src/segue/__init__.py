@@ -2,6 +2,7 @@
 
 from segue._app import App
 from segue._context import Context, SyncContext
+from segue._cron import ScheduleInfo
 from segue._errors import (
     BrokerError,
     ConfigurationError,
@@ -55,6 +56,7 @@ __all__ = [
     "ResultUnavailable",
     "Retry",
     "RunResult",
+    "ScheduleInfo",
     "ScriptError",
     "SegueError",
     "Settings",

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from ulid import ULID
 
+from segue import _scheduler
 from segue._broker import ENQUEUE_FIELDS, Broker
 from segue._codec import encode_args
+from segue._cron import parse as parse_cron
 from segue._errors import ConfigurationError, DuplicateTask
 from segue._events import Event, follow
 from segue._handle import TaskHandle, parse_info
@@ -28,9 +30,10 @@ from segue._task import AsyncTask, Signature, SyncTask, Task
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
     from datetime import timedelta
-    from types import TracebackType
+    from types import EllipsisType, TracebackType
 
     from segue._context import Context, SyncContext
+    from segue._cron import Schedule, ScheduleInfo
     from segue._embedded import EmbeddedServer
     from segue._workflow import Chain, Group, WorkflowHandle
 
@@ -85,6 +88,7 @@ class App:
         self._checked_queues: set[str] = set()
         self.hooks: list[Hook] = []
         self.lifespans: list[Resource[Any]] = []
+        self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
 
     def __repr__(self) -> str:
         where = self.settings.redis_url or "embedded"
@@ -153,6 +157,42 @@ class App:
         task: Task[Any, Any] = cls(self, fn, opts)
         self.registry[name] = task
         return task
+
+    def cron(
+        self,
+        expr: str,
+        *,
+        name: str | None = None,
+        tz: str | None = None,
+        catch_up: bool = False,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_tries: int = 3,
+        retry_backoff: Backoff = 1.0,
+        ttl: float | EllipsisType | None = ...,  # ...: the App's result_ttl_seconds
+        priority: Priority = "normal",
+        silent: bool = False,
+    ) -> _scheduler.CronDecorator:
+        """Declare a task and a schedule that enqueues it (with no arguments) at each tick.
+
+        `expr` has five fields, or six with seconds first, or is an alias such as @hourly;
+        `tz` is an IANA zone (None: UTC). With `catch_up=True` every tick missed while no
+        worker ran fires; by default they fire once. The schedule's id is the task's name;
+        every worker registers it when it starts. The other options are @app.task's.
+        """
+        parse_cron(expr, tz)  # refuse a bad expression or zone here, at declaration
+        options: dict[str, Any] = {
+            "name": name,
+            "queue": queue,
+            "timeout": timeout,
+            "max_tries": max_tries,
+            "retry_backoff": retry_backoff,
+            "priority": priority,
+            "silent": silent,
+        }
+        if ttl is not ...:
+            options["ttl"] = ttl
+        return _scheduler.CronDecorator(self, options, cron=expr, tz=tz, catch_up=catch_up)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -416,6 +456,36 @@ class App:
         for sig, handle in zip(sigs, handles, strict=True) if self.hooks else ():
             await call_hooks(self.hooks, "after_enqueue", sig, handle)
         return handles
+
+    # --- cron schedules (stored and fired by _scheduler) --------------------------------------
+
+    async def schedule(
+        self,
+        sig: Signature[Any] | Task[[], Any],
+        *,
+        cron: str,
+        tz: str | None = None,
+        id: str | None = None,
+        catch_up: bool = False,
+    ) -> str:
+        """Enqueue this call at every tick of `cron` from now on; returns the schedule's id.
+
+        Scheduling an existing id again updates it (keeping its next tick if `cron` and `tz`
+        are unchanged). Workers fire the ticks, each exactly once among them.
+        """
+        if isinstance(sig, Task):
+            sig = sig.call()
+        schedule = _scheduler.make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)
+        await _scheduler.put(self, await self.broker(), [schedule])
+        return schedule.id
+
+    async def unschedule(self, schedule_id: str) -> bool:
+        """Remove a schedule (False if there was none): no tick after this fires."""
+        return await _scheduler.remove(self, await self.broker(), schedule_id)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every stored schedule with its next run and last tick, soonest first."""
+        return await _scheduler.listing(self, await self.broker())
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from segue._keys import Keyspace, queues_key
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
+    from segue._keys import CronKeys
     from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
@@ -567,6 +568,20 @@ class Broker:
     async def queue_paused(self, ks: Keyspace) -> bool:
         async with self.errors():
             return bool(await self.client.hget(ks.meta, "paused") == b"1")
+
+    # --- cron schedules (written by the cron_* scripts, see _scheduler.py) ----------------
+
+    async def schedule_rows(
+        self, ck: CronKeys
+    ) -> tuple[dict[bytes, bytes], list[tuple[bytes, float]], dict[bytes, bytes]]:
+        """Definitions, next ticks and last fired ticks of every schedule (one slot)."""
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(ck.defs)
+            pipe.zrange(ck.due, 0, -1, withscores=True)
+            pipe.hgetall(ck.fired)
+            defs, due, fired = await pipe.execute()
+        return defs, due, fired
 
 
 Handler = Callable[[bytes], None]

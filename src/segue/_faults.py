@@ -3,7 +3,7 @@
 `SEGUE_FAULTPOINT=<name>:<action>[,<name>:<action>...]`, action `kill` (SIGKILL this
 process), `stall:<seconds>` (block the thread) or `raise`. Names: after_claim,
 after_start_mark, mid_checkpoint, after_effect_before_complete, after_complete_before_ack,
-during_requeue, during_reap, after_pause_ack, during_cancel.
+during_requeue, during_reap, after_pause_ack, during_cancel, cron_after_enqueue.
 """
 
 from __future__ import annotations

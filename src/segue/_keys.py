@@ -165,3 +165,42 @@ class Keyspace:
 def queues_key(prefix: str) -> str:
     """The set of known queue names (its own slot: written once per process and queue)."""
     return f"{prefix}:queues"
+
+
+@dataclass(frozen=True)
+class CronKeys:
+    """Key names of the cron schedules under one prefix: `<prefix>:{cron}:<kind>`.
+
+    All schedules share the `{cron}` hash tag (one Cluster slot), apart from every queue: a
+    tick's enqueue into its queue is a separate, idempotent step (see _scheduler.py).
+    """
+
+    prefix: str
+
+    @cached_property
+    def base(self) -> str:
+        return f"{self.prefix}:{{cron}}:"
+
+    @cached_property
+    def defs(self) -> str:
+        """Hash: schedule id → definition (JSON)."""
+        return self.base + "defs"
+
+    @cached_property
+    def due(self) -> str:
+        """Zset: schedule id → its next tick (server ms)."""
+        return self.base + "due"
+
+    @cached_property
+    def firing(self) -> str:
+        """Zset: schedule id → expiry (ms) of the lease a worker holds while it fires a tick."""
+        return self.base + "firing"
+
+    @cached_property
+    def fired(self) -> str:
+        """Hash: schedule id → the last tick fired (ms)."""
+        return self.base + "fired"
+
+    @cached_property
+    def all(self) -> list[str]:
+        return [self.defs, self.due, self.firing, self.fired]

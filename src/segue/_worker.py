@@ -29,6 +29,7 @@ from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._options import parse_rate
 from segue._runner import Job, Outcome, attempt
+from segue._scheduler import Scheduler
 
 if TYPE_CHECKING:
     from segue._app import App
@@ -121,6 +122,10 @@ class Worker:
         for ks in keyspaces:
             await self._control.subscribe(ks.control_channel, self._on_control_message)
         waker = asyncio.create_task(self._wake_loop(broker, keyspaces), name="segue-waker")
+        # cron ticks fire from every serving worker; a burst (drain) only empties queues
+        scheduler = None if burst else Scheduler(self.app, broker)
+        if scheduler is not None:
+            scheduler.start()
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
@@ -129,6 +134,8 @@ class Worker:
             await self._shutdown(broker)
         finally:
             self._stopping = True
+            if scheduler is not None:
+                await scheduler.stop()
             await self._stop_waker(broker, keyspaces, waker)
             self._lease.stop()
             await self._control.close()

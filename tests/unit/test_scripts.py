@@ -39,6 +39,10 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "retry",
         "event",
         "purge",
+        "cron_put",
+        "cron_take",
+        "cron_advance",
+        "cron_remove",
     }
 
 

@@ -74,6 +74,10 @@ NAMES = (
     "retry",
     "event",
     "purge",
+    "cron_put",
+    "cron_take",
+    "cron_advance",
+    "cron_remove",
 )
 
 

@@ -1,0 +1,379 @@
+"""Cron schedules on the server, and the loop in every worker that fires their ticks.
+
+Schedules live under their own hash tag (`<prefix>:{cron}:...`, see CronKeys): a hash of
+definitions and a zset of next ticks (server ms), plus a zset of short leases and a hash of
+last fired ticks. Firing one tick takes three steps, none of which touches two slots:
+
+1. cron_take.lua leases the due schedules (server time), so that other workers leave
+   those ticks alone while this one fires them;
+2. the tick's task is enqueued into its queue with the id `<queue>:cron-<id>-<tick ms>`:
+   enqueue is idempotent by id, so a tick fired again (this worker died before step 3 and
+   the lease ran out) creates nothing while that task's record exists;
+3. cron_advance.lua stores the next tick, fenced on the tick taken: a worker whose lease
+   ran out cannot move a schedule that another has advanced since.
+
+Next ticks are computed here (croniter, in the schedule's zone) from the tick fired, not
+from any local clock; a schedule whose next tick is already past (every worker was down)
+fires that one tick and then goes on from the present, unless it catches up, which fires
+every missed tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import msgspec
+from ulid import ULID
+
+from segue import _cron, _scripts
+from segue._broker import ENQUEUE_FIELDS
+from segue._errors import BrokerError, ConfigurationError
+from segue._faults import faultpoint
+from segue._keys import CronKeys
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
+
+    from segue._app import App
+    from segue._broker import Broker
+    from segue._context import Context, SyncContext
+    from segue._task import AsyncTask, Signature, SyncTask, Task
+
+R = TypeVar("R")
+
+log = logging.getLogger("segue.scheduler")
+
+_PUT = _scripts.load("cron_put")
+_TAKE = _scripts.load("cron_take")
+_ADVANCE = _scripts.load("cron_advance")
+_REMOVE = _scripts.load("cron_remove")
+
+# A lease covers one enqueue and one advance (milliseconds of work); if its worker dies,
+# another fires the tick once the lease ends, so it is short.
+_LEASE_MS = 5_000
+_TAKE_BATCH = 100
+# Never sleep longer than this: a schedule added by another process is seen within it.
+_MAX_SLEEP = 1.0
+_RETRY_SLEEP = 0.5
+# Missed ticks of a catch-up schedule enqueued per round trip.
+_CATCH_UP_BATCH = 1_000
+# Options that make no sense for a call repeated at every tick.
+_REFUSED = ("delay", "at", "key", "after", "on_failure", "optional")
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    """A schedule's stored definition: everything a worker needs to enqueue its tick, so
+    that firing it needs no Task object (any worker fires any schedule)."""
+
+    spec: str  # the expression and zone, compared by cron_put.lua
+    task: str
+    queue: str
+    cron: str
+    tz: str | None
+    catch_up: bool
+    args: msgspec.Raw  # the encoded [args, kwargs] payload
+    priority: str
+    max_tries: int
+    timeout_ms: int
+    ttl_ms: int
+    unique: str = ""  # the unique key of the call, if its task is unique
+    expire_ms: int = 0  # how long after its tick a fire may wait to start
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(_Entry).decode
+
+
+def make_schedule(
+    sig: Signature[Any], cron: str, tz: str | None, sid: str | None, catch_up: bool
+) -> _cron.Schedule:
+    """Check a schedule before anything is written: expression, zone, id, the call itself."""
+    parsed = _cron.parse(cron, tz)
+    refused = sorted(k for k in _REFUSED if k in sig.opts)
+    if refused:
+        raise ConfigurationError(
+            f"schedule of {sig.task.name}: option(s) {', '.join(refused)} do not apply to a "
+            "call enqueued at every tick"
+        )
+    sig.task.check_args(sig.args, sig.kwargs)
+    sid = _cron.check_schedule_id(sid if sid is not None else f"s-{ULID()}")
+    return _cron.Schedule(id=sid, sig=sig, cron=parsed, catch_up=catch_up)
+
+
+class CronDecorator:
+    """What `@app.cron(...)` returns: registers the task, then its schedule, a call with no
+    arguments at every tick (kept in `app.crons`; every worker registers it at start)."""
+
+    def __init__(
+        self, app: App, options: dict[str, Any], *, cron: str, tz: str | None, catch_up: bool
+    ) -> None:
+        self._app = app
+        self._options = options
+        self._schedule = (cron, tz, catch_up)
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[Context], Coroutine[Any, Any, R]]
+    ) -> AsyncTask[[], R]: ...
+    @overload
+    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> AsyncTask[[], R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[[SyncContext], R]) -> SyncTask[[], R]: ...
+    @overload
+    def __call__(self, fn: Callable[[Context], R]) -> SyncTask[[], R]: ...
+    @overload
+    def __call__(self, fn: Callable[[], R]) -> SyncTask[[], R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
+        app = self._app
+        task = app._register(fn, **self._options)
+        cron, tz, catch_up = self._schedule
+        try:
+            schedule = make_schedule(task.call(), cron, tz, task.name, catch_up)
+        except TypeError as exc:
+            del app.registry[task.name]
+            raise ConfigurationError(
+                f"cron task {task.name} is called with no arguments at each tick: {exc}"
+            ) from None
+        except ConfigurationError:
+            del app.registry[task.name]
+            raise
+        app.crons[task.name] = schedule
+        return task
+
+
+def _entry(app: App, schedule: _cron.Schedule) -> bytes:
+    # the same fields an enqueue of the call would send (queue, options, payload limit)
+    queue, _, f = app._fields(schedule.sig)
+    entry = _Entry(
+        spec=schedule.cron.spec,
+        task=f[1],
+        queue=queue,
+        cron=schedule.cron.expr,
+        tz=schedule.cron.tz,
+        catch_up=schedule.catch_up,
+        args=msgspec.Raw(f[2]),
+        priority=f[3],
+        max_tries=f[6],
+        timeout_ms=f[7],
+        ttl_ms=f[8],
+        unique=f[9],
+        expire_ms=f[10],
+    )
+    return _encode(entry)
+
+
+async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+    """Create or update schedules. One whose expression and zone are unchanged keeps its
+    next tick; a new or re-timed one gets its first tick after the server's present."""
+    if not schedules:
+        return
+    keys = CronKeys(app.settings.prefix).all
+    rows = [(s, _entry(app, s)) for s in schedules]
+    calls = [(_PUT, keys, [s.id, e, s.cron.spec, ""]) for s, e in rows]
+    replies = await broker.run_calls(calls, retry=True)
+    again = []
+    for (s, e), (outcome, now) in zip(rows, replies, strict=True):
+        if int(outcome) == 0:
+            first = s.cron.next_after(int(now))
+            # parse() made sure the expression matches some date
+            assert first is not None
+            again.append((_PUT, keys, [s.id, e, s.cron.spec, first]))
+    if again:
+        await broker.run_calls(again, retry=True)
+
+
+async def remove(app: App, broker: Broker, sid: str) -> bool:
+    reply = await broker.run_calls(
+        [(_REMOVE, CronKeys(app.settings.prefix).all, [sid])], retry=True
+    )
+    return bool(reply[0])
+
+
+async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
+    """Every stored schedule, soonest next tick first."""
+    defs, due, fired = await broker.schedule_rows(CronKeys(app.settings.prefix))
+    next_ms = {_text(sid): int(score) for sid, score in due}
+    infos: list[_cron.ScheduleInfo] = []
+    for raw_id, raw in defs.items():
+        sid = _text(raw_id)
+        try:
+            e = _decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("schedule %s has a definition this version cannot read; skipped", sid)
+            continue
+        zone = _zone(e)
+        last = fired.get(raw_id)
+        nxt = next_ms.get(sid)
+        infos.append(
+            _cron.ScheduleInfo(
+                id=sid,
+                task=e.task,
+                queue=e.queue,
+                cron=e.cron,
+                tz=e.tz,
+                catch_up=e.catch_up,
+                next_run=None if nxt is None else datetime.fromtimestamp(nxt / 1000, zone),
+                last_tick=None if last is None else datetime.fromtimestamp(int(last) / 1000, zone),
+            )
+        )
+    infos.sort(key=lambda i: (i.next_run is None, next_ms.get(i.id, 0), i.id))
+    return infos
+
+
+def _zone(e: _Entry) -> tzinfo:
+    try:
+        return _parse(e.cron, e.tz).zone
+    except ConfigurationError:
+        return UTC  # a zone this machine does not know: show the times in UTC
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(expr: str, tz: str | None) -> _cron.Cron:
+    """parse() once per expression and zone (a worker fires the same ones again and again)."""
+    return _cron.parse(expr, tz)
+
+
+def plan(cron: _cron.Cron, catch_up: bool, tick: int, now: int) -> tuple[list[int], int | None]:
+    """The ticks to fire for a schedule due at `tick` (server time `now`), and its next."""
+    ticks = [tick]
+    later = cron.ticks_after(tick)
+    nxt = next(later, None)
+    if catch_up:
+        while nxt is not None and nxt <= now and len(ticks) < _CATCH_UP_BATCH:
+            ticks.append(nxt)
+            nxt = next(later, None)
+    elif nxt is not None and nxt <= now:
+        # ticks were missed (every worker was down): this fire stands for all of them, and
+        # the schedule goes on from the present
+        nxt = cron.next_after(now)
+    return ticks, nxt
+
+
+def tick_id(queue: str, sid: str, tick: int) -> str:
+    return f"{queue}:cron-{sid}-{tick}"
+
+
+class Scheduler:
+    """The loop of one worker that fires due ticks of every schedule under the prefix.
+
+    Every worker runs one; leases and fences make each tick fire once among them. The
+    App's declared schedules (`@app.cron`) are registered first.
+    """
+
+    def __init__(self, app: App, broker: Broker) -> None:
+        self._app = app
+        self._broker = broker
+        self._keys = CronKeys(app.settings.prefix).all
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.fired = 0
+
+    def __repr__(self) -> str:
+        state = "stopping" if self._stopping else "running" if self._task else "idle"
+        return f"<Scheduler [{state}, fired {self.fired}]>"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="segue-scheduler")
+
+    async def stop(self) -> None:
+        """Finish the tick being fired (if any), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5.0)
+            except TimeoutError:
+                # cancelled mid-fire: the lease runs out and another worker fires the tick
+                log.warning("scheduler did not stop in time; cancelled")
+
+    async def _run(self) -> None:
+        registered = not self._app.crons
+        while not self._stopping:
+            try:
+                if not registered:
+                    await put(self._app, self._broker, list(self._app.crons.values()))
+                    registered = True
+                    log.info("registered %d declared schedule(s)", len(self._app.crons))
+                wait = await self.fire_due()
+            except BrokerError as exc:
+                log.warning("scheduler: server unavailable (%s); retrying", exc)
+                wait = _RETRY_SLEEP
+            except Exception:
+                # a bug here must not stop the schedules of this worker for good
+                log.exception("scheduler: internal error; retrying")
+                wait = _MAX_SLEEP
+            if wait > 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+
+    async def fire_due(self) -> float:
+        """Fire the ticks due now; returns how long to wait before looking again."""
+        broker = self._broker
+        reply = (await broker.run_calls([(_TAKE, self._keys, [_LEASE_MS, _TAKE_BATCH])]))[0]
+        now, soonest, rows = int(reply[0]), int(reply[1]), reply[2:]
+        if not rows:
+            if soonest < 0:
+                return _MAX_SLEEP
+            return min(_MAX_SLEEP, max(0.0, (soonest - now) / 1000))
+        by_queue: dict[str, list[Any]] = {}
+        advances = []
+        counts = []
+        for raw_id, raw_tick, raw in rows:
+            sid, tick = _text(raw_id), int(float(raw_tick))
+            try:
+                e = _decode(raw)
+                cron = _parse(e.cron, e.tz)
+            except (msgspec.DecodeError, msgspec.ValidationError, ConfigurationError) as exc:
+                # left leased: tried again when the lease ends, by whichever worker can
+                log.error("schedule %s cannot be fired here: %s", sid, exc)
+                continue
+            ticks, nxt = plan(cron, e.catch_up, tick, now)
+            fields = by_queue.setdefault(e.queue, [])
+            payload = bytes(e.args)
+            for t in ticks:
+                fields.extend(
+                    (
+                        tick_id(e.queue, sid, t),
+                        e.task,
+                        payload,
+                        e.priority,
+                        0,
+                        0,
+                        e.max_tries,
+                        e.timeout_ms,
+                        e.ttl_ms,
+                        e.unique,
+                        e.expire_ms,
+                    )
+                )
+            advances.append(
+                (_ADVANCE, self._keys, [sid, tick, ticks[-1], "" if nxt is None else nxt])
+            )
+            counts.append(len(ticks))
+            log.debug("schedule %s fires %d tick(s) from %d; next %s", sid, len(ticks), tick, nxt)
+        calls: list[tuple[_scripts.Script, list[str], list[Any]]] = []
+        for queue, fields in by_queue.items():
+            await broker.register_queue(queue)
+            ks = broker.keyspace(queue)
+            step = _CATCH_UP_BATCH * ENQUEUE_FIELDS
+            calls.extend(
+                broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
+            )
+        if calls:
+            await broker.run_calls(calls, retry=True)  # idempotent by task id
+        faultpoint("cron_after_enqueue")
+        if advances:
+            done = await broker.run_calls(advances, retry=True)  # fenced on the tick
+            self.fired += sum(n for n, ok in zip(counts, done, strict=True) if ok)
+        return 0.0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
