@@ -201,3 +201,39 @@ def purge(
 
     n = _run(go)
     out.print(f"queue {queue}: {n} task(s) cancelled")
+
+
+@cli.command()
+def schedules(app: AppOption = None, url: UrlOption = None) -> None:
+    """Every cron schedule with its next run and last tick, soonest first."""
+
+    async def go() -> list[tuple[str, ...]]:
+        async with client_app(app, url) as the_app:
+            rows: list[tuple[str, ...]] = []
+            for s in await the_app.schedules():
+                nxt = s.next_run.isoformat(timespec="seconds") if s.next_run else "-"
+                last = s.last_tick.isoformat(timespec="seconds") if s.last_tick else "-"
+                rows.append((s.id, s.task, s.queue, s.cron, s.tz or "UTC", nxt, last))
+            return rows
+
+    rows = _run(go)
+    header = ("id", "task", "queue", "cron", "tz", "next run", "last tick")
+    print_rows(header, rows, f"{len(rows)} schedule(s)")
+
+
+@cli.command()
+def unschedule(
+    schedule_id: Annotated[str, typer.Argument(help="The schedule id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Remove a schedule: no tick after this fires."""
+
+    async def go() -> bool:
+        async with client_app(app, url) as the_app:
+            return await the_app.unschedule(schedule_id)
+
+    if not _run(go):
+        err.print(f"[red]error:[/red] no schedule {schedule_id!r}")
+        raise typer.Exit(1)
+    out.print(f"schedule {schedule_id}: removed")

@@ -56,6 +56,17 @@ async def test_inspection_commands_show_what_the_server_holds(
         bad = _segue("tasks", "--url", url, "--status", "sleeping")
         assert bad.returncode == 2 and "'sleeping' is not one of" in bad.stderr
 
+        sid = await app.schedule(report.call("weekly"), cron="0 9 * * mon", id=f"{queue_name}-w")
+        try:
+            listed = _segue("schedules", "--url", url)
+            row = next(r for r in listed.stdout.splitlines() if r.startswith(sid))
+            assert row.split("\t")[1:4] == ["cli.report", queue_name, "0 9 * * mon"]
+            removed = _segue("unschedule", sid, "--url", url)
+            assert removed.returncode == 0 and f"schedule {sid}: removed" in removed.stdout
+            assert _segue("unschedule", sid, "--url", url).returncode == 1
+        finally:
+            await app.unschedule(sid)
+
         purged = _segue("purge", queue_name, "--yes", "--url", url)
         assert purged.returncode == 0, purged.stderr
         assert f"queue {queue_name}: 3 task(s) cancelled" in purged.stdout
