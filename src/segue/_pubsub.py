@@ -1,0 +1,116 @@
+"""Sharded pub/sub: one connection per subscriber, handlers per channel.
+
+The stored records stay the truth everywhere; pub/sub only makes waiting for them fast
+(result() waiters, control requests reaching workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segue._broker import Broker
+    from segue._keys import Keyspace
+
+log = logging.getLogger("segue.broker")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+Handler = Callable[[bytes], None]
+
+
+class Subscriber:
+    """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
+        self._handlers: dict[str, Handler] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Subscribe and wait (briefly) for the server to confirm it."""
+        if channel in self._handlers:
+            return
+        self._handlers[channel] = handler
+        event = self._confirmed[channel] = asyncio.Event()
+        async with self._broker.errors():
+            await self._pubsub.ssubscribe(channel)
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="segue-subscriber")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await event.wait()
+
+    async def _listen(self) -> None:
+        get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
+        while True:
+            try:
+                msg = await get(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pub/sub connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if msg is None:
+                continue
+            kind = _text(msg["type"])
+            channel = _text(msg["channel"])
+            if kind == "ssubscribe":
+                event = self._confirmed.get(channel)
+                if event is not None:
+                    event.set()
+            elif kind == "smessage":
+                handler = self._handlers.get(channel)
+                if handler is not None:
+                    data = msg["data"]
+                    handler(data if isinstance(data, bytes) else str(data).encode())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+
+class EndedWaiters:
+    """Futures of result() calls, woken by the ended-task channel of their queue.
+
+    The stored status stays the truth (result() re-reads it); this only makes it fast.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._subscriber = broker.subscriber()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(fut)
+        await self._subscriber.subscribe(ks.done_channel, self._ended)
+        return fut
+
+    def _ended(self, data: bytes) -> None:
+        for fut in self._waiters.pop(data.decode(), ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        futs = self._waiters.get(task_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self._waiters[task_id]
+
+    async def close(self) -> None:
+        await self._subscriber.close()
