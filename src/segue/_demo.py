@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import random
 import time
 from collections import Counter
@@ -145,6 +146,19 @@ def build_app(board: Board | None = None) -> App:
         await asyncio.sleep(0.3)
         return f"{album} published with a {sheet}"
 
+    @app.task(name="demo.tick", ttl=60)
+    async def tick(ctx: Context) -> str:
+        return ctx.task_id
+
+    @app.task(name="demo.rebuild_index", unique=True)
+    async def rebuild_index(reason: str) -> str:
+        await asyncio.sleep(0.2)
+        return f"index rebuilt ({reason})"
+
+    @app.task(name="demo.geocode", rate_limit="5/s")
+    async def geocode(address: str) -> str:
+        return f"{address}: 38.7 N, 9.1 W"
+
     return app
 
 
@@ -201,6 +215,7 @@ async def _demo(total: int) -> None:
         _durable_summary(outcome, board, files, ingest, export)
         try:
             await _workflow(app)  # the same worker runs its steps
+            await _time_and_limits(app)
         finally:
             worker.stop()
             await worker_task
@@ -491,6 +506,41 @@ def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
         result = "" if s.result is None else str(s.result)
         table.add_row(str(n), name, styles.get(s.status, str(s.status)), result)
     return table
+
+
+async def _time_and_limits(app: App) -> None:
+    """A cron schedule firing each second (once per tick, whatever the number of workers),
+    a unique task enqueued five times at once, and calls held to a rate limit."""
+    t = app.registry
+    sid = await app.schedule(t["demo.tick"].call(), cron="*/1 * * * * *", id="demo-tick")
+    fired: list[str] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(fired) < 3 and time.monotonic() < deadline:
+            fired = [
+                i.id
+                for i in await app.tasks(TaskStatus.SUCCEEDED, limit=1000)
+                if i.name == "demo.tick"
+            ]
+            await asyncio.sleep(0.1)
+    finally:
+        await app.unschedule(sid)
+    ticks = sorted(int(i.rsplit("-", 1)[1]) for i in fired)[:3]
+    gaps = ", ".join(f"{(b - a) / 1000:.0f} s" for a, b in itertools.pairwise(ticks))
+    console.print(f"cron: demo.tick fired {len(ticks)} times, one per tick ({gaps} apart)")
+    handles = await asyncio.gather(
+        *(t["demo.rebuild_index"].enqueue(f"request {i}") for i in range(5))
+    )
+    value = await handles[0].result(timeout=10)
+    console.print(
+        f"unique: 5 enqueues of demo.rebuild_index gave {len({h.id for h in handles})} task: "
+        f"{value}"
+    )
+    t0 = time.monotonic()
+    calls = await app.enqueue_many(t["demo.geocode"].call(f"street {i}") for i in range(10))
+    for h in calls:
+        await h.result(timeout=20)
+    console.print(f"rate limit: 10 demo.geocode calls at 5/s took {time.monotonic() - t0:.1f} s")
 
 
 def run_demo(total: int = 300) -> None:

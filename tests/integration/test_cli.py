@@ -59,6 +59,10 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert -1 not in at, out.stdout
     assert at == sorted(at), out.stdout
     assert "workflow operator failed" not in out.stdout
+    assert "cron: demo.tick fired 3 times, one per tick (1 s, 1 s apart)" in out.stdout
+    assert "unique: 5 enqueues of demo.rebuild_index gave 1 task" in out.stdout
+    rate = re.search(r"rate limit: 10 demo.geocode calls at 5/s took ([\d.]+) s", out.stdout)
+    assert rate and 1.5 <= float(rate.group(1)) < 4.0, out.stdout
     assert not (tmp_path / ".segue" / "server.json").exists()  # the server stopped with it
     assert list((tmp_path / ".segue").glob("appendonly*"))
 
