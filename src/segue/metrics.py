@@ -1,0 +1,109 @@
+"""Prometheus metrics and OpenTelemetry spans for segue, as hooks (see `segue.Hook`).
+
+    from segue.metrics import PrometheusHook, TracingHook
+    app.add_hook(PrometheusHook())        # counters and a run-time histogram per task name
+    app.add_hook(TracingHook())           # a span around each enqueue and each run
+
+`segue worker APP --metrics-port 9100` adds the Prometheus hook and serves `/metrics` from
+the worker process. The tracing hook needs `opentelemetry-api` (and an SDK configured by
+the application to export the spans anywhere).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from segue._hooks import Hook
+
+if TYPE_CHECKING:
+    from segue._context import Context
+    from segue._handle import TaskHandle
+    from segue._hooks import RunResult
+    from segue._task import Signature
+
+__all__ = ["PrometheusHook", "TracingHook", "serve_metrics"]
+
+_started: contextvars.ContextVar[float] = contextvars.ContextVar("segue_run_started")
+
+
+class PrometheusHook(Hook):
+    """Counts enqueues, starts and ends of runs (by task name and how they ended), and
+    records run durations, in its own registry (or the one given)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.enqueued = Counter(
+            "segue_tasks_enqueued", "Tasks enqueued", ["task"], registry=self.registry
+        )
+        self.started = Counter(
+            "segue_runs_started", "Runs started by this worker", ["task"], registry=self.registry
+        )
+        self.ended = Counter(
+            "segue_runs_ended",
+            "Runs ended, by how they ended (succeeded, failed, retrying, paused, ...)",
+            ["task", "end"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "segue_run_seconds", "Run durations", ["task"], registry=self.registry
+        )
+
+    async def after_enqueue(self, signature: Signature[Any], handle: TaskHandle[Any]) -> None:
+        self.enqueued.labels(signature.task.name).inc()
+
+    async def before_run(self, ctx: Context) -> None:
+        _started.set(time.perf_counter())
+        self.started.labels(ctx.name).inc()
+
+    async def after_run(self, ctx: Context, result: RunResult) -> None:
+        self.ended.labels(ctx.name, result.end).inc()
+        began = _started.get(None)
+        if began is not None:
+            self.duration.labels(ctx.name).observe(time.perf_counter() - began)
+
+
+def serve_metrics(hook: PrometheusHook, port: int, host: str = "127.0.0.1") -> None:
+    """Serve the hook's registry at http://host:port/metrics (a daemon thread)."""
+    start_http_server(port, addr=host, registry=hook.registry)
+
+
+_span: contextvars.ContextVar[Any] = contextvars.ContextVar("segue_run_span")
+
+
+class TracingHook(Hook):
+    """An OpenTelemetry span around each enqueue (`segue.enqueue <task>`) and each run
+    (`segue.run <task>`), with the task id, queue and try as attributes; a failed run
+    records its exception and an error status."""
+
+    def __init__(self, tracer: Any = None) -> None:
+        from opentelemetry import trace
+
+        self._trace = trace
+        self._tracer = tracer or trace.get_tracer("segue")
+
+    async def after_enqueue(self, signature: Signature[Any], handle: TaskHandle[Any]) -> None:
+        # the enqueue already happened: a zero-length span marks it in the caller's trace
+        with self._tracer.start_as_current_span(f"segue.enqueue {signature.task.name}") as s:
+            s.set_attribute("segue.task_id", handle.id)
+            s.set_attribute("segue.queue", handle.queue)
+
+    async def before_run(self, ctx: Context) -> None:
+        span = self._tracer.start_span(f"segue.run {ctx.name}")
+        span.set_attribute("segue.task_id", ctx.task_id)
+        span.set_attribute("segue.queue", ctx.queue)
+        span.set_attribute("segue.try", ctx.tries)
+        _span.set(span)
+
+    async def after_run(self, ctx: Context, result: RunResult) -> None:
+        span = _span.get(None)
+        if span is None:
+            return
+        span.set_attribute("segue.end", result.end)
+        if result.error is not None and result.end in ("failed", "retrying"):
+            span.record_exception(result.error)
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(result.error)))
+        span.end()
