@@ -21,6 +21,7 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._handle import TaskHandle
+from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._queue import Queue
@@ -42,6 +43,7 @@ __all__ = [
     "DuplicateTask",
     "Fail",
     "Group",
+    "Health",
     "Hook",
     "InvalidTransition",
     "LeaseLost",
@@ -69,6 +71,7 @@ __all__ = [
     "TaskStatus",
     "Transition",
     "Worker",
+    "WorkerInfo",
     "WorkflowHandle",
     "__version__",
 ]
