@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from segue.testing import start_server as start_local_server
+
 ACL_USER = "segue"
 ACL_PASSWORD = "segue-test-pw"
 # The least-privilege rule of RELIABILITY §9, plus pub/sub and the cluster topology reads
@@ -97,34 +99,15 @@ def wait_for_ping(port: int, timeout: float = 10.0) -> None:
 
 
 def start_process(binary: str, port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:
-    directory.mkdir(parents=True, exist_ok=True)
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(directory),
-        "--enable-debug-command",
-        "local",
-        "--maxmemory-policy",
-        "noeviction",
-        "--logfile",
-        str(directory / f"server-{port}.log"),
-        *extra,
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_ping(port)
-    except Exception:
-        stop(proc)
-        raise
-    return proc
+    """A server from segue.testing's start (the plugin users get), with the suite's extras."""
+    server = start_local_server(
+        directory,
+        port=port,
+        binary=binary,
+        args=["--enable-debug-command", "local", "--maxmemory-policy", "noeviction", *extra],
+    )
+    assert server.process is not None
+    return server.process
 
 
 def _cmd(port: int, *args: Any) -> Any:

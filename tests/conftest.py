@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from segue.testing import LocalServer
 from tests._support import Engine, server_binary, start_cluster, start_server, stop
+
+# segue's own suite uses its public plugin (segue.testing): its fixtures, the server start
+# (tests/_support.py), and its runner for async tests outside tests/integration
+pytest_plugins = ["segue.testing"]
 
 # --- servers -----------------------------------------------------------------------------
 
@@ -37,6 +42,13 @@ def segue_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine, proc = start_server("redis", tmp_path_factory.mktemp("redis"))
     yield engine
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def segue_server(segue_valkey: Engine) -> LocalServer:
+    """The plugin's server is the suite's valkey, so that its fixtures (segue_app) run as
+    the least-privilege user too, and the session starts no extra server."""
+    return LocalServer(segue_valkey.url)
 
 
 # A machine with redis-server on PATH also runs the contract tests on Redis itself.

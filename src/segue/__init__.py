@@ -23,6 +23,7 @@ from segue._errors import (
 )
 from segue._events import Event
 from segue._handle import TaskHandle
+from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._queue import Queue
@@ -45,6 +46,7 @@ __all__ = [
     "Event",
     "Fail",
     "Group",
+    "Health",
     "Hook",
     "InvalidTransition",
     "LeaseLost",
@@ -73,6 +75,7 @@ __all__ = [
     "TaskStatus",
     "Transition",
     "Worker",
+    "WorkerInfo",
     "WorkflowHandle",
     "__version__",
 ]

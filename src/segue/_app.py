@@ -18,6 +18,7 @@ from segue._cron import parse as parse_cron
 from segue._errors import ConfigurationError, DuplicateTask
 from segue._events import Event, follow
 from segue._handle import TaskHandle, parse_info
+from segue._heartbeat import Health, WorkerInfo, check, list_workers
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._lifespan import Resource
@@ -30,6 +31,7 @@ from segue._task import AsyncTask, Signature, SyncTask, Task
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
     from datetime import timedelta
+    from pathlib import Path
     from types import EllipsisType, TracebackType
 
     from segue._context import Context, SyncContext
@@ -576,16 +578,27 @@ class App:
 
     # --- running ---------------------------------------------------------------------------
 
-    def worker(self, *, queues: list[str] | None = None, concurrency: int | None = None) -> Any:
+    def worker(
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        pid_file: str | Path | None = None,
+    ) -> Any:
+        """A Worker; with `pid_file`, it writes its id there once registered (`check`)."""
         from segue._worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency)
+        return Worker(self, queues=queues, concurrency=concurrency, pid_file=pid_file)
 
     def run_worker(
-        self, *, queues: list[str] | None = None, concurrency: int | None = None
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        pid_file: str | Path | None = None,
     ) -> None:
         """Run a worker in this process until SIGINT/SIGTERM (blocking)."""
-        worker = self.worker(queues=queues, concurrency=concurrency)
+        worker = self.worker(queues=queues, concurrency=concurrency, pid_file=pid_file)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(worker.run(install_signal_handlers=True))
 
@@ -596,8 +609,39 @@ class App:
         concurrency: int | None = None,
         horizon: float = 0.0,
     ) -> int:
-        """Run a burst worker in this process until nothing is queued, running or due within
-        `horizon` seconds; returns how many runs it finished. For tests and scripts."""
+        """Run a burst worker in this process until its queues are idle; returns how many
+        runs it finished. For tests and scripts.
+
+        It stops after a round in which, all at once: it runs nothing itself and has
+        recorded every outcome; nothing is queued in its queues (a paused queue's tasks do
+        not count) and no task of them runs on any worker; no task is RETRYING, however far
+        off its next try; and nothing scheduled (a delay, `at=`, `Pause(delay=)`, a rate
+        limit's next token) is due within `horizon` seconds of server time. It does not
+        wait for PAUSED tasks, for tasks scheduled past the horizon, or for other queues."""
         worker = self.worker(queues=queues, concurrency=concurrency)
         finished: int = await worker.run_until_idle(horizon=horizon)
         return finished
+
+    # --- workers and health ------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers of this App's prefix that have a record: live ones, and stale ones
+        whose record has not expired yet (`WorkerInfo.stale`, `age` in seconds)."""
+        return await list_workers(self)
+
+    async def check(
+        self,
+        worker_id: str | None = None,
+        *,
+        max_age: float | None = None,
+        pid_file: str | Path | None = None,
+        timeout: float = 5.0,
+    ) -> Health:
+        """Whether the server answers and a worker's heartbeat is fresh (`Health.ok`), with
+        one line saying why (`Health.reason`); never raises for an unreachable server.
+
+        The worker: `worker_id`; else the id in `pid_file` (default `.segue/worker.pid`
+        in the project directory, if it exists: what `segue worker --pid-file` writes);
+        else the freshest worker of this host. Fresh means a beat within `max_age` seconds
+        (default three of the worker's heartbeat intervals), by the server's clock."""
+        return await check(self, worker_id, max_age=max_age, pid_file=pid_file, timeout=timeout)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import AsyncIterator, Iterator, Sequence
 
-    from segue._keys import CronKeys
+    from segue._keys import CronKeys, WorkerKeys
     from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
@@ -568,6 +568,56 @@ class Broker:
     async def queue_paused(self, ks: Keyspace) -> bool:
         async with self.errors():
             return bool(await self.client.hget(ks.meta, "paused") == b"1")
+
+    # --- worker registry (heartbeats, _heartbeat.py) -----------------------------------------
+
+    async def beat(
+        self,
+        wk: WorkerKeys,
+        worker_id: str,
+        ttl_ms: int,
+        keep_ms: int,
+        started_ms: int,
+        fields: dict[str, str | int],
+    ) -> tuple[int, int]:
+        """Register or refresh a worker's record (beat.lua): (server now, started) in ms."""
+        args: list[Any] = [wk.record_prefix, worker_id, ttl_ms, keep_ms, started_ms]
+        for item in fields.items():
+            args.extend(item)
+        call = (_scripts.load("beat"), [wk.index, wk.record(worker_id)], args)
+        now, started = (await self.run_calls([call], retry=True))[0]
+        return int(now), int(started)
+
+    async def unregister_worker(self, wk: WorkerKeys, worker_id: str) -> None:
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(wk.index, worker_id)
+            pipe.delete(wk.record(worker_id))
+            await pipe.execute()
+
+    async def worker_records(
+        self, wk: WorkerKeys, worker_id: str | None = None
+    ) -> tuple[int, list[tuple[str, float | None, dict[bytes, bytes]]]]:
+        """Server time (ms), and (id, last beat in ms or None, record) for one worker or all
+        in the index; a record that expired reads as {}."""
+        async with self.errors():
+            secs, micros = await self.client.time()
+            entries: list[tuple[str, float | None]]
+            if worker_id is None:
+                scored = await self.client.zrange(wk.index, 0, -1, withscores=True)
+                entries = [(_text(m), float(score)) for m, score in scored]
+            else:
+                entries = [(worker_id, await self.client.zscore(wk.index, worker_id))]
+            records: list[dict[bytes, bytes]] = []
+            if entries:
+                # one {workers} slot: a cluster pipeline goes to one node too
+                pipe = self.client.pipeline(transaction=False)
+                for wid, _ in entries:
+                    pipe.hgetall(wk.record(wid))
+                records = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        rows = [(wid, score, rec) for (wid, score), rec in zip(entries, records, strict=True)]
+        return now_ms, rows
 
     # --- cron schedules (written by the cron_* scripts, see _scheduler.py) ----------------
 

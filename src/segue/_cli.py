@@ -18,6 +18,7 @@ from rich.table import Table
 
 from segue._app import App
 from segue._errors import SegueError
+from segue._heartbeat import Health
 from segue._state import TaskInfo, TaskStatus
 
 cli = typer.Typer(
@@ -68,6 +69,14 @@ def worker(
     burst: Annotated[
         bool, typer.Option("--burst", help="Exit once nothing is queued, running or retrying")
     ] = False,
+    pid_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--pid-file",
+            help="Write the worker id here once registered (`segue check` reads "
+            ".segue/worker.pid of the project by default)",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level)
@@ -75,18 +84,62 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         if burst:
-            n = asyncio.run(_burst(the_app, names, concurrency))
+            n = asyncio.run(_burst(the_app, names, concurrency, pid_file))
             err.print(f"burst worker finished {n} runs")
         else:
-            the_app.run_worker(queues=names, concurrency=concurrency)
+            the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)
     except SegueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
 
-async def _burst(app: App, queues: list[str] | None, concurrency: int | None) -> int:
+async def _burst(
+    app: App, queues: list[str] | None, concurrency: int | None, pid_file: Path | None
+) -> int:
     async with app:
-        return await app.drain(queues=queues, concurrency=concurrency)
+        worker = app.worker(queues=queues, concurrency=concurrency, pid_file=pid_file)
+        finished: int = await worker.run_until_idle()
+        return finished
+
+
+@cli.command()
+def check(
+    app: Annotated[str, typer.Argument(help="The App, as module:attribute")],
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="The worker to check (default: pid file)")
+    ] = None,
+    pid_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--pid-file",
+            help="Where `segue worker --pid-file` wrote the id (default: .segue/worker.pid "
+            "of the project, if it exists; else any worker of this host)",
+        ),
+    ] = None,
+    max_age: Annotated[
+        float | None,
+        typer.Option("--max-age", help="Seconds (default: 3 heartbeat intervals)"),
+    ] = None,
+) -> None:
+    """Exit 0 if the server answers and the worker's heartbeat is fresh; else exit 1 with
+    one line saying why (for liveness and readiness probes)."""
+    try:
+        the_app = load_app(app)
+    except typer.BadParameter as exc:  # a probe's log shows one line, not a usage box
+        err.print(f"cannot load the app: {exc.message}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+    async def go() -> Health:
+        try:
+            return await the_app.check(worker_id, max_age=max_age, pid_file=pid_file)
+        finally:
+            await the_app.close()
+
+    health = asyncio.run(go())
+    if not health.ok:
+        err.print(health.reason, markup=False, highlight=False)
+        raise typer.Exit(1)
+    out.print(health.reason, markup=False, highlight=False)
 
 
 @cli.command()

@@ -204,3 +204,29 @@ class CronKeys:
     @cached_property
     def all(self) -> list[str]:
         return [self.defs, self.due, self.firing, self.fired]
+
+
+@dataclass(frozen=True)
+class WorkerKeys:
+    """Keys of the worker registry (heartbeats), under their own `{workers}` hash tag: the
+    whole registry is one Cluster slot, apart from every queue's, so beat.lua touches one."""
+
+    prefix: str
+
+    @cached_property
+    def base(self) -> str:
+        return f"{self.prefix}:{{workers}}:"
+
+    @cached_property
+    def index(self) -> str:
+        """Worker ids scored by their last beat (server ms)."""
+        return self.base + "index"
+
+    @cached_property
+    def record_prefix(self) -> str:
+        """beat.lua builds the records of workers it prunes from this prefix."""
+        return self.base + "w:"
+
+    def record(self, worker_id: str) -> str:
+        """One worker's record (a hash that expires a few beats after the last)."""
+        return self.record_prefix + worker_id

@@ -36,6 +36,7 @@ class Settings:
     unknown_task_window_seconds: float = 300.0
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
+    heartbeat_seconds: float = 5.0
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,10 @@ class Settings:
             raise ConfigurationError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, not {self.lease_seconds}")
+        if self.heartbeat_seconds <= 0:
+            raise ConfigurationError(
+                f"heartbeat_seconds must be positive, not {self.heartbeat_seconds}"
+            )
         if self.max_deliveries < 1:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"

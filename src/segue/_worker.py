@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
@@ -24,6 +25,7 @@ from segue import _clock
 from segue._context import PauseRequested, RunControl
 from segue._errors import BrokerError
 from segue._faults import faultpoint
+from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
@@ -42,9 +44,17 @@ class Worker:
     """Runs the tasks of an App from one or more queues (served in the order given)."""
 
     def __init__(
-        self, app: App, *, queues: list[str] | None = None, concurrency: int | None = None
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        pid_file: str | Path | None = None,
     ) -> None:
         self.app = app
+        self.pid_file = Path(pid_file) if pid_file is not None else None
+        # set once the worker is registered and about to take work (segue.testing waits on it)
+        self.ready = asyncio.Event()
         self.queues = [check_queue_name(q) for q in (queues or [app.settings.queue])]
         self.concurrency = concurrency or app.settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
@@ -71,6 +81,11 @@ class Worker:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    @property
+    def finished(self) -> int:
+        """Runs this worker finished (however they ended)."""
+        return self._finished
 
     def stop(self) -> None:
         """Graceful stop: take no new work, let running tasks finish within the grace period.
@@ -126,16 +141,20 @@ class Worker:
         scheduler = None if burst else Scheduler(self.app, broker)
         if scheduler is not None:
             scheduler.start()
+        heartbeat = Heartbeat(self, broker, self.pid_file)
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
         try:
+            await heartbeat.start()
+            self.ready.set()
             await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
             await self._shutdown(broker)
         finally:
             self._stopping = True
             if scheduler is not None:
                 await scheduler.stop()
+            await heartbeat.stop()
             await self._stop_waker(broker, keyspaces, waker)
             self._lease.stop()
             await self._control.close()
@@ -170,6 +189,7 @@ class Worker:
             backlog = 0
             now_ms = 0
             if claim_from is not None:
+                self._next_due = None  # this round's claims say what is due next, in any queue
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
                 # later queues are served only with what the earlier ones left free
                 for ks in keyspaces[1:]:
@@ -254,7 +274,8 @@ class Worker:
 
     def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
         next_due, now_ms, backlog = int(reply[0]), int(reply[1]), int(reply[2])
-        self._next_due = None if next_due < 0 else next_due
+        if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
+            self._next_due = next_due
         jobs = reply[3:]
         if jobs:
             faultpoint("after_claim")
