@@ -77,10 +77,21 @@ def worker(
             ".segue/worker.pid of the project by default)",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics of this worker here"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level)
     the_app = load_app(app)
+    if metrics_port is not None:
+        from segue.metrics import PrometheusHook, serve_metrics
+
+        hook = PrometheusHook()
+        the_app.add_hook(hook)
+        serve_metrics(hook, metrics_port, metrics_host)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         if burst:

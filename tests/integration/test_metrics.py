@@ -1,0 +1,117 @@
+"""Prometheus metrics and OpenTelemetry spans through the hook interface; a worker
+process serving /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from segue import App
+from segue.metrics import PrometheusHook, TracingHook
+from tests._support import free_port
+from tests.integration.conftest import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_prometheus_hook_counts_runs_by_how_they_ended(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    hook = PrometheusHook()
+    app.add_hook(hook)
+
+    @app.task(name="m.ok")
+    async def ok() -> int:
+        return 1
+
+    @app.task(name="m.bad", max_tries=2, retry_backoff=lambda tries: 0.0)
+    async def bad() -> None:
+        raise ValueError("no")
+
+    async with app:
+        for _ in range(3):
+            await ok.enqueue()
+        await bad.enqueue()
+        await app.drain(horizon=1.0)
+
+    def value(name: str, **labels: str) -> float:
+        got = hook.registry.get_sample_value(name, labels)
+        return 0.0 if got is None else got
+
+    assert value("segue_tasks_enqueued_total", task="m.ok") == 3
+    assert value("segue_runs_started_total", task="m.ok") == 3
+    assert value("segue_runs_ended_total", task="m.ok", end="succeeded") == 3
+    assert value("segue_runs_ended_total", task="m.bad", end="retrying") == 1
+    assert value("segue_runs_ended_total", task="m.bad", end="failed") == 1
+    assert value("segue_run_seconds_count", task="m.ok") == 3
+
+
+async def test_the_tracing_hook_makes_a_span_per_enqueue_and_run(
+    make_app: Callable[..., App],
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = make_app()
+    app.add_hook(TracingHook(provider.get_tracer("test")))
+
+    @app.task(name="t.fails", max_tries=1)
+    async def fails() -> None:
+        raise RuntimeError("broken")
+
+    async with app:
+        h = await fails.enqueue()
+        await app.drain()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"segue.enqueue t.fails", "segue.run t.fails"}
+    run = spans["segue.run t.fails"]
+    assert run.attributes is not None
+    assert run.attributes["segue.task_id"] == h.id
+    assert run.attributes["segue.end"] == "failed"
+    assert not run.status.is_ok
+    assert [e.name for e in run.events] == ["exception"]
+
+
+def _start_worker(url: str, queue: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SEGUE_REDIS_URL": url, "SEGUE_QUEUE": queue}
+    command = ["worker", "tests.apps.procs:app", "--metrics-port", str(port)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "segue", *command, "--log-level", "warning"], cwd=ROOT, env=env
+    )
+
+
+def _scrape(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            body: bytes = reply.read()
+            return body
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+async def test_a_worker_process_serves_its_metrics(segue_valkey: Any, queue_name: str) -> None:
+    port = free_port()
+    proc = _start_worker(segue_valkey.url, queue_name, port)
+    try:
+
+        async def served() -> bool:
+            body = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+            return b"segue_runs_started" in body
+
+        await eventually(served, timeout=15)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
