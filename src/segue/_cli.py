@@ -289,10 +289,8 @@ def _workflow_command(
     except SegueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    table = Table("#", "step", "task", "status", title=f"workflow {workflow_id}: {status}")
-    for n, step in enumerate(steps, 1):
-        table.add_row(str(n), step.id, step.name, str(step.status))
-    out.print(table)
+    rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
+    print_rows(("#", "step", "task", "status"), rows, f"workflow {workflow_id}: {status}")
 
 
 @workflow_cli.command("status")

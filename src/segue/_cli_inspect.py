@@ -192,7 +192,8 @@ def purge(
     url: UrlOption = None,
 ) -> None:
     """Cancel every task of a queue that waits to run; running tasks go on."""
-    if not yes and not typer.confirm(f"cancel every waiting task of queue {queue!r}?"):
+    question = f"cancel every queued, scheduled or paused task of queue {queue!r}?"
+    if not yes and not typer.confirm(question):
         raise typer.Exit(1)
 
     async def go() -> int:

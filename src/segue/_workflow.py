@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 from ulid import ULID
 
 from segue._errors import ConfigurationError, TaskCancelled, TaskFailed, TaskNotFound
-from segue._handle import TaskHandle, parse_info
+from segue._handle import TaskHandle, parse_error, parse_info
 from segue._keys import queue_of
 from segue._state import TaskInfo, TaskStatus
 from segue._task import Signature, Task
@@ -185,12 +185,17 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
-    """A last step's status as the workflow counts it: an optional one that ended without
-    success counts as succeeded."""
+    """A last step's status as the workflow counts it: an optional one that failed on its
+    own counts as succeeded; one that ended because an earlier step failed does not."""
     status = TaskStatus(row[0].decode()) if row[0] else TaskStatus.EXPIRED
-    if status.is_final and row[1] == b"1":
+    if status.is_final and row[1] == b"1" and not _by_dependency(row[2]):
         return TaskStatus.SUCCEEDED
     return status
+
+
+def _by_dependency(error: bytes | None) -> bool:
+    err = parse_error(error)
+    return err is not None and err.reason.startswith("dependency_")
 
 
 class WorkflowHandle(Generic[R]):
@@ -224,8 +229,10 @@ class WorkflowHandle(Generic[R]):
         (being cancelled) or RUNNING."""
         rec = await self._record()
         broker = await self._app.broker()
+        if rec.get(b"st") == b"cancelled":
+            return TaskStatus.CANCELLED
         last = rec.get(b"last", b"").decode().split()
-        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s", "opt"])
+        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s", "opt", "e"])
         states = {_passed(r) for r in rows}
         if states == {TaskStatus.SUCCEEDED}:
             return TaskStatus.SUCCEEDED
@@ -266,8 +273,8 @@ class WorkflowHandle(Generic[R]):
         except (TaskFailed, TaskCancelled):
             broker = await self._app.broker()
             ks = broker.keyspace(self.queue)
-            [(optional,)] = await broker.task_fields(ks, [handle.id], ["opt"])
-            if optional == b"1":
+            [(optional, error)] = await broker.task_fields(ks, [handle.id], ["opt", "e"])
+            if optional == b"1" and not _by_dependency(error):
                 return None
             raise
 

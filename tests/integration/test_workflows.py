@@ -507,3 +507,28 @@ async def test_workflow_building_rules(make_app: Callable[..., App]) -> None:
             await (plain.call(1) | elsewhere_task).enqueue()
         with pytest.raises(InvalidTransition, match="cannot pause workflow"):
             await h.pause(running=True)
+
+
+async def test_an_optional_last_step_hides_neither_a_cancel_nor_an_earlier_failure(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="must", max_tries=1)
+    async def must(x: int) -> int:
+        if x < 0:
+            raise ValueError("required step failed")
+        return x
+
+    @app.task(name="extra")
+    async def extra(x: int) -> int:
+        return x
+
+    async with app:
+        cancelled = await (must.call(1) | extra.options(optional=True)).enqueue()
+        assert await cancelled.cancel() is TaskStatus.CANCELLED
+        broken = await (must.call(-1) | extra.options(optional=True)).enqueue()
+        await app.drain()
+        assert await broken.status() is TaskStatus.FAILED
+        with pytest.raises(TaskFailed, match="must"):
+            await broken.result(timeout=5)

@@ -55,6 +55,7 @@ local function make_ready(Q, tk, id, now)
     redis.call('HSET', tk, 's', 'paused')
     add_history(tk, 'paused', now, f[3] and 'paused while waiting' or 'workflow paused')
     redis.call('ZADD', Q.paused, now, id)
+    emit(Q, 'task.paused', id, redis.call('HGET', tk, 'n'))
   elseif f[4] and tonumber(f[4]) > now then
     -- its delay (counted from enqueue) is not over yet
     redis.call('HSET', tk, 's', 'scheduled')

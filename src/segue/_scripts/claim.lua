@@ -66,6 +66,7 @@ for _, id in ipairs(expired) do
     else
       redis.call('HSET', tk, 's', 'queued')
       add_history(tk, 'queued', now, 'lease expired')
+      emit(Q, 'task.requeued', id, redis.call('HGET', tk, 'n'))
       redis.call('RPUSH', KEYS[PRIORITY_LISTS[prio]], id)
     end
   end
@@ -121,6 +122,7 @@ if not paused then
             redis.call('HSET', tk, 's', 'paused')
             add_history(tk, 'paused', now, 'workflow paused')
             redis.call('ZADD', Q.paused, now, id)
+            emit(Q, 'task.paused', id, f[2])
             ok = false
           elseif f[7] and not f[9] and tonumber(f[7]) < now then
             local err = cjson.encode({ type = 'Expired', reason = 'expired',

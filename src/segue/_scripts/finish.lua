@@ -86,6 +86,7 @@ for i = 0, n - 1 do
           redis.call('HSET', tk, 's', 'suspended', 'd', 0)
           redis.call('HDEL', tk, 'w')
           add_history(tk, 'suspended', now, 'paused itself')
+          emit(Q, 'task.suspended', id, redis.call('HGET', tk, 'n'))
           redis.call('LPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
           Q.woke = true
         end
@@ -96,6 +97,7 @@ for i = 0, n - 1 do
         redis.call('HSET', tk, 's', 'queued', 'd', 0)
         redis.call('HDEL', tk, 'w')
         add_history(tk, 'queued', now, 'worker shutdown')
+        emit(Q, 'task.requeued', id, redis.call('HGET', tk, 'n'))
         redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
         Q.woke = true
       end
