@@ -7,8 +7,10 @@ the embedded server of this project, like the control commands in _cli.py.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
+import msgspec
 import typer
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
@@ -24,6 +26,12 @@ if TYPE_CHECKING:
     from segue._state import TaskInfo
 
 _COUNTS = ("queued", "scheduled", "waiting", "running", "paused", "succeeded", "failed")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout (dataclasses, datetimes and enums as msgspec encodes)."""
+    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
 def _run(go: Callable[[], Awaitable[Any]]) -> Any:
@@ -45,19 +53,25 @@ async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
 
 
 @cli.command()
-def status(app: AppOption = None, url: UrlOption = None) -> None:
-    """Every queue with its tasks counted by status."""
+def status(app: AppOption = None, url: UrlOption = None, json: JsonOption = False) -> None:
+    """Every queue with its tasks counted by status, and the live workers."""
 
-    async def go() -> list[tuple[str, ...]]:
+    async def go() -> tuple[list[tuple[str, ...]], list[Any]]:
         async with client_app(app, url) as the_app:
-            return await _queue_rows(the_app)
+            return await _queue_rows(the_app), await the_app.workers()
 
-    rows = _run(go)
+    rows, workers = _run(go)
+    live = [w for w in workers if not w.stale]
+    if json:
+        queues = [dict(zip(("queue", "state", *_COUNTS), row, strict=True)) for row in rows]
+        print_json({"queues": queues, "workers": live})
+        return
     print_rows(("queue", "state", *_COUNTS), rows, f"{len(rows)} queue(s)")
+    out.print(f"{len(live)} live worker(s), {sum(w.running for w in live)} task(s) running")
 
 
 @cli.command()
-def queues(app: AppOption = None, url: UrlOption = None) -> None:
+def queues(app: AppOption = None, url: UrlOption = None, json: JsonOption = False) -> None:
     """The names of the queues this server has seen, and whether each is paused."""
 
     async def go() -> list[tuple[str, ...]]:
@@ -65,7 +79,38 @@ def queues(app: AppOption = None, url: UrlOption = None) -> None:
             return [row[:2] for row in await _queue_rows(the_app)]
 
     rows = _run(go)
+    if json:
+        print_json([{"queue": q, "paused": state == "paused"} for q, state in rows])
+        return
     print_rows(("queue", "state"), rows, f"{len(rows)} queue(s)")
+
+
+@cli.command()
+def workers(app: AppOption = None, url: UrlOption = None, json: JsonOption = False) -> None:
+    """The workers registered on the server, with their last heartbeat."""
+
+    async def go() -> list[Any]:
+        async with client_app(app, url) as the_app:
+            return await the_app.workers()
+
+    found = _run(go)
+    if json:
+        print_json(found)
+        return
+    rows = [
+        (
+            w.id,
+            w.host,
+            str(w.pid),
+            ",".join(w.queues),
+            f"{w.running}/{w.concurrency}",
+            str(w.finished),
+            f"{w.age:.1f} s" + (" (stale)" if w.stale else ""),
+        )
+        for w in found
+    ]
+    header = ("id", "host", "pid", "queues", "running", "finished", "last beat")
+    print_rows(header, rows, f"{len(rows)} worker(s)")
 
 
 @cli.command()
@@ -76,6 +121,7 @@ def tasks(
     offset: Annotated[int, typer.Option("--offset")] = 0,
     app: AppOption = None,
     url: UrlOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Tasks of one queue in one status, paged."""
     try:
@@ -89,6 +135,9 @@ def tasks(
             return await the_app.tasks(wanted, queue=queue, offset=offset, limit=limit)
 
     infos: list[TaskInfo] = _run(go)
+    if json:
+        print_json(infos)
+        return
     rows = [
         (i.id, i.name, str(i.status), str(i.tries), _progress_text(i), i.worker_id or "")
         for i in infos
@@ -111,6 +160,7 @@ def info(
     ] = False,
     app: AppOption = None,
     url: UrlOption = None,
+    json: JsonOption = False,
 ) -> None:
     """A task's record: status, arguments, history, progress, result or error."""
 
@@ -122,6 +172,9 @@ def info(
             return await handle.info()
 
     shown: TaskInfo = _run(go)
+    if json:
+        print_json(shown)
+        return
     out.print(f"[bold]{shown.id}[/bold]  {shown.name}  [bold]{shown.status}[/bold]")
     out.print(f"  args {shown.args!r} kwargs {shown.kwargs!r}", markup=False, highlight=False)
     out.print(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
@@ -136,6 +189,16 @@ def info(
         out.print(f"  error ({e.reason}) {e.type}: {e.message}", markup=False, highlight=False)
         if e.traceback:
             out.print(e.traceback, markup=False, highlight=False)
+
+
+@cli.command()
+def watch(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """A live progress bar until the task ends, then its record (`info --follow`)."""
+    info(task_id, follow=True, app=app, url=url, json=False)
 
 
 async def _follow(handle: Any) -> None:
@@ -161,6 +224,7 @@ def events(
     count: Annotated[int | None, typer.Option("--count", "-n", help="Stop after N")] = None,
     app: AppOption = None,
     url: UrlOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Follow the event streams of queues live (Ctrl-C to stop)."""
 
@@ -168,6 +232,13 @@ def events(
         seen = 0
         async with client_app(app, url) as the_app:
             async for e in the_app.events(queue, since=since, block=1.0):
+                if json:
+                    print_json(e)
+                    sys.stdout.flush()
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+                    continue
                 data = "" if e.data is None else f" {e.data!r}"
                 out.print(
                     f"{e.at:%H:%M:%S.%f} {e.queue} {e.kind} {e.task_id} {e.task_name}{data}",
@@ -205,8 +276,17 @@ def purge(
 
 
 @cli.command()
-def schedules(app: AppOption = None, url: UrlOption = None) -> None:
+def schedules(app: AppOption = None, url: UrlOption = None, json: JsonOption = False) -> None:
     """Every cron schedule with its next run and last tick, soonest first."""
+
+    if json:
+
+        async def listing() -> list[Any]:
+            async with client_app(app, url) as the_app:
+                return await the_app.schedules()
+
+        print_json(_run(listing))
+        return
 
     async def go() -> list[tuple[str, ...]]:
         async with client_app(app, url) as the_app:

@@ -3,11 +3,14 @@ purge (output piped: tab-separated, nothing cut)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from segue import App, Context, TaskStatus
+from tests.integration.conftest import serving
 from tests.integration.test_cli_workflow import _segue
 
 pytestmark = pytest.mark.slow
@@ -53,6 +56,23 @@ async def test_inspection_commands_show_what_the_server_holds(
         kinds = [row.split()[2] for row in events.stdout.splitlines()]
         assert kinds == ["task.started", "task.progress", "task.succeeded"]
 
+        as_json = json.loads(_segue("info", done.id, "--url", url, "--json").stdout)
+        assert as_json["status"] == "succeeded" and as_json["result"] == "report monday"
+        assert as_json["progress"] == [2.0, 4.0]
+        listed_json = _segue("tasks", "--url", url, "-q", queue_name, "--json").stdout
+        assert {t["id"] for t in json.loads(listed_json)} == {h.id for h in waiting}
+        await app.queue().pause()  # the worker below must not take the waiting tasks
+        async with serving(app) as running_worker:
+            await asyncio.wait_for(running_worker.ready.wait(), 10)  # registered
+            state = json.loads(_segue("status", "--url", url, "--json").stdout)
+            mine = next(q for q in state["queues"] if q["queue"] == queue_name)
+            assert mine["succeeded"] == "1" and mine["state"] == "paused"
+            assert any(queue_name in w["queues"] for w in state["workers"])
+            workers = json.loads(_segue("workers", "--url", url, "--json").stdout)
+            assert any(queue_name in w["queues"] for w in workers)
+        unknown = _segue("info", f"{queue_name}:nosuch", "--url", url)
+        assert unknown.returncode == 1
+        assert unknown.stderr.count("\n") == 1 and "no task" in unknown.stderr
         bad = _segue("tasks", "--url", url, "--status", "sleeping")
         assert bad.returncode == 2 and "'sleeping' is not one of" in bad.stderr
 
