@@ -29,7 +29,14 @@ from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Callable,
+        Collection,
+        Coroutine,
+        Iterable,
+        Sequence,
+    )
     from datetime import timedelta
     from pathlib import Path
     from types import EllipsisType, TracebackType
@@ -560,12 +567,21 @@ class App:
         return infos
 
     async def events(
-        self, queues: Sequence[str] | None = None, *, since: str = "$", block: float = 1.0
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        task_id: str | None = None,
+        kinds: Collection[str] | None = None,
+        since: str = "$",
+        block: float = 1.0,
     ) -> AsyncIterator[Event]:
-        """Follow the event streams of `queues` (default: the App's queue) live, merged.
-        `since="$"` starts with events from now on; `"0"` replays what the streams keep;
-        an event's `id` resumes after it. Ends only when the caller stops iterating."""
-        async for event in follow(self, list(queues or [self.settings.queue]), since, block):
+        """Follow the event streams of `queues` (default: the App's queue, or the queue of
+        `task_id`) live, merged; only one task's events with `task_id`, only some kinds with
+        `kinds`. `since="$"` starts with events from now on; `"0"` replays what the streams
+        keep; an event's `id` resumes after it. Ends when the caller stops iterating."""
+        if queues is None:
+            queues = [queue_of(task_id) if task_id else self.settings.queue]
+        async for event in follow(self, list(queues), since, block, task_id, kinds):
             yield event
 
     async def queues(self) -> list[str]:

@@ -478,9 +478,9 @@ class Broker:
         return _text(reply[0])
 
     async def task_event(
-        self, ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str
+        self, ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
     ) -> bool:
-        call = (self.event_script, [ks.events], [ks.base, task_id, gen, kind, a, b])
+        call = (self.event_script, [ks.events], [ks.base, task_id, gen, kind, a, b, c])
         return bool((await self.run_calls([call]))[0])
 
     async def read_events(

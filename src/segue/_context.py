@@ -181,14 +181,17 @@ class Context:
         value: T = run.resources[resource]
         return value
 
-    async def progress(self, done: float, total: float | None = None) -> None:
+    async def progress(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
         """Report how far the task is (shown by `info()`, the CLI and the dashboard, and
-        streamed as a task.progress event). One round trip; also a checkpoint."""
+        streamed as a task.progress event), with an optional message. One round trip;
+        also a checkpoint."""
         run = self._run
         if run is not None:
             total_text = "" if total is None else repr(total)
             await run.broker.task_event(
-                run.ks, self.task_id, run.gen, "progress", repr(done), total_text
+                run.ks, self.task_id, run.gen, "progress", repr(done), total_text, message or ""
             )
         await self.checkpoint()
 
@@ -303,9 +306,9 @@ class SyncContext:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
 
-    def progress(self, done: float, total: float | None = None) -> None:
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """`Context.progress`, blocking."""
-        self.state._call(self._ctx.progress(done, total))
+        self.state._call(self._ctx.progress(done, total, message))
 
     def emit(self, name: str, data: Any = None) -> None:
         """`Context.emit`, blocking."""

@@ -16,7 +16,7 @@ from segue._codec import decode_plain
 from segue._state import at_ms
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Collection, Sequence
     from datetime import datetime
 
     from segue._app import App
@@ -41,7 +41,11 @@ def parse_event(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
     data: Any = None
     if kind == "task.progress":
         total = fields.get(b"total", b"")
-        data = {"done": float(fields.get(b"done", b"0")), "total": float(total) if total else None}
+        data = {
+            "done": float(fields.get(b"done", b"0")),
+            "total": float(total) if total else None,
+            "message": fields.get(b"msg", b"").decode() or None,
+        }
     elif b"data" in fields:
         data = decode_plain(fields[b"data"])
     return Event(
@@ -55,7 +59,14 @@ def parse_event(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
     )
 
 
-async def follow(app: App, queues: Sequence[str], since: str, block: float) -> AsyncIterator[Event]:
+async def follow(
+    app: App,
+    queues: Sequence[str],
+    since: str,
+    block: float,
+    task_id: str | None = None,
+    kinds: Collection[str] | None = None,
+) -> AsyncIterator[Event]:
     broker = await app.broker()
     keyspaces = [broker.keyspace(q) for q in queues]
     last = dict.fromkeys(queues, since)
@@ -63,4 +74,8 @@ async def follow(app: App, queues: Sequence[str], since: str, block: float) -> A
         entries = await broker.read_events(keyspaces, last, int(block * 1000))
         for queue, entry_id, fields in entries:
             last[queue] = entry_id.decode()
-            yield parse_event(queue, entry_id, fields)
+            event = parse_event(queue, entry_id, fields)
+            if (task_id is None or event.task_id == task_id) and (
+                kinds is None or event.kind in kinds
+            ):
+                yield event

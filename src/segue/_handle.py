@@ -243,4 +243,5 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
         result=result,
         error=parse_error(rec.get(b"e")),
         progress=progress,
+        progress_message=rec.get(b"pgm", b"").decode() or None,
     )

@@ -63,7 +63,7 @@ class Keyspace:
     @cached_property
     def enqueue_keys(self) -> list[str]:
         """KEYS of enqueue.lua, built once."""
-        return [*self.pending, self.scheduled, self.wake]
+        return [*self.pending, self.scheduled, self.wake, self.events]
 
     @cached_property
     def claim_keys(self) -> list[str]:

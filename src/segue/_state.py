@@ -82,3 +82,4 @@ class TaskInfo:
     result: Any
     error: TaskError | None
     progress: tuple[float, float | None] | None = None  # (done, total) from ctx.progress
+    progress_message: str | None = None

@@ -51,10 +51,10 @@ async def test_inspection_commands_show_what_the_server_holds(
         assert "progress 2/4" in shown.stdout
         assert "args ['monday']" in shown.stdout
 
-        events = _segue("events", "--url", url, "-q", queue_name, "--since", "0", "-n", "3")
+        events = _segue("events", "--url", url, "-q", queue_name, "--since", "0", "-n", "4")
         assert events.returncode == 0, events.stderr
         kinds = [row.split()[2] for row in events.stdout.splitlines()]
-        assert kinds == ["task.started", "task.progress", "task.succeeded"]
+        assert kinds == ["task.enqueued", "task.started", "task.progress", "task.succeeded"]
 
         as_json = json.loads(_segue("info", done.id, "--url", url, "--json").stdout)
         assert as_json["status"] == "succeeded" and as_json["result"] == "report monday"

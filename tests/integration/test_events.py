@@ -25,7 +25,7 @@ async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
     @app.task(name="import_file", max_tries=2, retry_backoff=lambda tries: 0.0)
     async def import_file(ctx: Context, rows: int) -> int:
         for i in range(rows):
-            await ctx.progress(i + 1, rows)
+            await ctx.progress(i + 1, rows, f"row {i + 1}")
         await ctx.emit("file.imported", {"rows": rows})
         if ctx.tries == 1:
             raise ConnectionError("flaky upstream")
@@ -42,7 +42,7 @@ async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
         await app.drain(horizon=1.0)
         assert await h.result() == 3
         info = await h.info()
-        assert info.progress == (3.0, 3.0)
+        assert info.progress == (3.0, 3.0) and info.progress_message == "row 3"
         assert (await s.info()).progress == (1.0, None)
         events: list[Event] = []
         await asyncio.wait_for(
@@ -51,16 +51,17 @@ async def test_lifecycle_progress_and_own_events_are_streamed_in_order(
         )
         mine = [(e.kind, e.data) for e in events if e.task_id == h.id]
         assert mine == [
+            ("task.enqueued", None),
             ("task.started", None),
-            ("task.progress", {"done": 1.0, "total": 3.0}),
-            ("task.progress", {"done": 2.0, "total": 3.0}),
-            ("task.progress", {"done": 3.0, "total": 3.0}),
+            ("task.progress", {"done": 1.0, "total": 3.0, "message": "row 1"}),
+            ("task.progress", {"done": 2.0, "total": 3.0, "message": "row 2"}),
+            ("task.progress", {"done": 3.0, "total": 3.0, "message": "row 3"}),
             ("file.imported", {"rows": 3}),
             ("task.retried", None),
             ("task.started", None),
-            ("task.progress", {"done": 1.0, "total": 3.0}),
-            ("task.progress", {"done": 2.0, "total": 3.0}),
-            ("task.progress", {"done": 3.0, "total": 3.0}),
+            ("task.progress", {"done": 1.0, "total": 3.0, "message": "row 1"}),
+            ("task.progress", {"done": 2.0, "total": 3.0, "message": "row 2"}),
+            ("task.progress", {"done": 3.0, "total": 3.0, "message": "row 3"}),
             ("file.imported", {"rows": 3}),
             ("task.succeeded", None),
         ]
@@ -104,9 +105,39 @@ async def test_events_are_followed_live_and_carry_operator_actions(
             await asyncio.wait_for(watcher, 10)
         kinds = [e.kind for e in seen if e.task_id == h.id]
         assert kinds == [
+            "task.enqueued",
             "task.started",
             "task.paused",
             "task.resumed",
             "task.started",
             "task.cancelled",
+        ]
+
+
+async def test_events_of_one_task_and_some_kinds(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="noisy")
+    async def noisy(ctx: Context, n: int) -> int:
+        await ctx.progress(1, 1)
+        return n
+
+    async with app:
+        a = await noisy.enqueue(1)
+        await noisy.enqueue(2)
+        await app.drain()
+        got: list[Event] = []
+
+        async def take() -> None:
+            async for e in app.events(
+                task_id=a.id, kinds={"task.started", "task.succeeded"}, since="0", block=0.2
+            ):
+                got.append(e)
+                if e.kind == "task.succeeded":
+                    return
+
+        await asyncio.wait_for(take(), 10)
+        assert [(e.task_id, e.kind) for e in got] == [
+            (a.id, "task.started"),
+            (a.id, "task.succeeded"),
         ]

@@ -1,6 +1,7 @@
 --[[ enqueue: create tasks, each idempotent by id, queued or scheduled.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   (segue:{q}:q:<level>)
   KEYS[4] scheduled zset (segue:{q}:sched)   KEYS[5] wake list (segue:{q}:wake)
+  KEYS[6] events stream (a task.enqueued event per task created)
   ARGV[1] key prefix "segue:{q}:" (task hashes are built from it: same hash tag)
   ARGV[2] count of tasks, then 11 fields per task:
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
@@ -29,6 +30,8 @@ for i = 0, n - 1 do
     end
     pushed = true
     out[i + 1] = 1
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.enqueued',
+      'id', ARGV[b], 'n', ARGV[b + 1])
   end
 end
 if pushed and redis.call('LLEN', KEYS[5]) == 0 then

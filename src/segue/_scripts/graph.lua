@@ -42,6 +42,7 @@ for i = 0, n - 1 do
     out[i + 1] = 0
   else
     out[i + 1] = 1
+    emit(Q, 'task.enqueued', id, ARGV[b + 1])
     redis.call('HSET', tk, 'of', ARGV[b + 13], 'opt', ARGV[b + 14])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
     if status == 'scheduled' then
