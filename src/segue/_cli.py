@@ -19,6 +19,7 @@ from rich.table import Table
 from segue._app import App
 from segue._errors import SegueError
 from segue._heartbeat import Health
+from segue._logging import JsonFormatter, TaskFields
 from segue._state import TaskInfo, TaskStatus
 
 cli = typer.Typer(
@@ -49,13 +50,15 @@ def load_app(spec: str) -> App:
     return obj
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
-    )
+def _logging(level: str, fmt: str = "text") -> None:
+    if fmt == "json":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    handler.addFilter(TaskFields())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 @cli.command()
@@ -66,6 +69,9 @@ def worker(
         str | None, typer.Option("--queues", "-q", help="Comma-separated, served in order")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one object per line")
+    ] = "text",
     burst: Annotated[
         bool, typer.Option("--burst", help="Exit once nothing is queued, running or retrying")
     ] = False,
@@ -84,7 +90,7 @@ def worker(
     metrics_host: Annotated[str, typer.Option("--metrics-host")] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
-    _logging(log_level)
+    _logging(log_level, log_format)
     the_app = load_app(app)
     if metrics_port is not None:
         from segue.metrics import PrometheusHook, serve_metrics

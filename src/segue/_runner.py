@@ -25,6 +25,7 @@ from segue._context import (
 from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
+from segue._logging import current_task
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -131,6 +132,8 @@ async def attempt(
     if task.takes_ctx:
         assert ctx is not None
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
+    # every log line of the run (its own loggers, libraries') carries the task's fields
+    current_task.set((job.id, job.name))
     if not hooks:
         return await _call(job, task, settings, executor, args, kwargs)
     assert ctx is not None

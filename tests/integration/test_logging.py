@@ -1,0 +1,94 @@
+"""Structured logs: every line emitted inside a task carries its id and name."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segue import App, SyncContext
+from segue._logging import JsonFormatter, TaskFields
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_lines_logged_inside_tasks_carry_the_task_fields(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TaskFields())
+    user = logging.getLogger("user.code")
+    user.addHandler(handler)
+    user.setLevel(logging.INFO)
+
+    @app.task(name="log.async")
+    async def in_async() -> None:
+        user.info("from an async task")
+
+    @app.task(name="log.sync")
+    def in_sync(ctx: SyncContext) -> None:
+        user.info("from a sync task")
+
+    try:
+        async with app:
+            a = await in_async.enqueue()
+            s = await in_sync.enqueue()
+            await app.drain()
+            user.info("outside any task")
+    finally:
+        user.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    by_message = {line["message"]: line for line in lines}
+    assert by_message["from an async task"]["task_id"] == a.id
+    assert by_message["from an async task"]["task_name"] == "log.async"
+    assert by_message["from a sync task"]["task_id"] == s.id
+    assert "task_id" not in by_message["outside any task"]
+    assert by_message["from a sync task"]["level"] == "info"
+
+
+@pytest.mark.slow
+def test_a_worker_logs_json_lines(segue_valkey: Any, queue_name: str) -> None:
+    env = {**os.environ, "SEGUE_REDIS_URL": segue_valkey.url, "SEGUE_QUEUE": queue_name}
+    enqueue = (
+        "import asyncio\n"
+        "from tests.apps.procs import app, nap\n"
+        "async def main():\n"
+        "    async with app:\n"
+        "        await nap.enqueue(0.01)\n"
+        "asyncio.run(main())\n"
+    )
+    env["LEDGER_URL"] = segue_valkey.admin_url
+    subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segue",
+            "worker",
+            "tests.apps.procs:app",
+            "--burst",
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    started = [line for line in lines if "started name=procs.nap" in line["message"]]
+    assert started and started[0]["task_name"] == "procs.nap"
+    assert started[0]["task_id"].startswith(f"{queue_name}:")
