@@ -73,8 +73,8 @@ for _, id in ipairs(expired) do
 end
 
 -- May a task of this name start now? Concurrency: fewer running than its limit. Rate: a
--- token in its bucket (refilled continuously, at most `burst`; the bucket key expires once
--- it would be full again). Returns ok, and when refused for rate, when a token is back.
+-- token in its bucket (refilled continuously, at most `burst` + 0.5; the bucket key
+-- expires once it would be full again). Returns ok, and when refused for rate, when a token is back.
 local limited = redis.call('EXISTS', KEYS[14], KEYS[15]) > 0
 local function admit(name)
   local most = redis.call('HGET', KEYS[15], name)
@@ -87,8 +87,11 @@ local function admit(name)
     per_ms, burst = tonumber(per_ms), tonumber(burst)
     local bk = prefix .. 'bucket:' .. name
     local b = redis.call('HMGET', bk, 'tk', 'ts')
-    local tokens = math.min(burst, tonumber(b[1] or burst) + (now - tonumber(b[2] or now)) * per_ms)
-    local life = math.ceil(burst / per_ms) + 1000
+    -- the bucket holds half a token more than the burst: a worker that claims a little
+    -- late (a busy loop, a round trip) makes that up instead of losing it from the rate
+    local cap = burst + 0.5
+    local tokens = math.min(cap, tonumber(b[1] or burst) + (now - tonumber(b[2] or now)) * per_ms)
+    local life = math.ceil(cap / per_ms) + 1000
     if tokens < 1 then
       redis.call('HSET', bk, 'tk', tokens, 'ts', now)
       redis.call('PEXPIRE', bk, life)
