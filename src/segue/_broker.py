@@ -287,18 +287,13 @@ class Broker:
         ids: list[bytes] = []
         async with self.errors():
             if status == "queued":
-                for key in ks.pending:
-                    ids.extend(reversed(await self.client.lrange(key, 0, -1)))
-                ids = ids[offset : end + 1]
+                ids = await self._pending_page(ks, offset, limit, with_scheduled=False)
             elif status == "running":
                 ids = await self.client.zrange(ks.leases, offset, end)
             elif status == "suspended":
                 # suspended tasks wait in the queued lists, or scheduled when delayed;
                 # the caller keeps those whose record says suspended
-                for key in ks.pending:
-                    ids.extend(reversed(await self.client.lrange(key, 0, -1)))
-                ids.extend(await self.client.zrange(ks.scheduled, 0, -1))
-                ids = ids[offset : end + 1]
+                ids = await self._pending_page(ks, offset, limit, with_scheduled=True)
             elif status == "paused":
                 ids = await self.client.zrange(ks.paused, offset, end)
             elif status == "waiting":
@@ -310,6 +305,47 @@ class Broker:
             else:
                 ids = []
         return [i.decode() for i in ids]
+
+    async def _pending_page(
+        self, ks: Keyspace, offset: int, limit: int, *, with_scheduled: bool
+    ) -> list[bytes]:
+        """A page of the queued lists read as one sequence (highest priority first, next to
+        run first), then the scheduled set: only the page is read, however long the lists
+        (a dashboard pages through a million queued tasks without loading them)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in ks.pending:
+            pipe.llen(key)
+        lengths: list[int] = await pipe.execute()
+        ids: list[bytes] = []
+        skip, want = offset, limit
+        for key, length in zip(ks.pending, lengths, strict=True):
+            if want <= 0:
+                break
+            if skip >= length:
+                skip -= length
+                continue
+            # LPUSH puts the newest at the head: the i-th to run is at index -(i + 1)
+            chunk = await self.client.lrange(key, -(skip + want), -(skip + 1))
+            ids.extend(reversed(chunk))
+            want -= len(chunk)
+            skip = 0
+        if with_scheduled and want > 0:
+            ids.extend(await self.client.zrange(ks.scheduled, skip, skip + want - 1))
+        return ids
+
+    async def recent_events(
+        self, ks: Keyspace, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The last `count` entries of a queue's event stream, newest first (bounded)."""
+        async with self.errors():
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrevrange(
+                ks.events, count=count
+            )
+        return entries
+
+    async def dead_count(self, ks: Keyspace) -> int:
+        async with self.errors():
+            return int(await self.client.llen(ks.dead))
 
     async def has_retrying(self, ks: Keyspace) -> bool:
         """Whether a task of this queue waits for its next try (bounded look: 1,000 ids)."""
@@ -551,9 +587,17 @@ class Broker:
         reply = await self.run_calls([(self.state_script, [ks.state(task_id)], args)], retry=True)
         return bool(reply[0])
 
-    async def read_state(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:
+    async def read_state(
+        self, ks: Keyspace, task_id: str, limit: int | None = None
+    ) -> dict[bytes, bytes]:
+        """A task's state values; with `limit`, at most that many (a reader that shows the
+        state, like the dashboard, needs no unbounded read of a state with many keys)."""
+        key = ks.state(task_id)
         async with self.errors():
-            rec: dict[bytes, bytes] = await self.client.hgetall(ks.state(task_id))
+            if limit is not None and await self.client.hlen(key) > limit:
+                _, part = await self.client.hscan(key, 0, count=limit)
+                return dict(list(part.items())[:limit])
+            rec: dict[bytes, bytes] = await self.client.hgetall(key)
         return rec
 
     async def set_queue_paused(self, ks: Keyspace, paused: bool) -> None:

@@ -380,6 +380,58 @@ def dead(
     print_rows(("id", "task", "tries", "ended", "error"), rows, f"{len(infos)} dead letter(s)")
 
 
+@cli.command()
+def dashboard(
+    app: Annotated[str, typer.Argument(help="The App to show, as module:attribute")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    user: Annotated[str, typer.Option(envvar="SEGUE_DASHBOARD_USER")] = "admin",
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEGUE_DASHBOARD_PASSWORD",
+            help="Prefer the environment variable: a command line is visible to other users",
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Serve without authentication: anyone who can reach the port can pause, "
+            "cancel and retry tasks",
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
+    them. Asks for --password (or SEGUE_DASHBOARD_PASSWORD) unless --no-auth is given."""
+    if no_auth == (password is not None):
+        err.print(
+            "[red]error:[/red] give a password (--password or SEGUE_DASHBOARD_PASSWORD) or "
+            "--no-auth, not both and not neither"
+        )
+        raise typer.Exit(2)
+    try:
+        import uvicorn
+
+        from segue.dashboard import create_app
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    the_app = load_app(app)
+    secret = os.environ.get("SEGUE_DASHBOARD_SECRET")
+    asgi = create_app(
+        the_app,
+        auth=None if password is None else (user, password),
+        secret_key=secret.encode() if secret else None,
+    )
+    if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/yellow] no authentication, and listening on {host}")
+    uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower(), ws="none")
+
+
 def main() -> None:
     from segue import _cli_inspect  # registers its commands on `cli`
 

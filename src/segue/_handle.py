@@ -79,6 +79,13 @@ class TaskHandle(Generic[R]):
             raise self._not_found()
         return parse_info(self.id, rec, self._app)
 
+    async def state(self, *, limit: int | None = None) -> dict[str, Any]:
+        """The task's durable `ctx.state` values as they stand (empty once it ended); with
+        `limit`, at most that many of them."""
+        broker = await self._app.broker()
+        raw = await broker.read_state(broker.keyspace(self.queue), self.id, limit)
+        return {k.decode(): decode_plain(v) for k, v in raw.items()}
+
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""
         if not self._keeps_result:

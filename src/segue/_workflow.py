@@ -221,6 +221,9 @@ class WorkflowHandle(Generic[R]):
             )
         return rec
 
+    async def step_count(self) -> int:
+        return len(await self._ids(b"steps"))
+
     async def _ids(self, field: bytes) -> list[str]:
         return (await self._record()).get(field, b"").decode().split()
 
@@ -244,12 +247,14 @@ class WorkflowHandle(Generic[R]):
             return TaskStatus.CANCELLED
         return TaskStatus.PAUSED if state == "paused" else TaskStatus.RUNNING
 
-    async def steps(self) -> list[TaskInfo]:
-        """Every step, in the order they were laid out, with status and result or error."""
+    async def steps(self, *, offset: int = 0, limit: int | None = None) -> list[TaskInfo]:
+        """Every step, in the order they were laid out, with status and result or error;
+        `offset` and `limit` read one page of a large fan-out."""
         broker = await self._app.broker()
         ks = broker.keyspace(self.queue)
         infos: list[TaskInfo] = []
-        for step_id in await self._ids(b"steps"):
+        ids = await self._ids(b"steps")
+        for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await broker.task_record(ks, step_id)
             if rec:
                 infos.append(parse_info(step_id, rec, self._app))

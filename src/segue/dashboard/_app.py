@@ -1,0 +1,112 @@
+"""create_app: the dashboard of one segue App, as a Starlette ASGI application."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from segue._errors import ConfigurationError, SegueError
+from segue.dashboard import _views
+from segue.dashboard._security import Gate, Security
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from segue._app import App
+
+
+def create_app(
+    app: App,
+    *,
+    auth: tuple[str, str] | None,
+    secret_key: bytes | None = None,
+    page_size: int = 50,
+    refresh_seconds: float = 2.0,
+    max_body_bytes: int = 64 * 1024,
+    session_seconds: float = 12 * 3600,
+    secure_cookies: bool = False,
+    close_app: bool = True,
+) -> Starlette:
+    """The web dashboard of `app`.
+
+    `auth=(user, password)` asks for these credentials (login form, or HTTP Basic);
+    `auth=None` turns authentication off, and must be said: there is no default. Session
+    cookies and CSRF tokens are signed with `secret_key` (random per process unless given:
+    sessions then end when the process restarts). `secure_cookies=True` marks cookies
+    Secure, for a dashboard served over HTTPS. `close_app` closes the App when the ASGI
+    server shuts the dashboard down. Mount it in another ASGI app with Starlette's `Mount`.
+    """
+    if auth is not None and not (auth[0] and auth[1]):
+        raise ConfigurationError("dashboard auth needs a non-empty user and password")
+    if page_size < 1 or page_size > _views.MAX_LIMIT:
+        raise ConfigurationError(f"page_size must be between 1 and {_views.MAX_LIMIT}")
+    security = Security(
+        auth,
+        secret=secret_key or secrets.token_bytes(32),
+        session_seconds=session_seconds,
+        secure_cookies=secure_cookies,
+    )
+    templates = Environment(
+        loader=PackageLoader("segue.dashboard", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    templates.filters.update(
+        when=_views.when,
+        pretty=_views.pretty,
+        cell=_views.cell,
+        number=_views.number,
+        progress=_views.progress_of,
+        q=lambda value: _quote(str(value)),
+    )
+    templates.globals["actions_for"] = _views.task_actions
+    views = _views.Views(
+        app, templates, security, page_size=page_size, refresh_seconds=refresh_seconds
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        if close_app:
+            await app.close()
+
+    routes = [
+        Route("/", views.overview),
+        Route("/tasks", views.tasks),
+        Route("/tasks/{task_id:path}", views.task),
+        Route("/workflows/{workflow_id:path}", views.workflow),
+        Route("/dead", views.dead),
+        Route("/find", views.find),
+        Route("/actions/task", views.task_action, methods=["POST"]),
+        Route("/actions/queue", views.queue_action, methods=["POST"]),
+        Route("/actions/workflow", views.workflow_action, methods=["POST"]),
+        Route("/login", views.login_form),
+        Route("/login", views.login, methods=["POST"]),
+        Route("/logout", views.logout, methods=["POST"]),
+        Route("/health", views.health),
+        Route("/metrics", views.metrics),
+        Mount("/static", StaticFiles(packages=[("segue.dashboard", "static")]), name="static"),
+    ]
+    handlers: dict[Any, Any] = {HTTPException: views.error, SegueError: views.error}
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Gate, security=security, max_body_bytes=max_body_bytes)],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )
+
+
+def _quote(value: str) -> str:
+    # ids go into paths: keep ':' readable, escape '/' and everything else
+    return quote(value, safe=":")

@@ -1,0 +1,90 @@
+"""`/metrics`: queue gauges read from the server at each scrape, in Prometheus text format.
+
+The numbers are the server's, not this process's counters: any number of dashboards (or
+none) can run, and each scrape says what the queues hold right now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from segue._errors import SegueError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from prometheus_client.metrics_core import Metric
+
+    from segue._app import App
+
+# the statuses Queue.counts() reports, in the order they are exported
+STATUSES = (
+    "queued",
+    "scheduled",
+    "running",
+    "waiting",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+)
+
+
+class _Snapshot(Collector):
+    """Metric families read once for one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int]:
+    """A queue's counts by status, whether it is paused, and its dead letters."""
+    queue = app.queue(name)
+    broker = await app.broker()
+    counts, paused, dead = await asyncio.gather(
+        queue.counts(), queue.is_paused(), broker.dead_count(broker.keyspace(name))
+    )
+    return counts, paused, dead
+
+
+async def render(app: App) -> bytes:
+    up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
+    tasks = GaugeMetricFamily(
+        "segue_queue_tasks", "Tasks of a queue by status", labels=["queue", "status"]
+    )
+    paused = GaugeMetricFamily(
+        "segue_queue_paused", "1 when the queue is paused (starts nothing new)", labels=["queue"]
+    )
+    dead = GaugeMetricFamily(
+        "segue_queue_dead_letters", "Tasks of the queue that failed for good", labels=["queue"]
+    )
+    families: list[Metric] = [up]
+    try:
+        names = await app.queues()
+        snapshots = await asyncio.gather(*(queue_snapshot(app, n) for n in names))
+    except SegueError:
+        # an unreachable server is a value to alert on, not a failed scrape
+        up.add_metric([], 0)
+    else:
+        up.add_metric([], 1)
+        for name, (counts, is_paused, dead_letters) in zip(names, snapshots, strict=True):
+            for status in STATUSES:
+                tasks.add_metric([name, status], counts.get(status, 0))
+            paused.add_metric([name], 1 if is_paused else 0)
+            dead.add_metric([name], dead_letters)
+        families += [tasks, paused, dead]
+        alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
+        alive.add_metric([], sum(not w.stale for w in await app.workers()))
+        families.append(alive)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry)
