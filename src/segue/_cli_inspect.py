@@ -164,16 +164,16 @@ def info(
 ) -> None:
     """A task's record: status, arguments, history, progress, result or error."""
 
-    async def go() -> TaskInfo:
+    async def go() -> tuple[TaskInfo, dict[str, Any], list[Any]]:
         async with client_app(app, url) as the_app:
             handle = await the_app.task_handle(task_id)
             if follow:
                 await _follow(handle)
-            return await handle.info()
+            return await handle.info(), await handle.state(limit=50), await handle.events()
 
-    shown: TaskInfo = _run(go)
+    shown, state, task_events = _run(go)
     if json:
-        print_json(shown)
+        print_json({**msgspec.to_builtins(shown), "state": state, "events": task_events})
         return
     out.print(f"[bold]{shown.id}[/bold]  {shown.name}  [bold]{shown.status}[/bold]")
     out.print(f"  args {shown.args!r} kwargs {shown.kwargs!r}", markup=False, highlight=False)
@@ -184,6 +184,11 @@ def info(
         out.print(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}", markup=False)
     if shown.status is TaskStatus.SUCCEEDED:
         out.print(f"  result {shown.result!r}", markup=False, highlight=False)
+    if state:
+        out.print(f"  state {state!r}", markup=False, highlight=False)
+    for ev in task_events:
+        extra = "" if ev.data is None else f" {ev.data!r}"
+        out.print(f"  event {ev.at:%H:%M:%S.%f} {ev.kind}{extra}", markup=False, highlight=False)
     if shown.error is not None:
         e = shown.error
         out.print(f"  error ({e.reason}) {e.type}: {e.message}", markup=False, highlight=False)

@@ -23,6 +23,7 @@ from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, fro
 
 if TYPE_CHECKING:
     from segue._app import App
+    from segue._events import Event
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -85,6 +86,15 @@ class TaskHandle(Generic[R]):
         broker = await self._app.broker()
         raw = await broker.read_state(broker.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
+
+    async def events(self, *, scan: int = 1000) -> list[Event]:
+        """This task's events among the last `scan` of its queue's stream, oldest first."""
+        from segue._events import parse_event
+
+        broker = await self._app.broker()
+        entries = await broker.recent_events(broker.keyspace(self.queue), scan)
+        found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
+        return [e for e in found if e.task_id == self.id]
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""

@@ -50,6 +50,7 @@ async def test_inspection_commands_show_what_the_server_holds(
         assert "succeeded" in shown.stdout and "report monday" in shown.stdout
         assert "progress 2/4" in shown.stdout
         assert "args ['monday']" in shown.stdout
+        assert "task.progress" in shown.stdout and "task.succeeded" in shown.stdout
 
         events = _segue("events", "--url", url, "-q", queue_name, "--since", "0", "-n", "4")
         assert events.returncode == 0, events.stderr
@@ -59,6 +60,8 @@ async def test_inspection_commands_show_what_the_server_holds(
         as_json = json.loads(_segue("info", done.id, "--url", url, "--json").stdout)
         assert as_json["status"] == "succeeded" and as_json["result"] == "report monday"
         assert as_json["progress"] == [2.0, 4.0]
+        kinds_json = [e["kind"] for e in as_json["events"]]
+        assert kinds_json == ["task.enqueued", "task.started", "task.progress", "task.succeeded"]
         listed_json = _segue("tasks", "--url", url, "-q", queue_name, "--json").stdout
         assert {t["id"] for t in json.loads(listed_json)} == {h.id for h in waiting}
         await app.queue().pause()  # the worker below must not take the waiting tasks
