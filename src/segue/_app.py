@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import datetime
@@ -51,6 +52,14 @@ R = TypeVar("R")
 T = TypeVar("T")
 log = logging.getLogger("segue.app")
 _BATCH = 1000
+
+
+def _headers(sig: Signature[Any]) -> str:
+    """The JSON of a call's headers (its options', then those hooks added), '' for none."""
+    given = sig.opts.get("headers")
+    if not given and not sig.headers:
+        return ""
+    return json.dumps({**(given or {}), **sig.headers}, separators=(",", ":"))
 
 
 class _TaskDecorator:
@@ -311,6 +320,7 @@ class App:
                 -1 if ttl is None else int(ttl * 1000),
                 self._unique_key(sig),
                 max(1, int(expire_s * 1000)) if expire_s else 0,
+                _headers(sig),
             ],
         )
 

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
-ENQUEUE_FIELDS = 11  # per task, see enqueue.lua
-GRAPH_FIELDS = 15  # per task, see graph.lua
+ENQUEUE_FIELDS = 12  # per task, see enqueue.lua
+GRAPH_FIELDS = 16  # per task, see graph.lua
 
 
 def _plain_url(url: str) -> str:
@@ -150,7 +150,7 @@ class Broker:
     def enqueue_call(
         self, ks: Keyspace, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks (11 fields each, see enqueue.lua); replies 1 = created, 0 = existed,
+        """Create tasks (12 fields each, see enqueue.lua); replies 1 = created, 0 = existed,
         or the id of the live task holding a unique task's key."""
         count = len(fields) // ENQUEUE_FIELDS
         return (self.enqueue_script, ks.enqueue_keys, [ks.base, count, *fields])
@@ -429,7 +429,7 @@ class Broker:
     def graph_call(
         self, ks: Keyspace, workflow: tuple[str, int, str, str] | None, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks with dependencies (15 fields each, see graph.lua), and a workflow
+        """Create tasks with dependencies (16 fields each, see graph.lua), and a workflow
         record (id, ttl ms, step ids, last step ids) when given."""
         wf_id, ttl_ms, steps, last = workflow or ("", -1, "", "")
         args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, len(fields) // GRAPH_FIELDS]

@@ -134,6 +134,7 @@ class Context:
     __slots__ = (
         "_run",
         "_seq",
+        "headers",
         "log",
         "name",
         "queue",
@@ -153,6 +154,7 @@ class Context:
         queue: str,
         run: RunControl | None = None,
         state_limit: int = 1 << 20,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.task_id = task_id
         self.name = name
@@ -161,6 +163,7 @@ class Context:
         self.queue = queue
         self._run = run
         self._seq = 0
+        self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self.log: logging.LoggerAdapter[logging.Logger] = _TaskLog(
             _task_log, {"task_id": task_id, "task_name": name}
@@ -290,10 +293,21 @@ class SyncContext:
     A sync task can be paused or cancelled only at `ctx.checkpoint()`: a thread cannot be
     interrupted, so a sync task that never checkpoints runs to its end."""
 
-    __slots__ = ("_ctx", "log", "name", "queue", "state", "task_id", "tries", "worker_id")
+    __slots__ = (
+        "_ctx",
+        "headers",
+        "log",
+        "name",
+        "queue",
+        "state",
+        "task_id",
+        "tries",
+        "worker_id",
+    )
 
     def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._ctx = ctx
+        self.headers = ctx.headers
         self.task_id = ctx.task_id
         self.name = ctx.name
         self.tries = ctx.tries

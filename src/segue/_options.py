@@ -40,6 +40,7 @@ class EnqueueOptions(TypedDict, total=False):
     optional: bool
     expire: float | timedelta | datetime | None
     on_duplicate: OnDuplicate
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

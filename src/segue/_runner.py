@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from segue._codec import encode
+from segue._codec import decode_plain, encode
 from segue._context import (
     Context,
     PauseRequested,
@@ -53,6 +53,7 @@ class Job:
     timeout_ms: int
     max_tries: int
     input: bytes | None = None  # a workflow step's value from the steps before it (JSON)
+    headers: bytes | None = None  # the enqueuer's headers (JSON), e.g. a trace context
     run: RunControl | None = None
     task: asyncio.Task[None] | None = None
     lost: bool = False
@@ -128,6 +129,7 @@ async def attempt(
             queue=job.ks.queue,
             run=job.run,
             state_limit=settings.max_payload_bytes,
+            headers=decode_plain(job.headers) if job.headers else None,
         )
     if task.takes_ctx:
         assert ctx is not None

@@ -351,6 +351,7 @@ class Scheduler:
                         e.ttl_ms,
                         e.unique,
                         e.expire_ms,
+                        "",
                     )
                 )
             advances.append(

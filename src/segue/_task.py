@@ -64,7 +64,7 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
 class Signature(Generic[R]):
     """A task with its arguments and options, ready to enqueue or to put in a workflow."""
 
-    __slots__ = ("args", "complete", "kwargs", "opts", "task")
+    __slots__ = ("args", "complete", "headers", "kwargs", "opts", "task")
 
     def __init__(
         self,
@@ -81,6 +81,8 @@ class Signature(Generic[R]):
         self.opts = opts
         # the arguments are known to fit the whole signature (checked once, at call())
         self.complete = complete
+        # carried to the run as ctx.headers; hooks add to it in before_enqueue (tracing)
+        self.headers: dict[str, str] = {}
 
     def options(self, **options: Unpack[EnqueueOptions]) -> Signature[R]:
         merged = _merge(self.opts, options)

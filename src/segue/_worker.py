@@ -281,7 +281,7 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for raw in jobs:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers = raw
             job = Job(
                 ks=ks,
                 id=task_id.decode(),
@@ -293,6 +293,7 @@ class Worker:
                 max_tries=int(max_tries or 1),
                 started=_clock.monotonic(),
                 input=given or None,
+                headers=headers or None,
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             self._running[job.id] = job

@@ -75,24 +75,35 @@ _span: contextvars.ContextVar[Any] = contextvars.ContextVar("segue_run_span")
 
 
 class TracingHook(Hook):
-    """An OpenTelemetry span around each enqueue (`segue.enqueue <task>`) and each run
-    (`segue.run <task>`), with the task id, queue and try as attributes; a failed run
-    records its exception and an error status."""
+    """An OpenTelemetry span around each enqueue (`segue.enqueue <task>`, a child of the
+    caller's current span) and each run (`segue.run <task>`, a child of that enqueue span,
+    in whatever process runs it: the trace context travels in the task's headers), with
+    the task id, queue and try as attributes; a failed run records its exception and an
+    error status."""
 
     def __init__(self, tracer: Any = None) -> None:
-        from opentelemetry import trace
+        from opentelemetry import propagate, trace
 
         self._trace = trace
+        self._propagate = propagate
         self._tracer = tracer or trace.get_tracer("segue")
+        self._enqueues: dict[int, Any] = {}
+
+    async def before_enqueue(self, signature: Signature[Any]) -> None:
+        span = self._tracer.start_span(f"segue.enqueue {signature.task.name}")
+        self._enqueues[id(signature)] = span
+        self._propagate.inject(signature.headers, context=self._trace.set_span_in_context(span))
 
     async def after_enqueue(self, signature: Signature[Any], handle: TaskHandle[Any]) -> None:
-        # the enqueue already happened: a zero-length span marks it in the caller's trace
-        with self._tracer.start_as_current_span(f"segue.enqueue {signature.task.name}") as s:
-            s.set_attribute("segue.task_id", handle.id)
-            s.set_attribute("segue.queue", handle.queue)
+        span = self._enqueues.pop(id(signature), None)
+        if span is not None:
+            span.set_attribute("segue.task_id", handle.id)
+            span.set_attribute("segue.queue", handle.queue)
+            span.end()
 
     async def before_run(self, ctx: Context) -> None:
-        span = self._tracer.start_span(f"segue.run {ctx.name}")
+        parent = self._propagate.extract(ctx.headers)
+        span = self._tracer.start_span(f"segue.run {ctx.name}", context=parent)
         span.set_attribute("segue.task_id", ctx.task_id)
         span.set_attribute("segue.queue", ctx.queue)
         span.set_attribute("segue.try", ctx.tries)

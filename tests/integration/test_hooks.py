@@ -184,3 +184,24 @@ async def test_a_failing_lifespan_stops_the_worker_before_any_task(
             await app.drain()
         assert ran == []
         assert (await h.status()).value == "queued"
+
+
+async def test_headers_travel_from_the_enqueue_to_the_run(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    seen: list[dict[str, str]] = []
+
+    class Tenant(Hook):
+        async def before_enqueue(self, signature: Signature[Any]) -> None:
+            signature.headers["tenant"] = "acme"
+
+    app.add_hook(Tenant())
+
+    @app.task(name="headed")
+    async def headed(ctx: Context) -> None:
+        seen.append(dict(ctx.headers))
+
+    async with app:
+        await headed.enqueue()
+        await headed.options(headers={"request": "r-1"}).enqueue()
+        await app.drain()
+    assert sorted(seen, key=len) == [{"tenant": "acme"}, {"request": "r-1", "tenant": "acme"}]

@@ -71,12 +71,23 @@ async def test_the_tracing_hook_makes_a_span_per_enqueue_and_run(
     async def fails() -> None:
         raise RuntimeError("broken")
 
+    tracer = provider.get_tracer("caller")
     async with app:
-        h = await fails.enqueue()
+        with tracer.start_as_current_span("http request") as request:
+            h = await fails.enqueue()
         await app.drain()
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert set(spans) == {"segue.enqueue t.fails", "segue.run t.fails"}
+    assert set(spans) == {"http request", "segue.enqueue t.fails", "segue.run t.fails"}
     run = spans["segue.run t.fails"]
+    enqueue = spans["segue.enqueue t.fails"]
+    # one trace from the caller's request through the enqueue to the run in the worker
+    trace_id = request.get_span_context().trace_id
+    assert {s.context.trace_id for s in spans.values() if s.context} == {trace_id}
+    assert (
+        enqueue.parent is not None and enqueue.parent.span_id == request.get_span_context().span_id
+    )
+    assert run.parent is not None and enqueue.context is not None
+    assert run.parent.span_id == enqueue.context.span_id
     assert run.attributes is not None
     assert run.attributes["segue.task_id"] == h.id
     assert run.attributes["segue.end"] == "failed"

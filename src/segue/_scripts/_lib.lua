@@ -282,9 +282,10 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   return redis.error_reply('SEGUE_INVALID_COMMAND ' .. cmd)
 end
 
--- Create a task record from the 11 enqueue fields at ARGV[b..b+10]: id, name, payload,
+-- Create a task record from the 12 enqueue fields at ARGV[b..b+11]: id, name, payload,
 -- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms, unique key ('' none: else a
--- lock uniq:<key> names the one live task), expire_in_ms (0 none). Returns its key, status
+-- lock uniq:<key> names the one live task), expire_in_ms (0 none), headers (JSON, '' none:
+-- carried to the run, e.g. a trace context). Returns its key, status
 -- (queued, scheduled, or `waiting` when told so) and due time; nil when the id already
 -- exists; nil, nil, nil, <id> when a live task holds the unique key.
 local function new_task(base, b, now, waiting)
@@ -318,6 +319,7 @@ local function new_task(base, b, now, waiting)
   -- expiry arrives relative (ms from now), so only the server's clock decides it
   local expire = tonumber(ARGV[b + 10])
   if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  if ARGV[b + 11] ~= '' then redis.call('HSET', tk, 'hd', ARGV[b + 11]) end
   return tk, status, due
 end
 

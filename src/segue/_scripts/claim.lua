@@ -10,7 +10,7 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers}... }
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
   (worker_lost) here, server-side, since the process that ran it left no code to count.
@@ -117,7 +117,8 @@ if not paused then
       budget = budget - #ids
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st')
+        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
+          'hd')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           if f[8] and workflow_status(Q, f[8]) == 'paused' then
@@ -150,7 +151,7 @@ if not paused then
             add_history(tk, 'running', now, wid)
             emit(Q, 'task.started', id, f[2])
             redis.call('ZADD', KEYS[5], deadline, id)
-            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '' }
+            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '' }
             want = want - 1
           end
         end

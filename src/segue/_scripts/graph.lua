@@ -6,7 +6,7 @@
   ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
   ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
   ARGV[6] ids of the last steps (the workflow's result), space-separated
-  ARGV[7] count of tasks, then 15 fields per task: the 11 of enqueue.lua, then
+  ARGV[7] count of tasks, then 16 fields per task: the 12 of enqueue.lua, then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
@@ -33,8 +33,8 @@ end
 local n = tonumber(ARGV[7])
 local out = {}
 for i = 0, n - 1 do
-  local b = 8 + i * 15
-  local id, deps, mode = ARGV[b], ARGV[b + 11], ARGV[b + 12]
+  local b = 8 + i * 16
+  local id, deps, mode = ARGV[b], ARGV[b + 12], ARGV[b + 13]
   local tk, status, due, holder = new_task(prefix, b, now, deps ~= '')
   if holder then
     out[i + 1] = holder
@@ -43,7 +43,7 @@ for i = 0, n - 1 do
   else
     out[i + 1] = 1
     emit(Q, 'task.enqueued', id, ARGV[b + 1])
-    redis.call('HSET', tk, 'of', ARGV[b + 13], 'opt', ARGV[b + 14])
+    redis.call('HSET', tk, 'of', ARGV[b + 14], 'opt', ARGV[b + 15])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
@@ -76,7 +76,7 @@ for i = 0, n - 1 do
       end
       if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
       if bad then
-        local cancel = ARGV[b + 13] == 'cancel'
+        local cancel = ARGV[b + 14] == 'cancel'
         local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
           message = bad[3], reason = bad[2] })
         finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, bad[3])

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote
 
+from markupsafe import Markup
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -26,9 +27,10 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._events import Event, parse_event
+from segue._handle import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
-from segue.dashboard import _metrics
+from segue.dashboard import _metrics, _throughput
 from segue.dashboard._security import SESSION_COOKIE, relative_path, root_of, safe_next
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ MAX_OFFSET = 10_000_000
 EVENT_SCAN = 1000
 EVENTS_SHOWN = 50
 STATE_SHOWN = 100
+# a search by name reads the names of at most this many tasks of the status shown
+NAME_SCAN = 1000
 STATUS_ORDER = [s.value for s in TaskStatus]
 RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 
@@ -230,10 +234,23 @@ class Views:
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         names = await self.app.queues()
         shown = names[offset : offset + self.page_size]
+        chart_queue = request.query_params.get("chart") or None
+        if chart_queue is not None:
+            try:
+                check_queue_name(chart_queue)
+            except ConfigurationError as exc:
+                raise HTTPException(400, str(exc)) from None
+        throughput = await _throughput.read(
+            self.app, [chart_queue] if chart_queue is not None else names
+        )
         return self.page(
             request,
             "overview.html",
             title="Overview",
+            throughput=throughput,
+            chart=Markup(_throughput.svg(throughput)),  # numbers and times only
+            chart_queue=chart_queue,
+            chart_minutes=_throughput.MINUTES,
             queues=await self._queue_rows(shown),
             workers=await self._workers(),
             total=len(names),
@@ -250,8 +267,16 @@ class Views:
         status = TaskStatus(raw)
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         limit = self._int(request, "limit", self.page_size, MAX_LIMIT) or self.page_size
-        # one more than shown tells whether a next page exists, without counting
-        infos = await self.app.tasks(status, queue=queue, offset=offset, limit=limit + 1)
+        search = (request.query_params.get("q") or "").strip()[:200]
+        if search and ":" in search and await self._task_exists(search):
+            root = root_of(request.scope)
+            return RedirectResponse(f"{root}/tasks/{quote(search, safe=':')}", 303)
+        scanned: int | None = None
+        if search:
+            infos, scanned = await self._named(status, queue, search, offset, limit + 1)
+        else:
+            # one more than shown tells whether a next page exists, without counting
+            infos = await self.app.tasks(status, queue=queue, offset=offset, limit=limit + 1)
         counts = await self.app.queue(queue).counts()
         return self.page(
             request,
@@ -265,7 +290,47 @@ class Views:
             has_next=len(infos) > limit,
             offset=offset,
             limit=limit,
+            search=search,
+            scanned=scanned,
+            bounded=scanned is not None and counts.get(status.value, 0) > scanned,
         )
+
+    async def _task_exists(self, task_id: str) -> bool:
+        try:
+            await (await self.app.task_handle(task_id)).info()
+        except (ConfigurationError, TaskNotFound):
+            return False
+        return True
+
+    async def _named(
+        self, status: TaskStatus, queue: str, search: str, offset: int, limit: int
+    ) -> tuple[list[TaskInfo], int]:
+        """A page of the tasks of this status whose name contains `search` (any case),
+        among the first NAME_SCAN of the status; and how many ids were looked at. Only the
+        names (and statuses) of those are read, then the whole records of the page."""
+        broker = await self.app.broker()
+        ks = broker.keyspace(queue)
+        ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
+        async with broker.errors():
+            pipe = broker.client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(ks.task(task_id), "n", "s")
+            fields: list[list[bytes | None]] = await pipe.execute() if ids else []
+        wanted = search.casefold()
+        matches = [
+            task_id
+            for task_id, (name, st) in zip(ids, fields, strict=True)
+            if name is not None
+            and wanted in name.decode(errors="replace").casefold()
+            # a suspended task is looked for among the queued ones: keep what it says it is
+            and (status.is_final or st == status.value.encode())
+        ]
+        infos: list[TaskInfo] = []
+        for task_id in matches[offset : offset + limit]:
+            rec = await broker.task_record(ks, task_id)
+            if rec:
+                infos.append(parse_info(task_id, rec, self.app))
+        return infos, len(ids)
 
     async def task(self, request: Request) -> Response:
         task_id: str = request.path_params["task_id"]
