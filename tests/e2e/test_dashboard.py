@@ -80,10 +80,14 @@ async def test_health_and_metrics_are_open_and_the_rest_is_not(
         assert metrics.status_code == 200 and "set-cookie" not in metrics.headers
         assert (await client.get("/static/dashboard.js")).status_code == 200
         assert (await client.get("/login")).status_code == 200
+        assert _value(metrics.text, "segue_up") == 1
     down = App("dash", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     async with dashboard(down, sign_in=False) as client:
         assert (await client.get("/health")).status_code == 503
-        assert "segue_up 0.0" in (await client.get("/metrics")).text
+        scraped = (await client.get("/metrics")).text
+        # an unreachable server is a value, and the only family then
+        assert _value(scraped, "segue_up") == 0
+        assert [f.name for f in text_string_to_metric_families(scraped)] == ["segue_up"]
 
 
 async def test_credentials_are_compared_in_constant_time(
@@ -460,7 +464,7 @@ async def test_workers_panel_uses_app_workers_when_there_is_one(
         page = (await client.get("/")).text
         assert worker.id in page
         metrics = (await client.get("/metrics")).text
-        assert "segue_workers 1.0" in metrics or "segue_workers 1" in metrics
+        assert _value(metrics, "segue_workers") == 1
 
 
 async def test_the_dashboard_mounts_under_a_prefix(make_dash_app: Callable[..., App]) -> None:
@@ -530,7 +534,27 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             ("segue_queue_paused", ""): 1,
             ("segue_queue_dead_letters", ""): 1,
         }
-        assert "segue_up 1.0" in response.text
+        assert _value(response.text, "segue_up") == 1
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        assert {n: f.type for n, f in families.items()} == {
+            "segue_up": "gauge",
+            "segue_queue_tasks": "gauge",
+            "segue_queue_paused": "gauge",
+            "segue_queue_dead_letters": "gauge",
+            "segue_workers": "gauge",
+        }
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The one sample of `name` with these labels, as prometheus-client's parser reads it."""
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    ]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
 
 
 def _samples(text: str, queue: str) -> dict[tuple[str, str], float]:
