@@ -1,7 +1,8 @@
 """The dashboard in a real headless browser (Debian's chromium through chromedriver):
 sign in, watch a running task's progress move, press Pause and see it PAUSED, press Resume
-and see it finish, all through the page's own live updates. A screenshot of the task page
-is kept (in $SEGUE_ARTIFACTS when set, else in the test's tmp_path)."""
+and see it finish, all through the page's own live updates; then see it counted in the
+overview's throughput chart. Screenshots of the task page and of the overview are kept (in
+$SEGUE_ARTIFACTS when set, else in the test's tmp_path)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def listening(app: App) -> Iterator[str]:
         sock.close()
 
 
-def browse(base: str, task_id: str, finish: threading.Event, shot: Path) -> None:
+def browse(base: str, task_id: str, finish: threading.Event, shot: Path, overview: Path) -> None:
     """The operator's side, in the browser (blocking: run in a thread)."""
     from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException
@@ -127,6 +128,17 @@ def browse(base: str, task_id: str, finish: threading.Event, shot: Path) -> None
         shows("succeeded")
         assert now(lambda: driver.find_element(By.CSS_SELECTOR, "pre.value").text) == "10000"
         assert now(progress) >= held
+
+        # the overview's chart counts it in the current minute, drawn by the browser
+        queue = task_id.partition(":")[0]
+        driver.get(f"{base}/?chart={queue}")
+        bar = "#throughput g.minute.current"
+        wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, bar).get_attribute("data-succeeded") == "1"
+        )
+        drawn = driver.find_element(By.CSS_SELECTOR, f"{bar} rect.ok")
+        assert drawn.size["height"] > 0 and drawn.size["width"] > 0
+        driver.save_screenshot(str(overview))
     finally:
         driver.quit()
 
@@ -156,14 +168,16 @@ async def test_pause_and_resume_a_running_task_from_the_browser(
         return pages
 
     shot = _artifact("dashboard-task-paused.png", tmp_path)
+    overview = _artifact("dashboard-overview-chart.png", tmp_path)
     # the dashboard has an App of its own: it runs in uvicorn's thread and event loop
     viewer = make_dash_app()
     async with app, serving(app):
         h = await crawl.enqueue(10_000)
         await h.wait_for(TaskStatus.RUNNING, timeout=10)
         with listening(viewer) as base:
-            await asyncio.to_thread(browse, base, h.id, finish, shot)
+            await asyncio.to_thread(browse, base, h.id, finish, shot, overview)
         assert await h.result(timeout=10) == 10_000
         history = [step.status for step in (await h.info()).history]
         assert TaskStatus.PAUSED in history
     assert shot.stat().st_size > 0
+    assert overview.stat().st_size > 0
