@@ -551,6 +551,11 @@ class Broker:
             if n < 500:
                 return total
 
+    async def trim_events(self, ks: Keyspace, older_than_ms: int) -> None:
+        """Drop a queue's events older than the given server time (approximate trim)."""
+        async with self.errors():
+            await self.client.xtrim(ks.events, minid=older_than_ms, approximate=False)
+
     async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
         async with self.errors():
             ids = await self.client.lrange(ks.dead, offset, offset + limit - 1)

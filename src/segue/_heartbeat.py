@@ -102,6 +102,7 @@ class Heartbeat:
         self._pid_file = pid_file
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._trimmed_ms = 0
 
     async def start(self) -> None:
         """Register now (so a check right after start-up finds the worker), write the pid
@@ -130,6 +131,16 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
             await self._beat()
 
+    async def _trim_events(self, now_ms: int) -> None:
+        """About once a minute, drop the events of this worker's queues that are older
+        than `events_keep_seconds` (every worker does it: the trim is idempotent)."""
+        keep = self._broker.settings.events_keep_seconds
+        if keep is None or now_ms - self._trimmed_ms < 60_000:
+            return
+        self._trimmed_ms = now_ms
+        for queue in self._worker.queues:
+            await self._broker.trim_events(self._broker.keyspace(queue), now_ms - int(keep * 1000))
+
     async def _beat(self) -> None:
         w = self._worker
         fields: dict[str, str | int] = {
@@ -143,9 +154,10 @@ class Heartbeat:
             "interval_ms": int(self.interval * 1000),
         }
         try:
-            _, self._started_ms = await self._broker.beat(
+            now_ms, self._started_ms = await self._broker.beat(
                 self._keys, w.id, self._ttl_ms, self._keep_ms, self._started_ms, fields
             )
+            await self._trim_events(now_ms)
         except BrokerError as exc:
             # once per outage: the worker's own loop already reports the server down
             if not self._failing:

@@ -37,6 +37,8 @@ class Settings:
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
+    # events older than this are trimmed by the workers (about 10,000 per queue at most)
+    events_keep_seconds: float | None = 86400.0
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

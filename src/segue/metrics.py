@@ -31,39 +31,42 @@ _started: contextvars.ContextVar[float] = contextvars.ContextVar("segue_run_star
 
 
 class PrometheusHook(Hook):
-    """Counts enqueues, starts and ends of runs (by task name and how they ended), and
-    records run durations, in its own registry (or the one given)."""
+    """Counts enqueues, starts and ends of runs (by task name, queue, and how they ended),
+    and records run durations, in its own registry (or the one given)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.enqueued = Counter(
-            "segue_tasks_enqueued", "Tasks enqueued", ["task"], registry=self.registry
+            "segue_tasks_enqueued", "Tasks enqueued", ["task", "queue"], registry=self.registry
         )
         self.started = Counter(
-            "segue_runs_started", "Runs started by this worker", ["task"], registry=self.registry
+            "segue_runs_started",
+            "Runs started by this worker",
+            ["task", "queue"],
+            registry=self.registry,
         )
         self.ended = Counter(
             "segue_runs_ended",
             "Runs ended, by how they ended (succeeded, failed, retrying, paused, ...)",
-            ["task", "end"],
+            ["task", "queue", "end"],
             registry=self.registry,
         )
         self.duration = Histogram(
-            "segue_run_seconds", "Run durations", ["task"], registry=self.registry
+            "segue_run_seconds", "Run durations", ["task", "queue"], registry=self.registry
         )
 
     async def after_enqueue(self, signature: Signature[Any], handle: TaskHandle[Any]) -> None:
-        self.enqueued.labels(signature.task.name).inc()
+        self.enqueued.labels(signature.task.name, handle.queue).inc()
 
     async def before_run(self, ctx: Context) -> None:
         _started.set(time.perf_counter())
-        self.started.labels(ctx.name).inc()
+        self.started.labels(ctx.name, ctx.queue).inc()
 
     async def after_run(self, ctx: Context, result: RunResult) -> None:
-        self.ended.labels(ctx.name, result.end).inc()
+        self.ended.labels(ctx.name, ctx.queue, result.end).inc()
         began = _started.get(None)
         if began is not None:
-            self.duration.labels(ctx.name).observe(time.perf_counter() - began)
+            self.duration.labels(ctx.name, ctx.queue).observe(time.perf_counter() - began)
 
 
 def serve_metrics(hook: PrometheusHook, port: int, host: str = "127.0.0.1") -> None:

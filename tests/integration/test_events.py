@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from segue import App, Context, Event, SyncContext, TaskStatus
-from tests.integration.conftest import serving
+from tests.integration.conftest import eventually, serving
 
 
 async def _collect(app: App, events: list[Event], stop: Callable[[list[Event]], bool]) -> None:
@@ -141,3 +141,27 @@ async def test_events_of_one_task_and_some_kinds(make_app: Callable[..., App]) -
             (a.id, "task.started"),
             (a.id, "task.succeeded"),
         ]
+
+
+async def test_workers_trim_events_older_than_the_retention(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(events_keep_seconds=0.3)
+
+    @app.task(name="old_news")
+    async def old_news() -> None: ...
+
+    async with app:
+        await old_news.enqueue()
+        await app.drain()
+        broker = await app.broker()
+        ks = broker.keyspace(app.settings.queue)
+        assert await broker.client.xlen(ks.events) == 3  # enqueued, started, succeeded
+        await asyncio.sleep(0.4)  # the events must be older than the retention
+        async with serving(app) as worker:
+            await asyncio.wait_for(worker.ready.wait(), 10)  # its first beat trims
+
+            async def trimmed() -> bool:
+                return bool(await broker.client.xlen(ks.events) == 0)
+
+            await eventually(trimmed, timeout=5)

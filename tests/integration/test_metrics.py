@@ -47,6 +47,7 @@ async def test_the_prometheus_hook_counts_runs_by_how_they_ended(
         await app.drain(horizon=1.0)
 
     def value(name: str, **labels: str) -> float:
+        labels["queue"] = app.settings.queue
         got = hook.registry.get_sample_value(name, labels)
         return 0.0 if got is None else got
 
