@@ -186,10 +186,17 @@ class Broker:
         return (self.claim_script, keys, args)
 
     def finish_call(
-        self, ks: Keyspace, outcomes: Sequence[Any]
+        self, ks: Keyspace, outcomes: Sequence[Any], *, claim_follows: bool = False
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
         keys = ks.finish_keys
-        args = [ks.base, ks.done_channel, self.settings.dead_letter_cap, len(outcomes) // 5]
+        follows = 1 if claim_follows else 0
+        args = [
+            ks.base,
+            ks.done_channel,
+            self.settings.dead_letter_cap,
+            follows,
+            len(outcomes) // 5,
+        ]
         args.extend(outcomes)
         return (self.finish_script, keys, args)
 

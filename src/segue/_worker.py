@@ -173,9 +173,14 @@ class Worker:
             self._changed.clear()
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
-            calls = [broker.finish_call(ks, fields) for ks, fields in taken]
-            n_finish = len(calls)
             claim_from = keyspaces[0] if free > 0 else None
+            # a claim right after a queue's finish takes what the finish made ready: that
+            # finish need not wake other workers for it (the claim does, if more is left)
+            calls = [
+                broker.finish_call(ks, fields, claim_follows=ks is claim_from)
+                for ks, fields in taken
+            ]
+            n_finish = len(calls)
             if claim_from is not None:
                 calls.append(broker.claim_call(claim_from, self.id, free))
             try:

@@ -4,7 +4,9 @@
   KEYS[8..11] done zsets: succeeded, failed, cancelled, expired   KEYS[12] paused zset
   KEYS[13] waiting zset   KEYS[14] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
-  ARGV[4] count, then 5 fields per outcome: id, gen, action, a, b
+  ARGV[4] 1 when a claim of this queue follows in the same round trip (it takes what became
+    ready here, and wakes other workers if more is left), else 0
+  ARGV[5] count, then 5 fields per outcome: id, gen, action, a, b
     ok       a = result payload
     fail     a = error JSON, b = reason
     retry    a = error JSON, b = delay ms
@@ -17,7 +19,7 @@
   worker holds the task, or it already ended). A rejected writer must drop the task. ]]
 local prefix = ARGV[1]
 local channel = ARGV[2]
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], channel)
@@ -40,7 +42,7 @@ local function schedule(tk, id, status, at, reason)
 end
 
 for i = 0, n - 1 do
-  local b = 5 + i * 5
+  local b = 6 + i * 5
   local id, gen, action = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local tk = prefix .. 'task:' .. id
   local f = redis.call('HMGET', tk, 's', 'g')
@@ -118,5 +120,5 @@ for i = 0, n - 1 do
     end
   end
 end
-wake_if_needed(Q)
+if ARGV[4] ~= '1' then wake_if_needed(Q) end
 return out
