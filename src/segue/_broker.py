@@ -421,11 +421,9 @@ class Broker:
             reply = await self.run_calls([self.control_call(ks, task_id, command, reason)])
         except ScriptError as exc:
             if exc.code == "SEGUE_NOT_FOUND":
-                raise TaskNotFound(
-                    f"no task {task_id}: it never existed, or it ended and its record expired"
-                ) from None
+                raise _not_found("task", task_id) from None
             if exc.code == "SEGUE_INVALID_TRANSITION":
-                status = str(exc).rsplit(" ", 2)[-2]
+                status = _refused_in(exc)
                 raise InvalidTransition(
                     f"cannot {command} task {task_id}: it is {status}", status, command
                 ) from None
@@ -456,11 +454,9 @@ class Broker:
             reply = await self.run_calls([(self.workflow_script, keys, args)])
         except ScriptError as exc:
             if exc.code == "SEGUE_NOT_FOUND":
-                raise TaskNotFound(
-                    f"no workflow {wf_id}: it never existed, or it ended and its record expired"
-                ) from None
+                raise _not_found("workflow", wf_id) from None
             if exc.code == "SEGUE_INVALID_TRANSITION":
-                state = str(exc).rsplit(" ", 2)[-2]
+                state = _refused_in(exc)
                 verb = "pause" if command == "pause_running" else command
                 raise InvalidTransition(
                     f"cannot {verb} workflow {wf_id}: it is {state}", state, verb
@@ -492,11 +488,9 @@ class Broker:
             reply = await self.run_calls([call])
         except ScriptError as exc:
             if exc.code == "SEGUE_NOT_FOUND":
-                raise TaskNotFound(
-                    f"no task {task_id}: it never existed, or it ended and its record expired"
-                ) from None
+                raise _not_found("task", task_id) from None
             if exc.code == "SEGUE_INVALID_TRANSITION":
-                status = str(exc).rsplit(" ", 2)[-2]
+                status = _refused_in(exc)
                 raise InvalidTransition(
                     f"cannot retry task {task_id}: it is {status} (only failed, cancelled or "
                     "expired tasks are retried)",
@@ -688,6 +682,15 @@ class Broker:
             pipe.hgetall(ck.fired)
             defs, due, fired = await pipe.execute()
         return defs, due, fired
+
+
+def _not_found(kind: str, ident: str) -> TaskNotFound:
+    return TaskNotFound(f"no {kind} {ident}: it never existed, or it ended and its record expired")
+
+
+def _refused_in(exc: ScriptError) -> str:
+    """The status named by a `SEGUE_INVALID_TRANSITION <status> <command>` reply."""
+    return str(exc).rsplit(" ", 2)[-2]
 
 
 def _text(value: Any) -> str:

@@ -11,10 +11,10 @@ local f = redis.call('HMGET', tk, 's', 'g', 'n')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
 if ARGV[4] == 'progress' then
   redis.call('HSET', tk, 'pg', ARGV[5] .. ' ' .. ARGV[6], 'pgm', ARGV[7] or '')
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', 10000, '*', 'e', 'task.progress', 'id', ARGV[2],
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.progress', 'id', ARGV[2],
     'n', f[3], 'done', ARGV[5], 'total', ARGV[6], 'msg', ARGV[7] or '')
 else
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', 10000, '*', 'e', ARGV[5], 'id', ARGV[2],
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', ARGV[5], 'id', ARGV[2],
     'n', f[3], 'data', ARGV[6])
 end
 return 1
