@@ -52,21 +52,23 @@ async def test_a_worker_that_lost_its_lease_cannot_complete(
 
 
 async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -> None:
-    app = make_app(lease_seconds=0.5)
+    # a 1 s lease renewed every third of it: a loaded machine may stall the renewal thread
+    # for a few hundred ms without the lease running out
+    app = make_app(lease_seconds=1.0)
 
     @app.task(name="long")
     async def long() -> str:
-        await asyncio.sleep(1.6)  # three leases long: only renewal keeps it
+        await asyncio.sleep(3.2)  # three leases long: only renewal keeps it
         return "kept"
 
     async with app:
         h = await long.enqueue()
-        thief = make_app(lease_seconds=0.5)
+        thief = make_app(lease_seconds=1.0)
         async with serving(app):
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
             async with thief:
                 broker = await thief.broker()
-                for _ in range(6):
+                for _ in range(12):
                     assert await claim(broker, app.settings.queue, "thief") == []
                     await asyncio.sleep(0.2)
             assert await h.result(timeout=5) == "kept"
