@@ -33,13 +33,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import random
 import socket
 import ssl
 import struct
 import threading
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 Direction = Literal["up", "down", "both"]
@@ -59,6 +61,7 @@ class ProxyStats:
     bytes_up: int
     bytes_down: int
     discarded_bytes: int
+    tls_failures: int
     open_connections: int
 
 
@@ -95,6 +98,89 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         except OSError:
             pass
     writer.transport.abort()
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def can_write_eof(self) -> bool: ...
+    def write_eof(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _TLSServerSide:
+    """The server end of TLS over a plain stream, through memory BIOs. asyncio's own TLS
+    server aborts a connection whose handshake fails before its alert is sent, so a client
+    would see a bare reset; a real server (and this) sends the alert first."""
+
+    def __init__(
+        self, ctx: ssl.SSLContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._reader = reader
+        self._writer = writer
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self._writer.write(data)
+
+    async def _fill(self) -> bool:
+        self._flush()
+        await self._writer.drain()
+        data = await self._reader.read(1 << 16)
+        if not data:
+            self._in.write_eof()
+            return False
+        self._in.write(data)
+        return True
+
+    async def handshake(self) -> bool:
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                if not await self._fill():
+                    return False
+            except ssl.SSLError:
+                self._flush()
+                await self._writer.drain()
+                return False
+            else:
+                self._flush()
+                return True
+
+    async def read(self) -> bytes:
+        while True:
+            try:
+                data = self._tls.read(1 << 16)
+            except ssl.SSLWantReadError:
+                if not await self._fill():
+                    return b""
+            except ssl.SSLError:  # the client's close_notify or alert
+                self._flush()
+                return b""
+            else:
+                self._flush()
+                return data
+
+    def write(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:  # pragma: no cover - TLS has no half-close
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class FaultProxy:
@@ -145,7 +231,7 @@ class FaultProxy:
             self._loop = loop
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self._accept, self.host, 0, ssl=self._tls)
+                    asyncio.start_server(self._accept, self.host, 0)
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as exc:
@@ -176,6 +262,12 @@ class FaultProxy:
             for pair in list(self._pairs):
                 pair.abort()
             self._pairs.clear()
+            # connections still in their handshake or closing: end them here, not when
+            # the loop is closed under them
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
@@ -252,6 +344,7 @@ class FaultProxy:
             bytes_up=c["bytes_up"],
             bytes_down=c["bytes_down"],
             discarded_bytes=c["discarded_bytes"],
+            tls_failures=c["tls_failures"],
             open_connections=len(self._pairs),
         )
 
@@ -277,10 +370,31 @@ class FaultProxy:
         pair.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:  # stop() ends connections still being set up
+            writer.transport.abort()
+            raise
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refuse:
             self._counts["refused"] += 1
             _reset(writer)
             return
+        client_read: Callable[[], Awaitable[bytes]] = functools.partial(reader.read, 1 << 16)
+        client_out: _Sink = writer
+        if self._tls is not None:
+            side = _TLSServerSide(self._tls, reader, writer)
+            try:
+                async with asyncio.timeout(10):
+                    shaken = await side.handshake()
+            except (TimeoutError, OSError):
+                shaken = False
+            if not shaken:
+                self._counts["tls_failures"] += 1
+                writer.close()  # orderly, so that the alert reaches the client
+                return
+            client_read, client_out = side.read, side
         pair = _Pair(writer)
         try:
             up_reader, pair.upstream = await asyncio.open_connection(*self.upstream)
@@ -290,9 +404,10 @@ class FaultProxy:
             return
         self._counts["accepted"] += 1
         self._pairs.add(pair)
+        up_read = functools.partial(up_reader.read, 1 << 16)
         pair.tasks = [
-            asyncio.create_task(self._pump(pair, reader, pair.upstream, "up")),
-            asyncio.create_task(self._pump(pair, up_reader, writer, "down")),
+            asyncio.create_task(self._pump(pair, client_read, pair.upstream, "up")),
+            asyncio.create_task(self._pump(pair, up_read, client_out, "down")),
         ]
         await asyncio.gather(*pair.tasks, return_exceptions=True)
         if pair in self._pairs:  # an orderly end on either side: close the other side too
@@ -303,16 +418,16 @@ class FaultProxy:
     async def _pump(
         self,
         pair: _Pair,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        read: Callable[[], Awaitable[bytes]],
+        writer: _Sink,
         direction: Literal["up", "down"],
     ) -> None:
         last_due = 0.0
         try:
             while True:
                 try:
-                    data = await reader.read(1 << 16)
-                except (OSError, ssl.SSLError):
+                    data = await read()
+                except OSError:
                     data = b""
                 if not data:
                     # pass the orderly end on; TLS cannot half-close, so close instead
@@ -345,7 +460,7 @@ class FaultProxy:
                     await writer.drain()
                     return
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except OSError:
             self._abort(pair)
 
     def _draw(self, data: bytes) -> bool:
