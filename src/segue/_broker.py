@@ -17,7 +17,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis import exceptions as rexc
 
-from segue import _scripts
+from segue import _scripts, _tls
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -66,6 +66,9 @@ def map_errors(url: str) -> Iterator[None]:
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        reason = _tls.handshake_failure(exc)
+        if reason is not None:
+            raise BrokerError(f"TLS with the server at {_safe(url)} failed: {reason}") from exc
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
         text = str(exc)
@@ -77,6 +80,7 @@ def map_errors(url: str) -> Iterator[None]:
 
 def make_async_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
+    _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
     return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5)
@@ -84,6 +88,7 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
 
 def make_sync_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
+    _tls.options(plain)
     if cluster:
         return redis.cluster.RedisCluster.from_url(
             plain, socket_connect_timeout=5, socket_timeout=10
@@ -130,8 +135,22 @@ class Broker:
             yield
 
     async def ping(self) -> None:
-        async with self.errors():
-            await self.client.ping()
+        try:
+            async with self.errors():
+                await self.client.ping()
+        except BrokerError as exc:
+            # redis-py's errors hide why TLS failed, or that TLS was needed: ask once more
+            plain = _plain_url(self.url)
+            if str(exc).startswith("TLS"):
+                raise
+            if await _tls.speaks_tls(plain):
+                raise BrokerError(
+                    f"the server at {_safe(self.url)} speaks TLS: connect with rediss://"
+                ) from exc
+            reason = await _tls.probe(plain)
+            if reason is None:
+                raise
+            raise BrokerError(f"TLS with the server at {_safe(self.url)} failed: {reason}") from exc
 
     async def close(self) -> None:
         if self.fast is not None:

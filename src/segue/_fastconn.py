@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from segue import _tls
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class ReplyError(Exception):
@@ -61,6 +65,8 @@ class FastConnection:
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._connect_timeout = connect_timeout
+        self._tls = _tls.options(url)
+        self._ssl: ssl.SSLContext | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -72,8 +78,11 @@ class FastConnection:
             if self._scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(self._path)
             else:
-                ctx = ssl.create_default_context() if self._scheme == "rediss" else None
-                reader, writer = await asyncio.open_connection(self._host, self._port, ssl=ctx)
+                if self._tls is not None and self._ssl is None:
+                    self._ssl = self._tls.context()
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._ssl
+                )
         self._reader, self._writer = reader, writer
         self._read_task = asyncio.create_task(self._read_loop(reader), name="segue-fastconn")
         if self._password is not None:
@@ -139,7 +148,14 @@ class FastConnection:
             self._drop(ConnectionLost("connection closed"))
             raise
         except Exception as exc:
-            self._drop(exc if isinstance(exc, ConnectionError) else ConnectionLost(str(exc)))
+            if isinstance(exc, ConnectionError):
+                self._drop(exc)
+            else:
+                # keep the cause: a TLS 1.3 server refuses a client certificate only here,
+                # at the first read, and the caller names that reason
+                lost = ConnectionLost(str(exc))
+                lost.__cause__ = exc
+                self._drop(lost)
 
     def _drop(self, exc: BaseException) -> None:
         """Forget the connection; every command waiting for a reply gets `exc`."""
