@@ -6,6 +6,7 @@ never see a redis-py exception.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,6 @@ from segue._keys import Keyspace, queues_key
 from segue._pubsub import EndedWaiters, Subscriber
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import AsyncIterator, Iterator, Sequence
 
     from segue._keys import CronKeys, WorkerKeys
@@ -256,15 +256,17 @@ class Broker:
                 await fast.execute("SCRIPT", "LOAD", script.source)
                 return [await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)]
         futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        # every reply is collected, so that a dropped connection failing them all leaves no
+        # future whose exception nobody retrieved
+        replies = await asyncio.gather(*futs, return_exceptions=True)
         results: list[Any] = []
-        for (script, keys, args), fut in zip(calls, futs, strict=True):
-            try:
-                results.append(await fut)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
+        for (script, keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 await fast.execute("SCRIPT", "LOAD", script.source)
-                results.append(await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args))
+                reply = await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            elif isinstance(reply, BaseException):
+                raise reply
+            results.append(reply)
         return results
 
     async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
