@@ -189,8 +189,10 @@ class Broker:
     # --- worker cycle --------------------------------------------------------------------
 
     def claim_call(
-        self, ks: Keyspace, worker_id: str, want: int
+        self, ks: Keyspace, worker_id: str, want: int, token: str = ""
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """A claim of up to `want` tasks; sent again with the same `token` after a lost
+        reply, it returns the tasks the first call leased (see claim.lua)."""
         s = self.settings
         keys = ks.claim_keys
         args = [
@@ -201,6 +203,7 @@ class Broker:
             s.max_deliveries,
             ks.done_channel,
             s.dead_letter_cap,
+            token,
         ]
         return (self.claim_script, keys, args)
 
