@@ -189,10 +189,11 @@ class Broker:
     # --- worker cycle --------------------------------------------------------------------
 
     def claim_call(
-        self, ks: Keyspace, worker_id: str, want: int, token: str = ""
+        self, ks: Keyspace, worker_id: str, want: int, token: str = "", answered: str = ""
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
         """A claim of up to `want` tasks; sent again with the same `token` after a lost
-        reply, it returns the tasks the first call leased (see claim.lua)."""
+        reply, it returns the tasks the first call leased (see claim.lua). `answered`: the
+        token of the previous claim, whose reply came, so its record can go."""
         s = self.settings
         keys = ks.claim_keys
         args = [
@@ -204,6 +205,7 @@ class Broker:
             ks.done_channel,
             s.dead_letter_cap,
             token,
+            answered,
         ]
         return (self.claim_script, keys, args)
 
@@ -286,6 +288,13 @@ class Broker:
                 for ks in keyspaces:
                     if await self._blocking.blpop([ks.wake], timeout=share):
                         return
+
+    async def forget_claims(self, tokens: dict[Keyspace, str]) -> None:
+        """Delete the replay records of claims (a stopping worker's last ones)."""
+        async with self.errors():
+            for ks, token in tokens.items():
+                if token:
+                    await self.client.delete(ks.claim(token))
 
     async def nudge(self, keyspaces: Sequence[Keyspace]) -> None:
         """Put a wake token on each queue so that a blocked wait returns now."""

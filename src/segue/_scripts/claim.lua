@@ -14,6 +14,7 @@
     they would sit leased to nobody until their lease expired, counted as a lost delivery).
     The token's key `<prefix>claim:<token>` (ids and lease generations, expiring with the
     lease) is built from ARGV[1], in the queue's hash tag.
+  ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers}... }
     (input: the JSON a workflow step receives from the steps before it, '' for none)
@@ -112,6 +113,7 @@ local out = { -1, now, 0 }
 local token_at = nil
 local paused = redis.call('HGET', KEYS[7], 'paused') == '1'
 local claim_key = (ARGV[8] or '') ~= '' and (prefix .. 'claim:' .. ARGV[8]) or nil
+if (ARGV[9] or '') ~= '' then redis.call('DEL', prefix .. 'claim:' .. ARGV[9]) end
 local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
 if #replay > 0 then
   -- the same claim again: what it leased before, if this worker still holds it
