@@ -142,12 +142,13 @@ class Broker:
                 warn_if_unpatched(*self.server_version, _safe(self.url))
 
     async def _hello(self) -> dict[bytes, Any]:
-        # `HELLO 2` keeps the connection on RESP2 while reporting the server and version
+        # HELLO without a protocol version reports the server and version and changes
+        # nothing: naming one would switch the connection under redis-py's parser
         if self.cluster:
             node = self.client.get_random_node()
-            reply = await self.client.execute_command("HELLO", "2", target_nodes=node)
+            reply = await self.client.execute_command("HELLO", target_nodes=node)
         else:
-            reply = await self.client.execute_command("HELLO", "2")
+            reply = await self.client.execute_command("HELLO")
         if isinstance(reply, dict):
             return reply
         items = list(reply)
