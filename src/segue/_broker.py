@@ -6,6 +6,7 @@ never see a redis-py exception.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis import exceptions as rexc
 
-from segue import _scripts
+from segue import _scripts, _tls
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -31,7 +32,6 @@ from segue._pubsub import EndedWaiters, Subscriber
 from segue._versions import warn_if_unpatched
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import AsyncIterator, Iterator, Sequence
 
     from segue._keys import CronKeys, WorkerKeys
@@ -67,6 +67,9 @@ def map_errors(url: str) -> Iterator[None]:
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        reason = _tls.handshake_failure(exc)
+        if reason is not None:
+            raise BrokerError(f"TLS with the server at {_safe(url)} failed: {reason}") from exc
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
         text = str(exc)
@@ -78,6 +81,7 @@ def map_errors(url: str) -> Iterator[None]:
 
 def make_async_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
+    _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
     return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5)
@@ -85,6 +89,7 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
 
 def make_sync_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
+    _tls.options(plain)
     if cluster:
         return redis.cluster.RedisCluster.from_url(
             plain, socket_connect_timeout=5, socket_timeout=10
@@ -133,13 +138,28 @@ class Broker:
 
     async def ping(self) -> None:
         """Check the server answers, and warn once if its version lacks the Lua fixes."""
-        async with self.errors():
-            await self.client.ping()
-            if self.server_version is None:
+        try:
+            async with self.errors():
+                await self.client.ping()
+        except BrokerError as exc:
+            # redis-py's errors hide why TLS failed, or that TLS was needed: ask once more
+            plain = _plain_url(self.url)
+            if str(exc).startswith("TLS"):
+                raise
+            if await _tls.speaks_tls(plain):
+                raise BrokerError(
+                    f"the server at {_safe(self.url)} speaks TLS: connect with rediss://"
+                ) from exc
+            reason = await _tls.probe(plain)
+            if reason is None:
+                raise
+            raise BrokerError(f"TLS with the server at {_safe(self.url)} failed: {reason}") from exc
+        if self.server_version is None:
+            async with self.errors():
                 hello = await self._hello()
-                name = _text(hello.get(b"server", b"redis"))
-                self.server_version = (name, _text(hello.get(b"version", b"0")))
-                warn_if_unpatched(*self.server_version, _safe(self.url))
+            name = _text(hello.get(b"server", b"redis"))
+            self.server_version = (name, _text(hello.get(b"version", b"0")))
+            warn_if_unpatched(*self.server_version, _safe(self.url))
 
     async def _hello(self) -> dict[bytes, Any]:
         # HELLO without a protocol version reports the server and version and changes
@@ -194,8 +214,10 @@ class Broker:
     # --- worker cycle --------------------------------------------------------------------
 
     def claim_call(
-        self, ks: Keyspace, worker_id: str, want: int
+        self, ks: Keyspace, worker_id: str, want: int, token: str = ""
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """A claim of up to `want` tasks; sent again with the same `token` after a lost
+        reply, it returns the tasks the first call leased (see claim.lua)."""
         s = self.settings
         keys = ks.claim_keys
         args = [
@@ -206,6 +228,7 @@ class Broker:
             s.max_deliveries,
             ks.done_channel,
             s.dead_letter_cap,
+            token,
         ]
         return (self.claim_script, keys, args)
 
@@ -261,15 +284,17 @@ class Broker:
                 await fast.execute("SCRIPT", "LOAD", script.source)
                 return [await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)]
         futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        # every reply is collected, so that a dropped connection failing them all leaves no
+        # future whose exception nobody retrieved
+        replies = await asyncio.gather(*futs, return_exceptions=True)
         results: list[Any] = []
-        for (script, keys, args), fut in zip(calls, futs, strict=True):
-            try:
-                results.append(await fut)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
+        for (script, keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 await fast.execute("SCRIPT", "LOAD", script.source)
-                results.append(await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args))
+                reply = await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            elif isinstance(reply, BaseException):
+                raise reply
+            results.append(reply)
         return results
 
     async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:

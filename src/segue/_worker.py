@@ -71,6 +71,9 @@ class Worker:
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._resources: dict[Any, Any] = {}
         self._control: Any = None
+        # the token of each queue's next claim: kept until a claim's reply arrives, so that
+        # a claim resent after a dropped connection gets back what the lost one leased
+        self._claim_tokens: dict[Keyspace, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -182,7 +185,7 @@ class Worker:
             ]
             n_finish = len(calls)
             if claim_from is not None:
-                calls.append(broker.claim_call(claim_from, self.id, free))
+                calls.append(broker.claim_call(claim_from, self.id, free, self._token(claim_from)))
             try:
                 replies = await broker.run_calls(calls)
             except BrokerError as exc:
@@ -201,8 +204,9 @@ class Worker:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
+                    call = broker.claim_call(ks, self.id, free, self._token(ks))
                     try:
-                        reply = (await broker.run_calls([broker.claim_call(ks, self.id, free)]))[0]
+                        reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
                         await self._server_down(exc)
                         break
@@ -277,7 +281,14 @@ class Worker:
                         fields[i * 5],
                     )
 
+    def _token(self, ks: Keyspace) -> str:
+        token = self._claim_tokens.get(ks)
+        if token is None:
+            token = self._claim_tokens[ks] = str(ULID())
+        return token
+
     def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
+        self._claim_tokens.pop(ks, None)  # answered: the next claim is a new one
         next_due, now_ms, backlog = int(reply[0]), int(reply[1]), int(reply[2])
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
