@@ -87,6 +87,16 @@ async def sleep(ctx: Context, ms: int) -> int:
     return ms
 
 
+@app.task(name="faults.hold", silent=True)
+async def hold(ctx: Context, ms: int) -> str:
+    """Sleep `ms` milliseconds; the result names the run that produced it
+    (`<worker> <gen>`), so a test sees whose outcome segue kept."""
+    run = Execution(ctx)
+    await asyncio.sleep(ms / 1000)
+    run.finish()
+    return f"{ctx.worker_id} {_gen(ctx)}"
+
+
 @app.task(name="faults.steps", silent=True)
 async def steps(ctx: Context, n: int, ms: int) -> int:
     """`n` steps of `ms` each, with a checkpoint after every step: a re-run resumes after

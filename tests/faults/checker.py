@@ -156,6 +156,7 @@ class Verdict:
     bound_violations: list[str]
     orphans: list[Orphan]
     events_complete: bool  # the event stream still held every event of the run
+    events_succeeded: int  # tasks with a task.succeeded event
     leaks: Leaks | None
 
     @property
@@ -188,6 +189,7 @@ class Verdict:
             "recovery_ms_p99": self.recovery_ms(99),
             "recovery_ms_max": self.recovery_ms(100),
             "events_complete": self.events_complete,
+            "events_succeeded": self.events_succeeded,
         }
         if self.leaks is not None and self.leaks.retention:
             figures.update(
@@ -371,7 +373,10 @@ async def check(
         bound_violations = sorted(
             i
             for i, n in counts.items()
-            if i in records and n > 1 + records[i].lease_losses + records[i].interruptions
+            # an expired record tells nothing about its runs
+            if i in records
+            and records[i].status is not None
+            and n > 1 + records[i].lease_losses + records[i].interruptions
         )
         verdict_leaks = None
         if leaks:
@@ -410,6 +415,7 @@ async def check(
             bound_violations=bound_violations,
             orphans=_orphans(records, [k for k in kills if k.signal == "SIGKILL"]),
             events_complete=events_complete,
+            events_succeeded=len(succeeded_events),
             leaks=verdict_leaks,
         )
     finally:
