@@ -29,6 +29,7 @@ from segue._errors import (
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 from segue._pubsub import EndedWaiters, Subscriber
+from segue._versions import warn_if_unpatched
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
@@ -110,6 +111,7 @@ class Broker:
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()
         self._ended: EndedWaiters | None = None
+        self.server_version: tuple[str, str] | None = None  # (server, version) from HELLO
         self.enqueue_script = _scripts.load("enqueue")
         self.claim_script = _scripts.load("claim")
         self.finish_script = _scripts.load("finish")
@@ -135,6 +137,7 @@ class Broker:
             yield
 
     async def ping(self) -> None:
+        """Check the server answers, and warn once if its version lacks the Lua fixes."""
         try:
             async with self.errors():
                 await self.client.ping()
@@ -151,6 +154,28 @@ class Broker:
             if reason is None:
                 raise
             raise BrokerError(f"TLS with the server at {_safe(self.url)} failed: {reason}") from exc
+        if self.server_version is None:
+            async with self.errors():
+                hello = await self._hello()
+            name = _text(hello.get(b"server", b"redis"))
+            self.server_version = (name, _text(hello.get(b"version", b"0")))
+            warn_if_unpatched(*self.server_version, _safe(self.url))
+
+    async def _hello(self) -> dict[bytes, Any]:
+        # HELLO without a protocol version reports the server and version and changes
+        # nothing: naming one would switch the connection under redis-py's parser
+        if self.cluster:
+            node = self.client.get_random_node()
+            reply = await self.client.execute_command("HELLO", target_nodes=node)
+        else:
+            reply = await self.client.execute_command("HELLO")
+        if isinstance(reply, dict):
+            return reply
+        items = list(reply)
+        return {
+            (k if isinstance(k, bytes) else str(k).encode()): v
+            for k, v in zip(items[::2], items[1::2], strict=False)
+        }
 
     async def close(self) -> None:
         if self.fast is not None:

@@ -276,9 +276,12 @@ class Worker:
             self._outcomes.setdefault(ks, []).extend(fields)
 
     def _check_finished(self, taken: list[tuple[Keyspace, list[Any]]], replies: list[Any]) -> None:
-        faultpoint("after_complete_before_ack")
+        if taken:
+            faultpoint("after_complete_before_ack")
         for (_, fields), reply in zip(taken, replies, strict=True):
             for i, ok in enumerate(reply):
+                if ok and fields[i * 5 + 2] == "paused":
+                    faultpoint("after_pause_ack")
                 if not ok:
                     log.warning(
                         "outcome of task %s discarded: this worker no longer holds its lease "
@@ -377,6 +380,7 @@ class Worker:
             return
         job.run.request = command
         if command == "cancel":
+            faultpoint("during_cancel")
             log.info("task %s cancel requested; stopping it", task_id)
             job.task.cancel()
         elif command == "pause":
