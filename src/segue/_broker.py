@@ -144,8 +144,8 @@ class Broker:
         except BrokerError as exc:
             # redis-py's errors hide why TLS failed, or that TLS was needed: ask once more
             plain = _plain_url(self.url)
-            if str(exc).startswith("TLS"):
-                raise
+            if isinstance(exc, ScriptError) or str(exc).startswith("TLS"):
+                raise  # the server answered: not a connection problem
             if await _tls.speaks_tls(plain):
                 raise BrokerError(
                     f"the server at {_safe(self.url)} speaks TLS: connect with rediss://"
