@@ -17,7 +17,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis import exceptions as rexc
 
-from segue import _scripts
+from segue import _scripts, _sentinel
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -65,6 +65,8 @@ def map_errors(url: str) -> Iterator[None]:
         text = str(exc)
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
+    except _sentinel.NO_PRIMARY as exc:
+        raise BrokerError(_sentinel.no_primary_message(url)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
@@ -76,6 +78,8 @@ def map_errors(url: str) -> Iterator[None]:
 
 
 def make_async_client(url: str, *, cluster: bool) -> Any:
+    if _sentinel.is_sentinel_url(url):
+        return _sentinel.async_primary(url, socket_connect_timeout=5)
     plain = _plain_url(url)
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
@@ -83,6 +87,8 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
 
 
 def make_sync_client(url: str, *, cluster: bool) -> Any:
+    if _sentinel.is_sentinel_url(url):
+        return _sentinel.sync_primary(url, socket_connect_timeout=5, socket_timeout=10)
     plain = _plain_url(url)
     if cluster:
         return redis.cluster.RedisCluster.from_url(
@@ -99,8 +105,14 @@ class Broker:
         self.url = url
         self.cluster = settings.cluster
         self.client: Any = make_async_client(url, cluster=self.cluster)
-        # the hot path of a standalone server goes through one auto-pipelined connection
-        self.fast = None if self.cluster else FastConnection(_plain_url(url))
+        # the hot path of a standalone server goes through one auto-pipelined connection;
+        # under Sentinel it asks the sentinels for the primary at every (re)connect
+        self.fast: FastConnection | None = None
+        if _sentinel.is_sentinel_url(url):
+            pool = self.client.connection_pool
+            self.fast = FastConnection(_sentinel.fast_url(url), resolve=pool.get_master_address)
+        elif not self.cluster:
+            self.fast = FastConnection(_plain_url(url))
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()

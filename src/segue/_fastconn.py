@@ -15,10 +15,13 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 class ReplyError(Exception):
@@ -47,7 +50,15 @@ def _pack(args: tuple[Any, ...]) -> bytes:
 class FastConnection:
     """One connection shared by all callers of one process's App."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+    ) -> None:
+        """`resolve`, when given, names the server's address at every (re)connect: under
+        Sentinel it asks the sentinels for the current primary."""
         parts = urlsplit(url)
         self._scheme = parts.scheme
         self._host = parts.hostname or "127.0.0.1"
@@ -61,6 +72,7 @@ class FastConnection:
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._connect_timeout = connect_timeout
+        self._resolve = resolve
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -69,6 +81,8 @@ class FastConnection:
 
     async def _open(self) -> None:
         async with asyncio.timeout(self._connect_timeout):
+            if self._resolve is not None:
+                self._host, self._port = await self._resolve()
             if self._scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(self._path)
             else:
@@ -132,6 +146,12 @@ class FastConnection:
                     if fut.done():
                         continue
                     if isinstance(reply, ReplyError):
+                        if self._resolve is not None and str(reply).startswith("READONLY"):
+                            # the primary was demoted: drop the connection so that the
+                            # next command asks where the primary is now
+                            lost = ConnectionLost(f"the server became a replica: {reply}")
+                            fut.set_exception(lost)
+                            raise lost
                         fut.set_exception(reply)
                     else:
                         fut.set_result(reply)
