@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from segue import App, BrokerError, ConfigurationError, Settings, TaskNotFound, TaskStatus
+from segue._fastconn import ConnectionLost, FastConnection
+from segue._sentinel import fast_url
 from tests.apps import sentinel as tasks
 from tests.faults.conftest import Report, Scale
 from tests.faults.sentinel import SERVICE, SentinelSet, sentinel_set, shared_sentinel_set
@@ -197,6 +199,28 @@ async def test_an_unknown_service_name_is_a_clear_broker_error(
     await app.close()
 
 
+async def test_a_connection_to_a_demoted_primary_asks_the_sentinels_again(
+    shared_sentinel_set: SentinelSet,
+) -> None:
+    # a node that was the primary when segue connected and is a replica now answers writes
+    # with READONLY: segue's hot-path connection must drop it and find the primary again
+    primary = shared_sentinel_set.primary_as_seen()
+    assert primary is not None
+    replica = next(p for p in shared_sentinel_set.nodes if p != primary)
+    answers = [("127.0.0.1", replica), ("127.0.0.1", primary)]
+
+    async def resolve() -> tuple[str, int]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    fast = FastConnection(fast_url(shared_sentinel_set.url), resolve=resolve)
+    try:
+        with pytest.raises(ConnectionLost, match="replica"):
+            await fast.execute("SET", "segue:readonly-probe", "1")
+        assert await fast.execute("SET", "segue:readonly-probe", "1") == b"OK"
+    finally:
+        await fast.close()
+
+
 # --- failover --------------------------------------------------------------------------------
 
 
@@ -298,3 +322,59 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
     assert resumed_result == 20
     # raw Sentinel promotes within about down-after + 2 s here; segue should add little
     assert unavailable < 15
+
+
+async def test_a_planned_switchover_loses_no_acked_task(
+    shared_sentinel_set: SentinelSet, fault_report: Report
+) -> None:
+    # last in the module: it leaves the shared set with the other node as primary
+    s = shared_sentinel_set
+    queue = _queue()
+    first = s.primary_as_seen()
+    async with _app(s.url, queue) as app:
+        acked: list[Any] = []
+        failed_tries = 0
+        gaps: list[float] = []
+        last_ok = time.monotonic()
+        switched_at: float | None = None
+        async with serving(app, concurrency=4):
+            deadline = time.monotonic() + 30
+            while switched_at is None or time.monotonic() < switched_at + 1.0:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the sentinels did not switch the primary in 30 s")
+                try:
+                    acked.append(await tasks.work.enqueue(len(acked), 1))
+                    now = time.monotonic()
+                    gaps.append(now - last_ok)
+                    last_ok = now
+                except BrokerError:
+                    failed_tries += 1
+                    await asyncio.sleep(0.02)
+                if len(acked) == 50 and switched_at is None and failed_tries == 0:
+                    with s.sentinel(next(iter(s.sentinels))) as sentinel:
+                        sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                if switched_at is None and len(acked) % 10 == 0:
+                    seen = s.primary_as_seen()
+                    if seen is not None and seen != first:
+                        switched_at = time.monotonic()
+
+            async def all_done() -> bool:
+                return await _succeeded(app, queue) >= len(acked)
+
+            await eventually(all_done, timeout=20, interval=0.1)
+        missing = 0
+        for h in acked:
+            try:
+                await h.status()
+            except TaskNotFound:
+                missing += 1
+    fault_report.add(
+        acked=len(acked),
+        lost=missing,
+        failed_enqueue_tries=failed_tries,
+        longest_enqueue_gap_seconds=round(max(gaps), 3),
+        first_primary=first,
+        new_primary=s.primary_as_seen(),
+    )
+    assert missing == 0
+    assert s.primary_as_seen() not in (None, first)
