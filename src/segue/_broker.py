@@ -81,6 +81,15 @@ def map_errors(url: str) -> Iterator[None]:
         raise BrokerError(f"Redis/Valkey error at {_safe(url)}: {exc}") from exc
 
 
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether a BrokerError means the server is not (yet) answering, as opposed to
+    refusing us (wrong password, TLS, a script error): worth waiting for at start."""
+    cause = exc.__cause__
+    if isinstance(exc, ScriptError) or isinstance(cause, rexc.AuthenticationError):
+        return False
+    return isinstance(cause, rexc.ConnectionError | rexc.TimeoutError | ConnectionError)
+
+
 def make_async_client(url: str, *, cluster: bool) -> Any:
     if _sentinel.is_sentinel_url(url):
         return _sentinel.async_primary(url, socket_connect_timeout=5)

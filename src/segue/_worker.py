@@ -23,6 +23,7 @@ from ulid import ULID
 
 from segue import _clock
 from segue._context import PauseRequested, RunControl
+from segue._broker import server_unreachable
 from segue._errors import BrokerError
 from segue._faults import faultpoint
 from segue._heartbeat import Heartbeat
@@ -115,8 +116,24 @@ class Worker:
             self._resources.update(await open_all(self.app.lifespans, stack))
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
+    async def _connect(self) -> Broker:
+        """The App's broker; a server that does not answer yet (restarting, or started
+        after the workers) is waited for, so a supervisor's restart does not race it."""
+        delay, attempts = 0.1, 0
+        while True:
+            try:
+                return await self.app.broker()
+            except BrokerError as exc:
+                if self._stopping or not server_unreachable(exc):
+                    raise
+                if attempts % 20 == 0:
+                    log.warning("%s; the worker waits for it", exc)
+                attempts += 1
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
-        broker = await self.app.broker()
+        broker = await self._connect()
         keyspaces = [broker.keyspace(q) for q in self.queues]
         for q in self.queues:
             await broker.register_queue(q)

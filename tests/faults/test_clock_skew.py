@@ -113,6 +113,11 @@ async def test_skewed_workers_keep_due_times_ticks_and_leases_by_the_server_cloc
     finally:
         admin.close()
         skewed.stop_all()
+        # schedules are server-wide under the prefix: leave none behind for other tests
+        async with app:
+            for schedule in await app.schedules():
+                if schedule.queue == queue_name:
+                    await app.unschedule(schedule.id)
     dues = [r for r in rows if r[0] == "due"]
     # started at or after the due time by the server clock (1 s of slack for rounding), and
     # not held back by a worker whose clock says it is not yet time (+5 s on a loaded box)
