@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
-from segue._context import PauseRequested, RunControl
 from segue._broker import server_unreachable
+from segue._context import PauseRequested, RunControl
 from segue._errors import BrokerError
 from segue._faults import faultpoint
 from segue._heartbeat import Heartbeat
