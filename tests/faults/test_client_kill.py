@@ -31,6 +31,9 @@ from segue._keys import Keyspace
 from tests._support import Engine, start_server, stop
 from tests.apps import client_kill
 from tests.faults.conftest import Report, Scale
+from tests.faults.events import EventTally
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_SECONDS = 0.03
@@ -125,7 +128,9 @@ async def test_client_kill_storms_lose_nothing_and_complete_nothing_twice(
     kills: list[float] = []
     killed: list[int] = []
     stop = asyncio.Event()
-    async with app:
+    tally = EventTally(admin, queue_name)
+    done = TaskStatus.SUCCEEDED.value.encode()
+    async with app, tally:
 
         async def both_ready() -> bool:
             return len(await app.workers()) >= 2
@@ -159,13 +164,15 @@ async def test_client_kill_storms_lose_nothing_and_complete_nothing_twice(
             return list(await pipe.execute())
 
         deadline = time.monotonic() + fault_scale.seconds(60, 600)
+        final: list[Any] = []
         while True:
             try:
                 current = await statuses()
             except redis.ConnectionError:
                 continue  # our own admin connection is spared, but a retry costs nothing
-            left = sum(s != TaskStatus.SUCCEEDED.value.encode() for s in current)
+            left = sum(s != done for s in current)
             if left == 0:
+                final = current
                 break
             assert time.monotonic() < deadline, f"{left} task(s) not done in time"
             await asyncio.sleep(0.1)
@@ -173,23 +180,13 @@ async def test_client_kill_storms_lose_nothing_and_complete_nothing_twice(
         stop.set()
         await killer
 
-    events: collections.Counter[tuple[str, str]] = collections.Counter()
-    last = "-"
-    while True:
-        batch = await admin.xrange(ks.events, min=last, count=5_000)
-        batch = batch[1:] if last != "-" else batch
-        if not batch:
-            break
-        for _, fields in batch:
-            events[fields[b"id"].decode(), fields[b"e"].decode()] += 1
-        last = batch[-1][0].decode()
     await admin.aclose()
     runs = {task_id: book.lrange(f"segue:ledger:exec:{task_id}", 0, -1) for task_id in ids}
     book.close()
 
-    double_completions = sum(events[i, "task.succeeded"] > 1 for i in ids)
-    double_enqueues = sum(events[i, "task.enqueued"] > 1 for i in ids)
-    lost = sum(not runs[i] or events[i, "task.succeeded"] == 0 for i in ids)
+    double_completions = sum(tally.of(i, "task.succeeded") > 1 for i in ids)
+    double_enqueues = sum(tally.of(i, "task.enqueued") > 1 for i in ids)
+    lost = sum(not runs[i] or s != done for i, s in zip(ids, final, strict=True))
     dup_exec = sum(max(0, len(r) - 1) for r in runs.values())
     resume = _resume_times(kills, runs)
     fault_report.add(
