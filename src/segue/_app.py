@@ -233,7 +233,12 @@ class App:
                     )
                     url = self._embedded.url
                 broker = Broker(self.settings, url)
-                await broker.ping()
+                try:
+                    await broker.ping()
+                except BaseException:
+                    # a client that got part of the way (e.g. to the sentinels) holds sockets
+                    await broker.close()
+                    raise
                 self._broker = broker
         return self._broker
 

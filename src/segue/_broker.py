@@ -21,7 +21,7 @@ import redis.cluster
 import redis.retry
 from redis import exceptions as rexc
 
-from segue import _scripts, _tls
+from segue import _scripts, _sentinel, _tls
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -69,6 +69,8 @@ def map_errors(url: str) -> Iterator[None]:
         text = str(exc)
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
+    except _sentinel.NO_PRIMARY as exc:
+        raise BrokerError(_sentinel.no_primary_message(url)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         reason = _tls.handshake_failure(exc)
         if reason is not None:
@@ -83,6 +85,8 @@ def map_errors(url: str) -> Iterator[None]:
 
 
 def make_async_client(url: str, *, cluster: bool) -> Any:
+    if _sentinel.is_sentinel_url(url):
+        return _sentinel.async_primary(url, socket_connect_timeout=5)
     plain = _plain_url(url)
     _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
@@ -92,6 +96,8 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
 
 
 def make_sync_client(url: str, *, cluster: bool) -> Any:
+    if _sentinel.is_sentinel_url(url):
+        return _sentinel.sync_primary(url, socket_connect_timeout=5, socket_timeout=10)
     plain = _plain_url(url)
     _tls.options(plain)
     if cluster:
@@ -122,8 +128,14 @@ class Broker:
         self.url = url
         self.cluster = settings.cluster
         self.client: Any = make_async_client(url, cluster=self.cluster)
-        # the hot path of a standalone server goes through one auto-pipelined connection
-        self.fast = None if self.cluster else FastConnection(_plain_url(url))
+        # the hot path of a standalone server goes through one auto-pipelined connection;
+        # under Sentinel it asks the sentinels for the primary at every (re)connect
+        self.fast: FastConnection | None = None
+        if _sentinel.is_sentinel_url(url):
+            pool = self.client.connection_pool
+            self.fast = FastConnection(_sentinel.fast_url(url), resolve=pool.get_master_address)
+        elif not self.cluster:
+            self.fast = FastConnection(_plain_url(url))
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()

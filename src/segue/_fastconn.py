@@ -23,6 +23,7 @@ from segue import _tls
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Awaitable, Callable
 
 
 class ReplyError(Exception):
@@ -51,7 +52,15 @@ def _pack(args: tuple[Any, ...]) -> bytes:
 class FastConnection:
     """One connection shared by all callers of one process's App."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+    ) -> None:
+        """`resolve`, when given, names the server's address at every (re)connect: under
+        Sentinel it asks the sentinels for the current primary."""
         parts = urlsplit(url)
         self._scheme = parts.scheme
         self._host = parts.hostname or "127.0.0.1"
@@ -67,6 +76,7 @@ class FastConnection:
         self._connect_timeout = connect_timeout
         self._tls = _tls.options(url)
         self._ssl: ssl.SSLContext | None = None
+        self._resolve = resolve
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -75,6 +85,8 @@ class FastConnection:
 
     async def _open(self) -> None:
         async with asyncio.timeout(self._connect_timeout):
+            if self._resolve is not None:
+                self._host, self._port = await self._resolve()
             if self._scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(self._path)
             else:
@@ -156,6 +168,12 @@ class FastConnection:
                     if fut.done():
                         continue
                     if isinstance(reply, ReplyError):
+                        if self._resolve is not None and str(reply).startswith("READONLY"):
+                            # the primary was demoted: drop the connection so that the
+                            # next command asks where the primary is now
+                            lost = ConnectionLost(f"the server became a replica: {reply}")
+                            fut.set_exception(lost)
+                            raise lost
                         fut.set_exception(reply)
                     else:
                         fut.set_result(reply)

@@ -54,6 +54,10 @@ class Settings:
             raise ConfigurationError(
                 f"heartbeat_seconds must be positive, not {self.heartbeat_seconds}"
             )
+        if self.sentinel:
+            from segue._sentinel import parse_sentinel_url
+
+            parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
         if self.max_deliveries < 1:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"
@@ -66,13 +70,21 @@ class Settings:
             ("redis+cluster://", "rediss+cluster://")
         )
 
+    @property
+    def sentinel(self) -> bool:
+        """True when the URL names a Sentinel-managed primary (`redis+sentinel://`)."""
+        from segue._sentinel import is_sentinel_url
+
+        return is_sentinel_url(self.redis_url)
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> Settings:
-        """Settings for a server URL: `redis://`, `rediss://`, `unix://` or `redis+cluster://`."""
+        """Settings for a server URL: `redis://`, `rediss://`, `unix://`, `redis+cluster://`
+        or `redis+sentinel://`."""
         return cls(redis_url=url, **overrides)
 
     @classmethod

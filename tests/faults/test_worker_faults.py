@@ -4,6 +4,7 @@ they drain a queue, checked against the effect ledger."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -142,3 +143,121 @@ async def test_sigkill_storm(
     assert verdict.leaks is not None
     assert verdict.leaks.no_ttl == []
     assert verdict.leaks.queued == verdict.leaks.running == 0
+
+
+def completion_rate(ends_ms: list[int], started: float, share: float = 0.9) -> float:
+    """Tasks per second from `started` until `share` of them had applied their effect: the
+    steady rate, not counting the tail of runs held up by a dead worker's lease."""
+    ordered = sorted(ends_ms)
+    k = max(1, int(len(ordered) * share))
+    return k / max(1e-3, ordered[k - 1] / 1000 - started)
+
+
+async def timed_drain(
+    app: App,
+    fleet: Fleet,
+    ledger: LedgerServer,
+    queue: str,
+    durations: list[int],
+    *,
+    poison: bool = False,
+) -> tuple[float, History]:
+    """Enqueue (a poison task first, if asked, then) the normal tasks into `queue` with
+    the fleet ready, wait for the drain; returns the normal tasks' steady rate."""
+    await fleet.ready()
+    history = History(app, queue)
+    began = time.time()
+    if poison:
+        await history.enqueue(faults.poison.call(), "poison", effect=False)
+    for i in range(0, len(durations), 500):
+        batch = enumerate(durations[i : i + 500], start=i)
+        await history.enqueue_many([(faults.sleep.call(ms), str(k)) for k, ms in batch])
+    await drained(app, queue, len(durations) + poison, timeout=120)
+    effects = await Ledger(ledger, queue).read()
+    ends = [
+        run.ended_ms
+        for task_id, runs in effects.executions.items()
+        for run in runs
+        if run.ended_ms is not None and not run.repeated and task_id != history.task_id("poison")
+    ]
+    assert len(ends) == len(durations)
+    return completion_rate(ends, began), history
+
+
+async def test_crash_looping_poison_is_dead_lettered_and_others_keep_their_pace(
+    segue_valkey: Engine,
+    fault_ledger: LedgerServer,
+    client_app: App,
+    queue_name: str,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
+    """★W6: a task that SIGKILLs its worker on every attempt is FAILED (worker_lost) and
+    dead-lettered after max_deliveries (3) attempts, while 4 workers restarted by a
+    supervisor drain the normal tasks at ≥ 90 % of the rate of a run without it."""
+    n = fault_scale.pick(2_000, 2_000)
+    durations = [fault_rng.randrange(0, 21) for _ in range(n)]
+    lease, concurrency = 2.0, 8
+
+    def fleet_for(q: str) -> Fleet:
+        fleet = Fleet(
+            APP, segue_valkey.url, q, lease=lease, env=fault_ledger.env(), log_dir=tmp_path / q
+        )
+        for _ in range(4):
+            fleet.start(concurrency)
+        return fleet
+
+    async def unpoisoned(q: str) -> float:
+        with fleet_for(q) as fleet:
+            rate, _ = await timed_drain(client_app, fleet, fault_ledger, q, durations)
+        return rate
+
+    q = f"{queue_name}p"
+    async with client_app:
+        rates = [await unpoisoned(f"{queue_name}b")]
+        with fleet_for(q) as fleet:
+            async with fleet.supervised() as restarts:
+                poisoned, history = await timed_drain(
+                    client_app, fleet, fault_ledger, q, durations, poison=True
+                )
+        poison_id = history.task_id("poison")
+        effects = await Ledger(fault_ledger, q).read()
+        # a worker the poison killed is restarted within the supervisor's 50 ms: its
+        # restart time stands for its death, so its orphans and their recovery are counted
+        deaths = [dataclasses.replace(r, signal="SIGKILL") for r in restarts]
+        verdict = await check(
+            history=history,
+            effects=effects,
+            admin_url=segue_valkey.admin_url,
+            queue=q,
+            kills=deaths,
+        )
+        info = await (await client_app.task_handle(poison_id)).info()
+        dead = [h.id for h in await client_app.dead_letters(q)]
+        rates.append(await unpoisoned(f"{queue_name}b2"))
+
+    # the machine is shared: the baseline is the mean of a run before and one after
+    baseline = sum(rates) / len(rates)
+    fault_report.add(
+        n=n,
+        workers=4,
+        concurrency=concurrency,
+        lease_s=lease,
+        baseline_rate_per_s=[round(r, 1) for r in rates],
+        poisoned_rate_per_s=round(poisoned, 1),
+        rate_ratio=round(poisoned / baseline, 3),
+        poison_attempts=len(effects.executions[poison_id]),
+        worker_restarts=len(restarts),
+        poison_status=info.status.value,
+        **verdict.figures(),
+    )
+    assert verdict.lost == [] and verdict.dup_effect == [] and verdict.stuck == []
+    assert info.status.value == "failed"
+    assert info.error is not None and info.error.reason == "worker_lost"
+    assert poison_id in dead
+    assert len(effects.executions[poison_id]) == 3  # max_deliveries
+    assert len(restarts) == 3
+    assert verdict.dup_exec <= verdict.in_flight_killed
+    assert poisoned >= 0.9 * baseline

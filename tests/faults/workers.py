@@ -17,6 +17,7 @@ stderr goes to a file of its own under `log_dir`, kept for a failing test to rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -104,6 +105,7 @@ class Fleet:
             **(env or {}),
         }
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="segue-fleet-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.slots: list[Slot] = []
         self.signals: list[Signal] = []
 
@@ -195,6 +197,28 @@ class Fleet:
         """What the slot's processes wrote to stderr so far."""
         path = self.log_dir / f"{slot.name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    @contextlib.asynccontextmanager
+    async def supervised(self, interval: float = 0.05) -> AsyncIterator[list[Signal]]:
+        """Within the block, a slot whose process died (a task killed it) gets a new one
+        at once, as an init system would do; yields the list of those restarts."""
+        restarts: list[Signal] = []
+
+        async def watch() -> None:
+            while True:
+                for slot in self.slots:
+                    if not slot.alive():
+                        restarts.append(Signal(slot.name, slot.pid, "restart", time.time()))
+                        self.restart(slot)
+                await asyncio.sleep(interval)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            yield restarts
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     # --- readiness -------------------------------------------------------------------------
 

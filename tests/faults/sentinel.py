@@ -1,0 +1,238 @@
+"""A Sentinel-managed valkey on loopback: primary + replica + 3 sentinels, stopped by pid.
+
+Every node has three users besides `default` (kept for the test's admin reads):
+- `segue`: the least-privilege rule set of RELIABILITY §9 (tests/_support.py), what segue
+  logs in with;
+- `segue-repl`: what a replica needs to copy its primary (PSYNC, REPLCONF, PING); both
+  nodes have it and log in with it, because after a failover the roles swap;
+- `segue-sentinel`: what the sentinels send to a monitored node (SENTINEL_RULES).
+The sentinels require a password of their own from their clients and from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests._support import ACL_PASSWORD, ACL_RULES, ACL_USER, free_port, server_binary, stop
+
+SERVICE = "segue-primary"
+SENTINEL_USER = "segue-sentinel"
+SENTINEL_PASSWORD = "sentinel-node-pw"
+SENTINEL_CLIENT_PASSWORD = "sentinel-client-pw"
+REPL_USER = "segue-repl"
+REPL_PASSWORD = "repl-pw"
+# What a sentinel sends to the nodes it monitors: INFO and ROLE to watch them, PING,
+# PUBLISH/SUBSCRIBE on its hello channel, and in a failover a MULTI of REPLICAOF (older
+# servers: SLAVEOF), CONFIG REWRITE and CLIENT KILL of the clients of the demoted node.
+SENTINEL_RULES = [
+    "on",
+    f">{SENTINEL_PASSWORD}",
+    "allchannels",
+    "-@all",
+    "+multi",
+    "+exec",
+    "+ping",
+    "+info",
+    "+role",
+    "+subscribe",
+    "+publish",
+    "+replicaof",
+    "+slaveof",
+    "+config|rewrite",
+    "+client|setname",
+    "+client|kill",
+    "+script|kill",
+]
+REPL_RULES = ["on", f">{REPL_PASSWORD}", "-@all", "+psync", "+replconf", "+ping"]
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+
+
+@dataclasses.dataclass
+class SentinelSet:
+    """The running set; `url` is segue's `redis+sentinel://` URL as the `segue` user."""
+
+    directory: Path
+    nodes: dict[int, subprocess.Popen[bytes]]  # data node port → process
+    sentinels: dict[int, subprocess.Popen[bytes]]
+    primary_port: int
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinels)
+        return (
+            f"redis+sentinel://{ACL_USER}:{ACL_PASSWORD}@{hosts}/{SERVICE}/0"
+            f"?sentinel_password={SENTINEL_CLIENT_PASSWORD}"
+        )
+
+    def admin(self, port: int) -> Any:
+        return redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=5)
+
+    def sentinel(self, port: int) -> Any:
+        return redis.Redis(
+            port=port, password=SENTINEL_CLIENT_PASSWORD, socket_connect_timeout=1, socket_timeout=5
+        )
+
+    def primary_as_seen(self) -> int | None:
+        """The primary's port if every live sentinel names the same one, else None."""
+        seen = set()
+        for port in self.sentinels:
+            try:
+                with self.sentinel(port) as s:
+                    _host, primary = s.sentinel_get_master_addr_by_name(SERVICE)
+            except redis.RedisError:
+                return None
+            seen.add(int(primary))
+        return seen.pop() if len(seen) == 1 else None
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary (by pid); its port."""
+        port = self.primary_port
+        proc = self.nodes[port]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=5)
+        return port
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels.values(), *self.nodes.values()]:
+            stop(proc)
+
+
+def _write_conf(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _user_line(name: str, rules: list[str]) -> str:
+    return " ".join(["user", name, "reset", *rules])
+
+
+def _node_conf(directory: Path, port: int, replica_of: int | None) -> Path:
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        'save ""',
+        "appendonly no",
+        f"dir {directory}",
+        f"logfile {directory}/node-{port}.log",
+        "enable-debug-command local",
+        "maxmemory-policy noeviction",
+        # a replica must be in sync before a test kills its primary (RELIABILITY §4)
+        "repl-diskless-sync-delay 0",
+        f"masteruser {REPL_USER}",
+        f"masterauth {REPL_PASSWORD}",
+        "user default on nopass ~* &* +@all",
+        _user_line(ACL_USER, ACL_RULES),
+        _user_line(REPL_USER, REPL_RULES),
+        _user_line(SENTINEL_USER, SENTINEL_RULES),
+    ]
+    if replica_of is not None:
+        lines.append(f"replicaof 127.0.0.1 {replica_of}")
+    # a config file of its own, which the sentinels rewrite (CONFIG REWRITE) in a failover
+    return _write_conf(directory / f"node-{port}.conf", lines)
+
+
+def _sentinel_conf(directory: Path, port: int, primary: int) -> Path:
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f"dir {directory}",
+        f"logfile {directory}/sentinel-{port}.log",
+        f"requirepass {SENTINEL_CLIENT_PASSWORD}",
+        f"sentinel sentinel-pass {SENTINEL_CLIENT_PASSWORD}",
+        f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2",
+        f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+        f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+        f"sentinel parallel-syncs {SERVICE} 1",
+        f"sentinel auth-user {SERVICE} {SENTINEL_USER}",
+        f"sentinel auth-pass {SERVICE} {SENTINEL_PASSWORD}",
+    ]
+    return _write_conf(directory / f"sentinel-{port}.conf", lines)
+
+
+def _launch(binary: str, conf: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [binary, str(conf), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _until(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a server of the Sentinel set exited ({proc.args!r})")
+        with contextlib.suppress(redis.RedisError, ValueError, TypeError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Sentinel set did not come up: {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+def start_sentinel_set(directory: Path, *, timeout: float = 30.0) -> SentinelSet:
+    """Start it and return once the replica is in sync and every sentinel sees the replica
+    and the other two sentinels (so that a failover can be agreed on at once)."""
+    binary = server_binary("valkey")
+    assert binary is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    primary, replica = free_port(), free_port()
+    sentinel_ports = [free_port() for _ in range(3)]
+    s = SentinelSet(directory, {}, {}, primary)
+    try:
+        s.nodes[primary] = _launch(binary, _node_conf(directory, primary, None))
+        s.nodes[replica] = _launch(binary, _node_conf(directory, replica, primary))
+        procs = list(s.nodes.values())
+
+        def in_sync() -> bool:
+            with s.admin(replica) as r:
+                return bool(r.info("replication").get("master_link_status") == "up")
+
+        _until("replica in sync", in_sync, timeout, procs)
+        for port in sentinel_ports:
+            s.sentinels[port] = _launch(
+                binary, _sentinel_conf(directory, port, primary), "--sentinel"
+            )
+        procs = [*s.nodes.values(), *s.sentinels.values()]
+
+        def all_see_all() -> bool:
+            for port in sentinel_ports:
+                with s.sentinel(port) as c:
+                    replicas = c.sentinel_slaves(SERVICE)
+                    others = c.sentinel_sentinels(SERVICE)
+                    ok = len(replicas) == 1 and not replicas[0]["is_sdown"]
+                    if not ok or len(others) != 2:
+                        return False
+            return True
+
+        _until("every sentinel sees the replica and the others", all_see_all, timeout, procs)
+    except BaseException:
+        s.stop()
+        raise
+    return s
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A fresh Sentinel set for one test (a failover test leaves it changed)."""
+    s = start_sentinel_set(tmp_path / "sentinel")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """One Sentinel set for the tests of a module that fault nothing."""
+    s = start_sentinel_set(tmp_path_factory.mktemp("sentinel"))
+    yield s
+    s.stop()
