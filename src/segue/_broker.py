@@ -15,7 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.backoff
 import redis.cluster
+import redis.retry
 from redis import exceptions as rexc
 
 from segue import _scripts, _sentinel, _tls
@@ -97,7 +100,8 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
     _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
-    return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5)
+    retry = redis.asyncio.retry.Retry(_backoff(), _RETRIES)
+    return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5, retry=retry)
 
 
 def make_sync_client(url: str, *, cluster: bool) -> Any:
@@ -109,7 +113,20 @@ def make_sync_client(url: str, *, cluster: bool) -> Any:
         return redis.cluster.RedisCluster.from_url(
             plain, socket_connect_timeout=5, socket_timeout=10
         )
-    return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10)
+    retry = redis.retry.Retry(_backoff(), _RETRIES)
+    return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10, retry=retry)
+
+
+# redis-py's clients made by from_url() do not retry at all: a pooled connection that the
+# server or the network dropped failed the next command (a pipeline, a renewal). Every
+# command segue sends through them is safe to resend: reads, fenced or id-keyed scripts,
+# claims with their replay token. The cluster clients keep redis-py's own policy, tuned
+# for failover.
+_RETRIES = 3
+
+
+def _backoff() -> redis.backoff.AbstractBackoff:
+    return redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
 class Broker:

@@ -76,6 +76,7 @@ class Worker:
         # a claim resent after a dropped connection gets back what the lost one leased
         self._claim_tokens: dict[Keyspace, str] = {}
         self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
+        self._down_since: float | None = None  # when round trips began to fail
 
     def __repr__(self) -> str:
         return (
@@ -214,6 +215,7 @@ class Worker:
                 self._restore(taken)
                 await self._server_down(exc)
                 continue
+            self._down_since = None
             self._check_finished(taken, replies[:n_finish])
             claimed = 0
             backlog = 0
@@ -462,8 +464,12 @@ class Worker:
 
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
-        is fenced by lease generation. Pause briefly, then retry."""
+        is fenced by lease generation. The first failure retries at once (a dropped
+        connection reconnects on the next call); later ones pause briefly first."""
         log.warning("server unavailable (%s); retrying", exc)
+        if self._down_since is None:
+            self._down_since = _clock.monotonic()
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 while not self._stopping:
