@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+from redis.asyncio.connection import RedisSSLContext, parse_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,6 +47,18 @@ def _pack(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+def _tls_context(url: str) -> RedisSSLContext:
+    """The TLS settings of a `rediss://` URL, read by redis-py's own parser and context
+    class, so that every `ssl_*` option means here what it means for redis-py's clients
+    (`ssl_cert_reqs` required and hostname checked unless the URL says otherwise)."""
+    options: dict[str, Any] = {
+        k[4:]: v for k, v in dict(parse_url(url)).items() if k.startswith("ssl_")
+    }
+    options.setdefault("cert_reqs", "required")
+    options.setdefault("check_hostname", True)
+    return RedisSSLContext(**options)
+
+
 class FastConnection:
     """One connection shared by all callers of one process's App."""
 
@@ -72,6 +84,7 @@ class FastConnection:
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._connect_timeout = connect_timeout
+        self._tls = _tls_context(url) if parts.scheme == "rediss" else None
         self._resolve = resolve
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -86,7 +99,7 @@ class FastConnection:
             if self._scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(self._path)
             else:
-                ctx = ssl.create_default_context() if self._scheme == "rediss" else None
+                ctx = self._tls.get() if self._tls is not None else None
                 reader, writer = await asyncio.open_connection(self._host, self._port, ssl=ctx)
         self._reader, self._writer = reader, writer
         self._read_task = asyncio.create_task(self._read_loop(reader), name="segue-fastconn")
