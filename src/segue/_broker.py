@@ -66,7 +66,7 @@ def map_errors(url: str) -> Iterator[None]:
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
     except _sentinel.NO_PRIMARY as exc:
-        raise BrokerError(_sentinel.no_primary_message(url)) from exc
+        raise BrokerError(_sentinel.no_primary_message(url, exc)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
