@@ -26,10 +26,16 @@ from segue._fastconn import ConnectionLost, FastConnection
 from segue._sentinel import fast_url
 from tests.apps import sentinel as tasks
 from tests.faults.conftest import Report, Scale
-from tests.faults.sentinel import SERVICE, SentinelSet, sentinel_set, shared_sentinel_set
+from tests.faults.sentinel import (
+    SERVICE,
+    SentinelSet,
+    sentinel_set,
+    shared_sentinel_set,
+    tls_sentinel_set,
+)
 from tests.integration.conftest import eventually, serving
 
-__all__ = ["sentinel_set", "shared_sentinel_set"]  # fixtures, used by name
+__all__ = ["sentinel_set", "shared_sentinel_set", "tls_sentinel_set"]  # fixtures, used by name
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -219,6 +225,22 @@ async def test_a_connection_to_a_demoted_primary_asks_the_sentinels_again(
         assert await fast.execute("SET", "segue:readonly-probe", "1") == b"OK"
     finally:
         await fast.close()
+
+
+async def test_tls_sentinels_and_nodes_are_verified_against_the_ca_in_the_url(
+    tls_sentinel_set: SentinelSet,
+) -> None:
+    url = tls_sentinel_set.url
+    queue = _queue()
+    async with _app(url, queue) as app:
+        handles = [await tasks.work.enqueue(i, 1) for i in range(5)]
+        async with serving(app, concurrency=2):
+            assert [await h.result(timeout=20) for h in handles] == list(range(5))
+    # without the test CA the servers' certificates cannot be verified: refused, not ignored
+    untrusted = App("untrusted", redis_url=url.split("&ssl_ca_certs=", 1)[0])
+    with pytest.raises(BrokerError, match="certificate verify failed"):
+        await untrusted.connect()
+    await untrusted.close()
 
 
 # --- failover --------------------------------------------------------------------------------
