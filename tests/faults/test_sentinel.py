@@ -261,6 +261,9 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
     durations = [fault_rng.randint(2, 20) for _ in range(before + after)]
     first_primary = sentinel_set.primary_port
     async with _app(sentinel_set.url, queue) as app:
+        # runs across the failover, longer than its 3 s lease: its lease survives if the
+        # renewal thread reaches the new primary in time, else the worker runs it once more
+        sleeper = await tasks.long_first.enqueue(6000)
         acked: list[Any] = []
         for start in range(0, before, 50):
             batch = [tasks.work.call(i, durations[i]) for i in range(start, start + 50)]
@@ -313,6 +316,7 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
                 if status is not TaskStatus.SUCCEEDED:
                     stuck.append((h.id, str(status)))
             new_primary = sentinel_set.primary_as_seen()
+            sleeper_tries = await sleeper.result(timeout=20)
             # control requests reach the worker on the new primary: pause a running task
             long = await tasks.steps.enqueue(20)
             await long.wait_for(TaskStatus.RUNNING, timeout=10)
@@ -334,12 +338,14 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
         drained_seconds_after_kill=round(drained_after, 3),
         first_primary=first_primary,
         new_primary=new_primary,
+        long_task_tries=sleeper_tries,
     )
     assert lost == []
     assert stuck == []
     assert new_primary is not None
     assert new_primary != first_primary
     assert worker_alive
+    assert sleeper_tries <= 2
     assert paused is TaskStatus.PAUSED
     assert resumed_result == 20
     # raw Sentinel promotes within about down-after + 2 s here; segue should add little
@@ -359,7 +365,10 @@ async def test_a_planned_switchover_loses_no_acked_task(
         gaps: list[float] = []
         last_ok = time.monotonic()
         switched_at: float | None = None
+        # longer than its 3 s lease: one try only if the renewals followed the new primary
+        sleeper = await tasks.work.enqueue(-1, 4000)
         async with serving(app, concurrency=4):
+            await sleeper.wait_for(TaskStatus.RUNNING, timeout=10)
             deadline = time.monotonic() + 30
             while switched_at is None or time.monotonic() < switched_at + 1.0:
                 if time.monotonic() > deadline:
@@ -384,6 +393,8 @@ async def test_a_planned_switchover_loses_no_acked_task(
                 return await _succeeded(app, queue) >= len(acked)
 
             await eventually(all_done, timeout=20, interval=0.1)
+            assert await sleeper.result(timeout=20) == -1
+        sleeper_tries = (await sleeper.info()).tries
         missing = 0
         for h in acked:
             try:
@@ -397,6 +408,8 @@ async def test_a_planned_switchover_loses_no_acked_task(
         longest_enqueue_gap_seconds=round(max(gaps), 3),
         first_primary=first,
         new_primary=s.primary_as_seen(),
+        long_task_tries=sleeper_tries,
     )
     assert missing == 0
+    assert sleeper_tries == 1
     assert s.primary_as_seen() not in (None, first)
