@@ -6,6 +6,7 @@ never see a redis-py exception.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis import exceptions as rexc
 
-from segue import _scripts, _sentinel
+from segue import _scripts, _sentinel, _tls
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -28,9 +29,9 @@ from segue._errors import (
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 from segue._pubsub import EndedWaiters, Subscriber
+from segue._versions import warn_if_unpatched
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import AsyncIterator, Iterator, Sequence
 
     from segue._keys import CronKeys, WorkerKeys
@@ -68,6 +69,9 @@ def map_errors(url: str) -> Iterator[None]:
     except _sentinel.NO_PRIMARY as exc:
         raise BrokerError(_sentinel.no_primary_message(url, exc)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        reason = _tls.handshake_failure(exc)
+        if reason is not None:
+            raise BrokerError(f"TLS with the server at {_safe(url)} failed: {reason}") from exc
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
         text = str(exc)
@@ -81,6 +85,7 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
     if _sentinel.is_sentinel_url(url):
         return _sentinel.async_primary(url, socket_connect_timeout=5)
     plain = _plain_url(url)
+    _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
     return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5)
@@ -90,6 +95,7 @@ def make_sync_client(url: str, *, cluster: bool) -> Any:
     if _sentinel.is_sentinel_url(url):
         return _sentinel.sync_primary(url, socket_connect_timeout=5, socket_timeout=10)
     plain = _plain_url(url)
+    _tls.options(plain)
     if cluster:
         return redis.cluster.RedisCluster.from_url(
             plain, socket_connect_timeout=5, socket_timeout=10
@@ -117,6 +123,7 @@ class Broker:
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()
         self._ended: EndedWaiters | None = None
+        self.server_version: tuple[str, str] | None = None  # (server, version) from HELLO
         self.enqueue_script = _scripts.load("enqueue")
         self.claim_script = _scripts.load("claim")
         self.finish_script = _scripts.load("finish")
@@ -142,8 +149,45 @@ class Broker:
             yield
 
     async def ping(self) -> None:
-        async with self.errors():
-            await self.client.ping()
+        """Check the server answers, and warn once if its version lacks the Lua fixes."""
+        try:
+            async with self.errors():
+                await self.client.ping()
+        except BrokerError as exc:
+            # redis-py's errors hide why TLS failed, or that TLS was needed: ask once more
+            plain = _plain_url(self.url)
+            if isinstance(exc, ScriptError) or str(exc).startswith("TLS"):
+                raise  # the server answered: not a connection problem
+            if await _tls.speaks_tls(plain):
+                raise BrokerError(
+                    f"the server at {_safe(self.url)} speaks TLS: connect with rediss://"
+                ) from exc
+            reason = await _tls.probe(plain)
+            if reason is None:
+                raise
+            raise BrokerError(f"TLS with the server at {_safe(self.url)} failed: {reason}") from exc
+        if self.server_version is None:
+            async with self.errors():
+                hello = await self._hello()
+            name = _text(hello.get(b"server", b"redis"))
+            self.server_version = (name, _text(hello.get(b"version", b"0")))
+            warn_if_unpatched(*self.server_version, _safe(self.url))
+
+    async def _hello(self) -> dict[bytes, Any]:
+        # HELLO without a protocol version reports the server and version and changes
+        # nothing: naming one would switch the connection under redis-py's parser
+        if self.cluster:
+            node = self.client.get_random_node()
+            reply = await self.client.execute_command("HELLO", target_nodes=node)
+        else:
+            reply = await self.client.execute_command("HELLO")
+        if isinstance(reply, dict):
+            return reply
+        items = list(reply)
+        return {
+            (k if isinstance(k, bytes) else str(k).encode()): v
+            for k, v in zip(items[::2], items[1::2], strict=False)
+        }
 
     async def close(self) -> None:
         if self.fast is not None:
@@ -182,8 +226,11 @@ class Broker:
     # --- worker cycle --------------------------------------------------------------------
 
     def claim_call(
-        self, ks: Keyspace, worker_id: str, want: int
+        self, ks: Keyspace, worker_id: str, want: int, token: str = "", answered: str = ""
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """A claim of up to `want` tasks; sent again with the same `token` after a lost
+        reply, it returns the tasks the first call leased (see claim.lua). `answered`: the
+        token of the previous claim, whose reply came, so its record can go."""
         s = self.settings
         keys = ks.claim_keys
         args = [
@@ -194,6 +241,8 @@ class Broker:
             s.max_deliveries,
             ks.done_channel,
             s.dead_letter_cap,
+            token,
+            answered,
         ]
         return (self.claim_script, keys, args)
 
@@ -249,15 +298,17 @@ class Broker:
                 await fast.execute("SCRIPT", "LOAD", script.source)
                 return [await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)]
         futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        # every reply is collected, so that a dropped connection failing them all leaves no
+        # future whose exception nobody retrieved
+        replies = await asyncio.gather(*futs, return_exceptions=True)
         results: list[Any] = []
-        for (script, keys, args), fut in zip(calls, futs, strict=True):
-            try:
-                results.append(await fut)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
+        for (script, keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 await fast.execute("SCRIPT", "LOAD", script.source)
-                results.append(await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args))
+                reply = await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            elif isinstance(reply, BaseException):
+                raise reply
+            results.append(reply)
         return results
 
     async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
@@ -274,6 +325,13 @@ class Broker:
                 for ks in keyspaces:
                     if await self._blocking.blpop([ks.wake], timeout=share):
                         return
+
+    async def forget_claims(self, tokens: dict[Keyspace, str]) -> None:
+        """Delete the replay records of claims (a stopping worker's last ones)."""
+        async with self.errors():
+            for ks, token in tokens.items():
+                if token:
+                    await self.client.delete(ks.claim(token))
 
     async def nudge(self, keyspaces: Sequence[Keyspace]) -> None:
         """Put a wake token on each queue so that a blocked wait returns now."""

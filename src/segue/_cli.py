@@ -403,6 +403,14 @@ def dashboard(
             "cancel and retry tasks",
         ),
     ] = False,
+    secure_cookies: Annotated[
+        bool,
+        typer.Option(
+            "--secure-cookies",
+            help="Mark cookies Secure (browsers then send them over HTTPS only): use it "
+            "behind a TLS-terminating proxy",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
@@ -426,6 +434,7 @@ def dashboard(
         the_app,
         auth=None if password is None else (user, password),
         secret_key=secret.encode() if secret else None,
+        secure_cookies=secure_cookies,
     )
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/yellow] no authentication, and listening on {host}")

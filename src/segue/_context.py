@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from segue._codec import decode_plain, encode
 from segue._errors import ConfigurationError, LeaseLost, PayloadError
+from segue._faults import faultpoint
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -117,7 +118,9 @@ class TaskState:
         run = self._run
         if run is None:
             return
-        if not await run.broker.write_state(run.ks, self._id, run.gen, values, deletes):
+        stored = await run.broker.write_state(run.ks, self._id, run.gen, values, deletes)
+        faultpoint("mid_checkpoint")
+        if not stored:
             raise LeaseLost(
                 f"task {self._id}: this run no longer holds the task (its lease was taken "
                 "over, or it was cancelled), so its state write was refused"

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
-from redis.asyncio.connection import RedisSSLContext, parse_url
+
+from segue import _tls
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
 
@@ -45,18 +47,6 @@ def _pack(args: tuple[Any, ...]) -> bytes:
             raise TypeError(f"cannot send a {type(a).__name__} to the server")
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
-
-
-def _tls_context(url: str) -> RedisSSLContext:
-    """The TLS settings of a `rediss://` URL, read by redis-py's own parser and context
-    class, so that every `ssl_*` option means here what it means for redis-py's clients
-    (`ssl_cert_reqs` required and hostname checked unless the URL says otherwise)."""
-    options: dict[str, Any] = {
-        k[4:]: v for k, v in dict(parse_url(url)).items() if k.startswith("ssl_")
-    }
-    options.setdefault("cert_reqs", "required")
-    options.setdefault("check_hostname", True)
-    return RedisSSLContext(**options)
 
 
 class FastConnection:
@@ -84,7 +74,8 @@ class FastConnection:
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._connect_timeout = connect_timeout
-        self._tls = _tls_context(url) if parts.scheme == "rediss" else None
+        self._tls = _tls.options(url)
+        self._ssl: ssl.SSLContext | None = None
         self._resolve = resolve
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -99,19 +90,33 @@ class FastConnection:
             if self._scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(self._path)
             else:
-                ctx = self._tls.get() if self._tls is not None else None
-                reader, writer = await asyncio.open_connection(self._host, self._port, ssl=ctx)
-        self._reader, self._writer = reader, writer
-        self._read_task = asyncio.create_task(self._read_loop(reader), name="segue-fastconn")
+                if self._tls is not None and self._ssl is None:
+                    self._ssl = self._tls.context()
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._ssl
+                )
+        # each connection has its own queue of waiting replies: a reconnect must not hand
+        # the old connection's failure (seen late by its read loop) to the new one
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reader, self._writer, self._pending = reader, writer, pending
+        self._read_task = asyncio.create_task(
+            self._read_loop(reader, writer, pending), name="segue-fastconn"
+        )
         if self._password is not None:
             auth = (self._user, self._password) if self._user else (self._password,)
             await self._send(("AUTH", *auth))
         if self._db:
             await self._send(("SELECT", self._db))
 
+    def _usable(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
     async def _ensure(self) -> None:
         async with self._lock:
-            if self._writer is None:
+            if not self._usable():
+                # a reset connection is closing before its read loop has seen it: drop it
+                # now, or every caller until then fails without a reconnect
+                self._drop(ConnectionLost("the connection was closed"))
                 try:
                     await self._open()
                 except BaseException:
@@ -119,7 +124,7 @@ class FastConnection:
                     raise
 
     async def connect(self) -> None:
-        if self._writer is None:
+        if not self._usable():
             await self._ensure()
 
     def send(self, *args: Any) -> asyncio.Future[Any]:
@@ -137,7 +142,7 @@ class FastConnection:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (raises ReplyError on an error reply)."""
-        if self._writer is None:
+        if not self._usable():
             await self._ensure()
         fut = self._send(args)
         writer = self._writer
@@ -145,9 +150,13 @@ class FastConnection:
             await writer.drain()
         return await fut
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pending: collections.deque[asyncio.Future[Any]],
+    ) -> None:
         parser = hiredis.Reader(replyError=ReplyError)
-        pending = self._pending
         try:
             while True:
                 data = await reader.read(1 << 16)
@@ -169,18 +178,36 @@ class FastConnection:
                     else:
                         fut.set_result(reply)
         except asyncio.CancelledError:
-            self._drop(ConnectionLost("connection closed"))
+            self._drop(ConnectionLost("connection closed"), writer, pending)
             raise
         except Exception as exc:
-            self._drop(exc if isinstance(exc, ConnectionError) else ConnectionLost(str(exc)))
+            if isinstance(exc, ConnectionError):
+                self._drop(exc, writer, pending)
+            else:
+                # keep the cause: a TLS 1.3 server refuses a client certificate only here,
+                # at the first read, and the caller names that reason
+                lost = ConnectionLost(str(exc))
+                lost.__cause__ = exc
+                self._drop(lost, writer, pending)
 
-    def _drop(self, exc: BaseException) -> None:
-        """Forget the connection; every command waiting for a reply gets `exc`."""
-        writer, self._writer, self._reader = self._writer, None, None
+    def _drop(
+        self,
+        exc: BaseException,
+        writer: asyncio.StreamWriter | None = None,
+        pending: collections.deque[asyncio.Future[Any]] | None = None,
+    ) -> None:
+        """Forget a connection (the current one by default); every command waiting for a
+        reply on it gets `exc`."""
+        if writer is None or writer is self._writer:
+            writer, self._writer, self._reader = self._writer, None, None
+            pending = self._pending
+            task, self._read_task = self._read_task, None
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         if writer is not None:
             writer.close()
-        while self._pending:
-            fut = self._pending.popleft()
+        while pending:
+            fut = pending.popleft()
             if not fut.done():
                 fut.set_exception(exc)
 

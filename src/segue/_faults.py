@@ -1,9 +1,20 @@
 """Fault points for the fault-injection suite; no-ops unless SEGUE_FAULTPOINT is set.
 
 `SEGUE_FAULTPOINT=<name>:<action>[,<name>:<action>...]`, action `kill` (SIGKILL this
-process), `stall:<seconds>` (block the thread) or `raise`. Names: after_claim,
-after_start_mark, mid_checkpoint, after_effect_before_complete, after_complete_before_ack,
-during_requeue, during_reap, after_pause_ack, during_cancel, cron_after_enqueue.
+process), `stall:<seconds>` (block the calling thread) or `raise`. With
+`SEGUE_FAULTPOINT_ONCE=1` each point acts on its first hit only (a stall per task would
+otherwise add up); with `SEGUE_FAULTPOINT_LOG=<file>` every hit of a named point is
+appended there as `<pid> <name> <action>` before it acts, so a test knows it was reached.
+
+The points (`POINTS`): after_claim and after_start_mark (a claim returned tasks, none
+started), mid_checkpoint (a `ctx.state` write was stored, the run has not gone on),
+after_effect_before_complete (the task returned, its outcome is not sent), after_complete_
+before_ack (outcomes were recorded, the worker has not read the reply), during_requeue (a
+graceful stop is about to requeue unfinished runs), after_pause_ack (a run stopped for an
+operator's pause and the pause was recorded), during_cancel (a cancel request reached the
+worker, the run is not stopped yet), cron_after_enqueue (a cron tick was enqueued, the
+schedule not advanced). Reaping expired leases has no point: it happens inside the claim
+script, one atomic step, so a crash falls before or after it (after_claim).
 """
 
 from __future__ import annotations
@@ -11,6 +22,18 @@ from __future__ import annotations
 import os
 import signal
 import time
+
+POINTS = (
+    "after_claim",
+    "after_start_mark",
+    "mid_checkpoint",
+    "after_effect_before_complete",
+    "after_complete_before_ack",
+    "during_requeue",
+    "after_pause_ack",
+    "during_cancel",
+    "cron_after_enqueue",
+)
 
 
 class FaultInjected(RuntimeError):
@@ -27,15 +50,20 @@ def _parse(spec: str | None) -> dict[str, str]:
 
 
 _POINTS = _parse(os.environ.get("SEGUE_FAULTPOINT"))
+_ONCE = os.environ.get("SEGUE_FAULTPOINT_ONCE") == "1"
+_LOG = os.environ.get("SEGUE_FAULTPOINT_LOG")
 
 
 def faultpoint(name: str) -> None:
     """Act on the named fault point if the environment asked for it."""
     if not _POINTS:
         return
-    action = _POINTS.get(name)
+    action = _POINTS.pop(name, None) if _ONCE else _POINTS.get(name)
     if action is None:
         return
+    if _LOG:
+        with open(_LOG, "a") as log:
+            log.write(f"{os.getpid()} {name} {action}\n")
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("stall:"):

@@ -55,6 +55,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def claim(self, token: str) -> str:
+        """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
+        return self.base + "claim:" + token
+
     @cached_property
     def pending(self) -> tuple[str, str, str]:
         """The queued lists, highest priority first."""

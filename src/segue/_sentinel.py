@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
+from segue import _tls
 from segue._errors import ConfigurationError
 
 _parse_url: Any = redis.connection.parse_url  # untyped in redis-py
@@ -128,6 +129,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     stand_in = f"{'rediss' if tls else 'redis'}://{userinfo}{at}sentinel-primary/{db_text}"
     if options:
         stand_in += "?" + urlencode(options)
+    _tls.options(stand_in)  # TLS options are checked as they are for rediss://
     try:
         node: dict[str, Any] = dict(_parse_url(stand_in))
     except ValueError as exc:

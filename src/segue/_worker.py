@@ -71,6 +71,10 @@ class Worker:
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._resources: dict[Any, Any] = {}
         self._control: Any = None
+        # the token of each queue's next claim: kept until a claim's reply arrives, so that
+        # a claim resent after a dropped connection gets back what the lost one leased
+        self._claim_tokens: dict[Keyspace, str] = {}
+        self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +160,8 @@ class Worker:
                 await scheduler.stop()
             await heartbeat.stop()
             await self._stop_waker(broker, keyspaces, waker)
+            with contextlib.suppress(BrokerError):
+                await broker.forget_claims({**self._answered, **self._claim_tokens})
             self._lease.stop()
             await self._control.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -182,7 +188,9 @@ class Worker:
             ]
             n_finish = len(calls)
             if claim_from is not None:
-                calls.append(broker.claim_call(claim_from, self.id, free))
+                calls.append(
+                    broker.claim_call(claim_from, self.id, free, *self._tokens(claim_from))
+                )
             try:
                 replies = await broker.run_calls(calls)
             except BrokerError as exc:
@@ -201,8 +209,9 @@ class Worker:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
+                    call = broker.claim_call(ks, self.id, free, *self._tokens(ks))
                     try:
-                        reply = (await broker.run_calls([broker.claim_call(ks, self.id, free)]))[0]
+                        reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
                         await self._server_down(exc)
                         break
@@ -267,9 +276,12 @@ class Worker:
             self._outcomes.setdefault(ks, []).extend(fields)
 
     def _check_finished(self, taken: list[tuple[Keyspace, list[Any]]], replies: list[Any]) -> None:
-        faultpoint("after_complete_before_ack")
+        if taken:
+            faultpoint("after_complete_before_ack")
         for (_, fields), reply in zip(taken, replies, strict=True):
             for i, ok in enumerate(reply):
+                if ok and fields[i * 5 + 2] == "paused":
+                    faultpoint("after_pause_ack")
                 if not ok:
                     log.warning(
                         "outcome of task %s discarded: this worker no longer holds its lease "
@@ -277,7 +289,16 @@ class Worker:
                         fields[i * 5],
                     )
 
+    def _tokens(self, ks: Keyspace) -> tuple[str, str]:
+        """This claim's token (the unanswered one, if any) and the last answered one."""
+        token = self._claim_tokens.get(ks)
+        if token is None:
+            token = self._claim_tokens[ks] = str(ULID())
+        return token, self._answered.get(ks, "")
+
     def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
+        # answered: the next claim is a new one, and forgets this one's record
+        self._answered[ks] = self._claim_tokens.pop(ks, "")
         next_due, now_ms, backlog = int(reply[0]), int(reply[1]), int(reply[2])
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
@@ -368,6 +389,7 @@ class Worker:
             return
         job.run.request = command
         if command == "cancel":
+            faultpoint("during_cancel")
             log.info("task %s cancel requested; stopping it", task_id)
             job.task.cancel()
         elif command == "pause":

@@ -67,3 +67,12 @@ async def suspender(ctx: Context, delay: float) -> str:
         await ctx.state.set(runs=1, saved="kept across the pause")
         raise Pause(delay=delay)
     return f"{await ctx.state.get('saved')} (run {runs + 1})"
+
+
+@app.task(name="durable.flaky", max_tries=3, retry_backoff=1.0)
+async def flaky(ctx: Context, n: int) -> int:
+    """Fails its first try, so it spends about a second RETRYING before it succeeds."""
+    record(ctx, f"try{ctx.tries}")
+    if ctx.tries == 1:
+        raise RuntimeError("the first try of a flaky task fails")
+    return n

@@ -109,6 +109,26 @@ async def test_credentials_are_compared_in_constant_time(
     assert (b"guess", PASSWORD.encode()) in compared
 
 
+async def test_repeated_failed_sign_ins_are_throttled(make_dash_app: Callable[..., App]) -> None:
+    app = make_dash_app()
+    asgi = create_app(app, close_app=False, auth=(USER, PASSWORD))
+
+    def client_from(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=asgi, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    async with app, client_from("10.0.0.1") as guesser, client_from("10.0.0.2") as operator:
+        for _ in range(5):
+            assert (await login(guesser, USER, "guess")).status_code == 401
+        throttled = await login(guesser, USER, PASSWORD)  # even the right password waits
+        assert throttled.status_code == 429
+        assert 0 < int(throttled.headers["retry-after"]) <= 60
+        assert "Too many failed sign-ins" in throttled.text
+        assert "segue_session" not in throttled.cookies
+        # the throttle holds one address back, not everybody
+        assert (await login(operator)).status_code == 303
+
+
 async def test_no_auth_must_be_asked_for(make_dash_app: Callable[..., App]) -> None:
     app = make_dash_app()
     with pytest.raises(TypeError):

@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# the shared harness's fixtures, for every fault test
+from tests.faults.ledger import fault_ledger  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -497,3 +497,17 @@ async def test_scripts_reload_after_the_server_forgets_them(
         h = await after_flush.enqueue()  # NOSCRIPT: reloaded and resent
         await app.drain()
         assert await h.result() == "ok"
+
+
+async def test_a_server_without_the_lua_fixes_is_named_in_a_warning(
+    make_app: Callable[..., App], segue_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+    with caplog.at_level("WARNING", logger="segue.server"):
+        async with app:
+            server, version = (await app.broker()).server_version or ("", "")
+    warned = [r.getMessage() for r in caplog.records if r.name == "segue.server"]
+    if segue_engine.kind == "redis" and version.startswith("7.0."):
+        assert len(warned) == 1 and "CVE-2025-49844" in warned[0] and version in warned[0]
+    else:
+        assert server == "valkey" and warned == []

@@ -9,6 +9,12 @@
   KEYS[16] waiting zset (tasks waiting for others)   KEYS[17] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
+  ARGV[8] claim token ('' for none): a claim whose reply was lost is sent again with the
+    same token, and gets the tasks the first call leased back instead of new ones (else
+    they would sit leased to nobody until their lease expired, counted as a lost delivery).
+    The token's key `<prefix>claim:<token>` (ids and lease generations, expiring with the
+    lease) is built from ARGV[1], in the queue's hash tag.
+  ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers}... }
     (input: the JSON a workflow step receives from the steps before it, '' for none)
@@ -106,7 +112,23 @@ end
 local out = { -1, now, 0 }
 local token_at = nil
 local paused = redis.call('HGET', KEYS[7], 'paused') == '1'
-if not paused then
+local claim_key = (ARGV[8] or '') ~= '' and (prefix .. 'claim:' .. ARGV[8]) or nil
+if (ARGV[9] or '') ~= '' then redis.call('DEL', prefix .. 'claim:' .. ARGV[9]) end
+local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
+if #replay > 0 then
+  -- the same claim again: what it leased before, if this worker still holds it
+  for i = 1, #replay, 2 do
+    local id, gen = replay[i], replay[i + 1]
+    local tk = prefix .. 'task:' .. id
+    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't')
+    if f[1] == 'running' and f[8] == wid and f[9] == gen then
+      out[#out + 1] = { id, f[2], f[3], tonumber(f[10]), tonumber(gen), f[4], f[5], f[6] or '',
+        f[7] or '' }
+      want = want - 1
+    end
+  end
+  -- kept until it expires: the reply of this replay may be lost too
+elseif not paused then
   local deadline = now + lease
   for l = 1, 3 do
     -- look a little past tasks held back by their limits, so that others go on
@@ -152,6 +174,7 @@ if not paused then
             emit(Q, 'task.started', id, f[2])
             redis.call('ZADD', KEYS[5], deadline, id)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '' }
+            if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1
           end
         end
@@ -159,6 +182,7 @@ if not paused then
     end
     for j = #held, 1, -1 do redis.call('RPUSH', KEYS[l], held[j]) end
   end
+  if claim_key and #out > 3 then redis.call('PEXPIRE', claim_key, lease) end
 end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')

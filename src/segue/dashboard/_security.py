@@ -76,6 +76,43 @@ def safe_next(value: str | None) -> str:
     return value
 
 
+class LoginThrottle:
+    """Failed sign-ins per client address: after `limit` failures within `window` seconds the
+    form answers 429 until the oldest of them is older than the window, so a password
+    cannot be guessed at the speed of the network. Memory is bounded by pruning on use."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, who: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(who, ()) if now - t < self.window]
+        if times:
+            self._failures[who] = times
+        else:
+            self._failures.pop(who, None)
+        return times
+
+    def retry_after(self, who: str) -> float:
+        """Seconds this client must wait before it may try again (0: it may now)."""
+        now = time.monotonic()
+        times = self._recent(who, now)
+        if len(times) < self.limit:
+            return 0.0
+        return max(0.0, self.window - (now - times[-self.limit]))
+
+    def failed(self, who: str) -> None:
+        now = time.monotonic()
+        if len(self._failures) > 10_000:  # many addresses: forget those with no recent failure
+            for key in list(self._failures):
+                self._recent(key, now)
+        self._failures.setdefault(who, []).append(now)
+
+    def succeeded(self, who: str) -> None:
+        self._failures.pop(who, None)
+
+
 class Security:
     """The dashboard's credentials and secret, and the checks built on them."""
 
@@ -93,6 +130,7 @@ class Security:
         self._secret = secret
         self.session_seconds = session_seconds
         self.secure_cookies = secure_cookies
+        self.logins = LoginThrottle()
 
     # --- credentials ----------------------------------------------------------------------
 

@@ -475,8 +475,18 @@ class Views:
     async def login(self, request: Request) -> Response:
         form = _form(await request.body())
         to = safe_next(form.get("next"))
+        who = request.client.host if request.client else "-"
+        wait = self.security.logins.retry_after(who)
+        if wait > 0:
+            refused = self.page(
+                request, "login.html", 429, title="Sign in", next=to, throttled=int(wait) + 1
+            )
+            refused.headers["retry-after"] = str(int(wait) + 1)
+            return refused
         if not self.security.check_password(form.get("user", ""), form.get("password", "")):
+            self.security.logins.failed(who)
             return self.page(request, "login.html", 401, title="Sign in", next=to, failed=True)
+        self.security.logins.succeeded(who)
         root = root_of(request.scope)
         response = RedirectResponse(root + to, 303)
         session = self.security.new_session(form.get("user", ""))

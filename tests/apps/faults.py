@@ -1,0 +1,130 @@
+"""The App of the fault suite: every task records each of its executions in an effect ledger.
+
+Worker subprocesses (`python -m segue worker tests.apps.faults:app`) configure it from
+SEGUE_* variables; FAULT_LEDGER_URL names the ledger server, a separate Valkey the faults
+never touch (tests/faults/ledger.py), reached as its admin user because ledger keys are
+not segue keys.
+
+Per execution the task writes, synchronously (a write is on the ledger when the call
+returns, so a SIGKILL right after it cannot lose it):
+
+- at its start, a row `<worker> <gen> <try> <t_start_ms> -` appended to `exec:<task id>`
+  (the id also joins the set `ran:<queue>`);
+- at its end, the row's last field becomes `<t_end_ms>` and `SET effect:<task id> NX`
+  applies the task's effect at most once, whatever the number of executions. A row ending
+  in `<t_end_ms>!` is an execution that found the effect already applied.
+
+`<gen>` is the lease generation (the fencing token of the claim that started the run), so
+two executions of one task are told apart even when their try counts are equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+
+from segue import App, Context
+
+app = App("faults")
+
+EXEC = "exec:"
+EFFECT = "effect:"
+RAN = "ran:"
+STEP = "step:"
+
+_ledger: Any = None
+
+
+def ledger() -> Any:
+    """The ledger client of this process (opened on first use)."""
+    global _ledger
+    if _ledger is None:
+        _ledger = redis.Redis.from_url(os.environ["FAULT_LEDGER_URL"])
+    return _ledger
+
+
+def _gen(ctx: Context) -> str:
+    # the lease generation is not public API; the ledger needs it to tell runs apart
+    run = ctx._run
+    return run.gen if run is not None else "0"
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Execution:
+    """The ledger row of the current execution: opened at the start, closed at the end."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.row = f"{ctx.worker_id} {_gen(ctx)} {ctx.tries} {_ms()}"
+        pipe = ledger().pipeline(transaction=True)
+        pipe.rpush(EXEC + ctx.task_id, self.row + " -")
+        pipe.sadd(RAN + ctx.queue, ctx.task_id)
+        length, _ = pipe.execute()
+        self.index = int(length) - 1
+
+    def finish(self) -> None:
+        """Apply the effect (once per task, by construction) and close the row."""
+        client = ledger()
+        applied = client.set(EFFECT + self.ctx.task_id, self.row, nx=True)
+        end = f"{_ms()}" if applied else f"{_ms()}!"
+        client.lset(EXEC + self.ctx.task_id, self.index, f"{self.row} {end}")
+
+
+@app.task(name="faults.sleep", silent=True)
+async def sleep(ctx: Context, ms: int) -> int:
+    """Sleep `ms` milliseconds (awaiting: the worker's loop stays free)."""
+    run = Execution(ctx)
+    await asyncio.sleep(ms / 1000)
+    run.finish()
+    return ms
+
+
+@app.task(name="faults.hold", silent=True)
+async def hold(ctx: Context, ms: int) -> str:
+    """Sleep `ms` milliseconds; the result names the run that produced it
+    (`<worker> <gen>`), so a test sees whose outcome segue kept."""
+    run = Execution(ctx)
+    await asyncio.sleep(ms / 1000)
+    run.finish()
+    return f"{ctx.worker_id} {_gen(ctx)}"
+
+
+@app.task(name="faults.steps", silent=True)
+async def steps(ctx: Context, n: int, ms: int) -> int:
+    """`n` steps of `ms` each, with a checkpoint after every step: a re-run resumes after
+    the last checkpointed step. Each step's executions are counted in `step:<id>:<i>`."""
+    run = Execution(ctx)
+    first: int = await ctx.state.get("step", 0)
+    for i in range(first, n):
+        await asyncio.sleep(ms / 1000)
+        ledger().incr(f"{STEP}{ctx.task_id}:{i}")
+        await ctx.state.set(step=i + 1)
+        await ctx.checkpoint()
+    run.finish()
+    return n
+
+
+@app.task(name="faults.poison", silent=True)
+async def poison(ctx: Context) -> None:
+    """Kill the worker running it, on every attempt (a crash-looping task)."""
+    Execution(ctx)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="faults.spin", silent=True)
+async def spin(ctx: Context, ms: int) -> int:
+    """Hold the CPU and the worker's event loop for `ms` milliseconds (no await)."""
+    run = Execution(ctx)
+    end = time.monotonic() + ms / 1000
+    while time.monotonic() < end:
+        pass
+    run.finish()
+    return ms
