@@ -70,7 +70,7 @@ def map_errors(url: str) -> Iterator[None]:
         code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
         raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
     except _sentinel.NO_PRIMARY as exc:
-        raise BrokerError(_sentinel.no_primary_message(url)) from exc
+        raise BrokerError(_sentinel.no_primary_message(url, exc)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         reason = _tls.handshake_failure(exc)
         if reason is not None:

@@ -33,7 +33,7 @@ class LeaseKeeper:
         url: str,
         settings: Settings,
         worker_id: str,
-        on_lost: Callable[[list[str]], object],
+        on_lost: Callable[[list[tuple[str, str]]], object],
         on_request: Callable[[str, str], object],
     ) -> None:
         self._url = url
@@ -91,11 +91,14 @@ class LeaseKeeper:
         for task_id, (ks, gen) in held:
             by_queue.setdefault(ks, []).extend((task_id, gen))
         lease_ms = int(self._settings.lease_seconds * 1000)
-        lost: list[str] = []
+        sent = dict(held)
+        lost: list[tuple[str, str]] = []
         for ks, pairs in by_queue.items():
             args = [ks.base, self._worker_id, lease_ms, *pairs]
             gone, requests = self._script.run_sync(self._client, [ks.leases], args)
-            lost.extend(_text(x) for x in gone)
+            # with the generation it was sent for: by the time the reply is read, this
+            # worker may hold a newer run of the same task, which is not lost
+            lost.extend((_text(x), sent[_text(x)][1]) for x in gone)
             for task_id, request in requests:
                 self._on_request(_text(task_id), _text(request))
         if lost:

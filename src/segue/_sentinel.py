@@ -24,7 +24,11 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.connection
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 
+from segue import _tls
 from segue._errors import ConfigurationError
 
 _parse_url: Any = redis.connection.parse_url  # untyped in redis-py
@@ -125,6 +129,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     stand_in = f"{'rediss' if tls else 'redis'}://{userinfo}{at}sentinel-primary/{db_text}"
     if options:
         stand_in += "?" + urlencode(options)
+    _tls.options(stand_in)  # TLS options are checked as they are for rediss://
     try:
         node: dict[str, Any] = dict(_parse_url(stand_in))
     except ValueError as exc:
@@ -170,19 +175,79 @@ class _SyncPrimary(redis.Redis):
 NO_PRIMARY = (redis.asyncio.sentinel.MasterNotFoundError, redis.sentinel.MasterNotFoundError)
 
 
-def no_primary_message(url: str) -> str:
+def _address(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _judge(service: str, sentinel: Any, masters: Any) -> str | tuple[str, int]:
+    """The primary's address from one sentinel's answer, or why it gave none."""
+    state = masters.get(service)
+    if state is None:
+        return f"{_address(sentinel)} monitors no service {service!r}"
+    if not state["is_master"] or state["is_sdown"] or state["is_odown"]:
+        return f"{_address(sentinel)} sees the primary of {service!r} down"
+    return str(state["ip"]), int(state["port"])
+
+
+def _no_primary(service: str, problems: list[str]) -> Exception:
+    unique = list(dict.fromkeys(problems))
+    return redis.sentinel.MasterNotFoundError(f"no primary for {service!r}: {'; '.join(unique)}")
+
+
+class _AsyncSentinels(redis.asyncio.sentinel.Sentinel):
+    """redis-py's Sentinel manager, with a failed discovery that says why each sentinel
+    gave no primary (redis-py keeps only the exceptions' type names)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        problems: list[str] = []
+        for i, sentinel in enumerate(self.sentinels):
+            try:
+                answer = _judge(service_name, sentinel, await sentinel.sentinel_masters())
+            except redis.RedisError as exc:
+                answer = str(exc) or type(exc).__name__
+            if isinstance(answer, str):
+                problems.append(answer)
+                continue
+            self.sentinels.insert(0, self.sentinels.pop(i))  # ask this one first next time
+            return answer
+        raise _no_primary(service_name, problems)
+
+
+class _SyncSentinels(redis.sentinel.Sentinel):
+    """The blocking twin of _AsyncSentinels."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        problems: list[str] = []
+        for i, sentinel in enumerate(self.sentinels):
+            try:
+                answer = _judge(service_name, sentinel, sentinel.sentinel_masters())
+            except redis.RedisError as exc:
+                answer = str(exc) or type(exc).__name__
+            if isinstance(answer, str):
+                problems.append(answer)
+                continue
+            self.sentinels.insert(0, self.sentinels.pop(i))
+            return answer
+        raise _no_primary(service_name, problems)
+
+
+def no_primary_message(url: str, exc: Exception) -> str:
     """What a user sees when the sentinels give no primary (one sentence, no password)."""
     target = parse_sentinel_url(url)
     hosts = ", ".join(f"{h}:{p}" for h, p in target.sentinels)
     return (
         f"no sentinel at {hosts} named a primary that is up for service {target.service!r} "
-        "(check the service name, the sentinel password, and that a failover is not under way)"
+        f"({str(exc).removeprefix(f'no primary for {target.service!r}: ')})"
     )
 
 
-def _sentinel_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
-    # segue's own socket timeouts apply to the sentinel connections as well
-    return {**{k: v for k, v in options.items() if k.startswith("socket_")}, **target.sentinel}
+def _sentinel_kwargs(target: SentinelTarget, options: dict[str, Any], retry: Any) -> dict[str, Any]:
+    # segue's own socket timeouts apply to the sentinel connections as well; no retries with
+    # backoff: the next sentinel in the list is the retry (a certificate or password problem
+    # otherwise costs seconds per sentinel before the user hears of it)
+    socket = {k: v for k, v in options.items() if k.startswith("socket_")}
+    return {**socket, **target.sentinel, "retry": retry}
 
 
 def async_primary(url: str, **options: Any) -> _AsyncPrimary:
@@ -191,9 +256,10 @@ def async_primary(url: str, **options: Any) -> _AsyncPrimary:
     A lost connection or a READONLY reply (the node was demoted) makes the next command ask
     the sentinels again."""
     target = parse_sentinel_url(url)
-    sentinel_class: Any = redis.asyncio.sentinel.Sentinel  # redis-py leaves it untyped
+    sentinel_class: Any = _AsyncSentinels  # redis-py leaves its constructor untyped
     manager = sentinel_class(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(target, options, AsyncRetry(NoBackoff(), 0)),
     )
     client: _AsyncPrimary = manager.master_for(
         target.service, redis_class=_AsyncPrimary, **target.node, **options
@@ -205,9 +271,10 @@ def async_primary(url: str, **options: Any) -> _AsyncPrimary:
 def sync_primary(url: str, **options: Any) -> _SyncPrimary:
     """A blocking client (for threads) that always talks to the service's current primary."""
     target = parse_sentinel_url(url)
-    sentinel_class: Any = redis.sentinel.Sentinel
+    sentinel_class: Any = _SyncSentinels
     manager = sentinel_class(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(target, options, SyncRetry(NoBackoff(), 0)),
     )
     client: _SyncPrimary = manager.master_for(
         target.service, redis_class=_SyncPrimary, **target.node, **options
@@ -217,11 +284,13 @@ def sync_primary(url: str, **options: Any) -> _SyncPrimary:
 
 
 def fast_url(url: str) -> str:
-    """A URL for the FastConnection carrying the data nodes' login and database, with a
-    placeholder address (its resolver asks the sentinels for the real one)."""
+    """A URL for the FastConnection carrying the data nodes' login, database and TLS
+    options, with a placeholder address (its resolver asks the sentinels for the real one)."""
     target = parse_sentinel_url(url)
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     at = "@" if userinfo else ""
     scheme = "rediss" if target.tls else "redis"
-    return f"{scheme}://{userinfo}{at}sentinel-primary:0/{target.node.get('db', 0)}"
+    options = [(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("sentinel_")]
+    query = f"?{urlencode(options)}" if options else ""
+    return f"{scheme}://{userinfo}{at}sentinel-primary:0/{target.node.get('db', 0)}{query}"

@@ -341,6 +341,14 @@ class Worker:
                 headers=headers or None,
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
+            earlier = self._running.get(job.id)
+            if earlier is not None and earlier.task is not None:
+                # the server took the task from an earlier run of this worker whose lease
+                # lapsed (an outage longer than the lease) and gave it back here: that run's
+                # outcome would be refused, so it stops now rather than racing this one
+                log.warning("lease of task %s lost; its new run replaces the old", job.id)
+                earlier.lost = True
+                earlier.task.cancel()
             self._running[job.id] = job
             assert self._lease is not None
             self._lease.hold(job.id, ks, job.gen)
@@ -365,12 +373,13 @@ class Worker:
         elif outcome is not None and outcome[0] != "ok" and job.run and job.run.request == "cancel":
             # the task caught the CancelledError and went on: the cancel still stands
             outcome = ("cancelled", "", "")
-        self._running.pop(job.id, None)
-        timer = self._grace_timers.pop(job.id, None)
-        if timer is not None:
-            timer.cancel()
-        if self._lease is not None:
-            self._lease.drop(job.id)
+        if self._running.get(job.id) is job:  # not if a newer run of the task replaced it
+            del self._running[job.id]
+            timer = self._grace_timers.pop(job.id, None)
+            if timer is not None:
+                timer.cancel()
+            if self._lease is not None:
+                self._lease.drop(job.id)
         if outcome is not None and not job.lost:
             action, a, b = outcome
             self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
@@ -428,10 +437,10 @@ class Worker:
             return ("paused", "", "")
         return ("requeue", "", "")
 
-    def _on_lost(self, ids: list[str]) -> None:
-        for task_id in ids:
+    def _on_lost(self, runs: list[tuple[str, str]]) -> None:
+        for task_id, gen in runs:
             job = self._running.get(task_id)
-            if job is not None and job.task is not None:
+            if job is not None and job.gen == gen and job.task is not None:
                 log.warning("lease of task %s lost; stopping this run", task_id)
                 job.lost = True
                 job.task.cancel()

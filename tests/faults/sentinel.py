@@ -7,6 +7,9 @@ Every node has three users besides `default` (kept for the test's admin reads):
   nodes have it and log in with it, because after a failover the roles swap;
 - `segue-sentinel`: what the sentinels send to a monitored node (SENTINEL_RULES).
 The sentinels require a password of their own from their clients and from each other.
+
+`start_sentinel_set(..., tls=True)` runs Debian's redis-server 7.0 instead (the valkey
+binary has no TLS), with every port TLS-only and certificates from a throw-away test CA.
 """
 
 from __future__ import annotations
@@ -58,6 +61,42 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
+@dataclasses.dataclass(frozen=True)
+class TestCA:
+    """A certificate authority of one test run and a server certificate for 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> TestCA:
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=segue-test-ca")  # fmt: skip
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=127.0.0.1")  # fmt: skip
+        (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "server.pem", "-days", "2",
+                "-extfile", "san.cnf")  # fmt: skip
+        return cls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+
+    def server_lines(self, port: int) -> list[str]:
+        return [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {self.cert}",
+            f"tls-key-file {self.key}",
+            f"tls-ca-cert-file {self.ca}",
+            "tls-auth-clients no",
+            "tls-replication yes",
+        ]
+
+
 @dataclasses.dataclass
 class SentinelSet:
     """The running set; `url` is segue's `redis+sentinel://` URL as the `segue` user."""
@@ -66,22 +105,29 @@ class SentinelSet:
     nodes: dict[int, subprocess.Popen[bytes]]  # data node port → process
     sentinels: dict[int, subprocess.Popen[bytes]]
     primary_port: int
+    tls: TestCA | None = None
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinels)
-        return (
-            f"redis+sentinel://{ACL_USER}:{ACL_PASSWORD}@{hosts}/{SERVICE}/0"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        url = (
+            f"{scheme}://{ACL_USER}:{ACL_PASSWORD}@{hosts}/{SERVICE}/0"
             f"?sentinel_password={SENTINEL_CLIENT_PASSWORD}"
         )
+        return url + (f"&ssl_ca_certs={self.tls.ca}" if self.tls else "")
+
+    def _client(self, port: int, **extra: Any) -> Any:
+        options: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 5, **extra}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return redis.Redis(host="127.0.0.1", port=port, **options)
 
     def admin(self, port: int) -> Any:
-        return redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=5)
+        return self._client(port)
 
     def sentinel(self, port: int) -> Any:
-        return redis.Redis(
-            port=port, password=SENTINEL_CLIENT_PASSWORD, socket_connect_timeout=1, socket_timeout=5
-        )
+        return self._client(port, password=SENTINEL_CLIENT_PASSWORD)
 
     def primary_as_seen(self) -> int | None:
         """The primary's port if every live sentinel names the same one, else None."""
@@ -117,9 +163,11 @@ def _user_line(name: str, rules: list[str]) -> str:
     return " ".join(["user", name, "reset", *rules])
 
 
-def _node_conf(directory: Path, port: int, replica_of: int | None) -> Path:
+def _node_conf(directory: Path, port: int, replica_of: int | None, tls: TestCA | None) -> Path:
+    # Redis 7.0 has no CLIENT SETINFO (7.2+): an ACL rule naming it would stop the server
+    rules = [r for r in ACL_RULES if not (tls and r == "+client|setinfo")]
     lines = [
-        f"port {port}",
+        *(tls.server_lines(port) if tls else [f"port {port}"]),
         "bind 127.0.0.1",
         'save ""',
         "appendonly no",
@@ -132,7 +180,7 @@ def _node_conf(directory: Path, port: int, replica_of: int | None) -> Path:
         f"masteruser {REPL_USER}",
         f"masterauth {REPL_PASSWORD}",
         "user default on nopass ~* &* +@all",
-        _user_line(ACL_USER, ACL_RULES),
+        _user_line(ACL_USER, rules),
         _user_line(REPL_USER, REPL_RULES),
         _user_line(SENTINEL_USER, SENTINEL_RULES),
     ]
@@ -142,9 +190,9 @@ def _node_conf(directory: Path, port: int, replica_of: int | None) -> Path:
     return _write_conf(directory / f"node-{port}.conf", lines)
 
 
-def _sentinel_conf(directory: Path, port: int, primary: int) -> Path:
+def _sentinel_conf(directory: Path, port: int, primary: int, tls: TestCA | None) -> Path:
     lines = [
-        f"port {port}",
+        *(tls.server_lines(port) if tls else [f"port {port}"]),
         "bind 127.0.0.1",
         f"dir {directory}",
         f"logfile {directory}/sentinel-{port}.log",
@@ -171,7 +219,7 @@ def _until(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[b
     while True:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"a server of the Sentinel set exited ({proc.args!r})")
+                raise _ExitedAtStart(f"a server of the Sentinel set exited ({proc.args!r})")
         with contextlib.suppress(redis.RedisError, ValueError, TypeError):
             if check():
                 return
@@ -180,18 +228,40 @@ def _until(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[b
         time.sleep(0.05)
 
 
-def start_sentinel_set(directory: Path, *, timeout: float = 30.0) -> SentinelSet:
+class _ExitedAtStart(RuntimeError):
+    pass
+
+
+def start_sentinel_set(directory: Path, *, tls: bool = False, timeout: float = 30.0) -> SentinelSet:
     """Start it and return once the replica is in sync and every sentinel sees the replica
     and the other two sentinels (so that a failover can be agreed on at once)."""
-    binary = server_binary("valkey")
-    assert binary is not None
+    binary = server_binary("redis" if tls else "valkey")
+    if binary is None:
+        pytest.skip("a TLS Sentinel set needs redis-server (built with TLS) on PATH")
+    for attempt in range(3):
+        try:
+            return _start(binary, directory / f"attempt-{attempt}", tls, timeout)
+        except _ExitedAtStart:
+            # on a shared machine another process can take a chosen port before the
+            # server binds it: start again on new ports
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(binary: str, directory: Path, tls: bool, timeout: float) -> SentinelSet:
     directory.mkdir(parents=True, exist_ok=True)
-    primary, replica = free_port(), free_port()
-    sentinel_ports = [free_port() for _ in range(3)]
-    s = SentinelSet(directory, {}, {}, primary)
+    ca = TestCA.make(directory) if tls else None
+    ports: list[int] = []
+    while len(ports) < 5:  # free_port only checks each one: two picks can coincide
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    primary, replica, *sentinel_ports = ports
+    s = SentinelSet(directory, {}, {}, primary, ca)
     try:
-        s.nodes[primary] = _launch(binary, _node_conf(directory, primary, None))
-        s.nodes[replica] = _launch(binary, _node_conf(directory, replica, primary))
+        s.nodes[primary] = _launch(binary, _node_conf(directory, primary, None, ca))
+        s.nodes[replica] = _launch(binary, _node_conf(directory, replica, primary, ca))
         procs = list(s.nodes.values())
 
         def in_sync() -> bool:
@@ -201,7 +271,7 @@ def start_sentinel_set(directory: Path, *, timeout: float = 30.0) -> SentinelSet
         _until("replica in sync", in_sync, timeout, procs)
         for port in sentinel_ports:
             s.sentinels[port] = _launch(
-                binary, _sentinel_conf(directory, port, primary), "--sentinel"
+                binary, _sentinel_conf(directory, port, primary, ca), "--sentinel"
             )
         procs = [*s.nodes.values(), *s.sentinels.values()]
 
@@ -234,5 +304,13 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
 def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """One Sentinel set for the tests of a module that fault nothing."""
     s = start_sentinel_set(tmp_path_factory.mktemp("sentinel"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tls_sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A Sentinel set of redis-server 7.0 that speaks TLS only."""
+    s = start_sentinel_set(tmp_path / "sentinel-tls", tls=True)
     yield s
     s.stop()
