@@ -14,7 +14,8 @@ disagreement is found within two cycles of appearing; a bigger queue takes more 
 Rollback detection: each cycle also advances this worker's mark in the queue's generation
 marker (generation.lua) and remembers it. A mark found lower than remembered, or gone,
 means the server's data went back in time: the worker logs a warning naming the queue,
-calls the hooks' `on_rollback`, and runs a whole pass of that queue at once.
+adds a `queue.rollback` event to the queue's events, calls the hooks' `on_rollback`, and
+runs a whole pass of that queue at once.
 
 Each repair is logged on the `segue.reconcile` logger and passed to the hooks' `on_repair`
 (PrometheusHook counts them by queue and kind).
@@ -126,7 +127,7 @@ class Reconciler:
         p = self._progress[ks]
         args = [self._worker_id, p.gen, self._keep_ms, p.prune]
         reply = await self._broker.run_calls(
-            [(self._generation, [ks.generation], args)], retry=True
+            [(self._generation, [ks.generation, ks.events], args)], retry=True
         )
         back, n, prune, found = reply[0]
         remembered, p.gen, p.prune = p.gen, int(n), _text(prune)

@@ -17,6 +17,7 @@ from segue import App, Hook, TaskStatus
 from segue._broker import make_async_client
 from segue._keys import Keyspace
 from segue._reconcile import Reconciler
+from segue.metrics import PrometheusHook
 from tests._support import Engine
 from tests.integration.conftest import eventually, serving
 
@@ -191,8 +192,15 @@ async def test_a_second_pass_changes_nothing(
             await client.zadd(ks.leases, {f"{queue_name}:gone": 1})
             await client.lpush(ks.pending[1], f"{queue_name}:gone", handles[11].id)
             broker = await app.broker()
-            reconciler = Reconciler(broker, "test", [ks])
+            prometheus = PrometheusHook()
+            reconciler = Reconciler(broker, "test", [ks], [prometheus])
             first = await reconciler.run_pass(ks, steps=None)
+            assert (
+                prometheus.registry.get_sample_value(
+                    "segue_reconcile_repairs_total", {"queue": queue_name, "kind": "stale_queued"}
+                )
+                == 2.0
+            )
             kinds = sorted(r.kind for r in first)
             # handles[11] is scheduled, not queued: its list entry is stale as well
             assert kinds == ["queued_not_listed"] * 9 + ["stale_lease"] + ["stale_queued"] * 2
@@ -212,13 +220,14 @@ async def test_rollback_is_detected_once_and_reconciled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, recorder = build(make_app)
+    prometheus = PrometheusHook()
     ks = Keyspace("segue", queue_name)
     agen = admin(segue_engine)
     client = await agen.__anext__()
     try:
         async with app:
             broker = await app.broker()
-            reconciler = Reconciler(broker, "w1", [ks], [recorder])
+            reconciler = Reconciler(broker, "w1", [ks], [recorder, prometheus])
             other = Reconciler(broker, "w2", [ks], [recorder])
             for _ in range(3):
                 assert not await reconciler.check_generation(ks)
@@ -229,6 +238,10 @@ async def test_rollback_is_detected_once_and_reconciled(
                 assert await reconciler.check_generation(ks)
             assert recorder.rollbacks == [queue_name]
             assert queue_name in caplog.text and "went back in time" in caplog.text
+            counted = prometheus.registry.get_sample_value(
+                "segue_rollbacks_detected_total", {"queue": queue_name}
+            )
+            assert counted == 1.0
             # w2's mark came back whole: for it, nothing went back
             assert not await other.check_generation(ks)
             assert not await reconciler.check_generation(ks)
@@ -237,6 +250,9 @@ async def test_rollback_is_detected_once_and_reconciled(
             assert await reconciler.check_generation(ks)
             assert await other.check_generation(ks)
             assert recorder.rollbacks == [queue_name] * 3
+            # each detection is an event of the queue, for whoever follows its events
+            events = await client.xrange(ks.events)
+            assert [f[b"e"] for _, f in events].count(b"queue.rollback") == 3
             # a worker new since the loss remembers nothing, and reports nothing
             assert not await Reconciler(broker, "w3", [ks]).check_generation(ks)
             assert await client.pttl(ks.generation) > 0

@@ -1,6 +1,7 @@
 --[[ generation: advance this worker's mark in a queue's generation marker, and say whether
   the server's data went back in time since this worker last advanced it.
   KEYS[1] generation hash (segue:{q}:gen): worker id -> "<n> <server ms>"
+  KEYS[2] events stream (a queue.rollback event when the mark went back)
   ARGV[1] worker id   ARGV[2] the n this worker last wrote (0: none yet)
   ARGV[3] keep ms (a mark not advanced for that long is a gone worker's, and is pruned)
   ARGV[4] prune cursor (HSCAN)
@@ -15,7 +16,11 @@ local cur = redis.call('HGET', KEYS[1], wid)
 local found = 0
 if cur then found = tonumber(string.match(cur, '^(%d+)')) or 0 end
 local back = 0
-if last > 0 and found < last then back = 1 end
+if last > 0 and found < last then
+  back = 1
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'queue.rollback', 'id', '',
+    'n', '', 'data', cjson.encode({ worker = wid, found = found, written = last }))
+end
 local n = math.max(found, last) + 1
 redis.call('HSET', KEYS[1], wid, n .. ' ' .. now)
 local r = redis.call('HSCAN', KEYS[1], ARGV[4], 'COUNT', 20)
