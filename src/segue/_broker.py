@@ -244,6 +244,10 @@ class Broker:
             await self.client.sadd(queues_key(self.settings.prefix), queue)
         self._known_queues.add(queue)
 
+    def forget_queue(self, queue: str) -> None:
+        """Register `queue` again at its next register_queue (the set may have lost it)."""
+        self._known_queues.discard(queue)
+
     async def queues(self) -> list[str]:
         async with self.errors():
             names = await self.client.smembers(queues_key(self.settings.prefix))

@@ -69,6 +69,14 @@ class Hook:
     async def on_final_failure(self, ctx: Context, error: BaseException) -> None:
         """The task failed for good: no try is left, or it raised Fail."""
 
+    async def on_repair(self, queue: str, kind: str, task_id: str) -> None:
+        """A worker's reconciler repaired a disagreement between a task's record and the
+        queue's structures (`kind`, e.g. `running_without_lease`; see the Production page)."""
+
+    async def on_rollback(self, queue: str) -> None:
+        """A worker found the queue's generation marker gone back: the server's data went
+        back in time (a restore from an older copy, or lost writes)."""
+
 
 async def call_hooks(hooks: Sequence[Hook], method: str, *args: Any) -> None:
     for hook in hooks:

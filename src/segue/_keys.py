@@ -111,6 +111,17 @@ class Keyspace:
         return [*self.pending, *queue_keys, *self.done, self.paused, self.waiting, self.events]
 
     @cached_property
+    def reconcile_keys(self) -> list[str]:
+        """KEYS of reconcile.lua."""
+        return [*self.pending, self.scheduled, self.leases, self.paused, self.waiting, self.wake]
+
+    @cached_property
+    def generation(self) -> str:
+        """The queue's generation marker: each worker's count of maintenance cycles (a hash
+        that workers advance and remember, so a count going back reveals a rollback)."""
+        return self.key("gen")
+
+    @cached_property
     def scheduled(self) -> str:
         return self.key("sched")
 

@@ -37,6 +37,8 @@ class Settings:
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
+    # workers compare each queue's records with its structures this often (_reconcile.py)
+    reconcile_seconds: float = 10.0
     # events older than this are trimmed by the workers (about 10,000 per queue at most)
     events_keep_seconds: float | None = 86400.0
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -58,6 +60,10 @@ class Settings:
             from segue._sentinel import parse_sentinel_url
 
             parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
+        if self.reconcile_seconds <= 0:
+            raise ConfigurationError(
+                f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
+            )
         if self.max_deliveries < 1:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"

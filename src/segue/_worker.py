@@ -31,6 +31,7 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._options import parse_rate
+from segue._reconcile import Reconciler
 from segue._runner import Job, Outcome, attempt
 from segue._scheduler import Scheduler
 
@@ -77,6 +78,8 @@ class Worker:
         self._claim_tokens: dict[Keyspace, str] = {}
         self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
         self._down_since: float | None = None  # when round trips began to fail
+        # the queues' reconciler while serving (not in a burst), see _reconcile.py
+        self.reconciler: Reconciler | None = None
 
     def __repr__(self) -> str:
         return (
@@ -164,11 +167,15 @@ class Worker:
         if scheduler is not None:
             scheduler.start()
         heartbeat = Heartbeat(self, broker, self.pid_file)
+        # a burst only empties queues; a serving worker also repairs what a restore broke
+        self.reconciler = None if burst else Reconciler(broker, self.id, keyspaces, self.app.hooks)
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
         try:
             await heartbeat.start()
+            if self.reconciler is not None:
+                self.reconciler.start()
             self.ready.set()
             await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
             await self._shutdown(broker)
@@ -177,6 +184,8 @@ class Worker:
             if scheduler is not None:
                 await scheduler.stop()
             await heartbeat.stop()
+            if self.reconciler is not None:
+                await self.reconciler.stop()
             await self._stop_waker(broker, keyspaces, waker)
             with contextlib.suppress(BrokerError):
                 await broker.forget_claims({**self._answered, **self._claim_tokens})

@@ -32,7 +32,8 @@ _started: contextvars.ContextVar[float] = contextvars.ContextVar("segue_run_star
 
 class PrometheusHook(Hook):
     """Counts enqueues, starts and ends of runs (by task name, queue, and how they ended),
-    and records run durations, in its own registry (or the one given)."""
+    records run durations, and counts the reconciler's repairs (by queue and kind) and the
+    rollbacks it detected (by queue), in its own registry (or the one given)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -54,6 +55,18 @@ class PrometheusHook(Hook):
         self.duration = Histogram(
             "segue_run_seconds", "Run durations", ["task", "queue"], registry=self.registry
         )
+        self.repairs = Counter(
+            "segue_reconcile_repairs",
+            "Disagreements between task records and queue structures this worker repaired",
+            ["queue", "kind"],
+            registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "segue_rollbacks_detected",
+            "Times this worker found a queue's data gone back in time",
+            ["queue"],
+            registry=self.registry,
+        )
 
     async def after_enqueue(self, signature: Signature[Any], handle: TaskHandle[Any]) -> None:
         self.enqueued.labels(signature.task.name, handle.queue).inc()
@@ -67,6 +80,12 @@ class PrometheusHook(Hook):
         began = _started.get(None)
         if began is not None:
             self.duration.labels(ctx.name, ctx.queue).observe(time.perf_counter() - began)
+
+    async def on_repair(self, queue: str, kind: str, task_id: str) -> None:
+        self.repairs.labels(queue, kind).inc()
+
+    async def on_rollback(self, queue: str) -> None:
+        self.rollbacks.labels(queue).inc()
 
 
 def serve_metrics(hook: PrometheusHook, port: int, host: str = "127.0.0.1") -> None:

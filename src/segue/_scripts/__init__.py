@@ -74,6 +74,8 @@ NAMES = (
     "retry",
     "event",
     "purge",
+    "reconcile",
+    "generation",
     "cron_put",
     "cron_take",
     "cron_advance",

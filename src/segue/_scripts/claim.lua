@@ -39,12 +39,16 @@ Q.events = KEYS[17]
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
 -- due scheduled/retrying tasks join the back of their priority list
+local DUE_STATES = { scheduled = true, retrying = true, suspended = true }
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[4], id)
   local tk = prefix .. 'task:' .. id
-  local prio = redis.call('HGET', tk, 'q')
-  if prio then
+  local f = redis.call('HMGET', tk, 'q', 's')
+  local prio = f[1]
+  -- an entry left over from a state the task has since left (a restore from an older copy,
+  -- a hand edit) must not queue it again
+  if prio and DUE_STATES[f[2]] then
     redis.call('HSET', tk, 's', 'queued')
     redis.call('HDEL', tk, 'due')
     add_history(tk, 'queued', now, 'due')
@@ -57,8 +61,11 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[5], id)
   local tk = prefix .. 'task:' .. id
-  local prio = redis.call('HGET', tk, 'q')
-  if prio then
+  local f = redis.call('HMGET', tk, 'q', 's')
+  local prio = f[1]
+  -- only a run still in progress is over; a lease entry of a task that ended or moved on
+  -- (left by a restore from an older copy, or a hand edit) is dropped, not requeued
+  if prio and f[2] == 'running' then
     local d = redis.call('HINCRBY', tk, 'd', 1)
     redis.call('HDEL', tk, 'w')
     leave_running(prefix, tk, id)

@@ -1,0 +1,163 @@
+--[[ reconcile: one bounded step of a pass that finds and repairs disagreements between a
+  queue's task records and the structures that index them (RELIABILITY §5.9). Every
+  transition keeps them in step atomically; they part only when the data itself changed
+  under segue: a restore from an older copy, a hand edit, eviction.
+  KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
+  KEYS[5] leases zset   KEYS[6] paused zset   KEYS[7] waiting zset   KEYS[8] wake list
+  ARGV[1] key prefix "segue:{q}:" (records and per-task keys are built from it, and SCAN
+    matches only it: every key the step touches is in the queue's hash tag and slot)
+  ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
+  Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
+  concurrency sets), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
+  with one kind, id pair per repair. Repairing twice changes nothing: a repaired
+  disagreement is gone. ]]
+local prefix, lease = ARGV[1], tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local phase, cursor = ARGV[4], ARGV[5]
+local now = now_ms()
+local out = {}
+local woke = false
+local LISTS = { KEYS[1], KEYS[2], KEYS[3] }
+local IN_SCHEDULE = { scheduled = true, retrying = true, suspended = true }
+local IN_LIST = { queued = true, suspended = true }
+local ORDER = { 'keys', 'leases', 'sched', 'paused', 'waiting', 'q1', 'q2', 'q3', 'done' }
+local STALE = { leases = 'stale_lease', sched = 'stale_schedule', paused = 'stale_paused',
+  waiting = 'stale_waiting' }
+local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
+  waiting = { KEYS[7], 'waiting' } }
+-- a list longer than this is not searched for a missing entry in this pass (LPOS is
+-- linear): a backlog that long drains, and a later pass finds what is missing
+local LIST_SEARCH_MAX = 20000
+
+local function repaired(kind, id)
+  out[#out + 1] = kind
+  out[#out + 1] = id
+end
+
+local function status_of(id)
+  return redis.call('HGET', prefix .. 'task:' .. id, 's')
+end
+
+local function listed(list, id)
+  if redis.call('LLEN', list) > LIST_SEARCH_MAX then return true end
+  return redis.call('LPOS', list, id) ~= false
+end
+
+-- a record whose structure lost it: put it back where its status says it is
+local function check_record(id)
+  local tk = prefix .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'q', 'due')
+  local s, list = f[1], LISTS[PRIORITY_LISTS[f[2] or '']]
+  if not s or not list then return end
+  if s == 'running' then
+    if not redis.call('ZSCORE', KEYS[5], id) then
+      -- a live holder renews it (renew extends an existing entry); a gone one lets it
+      -- expire, and the next claim takes the task back as from any lost worker
+      redis.call('ZADD', KEYS[5], now + lease, id)
+      repaired('running_without_lease', id)
+    end
+  elseif s == 'queued' or (s == 'suspended' and not f[3]) then
+    if not listed(list, id) then
+      redis.call('LPUSH', list, id)
+      woke = true
+      repaired('queued_not_listed', id)
+    end
+  elseif IN_SCHEDULE[s] then
+    if not redis.call('ZSCORE', KEYS[4], id) then
+      redis.call('ZADD', KEYS[4], tonumber(f[3] or now), id)
+      woke = true
+      repaired('scheduled_not_indexed', id)
+    end
+  elseif s == 'paused' then
+    if not redis.call('ZSCORE', KEYS[6], id) then
+      redis.call('ZADD', KEYS[6], now, id)
+      repaired('paused_not_indexed', id)
+    end
+  elseif s == 'waiting' then
+    if not redis.call('ZSCORE', KEYS[7], id) then
+      redis.call('ZADD', KEYS[7], now, id)
+      repaired('waiting_not_indexed', id)
+    end
+  end
+end
+
+local function ended_or_gone(id)
+  local s = status_of(id)
+  return not s or FINAL[s]
+end
+
+local function check_key(key)
+  local rest = string.sub(key, #prefix + 1)
+  local kind, tail = string.match(rest, '^(%a+):(.+)$')
+  if kind == 'task' then
+    check_record(tail)
+  elseif kind == 'state' then
+    if ended_or_gone(tail) then
+      redis.call('DEL', key)
+      repaired('orphan_state', tail)
+    end
+  elseif kind == 'uniq' then
+    local holder = redis.call('GET', key)
+    if holder and ended_or_gone(holder) then
+      redis.call('DEL', key)
+      repaired('stale_unique', holder)
+    end
+  elseif kind == 'running' then
+    -- a member that no longer runs would hold a slot of its name's limit for ever
+    for _, id in ipairs(redis.call('SMEMBERS', key)) do
+      if status_of(id) ~= 'running' then
+        redis.call('SREM', key, id)
+        repaired('stale_concurrency', id)
+      end
+    end
+  end
+end
+
+local function escape_glob(text)
+  return (string.gsub(text, '([%*%?%[%]\\])', '\\%1'))
+end
+
+local next_cursor = '0'
+if phase == 'keys' then
+  local r = redis.call('SCAN', cursor, 'MATCH', escape_glob(prefix) .. '*', 'COUNT', count)
+  next_cursor = r[1]
+  for _, key in ipairs(r[2]) do check_key(key) end
+elseif phase == 'sched' or ZSETS[phase] then
+  local zset, want = KEYS[4], nil
+  if ZSETS[phase] then zset, want = ZSETS[phase][1], ZSETS[phase][2] end
+  local r = redis.call('ZSCAN', zset, cursor, 'COUNT', count)
+  next_cursor = r[1]
+  for i = 1, #r[2], 2 do
+    local id = r[2][i]
+    local s = status_of(id)
+    local belongs = s and ((want and s == want) or (not want and IN_SCHEDULE[s]))
+    if not belongs then
+      redis.call('ZREM', zset, id)
+      repaired(STALE[phase], id)
+    end
+  end
+elseif phase == 'q1' or phase == 'q2' or phase == 'q3' then
+  local list = LISTS[tonumber(string.sub(phase, 2))]
+  local from = tonumber(cursor)
+  local ids = redis.call('LRANGE', list, from, from + count - 1)
+  local gone = 0
+  for i, id in ipairs(ids) do
+    if not IN_LIST[status_of(id) or ''] then
+      -- marked in place, then removed in one sweep: one linear LREM per step, not per entry
+      redis.call('LSET', list, from + i - 1, '\0stale')
+      gone = gone + 1
+      repaired('stale_queued', id)
+    end
+  end
+  if gone > 0 then redis.call('LREM', list, 0, '\0stale') end
+  if #ids == count then next_cursor = tostring(from + count - gone) end
+end
+if woke and redis.call('LLEN', KEYS[8]) == 0 then redis.call('LPUSH', KEYS[8], 1) end
+local next_phase = 'done'
+for i, p in ipairs(ORDER) do
+  if p == phase then next_phase = next_cursor == '0' and (ORDER[i + 1] or 'done') or phase end
+end
+local reply = { next_phase, next_cursor }
+for _, v in ipairs(out) do reply[#reply + 1] = v end
+return reply
