@@ -26,6 +26,8 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     assert load("state").numkeys == 1
     assert load("wait").numkeys == 2
     assert load("event").numkeys == 1
+    assert load("reconcile").numkeys == len(ks.reconcile_keys)
+    assert load("generation").numkeys == 2
     assert set(NAMES) == {
         "enqueue",
         "claim",
@@ -43,6 +45,8 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_take",
         "cron_advance",
         "cron_remove",
+        "reconcile",
+        "generation",
     }
 
 
