@@ -47,6 +47,9 @@ GRAPH_FIELDS = 16  # per task, see graph.lua
 
 def _plain_url(url: str) -> str:
     """`redis+cluster://` → `redis://` for redis-py, which picks the cluster class itself."""
+    if "+cluster" not in url and "," not in url:
+        # urlunsplit would turn the embedded server's `unix:///path` into `unix:/path`
+        return url
     parts = urlsplit(url)
     scheme = parts.scheme.replace("+cluster", "")
     netloc = parts.netloc.split(",", 1)[0]
