@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segue import _cancel
 from segue._errors import BrokerError, ConfigurationError
 from segue._keys import WorkerKeys
 from segue._state import at_ms
@@ -128,7 +129,7 @@ class Heartbeat:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await _cancel.sleep(self.interval)
             await self._beat()
 
     async def _trim_events(self, now_ms: int) -> None:

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from segue import _cancel
+
 if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._keys import Keyspace
@@ -59,9 +61,10 @@ class Subscriber:
                 raise
             except Exception as exc:
                 log.warning("pub/sub connection lost (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
+                await _cancel.sleep(0.5)
                 continue
             if msg is None:
+                _cancel.raise_if_cancelling()
                 continue
             kind = _text(msg["type"])
             channel = _text(msg["channel"])

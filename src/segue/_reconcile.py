@@ -29,7 +29,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from segue import _scripts
+from segue import _cancel, _scripts
 from segue._errors import BrokerError
 from segue._hooks import call_hooks
 
@@ -109,7 +109,7 @@ class Reconciler:
                 self._failing = True
             else:
                 self._failing = False
-            await asyncio.sleep(self.interval)
+            await _cancel.sleep(self.interval)
 
     async def cycle(self) -> list[Repair]:
         """The rollback check and one budget of reconcile steps, for every queue."""

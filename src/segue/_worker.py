@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from segue import _clock
+from segue import _cancel, _clock
 from segue._broker import server_unreachable
 from segue._context import PauseRequested, RunControl
 from segue._errors import BrokerError
@@ -459,13 +459,14 @@ class Worker:
         idle = self.app.settings.poll_seconds
         while not self._stopping:
             if len(self._running) >= self.concurrency:
-                await asyncio.sleep(0.05)
+                await _cancel.sleep(0.05)
                 continue
             try:
                 await broker.wait_for_work(keyspaces, idle)
             except BrokerError:
-                await asyncio.sleep(0.5)
+                await _cancel.sleep(0.5)
                 continue
+            _cancel.raise_if_cancelling()
             self._changed.set()
 
     async def _stop_waker(
