@@ -58,12 +58,20 @@ async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_wor
             flows.append(await (group | workflows.merge).enqueue())
         doomed = set(rng.sample(range(n_flows), k=max(1, n_flows // 10)))
         cancelled_at: dict[int, float] = {}
+        ended_before_cancel = 0
+
+        async def cancel(k: int) -> None:
+            nonlocal ended_before_cancel
+            # a flow that already finished stays succeeded: the cancel changes nothing
+            if await flows[k].cancel(reason="S3 cancel") is TaskStatus.SUCCEEDED:
+                ended_before_cancel += 1
+            else:
+                cancelled_at[k] = time.monotonic()
+
         deadline = time.monotonic() + fault_scale.seconds(4.0, 60.0)
         while time.monotonic() < deadline:
             if doomed and rng.random() < 0.5:
-                k = doomed.pop()
-                await flows[k].cancel(reason="S3 cancel")
-                cancelled_at[k] = time.monotonic()
+                await cancel(doomed.pop())
             elif kills < fault_scale.pick(3, 20):
                 victim = rng.choice([p for p in fleet.procs if p.poll() is None])
                 victim.send_signal(signal.SIGKILL)
@@ -73,8 +81,7 @@ async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_wor
                 fleet.start(concurrency=concurrency)
             await asyncio.sleep(rng.uniform(0.1, 0.4))
         for k in doomed:  # the schedule ended before these were drawn: cancel them now
-            await flows[k].cancel(reason="S3 cancel")
-            cancelled_at[k] = time.monotonic()
+            await cancel(k)
         finals: dict[int, Any] = {}
         for k, flow in enumerate(flows):
             if k not in cancelled_at:
@@ -114,6 +121,7 @@ async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_wor
         width=width,
         kills=kills,
         cancelled=len(cancelled_at),
+        ended_before_their_cancel=ended_before_cancel,
         duplicate_fan_in_runs=dup_merges,
         cancelled_members_in_flight=in_flight_at_cancel,
     )
