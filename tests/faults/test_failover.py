@@ -13,6 +13,7 @@ import asyncio
 import random
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,14 @@ from typing import Any
 import pytest
 import redis
 
-from segue import App
+from segue import App, DurabilityError
 from tests._support import ACL_PASSWORD, ACL_USER, free_port, stop
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History
 from tests.faults.proxy import FaultProxy
-from tests.faults.sentinel import launch_node
+from tests.faults.sentinel import SentinelSet, launch_node, sentinel_set
 
+__all__ = ["sentinel_set"]  # a fixture, used by name
 TIMEOUT = 0.25  # durability_timeout_seconds: how long a replicated enqueue waits for a replica
 WAVE = 50  # enqueues in flight at once (the replicated ones of a wave share one WAIT)
 
@@ -205,3 +207,17 @@ async def test_replicated_enqueues_survive_failover_to_a_partitioned_replica(
     fault_report.add(
         app_recovery_seconds_after_promotion=round(recovered_s, 3), survivors_drained=ran - 1
     )
+
+
+async def test_replicated_under_sentinel_follows_the_primary(sentinel_set: SentinelSet) -> None:
+    """Under Sentinel the durable connection asks the sentinels for the primary too; its
+    replica confirms; fsync is refused there (the set's nodes run without AOF)."""
+    queue = f"r6s_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(DurabilityError, match="append-only file is off"):
+        await App("r6", redis_url=sentinel_set.url, durability="fsync").connect()
+    app = _app(sentinel_set.url, queue)
+    replica = next(p for p in sentinel_set.nodes if p != sentinel_set.primary_port)
+    async with app:
+        h = await app.registry["r6.noop"].options(durability="replicated").enqueue(1)
+        with sentinel_set.admin(replica) as r:
+            assert r.exists(f"segue:{{{queue}}}:task:{h.id}")
