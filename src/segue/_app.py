@@ -468,11 +468,12 @@ class App:
     async def _enqueue_durable(
         self, broker: Broker, ks: Keyspace, fields: list[Any], level: str
     ) -> Any:
+        """One enqueue that waits for its durability level (not "memory")."""
         need = need_for((level,), self.settings)
         assert need is not None
-        return (await broker.run_durable([broker.enqueue_call(ks, fields)], need, (fields[0],)))[0][
-            0
-        ]
+        call = broker.enqueue_call(ks, fields)
+        replies = await broker.run_durable([call], need, (fields[0],))
+        return replies[0][0]
 
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
