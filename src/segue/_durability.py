@@ -23,7 +23,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from segue._errors import DurabilityError
+from segue._errors import BrokerError, DurabilityError
 from segue._fastconn import ConnectionLost, FastConnection, ReplyError
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ class Confirmer:
                 address, ask = moved.address, moved.ask
                 continue
             return replies, confirmed, link.where
-        raise DurabilityError(
+        raise BrokerError(
             f"the cluster redirected a durable enqueue 5 times, last to {address[0]}:{address[1]}"
         )
 
