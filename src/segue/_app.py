@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 from ulid import ULID
 
 from segue import _scheduler
-from segue._broker import ENQUEUE_FIELDS, Broker
+from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker
 from segue._codec import encode_args
 from segue._cron import parse as parse_cron
+from segue._durability import need_for
 from segue._errors import ConfigurationError, DuplicateTask
 from segue._events import Event, follow
 from segue._handle import TaskHandle, parse_info
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from segue._context import Context, SyncContext
     from segue._cron import Schedule, ScheduleInfo
     from segue._embedded import EmbeddedServer
+    from segue._keys import Keyspace
     from segue._workflow import Chain, Group, WorkflowHandle
 
 P = ParamSpec("P")
@@ -235,6 +237,9 @@ class App:
                 broker = Broker(self.settings, url)
                 try:
                     await broker.ping()
+                    need = need_for((self.settings.durability,), self.settings)
+                    if need is not None:
+                        await broker.check_durability(need)
                 except BaseException:
                     # a client that got part of the way (e.g. to the sentinels) holds sockets
                     await broker.close()
@@ -375,15 +380,25 @@ class App:
         return fields
 
     async def enqueue_graph(
-        self, queue: str, fields: list[Any], workflow: tuple[str, int, str, str] | None
+        self,
+        queue: str,
+        fields: list[Any],
+        workflow: tuple[str, int, str, str] | None,
+        levels: Collection[str] = (),
     ) -> list[Any]:
         """Create tasks with dependencies in one queue, in order, in ONE script call: split
         in parts, an early step could end (and, with ttl=0, lose its record) before a later
-        part made its dependants wait for it."""
+        part made its dependants wait for it. `levels`: the durability of its tasks."""
         broker = await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        replies = await broker.run_calls([broker.graph_call(ks, workflow, fields)], retry=True)
+        call = broker.graph_call(ks, workflow, fields)
+        need = need_for(levels, self.settings)
+        if need is None:
+            replies = await broker.run_calls([call], retry=True)
+        else:
+            ids = tuple(fields[i] for i in range(0, len(fields), GRAPH_FIELDS))
+            replies = await broker.run_durable([call], need, ids)
         return list(replies[0])
 
     async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
@@ -399,7 +414,13 @@ class App:
             fields[8] = keep
         broker = self._broker or await self.broker()
         call = broker.enqueue_call(broker.keyspace(queue), fields)
-        replies = await broker.run_calls([call], retry=True)
+        level = sig.opts.get("durability", self.settings.durability)
+        if level == "memory":
+            replies = await broker.run_calls([call], retry=True)
+        else:
+            need = need_for((level,), self.settings)
+            assert need is not None
+            replies = await broker.run_durable([call], need, (task_id,))
         return self._handle_for(sig, task_id, replies[0][0], fields)
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
@@ -415,7 +436,8 @@ class App:
                 )
             deps.append((dep_id, -1))
         fields = self.graph_fields(sig, None, None, deps, "")
-        replies = await self.enqueue_graph(queue, fields, None)
+        level = sig.opts.get("durability", self.settings.durability)
+        replies = await self.enqueue_graph(queue, fields, None, (level,))
         return self._handle_for(sig, fields[0], replies[0], fields)
 
     async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
@@ -434,10 +456,24 @@ class App:
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
+        level = sig.opts.get("durability", self.settings.durability)
+        if level == "memory":
+            reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
+        else:
+            reply = await self._enqueue_durable(broker, ks, fields, level)
         if reply.__class__ is int:
             return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
         return self._handle_for(sig, task_id, reply, fields)
+
+    async def _enqueue_durable(
+        self, broker: Broker, ks: Keyspace, fields: list[Any], level: str
+    ) -> Any:
+        """One enqueue that waits for its durability level (not "memory")."""
+        need = need_for((level,), self.settings)
+        assert need is not None
+        call = broker.enqueue_call(ks, fields)
+        replies = await broker.run_durable([call], need, (fields[0],))
+        return replies[0][0]
 
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
@@ -448,6 +484,8 @@ class App:
         order: dict[str, list[int]] = {}
         kept: list[list[Any]] = []
         handles: list[TaskHandle[R]] = []
+        levels: set[str] = set()
+        default_level = self.settings.durability
         for n, sig in enumerate(sigs):
             if "after" in sig.opts:
                 raise ConfigurationError(
@@ -455,6 +493,7 @@ class App:
                     "one, or build a workflow"
                 )
             sig.check()
+            levels.add(sig.opts.get("durability", default_level))
             queue, task_id, fields = self._fields(sig)
             by_queue.setdefault(queue, []).extend(fields)
             order.setdefault(queue, []).append(n)
@@ -472,7 +511,12 @@ class App:
             calls.extend(
                 broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
             )
-        replies = [r for reply in await broker.run_calls(calls, retry=True) for r in reply]
+        need = need_for(levels, self.settings)
+        if need is None:
+            done = await broker.run_calls(calls, retry=True)
+        else:
+            done = await broker.run_durable(calls, need, tuple(h.id for h in handles))
+        replies = [r for reply in done for r in reply]
         positions = [n for queue in by_queue for n in order[queue]]
         for n, reply in zip(positions, replies, strict=True):
             if reply.__class__ is not int:  # a live task holds this unique task's key

@@ -22,6 +22,7 @@ import redis.retry
 from redis import exceptions as rexc
 
 from segue import _scripts, _sentinel, _tls
+from segue._durability import Confirmer, Need
 from segue._errors import (
     BrokerError,
     DuplicateTask,
@@ -142,12 +143,8 @@ class Broker:
         self.client: Any = make_async_client(url, cluster=self.cluster)
         # the hot path of a standalone server goes through one auto-pipelined connection;
         # under Sentinel it asks the sentinels for the primary at every (re)connect
-        self.fast: FastConnection | None = None
-        if _sentinel.is_sentinel_url(url):
-            pool = self.client.connection_pool
-            self.fast = FastConnection(_sentinel.fast_url(url), resolve=pool.get_master_address)
-        elif not self.cluster:
-            self.fast = FastConnection(_plain_url(url))
+        self.fast = self.new_fast_connection()
+        self._confirmer: Confirmer | None = None  # durable enqueues, made at the first
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
         self._known_queues: set[str] = set()
@@ -165,6 +162,20 @@ class Broker:
         self.retry_script = _scripts.load("retry")
         self.event_script = _scripts.load("event")
         self.purge_script = _scripts.load("purge")
+
+    def new_fast_connection(self) -> FastConnection | None:
+        """A FastConnection to the server (None on a cluster)."""
+        if _sentinel.is_sentinel_url(self.url):
+            pool = self.client.connection_pool
+            return FastConnection(_sentinel.fast_url(self.url), resolve=pool.get_master_address)
+        if not self.cluster:
+            return FastConnection(_plain_url(self.url))
+        return None
+
+    @property
+    def where(self) -> str:
+        """The server's URL without credentials, for messages."""
+        return _safe(self.url)
 
     def keyspace(self, queue: str) -> Keyspace:
         ks = self._keyspaces.get(queue)
@@ -221,6 +232,9 @@ class Broker:
     async def close(self) -> None:
         if self.fast is not None:
             await self.fast.close()
+        if self._confirmer is not None:
+            await self._confirmer.close()
+            self._confirmer = None
         if self._ended is not None:
             await self._ended.close()
             self._ended = None
@@ -343,6 +357,29 @@ class Broker:
                 raise reply
             results.append(reply)
         return results
+
+    async def run_durable(
+        self,
+        calls: list[tuple[_scripts.Script, list[str], list[Any]]],
+        need: Need,
+        task_ids: tuple[str, ...],
+    ) -> list[Any]:
+        """run_calls for enqueue and graph calls that wait for `need` (_durability.py);
+        resent once after a dropped connection, like enqueues (they are idempotent)."""
+        if self._confirmer is None:
+            self._confirmer = Confirmer(self)
+        async with self.errors():
+            try:
+                return await self._confirmer.run(calls, need, task_ids)
+            except ConnectionError:
+                return await self._confirmer.run(calls, need, task_ids)
+
+    async def check_durability(self, need: Need) -> None:
+        """Refuse now a level the server cannot give (App start)."""
+        if self._confirmer is None:
+            self._confirmer = Confirmer(self)
+        async with self.errors():
+            await self._confirmer.check(need)
 
     async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
         """Block until an enqueue or a finished task signals work, or `timeout` passes."""

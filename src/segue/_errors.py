@@ -4,7 +4,8 @@
     ├── ConfigurationError      bad settings, no server binary, bad task definition
     ├── PayloadError            arguments or a result that cannot be encoded, or too large
     ├── BrokerError             Redis/Valkey unreachable or replied with an error
-    │   └── ScriptError         a Lua script returned an error reply (carries the code)
+    │   ├── ScriptError         a Lua script returned an error reply (carries the code)
+    │   └── DurabilityError     an enqueue's durability level was not confirmed (or cannot be)
     ├── TaskNotFound            no record for this task id (never existed, or expired)
     ├── LeaseLost               a run wrote after losing its task (taken over, or cancelled)
     ├── InvalidTransition       a command that does not apply to the task's current status
@@ -48,6 +49,23 @@ class ScriptError(BrokerError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DurabilityError(BrokerError):
+    """The server did not confirm an enqueue's durability level (or cannot give it).
+
+    The tasks were written (unless the level was refused before writing) and may still
+    exist: their durability is what is unknown. Enqueue them again with the same `key=` to
+    know. `task_ids` names them; `asked` and `confirmed` say what was waited for and got.
+    """
+
+    def __init__(
+        self, message: str, task_ids: tuple[str, ...] = (), asked: str = "", confirmed: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.task_ids = task_ids
+        self.asked = asked
+        self.confirmed = confirmed
 
 
 class TaskNotFound(SegueError):

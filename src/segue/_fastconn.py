@@ -82,6 +82,9 @@ class FastConnection:
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._read_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # counts the connections opened: a command that must follow an earlier one on the
+        # same connection (WAIT after a write) checks that no reconnect came between them
+        self.generation = 0
 
     async def _open(self) -> None:
         async with asyncio.timeout(self._connect_timeout):
@@ -99,6 +102,7 @@ class FastConnection:
         # the old connection's failure (seen late by its read loop) to the new one
         pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader, self._writer, self._pending = reader, writer, pending
+        self.generation += 1
         self._read_task = asyncio.create_task(
             self._read_loop(reader, writer, pending), name="segue-fastconn"
         )

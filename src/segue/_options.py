@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
+# what an enqueue waits for before it returns (_durability.py)
+Durability = Literal["memory", "fsync", "replicated"]
 # unique=True: one live task per task name; a function of the arguments: one per key
 Unique = bool | Callable[..., str]
+_DURABILITY = ("memory", "fsync", "replicated")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -41,6 +44,7 @@ class EnqueueOptions(TypedDict, total=False):
     expire: float | timedelta | datetime | None
     on_duplicate: OnDuplicate
     headers: dict[str, str]
+    durability: Durability
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,14 @@ def check_priority(priority: str) -> str:
     if priority not in PRIORITIES:
         raise ConfigurationError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
     return priority
+
+
+def check_durability(level: str, where: str) -> Durability:
+    if level not in _DURABILITY:
+        raise ConfigurationError(
+            f"{where}: durability {level!r} is not one of {', '.join(_DURABILITY)}"
+        )
+    return level  # type: ignore[return-value]
 
 
 def seconds(value: float | timedelta | None) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from segue._errors import ConfigurationError
+from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
 
@@ -41,6 +42,11 @@ class Settings:
     reconcile_seconds: float = 10.0
     # events older than this are trimmed by the workers (about 10,000 per queue at most)
     events_keep_seconds: float | None = 86400.0
+    # what an enqueue waits for before it returns: "memory" (nothing more), "fsync" (the
+    # server's append-only file), "replicated" (durability_replicas replicas); _durability.py
+    durability: Durability = "memory"
+    durability_replicas: int = 1
+    durability_timeout_seconds: float = 1.0
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +69,16 @@ class Settings:
         if self.reconcile_seconds <= 0:
             raise ConfigurationError(
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
+            )
+        check_durability(self.durability, "durability")
+        if self.durability_replicas < 1:
+            raise ConfigurationError(
+                f"durability_replicas must be at least 1, not {self.durability_replicas}"
+            )
+        if self.durability_timeout_seconds <= 0:
+            raise ConfigurationError(
+                "durability_timeout_seconds must be positive, not "
+                f"{self.durability_timeout_seconds}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(

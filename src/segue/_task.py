@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context, SyncContext
 from segue._errors import ConfigurationError
-from segue._options import EnqueueOptions, TaskOptions, check_priority
+from segue._options import EnqueueOptions, TaskOptions, check_durability, check_priority
 
 if TYPE_CHECKING:
     from segue._app import App
@@ -131,6 +131,8 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         )
     if "priority" in extra:
         check_priority(extra["priority"])
+    if "durability" in extra:
+        check_durability(extra["durability"], "options()")
     merged = base.copy()
     merged.update(extra)
     return merged

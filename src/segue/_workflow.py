@@ -178,7 +178,8 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
         " ".join(s.id for s in steps),
         " ".join(last),
     )
-    await app.enqueue_graph(queue, fields, record)
+    levels = {s.sig.opts.get("durability", app.settings.durability) for s in steps}
+    await app.enqueue_graph(queue, fields, record, levels)
     by_id = {s.id: s for s in steps}
     decoder = by_id[last[0]].sig.task.result_decoder if len(last) == 1 else None
     return WorkflowHandle(app, wf_id, decoder)

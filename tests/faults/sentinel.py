@@ -190,6 +190,18 @@ def _node_conf(directory: Path, port: int, replica_of: int | None, tls: TestCA |
     return _write_conf(directory / f"node-{port}.conf", lines)
 
 
+def launch_node(
+    directory: Path, port: int, replica_of: int | None = None
+) -> subprocess.Popen[bytes]:
+    """One valkey data node configured as in the set (users, no persistence), outside any
+    Sentinel set: for tests that manage a primary and its replica themselves (e.g. with
+    replication through a fault proxy: `replica_of` is then the proxy's port)."""
+    binary = server_binary("valkey")
+    assert binary is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    return _launch(binary, _node_conf(directory, port, replica_of, None))
+
+
 def _sentinel_conf(directory: Path, port: int, primary: int, tls: TestCA | None) -> Path:
     lines = [
         *(tls.server_lines(port) if tls else [f"port {port}"]),
