@@ -284,6 +284,7 @@ async def fires(engine: Any, queue: str, kind: str) -> list[tuple[int, str, int]
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_three_worker_processes_fire_each_second_once_through_a_restart(
     cron_workers: CronWorkers, segue_valkey: Any, queue_name: str
 ) -> None:

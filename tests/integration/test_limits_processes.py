@@ -28,7 +28,7 @@ from tests.integration.conftest import eventually
 from tests.integration.test_core import admin_client
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 log = logging.getLogger(__name__)
 
 
