@@ -94,6 +94,13 @@ def _reply_error(url: str, exc: Exception) -> BrokerError | QueueFull:
         )
     if text.startswith("SEGUE_QUEUE_FULL "):
         return _queue_full(text)
+    if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
+        return ScriptError(
+            "NOPERM",
+            f"the server at {_safe(url)} refused this ACL user ({text.removeprefix('NOPERM ')}): "
+            "its key and channel patterns must cover the App's prefix (Settings.prefix), "
+            "e.g. ~segue:* &segue:*",
+        )
     code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
     return ScriptError(code, f"server at {_safe(url)} replied with an error: {text}")
 
