@@ -1,7 +1,9 @@
 """R5 (RELIABILITY §8 B): the server runs out of memory (`maxmemory 20mb`, `noeviction`).
 
-A producer fills the server until it refuses an enqueue; it goes on hammering while two
-worker subprocesses drain the queue, so the server stays full as they work. Each refused
+A producer fills the server until it refuses an enqueue; the server is then pushed further
+over its limit, and the producer goes on hammering while two worker subprocesses drain the
+queue, so the server stays full as they work (tasks running longer than their lease
+included: their leases must still be renewed). Each refused
 enqueue raises ServerOutOfMemory and leaves no trace (no record without its queue entry,
 no entry without its record); the workers keep claiming and completing while the server
 is full; once the producer stops and the backlog drains, enqueue works again.
@@ -27,6 +29,8 @@ from tests.faults.workers import Fleet
 
 APP = "tests.apps.faults:app"
 BATCH = 20
+LONG = 4
+TTL = 1.0  # seconds an ended task's record is kept
 
 
 @pytest.fixture
@@ -67,7 +71,7 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
     tmp_path: Path,
 ) -> None:
     size = fault_scale.pick(16_384, 1_024)  # bytes per task: fewer, bigger tasks when quick
-    pressure = fault_scale.seconds(1.5, 10.0)  # how long the producer hammers a full server
+    pressure = fault_scale.seconds(2.0, 10.0)  # how long the producer hammers a full server
     admin: Any = redis.asyncio.Redis.from_url(small_server.admin_url)
     history = History(full_app, queue_name)
     data = "x" * size
@@ -76,7 +80,7 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
 
     async def batch() -> bool:
         calls = [
-            (faults.blob.options(ttl=0).call(data), f"r5-{next(counter)}") for _ in range(BATCH)
+            (faults.blob.options(ttl=TTL).call(data), f"r5-{next(counter)}") for _ in range(BATCH)
         ]
         ops = await history.enqueue_many(calls)
         if ops[0].outcome == "ok":
@@ -85,8 +89,16 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
         refused_batches.append([op.task_id for op in ops])
         return False
 
-    fleet = Fleet(APP, small_server.url, queue_name, env=fault_ledger.env(), log_dir=tmp_path)
+    lease = 0.5
+    fleet = Fleet(
+        APP, small_server.url, queue_name, lease=lease, env=fault_ledger.env(), log_dir=tmp_path
+    )
     async with full_app:
+        # tasks that run three leases long, claimed first, while the server is full: their
+        # leases must be renewed all the same, or other workers would run them again
+        long_ms = int(lease * 3000)
+        for i in range(LONG):
+            await history.enqueue(faults.sleep.options(ttl=TTL).call(long_ms), f"long-{i}")
         # 1. fill until the server refuses
         started = time.monotonic()
         while await batch():
@@ -96,14 +108,19 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
         # batch just refused, so they are refused too
         bulk = "y" * (512 * 1024)
         with pytest.raises(ServerOutOfMemory, match="is out of memory"):
-            await faults.blob.options(ttl=0).enqueue(bulk)
+            await faults.blob.options(ttl=TTL).enqueue(bulk)
         with pytest.raises(ServerOutOfMemory):
             await (faults.blob.call(bulk) | faults.blob.call()).enqueue()
         records, partial_full = await _partial_writes(admin, queue_name)
         assert records == len(history.ids("ok"))
         assert [k async for k in admin.scan_iter(f"segue:{{{queue_name}}}:wf:*")] == []
 
-        # 2. the workers drain while the producer keeps the server full
+        # 2. the workers drain while the producer keeps the server full. The server is put
+        # well over its limit first (as other data growing would), so that for a while every
+        # write that may grow memory is refused, small ones (lease renewals) included: ended
+        # tasks keep their records TTL seconds, so draining frees nothing before then
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory", used - 3 * 1024 * 1024)
         with fleet:
             for _ in range(2):
                 fleet.start(8)
@@ -121,7 +138,7 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
             probe = 0
             while True:
                 try:
-                    await faults.blob.options(key=f"probe-{probe}", ttl=0).enqueue("p")
+                    await faults.blob.options(key=f"probe-{probe}", ttl=TTL).enqueue("p")
                     break
                 except ServerOutOfMemory:
                     probe += 1
@@ -131,7 +148,7 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
             acked = history.ids("ok")
             ledger = Ledger(fault_ledger, queue_name)
             deadline = time.monotonic() + 60
-            while len((effects := await ledger.read()).effects) < len(acked) + 1:
+            while len((effects := await ledger.read()).effects) < len(acked) + 1:  # + probe
                 assert time.monotonic() < deadline, "the workers did not drain the queue"
                 await asyncio.sleep(0.1)
 
@@ -145,11 +162,18 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
     )
     lost = acked - set(effects.effects)
     dup_exec = sum(len(runs) - 1 for runs in effects.executions.values())
-    records_left, _ = await _partial_writes(admin, queue_name)
+    deadline = time.monotonic() + 10
+    while (records_left := (await _partial_writes(admin, queue_name))[0]) > 0:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     await admin.aclose()
     fault_report.add(
         seed=fault_seed,
         task_bytes=size,
+        long_tasks=LONG,
+        long_task_ms=long_ms,
+        lease_seconds=lease,
         fill_seconds=round(fill_seconds, 3),
         acked=len(acked),
         refused=len(refused),
@@ -167,4 +191,4 @@ async def test_a_full_server_refuses_enqueues_cleanly_while_workers_drain(
     assert completed_while_full > 0
     assert refused & ran == set()  # a refused enqueue left nothing that could run
     assert lost == set() and dup_exec == 0
-    assert records_left == 0  # ttl=0: every record went with its task
+    assert records_left == 0  # every record expired TTL seconds after its task ended
