@@ -282,12 +282,6 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   return redis.error_reply('SEGUE_INVALID_COMMAND ' .. cmd)
 end
 
--- Create a task record from the 12 enqueue fields at ARGV[b..b+11]: id, name, payload,
--- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms, unique key ('' none: else a
--- lock uniq:<key> names the one live task), expire_in_ms (0 none), headers (JSON, '' none:
--- carried to the run, e.g. a trace context). Returns its key, status
--- (queued, scheduled, or `waiting` when told so) and due time; nil when the id already
--- exists; nil, nil, nil, <id> when a live task holds the unique key.
 -- Whether the task whose fields start at ARGV[b] would be created: false when its id has a
 -- record already; false and the holder's id when a live task holds its unique key.
 local function creatable(base, b)
@@ -323,6 +317,12 @@ local function queue_full(base, limit, lists, zsets, first, n, width)
   return nil
 end
 
+-- Create a task record from the 12 enqueue fields at ARGV[b..b+11]: id, name, payload,
+-- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms, unique key ('' none: else a
+-- lock uniq:<key> names the one live task), expire_in_ms (0 none), headers (JSON, '' none:
+-- carried to the run, e.g. a trace context). Returns its key, status
+-- (queued, scheduled, or `waiting` when told so) and due time; nil when the id already
+-- exists; nil, nil, nil, <id> when a live task holds the unique key.
 local function new_task(base, b, now, waiting)
   local id = ARGV[b]
   local tk = base .. 'task:' .. id
