@@ -118,13 +118,25 @@ def _cmd(port: int, *args: Any) -> Any:
         client.close()
 
 
-def add_acl_user(port: int) -> None:
+def acl_rules(prefix: str = "segue", password: str = ACL_PASSWORD) -> list[str]:
+    """ACL_RULES for an App of another `prefix`: its keys and channels only."""
+    swap = {
+        "~segue:*": f"~{prefix}:*",
+        "&segue:*": f"&{prefix}:*",
+        f">{ACL_PASSWORD}": f">{password}",
+    }
+    return [swap.get(r, r) for r in ACL_RULES]
+
+
+def add_acl_user(port: int, user: str = ACL_USER, prefix: str = "segue") -> None:
+    """The least-privilege user (password ACL_PASSWORD) for the Apps of one prefix."""
+    rules = acl_rules(prefix)
     try:
-        _cmd(port, "ACL", "SETUSER", ACL_USER, "reset", *ACL_RULES)
+        _cmd(port, "ACL", "SETUSER", user, "reset", *rules)
     except redis.ResponseError:
         # Redis 7.0 has no CLIENT SETINFO (7.2+); redis-py tolerates its absence
-        rules = [r for r in ACL_RULES if r != "+client|setinfo"]
-        _cmd(port, "ACL", "SETUSER", ACL_USER, "reset", *rules)
+        rules = [r for r in rules if r != "+client|setinfo"]
+        _cmd(port, "ACL", "SETUSER", user, "reset", *rules)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -137,11 +149,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def start_server(kind: str, directory: Path) -> tuple[Engine, subprocess.Popen[bytes]]:
+def start_server(kind: str, directory: Path, *extra: str) -> tuple[Engine, subprocess.Popen[bytes]]:
+    """A server of its own (`extra`: more server options, e.g. "--maxmemory", "20mb")."""
     binary = server_binary(kind)
     assert binary is not None
     port = free_port()
-    proc = start_process(binary, port, directory)
+    proc = start_process(binary, port, directory, *extra)
     add_acl_user(port)
     engine = Engine(
         url=f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0",

@@ -27,7 +27,9 @@ from segue._errors import (
     BrokerError,
     DuplicateTask,
     InvalidTransition,
+    QueueFull,
     ScriptError,
+    ServerOutOfMemory,
     TaskNotFound,
 )
 from segue._fastconn import FastConnection, ReplyError
@@ -70,9 +72,7 @@ def map_errors(url: str) -> Iterator[None]:
     except rexc.NoScriptError as exc:  # pragma: no cover - handled by the script wrapper
         raise BrokerError(f"script missing on {_safe(url)}: {exc}") from exc
     except ReplyError as exc:
-        text = str(exc)
-        code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
-        raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
+        raise _reply_error(url, exc) from exc
     except _sentinel.NO_PRIMARY as exc:
         raise BrokerError(_sentinel.no_primary_message(url, exc)) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
@@ -81,11 +81,48 @@ def map_errors(url: str) -> Iterator[None]:
             raise BrokerError(f"TLS with the server at {_safe(url)} failed: {reason}") from exc
         raise BrokerError(f"cannot reach the Redis/Valkey server at {_safe(url)}: {exc}") from exc
     except rexc.ResponseError as exc:
-        text = str(exc)
-        code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
-        raise ScriptError(code, f"server at {_safe(url)} replied with an error: {text}") from exc
+        raise _reply_error(url, exc) from exc
     except rexc.RedisError as exc:
         raise BrokerError(f"Redis/Valkey error at {_safe(url)}: {exc}") from exc
+
+
+def _reply_error(url: str, exc: Exception) -> BrokerError | QueueFull:
+    """segue's error for an error reply of the server or of a script."""
+    text = str(exc)
+    # redis-py strips the OOM code from the text, into the exception's class
+    if isinstance(exc, rexc.OutOfMemoryError) or "used memory > 'maxmemory'" in text:
+        return ServerOutOfMemory(
+            f"the server at {_safe(url)} is out of memory (maxmemory reached, policy "
+            "noeviction) and refused the write, so nothing of it was stored: let workers "
+            "drain the queues, lower result_ttl_seconds, or raise maxmemory"
+        )
+    if text.startswith("SEGUE_QUEUE_FULL "):
+        return _queue_full(text)
+    if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
+        return ScriptError(
+            "NOPERM",
+            f"the server at {_safe(url)} refused this ACL user ({text.removeprefix('NOPERM ')}): "
+            "its key and channel patterns must cover the App's prefix (Settings.prefix), "
+            "e.g. ~segue:* &segue:*",
+        )
+    code = text.split(" ", 1)[0] if text.startswith("SEGUE_") else "SERVER_ERROR"
+    return ScriptError(code, f"server at {_safe(url)} replied with an error: {text}")
+
+
+def _queue_full(text: str) -> QueueFull:
+    """From `SEGUE_QUEUE_FULL <prefix:{queue}:> <length> <limit> <adding>` (see enqueue.lua)."""
+    _, base, length, limit, adding = text.split(" ")
+    queue = base.partition("{")[2].rpartition("}")[0]
+    n, most, more = int(length), int(limit), int(adding)
+    tasks = "a task" if more == 1 else f"{more:,} tasks"
+    return QueueFull(
+        f"queue {queue!r} is full: it holds {n:,} tasks waiting to run and the limit is "
+        f"{most:,} (Settings.max_queue_length), so {tasks} could not be added and nothing "
+        "was written; enqueue again once workers have taken some",
+        queue,
+        n,
+        most,
+    )
 
 
 def server_unreachable(exc: BaseException) -> bool:
@@ -147,6 +184,8 @@ class Broker:
         self._confirmer: Confirmer | None = None  # durable enqueues, made at the first
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
+        # Settings.max_queue_length as enqueue.lua and graph.lua take it (0: no limit)
+        self.max_len = settings.max_queue_length or 0
         self._known_queues: set[str] = set()
         self._ended: EndedWaiters | None = None
         self.server_version: tuple[str, str] | None = None  # (server, version) from HELLO
@@ -252,7 +291,7 @@ class Broker:
         """Create tasks (12 fields each, see enqueue.lua); replies 1 = created, 0 = existed,
         or the id of the live task holding a unique task's key."""
         count = len(fields) // ENQUEUE_FIELDS
-        return (self.enqueue_script, ks.enqueue_keys, [ks.base, count, *fields])
+        return (self.enqueue_script, ks.enqueue_keys, [ks.base, count, self.max_len, *fields])
 
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
@@ -577,7 +616,8 @@ class Broker:
         """Create tasks with dependencies (16 fields each, see graph.lua), and a workflow
         record (id, ttl ms, step ids, last step ids) when given."""
         wf_id, ttl_ms, steps, last = workflow or ("", -1, "", "")
-        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, len(fields) // GRAPH_FIELDS]
+        count = len(fields) // GRAPH_FIELDS
+        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, count, self.max_len]
         args.extend(fields)
         return (self.graph_script, ks.graph_keys, args)
 

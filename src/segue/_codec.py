@@ -41,18 +41,23 @@ _ARGS_TYPE = tuple[list[msgspec.Raw], dict[str, msgspec.Raw]]
 _args_decoder = msgspec.json.Decoder(_ARGS_TYPE)
 
 
-def encode(value: Any, *, what: str, limit: int) -> bytes:
-    """Encode a value to JSON, refusing what cannot be encoded or exceeds `limit` bytes."""
+def encode(value: Any, *, what: str, limit: int, setting: str = "max_payload_bytes") -> bytes:
+    """Encode a value to JSON, refusing what cannot be encoded or exceeds `limit` bytes
+    (the value of Settings.<setting>, named in the error)."""
     try:
         data = _encoder.encode(value)
     except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
         raise PayloadError(f"{what} cannot be encoded as JSON: {exc}") from None
     if len(data) > limit:
-        raise PayloadError(
+        raise PayloadTooLarge(
             f"{what} is {len(data):,} bytes encoded, over the limit of {limit:,} bytes "
-            "(Settings.max_payload_bytes); pass a reference (a path, a URL, an id) instead"
+            f"(Settings.{setting}); pass a reference (a path, a URL, an id) instead"
         )
     return data
+
+
+class PayloadTooLarge(PayloadError):
+    """A payload that encodes but is over its size limit (internal: users see PayloadError)."""
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str, limit: int) -> bytes:

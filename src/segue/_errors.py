@@ -5,7 +5,9 @@
     ├── PayloadError            arguments or a result that cannot be encoded, or too large
     ├── BrokerError             Redis/Valkey unreachable or replied with an error
     │   ├── ScriptError         a Lua script returned an error reply (carries the code)
-    │   └── DurabilityError     an enqueue's durability level was not confirmed (or cannot be)
+    │   ├── DurabilityError     an enqueue's durability level was not confirmed (or cannot be)
+    │   └── ServerOutOfMemory   the server is at maxmemory (noeviction) and refused a write
+    ├── QueueFull               the queue holds max_queue_length tasks waiting to run
     ├── TaskNotFound            no record for this task id (never existed, or expired)
     ├── LeaseLost               a run wrote after losing its task (taken over, or cancelled)
     ├── InvalidTransition       a command that does not apply to the task's current status
@@ -66,6 +68,27 @@ class DurabilityError(BrokerError):
         self.task_ids = task_ids
         self.asked = asked
         self.confirmed = confirmed
+
+
+class ServerOutOfMemory(BrokerError):
+    """The server reached its `maxmemory` (policy noeviction) and refused to store more.
+
+    Nothing of the refused call was written. Workers still claim and finish tasks; new
+    tasks are refused until memory is freed (tasks run, ended records expire or are purged).
+    """
+
+
+class QueueFull(SegueError):
+    """The queue already holds `limit` tasks waiting to run (Settings.max_queue_length).
+
+    Nothing of the refused call was written; enqueue again once workers have taken some.
+    """
+
+    def __init__(self, message: str, queue: str, length: int, limit: int) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.length = length
+        self.limit = limit
 
 
 class TaskNotFound(SegueError):

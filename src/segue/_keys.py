@@ -67,7 +67,7 @@ class Keyspace:
     @cached_property
     def enqueue_keys(self) -> list[str]:
         """KEYS of enqueue.lua, built once."""
-        return [*self.pending, self.scheduled, self.wake, self.events]
+        return [*self.pending, self.scheduled, self.wake, self.events, self.waiting, self.paused]
 
     @cached_property
     def claim_keys(self) -> list[str]:

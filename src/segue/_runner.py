@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from segue._codec import decode_plain, encode
+from segue._codec import PayloadTooLarge, decode_plain, encode
 from segue._context import (
     Context,
     PauseRequested,
@@ -213,11 +213,16 @@ async def _call(
         payload = encode(
             value,
             what=f"the result of task {job.id} ({job.name})",
-            limit=settings.max_payload_bytes,
+            limit=settings.max_result_bytes,
+            setting="max_result_bytes",
         )
     except Exception as exc:
+        # no retry: another try would most likely return the same value
         job.error = exc
-        return ("fail", _error(exc, "unencodable_result", with_tb=False), "unencodable_result")
+        reason = "result_too_large" if isinstance(exc, PayloadTooLarge) else "unencodable_result"
+        if not silent:
+            log.warning("task %s failed: %s", job.id, exc)
+        return ("fail", _error(exc, reason, with_tb=False), reason)
     if not silent:
         log.info("task %s succeeded", job.id)
     return ("ok", payload, "")

@@ -32,7 +32,7 @@ from ulid import ULID
 
 from segue import _cron, _scripts
 from segue._broker import ENQUEUE_FIELDS
-from segue._errors import BrokerError, ConfigurationError
+from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
 
@@ -301,6 +301,10 @@ class Scheduler:
                     registered = True
                     log.info("registered %d declared schedule(s)", len(self._app.crons))
                 wait = await self.fire_due()
+            except QueueFull as exc:
+                # the ticks stay leased and fire again when their lease ends (no tick lost)
+                log.warning("scheduler: %s; the due ticks fire again later", exc)
+                wait = _RETRY_SLEEP
             except BrokerError as exc:
                 log.warning("scheduler: server unavailable (%s); retrying", exc)
                 wait = _RETRY_SLEEP

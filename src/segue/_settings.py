@@ -31,6 +31,9 @@ class Settings:
     pause_grace_seconds: float = 10.0
     max_deliveries: int = 3
     max_payload_bytes: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
+    # tasks waiting to run in one queue (queued, scheduled, waiting, paused); None: no bound
+    max_queue_length: int | None = None
     result_ttl_seconds: float | None = 3600.0
     dead_letter_cap: int = 10_000
     unknown_task_max_releases: int = 3
@@ -79,6 +82,14 @@ class Settings:
             raise ConfigurationError(
                 "durability_timeout_seconds must be positive, not "
                 f"{self.durability_timeout_seconds}"
+            )
+        for name in ("max_payload_bytes", "max_result_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_queue_length is not None and self.max_queue_length < 1:
+            raise ConfigurationError(
+                f"max_queue_length must be at least 1 (or None for no bound), "
+                f"not {self.max_queue_length}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(

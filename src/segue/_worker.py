@@ -24,7 +24,7 @@ from ulid import ULID
 from segue import _cancel, _clock
 from segue._broker import server_unreachable
 from segue._context import PauseRequested, RunControl
-from segue._errors import BrokerError
+from segue._errors import BrokerError, ServerOutOfMemory
 from segue._faults import faultpoint
 from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
@@ -139,9 +139,18 @@ class Worker:
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
         keyspaces = [broker.keyspace(q) for q in self.queues]
-        for q in self.queues:
-            await broker.register_queue(q)
-        await self._publish_limits(broker, keyspaces)
+        try:
+            for q in self.queues:
+                await broker.register_queue(q)
+            await self._publish_limits(broker, keyspaces)
+        except ServerOutOfMemory as exc:
+            # workers are what frees a full server: they must start all the same
+            log.warning(
+                "worker %s starts without registering its queues or publishing its task "
+                "limits (the limits stored before stay in force): %s",
+                self.id,
+                exc,
+            )
         loop = asyncio.get_running_loop()
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -87,6 +87,14 @@ async def sleep(ctx: Context, ms: int) -> int:
     return ms
 
 
+@app.task(name="faults.blob", silent=True)
+async def blob(ctx: Context, data: str) -> int:
+    """Carry `data` (bulk for a test that fills the server's memory); return its length."""
+    run = Execution(ctx)
+    run.finish()
+    return len(data)
+
+
 @app.task(name="faults.hold", silent=True)
 async def hold(ctx: Context, ms: int) -> str:
     """Sleep `ms` milliseconds; the result names the run that produced it

@@ -21,7 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from segue import BrokerError, ScriptError
+from segue import BrokerError, ScriptError, ServerOutOfMemory
 from tests._support import free_port, server_binary, start_process, stop, wait_for_ping
 from tests.apps import faults
 
@@ -155,7 +155,7 @@ class Op:
 def _classify(exc: BaseException) -> Outcome:
     """A broken or timed-out connection, or a durability wait that fell short, leaves the
     write's fate unknown; an error reply, or a refusal before any write, means no task."""
-    if isinstance(exc, ScriptError):
+    if isinstance(exc, ScriptError | ServerOutOfMemory):
         return "fail"
     if type(exc).__name__ == "DurabilityError":  # written, but not confirmed as asked
         return "ambiguous"

@@ -55,3 +55,14 @@ def test_task_ids_name_their_queue() -> None:
         queue_of("nocolon")
     with pytest.raises(ConfigurationError, match="queue name"):
         check_queue_name("a{b}")
+
+
+def test_size_and_length_limits_come_from_the_environment_and_are_checked() -> None:
+    s = Settings.from_env({"SEGUE_MAX_RESULT_BYTES": "2048", "SEGUE_MAX_QUEUE_LENGTH": "500"})
+    assert (s.max_result_bytes, s.max_queue_length) == (2048, 500)
+    assert Settings.from_env({"SEGUE_MAX_QUEUE_LENGTH": "none"}).max_queue_length is None
+    assert Settings().max_queue_length is None and Settings().max_result_bytes == 1 << 20
+    with pytest.raises(ConfigurationError, match="max_queue_length must be at least 1"):
+        Settings(max_queue_length=0)
+    with pytest.raises(ConfigurationError, match="max_result_bytes must be at least 1"):
+        Settings(max_result_bytes=0)

@@ -52,11 +52,37 @@ def header_keys(source: str) -> int:
     return top
 
 
+# Scripts that keep work moving run even when the server is at maxmemory (noeviction):
+# without the flag, a write that may grow memory (ZADD, HSET) is refused as the first write
+# of a script, so leases would not be renewed (running tasks taken over: run twice),
+# workers would not register, and nothing could be cancelled or purged to make room. The
+# other scripts (enqueue, graph, retry, cron) create work: a full server refuses them at
+# their first write, before anything is stored.
+ALLOW_OOM = frozenset(
+    {
+        "claim",
+        "finish",
+        "renew",
+        "beat",
+        "reconcile",
+        "generation",
+        "wait",
+        "state",
+        "event",
+        "control",
+        "workflow",
+        "purge",
+    }
+)
+
+
 @cache
 def load(name: str) -> Script:
     pkg = resources.files(__package__)
     own = (pkg / f"{name}.lua").read_text(encoding="utf-8")
     source = (pkg / "_lib.lua").read_text(encoding="utf-8") + "\n" + own
+    if name in ALLOW_OOM:
+        source = "#!lua flags=allow-oom\n" + source
     sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
     return Script(name, source, sha, header_keys(own))
 

@@ -282,6 +282,41 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   return redis.error_reply('SEGUE_INVALID_COMMAND ' .. cmd)
 end
 
+-- Whether the task whose fields start at ARGV[b] would be created: false when its id has a
+-- record already; false and the holder's id when a live task holds its unique key.
+local function creatable(base, b)
+  if redis.call('EXISTS', base .. 'task:' .. ARGV[b]) == 1 then return false end
+  local unique = ARGV[b + 9]
+  if unique ~= '' then
+    local holder = redis.call('GET', base .. 'uniq:' .. unique)
+    if holder then
+      local hs = redis.call('HGET', base .. 'task:' .. holder, 's')
+      if hs and not FINAL[hs] then return false, holder end
+    end
+  end
+  return true
+end
+
+-- Back-pressure (Settings.max_queue_length; `limit` 0 = none): the tasks waiting to run in
+-- the queue (its queued lists and the zsets given: scheduled, waiting, paused) plus those
+-- this call would create must stay within the limit. Checked before the call writes
+-- anything, so a refused call writes nothing. Costs nothing without a limit; with one, a
+-- few O(1) reads and one EXISTS per task of the call. Returns the error text, or nil.
+local function queue_full(base, limit, lists, zsets, first, n, width)
+  if limit <= 0 then return nil end
+  local length = 0
+  for _, k in ipairs(lists) do length = length + redis.call('LLEN', k) end
+  for _, k in ipairs(zsets) do length = length + redis.call('ZCARD', k) end
+  local adding = 0
+  for i = 0, n - 1 do
+    if creatable(base, first + i * width) then adding = adding + 1 end
+  end
+  if adding > 0 and length + adding > limit then
+    return 'SEGUE_QUEUE_FULL ' .. base .. ' ' .. length .. ' ' .. limit .. ' ' .. adding
+  end
+  return nil
+end
+
 -- Create a task record from the 12 enqueue fields at ARGV[b..b+11]: id, name, payload,
 -- priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms, unique key ('' none: else a
 -- lock uniq:<key> names the one live task), expire_in_ms (0 none), headers (JSON, '' none:
@@ -291,17 +326,11 @@ end
 local function new_task(base, b, now, waiting)
   local id = ARGV[b]
   local tk = base .. 'task:' .. id
-  if redis.call('EXISTS', tk) == 1 then return nil end
+  local create, holder = creatable(base, b)
+  if holder then return nil, nil, nil, holder end
+  if not create then return nil end
   local unique = ARGV[b + 9]
-  if unique ~= '' then
-    local lock = base .. 'uniq:' .. unique
-    local holder = redis.call('GET', lock)
-    if holder then
-      local hs = redis.call('HGET', base .. 'task:' .. holder, 's')
-      if hs and not FINAL[hs] then return nil, nil, nil, holder end
-    end
-    redis.call('SET', lock, id)
-  end
+  if unique ~= '' then redis.call('SET', base .. 'uniq:' .. unique, id) end
   local due = now + tonumber(ARGV[b + 4])
   local at = tonumber(ARGV[b + 5])
   if at > 0 then due = at end

@@ -2,22 +2,30 @@
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   (segue:{q}:q:<level>)
   KEYS[4] scheduled zset (segue:{q}:sched)   KEYS[5] wake list (segue:{q}:wake)
   KEYS[6] events stream (a task.enqueued event per task created)
+  KEYS[7] waiting zset   KEYS[8] paused zset (read only with a length limit)
   ARGV[1] key prefix "segue:{q}:" (task hashes are built from it: same hash tag)
-  ARGV[2] count of tasks, then 12 fields per task:
+  ARGV[2] count of tasks
+  ARGV[3] most tasks waiting to run in the queue (0 = no limit): a call that would go over
+    it writes nothing and fails with SEGUE_QUEUE_FULL <prefix> <length> <limit> <adding>
+  then 12 fields per task:
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
     max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever),
     unique key ('' = none; "<name>:<key>": at most one live task holds it),
     expire_in_ms (0 = none: else EXPIRED if not started that long after now),
     headers (JSON object, '' = none)
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
-  of the live task that holds its unique key (nothing written). ]]
+  of the live task that holds its unique key (nothing written).
+  A server at maxmemory (noeviction) refuses the first write, before anything is stored. ]]
 local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
+local full = queue_full(prefix, tonumber(ARGV[3]), { KEYS[1], KEYS[2], KEYS[3] },
+  { KEYS[4], KEYS[7], KEYS[8] }, 4, n, 12)
+if full then return redis.error_reply(full) end
 local now = now_ms()
 local out = {}
 local pushed = false
 for i = 0, n - 1 do
-  local b = 3 + i * 12
+  local b = 4 + i * 12
   local tk, status, due, holder = new_task(prefix, b, now, false)
   if holder then
     out[i + 1] = holder

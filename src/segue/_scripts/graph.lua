@@ -6,7 +6,9 @@
   ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
   ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
   ARGV[6] ids of the last steps (the workflow's result), space-separated
-  ARGV[7] count of tasks, then 16 fields per task: the 12 of enqueue.lua, then
+  ARGV[7] count of tasks   ARGV[8] most tasks waiting to run in the queue (0 = no limit;
+    see enqueue.lua: the whole call, workflow record included, is refused or written)
+  then 16 fields per task: the 12 of enqueue.lua, then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
@@ -20,6 +22,10 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6
   KEYS[8], KEYS[9], KEYS[10], ARGV[2])
 Q.waiting = KEYS[11]
 Q.events = KEYS[12]
+local n = tonumber(ARGV[7])
+local full = queue_full(prefix, tonumber(ARGV[8]), { KEYS[1], KEYS[2], KEYS[3] },
+  { KEYS[4], KEYS[10], KEYS[11] }, 9, n, 16)
+if full then return redis.error_reply(full) end
 local wf = ARGV[3]
 if wf ~= '' then
   local wk = prefix .. 'wf:' .. wf
@@ -30,10 +36,9 @@ if wf ~= '' then
       'ttl', ARGV[4], 'ce', now)
   end
 end
-local n = tonumber(ARGV[7])
 local out = {}
 for i = 0, n - 1 do
-  local b = 8 + i * 16
+  local b = 9 + i * 16
   local id, deps, mode = ARGV[b], ARGV[b + 12], ARGV[b + 13]
   local tk, status, due, holder = new_task(prefix, b, now, deps ~= '')
   if holder then
