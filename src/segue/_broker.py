@@ -24,6 +24,7 @@ from redis import exceptions as rexc
 from segue import _scripts, _sentinel, _tls
 from segue._errors import (
     BrokerError,
+    ConfigurationError,
     DuplicateTask,
     InvalidTransition,
     ScriptError,
@@ -51,6 +52,21 @@ def _plain_url(url: str) -> str:
     scheme = parts.scheme.replace("+cluster", "")
     netloc = parts.netloc.split(",", 1)[0]
     return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The host:port of every node a cluster URL lists after the first (which is in the
+    URL redis-py parses), so the client can discover the cluster through any of them."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    seeds = []
+    for part in netloc.split(",")[1:]:
+        host, sep, port = part.rpartition(":")
+        if not sep or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = part, "6379"
+        if not port.isdigit() or not host:
+            raise ConfigurationError(f"the cluster URL {_safe(url)} lists a node {part!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds
 
 
 def _safe(url: str) -> str:
@@ -99,7 +115,12 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
     _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
+        # every listed node seeds the discovery: the first alone would make a client that
+        # starts while that node is down fail although the cluster serves
+        seeds = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in _cluster_seeds(url)]
+        return redis.asyncio.cluster.RedisCluster.from_url(
+            plain, startup_nodes=seeds, socket_connect_timeout=5
+        )
     retry = redis.asyncio.retry.Retry(_backoff(), _RETRIES)
     return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5, retry=retry)
 
@@ -110,8 +131,9 @@ def make_sync_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
     _tls.options(plain)
     if cluster:
+        seeds = [redis.cluster.ClusterNode(h, p) for h, p in _cluster_seeds(url)]  # type: ignore[no-untyped-call]
         return redis.cluster.RedisCluster.from_url(
-            plain, socket_connect_timeout=5, socket_timeout=10
+            plain, startup_nodes=seeds, socket_connect_timeout=5, socket_timeout=10
         )
     retry = redis.retry.Retry(_backoff(), _RETRIES)
     return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10, retry=retry)
