@@ -216,6 +216,8 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
                 killed_at = time.time()
                 procs[victim].kill()  # SIGKILL, by the pid this test started
                 procs[victim].wait(timeout=10)
+                replica = engine.ports[PRIMARIES + victim]
+                promoted_at = await asyncio.to_thread(_promoted, replica, 30.0)
                 await asyncio.wait_for(producing, timeout=120)
                 done_at = await drained(app, queue, history, timeout=fault_scale.seconds(60, 300))
                 alive = len(fleet.alive())
@@ -236,6 +238,7 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
         cluster_node_timeout_ms=1000,
         killed_primary=victim,
         killed_after_enqueues=int(n * kill_share),
+        replica_promoted_after_ms=round((promoted_at - killed_at) * 1000, 1),
         drain_s=round(done_at - began, 3),
         drained_after_kill_s=round(done_at - killed_at, 3),
         workers_alive=alive,
@@ -251,6 +254,17 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     assert verdict.not_succeeded == {}
     assert seen["unavailability_ms"] is not None
     assert seen["unavailability_ms"] <= 5_000
+
+
+def _promoted(port: int, timeout: float) -> float:
+    """When (time.time()) the replica on `port` reported itself a primary."""
+    deadline = time.monotonic() + timeout
+    with _admin(port) as c:
+        while c.info("replication").get("role") != "master":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the replica on port {port} was not promoted")
+            time.sleep(0.01)
+    return time.time()
 
 
 async def _true(value: bool) -> bool:
