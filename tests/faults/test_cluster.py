@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,9 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
                     queue=queue,
                 )
                 errors = _fleet_errors(fleet, "CROSSSLOT", "Traceback")
+                # after the checker: a result awaited through the promoted replica
+                late = await faults.hold.call(1).options(queue=queue).enqueue()
+                late_result = await late.result(timeout=15)
     finally:
         app.settings = saved
     seen = unavailability(history.ops, killed_at)
@@ -247,6 +251,7 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
         **verdict.figures(),
     )
     assert alive == 2, "a worker exited during the failover"
+    assert late_result.startswith(socket.gethostname())
     assert verdict.lost == [], (
         f"acked enqueues lost in the failover (memory durability): {len(verdict.lost)}"
     )
