@@ -314,6 +314,25 @@ class Migration:
                 with _admin(port) as o:
                     o.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
+    def run_atomic(self, timeout: float = 30.0) -> None:
+        dst_id = _node_id(self.target)
+        with _admin(self.source) as s:
+            s.execute_command(
+                "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", self.slot, self.slot, "NODE", dst_id
+            )
+            deadline = time.monotonic() + timeout
+            while True:
+                jobs = s.execute_command("CLUSTER", "GETSLOTMIGRATIONS")
+                states = {job[b"state"] for job in jobs}
+                if states and states <= {b"success"}:
+                    break
+                if b"failed" in states or b"cancelled" in states or time.monotonic() > deadline:
+                    raise AssertionError(f"the atomic slot migration did not succeed: {jobs}")
+                time.sleep(0.01)
+        with _admin(self.target) as d:
+            self.keys = int(d.execute_command("CLUSTER", "COUNTKEYSINSLOT", self.slot))
+        self.batches = 1
+
 
 class RedirectCounter(logging.Handler):
     """Counts the MOVED, ASK and TRYAGAIN replies redis-py's cluster client logs."""
@@ -329,7 +348,9 @@ class RedirectCounter(logging.Handler):
                 self.counts[word] += 1
 
 
+@pytest.mark.parametrize("how", ["keys", "atomic"])
 async def test_a_queue_slot_resharded_under_load_loses_nothing(
+    how: str,
     reshard_cluster: Engine,
     fault_ledger: LedgerServer,
     fault_rng: random.Random,
@@ -339,7 +360,8 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
 ) -> None:
     """R7: while 2 workers drain and a producer enqueues, the queue's slot moves to another
     primary: nothing acked is lost, no CROSSSLOT error, every task completes, duplicates
-    stay within the recorded lease losses; ASK/MOVED/TRYAGAIN replies are followed."""
+    stay within the recorded lease losses; ASK/MOVED/TRYAGAIN replies are followed. `keys`:
+    the classic key-by-key migration; `atomic`: Valkey 9's CLUSTER MIGRATESLOTS."""
     engine = listing_all(reshard_cluster)
     source = fault_rng.randrange(PRIMARIES)
     target = (source + fault_rng.randrange(1, PRIMARIES)) % PRIMARIES
@@ -375,7 +397,7 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
                     interval=0.01,
                 )
                 moving_at = time.time()
-                await asyncio.to_thread(migration.run)
+                await asyncio.to_thread(migration.run if how == "keys" else migration.run_atomic)
                 moved_at = time.time()
                 await asyncio.wait_for(producing, timeout=120)
                 done_at = await drained(app, queue, history, timeout=fault_scale.seconds(60, 300))
@@ -405,6 +427,7 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
         n=n,
         workers=2,
         lease_s=lease,
+        migration=how,
         migrated_keys=migration.keys,
         migrate_batches=migration.batches,
         migration_s=round(moved_at - moving_at, 3),
@@ -427,6 +450,9 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
     )[:3]
     assert errors["CROSSSLOT"] == errors["TTL exhausted"] == 0
     assert sum(counter.counts.values()) > 0, "the producer never met the migration"
+    if how == "atomic":
+        # the slot moves whole: no ASK, no TRYAGAIN, one MOVED per client and slot
+        assert counter.counts["ASK"] == counter.counts["TRYAGAIN"] == 0
     assert verdict.lost == [], f"acked enqueues lost in the migration: {len(verdict.lost)}"
     assert_sound(verdict)
     assert verdict.not_succeeded == {}
