@@ -12,6 +12,8 @@ per queue (`segue worker --queues <q>`), drain them. Reported per setup:
   drain_per_s     all queues: tasks from 10 % to 90 % of N done, per second (the steady
                   rate, without the workers' start-up and the tail)
   per_queue       each queue's (so each primary's) steady rate, same definition
+  drain_wall_s    from the workers' spawn to the last task done (first_done_s: to the
+                  first one, i.e. start-up; tail_s: from 90 % done to the last)
   cpu             CPU seconds (user + system, from /proc) of the servers and of the
                   workers over the same 10-90 % window, per 1,000 tasks, and their sum
                   as a share of the machine's 2 cores over that window
@@ -163,6 +165,9 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         "drain_per_s": round(steady_rate(totals, total)),
         "per_queue_per_s": [round(steady_rate(m, per_queue)) for m in marks],
         "drain_wall_s": round(totals[-1][0] - totals[0][0], 2),
+        # from the workers' spawn to the first task done, and from 90 % done to the last
+        "first_done_s": round(next(t for t, d in totals if d > 0) - totals[0][0], 2),
+        "tail_s": round(totals[-1][0] - next(t for t, d in totals if d >= 0.9 * total), 2),
         "server_cpu_s": round(server_cpu, 2),
         "worker_cpu_s": round(worker_cpu, 2),
         "server_cpu_ms_per_1000": round(1000 * server_cpu / window * 1000, 1),
