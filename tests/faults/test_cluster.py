@@ -8,13 +8,14 @@ faults change its topology, so no other test may share it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,9 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     app.settings = saved.replace(redis_url=engine.url, queue=queue, poll_seconds=0.2)
     history = History(app, queue)
     fleet = Fleet(APP, engine.url, queue, lease=lease, env=fault_ledger.env(), log_dir=tmp_path)
+    counter = RedirectCounter()
     try:
-        async with app:
+        async with app, counter.watching():
             with fleet:
                 for _ in range(2):
                     fleet.start(8)
@@ -243,6 +245,8 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
         killed_primary=victim,
         killed_after_enqueues=int(n * kill_share),
         replica_promoted_after_ms=round((promoted_at - killed_at) * 1000, 1),
+        producer_redirects=counter.counts,
+        producer_connection_errors=counter.connection_errors,
         drain_s=round(done_at - began, 3),
         drained_after_kill_s=round(done_at - killed_at, 3),
         workers_alive=alive,
@@ -340,12 +344,28 @@ class RedirectCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.counts = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0}
+        self.connection_errors = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         for word in self.counts:
             if message.startswith(f"{word} error received"):
                 self.counts[word] += 1
+        if message.startswith(("ConnectionError received", "TimeoutError received")):
+            self.connection_errors += 1
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """Count what redis-py's cluster client logs within the block."""
+        log = logging.getLogger("redis.asyncio.cluster")
+        level = log.level
+        log.addHandler(self)
+        log.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            log.removeHandler(self)
+            log.setLevel(level)
 
 
 @pytest.mark.parametrize("how", ["keys", "atomic"])
@@ -378,12 +398,8 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
     fleet = Fleet(APP, engine.url, queue, lease=lease, env=fault_ledger.env(), log_dir=tmp_path)
     migration = Migration(list(engine.ports), _slot(queue), source, target)
     counter = RedirectCounter()
-    redis_log = logging.getLogger("redis.asyncio.cluster")
-    level = redis_log.level
-    redis_log.addHandler(counter)
-    redis_log.setLevel(logging.DEBUG)
     try:
-        async with app:
+        async with app, counter.watching():
             with fleet:
                 for _ in range(2):
                     fleet.start(8)
@@ -411,8 +427,6 @@ async def test_a_queue_slot_resharded_under_load_loses_nothing(
                 errors = _fleet_errors(fleet, "CROSSSLOT", "TRYAGAIN", "TTL exhausted")
     finally:
         app.settings = saved
-        redis_log.removeHandler(counter)
-        redis_log.setLevel(level)
     latencies = sorted(
         (op.completed - op.invoked) * 1000
         for op in history.ops
