@@ -34,6 +34,7 @@ from tests.integration.conftest import eventually
 
 APP = "tests.apps.faults:app"
 PRIMARIES = 3
+LONG = 4  # tasks of 3 s running across the failover
 
 
 @pytest.fixture
@@ -186,8 +187,9 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
 ) -> None:
     """★R6(b): SIGKILL the primary owning the queue's slot while 2 workers drain and a
     producer enqueues: its replica takes over, producer and workers follow it, no acked
-    enqueue is lost (memory durability, loopback replication), every task drains, and the
-    producer's unavailability stays within 5 s."""
+    enqueue is lost (memory durability, loopback replication), every task drains, tasks
+    running across the failover keep their leases (renewed through the new primary), and
+    the producer's unavailability stays within 5 s."""
     engine, procs = failover_cluster
     victim = fault_rng.randrange(PRIMARIES)
     # the victim first: the checker's client, made after the kill, must get past it
@@ -197,7 +199,8 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     seconds = fault_scale.seconds(4.0, 30.0)
     durations = [fault_rng.randrange(0, 21) for _ in range(n)]
     kill_share = fault_rng.uniform(0.2, 0.4)
-    lease = 2.0
+    # longer than the failover and a renewal interval: a lease must survive it
+    lease = 5.0
     app = faults.app
     saved = app.settings
     app.settings = saved.replace(redis_url=engine.url, queue=queue, poll_seconds=0.2)
@@ -210,6 +213,10 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
                 for _ in range(2):
                     fleet.start(8)
                 await fleet.ready()
+                # tasks still running when the primary dies: their leases, held on it, are
+                # renewed through the promoted replica (or, lapsed, handed out again)
+                long = [(faults.sleep.call(3_000), f"long{i}") for i in range(LONG)]
+                await history.enqueue_many(long)
                 producer = Producer(history, durations, seconds)
                 began = time.time()
                 producing = asyncio.create_task(producer.run())
@@ -224,11 +231,9 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
                 await asyncio.wait_for(producing, timeout=120)
                 done_at = await drained(app, queue, history, timeout=fault_scale.seconds(60, 300))
                 alive = len(fleet.alive())
+                effects = await Ledger(fault_ledger, queue).read()
                 verdict = await check(
-                    history=history,
-                    effects=await Ledger(fault_ledger, queue).read(),
-                    admin_url=engine.admin_url,
-                    queue=queue,
+                    history=history, effects=effects, admin_url=engine.admin_url, queue=queue
                 )
                 errors = _fleet_errors(fleet, "CROSSSLOT", "Traceback")
                 # after the checker: a result awaited through the promoted replica
@@ -247,6 +252,10 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
         replica_promoted_after_ms=round((promoted_at - killed_at) * 1000, 1),
         producer_redirects=counter.counts,
         producer_connection_errors=counter.connection_errors,
+        long_tasks=LONG,
+        long_tasks_run_again=sum(
+            len(effects.executions.get(history.task_id(f"long{i}"), [])) > 1 for i in range(LONG)
+        ),
         drain_s=round(done_at - began, 3),
         drained_after_kill_s=round(done_at - killed_at, 3),
         workers_alive=alive,
@@ -261,6 +270,10 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     )
     assert_sound(verdict)
     assert verdict.not_succeeded == {}
+    assert all(history.task_id(f"long{i}") in effects.effects for i in range(LONG))
+    # the renewals went on through the promoted replica: no lease lapsed, nothing ran twice
+    assert verdict.lease_losses == 0
+    assert verdict.dup_exec == 0
     assert seen["unavailability_ms"] is not None
     assert seen["unavailability_ms"] <= 5_000
 
