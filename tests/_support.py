@@ -58,6 +58,7 @@ class Engine:
     kind: str
     admin_url: str
     pids: tuple[int, ...]
+    ports: tuple[int, ...] = ()  # of a cluster, in the order of `pids`
 
 
 def _bindable(port: int) -> bool:
@@ -166,12 +167,23 @@ def start_server(kind: str, directory: Path, *extra: str) -> tuple[Engine, subpr
 
 
 def start_cluster(
-    directory: Path, primaries: int = 3
+    directory: Path,
+    primaries: int = 3,
+    *,
+    replicas: int = 0,
+    node_timeout_ms: int = 2000,
+    extra: tuple[str, ...] = (),
 ) -> tuple[Engine, list[subprocess.Popen[bytes]]]:
-    """A cluster of primaries only, slots split evenly, ACL user on every node."""
+    """A cluster of `primaries` with `replicas` replicas each, slots split evenly over the
+    primaries, ACL user on every node. Returns once cluster_state is ok on every node and,
+    with replicas, every replica's link to its primary is up (a replica whose link never
+    came up cannot fail over). The processes are the primaries', then the replicas' (the
+    replicas of primary i are at primaries + i * replicas ...); `extra` adds server options
+    (e.g. AOF) to every node."""
     binary = server_binary("valkey")
     assert binary is not None
-    ports = [free_port() for _ in range(primaries)]
+    total = primaries * (1 + replicas)
+    ports = [free_port() for _ in range(total)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:  # one at a time: a failure must stop those already started
@@ -179,25 +191,34 @@ def start_cluster(
                 start_process(
                     binary,
                     port,
-                    directory,
+                    directory / str(port),  # its own AOF and RDB files
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     str(directory / f"nodes-{port}.conf"),
                     "--cluster-node-timeout",
-                    "2000",
+                    str(node_timeout_ms),
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    *extra,
                 )
             )
         step = 16384 // primaries
-        for i, port in enumerate(ports):
+        for i, port in enumerate(ports[:primaries]):
             last = 16383 if i == primaries - 1 else (i + 1) * step - 1
             _cmd(port, "CLUSTER", "ADDSLOTSRANGE", i * step, last)
         for port in ports[1:]:
             _cmd(ports[0], "CLUSTER", "MEET", "127.0.0.1", port)
+        if replicas:
+            _attach_replicas(ports, primaries, replicas)
         deadline = time.monotonic() + 20
-        while not all(_cluster_ok(p, primaries) for p in ports):
+        while not all(_cluster_ok(p, total) for p in ports) or not all(
+            _link_up(p) for p in ports[primaries:]
+        ):
             if time.monotonic() > deadline:
-                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+                raise RuntimeError(
+                    "the test cluster did not reach cluster_state:ok with every replica's link up"
+                )
             time.sleep(0.05)
         for port in ports:
             add_acl_user(port)
@@ -210,13 +231,43 @@ def start_cluster(
         kind="cluster",
         admin_url=f"redis+cluster://127.0.0.1:{ports[0]}",
         pids=tuple(p.pid for p in procs),
+        ports=tuple(ports),
     )
     return engine, procs
 
 
-def _cluster_ok(port: int, primaries: int) -> bool:
+def _node_id(port: int) -> str:
+    reply = _cmd(port, "CLUSTER", "MYID")
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _attach_replicas(ports: list[int], primaries: int, replicas: int) -> None:
+    """CLUSTER REPLICATE each replica to its primary, once it has heard of that primary."""
+    deadline = time.monotonic() + 20
+    for i in range(primaries):
+        primary = _node_id(ports[i])
+        for port in ports[primaries + i * replicas : primaries + (i + 1) * replicas]:
+            while True:
+                try:
+                    _cmd(port, "CLUSTER", "REPLICATE", primary)
+                    break
+                except redis.ResponseError:
+                    # "Unknown node": the MEET has not reached this node yet
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+
+def _link_up(port: int) -> bool:
+    with contextlib.suppress(redis.RedisError):
+        info: dict[str, Any] = _cmd(port, "INFO", "replication")  # parsed by redis-py
+        return info.get("master_link_status") == "up"
+    return False
+
+
+def _cluster_ok(port: int, nodes: int) -> bool:
     with contextlib.suppress(redis.RedisError):
         info = _cmd(port, "CLUSTER", "INFO")
         text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text and f"cluster_known_nodes:{primaries}" in text
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{nodes}" in text
     return False

@@ -25,6 +25,7 @@ from segue import _scripts, _sentinel, _tls
 from segue._durability import Confirmer, Need
 from segue._errors import (
     BrokerError,
+    ConfigurationError,
     DuplicateTask,
     InvalidTransition,
     QueueFull,
@@ -57,6 +58,21 @@ def _plain_url(url: str) -> str:
     scheme = parts.scheme.replace("+cluster", "")
     netloc = parts.netloc.split(",", 1)[0]
     return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The host:port of every node a cluster URL lists after the first (which is in the
+    URL redis-py parses), so the client can discover the cluster through any of them."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    seeds = []
+    for part in netloc.split(",")[1:]:
+        host, sep, port = part.rpartition(":")
+        if not sep or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = part, "6379"
+        if not port.isdigit() or not host:
+            raise ConfigurationError(f"the cluster URL {_safe(url)} lists a node {part!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds
 
 
 def _safe(url: str) -> str:
@@ -140,7 +156,16 @@ def make_async_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
     _tls.options(plain)  # a malformed TLS option fails here, not at the first command
     if cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(plain, socket_connect_timeout=5)
+        # every listed node seeds the discovery: the first alone would make a client that
+        # starts while that node is down fail although the cluster serves
+        seeds = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in _cluster_seeds(url)]
+        return redis.asyncio.cluster.RedisCluster.from_url(
+            plain,
+            startup_nodes=seeds,
+            socket_connect_timeout=5,
+            topology_refresh_min_interval=_CLUSTER_REFRESH_S,
+            retry=redis.asyncio.retry.Retry(_cluster_backoff(), _CLUSTER_RETRIES),
+        )
     retry = redis.asyncio.retry.Retry(_backoff(), _RETRIES)
     return redis.asyncio.Redis.from_url(plain, socket_connect_timeout=5, retry=retry)
 
@@ -151,8 +176,14 @@ def make_sync_client(url: str, *, cluster: bool) -> Any:
     plain = _plain_url(url)
     _tls.options(plain)
     if cluster:
+        seeds = [redis.cluster.ClusterNode(h, p) for h, p in _cluster_seeds(url)]  # type: ignore[no-untyped-call]
         return redis.cluster.RedisCluster.from_url(
-            plain, socket_connect_timeout=5, socket_timeout=10
+            plain,
+            startup_nodes=seeds,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            topology_refresh_min_interval=_CLUSTER_REFRESH_S,
+            retry=redis.retry.Retry(_cluster_backoff(), _CLUSTER_RETRIES),
         )
     retry = redis.retry.Retry(_backoff(), _RETRIES)
     return redis.Redis.from_url(plain, socket_connect_timeout=5, socket_timeout=10, retry=retry)
@@ -164,6 +195,22 @@ def make_sync_client(url: str, *, cluster: bool) -> Any:
 # claims with their replay token. The cluster clients keep redis-py's own policy, tuned
 # for failover.
 _RETRIES = 3
+# redis-py refreshes a cluster's topology after errors at most once a second by default: a
+# refresh made while the replica of a killed primary was not promoted yet delayed the next
+# one, so clients followed the new primary up to a second after it took over (~1.4 s to
+# promote with cluster-node-timeout 1000, ~2.7 s until enqueues went on). A refresh is one
+# CLUSTER SLOTS to a live node: four a second during an outage cost nothing.
+_CLUSTER_REFRESH_S = 0.25
+# A command that meets a dead primary is retried every 0.125-0.25 s (after a quicker start)
+# for 2.3-4.6 s in all: the refreshes find the promoted replica within a retry, and a
+# failover with cluster-node-timeout 1000 (1.3-1.7 s measured) ends inside the window, so
+# callers see a slow command, not an error. redis-py's default (10 retries, random waits
+# of up to 1 s) left up to a second between the promotion and the next attempt.
+_CLUSTER_RETRIES = 20
+
+
+def _cluster_backoff() -> redis.backoff.AbstractBackoff:
+    return redis.backoff.EqualJitterBackoff(cap=0.25, base=0.05)
 
 
 def _backoff() -> redis.backoff.AbstractBackoff:

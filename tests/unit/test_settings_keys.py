@@ -66,3 +66,13 @@ def test_size_and_length_limits_come_from_the_environment_and_are_checked() -> N
         Settings(max_queue_length=0)
     with pytest.raises(ConfigurationError, match="max_result_bytes must be at least 1"):
         Settings(max_result_bytes=0)
+
+
+def test_every_node_a_cluster_url_lists_seeds_the_discovery() -> None:
+    from segue._broker import _cluster_seeds
+
+    url = "redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002,h4"
+    assert _cluster_seeds(url) == [("10.0.0.2", 7001), ("::1", 7002), ("h4", 6379)]
+    assert _cluster_seeds("redis+cluster://h1:7000") == []
+    with pytest.raises(ConfigurationError, match="lists a node 'h2:x'"):
+        _cluster_seeds("redis+cluster://u:secret@h1:7000,h2:x")

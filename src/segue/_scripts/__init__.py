@@ -7,16 +7,28 @@ for commands queued in a pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterError, NoScriptError
 
 _KEYS_RE = re.compile(r"KEYS\[(\d+)(?:\.\.(\d+))?\]")
+
+# While a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN,
+# and redis-py's cluster client gives up after 16 tries (~0.4 s) with "TTL exhausted": the
+# script never ran, so it is sent again, with a backoff, for up to this many seconds (a
+# migration of a busy queue's slot keeps its keys split for as long as it takes).
+MIGRATION_PATIENCE = 10.0
+
+
+def _not_run(exc: ClusterError) -> bool:
+    return "TTL exhausted" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +41,18 @@ class Script:
     numkeys: int
 
     async def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        deadline = time.monotonic() + MIGRATION_PATIENCE
+        pause = 0.05
+        while True:
+            try:
+                return await self._run_once(client, keys, args)
+            except ClusterError as exc:
+                if not _not_run(exc) or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(0.5, pause * 2)
+
+    async def _run_once(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -36,6 +60,18 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def run_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        deadline = time.monotonic() + MIGRATION_PATIENCE
+        pause = 0.05
+        while True:
+            try:
+                return self._run_once_sync(client, keys, args)
+            except ClusterError as exc:
+                if not _not_run(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
+
+    def _run_once_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
