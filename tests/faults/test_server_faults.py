@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from segue import App
 from tests._support import ACL_PASSWORD, ACL_RULES, ACL_USER, free_port, server_binary
@@ -243,3 +244,81 @@ async def test_server_kill_and_aof_restart_lose_nothing_and_workers_resume(
 def _fresh(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+async def test_server_stall_longer_than_the_lease_reclaims_nothing(
+    fault_ledger: LedgerServer,
+    queue_name: str,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
+    """R4: `DEBUG SLEEP` freezes the whole server for 2.5 leases while 2 workers run tasks.
+    Leases are kept in server time, so nobody could renew, nor take over, during the
+    stall; when it ends, no task is taken from the workers that still run it (0 extra
+    runs), and no worker exits."""
+    n = fault_scale.pick(200, 2_000)
+    lease = 2.0
+    stall = 2.5 * lease
+    durations = [fault_rng.randrange(500, 2_001) for _ in range(n)]
+    server = AofServer(_fresh(tmp_path / "server"))
+    server.start()
+    fleet = Fleet(
+        APP,
+        server.url,
+        queue_name,
+        lease=lease,
+        poll=0.2,
+        env=fault_ledger.env(),
+        log_dir=tmp_path / "logs",
+    )
+    admin: Any = redis.asyncio.Redis.from_url(server.admin_url, socket_timeout=stall + 10)
+    try:
+        with pointed(faults.app, server.url, queue_name) as app, fleet:
+            async with app:
+                history = History(app, queue_name)
+                for _ in range(2):
+                    fleet.start(16)
+                await fleet.ready()
+                began = time.time()
+                for i in range(0, n, 500):
+                    batch = enumerate(durations[i : i + 500], start=i)
+                    await history.enqueue_many([(faults.sleep.call(ms), str(k)) for k, ms in batch])
+                await asyncio.sleep(fault_rng.uniform(1.0, 2.0))  # the schedule's fault time
+                running = (await app.queue_counts(queue_name))["running"]
+                stalled_at = time.time()
+                await admin.execute_command("DEBUG", "SLEEP", stall)
+                woke_at = time.time()
+                done_at = await drained(app, queue_name, n, timeout=fault_scale.seconds(90, 600))
+                effects = await Ledger(fault_ledger, queue_name).read()
+                verdict = await check(
+                    history=history,
+                    effects=effects,
+                    admin_url=server.admin_url,
+                    queue=queue_name,
+                    leaks=True,
+                )
+                exits = [s.name for s in fleet.slots if not s.alive()]
+    finally:
+        await admin.aclose()
+        server.stop()
+    fault_report.add(
+        n=n,
+        workers=2,
+        lease_s=lease,
+        stall_s=round(woke_at - stalled_at, 3),
+        running_at_stall=running,
+        dup_exec_from_stall=verdict.dup_exec,  # no other fault in this run
+        false_reclaims=verdict.lease_losses,
+        worker_exits=len(exits),
+        drain_s=round(done_at - began, 3),
+        **verdict.figures(),
+    )
+    assert running > 0, "no task was running when the server stalled: nothing was tested"
+    assert woke_at - stalled_at >= 2 * lease
+    assert_sound(verdict)
+    assert verdict.not_succeeded == {}
+    assert exits == []
+    assert verdict.lease_losses == 0, "the stall made leases of live workers expire"
+    assert verdict.dup_exec == 0
