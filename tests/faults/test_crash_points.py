@@ -12,6 +12,7 @@ cheap. `cron_after_enqueue` (the scheduler's point) has a cell of its own below.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -23,7 +24,8 @@ import pytest
 
 from segue import App, TaskHandle, TaskStatus
 from segue._faults import POINTS
-from tests._support import Engine
+from segue._scheduler import tick_id
+from tests._support import Engine, start_server, stop
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
@@ -238,3 +240,102 @@ async def test_every_crash_point_killed_or_stalled_loses_nothing(
             assert exits[cell.name] == -9, cell.name  # the point killed it
         elif cell.point != "during_requeue":
             assert exits[cell.name] is None, cell.name  # a stall leaves it serving
+
+
+CRON_LEASE = 5.0  # segue._scheduler._LEASE_MS: a dead worker's tick fires again after it
+
+
+async def _cron_cell(
+    action: str, fault_ledger: LedgerServer, queue: str, directory: Path
+) -> dict[str, Any]:
+    """One action at the scheduler's point, on a server of its own (a fleet serves every
+    schedule of its prefix): a worker fires a tick, enqueues it and is killed, or frozen
+    past the tick's lease, before it advances the schedule; a clean worker takes over."""
+    engine, proc = start_server("valkey", directory)
+    hits = directory / "hits"
+    spec = "kill" if action == "kill" else f"stall:{CRON_LEASE + 1.5}"
+    fleet = Fleet(
+        APP, engine.url, queue, lease=LEASE, poll=POLL, env=fault_ledger.env(), log_dir=directory
+    )
+    client = App("w4-cron", redis_url=engine.url)
+    try:
+        async with client:
+            with fleet:
+                faulted = fleet.start(
+                    2,
+                    env={
+                        "SEGUE_FAULTPOINT": f"cron_after_enqueue:{spec}",
+                        "SEGUE_FAULTPOINT_ONCE": "1",
+                        "SEGUE_FAULTPOINT_LOG": str(hits),
+                    },
+                )
+                await fleet.ready(faulted, timeout=60)
+                sid = await client.schedule(
+                    faults.sleep.call(10).options(queue=queue), cron="* * * * * *", id="w4"
+                )
+
+                async def hit() -> bool:
+                    return hits.exists() and "cron_after_enqueue" in hits.read_text()
+
+                await eventually(hit, timeout=20)
+                hit_at = time.time()
+                fleet.start(2)  # the rescuer
+                (info,) = await client.schedules()
+                assert info.next_run is not None
+                stuck = int(info.next_run.timestamp() * 1000)  # enqueued, not advanced
+                ledger = Ledger(fault_ledger, queue)
+
+                async def went_on() -> bool:
+                    (now,) = await client.schedules()
+                    return now.last_tick is not None and now.last_tick.timestamp() * 1000 > stuck
+
+                await eventually(went_on, timeout=30, interval=0.1)
+                moved_at = time.time()
+                await client.unschedule(sid)
+
+                async def ran_all() -> bool:
+                    c = await client.queue_counts(queue)
+                    return c["queued"] + c["running"] + c["scheduled"] == 0
+
+                await eventually(ran_all, timeout=30)
+                effects = await ledger.read()
+                exit_code = faulted.proc.poll()
+    finally:
+        stop(proc)
+    runs = {i: len(r) for i, r in effects.executions.items()}
+    stuck_id = tick_id(queue, "w4", stuck)
+    return {
+        "reached": hits.exists(),
+        "ticks_run": len(runs),
+        "stuck_tick_runs": runs.get(stuck_id, 0),
+        "dup_exec": sum(n - 1 for n in runs.values()),
+        "lost": sum(1 for i in runs if i not in effects.effects),
+        "schedule_stuck_s": round(moved_at - hit_at, 3),
+        "worker_exit": exit_code,
+    }
+
+
+async def test_the_scheduler_point_killed_or_stalled_fires_each_tick_once(
+    fault_ledger: LedgerServer,
+    queue_name: str,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
+    """★W4, `cron_after_enqueue` × {kill, stall past the tick's 5 s lease}: the tick the
+    worker enqueued but did not advance is fired again by another worker once its lease
+    ran out (idempotent by task id: it runs once), and the schedule goes on."""
+    cells = await asyncio.gather(
+        *(
+            _cron_cell(action, fault_ledger, f"{queue_name}{action[0]}", tmp_path / action)
+            for action in ACTIONS
+        )
+    )
+    matrix = dict(zip(ACTIONS, cells, strict=True))
+    fault_report.add(cron_lease_s=CRON_LEASE, matrix={"cron_after_enqueue": matrix})
+    for action, m in matrix.items():
+        assert m["reached"], action
+        assert m["stuck_tick_runs"] == 1, (action, m)  # fired twice, run once
+        assert m["dup_exec"] == 0 and m["lost"] == 0, (action, m)
+        assert m["ticks_run"] >= 2, (action, m)  # and later ticks fired
+    assert matrix["kill"]["worker_exit"] == -9
+    assert matrix["stall"]["worker_exit"] is None
