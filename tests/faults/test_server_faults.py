@@ -27,6 +27,7 @@ from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import Effects, History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound, drained
 from tests.faults.workers import Fleet
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +120,7 @@ async def _kill_restart_run(
     server: AofServer,
     app: App,
     fleet: Fleet,
-    ledger: LedgerServer,
+    ledger_server: LedgerServer,
     queue: str,
     rng: random.Random,
     scale: Scale,
@@ -130,8 +131,8 @@ async def _kill_restart_run(
     returns the run's figures and the checker's verdict."""
     durations = [rng.randrange(0, 201) for _ in range(n)]
     history = History(app, queue)
-    for _ in range(workers):
-        fleet.start(8)
+    slots = [fleet.start(8) for _ in range(workers)]
+    ledger = Ledger(ledger_server, queue)
     await fleet.ready()
     began = time.time()
     for i in range(0, n, 500):
@@ -145,9 +146,18 @@ async def _kill_restart_run(
             break  # too little left for the workers to show they came back
         killed = server.kill()
         await asyncio.sleep(rng.uniform(0.9, 1.1))
-        outages.append((killed, server.start()))
+        up = server.start()
+        outages.append((killed, up))
+
+        async def all_resumed(up: float = up) -> bool:
+            runs = [r for rs in (await ledger.read()).executions.values() for r in rs]
+            return all(any(r.by(s.pid) and r.started_ms >= up * 1000 for r in runs) for s in slots)
+
+        # the next fault only once every worker is back (or the run fails here): each
+        # outage's resume time is then measured on its own
+        await eventually(all_resumed, timeout=10, interval=0.1)
     done_at = await drained(app, queue, n, timeout=scale.seconds(90, 900))
-    effects = await Ledger(ledger, queue).read()
+    effects = await ledger.read()
     verdict = await check(
         history=history, effects=effects, admin_url=server.admin_url, queue=queue, leaks=True
     )
