@@ -95,7 +95,7 @@ class LeaseKeeper:
         lost: list[tuple[str, str]] = []
         for ks, pairs in by_queue.items():
             args = [ks.base, self._worker_id, lease_ms, *pairs]
-            gone, requests = self._script.run_sync(self._client, [ks.leases], args)
+            gone, requests = self._script.run_sync(self._client, [ks.leases, ks.meta], args)
             # with the generation it was sent for: by the time the reply is read, this
             # worker may hold a newer run of the same task, which is not lost
             lost.extend((_text(x), sent[_text(x)][1]) for x in gone)

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from segue import App, Context
+from segue import App, Context, LeaseLost
 
 app = App("faults")
 
@@ -36,6 +36,7 @@ EXEC = "exec:"
 EFFECT = "effect:"
 RAN = "ran:"
 STEP = "step:"
+FENCED = "fenced:"
 
 _ledger: Any = None
 
@@ -101,6 +102,23 @@ async def hold(ctx: Context, ms: int) -> str:
     (`<worker> <gen>`), so a test sees whose outcome segue kept."""
     run = Execution(ctx)
     await asyncio.sleep(ms / 1000)
+    run.finish()
+    return f"{ctx.worker_id} {_gen(ctx)}"
+
+
+@app.task(name="faults.fenced", silent=True)
+async def fenced(ctx: Context, ms: int) -> str:
+    """Sleep `ms` milliseconds, then store a state value (a write fenced by the lease
+    generation) before applying the effect, as a task with an outside effect should: a run
+    that lost its lease meanwhile is refused there and never applies its effect. A refused
+    write is recorded in `fenced:<task id>` (`<worker> <gen>`). The result names the run."""
+    run = Execution(ctx)
+    await asyncio.sleep(ms / 1000)
+    try:
+        await ctx.state.set(by=ctx.worker_id)
+    except LeaseLost:
+        ledger().rpush(FENCED + ctx.task_id, f"{ctx.worker_id} {_gen(ctx)}")
+        raise
     run.finish()
     return f"{ctx.worker_id} {_gen(ctx)}"
 

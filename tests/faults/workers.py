@@ -47,6 +47,7 @@ class Slot:
     proc: subprocess.Popen[bytes]
     started: float  # time.time() of the current process's start
     pids: list[int] = dataclasses.field(default_factory=list)  # every process it ran
+    queues: list[str] | None = None  # the queues it serves, if not the fleet's one
 
     @property
     def pid(self) -> int:
@@ -122,20 +123,31 @@ class Fleet:
 
     # --- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, concurrency: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, concurrency: int, env: dict[str, str], queues: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "segue", "worker", self.app]
         command += ["--concurrency", str(concurrency), "--log-level", self.log_level]
+        if queues:
+            command += ["--queues", ",".join(queues)]
         with (self.log_dir / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
                 command, cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=log
             )
 
-    def start(self, concurrency: int = 8, *, env: Mapping[str, str] | None = None) -> Slot:
-        """A new slot running a new worker process; `env` adds to (or overrides) the fleet's."""
+    def start(
+        self,
+        concurrency: int = 8,
+        *,
+        env: Mapping[str, str] | None = None,
+        queues: list[str] | None = None,
+    ) -> Slot:
+        """A new slot running a new worker process; `env` adds to (or overrides) the fleet's;
+        `queues`: the queues it serves, in order (default: the fleet's queue)."""
         name = f"w{len(self.slots)}"
         extra = dict(env or {})
-        proc = self._spawn(name, concurrency, extra)
-        slot = Slot(name, concurrency, extra, proc, time.time(), [proc.pid])
+        proc = self._spawn(name, concurrency, extra, queues)
+        slot = Slot(name, concurrency, extra, proc, time.time(), [proc.pid], queues)
         self.slots.append(slot)
         return slot
 
@@ -145,7 +157,7 @@ class Fleet:
             self.kill(slot)
         if env is not None:
             slot.env = dict(env)
-        slot.proc = self._spawn(slot.name, slot.concurrency, slot.env)
+        slot.proc = self._spawn(slot.name, slot.concurrency, slot.env, slot.queues)
         slot.started = time.time()
         slot.pids.append(slot.proc.pid)
         return slot

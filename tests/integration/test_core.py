@@ -449,8 +449,9 @@ async def test_results_expire_and_leave_no_keys(
         async def gone() -> bool:
             await app.drain()  # a claim also trims the indexes of expired records
             keys = await keys_of(segue_engine, base + "*")
-            # structural keys: the wake token, the capped event stream
-            return {k for k in keys if not k.endswith((":wake", ":events"))} == kept
+            # structural keys: the wake token, the capped event stream, the queue's meta hash
+            structural = (":wake", ":events", ":meta")
+            return {k for k in keys if not k.endswith(structural)} == kept
 
         await eventually(gone, timeout=10)
         with pytest.raises(TaskNotFound):

@@ -20,6 +20,18 @@ async def claim(broker: Broker, queue: str, worker: str, want: int = 1) -> list[
     return list(reply[0][3:])
 
 
+async def poll(broker: Broker, queue: str, worker: str, within: float = 5.0) -> list[Any]:
+    """Claim every 50 ms, as an idle worker does, until a task comes (or `within` s pass).
+    Polling keeps the queue seen: a lease runs out only while someone could take it over
+    (a queue nobody touched for half a lease gives its leases time back, see bridge_gap)."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await claim(broker, queue, worker)
+        if got or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
 async def finish(broker: Broker, queue: str, task_id: str, gen: Any, result: bytes) -> int:
     call = broker.finish_call(broker.keyspace(queue), [task_id, gen, "ok", result, ""])
     reply = await broker.run_calls([call])
@@ -40,8 +52,8 @@ async def test_a_worker_that_lost_its_lease_cannot_complete(
         q = app.settings.queue
         h = await job.enqueue()
         (first,) = await claim(broker, q, "zombie")
-        await asyncio.sleep(0.4)  # the zombie is frozen past its lease
-        (second,) = await claim(broker, q, "healthy")
+        # the zombie is frozen past its lease while a healthy worker polls the queue
+        (second,) = await poll(broker, q, "healthy")
         assert second[0] == first[0] and int(second[4]) == int(first[4]) + 1
         assert await finish(broker, q, h.id, first[4], b'"stale"') == 0  # fenced out
         assert await h.status() is TaskStatus.RUNNING
@@ -90,9 +102,9 @@ async def test_repeated_lease_expiry_fails_as_worker_lost(make_app: Callable[...
         q = app.settings.queue
         h = await poison.enqueue()
         for n in range(3):
-            assert len(await claim(broker, q, f"crashing-{n}")) == 1
-            await asyncio.sleep(0.25)  # the claimer dies: no outcome recorded
-        assert await claim(broker, q, "next") == []
+            # each claimer dies (no outcome recorded); the next one polls until it gets it
+            assert len(await poll(broker, q, f"crashing-{n}")) == 1
+        assert await poll(broker, q, "next", within=0.5) == []
         with pytest.raises(TaskFailed) as caught:
             await h.result(timeout=1)
         assert caught.value.reason == "worker_lost"

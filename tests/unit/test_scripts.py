@@ -22,7 +22,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     }
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
-    assert load("renew").numkeys == 1
+    assert load("renew").numkeys == 2
     assert load("state").numkeys == 1
     assert load("wait").numkeys == 2
     assert load("event").numkeys == 1

@@ -56,6 +56,8 @@ for _, id in ipairs(due) do
   end
 end
 
+bridge_gap(KEYS[7], KEYS[5], now, lease)
+
 -- expired leases: the holder is gone or cut off; its run is over
 local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do

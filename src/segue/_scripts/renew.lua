@@ -1,5 +1,5 @@
 --[[ renew: extend the leases a worker still holds; report the ones it lost.
-  KEYS[1] leases zset
+  KEYS[1] leases zset   KEYS[2] queue meta hash (when leases were last seen to: bridge_gap)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] lease ms
   ARGV[4..] pairs: id, gen
   Returns: { ids whose lease this worker no longer holds (it must stop them),
@@ -8,7 +8,9 @@
     pub/sub message was lost (a request, or the withdrawal of a pause). ]]
 local prefix = ARGV[1]
 local wid = ARGV[2]
-local deadline = now_ms() + tonumber(ARGV[3])
+local now = now_ms()
+local deadline = now + tonumber(ARGV[3])
+bridge_gap(KEYS[2], KEYS[1], now, tonumber(ARGV[3]))
 local lost = {}
 local requests = {}
 for i = 4, #ARGV, 2 do
