@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -33,6 +34,7 @@ R = TypeVar("R")
 R2 = TypeVar("R2")
 P2 = ParamSpec("P2")
 _WHO = f"{socket.gethostname()}:{os.getpid()}"
+_WAIT_AT_ONCE = 32  # last steps whose results one result() call waits for at once
 
 
 def _as_node(app: App, other: Any) -> Signature[Any] | Chain[Any] | Group[Any]:
@@ -266,7 +268,17 @@ class WorkflowHandle(Generic[R]):
         TaskFailed naming the step that failed, or TaskCancelled."""
         last = await self._ids(b"last")
         handles = [TaskHandle[Any](self._app, i, self._decoder) for i in last]
-        results = await asyncio.gather(*(self._step_result(h, timeout) for h in handles))
+        # a bounded number at a time: each wait holds a pooled connection, and redis-py's
+        # pool refuses more than 100 (a group of hundreds of last steps failed on a cluster)
+        gate = asyncio.Semaphore(_WAIT_AT_ONCE)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        async def one(handle: TaskHandle[Any]) -> Any:
+            async with gate:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return await self._step_result(handle, left)
+
+        results = await asyncio.gather(*(one(h) for h in handles))
         if len(handles) == 1:
             value: R = results[0]
             return value
