@@ -234,13 +234,16 @@ class Worker:
                 await self._server_down(exc)
                 continue
             self._down_since = None
-            self._check_finished(taken, replies[:n_finish])
             claimed = 0
             backlog = 0
             now_ms = 0
             if claim_from is not None:
                 self._next_due = None  # this round's claims say what is due next, in any queue
+                # leases first: the renewal thread must know the new tasks before anything
+                # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
+            self._check_finished(taken, replies[:n_finish])
+            if claim_from is not None:
                 # later queues are served only with what the earlier ones left free
                 for ks in keyspaces[1:]:
                     free = self.concurrency - len(self._running)
