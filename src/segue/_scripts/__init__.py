@@ -69,6 +69,8 @@ NAMES = (
     "control",
     "state",
     "graph",
+    "forward",
+    "watch",
     "wait",
     "workflow",
     "retry",
