@@ -65,16 +65,14 @@ async def test_a_fan_out_on_one_queue_fans_in_on_another(
     async with app:
         members = [dbl.options(queue=qc).call(i) if i % 3 == 2 else dbl.call(i) for i in range(6)]
         h = await (app.group(members) | total.options(queue=qb)).enqueue()
-        await app.drain(queues=[qa, qb, qc])
-        assert await h.result(timeout=5) == [0, 2, 4, 6, 8, 10]
         # a step on b fans out to members on a and c, whose list ends on a
         wf = inc.options(queue=qb).call(1) | app.group([dbl, inc.options(queue=qc)]) | total
-        h = await wf.enqueue()
-        await app.drain(queues=[qa, qb, qc])
-        assert await h.result(timeout=5) == [4, 3]
+        h2 = await wf.enqueue()
         # a group alone, members on two queues: the list in the group's order
         g = await app.group([inc.options(queue=qb).call(1), inc.call(2)]).enqueue()
-        await app.drain(queues=[qa, qb])
+        await app.drain(queues=[qa, qb, qc])
+        assert await h.result(timeout=5) == [0, 2, 4, 6, 8, 10]
+        assert await h2.result(timeout=5) == [4, 3]
         assert await g.result(timeout=5) == [2, 3]
 
 
@@ -144,25 +142,22 @@ async def test_pause_resume_and_cancel_cover_every_queue(
     inc, _, _, _ = _tasks(app)
     async with app:
         h = await (inc.call(1) | inc.options(queue=qb) | inc.options(queue=qc)).enqueue()
-        await app.drain(queues=[qa])  # the first step ran; the second is queued on b
-        assert await h.pause() is TaskStatus.PAUSED
-        assert [s.status for s in await h.steps()][1] is TaskStatus.PAUSED
-        await app.drain(queues=[qb, qc])
-        assert [s.status for s in await h.steps()][1:] == [TaskStatus.PAUSED, TaskStatus.WAITING]
-        assert await h.resume() is TaskStatus.RUNNING
-        await app.drain(queues=[qb, qc])
-        assert await h.result(timeout=5) == 4
-
         c = await (inc.call(1) | inc.options(queue=qb) | inc.options(queue=qc)).enqueue()
-        await app.drain(queues=[qa])
+        await app.drain(queues=[qa])  # the first steps ran; the second ones are queued on b
+        assert await h.pause() is TaskStatus.PAUSED
         assert await c.cancel() is TaskStatus.CANCELLED
-        steps = await c.steps()
-        assert [s.status for s in steps] == [
+        assert [s.status for s in await c.steps()] == [
             TaskStatus.SUCCEEDED,
             TaskStatus.CANCELLED,
             TaskStatus.CANCELLED,
         ]
-        assert await app.drain(queues=[qa, qb, qc]) == 0
+        assert [s.status for s in await h.steps()][1] is TaskStatus.PAUSED
+        assert await app.drain(queues=[qb, qc]) == 0  # held on b, and c's steps cancelled
+        assert [s.status for s in await h.steps()][1:] == [TaskStatus.PAUSED, TaskStatus.WAITING]
+        assert await h.resume() is TaskStatus.RUNNING
+        await app.drain(queues=[qb, qc])
+        assert await h.result(timeout=5) == 4
+        assert await c.status() is TaskStatus.CANCELLED
 
 
 async def test_a_forwarded_entry_delivered_twice_changes_nothing(
