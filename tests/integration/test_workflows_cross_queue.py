@@ -12,6 +12,7 @@ import pytest
 
 from segue import App, Fail, TaskStatus
 from segue._broker import GraphRecord
+from tests.integration.conftest import serving
 
 
 def _queues(queue_name: str) -> tuple[str, str, str]:
@@ -54,6 +55,25 @@ async def test_a_chain_across_three_queues_passes_each_result_on(
         steps = await h.steps()
         assert [(s.queue, s.result) for s in steps] == [(qa, 2), (qb, 4), (qc, 5), (qa, 10)]
         assert (await app.workflow_handle(h.id)).queue == qa
+        # each queue's record of it ended: the main one only once every part told it so
+        broker = await app.broker()
+        for q in (qa, qb, qc):
+            assert await broker.client.pttl(broker.keyspace(q).workflow(h.id)) > 0, q
+
+
+async def test_a_serving_worker_forwards_between_its_queues(
+    make_app: Callable[..., App], queue_name: str
+) -> None:
+    app = make_app()
+    qa, qb, qc = _queues(queue_name)
+    inc, dbl, total, _ = _tasks(app)
+    async with app, serving(app, queues=[qa, qb, qc]):
+        g = app.group([dbl.options(queue=qb), inc.options(queue=qc)])
+        h = await (inc.call(1) | g | total.options(queue=qb) | total).enqueue()
+        assert await h.result(timeout=10) == [4, 3]  # merged on b, last step back on a
+        broker = await app.broker()
+        for q in (qa, qb, qc):
+            assert await broker.outbox(broker.keyspace(q), 10) == []
 
 
 async def test_a_fan_out_on_one_queue_fans_in_on_another(
