@@ -70,8 +70,11 @@ def server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker(app: str, url: str, *, concurrency: int = 32) -> Iterator[subprocess.Popen[bytes]]:
-    """`segue worker <app>` in a subprocess (cwd bench/), stopped with SIGTERM after."""
+def worker(
+    app: str, url: str, *, concurrency: int = 32, queues: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`segue worker <app>` in a subprocess (cwd bench/), stopped with SIGTERM after;
+    `queues`: comma-separated (default: the App's queue)."""
     env = {**os.environ, "BENCH_URL": url, "SEGUE_REDIS_URL": url}
     proc = subprocess.Popen(
         [
@@ -84,6 +87,7 @@ def worker(app: str, url: str, *, concurrency: int = 32) -> Iterator[subprocess.
             str(concurrency),
             "--log-level",
             "warning",
+            *(["--queues", queues] if queues else []),
         ],
         cwd=HERE,
         env=env,
