@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from segue import App, Fail, TaskStatus
+from segue import App, Context, Fail, TaskStatus
 from segue._broker import GraphRecord
 from tests.integration.conftest import serving
 
@@ -106,10 +106,14 @@ async def test_after_waits_for_tasks_of_other_queues(
         x = await inc.enqueue(1)
         y = await inc.options(queue=qb).enqueue(2)
         z = await inc.options(queue=qc, after=[x, y]).enqueue(3)
+        # a workflow step may wait for a task of another queue outside the workflow too
+        w = await (inc.call(10) | inc.options(queue=qc, after=[y])).enqueue()
         await app.drain(queues=[qa, qc])
         assert await z.status() is TaskStatus.WAITING  # y has not run
+        assert [s.status for s in await w.steps()][1] is TaskStatus.WAITING
         await app.drain(queues=[qb, qc])
         assert await z.result(timeout=5) == 4
+        assert await w.result(timeout=5) == 12
         # a dependency that already succeeded counts at once; a missing one fails the task
         now = await inc.options(queue=qc, after=[x]).enqueue(5)
         assert await now.status() is TaskStatus.QUEUED
@@ -234,3 +238,25 @@ async def test_a_step_that_ends_before_a_later_part_exists_is_applied_when_it_do
         assert await h.result(timeout=5) == 5
         step_b = (await h.steps())[1]
         assert not await broker.client.exists(broker.keyspace(qb).key("early", step_b.id))
+
+
+async def test_a_sub_task_on_another_queue_is_still_refused_clearly(
+    make_app: Callable[..., App], queue_name: str
+) -> None:
+    app = make_app()
+    qa, qb, _ = _queues(queue_name)
+
+    @app.task(name="child")
+    async def child() -> None: ...
+
+    @app.task(name="parent", max_tries=1)
+    async def parent(ctx: Context) -> None:
+        await ctx.enqueue(child.options(queue=qb).call())
+
+    async with app:
+        h = await parent.enqueue()
+        await app.drain(queues=[qa])
+        info = await h.info()
+        assert info.status is TaskStatus.FAILED and info.error is not None
+        assert "is a sub-task of a task on queue" in info.error.message
+        assert not any((await app.queue_counts(qb)).values())  # nothing was written there
