@@ -85,7 +85,7 @@ async def watch(
         if need is None:
             pushed = (await broker.run_calls([call], retry=True))[0]
         else:
-            ids = tuple(items[i] for i in range(0, len(items), 4))
+            ids = tuple(items[i + 1] for i in range(0, len(items), 4))  # the waiting tasks
             pushed = (await broker.run_durable([call], need, ids))[0]
         if pushed:
             # delivered now rather than at a worker's next poll; a worker may deliver the
