@@ -156,7 +156,7 @@ def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signatur
     return node
 
 
-def _step_ids(app: App, queue: str, wf_id: str) -> Callable[[Signature[Any]], str]:
+def _step_ids(queue: str, wf_id: str) -> Callable[[Signature[Any]], str]:
     """Step ids: `<workflow id>.<n>` on the workflow's queue, `<queue>:<workflow id>.<n>`
     on another (a step asking for its own queue), so that the id names its queue."""
     counter = iter(range(1, 1 << 62))
@@ -176,7 +176,7 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
     queue = app.queue_for(first)
     wf_id = f"{queue}:wf-{ULID()}"
     steps: list[_Step] = []
-    last, _ = _place(root, [], "", steps, _step_ids(app, queue, wf_id))
+    last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))
     by_id = {s.id: s for s in steps}
     for step in steps:
         sig = step.sig

@@ -15,7 +15,7 @@ def test_a_step_on_another_queue_names_its_queue_and_its_workflow() -> None:
     def t() -> None: ...
 
     wf = "main:wf-01JDX0000000000000000000"
-    new_id = _step_ids(app, "main", wf)
+    new_id = _step_ids("main", wf)
     here, there = new_id(t.call()), new_id(t.options(queue="other").call())
     assert (here, there) == (f"{wf}.1", f"other:{wf}.2")
     assert (queue_of(here), queue_of(there)) == ("main", "other")
