@@ -12,7 +12,7 @@ import pytest
 
 from segue import App, Context, Fail, TaskStatus
 from segue._broker import GraphRecord
-from tests.integration.conftest import serving
+from tests.integration.conftest import eventually, serving
 
 
 def _queues(queue_name: str) -> tuple[str, str, str]:
@@ -71,6 +71,18 @@ async def test_a_serving_worker_forwards_between_its_queues(
         g = app.group([dbl.options(queue=qb), inc.options(queue=qc)])
         h = await (inc.call(1) | g | total.options(queue=qb) | total).enqueue()
         assert await h.result(timeout=10) == [4, 3]  # merged on b, last step back on a
+        # an operator's cancel (no worker finished the step) is forwarded at the next poll
+        later = await (inc.options(delay=60).call(1) | inc.options(queue=qb)).enqueue()
+        first, second = await later.steps()
+        await (await app.task_handle(first.id)).cancel()
+        follower = await app.task_handle(second.id)
+
+        async def second_failed() -> bool:
+            return await follower.status() is TaskStatus.FAILED
+
+        await eventually(second_failed, timeout=5)
+        info = await follower.info()
+        assert info.error is not None and info.error.reason == "dependency_cancelled"
         broker = await app.broker()
         for q in (qa, qb, qc):
             assert await broker.outbox(broker.keyspace(q), 10) == []
