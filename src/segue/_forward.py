@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from segue import _cancel
 from segue._durability import need_for
-from segue._errors import BrokerError, ConfigurationError
+from segue._errors import BrokerError, ConfigurationError, ScriptError
 from segue._keys import queue_of
 
 if TYPE_CHECKING:
@@ -67,9 +67,26 @@ async def forward_queue(broker: Broker, ks: Keyspace) -> int:
             continue
         by_target.setdefault(target, []).append(entry)
     for target, entries in by_target.items():
-        await broker.forward(broker.keyspace(target), entries)
+        try:
+            await broker.forward(broker.keyspace(target), entries)
+        except ScriptError:
+            # the server refused the batch: deliver one by one, so that one entry it cannot
+            # apply is set aside (logged) instead of blocking the outbox for ever
+            entries = [e for e in entries if await _deliver_one(broker, ks, target, e)]
         await broker.outbox_done(ks, entries)  # only once delivered: at least once
     return len(raw)
+
+
+async def _deliver_one(broker: Broker, ks: Keyspace, target: str, entry: bytes) -> bool:
+    try:
+        await broker.forward(broker.keyspace(target), [entry])
+    except ScriptError as exc:
+        log.error(
+            "outbox entry of queue %s dropped, the server refused it (%s): %r", ks.queue, exc, entry
+        )
+        await broker.outbox_done(ks, [entry])
+        return False
+    return True
 
 
 async def watch(

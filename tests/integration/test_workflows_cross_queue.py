@@ -5,6 +5,7 @@ Run on a single server, on the cluster, and on Redis when it is on PATH."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from segue import App, Context, Fail, TaskStatus
 from segue._broker import GraphRecord
+from segue._forward import forward_now
 from tests.integration.conftest import eventually, serving
 
 
@@ -217,6 +219,12 @@ async def test_a_forwarded_entry_delivered_twice_changes_nothing(
         assert await broker.forward(broker.keyspace(qb), entries) == 1
         assert await broker.forward(broker.keyspace(qb), entries) == 0  # the repeat
         await broker.outbox_done(broker.keyspace(qa), entries)
+        # an entry the server cannot apply is set aside, not retried for ever
+        await broker.client.rpush(
+            broker.keyspace(qa).outbox, json.dumps({"k": "d", "d": f"{qb}:x"})
+        )
+        await forward_now(broker, [qa])
+        assert await broker.outbox(broker.keyspace(qa), 10) == []
         handle = await app.task_handle(merge.id)
         assert await handle.status() is TaskStatus.WAITING  # still waits for the member on c
         await app.drain(queues=[qc, qb])
