@@ -119,7 +119,7 @@ async def test_after_waits_for_tasks_of_other_queues(
     async with app:
         x = await inc.enqueue(1)
         y = await inc.options(queue=qb).enqueue(2)
-        z = await inc.options(queue=qc, after=[x, y]).enqueue(3)
+        z = await inc.options(queue=qc, after=[x, y, y.id]).enqueue(3)  # y named twice
         # a workflow step may wait for a task of another queue outside the workflow too
         w = await (inc.call(10) | inc.options(queue=qc, after=[y])).enqueue()
         await app.drain(queues=[qa, qc])

@@ -88,9 +88,11 @@ for i = 0, n - 1 do
         end
       end
       for dep, idx in string.gmatch(xdeps, '(%S+)|(%-?%d+)') do
-        if tonumber(idx) >= 0 then inputs = inputs + 1 end
-        redis.call('HSET', tk, 'x:' .. dep, '0')
-        pending = pending + 1
+        -- one count per dependency: it is resolved once, however often it is named
+        if redis.call('HSETNX', tk, 'x:' .. dep, '0') == 1 then
+          if tonumber(idx) >= 0 then inputs = inputs + 1 end
+          pending = pending + 1
+        end
       end
       if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
       if bad then
