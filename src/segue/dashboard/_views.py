@@ -222,7 +222,7 @@ class Views:
             raise HTTPException(400, str(exc)) from None
 
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshots = await asyncio.gather(*(_metrics.queue_snapshot(self.app, n) for n in names))
+        snapshots = await _metrics.queue_snapshots(self.app, names)
         return [
             {"name": n, "counts": c, "paused": p, "dead": d}
             for n, (c, p, d) in zip(names, snapshots, strict=True)
