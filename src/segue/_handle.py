@@ -123,7 +123,12 @@ class TaskHandle(Generic[R]):
                         )
                     wait = min(wait, left)
                 if fut.done():
+                    # the end was announced while the record was being read: that read may
+                    # predate it, so read again now (watching anew first), instead of
+                    # waiting on a fresh watch for an announcement already spent
+                    broker.unwatch(self.id, fut)
                     fut = await broker.watch_ended(ks, self.id)
+                    continue
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), wait)
                 except TimeoutError:

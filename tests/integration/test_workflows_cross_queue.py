@@ -285,3 +285,18 @@ async def test_a_sub_task_on_another_queue_is_still_refused_clearly(
         assert info.status is TaskStatus.FAILED and info.error is not None
         assert "is a sub-task of a task on queue" in info.error.message
         assert not any((await app.queue_counts(qb)).values())  # nothing was written there
+
+
+async def test_a_workflow_ending_with_a_wide_group_gives_every_result(
+    make_app: Callable[..., App], queue_name: str
+) -> None:
+    app = make_app(concurrency=32)
+    qa, qb, _ = _queues(queue_name)
+    _, dbl, _, _ = _tasks(app)
+    async with app:
+        # more last steps than redis-py's pool has connections (100), on two queues
+        members = [dbl.options(queue=qb).call(i) if i % 2 else dbl.call(i) for i in range(150)]
+        h = await app.group(members).enqueue()
+        await app.drain(queues=[qa, qb])
+        assert await h.result(timeout=10) == [2 * i for i in range(150)]
+        assert await h.status() is TaskStatus.SUCCEEDED
