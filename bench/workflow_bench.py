@@ -3,6 +3,8 @@
     python bench/workflow_bench.py [--steps 1000] [--width 10000]
 
   chain        a chain of N no-op steps, enqueue to result
+  cross chain  the same chain, its steps alternating between two queues (every step a
+               crossing: one outbox entry forwarded to the other queue)
   sequential   N plain no-op tasks, each enqueued after the previous one's result (what a
                chain step replaces)
   independent  N plain no-op tasks enqueued at once, drained at full concurrency
@@ -56,7 +58,7 @@ async def main(steps: int, width: int) -> None:
         os.environ["BENCH_URL"] = url
         mod = importlib.import_module("workflow_bench")
         admin = redis.Redis.from_url(url)
-        with worker("workflow_bench:app", url, concurrency=32):
+        with worker("workflow_bench:app", url, concurrency=32, queues="wf,wf2"):
             async with mod.app:
                 await (await mod.step.enqueue(0)).result(timeout=30)  # warm up
 
@@ -77,6 +79,13 @@ async def main(steps: int, width: int) -> None:
                     wf = mod.step.call(0)
                     for _ in range(steps - 1):
                         wf = wf | mod.step
+                    h = await wf.enqueue()
+                    assert await h.result(timeout=600) == steps
+
+                async def cross_chain() -> None:
+                    wf = mod.step.call(0)
+                    for n in range(steps - 1):
+                        wf = wf | (mod.step.options(queue="wf2") if n % 2 == 0 else mod.step)
                     h = await wf.enqueue()
                     assert await h.result(timeout=600) == steps
 
@@ -104,6 +113,8 @@ async def main(steps: int, width: int) -> None:
                         await h.result(timeout=60)
 
                 c = await measure(f"chain of {steps}", steps, chain)
+                x = await measure(f"cross-queue chain of {steps}", steps, cross_chain)
+                print(f"  a crossing costs {1000 * (x - c) / steps:+.2f} ms vs a step on one queue")
                 s = await measure(f"{steps} sequential tasks", steps, sequential)
                 await measure(f"{steps} independent tasks", steps, independent)
                 print(f"  a chain step costs {1000 * (c - s) / steps:+.2f} ms vs a sequential task")

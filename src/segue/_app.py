@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 from ulid import ULID
 
 from segue import _scheduler
-from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker
+from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker, GraphRecord
 from segue._codec import encode_args
 from segue._cron import parse as parse_cron
 from segue._durability import need_for
@@ -286,7 +286,8 @@ class App:
         if queue is None:
             queue = self.queue_for(sig)
         else:
-            # joining a workflow or a parent: its queue, unless this step names another
+            # a sub-task joins its parent's queue (wait.lua counts its sub-tasks in that
+            # slot); a workflow step comes here with its own queue already chosen
             own = o.get("queue") or d.queue
             if own is not None and own != queue:
                 where = (
@@ -295,8 +296,8 @@ class App:
                     else (f"@app.task(queue={own!r}) on {task.name}")
                 )
                 raise ConfigurationError(
-                    f"{where} asks for queue {own!r}, but it joins work on queue {queue!r}: "
-                    "a workflow's steps and a task's sub-tasks share one queue"
+                    f"{where} asks for queue {own!r}, but it is a sub-task of a task on "
+                    f"queue {queue!r}: a task's sub-tasks share its queue"
                 )
         key = o.get("key")
         if task_id is None:
@@ -366,8 +367,12 @@ class App:
         task_id: str | None,
         deps: list[tuple[str, int]],
         mode: str,
+        xdeps: list[tuple[str, int]] | None = None,
+        xdependants: str = "",
     ) -> list[Any]:
-        """The 13 fields of graph.lua for one task that waits for `deps` (id, input index)."""
+        """The 18 fields of graph.lua for one task that waits for `deps` (id, input index)
+        of its own queue and `xdeps` of other queues; `xdependants` are the tasks of other
+        queues that wait for it ("<id>|<index>|<workflow id>" ...)."""
         _, _, fields = self._fields(sig, task_id, queue)
         fields.extend(
             (
@@ -375,6 +380,8 @@ class App:
                 mode,
                 sig.opts.get("on_failure", "fail"),
                 "1" if sig.opts.get("optional") else "0",
+                " ".join(f"{d}|{i}" for d, i in xdeps or ()),
+                xdependants,
             )
         )
         return fields
@@ -383,7 +390,7 @@ class App:
         self,
         queue: str,
         fields: list[Any],
-        workflow: tuple[str, int, str, str] | None,
+        workflow: GraphRecord | None,
         levels: Collection[str] = (),
     ) -> list[Any]:
         """Create tasks with dependencies in one queue, in order, in ONE script call: split
@@ -427,18 +434,24 @@ class App:
         after = sig.opts.get("after") or []
         queue = self.queue_for(sig)
         deps: list[tuple[str, int]] = []
+        xdeps: list[tuple[str, int]] = []
         for dep in after:
             dep_id = dep if isinstance(dep, str) else dep.id
-            if queue_of(dep_id) != queue:
-                raise ConfigurationError(
-                    f"after=: task {dep_id} is on queue {queue_of(dep_id)!r}, but "
-                    f"{sig.task.name} goes to {queue!r}; dependencies must share one queue"
-                )
-            deps.append((dep_id, -1))
-        fields = self.graph_fields(sig, None, None, deps, "")
+            (deps if queue_of(dep_id) == queue else xdeps).append((dep_id, -1))
+        fields = self.graph_fields(sig, None, None, deps, "", xdeps)
         level = sig.opts.get("durability", self.settings.durability)
         replies = await self.enqueue_graph(queue, fields, None, (level,))
-        return self._handle_for(sig, fields[0], replies[0], fields)
+        handle = self._handle_for(sig, fields[0], replies[0], fields)
+        if xdeps and handle.id == fields[0]:
+            # the task exists (waiting) before its dependencies on other queues learn of
+            # it: a client that stops in between leaves it WAITING, visible, not lost
+            from segue._forward import watch
+
+            watches: dict[str, list[Any]] = {}
+            for dep_id, _ in xdeps:
+                watches.setdefault(queue_of(dep_id), []).extend((dep_id, fields[0], -1, ""))
+            await watch(await self.broker(), self.settings, watches, (level,))
+        return handle
 
     async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         """Enqueue one call (the path of `task.enqueue`, kept short: it is hot)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segue.broker")
 ENQUEUE_FIELDS = 12  # per task, see enqueue.lua
-GRAPH_FIELDS = 16  # per task, see graph.lua
+GRAPH_FIELDS = 18  # per task, see graph.lua
 
 
 def _plain_url(url: str) -> str:
@@ -217,6 +218,21 @@ def _backoff() -> redis.backoff.AbstractBackoff:
     return redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
+@dataclass(frozen=True, slots=True)
+class GraphRecord:
+    """A workflow's record on one queue, created by graph.lua with that queue's steps. The
+    main record lives on the queue of the workflow id; a workflow with steps on other
+    queues has a part record on each, which counts that queue's steps."""
+
+    id: str
+    ttl_ms: int
+    steps: str  # main: every step id in layout order; a part: its queue's steps
+    last: str  # main: the last steps' ids; a part: ''
+    left: int  # ends counted before this record's share of the workflow has ended
+    queues: str = ""  # main: the workflow's other queues
+    part: str = ""  # a part: its queue
+
+
 class Broker:
     """Connections and every server operation of one App."""
 
@@ -243,6 +259,8 @@ class Broker:
         self.control_script = _scripts.load("control")
         self.state_script = _scripts.load("state")
         self.graph_script = _scripts.load("graph")
+        self.forward_script = _scripts.load("forward")
+        self.watch_script = _scripts.load("watch")
         self.wait_script = _scripts.load("wait")
         self.workflow_script = _scripts.load("workflow")
         self.retry_script = _scripts.load("retry")
@@ -658,15 +676,41 @@ class Broker:
         return _text(status)
 
     def graph_call(
-        self, ks: Keyspace, workflow: tuple[str, int, str, str] | None, fields: list[Any]
+        self, ks: Keyspace, workflow: GraphRecord | None, fields: list[Any]
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks with dependencies (16 fields each, see graph.lua), and a workflow
-        record (id, ttl ms, step ids, last step ids) when given."""
-        wf_id, ttl_ms, steps, last = workflow or ("", -1, "", "")
-        count = len(fields) // GRAPH_FIELDS
-        args = [ks.base, ks.done_channel, wf_id, ttl_ms, steps, last, count, self.max_len]
+        """Create tasks with dependencies (18 fields each, see graph.lua), and a workflow's
+        record on this queue when given."""
+        w = workflow or GraphRecord("", -1, "", "", 0)
+        args = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left, w.queues]
+        args.extend((w.part, len(fields) // GRAPH_FIELDS, self.max_len))
         args.extend(fields)
         return (self.graph_script, ks.graph_keys, args)
+
+    def watch_call(
+        self, ks: Keyspace, watches: Sequence[Any]
+    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+        """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each)."""
+        return (self.watch_script, [ks.outbox], [ks.base, *watches])
+
+    async def outbox(self, ks: Keyspace, limit: int) -> list[bytes]:
+        """The oldest entries of a queue's outbox (see _forward.py)."""
+        async with self.errors():
+            entries: list[bytes] = await self.client.lrange(ks.outbox, 0, limit - 1)
+        return entries
+
+    async def forward(self, ks: Keyspace, entries: Sequence[bytes]) -> int:
+        """Deliver outbox entries of other queues to this one (forward.lua); how many
+        changed something. Safe to repeat."""
+        call = (self.forward_script, ks.graph_keys, [ks.base, ks.done_channel, *entries])
+        return int((await self.run_calls([call], retry=True))[0])
+
+    async def outbox_done(self, ks: Keyspace, entries: Sequence[bytes]) -> None:
+        """Remove delivered entries from a queue's outbox (one copy of each)."""
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            for entry in entries:
+                pipe.lrem(ks.outbox, 1, entry)
+            await pipe.execute()
 
     async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
         """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""

@@ -153,6 +153,12 @@ class Keyspace:
         return self.key("events")
 
     @cached_property
+    def outbox(self) -> str:
+        """What this queue's task ends mean for tasks of other queues: JSON entries that
+        workers move to those queues (_forward.py)."""
+        return self.key("outbox")
+
+    @cached_property
     def dead(self) -> str:
         return self.key("dead")
 

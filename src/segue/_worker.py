@@ -26,6 +26,7 @@ from segue._broker import server_unreachable
 from segue._context import PauseRequested, RunControl
 from segue._errors import BrokerError, ServerOutOfMemory
 from segue._faults import faultpoint
+from segue._forward import Forwarder
 from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
@@ -80,6 +81,8 @@ class Worker:
         self._down_since: float | None = None  # when round trips began to fail
         # the queues' reconciler while serving (not in a burst), see _reconcile.py
         self.reconciler: Reconciler | None = None
+        # moves the queues' outbox entries to other queues (_forward.py)
+        self._forwarder: Forwarder | None = None
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +181,8 @@ class Worker:
         heartbeat = Heartbeat(self, broker, self.pid_file)
         # a burst only empties queues; a serving worker also repairs what a restore broke
         self.reconciler = None if burst else Reconciler(broker, self.id, keyspaces, self.app.hooks)
+        # serving, it forwards on its own; a burst forwards from its loop (see _loop)
+        self._forwarder = Forwarder(broker, keyspaces, self.app.settings.poll_seconds)
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
@@ -185,6 +190,8 @@ class Worker:
             await heartbeat.start()
             if self.reconciler is not None:
                 self.reconciler.start()
+            if not burst:
+                self._forwarder.start()
             self.ready.set()
             await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
             await self._shutdown(broker)
@@ -195,6 +202,7 @@ class Worker:
             await heartbeat.stop()
             if self.reconciler is not None:
                 await self.reconciler.stop()
+            await self._forwarder.stop()
             await self._stop_waker(broker, keyspaces, waker)
             with contextlib.suppress(BrokerError):
                 await broker.forget_claims({**self._answered, **self._claim_tokens})
@@ -211,8 +219,12 @@ class Worker:
         self, broker: Broker, keyspaces: list[Keyspace], *, burst: bool, horizon: float
     ) -> None:
         settings = self.app.settings
+        forwarder = self._forwarder
+        assert forwarder is not None
         while not self._stopping:
             self._changed.clear()
+            if burst and forwarder.poked:
+                await self._forward(forwarder)
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
             claim_from = keyspaces[0] if free > 0 else None
@@ -270,6 +282,9 @@ class Worker:
                 and (self._next_due is None or self._next_due > now_ms + horizon * 1000)
                 and not await self._any_retrying(broker, keyspaces)
             ):
+                # idle: what the outboxes still hold may make work here (or elsewhere)
+                if await self._forward(forwarder):
+                    continue
                 return
             wait = settings.poll_seconds
             if self._next_due is not None and now_ms:
@@ -279,6 +294,14 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._changed.wait()
+
+    async def _forward(self, forwarder: Forwarder) -> int:
+        """A burst's pass over its outboxes; how many entries it moved."""
+        try:
+            return await forwarder.run_once()
+        except BrokerError as exc:
+            await self._server_down(exc)
+            return 1
 
     async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
         """The claim script enforces the limits of the tasks this worker's code declares."""
@@ -320,6 +343,8 @@ class Worker:
             faultpoint("after_complete_before_ack")
         for (_, fields), reply in zip(taken, replies, strict=True):
             for i, ok in enumerate(reply):
+                if ok == 2 and self._forwarder is not None:
+                    self._forwarder.poke()  # it left outbox entries for other queues
                 if ok and fields[i * 5 + 2] == "paused":
                     faultpoint("after_pause_ack")
                 if not ok:

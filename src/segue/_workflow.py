@@ -2,14 +2,18 @@
 
 A workflow is compiled into tasks that wait for one another (graph.lua): a chain step waits
 for the step before it and receives its result as its first argument; a step after a group
-waits for every member and receives the list of their results, in order. All steps live in
-one queue, so every transition of the graph is one atomic script in one slot; the workflow
-record (`wf:<id>`) holds the step ids and whether the workflow is paused or cancelled.
+waits for every member and receives the list of their results, in order. Each step lives on
+its queue (its own `queue=`, else the workflow's, the first step's); every transition within
+one queue is one atomic script in that queue's slot, and a dependency that crosses queues is
+carried by the outbox and the forwarder (_forward.py). The workflow record (`wf:<id>`, on
+the workflow's queue) holds the step ids, its other queues, and whether the workflow is
+paused or cancelled; each other queue has a part record of its own steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -18,9 +22,16 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from ulid import ULID
 
-from segue._errors import ConfigurationError, TaskCancelled, TaskFailed, TaskNotFound
+from segue._broker import GraphRecord
+from segue._errors import (
+    ConfigurationError,
+    InvalidTransition,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+)
 from segue._handle import TaskHandle, parse_error, parse_info
-from segue._keys import queue_of
+from segue._keys import check_queue_name, queue_of
 from segue._state import TaskInfo, TaskStatus
 from segue._task import Signature, Task
 
@@ -120,12 +131,12 @@ def _place(
     inputs: list[str],
     mode: str,
     out: list[_Step],
-    new_id: Callable[[], str],
+    new_id: Callable[[Signature[Any]], str],
 ) -> tuple[list[str], str]:
     """Lay `node` out after `inputs`; returns its terminal step ids and the input mode a
     step after it gets ('1' after a single step, 'l' after a group)."""
     if isinstance(node, Signature):
-        sid = new_id()
+        sid = new_id(node)
         deps = [(d, i) for i, d in enumerate(inputs)] if mode else []
         out.append(_Step(node, sid, deps, mode))
         return [sid], "1"
@@ -147,14 +158,28 @@ def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signatur
     return node
 
 
+def _step_ids(queue: str, wf_id: str) -> Callable[[Signature[Any]], str]:
+    """Step ids: `<workflow id>.<n>` on the workflow's queue, `<queue>:<workflow id>.<n>`
+    on another (a step asking for its own queue), so that the id names its queue."""
+    counter = iter(range(1, 1 << 62))
+
+    def new_id(sig: Signature[Any]) -> str:
+        own = sig.opts.get("queue") or sig.task.opts.queue
+        n = next(counter)
+        if own is None or own == queue:
+            return f"{wf_id}.{n}"
+        return f"{check_queue_name(own)}:{wf_id}.{n}"
+
+    return new_id
+
+
 async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowHandle[Any]:
     first = _first_signature(root)
     queue = app.queue_for(first)
     wf_id = f"{queue}:wf-{ULID()}"
-    counter = iter(range(1, 1 << 62))
     steps: list[_Step] = []
-    last, _ = _place(root, [], "", steps, lambda: f"{wf_id}.{next(counter)}")
-    fields: list[Any] = []
+    last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))
+    by_id = {s.id: s for s in steps}
     for step in steps:
         sig = step.sig
         sig.task.check_args((None, *sig.args) if step.mode else sig.args, sig.kwargs)
@@ -165,24 +190,53 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
             )
         # after= on a step: it also waits for those tasks (no value passed on)
         for dep in sig.opts.get("after") or ():
-            dep_id = dep if isinstance(dep, str) else dep.id
-            if queue_of(dep_id) != queue:
-                raise ConfigurationError(
-                    f"after=: task {dep_id} is on queue {queue_of(dep_id)!r}, but the "
-                    f"workflow runs on {queue!r}; dependencies must share one queue"
-                )
-            step.deps.append((dep_id, -1))
-        fields.extend(app.graph_fields(sig, queue, step.id, step.deps, step.mode))
+            step.deps.append((dep if isinstance(dep, str) else dep.id, -1))
+    # a dependency on another queue: a step of this workflow learns of its dependant when
+    # it is created (xdependants); a task outside it is watched once the parts exist
+    xdependants: dict[str, list[str]] = {}
+    watches: dict[str, list[Any]] = {}
+    for step in steps:
+        here = queue_of(step.id)
+        for dep_id, index in step.deps:
+            there = queue_of(dep_id)
+            if there == here:
+                continue
+            if dep_id in by_id:
+                xdependants.setdefault(dep_id, []).append(f"{step.id}|{index}|{wf_id}")
+            else:
+                watches.setdefault(there, []).extend((dep_id, step.id, index, wf_id))
+    fields: dict[str, list[Any]] = {queue: []}  # the workflow's queue first
+    ids: dict[str, list[str]] = {queue: []}
+    for step in steps:
+        here = queue_of(step.id)
+        local = [(d, i) for d, i in step.deps if queue_of(d) == here]
+        cross = [(d, i) for d, i in step.deps if queue_of(d) != here]
+        told = " ".join(xdependants.get(step.id, ()))
+        part = app.graph_fields(step.sig, here, step.id, local, step.mode, cross, told)
+        fields.setdefault(here, []).extend(part)
+        ids.setdefault(here, []).append(step.id)
     ttl = app.settings.result_ttl_seconds
-    record = (
+    ttl_ms = -1 if ttl is None else int(ttl * 1000)
+    others = [q for q in fields if q != queue]
+    levels = {s.sig.opts.get("durability", app.settings.durability) for s in steps}
+    # the main record first: a workflow whose creation stopped half-way is visible (and
+    # can be cancelled); an end forwarded to a part not created yet waits for it (early:)
+    main = GraphRecord(
         wf_id,
-        -1 if ttl is None else int(ttl * 1000),
+        ttl_ms,
         " ".join(s.id for s in steps),
         " ".join(last),
+        len(ids[queue]) + len(others),
+        " ".join(others),
     )
-    levels = {s.sig.opts.get("durability", app.settings.durability) for s in steps}
-    await app.enqueue_graph(queue, fields, record, levels)
-    by_id = {s.id: s for s in steps}
+    await app.enqueue_graph(queue, fields[queue], main, levels)
+    for q in others:
+        record = GraphRecord(wf_id, ttl_ms, " ".join(ids[q]), "", len(ids[q]), part=q)
+        await app.enqueue_graph(q, fields[q], record, levels)
+    if watches:
+        from segue._forward import watch
+
+        await watch(await app.broker(), app.settings, watches, levels)
     decoder = by_id[last[0]].sig.task.result_decoder if len(last) == 1 else None
     return WorkflowHandle(app, wf_id, decoder)
 
@@ -230,15 +284,35 @@ class WorkflowHandle(Generic[R]):
     async def _ids(self, field: bytes) -> list[str]:
         return (await self._record()).get(field, b"").decode().split()
 
+    async def queues(self) -> list[str]:
+        """The queues its steps live on, the workflow's own first."""
+        return [self.queue, *await self._ids(b"queues")]
+
+    async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
+        """The same fields of steps on any queues, in the order of `ids`."""
+        broker = await self._app.broker()
+        by_queue: dict[str, list[int]] = {}
+        for n, step_id in enumerate(ids):
+            by_queue.setdefault(queue_of(step_id), []).append(n)
+        rows: list[list[bytes | None]] = [[] for _ in ids]
+        for queue, positions in by_queue.items():
+            part = [ids[n] for n in positions]
+            for n, row in zip(
+                positions,
+                await broker.task_fields(broker.keyspace(queue), part, fields),
+                strict=True,
+            ):
+                rows[n] = row
+        return rows
+
     async def status(self) -> TaskStatus:
         """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
         (being cancelled) or RUNNING."""
         rec = await self._record()
-        broker = await self._app.broker()
         if rec.get(b"st") == b"cancelled":
             return TaskStatus.CANCELLED
         last = rec.get(b"last", b"").decode().split()
-        rows = await broker.task_fields(broker.keyspace(self.queue), last, ["s", "opt", "e"])
+        rows = await self._fields_of(last, ["s", "opt", "e"])
         states = {_passed(r) for r in rows}
         if states == {TaskStatus.SUCCEEDED}:
             return TaskStatus.SUCCEEDED
@@ -254,11 +328,10 @@ class WorkflowHandle(Generic[R]):
         """Every step, in the order they were laid out, with status and result or error;
         `offset` and `limit` read one page of a large fan-out."""
         broker = await self._app.broker()
-        ks = broker.keyspace(self.queue)
         infos: list[TaskInfo] = []
         ids = await self._ids(b"steps")
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
-            rec = await broker.task_record(ks, step_id)
+            rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
             if rec:
                 infos.append(parse_info(step_id, rec, self._app))
         return infos
@@ -289,9 +362,7 @@ class WorkflowHandle(Generic[R]):
         try:
             return await handle.result(timeout)
         except (TaskFailed, TaskCancelled):
-            broker = await self._app.broker()
-            ks = broker.keyspace(self.queue)
-            [(optional, error)] = await broker.task_fields(ks, [handle.id], ["opt", "e"])
+            [(optional, error)] = await self._fields_of([handle.id], ["opt", "e"])
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
@@ -314,5 +385,18 @@ class WorkflowHandle(Generic[R]):
         return await self.status()
 
     async def _command(self, command: str, reason: str) -> str:
+        """The command on the main record (which answers), then on each other queue's part:
+        one workflow.lua per queue, each idempotent. A part that has ended refuses a pause
+        or a resume, which the workflow as a whole does not."""
         broker = await self._app.broker()
-        return await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
+        state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
+        others = await self._ids(b"queues")
+        for queue in others:
+            with contextlib.suppress(TaskNotFound, InvalidTransition):
+                await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
+        if others:
+            from segue._forward import forward_now
+
+            # what the command ended is told to the other queues now, not at a worker's poll
+            await forward_now(broker, [self.queue, *others])
+        return state

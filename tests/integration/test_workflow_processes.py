@@ -58,7 +58,8 @@ class Workers:
         }
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, concurrency: int = 4) -> subprocess.Popen[bytes]:
+    def start(self, concurrency: int = 4, queues: str | None = None) -> subprocess.Popen[bytes]:
+        """A worker of the test's queue, or of `queues` (comma-separated)."""
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -70,6 +71,7 @@ class Workers:
                 str(concurrency),
                 "--log-level",
                 "warning",
+                *(["--queues", queues] if queues else []),
             ],
             cwd=ROOT,
             env=self.env,

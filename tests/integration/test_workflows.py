@@ -209,18 +209,6 @@ async def test_after_waits_for_dependencies_and_propagates_failure_and_cancel(
         assert info.error is not None and info.error.reason == "dependency_cancelled"
 
 
-async def test_after_on_another_queue_is_refused_clearly(make_app: Callable[..., App]) -> None:
-    app = make_app()
-
-    @app.task(name="a")
-    async def a() -> None: ...
-
-    async with app:
-        h = await a.options(queue="elsewhere").enqueue()
-        with pytest.raises(ConfigurationError, match="dependencies must share one queue"):
-            await a.options(after=[h]).enqueue()
-
-
 async def test_pausing_a_workflow_holds_its_next_steps_until_resumed(
     make_app: Callable[..., App],
 ) -> None:
@@ -503,8 +491,6 @@ async def test_workflow_building_rules(make_app: Callable[..., App]) -> None:
         assert h.queue == "elsewhere"
         await app.drain(queues=["elsewhere"])
         assert await h.result(timeout=5) == [2, 2]
-        with pytest.raises(ConfigurationError, match="share one queue"):
-            await (plain.call(1) | elsewhere_task).enqueue()
         with pytest.raises(InvalidTransition, match="cannot pause workflow"):
             await h.pause(running=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from segue import Settings
-from segue._broker import Broker
+from segue._broker import Broker, GraphRecord
 from segue._scripts import NAMES, load
 
 
@@ -16,6 +16,8 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "finish": broker.finish_call(ks, []),
         "control": broker.control_call(ks, "q:1", "pause", "why"),
         "graph": broker.graph_call(ks, None, []),
+        "forward": (broker.forward_script, ks.graph_keys, []),
+        "watch": broker.watch_call(ks, []),
         "workflow": (broker.workflow_script, ks.control_keys, []),
         "retry": (broker.retry_script, ks.retry_keys, []),
         "purge": (broker.purge_script, ks.purge_keys, []),
@@ -36,6 +38,8 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "control",
         "state",
         "graph",
+        "forward",
+        "watch",
         "wait",
         "workflow",
         "retry",
@@ -57,7 +61,8 @@ def test_every_key_of_a_call_carries_the_queue_tag() -> None:
         broker.claim_call(ks, "w", 1),
         broker.finish_call(ks, []),
         broker.control_call(ks, "q:1", "cancel", "why"),
-        broker.graph_call(ks, ("q:wf-1", -1, "q:wf-1.1", "q:wf-1.1"), []),
+        broker.graph_call(ks, GraphRecord("q:wf-1", -1, "q:wf-1.1", "q:wf-1.1", 1), []),
+        broker.watch_call(ks, []),
     )
     for _, keys, args in calls:
         assert all("{q}" in k for k in keys)

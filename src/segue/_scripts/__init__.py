@@ -131,6 +131,8 @@ NAMES = (
     "control",
     "state",
     "graph",
+    "forward",
+    "watch",
     "wait",
     "workflow",
     "retry",

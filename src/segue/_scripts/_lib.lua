@@ -1,7 +1,8 @@
 -- Shared helpers, prepended to every script at load time (see __init__.py).
--- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>) and per-task-name keys
--- (uniq:<name>:<key>, bucket:<name>, running:<name>) are built here from the key prefix
--- passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's hash tag and slot.
+-- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
+-- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built here
+-- from the key prefix passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's
+-- hash tag and slot.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -119,11 +120,37 @@ local function leave_running(base, tk, id)
   end
 end
 
+-- Cross-queue coordination (see _forward.py). A script never touches another queue's slot:
+-- what a task's end means for tasks of other queues goes to this queue's outbox, a list of
+-- JSON entries, in the same atomic step; workers move each entry to its queue with
+-- forward.lua. Entries: { k='d': dependency `s` of task `d` (input index `i`, workflow `w`)
+-- ended `st`, passed `p` (1/0), result `r`, root cause `m`, its workflow cancelling `c` }
+-- and { k='p': the part on queue `q` of workflow `w` has no unfinished step left }.
+local function outbox_push(Q, entry)
+  redis.call('RPUSH', Q.base .. 'outbox', cjson.encode(entry))
+  Q.outboxed = true
+end
+
+-- A step of workflow `wf` ended in this queue: count it in this queue's record of the
+-- workflow. A record that counted its last one starts its ttl; a part (the record of a
+-- queue other than the workflow's own) then tells the main record, which counts parts too.
+local function count_ended(Q, wf, at)
+  local wk = Q.base .. 'wf:' .. wf
+  if redis.call('HINCRBY', wk, 'left', -1) <= 0 then
+    redis.call('HSET', wk, 'et', at)
+    local f = redis.call('HMGET', wk, 'ttl', 'part')
+    local wttl = tonumber(f[1] or '-1')
+    if wttl >= 0 then redis.call('PEXPIRE', wk, math.max(wttl, 1)) end
+    if f[2] then outbox_push(Q, { k = 'p', w = wf, q = f[2] }) end
+  end
+end
+
 -- Final transition of one task: store the outcome, index it until the record expires, tell
 -- waiters, count it in its workflow. Returns what dependants need: its result, whether it
--- counts as passed (succeeded, or an optional step), its name.
+-- counts as passed (succeeded, or an optional step), its name, its dependants on other
+-- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd')
   local ttl = tonumber(f[1] or '-1')
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
@@ -146,25 +173,29 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   redis.call('SPUBLISH', Q.channel, id)
   emit(Q, 'task.' .. status, id, f[5])
-  if f[4] then
-    local wk = Q.base .. 'wf:' .. f[4]
-    if redis.call('HINCRBY', wk, 'left', -1) <= 0 then
-      redis.call('HSET', wk, 'et', at)
-      local wttl = tonumber(redis.call('HGET', wk, 'ttl') or '-1')
-      if wttl >= 0 then redis.call('PEXPIRE', wk, math.max(wttl, 1)) end
-    end
-  end
+  if f[4] then count_ended(Q, f[4], at) end
   local result = nil
   if status == 'succeeded' then result = value end
-  return result, status == 'succeeded' or f[3] == '1', f[5] or '?'
+  return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
+end
+
+-- A task that ended has dependants on other queues: one outbox entry for each.
+local function push_cross(Q, xd, sid, wf, status, passed, result, root)
+  local cancelling = workflow_status(Q, wf) == 'cancelled' and 1 or 0
+  for did, idx, dwf in string.gmatch(xd, '(%S+)|(%-?%d+)|(%S+)') do
+    outbox_push(Q, { k = 'd', d = did, i = idx, w = dwf == '-' and '' or dwf, s = sid,
+      st = status, p = passed and 1 or 0, r = result, m = root, c = cancelling })
+  end
 end
 
 -- End a task and carry the consequence to every task waiting on it, transitively: a
 -- dependant whose last dependency passed becomes ready; one whose dependency did not pass
 -- fails (on_failure=fail) or is cancelled (on_failure=cancel, or its workflow cancelled).
--- A sub-task's parent (kind 'w') is woken whatever the outcome.
-local function finalize(Q, tk, id, status, at, field, value, reason)
-  local work = { { tk, id, status, field, value, reason, nil } }
+-- A sub-task's parent (kind 'w') is woken whatever the outcome. Dependants on other queues
+-- get an outbox entry. `root` (optional): the task that first ended, named in the errors of
+-- dependants (default: this task).
+local function finalize(Q, tk, id, status, at, field, value, reason, root)
+  local work = { { tk, id, status, field, value, reason, root } }
   local k = 1
   while k <= #work do
     local w = work[k]
@@ -172,7 +203,7 @@ local function finalize(Q, tk, id, status, at, field, value, reason)
     local wid, wst = w[2], w[3]
     local nk = Q.base .. 'next:' .. wid
     local entries = redis.call('LRANGE', nk, 0, -1)
-    local result, passed, name = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
+    local result, passed, name, xd, wf = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
     if #entries > 0 then redis.call('DEL', nk) end
     local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)
     for _, e in ipairs(entries) do
@@ -197,7 +228,39 @@ local function finalize(Q, tk, id, status, at, field, value, reason)
         end
       end
     end
+    if xd then push_cross(Q, xd, wid, wf, wst, passed, result, root) end
   end
+end
+
+-- A dependency on another queue ended (outbox entry `e`, delivered by forward.lua, or
+-- parked and applied by graph.lua): count it, once. The task's 'x:<dependency>' field is
+-- '0' while that dependency is pending; any other value (resolved, or not a dependency of
+-- this task) makes a delivery change nothing.
+local function resolve_cross(Q, id, e, now)
+  local tk = Q.base .. 'task:' .. id
+  local mark = 'x:' .. e.s
+  local f = redis.call('HMGET', tk, 's', mark, 'of', 'wf')
+  if f[2] ~= '0' then return false end
+  redis.call('HSET', tk, mark, '1')
+  if f[1] ~= 'waiting' then return true end
+  if e.p == 1 then
+    local idx = tonumber(e.i)
+    if idx >= 0 then redis.call('HSET', tk, 'i:' .. idx, e.r or 'null') end
+    if redis.call('HINCRBY', tk, 'wait', -1) <= 0 then
+      assemble_input(tk)
+      make_ready(Q, tk, id, now)
+    end
+  else
+    local cancel = f[3] == 'cancel' or e.c == 1 or workflow_status(Q, f[4]) == 'cancelled'
+    local msg, reason, root = e.m, 'dependency_missing', nil
+    if e.st ~= 'missing' then
+      msg, reason, root = 'dependency ' .. e.m, 'dependency_' .. e.st, e.m
+    end
+    local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
+      message = msg, reason = reason })
+    finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, msg, root)
+  end
+  return true
 end
 
 local function cancel_error(reason)

@@ -15,8 +15,9 @@
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
-  Returns: one integer per outcome: 1 applied, 0 rejected (the lease was lost: another
-  worker holds the task, or it already ended). A rejected writer must drop the task. ]]
+  Returns: one integer per outcome: 1 applied, 2 applied and it left outbox entries for
+  other queues (the worker's forwarder moves them now), 0 rejected (the lease was lost:
+  another worker holds the task, or it already ended). A rejected writer must drop it. ]]
 local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[5])
@@ -46,6 +47,7 @@ for i = 0, n - 1 do
   local id, gen, action = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local tk = prefix .. 'task:' .. id
   local f = redis.call('HMGET', tk, 's', 'g')
+  Q.outboxed = false
   if f[1] ~= 'running' or f[2] ~= gen then
     out[i + 1] = 0
   else
@@ -118,6 +120,7 @@ for i = 0, n - 1 do
         schedule(tk, id, 'scheduled', now + 1000 * rel, 'unknown task name, released')
       end
     end
+    if Q.outboxed then out[i + 1] = 2 end
   end
 end
 if ARGV[4] ~= '1' then wake_if_needed(Q) end

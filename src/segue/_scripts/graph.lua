@@ -3,17 +3,29 @@
   KEYS[5] wake list   KEYS[6..9] done zsets: succeeded, failed, cancelled, expired
   KEYS[10] paused zset   KEYS[11] waiting zset   KEYS[12] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel
-  ARGV[3] workflow id ('' for none; its record wf:<id> is created once, with the tasks)
-  ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated
-  ARGV[6] ids of the last steps (the workflow's result), space-separated
-  ARGV[7] count of tasks   ARGV[8] most tasks waiting to run in the queue (0 = no limit;
+  ARGV[3] workflow id ('' for none; this queue's record wf:<id> is created once, with the
+    tasks: a workflow whose steps live on several queues has one record on each)
+  ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated (the
+    main record: every step, in layout order; a part: the steps of this queue)
+  ARGV[6] ids of the last steps (the workflow's result), space-separated ('' in a part)
+  ARGV[7] how many ends the record counts before the workflow's part here has ended: its
+    steps on this queue, plus (main record) one per other queue of the workflow
+  ARGV[8] the workflow's other queues, space-separated (main record; '' none)
+  ARGV[9] this queue's name when the record is a part ('' for the main record, which lives
+    on the queue of the workflow id)
+  ARGV[10] count of tasks   ARGV[11] most tasks waiting to run in the queue (0 = no limit;
     see enqueue.lua: the whole call, workflow record included, is refused or written)
-  then 16 fields per task: the 12 of enqueue.lua, then
+  then 18 fields per task: the 12 of enqueue.lua, then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
+    xdeps: dependencies on other queues, "<id>|<input index>" ...: pending until an outbox
+      entry resolves them (forward.lua); one that arrived before this task existed waits in
+      early:<id> and is applied here
+    xdependants: tasks of other queues waiting for this one, "<id>|<input index>|<workflow
+      id or ->" ...: told through the outbox when this one ends
   Tasks come in dependency order. A dependency that already ended counts at once; one
-  whose record is gone fails the dependant. Every dependency lives in this queue's slot.
+  whose record is gone fails the dependant. `deps` live in this queue's slot.
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key. ]]
 local prefix = ARGV[1]
@@ -22,25 +34,25 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6
   KEYS[8], KEYS[9], KEYS[10], ARGV[2])
 Q.waiting = KEYS[11]
 Q.events = KEYS[12]
-local n = tonumber(ARGV[7])
-local full = queue_full(prefix, tonumber(ARGV[8]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[10], KEYS[11] }, 9, n, 16)
+local n = tonumber(ARGV[10])
+local full = queue_full(prefix, tonumber(ARGV[11]), { KEYS[1], KEYS[2], KEYS[3] },
+  { KEYS[4], KEYS[10], KEYS[11] }, 12, n, 18)
 if full then return redis.error_reply(full) end
 local wf = ARGV[3]
 if wf ~= '' then
   local wk = prefix .. 'wf:' .. wf
   if redis.call('EXISTS', wk) == 0 then
-    local steps = ARGV[5]
-    local count = select(2, string.gsub(steps, '%S+', ''))
-    redis.call('HSET', wk, 'st', 'running', 'steps', steps, 'last', ARGV[6], 'left', count,
-      'ttl', ARGV[4], 'ce', now)
+    redis.call('HSET', wk, 'st', 'running', 'steps', ARGV[5], 'last', ARGV[6], 'left',
+      ARGV[7], 'ttl', ARGV[4], 'ce', now)
+    if ARGV[8] ~= '' then redis.call('HSET', wk, 'queues', ARGV[8]) end
+    if ARGV[9] ~= '' then redis.call('HSET', wk, 'part', ARGV[9]) end
   end
 end
 local out = {}
 for i = 0, n - 1 do
-  local b = 9 + i * 16
-  local id, deps, mode = ARGV[b], ARGV[b + 12], ARGV[b + 13]
-  local tk, status, due, holder = new_task(prefix, b, now, deps ~= '')
+  local b = 12 + i * 18
+  local id, deps, mode, xdeps = ARGV[b], ARGV[b + 12], ARGV[b + 13], ARGV[b + 16]
+  local tk, status, due, holder = new_task(prefix, b, now, deps ~= '' or xdeps ~= '')
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -50,6 +62,7 @@ for i = 0, n - 1 do
     emit(Q, 'task.enqueued', id, ARGV[b + 1])
     redis.call('HSET', tk, 'of', ARGV[b + 14], 'opt', ARGV[b + 15])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
+    if ARGV[b + 17] ~= '' then redis.call('HSET', tk, 'xd', ARGV[b + 17]) end
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then
@@ -79,6 +92,13 @@ for i = 0, n - 1 do
           pending = pending + 1
         end
       end
+      for dep, idx in string.gmatch(xdeps, '(%S+)|(%-?%d+)') do
+        -- one count per dependency: it is resolved once, however often it is named
+        if redis.call('HSETNX', tk, 'x:' .. dep, '0') == 1 then
+          if tonumber(idx) >= 0 then inputs = inputs + 1 end
+          pending = pending + 1
+        end
+      end
       if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
       if bad then
         local cancel = ARGV[b + 14] == 'cancel'
@@ -91,6 +111,14 @@ for i = 0, n - 1 do
       else
         redis.call('HSET', tk, 'wait', pending)
         redis.call('ZADD', KEYS[11], now, id)
+      end
+      if xdeps ~= '' then
+        local ek = prefix .. 'early:' .. id
+        local early = redis.call('HGETALL', ek)
+        if #early > 0 then
+          redis.call('DEL', ek)
+          for j = 2, #early, 2 do resolve_cross(Q, id, cjson.decode(early[j]), now) end
+        end
       end
     end
   end

@@ -56,6 +56,22 @@ async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int
     return counts, paused, dead
 
 
+# Queues read at once: each read takes a few pooled connections, and redis-py's pool
+# refuses more than 100 ("Too many connections"), which a server with many queues exceeded.
+_READ_AT_ONCE = 16
+
+
+async def queue_snapshots(app: App, names: list[str]) -> list[tuple[dict[str, int], bool, int]]:
+    """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
+    gate = asyncio.Semaphore(_READ_AT_ONCE)
+
+    async def one(name: str) -> tuple[dict[str, int], bool, int]:
+        async with gate:
+            return await queue_snapshot(app, name)
+
+    return list(await asyncio.gather(*(one(n) for n in names)))
+
+
 async def render(app: App) -> bytes:
     up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
     tasks = GaugeMetricFamily(
@@ -70,7 +86,7 @@ async def render(app: App) -> bytes:
     families: list[Metric] = [up]
     try:
         names = await app.queues()
-        snapshots = await asyncio.gather(*(queue_snapshot(app, n) for n in names))
+        snapshots = await queue_snapshots(app, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
         up.add_metric([], 0)

@@ -66,10 +66,18 @@ def task_actions(status: TaskStatus) -> list[str]:
 
 
 def workflow_id_of(task_id: str) -> str | None:
-    """The workflow a step belongs to: step ids are `<queue>:wf-<ulid>.<n>`."""
+    """The workflow a step belongs to: step ids are `<queue>:wf-<ulid>.<n>`, or
+    `<its queue>:<workflow id>.<n>` for a step on another queue than the workflow's."""
     head, dot, n = task_id.rpartition(".")
+    if not dot or not n.isdigit():
+        return None
     rest = head.partition(":")[2]
-    return head if dot and n.isdigit() and rest.startswith("wf-") and "." not in rest else None
+    if rest.startswith("wf-") and "." not in rest:
+        return head
+    inner = rest.partition(":")[2]
+    if not rest.startswith("k:") and inner.startswith("wf-") and "." not in inner:
+        return rest
+    return None
 
 
 def parent_id_of(task_id: str) -> str | None:
@@ -214,7 +222,7 @@ class Views:
             raise HTTPException(400, str(exc)) from None
 
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshots = await asyncio.gather(*(_metrics.queue_snapshot(self.app, n) for n in names))
+        snapshots = await _metrics.queue_snapshots(self.app, names)
         return [
             {"name": n, "counts": c, "paused": p, "dead": d}
             for n, (c, p, d) in zip(names, snapshots, strict=True)
