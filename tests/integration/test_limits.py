@@ -94,9 +94,15 @@ async def test_the_unique_lock_holds_through_a_requeue_after_worker_loss(
         await broker.run_calls([broker.claim_call(ks, "dead-worker", 1)])
         assert await h.status() is TaskStatus.RUNNING
         assert (await exclusive.enqueue()).id == h.id
-        await asyncio.sleep(0.6)
-        await broker.run_calls([broker.claim_call(ks, "reaper", 0)])  # recovers it: queued
-        assert await h.status() is TaskStatus.QUEUED
+
+        # an idle worker's claims (of nothing) recover it once its lease ran out: queued
+        # (they keep the queue seen; a queue nobody touched for half a lease gives its
+        # leases time back, as after a server stall)
+        async def recovered() -> bool:
+            await broker.run_calls([broker.claim_call(ks, "reaper", 0)])
+            return await h.status() is TaskStatus.QUEUED
+
+        await eventually(recovered, timeout=5, interval=0.05)
         assert (await exclusive.enqueue()).id == h.id
 
 
