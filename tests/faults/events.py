@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from segue import _cancel
 from segue._keys import Keyspace
 
 
@@ -43,7 +44,9 @@ class EventTally:
         while True:
             with contextlib.suppress(redis.ConnectionError):
                 await self.read()
-            await asyncio.sleep(interval)
+            # redis-py can swallow the cancel of a call cut by CLIENT KILL (Python 3.11's
+            # wait_for): this sleep raises it instead of following on for ever
+            await _cancel.sleep(interval)
 
     async def __aenter__(self) -> EventTally:
         self._task = asyncio.create_task(self._follow(0.2))
