@@ -695,7 +695,9 @@ class Broker:
     async def outbox(self, ks: Keyspace, limit: int) -> list[bytes]:
         """The oldest entries of a queue's outbox (see _forward.py)."""
         async with self.errors():
-            entries: list[bytes] = await self.client.lrange(ks.outbox, 0, limit - 1)
+            entries: list[bytes] = await _scripts.while_migrating(
+                lambda: self.client.lrange(ks.outbox, 0, limit - 1)
+            )
         return entries
 
     async def forward(self, ks: Keyspace, entries: Sequence[bytes]) -> int:
@@ -706,11 +708,15 @@ class Broker:
 
     async def outbox_done(self, ks: Keyspace, entries: Sequence[bytes]) -> None:
         """Remove delivered entries from a queue's outbox (one copy of each)."""
-        async with self.errors():
+
+        async def remove() -> None:
             pipe = self.client.pipeline(transaction=False)
             for entry in entries:
                 pipe.lrem(ks.outbox, 1, entry)
             await pipe.execute()
+
+        async with self.errors():
+            await _scripts.while_migrating(remove)
 
     async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
         """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""

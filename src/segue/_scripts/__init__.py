@@ -14,10 +14,14 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ClusterError, NoScriptError
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
 _KEYS_RE = re.compile(r"KEYS\[(\d+)(?:\.\.(\d+))?\]")
 
 # While a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN,
@@ -31,6 +35,20 @@ def _not_run(exc: ClusterError) -> bool:
     return "TTL exhausted" in str(exc)
 
 
+async def while_migrating(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, sent again while a cluster's slot migration makes redis-py give it up."""
+    deadline = time.monotonic() + MIGRATION_PATIENCE
+    pause = 0.05
+    while True:
+        try:
+            return await call()
+        except ClusterError as exc:
+            if not _not_run(exc) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(0.5, pause * 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     """One atomic server-side operation."""
@@ -41,16 +59,7 @@ class Script:
     numkeys: int
 
     async def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        deadline = time.monotonic() + MIGRATION_PATIENCE
-        pause = 0.05
-        while True:
-            try:
-                return await self._run_once(client, keys, args)
-            except ClusterError as exc:
-                if not _not_run(exc) or time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(0.5, pause * 2)
+        return await while_migrating(lambda: self._run_once(client, keys, args))
 
     async def _run_once(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         try:
