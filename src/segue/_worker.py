@@ -317,6 +317,8 @@ class Worker:
             faultpoint("after_complete_before_ack")
         for (_, fields), reply in zip(taken, replies, strict=True):
             for i, ok in enumerate(reply):
+                if self._lease is not None:
+                    self._lease.drop(fields[i * 5], fields[i * 5 + 1])
                 if ok and fields[i * 5 + 2] == "paused":
                     faultpoint("after_pause_ack")
                 if not ok:
@@ -396,11 +398,14 @@ class Worker:
             timer = self._grace_timers.pop(job.id, None)
             if timer is not None:
                 timer.cancel()
-            if self._lease is not None:
-                self._lease.drop(job.id)
         if outcome is not None and not job.lost:
             action, a, b = outcome
             self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
+            # the lease is renewed until the outcome is on the server (_check_finished):
+            # another task may block the loop before the next flush, and a lease lapsed
+            # meanwhile would discard this outcome and run the task again
+        elif self._lease is not None:
+            self._lease.drop(job.id, job.gen)
         self._finished += 1
         self._changed.set()
 
