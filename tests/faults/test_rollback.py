@@ -147,7 +147,7 @@ async def test_a_server_restored_from_an_older_copy_is_detected_and_nothing_is_s
                     await asyncio.sleep(gap)
                 assert history.counts() == {"ok": n, "fail": 0, "ambiguous": 0}
                 await asyncio.sleep(fault_rng.uniform(0.3, 0.8))
-                before_t = {op.task_id for op in history.ops if op.completed < t_copy}
+                before_t = {o.task_id for o in history.ops if (o.completed or 0) < t_copy}
                 after_t = set(history.ids("ok")) - before_t
                 done_before_kill = set((await Ledger(fault_ledger, queue_name).read()).effects)
 
