@@ -63,7 +63,7 @@ async def test_tasks_blocking_the_loop_past_the_lease_are_not_reclaimed(
                 await (await client_app.task_handle(i)).result(timeout=5)
                 for i in sorted(history.ids("ok"))
             ]
-        logs = "".join(fleet.log(s) for s in fleet.slots)
+        logs = " ".join("".join(fleet.log(s) for s in fleet.slots).split())  # unwrapped
 
     fault_report.add(
         n=n,
