@@ -8,6 +8,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from segue import App
 from tests._support import Engine
 from tests.apps import faults
@@ -120,7 +122,9 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
     assert stats.bytes_up > 0  # the delayed workers did go through the proxy
 
 
+@pytest.mark.parametrize("heal", ["reset", "late"])
 async def test_a_partitioned_worker_is_fenced_and_its_tasks_taken_over(
+    heal: str,
     segue_valkey: Engine,
     fault_ledger: LedgerServer,
     client_app: App,
@@ -131,11 +135,14 @@ async def test_a_partitioned_worker_is_fenced_and_its_tasks_taken_over(
     fault_report: Report,
     tmp_path: Path,
 ) -> None:
-    """N3: a worker running tasks of 3 s is cut off (its connections blackholed: open but
-    silent) for 3 leases, then healed (its connections reset). Another worker takes its
-    tasks once their leases lapse; every result is the new holder's (the cut-off worker's
-    late completions are refused by the lease generation); each task succeeds once; and
-    the healed worker serves the queue again."""
+    """N3: a worker running tasks of 3 s is cut off for 3 leases, then healed. `reset`: its
+    connections are blackholed (open, silent), and reset when the partition ends, as when
+    it outlives TCP's retransmissions or a middlebox dropped their state. `late`: what it
+    sends is held and delivered 3 leases late, as TCP retransmits it after a partition, so
+    its renewals and outcomes reach the server after another worker took its tasks.
+    Another worker takes its tasks once their leases lapse; every result is the new
+    holder's (the cut-off worker's late completions are refused by the lease generation);
+    each task succeeds once; and the healed worker serves the queue again."""
     lease = 1.0
     n = fault_scale.pick(4, 50)
     task_ms = 3000
@@ -168,17 +175,19 @@ async def test_a_partitioned_worker_is_fenced_and_its_tasks_taken_over(
                     assert time.monotonic() < deadline, "the worker did not start every task"
                     await asyncio.sleep(0.02)
                 await asyncio.sleep(fault_rng.uniform(0.0, 0.5))
-                proxy.blackhole()
+                if heal == "reset":
+                    proxy.blackhole()
+                else:
+                    proxy.delay(3 * lease * 1000)
                 cut_at = time.time()
                 other = other_fleet.start(n)
                 await other_fleet.ready()
                 await asyncio.sleep(max(0.0, cut_at + 3 * lease - time.time()))
-                # the partition ends with its connections gone (as when it outlives TCP's
-                # retransmissions, or a middlebox dropped their state): a blackhole has
-                # swallowed bytes mid-stream, which TCP itself never does, so those
-                # connections cannot carry on
-                proxy.reset(refuse_new=True)
-                proxy.heal()
+                if heal == "reset":
+                    # a blackhole swallowed bytes mid-stream, which TCP itself never does:
+                    # those connections cannot carry on
+                    proxy.reset(refuse_new=True)
+                proxy.heal()  # (held bytes still arrive, in order, when they are due)
                 healed = time.time()
                 await drained(client_app, queue_name, n, timeout=60)
                 results = [
@@ -213,6 +222,7 @@ async def test_a_partitioned_worker_is_fenced_and_its_tasks_taken_over(
     rejected = log.count("discarded: this worker no longer holds its lease")
     fault_report.add(
         n=n,
+        heal=heal,
         lease_s=lease,
         task_s=task_ms / 1000,
         stale_writes_rejected=rejected,
