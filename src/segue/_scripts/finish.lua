@@ -15,8 +15,10 @@
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
-  Returns: one integer per outcome: 1 applied, 0 rejected (the lease was lost: another
-  worker holds the task, or it already ended). A rejected writer must drop the task. ]]
+  Returns: one integer per outcome: 1 applied, 2 already applied (a success sent again
+  after the reply to its first sending was lost with the connection: the record succeeded
+  under this very generation), 0 rejected (the lease was lost: another worker holds the
+  task, or it already ended). A rejected writer must drop the task. ]]
 local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[5])
@@ -47,7 +49,8 @@ for i = 0, n - 1 do
   local tk = prefix .. 'task:' .. id
   local f = redis.call('HMGET', tk, 's', 'g')
   if f[1] ~= 'running' or f[2] ~= gen then
-    out[i + 1] = 0
+    -- only this generation's run can have made it succeed under this generation
+    out[i + 1] = (action == 'ok' and f[1] == 'succeeded' and f[2] == gen) and 2 or 0
   else
     out[i + 1] = 1
     redis.call('ZREM', KEYS[5], id)
