@@ -4,9 +4,12 @@ worker connection, N3 one worker cut off (a silent partition) for longer than it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,13 +33,22 @@ async def _drain(
     queue: str,
     durations: list[int],
     admin_url: str,
+    chaos: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> tuple[float, Verdict]:
-    """Enqueue the tasks with the fleet ready and wait for the drain: (tasks/s, verdict)."""
+    """Enqueue the tasks with the fleet ready and wait for the drain, running `chaos`
+    meanwhile: (tasks/s, verdict)."""
     await fleet.ready(timeout=60)
     history = History(app, queue)
     began = time.time()
     await history.enqueue_many([(faults.sleep.call(ms), str(k)) for k, ms in enumerate(durations)])
-    done = await drained(app, queue, len(durations), timeout=120)
+    faulting = asyncio.create_task(chaos()) if chaos is not None else None
+    try:
+        done = await drained(app, queue, len(durations), timeout=120)
+    finally:
+        if faulting is not None:
+            faulting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await faulting
     verdict = await check(
         history=history,
         effects=await Ledger(ledger, queue).read(),
@@ -59,13 +71,22 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
 ) -> None:
     """N1: the same tasks drained by two workers, directly and then with 50 ± 20 ms added to
     each direction of every worker connection (a round trip of 60-140 ms, under a third of
-    the 2 s lease): no lease lapses, nothing is lost or run twice; the throughput against
-    the direct run is reported."""
+    the 2 s lease) and every connection reset a few times at seeded moments: no lease
+    lapses, nothing is lost or run twice; the throughput against the direct run is
+    reported."""
     n = fault_scale.pick(300, 10_000)
     lease = 2.0
     durations = [fault_rng.randrange(0, 21) for _ in range(n)]
     concurrency = 16
+    gaps = [fault_rng.uniform(0.2, 0.6) for _ in range(fault_scale.pick(3, 40))]
+    resets: list[int] = []
     with FaultProxy.for_url(segue_valkey.admin_url, seed=fault_seed) as proxy:
+
+        async def reset_now_and_then() -> None:
+            for gap in gaps:
+                await asyncio.sleep(gap)  # the schedule's next fault
+                resets.append(await asyncio.to_thread(proxy.reset))
+
         proxy.delay(50, jitter_ms=20)
         async with client_app:
             direct = f"{queue_name}d"
@@ -93,7 +114,13 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
                 fleet.start(concurrency)
                 fleet.start(concurrency)
                 rate, verdict = await _drain(
-                    client_app, fleet, fault_ledger, queue_name, durations, segue_valkey.admin_url
+                    client_app,
+                    fleet,
+                    fault_ledger,
+                    queue_name,
+                    durations,
+                    segue_valkey.admin_url,
+                    reset_now_and_then,
                 )
                 # the console log wraps lines: compare words
                 logs = " ".join("".join(fleet.log(s) for s in fleet.slots).split())
@@ -110,6 +137,8 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
         throughput_per_s=round(rate, 1),
         rate_ratio=round(rate / base_rate, 3),
         false_lease_expiries=verdict.lease_losses,
+        reset_rounds=len(resets),
+        connections_reset=sum(resets),
         proxy_bytes_up=stats.bytes_up,
         **verdict.figures(),
     )
@@ -120,6 +149,7 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
         assert v.dup_exec == 0
     assert "no longer holds its lease" not in logs
     assert stats.bytes_up > 0  # the delayed workers did go through the proxy
+    assert sum(resets) > 0, "no reset hit a connection"
 
 
 @pytest.mark.parametrize("heal", ["reset", "late"])
