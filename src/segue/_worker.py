@@ -225,7 +225,13 @@ class Worker:
             n_finish = len(calls)
             if claim_from is not None:
                 calls.append(
-                    broker.claim_call(claim_from, self.id, free, *self._tokens(claim_from))
+                    broker.claim_call(
+                        claim_from,
+                        self.id,
+                        free,
+                        *self._tokens(claim_from),
+                        holds_last=self._holds_last(),
+                    )
                 )
             try:
                 replies = await broker.run_calls(calls)
@@ -246,7 +252,9 @@ class Worker:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
-                    call = broker.claim_call(ks, self.id, free, *self._tokens(ks))
+                    call = broker.claim_call(
+                        ks, self.id, free, *self._tokens(ks), holds_last=self._holds_last()
+                    )
                     try:
                         reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
@@ -328,6 +336,10 @@ class Worker:
                         fields[i * 5],
                     )
 
+    def _holds_last(self) -> bool:
+        """Whether a task on its last delivery runs here (claim.lua gives no second one)."""
+        return any(job.last_delivery for job in self._running.values())
+
     def _tokens(self, ks: Keyspace) -> tuple[str, str]:
         """This claim's token (the unanswered one, if any) and the last answered one."""
         token = self._claim_tokens.get(ks)
@@ -346,7 +358,8 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for raw in jobs:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            lost = int(lost or 0)
             job = Job(
                 ks=ks,
                 id=task_id.decode(),
@@ -359,6 +372,7 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
                 headers=headers or None,
+                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             earlier = self._running.get(job.id)
