@@ -118,7 +118,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Poison crash loop",
         "dead-lettered after `max_deliveries` (3)",
-        (Source("poison_attempts", label="attempts"),),
+        (
+            Source("poison_attempts", label="attempts"),
+            Source("companions_failed", label="tasks claimed with it, failed with it"),
+        ),
     ),
     Row(
         "Pause-ack / cancel latency p99",
