@@ -205,6 +205,8 @@ def _rank(value: Any) -> float:
 
 
 def _show(value: Any, source: Source, among: int, report: dict[str, Any]) -> str:
+    if isinstance(value, float):
+        value = round(value, 1)
     text = json.dumps(value) if isinstance(value, dict | list) else str(value)
     if source.unit:
         text += ("" if source.unit.startswith("/") else " ") + source.unit
