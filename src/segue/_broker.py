@@ -377,11 +377,19 @@ class Broker:
     # --- worker cycle --------------------------------------------------------------------
 
     def claim_call(
-        self, ks: Keyspace, worker_id: str, want: int, token: str = "", answered: str = ""
+        self,
+        ks: Keyspace,
+        worker_id: str,
+        want: int,
+        token: str = "",
+        answered: str = "",
+        *,
+        holds_last: bool = False,
     ) -> tuple[_scripts.Script, list[str], list[Any]]:
         """A claim of up to `want` tasks; sent again with the same `token` after a lost
         reply, it returns the tasks the first call leased (see claim.lua). `answered`: the
-        token of the previous claim, whose reply came, so its record can go."""
+        token of the previous claim, whose reply came, so its record can go. `holds_last`:
+        the worker runs a task on its last delivery, so it gets no other."""
         s = self.settings
         keys = ks.claim_keys
         args = [
@@ -394,6 +402,7 @@ class Broker:
             s.dead_letter_cap,
             token,
             answered,
+            "1" if holds_last else "0",
         ]
         return (self.claim_script, keys, args)
 

@@ -60,9 +60,12 @@ class LeaseKeeper:
         with self._lock:
             self._held[task_id] = (ks, gen)
 
-    def drop(self, task_id: str) -> None:
+    def drop(self, task_id: str, gen: str) -> None:
+        """Stop renewing the run `gen` of the task (not a newer run this worker holds)."""
         with self._lock:
-            self._held.pop(task_id, None)
+            held = self._held.get(task_id)
+            if held is not None and held[1] == gen:
+                del self._held[task_id]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

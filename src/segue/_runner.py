@@ -54,6 +54,7 @@ class Job:
     max_tries: int
     input: bytes | None = None  # a workflow step's value from the steps before it (JSON)
     headers: bytes | None = None  # the enqueuer's headers (JSON), e.g. a trace context
+    last_delivery: bool = False  # its worker dies once more and it fails as worker_lost
     run: RunControl | None = None
     task: asyncio.Task[None] | None = None
     lost: bool = False

@@ -237,7 +237,13 @@ class Worker:
             n_finish = len(calls)
             if claim_from is not None:
                 calls.append(
-                    broker.claim_call(claim_from, self.id, free, *self._tokens(claim_from))
+                    broker.claim_call(
+                        claim_from,
+                        self.id,
+                        free,
+                        *self._tokens(claim_from),
+                        holds_last=self._holds_last(),
+                    )
                 )
             try:
                 replies = await broker.run_calls(calls)
@@ -261,7 +267,9 @@ class Worker:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
-                    call = broker.claim_call(ks, self.id, free, *self._tokens(ks))
+                    call = broker.claim_call(
+                        ks, self.id, free, *self._tokens(ks), holds_last=self._holds_last()
+                    )
                     try:
                         reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
@@ -343,6 +351,8 @@ class Worker:
             faultpoint("after_complete_before_ack")
         for (_, fields), reply in zip(taken, replies, strict=True):
             for i, ok in enumerate(reply):
+                if self._lease is not None:
+                    self._lease.drop(fields[i * 5], fields[i * 5 + 1])
                 if ok == 2 and self._forwarder is not None:
                     self._forwarder.poke()  # it left outbox entries for other queues
                 if ok and fields[i * 5 + 2] == "paused":
@@ -353,6 +363,10 @@ class Worker:
                         "(another worker took it over, or it ended)",
                         fields[i * 5],
                     )
+
+    def _holds_last(self) -> bool:
+        """Whether a task on its last delivery runs here (claim.lua gives no second one)."""
+        return any(job.last_delivery for job in self._running.values())
 
     def _tokens(self, ks: Keyspace) -> tuple[str, str]:
         """This claim's token (the unanswered one, if any) and the last answered one."""
@@ -372,7 +386,8 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for raw in jobs:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            lost = int(lost or 0)
             job = Job(
                 ks=ks,
                 id=task_id.decode(),
@@ -385,6 +400,7 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
                 headers=headers or None,
+                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             earlier = self._running.get(job.id)
@@ -424,11 +440,14 @@ class Worker:
             timer = self._grace_timers.pop(job.id, None)
             if timer is not None:
                 timer.cancel()
-            if self._lease is not None:
-                self._lease.drop(job.id)
         if outcome is not None and not job.lost:
             action, a, b = outcome
             self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
+            # the lease is renewed until the outcome is on the server (_check_finished):
+            # another task may block the loop before the next flush, and a lease lapsed
+            # meanwhile would discard this outcome and run the task again
+        elif self._lease is not None:
+            self._lease.drop(job.id, job.gen)
         self._finished += 1
         self._changed.set()
 

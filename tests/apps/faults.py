@@ -154,3 +154,13 @@ async def spin(ctx: Context, ms: int) -> int:
         pass
     run.finish()
     return ms
+
+
+@app.task(name="faults.block", silent=True)
+async def block(ctx: Context, ms: int) -> str:
+    """Block the worker's event loop with `time.sleep` for `ms` milliseconds (a sync call
+    made by mistake in an async task); the result names the run, as `hold`'s does."""
+    run = Execution(ctx)
+    time.sleep(ms / 1000)  # noqa: ASYNC251 -- the fault under test: a blocked loop
+    run.finish()
+    return f"{ctx.worker_id} {_gen(ctx)}"

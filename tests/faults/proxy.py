@@ -7,7 +7,7 @@ control method may be called from any thread.
 
     with FaultProxy.for_url(engine.admin_url, seed=fault_seed) as proxy:
         app = App("t", redis_url=proxy.url_for(engine.url))
-        proxy.delay(50, jitter_ms=20)           # both directions, each chunk
+        proxy.delay(50, jitter_ms=20)           # both directions, each chunk (pipelined)
         proxy.blackhole("up")                   # read and discard client->server bytes
         proxy.reset(refuse_new=True)            # RST every connection, and new ones too
         proxy.drop_reply_then_reset(0.05)       # the ambiguous-write generator
@@ -39,7 +39,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -444,11 +443,20 @@ class FaultProxy:
                 if mode.kind == "blackhole":
                     self._counts["discarded_bytes"] += len(data)
                     continue
+                loop = asyncio.get_running_loop()
+                due = loop.time()
                 if mode.kind == "delay":
                     wait = mode.delay_ms + self._rng.uniform(-mode.jitter_ms, mode.jitter_ms)
-                    due = max(time.monotonic() + max(wait, 0.0) / 1000, last_due)
+                    due += max(wait, 0.0) / 1000
+                if due > loop.time() or last_due > loop.time():
+                    # a delayed chunk (or one behind delayed ones) is forwarded at its time
+                    # while the next ones are read: latency, not a stop-and-wait link that
+                    # would also cap the connection at one chunk per delay. Due times only
+                    # grow, so the chunks keep their order.
+                    due = max(due, last_due + 1e-6)
                     last_due = due
-                    await asyncio.sleep(due - time.monotonic())
+                    loop.call_at(due, self._forward, pair, writer, data, direction)
+                    continue
                 writer.write(data)
                 self._counts[f"bytes_{direction}"] += len(data)
                 if direction == "up" and self._draw(data):
@@ -462,6 +470,17 @@ class FaultProxy:
                 await writer.drain()
         except OSError:
             self._abort(pair)
+
+    def _forward(self, pair: _Pair, writer: _Sink, data: bytes, direction: str) -> None:
+        """Write a delayed chunk, unless its connection was reset meanwhile."""
+        if pair not in self._pairs:
+            return
+        try:
+            writer.write(data)
+        except (OSError, RuntimeError):
+            self._abort(pair)
+            return
+        self._counts[f"bytes_{direction}"] += len(data)
 
     def _draw(self, data: bytes) -> bool:
         p = self._drop_p

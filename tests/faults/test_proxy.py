@@ -63,6 +63,24 @@ def test_delay_holds_each_direction(proxy: FaultProxy, segue_valkey: Engine) -> 
         assert time.monotonic() - started < 0.14
 
 
+def test_delay_is_latency_not_one_chunk_per_delay(proxy: FaultProxy) -> None:
+    """Commands written one after another on one connection (a pipelining client) each
+    arrive one delay later: the link is slow, not stop-and-wait."""
+    proxy.delay(200, direction="up")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        started = time.monotonic()
+        for _ in range(3):
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            time.sleep(0.03)  # separate chunks, each read and delayed on its own
+        replies = b""
+        while replies.count(b"+PONG") < 3:
+            replies += sock.recv(1024)
+        elapsed = time.monotonic() - started
+    assert replies == b"+PONG\r\n" * 3  # in order
+    # the last one was sent at 60 ms: ~260 ms; a stop-and-wait link needs two delays
+    assert 0.19 <= elapsed < 0.36
+
+
 def test_blackhole_keeps_the_socket_open_but_nothing_arrives(
     proxy: FaultProxy, segue_valkey: Engine
 ) -> None:

@@ -15,11 +15,17 @@
     The token's key `<prefix>claim:<token>` (ids and lease generations, expiring with the
     lease) is built from ARGV[1], in the queue's hash tag.
   ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
+  ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
+    (lost: how many workers stopped under the task before this claim)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
   (worker_lost) here, server-side, since the process that ran it left no code to count.
+  A task on its last delivery (its lease lapsed max_deliveries - 1 times) is not given to a
+  worker that runs another one: a task that kills its worker takes down what runs beside
+  it, and tasks claimed together are requeued together when their leases lapse together,
+  so without this they could follow it to the end and be failed as worker_lost with it.
   A task never started and past its expiry ends EXPIRED here instead of running. A task held back by its
   name's rate or concurrency limit stays at the head of its list; the reply's next_due then
   includes the moment a rate-limit token comes back. ]]
@@ -28,6 +34,7 @@ local wid = ARGV[2]
 local want = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local max_deliveries = tonumber(ARGV[5])
+local holds_last = ARGV[10] == '1'
 local channel = ARGV[6]
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
@@ -129,10 +136,10 @@ if #replay > 0 then
   for i = 1, #replay, 2 do
     local id, gen = replay[i], replay[i + 1]
     local tk = prefix .. 'task:' .. id
-    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't')
+    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]), tonumber(gen), f[4], f[5], f[6] or '',
-        f[7] or '' }
+        f[7] or '', tonumber(f[11] or '0') }
       want = want - 1
     end
   end
@@ -149,10 +156,15 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd')
+          'hd', 'd')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
-          if f[8] and workflow_status(Q, f[8]) == 'paused' then
+          local lost = tonumber(f[11] or '0') or 0
+          local last = lost > 0 and lost >= max_deliveries - 1
+          if last and holds_last then
+            held[#held + 1] = id  -- for a worker that runs no other last delivery
+            ok = false
+          elseif f[8] and workflow_status(Q, f[8]) == 'paused' then
             -- a step of a paused workflow back in the queue (a retry, a Pause): held
             redis.call('HSET', tk, 's', 'paused')
             add_history(tk, 'paused', now, 'workflow paused')
@@ -182,7 +194,9 @@ elseif not paused then
             add_history(tk, 'running', now, wid)
             emit(Q, 'task.started', id, f[2])
             redis.call('ZADD', KEYS[5], deadline, id)
-            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '' }
+            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
+              lost }
+            if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1
           end

@@ -16,8 +16,10 @@
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
   Returns: one integer per outcome: 1 applied, 2 applied and it left outbox entries for
-  other queues (the worker's forwarder moves them now), 0 rejected (the lease was lost:
-  another worker holds the task, or it already ended). A rejected writer must drop it. ]]
+  other queues (the worker's forwarder moves them now), 3 already applied (a success sent
+  again after the reply to its first sending was lost with the connection: the record
+  succeeded under this very generation), 0 rejected (the lease was lost: another worker
+  holds the task, or it already ended). A rejected writer must drop the task. ]]
 local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[5])
@@ -49,7 +51,8 @@ for i = 0, n - 1 do
   local f = redis.call('HMGET', tk, 's', 'g')
   Q.outboxed = false
   if f[1] ~= 'running' or f[2] ~= gen then
-    out[i + 1] = 0
+    -- only this generation's run can have made it succeed under this generation
+    out[i + 1] = (action == 'ok' and f[1] == 'succeeded' and f[2] == gen) and 3 or 0
   else
     out[i + 1] = 1
     redis.call('ZREM', KEYS[5], id)
