@@ -102,8 +102,8 @@ ROWS: tuple[Row, ...] = (
         "Worker resume after server restart",
         "≤ 2 s, 0 wedged",
         (
-            Source("worker_resume_s_max", unit="s"),
-            Source("resume_after_restart_s_max", unit="s"),
+            Source("resume_ms_p99", label="p99", unit="ms"),
+            Source("resume_ms_max", label="max", unit="ms"),
             Source("wedged_workers", label="wedged"),
         ),
     ),
@@ -111,7 +111,7 @@ ROWS: tuple[Row, ...] = (
         "Cluster failover, client-visible unavailability",
         "≤ 5 s at node-timeout 1 s",
         (
-            Source("cluster_unavailability_s", unit="s"),
+            Source("unavailability_ms", label="cluster primary SIGKILLed", unit="ms"),
             Source("unavailability_seconds", label="Sentinel failover", unit="s"),
         ),
     ),
@@ -139,7 +139,11 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Leaked per-task keys after retention",
         "0",
-        (Source("leaked_per_task_keys"), Source("leaked_no_ttl_keys", label="keys without TTL")),
+        (
+            Source("leaked_per_task_keys"),
+            Source("keys_without_ttl_outside_structural", label="keys without TTL"),
+            Source("used_memory_delta_pct", label="used_memory delta", unit="%"),
+        ),
     ),
     Row(
         "No-op throughput, 1 worker, C=32",
