@@ -155,7 +155,9 @@ async def test_no_step_runs_while_paused_and_resume_continues_from_the_checkpoin
                 if now != at_pause:
                     held_violations.append(f"{task_id}: {at_pause} -> {now}")
                 assert await by_id[task_id].resume() is TaskStatus.QUEUED
-            results = [await h.result(timeout=60) for h in handles]
+            # full size: 500 tasks x 100 steps of 50 ms on 12 slots is minutes of work
+            until = time.monotonic() + fault_scale.seconds(60.0, 900.0)
+            results = [await h.result(timeout=until - time.monotonic()) for h in handles]
             steps = await step_ledger.steps()
     finally:
         workers.stop_all()
