@@ -192,8 +192,15 @@ def load(directory: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError) as exc:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             continue
-        if isinstance(data, dict):
-            data.setdefault("test", path.stem)
+        if not isinstance(data, dict):
+            continue
+        data.setdefault("test", path.stem)
+        runs = data.get("runs")
+        if isinstance(runs, dict) and all(isinstance(r, dict) for r in runs.values()):
+            # one report holding several runs (R1: one per appendfsync): a report each
+            for name, run in runs.items():
+                reports.append({**data, **run, "test": f"{data['test']}[{name}]"})
+        else:
             reports.append(data)
     return reports
 
