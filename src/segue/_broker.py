@@ -267,13 +267,17 @@ class Broker:
         self.event_script = _scripts.load("event")
         self.purge_script = _scripts.load("purge")
 
-    def new_fast_connection(self) -> FastConnection | None:
-        """A FastConnection to the server (None on a cluster)."""
+    def new_fast_connection(self, reply_timeout: float | None = None) -> FastConnection | None:
+        """A FastConnection to the server (None on a cluster); `reply_timeout` defaults to
+        the setting."""
+        timeout = reply_timeout or self.settings.reply_timeout_seconds
         if _sentinel.is_sentinel_url(self.url):
             pool = self.client.connection_pool
-            return FastConnection(_sentinel.fast_url(self.url), resolve=pool.get_master_address)
+            return FastConnection(
+                _sentinel.fast_url(self.url), reply_timeout=timeout, resolve=pool.get_master_address
+            )
         if not self.cluster:
-            return FastConnection(_plain_url(self.url))
+            return FastConnection(_plain_url(self.url), reply_timeout=timeout)
         return None
 
     @property

@@ -159,7 +159,11 @@ class Confirmer:
         if link is None:
             b = self._broker
             if address is None:
-                conn = b.new_fast_connection()
+                # a WAIT rightly waits its whole timeout for its reply
+                s = b.settings
+                conn = b.new_fast_connection(
+                    max(s.reply_timeout_seconds, s.durability_timeout_seconds + 5.0)
+                )
                 assert conn is not None
                 where = b.where
             else:

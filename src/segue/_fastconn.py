@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,6 +25,9 @@ from segue import _tls
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Awaitable, Callable
+
+
+log = logging.getLogger("segue.broker")
 
 
 class ReplyError(Exception):
@@ -57,10 +61,12 @@ class FastConnection:
         url: str,
         *,
         connect_timeout: float = 5.0,
+        reply_timeout: float | None = None,
         resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         """`resolve`, when given, names the server's address at every (re)connect: under
-        Sentinel it asks the sentinels for the current primary."""
+        Sentinel it asks the sentinels for the current primary. `reply_timeout`: a command
+        waiting longer than this with no reply at all drops the connection (None: never)."""
         parts = urlsplit(url)
         self._scheme = parts.scheme
         self._host = parts.hostname or "127.0.0.1"
@@ -74,6 +80,11 @@ class FastConnection:
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._connect_timeout = connect_timeout
+        self._reply_timeout = reply_timeout
+        # when the oldest waiting command was sent, or the last reply came: a server that
+        # vanished without a reset answers nothing, and only this notices
+        self._progress = 0.0
+        self._watch_task: asyncio.Task[None] | None = None
         self._tls = _tls.options(url)
         self._ssl: ssl.SSLContext | None = None
         self._resolve = resolve
@@ -106,6 +117,10 @@ class FastConnection:
         self._read_task = asyncio.create_task(
             self._read_loop(reader, writer, pending), name="segue-fastconn"
         )
+        if self._reply_timeout is not None:
+            self._watch_task = asyncio.create_task(
+                self._watch(writer, pending, self._reply_timeout), name="segue-fastconn-watch"
+            )
         if self._password is not None:
             auth = (self._user, self._password) if self._user else (self._password,)
             await self._send(("AUTH", *auth))
@@ -139,7 +154,10 @@ class FastConnection:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise ConnectionLost("not connected")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            self._progress = loop.time()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append(fut)
         writer.write(_pack(args))
         return fut
@@ -161,11 +179,13 @@ class FastConnection:
         pending: collections.deque[asyncio.Future[Any]],
     ) -> None:
         parser = hiredis.Reader(replyError=ReplyError)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 data = await reader.read(1 << 16)
                 if not data:
                     raise ConnectionLost("the server closed the connection")
+                self._progress = loop.time()
                 parser.feed(data)
                 while (reply := parser.gets()) is not False:
                     fut = pending.popleft()
@@ -194,6 +214,29 @@ class FastConnection:
                 lost.__cause__ = exc
                 self._drop(lost, writer, pending)
 
+    async def _watch(
+        self,
+        writer: asyncio.StreamWriter,
+        pending: collections.deque[asyncio.Future[Any]],
+        timeout: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while writer is self._writer:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if pending and loop.time() - self._progress > timeout:
+                log.warning(
+                    "no reply from %s:%s for %g s: dropping the connection", *self._where(), timeout
+                )
+                self._drop(
+                    ConnectionLost(f"no reply from the server within {timeout:g} s"),
+                    writer,
+                    pending,
+                )
+                return
+
+    def _where(self) -> tuple[str, Any]:
+        return (self._path, "") if self._scheme == "unix" else (self._host, self._port)
+
     def _drop(
         self,
         exc: BaseException,
@@ -206,8 +249,10 @@ class FastConnection:
             writer, self._writer, self._reader = self._writer, None, None
             pending = self._pending
             task, self._read_task = self._read_task, None
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+            watch, self._watch_task = self._watch_task, None
+            for t in (task, watch):
+                if t is not None and t is not asyncio.current_task():
+                    t.cancel()
         if writer is not None:
             writer.close()
         while pending:

@@ -41,6 +41,9 @@ class Settings:
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
+    # a hot-path command with no reply this long drops its connection (a server gone without
+    # a reset: a dead host, a partition) instead of waiting for TCP to give up (~15 min)
+    reply_timeout_seconds: float = 30.0
     # workers compare each queue's records with its structures this often (_reconcile.py)
     reconcile_seconds: float = 10.0
     # events older than this are trimmed by the workers (about 10,000 per queue at most)
@@ -69,6 +72,10 @@ class Settings:
             from segue._sentinel import parse_sentinel_url
 
             parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
+        if self.reply_timeout_seconds <= 0:
+            raise ConfigurationError(
+                f"reply_timeout_seconds must be positive, not {self.reply_timeout_seconds}"
+            )
         if self.reconcile_seconds <= 0:
             raise ConfigurationError(
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
