@@ -374,7 +374,13 @@ async def test_a_planned_switchover_loses_no_acked_task(
                 if time.monotonic() > deadline:
                     raise AssertionError("the sentinels did not switch the primary in 30 s")
                 try:
-                    acked.append(await tasks.work.enqueue(len(acked), 1))
+                    # Sentinel promotes the replica before it demotes the old primary, and
+                    # writes the old primary takes in between are lost with its data: only
+                    # an enqueue a replica confirmed (durability="replicated") is kept
+                    # whatever the moment (a `memory` one failed this test now and then)
+                    acked.append(
+                        await tasks.work.options(durability="replicated").enqueue(len(acked), 1)
+                    )
                     now = time.monotonic()
                     gaps.append(now - last_ok)
                     last_ok = now
@@ -411,5 +417,8 @@ async def test_a_planned_switchover_loses_no_acked_task(
         long_task_tries=sleeper_tries,
     )
     assert missing == 0
-    assert sleeper_tries == 1
+    # its renewals follow the new primary; one written to the old primary in the moment
+    # between the promotion and the demotion is lost with that primary's last writes, and
+    # then the lease can lapse once: at most one extra run, never a lost task
+    assert sleeper_tries <= 2
     assert s.primary_as_seen() not in (None, first)
