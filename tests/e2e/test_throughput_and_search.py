@@ -89,7 +89,10 @@ async def test_the_chart_counts_the_tasks_that_ended_this_minute(
         # the other queue counts only its own, and all queues at least both
         assert minutes((await client.get(f"/?chart={queue_name}_other")).text)[-1][2:] == (2, 0)
         everything = minutes((await client.get("/")).text)
-        assert everything[-1][2] >= 5 and everything[-1][3] >= 1
+        if len(await app.queues()) <= _throughput.MAX_QUEUES:
+            # beyond that many queues on the server (other tests' queues, when tests run in
+            # parallel on it) the page counts the first MAX_QUEUES only, and says so
+            assert everything[-1][2] >= 5 and everything[-1][3] >= 1
         assert (await client.get("/?chart=bad%20name")).status_code == 400
 
 
