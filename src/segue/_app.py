@@ -420,15 +420,13 @@ class App:
         if fields[8] >= 0 and (keep < 0 or fields[8] < keep):
             fields[8] = keep
         broker = self._broker or await self.broker()
-        call = broker.enqueue_call(broker.keyspace(queue), fields)
+        ks = broker.keyspace(queue)
         level = sig.opts.get("durability", self.settings.durability)
         if level == "memory":
-            replies = await broker.run_calls([call], retry=True)
+            reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
         else:
-            need = need_for((level,), self.settings)
-            assert need is not None
-            replies = await broker.run_durable([call], need, (task_id,))
-        return self._handle_for(sig, task_id, replies[0][0], fields)
+            reply = await self._enqueue_durable(broker, ks, fields, level)
+        return self._handle_for(sig, task_id, reply, fields)
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
         after = sig.opts.get("after") or []
