@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def build_app(url: str) -> App:
     app = App(
-        "legacy", redis_url=url, prefix=PREFIX, queue=QUEUE, poll_seconds=0.1, lease_seconds=5.0
+        "legacy", redis_url=url, prefix=PREFIX, queue=QUEUE, poll_seconds=0.1, lease_seconds=2.0
     )
 
     @app.task(name="legacy.add")
