@@ -20,11 +20,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis.asyncio
 
 from segue import App, Context, TaskStatus
 from tests._support import ACL_PASSWORD, Engine, add_acl_user
 from tests.integration.conftest import serving
+from tests.integration.test_core import admin_client, keys_of
 
 RELEASES = Path(__file__).resolve().parents[1] / "releases"
 PREVIOUS = "a9921ef"  # the release before the typed-core redesign (issue 12)
@@ -40,9 +40,9 @@ def _raw(value: str | dict[str, str]) -> str | bytes:
     return base64.b64decode(value["base64"]) if isinstance(value, dict) else value
 
 
-async def restore(admin_url: str, prefix: str, keys: list[dict[str, Any]]) -> None:
+async def restore(engine: Engine, prefix: str, keys: list[dict[str, Any]]) -> None:
     """Write the recorded keys under `prefix`, with their remaining TTLs."""
-    client: Any = redis.asyncio.Redis.from_url(admin_url)
+    client = admin_client(engine)
     try:
         async with client.pipeline(transaction=False) as pipe:
             for k in keys:
@@ -70,14 +70,13 @@ async def restore(admin_url: str, prefix: str, keys: list[dict[str, Any]]) -> No
         await client.aclose()
 
 
-async def keys_under(admin_url: str, prefix: str) -> dict[str, str]:
-    """Every key under `prefix` (without it), with its type."""
-    client: Any = redis.asyncio.Redis.from_url(admin_url)
-    try:
-        names = [k.decode() async for k in client.scan_iter(match=f"{prefix}:*")]
-        return {n.removeprefix(f"{prefix}:"): (await client.type(n)).decode() for n in names}
-    finally:
-        await client.aclose()
+def user_url(engine: Engine, prefix: str) -> str:
+    """The engine's URL as a least-privilege user of `prefix` only (added on every node)."""
+    for port in engine.ports or (urlsplit(engine.admin_url).port,):
+        assert port is not None
+        add_acl_user(port, user=prefix, prefix=prefix)
+    scheme, _, rest = engine.admin_url.partition("://")
+    return f"{scheme}://{prefix}:{ACL_PASSWORD}@{rest}"
 
 
 def new_release_app(url: str, prefix: str, queue: str) -> App:
@@ -162,17 +161,15 @@ LEFT_KINDS = {"task", "wf", "done", "events", "gen", "meta", "wake"}
 
 @pytest.mark.parametrize("release", [PREVIOUS])
 async def test_records_of_the_previous_release_are_finished_by_this_one(
-    segue_valkey: Engine, release: str
+    segue_engine: Engine, release: str
 ) -> None:
     recorded = load(release)
     ids: dict[str, str] = recorded["tasks"]
     queue = recorded["queue"]
     prefix = f"rel{uuid.uuid4().hex[:8]}"
-    port = urlsplit(segue_valkey.admin_url).port
-    assert port is not None
-    add_acl_user(port, user=prefix, prefix=prefix)
-    await restore(segue_valkey.admin_url, prefix, recorded["keys"])
-    app = new_release_app(f"redis://{prefix}:{ACL_PASSWORD}@127.0.0.1:{port}/0", prefix, queue)
+    url = user_url(segue_engine, prefix)
+    await restore(segue_engine, prefix, recorded["keys"])
+    app = new_release_app(url, prefix, queue)
     handles = {
         role: await app.task_handle(task_id) for role, task_id in ids.items() if role != "workflow"
     }
@@ -229,6 +226,6 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
         assert counts["succeeded"] == len(RESULTS) + 2  # and the parent's two sub-tasks
         assert all(counts[s] == 0 for s in ("queued", "running", "scheduled", "waiting", "paused"))
 
-    left = await keys_under(segue_valkey.admin_url, prefix)
-    kinds = {name.split(":", 2)[1] for name in left if name.startswith("{")}
+    left = await keys_of(segue_engine, f"{prefix}:*")
+    kinds = {name.split(":", 3)[2] for name in left if name != f"{prefix}:queues"}
     assert kinds <= LEFT_KINDS, sorted(left)
