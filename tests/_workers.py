@@ -152,6 +152,7 @@ class Fleet:
         if queues:
             command += ["--queues", ",".join(queues)]
         command += args
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # again, after a stop_all removed it
         with (self.log_dir / f"{slot_name}.log").open("ab") as log:
             return subprocess.Popen(
                 command, cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=log
@@ -216,9 +217,15 @@ class Fleet:
         """The exit code of the slot's process, once it ended."""
         return slot.proc.wait(timeout=timeout)
 
+    def kill_all(self) -> None:
+        """SIGKILL every process still running (no worker says goodbye) and reap it."""
+        for slot in self.alive():
+            self.kill(slot)
+
     def stop_all(self) -> None:
-        """SIGKILL and reap every process still running; write the ends of the logs to
-        stderr (pytest shows them for a failing test)."""
+        """SIGKILL and reap every process still running (SIGCONT first, so a stopped one
+        dies too); write the ends of the logs to stderr (pytest shows them for a failing
+        test). The fleet can start workers again after it."""
         for slot in self.slots:
             if slot.alive():
                 slot.proc.send_signal(signal.SIGCONT)
