@@ -217,6 +217,14 @@ class Fleet:
         """The exit code of the slot's process, once it ended."""
         return slot.proc.wait(timeout=timeout)
 
+    def terminate_all(self, timeout: float = 20.0) -> dict[str, int]:
+        """SIGTERM every process still running and wait for each to end (a graceful stop of
+        the whole fleet); their exit codes, by slot."""
+        running = self.alive()
+        for slot in running:
+            self.terminate(slot)
+        return {slot.name: self.wait_exit(slot, timeout) for slot in running}
+
     def kill_all(self) -> None:
         """SIGKILL every process still running (no worker says goodbye) and reap it."""
         for slot in self.alive():
