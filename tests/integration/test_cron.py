@@ -19,11 +19,10 @@ import pytest
 from segue import App, ConfigurationError, Context
 from segue._keys import CronKeys
 from segue._scheduler import _ADVANCE, _PUT, _TAKE
+from tests._support import Server, admin_client
 from tests._workers import Fleet
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_core import admin_client
 from tests.integration.test_processes import ledger
-from tests.integration.test_restart import Server
 
 KEYS = CronKeys("segue")
 

@@ -22,9 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from segue import App, Context, TaskStatus
-from tests._support import ACL_PASSWORD, Engine, add_acl_user
+from tests._support import ACL_PASSWORD, Engine, add_acl_user, admin_client, keys_of
 from tests.integration.conftest import serving
-from tests.integration.test_core import admin_client, keys_of
 
 RELEASES = Path(__file__).resolve().parents[1] / "releases"
 PREVIOUS = "a9921ef"  # the release before the typed-core redesign (issue 12)
