@@ -17,7 +17,7 @@ from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker, GraphRecord
 from segue._codec import encode_args
 from segue._cron import parse as parse_cron
 from segue._durability import need_for
-from segue._errors import ConfigurationError, DuplicateTask
+from segue._errors import ConfigurationError, DuplicateTask, PayloadError
 from segue._events import Event, follow
 from segue._handle import TaskHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
@@ -279,7 +279,12 @@ class App:
         return queue
 
     def _fields(
-        self, sig: Signature[Any], task_id: str | None = None, queue: str | None = None
+        self,
+        sig: Signature[Any],
+        task_id: str | None = None,
+        queue: str | None = None,
+        *,
+        first_to_come: bool = False,
     ) -> tuple[str, str, list[Any]]:
         task, o = sig.task, sig.opts
         d = task.opts
@@ -308,6 +313,14 @@ class App:
             what=f"arguments of task {task.name}",
             limit=self.settings.max_payload_bytes,
         )
+        try:
+            # what a worker would refuse to decode is refused here, before anything is written
+            task.args_decoder.check(payload, first_to_come=first_to_come)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"arguments of task {task.name} do not decode for its parameters, so a worker "
+                f"would refuse them: {exc}"
+            ) from None
         delay = seconds(o.get("delay")) or 0.0
         at: datetime | None = o.get("at")
         expire = o.get("expire", d.expire)
@@ -373,7 +386,7 @@ class App:
         """The 18 fields of graph.lua for one task that waits for `deps` (id, input index)
         of its own queue and `xdeps` of other queues; `xdependants` are the tasks of other
         queues that wait for it ("<id>|<index>|<workflow id>" ...)."""
-        _, _, fields = self._fields(sig, task_id, queue)
+        _, _, fields = self._fields(sig, task_id, queue, first_to_come=bool(mode))
         fields.extend(
             (
                 " ".join(f"{d}|{i}" for d, i in deps),
