@@ -85,3 +85,15 @@ __all__ = [
     "WorkflowHandle",
     "__version__",
 ]
+
+
+def _name_the_package() -> None:
+    # the public classes say where they are imported from (<class 'segue.App'>), not
+    # which private module defines them
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            obj.__module__ = __name__
+
+
+_name_the_package()

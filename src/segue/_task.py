@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -26,6 +25,8 @@ from segue._errors import ConfigurationError
 from segue._options import EnqueueOptions, TaskOptions, check_durability, check_priority
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
     from segue._app import App
     from segue._handle import TaskHandle
     from segue._workflow import Chain, Group
@@ -247,6 +248,3 @@ class SyncTask(Task[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         call_args = (SyncContext(self.local_context()), *args) if self.takes_ctx else args
         return cast("R", self.fn(*call_args, **kwargs))
-
-
-AsyncFn = Callable[..., Awaitable[Any]]
