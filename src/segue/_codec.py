@@ -7,7 +7,7 @@ go through their own JSON mode. Nothing is ever unpickled.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -128,3 +128,12 @@ class ArgsDecoder:
 
 
 _PLAIN = TypedDecoder(_ANY)
+
+
+class TaskTypes(Protocol):
+    """What decodes one task's records: its arguments' and its result's types (a Task)."""
+
+    @property
+    def args_decoder(self) -> ArgsDecoder: ...
+    @property
+    def result_decoder(self) -> TypedDecoder: ...

@@ -22,7 +22,10 @@ from segue._keys import queue_of
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
 
 if TYPE_CHECKING:
-    from segue._app import App
+    from collections.abc import Mapping
+
+    from segue._client import Client
+    from segue._codec import TaskTypes
     from segue._events import Event
 
 R = TypeVar("R")
@@ -35,17 +38,17 @@ _WHO = f"{socket.gethostname()}:{os.getpid()}"
 class TaskHandle(Generic[R]):
     """A submitted run of a task: its id, and ways to read its status and result."""
 
-    __slots__ = ("_app", "_decoder", "_keeps_result", "id", "queue")
+    __slots__ = ("_client", "_decoder", "_keeps_result", "id", "queue")
 
     def __init__(
         self,
-        app: App,
+        client: Client,
         task_id: str,
         decoder: TypedDecoder | None = None,
         *,
         keeps_result: bool = True,
     ) -> None:
-        self._app = app
+        self._client = client
         self.id = task_id
         self.queue = queue_of(task_id)
         self._decoder = decoder or _PLAIN
@@ -67,23 +70,23 @@ class TaskHandle(Generic[R]):
         )
 
     async def status(self) -> TaskStatus:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         raw = await broker.task_status(broker.keyspace(self.queue), self.id)
         if raw is None:
             raise self._not_found()
         return TaskStatus(raw.decode())
 
     async def info(self) -> TaskInfo:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         rec = await broker.task_record(broker.keyspace(self.queue), self.id)
         if not rec:
             raise self._not_found()
-        return parse_info(self.id, rec, self._app)
+        return parse_info(self.id, rec, self._client.tasks)
 
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
         `limit`, at most that many of them."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         raw = await broker.read_state(broker.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 
@@ -91,7 +94,7 @@ class TaskHandle(Generic[R]):
         """This task's events among the last `scan` of its queue's stream, oldest first."""
         from segue._events import parse_event
 
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         entries = await broker.recent_events(broker.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
@@ -102,7 +105,7 @@ class TaskHandle(Generic[R]):
             raise ResultUnavailable(
                 f"task {self.id} was enqueued with ttl=0: segue keeps no result to return"
             )
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         ks = broker.keyspace(self.queue)
         deadline = None if timeout is None else time.monotonic() + timeout
         fut = await broker.watch_ended(ks, self.id)
@@ -158,12 +161,12 @@ class TaskHandle(Generic[R]):
     async def retry(self, reason: str | None = None) -> TaskStatus:
         """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
         zero, error cleared (and out of the dead-letter list). Returns QUEUED."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         why = reason or f"retry requested by {_WHO}"
         return TaskStatus(await broker.retry(broker.keyspace(self.queue), self.id, why))
 
     async def _control(self, command: str, reason: str | None) -> TaskStatus:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         why = reason or f"{command} requested by {_WHO}"
         return TaskStatus(await broker.control(broker.keyspace(self.queue), self.id, command, why))
 
@@ -221,9 +224,9 @@ def _int(rec: dict[bytes, bytes], key: bytes) -> int | None:
     return None if raw is None else int(raw)
 
 
-def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
+def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
     name = rec.get(b"n", b"").decode()
-    task = app.registry.get(name)
+    task = tasks.get(name)
     status = TaskStatus(rec[b"s"].decode())
     try:
         if task is not None:

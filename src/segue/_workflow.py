@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from segue._app import App
+    from segue._client import Client
     from segue._codec import TypedDecoder
 
 R = TypeVar("R")
@@ -238,7 +239,7 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
 
         await watch(await app.broker(), app.settings, watches, levels)
     decoder = by_id[last[0]].sig.task.result_decoder if len(last) == 1 else None
-    return WorkflowHandle(app, wf_id, decoder)
+    return WorkflowHandle(app._client, wf_id, decoder)
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
@@ -258,10 +259,10 @@ def _by_dependency(error: bytes | None) -> bool:
 class WorkflowHandle(Generic[R]):
     """A submitted workflow: its status, its steps, its result; pause, resume, cancel."""
 
-    __slots__ = ("_app", "_decoder", "id", "queue")
+    __slots__ = ("_client", "_decoder", "id", "queue")
 
-    def __init__(self, app: App, wf_id: str, decoder: TypedDecoder | None = None) -> None:
-        self._app = app
+    def __init__(self, client: Client, wf_id: str, decoder: TypedDecoder | None = None) -> None:
+        self._client = client
         self.id = wf_id
         self.queue = queue_of(wf_id)
         self._decoder = decoder
@@ -270,7 +271,7 @@ class WorkflowHandle(Generic[R]):
         return f"<WorkflowHandle {self.id}>"
 
     async def _record(self) -> dict[bytes, bytes]:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         rec = await broker.workflow_record(broker.keyspace(self.queue), self.id)
         if not rec:
             raise TaskNotFound(
@@ -290,7 +291,7 @@ class WorkflowHandle(Generic[R]):
 
     async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
         """The same fields of steps on any queues, in the order of `ids`."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         by_queue: dict[str, list[int]] = {}
         for n, step_id in enumerate(ids):
             by_queue.setdefault(queue_of(step_id), []).append(n)
@@ -327,20 +328,20 @@ class WorkflowHandle(Generic[R]):
     async def steps(self, *, offset: int = 0, limit: int | None = None) -> list[TaskInfo]:
         """Every step, in the order they were laid out, with status and result or error;
         `offset` and `limit` read one page of a large fan-out."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         infos: list[TaskInfo] = []
         ids = await self._ids(b"steps")
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
             if rec:
-                infos.append(parse_info(step_id, rec, self._app))
+                infos.append(parse_info(step_id, rec, self._client.tasks))
         return infos
 
     async def result(self, timeout: float | None = None) -> R:
         """The last step's value (a list when the workflow ends with a group); raises
         TaskFailed naming the step that failed, or TaskCancelled."""
         last = await self._ids(b"last")
-        handles = [TaskHandle[Any](self._app, i, self._decoder) for i in last]
+        handles = [TaskHandle[Any](self._client, i, self._decoder) for i in last]
         # a bounded number at a time: each wait holds a pooled connection, and redis-py's
         # pool refuses more than 100 (a group of hundreds of last steps failed on a cluster)
         gate = asyncio.Semaphore(_WAIT_AT_ONCE)
@@ -388,7 +389,7 @@ class WorkflowHandle(Generic[R]):
         """The command on the main record (which answers), then on each other queue's part:
         one workflow.lua per queue, each idempotent. A part that has ended refuses a pause
         or a resume, which the workflow as a whole does not."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
         others = await self._ids(b"queues")
         for queue in others:
