@@ -10,8 +10,10 @@ from typing import (
     Any,
     Concatenate,
     Generic,
+    Literal,
     ParamSpec,
     Self,
+    TypedDict,
     TypeVar,
     cast,
     overload,
@@ -22,13 +24,15 @@ from typing_extensions import Unpack
 from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context, SyncContext
 from segue._errors import ConfigurationError
-from segue._options import EnqueueOptions, TaskOptions, check_durability, check_priority
+from segue._options import check_durability, check_priority
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Sequence
+    from datetime import datetime, timedelta
 
     from segue._app import App
     from segue._handle import TaskHandle
+    from segue._options import Durability, OnDuplicate, Priority, TaskOptions
     from segue._workflow import Chain, Group
 
 P = ParamSpec("P")
@@ -36,6 +40,28 @@ R = TypeVar("R")
 R2 = TypeVar("R2")
 A = TypeVar("A")
 P2 = ParamSpec("P2")
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """Options of one enqueue: `task.options(**these).enqueue(...)`."""
+
+    delay: float | timedelta
+    at: datetime
+    priority: Priority
+    queue: str
+    key: str
+    max_tries: int
+    timeout: float | None
+    ttl: float | None
+    after: Sequence[TaskHandle[Any] | str]
+    on_failure: Literal["fail", "cancel"]
+    optional: bool
+    expire: float | timedelta | datetime | None
+    on_duplicate: OnDuplicate
+    headers: dict[str, str]
+    durability: Durability
+
+
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
 
 
