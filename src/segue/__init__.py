@@ -25,16 +25,15 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._events import Event
-from segue._handle import TaskHandle
+from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
-from segue._task import AsyncTask, Signature, SyncTask, Task
+from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 from segue._worker import Worker
-from segue._workflow import Chain, Group, WorkflowHandle
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from ulid import ULID
 
-from segue import _scheduler
+from segue import _scheduler, _workflow
 from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker, GraphRecord
 from segue._client import Client
 from segue._codec import encode_args
@@ -21,7 +21,7 @@ from segue._cron import parse as parse_cron
 from segue._durability import need_for
 from segue._errors import ConfigurationError, DuplicateTask
 from segue._events import Event, follow
-from segue._handle import TaskHandle, parse_info
+from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
@@ -30,7 +30,7 @@ from segue._queue import Queue
 from segue._registry import CronDecorator, Registry, TaskDecorator
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
-from segue._task import AsyncTask, Signature, SyncTask, Task
+from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._keys import Keyspace
     from segue._lifespan import Resource
-    from segue._workflow import Chain, Group, WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -532,14 +531,14 @@ class App:
     ) -> Group[Any]: ...
     def group(self, signatures: Iterable[Any]) -> Group[Any]:
         """Steps that run in parallel; `group | merge.call()` hands merge their results."""
-        from segue._workflow import Group
-
         return Group(self, signatures)
+
+    async def enqueue_workflow(self, root: Chain[Any] | Group[Any]) -> WorkflowHandle[Any]:
+        """Enqueue a chain or a group as one graph (what their `enqueue()` calls)."""
+        return await _workflow.enqueue_workflow(self, root)
 
     async def workflow_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle for a workflow id from anywhere (the id encodes its queue)."""
-        from segue._workflow import WorkflowHandle
-
         queue_of(workflow_id)
         return WorkflowHandle(self._client, workflow_id)
 

@@ -28,9 +28,8 @@ from rich.table import Table
 from segue._app import App
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
-from segue._handle import TaskHandle
+from segue._handle import TaskHandle, WorkflowHandle
 from segue._state import TaskInfo, TaskStatus
-from segue._workflow import WorkflowHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -20,10 +20,10 @@ from segue._task import AsyncTask, SyncTask, Task
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
-    from segue._app import App
     from segue._context import Context, SyncContext
     from segue._cron import Schedule
     from segue._hooks import Hook
+    from segue._task import TaskOwner
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,7 +36,7 @@ class Registry:
 
     __slots__ = ("_owner", "crons", "hooks", "lifespans", "tasks")
 
-    def __init__(self, owner: App) -> None:
+    def __init__(self, owner: TaskOwner) -> None:
         self._owner = owner
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
