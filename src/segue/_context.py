@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from segue._codec import decode_plain, encode
 from segue._errors import ConfigurationError, LeaseLost, PayloadError
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
     from segue._lifespan import Resource
-    from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
 R = TypeVar("R")
@@ -45,20 +44,27 @@ class WaitingForSubtasks(BaseException):
     WAITS without holding a worker slot, and the last sub-task to end queues it again."""
 
 
+class Call(Protocol[R]):
+    """A Signature as a Context sees it (this module sits below _task)."""
+
+    def check(self) -> None: ...
+    def enqueue(self) -> Coroutine[Any, Any, TaskHandle[R]]: ...
+
+
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("app", "broker", "gen", "ks", "request", "resources")
+    __slots__ = ("broker", "enqueue_child", "gen", "ks", "request", "resources")
 
     def __init__(
         self,
-        app: App,
+        enqueue_child: Callable[[Any, str], Awaitable[TaskHandle[Any]]],  # under an id
         broker: Broker,
         ks: Keyspace,
         gen: str,
         resources: dict[Resource[Any], Any] | None = None,
     ) -> None:
-        self.app = app
+        self.enqueue_child = enqueue_child
         self.resources = resources or {}
         self.broker = broker
         self.ks = ks
@@ -211,17 +217,15 @@ class Context:
         await run.broker.task_event(run.ks, self.task_id, run.gen, "emit", name, payload.decode())
 
     @overload
-    async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
+    async def enqueue(self, signatures: Call[R], /) -> TaskHandle[R]: ...
     @overload
-    async def enqueue(self, signatures: Iterable[Signature[R]], /) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Iterable[Call[R]], /) -> list[TaskHandle[R]]: ...
     async def enqueue(self, signatures: Any, /) -> Any:
         """Start sub-tasks of this task, in its queue. Their ids come from this task's id
         and a count, so a re-run of this task (after a worker death, or after `wait_for`)
         gets the same handles back instead of starting them twice."""
-        from segue._task import Signature  # _task builds on this module
-
-        single = isinstance(signatures, Signature)
-        sigs: list[Signature[Any]] = [signatures] if single else list(signatures)
+        single = not isinstance(signatures, Iterable)  # a Signature, or several
+        sigs: list[Call[Any]] = [signatures] if single else list(signatures)
         run = self._run
         if run is None:
             local = [await s.enqueue() for s in sigs]
@@ -229,7 +233,7 @@ class Context:
         handles: list[TaskHandle[Any]] = []
         for sig in sigs:
             self._seq += 1
-            handles.append(await run.app.enqueue_child(sig, f"{self.task_id}.{self._seq}"))
+            handles.append(await run.enqueue_child(sig, f"{self.task_id}.{self._seq}"))
         return handles[0] if single else handles
 
     async def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:

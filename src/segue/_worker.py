@@ -402,7 +402,7 @@ class Worker:
                 headers=headers or None,
                 last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
             )
-            job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
+            job.run = RunControl(self.app.enqueue_child, self._broker, ks, job.gen, self._resources)
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
