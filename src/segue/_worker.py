@@ -400,9 +400,21 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
                 headers=headers or None,
-                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
+                # as claim.lua decides it: a lost run before, and losing this one ends it
+                last_delivery=lost > 0
+                and (
+                    lost >= self.app.settings.max_deliveries - 1
+                    or int(tries) >= int(max_tries or 1)
+                ),
             )
-            job.run = RunControl(self.app.enqueue_child, self._broker, ks, job.gen, self._resources)
+            job.run = RunControl(
+                self.app.enqueue_child,
+                self._broker,
+                ks,
+                job.gen,
+                self._resources,
+                lease_seconds=self.app.settings.lease_seconds,
+            )
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
