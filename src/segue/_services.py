@@ -140,7 +140,7 @@ class ServiceGroup:
                         "worker %s stops: its %s failed: %s",
                         self._owner,
                         service.name,
-                        _describe(exc),
+                        describe(exc),
                         exc_info=exc,
                     )
                     if self.failure is None:
@@ -153,7 +153,7 @@ class ServiceGroup:
                     "worker %s: its %s failed: %s; restarting it in %g s",
                     self._owner,
                     service.name,
-                    _describe(exc),
+                    describe(exc),
                     backoff,
                     exc_info=exc,
                 )
@@ -187,6 +187,7 @@ class ServiceGroup:
             raise error
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an error, for one log line."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

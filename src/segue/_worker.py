@@ -38,7 +38,7 @@ from segue._options import parse_rate
 from segue._reconcile import Reconciler
 from segue._runner import Job, Outcome, attempt
 from segue._scheduler import Scheduler
-from segue._services import Service, ServiceGroup
+from segue._services import Service, ServiceGroup, describe
 from segue._waker import Waker
 
 if TYPE_CHECKING:
@@ -216,7 +216,9 @@ class Worker:
             log.info("worker %s stopped after %d runs", self.id, self._finished)
         if self._failure is not None:
             name, cause = self._failure
-            raise SegueError(f"worker {self.id} stopped: its {name} failed: {cause!r}") from cause
+            raise SegueError(
+                f"worker {self.id} stopped: its {name} failed: {describe(cause)}"
+            ) from cause
         return self._finished
 
     def _service_failed(self, name: str, exc: BaseException) -> None:
