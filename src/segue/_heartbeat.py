@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segue import _cancel
 from segue._errors import BrokerError, ConfigurationError
 from segue._keys import WorkerKeys
+from segue._services import Service
 from segue._state import at_ms
 
 if TYPE_CHECKING:
@@ -89,8 +89,10 @@ def default_pid_file(home: Path | None = None) -> Path:
     return Path(home or find_home()) / ".segue" / "worker.pid"
 
 
-class Heartbeat:
+class Heartbeat(Service):
     """Registers one worker and beats for it every `heartbeat_seconds`, on its loop."""
+
+    name = "heartbeat"
 
     def __init__(self, worker: Worker, broker: Broker, pid_file: Path | None) -> None:
         self._worker = worker
@@ -101,36 +103,30 @@ class Heartbeat:
         self._keep_ms = max(int(INDEX_KEEP_SECONDS * 1000), 10 * self._ttl_ms)
         self._started_ms = 0
         self._pid_file = pid_file
-        self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._trimmed_ms = 0
 
     async def start(self) -> None:
         """Register now (so a check right after start-up finds the worker), write the pid
-        file, and beat from then on. A server that is down here delays only the record:
-        the worker itself goes on, as it does through any outage."""
+        file, and beat from then on (run). A server that is down here delays only the
+        record: the worker itself goes on, as it does through any outage."""
         await self._beat()
         if self._pid_file is not None:
             write_pid_file(self._pid_file, self._worker.id)
-        self._task = asyncio.create_task(self._loop(), name="segue-heartbeat")
 
-    async def stop(self) -> None:
-        """Stop beating and remove the record and the pid file (a graceful stop)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._beat()
+
+    async def close(self) -> None:
+        """Remove the record and the pid file (a graceful stop; the beats ended)."""
         try:
             await self._broker.unregister_worker(self._keys, self._worker.id)
         except BrokerError as exc:
             log.warning("could not remove worker %s's record (%s)", self._worker.id, exc)
         if self._pid_file is not None:
             remove_pid_file(self._pid_file, self._worker.id)
-
-    async def _loop(self) -> None:
-        while True:
-            await _cancel.sleep(self.interval)
-            await self._beat()
 
     async def _trim_events(self, now_ms: int) -> None:
         """About once a minute, drop the events of this worker's queues that are older

@@ -34,6 +34,7 @@ from segue._broker import ENQUEUE_FIELDS
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
+from segue._services import Service
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -196,12 +197,17 @@ def tick_id(queue: str, sid: str, tick: int) -> str:
     return f"{queue}:cron-{sid}-{tick}"
 
 
-class Scheduler:
+class Scheduler(Service):
     """The loop of one worker that fires due ticks of every schedule under the prefix.
 
     Every worker runs one; leases and fences make each tick fire once among them. The
     App's declared schedules (`@app.cron`) are registered first.
     """
+
+    name = "scheduler"
+    # the tick being fired ends first; one cancelled mid-fire is fired again by another
+    # worker when its lease runs out
+    stop_wait = 5.0
 
     def __init__(self, app: App, broker: Broker) -> None:
         self._app = app
@@ -209,34 +215,24 @@ class Scheduler:
         self._keys = CronKeys(app.settings.prefix).all
         self._wake = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._registered = not app.crons
         self.fired = 0
 
     def __repr__(self) -> str:
-        state = "stopping" if self._stopping else "running" if self._task else "idle"
+        state = "stopping" if self._stopping else "running"
         return f"<Scheduler [{state}, fired {self.fired}]>"
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="segue-scheduler")
 
     async def stop(self) -> None:
         """Finish the tick being fired (if any), then stop."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5.0)
-            except TimeoutError:
-                # cancelled mid-fire: the lease runs out and another worker fires the tick
-                log.warning("scheduler did not stop in time; cancelled")
 
-    async def _run(self) -> None:
-        registered = not self._app.crons
+    async def run(self) -> None:
         while not self._stopping:
             try:
-                if not registered:
+                if not self._registered:
                     await put(self._app, self._broker, list(self._app.crons.values()))
-                    registered = True
+                    self._registered = True
                     log.info("registered %d declared schedule(s)", len(self._app.crons))
                 wait = await self.fire_due()
             except QueueFull as exc:
