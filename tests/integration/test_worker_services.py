@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from segue import App, TaskStatus, _faults
+from tests._workers import Fleet
 from tests.apps import procs
 from tests.integration.conftest import eventually, serving
 from tests.integration.test_processes import ledger
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _app(url: str, queue: str, **overrides: Any) -> App:
@@ -65,22 +61,17 @@ async def test_a_failing_forwarder_is_restarted_with_backoff_while_tasks_go_on(
     assert "forwarder failed" in caplog.text and "stops" not in caplog.text
 
 
-def _worker(url: str, queue: str, admin_url: str, point: str, log: Path) -> subprocess.Popen[bytes]:
+def _workers(url: str, queue: str, admin_url: str, point: str, log_dir: Path) -> Fleet:
+    """tests.apps.procs workers that fail once at `point`, logging at info."""
     env = {
-        **os.environ,
-        "SEGUE_REDIS_URL": url,
-        "SEGUE_QUEUE": queue,
-        "SEGUE_LEASE_SECONDS": "1.5",
-        "SEGUE_POLL_SECONDS": "0.2",
-        "SEGUE_SHUTDOWN_GRACE_SECONDS": "30",  # a failure requeues at once, not after this
         "SEGUE_FAULTPOINT": f"{point}:raise",
         "SEGUE_FAULTPOINT_ONCE": "1",
         "LEDGER_URL": admin_url,
         "COLUMNS": "300",  # log lines not wrapped
     }
-    cmd = [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app", "--log-level", "info"]
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=out, stdout=out)
+    # a failure requeues at once, not after the grace of 30 s
+    app = "tests.apps.procs:app"
+    return Fleet(app, url, queue, lease=1.5, grace=30, env=env, log_dir=log_dir, log_level="info")
 
 
 @pytest.mark.slow
@@ -94,11 +85,10 @@ async def test_a_failing_claim_loop_or_lease_thread_stops_the_worker_cleanly(
     procs.app.settings = procs.app.settings.replace(
         redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2
     )
-    log = tmp_path / "worker.log"
     async with procs.app:
         long = await procs.nap.enqueue(60.0)
-        proc = _worker(segue_valkey.url, queue_name, segue_valkey.admin_url, point, log)
-        try:
+        with _workers(segue_valkey.url, queue_name, segue_valkey.admin_url, point, tmp_path) as w:
+            worker = w.start()
 
             async def started() -> bool:
                 return len(await ledger(segue_valkey.admin_url, queue_name)) == 1
@@ -107,12 +97,8 @@ async def test_a_failing_claim_loop_or_lease_thread_stops_the_worker_cleanly(
             # the claim loop fails on the reply of its first finish; the lease thread at
             # its first turn (a third of a lease after the start)
             await procs.nap.enqueue(0.01)
-            assert await asyncio.to_thread(proc.wait, 20) == 1
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        text = " ".join(log.read_text().split())
+            assert await asyncio.to_thread(w.wait_exit, worker, 20) == 1
+        text = " ".join(w.log(worker).split())
         assert re.search(
             rf"worker \S+ stops: its {part} failed: FaultInjected: fault injected at {point}", text
         ), text
