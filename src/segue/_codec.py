@@ -7,7 +7,7 @@ go through their own JSON mode. Nothing is ever unpickled.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -197,3 +197,12 @@ def _decode_one(dec: TypedDecoder, raw: msgspec.Raw, name: str) -> Any:
 
 
 _PLAIN = TypedDecoder(_ANY)
+
+
+class TaskTypes(Protocol):
+    """What decodes one task's records: its arguments' and its result's types (a Task)."""
+
+    @property
+    def args_decoder(self) -> ArgsDecoder: ...
+    @property
+    def result_decoder(self) -> TypedDecoder: ...
