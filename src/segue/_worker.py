@@ -60,6 +60,7 @@ class Worker:
         pid_file: str | Path | None = None,
     ) -> None:
         self.app = app
+        self.app_name = app.name  # the App's label, in the worker's record
         self.pid_file = Path(pid_file) if pid_file is not None else None
         # set once the worker is registered and about to take work (segue.testing waits on it)
         self.ready = asyncio.Event()
