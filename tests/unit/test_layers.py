@@ -48,7 +48,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("_worker", "_app"): "Worker(app)",
     ("_scheduler", "_app"): "the App's enqueue fields for a schedule",
     ("_workflow", "_app"): "enqueue_workflow(app)",
-    ("_heartbeat", "_worker"): "what a beat reports of its worker",
 }
 
 
