@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         @property
         def finished(self) -> int: ...
 
+
 log = logging.getLogger("segue.worker")
 
 RECORD_BEATS = 6  # a record outlives its last beat by this many intervals, then expires
