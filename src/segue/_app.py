@@ -528,11 +528,11 @@ class App:
 
     async def unschedule(self, schedule_id: str) -> bool:
         """Remove a schedule (False if there was none): no tick after this fires."""
-        return await _scheduler.remove(self, await self.broker(), schedule_id)
+        return await _scheduler.remove(self.settings.prefix, await self.broker(), schedule_id)
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every stored schedule with its next run and last tick, soonest first."""
-        return await _scheduler.listing(self, await self.broker())
+        return await _scheduler.listing(self.settings.prefix, await self.broker())
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -642,7 +642,15 @@ class App:
         """A Worker; with `pid_file`, it writes its id there once registered (`check`)."""
         from segue._worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, pid_file=pid_file)
+        return Worker(
+            self._client,
+            self._registry,
+            self,
+            name=self.name,
+            queues=queues,
+            concurrency=concurrency,
+            pid_file=pid_file,
+        )
 
     def run_worker(
         self,

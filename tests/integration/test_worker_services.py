@@ -155,7 +155,7 @@ async def test_a_graceful_stop_leaves_no_task_unacknowledged(
             info = await h.info()
             assert info.status is TaskStatus.QUEUED and info.tries == 0
             assert info.history[-1].reason == "worker shutdown"
-        broker = await app.broker()
+        broker = await app._client.broker()
         assert await broker.client.exists(broker.keyspace(queue_name).leases) == 0
         assert (await app.queue_counts())["running"] == 0
         assert worker.id not in [w.id for w in await app.workers()]

@@ -45,10 +45,7 @@ KNOWN: dict[tuple[str, str], str] = {
     ("_durability", "_broker"): "type of the Broker served",
     ("_pubsub", "_broker"): "type of the Broker served",
     # being replaced by the collaborators they use (an enqueuer, a registry, a client)
-    ("_worker", "_app"): "Worker(app)",
-    ("_scheduler", "_app"): "the App's enqueue fields for a schedule",
     ("_workflow", "_app"): "enqueue_workflow(app)",
-    ("_heartbeat", "_worker"): "what a beat reports of its worker",
 }
 
 
