@@ -31,8 +31,8 @@ from segue._state import at_ms
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from segue._app import App
     from segue._broker import Broker
+    from segue._client import Client
     from segue._worker import Worker
 
 log = logging.getLogger("segue.worker")
@@ -202,21 +202,21 @@ def _info(worker_id: str, score: float | None, rec: dict[bytes, bytes], now_ms: 
     )
 
 
-async def list_workers(app: App) -> list[WorkerInfo]:
+async def list_workers(client: Client) -> list[WorkerInfo]:
     """Every worker with a record (live, or stale but not yet expired), by host and id."""
-    broker = await app.broker()
-    now_ms, rows = await broker.worker_records(WorkerKeys(app.settings.prefix))
+    broker = await client.broker()
+    now_ms, rows = await broker.worker_records(WorkerKeys(client.settings.prefix))
     infos = [_info(wid, score, rec, now_ms) for wid, score, rec in rows if rec]
     return sorted(infos, key=lambda w: (w.host, w.id))
 
 
-def _where(app: App) -> str:
+def _where(client: Client) -> str:
     from segue._broker import _safe
 
-    url = app.settings.redis_url
+    url = client.settings.redis_url
     if url is not None:
         return _safe(url)
-    return f"the embedded server of {app.settings.home or 'this project'}"
+    return f"the embedded server of {client.settings.home or 'this project'}"
 
 
 def _one_line(text: str) -> str:
@@ -224,7 +224,7 @@ def _one_line(text: str) -> str:
 
 
 async def check(
-    app: App,
+    client: Client,
     worker_id: str | None = None,
     *,
     max_age: float | None = None,
@@ -234,7 +234,7 @@ async def check(
     """Is a worker alive? See `App.check` for how the worker is chosen."""
     path: Path | None = None
     if worker_id is None:
-        path = Path(pid_file) if pid_file is not None else default_pid_file(app.settings.home)
+        path = Path(pid_file) if pid_file is not None else default_pid_file(client.settings.home)
         if path.exists():
             try:
                 worker_id = path.read_text(encoding="utf-8").strip() or None
@@ -246,13 +246,15 @@ async def check(
             return Health(False, f"no pid file at {path} (start the worker with --pid-file {path})")
     try:
         async with asyncio.timeout(timeout):
-            broker = await app.broker()
-            now_ms, rows = await broker.worker_records(WorkerKeys(app.settings.prefix), worker_id)
+            broker = await client.broker()
+            now_ms, rows = await broker.worker_records(
+                WorkerKeys(client.settings.prefix), worker_id
+            )
     except TimeoutError:
-        return Health(False, f"server unreachable: {_where(app)} did not answer in {timeout} s")
+        return Health(False, f"server unreachable: {_where(client)} did not answer in {timeout} s")
     except BrokerError as exc:
         cause = exc.__cause__ or exc
-        return Health(False, _one_line(f"server unreachable: {_where(app)}: {cause}"))
+        return Health(False, _one_line(f"server unreachable: {_where(client)}: {cause}"))
     except ConfigurationError as exc:
         return Health(False, _one_line(f"server unavailable: {exc}"))
 
@@ -260,7 +262,7 @@ async def check(
         if max_age is not None:
             return max_age
         interval = info.heartbeat_seconds if info and info.heartbeat_seconds else 0.0
-        return STALE_BEATS * (interval or app.settings.heartbeat_seconds)
+        return STALE_BEATS * (interval or client.settings.heartbeat_seconds)
 
     if worker_id is not None:
         source = f" (from {path})" if path is not None else ""

@@ -420,7 +420,14 @@ class Worker:
                     or int(tries) >= int(max_tries or 1)
                 ),
             )
-            job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
+            job.run = RunControl(
+                self.app.enqueue_child,
+                self._broker,
+                ks,
+                job.gen,
+                self._resources,
+                lease_seconds=self.app.settings.lease_seconds,
+            )
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
