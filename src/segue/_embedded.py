@@ -104,6 +104,11 @@ def _data_dir(home: Path) -> Path:
     return d
 
 
+def private_dir(home: Path) -> Path:
+    """The project's `.segue/`, created private and checked (for other private files)."""
+    return _data_dir(home.resolve())
+
+
 def _check_private_dir(d: Path) -> None:
     """Refuse a directory that another user could have planted or can write into: its
     server.json would point us at their server, and our data would land in their hands."""
