@@ -26,6 +26,7 @@ from segue._keys import check_queue_name, queue_of
 from segue._lifespan import Resource
 from segue._options import Backoff, OnDuplicate, Priority, TaskOptions, Unique, seconds
 from segue._queue import Queue
+from segue._redact import mask_url
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Signature, SyncTask, Task
@@ -111,7 +112,7 @@ class App:
         self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
 
     def __repr__(self) -> str:
-        where = self.settings.redis_url or "embedded"
+        where = mask_url(self.settings.redis_url) if self.settings.redis_url else "embedded"
         return f"<App {self.name} tasks={len(self.registry)} server={where}>"
 
     # --- declaring tasks -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
 from segue._cli import AppOption, UrlOption, cli, client_app, err, out, print_rows
@@ -38,7 +39,7 @@ def _run(go: Callable[[], Awaitable[Any]]) -> Any:
     try:
         return asyncio.run(go())  # type: ignore[arg-type]
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")  # a message is text, not markup
         raise typer.Exit(1) from None
 
 
