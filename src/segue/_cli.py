@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from segue._app import App
+from segue._display import clean, plain
 from segue._errors import ConfigurationError, SegueError
 from segue._heartbeat import Health
 from segue._logging import JsonFormatter, TaskFields
@@ -209,11 +210,11 @@ def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: 
         # plain print: Rich would expand the tabs
         print(title)
         for row in (header, *rows):
-            print("\t".join(row))
+            print("\t".join(clean(cell) for cell in row))
         return
     table = Table(*header, title=title)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(plain(cell) for cell in row))  # stored strings: never markup
     out.print(table)
 
 
