@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
-from segue._cli import AppOption, UrlOption, cli, client_app, err, out, print_rows
+from segue._cli_common import AppOption, UrlOption, cli, client_app, err, out, print_rows
 from segue._display import clean, plain
 from segue._errors import SegueError
 from segue._state import TaskStatus

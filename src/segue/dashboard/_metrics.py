@@ -15,13 +15,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from segue._errors import SegueError
+from segue._heartbeat import list_workers
+from segue._queue import Queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from prometheus_client.metrics_core import Metric
 
-    from segue._app import App
+    from segue._client import Client
 
 # the statuses Queue.counts() reports, in the order they are exported
 STATUSES = (
@@ -47,10 +49,10 @@ class _Snapshot(Collector):
         return self.families
 
 
-async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int]:
+async def queue_snapshot(client: Client, name: str) -> tuple[dict[str, int], bool, int]:
     """A queue's counts by status, whether it is paused, and its dead letters."""
-    queue = app.queue(name)
-    broker = await app.broker()
+    queue = Queue(client, name)
+    broker = await client.broker()
     counts, paused, dead = await asyncio.gather(
         queue.counts(), queue.is_paused(), broker.dead_count(broker.keyspace(name))
     )
@@ -72,8 +74,8 @@ class ScrapeCache:
     """The last rendered scrape, reused for CACHE_SECONDS; concurrent scrapes wait for
     the one read in flight instead of each starting their own."""
 
-    def __init__(self, app: App, seconds: float = CACHE_SECONDS) -> None:
-        self.app = app
+    def __init__(self, client: Client, seconds: float = CACHE_SECONDS) -> None:
+        self.client = client
         self.seconds = seconds
         self._body = b""
         self._at = float("-inf")
@@ -82,23 +84,25 @@ class ScrapeCache:
     async def get(self) -> bytes:
         async with self._lock:
             if time.monotonic() - self._at >= self.seconds:
-                self._body = await render(self.app)
+                self._body = await render(self.client)
                 self._at = time.monotonic()
             return self._body
 
 
-async def queue_snapshots(app: App, names: list[str]) -> list[tuple[dict[str, int], bool, int]]:
+async def queue_snapshots(
+    client: Client, names: list[str]
+) -> list[tuple[dict[str, int], bool, int]]:
     """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
     gate = asyncio.Semaphore(_READ_AT_ONCE)
 
     async def one(name: str) -> tuple[dict[str, int], bool, int]:
         async with gate:
-            return await queue_snapshot(app, name)
+            return await queue_snapshot(client, name)
 
     return list(await asyncio.gather(*(one(n) for n in names)))
 
 
-async def render(app: App) -> bytes:
+async def render(client: Client) -> bytes:
     up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
     tasks = GaugeMetricFamily(
         "segue_queue_tasks", "Tasks of a queue by status", labels=["queue", "status"]
@@ -114,10 +118,10 @@ async def render(app: App) -> bytes:
     )
     families: list[Metric] = [up]
     try:
-        names = sorted(await app.queues())
+        names = sorted(await (await client.broker()).queues())
         omitted.add_metric([], max(0, len(names) - MAX_QUEUES))
         names = names[:MAX_QUEUES]
-        snapshots = await queue_snapshots(app, names)
+        snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
         up.add_metric([], 0)
@@ -130,7 +134,7 @@ async def render(app: App) -> bytes:
             dead.add_metric([name], dead_letters)
         families += [tasks, paused, dead, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
-        alive.add_metric([], sum(not w.stale for w in await app.workers()))
+        alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
