@@ -184,6 +184,8 @@ def info(
             plain(shown.id, "bold"), "  ", plain(shown.name), "  ", plain(str(shown.status), "bold")
         )
     )
+    if shown.problem:
+        _say(f"  bad record: {shown.problem}")
     _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
     if shown.progress is not None:

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
 
 # field → a value another client could have written
 CORRUPTIONS = {
+    "t": b"abc",
+    "mt": b"abc",
     "exp": b"abc",
     "to": b"abc",
     "d": b"1.5",
