@@ -27,6 +27,7 @@ from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._options import Backoff, OnDuplicate, Priority, Unique, seconds
 from segue._queue import Queue
+from segue._redact import mask_url
 from segue._registry import CronDecorator, Registry, TaskDecorator
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
@@ -113,7 +114,7 @@ class App:
         return self._client.connected
 
     def __repr__(self) -> str:
-        where = self.settings.redis_url or "embedded"
+        where = mask_url(self.settings.redis_url) if self.settings.redis_url else "embedded"
         return f"<App {self.name} tasks={len(self.registry)} server={where}>"
 
     # --- declaring tasks -------------------------------------------------------------------

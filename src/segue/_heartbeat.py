@@ -179,7 +179,7 @@ class Heartbeat(Service):
 
 def write_pid_file(path: Path, worker_id: str) -> None:
     """Write the worker id (not only the pid: the id names the worker on the server)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(worker_id + "\n", encoding="utf-8")
     tmp.replace(path)  # atomic: a check never reads half a file
