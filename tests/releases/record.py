@@ -1,8 +1,10 @@
 """Record what a release writes on the server, for tests/integration/test_previous_release.py.
 
-    .venv/bin/python -m tests.releases.record tests/releases/<commit>.json
+    git worktree add --detach /tmp/rel <commit>      # the release to record
+    mkdir -p /tmp/rel/tests/releases && cp tests/releases/*.py /tmp/rel/tests/releases/
+    cd /tmp/rel && PYTHONPATH=/tmp/rel/src:/tmp/rel python -m tests.releases.record out.json
 
-Run it on the release being recorded (a checkout whose src/ is that release): it starts a
+It runs on the release being recorded (a checkout whose src/ is that release): it starts a
 server of its own, drives one queue into every state a deploy can find (queued, scheduled,
 paused, suspended with its state, retrying, waiting for `after=`, waiting for sub-tasks,
 running under a lease, a pause asked of a run whose worker then vanished, a workflow half
