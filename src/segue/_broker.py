@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +21,7 @@ import redis.cluster
 import redis.retry
 from redis import exceptions as rexc
 
-from segue import _scripts, _sentinel, _tls
+from segue import _calls, _scripts, _sentinel, _tls
 from segue._durability import Confirmer, Need
 from segue._errors import (
     BrokerError,
@@ -38,16 +37,20 @@ from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace, queues_key
 from segue._pubsub import EndedWaiters, Subscriber
 from segue._versions import warn_if_unpatched
+from segue._wire import GraphRecord
+from segue._wire import ScriptErrorCode as Code
+
+__all__ = ["Broker", "GraphRecord"]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
+    from segue._calls import ScriptCall
     from segue._keys import CronKeys, WorkerKeys
     from segue._settings import Settings
+    from segue._wire import EnqueueSpec, Finished, GraphStep
 
 log = logging.getLogger("segue.broker")
-ENQUEUE_FIELDS = 12  # per task, see enqueue.lua
-GRAPH_FIELDS = 18  # per task, see graph.lua
 
 
 def _plain_url(url: str) -> str:
@@ -113,7 +116,7 @@ def _reply_error(url: str, exc: Exception) -> BrokerError | QueueFull:
             "noeviction) and refused the write, so nothing of it was stored: let workers "
             "drain the queues, lower result_ttl_seconds, or raise maxmemory"
         )
-    if text.startswith("SEGUE_QUEUE_FULL "):
+    if text.startswith(Code.QUEUE_FULL + " "):
         return _queue_full(text)
     if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
         return ScriptError(
@@ -216,21 +219,6 @@ def _cluster_backoff() -> redis.backoff.AbstractBackoff:
 
 def _backoff() -> redis.backoff.AbstractBackoff:
     return redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=1.0)
-
-
-@dataclass(frozen=True, slots=True)
-class GraphRecord:
-    """A workflow's record on one queue, created by graph.lua with that queue's steps. The
-    main record lives on the queue of the workflow id; a workflow with steps on other
-    queues has a part record on each, which counts that queue's steps."""
-
-    id: str
-    ttl_ms: int
-    steps: str  # main: every step id in layout order; a part: its queue's steps
-    last: str  # main: the last steps' ids; a part: ''
-    left: int  # ends counted before this record's share of the workflow has ended
-    queues: str = ""  # main: the workflow's other queues
-    part: str = ""  # a part: its queue
 
 
 class Broker:
@@ -354,13 +342,9 @@ class Broker:
 
     # --- enqueue -------------------------------------------------------------------------
 
-    def enqueue_call(
-        self, ks: Keyspace, fields: list[Any]
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks (12 fields each, see enqueue.lua); replies 1 = created, 0 = existed,
-        or the id of the live task holding a unique task's key."""
-        count = len(fields) // ENQUEUE_FIELDS
-        return (self.enqueue_script, ks.enqueue_keys, [ks.base, count, self.max_len, *fields])
+    def enqueue_call(self, ks: Keyspace, specs: Sequence[EnqueueSpec]) -> ScriptCall:
+        """Create tasks (enqueue.lua); see _calls.parse_created for the reply."""
+        return _calls.enqueue(ks, specs, self.max_len)
 
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
@@ -389,41 +373,18 @@ class Broker:
         answered: str = "",
         *,
         holds_last: bool = False,
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """A claim of up to `want` tasks; sent again with the same `token` after a lost
-        reply, it returns the tasks the first call leased (see claim.lua). `answered`: the
-        token of the previous claim, whose reply came, so its record can go. `holds_last`:
-        the worker runs a task on its last delivery, so it gets no other."""
-        s = self.settings
-        keys = ks.claim_keys
-        args = [
-            ks.base,
-            worker_id,
-            want,
-            int(s.lease_seconds * 1000),
-            s.max_deliveries,
-            ks.done_channel,
-            s.dead_letter_cap,
-            token,
-            answered,
-            "1" if holds_last else "0",
-        ]
-        return (self.claim_script, keys, args)
+    ) -> ScriptCall:
+        """A claim of up to `want` tasks (see _calls.claim); _calls.parse_claim reads it."""
+        return _calls.claim(
+            ks, self.settings, worker_id, want, token, answered, holds_last=holds_last
+        )
 
     def finish_call(
-        self, ks: Keyspace, outcomes: Sequence[Any], *, claim_follows: bool = False
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        keys = ks.finish_keys
-        follows = 1 if claim_follows else 0
-        args = [
-            ks.base,
-            ks.done_channel,
-            self.settings.dead_letter_cap,
-            follows,
-            len(outcomes) // 5,
-        ]
-        args.extend(outcomes)
-        return (self.finish_script, keys, args)
+        self, ks: Keyspace, finished: Sequence[Finished], *, claim_follows: bool = False
+    ) -> ScriptCall:
+        """Record outcomes (see _calls.finish); _calls.parse_finish reads the reply."""
+        cap = self.settings.dead_letter_cap
+        return _calls.finish(ks, finished, cap, claim_follows=claim_follows)
 
     async def run_calls(
         self, calls: list[tuple[_scripts.Script, list[str], list[Any]]], *, retry: bool = False
@@ -677,9 +638,9 @@ class Broker:
         try:
             reply = await self.run_calls([self.control_call(ks, task_id, command, reason)])
         except ScriptError as exc:
-            if exc.code == "SEGUE_NOT_FOUND":
+            if exc.code == Code.NOT_FOUND:
                 raise _not_found("task", task_id) from None
-            if exc.code == "SEGUE_INVALID_TRANSITION":
+            if exc.code == Code.INVALID_TRANSITION:
                 status = _refused_in(exc)
                 raise InvalidTransition(
                     f"cannot {command} task {task_id}: it is {status}", status, command
@@ -689,15 +650,11 @@ class Broker:
         return _text(status)
 
     def graph_call(
-        self, ks: Keyspace, workflow: GraphRecord | None, fields: list[Any]
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        """Create tasks with dependencies (18 fields each, see graph.lua), and a workflow's
-        record on this queue when given."""
-        w = workflow or GraphRecord("", -1, "", "", 0)
-        args = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left, w.queues]
-        args.extend((w.part, len(fields) // GRAPH_FIELDS, self.max_len))
-        args.extend(fields)
-        return (self.graph_script, ks.graph_keys, args)
+        self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
+    ) -> ScriptCall:
+        """Create tasks with dependencies, and a workflow's record on this queue when given
+        (graph.lua)."""
+        return _calls.graph(ks, workflow, steps, self.max_len)
 
     def watch_call(
         self, ks: Keyspace, watches: Sequence[Any]
@@ -743,9 +700,9 @@ class Broker:
         try:
             reply = await self.run_calls([(self.workflow_script, keys, args)])
         except ScriptError as exc:
-            if exc.code == "SEGUE_NOT_FOUND":
+            if exc.code == Code.NOT_FOUND:
                 raise _not_found("workflow", wf_id) from None
-            if exc.code == "SEGUE_INVALID_TRANSITION":
+            if exc.code == Code.INVALID_TRANSITION:
                 state = _refused_in(exc)
                 verb = "pause" if command == "pause_running" else command
                 raise InvalidTransition(
@@ -777,9 +734,9 @@ class Broker:
         try:
             reply = await self.run_calls([call])
         except ScriptError as exc:
-            if exc.code == "SEGUE_NOT_FOUND":
+            if exc.code == Code.NOT_FOUND:
                 raise _not_found("task", task_id) from None
-            if exc.code == "SEGUE_INVALID_TRANSITION":
+            if exc.code == Code.INVALID_TRANSITION:
                 status = _refused_in(exc)
                 raise InvalidTransition(
                     f"cannot retry task {task_id}: it is {status} (only failed, cancelled or "
@@ -787,14 +744,14 @@ class Broker:
                     status,
                     "retry",
                 ) from None
-            if exc.code == "SEGUE_DUPLICATE":
+            if exc.code == Code.DUPLICATE:
                 holder = str(exc).rsplit(" ", 1)[-1]
                 raise DuplicateTask(
                     f"cannot retry task {task_id}: it is unique and task {holder} is queued "
                     "or running",
                     holder,
                 ) from None
-            if exc.code == "SEGUE_DEPENDENCY_ENDED":
+            if exc.code == Code.DEPENDENCY_ENDED:
                 raise InvalidTransition(
                     f"cannot retry task {task_id}: it ended because a task it depends on did, "
                     "so it has no input to run with; retry that task, or its workflow's steps",

@@ -20,6 +20,7 @@ from segue._errors import (
 )
 from segue._keys import queue_of
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._wire import TaskField as F
 
 if TYPE_CHECKING:
     from segue._app import App
@@ -111,7 +112,7 @@ class TaskHandle(Generic[R]):
                 rec = await broker.task_record(ks, self.id)
                 if not rec:
                     raise self._not_found()
-                status = TaskStatus(rec[b"s"].decode())
+                status = TaskStatus(rec[F.STATUS.b].decode())
                 if status.is_final:
                     return self._outcome(status, rec)
                 wait = _RECHECK_SECONDS
@@ -195,12 +196,12 @@ class TaskHandle(Generic[R]):
     def _outcome(self, status: TaskStatus, rec: dict[bytes, bytes]) -> R:
         if status is TaskStatus.SUCCEEDED:
             try:
-                return cast("R", self._decoder.decode(rec.get(b"r", b"null")))
+                return cast("R", self._decoder.decode(rec.get(F.RESULT.b, b"null")))
             except Exception as exc:
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+        err = parse_error(rec.get(F.ERROR.b)) or TaskError("Expired", "expired", None, "expired")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
 
 
@@ -222,29 +223,29 @@ def _int(rec: dict[bytes, bytes], key: bytes) -> int | None:
 
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
-    name = rec.get(b"n", b"").decode()
+    name = rec.get(F.NAME.b, b"").decode()
     task = app.registry.get(name)
-    status = TaskStatus(rec[b"s"].decode())
+    status = TaskStatus(rec[F.STATUS.b].decode())
     try:
         if task is not None:
-            args, kwargs = task.args_decoder.decode(rec[b"p"])
+            args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
         else:
-            args, kwargs = decode_plain(rec[b"p"])
+            args, kwargs = decode_plain(rec[F.PAYLOAD.b])
     except Exception:
         args, kwargs = [], {}
     history = []
-    for line in rec.get(b"h", b"").decode().splitlines():
+    for line in rec.get(F.HISTORY.b, b"").decode().splitlines():
         st, _, rest = line.partition("|")
         at, _, reason = rest.partition("|")
         history.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
     result: Any = None
-    if status is TaskStatus.SUCCEEDED and b"r" in rec:
+    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
         decoder = task.result_decoder if task is not None else _PLAIN
-        result = decoder.decode(rec[b"r"])
-    worker = rec.get(b"w")
+        result = decoder.decode(rec[F.RESULT.b])
+    worker = rec.get(F.WORKER.b)
     progress = None
-    if b"pg" in rec:
-        done, _, total = rec[b"pg"].decode().partition(" ")
+    if F.PROGRESS.b in rec:
+        done, _, total = rec[F.PROGRESS.b].decode().partition(" ")
         progress = (float(done), float(total) if total else None)
     return TaskInfo(
         id=task_id,
@@ -253,17 +254,17 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
         status=status,
         args=list(args),
         kwargs=dict(kwargs),
-        priority=rec.get(b"q", b"normal").decode(),
-        tries=_int(rec, b"t") or 0,
-        max_tries=_int(rec, b"mt") or 0,
+        priority=rec.get(F.PRIORITY.b, b"normal").decode(),
+        tries=_int(rec, F.TRIES.b) or 0,
+        max_tries=_int(rec, F.MAX_TRIES.b) or 0,
         worker_id=worker.decode() if worker else None,
-        enqueued_at=from_ms(_int(rec, b"ce")),
-        started_at=from_ms(_int(rec, b"st")),
-        ended_at=from_ms(_int(rec, b"et")),
-        due_at=from_ms(_int(rec, b"due")),
+        enqueued_at=from_ms(_int(rec, F.ENQUEUED_AT.b)),
+        started_at=from_ms(_int(rec, F.STARTED_AT.b)),
+        ended_at=from_ms(_int(rec, F.ENDED_AT.b)),
+        due_at=from_ms(_int(rec, F.DUE_AT.b)),
         history=history,
         result=result,
-        error=parse_error(rec.get(b"e")),
+        error=parse_error(rec.get(F.ERROR.b)),
         progress=progress,
-        progress_message=rec.get(b"pgm", b"").decode() or None,
+        progress_message=rec.get(F.PROGRESS_MESSAGE.b, b"").decode() or None,
     )

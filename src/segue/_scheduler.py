@@ -31,10 +31,10 @@ import msgspec
 from ulid import ULID
 
 from segue import _cron, _scripts
-from segue._broker import ENQUEUE_FIELDS
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
+from segue._wire import EnqueueSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -148,21 +148,21 @@ class CronDecorator:
 
 def _entry(app: App, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
-    queue, _, f = app._fields(schedule.sig)
+    queue, task = app._spec(schedule.sig)
     entry = _Entry(
         spec=schedule.cron.spec,
-        task=f[1],
+        task=task.name,
         queue=queue,
         cron=schedule.cron.expr,
         tz=schedule.cron.tz,
         catch_up=schedule.catch_up,
-        args=msgspec.Raw(f[2]),
-        priority=f[3],
-        max_tries=f[6],
-        timeout_ms=f[7],
-        ttl_ms=f[8],
-        unique=f[9],
-        expire_ms=f[10],
+        args=msgspec.Raw(task.payload),
+        priority=task.priority,
+        max_tries=task.max_tries,
+        timeout_ms=task.timeout_ms,
+        ttl_ms=task.ttl_ms,
+        unique=task.unique,
+        expire_ms=task.expire_ms,
     )
     return _encode(entry)
 
@@ -326,7 +326,7 @@ class Scheduler:
             if soonest < 0:
                 return _MAX_SLEEP
             return min(_MAX_SLEEP, max(0.0, (soonest - now) / 1000))
-        by_queue: dict[str, list[Any]] = {}
+        by_queue: dict[str, list[EnqueueSpec]] = {}
         advances = []
         counts = []
         for raw_id, raw_tick, raw in rows:
@@ -339,37 +339,37 @@ class Scheduler:
                 log.error("schedule %s cannot be fired here: %s", sid, exc)
                 continue
             ticks, nxt = plan(cron, e.catch_up, tick, now)
-            fields = by_queue.setdefault(e.queue, [])
+            specs = by_queue.setdefault(e.queue, [])
             payload = bytes(e.args)
-            for t in ticks:
-                fields.extend(
-                    (
-                        tick_id(e.queue, sid, t),
-                        e.task,
-                        payload,
-                        e.priority,
-                        0,
-                        0,
-                        e.max_tries,
-                        e.timeout_ms,
-                        e.ttl_ms,
-                        e.unique,
-                        e.expire_ms,
-                        "",
-                    )
+            specs.extend(
+                EnqueueSpec(
+                    id=tick_id(e.queue, sid, t),
+                    name=e.task,
+                    payload=payload,
+                    priority=e.priority,
+                    delay_ms=0,
+                    at_ms=0,
+                    max_tries=e.max_tries,
+                    timeout_ms=e.timeout_ms,
+                    ttl_ms=e.ttl_ms,
+                    unique=e.unique,
+                    expire_ms=e.expire_ms,
+                    headers="",
                 )
+                for t in ticks
+            )
             advances.append(
                 (_ADVANCE, self._keys, [sid, tick, ticks[-1], "" if nxt is None else nxt])
             )
             counts.append(len(ticks))
             log.debug("schedule %s fires %d tick(s) from %d; next %s", sid, len(ticks), tick, nxt)
         calls: list[tuple[_scripts.Script, list[str], list[Any]]] = []
-        for queue, fields in by_queue.items():
+        for queue, specs in by_queue.items():
             await broker.register_queue(queue)
             ks = broker.keyspace(queue)
-            step = _CATCH_UP_BATCH * ENQUEUE_FIELDS
+            step = _CATCH_UP_BATCH
             calls.extend(
-                broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
+                broker.enqueue_call(ks, specs[i : i + step]) for i in range(0, len(specs), step)
             )
         if calls:
             await broker.run_calls(calls, retry=True)  # idempotent by task id

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from ulid import ULID
 
-from segue._broker import GraphRecord
 from segue._errors import (
     ConfigurationError,
     InvalidTransition,
@@ -34,6 +33,9 @@ from segue._handle import TaskHandle, parse_error, parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskInfo, TaskStatus
 from segue._task import Signature, Task
+from segue._wire import GraphRecord, GraphStep
+from segue._wire import TaskField as T
+from segue._wire import WorkflowField as W
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -205,15 +207,15 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
                 xdependants.setdefault(dep_id, []).append(f"{step.id}|{index}|{wf_id}")
             else:
                 watches.setdefault(there, []).extend((dep_id, step.id, index, wf_id))
-    fields: dict[str, list[Any]] = {queue: []}  # the workflow's queue first
+    fields: dict[str, list[GraphStep]] = {queue: []}  # the workflow's queue first
     ids: dict[str, list[str]] = {queue: []}
     for step in steps:
         here = queue_of(step.id)
         local = [(d, i) for d, i in step.deps if queue_of(d) == here]
         cross = [(d, i) for d, i in step.deps if queue_of(d) != here]
         told = " ".join(xdependants.get(step.id, ()))
-        part = app.graph_fields(step.sig, here, step.id, local, step.mode, cross, told)
-        fields.setdefault(here, []).extend(part)
+        part = app.graph_step(step.sig, here, step.id, local, step.mode, cross, told)
+        fields.setdefault(here, []).append(part)
         ids.setdefault(here, []).append(step.id)
     ttl = app.settings.result_ttl_seconds
     ttl_ms = -1 if ttl is None else int(ttl * 1000)
@@ -279,14 +281,14 @@ class WorkflowHandle(Generic[R]):
         return rec
 
     async def step_count(self) -> int:
-        return len(await self._ids(b"steps"))
+        return len(await self._ids(W.STEPS.b))
 
     async def _ids(self, field: bytes) -> list[str]:
         return (await self._record()).get(field, b"").decode().split()
 
     async def queues(self) -> list[str]:
         """The queues its steps live on, the workflow's own first."""
-        return [self.queue, *await self._ids(b"queues")]
+        return [self.queue, *await self._ids(W.QUEUES.b)]
 
     async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
         """The same fields of steps on any queues, in the order of `ids`."""
@@ -309,17 +311,17 @@ class WorkflowHandle(Generic[R]):
         """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
         (being cancelled) or RUNNING."""
         rec = await self._record()
-        if rec.get(b"st") == b"cancelled":
+        if rec.get(W.STATE.b) == b"cancelled":
             return TaskStatus.CANCELLED
-        last = rec.get(b"last", b"").decode().split()
-        rows = await self._fields_of(last, ["s", "opt", "e"])
+        last = rec.get(W.LAST.b, b"").decode().split()
+        rows = await self._fields_of(last, [T.STATUS, T.OPTIONAL, T.ERROR])
         states = {_passed(r) for r in rows}
         if states == {TaskStatus.SUCCEEDED}:
             return TaskStatus.SUCCEEDED
         for final in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED):
             if final in states:
                 return final
-        state = rec.get(b"st", b"running").decode()
+        state = rec.get(W.STATE.b, b"running").decode()
         if state == "cancelled":
             return TaskStatus.CANCELLED
         return TaskStatus.PAUSED if state == "paused" else TaskStatus.RUNNING
@@ -329,7 +331,7 @@ class WorkflowHandle(Generic[R]):
         `offset` and `limit` read one page of a large fan-out."""
         broker = await self._app.broker()
         infos: list[TaskInfo] = []
-        ids = await self._ids(b"steps")
+        ids = await self._ids(W.STEPS.b)
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
             if rec:
@@ -339,7 +341,7 @@ class WorkflowHandle(Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         """The last step's value (a list when the workflow ends with a group); raises
         TaskFailed naming the step that failed, or TaskCancelled."""
-        last = await self._ids(b"last")
+        last = await self._ids(W.LAST.b)
         handles = [TaskHandle[Any](self._app, i, self._decoder) for i in last]
         # a bounded number at a time: each wait holds a pooled connection, and redis-py's
         # pool refuses more than 100 (a group of hundreds of last steps failed on a cluster)
@@ -362,7 +364,7 @@ class WorkflowHandle(Generic[R]):
         try:
             return await handle.result(timeout)
         except (TaskFailed, TaskCancelled):
-            [(optional, error)] = await self._fields_of([handle.id], ["opt", "e"])
+            [(optional, error)] = await self._fields_of([handle.id], [T.OPTIONAL, T.ERROR])
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
@@ -390,7 +392,7 @@ class WorkflowHandle(Generic[R]):
         or a resume, which the workflow as a whole does not."""
         broker = await self._app.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
-        others = await self._ids(b"queues")
+        others = await self._ids(W.QUEUES.b)
         for queue in others:
             with contextlib.suppress(TaskNotFound, InvalidTransition):
                 await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
