@@ -19,6 +19,7 @@ from segue._context import (
     Context,
     PauseRequested,
     RunControl,
+    ServerUnreachable,
     SyncContext,
     WaitingForSubtasks,
 )
@@ -31,6 +32,7 @@ from segue._wire import (
     Outcome,
     Paused,
     Released,
+    Requeued,
     Retrying,
     Succeeded,
     Suspended,
@@ -186,6 +188,10 @@ async def _call(
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
     except WaitingForSubtasks:
         return Waiting()
+    except ServerUnreachable as exc:
+        if not silent:
+            log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)
+        return Requeued("server unreachable")
     except PauseRequested:
         if not silent:
             log.info("task %s paused at a checkpoint", job.id)

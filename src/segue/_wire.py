@@ -253,9 +253,14 @@ class Retrying(Outcome, frozen=True, gc=False):
 
 
 class Requeued(Outcome, frozen=True, gc=False):
-    """A graceful shutdown stopped the run: back to the head of its list, no try spent."""
+    """The run stopped without ending, and no try is spent: back to the head of its list.
+    `reason` says why ('' for a graceful shutdown)."""
 
+    reason: str = ""
     action: ClassVar[str] = "requeue"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.reason, "")
 
 
 class Suspended(Outcome, frozen=True, gc=False):

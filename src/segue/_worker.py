@@ -414,7 +414,9 @@ class Worker:
                 started=_clock.monotonic(),
                 input=run.input,
                 headers=run.headers,
-                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
+                # as claim.lua decides it: a lost run before, and losing this one ends it
+                last_delivery=lost > 0
+                and (lost >= self.app.settings.max_deliveries - 1 or run.tries >= run.max_tries),
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             earlier = self._running.get(job.id)

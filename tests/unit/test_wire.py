@@ -257,6 +257,7 @@ def test_claim_call_and_reply() -> None:
         (Failed(b'{"type":"E"}', "error"), ("fail", b'{"type":"E"}', "error")),
         (Retrying(b"{}", 1500), ("retry", b"{}", 1500)),
         (Requeued(), ("requeue", "", "")),
+        (Requeued("server unreachable"), ("requeue", "server unreachable", "")),
         (Suspended(-1), ("suspend", -1, "")),
         (Paused(), ("paused", "", "")),
         (Cancelled(), ("cancelled", "", "")),
