@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from segue import Settings
 from segue._broker import Broker, GraphRecord
-from segue._scripts import NAMES, load
+from segue._keys import CronKeys, WorkerKeys
+from segue._scripts import NAMES, _with_library, includes, load
 
 
 def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
@@ -22,36 +27,45 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "retry": (broker.retry_script, ks.retry_keys, []),
         "purge": (broker.purge_script, ks.purge_keys, []),
     }
+    counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
-    assert load("renew").numkeys == 2
-    assert load("state").numkeys == 1
-    assert load("wait").numkeys == 2
-    assert load("event").numkeys == 1
-    assert load("reconcile").numkeys == len(ks.reconcile_keys)
-    assert load("generation").numkeys == 2
-    assert set(NAMES) == {
-        "enqueue",
-        "claim",
-        "finish",
-        "renew",
-        "control",
-        "state",
-        "graph",
-        "forward",
-        "watch",
-        "wait",
-        "workflow",
-        "retry",
-        "event",
-        "purge",
-        "cron_put",
-        "cron_take",
-        "cron_advance",
-        "cron_remove",
-        "reconcile",
-        "generation",
+    wk = WorkerKeys("segue")
+    cron = len(CronKeys("segue").all)
+    counts |= {
+        "renew": len([ks.leases, ks.meta]),
+        "state": len([ks.state("q:1")]),
+        "wait": len([ks.leases, ks.waiting]),
+        "event": len([ks.events]),
+        "reconcile": len(ks.reconcile_keys),
+        "generation": 2,
+        "beat": len([wk.index, wk.record("w")]),
+        "cron_put": cron,
+        "cron_take": cron,
+        "cron_advance": cron,
+        "cron_remove": cron,
     }
+    # the registry is the directory: a new script is checked here or this fails
+    assert set(NAMES) == set(counts)
+    for name in NAMES:
+        assert load(name).numkeys == counts[name], name
+
+
+def test_each_script_carries_the_library_parts_it_includes_once_before_its_own_text() -> None:
+    for name in NAMES:
+        source = load(name).source
+        defined = re.findall(r"^local function (\w+)\(", source, re.MULTILINE)
+        assert len(defined) == len(set(defined)), name  # no part comes twice
+    claim = load("claim").source
+    # a part comes after the parts it includes, and before the script's own text
+    assert claim.index("local function emit(") < claim.index("local function transition(")
+    assert claim.index("local function transition(") < claim.index("local function end_task(")
+    assert claim.index("local function end_task(") < claim.index("--[[ claim:")
+    assert includes(claim.split("--[[ claim:", 1)[1]) == ["clock", "finalize"]
+    # a script carries only what it includes
+    assert "local function" not in load("state").source
+    beat = load("beat").source
+    assert "local function now_ms(" in beat and "transition" not in beat
 
 
 def test_every_key_of_a_call_carries_the_queue_tag() -> None:
@@ -67,3 +81,8 @@ def test_every_key_of_a_call_carries_the_queue_tag() -> None:
     for _, keys, args in calls:
         assert all("{q}" in k for k in keys)
         assert args[0] == "segue:{q}:"
+
+
+def test_an_include_of_a_missing_part_is_named() -> None:
+    with pytest.raises(ValueError, match="script 'x' includes 'nope'"):
+        _with_library("x", "--[[ x ]]\n--#include clock nope\nreturn 1\n")
