@@ -240,20 +240,6 @@ class Broker:
         self._known_queues: set[str] = set()
         self._ended: EndedWaiters | None = None
         self.server_version: tuple[str, str] | None = None  # (server, version) from HELLO
-        self.enqueue_script = _scripts.load("enqueue")
-        self.claim_script = _scripts.load("claim")
-        self.finish_script = _scripts.load("finish")
-        self.renew_script = _scripts.load("renew")
-        self.control_script = _scripts.load("control")
-        self.state_script = _scripts.load("state")
-        self.graph_script = _scripts.load("graph")
-        self.forward_script = _scripts.load("forward")
-        self.watch_script = _scripts.load("watch")
-        self.wait_script = _scripts.load("wait")
-        self.workflow_script = _scripts.load("workflow")
-        self.retry_script = _scripts.load("retry")
-        self.event_script = _scripts.load("event")
-        self.purge_script = _scripts.load("purge")
 
     def new_fast_connection(self, reply_timeout: float | None = None) -> FastConnection | None:
         """A FastConnection to the server (None on a cluster); `reply_timeout` defaults to
@@ -626,28 +612,17 @@ class Broker:
 
     # --- commands and state ------------------------------------------------------------------
 
-    def control_call(
-        self, ks: Keyspace, task_id: str, command: str, reason: str
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
-        keys = ks.control_keys
-        args = [ks.base, task_id, command, reason, ks.done_channel]
-        return (self.control_script, keys, args)
+    def control_call(self, ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall:
+        return _calls.control(ks, task_id, command, reason)
 
     async def control(self, ks: Keyspace, task_id: str, command: str, reason: str) -> str:
         """Apply pause|resume|cancel (control.lua); the status after it, as stored."""
         try:
-            reply = await self.run_calls([self.control_call(ks, task_id, command, reason)])
+            reply = await self.run_calls([_calls.control(ks, task_id, command, reason)])
         except ScriptError as exc:
-            if exc.code == Code.NOT_FOUND:
-                raise _not_found("task", task_id) from None
-            if exc.code == Code.INVALID_TRANSITION:
-                status = _refused_in(exc)
-                raise InvalidTransition(
-                    f"cannot {command} task {task_id}: it is {status}", status, command
-                ) from None
+            _raise_refusal(exc, "task", task_id, command)
             raise
-        status, _asked = reply[0]
-        return _text(status)
+        return _calls.parse_control(reply[0])[0]
 
     def graph_call(
         self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
@@ -656,11 +631,9 @@ class Broker:
         (graph.lua)."""
         return _calls.graph(ks, workflow, steps, self.max_len)
 
-    def watch_call(
-        self, ks: Keyspace, watches: Sequence[Any]
-    ) -> tuple[_scripts.Script, list[str], list[Any]]:
+    def watch_call(self, ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
         """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each)."""
-        return (self.watch_script, [ks.outbox], [ks.base, *watches])
+        return _calls.watch(ks, watches)
 
     async def outbox(self, ks: Keyspace, limit: int) -> list[bytes]:
         """The oldest entries of a queue's outbox (see _forward.py)."""
@@ -673,8 +646,7 @@ class Broker:
     async def forward(self, ks: Keyspace, entries: Sequence[bytes]) -> int:
         """Deliver outbox entries of other queues to this one (forward.lua); how many
         changed something. Safe to repeat."""
-        call = (self.forward_script, ks.graph_keys, [ks.base, ks.done_channel, *entries])
-        return int((await self.run_calls([call], retry=True))[0])
+        return int((await self.run_calls([_calls.forward(ks, entries)], retry=True))[0])
 
     async def outbox_done(self, ks: Keyspace, entries: Sequence[bytes]) -> None:
         """Remove delivered entries from a queue's outbox (one copy of each)."""
@@ -690,24 +662,15 @@ class Broker:
 
     async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
         """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""
-        call = (self.wait_script, [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
-        reply = await self.run_calls([call])
+        reply = await self.run_calls([_calls.wait(ks, parent, gen, children)])
         return int(reply[0])
 
     async def workflow_command(self, ks: Keyspace, wf_id: str, command: str, reason: str) -> str:
-        keys = ks.control_keys
-        args = [ks.base, wf_id, command, reason, ks.done_channel]
         try:
-            reply = await self.run_calls([(self.workflow_script, keys, args)])
+            reply = await self.run_calls([_calls.workflow(ks, wf_id, command, reason)])
         except ScriptError as exc:
-            if exc.code == Code.NOT_FOUND:
-                raise _not_found("workflow", wf_id) from None
-            if exc.code == Code.INVALID_TRANSITION:
-                state = _refused_in(exc)
-                verb = "pause" if command == "pause_running" else command
-                raise InvalidTransition(
-                    f"cannot {verb} workflow {wf_id}: it is {state}", state, verb
-                ) from None
+            verb = "pause" if command == "pause_running" else command
+            _raise_refusal(exc, "workflow", wf_id, verb)
             raise
         return _text(reply[0])
 
@@ -730,41 +693,17 @@ class Broker:
 
     async def retry(self, ks: Keyspace, task_id: str, reason: str) -> str:
         """Queue a failed, cancelled or expired task again (retry.lua)."""
-        call = (self.retry_script, ks.retry_keys, [ks.base, task_id, reason])
         try:
-            reply = await self.run_calls([call])
+            reply = await self.run_calls([_calls.retry(ks, task_id, reason)])
         except ScriptError as exc:
-            if exc.code == Code.NOT_FOUND:
-                raise _not_found("task", task_id) from None
-            if exc.code == Code.INVALID_TRANSITION:
-                status = _refused_in(exc)
-                raise InvalidTransition(
-                    f"cannot retry task {task_id}: it is {status} (only failed, cancelled or "
-                    "expired tasks are retried)",
-                    status,
-                    "retry",
-                ) from None
-            if exc.code == Code.DUPLICATE:
-                holder = str(exc).rsplit(" ", 1)[-1]
-                raise DuplicateTask(
-                    f"cannot retry task {task_id}: it is unique and task {holder} is queued "
-                    "or running",
-                    holder,
-                ) from None
-            if exc.code == Code.DEPENDENCY_ENDED:
-                raise InvalidTransition(
-                    f"cannot retry task {task_id}: it ended because a task it depends on did, "
-                    "so it has no input to run with; retry that task, or its workflow's steps",
-                    "failed",
-                    "retry",
-                ) from None
+            _raise_refusal(exc, "task", task_id, "retry")
             raise
         return _text(reply[0])
 
     async def task_event(
         self, ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
     ) -> bool:
-        call = (self.event_script, [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+        call = _calls.event(ks, task_id, gen, kind, a, b, c)
         return bool((await self.run_calls([call]))[0])
 
     async def read_events(
@@ -793,8 +732,7 @@ class Broker:
         """Cancel every task of the queue that waits to run; how many there were."""
         total = 0
         while True:
-            args = [ks.base, ks.done_channel, 500, reason]
-            n = int((await self.run_calls([(self.purge_script, ks.purge_keys, args)]))[0])
+            n = int((await self.run_calls([_calls.purge(ks, 500, reason)]))[0])
             total += n
             if n < 500:
                 return total
@@ -833,11 +771,8 @@ class Broker:
     async def write_state(
         self, ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: list[str]
     ) -> bool:
-        args: list[Any] = [ks.base, task_id, gen, len(values)]
-        for k, v in values.items():
-            args.extend((k, v))
-        args.extend(deletes)
-        reply = await self.run_calls([(self.state_script, [ks.state(task_id)], args)], retry=True)
+        call = _calls.state(ks, task_id, gen, values, deletes)
+        reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
 
     async def read_state(
@@ -878,10 +813,7 @@ class Broker:
         fields: dict[str, str | int],
     ) -> tuple[int, int]:
         """Register or refresh a worker's record (beat.lua): (server now, started) in ms."""
-        args: list[Any] = [wk.record_prefix, worker_id, ttl_ms, keep_ms, started_ms]
-        for item in fields.items():
-            args.extend(item)
-        call = (_scripts.load("beat"), [wk.index, wk.record(worker_id)], args)
+        call = _calls.beat(wk, worker_id, ttl_ms, keep_ms, started_ms, fields)
         now, started = (await self.run_calls([call], retry=True))[0]
         return int(now), int(started)
 
@@ -938,6 +870,44 @@ def _not_found(kind: str, ident: str) -> TaskNotFound:
 def _refused_in(exc: ScriptError) -> str:
     """The status named by a `SEGUE_INVALID_TRANSITION <status> <command>` reply."""
     return str(exc).rsplit(" ", 2)[-2]
+
+
+def _raise_refusal(exc: ScriptError, kind: str, ident: str, verb: str) -> None:
+    """Raise segue's error for a script's refusal of an operator's command on a task or
+    workflow (the one place the script error codes become exceptions); return for any
+    other error, which the caller raises as it is."""
+    refusal = _refusal(exc, kind, ident, verb)
+    if refusal is not None:
+        raise refusal from None
+
+
+def _refusal(exc: ScriptError, kind: str, ident: str, verb: str) -> Exception | None:
+    if exc.code == Code.NOT_FOUND:
+        return _not_found(kind, ident)
+    if exc.code == Code.INVALID_TRANSITION:
+        status = _refused_in(exc)
+        if verb == "retry":
+            return InvalidTransition(
+                f"cannot retry task {ident}: it is {status} (only failed, cancelled or "
+                "expired tasks are retried)",
+                status,
+                "retry",
+            )
+        return InvalidTransition(f"cannot {verb} {kind} {ident}: it is {status}", status, verb)
+    if exc.code == Code.DUPLICATE:
+        holder = str(exc).rsplit(" ", 1)[-1]
+        return DuplicateTask(
+            f"cannot retry task {ident}: it is unique and task {holder} is queued or running",
+            holder,
+        )
+    if exc.code == Code.DEPENDENCY_ENDED:
+        return InvalidTransition(
+            f"cannot retry task {ident}: it ended because a task it depends on did, so it "
+            "has no input to run with; retry that task, or its workflow's steps",
+            "failed",
+            "retry",
+        )
+    return None
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""One thin wrapper per hot script: the KEYS it takes, its ARGV from typed values, and the
+"""One thin wrapper per script: the KEYS it takes, its ARGV from typed values, and the
 parsing of its reply (the layouts are documented in each script's header).
 
 A wrapper builds a call, `(script, keys, args)`, that the Broker sends alone or pipelined
@@ -22,7 +22,7 @@ from segue._wire import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from segue._keys import Keyspace
+    from segue._keys import Keyspace, WorkerKeys
     from segue._settings import Settings
 
 ScriptCall = tuple[_scripts.Script, list[str], list[Any]]
@@ -31,6 +31,17 @@ ENQUEUE = _scripts.load("enqueue")
 GRAPH = _scripts.load("graph")
 CLAIM = _scripts.load("claim")
 FINISH = _scripts.load("finish")
+RENEW = _scripts.load("renew")
+CONTROL = _scripts.load("control")
+WORKFLOW = _scripts.load("workflow")
+RETRY = _scripts.load("retry")
+PURGE = _scripts.load("purge")
+WAIT = _scripts.load("wait")
+EVENT = _scripts.load("event")
+STATE = _scripts.load("state")
+WATCH = _scripts.load("watch")
+FORWARD = _scripts.load("forward")
+BEAT = _scripts.load("beat")
 
 
 def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptCall:
@@ -106,6 +117,96 @@ def finish(
 
 def parse_finish(reply: list[Any]) -> list[FinishResult]:
     return [FinishResult(int(r)) for r in reply]
+
+
+def renew(ks: Keyspace, worker_id: str, lease_ms: int, held: Sequence[str]) -> ScriptCall:
+    """Extend the leases a worker holds (`held`: id, gen, id, gen ...) (renew.lua)."""
+    return (RENEW, [ks.leases, ks.meta], [ks.base, worker_id, lease_ms, *held])
+
+
+def parse_renew(reply: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ids whose lease the worker lost, and (id, stored request) of the others."""
+    gone, requests = reply
+    return [_text(x) for x in gone], [(_text(i), _text(r)) for i, r in requests]
+
+
+def control(ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall:
+    """An operator's pause | resume | cancel of one task (control.lua)."""
+    return (CONTROL, ks.control_keys, [ks.base, task_id, command, reason, ks.done_channel])
+
+
+def parse_control(reply: list[Any]) -> tuple[str, bool]:
+    """The status after the command, and whether a running task was asked."""
+    status, asked = reply
+    return _text(status), bool(int(asked))
+
+
+def workflow(ks: Keyspace, wf_id: str, command: str, reason: str) -> ScriptCall:
+    """pause | pause_running | resume | cancel of a whole workflow (workflow.lua); replies
+    its state after the command."""
+    return (WORKFLOW, ks.control_keys, [ks.base, wf_id, command, reason, ks.done_channel])
+
+
+def retry(ks: Keyspace, task_id: str, reason: str) -> ScriptCall:
+    """Queue an ended task again, as new (retry.lua); replies 'queued'."""
+    return (RETRY, ks.retry_keys, [ks.base, task_id, reason])
+
+
+def purge(ks: Keyspace, most: int, reason: str) -> ScriptCall:
+    """Cancel up to `most` tasks that wait to run (purge.lua); replies how many."""
+    return (PURGE, ks.purge_keys, [ks.base, ks.done_channel, most, reason])
+
+
+def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> ScriptCall:
+    """A running task waits for its sub-tasks (wait.lua): -1 the run lost its task, 0 all
+    ended, n it now waits for n."""
+    return (WAIT, [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
+
+
+def event(
+    ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
+) -> ScriptCall:
+    """A running task's progress (kind 'progress': done, total, message) or own event
+    ('emit': name, JSON data) (event.lua); replies 1, or 0 when the run lost the task."""
+    return (EVENT, [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+
+
+def state(
+    ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: Sequence[str]
+) -> ScriptCall:
+    """Write a running task's durable state (state.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (STATE, [ks.state(task_id)], args)
+
+
+def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
+    """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each:
+    dependency, waiting task, input index, workflow id); replies the entries it added."""
+    return (WATCH, [ks.outbox], [ks.base, *watches])
+
+
+def forward(ks: Keyspace, entries: Sequence[bytes]) -> ScriptCall:
+    """Deliver outbox entries of other queues to this one (forward.lua); replies how many
+    changed something."""
+    return (FORWARD, ks.graph_keys, [ks.base, ks.done_channel, *entries])
+
+
+def beat(
+    wk: WorkerKeys,
+    worker_id: str,
+    ttl_ms: int,
+    keep_ms: int,
+    started_ms: int,
+    fields: dict[str, str | int],
+) -> ScriptCall:
+    """Register or refresh a worker's record (beat.lua); replies (server now, started)."""
+    args: list[Any] = [wk.record_prefix, worker_id, ttl_ms, keep_ms, started_ms]
+    for item in fields.items():
+        args.extend(item)
+    return (BEAT, [wk.index, wk.record(worker_id)], args)
 
 
 def _text(value: Any) -> str:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from segue import Settings
+from segue import Settings, _calls
 from segue._broker import Broker, GraphRecord
 from segue._keys import CronKeys, WorkerKeys
 from segue._scripts import NAMES, _with_library, includes, load
@@ -21,11 +21,15 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "finish": broker.finish_call(ks, []),
         "control": broker.control_call(ks, "q:1", "pause", "why"),
         "graph": broker.graph_call(ks, None, []),
-        "forward": (broker.forward_script, ks.graph_keys, []),
+        "forward": _calls.forward(ks, []),
         "watch": broker.watch_call(ks, []),
-        "workflow": (broker.workflow_script, ks.control_keys, []),
-        "retry": (broker.retry_script, ks.retry_keys, []),
-        "purge": (broker.purge_script, ks.purge_keys, []),
+        "workflow": _calls.workflow(ks, "q:wf", "cancel", "why"),
+        "retry": _calls.retry(ks, "q:1", "why"),
+        "purge": _calls.purge(ks, 500, "why"),
+        "renew": _calls.renew(ks, "w", 1000, ["q:1", "1"]),
+        "state": _calls.state(ks, "q:1", "1", {}, []),
+        "wait": _calls.wait(ks, "q:1", "1", ["q:1.1"]),
+        "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
     }
     counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():
@@ -33,13 +37,9 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     wk = WorkerKeys("segue")
     cron = len(CronKeys("segue").all)
     counts |= {
-        "renew": len([ks.leases, ks.meta]),
-        "state": len([ks.state("q:1")]),
-        "wait": len([ks.leases, ks.waiting]),
-        "event": len([ks.events]),
         "reconcile": len(ks.reconcile_keys),
         "generation": 2,
-        "beat": len([wk.index, wk.record("w")]),
+        "beat": len(_calls.beat(wk, "w", 1, 1, 0, {})[1]),
         "cron_put": cron,
         "cron_take": cron,
         "cron_advance": cron,
