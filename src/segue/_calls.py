@@ -26,22 +26,8 @@ if TYPE_CHECKING:
     from segue._settings import Settings
 
 ScriptCall = tuple[_scripts.Script, list[str], list[Any]]
-
-ENQUEUE = _scripts.load("enqueue")
-GRAPH = _scripts.load("graph")
-CLAIM = _scripts.load("claim")
-FINISH = _scripts.load("finish")
-RENEW = _scripts.load("renew")
-CONTROL = _scripts.load("control")
-WORKFLOW = _scripts.load("workflow")
-RETRY = _scripts.load("retry")
-PURGE = _scripts.load("purge")
-WAIT = _scripts.load("wait")
-EVENT = _scripts.load("event")
-STATE = _scripts.load("state")
-WATCH = _scripts.load("watch")
-FORWARD = _scripts.load("forward")
-BEAT = _scripts.load("beat")
+# scripts are loaded at their first call (load() caches them): a process that sends none,
+# like most CLI commands, reads none
 
 
 def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptCall:
@@ -49,7 +35,7 @@ def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptC
     args: list[Any] = [ks.base, len(specs), max_len]
     for spec in specs:
         args.extend(spec.argv())
-    return (ENQUEUE, ks.enqueue_keys, args)
+    return (_scripts.load("enqueue"), ks.enqueue_keys, args)
 
 
 def parse_created(reply: list[Any]) -> list[int | str]:
@@ -68,7 +54,7 @@ def graph(
     args.extend((w.queues, w.part, len(steps), max_len))
     for step in steps:
         args.extend(step.argv())
-    return (GRAPH, ks.graph_keys, args)
+    return (_scripts.load("graph"), ks.graph_keys, args)
 
 
 def claim(
@@ -97,7 +83,7 @@ def claim(
         answered,
         "1" if holds_last else "0",
     ]
-    return (CLAIM, ks.claim_keys, args)
+    return (_scripts.load("claim"), ks.claim_keys, args)
 
 
 def parse_claim(reply: list[Any]) -> ClaimReply:
@@ -112,7 +98,7 @@ def finish(
     args.append(len(finished))
     for f in finished:
         args.extend(f.argv())
-    return (FINISH, ks.finish_keys, args)
+    return (_scripts.load("finish"), ks.finish_keys, args)
 
 
 def parse_finish(reply: list[Any]) -> list[FinishResult]:
@@ -121,7 +107,7 @@ def parse_finish(reply: list[Any]) -> list[FinishResult]:
 
 def renew(ks: Keyspace, worker_id: str, lease_ms: int, held: Sequence[str]) -> ScriptCall:
     """Extend the leases a worker holds (`held`: id, gen, id, gen ...) (renew.lua)."""
-    return (RENEW, [ks.leases, ks.meta], [ks.base, worker_id, lease_ms, *held])
+    return (_scripts.load("renew"), [ks.leases, ks.meta], [ks.base, worker_id, lease_ms, *held])
 
 
 def parse_renew(reply: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -132,7 +118,11 @@ def parse_renew(reply: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
 
 def control(ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall:
     """An operator's pause | resume | cancel of one task (control.lua)."""
-    return (CONTROL, ks.control_keys, [ks.base, task_id, command, reason, ks.done_channel])
+    return (
+        _scripts.load("control"),
+        ks.control_keys,
+        [ks.base, task_id, command, reason, ks.done_channel],
+    )
 
 
 def parse_control(reply: list[Any]) -> tuple[str, bool]:
@@ -144,23 +134,27 @@ def parse_control(reply: list[Any]) -> tuple[str, bool]:
 def workflow(ks: Keyspace, wf_id: str, command: str, reason: str) -> ScriptCall:
     """pause | pause_running | resume | cancel of a whole workflow (workflow.lua); replies
     its state after the command."""
-    return (WORKFLOW, ks.control_keys, [ks.base, wf_id, command, reason, ks.done_channel])
+    return (
+        _scripts.load("workflow"),
+        ks.control_keys,
+        [ks.base, wf_id, command, reason, ks.done_channel],
+    )
 
 
 def retry(ks: Keyspace, task_id: str, reason: str) -> ScriptCall:
     """Queue an ended task again, as new (retry.lua); replies 'queued'."""
-    return (RETRY, ks.retry_keys, [ks.base, task_id, reason])
+    return (_scripts.load("retry"), ks.retry_keys, [ks.base, task_id, reason])
 
 
 def purge(ks: Keyspace, most: int, reason: str) -> ScriptCall:
     """Cancel up to `most` tasks that wait to run (purge.lua); replies how many."""
-    return (PURGE, ks.purge_keys, [ks.base, ks.done_channel, most, reason])
+    return (_scripts.load("purge"), ks.purge_keys, [ks.base, ks.done_channel, most, reason])
 
 
 def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> ScriptCall:
     """A running task waits for its sub-tasks (wait.lua): -1 the run lost its task, 0 all
     ended, n it now waits for n."""
-    return (WAIT, [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
+    return (_scripts.load("wait"), [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
 
 
 def event(
@@ -168,7 +162,7 @@ def event(
 ) -> ScriptCall:
     """A running task's progress (kind 'progress': done, total, message) or own event
     ('emit': name, JSON data) (event.lua); replies 1, or 0 when the run lost the task."""
-    return (EVENT, [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+    return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
 
 
 def state(
@@ -179,19 +173,19 @@ def state(
     for k, v in values.items():
         args.extend((k, v))
     args.extend(deletes)
-    return (STATE, [ks.state(task_id)], args)
+    return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
     """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each:
     dependency, waiting task, input index, workflow id); replies the entries it added."""
-    return (WATCH, [ks.outbox], [ks.base, *watches])
+    return (_scripts.load("watch"), [ks.outbox], [ks.base, *watches])
 
 
 def forward(ks: Keyspace, entries: Sequence[bytes]) -> ScriptCall:
     """Deliver outbox entries of other queues to this one (forward.lua); replies how many
     changed something."""
-    return (FORWARD, ks.graph_keys, [ks.base, ks.done_channel, *entries])
+    return (_scripts.load("forward"), ks.graph_keys, [ks.base, ks.done_channel, *entries])
 
 
 def beat(
@@ -206,7 +200,7 @@ def beat(
     args: list[Any] = [wk.record_prefix, worker_id, ttl_ms, keep_ms, started_ms]
     for item in fields.items():
         args.extend(item)
-    return (BEAT, [wk.index, wk.record(worker_id)], args)
+    return (_scripts.load("beat"), [wk.index, wk.record(worker_id)], args)
 
 
 def _text(value: Any) -> str:

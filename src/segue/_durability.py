@@ -25,13 +25,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from segue._errors import BrokerError, DurabilityError
 from segue._fastconn import ConnectionLost, FastConnection, ReplyError
+from segue._scripts import is_noscript
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    from segue._broker import Broker
     from segue._scripts import Script
     from segue._settings import Settings
+    from segue._transport import Transport
 
 Calls = list[tuple["Script", list[str], list[Any]]]
 _MARKER_PX = 60_000  # the marker key only has to outlive the confirmation
@@ -144,7 +145,7 @@ class _Link:
 class Confirmer:
     """Durable enqueues of one Broker: its connections, and the server capability check."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Transport) -> None:
         self._broker = broker
         self._links: dict[tuple[str, int] | None, _Link] = {}
         self._fsync_checked = False
@@ -274,7 +275,7 @@ class Confirmer:
             if not isinstance(reply, BaseException):
                 continue
             text = str(reply)
-            if isinstance(reply, ReplyError) and text.startswith("NOSCRIPT") and not loaded:
+            if is_noscript(reply) and not loaded:
                 for script in {c[0].sha: c[0] for c in calls}.values():
                     await conn.execute("SCRIPT", "LOAD", script.source)
                 # every call again: the id-keyed scripts create only what is missing

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from segue import _cancel
 
 if TYPE_CHECKING:
-    from segue._broker import Broker
     from segue._keys import Keyspace
+    from segue._transport import Transport
 
 log = logging.getLogger("segue.broker")
 
@@ -31,7 +31,7 @@ Handler = Callable[[bytes], None]
 class Subscriber:
     """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Transport) -> None:
         self._broker = broker
         self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
         self._handlers: dict[str, Handler] = {}
@@ -93,7 +93,7 @@ class EndedWaiters:
     The stored status stays the truth (result() re-reads it); this only makes it fast.
     """
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Transport) -> None:
         self._subscriber = broker.subscriber()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 

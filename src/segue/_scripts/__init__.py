@@ -35,6 +35,16 @@ _INCLUDE_RE = re.compile(r"^--#include ([a-z_ ]+)$", re.MULTILINE)
 MIGRATION_PATIENCE = 10.0
 
 
+def is_noscript(reply: object) -> bool:
+    """Whether a reply (or the error raised for it) says the server does not have the
+    script: after a restart, a failover or SCRIPT FLUSH. The one test of it, for redis-py's
+    clients and the fast connection alike; the caller loads the script and resends only
+    that call."""
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
+
+
 def _not_run(exc: ClusterError) -> bool:
     return "TTL exhausted" in str(exc)
 
@@ -70,7 +80,7 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def run_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         deadline = time.monotonic() + MIGRATION_PATIENCE
@@ -89,7 +99,13 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_fast(self, fast: Any, keys: list[str], args: list[Any]) -> Any:
+        """Load this script on a fast connection (_fastconn.py), then call it: after a
+        NOSCRIPT reply to a call sent on it."""
+        await fast.execute("SCRIPT", "LOAD", self.source)
+        return await fast.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def header_keys(source: str) -> int:
@@ -130,9 +146,16 @@ def includes(source: str) -> list[str]:
     return [part for line in _INCLUDE_RE.findall(source) for part in line.split()]
 
 
+@cache
+def _part(part: str, where: str) -> str:
+    path = resources.files(__package__) / "lib" / f"{part}.lua"
+    if not path.is_file():
+        raise ValueError(f"{where} includes {part!r}, which _scripts/lib/ does not have")
+    return path.read_text(encoding="utf-8")
+
+
 def _with_library(name: str, source: str) -> str:
     """The parts `source` includes, each once and after the parts it includes itself."""
-    lib = resources.files(__package__) / "lib"
     seen: set[str] = set()
     parts: list[str] = []
 
@@ -141,10 +164,7 @@ def _with_library(name: str, source: str) -> str:
             if part in seen:
                 continue
             seen.add(part)
-            path = lib / f"{part}.lua"
-            if not path.is_file():
-                raise ValueError(f"{where} includes {part!r}, which _scripts/lib/ does not have")
-            own = path.read_text(encoding="utf-8")
+            own = _part(part, where)
             add(own, f"library part {part!r}")
             parts.append(own)
 
@@ -178,7 +198,7 @@ async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[An
         pipe.evalsha(script.sha, len(keys), *keys, *args)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for i, res in enumerate(results):
-        if isinstance(res, NoScriptError):
+        if is_noscript(res):
             script, keys, args = calls[i]
             results[i] = await script.run(client, keys, args)
         elif isinstance(res, Exception):
