@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from segue._errors import BrokerError, DurabilityError
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from segue._scripts import Script
     from segue._settings import Settings
-    from segue._transport import Transport
 
 Calls = list[tuple["Script", list[str], list[Any]]]
 _MARKER_PX = 60_000  # the marker key only has to outlive the confirmation
@@ -142,10 +141,25 @@ class _Link:
         reply.add_done_callback(functools.partial(_copy, fut))
 
 
+class Connections(Protocol):
+    """What durable enqueues use of the transport (_transport.Transport)."""
+
+    settings: Settings
+    url: str
+    client: Any
+    cluster: bool
+    server_version: tuple[str, str] | None
+
+    @property
+    def where(self) -> str: ...
+
+    def new_fast_connection(self, reply_timeout: float | None = None) -> FastConnection | None: ...
+
+
 class Confirmer:
     """Durable enqueues of one Broker: its connections, and the server capability check."""
 
-    def __init__(self, broker: Transport) -> None:
+    def __init__(self, broker: Connections) -> None:
         self._broker = broker
         self._links: dict[tuple[str, int] | None, _Link] = {}
         self._fsync_checked = False

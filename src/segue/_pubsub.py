@@ -10,15 +10,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from segue import _cancel
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from segue._keys import Keyspace
-    from segue._transport import Transport
 
 log = logging.getLogger("segue.broker")
+
+
+class Connections(Protocol):
+    """What pub/sub uses of the transport (_transport.Transport): its client, whether it
+    is a cluster's, and its error translation."""
+
+    client: Any
+    cluster: bool
+
+    def errors(self) -> AbstractAsyncContextManager[None]: ...
 
 
 def _text(value: Any) -> str:
@@ -31,58 +42,77 @@ Handler = Callable[[bytes], None]
 class Subscriber:
     """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
 
-    def __init__(self, broker: Transport) -> None:
+    def __init__(self, broker: Connections) -> None:
         self._broker = broker
         self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
         self._handlers: dict[str, Handler] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def subscribe(self, channel: str, handler: Handler) -> None:
-        """Subscribe and wait (briefly) for the server to confirm it."""
+    async def subscribe(self, channel: str, handler: Handler, *, listen: bool = True) -> None:
+        """Subscribe and wait (briefly) for the server to confirm it. With `listen=False`
+        the caller runs `listen()` itself, after `read_confirmations()`."""
         if channel in self._handlers:
             return
         self._handlers[channel] = handler
         event = self._confirmed[channel] = asyncio.Event()
         async with self._broker.errors():
             await self._pubsub.ssubscribe(channel)
+        if not listen:
+            return
         if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="segue-subscriber")
+            self._task = asyncio.create_task(self.listen(), name="segue-subscriber")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await event.wait()
 
-    async def _listen(self) -> None:
+    def _get(self, timeout: float) -> Any:
         get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
+        return get(timeout=timeout)
+
+    async def read_confirmations(self, timeout: float = 2.0) -> None:
+        """Read until the server confirmed every subscription (or `timeout` passed), for a
+        caller that starts `listen()` only after; messages read meanwhile are handled."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not all(e.is_set() for e in self._confirmed.values()):
+                    try:
+                        msg = await self._get(timeout)
+                    except Exception:
+                        return  # listen() reconnects and reports it
+                    if msg is not None:
+                        self._dispatch(msg)
+
+    async def listen(self) -> None:
+        """Hand each message to its channel's handler, until cancelled."""
         while True:
             try:
-                msg = await get(timeout=1.0)
+                msg = await self._get(1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("pub/sub connection lost (%s); reconnecting", exc)
-                await _cancel.sleep(0.5)
+                await asyncio.sleep(0.5)
                 continue
-            if msg is None:
-                _cancel.raise_if_cancelling()
-                continue
-            kind = _text(msg["type"])
-            channel = _text(msg["channel"])
-            if kind == "ssubscribe":
-                event = self._confirmed.get(channel)
-                if event is not None:
-                    event.set()
-            elif kind == "smessage":
-                handler = self._handlers.get(channel)
-                if handler is not None:
-                    data = msg["data"]
-                    handler(data if isinstance(data, bytes) else str(data).encode())
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = _text(msg["type"])
+        channel = _text(msg["channel"])
+        if kind == "ssubscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+        elif kind == "smessage":
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                data = msg["data"]
+                handler(data if isinstance(data, bytes) else str(data).encode())
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await _cancel.cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
 
@@ -93,8 +123,8 @@ class EndedWaiters:
     The stored status stays the truth (result() re-reads it); this only makes it fast.
     """
 
-    def __init__(self, broker: Transport) -> None:
-        self._subscriber = broker.subscriber()
+    def __init__(self, subscriber: Subscriber) -> None:
+        self._subscriber = subscriber
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:

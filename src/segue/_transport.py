@@ -427,7 +427,7 @@ class Transport:
     async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
         """A future set when the server announces that this task ended (best effort)."""
         if self._ended is None:
-            self._ended = EndedWaiters(self)
+            self._ended = EndedWaiters(self.subscriber())
         return await self._ended.watch(ks, task_id)
 
     def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:

@@ -14,13 +14,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from segue._errors import SegueError
+from segue._heartbeat import list_workers
+from segue._queue import Queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from prometheus_client.metrics_core import Metric
 
-    from segue._app import App
+    from segue._client import Client
 
 # the statuses Queue.counts() reports, in the order they are exported
 STATUSES = (
@@ -46,10 +48,10 @@ class _Snapshot(Collector):
         return self.families
 
 
-async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int]:
+async def queue_snapshot(client: Client, name: str) -> tuple[dict[str, int], bool, int]:
     """A queue's counts by status, whether it is paused, and its dead letters."""
-    queue = app.queue(name)
-    broker = await app.broker()
+    queue = Queue(client, name)
+    broker = await client.broker()
     counts, paused, dead = await asyncio.gather(
         queue.counts(), queue.is_paused(), broker.dead_count(broker.keyspace(name))
     )
@@ -61,18 +63,20 @@ async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int
 _READ_AT_ONCE = 16
 
 
-async def queue_snapshots(app: App, names: list[str]) -> list[tuple[dict[str, int], bool, int]]:
+async def queue_snapshots(
+    client: Client, names: list[str]
+) -> list[tuple[dict[str, int], bool, int]]:
     """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
     gate = asyncio.Semaphore(_READ_AT_ONCE)
 
     async def one(name: str) -> tuple[dict[str, int], bool, int]:
         async with gate:
-            return await queue_snapshot(app, name)
+            return await queue_snapshot(client, name)
 
     return list(await asyncio.gather(*(one(n) for n in names)))
 
 
-async def render(app: App) -> bytes:
+async def render(client: Client) -> bytes:
     up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
     tasks = GaugeMetricFamily(
         "segue_queue_tasks", "Tasks of a queue by status", labels=["queue", "status"]
@@ -85,8 +89,8 @@ async def render(app: App) -> bytes:
     )
     families: list[Metric] = [up]
     try:
-        names = await app.queues()
-        snapshots = await queue_snapshots(app, names)
+        names = await (await client.broker()).queues()
+        snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
         up.add_metric([], 0)
@@ -99,7 +103,7 @@ async def render(app: App) -> bytes:
             dead.add_metric([name], dead_letters)
         families += [tasks, paused, dead]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
-        alive.add_metric([], sum(not w.stale for w in await app.workers()))
+        alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))

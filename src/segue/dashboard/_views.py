@@ -158,6 +158,8 @@ class Views:
         refresh_seconds: float,
     ) -> None:
         self.app = app
+        # raw reads (records, streams) go through the client, not the App's API
+        self.client = app._client
         self.templates = templates
         self.security = security
         self.page_size = page_size
@@ -223,7 +225,7 @@ class Views:
             raise HTTPException(400, str(exc)) from None
 
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshots = await _metrics.queue_snapshots(self.app, names)
+        snapshots = await _metrics.queue_snapshots(self.client, names)
         return [
             {"name": n, "counts": c, "paused": p, "dead": d}
             for n, (c, p, d) in zip(names, snapshots, strict=True)
@@ -250,7 +252,7 @@ class Views:
             except ConfigurationError as exc:
                 raise HTTPException(400, str(exc)) from None
         throughput = await _throughput.read(
-            self.app, [chart_queue] if chart_queue is not None else names
+            self.client, [chart_queue] if chart_queue is not None else names
         )
         return self.page(
             request,
@@ -317,7 +319,7 @@ class Views:
         """A page of the tasks of this status whose name contains `search` (any case),
         among the first NAME_SCAN of the status; and how many ids were looked at. Only the
         names (and statuses) of those are read, then the whole records of the page."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         ks = broker.keyspace(queue)
         ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
         fields = await broker.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
@@ -334,7 +336,7 @@ class Views:
         for task_id in matches[offset : offset + limit]:
             rec = await broker.task_record(ks, task_id)
             if rec:
-                infos.append(parse_info(task_id, rec, self.app))
+                infos.append(parse_info(task_id, rec, self.client.tasks))
         return infos, len(ids)
 
     async def task(self, request: Request) -> Response:
@@ -363,7 +365,7 @@ class Views:
     async def _events_of(self, info: TaskInfo) -> list[Event]:
         """The task's latest events, oldest first, from a bounded look back over its
         queue's stream (a task whose events are older than that shows none)."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         entries = await broker.recent_events(broker.keyspace(info.queue), EVENT_SCAN)
         mine: list[Event] = []
         for entry_id, fields in entries:
@@ -398,7 +400,7 @@ class Views:
         queue = self._queue(request)
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         infos = await self.app.dead_letters(queue, offset=offset, limit=self.page_size + 1)
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         return self.page(
             request,
             "dead.html",
@@ -509,14 +511,14 @@ class Views:
 
     async def health(self, request: Request) -> Response:
         try:
-            broker = await self.app.broker()
+            broker = await self.client.broker()
             await asyncio.wait_for(broker.ping(), 5)
         except (SegueError, TimeoutError):
             return JSONResponse({"status": "unavailable"}, 503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(await _metrics.render(self.app), media_type=CONTENT_TYPE_LATEST)
+        return Response(await _metrics.render(self.client), media_type=CONTENT_TYPE_LATEST)
 
     # --- errors ---------------------------------------------------------------------------
 
