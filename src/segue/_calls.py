@@ -22,7 +22,7 @@ from segue._wire import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from segue._keys import Keyspace, WorkerKeys
+    from segue._keys import CronKeys, Keyspace, WorkerKeys
     from segue._settings import Settings
 
 ScriptCall = tuple[_scripts.Script, list[str], list[Any]]
@@ -201,6 +201,44 @@ def beat(
     for item in fields.items():
         args.extend(item)
     return (_scripts.load("beat"), [wk.index, wk.record(worker_id)], args)
+
+
+def cron_put(ck: CronKeys, sid: str, definition: bytes, spec: str, first: int | str) -> ScriptCall:
+    """Create or update a schedule (cron_put.lua); `first`: its first tick, '' when not
+    computed yet. Replies { outcome, server now }."""
+    return (_scripts.load("cron_put"), ck.all, [sid, definition, spec, first])
+
+
+def cron_take(ck: CronKeys, lease_ms: int, most: int) -> ScriptCall:
+    """Lease the due schedules (cron_take.lua); replies { now, soonest, {id, tick, def}... }."""
+    return (_scripts.load("cron_take"), ck.all, [lease_ms, most])
+
+
+def cron_advance(ck: CronKeys, sid: str, tick: int, fired: int, following: int | str) -> ScriptCall:
+    """Advance a schedule past the tick it fired, fenced on that tick (cron_advance.lua);
+    `following` '' when it has no later tick. Replies 1 advanced, 0 stale."""
+    return (_scripts.load("cron_advance"), ck.all, [sid, tick, fired, following])
+
+
+def cron_remove(ck: CronKeys, sid: str) -> ScriptCall:
+    """Remove a schedule (cron_remove.lua); replies 1 removed, 0 there was none."""
+    return (_scripts.load("cron_remove"), ck.all, [sid])
+
+
+def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:
+    """One step of a queue's reconcile pass (reconcile.lua); replies { next phase, next
+    cursor, kind, id, kind, id ... } of what it repaired."""
+    return (_scripts.load("reconcile"), ks.reconcile_keys, [ks.base, lease_ms, most, phase, cursor])
+
+
+def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: str) -> ScriptCall:
+    """Advance this worker's generation mark of a queue (generation.lua); replies { went
+    back 1/0, n written, next prune cursor, n found }."""
+    return (
+        _scripts.load("generation"),
+        [ks.generation, ks.events],
+        [worker_id, last, keep_ms, cursor],
+    )
 
 
 def _text(value: Any) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from segue import _cron, _scripts
+from segue import _calls, _cron
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
@@ -41,15 +41,12 @@ if TYPE_CHECKING:
 
     from segue._app import App
     from segue._broker import Broker
+    from segue._calls import ScriptCall
 
 R = TypeVar("R")
 
 log = logging.getLogger("segue.scheduler")
 
-_PUT = _scripts.load("cron_put")
-_TAKE = _scripts.load("cron_take")
-_ADVANCE = _scripts.load("cron_advance")
-_REMOVE = _scripts.load("cron_remove")
 
 # A lease covers one enqueue and one advance (milliseconds of work); if its worker dies,
 # another fires the tick once the lease ends, so it is short.
@@ -111,9 +108,9 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
         return
-    keys = CronKeys(app.settings.prefix).all
+    ck = CronKeys(app.settings.prefix)
     rows = [(s, _entry(app, s)) for s in schedules]
-    calls = [(_PUT, keys, [s.id, e, s.cron.spec, ""]) for s, e in rows]
+    calls = [_calls.cron_put(ck, s.id, e, s.cron.spec, "") for s, e in rows]
     replies = await broker.run_calls(calls, retry=True)
     again = []
     for (s, e), (outcome, now) in zip(rows, replies, strict=True):
@@ -121,15 +118,14 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
             first = s.cron.next_after(int(now))
             # parse() made sure the expression matches some date
             assert first is not None
-            again.append((_PUT, keys, [s.id, e, s.cron.spec, first]))
+            again.append(_calls.cron_put(ck, s.id, e, s.cron.spec, first))
     if again:
         await broker.run_calls(again, retry=True)
 
 
 async def remove(app: App, broker: Broker, sid: str) -> bool:
-    reply = await broker.run_calls(
-        [(_REMOVE, CronKeys(app.settings.prefix).all, [sid])], retry=True
-    )
+    call = _calls.cron_remove(CronKeys(app.settings.prefix), sid)
+    reply = await broker.run_calls([call], retry=True)
     return bool(reply[0])
 
 
@@ -212,7 +208,7 @@ class Scheduler(Service):
     def __init__(self, app: App, broker: Broker) -> None:
         self._app = app
         self._broker = broker
-        self._keys = CronKeys(app.settings.prefix).all
+        self._keys = CronKeys(app.settings.prefix)
         self._wake = asyncio.Event()
         self._stopping = False
         self._registered = not app.crons
@@ -254,7 +250,7 @@ class Scheduler(Service):
     async def fire_due(self) -> float:
         """Fire the ticks due now; returns how long to wait before looking again."""
         broker = self._broker
-        reply = (await broker.run_calls([(_TAKE, self._keys, [_LEASE_MS, _TAKE_BATCH])]))[0]
+        reply = (await broker.run_calls([_calls.cron_take(self._keys, _LEASE_MS, _TAKE_BATCH)]))[0]
         now, soonest, rows = int(reply[0]), int(reply[1]), reply[2:]
         if not rows:
             if soonest < 0:
@@ -292,12 +288,11 @@ class Scheduler(Service):
                 )
                 for t in ticks
             )
-            advances.append(
-                (_ADVANCE, self._keys, [sid, tick, ticks[-1], "" if nxt is None else nxt])
-            )
+            following = "" if nxt is None else nxt
+            advances.append(_calls.cron_advance(self._keys, sid, tick, ticks[-1], following))
             counts.append(len(ticks))
             log.debug("schedule %s fires %d tick(s) from %d; next %s", sid, len(ticks), tick, nxt)
-        calls: list[tuple[_scripts.Script, list[str], list[Any]]] = []
+        calls: list[ScriptCall] = []
         for queue, specs in by_queue.items():
             await broker.register_queue(queue)
             ks = broker.keyspace(queue)

@@ -34,17 +34,17 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
-    wk = WorkerKeys("segue")
-    cron = len(CronKeys("segue").all)
-    counts |= {
-        "reconcile": len(ks.reconcile_keys),
-        "generation": 2,
-        "beat": len(_calls.beat(wk, "w", 1, 1, 0, {})[1]),
-        "cron_put": cron,
-        "cron_take": cron,
-        "cron_advance": cron,
-        "cron_remove": cron,
+    wk, ck = WorkerKeys("segue"), CronKeys("segue")
+    more = {
+        "reconcile": _calls.reconcile(ks, 1000, 10, "keys", "0"),
+        "generation": _calls.generation(ks, "w", 0, 1000, "0"),
+        "beat": _calls.beat(wk, "w", 1, 1, 0, {}),
+        "cron_put": _calls.cron_put(ck, "s", b"{}", "x", ""),
+        "cron_take": _calls.cron_take(ck, 1, 1),
+        "cron_advance": _calls.cron_advance(ck, "s", 1, 1, ""),
+        "cron_remove": _calls.cron_remove(ck, "s"),
     }
+    counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
     # the registry is the directory: a new script is checked here or this fails
     assert set(NAMES) == set(counts)
     for name in NAMES:
