@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from segue._faults import faultpoint
 from segue._services import Service
-from segue._wire import Cancelled, Paused, Requeued
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from segue._keys import Keyspace
     from segue._pubsub import Subscriber
     from segue._runner import Job
-    from segue._wire import Outcome
 
 log = logging.getLogger("segue.worker")
 
@@ -89,18 +87,6 @@ class Controller:
                 log.warning("lease of task %s lost; stopping this run", task_id)
                 job.lost = True
                 job.task.cancel()
-
-    @staticmethod
-    def stopped_outcome(job: Job) -> Outcome | None:
-        """What a run interrupted from outside records: the request it obeyed, if any."""
-        request = job.run.request if job.run is not None else None
-        if job.lost:
-            return None
-        if request == "cancel":
-            return Cancelled()
-        if request == "pause":
-            return Paused()
-        return Requeued()
 
 
 class ControlSubscriber(Service):

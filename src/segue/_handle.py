@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from segue._wire import WorkflowField as W
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import datetime
 
     from segue._client import Client
     from segue._codec import TaskTypes
@@ -208,7 +210,12 @@ class TaskHandle(Generic[R]):
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        err = parse_error(rec.get(F.ERROR.b)) or TaskError("Expired", "expired", None, "expired")
+        try:
+            err = parse_error(rec.get(F.ERROR.b)) or TaskError(
+                "Expired", "expired", None, "expired"
+            )
+        except Exception:  # written by someone else: still a failure, said plainly
+            err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
 
 
@@ -216,6 +223,8 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     if not raw:
         return None
     data = decode_plain(raw)
+    if not isinstance(data, dict):
+        raise ValueError("an error that is not a JSON object")
     return TaskError(
         type=str(data.get("type", "Error")),
         message=str(data.get("message", "")),
@@ -224,56 +233,135 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     )
 
 
-def _int(rec: dict[bytes, bytes], key: bytes) -> int | None:
-    raw = rec.get(key)
-    return None if raw is None else int(raw)
+class _Reader:
+    """Reads the fields of one task record as written by anyone with write access: a field
+    it cannot read is left empty and named in `problems`, never raised, so one bad record
+    does not take a list, a page or a worker down with it."""
+
+    def __init__(self, rec: dict[bytes, bytes]) -> None:
+        self.rec = rec
+        self.problems: list[str] = []
+
+    def bad(self, code: bytes, why: str) -> None:
+        shown = self.rec.get(code, b"")[:40].decode(errors="replace")
+        self.problems.append(f"{code.decode()}={shown!r} {why}")
+
+    def text(self, code: bytes, default: str = "") -> str:
+        raw = self.rec.get(code)
+        if raw is None:
+            return default
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            self.bad(code, "is not UTF-8")
+            return raw.decode(errors="replace")
+
+    def integer(self, code: bytes) -> int | None:
+        raw = self.rec.get(code)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            self.bad(code, "is not a number")
+            return None
+
+    def when(self, code: bytes) -> datetime | None:
+        ms = self.integer(code)
+        try:
+            return from_ms(ms)
+        except (OverflowError, ValueError, OSError):
+            self.bad(code, "is not a time")
+            return None
+
+    def status(self) -> TaskStatus:
+        try:
+            return TaskStatus(self.text(F.STATUS.b))
+        except ValueError:
+            # a status no segue writes: the task is not one any worker will run
+            self.bad(F.STATUS.b, "is not a status")
+            return TaskStatus.FAILED
+
+    def history(self) -> list[Transition]:
+        out = []
+        for line in self.text(F.HISTORY.b).splitlines():
+            st, _, rest = line.partition("|")
+            at, _, reason = rest.partition("|")
+            try:
+                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+            except (ValueError, OverflowError, OSError):
+                self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
+        return out
+
+    def progress(self) -> tuple[float, float | None] | None:
+        if F.PROGRESS.b not in self.rec:
+            return None
+        done_text, _, total_text = self.text(F.PROGRESS.b).partition(" ")
+        try:
+            done, total = float(done_text), float(total_text) if total_text else None
+        except ValueError:
+            self.bad(F.PROGRESS.b, "is not '<done> [<total>]'")
+            return None
+        if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
+            self.bad(F.PROGRESS.b, "is not finite")
+            return None
+        return done, total
+
+    def decoded(self, code: bytes, decoder: TypedDecoder) -> Any:
+        try:
+            return decoder.decode(self.rec[code])
+        except Exception:  # any decode failure of stored JSON: not this reader's to raise
+            self.bad(code, "does not decode")
+            return None
+
+    def error(self) -> TaskError | None:
+        try:
+            return parse_error(self.rec.get(F.ERROR.b))
+        except Exception:
+            self.bad(F.ERROR.b, "is not an error record")
+            return None
 
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
-    name = rec.get(F.NAME.b, b"").decode()
+    r = _Reader(rec)
+    name = r.text(F.NAME.b)
     task = tasks.get(name)
-    status = TaskStatus(rec[F.STATUS.b].decode())
+    status = r.status()
     try:
         if task is not None:
             args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
         else:
             args, kwargs = decode_plain(rec[F.PAYLOAD.b])
+        args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
-    history = []
-    for line in rec.get(F.HISTORY.b, b"").decode().splitlines():
-        st, _, rest = line.partition("|")
-        at, _, reason = rest.partition("|")
-        history.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+    history = r.history()
     result: Any = None
     if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
-        decoder = task.result_decoder if task is not None else _PLAIN
-        result = decoder.decode(rec[F.RESULT.b])
-    worker = rec.get(F.WORKER.b)
-    progress = None
-    if F.PROGRESS.b in rec:
-        done, _, total = rec[F.PROGRESS.b].decode().partition(" ")
-        progress = (float(done), float(total) if total else None)
+        result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
+    worker = r.text(F.WORKER.b) or None
+    progress = r.progress()
     return TaskInfo(
         id=task_id,
         name=name,
         queue=queue_of(task_id),
         status=status,
-        args=list(args),
-        kwargs=dict(kwargs),
-        priority=rec.get(F.PRIORITY.b, b"normal").decode(),
-        tries=_int(rec, F.TRIES.b) or 0,
-        max_tries=_int(rec, F.MAX_TRIES.b) or 0,
-        worker_id=worker.decode() if worker else None,
-        enqueued_at=from_ms(_int(rec, F.ENQUEUED_AT.b)),
-        started_at=from_ms(_int(rec, F.STARTED_AT.b)),
-        ended_at=from_ms(_int(rec, F.ENDED_AT.b)),
-        due_at=from_ms(_int(rec, F.DUE_AT.b)),
+        args=args,
+        kwargs=kwargs,
+        priority=r.text(F.PRIORITY.b, "normal"),
+        tries=r.integer(F.TRIES.b) or 0,
+        max_tries=r.integer(F.MAX_TRIES.b) or 0,
+        worker_id=worker,
+        enqueued_at=r.when(F.ENQUEUED_AT.b),
+        started_at=r.when(F.STARTED_AT.b),
+        ended_at=r.when(F.ENDED_AT.b),
+        due_at=r.when(F.DUE_AT.b),
         history=history,
         result=result,
-        error=parse_error(rec.get(F.ERROR.b)),
+        error=r.error(),
         progress=progress,
-        progress_message=rec.get(F.PROGRESS_MESSAGE.b, b"").decode() or None,
+        progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
+        problem="; ".join(r.problems) or None,
     )
 
 
@@ -287,7 +375,10 @@ def _passed(row: list[bytes | None]) -> TaskStatus:
 
 
 def _by_dependency(error: bytes | None) -> bool:
-    err = parse_error(error)
+    try:
+        err = parse_error(error)
+    except Exception:
+        return False
     return err is not None and err.reason.startswith("dependency_")
 
 

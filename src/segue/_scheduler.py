@@ -37,11 +37,11 @@ from segue._services import Service
 from segue._wire import EnqueueSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
     from segue._calls import ScriptCall
+    from segue._enqueue import Enqueuer
 
 R = TypeVar("R")
 
@@ -82,7 +82,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Entry).decode
 
 
-def _entry(app: App, schedule: _cron.Schedule) -> bytes:
+def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
     queue, task = app._spec(schedule.sig)
     entry = _Entry(
@@ -103,7 +103,7 @@ def _entry(app: App, schedule: _cron.Schedule) -> bytes:
     return _encode(entry)
 
 
-async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
     """Create or update schedules. One whose expression and zone are unchanged keeps its
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
@@ -123,15 +123,14 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
         await broker.run_calls(again, retry=True)
 
 
-async def remove(app: App, broker: Broker, sid: str) -> bool:
-    call = _calls.cron_remove(CronKeys(app.settings.prefix), sid)
-    reply = await broker.run_calls([call], retry=True)
+async def remove(prefix: str, broker: Broker, sid: str) -> bool:
+    reply = await broker.run_calls([_calls.cron_remove(CronKeys(prefix), sid)], retry=True)
     return bool(reply[0])
 
 
-async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
+async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
     """Every stored schedule, soonest next tick first."""
-    defs, due, fired = await broker.schedule_rows(CronKeys(app.settings.prefix))
+    defs, due, fired = await broker.schedule_rows(CronKeys(prefix))
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -205,13 +204,16 @@ class Scheduler(Service):
     # worker when its lease runs out
     stop_wait = 5.0
 
-    def __init__(self, app: App, broker: Broker) -> None:
-        self._app = app
+    def __init__(
+        self, enqueuer: Enqueuer, broker: Broker, crons: Mapping[str, _cron.Schedule]
+    ) -> None:
+        self._enqueuer = enqueuer
+        self._crons = crons
         self._broker = broker
-        self._keys = CronKeys(app.settings.prefix)
+        self._keys = CronKeys(enqueuer.settings.prefix)
         self._wake = asyncio.Event()
         self._stopping = False
-        self._registered = not app.crons
+        self._registered = not crons
         self.fired = 0
 
     def __repr__(self) -> str:
@@ -227,9 +229,9 @@ class Scheduler(Service):
         while not self._stopping:
             try:
                 if not self._registered:
-                    await put(self._app, self._broker, list(self._app.crons.values()))
+                    await put(self._enqueuer, self._broker, list(self._crons.values()))
                     self._registered = True
-                    log.info("registered %d declared schedule(s)", len(self._app.crons))
+                    log.info("registered %d declared schedule(s)", len(self._crons))
                 wait = await self.fire_due()
             except QueueFull as exc:
                 # the ticks stay leased and fire again when their lease ends (no tick lost)

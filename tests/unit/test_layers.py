@@ -19,6 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
+        "_redact",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
@@ -31,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_demo"),
-        *("dashboard", "metrics", "testing"),
+        *("dashboard", "metrics", "testing", "_display"),
     ),
 }
 ORDER = list(LAYERS)
@@ -41,10 +42,7 @@ KNOWN: dict[tuple[str, str], str] = {
     # Settings checks a sentinel URL when built; the parser lives with the sentinel clients
     ("_settings", "_sentinel"): "URL check at Settings time",
     # being replaced by the collaborators they use (an enqueuer, a registry, a client)
-    ("_worker", "_app"): "Worker(app)",
-    ("_scheduler", "_app"): "the App's enqueue fields for a schedule",
     ("_workflow", "_app"): "enqueue_workflow(app)",
-    ("_heartbeat", "_worker"): "what a beat reports of its worker",
 }
 
 

@@ -7,6 +7,7 @@ none) can run, and each scrape says what the queues hold right now.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -61,6 +62,31 @@ async def queue_snapshot(client: Client, name: str) -> tuple[dict[str, int], boo
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
 # refuses more than 100 ("Too many connections"), which a server with many queues exceeded.
 _READ_AT_ONCE = 16
+# Queues read per scrape at most (in name order; the rest are counted in
+# segue_queues_not_exported): a scrape costs the server work that grows with every queue,
+# and /metrics is open to anyone who reaches the port.
+MAX_QUEUES = 2000
+# Seconds a scrape is served again from memory: parallel or rapid scrapes cost one read.
+CACHE_SECONDS = 5.0
+
+
+class ScrapeCache:
+    """The last rendered scrape, reused for CACHE_SECONDS; concurrent scrapes wait for
+    the one read in flight instead of each starting their own."""
+
+    def __init__(self, client: Client, seconds: float = CACHE_SECONDS) -> None:
+        self.client = client
+        self.seconds = seconds
+        self._body = b""
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> bytes:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.seconds:
+                self._body = await render(self.client)
+                self._at = time.monotonic()
+            return self._body
 
 
 async def queue_snapshots(
@@ -87,9 +113,14 @@ async def render(client: Client) -> bytes:
     dead = GaugeMetricFamily(
         "segue_queue_dead_letters", "Tasks of the queue that failed for good", labels=["queue"]
     )
+    omitted = GaugeMetricFamily(
+        "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
+    )
     families: list[Metric] = [up]
     try:
-        names = await (await client.broker()).queues()
+        names = sorted(await (await client.broker()).queues())
+        omitted.add_metric([], max(0, len(names) - MAX_QUEUES))
+        names = names[:MAX_QUEUES]
         snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
@@ -101,7 +132,7 @@ async def render(client: Client) -> bytes:
                 tasks.add_metric([name, status], counts.get(status, 0))
             paused.add_metric([name], 1 if is_paused else 0)
             dead.add_metric([name], dead_letters)
-        families += [tasks, paused, dead]
+        families += [tasks, paused, dead, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
