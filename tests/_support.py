@@ -310,6 +310,17 @@ async def keys_of(engine: Any, pattern: str) -> list[str]:
         await client.aclose()
 
 
+async def ledger(admin_url: str, queue: str) -> list[list[str]]:
+    """The rows of `segue:ledger:<queue>`, the list that tests.apps.procs and cron_procs add
+    a line to at each run, split into their fields."""
+    client = redis.asyncio.Redis.from_url(admin_url)
+    try:
+        rows = await client.lrange(f"segue:ledger:{queue}", 0, -1)
+    finally:
+        await client.aclose()
+    return [(r.decode() if isinstance(r, bytes) else r).split() for r in rows]
+
+
 # --- a server that restarts -------------------------------------------------------------------
 
 

@@ -19,10 +19,9 @@ import pytest
 from segue import App, ConfigurationError, Context
 from segue._calls import cron_advance, cron_put, cron_take
 from segue._keys import CronKeys
-from tests._support import Server, admin_client
+from tests._support import Server, admin_client, ledger
 from tests._workers import Fleet
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_processes import ledger
 
 KEYS = CronKeys("segue")
 
