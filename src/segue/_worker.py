@@ -428,6 +428,11 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for run in jobs:
+            if not run.id_readable:
+                # an id that is not UTF-8 cannot name the task back to the server: its lease
+                # lapses, and claim.lua fails it worker_lost after max_deliveries
+                log.error("task id %r is not UTF-8; left to expire", run.id)
+                continue
             lost = run.lost
             job = Job(
                 ks=ks,
@@ -441,6 +446,7 @@ class Worker:
                 started=_clock.monotonic(),
                 input=run.input,
                 headers=run.headers,
+                unreadable=run.unreadable,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (
