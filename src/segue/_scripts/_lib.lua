@@ -1,7 +1,7 @@
 -- Shared helpers, prepended to every script at load time (see __init__.py).
 -- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
--- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built here
--- from the key prefix passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's
+-- (uniq:<name>:<key>, bucket:<name>, running:<name>), the queue's outbox and its counters
+-- (stats, hist) are built here from the key prefix passed in ARGV[1] ("<prefix>:{<queue>}:"), so they share the queue's
 -- hash tag and slot.
 local function now_ms()
   local t = redis.call('TIME')
@@ -35,6 +35,23 @@ local function emit(Q, kind, id, name)
     redis.call('XADD', Q.events, 'MAXLEN', '~', EVENTS_CAP, '*', 'e', kind, 'id', id,
       'n', name or '')
   end
+end
+
+-- Counters that outlive task records, for metrics and the dashboard (_ops_reads.py):
+-- `stats` (hash) counts runs started, runs that ended in a retry, and tasks ended by final
+-- status; `hist` (hash) counts tasks ended succeeded or failed per HIST_STEP ms in a ring
+-- of HIST_SLOTS steps (25 hours, at most 900 fields: slot -> its step, slot:s, slot:f).
+local HIST_STEP, HIST_SLOTS = 300000, 300
+local function count_stat(base, what, at)
+  redis.call('HINCRBY', base .. 'stats', what, 1)
+  if what ~= 'succeeded' and what ~= 'failed' then return end
+  local step = math.floor(at / HIST_STEP)
+  local slot = step % HIST_SLOTS
+  local hk = base .. 'hist'
+  if tonumber(redis.call('HGET', hk, slot) or '-1') ~= step then
+    redis.call('HSET', hk, slot, step, slot .. ':s', 0, slot .. ':f', 0)
+  end
+  redis.call('HINCRBY', hk, slot .. (what == 'succeeded' and ':s' or ':f'), 1)
 end
 
 local function wake_if_needed(Q)
@@ -173,6 +190,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   redis.call('SPUBLISH', Q.channel, id)
   emit(Q, 'task.' .. status, id, f[5])
+  count_stat(Q.base, status, at)
   if f[4] then count_ended(Q, f[4], at) end
   local result = nil
   if status == 'succeeded' then result = value end

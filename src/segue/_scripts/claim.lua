@@ -193,6 +193,7 @@ elseif not paused then
             end
             add_history(tk, 'running', now, wid)
             emit(Q, 'task.started', id, f[2])
+            count_stat(prefix, 'started', now)
             redis.call('ZADD', KEYS[5], deadline, id)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
               lost }

@@ -40,6 +40,7 @@ local function schedule(tk, id, status, at, reason)
   redis.call('HDEL', tk, 'w')
   add_history(tk, status, now, reason)
   if EVENT[status] then emit(Q, EVENT[status], id, redis.call('HGET', tk, 'n')) end
+  if status == 'retrying' then count_stat(prefix, 'retried', now) end
   redis.call('ZADD', KEYS[4], at, id)
   Q.woke = true
 end

@@ -224,8 +224,15 @@ class Views:
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
         snapshots = await _metrics.queue_snapshots(self.app, names)
         return [
-            {"name": n, "counts": c, "paused": p, "dead": d}
-            for n, (c, p, d) in zip(names, snapshots, strict=True)
+            {
+                "name": n,
+                "counts": s.counts,
+                "paused": s.paused,
+                "dead": s.dead,
+                "ready": s.ready,
+                "stats": s.stats,
+            }
+            for n, s in zip(names, snapshots, strict=True)
         ]
 
     async def _workers(self) -> tuple[list[str], list[dict[str, Any]]] | None:

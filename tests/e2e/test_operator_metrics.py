@@ -1,0 +1,116 @@
+"""The queue latency an autoscaler reads (ready tasks, age of the oldest ready one) and the
+counters kept on the server, through the dashboard's /metrics with no worker running."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from segue import App, TaskHandle, TaskNotFound, TaskStatus
+from tests.e2e.conftest import dashboard
+from tests.integration.conftest import serving
+
+
+def _metric(text: str, name: str, queue: str, **labels: str) -> float:
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == {"queue": queue, **labels}
+    ]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+async def _scrape(client: object, queue: str, *names: str) -> list[float]:
+    text = (await client.get("/metrics")).text  # type: ignore[attr-defined]
+    return [_metric(text, n, queue) for n in names]
+
+
+async def _exists(handle: TaskHandle[Any]) -> bool:
+    try:
+        await handle.status()
+    except TaskNotFound:
+        return False
+    return True
+
+
+async def test_counters_survive_the_expiry_of_task_records(
+    make_dash_app: Callable[..., App],
+) -> None:
+    app = make_dash_app()
+
+    tried: set[int] = set()
+
+    @app.task(name="short", ttl=0.2, max_tries=2, retry_backoff=0.01)
+    async def short(n: int) -> int:
+        if n == 1 and n not in tried:
+            tried.add(n)
+            raise ValueError("once")
+        return n
+
+    queue = app.settings.queue
+    async with app, dashboard(app, sign_in=False) as client:
+        handles = [await short.enqueue(n) for n in range(3)]
+        await app.drain()
+        # the records are gone, and no worker runs: the counters are the server's
+        deadline = time.monotonic() + 10
+        for h in handles:
+            while await _exists(h):
+                assert time.monotonic() < deadline, "records did not expire"
+                await asyncio.sleep(0.1)
+        assert not await app.workers() or all(w.stale for w in await app.workers())
+        text = (await client.get("/metrics")).text
+        assert _metric(text, "segue_runs_started_total", queue) == 4  # one retry
+        assert _metric(text, "segue_runs_retried_total", queue) == 1
+        assert _metric(text, "segue_tasks_ended_total", queue, status="succeeded") == 3
+        assert _metric(text, "segue_tasks_ended_total", queue, status="failed") == 0
+
+
+async def test_a_delayed_task_is_not_late_and_a_held_one_is_not_ready(
+    make_dash_app: Callable[..., App],
+) -> None:
+    app = make_dash_app()
+    release = asyncio.Event()
+
+    @app.task(name="one_at_a_time", concurrency=1)
+    async def one_at_a_time() -> None:
+        await release.wait()
+
+    @app.task(name="later")
+    async def later() -> None:
+        return None
+
+    queue = app.settings.queue
+    names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
+    async with app, dashboard(app, sign_in=False) as client:
+        # delayed by 1.5 s, no worker: not ready until due, then ready and young
+        await later.options(delay=1.5).enqueue()
+        assert await _scrape(client, queue, *names) == [0, 0]
+        await asyncio.sleep(1.8)
+        ready, age = await _scrape(client, queue, *names)
+        assert ready == 1
+        assert 0.2 <= age < 1.2, age  # counted from its due time, not from the enqueue
+        await app.drain()
+
+        # a task held by its name's concurrency limit is queued but not ready
+        async with serving(app):
+            first = await one_at_a_time.enqueue()
+            await first.wait_for(TaskStatus.RUNNING, timeout=10)
+            second = await one_at_a_time.enqueue()
+            await asyncio.sleep(0.5)  # claims come and go: it stays queued
+            assert await second.status() is TaskStatus.QUEUED
+            assert await _scrape(client, queue, *names) == [0, 0]
+            # nor is a task of a paused queue
+            await app.queue().pause()
+            waiting = await later.enqueue()
+            assert await _scrape(client, queue, *names) == [0, 0]
+            await app.queue().resume()
+            release.set()
+            await second.wait_for(timeout=10)
+            await waiting.wait_for(timeout=10)
+        assert await _scrape(client, queue, *names) == [0, 0]
