@@ -442,7 +442,7 @@ def dashboard(
 
 
 def main() -> None:
-    from segue import _cli_inspect  # registers its commands on `cli`
+    from segue import _cli_inspect, _cli_ops  # register their commands on `cli`
 
-    del _cli_inspect
+    del _cli_inspect, _cli_ops
     cli()

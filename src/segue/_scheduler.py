@@ -52,6 +52,7 @@ _PUT = _scripts.load("cron_put")
 _TAKE = _scripts.load("cron_take")
 _ADVANCE = _scripts.load("cron_advance")
 _REMOVE = _scripts.load("cron_remove")
+_SKIP = _scripts.load("cron_skip")
 
 # A lease covers one enqueue and one advance (milliseconds of work); if its worker dies,
 # another fires the tick once the lease ends, so it is short.
@@ -196,7 +197,9 @@ async def remove(app: App, broker: Broker, sid: str) -> bool:
 
 async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
     """Every stored schedule, soonest next tick first."""
-    defs, due, fired = await broker.schedule_rows(CronKeys(app.settings.prefix))
+    ck = CronKeys(app.settings.prefix)
+    defs, due, fired = await broker.schedule_rows(ck)
+    paused, skipped = await _paused_rows(broker, ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -209,6 +212,7 @@ async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
         zone = _zone(e)
         last = fired.get(raw_id)
         nxt = next_ms.get(sid)
+        skip = skipped.get(raw_id)
         infos.append(
             _cron.ScheduleInfo(
                 id=sid,
@@ -219,10 +223,27 @@ async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
                 catch_up=e.catch_up,
                 next_run=None if nxt is None else datetime.fromtimestamp(nxt / 1000, zone),
                 last_tick=None if last is None else datetime.fromtimestamp(int(last) / 1000, zone),
+                paused=raw_id in paused,
+                last_skipped=None
+                if skip is None
+                else datetime.fromtimestamp(int(skip) / 1000, zone),
+                last_task_id=None if last is None else tick_id(e.queue, sid, int(last)),
             )
         )
     infos.sort(key=lambda i: (i.next_run is None, next_ms.get(i.id, 0), i.id))
     return infos
+
+
+async def _paused_rows(
+    broker: Broker, ck: CronKeys
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The paused schedules (id -> since, ms) and the last tick each one skipped."""
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hgetall(ck.paused)
+        pipe.hgetall(ck.skipped)
+        paused, skipped = await pipe.execute()
+    return paused, skipped
 
 
 def _zone(e: _Entry) -> tzinfo:
@@ -329,7 +350,11 @@ class Scheduler:
         by_queue: dict[str, list[Any]] = {}
         advances = []
         counts = []
-        for raw_id, raw_tick, raw in rows:
+        skips: list[tuple[_scripts.Script, list[str], list[Any]]] = []
+        ck = CronKeys(self._app.settings.prefix)
+        async with broker.errors():
+            held = await broker.client.hmget(ck.paused, [r[0] for r in rows])
+        for (raw_id, raw_tick, raw), paused in zip(rows, held, strict=True):
             sid, tick = _text(raw_id), int(float(raw_tick))
             try:
                 e = _decode(raw)
@@ -337,6 +362,13 @@ class Scheduler:
             except (msgspec.DecodeError, msgspec.ValidationError, ConfigurationError) as exc:
                 # left leased: tried again when the lease ends, by whichever worker can
                 log.error("schedule %s cannot be fired here: %s", sid, exc)
+                continue
+            if paused is not None:
+                # a paused schedule skips this tick and goes on from the present: resuming
+                # it fires its next tick, not the ones it skipped
+                nxt = cron.next_after(max(tick, now))
+                skips.append((_SKIP, [ck.due, ck.firing, ck.skipped], [sid, tick, nxt or ""]))
+                log.info("schedule %s is paused: tick %d skipped", sid, tick)
                 continue
             ticks, nxt = plan(cron, e.catch_up, tick, now)
             fields = by_queue.setdefault(e.queue, [])
@@ -377,6 +409,8 @@ class Scheduler:
         if advances:
             done = await broker.run_calls(advances, retry=True)  # fenced on the tick
             self.fired += sum(n for n, ok in zip(counts, done, strict=True) if ok)
+        if skips:
+            await broker.run_calls(skips, retry=True)  # fenced on the tick too
         return 0.0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -32,11 +33,12 @@ from segue._errors import (
 )
 from segue._handle import TaskHandle, parse_error, parse_info
 from segue._keys import check_queue_name, queue_of
+from segue._ops_actions import index_workflow
 from segue._state import TaskInfo, TaskStatus
 from segue._task import Signature, Task
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from segue._app import App
     from segue._codec import TypedDecoder
@@ -152,6 +154,21 @@ def _place(
     return outs, "l"
 
 
+# a workflow of more steps than this keeps no shape (its page lists its steps only)
+MAX_SHAPE_STEPS = 500
+
+
+def _shape(node: Signature[Any] | Chain[Any] | Group[Any], numbers: Iterator[int]) -> Any:
+    """The workflow's structure for the dashboard: a step is its number (the `.n` of its
+    id), a chain `{"chain": [...]}`, a group `{"group": [...]}`; numbered in layout order,
+    as _step_ids numbers them."""
+    if isinstance(node, Signature):
+        return next(numbers)
+    if isinstance(node, Chain):
+        return {"chain": [_shape(stage, numbers) for stage in node.stages]}
+    return {"group": [_shape(member, numbers) for member in node.members]}
+
+
 def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signature[Any]:
     while not isinstance(node, Signature):
         node = node.stages[0] if isinstance(node, Chain) else node.members[0]
@@ -230,6 +247,9 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
         " ".join(others),
     )
     await app.enqueue_graph(queue, fields[queue], main, levels)
+    broker = await app.broker()
+    shape = _shape(root, iter(range(1, 1 << 62))) if len(steps) <= MAX_SHAPE_STEPS else None
+    await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
     for q in others:
         record = GraphRecord(wf_id, ttl_ms, " ".join(ids[q]), "", len(ids[q]), part=q)
         await app.enqueue_graph(q, fields[q], record, levels)

@@ -30,6 +30,9 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     assert load("event").numkeys == 1
     assert load("reconcile").numkeys == len(ks.reconcile_keys)
     assert load("generation").numkeys == 2
+    assert load("delete").numkeys == len([*ks.done, ks.dead])
+    assert load("wf_index").numkeys == 1
+    assert load("cron_skip").numkeys == 3
     assert set(NAMES) == {
         "enqueue",
         "claim",
@@ -49,6 +52,9 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_take",
         "cron_advance",
         "cron_remove",
+        "cron_skip",
+        "delete",
+        "wf_index",
         "reconcile",
         "generation",
     }

@@ -117,6 +117,7 @@ ALLOW_OOM = frozenset(
         "control",
         "workflow",
         "purge",
+        "delete",
     }
 )
 
@@ -153,6 +154,9 @@ NAMES = (
     "cron_take",
     "cron_advance",
     "cron_remove",
+    "cron_skip",
+    "delete",
+    "wf_index",
 )
 
 
