@@ -10,15 +10,18 @@ blocking, safe to call from the worker's threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from segue import _clock
+from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
-from segue._errors import ConfigurationError, LeaseLost, PayloadError
+from segue._errors import BrokerError, ConfigurationError, LeaseLost, PayloadError
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from segue._app import App
     from segue._broker import Broker
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
+log = logging.getLogger("segue.worker")
 R = TypeVar("R")
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -43,6 +47,12 @@ class PauseRequested(BaseException):
 class WaitingForSubtasks(BaseException):
     """Raised by `ctx.wait_for` when sub-tasks are still running: the run stops, the task
     WAITS without holding a worker slot, and the last sub-task to end queues it again."""
+
+
+class ServerUnreachable(BaseException):
+    """Raised by a ctx call when the server stayed unreachable for half a lease: the run
+    stops and goes back to its queue without spending a try (an outage is not the task's
+    fault). A BaseException, so that `except Exception` in task code does not swallow it."""
 
 
 class RunControl:
@@ -64,6 +74,46 @@ class RunControl:
         self.ks = ks
         self.gen = gen
         self.request: str | None = None
+
+    async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()`, a server call of ctx, sent again while the server is unreachable, for up
+        to half a lease from the first sending: leases outlive such an outage (a lease keeps
+        what it had left, up to half a lease, see bridge_gap), so the run goes on past it.
+        Longer, ServerUnreachable stops the run, which is requeued without spending a try.
+        Every ctx call is safe to send again: state writes and events are fenced to the
+        run, sub-task ids are fixed, reads are reads."""
+        give_up = _clock.monotonic() + self.app.settings.lease_seconds / 2
+        pause, failed = 0.05, False
+        while True:
+            try:
+                if not failed:
+                    return await send()
+                # a resend may hang on a cut-off connection: it too ends at the deadline
+                async with asyncio.timeout(max(give_up - _clock.monotonic(), 0.01)):
+                    return await send()
+            except BrokerError as exc:
+                if not server_unreachable(exc):
+                    raise
+                cause: BaseException = exc
+            except TimeoutError as exc:
+                if not failed:
+                    raise
+                cause = exc
+            now = _clock.monotonic()
+            if not failed:
+                failed = True
+                log.warning(
+                    "%s: the server is unreachable (%s); sending again for up to %.1f s",
+                    what,
+                    cause,
+                    max(give_up - now, 0),
+                )
+            if now >= give_up:
+                raise ServerUnreachable(
+                    f"{what}: the server stayed unreachable for half a lease"
+                ) from cause
+            await asyncio.sleep(min(pause, give_up - now))
+            pause = min(pause * 2, 1.0)
 
 
 class _TaskLog(logging.LoggerAdapter[logging.Logger]):
@@ -93,7 +143,10 @@ class TaskState:
         """Every stored value, in one round trip."""
         if self._run is None:
             return dict(self._local)
-        raw = await self._run.broker.read_state(self._run.ks, self._id)
+        run = self._run
+        raw = await run.call(
+            f"task {self._id}: ctx.state", lambda: run.broker.read_state(run.ks, self._id)
+        )
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 
     async def set(self, **values: Any) -> None:
@@ -118,7 +171,10 @@ class TaskState:
         run = self._run
         if run is None:
             return
-        stored = await run.broker.write_state(run.ks, self._id, run.gen, values, deletes)
+        stored = await run.call(
+            f"task {self._id}: ctx.state",
+            lambda: run.broker.write_state(run.ks, self._id, run.gen, values, deletes),
+        )
         faultpoint("mid_checkpoint")
         if not stored:
             raise LeaseLost(
@@ -196,8 +252,11 @@ class Context:
         run = self._run
         if run is not None:
             total_text = "" if total is None else repr(total)
-            await run.broker.task_event(
-                run.ks, self.task_id, run.gen, "progress", repr(done), total_text, message or ""
+            await run.call(
+                f"task {self.task_id}: ctx.progress",
+                lambda: run.broker.task_event(
+                    run.ks, self.task_id, run.gen, "progress", repr(done), total_text, message or ""
+                ),
             )
         await self.checkpoint()
 
@@ -208,7 +267,12 @@ class Context:
             self.log.info("event %s %r (local run: not streamed)", name, data)
             return
         payload = encode(data, what=f"data of event {name!r}", limit=self.state._limit)
-        await run.broker.task_event(run.ks, self.task_id, run.gen, "emit", name, payload.decode())
+        await run.call(
+            f"task {self.task_id}: ctx.emit",
+            lambda: run.broker.task_event(
+                run.ks, self.task_id, run.gen, "emit", name, payload.decode()
+            ),
+        )
 
     @overload
     async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
@@ -229,7 +293,8 @@ class Context:
         handles: list[TaskHandle[Any]] = []
         for sig in sigs:
             self._seq += 1
-            handles.append(await run.app.enqueue_child(sig, f"{self.task_id}.{self._seq}"))
+            send = functools.partial(run.app.enqueue_child, sig, f"{self.task_id}.{self._seq}")
+            handles.append(await run.call(f"task {self.task_id}: ctx.enqueue", send))
         return handles[0] if single else handles
 
     async def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
@@ -240,12 +305,17 @@ class Context:
         run = self._run
         if run is not None:
             ids = [h.id for h in handles]
-            left = await run.broker.wait_children(run.ks, self.task_id, run.gen, ids)
+            left = await run.call(
+                f"task {self.task_id}: ctx.wait_for",
+                lambda: run.broker.wait_children(run.ks, self.task_id, run.gen, ids),
+            )
             if left < 0:
                 raise LeaseLost(f"task {self.task_id}: this run no longer holds the task")
             if left > 0:
                 self.log.info("waiting for %d sub-task(s)", left)
                 raise WaitingForSubtasks
+            what = f"task {self.task_id}: ctx.wait_for"
+            return [await run.call(what, h.result) for h in handles]
         return [await h.result() for h in handles]
 
     def _check(self) -> None:

@@ -400,7 +400,12 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
                 headers=headers or None,
-                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
+                # as claim.lua decides it: a lost run before, and losing this one ends it
+                last_delivery=lost > 0
+                and (
+                    lost >= self.app.settings.max_deliveries - 1
+                    or int(tries) >= int(max_tries or 1)
+                ),
             )
             job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
             earlier = self._running.get(job.id)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from segue import App, TaskStatus
+from segue import App, TaskFailed, TaskStatus
 from tests.apps import procs
 from tests.integration.conftest import eventually
 
@@ -152,3 +152,49 @@ async def test_two_workers_drain_5000_tasks_each_once(
         assert len(runs) == 5000 and set(runs.values()) == {1}
         assert len({r[1] for r in rows}) == 2  # both workers took part
         assert await handles[4999].result() == 4999
+
+
+async def _until_ended(workers: Workers, handle: Any, most_workers: int) -> None:
+    """Starts one worker after another (each may die under the task) until the task ends."""
+    for _ in range(most_workers):
+        proc = workers.start()
+
+        async def over(proc: subprocess.Popen[bytes] = proc) -> bool:
+            return proc.poll() is not None or (await handle.status()).is_final
+
+        await eventually(over, timeout=20)
+        if (await handle.status()).is_final:
+            return
+    raise AssertionError(f"task {handle.id} did not end under {most_workers} workers")
+
+
+async def test_a_run_lost_with_its_worker_spends_the_last_try(
+    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    workers.env["SEGUE_LEASE_SECONDS"] = "1.0"
+    async with client_app:
+        h = await procs.die.options(max_tries=1).enqueue()
+        await _until_ended(workers, h, most_workers=3)
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "last try (1 of 1)" in caught.value.message
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert [r[2] for r in rows] == ["1"]  # one run, never a second
+        assert (await h.info()).tries == 1
+        assert h.id in [d.id for d in await client_app.dead_letters(queue_name)]
+
+
+async def test_tries_to_spare_end_at_max_deliveries_lost_runs(
+    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    workers.env["SEGUE_LEASE_SECONDS"] = "1.0"
+    async with client_app:
+        h = await procs.die.options(max_tries=5).enqueue()  # max_deliveries is 3
+        await _until_ended(workers, h, most_workers=5)
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "3 times in a row" in caught.value.message
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert [r[2] for r in rows] == ["1", "2", "3"]

@@ -20,9 +20,11 @@
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
     (lost: how many workers stopped under the task before this claim)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
-  A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
-  (worker_lost) here, server-side, since the process that ran it left no code to count.
-  A task on its last delivery (its lease lapsed max_deliveries - 1 times) is not given to a
+  A run whose lease expired with no outcome was a try (max_tries counts runs): the task ends
+  FAILED (worker_lost) here, server-side, since the process that ran it left no code to
+  count, when that run was its last try or its lease expired max_deliveries times in a row.
+  A task on its last delivery (its lease lapsed before, and lapsing once more ends it: it
+  lapsed max_deliveries - 1 times, or this run is its last try) is not given to a
   worker that runs another one: a task that kills its worker takes down what runs beside
   it, and tasks claimed together are requeued together when their leases lapse together,
   so without this they could follow it to the end and be failed as worker_lost with it.
@@ -70,19 +72,22 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[5], id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 'q', 's')
+  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt')
   local prio = f[1]
   -- only a run still in progress is over; a lease entry of a task that ended or moved on
   -- (left by a restore from an older copy, or a hand edit) is dropped, not requeued
   if prio and f[2] == 'running' then
     local d = redis.call('HINCRBY', tk, 'd', 1)
+    local tries, most = tonumber(f[3] or '0'), tonumber(f[4] or '')
     redis.call('HDEL', tk, 'w')
     leave_running(prefix, tk, id)
     if obey_control(Q, tk, id, now) then
       -- the worker died holding a pause or cancel request: carried out here instead
-    elseif d >= max_deliveries then
+    elseif d >= max_deliveries or (most and tries >= most) then
+      local why = d >= max_deliveries and (d .. ' times in a row')
+        or ('on its last try (' .. tries .. ' of ' .. most .. ')')
       local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
-        .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
+        .. 'stopped ' .. why .. ' without recording an outcome', reason = 'worker_lost' })
       finalize(Q, tk, id, 'failed', now, 'e', err, 'worker_lost')
       dead_letter(Q, id, tonumber(ARGV[7]), now)
     else
@@ -156,11 +161,13 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd')
+          'hd', 'd', 't')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local lost = tonumber(f[11] or '0') or 0
-          local last = lost > 0 and lost >= max_deliveries - 1
+          -- its lease lapsed before, and lapsing once more ends it (deliveries or tries spent)
+          local last = lost > 0 and (lost >= max_deliveries - 1
+            or tonumber(f[12] or '0') + 1 >= (tonumber(f[5] or '') or math.huge))
           if last and holds_last then
             held[#held + 1] = id  -- for a worker that runs no other last delivery
             ok = false
