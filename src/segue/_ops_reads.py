@@ -62,22 +62,21 @@ async def server_ms(broker: Broker) -> int:
 
 async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     rate_key, conc_key = ks.limits
+    # TIME names no key: a cluster pipeline refuses it, so it goes first, on its own
+    now = await server_ms(broker)
     async with broker.errors():
         pipe = broker.client.pipeline(transaction=False)
-        pipe.time()
         pipe.hget(ks.meta, "paused")
         for key in ks.pending:
             pipe.llen(key)
         pipe.hgetall(rate_key)
         pipe.hgetall(conc_key)
         first = await pipe.execute()
-    secs, micros = first[0]
-    now = int(secs) * 1000 + int(micros) // 1000
-    if first[1] == b"1":
+    if first[0] == b"1":
         return Readiness(0, 0.0)
-    lengths: list[int] = first[2:5]
-    rates: dict[bytes, bytes] = first[5]
-    most: dict[bytes, bytes] = first[6]
+    lengths: list[int] = first[1:4]
+    rates: dict[bytes, bytes] = first[4]
+    most: dict[bytes, bytes] = first[5]
     scan = SCAN_LIMITED if rates or most else SCAN_FREE
     async with broker.errors():
         pipe = broker.client.pipeline(transaction=False)
