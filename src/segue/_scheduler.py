@@ -189,9 +189,14 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
 
 
 async def remove(app: App, broker: Broker, sid: str) -> bool:
-    reply = await broker.run_calls(
-        [(_REMOVE, CronKeys(app.settings.prefix).all, [sid])], retry=True
-    )
+    ck = CronKeys(app.settings.prefix)
+    reply = await broker.run_calls([(_REMOVE, ck.all, [sid])], retry=True)
+    # its pause flag goes with it: a schedule stored again under this id starts active
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hdel(ck.paused, sid)
+        pipe.hdel(ck.skipped, sid)
+        await pipe.execute()
     return bool(reply[0])
 
 

@@ -117,6 +117,11 @@ async def test_a_paused_schedule_skips_its_ticks_until_resumed(
                 assert time.monotonic() < deadline, "a resumed schedule did not fire"
                 await asyncio.sleep(0.05)
             assert not (await handle.info()).paused
+            # a removed schedule stored again under its id starts active
+            await handle.pause()
+            assert await app.unschedule(sid)
+            await app.schedule(tick.call(), cron="0 3 * * *", id=sid)
+            assert not (await handle.info()).paused
         finally:
             await app.unschedule(sid)
         with pytest.raises(TaskNotFound, match="no schedule"):

@@ -4,19 +4,20 @@ of `_views.Views`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 from starlette.exceptions import HTTPException
 
 from segue import _ops_actions, _ops_reads
-from segue._errors import TaskNotFound
+from segue._errors import InvalidTransition, TaskNotFound
 from segue.dashboard import _ops_lists
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from segue._handle import TaskHandle
     from segue.dashboard._views import Views
 
 # a status filter on the workflows page looks at this many of the newest workflows
@@ -132,6 +133,21 @@ class OpsViews:
             return self.v.back(request, to, "error" if refused else "ok", text)
         deleted = await _ops_actions.delete_dead(broker, ks, ids)
         return self.v.back(request, to, "ok", f"{deleted} dead letter(s) of {queue.name} deleted")
+
+
+async def delete(
+    views: Views, request: Request, handle: TaskHandle[Any], to: str | None
+) -> Response:
+    """The Delete button of an ended task (its row, or its page)."""
+    try:
+        deleted = await handle.delete()
+    except InvalidTransition as exc:
+        return views.back(request, to, "error", str(exc))
+    text = f"task {handle.id} deleted" if deleted else f"task {handle.id} had no record"
+    # its own page is gone: go back to the list it was in
+    if to is None or to.startswith("/tasks/"):
+        to = f"/tasks?queue={quote(handle.queue)}"
+    return views.back(request, to, "ok", text)
 
 
 def _fields(body: bytes) -> dict[str, list[str]]:

@@ -31,7 +31,7 @@ from segue._events import Event, parse_event
 from segue._handle import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
-from segue.dashboard import _metrics, _ops_lists, _throughput
+from segue.dashboard import _metrics, _ops_lists, _ops_views, _throughput
 from segue.dashboard._security import SESSION_COOKIE, relative_path, root_of, safe_next
 
 if TYPE_CHECKING:
@@ -478,7 +478,7 @@ class Views:
             raise HTTPException(400, f"unknown task action {action!r}")
         handle = await self._task_handle(task_id)
         if action == "delete":
-            return await self._delete(request, handle, form.get("next"))
+            return await _ops_views.delete(self, request, handle, form.get("next"))
         try:
             status = await getattr(handle, action)(f"{action} from the dashboard")
         except (InvalidTransition, TaskNotFound) as exc:
@@ -489,17 +489,6 @@ class Views:
         else:
             text = f"{action}: task {task_id} is {status}"
         return self.back(request, form.get("next"), "ok", text)
-
-    async def _delete(self, request: Request, handle: TaskHandle[Any], to: str | None) -> Response:
-        try:
-            deleted = await handle.delete()
-        except InvalidTransition as exc:
-            return self.back(request, to, "error", str(exc))
-        text = f"task {handle.id} deleted" if deleted else f"task {handle.id} had no record"
-        # its own page is gone: go back to the list it was in
-        if to is None or to.startswith("/tasks/"):
-            to = f"/tasks?queue={quote(handle.queue)}"
-        return self.back(request, to, "ok", text)
 
     async def queue_action(self, request: Request) -> Response:
         form = _form(await request.body())
