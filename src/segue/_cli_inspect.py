@@ -15,7 +15,7 @@ import typer
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 
-from segue._cli import AppOption, UrlOption, cli, client_app, err, out, print_rows
+from segue._cli_common import AppOption, UrlOption, cli, client_app, err, out, print_rows
 from segue._errors import SegueError
 from segue._state import TaskStatus
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from segue._cli import AppOption, UrlOption, cli, client_app, err, out
+from segue._cli_common import AppOption, UrlOption, cli, client_app, err, out
 from segue._errors import SegueError
 
 schedule_cli = typer.Typer(help="Pause or resume a cron schedule by its id.", no_args_is_help=True)

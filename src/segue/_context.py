@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from segue import _clock
 from segue._broker import server_unreachable
@@ -21,14 +22,12 @@ from segue._errors import BrokerError, ConfigurationError, LeaseLost, PayloadErr
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
     from segue._lifespan import Resource
-    from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
 log = logging.getLogger("segue.worker")
@@ -55,20 +54,30 @@ class ServerUnreachable(BaseException):
     fault). A BaseException, so that `except Exception` in task code does not swallow it."""
 
 
+class Call(Protocol[R]):
+    """A Signature as a Context sees it (this module sits below _task)."""
+
+    def check(self) -> None: ...
+    def enqueue(self) -> Coroutine[Any, Any, TaskHandle[R]]: ...
+
+
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("app", "broker", "gen", "ks", "request", "resources")
+    __slots__ = ("broker", "enqueue_child", "gen", "ks", "lease_seconds", "request", "resources")
 
     def __init__(
         self,
-        app: App,
+        enqueue_child: Callable[[Any, str], Awaitable[TaskHandle[Any]]],  # under an id
         broker: Broker,
         ks: Keyspace,
         gen: str,
         resources: dict[Resource[Any], Any] | None = None,
+        *,
+        lease_seconds: float,
     ) -> None:
-        self.app = app
+        self.enqueue_child = enqueue_child
+        self.lease_seconds = lease_seconds
         self.resources = resources or {}
         self.broker = broker
         self.ks = ks
@@ -82,7 +91,7 @@ class RunControl:
         Longer, ServerUnreachable stops the run, which is requeued without spending a try.
         Every ctx call is safe to send again: state writes and events are fenced to the
         run, sub-task ids are fixed, reads are reads."""
-        give_up = _clock.monotonic() + self.app.settings.lease_seconds / 2
+        give_up = _clock.monotonic() + self.lease_seconds / 2
         pause, failed = 0.05, False
         while True:
             try:
@@ -275,17 +284,15 @@ class Context:
         )
 
     @overload
-    async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
+    async def enqueue(self, signatures: Call[R], /) -> TaskHandle[R]: ...
     @overload
-    async def enqueue(self, signatures: Iterable[Signature[R]], /) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Iterable[Call[R]], /) -> list[TaskHandle[R]]: ...
     async def enqueue(self, signatures: Any, /) -> Any:
         """Start sub-tasks of this task, in its queue. Their ids come from this task's id
         and a count, so a re-run of this task (after a worker death, or after `wait_for`)
         gets the same handles back instead of starting them twice."""
-        from segue._task import Signature  # _task builds on this module
-
-        single = isinstance(signatures, Signature)
-        sigs: list[Signature[Any]] = [signatures] if single else list(signatures)
+        single = not isinstance(signatures, Iterable)  # a Signature, or several
+        sigs: list[Call[Any]] = [signatures] if single else list(signatures)
         run = self._run
         if run is None:
             local = [await s.enqueue() for s in sigs]
@@ -293,7 +300,7 @@ class Context:
         handles: list[TaskHandle[Any]] = []
         for sig in sigs:
             self._seq += 1
-            send = functools.partial(run.app.enqueue_child, sig, f"{self.task_id}.{self._seq}")
+            send = functools.partial(run.enqueue_child, sig, f"{self.task_id}.{self._seq}")
             handles.append(await run.call(f"task {self.task_id}: ctx.enqueue", send))
         return handles[0] if single else handles
 

@@ -12,7 +12,6 @@ from functools import cached_property
 from segue._errors import ConfigurationError
 
 PRIORITIES = ("high", "normal", "low")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "expired")
 
 
 def check_queue_name(queue: str) -> str:

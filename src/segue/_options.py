@@ -5,16 +5,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from datetime import timedelta
+from typing import Literal
 
 from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from segue._handle import TaskHandle
 
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
@@ -25,26 +20,6 @@ Durability = Literal["memory", "fsync", "replicated"]
 Unique = bool | Callable[..., str]
 _DURABILITY = ("memory", "fsync", "replicated")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class EnqueueOptions(TypedDict, total=False):
-    """Options of one enqueue: `task.options(**these).enqueue(...)`."""
-
-    delay: float | timedelta
-    at: datetime
-    priority: Priority
-    queue: str
-    key: str
-    max_tries: int
-    timeout: float | None
-    ttl: float | None
-    after: Sequence[TaskHandle[Any] | str]
-    on_failure: Literal["fail", "cancel"]
-    optional: bool
-    expire: float | timedelta | datetime | None
-    on_duplicate: OnDuplicate
-    headers: dict[str, str]
-    durability: Durability
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from segue import _ops_actions
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from segue._app import App
+    from segue._client import Client
 
 
 class Queue:
@@ -20,10 +20,10 @@ class Queue:
     it holds for every worker, including those started later, until `resume()`.
     """
 
-    __slots__ = ("_app", "name")
+    __slots__ = ("_client", "name")
 
-    def __init__(self, app: App, name: str) -> None:
-        self._app = app
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
         self.name = name
 
     def __repr__(self) -> str:
@@ -31,22 +31,22 @@ class Queue:
 
     async def pause(self) -> None:
         """Start nothing new from this queue until `resume()`."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         await broker.set_queue_paused(broker.keyspace(self.name), True)
 
     async def resume(self) -> None:
         """Let workers start this queue's tasks again (waking idle ones now)."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         await broker.set_queue_paused(broker.keyspace(self.name), False)
 
     async def is_paused(self) -> bool:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         return await broker.queue_paused(broker.keyspace(self.name))
 
     async def purge(self, reason: str = "purged by an operator") -> int:
         """Cancel every task of this queue that waits to run (queued, scheduled, retrying,
         suspended, paused); running tasks go on. Returns how many were cancelled."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         return await broker.purge(broker.keyspace(self.name), reason)
 
     async def retry_dead(
@@ -56,17 +56,17 @@ class Queue:
         `handle.retry()` does; returns how many were queued. One that cannot be (a unique
         task whose key another live task holds, one that ended because its dependency did)
         stays a dead letter."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         queued, _ = await _ops_actions.retry_dead(broker, broker.keyspace(self.name), ids, reason)
         return queued
 
     async def delete_dead(self, ids: Iterable[str] | None = None) -> int:
         """Delete this queue's dead letters (`ids`: only those; default: all), records and
         all, as `handle.delete()` does; returns how many records were deleted."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         return await _ops_actions.delete_dead(broker, broker.keyspace(self.name), ids)
 
     async def counts(self) -> dict[str, int]:
         """How many tasks are queued, scheduled, running, paused, and ended by status."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         return await broker.count(broker.keyspace(self.name))

@@ -9,7 +9,7 @@ from segue._errors import TaskNotFound
 from segue._keys import CronKeys
 
 if TYPE_CHECKING:
-    from segue._app import App
+    from segue._client import Client
     from segue._cron import ScheduleInfo
 
 
@@ -22,10 +22,10 @@ class ScheduleHandle:
     and outlives a worker restart and a re-declaration of the schedule (`@app.cron`).
     """
 
-    __slots__ = ("_app", "id")
+    __slots__ = ("_client", "id")
 
-    def __init__(self, app: App, schedule_id: str) -> None:
-        self._app = app
+    def __init__(self, client: Client, schedule_id: str) -> None:
+        self._client = client
         self.id = schedule_id
 
     def __repr__(self) -> str:
@@ -40,14 +40,15 @@ class ScheduleHandle:
         await self._set(False)
 
     async def info(self) -> ScheduleInfo:
-        for info in await _scheduler.listing(self._app, await self._app.broker()):
+        prefix = self._client.settings.prefix
+        for info in await _scheduler.listing(prefix, await self._client.broker()):
             if info.id == self.id:
                 return info
         raise self._not_found()
 
     async def _set(self, paused: bool) -> None:
-        broker = await self._app.broker()
-        ck = CronKeys(self._app.settings.prefix)
+        broker = await self._client.broker()
+        ck = CronKeys(self._client.settings.prefix)
         if not await _ops_actions.set_schedule_paused(broker, ck, self.id, paused):
             raise self._not_found()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -53,7 +53,6 @@ class Settings:
     durability: Durability = "memory"
     durability_replicas: int = 1
     durability_timeout_seconds: float = 1.0
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
@@ -131,11 +130,10 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `SEGUE_*` variables (e.g. SEGUE_REDIS_URL, SEGUE_CONCURRENCY)."""
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
+        # this module's names: the class says it is segue's (see __init__), not this module's
+        hints = get_type_hints(cls, globalns=globals())
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get(_ENV_PREFIX + f.name.upper())
             if raw is None or f.name in overrides:
                 continue

@@ -48,10 +48,16 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
             return wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
 
         def text(selector: str) -> str:
-            return str(css(selector).text)
+            # found and read in one go: a live refresh may swap the element in between
+            found = wait.until(lambda d: (d.find_element(By.CSS_SELECTOR, selector).text,))
+            return str(found[0])
 
         def press(selector: str) -> None:
-            css(selector).click()
+            def click(d: Any) -> bool:
+                d.find_element(By.CSS_SELECTOR, selector).click()
+                return True
+
+            wait.until(click)
 
         def confirm() -> str:
             """Accept the confirmation the button asked for; its question."""
@@ -60,8 +66,23 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
             alert.accept()
             return question
 
+        shown: list[str] = [""]
+
         def flash() -> str:
-            return text(".flash")
+            """The message the action's redirect brought (not the one of the page before)."""
+
+            def fresh(d: Any) -> str | bool:
+                found = d.find_elements(By.CSS_SELECTOR, ".flash")
+                now = str(found[0].text) if found else ""
+                return now if now and now != shown[0] else False
+
+            shown[0] = str(wait.until(fresh))
+            return shown[0]
+
+        def arrived(part: str) -> None:
+            """Wait for the page a click opens (reading before it would read the last one)."""
+            wait.until(lambda d: part in d.current_url)
+            css("main")
 
         def fits() -> bool:
             """Nothing makes the page wider than the window (tables scroll in their card)."""
@@ -80,12 +101,12 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         press("form.login button")
 
         # overview: latency columns, the live clock in UTC, 24 hours of history
-        row = css(f"table.queues tr:has(a[href*='queue={other}'])")
-        seen["ready"] = row.find_element(By.CSS_SELECTOR, "td.ready").text
+        seen["ready"] = text(f"table.queues tr:has(a[href*='queue={other}']) td.ready")
         wait.until(lambda _: re.fullmatch(r"live \d\d:\d\d:\d\d UTC", text("#live-stamp")))
         assert fits()
         driver.save_screenshot(str(shots("dashboard-overview.png")))
         press(".chart-range a[href*='range=24h']")
+        arrived("range=24h")
         css(".chart-range a.current[href*='range=24h']")
         driver.get(f"{base}/?range=24h&chart={queue}")
         seen["day_bars"] = len(driver.find_elements(By.CSS_SELECTOR, "#throughput g.minute"))
@@ -108,6 +129,7 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         search = css("form.search input[name=q]")
         search.send_keys("report")
         search.submit()
+        arrived("q=report")
         seen["match"] = text(".list-note")
         driver.get(f"{base}/tasks?queue={queue}&status=scheduled")
         seen["due"] = text("table.tasks td.due")
@@ -126,10 +148,10 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
 
         # dead letters: delete the ticked one, then retry all the rest
         driver.get(f"{base}/dead?queue={queue}")
-        boxes = driver.find_elements(By.CSS_SELECTOR, "input[name=ids]")
-        seen["dead_listed"] = len(boxes)
-        boxes[0].click()
-        seen["ticked"] = boxes[0].get_attribute("value")
+        css("input[name=ids]")
+        seen["dead_listed"] = len(driver.find_elements(By.CSS_SELECTOR, "input[name=ids]"))
+        seen["ticked"] = css("input[name=ids]").get_attribute("value")
+        press("input[name=ids]")
         driver.save_screenshot(str(shots("dashboard-dead.png")))
         press("button.b-delete-selected")
         seen["delete_selected_question"] = confirm()
@@ -142,8 +164,11 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         driver.get(f"{base}/workflows?queue={queue}")
         seen["wf_row"] = text("table.workflows tbody tr")
         press(".wf-status a[href*='status=succeeded']")
+        arrived("status=succeeded")
         seen["wf_filtered"] = text(".list-note")
         press("table.workflows td.id a")
+        arrived("/workflows/")
+        css(".wf-shape")
         seen["wf_groups"] = len(driver.find_elements(By.CSS_SELECTOR, ".wf-shape .wf-group"))
         seen["wf_chains"] = len(driver.find_elements(By.CSS_SELECTOR, ".wf-shape .wf-chain"))
         seen["wf_steps"] = len(driver.find_elements(By.CSS_SELECTOR, ".wf-shape .wf-step"))
@@ -155,10 +180,12 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         sid = ids["schedule"]
         press(f"tr[data-schedule='{sid}'] button.b-pause")
         seen["pause_question"] = confirm()
+        seen["pause_flash"] = flash()
         seen["paused_state"] = text(f"tr[data-schedule='{sid}'] td.state")
         seen["paused_next"] = text(f"tr[data-schedule='{sid}'] td.next")
         driver.save_screenshot(str(shots("dashboard-schedules.png")))
         press(f"tr[data-schedule='{sid}'] button.b-resume")
+        seen["resume_flash"] = flash()
         seen["resumed_state"] = text(f"tr[data-schedule='{sid}'] td.state")
 
         # a phone's width: every page fits
@@ -302,6 +329,8 @@ async def test_the_operators_day_in_the_browser(
 
         # schedules
         assert seen["pause_question"].startswith(f"Pause schedule {sid}?")
+        assert seen["pause_flash"] == f"schedule {sid} paused: its ticks are skipped until resumed"
+        assert seen["resume_flash"] == f"schedule {sid} resumed"
         assert seen["paused_state"].startswith("paused")
         assert seen["paused_next"] == "skipped while paused"
         assert seen["resumed_state"] == "active"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from segue import TaskStatus
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.conftest import Report
 from tests.faults.ledger import Ledger, LedgerServer
 from tests.faults.test_server_faults import AofServer, pointed
 from tests.faults.test_worker_faults import APP
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow

@@ -349,6 +349,7 @@ async def test_undecodable_arguments_fail_clearly(make_app: Callable[..., App]) 
             await bad.result()
         assert caught.value.reason == "undecodable"
         assert "typed" in caught.value.message
+        assert "parameter 'n': Expected `int`, got `str`" in caught.value.message
         assert await (await worker_app.task_handle(good.id)).result() == "ok"
 
 

@@ -20,13 +20,15 @@ from prometheus_client.registry import Collector
 
 from segue import _ops_reads
 from segue._errors import SegueError
+from segue._heartbeat import list_workers
+from segue._queue import Queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from prometheus_client.metrics_core import Metric
 
-    from segue._app import App
+    from segue._client import Client
 
 # the statuses Queue.counts() reports, in the order they are exported
 STATUSES = (
@@ -64,9 +66,9 @@ class QueueSnapshot:
     stats: dict[str, int]
 
 
-async def queue_snapshot(app: App, name: str) -> QueueSnapshot:
-    queue = app.queue(name)
-    broker = await app.broker()
+async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
+    queue = Queue(client, name)
+    broker = await client.broker()
     ks = broker.keyspace(name)
     counts, paused, dead, ready, stats = await asyncio.gather(
         queue.counts(),
@@ -83,18 +85,18 @@ async def queue_snapshot(app: App, name: str) -> QueueSnapshot:
 _READ_AT_ONCE = 16
 
 
-async def queue_snapshots(app: App, names: list[str]) -> list[QueueSnapshot]:
+async def queue_snapshots(client: Client, names: list[str]) -> list[QueueSnapshot]:
     """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
     gate = asyncio.Semaphore(_READ_AT_ONCE)
 
     async def one(name: str) -> QueueSnapshot:
         async with gate:
-            return await queue_snapshot(app, name)
+            return await queue_snapshot(client, name)
 
     return list(await asyncio.gather(*(one(n) for n in names)))
 
 
-async def render(app: App) -> bytes:
+async def render(client: Client) -> bytes:
     up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
     tasks = GaugeMetricFamily(
         "segue_queue_tasks", "Tasks of a queue by status", labels=["queue", "status"]
@@ -126,8 +128,8 @@ async def render(app: App) -> bytes:
     )
     families: list[Metric] = [up]
     try:
-        names = await app.queues()
-        snapshots = await queue_snapshots(app, names)
+        names = await (await client.broker()).queues()
+        snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
         up.add_metric([], 0)
@@ -146,7 +148,7 @@ async def render(app: App) -> bytes:
                 ended.add_metric([name, status], snap.stats[status])
         families += [tasks, paused, dead, ready, oldest, started, retried, ended]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
-        alive.add_metric([], sum(not w.stale for w in await app.workers()))
+        alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))

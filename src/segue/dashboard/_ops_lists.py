@@ -17,17 +17,18 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from segue._app import App
+    from segue._client import Client
     from segue._cron import ScheduleInfo
     from segue._events import Event
     from segue._state import TaskInfo
 
 
 async def ended_newest(
-    app: App, status: TaskStatus, queue: str, offset: int, limit: int
+    client: Client, status: TaskStatus, queue: str, offset: int, limit: int
 ) -> list[TaskInfo]:
     """A page of the tasks that ended in this status, newest first: the index of ended
     tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
-    broker = await app.broker()
+    broker = await client.broker()
     ks = broker.keyspace(queue)
     async with broker.errors():
         raw: list[bytes] = await broker.client.zrevrange(
@@ -37,7 +38,7 @@ async def ended_newest(
     for task_id in (i.decode() for i in raw):
         rec = await broker.task_record(ks, task_id)
         if rec:
-            infos.append(parse_info(task_id, rec, app))
+            infos.append(parse_info(task_id, rec, client.tasks))
     return infos
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from segue import _ops_reads
 
 if TYPE_CHECKING:
-    from segue._app import App
+    from segue._client import Client
 
 MINUTES = 15
 # the long view: 5-minute steps over a day
@@ -72,10 +72,10 @@ class Throughput:
         return sum(m.failed for m in self.minutes)
 
 
-async def read(app: App, queues: list[str]) -> Throughput:
+async def read(client: Client, queues: list[str]) -> Throughput:
     """Count the tasks that ended in each of the last MINUTES minutes (the last one is the
     current, partial minute), by the server's clock."""
-    broker = await app.broker()
+    broker = await client.broker()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
     async with broker.errors():
         secs, micros = await broker.client.time()
@@ -111,10 +111,10 @@ async def read(app: App, queues: list[str]) -> Throughput:
     return Throughput(minutes, counted, left_out, capped)
 
 
-async def read_day(app: App, queues: list[str]) -> Throughput:
+async def read_day(client: Client, queues: list[str]) -> Throughput:
     """Tasks ended per 5 minutes over the last 24 hours (the last step is the current one),
     from the counters the scripts keep on the server: nothing is scanned."""
-    broker = await app.broker()
+    broker = await client.broker()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
     now_ms = await _ops_reads.server_ms(broker)
     reads = await asyncio.gather(

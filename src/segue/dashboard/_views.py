@@ -163,6 +163,8 @@ class Views:
         refresh_seconds: float,
     ) -> None:
         self.app = app
+        # raw reads (records, streams) go through the client, not the App's API
+        self.client = app._client
         self.templates = templates
         self.security = security
         self.page_size = page_size
@@ -228,7 +230,7 @@ class Views:
             raise HTTPException(400, str(exc)) from None
 
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshots = await _metrics.queue_snapshots(self.app, names)
+        snapshots = await _metrics.queue_snapshots(self.client, names)
         return [
             {
                 "name": n,
@@ -264,9 +266,9 @@ class Views:
         day = request.query_params.get("range") == "24h"
         counted = [chart_queue] if chart_queue is not None else names
         if day:
-            throughput = await _throughput.read_day(self.app, counted)
+            throughput = await _throughput.read_day(self.client, counted)
         else:
-            throughput = await _throughput.read(self.app, counted)
+            throughput = await _throughput.read(self.client, counted)
         return self.page(
             request,
             "overview.html",
@@ -303,7 +305,7 @@ class Views:
             infos, scanned, matched = await self._named(status, queue, search, offset, limit + 1)
         elif status.is_final and not oldest_first:
             # ended tasks newest first: what an operator looks for is what just happened
-            infos = await _ops_lists.ended_newest(self.app, status, queue, offset, limit + 1)
+            infos = await _ops_lists.ended_newest(self.client, status, queue, offset, limit + 1)
         else:
             # one more than shown tells whether a next page exists, without counting
             infos = await self.app.tasks(status, queue=queue, offset=offset, limit=limit + 1)
@@ -325,7 +327,7 @@ class Views:
             matched=matched,
             bounded=scanned is not None and counts.get(status.value, 0) > scanned,
             order="oldest" if oldest_first else "newest",
-            now=await _ops_reads.server_ms(await self.app.broker()),
+            now=await _ops_reads.server_ms(await self.client.broker()),
         )
 
     async def _task_exists(self, task_id: str) -> bool:
@@ -342,7 +344,7 @@ class Views:
         among the first NAME_SCAN of the status; how many ids were looked at, and how many
         matched. Only the names (and statuses) of those are read, then the whole records of
         the page."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         ks = broker.keyspace(queue)
         ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
         async with broker.errors():
@@ -363,7 +365,7 @@ class Views:
         for task_id in matches[offset : offset + limit]:
             rec = await broker.task_record(ks, task_id)
             if rec:
-                infos.append(parse_info(task_id, rec, self.app))
+                infos.append(parse_info(task_id, rec, self.client.tasks))
         return infos, len(ids), len(matches)
 
     async def task(self, request: Request) -> Response:
@@ -392,7 +394,7 @@ class Views:
     async def _events_of(self, info: TaskInfo) -> list[Event]:
         """The task's latest events, oldest first, from a bounded look back over its
         queue's stream (a task whose events are older than that shows none)."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         entries = await broker.recent_events(broker.keyspace(info.queue), EVENT_SCAN)
         mine: list[Event] = []
         for entry_id, fields in entries:
@@ -445,7 +447,7 @@ class Views:
         queue = self._queue(request)
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         infos = await self.app.dead_letters(queue, offset=offset, limit=self.page_size + 1)
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         return self.page(
             request,
             "dead.html",
@@ -561,14 +563,14 @@ class Views:
 
     async def health(self, request: Request) -> Response:
         try:
-            broker = await self.app.broker()
+            broker = await self.client.broker()
             await asyncio.wait_for(broker.ping(), 5)
         except (SegueError, TimeoutError):
             return JSONResponse({"status": "unavailable"}, 503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(await _metrics.render(self.app), media_type=CONTENT_TYPE_LATEST)
+        return Response(await _metrics.render(self.client), media_type=CONTENT_TYPE_LATEST)
 
     # --- errors ---------------------------------------------------------------------------
 
