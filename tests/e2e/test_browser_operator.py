@@ -188,6 +188,15 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         seen["resume_flash"] = flash()
         seen["resumed_state"] = text(f"tr[data-schedule='{sid}'] td.state")
 
+        # the queued list (buttons Pause and Cancel on each row) fits a 1280 px window whole:
+        # its card needs no scrolling either
+        driver.get(f"{base}/tasks?queue={queue}&status=queued")
+        css("table.tasks button.b-cancel")
+        seen["queued_card_fits"] = driver.execute_script(
+            "const c = document.querySelector('.card'); return c.scrollWidth <= c.clientWidth"
+        )
+        driver.save_screenshot(str(shots("dashboard-queued.png")))
+
         # a phone's width: every page fits
         driver.set_window_size(420, 900)
         narrow: dict[str, bool] = {}
@@ -335,6 +344,7 @@ async def test_the_operators_day_in_the_browser(
         assert seen["paused_next"] == "skipped while paused"
         assert seen["resumed_state"] == "active"
 
+        assert seen["queued_card_fits"] is True
         # 420 px
         assert seen["narrow"] == dict.fromkeys(seen["narrow"], True)
         assert await reports[1].status() is TaskStatus.SUCCEEDED

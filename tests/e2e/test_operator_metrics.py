@@ -4,8 +4,10 @@ counters kept on the server, through the dashboard's /metrics with no worker run
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from segue import App, TaskHandle, TaskNotFound, TaskStatus
 from tests.e2e.conftest import dashboard
 from tests.integration.conftest import serving
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "dashboard.md"
 
 
 def _metric(text: str, name: str, queue: str, **labels: str) -> float:
@@ -118,3 +122,24 @@ async def test_a_delayed_task_is_not_late_and_a_held_one_is_not_ready(
             await second.wait_for(timeout=10)
             await waiting.wait_for(timeout=10)
         assert await _scrape(client, queue, *names) == [0, 0]
+
+
+async def test_every_metric_is_in_the_documented_table(make_dash_app: Callable[..., App]) -> None:
+    app = make_dash_app()
+
+    @app.task(name="doc.job")
+    async def job() -> None:
+        return None
+
+    doc = DOC.read_text(encoding="utf-8")  # small: read once, before the loop's work
+    rows = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| `(segue_\w+)` \| (\w+) \|", doc, re.M)
+    }
+    async with app, dashboard(app, sign_in=False) as client:
+        await job.enqueue()
+        text = (await client.get("/metrics")).text
+    served = {
+        (f.name + "_total" if f.type == "counter" else f.name): f.type
+        for f in text_string_to_metric_families(text)
+    }
+    assert served == rows
