@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from segue import App, TaskHandle, TaskNotFound, TaskStatus
+from segue import App, Fail, TaskHandle, TaskNotFound, TaskStatus, _ops_reads
 from tests.e2e.conftest import dashboard
 from tests.integration.conftest import serving
 
@@ -143,3 +143,46 @@ async def test_every_metric_is_in_the_documented_table(make_dash_app: Callable[.
         for f in text_string_to_metric_families(text)
     }
     assert served == rows
+
+
+async def test_the_history_ring_is_bounded_and_reads_only_its_own_day(
+    make_dash_app: Callable[..., App],
+) -> None:
+    app = make_dash_app()
+
+    @app.task(name="ring.job", max_tries=1)
+    async def job(ok: bool) -> None:
+        if not ok:
+            raise Fail("no")
+
+    async with app:
+        broker = await app.broker()
+        # three ends in one 5-minute step: not in its last seconds
+        while await _ops_reads.server_ms(broker) % _ops_reads.HIST_STEP_MS > 295_000:
+            await asyncio.sleep(0.2)
+        for ok in (True, True, False):
+            await job.enqueue(ok)
+        await app.drain()
+        ks = broker.keyspace(app.settings.queue)
+        now = await _ops_reads.server_ms(broker)
+        step = now // _ops_reads.HIST_STEP_MS
+        stored = await broker.client.hgetall(ks.hist)
+        assert len(stored) == 3  # one slot: its step, and its two counts
+        # a slot two steps back holds its own step; the one before holds a step of the last
+        # lap of the ring (25 hours ago): that one reads as nothing
+        prev, stale = (step - 2) % _ops_reads.HIST_SLOTS, (step - 1) % _ops_reads.HIST_SLOTS
+        await broker.client.hset(
+            ks.hist,
+            mapping={
+                prev: step - 2,
+                f"{prev}:s": 4,
+                f"{prev}:f": 1,
+                stale: step - 1 - _ops_reads.HIST_SLOTS,
+                f"{stale}:s": 9,
+                f"{stale}:f": 9,
+            },
+        )
+        day = await _ops_reads.history(broker, ks, now, 288)
+        assert len(day) == 288
+        assert [(s.succeeded, s.failed) for s in day[-3:]] == [(4, 1), (0, 0), (2, 1)]
+        assert day[-1].start_ms == step * _ops_reads.HIST_STEP_MS
