@@ -14,13 +14,14 @@ are built in _task (next to Signature); WorkflowHandle follows a workflow (_hand
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
 from segue._broker import GraphRecord
-from segue._errors import ConfigurationError
+from segue._errors import ConfigurationError, ServerOutOfMemory
 from segue._handle import WorkflowHandle
 from segue._keys import check_queue_name, queue_of
 from segue._ops_actions import index_workflow
@@ -66,6 +67,8 @@ def _place(
         outs.extend(ids)
     return outs, "l"
 
+
+log = logging.getLogger("segue.workflow")
 
 # a workflow of more steps than this keeps no shape (its page lists its steps only)
 MAX_SHAPE_STEPS = 500
@@ -162,7 +165,11 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
     await app.enqueue_graph(queue, fields[queue], main, levels)
     broker = await app.broker()
     shape = _shape(root, iter(range(1, 1 << 62))) if len(steps) <= MAX_SHAPE_STEPS else None
-    await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
+    try:
+        await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
+    except ServerOutOfMemory:
+        # the workflow exists and runs: only its line in the dashboard's list is missing
+        log.warning("workflow %s is not listed on the dashboard: the server is full", wf_id)
     for q in others:
         record = GraphRecord(wf_id, ttl_ms, " ".join(ids[q]), "", len(ids[q]), part=q)
         await app.enqueue_graph(q, fields[q], record, levels)

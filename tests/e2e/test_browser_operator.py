@@ -111,6 +111,7 @@ def operate(base: str, ids: dict[str, Any], shots: Callable[[str], Path]) -> dic
         driver.get(f"{base}/?range=24h&chart={queue}")
         seen["day_bars"] = len(driver.find_elements(By.CSS_SELECTOR, "#throughput g.minute"))
         seen["day_ok"] = css("#throughput svg").get_attribute("data-succeeded")
+        driver.save_screenshot(str(shots("dashboard-overview-24h.png")))
 
         # purge a queue: the button says how many, and so does its question
         driver.get(home)
