@@ -27,6 +27,7 @@ from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._options import Backoff, OnDuplicate, Priority, Unique, seconds
 from segue._queue import Queue
+from segue._redact import mask_url
 from segue._registry import CronDecorator, Registry, TaskDecorator
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
@@ -114,7 +115,7 @@ class App:
         return self._client.connected
 
     def __repr__(self) -> str:
-        where = self.settings.redis_url or "embedded"
+        where = mask_url(self.settings.redis_url) if self.settings.redis_url else "embedded"
         return f"<App {self.name} tasks={len(self.registry)} server={where}>"
 
     # --- declaring tasks -------------------------------------------------------------------
@@ -565,7 +566,7 @@ class App:
 
     async def unschedule(self, schedule_id: str) -> bool:
         """Remove a schedule (False if there was none): no tick after this fires."""
-        return await _scheduler.remove(self, await self.broker(), schedule_id)
+        return await _scheduler.remove(self.settings.prefix, await self.broker(), schedule_id)
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every stored schedule with its next run and last tick, soonest first."""
@@ -679,7 +680,15 @@ class App:
         """A Worker; with `pid_file`, it writes its id there once registered (`check`)."""
         from segue._worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, pid_file=pid_file)
+        return Worker(
+            self._client,
+            self._registry,
+            self,
+            name=self.name,
+            queues=queues,
+            concurrency=concurrency,
+            pid_file=pid_file,
+        )
 
     def run_worker(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +25,7 @@ from segue._cli_common import (
     out,
     print_rows,
 )
-from segue._errors import SegueError
+from segue._errors import ConfigurationError, SegueError
 from segue._heartbeat import Health
 from segue._logging import JsonFormatter, TaskFields
 from segue._state import TaskInfo, TaskStatus
@@ -360,6 +361,39 @@ def dashboard(
             "behind a TLS-terminating proxy",
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A Host name the dashboard answers to besides the bind address and "
+            "localhost (repeat it; e.g. the name a reverse proxy forwards)",
+        ),
+    ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="Address of a reverse proxy whose X-Forwarded-For names the client, for "
+            "the sign-in limiter (repeat it); other senders' headers are ignored",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow plain HTTP on an address beyond loopback (e.g. to a TLS-terminating "
+            "proxy on another host): passwords and sessions then cross the network in clear",
+        ),
+    ] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            envvar="SEGUE_DASHBOARD_SECRET_FILE",
+            help="File of the key that signs sessions, generated (mode 600) if missing; "
+            "default .segue/dashboard-secret of the project. SEGUE_DASHBOARD_SECRET wins",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
@@ -377,17 +411,65 @@ def dashboard(
     except ImportError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    loopback = host in _LOOPBACK
+    if not loopback and no_auth:
+        err.print(f"[red]error:[/red] --no-auth serves loopback only, not {host}")
+        raise typer.Exit(2)
+    if not loopback and not insecure:
+        err.print(
+            f"[red]error:[/red] {host} is beyond loopback and the dashboard speaks plain HTTP: "
+            "bind 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure"
+        )
+        raise typer.Exit(2)
     the_app = load_app(app)
-    secret = os.environ.get("SEGUE_DASHBOARD_SECRET")
-    asgi = create_app(
-        the_app,
-        auth=None if password is None else (user, password),
-        secret_key=secret.encode() if secret else None,
-        secure_cookies=secure_cookies,
+    try:
+        asgi = create_app(
+            the_app,
+            auth=None if password is None else (user, password),
+            secret_key=_dashboard_secret(secret_file, the_app.settings.home),
+            secure_cookies=secure_cookies,
+            allowed_hosts=[*_LOOPBACK, host, *(allowed_host or [])],
+            trusted_proxies=trusted_proxy or (),
+        )
+    except ConfigurationError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    # X-Forwarded-For is read by the dashboard itself, from --trusted-proxy only
+    uvicorn.run(
+        asgi,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        ws="none",
+        proxy_headers=False,
     )
-    if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/yellow] no authentication, and listening on {host}")
-    uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower(), ws="none")
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _dashboard_secret(path: Path | None, home: str | Path | None) -> bytes:
+    """SEGUE_DASHBOARD_SECRET, else the secret file (made with 32 random bytes, mode 600,
+    when missing), so that sign-ins survive a restart without a weak secret ever in use."""
+    given = os.environ.get("SEGUE_DASHBOARD_SECRET")
+    if given:
+        return given.encode()
+    from segue import _embedded
+
+    if path is None:
+        path = _embedded.private_dir(Path(home) if home else _embedded.find_home())
+        path = path / "dashboard-secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigurationError(
+                f"{path} is readable by other users; `chmod 600 {path}`"
+            ) from None
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 def main() -> None:

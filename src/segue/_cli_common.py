@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segue._app import App
+from segue._display import clean, plain
 
 cli = typer.Typer(
     name="segue",
@@ -61,11 +62,11 @@ def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: 
         # plain print: Rich would expand the tabs
         print(title)
         for row in (header, *rows):
-            print("\t".join(row))
+            print("\t".join(clean(cell) for cell in row))
         return
     table = Table(*header, title=title)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(plain(cell) for cell in row))  # stored strings: never markup
     out.print(table)
 
 

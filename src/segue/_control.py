@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._keys import Keyspace
     from segue._pubsub import Subscriber
-    from segue._runner import Job, Outcome
+    from segue._runner import Job
 
 log = logging.getLogger("segue.worker")
 
@@ -87,18 +87,6 @@ class Controller:
                 log.warning("lease of task %s lost; stopping this run", task_id)
                 job.lost = True
                 job.task.cancel()
-
-    @staticmethod
-    def stopped_outcome(job: Job) -> Outcome | None:
-        """What a run interrupted from outside records: the request it obeyed, if any."""
-        request = job.run.request if job.run is not None else None
-        if job.lost:
-            return None
-        if request == "cancel":
-            return ("cancelled", "", "")
-        if request == "pause":
-            return ("paused", "", "")
-        return ("requeue", "", "")
 
 
 class ControlSubscriber(Service):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -25,6 +26,7 @@ from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, fro
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import datetime
 
     from segue._client import Client
     from segue._codec import TaskTypes
@@ -216,7 +218,10 @@ class TaskHandle(Generic[R]):
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+        try:
+            err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+        except Exception:  # written by someone else: still a failure, said plainly
+            err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
 
 
@@ -224,6 +229,8 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     if not raw:
         return None
     data = decode_plain(raw)
+    if not isinstance(data, dict):
+        raise ValueError("an error that is not a JSON object")
     return TaskError(
         type=str(data.get("type", "Error")),
         message=str(data.get("message", "")),
@@ -232,56 +239,135 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     )
 
 
-def _int(rec: dict[bytes, bytes], key: bytes) -> int | None:
-    raw = rec.get(key)
-    return None if raw is None else int(raw)
+class _Reader:
+    """Reads the fields of one task record as written by anyone with write access: a field
+    it cannot read is left empty and named in `problems`, never raised, so one bad record
+    does not take a list, a page or a worker down with it."""
+
+    def __init__(self, rec: dict[bytes, bytes]) -> None:
+        self.rec = rec
+        self.problems: list[str] = []
+
+    def bad(self, code: bytes, why: str) -> None:
+        shown = self.rec.get(code, b"")[:40].decode(errors="replace")
+        self.problems.append(f"{code.decode()}={shown!r} {why}")
+
+    def text(self, code: bytes, default: str = "") -> str:
+        raw = self.rec.get(code)
+        if raw is None:
+            return default
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            self.bad(code, "is not UTF-8")
+            return raw.decode(errors="replace")
+
+    def integer(self, code: bytes) -> int | None:
+        raw = self.rec.get(code)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            self.bad(code, "is not a number")
+            return None
+
+    def when(self, code: bytes) -> datetime | None:
+        ms = self.integer(code)
+        try:
+            return from_ms(ms)
+        except (OverflowError, ValueError, OSError):
+            self.bad(code, "is not a time")
+            return None
+
+    def status(self) -> TaskStatus:
+        try:
+            return TaskStatus(self.text(b"s"))
+        except ValueError:
+            # a status no segue writes: the task is not one any worker will run
+            self.bad(b"s", "is not a status")
+            return TaskStatus.FAILED
+
+    def history(self) -> list[Transition]:
+        out = []
+        for line in self.text(b"h").splitlines():
+            st, _, rest = line.partition("|")
+            at, _, reason = rest.partition("|")
+            try:
+                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+            except (ValueError, OverflowError, OSError):
+                self.bad(b"h", "has a line that is not status|time|reason")
+        return out
+
+    def progress(self) -> tuple[float, float | None] | None:
+        if b"pg" not in self.rec:
+            return None
+        done_text, _, total_text = self.text(b"pg").partition(" ")
+        try:
+            done, total = float(done_text), float(total_text) if total_text else None
+        except ValueError:
+            self.bad(b"pg", "is not '<done> [<total>]'")
+            return None
+        if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
+            self.bad(b"pg", "is not finite")
+            return None
+        return done, total
+
+    def decoded(self, code: bytes, decoder: TypedDecoder) -> Any:
+        try:
+            return decoder.decode(self.rec[code])
+        except Exception:  # any decode failure of stored JSON: not this reader's to raise
+            self.bad(code, "does not decode")
+            return None
+
+    def error(self) -> TaskError | None:
+        try:
+            return parse_error(self.rec.get(b"e"))
+        except Exception:
+            self.bad(b"e", "is not an error record")
+            return None
 
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
-    name = rec.get(b"n", b"").decode()
+    r = _Reader(rec)
+    name = r.text(b"n")
     task = tasks.get(name)
-    status = TaskStatus(rec[b"s"].decode())
+    status = r.status()
     try:
         if task is not None:
             args, kwargs = task.args_decoder.decode(rec[b"p"])
         else:
             args, kwargs = decode_plain(rec[b"p"])
+        args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
-    history = []
-    for line in rec.get(b"h", b"").decode().splitlines():
-        st, _, rest = line.partition("|")
-        at, _, reason = rest.partition("|")
-        history.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+    history = r.history()
     result: Any = None
     if status is TaskStatus.SUCCEEDED and b"r" in rec:
-        decoder = task.result_decoder if task is not None else _PLAIN
-        result = decoder.decode(rec[b"r"])
-    worker = rec.get(b"w")
-    progress = None
-    if b"pg" in rec:
-        done, _, total = rec[b"pg"].decode().partition(" ")
-        progress = (float(done), float(total) if total else None)
+        result = r.decoded(b"r", task.result_decoder if task is not None else _PLAIN)
+    worker = r.text(b"w") or None
+    progress = r.progress()
     return TaskInfo(
         id=task_id,
         name=name,
         queue=queue_of(task_id),
         status=status,
-        args=list(args),
-        kwargs=dict(kwargs),
-        priority=rec.get(b"q", b"normal").decode(),
-        tries=_int(rec, b"t") or 0,
-        max_tries=_int(rec, b"mt") or 0,
-        worker_id=worker.decode() if worker else None,
-        enqueued_at=from_ms(_int(rec, b"ce")),
-        started_at=from_ms(_int(rec, b"st")),
-        ended_at=from_ms(_int(rec, b"et")),
-        due_at=from_ms(_int(rec, b"due")),
+        args=args,
+        kwargs=kwargs,
+        priority=r.text(b"q", "normal"),
+        tries=r.integer(b"t") or 0,
+        max_tries=r.integer(b"mt") or 0,
+        worker_id=worker,
+        enqueued_at=r.when(b"ce"),
+        started_at=r.when(b"st"),
+        ended_at=r.when(b"et"),
+        due_at=r.when(b"due"),
         history=history,
         result=result,
-        error=parse_error(rec.get(b"e")),
+        error=r.error(),
         progress=progress,
-        progress_message=rec.get(b"pgm", b"").decode() or None,
+        progress_message=r.text(b"pgm") or None,
+        problem="; ".join(r.problems) or None,
     )
 
 
@@ -295,7 +381,10 @@ def _passed(row: list[bytes | None]) -> TaskStatus:
 
 
 def _by_dependency(error: bytes | None) -> bool:
-    err = parse_error(error)
+    try:
+        err = parse_error(error)
+    except Exception:
+        return False
     return err is not None and err.reason.startswith("dependency_")
 
 

@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from segue._errors import BrokerError, ConfigurationError
 from segue._keys import WorkerKeys
@@ -33,7 +33,20 @@ if TYPE_CHECKING:
 
     from segue._broker import Broker
     from segue._client import Client
-    from segue._worker import Worker
+
+    class Beating(Protocol):
+        """What a beat reports of its worker (the Worker; this module sits below it)."""
+
+        app_name: str
+        id: str
+        queues: list[str]
+        concurrency: int
+
+        @property
+        def running(self) -> int: ...
+        @property
+        def finished(self) -> int: ...
+
 
 log = logging.getLogger("segue.worker")
 
@@ -94,7 +107,7 @@ class Heartbeat(Service):
 
     name = "heartbeat"
 
-    def __init__(self, worker: Worker, broker: Broker, pid_file: Path | None) -> None:
+    def __init__(self, worker: Beating, broker: Broker, pid_file: Path | None) -> None:
         self._worker = worker
         self._broker = broker
         self._keys = WorkerKeys(broker.settings.prefix)
@@ -141,7 +154,7 @@ class Heartbeat(Service):
     async def _beat(self) -> None:
         w = self._worker
         fields: dict[str, str | int] = {
-            "app": w.app.name,
+            "app": w.app_name,
             "host": HOST,
             "pid": os.getpid(),
             "queues": ",".join(w.queues),
@@ -166,7 +179,7 @@ class Heartbeat(Service):
 
 def write_pid_file(path: Path, worker_id: str) -> None:
     """Write the worker id (not only the pid: the id names the worker on the server)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(worker_id + "\n", encoding="utf-8")
     tmp.replace(path)  # atomic: a check never reads half a file

@@ -203,6 +203,12 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:queues"
 
 
+def dashboard_sessions_key(prefix: str) -> str:
+    """The dashboards' session generation (an integer a sign-out increments: every session
+    cookie carries the generation it was issued in)."""
+    return f"{prefix}:{{dashboard}}:sessions"
+
+
 @dataclass(frozen=True)
 class CronKeys:
     """Key names of the cron schedules under one prefix: `<prefix>:{cron}:<kind>`.

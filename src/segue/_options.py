@@ -88,6 +88,21 @@ def parse_rate(text: str, name: str) -> float:
     return per
 
 
+def check_key(key: object) -> str:
+    """An idempotency key becomes part of the task id, and task ids travel space- and
+    `|`-separated in the dependency lists of graph.lua: a key with either could name
+    other tasks as dependencies, so it is refused."""
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(f"key= must be a non-empty string, not {key!r}")
+    bad = next((c for c in key if c.isspace() or c == "|" or not c.isprintable()), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"key={key!r} holds {bad!r}; an idempotency key may not contain whitespace, "
+            "'|' or control characters"
+        )
+    return key
+
+
 def check_priority(priority: str) -> str:
     if priority not in PRIORITIES:
         raise ConfigurationError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")

@@ -37,10 +37,10 @@ from segue._keys import CronKeys
 from segue._services import Service
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
+    from segue._enqueue import Enqueuer
 
 R = TypeVar("R")
 
@@ -86,7 +86,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Entry).decode
 
 
-def _entry(app: App, schedule: _cron.Schedule) -> bytes:
+def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
     queue, _, f = app._fields(schedule.sig)
     entry = _Entry(
@@ -107,7 +107,7 @@ def _entry(app: App, schedule: _cron.Schedule) -> bytes:
     return _encode(entry)
 
 
-async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
     """Create or update schedules. One whose expression and zone are unchanged keeps its
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
@@ -127,8 +127,8 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
         await broker.run_calls(again, retry=True)
 
 
-async def remove(app: App, broker: Broker, sid: str) -> bool:
-    ck = CronKeys(app.settings.prefix)
+async def remove(prefix: str, broker: Broker, sid: str) -> bool:
+    ck = CronKeys(prefix)
     reply = await broker.run_calls([(_REMOVE, ck.all, [sid])], retry=True)
     # its pause flag goes with it: a schedule stored again under this id starts active
     async with broker.errors():
@@ -235,13 +235,16 @@ class Scheduler(Service):
     # worker when its lease runs out
     stop_wait = 5.0
 
-    def __init__(self, app: App, broker: Broker) -> None:
-        self._app = app
+    def __init__(
+        self, enqueuer: Enqueuer, broker: Broker, crons: Mapping[str, _cron.Schedule]
+    ) -> None:
+        self._enqueuer = enqueuer
+        self._crons = crons
         self._broker = broker
-        self._keys = CronKeys(app.settings.prefix).all
+        self._keys = CronKeys(enqueuer.settings.prefix).all
         self._wake = asyncio.Event()
         self._stopping = False
-        self._registered = not app.crons
+        self._registered = not crons
         self.fired = 0
 
     def __repr__(self) -> str:
@@ -257,9 +260,9 @@ class Scheduler(Service):
         while not self._stopping:
             try:
                 if not self._registered:
-                    await put(self._app, self._broker, list(self._app.crons.values()))
+                    await put(self._enqueuer, self._broker, list(self._crons.values()))
                     self._registered = True
-                    log.info("registered %d declared schedule(s)", len(self._app.crons))
+                    log.info("registered %d declared schedule(s)", len(self._crons))
                 wait = await self.fire_due()
             except QueueFull as exc:
                 # the ticks stay leased and fire again when their lease ends (no tick lost)
@@ -290,7 +293,7 @@ class Scheduler(Service):
         advances = []
         counts = []
         skips: list[tuple[_scripts.Script, list[str], list[Any]]] = []
-        ck = CronKeys(self._app.settings.prefix)
+        ck = CronKeys(self._enqueuer.settings.prefix)
         async with broker.errors():
             held = await broker.client.hmget(ck.paused, [r[0] for r in rows])
         for (raw_id, raw_tick, raw), paused in zip(rows, held, strict=True):

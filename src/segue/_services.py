@@ -87,9 +87,9 @@ class Service:
 class ServiceGroup:
     """Runs a worker's services in one TaskGroup and applies POLICY to their failures.
 
-    `on_fatal(name, exc)` is called on the loop when a STOP service fails; `failure` keeps
-    the first such failure. Leaving the group stops every started service, the last
-    started first; the first error a service's close() raised is raised then."""
+    `on_fatal(name, exc)` is called on the loop when a STOP service fails. Leaving the
+    group stops every started service, the last started first; the first error a
+    service's stop or close raised is raised then."""
 
     def __init__(self, owner: str, on_fatal: Callable[[str, BaseException], None]) -> None:
         self._owner = owner
@@ -97,7 +97,6 @@ class ServiceGroup:
         self._group = asyncio.TaskGroup()
         self._started: list[tuple[Service, asyncio.Task[None]]] = []
         self._stopping = asyncio.Event()
-        self.failure: tuple[str, BaseException] | None = None
 
     async def __aenter__(self) -> ServiceGroup:
         await self._group.__aenter__()
@@ -143,8 +142,6 @@ class ServiceGroup:
                         describe(exc),
                         exc_info=exc,
                     )
-                    if self.failure is None:
-                        self.failure = (service.name, exc)
                     self._on_fatal(service.name, exc)
                     return
                 if _clock.monotonic() - began > BACKOFF_MAX:

@@ -102,6 +102,17 @@ class Settings:
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"
             )
 
+    def __repr__(self) -> str:
+        from segue._redact import mask_url
+
+        shown = [
+            f"{f.name}={mask_url(v) if f.name == 'redis_url' and v else v!r}"
+            for f in fields(self)
+            if f.repr
+            for v in (getattr(self, f.name),)
+        ]
+        return f"Settings({', '.join(shown)})"
+
     @property
     def cluster(self) -> bool:
         """True when the URL names a Redis Cluster (scheme `redis+cluster://`)."""

@@ -83,3 +83,5 @@ class TaskInfo:
     error: TaskError | None
     progress: tuple[float, float | None] | None = None  # (done, total) from ctx.progress
     progress_message: str | None = None
+    # what segue could not read of a record someone else wrote (those fields are left empty)
+    problem: str | None = None

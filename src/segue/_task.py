@@ -25,7 +25,7 @@ from typing_extensions import Unpack
 from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context, SyncContext
 from segue._errors import ConfigurationError
-from segue._options import check_durability, check_priority
+from segue._options import check_durability, check_key, check_priority
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -165,6 +165,8 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         check_priority(extra["priority"])
     if "durability" in extra:
         check_durability(extra["durability"], "options()")
+    if "key" in extra:
+        check_key(extra["key"])
     merged = base.copy()
     merged.update(extra)
     return merged

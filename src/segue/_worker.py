@@ -42,29 +42,41 @@ from segue._services import Service, ServiceGroup, describe
 from segue._waker import Waker
 
 if TYPE_CHECKING:
-    from segue._app import App
     from segue._broker import Broker
+    from segue._client import Client
+    from segue._enqueue import Enqueuer
+    from segue._registry import Registry
 
 log = logging.getLogger("segue.worker")
 
 
 class Worker:
-    """Runs the tasks of an App from one or more queues (served in the order given)."""
+    """Runs the tasks of an App from one or more queues (served in the order given).
+
+    `app.worker()` makes one: it runs the registry's tasks, reaches the server through the
+    client, and enqueues sub-tasks and cron ticks through the enqueuer."""
 
     def __init__(
         self,
-        app: App,
+        client: Client,
+        registry: Registry,
+        enqueuer: Enqueuer,
         *,
+        name: str = "segue",
         queues: list[str] | None = None,
         concurrency: int | None = None,
         pid_file: str | Path | None = None,
     ) -> None:
-        self.app = app
+        self._client = client
+        self._registry = registry
+        self._enqueuer = enqueuer
+        self.app_name = name  # the App's label, in the worker's record
+        settings = client.settings
         self.pid_file = Path(pid_file) if pid_file is not None else None
         # set once the worker is registered and about to take work (segue.testing waits on it)
         self.ready = asyncio.Event()
-        self.queues = [check_queue_name(q) for q in (queues or [app.settings.queue])]
-        self.concurrency = concurrency or app.settings.concurrency
+        self.queues = [check_queue_name(q) for q in (queues or [settings.queue])]
+        self.concurrency = concurrency or settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
         self._running: dict[str, Job] = {}
         self._outcomes: dict[Keyspace, list[Any]] = {}
@@ -78,7 +90,7 @@ class Worker:
         self._broker: Any = None
         self._resources: dict[Any, Any] = {}
         # carries out pause and cancel requests for the runs (_control.py)
-        self._controller = Controller(self._running, app.settings.pause_grace_seconds)
+        self._controller = Controller(self._running, settings.pause_grace_seconds)
         self._failure: tuple[str, BaseException] | None = None  # the service that failed
         # the token of each queue's next claim: kept until a claim's reply arrives, so that
         # a claim resent after a dropped connection gets back what the lost one leased
@@ -126,7 +138,7 @@ class Worker:
     async def _serve(self, *, burst: bool, horizon: float, signals: bool) -> int:
         # resources open before the first task and close after the last one
         async with contextlib.AsyncExitStack() as stack:
-            self._resources.update(await open_all(self.app.lifespans, stack))
+            self._resources.update(await open_all(self._registry.lifespans, stack))
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
@@ -135,7 +147,7 @@ class Worker:
         delay, attempts = 0.1, 0
         while True:
             try:
-                return await self.app.broker()
+                return await self._client.broker()
             except BrokerError as exc:
                 if self._stopping or not server_unreachable(exc):
                     raise
@@ -171,29 +183,31 @@ class Worker:
         controller = self._controller
         self._lease = LeaseKeeper(
             broker.url,
-            self.app.settings,
+            self._client.settings,
             self.id,
             lambda ids: loop.call_soon_threadsafe(controller.on_lost, ids),
             lambda task_id, cmd: loop.call_soon_threadsafe(controller.on_request, task_id, cmd),
         )
         # a burst only empties queues: cron ticks fire from serving workers, which also
         # repair what a restore broke and forward on their own (a burst forwards from _loop)
-        self.reconciler = None if burst else Reconciler(broker, self.id, keyspaces, self.app.hooks)
-        self._forwarder = Forwarder(broker, keyspaces, self.app.settings.poll_seconds)
+        self.reconciler = (
+            None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
+        )
+        self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
         services: list[Service | None] = [
             self._lease,
             ControlSubscriber(broker, keyspaces, controller),
             Waker(
                 broker,
                 keyspaces,
-                self.app.settings.poll_seconds,
+                self._client.settings.poll_seconds,
                 lambda: not self._stopping and len(self._running) < self.concurrency,
                 self._changed.set,
             ),
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
-            None if burst else Scheduler(self.app, broker),
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
         ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -231,7 +245,7 @@ class Worker:
     async def _loop(
         self, broker: Broker, keyspaces: list[Keyspace], *, burst: bool, horizon: float
     ) -> None:
-        settings = self.app.settings
+        settings = self._client.settings
         forwarder = self._forwarder
         assert forwarder is not None
         while not self._stopping:
@@ -329,7 +343,7 @@ class Worker:
         rates: dict[str, str] = {}
         concurrency: dict[str, int] = {}
         clear: tuple[list[str], list[str]] = ([], [])
-        for name, task in self.app.registry.items():
+        for name, task in self._registry.tasks.items():
             opts = task.opts
             if opts.rate_limit is not None:
                 per_ms = parse_rate(opts.rate_limit, name) / 1000
@@ -416,17 +430,17 @@ class Worker:
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (
-                    lost >= self.app.settings.max_deliveries - 1
+                    lost >= self._client.settings.max_deliveries - 1
                     or int(tries) >= int(max_tries or 1)
                 ),
             )
             job.run = RunControl(
-                self.app.enqueue_child,
+                self._enqueuer.enqueue_child,
                 self._broker,
                 ks,
                 job.gen,
                 self._resources,
-                lease_seconds=self.app.settings.lease_seconds,
+                lease_seconds=self._client.settings.lease_seconds,
             )
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:
@@ -444,14 +458,14 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         assert self._executor is not None
-        task = self.app.registry.get(job.name)
+        task = self._registry.tasks.get(job.name)
         outcome: Outcome | None
         try:
             outcome = await attempt(
-                job, task, self.app.settings, self.id, self._executor, self.app.hooks
+                job, task, self._client.settings, self.id, self._executor, self._registry.hooks
             )
         except (asyncio.CancelledError, PauseRequested):
-            outcome = self._controller.stopped_outcome(job)
+            outcome = self._stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = ("retry", b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
@@ -474,6 +488,18 @@ class Worker:
         self._finished += 1
         self._changed.set()
 
+    @staticmethod
+    def _stopped_outcome(job: Job) -> Outcome | None:
+        """What a run interrupted from outside records: the request it obeyed, if any."""
+        request = job.run.request if job.run is not None else None
+        if job.lost:
+            return None
+        if request == "cancel":
+            return ("cancelled", "", "")
+        if request == "pause":
+            return ("paused", "", "")
+        return ("requeue", "", "")
+
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
         is fenced by lease generation. The first failure retries at once (a dropped
@@ -489,7 +515,7 @@ class Worker:
 
     async def _shutdown(self, broker: Broker) -> None:
         """Let running tasks finish within the grace period, then requeue the rest."""
-        grace = self.app.settings.shutdown_grace_seconds
+        grace = self._client.settings.shutdown_grace_seconds
         deadline = _clock.monotonic() + grace
         while self._running and not self._force and _clock.monotonic() < deadline:
             await self._flush(broker)

@@ -30,8 +30,15 @@ def _metric(text: str, name: str, queue: str, **labels: str) -> float:
     return found[0]
 
 
-async def _scrape(client: object, queue: str, *names: str) -> list[float]:
-    text = (await client.get("/metrics")).text  # type: ignore[attr-defined]
+async def _metrics_text(app: App) -> str:
+    """One scrape of a fresh dashboard: /metrics serves a scrape again for a few seconds,
+    and these tests read the server again and again."""
+    async with dashboard(app, sign_in=False) as client:
+        return (await client.get("/metrics")).text
+
+
+async def _scrape(app: App, queue: str, *names: str) -> list[float]:
+    text = await _metrics_text(app)
     return [_metric(text, n, queue) for n in names]
 
 
@@ -58,7 +65,7 @@ async def test_counters_survive_the_expiry_of_task_records(
         return n
 
     queue = app.settings.queue
-    async with app, dashboard(app, sign_in=False) as client:
+    async with app:
         handles = [await short.enqueue(n) for n in range(3)]
         await app.drain()
         # the records are gone, and no worker runs: the counters are the server's
@@ -68,7 +75,7 @@ async def test_counters_survive_the_expiry_of_task_records(
                 assert time.monotonic() < deadline, "records did not expire"
                 await asyncio.sleep(0.1)
         assert not await app.workers() or all(w.stale for w in await app.workers())
-        text = (await client.get("/metrics")).text
+        text = await _metrics_text(app)
         assert _metric(text, "segue_runs_started_total", queue) == 4  # one retry
         assert _metric(text, "segue_runs_retried_total", queue) == 1
         assert _metric(text, "segue_tasks_ended_total", queue, status="succeeded") == 3
@@ -91,14 +98,14 @@ async def test_a_delayed_task_is_not_late_and_a_held_one_is_not_ready(
 
     queue = app.settings.queue
     names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
-    async with app, dashboard(app, sign_in=False) as client:
+    async with app:
         # delayed by 1.5 s, no worker: not ready until due, then ready and young
         start = time.monotonic()
         await later.options(delay=1.5).enqueue()
-        assert await _scrape(client, queue, *names) == [0, 0]
+        assert await _scrape(app, queue, *names) == [0, 0]
         await asyncio.sleep(1.8)
         before = time.monotonic() - start
-        ready, age = await _scrape(client, queue, *names)
+        ready, age = await _scrape(app, queue, *names)
         after = time.monotonic() - start
         assert ready == 1
         # counted from its due time, 1.5 s after the enqueue, not from the enqueue
@@ -112,16 +119,16 @@ async def test_a_delayed_task_is_not_late_and_a_held_one_is_not_ready(
             second = await one_at_a_time.enqueue()
             await asyncio.sleep(0.5)  # claims come and go: it stays queued
             assert await second.status() is TaskStatus.QUEUED
-            assert await _scrape(client, queue, *names) == [0, 0]
+            assert await _scrape(app, queue, *names) == [0, 0]
             # nor is a task of a paused queue
             await app.queue().pause()
             waiting = await later.enqueue()
-            assert await _scrape(client, queue, *names) == [0, 0]
+            assert await _scrape(app, queue, *names) == [0, 0]
             await app.queue().resume()
             release.set()
             await second.wait_for(timeout=10)
             await waiting.wait_for(timeout=10)
-        assert await _scrape(client, queue, *names) == [0, 0]
+        assert await _scrape(app, queue, *names) == [0, 0]
 
 
 async def test_every_metric_is_in_the_documented_table(make_dash_app: Callable[..., App]) -> None:
@@ -135,9 +142,9 @@ async def test_every_metric_is_in_the_documented_table(make_dash_app: Callable[.
     rows = {
         m.group(1): m.group(2) for m in re.finditer(r"^\| `(segue_\w+)` \| (\w+) \|", doc, re.M)
     }
-    async with app, dashboard(app, sign_in=False) as client:
+    async with app:
         await job.enqueue()
-        text = (await client.get("/metrics")).text
+        text = await _metrics_text(app)
     served = {
         (f.name + "_total" if f.type == "counter" else f.name): f.type
         for f in text_string_to_metric_families(text)

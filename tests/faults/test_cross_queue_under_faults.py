@@ -76,7 +76,7 @@ async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
         unfinished = sum(1 for st in statuses if st is not TaskStatus.SUCCEEDED)
         results = [await flow.result(timeout=90) for flow in flows]
         steps = [await flow.steps() for flow in flows]
-        broker = await app.broker()
+        broker = await app._client.broker()
 
         async def settled() -> bool:
             # every outbox moved, and the main records counted their part on b as ended

@@ -508,7 +508,7 @@ async def test_a_server_without_the_lua_fixes_is_named_in_a_warning(
     app = make_app()
     with caplog.at_level("WARNING", logger="segue.server"):
         async with app:
-            server, version = (await app.broker()).server_version or ("", "")
+            server, version = (await app._client.broker()).server_version or ("", "")
     warned = [r.getMessage() for r in caplog.records if r.name == "segue.server"]
     if segue_engine.kind == "redis" and version.startswith("7.0."):
         assert len(warned) == 1 and "CVE-2025-49844" in warned[0] and version in warned[0]

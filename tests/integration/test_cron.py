@@ -114,7 +114,7 @@ async def test_a_due_tick_is_leased_to_one_worker_and_only_its_taker_advances_it
     sid = f"{queue_name}-fence"
     definition = b'{"spec":"x"}'
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         put = (_PUT, KEYS.all, [sid, definition, "x", 1_000])  # due since 1970
         assert (await broker.run_calls([put]))[0][0] == 2
         try:

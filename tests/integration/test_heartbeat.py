@@ -78,7 +78,7 @@ async def test_beats_prune_the_entries_of_workers_whose_record_expired(
     app = make_app()
     ghost, live = f"ghost-{uuid.uuid4().hex}", f"live-{uuid.uuid4().hex}"
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         wk = WorkerKeys(app.settings.prefix)
         now, started = await broker.beat(wk, ghost, 50, 60_000, 0, {"host": "elsewhere"})
         assert started == now  # the first beat dates the start

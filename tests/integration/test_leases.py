@@ -53,7 +53,7 @@ async def test_a_worker_that_lost_its_lease_cannot_complete(
         return "real"
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         q = app.settings.queue
         h = await job.enqueue()
         (first,) = await claim(broker, q, "zombie")
@@ -86,7 +86,7 @@ async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -
         async with serving(app):
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
             async with thief:
-                broker = await thief.broker()
+                broker = await thief._client.broker()
                 for _ in range(12):
                     assert await claim(broker, app.settings.queue, "thief") == []
                     await asyncio.sleep(0.2)
@@ -105,7 +105,7 @@ async def test_repeated_lease_expiry_fails_as_worker_lost(make_app: Callable[...
     async def poison() -> None: ...
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         q = app.settings.queue
         h = await poison.enqueue()
         for n in range(3):
@@ -127,7 +127,7 @@ async def test_a_lost_run_spends_a_try_and_the_last_one_runs_alone(
     async def fragile() -> None: ...
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         q = app.settings.queue
         h = await fragile.enqueue()
         assert len(await poll(broker, q, "crashing-0")) == 1
@@ -159,7 +159,7 @@ async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
         h = await frozen.enqueue()
         async with serving(app) as worker:
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
-            broker = await app.broker()
+            broker = await app._client.broker()
             # another process takes the task over (as after a partition past the lease)
             await broker.client.hset(broker.keyspace(app.settings.queue).task(h.id), "g", 99)
             await eventually(lambda: _running(worker, 0), timeout=5)
@@ -186,7 +186,7 @@ async def test_a_task_blocking_the_loop_keeps_its_lease(make_app: Callable[..., 
 
         async def attempts() -> None:
             async with make_app(lease_seconds=0.6) as other:
-                broker = await other.broker()
+                broker = await other._client.broker()
                 for _ in range(12):
                     stolen.extend(await claim(broker, app.settings.queue, "thief"))
                     await asyncio.sleep(0.15)

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from segue import App, TaskStatus, _faults
+from tests._workers import Fleet
 from tests.apps import procs
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_processes import ledger
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _app(url: str, queue: str, **overrides: Any) -> App:
@@ -65,58 +60,52 @@ async def test_a_failing_forwarder_is_restarted_with_backoff_while_tasks_go_on(
     assert "forwarder failed" in caplog.text and "stops" not in caplog.text
 
 
-def _worker(url: str, queue: str, admin_url: str, point: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SEGUE_REDIS_URL": url,
-        "SEGUE_QUEUE": queue,
-        "SEGUE_LEASE_SECONDS": "1.5",
-        "SEGUE_POLL_SECONDS": "0.2",
-        "SEGUE_SHUTDOWN_GRACE_SECONDS": "30",  # a failure requeues at once, not after this
-        "SEGUE_FAULTPOINT": f"{point}:raise",
-        "SEGUE_FAULTPOINT_ONCE": "1",
-        "LEDGER_URL": admin_url,
-        "COLUMNS": "300",  # log lines not wrapped
-    }
-    cmd = [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app", "--log-level", "info"]
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=out, stdout=out)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "part"),
     [("after_complete_before_ack", "claim loop"), ("lease_thread", "lease thread")],
 )
 async def test_a_failing_claim_loop_or_lease_thread_stops_the_worker_cleanly(
-    segue_valkey: Any, queue_name: str, tmp_path: Path, point: str, part: str
+    segue_valkey: Any, queue_name: str, point: str, part: str
 ) -> None:
     procs.app.settings = procs.app.settings.replace(
         redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2
     )
-    log = tmp_path / "worker.log"
+    fleet = Fleet(
+        "tests.apps.procs:app",
+        segue_valkey.url,
+        queue_name,
+        lease=1.5,
+        grace=30.0,  # a failure requeues at once, not after this
+        log_level="info",
+        env={
+            "LEDGER_URL": segue_valkey.admin_url,
+            "SEGUE_FAULTPOINT": f"{point}:raise",
+            "SEGUE_FAULTPOINT_ONCE": "1",
+            "COLUMNS": "300",  # log lines not wrapped
+        },
+    )
+    admin = redis.asyncio.Redis.from_url(segue_valkey.admin_url)
+
+    async def started() -> bool:  # tests.apps.procs writes a row per run
+        return bool(await admin.llen(f"segue:ledger:{queue_name}") == 1)
+
     async with procs.app:
-        long = await procs.nap.enqueue(60.0)
-        proc = _worker(segue_valkey.url, queue_name, segue_valkey.admin_url, point, log)
-        try:
-
-            async def started() -> bool:
-                return len(await ledger(segue_valkey.admin_url, queue_name)) == 1
-
-            await eventually(started, timeout=20)
+        with fleet:
+            long = await procs.nap.enqueue(60.0)
+            worker = fleet.start()
+            try:
+                await eventually(started, timeout=20)
+            finally:
+                await admin.aclose()
             # the claim loop fails on the reply of its first finish; the lease thread at
             # its first turn (a third of a lease after the start)
             await procs.nap.enqueue(0.01)
-            assert await asyncio.to_thread(proc.wait, 20) == 1
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        text = " ".join(log.read_text().split())
-        assert re.search(
-            rf"worker \S+ stops: its {part} failed: FaultInjected: fault injected at {point}", text
-        ), text
-        assert re.search(rf"error: worker \S+ stopped: its {part} failed", text), text
+            assert await asyncio.to_thread(fleet.wait_exit, worker, 20) == 1
+            text = " ".join(fleet.log(worker).split())
+        failed = f"its {part} failed: FaultInjected: fault injected at {point}"
+        assert re.search(rf"worker \S+ stops: {failed}", text), text
+        assert re.search(rf"error: worker \S+ stopped: {failed}", text), text
         # the long task was requeued at once (not left to its lease), without spending a try
         info = await long.info()
         assert info.status is TaskStatus.QUEUED
@@ -155,7 +144,7 @@ async def test_a_graceful_stop_leaves_no_task_unacknowledged(
             info = await h.info()
             assert info.status is TaskStatus.QUEUED and info.tries == 0
             assert info.history[-1].reason == "worker shutdown"
-        broker = await app.broker()
+        broker = await app._client.broker()
         assert await broker.client.exists(broker.keyspace(queue_name).leases) == 0
         assert (await app.queue_counts())["running"] == 0
         assert worker.id not in [w.id for w in await app.workers()]

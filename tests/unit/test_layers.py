@@ -19,6 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
+        "_redact",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
@@ -31,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
-        *("dashboard", "metrics", "testing"),
+        *("dashboard", "metrics", "testing", "_display"),
     ),
 }
 ORDER = list(LAYERS)
@@ -45,10 +46,7 @@ KNOWN: dict[tuple[str, str], str] = {
     ("_durability", "_broker"): "type of the Broker served",
     ("_pubsub", "_broker"): "type of the Broker served",
     # being replaced by the collaborators they use (an enqueuer, a registry, a client)
-    ("_worker", "_app"): "Worker(app)",
-    ("_scheduler", "_app"): "the App's enqueue fields for a schedule",
     ("_workflow", "_app"): "enqueue_workflow(app)",
-    ("_heartbeat", "_worker"): "what a beat reports of its worker",
 }
 
 

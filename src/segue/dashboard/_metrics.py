@@ -11,6 +11,7 @@ worker running. docs/dashboard.md has the table of every metric.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,31 @@ async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
 # refuses more than 100 ("Too many connections"), which a server with many queues exceeded.
 _READ_AT_ONCE = 16
+# Queues read per scrape at most (in name order; the rest are counted in
+# segue_queues_not_exported): a scrape costs the server work that grows with every queue,
+# and /metrics is open to anyone who reaches the port.
+MAX_QUEUES = 2000
+# Seconds a scrape is served again from memory: parallel or rapid scrapes cost one read.
+CACHE_SECONDS = 5.0
+
+
+class ScrapeCache:
+    """The last rendered scrape, reused for CACHE_SECONDS; concurrent scrapes wait for
+    the one read in flight instead of each starting their own."""
+
+    def __init__(self, client: Client, seconds: float = CACHE_SECONDS) -> None:
+        self.client = client
+        self.seconds = seconds
+        self._body = b""
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> bytes:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.seconds:
+                self._body = await render(self.client)
+                self._at = time.monotonic()
+            return self._body
 
 
 async def queue_snapshots(client: Client, names: list[str]) -> list[QueueSnapshot]:
@@ -126,9 +152,14 @@ async def render(client: Client) -> bytes:
     ended = CounterMetricFamily(
         "segue_tasks_ended", "Tasks that reached a final status", labels=["queue", "status"]
     )
+    omitted = GaugeMetricFamily(
+        "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
+    )
     families: list[Metric] = [up]
     try:
-        names = await (await client.broker()).queues()
+        names = sorted(await (await client.broker()).queues())
+        omitted.add_metric([], max(0, len(names) - MAX_QUEUES))
+        names = names[:MAX_QUEUES]
         snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
@@ -146,7 +177,7 @@ async def render(client: Client) -> bytes:
             retried.add_metric([name], snap.stats["retried"])
             for status in ("succeeded", "failed", "cancelled", "expired"):
                 ended.add_metric([name, status], snap.stats[status])
-        families += [tasks, paused, dead, ready, oldest, started, retried, ended]
+        families += [tasks, paused, dead, ready, oldest, started, retried, ended, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)

@@ -169,6 +169,7 @@ class Views:
         self.security = security
         self.page_size = page_size
         self.refresh_ms = int(refresh_seconds * 1000)
+        self.scrapes = _metrics.ScrapeCache(self.client)
 
     # --- rendering ------------------------------------------------------------------------
 
@@ -534,27 +535,28 @@ class Views:
     async def login(self, request: Request) -> Response:
         form = _form(await request.body())
         to = safe_next(form.get("next"))
-        who = request.client.host if request.client else "-"
-        wait = self.security.logins.retry_after(who)
+        who = self.security.client_of(request)
+        user = form.get("user", "")
+        ok, wait = await self.security.password_check(who, user, form.get("password", ""))
         if wait > 0:
             refused = self.page(
                 request, "login.html", 429, title="Sign in", next=to, throttled=int(wait) + 1
             )
             refused.headers["retry-after"] = str(int(wait) + 1)
             return refused
-        if not self.security.check_password(form.get("user", ""), form.get("password", "")):
-            self.security.logins.failed(who)
+        if not ok:
             return self.page(request, "login.html", 401, title="Sign in", next=to, failed=True)
-        self.security.logins.succeeded(who)
         root = root_of(request.scope)
         response = RedirectResponse(root + to, 303)
-        session = self.security.new_session(form.get("user", ""))
+        session = await self.security.new_session(user)
         max_age = int(self.security.session_seconds)
         self._set_cookie(response, SESSION_COOKIE, session, root, max_age=max_age)
         return response
 
     async def logout(self, request: Request) -> Response:
         root = root_of(request.scope)
+        if self.security.enabled:
+            await self.security.end_sessions()  # the cookie is void wherever it was copied
         response = RedirectResponse(f"{root}/login", 303)
         self._set_cookie(response, SESSION_COOKIE, "", root, max_age=0)
         return response
@@ -570,7 +572,7 @@ class Views:
         return JSONResponse({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(await _metrics.render(self.client), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self.scrapes.get(), media_type=CONTENT_TYPE_LATEST)
 
     # --- errors ---------------------------------------------------------------------------
 
