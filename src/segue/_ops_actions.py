@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from segue import _scripts
+from segue import _calls
 from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
 
 if TYPE_CHECKING:
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._keys import CronKeys, Keyspace
 
-_DELETE = _scripts.load("delete")
-_WF_INDEX = _scripts.load("wf_index")
 _BATCH = 200
 
 
@@ -30,7 +28,7 @@ def _text(value: Any) -> str:
 
 async def delete_task(broker: Broker, ks: Keyspace, task_id: str) -> str | None:
     """Delete an ended task's record; its final status, or None when it had none."""
-    call = (_DELETE, [*ks.done, ks.dead], [ks.base, task_id])
+    call = _calls.delete(ks, task_id)
     try:
         reply = (await broker.run_calls([call], retry=True))[0]
     except ScriptError as exc:
@@ -64,7 +62,7 @@ async def delete_dead(broker: Broker, ks: Keyspace, ids: Iterable[str] | None) -
 
 
 async def _delete_batch(broker: Broker, ks: Keyspace, ids: list[str]) -> int:
-    calls = [(_DELETE, [*ks.done, ks.dead], [ks.base, i]) for i in ids]
+    calls = [_calls.delete(ks, i) for i in ids]
     try:
         replies = await broker.run_calls(calls, retry=True)
     except ScriptError:
@@ -108,7 +106,7 @@ async def retry_dead(
 
 
 async def index_workflow(broker: Broker, ks: Keyspace, wf_id: str, shape: str) -> None:
-    await broker.run_calls([(_WF_INDEX, [ks.workflows], [ks.base, wf_id, shape])], retry=True)
+    await broker.run_calls([_calls.wf_index(ks, wf_id, shape)], retry=True)
 
 
 async def set_schedule_paused(broker: Broker, ck: CronKeys, sid: str, paused: bool) -> bool:

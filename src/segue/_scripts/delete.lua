@@ -5,6 +5,7 @@
   that has not ended is refused: cancel it first. Its state was deleted when it ended.
   Returns: its final status, or 0 when there was no record (deleted already, or expired).
   Errors: SEGUE_INVALID_TRANSITION <status> delete. ]]
+--#include states
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
 local status = redis.call('HGET', tk, 's')
