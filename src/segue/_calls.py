@@ -225,6 +225,24 @@ def cron_remove(ck: CronKeys, sid: str) -> ScriptCall:
     return (_scripts.load("cron_remove"), ck.all, [sid])
 
 
+def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
+    """Move a paused schedule past its due tick without firing it, fenced on that tick
+    (cron_skip.lua); `following` '' when it has no later tick. Replies 1 skipped, 0 stale."""
+    return (_scripts.load("cron_skip"), [ck.due, ck.firing, ck.skipped], [sid, tick, following])
+
+
+def delete(ks: Keyspace, task_id: str) -> ScriptCall:
+    """Delete an ended task's record and index entries (delete.lua); replies its final
+    status, or 0 when it had no record."""
+    return (_scripts.load("delete"), [*ks.done, ks.dead], [ks.base, task_id])
+
+
+def wf_index(ks: Keyspace, wf_id: str, shape: str) -> ScriptCall:
+    """List a workflow in its queue's index with its shape (wf_index.lua); replies 1
+    listed, 0 no such record."""
+    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape])
+
+
 def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:
     """One step of a queue's reconcile pass (reconcile.lua); replies { next phase, next
     cursor, kind, id, kind, id ... } of what it repaired."""

@@ -481,7 +481,7 @@ def _dashboard_secret(path: Path | None, home: str | Path | None) -> bytes:
 
 
 def main() -> None:
-    from segue import _cli_inspect  # registers its commands on `cli`
+    from segue import _cli_inspect, _cli_ops  # register their commands on `cli`
 
-    del _cli_inspect
+    del _cli_inspect, _cli_ops
     cli()

@@ -430,8 +430,9 @@ async def test_results_expire_and_leave_no_keys(
         async def gone() -> bool:
             await app.drain()  # a claim also trims the indexes of expired records
             keys = await keys_of(segue_engine, base + "*")
-            # structural keys: the wake token, the capped event stream, the queue's meta hash
-            structural = (":wake", ":events", ":meta")
+            # structural keys: the wake token, the capped event stream, the queue's meta hash,
+            # its counters and their 25-hour history (bounded hashes)
+            structural = (":wake", ":events", ":meta", ":stats", ":hist")
             return {k for k in keys if not k.endswith(structural)} == kept
 
         await eventually(gone, timeout=10)

@@ -137,6 +137,7 @@ ALLOW_OOM = frozenset(
         "control",
         "workflow",
         "purge",
+        "delete",
     }
 )
 
