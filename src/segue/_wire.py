@@ -19,6 +19,11 @@ from typing import Any, ClassVar, Final
 import msgspec
 
 
+def text(value: Any) -> str:
+    """A reply value as text: redis-py and the fast connection give bytes, or an int."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Code(str):
     """A stored field code; `.b` is its bytes, for reading records as redis-py returns them."""
 
