@@ -20,6 +20,7 @@ from segue._errors import (
     ScriptError,
     SegueError,
     ServerOutOfMemory,
+    StepFailed,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -32,7 +33,7 @@ from segue._lifespan import Resource
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
-from segue._state import TaskError, TaskInfo, TaskStatus, Transition
+from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition
 from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 from segue._worker import Worker
 
@@ -70,6 +71,8 @@ __all__ = [
     "ServerOutOfMemory",
     "Settings",
     "Signature",
+    "StepFailed",
+    "StepInfo",
     "SyncContext",
     "SyncTask",
     "Task",

@@ -202,6 +202,13 @@ class Broker(Queries):
         reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
 
+    async def write_journal(
+        self, ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
+    ) -> bool:
+        call = _calls.journal(ks, task_id, gen, field, entry, line)
+        reply = await self.run_calls([call], retry=True)
+        return bool(reply[0])
+
     async def set_queue_paused(self, ks: Keyspace, paused: bool) -> None:
         async with self.errors():
             if paused:

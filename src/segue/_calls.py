@@ -180,6 +180,15 @@ def state(
     return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
+def journal(
+    ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
+) -> ScriptCall:
+    """Record one step journal entry and its summary line (journal.lua); replies 1, or 0
+    when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, field, entry, line]
+    return (_scripts.load("journal"), [ks.state(task_id)], args)
+
+
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
     """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each:
     dependency, waiting task, input index, workflow id); replies the entries it added."""

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
+import math
+import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from segue import _clock
 from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
-from segue._errors import BrokerError, ConfigurationError, LeaseLost, PayloadError
+from segue._errors import (
+    BrokerError,
+    ConfigurationError,
+    Fail,
+    LeaseLost,
+    Pause,
+    PayloadError,
+    Retry,
+)
 from segue._faults import faultpoint
+from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -34,6 +47,8 @@ log = logging.getLogger("segue.worker")
 R = TypeVar("R")
 T = TypeVar("T")
 _MISSING: Any = object()
+# raised inside a step, these are the task's control flow, not the step's outcome
+_PASS_THROUGH = (Pause, Retry, Fail)
 
 
 class PauseRequested(BaseException):
@@ -126,6 +141,14 @@ class RunControl:
 
 
 class _TaskLog(logging.LoggerAdapter[logging.Logger]):
+    journal: Journal | None = None
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        # a replay of a durable function says again what its first run said: not logged
+        if self.journal is not None and self.journal.replaying:
+            return
+        super().log(level, msg, *args, **kwargs)
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         return f"[{extra.get('task_id')}] {msg}", kwargs
@@ -156,12 +179,17 @@ class TaskState:
         raw = await run.call(
             f"task {self._id}: ctx.state", lambda: run.broker.read_state(run.ks, self._id)
         )
-        return {k.decode(): decode_plain(v) for k, v in raw.items()}
+        journal = FIELD.encode()  # the step journal shares the hash: not state values
+        return {k.decode(): decode_plain(v) for k, v in raw.items() if not k.startswith(journal)}
 
     async def set(self, **values: Any) -> None:
         """Store several values atomically (one round trip), fenced to this run."""
         encoded = {}
         for key, value in values.items():
+            if key.startswith(FIELD):
+                raise ValueError(
+                    f"ctx.state.set: key {key!r}: keys starting {FIELD!r} are reserved"
+                )
             try:
                 encoded[key] = encode(value, what=f"state value {key!r}", limit=self._limit)
             except PayloadError as exc:
@@ -200,6 +228,7 @@ class Context:
     """
 
     __slots__ = (
+        "_journal",
         "_run",
         "_seq",
         "headers",
@@ -223,6 +252,7 @@ class Context:
         run: RunControl | None = None,
         state_limit: int = 1 << 20,
         headers: dict[str, str] | None = None,
+        sleep_inline_seconds: float = 5.0,
     ) -> None:
         self.task_id = task_id
         self.name = name
@@ -233,9 +263,87 @@ class Context:
         self._seq = 0
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
-        self.log: logging.LoggerAdapter[logging.Logger] = _TaskLog(
-            _task_log, {"task_id": task_id, "task_name": name}
-        )
+        self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
+        log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
+        log.journal = self._journal
+        self.log: logging.LoggerAdapter[logging.Logger] = log
+
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` as the durable step `name` (unique within a run) and
+        journal its outcome; a later run of the task returns the journaled outcome without
+        calling `fn`. A sync `fn` runs in a thread. If `fn` raises, the step raises
+        StepFailed, on this run and on replays of the same try."""
+        journal = self._journal
+        journal.claim_name(name, "ctx.step")
+        await journal.load()
+        entry = journal.lookup(name)
+        if entry is not None:
+            return journal.replay(name, entry, fn)
+        started = _clock.wall()
+        token = enter_step(name)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            data, failed = journal.failure(name, exc)
+            faultpoint("after_step_effect")
+            await journal.record(name, data, started, ok=False, error_type=failed.type)
+            raise failed from exc
+        finally:
+            leave_step(token)
+        faultpoint("after_step_effect")
+        data, value = journal.success(name, fn, value)
+        await journal.record(name, data, started, ok=True)
+        return value
+
+    async def sleep(self, seconds: float | timedelta) -> None:
+        """A durable sleep: its due time is journaled now, and the task goes on after it
+        even across worker deaths. A rest of `sleep_inline_seconds` or more ends this run
+        (SUSPENDED, no slot held, no try spent); a shorter one sleeps here."""
+        due = self._sleep_due(seconds, "ctx.sleep")
+        await self._sleep(due)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """`ctx.sleep` until a moment (an aware datetime; naive ones are taken as local)."""
+        await self._sleep(self._until(when))
+
+    async def _sleep(self, due: float) -> None:
+        journal = self._journal
+        name = journal.auto_name("sleep")
+        journal.claim_name(name, "ctx.sleep")
+        await journal.load()
+        entry = journal.lookup(name)
+        if entry is not None:
+            due = journal.due_of(entry)
+        else:
+            await journal.record(name, journal.sleep_entry(due), _clock.wall(), ok=True)
+        rest = due - _clock.wall()
+        if rest <= 0 or journal.local:
+            return  # a local run does not wait: a test of a long sleep runs at once
+        if rest < journal.inline_seconds:
+            await asyncio.sleep(rest)
+            return
+        raise Sleeping(math.ceil(rest * 1000))
+
+    def _sleep_due(self, seconds: float | timedelta, what: str) -> float:
+        value: Any = seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"task {self.task_id}: {what}({seconds!r}): the duration must be a finite "
+                "number of seconds, 0 or more"
+            )
+        return _clock.wall() + value
+
+    def _until(self, when: datetime) -> float:
+        if not isinstance(when, datetime):
+            raise TypeError(f"task {self.task_id}: ctx.sleep_until({when!r}) takes a datetime")
+        return when.timestamp()
 
     async def checkpoint(self) -> None:
         """A safe point to stop: carries out a pause requested by an operator (the task is
@@ -259,6 +367,8 @@ class Context:
         streamed as a task.progress event), with an optional message. One round trip;
         also a checkpoint."""
         run = self._run
+        if self._journal.replaying:
+            return  # a replay does not move progress back to where its first run was
         if run is not None:
             total_text = "" if total is None else repr(total)
             await run.call(
@@ -272,6 +382,8 @@ class Context:
     async def emit(self, name: str, data: Any = None) -> None:
         """Put an event of the task's own on its queue's event stream (`app.events()`)."""
         run = self._run
+        if self._journal.replaying:
+            return  # emitted by the first run already
         if run is None:
             self.log.info("event %s %r (local run: not streamed)", name, data)
             return
@@ -407,6 +519,67 @@ class SyncContext:
     def emit(self, name: str, data: Any = None) -> None:
         """`Context.emit`, blocking."""
         self.state._call(self._ctx.emit(name, data))
+
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """`Context.step`, blocking: `fn` (sync, or async run on the worker's loop) runs
+        in this thread."""
+        journal = self._ctx._journal
+        journal.claim_name(name, "ctx.step")
+        self.state._call(journal.load())
+        entry = journal.lookup(name)
+        if entry is not None:
+            return journal.replay(name, entry, fn)
+        started = _clock.wall()
+        token = enter_step(name)
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = self._await(value)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            data, failed = journal.failure(name, exc)
+            faultpoint("after_step_effect")
+            self.state._call(journal.record(name, data, started, ok=False, error_type=failed.type))
+            raise failed from exc
+        finally:
+            leave_step(token)
+        faultpoint("after_step_effect")
+        data, value = journal.success(name, fn, value)
+        self.state._call(journal.record(name, data, started, ok=True))
+        return value
+
+    def sleep(self, seconds: float | timedelta) -> None:
+        """`Context.sleep`, blocking."""
+        self._sleep(self._ctx._sleep_due(seconds, "ctx.sleep"))
+
+    def sleep_until(self, when: datetime) -> None:
+        """`Context.sleep_until`, blocking."""
+        self._sleep(self._ctx._until(when))
+
+    def _sleep(self, due: float) -> None:
+        journal = self._ctx._journal
+        name = journal.auto_name("sleep")
+        journal.claim_name(name, "ctx.sleep")
+        self.state._call(journal.load())
+        entry = journal.lookup(name)
+        if entry is not None:
+            due = journal.due_of(entry)
+        else:
+            self.state._call(journal.record(name, journal.sleep_entry(due), _clock.wall(), ok=True))
+        rest = due - _clock.wall()
+        if rest <= 0 or journal.local:
+            return
+        if rest < journal.inline_seconds:
+            time.sleep(rest)
+            return
+        raise Sleeping(math.ceil(rest * 1000))
+
+    def _await(self, value: Any) -> Any:
+        loop = self.state._loop
+        if loop is None:
+            return asyncio.run(value)
+        return asyncio.run_coroutine_threadsafe(value, loop).result()
 
     def get(self, resource: Resource[T]) -> T:
         """`Context.get`: a worker lifespan's value."""

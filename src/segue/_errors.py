@@ -142,6 +142,19 @@ class ResultTimeout(SegueError, TimeoutError):
     """The task did not end within the time given to result()."""
 
 
+class StepFailed(SegueError):
+    """A durable step's function raised (`ctx.step`): raised alike on the first run and on
+    every replay of the run, from the step journal. The original class cannot be rebuilt
+    from what is stored, so `.type` names it; `.message` and `.traceback` are its text."""
+
+    def __init__(self, step: str, type: str, message: str, traceback: str | None = None) -> None:
+        super().__init__(f"step {step!r} failed: {type}: {message}")
+        self.step = step
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+
 class Fail(Exception):
     """Raise inside a task to end it FAILED at once, without retry (an expected failure)."""
 

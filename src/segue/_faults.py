@@ -39,6 +39,10 @@ POINTS = (
     "cron_after_enqueue",
 )
 SERVICE_POINTS = ("lease_thread", "forwarder_pass")
+# reached only by durable functions (ctx.step), so tests/faults/test_journal_crashes.py has
+# them, not the matrix of POINTS: after_step_effect (a step's function returned or raised,
+# its journal entry is not written) and after_journal_write (the entry was stored)
+STEP_POINTS = ("after_step_effect", "after_journal_write")
 
 
 class FaultInjected(RuntimeError):

@@ -22,7 +22,7 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._keys import queue_of
-from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 
@@ -303,6 +303,18 @@ class _Reader:
                 self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
         return out
 
+    def steps(self) -> list[StepInfo]:
+        out = []
+        for line in self.text(F.STEPS.b).splitlines():
+            try:
+                name, start, took, ok, kind = line.split("|")
+                out.append(
+                    StepInfo(name, at_ms(int(start)), int(took) / 1000, ok == "1", kind or None)
+                )
+            except (ValueError, OverflowError, OSError):
+                self.bad(F.STEPS.b, "has a line that is not name|start|ms|ok|type")
+        return out
+
     def progress(self) -> tuple[float, float | None] | None:
         if F.PROGRESS.b not in self.rec:
             return None
@@ -371,6 +383,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         error=r.error(),
         progress=progress,
         progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
+        steps=r.steps(),
         problem="; ".join(r.problems) or None,
     )
 

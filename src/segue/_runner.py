@@ -26,6 +26,7 @@ from segue._context import (
 from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
+from segue._journal import Sleeping
 from segue._logging import current_task
 from segue._wire import (
     Failed,
@@ -34,6 +35,7 @@ from segue._wire import (
     Released,
     Requeued,
     Retrying,
+    Slept,
     Succeeded,
     Suspended,
     Waiting,
@@ -97,6 +99,7 @@ _ENDS: dict[str, RunEnd] = {
     "fail": "failed",
     "retry": "retrying",
     "suspend": "suspended",
+    "sleep": "suspended",
     "paused": "paused",
     "waiting": "waiting",
 }
@@ -144,6 +147,7 @@ async def attempt(
             run=job.run,
             state_limit=settings.max_payload_bytes,
             headers=decode_plain(job.headers) if job.headers else None,
+            sleep_inline_seconds=settings.sleep_inline_seconds,
         )
     if task.takes_ctx:
         assert ctx is not None
@@ -192,6 +196,10 @@ async def _call(
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
     except WaitingForSubtasks:
         return Waiting()
+    except Sleeping as exc:
+        if not silent:
+            log.info("task %s sleeps for %.3f s (durable sleep)", job.id, exc.delay_ms / 1000)
+        return Slept(exc.delay_ms)
     except ServerUnreachable as exc:
         if not silent:
             log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)

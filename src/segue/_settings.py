@@ -53,6 +53,9 @@ class Settings:
     durability: Durability = "memory"
     durability_replicas: int = 1
     durability_timeout_seconds: float = 1.0
+    # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
+    # a longer one ends the run and frees its slot until the task is due
+    sleep_inline_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():

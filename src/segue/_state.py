@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,17 @@ class TaskError:
 
 
 @dataclass(frozen=True, slots=True)
+class StepInfo:
+    """One journaled entry of a durable function (`TaskInfo.steps`): a step or a sleep."""
+
+    name: str
+    started_at: datetime
+    duration: float  # seconds the step's function ran (a sleep: 0)
+    ok: bool
+    error_type: str | None  # the class name of what the step raised, when not ok
+
+
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     """A snapshot of a task's record on the server."""
 
@@ -85,3 +96,5 @@ class TaskInfo:
     progress_message: str | None = None
     # what segue could not read of a record someone else wrote (those fields are left empty)
     problem: str | None = None
+    # the step journal's summary, in the order written (kept for the record's ttl)
+    steps: list[StepInfo] = field(default_factory=list)

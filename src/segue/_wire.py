@@ -77,6 +77,12 @@ class TaskField:
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
     PROGRESS_MESSAGE: Final = Code("pgm")
+    # "<name>|<start ms>|<duration ms>|<1 ok, 0 error>|<error type>\n" per journaled step
+    # (journal.lua); a worker that does not know it leaves it alone
+    STEPS: Final = Code("js")
+    # the lease generation of the last run that wrote a journal entry: a lost run of that
+    # generation made progress (claim.lua spends no try for it); old claim scripts ignore it
+    PROGRESS_GEN: Final = Code("jp")
 
 
 class WorkflowField:
@@ -329,6 +335,18 @@ class Suspended(Outcome, frozen=True, gc=False):
 
     delay_ms: int
     action: ClassVar[str] = "suspend"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.delay_ms, "")
+
+
+class Slept(Outcome, frozen=True, gc=False):
+    """A durable sleep (ctx.sleep) ended the run: SUSPENDED, no try spent, due again after
+    `delay_ms`. A finish script that does not know the verb is never sent it: only a worker
+    that has ctx.sleep sends it, with its own scripts."""
+
+    delay_ms: int
+    action: ClassVar[str] = "sleep"
 
     def argv(self) -> tuple[Any, Any]:
         return (self.delay_ms, "")

@@ -30,6 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_handle", "_events", "_queue", "_context", "_task", "_hooks", "_cron", "_registry"),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
+        "_journal",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

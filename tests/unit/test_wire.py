@@ -74,6 +74,8 @@ TASK_CODES = {
     "FIRST_RELEASE_AT": "rel0",
     "PROGRESS": "pg",
     "PROGRESS_MESSAGE": "pgm",
+    "STEPS": "js",
+    "PROGRESS_GEN": "jp",
 }
 WORKFLOW_CODES = {
     "STATE": "st",

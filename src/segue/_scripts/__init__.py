@@ -133,6 +133,7 @@ ALLOW_OOM = frozenset(
         "generation",
         "wait",
         "state",
+        "journal",
         "event",
         "control",
         "workflow",

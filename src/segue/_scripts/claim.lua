@@ -20,7 +20,8 @@
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
     (lost: how many workers stopped under the task before this claim)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
-  A run whose lease expired with no outcome was a try (max_tries counts runs): the task ends
+  A run whose lease expired with no outcome and no step journal entry of its own (the
+  record's 'jp' is its generation, journal.lua) was a try (max_tries counts runs): the task ends
   FAILED (worker_lost) here, server-side, since the process that ran it left no code to
   count, when that run was its last try or its lease expired max_deliveries times in a row.
   A task on its last delivery (its lease lapsed before, and lapsing once more ends it: it
@@ -95,7 +96,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[5], id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt', 'd')
+  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt', 'd', 'jp', 'g')
   local prio = f[1]
   local bad = prio and (not_integer(f, { 3, 4, 5 }, { 't', 'mt', 'd' })
     or (not PRIORITY_LISTS[prio] and 'priority q=' .. string.sub(prio, 1, 40)))
@@ -107,6 +108,13 @@ for _, id in ipairs(expired) do
   elseif prio and f[2] == 'running' then
     local d = redis.call('HINCRBY', tk, 'd', 1)
     local tries, most = tonumber(f[3] or '0'), tonumber(f[4] or '')
+    if f[6] and f[6] == f[7] then
+      -- the lost run wrote to its step journal: progress, so no try spent and the
+      -- consecutive-loss count starts again (a run that made none counts as before)
+      d = 0
+      tries = redis.call('HINCRBY', tk, 't', -1)
+      redis.call('HSET', tk, 'd', 0)
+    end
     redis.call('HDEL', tk, 'w')
     leave_running(prefix, tk, id)
     if obey_control(Q, tk, id, now) then

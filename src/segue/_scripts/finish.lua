@@ -13,6 +13,7 @@
     requeue  a = why, '' for a graceful shutdown (back to the head of its list, the try
              not spent: the run stopped for no fault of the task)
     suspend  a = delay ms, -1 for none (the task raised Pause: the try not spent)
+    sleep    a = delay ms (a durable sleep, ctx.sleep: SUSPENDED, the try not spent)
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
@@ -93,6 +94,12 @@ for i = 0, n - 1 do
             set = { 'd', 0 }, push = 'back', event = 'task.suspended' })
           redis.call('HDEL', tk, 'w')
         end
+      end
+    elseif action == 'sleep' then
+      -- a durable sleep: its due time is in the step journal, the run replays past it
+      redis.call('HINCRBY', tk, 't', -1)
+      if not obey_control(Q, tk, id, now) then
+        schedule(tk, id, 'suspended', now + tonumber(ARGV[b + 3]), 'sleeping')
       end
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)

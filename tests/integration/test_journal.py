@@ -1,0 +1,205 @@
+"""Durable functions in one process: the step journal (ctx.step) and durable sleep
+(ctx.sleep), on a single server and on the cluster."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from segue import App, Context, Pause, Retry, StepFailed, SyncContext, TaskStatus
+from tests._support import keys_of
+from tests.integration.conftest import eventually, serving
+
+
+async def test_a_journaled_step_runs_once_and_replays_as_the_same_type(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    calls: list[str] = []
+    seen: list[Any] = []
+
+    async def reserve(order: str) -> datetime:
+        calls.append("reserve")
+        return datetime(2026, 1, 2, tzinfo=UTC)
+
+    def charge(order: str, amount: int) -> dict[str, int]:
+        calls.append("charge")
+        return {"charged": amount}
+
+    @app.task(name="order")
+    async def order(ctx: Context, order_id: str) -> int:
+        at = await ctx.step("reserve", reserve, order_id)
+        seen.append(at)  # a datetime on the first run too, not the JSON text
+        if await ctx.state.get("paused") is None:
+            await ctx.state.set(paused=True)
+            raise Pause()
+        paid = await ctx.step("charge", charge, order_id, amount=5)
+        return int(paid["charged"])
+
+    async with app:
+        h = await order.enqueue("o-1")
+        await app.drain()
+        assert await h.result() == 5
+        assert calls == ["reserve", "charge"]
+        assert seen == [datetime(2026, 1, 2, tzinfo=UTC)] * 2
+        info = await h.info()
+        assert [(s.name, s.ok) for s in info.steps] == [("reserve", True), ("charge", True)]
+        assert all(s.duration >= 0 and s.started_at.year >= 2026 for s in info.steps)
+        assert await keys_of(segue_engine, f"*state:{h.id}") == []  # the journal went with it
+
+
+async def test_a_failed_step_is_step_failed_on_replay_and_runs_again_on_the_next_try(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    calls: list[int] = []
+    caught: list[tuple[str, str]] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("card declined")
+        return "ok"
+
+    @app.task(name="payer", max_tries=2, retry_backoff=0.05)
+    async def payer(ctx: Context) -> str:
+        try:
+            return str(await ctx.step("pay", flaky))
+        except StepFailed as exc:
+            caught.append((exc.type, exc.message))
+            if await ctx.state.get("replayed") is None:
+                await ctx.state.set(replayed=True)
+                raise Pause() from None  # the same try: the failure is replayed
+            raise Retry() from None
+
+    async with app:
+        h = await payer.enqueue()
+        await app.drain()
+        assert await h.result() == "ok"
+        assert caught == [("ValueError", "card declined")] * 2
+        assert len(calls) == 2  # once failing, replayed without a call, then the retry
+        info = await h.info()
+        assert [(s.name, s.ok, s.error_type) for s in info.steps] == [
+            ("pay", False, "ValueError"),
+            ("pay", True, None),
+        ]
+
+
+async def test_duplicate_names_and_steps_inside_steps_are_refused(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    errors: list[str] = []
+
+    @app.task(name="dup")
+    async def dup(ctx: Context) -> None:
+        await ctx.step("a", lambda: 1)
+        try:
+            await ctx.step("a", lambda: 2)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+        async def nested() -> None:
+            await ctx.sleep(1)
+
+        try:
+            await ctx.step("outer", nested)
+        except StepFailed as exc:
+            errors.append(exc.message)
+
+    async with app:
+        h = await dup.enqueue()
+        await app.drain()
+        await h.result()
+    assert "step name 'a' is used twice" in errors[0]
+    assert "inside the function of step 'outer'" in errors[1]
+
+
+async def test_a_sync_task_journals_steps_and_sleeps(make_app: Callable[..., App]) -> None:
+    app = make_app(sleep_inline_seconds=0.5)
+    calls: list[str] = []
+
+    def count(name: str, value: int) -> int:
+        calls.append(name)
+        return value
+
+    @app.task(name="sync_steps")
+    def sync_steps(ctx: SyncContext) -> int:
+        a = ctx.step("one", count, "one", 1)
+        ctx.sleep(0.6)  # past the inline threshold: the run ends, the task is due later
+        return int(a) + int(ctx.step("two", count, "two", 2))
+
+    async with app:
+        h = await sync_steps.enqueue()
+        await app.drain(horizon=2)
+        assert await h.result() == 3
+        assert calls == ["one", "two"]
+        info = await h.info()
+        assert [t.reason for t in info.history if t.status is TaskStatus.SUSPENDED] == ["sleeping"]
+        assert info.tries == 1
+
+
+async def test_a_durable_sleep_frees_the_worker_and_resumes_when_due(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(sleep_inline_seconds=0.2)
+    woke: list[float] = []
+    progress: list[str] = []
+
+    @app.task(name="sleeper")
+    async def sleeper(ctx: Context) -> float:
+        await ctx.step("before", lambda: progress.append("before"))
+        await ctx.sleep(1.0)
+        woke.append(time.time())
+        return 1.0
+
+    @app.task(name="other")
+    async def other() -> str:
+        return "ran"
+
+    async with app, serving(app, concurrency=1):
+        started = time.time()
+        h = await sleeper.enqueue()
+        await eventually(lambda: _status(h, TaskStatus.SUSPENDED), timeout=5)
+        # the one slot is free while it sleeps
+        assert await (await other.enqueue()).result(timeout=5) == "ran"
+        assert await h.result(timeout=10) == 1.0
+        assert woke[0] - started >= 1.0
+        assert progress == ["before"]
+        assert (await h.info()).tries == 1
+
+
+async def test_a_local_run_runs_steps_inline_and_does_not_wait_for_sleeps() -> None:
+    app = App("local-journal")
+    calls: list[str] = []
+
+    @app.task(name="remind")
+    async def remind(ctx: Context) -> str:
+        await ctx.step("reserve", lambda: calls.append("reserve"))
+        await ctx.sleep(timedelta(days=3))
+        await ctx.sleep_until(datetime.now(UTC) + timedelta(days=1))
+        return "reminded"
+
+    started = time.monotonic()
+    assert await remind.run() == "reminded"
+    assert time.monotonic() - started < 1
+    assert calls == ["reserve"]
+
+
+async def test_bad_sleep_durations_are_refused(make_app: Callable[..., App]) -> None:
+    app = App("local-journal-bad")
+
+    @app.task(name="bad")
+    async def bad(ctx: Context) -> None:
+        await ctx.sleep(-1)
+
+    with pytest.raises(ValueError, match=r"ctx.sleep\(-1\): the duration must be"):
+        await bad.run()
+
+
+async def _status(h: Any, status: TaskStatus) -> bool:
+    return bool(await h.status() is status)
