@@ -1,0 +1,141 @@
+"""Durable functions across real worker processes killed at the step journal's fault
+points (segue._faults.STEP_POINTS), and a durable sleep across a worker SIGKILL.
+
+A step's side effect is a line in a file of its own (tests/apps/journal.py), so each step's
+effect is counted outside segue: exactly once when the kill falls after its journal write,
+twice for the one step whose journal write a kill cut off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from segue import App, TaskStatus
+from tests._support import Engine
+from tests._workers import Fleet
+from tests.apps import journal
+from tests.faults.conftest import Scale
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.slow
+
+LEASE = 1.0
+
+
+@pytest.fixture(params=["segue_valkey", "segue_cluster"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    found: Engine = request.getfixturevalue(request.param)
+    return found
+
+
+@pytest.fixture
+def client_app(engine: Engine, queue_name: str) -> Iterator[App]:
+    app = journal.app
+    saved = app.settings
+    app.settings = saved.replace(redis_url=engine.url, queue=queue_name, poll_seconds=0.1)
+    yield app
+    app.settings = saved
+
+
+def counts(directory: Path, n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        f = directory / f"step-{i}"
+        out.append(len(f.read_text().splitlines()) if f.exists() else 0)
+    return out
+
+
+def fleet(engine: Engine, queue: str, hits: Path) -> Fleet:
+    env = {"SEGUE_FAULTPOINT_ONCE": "1", "SEGUE_FAULTPOINT_LOG": str(hits)}
+    return Fleet("tests.apps.journal:app", engine.url, queue, concurrency=1, lease=LEASE, env=env)
+
+
+async def test_kills_after_journal_writes_run_each_step_once_and_spend_no_try(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path, fault_scale: Scale
+) -> None:
+    n = 20
+    kills = fault_scale.pick(3, n - 1)  # in full mode, a kill after every step but the last
+    hits = tmp_path / "hits"
+    point = {"SEGUE_FAULTPOINT": "after_journal_write:kill"}
+    with fleet(engine, queue_name, hits) as workers:
+        async with client_app:
+            h = await journal.steps.enqueue(str(tmp_path), n)
+            slot = workers.start(env=point)
+            for k in range(kills):
+                # each process journals one step (a new one) and is SIGKILLed right after
+                await eventually(
+                    lambda k=k: _true(hits.exists() and len(hits.read_text().splitlines()) > k),
+                    timeout=15,
+                )
+                slot.proc.wait(timeout=10)
+                if k < kills - 1:
+                    workers.restart(slot)
+            workers.start()  # a worker with no fault point finishes it
+            assert await h.result(timeout=30) == sum(range(n))
+            info = await h.info()
+    assert counts(tmp_path, n) == [1] * n  # every effect exactly once
+    assert info.tries == 1  # the kills made progress: no try spent, not worker_lost
+    assert [s.name for s in info.steps] == [f"step-{i}" for i in range(n)]
+
+
+async def test_a_kill_between_a_steps_effect_and_its_journal_write_reruns_only_that_step(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path
+) -> None:
+    n = 6
+    hits = tmp_path / "hits"
+    with fleet(engine, queue_name, hits) as workers:
+        async with client_app:
+            h = await journal.steps.enqueue(str(tmp_path), n)
+            # first a run that journals step 0 and dies right after...
+            first = workers.start(env={"SEGUE_FAULTPOINT": "after_journal_write:kill"})
+            await eventually(lambda: _true(hits.exists()), timeout=15)
+            first.proc.wait(timeout=10)
+            # ...then one that replays step 0, does step 1's effect and dies before writing it
+            workers.restart(first, env={"SEGUE_FAULTPOINT": "after_step_effect:kill"})
+            await eventually(
+                lambda: _true("after_step_effect kill" in hits.read_text()), timeout=15
+            )
+            first.proc.wait(timeout=10)
+            workers.start()
+            assert await h.result(timeout=30) == sum(range(n))
+            info = await h.info()
+    assert counts(tmp_path, n) == [1, 2, 1, 1, 1, 1]
+    # the second run made no progress before it died: its loss counts as a try
+    assert info.tries == 2
+
+
+async def test_a_durable_sleep_survives_a_worker_kill_and_frees_its_slot(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path
+) -> None:
+    hits = tmp_path / "hits"
+    env = {"SEGUE_SLEEP_INLINE_SECONDS": "0.5"}
+    with fleet(engine, queue_name, hits) as workers:
+        slots = [workers.start(env=env), workers.start(env=env)]  # each of concurrency 1
+        await workers.ready(*slots)
+        async with client_app:
+            h = await journal.sleeper.enqueue(str(tmp_path), 2.0)
+            await eventually(lambda: _status(h, TaskStatus.SUSPENDED), timeout=15)
+            history = (await h.info()).history
+            started = history[-1].at.timestamp()
+            ran = next(t.reason for t in reversed(history) if t.status is TaskStatus.RUNNING)
+            sleeper_slot = next(s for s in slots if ran.startswith(s.id_prefix))
+            workers.kill(sleeper_slot)  # the worker that ran it is gone while it sleeps
+            # the other worker's one slot runs another task meanwhile
+            ran_at = await (await journal.other.enqueue()).result(timeout=15)
+            woke = await h.result(timeout=15)
+            info = await h.info()
+    assert ran_at < started + 2.0 < woke + 0.05
+    assert woke <= started + 2.0 + 0.2  # resumed within 200 ms of due
+    assert counts(tmp_path, 2) == [1, 1]
+    assert info.tries == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _status(h: object, status: TaskStatus) -> bool:
+    return bool(await h.status() is status)  # type: ignore[attr-defined]
