@@ -18,6 +18,7 @@ from segue._wire import (
     GraphRecord,
     GraphStep,
 )
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,8 +102,11 @@ def finish(
     return (_scripts.load("finish"), ks.finish_keys, args)
 
 
+_FINISH_RESULTS = tuple(FinishResult)  # by value 0..3: indexing costs less than the enum's call
+
+
 def parse_finish(reply: list[Any]) -> list[FinishResult]:
-    return [FinishResult(int(r)) for r in reply]
+    return [_FINISH_RESULTS[r] for r in reply]
 
 
 def renew(ks: Keyspace, worker_id: str, lease_ms: int, held: Sequence[str]) -> ScriptCall:
@@ -257,7 +261,3 @@ def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: st
         [ks.generation, ks.events],
         [worker_id, last, keep_ms, cursor],
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -35,6 +35,7 @@ from segue._faults import faultpoint
 from segue._keys import CronKeys
 from segue._services import Service
 from segue._wire import EnqueueSpec
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -349,7 +350,3 @@ class Scheduler(Service):
         if skips:
             await broker.run_calls(skips, retry=True)  # fenced on the tick too
         return 0.0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
