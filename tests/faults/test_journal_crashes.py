@@ -66,10 +66,7 @@ async def test_kills_after_journal_writes_run_each_step_once_and_spend_no_try(
             slot = workers.start(env=point)
             for k in range(kills):
                 # each process journals one step (a new one) and is SIGKILLed right after
-                await eventually(
-                    lambda k=k: _true(hits.exists() and len(hits.read_text().splitlines()) > k),
-                    timeout=15,
-                )
+                await eventually(lambda: _true(_hit_count(hits) > k), timeout=15)  # noqa: B023
                 slot.proc.wait(timeout=10)
                 if k < kills - 1:
                     workers.restart(slot)
@@ -131,6 +128,10 @@ async def test_a_durable_sleep_survives_a_worker_kill_and_frees_its_slot(
     assert woke <= started + 2.0 + 0.2  # resumed within 200 ms of due
     assert counts(tmp_path, 2) == [1, 1]
     assert info.tries == 1
+
+
+def _hit_count(hits: Path) -> int:
+    return len(hits.read_text().splitlines()) if hits.exists() else 0
 
 
 async def _true(value: bool) -> bool:
