@@ -160,11 +160,12 @@ class Broker(Queries):
         call = _calls.event(ks, task_id, gen, kind, a, b, c)
         return bool((await self.run_calls([call]))[0])
 
-    async def purge(self, ks: Keyspace, reason: str) -> int:
+    async def purge(self, ks: Keyspace, reason: str, include_sleeping: bool = False) -> int:
         """Cancel every task of the queue that waits to run; how many there were."""
         total = 0
         while True:
-            n = int((await self.run_calls([_calls.purge(ks, 500, reason)]))[0])
+            call = _calls.purge(ks, 500, reason, include_sleeping)
+            n = int((await self.run_calls([call]))[0])
             total += n
             if n < 500:
                 return total

@@ -150,9 +150,10 @@ def retry(ks: Keyspace, task_id: str, reason: str) -> ScriptCall:
     return (_scripts.load("retry"), ks.retry_keys, [ks.base, task_id, reason])
 
 
-def purge(ks: Keyspace, most: int, reason: str) -> ScriptCall:
+def purge(ks: Keyspace, most: int, reason: str, include_sleeping: bool = False) -> ScriptCall:
     """Cancel up to `most` tasks that wait to run (purge.lua); replies how many."""
-    return (_scripts.load("purge"), ks.purge_keys, [ks.base, ks.done_channel, most, reason])
+    args = [ks.base, ks.done_channel, most, reason, "1" if include_sleeping else "0"]
+    return (_scripts.load("purge"), ks.purge_keys, args)
 
 
 def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> ScriptCall:

@@ -289,17 +289,22 @@ def events(
 def purge(
     queue: Annotated[str, typer.Argument(help="The queue to empty")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    include_sleeping: Annotated[
+        bool,
+        typer.Option("--include-sleeping", help="Cancel tasks in a durable sleep (ctx.sleep) too"),
+    ] = False,
     app: AppOption = None,
     url: UrlOption = None,
 ) -> None:
-    """Cancel every task of a queue that waits to run; running tasks go on."""
+    """Cancel every task of a queue that waits to run; running tasks and sleeping ones
+    (a durable sleep, unless --include-sleeping) go on."""
     question = f"cancel every queued, scheduled or paused task of queue {queue!r}?"
     if not yes and not typer.confirm(question):
         raise typer.Exit(1)
 
     async def go() -> int:
         async with client_app(app, url) as the_app:
-            return await the_app.queue(queue).purge()
+            return await the_app.queue(queue).purge(include_sleeping=include_sleeping)
 
     n = _run(go)
     out.print(f"queue {queue}: {n} task(s) cancelled")

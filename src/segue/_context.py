@@ -33,6 +33,7 @@ from segue._errors import (
 )
 from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
+from segue._journal import now as journal_now
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -323,7 +324,7 @@ class Context:
             due = journal.due_of(entry)
         else:
             await journal.record(name, journal.sleep_entry(due), _clock.wall(), ok=True)
-        rest = due - _clock.wall()
+        rest = due - journal_now()
         if rest <= 0 or journal.local:
             return  # a local run does not wait: a test of a long sleep runs at once
         if rest < journal.inline_seconds:
@@ -567,7 +568,7 @@ class SyncContext:
             due = journal.due_of(entry)
         else:
             self.state._call(journal.record(name, journal.sleep_entry(due), _clock.wall(), ok=True))
-        rest = due - _clock.wall()
+        rest = due - journal_now()
         if rest <= 0 or journal.local:
             return
         if rest < journal.inline_seconds:

@@ -43,11 +43,14 @@ class Queue:
         broker = await self._client.broker()
         return await broker.queue_paused(broker.keyspace(self.name))
 
-    async def purge(self, reason: str = "purged by an operator") -> int:
+    async def purge(
+        self, reason: str = "purged by an operator", *, include_sleeping: bool = False
+    ) -> int:
         """Cancel every task of this queue that waits to run (queued, scheduled, retrying,
-        suspended, paused); running tasks go on. Returns how many were cancelled."""
+        suspended, paused); running tasks go on, and so do tasks in a durable sleep
+        (`ctx.sleep`) unless `include_sleeping`. Returns how many were cancelled."""
         broker = await self._client.broker()
-        return await broker.purge(broker.keyspace(self.name), reason)
+        return await broker.purge(broker.keyspace(self.name), reason, include_sleeping)
 
     async def retry_dead(
         self, ids: Iterable[str] | None = None, *, reason: str = "retried by an operator"

@@ -83,6 +83,9 @@ class TaskField:
     # the lease generation of the last run that wrote a journal entry: a lost run of that
     # generation made progress (claim.lua spends no try for it); old claim scripts ignore it
     PROGRESS_GEN: Final = Code("jp")
+    # the generation of the run that ended in a durable sleep: SUSPENDED with it, the task
+    # sleeps (purge.lua spares it); an old purge script does not read it and cancels it
+    SLEEP_GEN: Final = Code("slp")
 
 
 class WorkflowField:

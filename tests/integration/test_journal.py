@@ -203,3 +203,56 @@ async def test_bad_sleep_durations_are_refused(make_app: Callable[..., App]) -> 
 
 async def _status(h: Any, status: TaskStatus) -> bool:
     return bool(await h.status() is status)
+
+
+async def test_drain_advance_runs_a_three_day_sleep_at_once(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    sent: list[str] = []
+
+    @app.task(name="reminder")
+    async def reminder(ctx: Context, to: str) -> str:
+        await ctx.sleep(timedelta(days=3))
+        await ctx.step("remind", lambda: sent.append(to))
+        return "sent"
+
+    async with app:
+        h = await reminder.enqueue("ann")
+        await app.drain()  # without skipping time, it sleeps
+        assert await h.status() is TaskStatus.SUSPENDED and sent == []
+        started = time.monotonic()
+        await app.drain(advance=timedelta(days=3, minutes=1))
+        assert await h.result() == "sent"
+        assert time.monotonic() - started < 5
+        assert sent == ["ann"]
+
+
+async def test_purge_spares_sleeping_tasks_unless_asked_and_pause_resume_keeps_the_due(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(sleep_inline_seconds=0.1)
+
+    @app.task(name="nap")
+    async def nap(ctx: Context, seconds: float) -> str:
+        await ctx.sleep(seconds)
+        return "up"
+
+    @app.task(name="idle")
+    async def idle() -> None:
+        return None
+
+    async with app:
+        sleeper = await nap.enqueue(3600.0)
+        await app.drain()
+        waiting = await idle.options(delay=3600).enqueue()
+        assert await app.queue(app.settings.queue).purge() == 1  # only the delayed one
+        assert await waiting.status() is TaskStatus.CANCELLED
+        assert await sleeper.status() is TaskStatus.SUSPENDED
+        due = (await sleeper.info()).due_at
+        await sleeper.pause()
+        await sleeper.resume()
+        await app.drain()  # the resumed run replays its sleep: the rest of it, not a new one
+        info = await sleeper.info()
+        assert info.status is TaskStatus.SUSPENDED and info.due_at is not None and due
+        assert abs((info.due_at - due).total_seconds()) < 1
+        assert await app.queue(app.settings.queue).purge(include_sleeping=True) == 1
+        assert await sleeper.status() is TaskStatus.CANCELLED

@@ -78,6 +78,7 @@ TASK_CODES = {
     "PROGRESS_MESSAGE": "pgm",
     "STEPS": "js",
     "PROGRESS_GEN": "jp",
+    "SLEEP_GEN": "slp",
 }
 WORKFLOW_CODES = {
     "STATE": "st",

@@ -100,6 +100,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', tk, 't', -1)
       if not obey_control(Q, tk, id, now) then
         schedule(tk, id, 'suspended', now + tonumber(ARGV[b + 3]), 'sleeping')
+        redis.call('HSET', tk, 'slp', gen)  -- purge.lua spares it unless asked
       end
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)

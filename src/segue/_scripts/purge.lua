@@ -4,7 +4,8 @@
   KEYS[5] wake list   KEYS[6..9] done zsets: succeeded, failed, cancelled, expired
   KEYS[10] paused zset   KEYS[11] waiting zset   KEYS[12] events stream
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] most tasks this call
-  ARGV[4] reason
+  ARGV[4] reason   ARGV[5] '1': sleeping tasks too (a durable sleep, ctx.sleep: SUSPENDED
+    by a run of the generation its 'slp' names); else they are spared
   Each is CANCELLED like an operator's cancel (its dependants follow their on_failure).
   Returns: how many were cancelled (call again while it returns ARGV[3]). ]]
 --#include clock finalize
@@ -30,11 +31,23 @@ for l = 1, 3 do
     purge(id)
   end
 end
+local spare_sleeping = ARGV[5] ~= '1'
+local function sleeping(id)
+  local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'slp', 'g')
+  return f[1] == 'suspended' and f[2] ~= false and f[2] == f[3]
+end
 for _, key in ipairs({ KEYS[4], KEYS[10] }) do
-  if done < most then
-    for _, id in ipairs(redis.call('ZRANGE', key, 0, most - done - 1)) do
-      redis.call('ZREM', key, id)
-      purge(id)
+  local skipped = 0
+  while done < most do
+    local ids = redis.call('ZRANGE', key, skipped, skipped + most - done - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      if spare_sleeping and sleeping(id) then
+        skipped = skipped + 1
+      else
+        redis.call('ZREM', key, id)
+        purge(id)
+      end
     end
   end
 end
