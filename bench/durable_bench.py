@@ -1,5 +1,7 @@
-"""Durable tasks: the cost of `ctx.state.set`, and how long a pause and a cancel take from
-the call to the task being stopped (p50/p99 over N tries), against a worker process.
+"""Durable tasks: the cost of `ctx.state.set` and of a journaled `ctx.step` (p50/p99, the two
+interleaved in one run), the throughput of a 100-step durable function, and how long a pause
+and a cancel take from the call to the task being stopped (p50/p99 over N tries), against a
+worker process.
 
     python bench/durable_bench.py [--n 200]
 
@@ -33,6 +35,42 @@ async def state_writer(ctx: Context, n: int) -> float:
     for i in range(n):
         await ctx.state.set(i=i, note="checkpoint")
     return (time.perf_counter() - t0) / n
+
+
+def noop(i: int) -> int:
+    return i
+
+
+async def anoop(i: int) -> int:
+    return i
+
+
+@app.task(name="bench.step_vs_state")
+async def step_vs_state(ctx: Context, n: int) -> tuple[list[float], list[float]]:
+    """Per-call seconds of ctx.state.set and of ctx.step (a journaled step of a function
+    that returns at once), interleaved so that both see the same load."""
+    await ctx.step("warm-up", anoop, -1)  # the run's one read of the journal
+    states: list[float] = []
+    steps: list[float] = []
+    for i in range(n):
+        # which goes first alternates: neither gets the warmer connection every time
+        for first in (i % 2 == 0, i % 2 == 1):
+            t0 = time.perf_counter()
+            if first:
+                await ctx.state.set(i=i)
+                states.append(time.perf_counter() - t0)
+            else:
+                await ctx.step(f"s{i}", anoop, i)
+                steps.append(time.perf_counter() - t0)
+    return states, steps
+
+
+@app.task(name="bench.hundred_steps")
+async def hundred_steps(ctx: Context) -> int:
+    total = 0
+    for i in range(100):
+        total += await ctx.step(f"step-{i}", noop if i % 2 else anoop, i)
+    return total
 
 
 @app.task(name="bench.checkpointing")
@@ -80,6 +118,28 @@ async def _stop_latency(mod: Any, side: redis.asyncio.Redis, n: int, kind: str) 
     return samples
 
 
+async def _journal_figures(mod: Any) -> None:
+    h = await mod.step_vs_state.enqueue(1000)
+    states, steps = await h.result(timeout=120)
+    s50, s99 = percentiles(states)
+    j50, j99 = percentiles(steps)
+    print(
+        f"journaled ctx.step: p50 {j50 * 1e3:.0f} us, p99 {j99 * 1e3:.0f} us; the same run's "
+        f"ctx.state.set: p50 {s50 * 1e3:.0f} us, p99 {s99 * 1e3:.0f} us "
+        f"(step/state p50 {j50 / s50:.2f}x, p99 {j99 / s99:.2f}x; 1,000 of each, interleaved)"
+    )
+    functions = 40
+    t0 = time.perf_counter()
+    handles = [await mod.hundred_steps.enqueue() for _ in range(functions)]
+    for handle in handles:
+        await handle.result(timeout=120)
+    took = time.perf_counter() - t0
+    print(
+        f"100-step durable function: {functions / took:.1f} functions/s, "
+        f"{functions * 100 / took:.0f} steps/s ({functions} functions, worker concurrency 8)"
+    )
+
+
 async def main(n: int) -> None:
     with server() as url:
         os.environ["BENCH_URL"] = url
@@ -91,6 +151,7 @@ async def main(n: int) -> None:
                 h = await mod.state_writer.enqueue(2000)
                 per_call = await h.result(timeout=60)
                 print(f"ctx.state.set: {per_call * 1e6:.0f} us per call (2,000 calls, 2 keys)")
+                await _journal_figures(mod)
                 for kind, label in (
                     ("pause", "pause, task checkpointing every 5 ms"),
                     ("cancel", "cancel, task checkpointing every 5 ms"),

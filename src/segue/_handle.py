@@ -305,14 +305,17 @@ class _Reader:
 
     def steps(self) -> list[StepInfo]:
         out = []
-        for line in self.text(F.STEPS.b).splitlines():
+        count = self.integer(F.STEP_COUNT.b) or 0
+        for n in range(1, count + 1):
+            code = F.STEP_PREFIX.b + str(n).encode()
+            line = self.rec.get(code, b"").decode(errors="replace")
             try:
                 name, start, took, ok, kind = line.split("|")
                 out.append(
                     StepInfo(name, at_ms(int(start)), int(took) / 1000, ok == "1", kind or None)
                 )
             except (ValueError, OverflowError, OSError):
-                self.bad(F.STEPS.b, "has a line that is not name|start|ms|ok|type")
+                self.bad(code, "is not name|start|ms|ok|type")
         return out
 
     def progress(self) -> tuple[float, float | None] | None:

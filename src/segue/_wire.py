@@ -77,9 +77,10 @@ class TaskField:
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
     PROGRESS_MESSAGE: Final = Code("pgm")
-    # "<name>|<start ms>|<duration ms>|<1 ok, 0 error>|<error type>\n" per journaled step
-    # (journal.lua); a worker that does not know it leaves it alone
-    STEPS: Final = Code("js")
+    # j:<n>: "<name>|<start ms>|<duration ms>|<1 ok, 0 error>|<error type>", the n-th
+    # journaled step (journal.lua); a worker that does not know them leaves them alone
+    STEP_PREFIX: Final = Code("j:")
+    STEP_COUNT: Final = Code("jn")
     # the lease generation of the last run that wrote a journal entry: a lost run of that
     # generation made progress (claim.lua spends no try for it); old claim scripts ignore it
     PROGRESS_GEN: Final = Code("jp")

@@ -76,7 +76,8 @@ TASK_CODES = {
     "FIRST_RELEASE_AT": "rel0",
     "PROGRESS": "pg",
     "PROGRESS_MESSAGE": "pgm",
-    "STEPS": "js",
+    "STEP_PREFIX": "j:",
+    "STEP_COUNT": "jn",
     "PROGRESS_GEN": "jp",
     "SLEEP_GEN": "slp",
 }
