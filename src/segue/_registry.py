@@ -36,12 +36,14 @@ class Registry:
 
     __slots__ = ("_owner", "crons", "hooks", "lifespans", "tasks")
 
-    def __init__(self, owner: TaskOwner) -> None:
+    def __init__(
+        self, owner: TaskOwner, tasks: dict[str, Task[Any, Any]], hooks: list[Hook]
+    ) -> None:
         self._owner = owner
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks = tasks  # shared with the client, which decodes records with them
         self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
         self.lifespans: list[Resource[Any]] = []
-        self.hooks: list[Hook] = []
+        self.hooks = hooks  # shared with the enqueuer, which runs the enqueue hooks
 
     def __repr__(self) -> str:
         return f"<Registry tasks={len(self.tasks)} crons={len(self.crons)}>"

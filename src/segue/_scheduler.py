@@ -82,9 +82,9 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Entry).decode
 
 
-def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
+def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
-    queue, task = app._spec(schedule.sig)
+    queue, task = enqueuer.spec(schedule.sig)
     entry = _Entry(
         spec=schedule.cron.spec,
         task=task.name,
@@ -103,13 +103,13 @@ def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     return _encode(entry)
 
 
-async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+async def put(enqueuer: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
     """Create or update schedules. One whose expression and zone are unchanged keeps its
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
         return
-    ck = CronKeys(app.settings.prefix)
-    rows = [(s, _entry(app, s)) for s in schedules]
+    ck = CronKeys(enqueuer.settings.prefix)
+    rows = [(s, _entry(enqueuer, s)) for s in schedules]
     calls = [_calls.cron_put(ck, s.id, e, s.cron.spec, "") for s, e in rows]
     replies = await broker.run_calls(calls, retry=True)
     again = []

@@ -41,8 +41,6 @@ ORDER = list(LAYERS)
 KNOWN: dict[tuple[str, str], str] = {
     # Settings checks a sentinel URL when built; the parser lives with the sentinel clients
     ("_settings", "_sentinel"): "URL check at Settings time",
-    # being replaced by the collaborators they use (an enqueuer, a registry, a client)
-    ("_workflow", "_app"): "enqueue_workflow(app)",
 }
 
 
