@@ -67,7 +67,7 @@ class App:
         self._client = Client(settings, tasks)
         self._enqueuer = Enqueuer(self._client, hooks)
         # what the App declares; its tasks enqueue through the enqueuer
-        self._registry = Registry(self._enqueuer, tasks, hooks)
+        self._registry = Registry(self._enqueuer, tasks, hooks, self.__repr__)
 
     @property
     def settings(self) -> Settings:
