@@ -13,6 +13,7 @@ from segue._client import Client
 from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
 from segue._enqueue import Enqueuer
+from segue._errors import ConfigurationError
 from segue._events import Event, follow
 from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from segue._hooks import Hook
     from segue._lifespan import Resource
     from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._schedule_handle import ScheduleHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -207,7 +209,10 @@ class App:
 
     # --- cron schedules (stored and fired by _scheduler) --------------------------------------
 
-    async def schedule(
+    @overload
+    def schedule(self, sig: str, /) -> ScheduleHandle: ...
+    @overload
+    def schedule(
         self,
         sig: Signature[Any] | Task[[], Any],
         *,
@@ -215,12 +220,45 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
-    ) -> str:
-        """Enqueue this call at every tick of `cron` from now on; returns the schedule's id.
+    ) -> Coroutine[Any, Any, str]: ...
+    def schedule(
+        self,
+        sig: Signature[Any] | Task[[], Any] | str,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        id: str | None = None,
+        catch_up: bool = False,
+    ) -> Coroutine[Any, Any, str] | ScheduleHandle:
+        """`await app.schedule(sig, cron=...)`: enqueue this call at every tick of `cron`
+        from now on; returns the schedule's id. Scheduling an existing id again updates it
+        (keeping its next tick if `cron` and `tz` are unchanged). Workers fire the ticks,
+        each exactly once among them.
 
-        Scheduling an existing id again updates it (keeping its next tick if `cron` and `tz`
-        are unchanged). Workers fire the ticks, each exactly once among them.
+        `app.schedule(schedule_id)`: a ScheduleHandle of a stored schedule, to `pause()`,
+        `resume()` or read (`info()`) it.
         """
+        if isinstance(sig, str):
+            from segue._schedule_handle import ScheduleHandle
+
+            if cron is not None:
+                raise ConfigurationError(
+                    "app.schedule(id) takes a schedule id alone; to schedule a call, pass "
+                    "task.call(...) with cron="
+                )
+            return ScheduleHandle(self._client, sig)
+        if cron is None:
+            raise ConfigurationError("app.schedule(sig, cron=...) needs a cron expression")
+        return self._schedule(sig, cron, tz, id, catch_up)
+
+    async def _schedule(
+        self,
+        sig: Signature[Any] | Task[[], Any],
+        cron: str,
+        tz: str | None,
+        id: str | None,
+        catch_up: bool,
+    ) -> str:
         if isinstance(sig, Task):
             sig = sig.call()
         schedule = make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)

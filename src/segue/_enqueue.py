@@ -9,6 +9,7 @@ the App's settings (segue.testing points an App at its server) is seen here.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,13 +18,14 @@ from ulid import ULID
 
 from segue._codec import encode_args
 from segue._durability import need_for
-from segue._errors import ConfigurationError, DuplicateTask, PayloadError
+from segue._errors import ConfigurationError, DuplicateTask, PayloadError, ServerOutOfMemory
 from segue._handle import TaskHandle, WorkflowHandle
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
+from segue._ops_actions import index_workflow
 from segue._options import seconds
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
-from segue._workflow import _first_signature, _place, _Step, _step_ids
+from segue._workflow import MAX_SHAPE_STEPS, _first_signature, _place, _shape, _Step, _step_ids
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 
 R = TypeVar("R")
+log = logging.getLogger("segue.workflow")  # as workflows logged before the move
 _BATCH = 1000
 
 
@@ -409,6 +412,13 @@ class Enqueuer:
             " ".join(others),
         )
         await self.enqueue_graph(queue, fields[queue], main, levels)
+        broker = await self.broker()
+        shape = _shape(root, iter(range(1, 1 << 62))) if len(steps) <= MAX_SHAPE_STEPS else None
+        try:
+            await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
+        except ServerOutOfMemory:
+            # the workflow exists and runs: only its line in the dashboard's list is missing
+            log.warning("workflow %s is not listed on the dashboard: the server is full", wf_id)
         for q in others:
             record = GraphRecord(wf_id, ttl_ms, " ".join(ids[q]), "", len(ids[q]), part=q)
             await self.enqueue_graph(q, fields[q], record, levels)

@@ -21,7 +21,7 @@ from segue._keys import check_queue_name
 from segue._task import Chain, Signature
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from segue._task import Group
 
@@ -58,6 +58,21 @@ def _place(
         ids, _ = _place(member, inputs, mode, out, new_id)
         outs.extend(ids)
     return outs, "l"
+
+
+# a workflow of more steps than this keeps no shape (its page lists its steps only)
+MAX_SHAPE_STEPS = 500
+
+
+def _shape(node: Signature[Any] | Chain[Any] | Group[Any], numbers: Iterator[int]) -> Any:
+    """The workflow's structure for the dashboard: a step is its number (the `.n` of its
+    id), a chain `{"chain": [...]}`, a group `{"group": [...]}`; numbered in layout order,
+    as _step_ids numbers them."""
+    if isinstance(node, Signature):
+        return next(numbers)
+    if isinstance(node, Chain):
+        return {"chain": [_shape(stage, numbers) for stage in node.stages]}
+    return {"group": [_shape(member, numbers) for member in node.members]}
 
 
 def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signature[Any]:
