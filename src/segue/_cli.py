@@ -7,19 +7,23 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+import typer.exceptions
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from segue._app import App
 from segue._errors import SegueError
 from segue._heartbeat import Health
 from segue._logging import JsonFormatter, TaskFields
+from segue._settings import check_url, server_label
 from segue._state import TaskInfo, TaskStatus
 
 cli = typer.Typer(
@@ -27,10 +31,42 @@ cli = typer.Typer(
     help="segue: a durable task queue for Python on Redis/Valkey.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 # soft wrap: a line a script parses (a task id, an error) is never split at 80 columns
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+_debug = False  # `segue --debug ...`: a failing command prints its traceback too
+
+
+@cli.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print its traceback too")
+    ] = False,
+) -> None:
+    """segue: a durable task queue for Python on Redis/Valkey."""
+    global _debug
+    _debug = debug
+
+
+def fail(message: object, code: int = 1) -> NoReturn:
+    """End the command with one `error:` line on stderr (and, with --debug, the traceback
+    of the exception being handled)."""
+    raise typer.Exit(_error_line(message, code))
+
+
+def _error_line(message: object, code: int) -> int:
+    if _debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    text = " ".join(str(message).split())  # one line, whatever the message holds
+    err.print(f"[red]error:[/red] {escape(text)}", highlight=False)
+    return code
+
+
+def say_server(the_app: App, what: str = "server") -> None:
+    """The first line of a command: which server it talks to (password masked)."""
+    err.print(f"{what}: {server_label(the_app.settings)}", markup=False, highlight=False)
 
 
 def load_app(spec: str) -> App:
@@ -92,6 +128,7 @@ def worker(
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
     the_app = load_app(app)
+    say_server(the_app)
     if metrics_port is not None:
         from segue.metrics import PrometheusHook, serve_metrics
 
@@ -106,8 +143,7 @@ def worker(
         else:
             the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 async def _burst(
@@ -169,8 +205,7 @@ def demo(
     try:
         run_demo(tasks)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 @cli.command()
@@ -185,8 +220,7 @@ def server(
     try:
         code = _embedded.run_foreground(home)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     raise typer.Exit(code)
 
 
@@ -216,12 +250,43 @@ def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: 
     out.print(table)
 
 
-def client_app(app: str | None, url: str | None) -> App:
+def client_app(app: str | None, url: str | None, *, read_only: bool = True) -> App:
     """The App an inspection command talks through: `--app`, else one built from `--url`
-    or the environment (SEGUE_*), else the embedded server of this project."""
+    or the environment (SEGUE_*), else the embedded server of this project. Its first line
+    names the server. These commands act on tasks that exist, so they start no new, empty
+    embedded server: where none runs and no data was left, they say so and stop (one that
+    left data is started, to show it)."""
     if app is not None:
-        return load_app(app)
-    return App("segue-cli", redis_url=url) if url else App("segue-cli")
+        the_app = load_app(app)
+    elif url:
+        check_url(url, "--url")
+        the_app = App("segue-cli", redis_url=url)
+    else:
+        the_app = App("segue-cli")
+    say_server(the_app)
+    if read_only and the_app.settings.redis_url is None:
+        from segue._embedded import find_home
+
+        home = the_app.settings.home.resolve() if the_app.settings.home else find_home()
+        if not _embedded_has_data(home / ".segue"):
+            fail(
+                f"no server runs for {home} (no embedded server nor data in {home / '.segue'}): "
+                "run this where your project's workers run, or point at a server with --url, "
+                "--app or SEGUE_REDIS_URL"
+            )
+    return the_app
+
+
+def _embedded_has_data(d: Path) -> bool:
+    """A running embedded server, or the append-only files of one that ran (its data)."""
+    from segue import _embedded
+
+    if (d / "server.json").exists() and _embedded._running(d) is not None:
+        return True
+    aof = d / "appendonlydir"
+    return aof.is_dir() and any(
+        f.stat().st_size > 0 for f in aof.iterdir() if not f.name.endswith(".manifest")
+    )
 
 
 def _command(
@@ -236,8 +301,7 @@ def _command(
     try:
         status = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     out.print(f"task {task_id}: {status}")
 
 
@@ -281,8 +345,10 @@ cli.add_typer(workflow_cli, name="workflow")
 def _workflow_command(
     workflow_id: str, command: str, app: str | None, url: str | None, running: bool = False
 ) -> None:
+    the_app = client_app(app, url)
+
     async def go() -> tuple[TaskStatus, list[TaskInfo]]:
-        async with client_app(app, url) as the_app:
+        async with the_app:
             handle = await the_app.workflow_handle(workflow_id)
             if command == "pause":
                 await handle.pause(running=running)
@@ -293,8 +359,7 @@ def _workflow_command(
     try:
         status, steps = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
     print_rows(("#", "step", "task", "status"), rows, f"workflow {workflow_id}: {status}")
 
@@ -361,16 +426,16 @@ def dead(
     url: UrlOption = None,
 ) -> None:
     """List the tasks of a queue that failed for good (its dead letters), newest first."""
+    the_app = client_app(app, url)
 
     async def go() -> list[TaskInfo]:
-        async with client_app(app, url) as the_app:
+        async with the_app:
             return await the_app.dead_letters(queue, limit=limit)
 
     try:
         infos = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     rows = []
     for info in infos:
         e = info.error
@@ -426,9 +491,9 @@ def dashboard(
 
         from segue.dashboard import create_app
     except ImportError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     the_app = load_app(app)
+    say_server(the_app)
     secret = os.environ.get("SEGUE_DASHBOARD_SECRET")
     asgi = create_app(
         the_app,
@@ -445,4 +510,19 @@ def main() -> None:
     from segue import _cli_inspect  # registers its commands on `cli`
 
     del _cli_inspect
-    cli()
+    try:
+        code = cli(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except typer.exceptions.TyperException as exc:  # a usage error: one line, and where to look
+        code = _error_line(f"{exc.format_message()} (see --help)", getattr(exc, "exit_code", 2))
+    except SegueError as exc:
+        code = _error_line(exc, 1)
+    except Exception as exc:
+        code = _error_line(f"{type(exc).__name__}: {exc} (segue --debug prints the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -15,7 +15,7 @@ import typer
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 
-from segue._cli import AppOption, UrlOption, cli, client_app, err, out, print_rows
+from segue._cli import AppOption, UrlOption, cli, client_app, fail, out, print_rows
 from segue._errors import SegueError
 from segue._state import TaskStatus
 
@@ -38,8 +38,7 @@ def _run(go: Callable[[], Awaitable[Any]]) -> Any:
     try:
         return asyncio.run(go())  # type: ignore[arg-type]
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
@@ -127,8 +126,7 @@ def tasks(
     try:
         wanted = TaskStatus(status_)
     except ValueError:
-        err.print(f"[red]error:[/red] {status_!r} is not one of {', '.join(TaskStatus)}")
-        raise typer.Exit(2) from None
+        fail(f"{status_!r} is not one of {', '.join(TaskStatus)}", 2)
 
     async def go() -> list[TaskInfo]:
         async with client_app(app, url) as the_app:
@@ -320,6 +318,5 @@ def unschedule(
             return await the_app.unschedule(schedule_id)
 
     if not _run(go):
-        err.print(f"[red]error:[/red] no schedule {schedule_id!r}")
-        raise typer.Exit(1)
+        fail(f"no schedule {schedule_id!r}")
     out.print(f"schedule {schedule_id}: removed")

@@ -50,13 +50,14 @@ class EmbeddedServer:
 
 
 def find_home(start: Path | None = None) -> Path:
-    """`SEGUE_HOME`, else the nearest ancestor with pyproject.toml or .git, else the cwd."""
+    """`SEGUE_HOME`, else the nearest directory, from `start` (the cwd) up, holding a
+    pyproject.toml, a .git or an existing .segue/, else the cwd."""
     env = os.environ.get("SEGUE_HOME")
     if env:
         return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
-        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+        if any((d / marker).exists() for marker in ("pyproject.toml", ".git", _DIR)):
             return d
     return here
 
