@@ -10,11 +10,55 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import threading
 import time
 
 current_task: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "segue_current_task", default=None
 )
+
+
+class OutageThrottle(logging.Filter):
+    """One warning of a kind (its logger and message template ending in "retrying" or
+    "reconnecting") per `seconds`: during an outage each of a worker's loops retries several
+    times a second, and a line per retry buries the log (70 lines for 10 s)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._lock = threading.Lock()  # the lease thread logs too
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if record.levelno != logging.WARNING or not isinstance(msg, str):
+            return True
+        if not msg.endswith(("retrying", "reconnecting")):
+            return True
+        key = (record.name, msg)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.seconds:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{msg} ({held} more like it not shown)"
+        return True
+
+
+OUTAGE_THROTTLE = OutageThrottle()
+for _name in (
+    "segue.worker",
+    "segue.scheduler",
+    "segue.broker",
+    "segue.forward",
+    "segue.reconcile",
+):
+    logging.getLogger(_name).addFilter(OUTAGE_THROTTLE)
 
 
 class TaskFields(logging.Filter):

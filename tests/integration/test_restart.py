@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -119,8 +120,9 @@ async def test_worker_survives_a_server_kill_and_restart(server: Server) -> None
         assert await before[0].status() is TaskStatus.SUCCEEDED
 
 
-def _worker_process(url: str, queue: str) -> subprocess.Popen[str]:
+def _worker_process(url: str, queue: str, **extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "SEGUE_REDIS_URL": url, "SEGUE_QUEUE": queue, "LEDGER_URL": url}
+    env.update(extra)
     cmd = [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app"]
     return subprocess.Popen(
         [*cmd, "--log-level", "warning", "--log-format", "json"],
@@ -147,11 +149,15 @@ def _line_with(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) ->
 async def test_a_worker_started_before_its_server_waits_for_it(server_dir: Path) -> None:
     server = Server(server_dir)  # not started yet: a supervisor brought the worker up first
     url = f"redis://127.0.0.1:{server.port}/0"
-    worker = _worker_process(url, "early")
+    # an outage is logged every two heartbeats: 1 s here
+    worker = _worker_process(url, "early", SEGUE_HEARTBEAT_SECONDS="0.5")
     try:
         line = _line_with(worker, "the worker waits for it")
         assert f"127.0.0.1:{server.port}" in line
+        line = _line_with(worker, "still waiting for")
+        assert f"still waiting for {url} (" in line
         server.start()
+        assert "server reachable again after" in _line_with(worker, "reachable again")
         procs.app.settings = procs.app.settings.replace(redis_url=url, queue="early")
         async with procs.app:
             h = await procs.count.enqueue(7)
@@ -179,3 +185,36 @@ def test_a_worker_refused_by_the_server_exits_with_the_reason(server: Server) ->
             worker.wait(timeout=10)
         assert worker.stderr is not None
         worker.stderr.close()
+
+
+async def test_an_outage_is_logged_when_it_starts_now_and_then_and_when_it_ends(
+    server: Server,
+) -> None:
+    app = App("outage", redis_url=f"redis://127.0.0.1:{server.port}/0", heartbeat_seconds=1.0)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger("segue")
+    logger.addHandler(handler)
+    try:
+        async with app, serving(app, concurrency=4) as worker:
+            await asyncio.wait_for(worker.ready.wait(), 10)
+            server.kill()
+            await asyncio.sleep(4.0)  # four heartbeats, two outage periods
+            server.start()
+            deadline = time.monotonic() + 10
+            while not any("reachable again" in r.getMessage() for r in records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in records]
+                await asyncio.sleep(0.05)
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    # one line when it starts, one per two heartbeats, one when it ends; the heartbeat's own
+    # failures at most once a beat: about 10 in all where each retry logged (70 in 10 s)
+    assert len(lines) <= 12, lines
+    assert sum(line.startswith("server unavailable") for line in lines) == 1, lines
+    assert sum(line.startswith("server still unavailable after") for line in lines) >= 1
