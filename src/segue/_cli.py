@@ -22,7 +22,7 @@ from rich.table import Table
 from segue._app import App
 from segue._errors import SegueError
 from segue._heartbeat import Health
-from segue._logging import JsonFormatter, TaskFields
+from segue._logging import BatchedHandler, JsonFormatter, PlainFormatter, TaskFields
 from segue._settings import check_url, server_label
 from segue._state import TaskInfo, TaskStatus
 
@@ -56,7 +56,13 @@ def fail(message: object, code: int = 1) -> NoReturn:
     raise typer.Exit(_error_line(message, code))
 
 
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def _error_line(message: object, code: int) -> int:
+    flush_logs()
     if _debug and sys.exc_info()[0] is not None:
         traceback.print_exc()
     text = " ".join(str(message).split())  # one line, whatever the message holds
@@ -87,13 +93,25 @@ def load_app(spec: str) -> App:
 
 
 def _logging(level: str, fmt: str = "text") -> None:
+    """Rich for a person at a terminal; one plain line per record elsewhere (a file, a
+    pipe, a journal), where Rich would wrap each record over several lines and cost the
+    worker most of its rate."""
+    if fmt not in ("text", "json"):
+        fail(f"--log-format {fmt!r}: use text or json", 2)
     if fmt == "json":
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = BatchedHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif err.is_terminal:
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = BatchedHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
     handler.addFilter(TaskFields())
+    # this process's logging is ours to set: records need no caller's frame, thread or
+    # process (no format shows them), and finding them costs a busy worker a few per cent
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
@@ -139,6 +157,7 @@ def worker(
     try:
         if burst:
             n = asyncio.run(_burst(the_app, names, concurrency, pid_file))
+            flush_logs()  # the worker's batched lines come before the summary
             err.print(f"burst worker finished {n} runs")
         else:
             the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)

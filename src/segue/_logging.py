@@ -1,8 +1,10 @@
 """Logging: task fields on every line emitted inside a task, and the CLI's formats.
 
 The library only adds a NullHandler; `segue worker --log-format json|text` configures the
-root logger. Inside a run, `current_task` holds the task's id and name, so any logger (the
-task's own, a library's) gets `record.task_id` / `record.task_name` through `TaskFields`.
+root logger: text through Rich on a terminal, else one plain line per record (a file, a
+pipe, systemd's journal), written in batches. Inside a run, `current_task` holds the task's
+id and name, so any logger (the task's own, a library's) gets `record.task_id` /
+`record.task_name` through `TaskFields`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from typing import TextIO
 
 current_task: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "segue_current_task", default=None
@@ -88,3 +91,73 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    """`2026-12-07 17:46:18.123 INFO segue.worker: message`, one line per record (a message's
+    own newlines escaped; a traceback follows on its own lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = (-1, "")  # the formatted second, reused: strftime per record is costly
+
+    def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached, stamp = self._stamp
+        if cached != second:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamp = (second, stamp)
+        message = record.getMessage()
+        if "\n" in message:
+            message = message.replace("\n", "\\n")
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname} {record.name}: {message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class BatchedHandler(logging.Handler):
+    """Lines to a stream in batches: a record below WARNING waits at most `delay` seconds to
+    be written with the others (one write instead of a write and a flush per record, which
+    cost a busy worker most of its rate); a warning or worse is written at once, with what
+    waited before it. What is left is written at exit (logging.shutdown flushes)."""
+
+    def __init__(self, stream: TextIO, delay: float = 0.2) -> None:
+        super().__init__()
+        self.stream = stream
+        self.delay = delay
+        self._lines: list[str] = []
+        self._wake = threading.Event()
+        threading.Thread(target=self._writer, name="segue-log", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)  # under the handler's lock (Handler.handle holds it)
+        if record.levelno >= logging.WARNING:
+            self._write()
+        elif len(self._lines) == 1:
+            self._wake.set()
+
+    def _write(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def _writer(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.delay)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self._write()
+            except (OSError, ValueError):  # the stream was closed under us: nothing to do
+                pass

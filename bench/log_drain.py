@@ -1,0 +1,123 @@
+"""Drain rate of the default worker by log level and format, stderr to a file or a terminal.
+
+    python bench/log_drain.py [--n 20000] [--runs 3] [--server valkey|redis]
+
+Each case queues N no-op tasks (results stored), starts `segue worker segue_bench:app` as a
+user starts it (default concurrency, `--log-level L --log-format F`), its stderr going to a
+file or to a pseudo-terminal of 120 columns that a thread reads, and counts tasks done per
+second between 10 % and 90 % of N (start-up excluded). Cases are interleaved run by run so
+a change of the machine's load hits all alike; the median of the runs is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pty
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+
+from run import HERE, System, start_server, stop
+
+CASES = [
+    (level, fmt, where)
+    for where in ("file", "terminal")
+    for level, fmt in (("warning", "text"), ("info", "text"), ("info", "json"))
+]
+
+
+def _reader(fd: int) -> None:
+    """Drain the terminal as a person's terminal would (a full pty blocks the worker)."""
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:
+            return
+
+
+def drain_rate(system: System, n: int, level: str, fmt: str, where: str, log: Path) -> float:
+    system.client.flushall()
+    system.driver("prepare", n)
+    cmd = [system.py, "-m", "segue", "worker", "segue_bench:app"]
+    cmd += ["--log-level", level, "--log-format", fmt]
+    env = system.env(16)
+    if where == "terminal":
+        master, slave = pty.openpty()
+        fcntl_size = struct.pack("HHHH", 40, 120, 0, 0)
+        import fcntl
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl_size)
+        threading.Thread(target=_reader, args=(master,), daemon=True).start()
+        stderr: int = slave
+        env = {**env, "TERM": "xterm-256color"}
+        env.pop("NO_COLOR", None)
+    else:
+        stderr = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    os.close(stderr)
+    try:
+        marks = {}
+        deadline = time.monotonic() + 300
+        while len(marks) < 2:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"worker did not finish ({level} {fmt} {where})")
+            done = system.done()
+            now = time.perf_counter()
+            if "a" not in marks and done >= n // 10:
+                marks["a"] = (now, done)
+            if done >= n * 9 // 10:
+                marks["b"] = (now, done)
+            time.sleep(0.002)
+        (t0, d0), (t1, d1) = marks["a"], marks["b"]
+        return (d1 - d0) / (t1 - t0)
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+        if where == "terminal":
+            os.close(master)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--server", default="valkey")
+    ns = parser.parse_args()
+    server, url = start_server(ns.server)
+    system = System("segue", url)
+    rates: dict[tuple[str, str, str], list[float]] = {c: [] for c in CASES}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(tmp) / "worker.log"
+            for run in range(ns.runs):
+                for case in CASES:
+                    rate = drain_rate(system, ns.n, *case, log)
+                    rates[case].append(rate)
+                    print(f"run {run + 1}: {' '.join(case):<22} {rate:>8,.0f} tasks/s", flush=True)
+                    if case[2] == "file":
+                        lines = log.read_text().count("\n")
+                        print(f"        log file: {lines:,} lines", flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"\nmedian of {ns.runs} runs, {ns.n:,} tasks each (python {sys.version.split()[0]})")
+    print("| stderr | --log-level | --log-format | drain (tasks/s) | vs warning |")
+    print("| --- | --- | --- | --- | --- |")
+    for where in ("file", "terminal"):
+        base = statistics.median(rates[("warning", "text", where)])
+        for level, fmt, w in CASES:
+            if w != where:
+                continue
+            med = statistics.median(rates[(level, fmt, where)])
+            print(f"| {where} | {level} | {fmt} | {med:,.0f} | {100 * med / base:.0f} % |")
+
+
+if __name__ == "__main__":
+    main()
