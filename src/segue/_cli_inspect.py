@@ -177,7 +177,12 @@ def info(
     out.print(f"  args {shown.args!r} kwargs {shown.kwargs!r}", markup=False, highlight=False)
     out.print(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
     if shown.progress is not None:
-        out.print(f"  progress {_progress_text(shown)}")
+        message = f" {shown.progress_message}" if shown.progress_message else ""
+        out.print(f"  progress {_progress_text(shown)}{message}", markup=False, highlight=False)
+    if shown.pending_request is not None:
+        at = shown.pending_request_at
+        when = f" at {at:%Y-%m-%d %H:%M:%S}" if at else ""
+        out.print(f"  {shown.pending_request} requested{when}, not carried out yet")
     for t in shown.history:
         out.print(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}", markup=False)
     if shown.status is TaskStatus.SUCCEEDED:

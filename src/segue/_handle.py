@@ -266,4 +266,6 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
         error=parse_error(rec.get(b"e")),
         progress=progress,
         progress_message=rec.get(b"pgm", b"").decode() or None,
+        pending_request=rec[b"ctl"].decode() if b"ctl" in rec else None,
+        pending_request_at=from_ms(_int(rec, b"ctlt")) if b"ctl" in rec else None,
     )

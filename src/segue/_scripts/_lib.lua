@@ -158,7 +158,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   leave_running(Q.base, tk, id)
   redis.call('HSET', tk, 's', status, 'et', at, field, value)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'wait', 'hold')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold')
   add_history(tk, status, at, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
@@ -278,7 +278,7 @@ local function obey_control(Q, tk, id, now)
     return true
   elseif f[1] == 'pause' then
     redis.call('HSET', tk, 's', 'paused', 'd', 0)
-    redis.call('HDEL', tk, 'ctl', 'ctlr', 'w', 'due')
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'w', 'due')
     add_history(tk, 'paused', now, f[2] or 'paused')
     redis.call('ZADD', Q.paused, now, id)
     emit(Q, 'task.paused', id, redis.call('HGET', tk, 'n'))
@@ -325,13 +325,13 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       return { 'paused', 0 }
     end
     if ctl == 'cancel' then return { status, 1 } end -- a cancel already asked for wins
-    redis.call('HSET', tk, 'ctl', 'pause', 'ctlr', reason)
+    redis.call('HSET', tk, 'ctl', 'pause', 'ctlr', reason, 'ctlt', now)
     redis.call('SPUBLISH', control_channel, 'pause ' .. id)
     return { status, 1 }
   elseif cmd == 'resume' then
     if status == 'paused' then
       redis.call('HSET', tk, 's', 'queued')
-      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       add_history(tk, 'queued', now, reason)
       redis.call('ZREM', Q.paused, id)
       redis.call('LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
@@ -341,7 +341,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
     end
     if status == 'running' and ctl == 'pause' then
       -- the pause was not carried out yet: withdraw it, and tell the worker
-      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       redis.call('SPUBLISH', control_channel, 'resume ' .. id)
       return { status, 1 }
     end
@@ -354,7 +354,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   elseif cmd == 'cancel' then
     if FINAL[status] then return { status, 0 } end
     if status == 'running' then
-      redis.call('HSET', tk, 'ctl', 'cancel', 'ctlr', reason)
+      redis.call('HSET', tk, 'ctl', 'cancel', 'ctlr', reason, 'ctlt', now)
       redis.call('SPUBLISH', control_channel, 'cancel ' .. id)
       return { status, 1 }
     end
