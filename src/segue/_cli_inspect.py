@@ -61,8 +61,15 @@ def status(app: AppOption = None, url: UrlOption = None, json: JsonOption = Fals
 
     rows, workers = _run(go)
     live = [w for w in workers if not w.stale]
-    if json:
-        queues = [dict(zip(("queue", "state", *_COUNTS), row, strict=True)) for row in rows]
+    if json:  # counts as JSON numbers, not the table's strings
+        queues = [
+            {
+                "queue": q,
+                "state": state,
+                **{k: int(n) for k, n in zip(_COUNTS, counts, strict=True)},
+            }
+            for q, state, *counts in rows
+        ]
         print_json({"queues": queues, "workers": live})
         return
     print_rows(("queue", "state", *_COUNTS), rows, f"{len(rows)} queue(s)")

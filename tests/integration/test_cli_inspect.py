@@ -69,7 +69,7 @@ async def test_inspection_commands_show_what_the_server_holds(
             await asyncio.wait_for(running_worker.ready.wait(), 10)  # registered
             state = json.loads(_segue("status", "--url", url, "--json").stdout)
             mine = next(q for q in state["queues"] if q["queue"] == queue_name)
-            assert mine["succeeded"] == "1" and mine["state"] == "paused"
+            assert mine["succeeded"] == 1 and mine["state"] == "paused"
             assert any(queue_name in w["queues"] for w in state["workers"])
             workers = json.loads(_segue("workers", "--url", url, "--json").stdout)
             assert any(queue_name in w["queues"] for w in workers)
