@@ -32,6 +32,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: no `<bool>` after flags, paragraphs rewrapped to the terminal's width
+    rich_markup_mode=None,
 )
 # soft wrap: a line a script parses (a task id, an error) is never split at 80 columns
 err = Console(stderr=True, soft_wrap=True)
@@ -118,11 +120,19 @@ def _logging(level: str, fmt: str = "text") -> None:
 @cli.command()
 def worker(
     app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute")],
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", help="Runs at once (default: the App's, 16)"),
+    ] = None,
     queues: Annotated[
         str | None, typer.Option("--queues", "-q", help="Comma-separated, served in order")
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="debug, info (a line per task start and end), warning or error"
+        ),
+    ] = "info",
     log_format: Annotated[
         str, typer.Option("--log-format", help="text, or json: one object per line")
     ] = "text",
@@ -141,7 +151,9 @@ def worker(
         int | None,
         typer.Option("--metrics-port", help="Serve Prometheus /metrics of this worker here"),
     ] = None,
-    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "127.0.0.1",
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address of the /metrics server")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
@@ -255,6 +267,9 @@ ReasonOption = Annotated[
 ]
 
 
+_ID_COLUMNS = ("id", "step")
+
+
 def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: str) -> None:
     """A table for a person at a terminal; tab-separated lines, nothing cut, for a pipe."""
     if not out.is_terminal:
@@ -263,7 +278,13 @@ def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: 
         for row in (header, *rows):
             print("\t".join(row))
         return
-    table = Table(*header, title=title)
+    table = Table(title=title)
+    for n, name in enumerate(header):
+        if name in _ID_COLUMNS:  # the value `segue retry` and friends take: never cut
+            longest = max((len(row[n]) for row in rows), default=len(name))
+            table.add_column(name, no_wrap=True, min_width=longest)
+        else:
+            table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*row)
     out.print(table)
@@ -296,6 +317,34 @@ def client_app(app: str | None, url: str | None, *, read_only: bool = True) -> A
     return the_app
 
 
+def is_workflow_id(an_id: str) -> bool:
+    """`<queue>:wf-<ULID>`: a workflow's id (its steps' ids add `.<n>`)."""
+    local = an_id.partition(":")[2]
+    return local.startswith("wf-") and "." not in local
+
+
+def mixed_up(an_id: str, wanted: str) -> str:
+    """A hint for an id of the other kind than the command takes, else ''."""
+    if wanted == "task" and is_workflow_id(an_id):
+        return f" ({an_id} is a workflow id: segue workflow status {an_id} shows it)"
+    if wanted == "workflow" and not is_workflow_id(an_id):
+        return f" ({an_id} is a task id, not a workflow's: segue info {an_id} shows it)"
+    return ""
+
+
+async def warn_unknown_queue(the_app: App, queue: str | None) -> None:
+    """A warning on stderr when `queue` is none the server has seen (a typo, most often)."""
+    name = queue or the_app.settings.queue
+    known = await the_app.queues()
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        err.print(
+            f"warning: this server has no queue {name!r} (its queues: {listed})",
+            markup=False,
+            highlight=False,
+        )
+
+
 def _embedded_has_data(d: Path) -> bool:
     """A running embedded server, or the append-only files of one that ran (its data)."""
     from segue import _embedded
@@ -320,7 +369,7 @@ def _command(
     try:
         status = asyncio.run(go())
     except SegueError as exc:
-        fail(exc)
+        fail(f"{exc}{mixed_up(task_id, 'task')}")
     out.print(f"task {task_id}: {status}")
 
 
@@ -375,6 +424,8 @@ def _workflow_command(
                 await getattr(handle, command)()
             return await handle.status(), await handle.steps()
 
+    if hint := mixed_up(workflow_id, "workflow"):
+        fail(f"no workflow {workflow_id}{hint}")
     try:
         status, steps = asyncio.run(go())
     except SegueError as exc:
@@ -440,7 +491,7 @@ def retry(
 @cli.command()
 def dead(
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many")] = 50,
     app: AppOption = None,
     url: UrlOption = None,
 ) -> None:
@@ -449,6 +500,7 @@ def dead(
 
     async def go() -> list[TaskInfo]:
         async with the_app:
+            await warn_unknown_queue(the_app, queue)
             return await the_app.dead_letters(queue, limit=limit)
 
     try:
@@ -471,7 +523,9 @@ def dashboard(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
-    user: Annotated[str, typer.Option(envvar="SEGUE_DASHBOARD_USER")] = "admin",
+    user: Annotated[
+        str, typer.Option(envvar="SEGUE_DASHBOARD_USER", help="The user to sign in as")
+    ] = "admin",
     password: Annotated[
         str | None,
         typer.Option(
@@ -495,7 +549,9 @@ def dashboard(
             "behind a TLS-terminating proxy",
         ),
     ] = False,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="The web server's: debug, info, warning or error")
+    ] = "info",
 ) -> None:
     """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
     them. Asks for --password (or SEGUE_DASHBOARD_PASSWORD) unless --no-auth is given."""

@@ -15,7 +15,17 @@ import typer
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 
-from segue._cli import AppOption, UrlOption, cli, client_app, fail, out, print_rows
+from segue._cli import (
+    AppOption,
+    UrlOption,
+    cli,
+    client_app,
+    fail,
+    mixed_up,
+    out,
+    print_rows,
+    warn_unknown_queue,
+)
 from segue._errors import SegueError
 from segue._state import TaskStatus
 
@@ -34,11 +44,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
-def _run(go: Callable[[], Awaitable[Any]]) -> Any:
+def _run(go: Callable[[], Awaitable[Any]], hint: str = "") -> Any:
     try:
         return asyncio.run(go())  # type: ignore[arg-type]
     except SegueError as exc:
-        fail(exc)
+        fail(f"{exc}{hint}")
 
 
 async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
@@ -123,8 +133,8 @@ def workers(app: AppOption = None, url: UrlOption = None, json: JsonOption = Fal
 def tasks(
     status_: Annotated[str, typer.Option("--status", "-s", help="A TaskStatus")] = "queued",
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
-    offset: Annotated[int, typer.Option("--offset")] = 0,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many")] = 50,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many first")] = 0,
     app: AppOption = None,
     url: UrlOption = None,
     json: JsonOption = False,
@@ -176,7 +186,7 @@ def info(
                 await _follow(handle)
             return await handle.info(), await handle.state(limit=50), await handle.events()
 
-    shown, state, task_events = _run(go)
+    shown, state, task_events = _run(go, mixed_up(task_id, "task"))
     if json:
         print_json({**msgspec.to_builtins(shown), "state": state, "events": task_events})
         return
@@ -278,12 +288,19 @@ def purge(
     url: UrlOption = None,
 ) -> None:
     """Cancel every task of a queue that waits to run; running tasks go on."""
+    the_app = client_app(app, url)
+
+    async def known() -> None:
+        async with the_app:
+            await warn_unknown_queue(the_app, queue)
+
+    _run(known)
     question = f"cancel every queued, scheduled or paused task of queue {queue!r}?"
     if not yes and not typer.confirm(question):
         raise typer.Exit(1)
 
     async def go() -> int:
-        async with client_app(app, url) as the_app:
+        async with the_app:
             return await the_app.queue(queue).purge()
 
     n = _run(go)

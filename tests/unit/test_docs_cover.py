@@ -56,3 +56,37 @@ def test_every_command_and_option_is_documented() -> None:
         if not re.search(rf"{re.escape(opt)}\b", DOCS)
     ]
     assert missing_options == []
+
+
+def test_every_option_says_what_it_does_in_help() -> None:
+    from segue import _cli_inspect
+
+    del _cli_inspect
+    silent = []
+
+    def walk(group: object, prefix: str) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            walk(command, f"{prefix} {name}")
+            silent.extend(
+                f"segue{prefix} {name} {param.opts[0]}"
+                for param in getattr(command, "params", [])
+                if param.param_type_name == "option" and not getattr(param, "help", None)
+            )
+
+    walk(typer.main.get_command(cli), "")
+    assert silent == []
+
+
+def test_help_shows_no_bool_metavar_and_no_hard_break_mid_sentence() -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for command in [c for c in _commands() if c]:
+        shown = runner.invoke(
+            cli, [*command.split(), "--help"], terminal_width=200, max_content_width=200
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "<bool>" not in shown.output, command
+        # at 200 columns, the command's docstring is one paragraph on one line
+        summary = shown.output.split("\n\n")[1].strip()
+        assert "\n" not in summary, (command, summary)
