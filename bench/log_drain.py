@@ -5,8 +5,10 @@
 Each case queues N no-op tasks (results stored), starts `segue worker segue_bench:app` as a
 user starts it (default concurrency, `--log-level L --log-format F`), its stderr going to a
 file or to a pseudo-terminal of 120 columns that a thread reads, and counts tasks done per
-second between 10 % and 90 % of N (start-up excluded). Cases are interleaved run by run so
-a change of the machine's load hits all alike; the median of the runs is printed.
+second between 10 % and 90 % of N (start-up excluded), and the worker's CPU time per task
+over the same span (read from /proc: on a loaded machine the rate follows the load, the
+CPU per task much less). Cases are interleaved run by run so a change of the machine's load
+hits all alike; the median of the runs is printed.
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ def _reader(fd: int) -> None:
             return
 
 
-def drain_rate(system: System, n: int, level: str, fmt: str, where: str, log: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain_rate(
+    system: System, n: int, level: str, fmt: str, where: str, log: Path
+) -> tuple[float, float]:
+    """Tasks per second, and the worker's CPU microseconds per task, from 10 % to 90 %."""
     system.client.flushall()
     system.driver("prepare", n)
     cmd = [system.py, "-m", "segue", "worker", "segue_bench:app"]
@@ -72,12 +83,12 @@ def drain_rate(system: System, n: int, level: str, fmt: str, where: str, log: Pa
             done = system.done()
             now = time.perf_counter()
             if "a" not in marks and done >= n // 10:
-                marks["a"] = (now, done)
+                marks["a"] = (now, done, cpu_seconds(proc.pid))
             if done >= n * 9 // 10:
-                marks["b"] = (now, done)
+                marks["b"] = (now, done, cpu_seconds(proc.pid))
             time.sleep(0.002)
-        (t0, d0), (t1, d1) = marks["a"], marks["b"]
-        return (d1 - d0) / (t1 - t0)
+        (t0, d0, c0), (t1, d1, c1) = marks["a"], marks["b"]
+        return (d1 - d0) / (t1 - t0), 1e6 * (c1 - c0) / (d1 - d0)
     finally:
         stop(proc)  # type: ignore[arg-type]
         if where == "terminal":
@@ -93,14 +104,20 @@ def main() -> None:
     server, url = start_server(ns.server)
     system = System("segue", url)
     rates: dict[tuple[str, str, str], list[float]] = {c: [] for c in CASES}
+    cpus: dict[tuple[str, str, str], list[float]] = {c: [] for c in CASES}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "worker.log"
             for run in range(ns.runs):
                 for case in CASES:
-                    rate = drain_rate(system, ns.n, *case, log)
+                    rate, cpu = drain_rate(system, ns.n, *case, log)
                     rates[case].append(rate)
-                    print(f"run {run + 1}: {' '.join(case):<22} {rate:>8,.0f} tasks/s", flush=True)
+                    cpus[case].append(cpu)
+                    print(
+                        f"run {run + 1}: {' '.join(case):<22} {rate:>8,.0f} tasks/s"
+                        f" {cpu:>6,.0f} µs CPU/task",
+                        flush=True,
+                    )
                     if case[2] == "file":
                         lines = log.read_text().count("\n")
                         print(f"        log file: {lines:,} lines", flush=True)
@@ -108,15 +125,23 @@ def main() -> None:
         server.terminate()
         server.wait()
     print(f"\nmedian of {ns.runs} runs, {ns.n:,} tasks each (python {sys.version.split()[0]})")
-    print("| stderr | --log-level | --log-format | drain (tasks/s) | vs warning |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| stderr | --log-level | --log-format | drain (tasks/s) | vs warning "
+        "| worker CPU per task | rate the CPU allows, vs warning |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for where in ("file", "terminal"):
         base = statistics.median(rates[("warning", "text", where)])
+        base_cpu = statistics.median(cpus[("warning", "text", where)])
         for level, fmt, w in CASES:
             if w != where:
                 continue
             med = statistics.median(rates[(level, fmt, where)])
-            print(f"| {where} | {level} | {fmt} | {med:,.0f} | {100 * med / base:.0f} % |")
+            cpu = statistics.median(cpus[(level, fmt, where)])
+            print(
+                f"| {where} | {level} | {fmt} | {med:,.0f} | {100 * med / base:.0f} % "
+                f"| {cpu:,.0f} µs | {100 * base_cpu / cpu:.0f} % |"
+            )
 
 
 if __name__ == "__main__":

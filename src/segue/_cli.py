@@ -22,7 +22,13 @@ from rich.table import Table
 from segue._app import App
 from segue._errors import SegueError
 from segue._heartbeat import Health
-from segue._logging import BatchedHandler, JsonFormatter, PlainFormatter, TaskFields
+from segue._logging import (
+    BatchedHandler,
+    JsonFormatter,
+    LeanRecord,
+    PlainFormatter,
+    TaskFields,
+)
 from segue._settings import check_url, server_label
 from segue._state import TaskInfo, TaskStatus
 
@@ -111,9 +117,9 @@ def _logging(level: str, fmt: str = "text") -> None:
         handler.setFormatter(PlainFormatter())
     handler.addFilter(TaskFields())
     # this process's logging is ours to set: records need no caller's frame, thread or
-    # process (no format shows them), and finding them costs a busy worker a few per cent
+    # process (no format shows them), and finding them cost a busy worker a few per cent
     logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.setLogRecordFactory(LeanRecord)
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 

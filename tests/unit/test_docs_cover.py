@@ -62,7 +62,7 @@ def test_every_option_says_what_it_does_in_help() -> None:
     from segue import _cli_inspect
 
     del _cli_inspect
-    silent = []
+    silent: list[str] = []
 
     def walk(group: object, prefix: str) -> None:
         for name, command in getattr(group, "commands", {}).items():
