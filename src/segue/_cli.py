@@ -160,9 +160,26 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address of the /metrics server")
     ] = "127.0.0.1",
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Restart the worker when a .py file under the current directory changes "
+            "(development; needs watchfiles)",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
+    if reload:
+        from segue._reload import run_with_reload
+
+        try:
+            held: App | None = load_app(app)
+        except typer.BadParameter:
+            held = None  # the worker started below says what is wrong, and again after edits
+        run_with_reload([a for a in sys.argv[1:] if a != "--reload"], held, Path.cwd())
+        return
     the_app = load_app(app)
     say_server(the_app)
     if metrics_port is not None:
