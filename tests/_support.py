@@ -40,6 +40,16 @@ ACL_RULES = [
     "+@pubsub",
     "-@admin",
     "-@dangerous",
+    # reads across the whole keyspace or its scripts that key patterns do not limit, and
+    # flushes that would break every other app's scripts: segue needs none of them
+    "-randomkey",
+    "-dbsize",
+    "-script|flush",
+    "-script|kill",
+    "-function",
+    "-fcall",
+    "-fcall_ro",
+    "-pubsub",
     "+time",
     "+cluster|slots",
     "+cluster|shards",

@@ -25,16 +25,15 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._events import Event
-from segue._handle import TaskHandle
+from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._queue import Queue
 from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
-from segue._task import AsyncTask, Signature, SyncTask, Task
+from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 from segue._worker import Worker
-from segue._workflow import Chain, Group, WorkflowHandle
 
 __version__ = "0.1.0"
 
@@ -85,3 +84,15 @@ __all__ = [
     "WorkflowHandle",
     "__version__",
 ]
+
+
+def _name_the_package() -> None:
+    # the public classes say where they are imported from (<class 'segue.App'>), not
+    # which private module defines them
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            obj.__module__ = __name__
+
+
+_name_the_package()

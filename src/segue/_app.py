@@ -12,23 +12,26 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from ulid import ULID
 
-from segue import _scheduler
+from segue import _scheduler, _workflow
 from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker, GraphRecord
+from segue._client import Client
 from segue._codec import encode_args
+from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
 from segue._durability import need_for
-from segue._errors import ConfigurationError, DuplicateTask
+from segue._errors import ConfigurationError, DuplicateTask, PayloadError
 from segue._events import Event, follow
-from segue._handle import TaskHandle, parse_info
+from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
-from segue._lifespan import Resource
-from segue._options import Backoff, OnDuplicate, Priority, TaskOptions, Unique, seconds
+from segue._options import Backoff, OnDuplicate, Priority, Unique, seconds
 from segue._queue import Queue
+from segue._redact import mask_url
+from segue._registry import CronDecorator, Registry, TaskDecorator
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
-from segue._task import AsyncTask, Signature, SyncTask, Task
+from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -45,9 +48,8 @@ if TYPE_CHECKING:
 
     from segue._context import Context, SyncContext
     from segue._cron import Schedule, ScheduleInfo
-    from segue._embedded import EmbeddedServer
     from segue._keys import Keyspace
-    from segue._workflow import Chain, Group, WorkflowHandle
+    from segue._lifespan import Resource
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,29 +66,6 @@ def _headers(sig: Signature[Any]) -> str:
     return json.dumps({**(given or {}), **sig.headers}, separators=(",", ":"))
 
 
-class _TaskDecorator:
-    """What `@app.task(...)` returns: applies the options to the function it decorates."""
-
-    def __init__(self, app: App, options: dict[str, Any]) -> None:
-        self._app = app
-        self._options = options
-
-    @overload
-    def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]]
-    ) -> AsyncTask[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
-    @overload
-    def __call__(self, fn: Callable[Concatenate[SyncContext, P], R]) -> SyncTask[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> SyncTask[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
-    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
-        return self._app._register(fn, **self._options)
-
-
 class App:
     """A segue application: declare tasks on it, enqueue through it, run workers of it.
 
@@ -97,21 +76,45 @@ class App:
     def __init__(self, name: str = "segue", settings: Settings | None = None, **overrides: Any):
         self.name = name
         if settings is None:
-            self.settings = Settings.from_env(**overrides)
-        else:
-            self.settings = settings.replace(**overrides) if overrides else settings
-        check_queue_name(self.settings.queue)
-        self.registry: dict[str, Task[Any, Any]] = {}
-        self._broker: Broker | None = None
-        self._embedded: EmbeddedServer | None = None
-        self._connect_lock: asyncio.Lock | None = None
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        check_queue_name(settings.queue)
+        self._registry = Registry(self)
+        self._client = Client(settings, self._registry.tasks)
         self._checked_queues: set[str] = set()
-        self.hooks: list[Hook] = []
-        self.lifespans: list[Resource[Any]] = []
-        self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
+
+    @property
+    def settings(self) -> Settings:
+        return self._client.settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._client.settings = settings
+
+    @property
+    def registry(self) -> dict[str, Task[Any, Any]]:
+        """The declared tasks by name."""
+        return self._registry.tasks
+
+    @property
+    def hooks(self) -> list[Hook]:
+        return self._registry.hooks
+
+    @property
+    def lifespans(self) -> list[Resource[Any]]:
+        return self._registry.lifespans
+
+    @property
+    def crons(self) -> dict[str, Schedule]:
+        return self._registry.crons
+
+    @property
+    def _broker(self) -> Broker | None:
+        return self._client.connected
 
     def __repr__(self) -> str:
-        where = self.settings.redis_url or "embedded"
+        where = mask_url(self.settings.redis_url) if self.settings.redis_url else "embedded"
         return f"<App {self.name} tasks={len(self.registry)} server={where}>"
 
     # --- declaring tasks -------------------------------------------------------------------
@@ -146,37 +149,21 @@ class App:
         rate_limit: str | None = None,
         rate_burst: int = 1,
         concurrency: int | None = None,
-    ) -> _TaskDecorator: ...
+    ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
         if fn is None:
-            return _TaskDecorator(self, options)
-        return self._register(fn, **options)
+            return TaskDecorator(self._registry, options)
+        return self._registry.register(fn, **options)
 
     def lifespan(self, fn: Callable[[], AsyncIterator[T]]) -> Resource[T]:
         """Declare a resource each worker opens once at start and closes at shutdown: an
         async generator function that yields it. Tasks reach it with `ctx.get(resource)`."""
-        res = Resource(fn, getattr(fn, "__qualname__", repr(fn)))
-        self.lifespans.append(res)
-        return res
+        return self._registry.lifespan(fn)
 
     def add_hook(self, hook: Hook) -> None:
         """Add a hook (see `segue.Hook`); hooks run in the order they were added."""
-        self.hooks.append(hook)
-
-    def _register(self, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
-        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
-        queue = options.pop("queue", None)
-        if queue is not None:
-            check_queue_name(queue)
-        options.setdefault("ttl", self.settings.result_ttl_seconds)
-        opts = TaskOptions(name=name, queue=queue, **options)
-        if name in self.registry:
-            raise ConfigurationError(f"a task named {name!r} is already registered on {self!r}")
-        cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
-        task: Task[Any, Any] = cls(self, fn, opts)
-        self.registry[name] = task
-        return task
+        self._registry.hooks.append(hook)
 
     def cron(
         self,
@@ -192,7 +179,7 @@ class App:
         ttl: float | EllipsisType | None = ...,  # ...: the App's result_ttl_seconds
         priority: Priority = "normal",
         silent: bool = False,
-    ) -> _scheduler.CronDecorator:
+    ) -> CronDecorator:
         """Declare a task and a schedule that enqueues it (with no arguments) at each tick.
 
         `expr` has five fields, or six with seconds first, or is an alias such as @hourly;
@@ -212,53 +199,18 @@ class App:
         }
         if ttl is not ...:
             options["ttl"] = ttl
-        return _scheduler.CronDecorator(self, options, cron=expr, tz=tz, catch_up=catch_up)
+        return CronDecorator(self._registry, options, cron=expr, tz=tz, catch_up=catch_up)
 
     # --- connection ------------------------------------------------------------------------
 
     async def broker(self) -> Broker:
-        """The connected broker, connecting (and starting the embedded server) on first use."""
-        if self._broker is not None:
-            return self._broker
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
-        async with self._connect_lock:
-            if self._broker is None:
-                url = self.settings.redis_url
-                if url is None:
-                    from segue import _embedded
-
-                    self._embedded = await asyncio.to_thread(
-                        _embedded.acquire,
-                        self.settings.home,
-                        idle_timeout=self.settings.embedded_idle_seconds,
-                    )
-                    url = self._embedded.url
-                broker = Broker(self.settings, url)
-                try:
-                    await broker.ping()
-                    need = need_for((self.settings.durability,), self.settings)
-                    if need is not None:
-                        await broker.check_durability(need)
-                except BaseException:
-                    # a client that got part of the way (e.g. to the sentinels) holds sockets
-                    await broker.close()
-                    raise
-                self._broker = broker
-        return self._broker
+        return await self._client.broker()
 
     async def connect(self) -> None:
-        await self.broker()
+        await self._client.broker()
 
     async def close(self) -> None:
-        broker, self._broker = self._broker, None
-        if broker is not None:
-            await broker.close()
-        embedded, self._embedded = self._embedded, None
-        if embedded is not None:
-            from segue import _embedded
-
-            await asyncio.to_thread(_embedded.release, embedded)
+        await self._client.close()
 
     async def __aenter__(self) -> App:
         await self.connect()
@@ -279,7 +231,12 @@ class App:
         return queue
 
     def _fields(
-        self, sig: Signature[Any], task_id: str | None = None, queue: str | None = None
+        self,
+        sig: Signature[Any],
+        task_id: str | None = None,
+        queue: str | None = None,
+        *,
+        first_to_come: bool = False,
     ) -> tuple[str, str, list[Any]]:
         task, o = sig.task, sig.opts
         d = task.opts
@@ -308,6 +265,14 @@ class App:
             what=f"arguments of task {task.name}",
             limit=self.settings.max_payload_bytes,
         )
+        try:
+            # what a worker would refuse to decode is refused here, before anything is written
+            task.args_decoder.check(payload, first_to_come=first_to_come)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"arguments of task {task.name} do not decode for its parameters, so a worker "
+                f"would refuse them: {exc}"
+            ) from None
         delay = seconds(o.get("delay")) or 0.0
         at: datetime | None = o.get("at")
         expire = o.get("expire", d.expire)
@@ -358,7 +323,9 @@ class App:
                     holder,
                 )
             task_id = holder
-        return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+        return TaskHandle(
+            self._client, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0
+        )
 
     def graph_fields(
         self,
@@ -373,7 +340,7 @@ class App:
         """The 18 fields of graph.lua for one task that waits for `deps` (id, input index)
         of its own queue and `xdeps` of other queues; `xdependants` are the tasks of other
         queues that wait for it ("<id>|<index>|<workflow id>" ...)."""
-        _, _, fields = self._fields(sig, task_id, queue)
+        _, _, fields = self._fields(sig, task_id, queue, first_to_come=bool(mode))
         fields.extend(
             (
                 " ".join(f"{d}|{i}" for d, i in deps),
@@ -473,7 +440,9 @@ class App:
         else:
             reply = await self._enqueue_durable(broker, ks, fields, level)
         if reply.__class__ is int:
-            return TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0)
+            return TaskHandle(
+                self._client, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0
+            )
         return self._handle_for(sig, task_id, reply, fields)
 
     async def _enqueue_durable(
@@ -511,7 +480,7 @@ class App:
             kept.append(fields)
             ttl = fields[8]
             handles.append(
-                TaskHandle(self, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
+                TaskHandle(self._client, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
             )
         broker = await self.broker()
         calls: list[tuple[Any, list[str], list[Any]]] = []
@@ -554,17 +523,17 @@ class App:
         """
         if isinstance(sig, Task):
             sig = sig.call()
-        schedule = _scheduler.make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)
+        schedule = make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)
         await _scheduler.put(self, await self.broker(), [schedule])
         return schedule.id
 
     async def unschedule(self, schedule_id: str) -> bool:
         """Remove a schedule (False if there was none): no tick after this fires."""
-        return await _scheduler.remove(self, await self.broker(), schedule_id)
+        return await _scheduler.remove(self.settings.prefix, await self.broker(), schedule_id)
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every stored schedule with its next run and last tick, soonest first."""
-        return await _scheduler.listing(self, await self.broker())
+        return await _scheduler.listing(self.settings.prefix, await self.broker())
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -576,21 +545,21 @@ class App:
     ) -> Group[Any]: ...
     def group(self, signatures: Iterable[Any]) -> Group[Any]:
         """Steps that run in parallel; `group | merge.call()` hands merge their results."""
-        from segue._workflow import Group
-
         return Group(self, signatures)
+
+    async def enqueue_workflow(self, root: Chain[Any] | Group[Any]) -> WorkflowHandle[Any]:
+        """Enqueue a chain or a group as one graph (what their `enqueue()` calls)."""
+        return await _workflow.enqueue_workflow(self, root)
 
     async def workflow_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle for a workflow id from anywhere (the id encodes its queue)."""
-        from segue._workflow import WorkflowHandle
-
         queue_of(workflow_id)
-        return WorkflowHandle(self, workflow_id)
+        return WorkflowHandle(self._client, workflow_id)
 
     async def task_handle(self, task_id: str) -> TaskHandle[Any]:
         """A handle for a task id from anywhere (the id encodes its queue)."""
         queue_of(task_id)
-        return TaskHandle(self, task_id)
+        return TaskHandle(self._client, task_id)
 
     async def tasks(
         self,
@@ -608,14 +577,14 @@ class App:
         for task_id in await broker.list_ids(ks, st.value, offset, limit):
             rec = await broker.task_record(ks, task_id)
             if rec:
-                info = parse_info(task_id, rec, self)
+                info = parse_info(task_id, rec, self._registry.tasks)
                 if info.status is st or st.is_final:
                     infos.append(info)
         return infos
 
     def queue(self, name: str | None = None) -> Queue:
         """One queue as a whole (default: the App's queue): pause, resume, counts."""
-        return Queue(self, check_queue_name(name or self.settings.queue))
+        return Queue(self._client, check_queue_name(name or self.settings.queue))
 
     async def retry(self, task_id: str) -> TaskHandle[Any]:
         """Queue a failed (e.g. dead-lettered), cancelled or expired task again."""
@@ -633,7 +602,7 @@ class App:
         for task_id in await broker.dead_ids(ks, offset, limit):
             rec = await broker.task_record(ks, task_id)
             if rec:
-                infos.append(parse_info(task_id, rec, self))
+                infos.append(parse_info(task_id, rec, self._registry.tasks))
         return infos
 
     async def events(
@@ -651,7 +620,7 @@ class App:
         keep; an event's `id` resumes after it. Ends when the caller stops iterating."""
         if queues is None:
             queues = [queue_of(task_id) if task_id else self.settings.queue]
-        async for event in follow(self, list(queues), since, block, task_id, kinds):
+        async for event in follow(self._client, list(queues), since, block, task_id, kinds):
             yield event
 
     async def queues(self) -> list[str]:
@@ -674,7 +643,15 @@ class App:
         """A Worker; with `pid_file`, it writes its id there once registered (`check`)."""
         from segue._worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, pid_file=pid_file)
+        return Worker(
+            self._client,
+            self._registry,
+            self,
+            name=self.name,
+            queues=queues,
+            concurrency=concurrency,
+            pid_file=pid_file,
+        )
 
     def run_worker(
         self,
@@ -720,7 +697,7 @@ class App:
     async def workers(self) -> list[WorkerInfo]:
         """The workers of this App's prefix that have a record: live ones, and stale ones
         whose record has not expired yet (`WorkerInfo.stale`, `age` in seconds)."""
-        return await list_workers(self)
+        return await list_workers(self._client)
 
     async def check(
         self,
@@ -737,4 +714,6 @@ class App:
         in the project directory, if it exists: what `segue worker --pid-file` writes);
         else the freshest worker of this host. Fresh means a beat within `max_age` seconds
         (default three of the worker's heartbeat intervals), by the server's clock."""
-        return await check(self, worker_id, max_age=max_age, pid_file=pid_file, timeout=timeout)
+        return await check(
+            self._client, worker_id, max_age=max_age, pid_file=pid_file, timeout=timeout
+        )

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
+import secrets
 import sys
-import traceback
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 import typer.exceptions
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
-from rich.table import Table
 
 from segue._app import App
-from segue._errors import SegueError
+from segue._cli_common import (
+    AppOption,
+    ReasonOption,
+    UrlOption,
+    cli,
+    client_app,
+    err,
+    error_line,
+    fail,
+    flush_logs,
+    load_app,
+    mixed_up,
+    out,
+    print_rows,
+    say_server,
+    warn_unknown_queue,
+)
+from segue._errors import ConfigurationError, SegueError
 from segue._heartbeat import Health
 from segue._logging import (
     BatchedHandler,
@@ -29,75 +41,10 @@ from segue._logging import (
     PlainFormatter,
     TaskFields,
 )
-from segue._settings import check_url, server_label
 from segue._state import TaskInfo, TaskStatus
 
-cli = typer.Typer(
-    name="segue",
-    help="segue: a durable task queue for Python on Redis/Valkey.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # plain help: no `<bool>` after flags, paragraphs rewrapped to the terminal's width
-    rich_markup_mode=None,
-)
-# soft wrap: a line a script parses (a task id, an error) is never split at 80 columns
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-_debug = False  # `segue --debug ...`: a failing command prints its traceback too
-
-
-@cli.callback()
-def _options(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="On an error, print its traceback too")
-    ] = False,
-) -> None:
-    """segue: a durable task queue for Python on Redis/Valkey."""
-    global _debug
-    _debug = debug
-
-
-def fail(message: object, code: int = 1) -> NoReturn:
-    """End the command with one `error:` line on stderr (and, with --debug, the traceback
-    of the exception being handled)."""
-    raise typer.Exit(_error_line(message, code))
-
-
-def flush_logs() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-
-
-def _error_line(message: object, code: int) -> int:
-    flush_logs()
-    if _debug and sys.exc_info()[0] is not None:
-        traceback.print_exc()
-    text = " ".join(str(message).split())  # one line, whatever the message holds
-    err.print(f"[red]error:[/red] {escape(text)}", highlight=False)
-    return code
-
-
-def say_server(the_app: App, what: str = "server") -> None:
-    """The first line of a command: which server it talks to (password masked)."""
-    err.print(f"{what}: {server_label(the_app.settings)}", markup=False, highlight=False)
-
-
-def load_app(spec: str) -> App:
-    """Import `module:attribute` (or `module`, taking its `app`) and return the App."""
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import module {module_name!r}: {exc}") from None
-    obj = getattr(module, attr or "app", None)
-    if not isinstance(obj, App):
-        raise typer.BadParameter(
-            f"{spec!r} is not a segue App (expected 'module:attribute' naming an App)"
-        )
-    return obj
+# `cli` is the command group the commands below join; `main` runs it (the console script)
+__all__ = ["cli", "main"]
 
 
 def _logging(level: str, fmt: str = "text") -> None:
@@ -276,108 +223,6 @@ def server(
     except SegueError as exc:
         fail(exc)
     raise typer.Exit(code)
-
-
-AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="The App, as module:attribute (its settings)")
-]
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--url", help="Server URL (default: SEGUE_REDIS_URL, else the embedded one)"),
-]
-ReasonOption = Annotated[
-    str | None, typer.Option("--reason", "-r", help="Recorded in the task's history")
-]
-
-
-_ID_COLUMNS = ("id", "step")
-
-
-def print_rows(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], title: str) -> None:
-    """A table for a person at a terminal; tab-separated lines, nothing cut, for a pipe."""
-    if not out.is_terminal:
-        # plain print: Rich would expand the tabs
-        print(title)
-        for row in (header, *rows):
-            print("\t".join(row))
-        return
-    table = Table(title=title)
-    for n, name in enumerate(header):
-        if name in _ID_COLUMNS:  # the value `segue retry` and friends take: never cut
-            longest = max((len(row[n]) for row in rows), default=len(name))
-            table.add_column(name, no_wrap=True, min_width=longest)
-        else:
-            table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
-def client_app(app: str | None, url: str | None, *, read_only: bool = True) -> App:
-    """The App an inspection command talks through: `--app`, else one built from `--url`
-    or the environment (SEGUE_*), else the embedded server of this project. Its first line
-    names the server. These commands act on tasks that exist, so they start no new, empty
-    embedded server: where none runs and no data was left, they say so and stop (one that
-    left data is started, to show it)."""
-    if app is not None:
-        the_app = load_app(app)
-    elif url:
-        check_url(url, "--url")
-        the_app = App("segue-cli", redis_url=url)
-    else:
-        the_app = App("segue-cli")
-    say_server(the_app)
-    if read_only and the_app.settings.redis_url is None:
-        from segue._embedded import find_home
-
-        home = the_app.settings.home.resolve() if the_app.settings.home else find_home()
-        if not _embedded_has_data(home / ".segue"):
-            fail(
-                f"no server runs for {home} (no embedded server nor data in {home / '.segue'}): "
-                "run this where your project's workers run, or point at a server with --url, "
-                "--app or SEGUE_REDIS_URL"
-            )
-    return the_app
-
-
-def is_workflow_id(an_id: str) -> bool:
-    """`<queue>:wf-<ULID>`: a workflow's id (its steps' ids add `.<n>`)."""
-    local = an_id.partition(":")[2]
-    return local.startswith("wf-") and "." not in local
-
-
-def mixed_up(an_id: str, wanted: str) -> str:
-    """A hint for an id of the other kind than the command takes, else ''."""
-    if wanted == "task" and is_workflow_id(an_id):
-        return f" ({an_id} is a workflow id: segue workflow status {an_id} shows it)"
-    if wanted == "workflow" and not is_workflow_id(an_id):
-        return f" ({an_id} is a task id, not a workflow's: segue info {an_id} shows it)"
-    return ""
-
-
-async def warn_unknown_queue(the_app: App, queue: str | None) -> None:
-    """A warning on stderr when `queue` is none the server has seen (a typo, most often)."""
-    name = queue or the_app.settings.queue
-    known = await the_app.queues()
-    if name not in known:
-        listed = ", ".join(sorted(known)) or "none"
-        err.print(
-            f"warning: this server has no queue {name!r} (its queues: {listed})",
-            markup=False,
-            highlight=False,
-        )
-
-
-def _embedded_has_data(d: Path) -> bool:
-    """A running embedded server, or the append-only files of one that ran (its data)."""
-    from segue import _embedded
-
-    if (d / "server.json").exists() and _embedded._running(d) is not None:
-        return True
-    aof = d / "appendonlydir"
-    return aof.is_dir() and any(
-        f.stat().st_size > 0 for f in aof.iterdir() if not f.name.endswith(".manifest")
-    )
 
 
 def _command(
@@ -572,6 +417,39 @@ def dashboard(
             "behind a TLS-terminating proxy",
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A Host name the dashboard answers to besides the bind address and "
+            "localhost (repeat it; e.g. the name a reverse proxy forwards)",
+        ),
+    ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="Address of a reverse proxy whose X-Forwarded-For names the client, for "
+            "the sign-in limiter (repeat it); other senders' headers are ignored",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow plain HTTP on an address beyond loopback (e.g. to a TLS-terminating "
+            "proxy on another host): passwords and sessions then cross the network in clear",
+        ),
+    ] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            envvar="SEGUE_DASHBOARD_SECRET_FILE",
+            help="File of the key that signs sessions, generated (mode 600) if missing; "
+            "default .segue/dashboard-secret of the project. SEGUE_DASHBOARD_SECRET wins",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", help="The web server's: debug, info, warning or error")
     ] = "info",
@@ -579,29 +457,75 @@ def dashboard(
     """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
     them. Asks for --password (or SEGUE_DASHBOARD_PASSWORD) unless --no-auth is given."""
     if no_auth == (password is not None):
-        err.print(
-            "[red]error:[/red] give a password (--password or SEGUE_DASHBOARD_PASSWORD) or "
-            "--no-auth, not both and not neither"
+        fail(
+            "give a password (--password or SEGUE_DASHBOARD_PASSWORD) or --no-auth, "
+            "not both and not neither",
+            2,
         )
-        raise typer.Exit(2)
     try:
         import uvicorn
 
         from segue.dashboard import create_app
     except ImportError as exc:
         fail(exc)
+    loopback = host in _LOOPBACK
+    if not loopback and no_auth:
+        fail(f"--no-auth serves loopback only, not {host}", 2)
+    if not loopback and not insecure:
+        fail(
+            f"{host} is beyond loopback and the dashboard speaks plain HTTP: "
+            "bind 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure",
+            2,
+        )
     the_app = load_app(app)
     say_server(the_app)
-    secret = os.environ.get("SEGUE_DASHBOARD_SECRET")
-    asgi = create_app(
-        the_app,
-        auth=None if password is None else (user, password),
-        secret_key=secret.encode() if secret else None,
-        secure_cookies=secure_cookies,
+    try:
+        asgi = create_app(
+            the_app,
+            auth=None if password is None else (user, password),
+            secret_key=_dashboard_secret(secret_file, the_app.settings.home),
+            secure_cookies=secure_cookies,
+            allowed_hosts=[*_LOOPBACK, host, *(allowed_host or [])],
+            trusted_proxies=trusted_proxy or (),
+        )
+    except ConfigurationError as exc:
+        fail(exc, 2)
+    # X-Forwarded-For is read by the dashboard itself, from --trusted-proxy only
+    uvicorn.run(
+        asgi,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        ws="none",
+        proxy_headers=False,
     )
-    if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/yellow] no authentication, and listening on {host}")
-    uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower(), ws="none")
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _dashboard_secret(path: Path | None, home: str | Path | None) -> bytes:
+    """SEGUE_DASHBOARD_SECRET, else the secret file (made with 32 random bytes, mode 600,
+    when missing), so that sign-ins survive a restart without a weak secret ever in use."""
+    given = os.environ.get("SEGUE_DASHBOARD_SECRET")
+    if given:
+        return given.encode()
+    from segue import _embedded
+
+    if path is None:
+        path = _embedded.private_dir(Path(home) if home else _embedded.find_home())
+        path = path / "dashboard-secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigurationError(
+                f"{path} is readable by other users; `chmod 600 {path}`"
+            ) from None
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 def main() -> None:
@@ -618,9 +542,9 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     except typer.exceptions.TyperException as exc:  # a usage error: one line, and where to look
-        code = _error_line(f"{exc.format_message()} (see --help)", getattr(exc, "exit_code", 2))
+        code = error_line(f"{exc.format_message()} (see --help)", getattr(exc, "exit_code", 2))
     except SegueError as exc:
-        code = _error_line(exc, 1)
+        code = error_line(exc, 1)
     except Exception as exc:
-        code = _error_line(f"{type(exc).__name__}: {exc} (segue --debug prints the traceback)", 1)
+        code = error_line(f"{type(exc).__name__}: {exc} (segue --debug prints the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)

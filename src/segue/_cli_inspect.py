@@ -14,8 +14,9 @@ import msgspec
 import typer
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.text import Text
 
-from segue._cli import (
+from segue._cli_common import (
     AppOption,
     UrlOption,
     cli,
@@ -26,6 +27,7 @@ from segue._cli import (
     print_rows,
     warn_unknown_queue,
 )
+from segue._display import clean, plain
 from segue._errors import SegueError
 from segue._state import TaskStatus
 
@@ -48,7 +50,7 @@ def _run(go: Callable[[], Awaitable[Any]], hint: str = "") -> Any:
     try:
         return asyncio.run(go())  # type: ignore[arg-type]
     except SegueError as exc:
-        fail(f"{exc}{hint}")
+        fail(f"{exc}{hint}")  # one line of text, never markup
 
 
 async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
@@ -190,30 +192,41 @@ def info(
     if json:
         print_json({**msgspec.to_builtins(shown), "state": state, "events": task_events})
         return
-    out.print(f"[bold]{shown.id}[/bold]  {shown.name}  [bold]{shown.status}[/bold]")
-    out.print(f"  args {shown.args!r} kwargs {shown.kwargs!r}", markup=False, highlight=False)
-    out.print(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    # every stored string is shown cleaned and as plain text: no markup, no escape sequences
+    out.print(
+        Text.assemble(
+            plain(shown.id, "bold"), "  ", plain(shown.name), "  ", plain(str(shown.status), "bold")
+        )
+    )
+    if shown.problem:
+        _say(f"  bad record: {shown.problem}")
+    _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
+    _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
     if shown.progress is not None:
         message = f" {shown.progress_message}" if shown.progress_message else ""
-        out.print(f"  progress {_progress_text(shown)}{message}", markup=False, highlight=False)
+        _say(f"  progress {_progress_text(shown)}{message}")
     if shown.pending_request is not None:
         at = shown.pending_request_at
         when = f" at {at:%Y-%m-%d %H:%M:%S}" if at else ""
-        out.print(f"  {shown.pending_request} requested{when}, not carried out yet")
+        _say(f"  {shown.pending_request} requested{when}, not carried out yet")
     for t in shown.history:
-        out.print(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}", markup=False)
+        _say(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}")
     if shown.status is TaskStatus.SUCCEEDED:
-        out.print(f"  result {shown.result!r}", markup=False, highlight=False)
+        _say(f"  result {shown.result!r}")
     if state:
-        out.print(f"  state {state!r}", markup=False, highlight=False)
+        _say(f"  state {state!r}")
     for ev in task_events:
         extra = "" if ev.data is None else f" {ev.data!r}"
-        out.print(f"  event {ev.at:%H:%M:%S.%f} {ev.kind}{extra}", markup=False, highlight=False)
+        _say(f"  event {ev.at:%H:%M:%S.%f} {ev.kind}{extra}")
     if shown.error is not None:
         e = shown.error
-        out.print(f"  error ({e.reason}) {e.type}: {e.message}", markup=False, highlight=False)
+        _say(f"  error ({e.reason}) {e.type}: {e.message}")
         if e.traceback:
-            out.print(e.traceback, markup=False, highlight=False)
+            _say(e.traceback)
+
+
+def _say(text: str) -> None:
+    out.print(clean(text), markup=False, highlight=False)
 
 
 @cli.command()

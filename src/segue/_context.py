@@ -10,24 +10,27 @@ blocking, safe to call from the worker's threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
+from segue import _clock
+from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
-from segue._errors import ConfigurationError, LeaseLost, PayloadError
+from segue._errors import BrokerError, ConfigurationError, LeaseLost, PayloadError
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
     from segue._lifespan import Resource
-    from segue._task import Signature
 
 _task_log = logging.getLogger("segue.task")
+log = logging.getLogger("segue.worker")
 R = TypeVar("R")
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -45,25 +48,81 @@ class WaitingForSubtasks(BaseException):
     WAITS without holding a worker slot, and the last sub-task to end queues it again."""
 
 
+class ServerUnreachable(BaseException):
+    """Raised by a ctx call when the server stayed unreachable for half a lease: the run
+    stops and goes back to its queue without spending a try (an outage is not the task's
+    fault). A BaseException, so that `except Exception` in task code does not swallow it."""
+
+
+class Call(Protocol[R]):
+    """A Signature as a Context sees it (this module sits below _task)."""
+
+    def check(self) -> None: ...
+    def enqueue(self) -> Coroutine[Any, Any, TaskHandle[R]]: ...
+
+
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("app", "broker", "gen", "ks", "request", "resources")
+    __slots__ = ("broker", "enqueue_child", "gen", "ks", "lease_seconds", "request", "resources")
 
     def __init__(
         self,
-        app: App,
+        enqueue_child: Callable[[Any, str], Awaitable[TaskHandle[Any]]],  # under an id
         broker: Broker,
         ks: Keyspace,
         gen: str,
         resources: dict[Resource[Any], Any] | None = None,
+        *,
+        lease_seconds: float,
     ) -> None:
-        self.app = app
+        self.enqueue_child = enqueue_child
+        self.lease_seconds = lease_seconds
         self.resources = resources or {}
         self.broker = broker
         self.ks = ks
         self.gen = gen
         self.request: str | None = None
+
+    async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()`, a server call of ctx, sent again while the server is unreachable, for up
+        to half a lease from the first sending: leases outlive such an outage (a lease keeps
+        what it had left, up to half a lease, see bridge_gap), so the run goes on past it.
+        Longer, ServerUnreachable stops the run, which is requeued without spending a try.
+        Every ctx call is safe to send again: state writes and events are fenced to the
+        run, sub-task ids are fixed, reads are reads."""
+        give_up = _clock.monotonic() + self.lease_seconds / 2
+        pause, failed = 0.05, False
+        while True:
+            try:
+                if not failed:
+                    return await send()
+                # a resend may hang on a cut-off connection: it too ends at the deadline
+                async with asyncio.timeout(max(give_up - _clock.monotonic(), 0.01)):
+                    return await send()
+            except BrokerError as exc:
+                if not server_unreachable(exc):
+                    raise
+                cause: BaseException = exc
+            except TimeoutError as exc:
+                if not failed:
+                    raise
+                cause = exc
+            now = _clock.monotonic()
+            if not failed:
+                failed = True
+                log.warning(
+                    "%s: the server is unreachable (%s); sending again for up to %.1f s",
+                    what,
+                    cause,
+                    max(give_up - now, 0),
+                )
+            if now >= give_up:
+                raise ServerUnreachable(
+                    f"{what}: the server stayed unreachable for half a lease"
+                ) from cause
+            await asyncio.sleep(min(pause, give_up - now))
+            pause = min(pause * 2, 1.0)
 
 
 class _TaskLog(logging.LoggerAdapter[logging.Logger]):
@@ -93,7 +152,10 @@ class TaskState:
         """Every stored value, in one round trip."""
         if self._run is None:
             return dict(self._local)
-        raw = await self._run.broker.read_state(self._run.ks, self._id)
+        run = self._run
+        raw = await run.call(
+            f"task {self._id}: ctx.state", lambda: run.broker.read_state(run.ks, self._id)
+        )
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 
     async def set(self, **values: Any) -> None:
@@ -118,7 +180,10 @@ class TaskState:
         run = self._run
         if run is None:
             return
-        stored = await run.broker.write_state(run.ks, self._id, run.gen, values, deletes)
+        stored = await run.call(
+            f"task {self._id}: ctx.state",
+            lambda: run.broker.write_state(run.ks, self._id, run.gen, values, deletes),
+        )
         faultpoint("mid_checkpoint")
         if not stored:
             raise LeaseLost(
@@ -196,8 +261,11 @@ class Context:
         run = self._run
         if run is not None:
             total_text = "" if total is None else repr(total)
-            await run.broker.task_event(
-                run.ks, self.task_id, run.gen, "progress", repr(done), total_text, message or ""
+            await run.call(
+                f"task {self.task_id}: ctx.progress",
+                lambda: run.broker.task_event(
+                    run.ks, self.task_id, run.gen, "progress", repr(done), total_text, message or ""
+                ),
             )
         await self.checkpoint()
 
@@ -208,20 +276,23 @@ class Context:
             self.log.info("event %s %r (local run: not streamed)", name, data)
             return
         payload = encode(data, what=f"data of event {name!r}", limit=self.state._limit)
-        await run.broker.task_event(run.ks, self.task_id, run.gen, "emit", name, payload.decode())
+        await run.call(
+            f"task {self.task_id}: ctx.emit",
+            lambda: run.broker.task_event(
+                run.ks, self.task_id, run.gen, "emit", name, payload.decode()
+            ),
+        )
 
     @overload
-    async def enqueue(self, signatures: Signature[R], /) -> TaskHandle[R]: ...
+    async def enqueue(self, signatures: Call[R], /) -> TaskHandle[R]: ...
     @overload
-    async def enqueue(self, signatures: Iterable[Signature[R]], /) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Iterable[Call[R]], /) -> list[TaskHandle[R]]: ...
     async def enqueue(self, signatures: Any, /) -> Any:
         """Start sub-tasks of this task, in its queue. Their ids come from this task's id
         and a count, so a re-run of this task (after a worker death, or after `wait_for`)
         gets the same handles back instead of starting them twice."""
-        from segue._task import Signature  # _task builds on this module
-
-        single = isinstance(signatures, Signature)
-        sigs: list[Signature[Any]] = [signatures] if single else list(signatures)
+        single = not isinstance(signatures, Iterable)  # a Signature, or several
+        sigs: list[Call[Any]] = [signatures] if single else list(signatures)
         run = self._run
         if run is None:
             local = [await s.enqueue() for s in sigs]
@@ -229,7 +300,8 @@ class Context:
         handles: list[TaskHandle[Any]] = []
         for sig in sigs:
             self._seq += 1
-            handles.append(await run.app.enqueue_child(sig, f"{self.task_id}.{self._seq}"))
+            send = functools.partial(run.enqueue_child, sig, f"{self.task_id}.{self._seq}")
+            handles.append(await run.call(f"task {self.task_id}: ctx.enqueue", send))
         return handles[0] if single else handles
 
     async def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
@@ -240,12 +312,17 @@ class Context:
         run = self._run
         if run is not None:
             ids = [h.id for h in handles]
-            left = await run.broker.wait_children(run.ks, self.task_id, run.gen, ids)
+            left = await run.call(
+                f"task {self.task_id}: ctx.wait_for",
+                lambda: run.broker.wait_children(run.ks, self.task_id, run.gen, ids),
+            )
             if left < 0:
                 raise LeaseLost(f"task {self.task_id}: this run no longer holds the task")
             if left > 0:
                 self.log.info("waiting for %d sub-task(s)", left)
                 raise WaitingForSubtasks
+            what = f"task {self.task_id}: ctx.wait_for"
+            return [await run.call(what, h.result) for h in handles]
         return [await h.result() for h in handles]
 
     def _check(self) -> None:

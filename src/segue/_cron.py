@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
+from ulid import ULID
 
 from segue._errors import ConfigurationError
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from segue._task import Signature
+
+# Options that make no sense for a call repeated at every tick.
+_REFUSED = ("delay", "at", "key", "after", "on_failure", "optional")
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -176,3 +180,19 @@ class ScheduleInfo:
     catch_up: bool
     next_run: datetime | None
     last_tick: datetime | None
+
+
+def make_schedule(
+    sig: Signature[Any], cron: str, tz: str | None, sid: str | None, catch_up: bool
+) -> Schedule:
+    """Check a schedule before anything is written: expression, zone, id, the call itself."""
+    parsed = parse(cron, tz)
+    refused = sorted(k for k in _REFUSED if k in sig.opts)
+    if refused:
+        raise ConfigurationError(
+            f"schedule of {sig.task.name}: option(s) {', '.join(refused)} do not apply to a "
+            "call enqueued at every tick"
+        )
+    sig.task.check_args(sig.args, sig.kwargs)
+    sid = check_schedule_id(sid if sid is not None else f"s-{ULID()}")
+    return Schedule(id=sid, sig=sig, cron=parsed, catch_up=catch_up)

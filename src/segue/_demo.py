@@ -28,9 +28,9 @@ from rich.table import Table
 from segue._app import App
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
-from segue._handle import TaskHandle
+from segue._handle import TaskHandle, WorkflowHandle
+from segue._redact import mask_url
 from segue._state import TaskInfo, TaskStatus
-from segue._workflow import WorkflowHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -171,7 +171,9 @@ async def _demo(total: int) -> None:
     n_flaky = max(1, total // 10)
     n_valid = max(1, total // 20)
     async with app:
-        console.print(f"[bold]segue demo[/bold] server: {(await app.broker()).url}")
+        console.print(
+            f"[bold]segue demo[/bold] server: {mask_url((await app._client.broker()).url)}"
+        )
         start = time.monotonic()
         sigs = [t["demo.resize"].call(f"photo-{i:03}.jpg") for i in range(n_resize)]
         sigs += [t["demo.checksum"].call(random.randint(50, 400)) for _ in range(n_sum)]

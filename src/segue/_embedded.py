@@ -9,6 +9,11 @@ process that started the server and is its last user stops it at once on `releas
 Processes that share the server announce themselves with a file in `.segue/clients/`
 (written under the same lock that guards starting), so a release never stops a server that
 another process has just attached to but not yet connected to.
+
+On a machine with other users the server is private: `.segue/` is 0700 and refused when it is
+a symlink, someone else's, or writable by others; everything under it is 0600/0700; the
+server never listens without authentication (a unix socket in a private directory, or, when
+no short enough path exists, loopback TCP with a generated password kept in a 0600 file).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import dataclasses
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +39,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from segue._errors import ConfigurationError
+from segue._settings import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from segue._settings import Settings
 
 _DIR = ".segue"
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
@@ -47,6 +58,15 @@ class EmbeddedServer:
     home: Path
     url: str
     started_here: bool
+
+
+def server_label(settings: Settings) -> str:
+    """Which server an App talks to, for a person: the URL with its password masked, or the
+    embedded server and its project directory."""
+    if settings.redis_url is not None:
+        return mask_url(settings.redis_url)
+    home = Path(settings.home).resolve() if settings.home is not None else find_home()
+    return f"embedded server in {home / _DIR}"
 
 
 def find_home(start: Path | None = None) -> Path:
@@ -85,17 +105,68 @@ def find_server_binary() -> str:
 
 def _data_dir(home: Path) -> Path:
     d = home / _DIR
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    _check_private_dir(d)
     ignore = d / ".gitignore"
     if not ignore.exists():
-        ignore.write_text("*\n")
-    (d / "clients").mkdir(exist_ok=True)
+        _write_private(ignore, "*\n")
+    (d / "clients").mkdir(mode=0o700, exist_ok=True)
     return d
+
+
+def private_dir(home: Path) -> Path:
+    """The project's `.segue/`, created private and checked (for other private files)."""
+    return _data_dir(home.resolve())
+
+
+def _check_private_dir(d: Path) -> None:
+    """Refuse a directory that another user could have planted or can write into: its
+    server.json would point us at their server, and our data would land in their hands."""
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigurationError(
+            f"{d} is a symlink; segue keeps its server's data only in a real directory "
+            "it owns (remove the link)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"{d} is not a directory (remove it or set SEGUE_HOME)")
+    if st.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{d} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); another "
+            "user could control the server it names: remove it or set SEGUE_HOME"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigurationError(
+            f"{d} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"make it private with `chmod 700 {d}`"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(d, 0o700)  # made readable by an older segue: private from now on
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _make_private_tree(d: Path) -> None:
+    """Take group and other bits off what an older segue left readable (AOF files)."""
+    for root, dirs, files in os.walk(d):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
-    with open(d / "lock", "a+") as f:
+    fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -135,9 +206,31 @@ def _read_state(d: Path) -> dict[str, Any] | None:
     return state
 
 
+def _pid_owner(pid: int) -> int | None:
+    """The uid running `pid`, or None when this platform cannot tell."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return -1  # gone
+    except OSError:
+        return None
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "uid=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return int(out) if out.isdigit() else -1
+
+
 def _running(d: Path) -> dict[str, Any] | None:
     state = _read_state(d)
-    if state and _pid_alive(int(state["server_pid"])) and _ping(str(state["url"])):
+    if not state:
+        return None
+    pid = int(state["server_pid"])
+    # a server run by another user is never ours, whatever server.json says
+    if _pid_alive(pid) and _pid_owner(pid) in (os.getuid(), None) and _ping(str(state["url"])):
         return state
     return None
 
@@ -149,7 +242,7 @@ def acquire(
     home = (home or find_home()).resolve()
     d = _data_dir(home)
     with _locked(d):
-        (d / "clients" / str(os.getpid())).touch()
+        _write_private(d / "clients" / str(os.getpid()), "")
         state = _running(d)
         if state is not None:
             return EmbeddedServer(home, str(state["url"]), started_here=False)
@@ -157,10 +250,11 @@ def acquire(
         find_server_binary()  # fail here, with the clear message, not in the watchdog
         # the launcher starts the watchdog detached and exits at once: this process never
         # owns a child that outlives it
-        with open(d / "watchdog.log", "ab") as log:
+        fd = os.open(d / "watchdog.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as log:
             subprocess.run(
                 [
-                    sys.executable,
+                    *_helper_python(),
                     "-m",
                     "segue._embedded",
                     "launch",
@@ -174,6 +268,7 @@ def acquire(
                 stderr=log,
                 check=True,
                 timeout=timeout,
+                cwd=d,
             )
         deadline = time.monotonic() + timeout
         while (state := _running(d)) is None:
@@ -184,6 +279,12 @@ def acquire(
                 )
             time.sleep(0.02)
         return EmbeddedServer(home, str(state["url"]), started_here=True)
+
+
+def _helper_python() -> list[str]:
+    """The interpreter for helper processes, with neither the working directory nor the
+    script's directory on sys.path (-P): a `segue/` planted there must not run as us."""
+    return [sys.executable, "-P"]
 
 
 def release(server: EmbeddedServer) -> None:
@@ -244,12 +345,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _socket_dir(d: Path) -> Path | None:
+    """A private directory for the socket whose path fits sun_path: `.segue/` itself, else a
+    fresh 0700 directory (random name, so nobody can plant it) in XDG_RUNTIME_DIR or the
+    temp dir; None when no such path is short enough."""
+    if len(str(d / "valkey.sock")) <= _MAX_SOCKET_PATH:
+        return d
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
+        if base and len(os.path.join(base, "segue-xxxxxxxx", "valkey.sock")) <= _MAX_SOCKET_PATH:
+            try:
+                return Path(tempfile.mkdtemp(prefix="segue-", dir=base))  # mode 0700
+            except OSError:
+                continue
+    return None
+
+
 def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> int:
     """Run the server as a child until it idles out, dies, or this process is told to stop."""
+    os.umask(0o077)  # everything the watchdog and the server write is private
     d = _data_dir(home)
-    sock = d / "valkey.sock"
+    _make_private_tree(d)
+    sock_dir = _socket_dir(d)
     args = [
         find_server_binary(),
+        str(d / "valkey.conf"),
         "--appendonly",
         "yes",
         "--appendfsync",
@@ -265,14 +384,23 @@ def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> in
         "--daemonize",
         "no",
     ]
-    if len(str(sock)) <= _MAX_SOCKET_PATH:
+    conf = ""
+    if sock_dir is not None:
+        sock = sock_dir / "valkey.sock"
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
         url = f"unix://{sock}"
     else:
+        # never an open listener: the password goes in a 0600 config file (not argv, which
+        # every user can read in ps) and in server.json, which only this user can read
         port = _free_port()
+        password = secrets.token_urlsafe(32)
+        conf = f"requirepass {password}\n"
         args += ["--port", str(port), "--bind", "127.0.0.1"]
-        url = f"redis://127.0.0.1:{port}/0"
-    child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+    _write_private(d / "valkey.conf", conf)
+    child = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=d, umask=0o077
+    )
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -291,10 +419,11 @@ def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> in
         c.client_setname(_WATCHDOG_NAME)
         state = {"url": url, "server_pid": child.pid, "watchdog_pid": os.getpid()}
         tmp = d / "server.json.tmp"
-        tmp.write_text(json.dumps(state))
+        _write_private(tmp, json.dumps(state))
         tmp.replace(d / "server.json")
         if announce:
-            print(f"segue: embedded Valkey serving at {url} (data in {d}); Ctrl-C stops it")
+            shown = _masked(url)
+            print(f"segue: embedded Valkey serving at {shown} (data in {d}); Ctrl-C stops it")
         idle_since = time.monotonic()
         while not stopping and child.poll() is None:
             time.sleep(0.2)
@@ -322,7 +451,18 @@ def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> in
         state_now = _read_state(d)
         if state_now is not None and state_now.get("watchdog_pid") == os.getpid():
             (d / "server.json").unlink(missing_ok=True)
+        if sock_dir is not None and sock_dir != d:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     return 0
+
+
+def _masked(url: str) -> str:
+    head, at, tail = url.partition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, userinfo = head.partition("://")
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{tail}"
 
 
 def run_foreground(home: Path | None = None) -> int:
@@ -332,7 +472,8 @@ def run_foreground(home: Path | None = None) -> int:
     with _locked(d):
         state = _running(d)
         if state is not None:
-            print(f"segue: an embedded server already runs for {home} at {state['url']}")
+            shown = _masked(str(state["url"]))
+            print(f"segue: an embedded server already runs for {home} at {shown}")
             return 1
     return _serve(home, None, announce=True)
 
@@ -350,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "launch":
         subprocess.Popen(
             [
-                sys.executable,
+                *_helper_python(),
                 "-m",
                 "segue._embedded",
                 "watch",
@@ -361,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=ns.home / _DIR,
+            umask=0o077,
         )
         return 0
     return _serve(ns.home, ns.idle_timeout)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Sequence
     from datetime import datetime
 
-    from segue._app import App
+    from segue._client import Client
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +60,14 @@ def parse_event(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
 
 
 async def follow(
-    app: App,
+    client: Client,
     queues: Sequence[str],
     since: str,
     block: float,
     task_id: str | None = None,
     kinds: Collection[str] | None = None,
 ) -> AsyncIterator[Event]:
-    broker = await app.broker()
+    broker = await client.broker()
     keyspaces = [broker.keyspace(q) for q in queues]
     last = dict.fromkeys(queues, since)
     while True:

@@ -15,6 +15,10 @@ operator's pause and the pause was recorded), during_cancel (a cancel request re
 worker, the run is not stopped yet), cron_after_enqueue (a cron tick was enqueued, the
 schedule not advanced). Reaping expired leases has no point: it happens inside the claim
 script, one atomic step, so a crash falls before or after it (after_claim).
+
+`SERVICE_POINTS` fail a worker's service instead, for the tests of its failure policy
+(_services.py): lease_thread (each turn of the lease renewal thread, outside its retries)
+and forwarder_pass (each pass of the forwarder service).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ POINTS = (
     "during_cancel",
     "cron_after_enqueue",
 )
+SERVICE_POINTS = ("lease_thread", "forwarder_pass")
 
 
 class FaultInjected(RuntimeError):

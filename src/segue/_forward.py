@@ -27,10 +27,11 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from segue import _cancel
 from segue._durability import need_for
 from segue._errors import BrokerError, ConfigurationError, ScriptError
+from segue._faults import faultpoint
 from segue._keys import queue_of
+from segue._services import Service
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -118,16 +119,18 @@ async def forward_now(broker: Broker, queues: Sequence[str]) -> None:
             pass
 
 
-class Forwarder:
+class Forwarder(Service):
     """Moves the outbox entries of one worker's queues: at once after this worker's finish
     left some (poke), else every `interval` seconds (entries left by other processes)."""
+
+    name = "forwarder"
+    stop_wait = 5.0  # a pass under way ends first
 
     def __init__(self, broker: Broker, keyspaces: Sequence[Keyspace], interval: float) -> None:
         self._broker = broker
         self._keyspaces = list(keyspaces)
         self._interval = interval
         self._poked = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
@@ -145,30 +148,19 @@ class Forwarder:
             moved += await forward_queue(self._broker, ks)
         return moved
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="segue-forwarder")
-
     async def stop(self) -> None:
         self._stopping = True
         self._poked.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5)
-            except BaseException:
-                self._task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._task
-            self._task = None
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
         while not self._stopping:
+            faultpoint("forwarder_pass")
             try:
                 moved = await self.run_once()
             except BrokerError as exc:
                 log.warning("forwarding outbox entries failed (%s); retrying", exc)
-                await _cancel.sleep(0.5)
+                await asyncio.sleep(0.5)
                 continue
-            _cancel.raise_if_cancelling()
             if moved or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):

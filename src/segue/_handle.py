@@ -1,8 +1,11 @@
-"""TaskHandle[R]: follow one enqueued task from any process."""
+"""Handles: follow one enqueued task (TaskHandle) or workflow (WorkflowHandle) from any
+process, by its id alone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import os
 import socket
 import time
@@ -22,7 +25,11 @@ from segue._keys import queue_of
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
 
 if TYPE_CHECKING:
-    from segue._app import App
+    from collections.abc import Mapping
+    from datetime import datetime
+
+    from segue._client import Client
+    from segue._codec import TaskTypes
     from segue._events import Event
 
 R = TypeVar("R")
@@ -30,22 +37,23 @@ _PLAIN = TypedDecoder(Any)
 # pub/sub makes result() fast; this re-read of the stored status makes it certain
 _RECHECK_SECONDS = 1.0
 _WHO = f"{socket.gethostname()}:{os.getpid()}"
+_WAIT_AT_ONCE = 32  # last steps whose results one result() call waits for at once
 
 
 class TaskHandle(Generic[R]):
     """A submitted run of a task: its id, and ways to read its status and result."""
 
-    __slots__ = ("_app", "_decoder", "_keeps_result", "id", "queue")
+    __slots__ = ("_client", "_decoder", "_keeps_result", "id", "queue")
 
     def __init__(
         self,
-        app: App,
+        client: Client,
         task_id: str,
         decoder: TypedDecoder | None = None,
         *,
         keeps_result: bool = True,
     ) -> None:
-        self._app = app
+        self._client = client
         self.id = task_id
         self.queue = queue_of(task_id)
         self._decoder = decoder or _PLAIN
@@ -67,23 +75,23 @@ class TaskHandle(Generic[R]):
         )
 
     async def status(self) -> TaskStatus:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         raw = await broker.task_status(broker.keyspace(self.queue), self.id)
         if raw is None:
             raise self._not_found()
         return TaskStatus(raw.decode())
 
     async def info(self) -> TaskInfo:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         rec = await broker.task_record(broker.keyspace(self.queue), self.id)
         if not rec:
             raise self._not_found()
-        return parse_info(self.id, rec, self._app)
+        return parse_info(self.id, rec, self._client.tasks)
 
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
         `limit`, at most that many of them."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         raw = await broker.read_state(broker.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 
@@ -91,7 +99,7 @@ class TaskHandle(Generic[R]):
         """This task's events among the last `scan` of its queue's stream, oldest first."""
         from segue._events import parse_event
 
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         entries = await broker.recent_events(broker.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
@@ -102,7 +110,7 @@ class TaskHandle(Generic[R]):
             raise ResultUnavailable(
                 f"task {self.id} was enqueued with ttl=0: segue keeps no result to return"
             )
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         ks = broker.keyspace(self.queue)
         deadline = None if timeout is None else time.monotonic() + timeout
         fut = await broker.watch_ended(ks, self.id)
@@ -158,12 +166,12 @@ class TaskHandle(Generic[R]):
     async def retry(self, reason: str | None = None) -> TaskStatus:
         """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
         zero, error cleared (and out of the dead-letter list). Returns QUEUED."""
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         why = reason or f"retry requested by {_WHO}"
         return TaskStatus(await broker.retry(broker.keyspace(self.queue), self.id, why))
 
     async def _control(self, command: str, reason: str | None) -> TaskStatus:
-        broker = await self._app.broker()
+        broker = await self._client.broker()
         why = reason or f"{command} requested by {_WHO}"
         return TaskStatus(await broker.control(broker.keyspace(self.queue), self.id, command, why))
 
@@ -200,7 +208,10 @@ class TaskHandle(Generic[R]):
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+        try:
+            err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+        except Exception:  # written by someone else: still a failure, said plainly
+            err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
 
 
@@ -208,6 +219,8 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     if not raw:
         return None
     data = decode_plain(raw)
+    if not isinstance(data, dict):
+        raise ValueError("an error that is not a JSON object")
     return TaskError(
         type=str(data.get("type", "Error")),
         message=str(data.get("message", "")),
@@ -216,56 +229,299 @@ def parse_error(raw: bytes | None) -> TaskError | None:
     )
 
 
-def _int(rec: dict[bytes, bytes], key: bytes) -> int | None:
-    raw = rec.get(key)
-    return None if raw is None else int(raw)
+class _Reader:
+    """Reads the fields of one task record as written by anyone with write access: a field
+    it cannot read is left empty and named in `problems`, never raised, so one bad record
+    does not take a list, a page or a worker down with it."""
+
+    def __init__(self, rec: dict[bytes, bytes]) -> None:
+        self.rec = rec
+        self.problems: list[str] = []
+
+    def bad(self, code: bytes, why: str) -> None:
+        shown = self.rec.get(code, b"")[:40].decode(errors="replace")
+        self.problems.append(f"{code.decode()}={shown!r} {why}")
+
+    def text(self, code: bytes, default: str = "") -> str:
+        raw = self.rec.get(code)
+        if raw is None:
+            return default
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            self.bad(code, "is not UTF-8")
+            return raw.decode(errors="replace")
+
+    def integer(self, code: bytes) -> int | None:
+        raw = self.rec.get(code)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            self.bad(code, "is not a number")
+            return None
+
+    def when(self, code: bytes) -> datetime | None:
+        ms = self.integer(code)
+        try:
+            return from_ms(ms)
+        except (OverflowError, ValueError, OSError):
+            self.bad(code, "is not a time")
+            return None
+
+    def status(self) -> TaskStatus:
+        try:
+            return TaskStatus(self.text(b"s"))
+        except ValueError:
+            # a status no segue writes: the task is not one any worker will run
+            self.bad(b"s", "is not a status")
+            return TaskStatus.FAILED
+
+    def history(self) -> list[Transition]:
+        out = []
+        for line in self.text(b"h").splitlines():
+            st, _, rest = line.partition("|")
+            at, _, reason = rest.partition("|")
+            try:
+                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+            except (ValueError, OverflowError, OSError):
+                self.bad(b"h", "has a line that is not status|time|reason")
+        return out
+
+    def progress(self) -> tuple[float, float | None] | None:
+        if b"pg" not in self.rec:
+            return None
+        done_text, _, total_text = self.text(b"pg").partition(" ")
+        try:
+            done, total = float(done_text), float(total_text) if total_text else None
+        except ValueError:
+            self.bad(b"pg", "is not '<done> [<total>]'")
+            return None
+        if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
+            self.bad(b"pg", "is not finite")
+            return None
+        return done, total
+
+    def decoded(self, code: bytes, decoder: TypedDecoder) -> Any:
+        try:
+            return decoder.decode(self.rec[code])
+        except Exception:  # any decode failure of stored JSON: not this reader's to raise
+            self.bad(code, "does not decode")
+            return None
+
+    def error(self) -> TaskError | None:
+        try:
+            return parse_error(self.rec.get(b"e"))
+        except Exception:
+            self.bad(b"e", "is not an error record")
+            return None
 
 
-def parse_info(task_id: str, rec: dict[bytes, bytes], app: App) -> TaskInfo:
-    name = rec.get(b"n", b"").decode()
-    task = app.registry.get(name)
-    status = TaskStatus(rec[b"s"].decode())
+def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
+    r = _Reader(rec)
+    name = r.text(b"n")
+    task = tasks.get(name)
+    status = r.status()
     try:
         if task is not None:
             args, kwargs = task.args_decoder.decode(rec[b"p"])
         else:
             args, kwargs = decode_plain(rec[b"p"])
+        args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
-    history = []
-    for line in rec.get(b"h", b"").decode().splitlines():
-        st, _, rest = line.partition("|")
-        at, _, reason = rest.partition("|")
-        history.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+    history = r.history()
     result: Any = None
     if status is TaskStatus.SUCCEEDED and b"r" in rec:
-        decoder = task.result_decoder if task is not None else _PLAIN
-        result = decoder.decode(rec[b"r"])
-    worker = rec.get(b"w")
-    progress = None
-    if b"pg" in rec:
-        done, _, total = rec[b"pg"].decode().partition(" ")
-        progress = (float(done), float(total) if total else None)
+        result = r.decoded(b"r", task.result_decoder if task is not None else _PLAIN)
+    worker = r.text(b"w") or None
+    progress = r.progress()
     return TaskInfo(
         id=task_id,
         name=name,
         queue=queue_of(task_id),
         status=status,
-        args=list(args),
-        kwargs=dict(kwargs),
-        priority=rec.get(b"q", b"normal").decode(),
-        tries=_int(rec, b"t") or 0,
-        max_tries=_int(rec, b"mt") or 0,
-        worker_id=worker.decode() if worker else None,
-        enqueued_at=from_ms(_int(rec, b"ce")),
-        started_at=from_ms(_int(rec, b"st")),
-        ended_at=from_ms(_int(rec, b"et")),
-        due_at=from_ms(_int(rec, b"due")),
+        args=args,
+        kwargs=kwargs,
+        priority=r.text(b"q", "normal"),
+        tries=r.integer(b"t") or 0,
+        max_tries=r.integer(b"mt") or 0,
+        worker_id=worker,
+        enqueued_at=r.when(b"ce"),
+        started_at=r.when(b"st"),
+        ended_at=r.when(b"et"),
+        due_at=r.when(b"due"),
         history=history,
         result=result,
-        error=parse_error(rec.get(b"e")),
+        error=r.error(),
         progress=progress,
-        progress_message=rec.get(b"pgm", b"").decode() or None,
-        pending_request=rec[b"ctl"].decode() if b"ctl" in rec else None,
-        pending_request_at=from_ms(_int(rec, b"ctlt")) if b"ctl" in rec else None,
+        progress_message=r.text(b"pgm") or None,
+        problem="; ".join(r.problems) or None,
+        pending_request=r.text(b"ctl") or None,
+        pending_request_at=r.when(b"ctlt") if b"ctl" in rec else None,
     )
+
+
+def _passed(row: list[bytes | None]) -> TaskStatus:
+    """A last step's status as the workflow counts it: an optional one that failed on its
+    own counts as succeeded; one that ended because an earlier step failed does not."""
+    status = TaskStatus(row[0].decode()) if row[0] else TaskStatus.EXPIRED
+    if status.is_final and row[1] == b"1" and not _by_dependency(row[2]):
+        return TaskStatus.SUCCEEDED
+    return status
+
+
+def _by_dependency(error: bytes | None) -> bool:
+    try:
+        err = parse_error(error)
+    except Exception:
+        return False
+    return err is not None and err.reason.startswith("dependency_")
+
+
+class WorkflowHandle(Generic[R]):
+    """A submitted workflow: its status, its steps, its result; pause, resume, cancel."""
+
+    __slots__ = ("_client", "_decoder", "id", "queue")
+
+    def __init__(self, client: Client, wf_id: str, decoder: TypedDecoder | None = None) -> None:
+        self._client = client
+        self.id = wf_id
+        self.queue = queue_of(wf_id)
+        self._decoder = decoder
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    async def _record(self) -> dict[bytes, bytes]:
+        broker = await self._client.broker()
+        rec = await broker.workflow_record(broker.keyspace(self.queue), self.id)
+        if not rec:
+            raise TaskNotFound(
+                f"no workflow {self.id}: it never existed, or it ended and its record expired"
+            )
+        return rec
+
+    async def step_count(self) -> int:
+        return len(await self._ids(b"steps"))
+
+    async def _ids(self, field: bytes) -> list[str]:
+        return (await self._record()).get(field, b"").decode().split()
+
+    async def queues(self) -> list[str]:
+        """The queues its steps live on, the workflow's own first."""
+        return [self.queue, *await self._ids(b"queues")]
+
+    async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
+        """The same fields of steps on any queues, in the order of `ids`."""
+        broker = await self._client.broker()
+        by_queue: dict[str, list[int]] = {}
+        for n, step_id in enumerate(ids):
+            by_queue.setdefault(queue_of(step_id), []).append(n)
+        rows: list[list[bytes | None]] = [[] for _ in ids]
+        for queue, positions in by_queue.items():
+            part = [ids[n] for n in positions]
+            for n, row in zip(
+                positions,
+                await broker.task_fields(broker.keyspace(queue), part, fields),
+                strict=True,
+            ):
+                rows[n] = row
+        return rows
+
+    async def status(self) -> TaskStatus:
+        """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
+        (being cancelled) or RUNNING."""
+        rec = await self._record()
+        if rec.get(b"st") == b"cancelled":
+            return TaskStatus.CANCELLED
+        last = rec.get(b"last", b"").decode().split()
+        rows = await self._fields_of(last, ["s", "opt", "e"])
+        states = {_passed(r) for r in rows}
+        if states == {TaskStatus.SUCCEEDED}:
+            return TaskStatus.SUCCEEDED
+        for final in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED):
+            if final in states:
+                return final
+        state = rec.get(b"st", b"running").decode()
+        if state == "cancelled":
+            return TaskStatus.CANCELLED
+        return TaskStatus.PAUSED if state == "paused" else TaskStatus.RUNNING
+
+    async def steps(self, *, offset: int = 0, limit: int | None = None) -> list[TaskInfo]:
+        """Every step, in the order they were laid out, with status and result or error;
+        `offset` and `limit` read one page of a large fan-out."""
+        broker = await self._client.broker()
+        infos: list[TaskInfo] = []
+        ids = await self._ids(b"steps")
+        for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
+            rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
+            if rec:
+                infos.append(parse_info(step_id, rec, self._client.tasks))
+        return infos
+
+    async def result(self, timeout: float | None = None) -> R:
+        """The last step's value (a list when the workflow ends with a group); raises
+        TaskFailed naming the step that failed, or TaskCancelled."""
+        last = await self._ids(b"last")
+        handles = [TaskHandle[Any](self._client, i, self._decoder) for i in last]
+        # a bounded number at a time: each wait holds a pooled connection, and redis-py's
+        # pool refuses more than 100 (a group of hundreds of last steps failed on a cluster)
+        gate = asyncio.Semaphore(_WAIT_AT_ONCE)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        async def one(handle: TaskHandle[Any]) -> Any:
+            async with gate:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return await self._step_result(handle, left)
+
+        results = await asyncio.gather(*(one(h) for h in handles))
+        if len(handles) == 1:
+            value: R = results[0]
+            return value
+        return list(results)  # type: ignore[return-value]
+
+    async def _step_result(self, handle: TaskHandle[Any], timeout: float | None) -> Any:
+        """A last step's value; None for an optional step that did not succeed."""
+        try:
+            return await handle.result(timeout)
+        except (TaskFailed, TaskCancelled):
+            [(optional, error)] = await self._fields_of([handle.id], ["opt", "e"])
+            if optional == b"1" and not _by_dependency(error):
+                return None
+            raise
+
+    async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
+        """Start no new step: steps waiting in the queue are held, running ones finish (or,
+        with `running=True`, are paused too, through the task pause). Returns at once."""
+        command = "pause_running" if running else "pause"
+        await self._command(command, reason or f"workflow paused by {_WHO}")
+        return await self.status()
+
+    async def resume(self, reason: str | None = None) -> TaskStatus:
+        """Continue from where it stopped: held steps go back to the queue."""
+        await self._command("resume", reason or f"workflow resumed by {_WHO}")
+        return await self.status()
+
+    async def cancel(self, reason: str | None = None) -> TaskStatus:
+        """Stop running steps and cancel every step not yet ended."""
+        await self._command("cancel", reason or f"workflow cancelled by {_WHO}")
+        return await self.status()
+
+    async def _command(self, command: str, reason: str) -> str:
+        """The command on the main record (which answers), then on each other queue's part:
+        one workflow.lua per queue, each idempotent. A part that has ended refuses a pause
+        or a resume, which the workflow as a whole does not."""
+        broker = await self._client.broker()
+        state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
+        others = await self._ids(b"queues")
+        for queue in others:
+            with contextlib.suppress(TaskNotFound, InvalidTransition):
+                await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
+        if others:
+            from segue._forward import forward_now
+
+            # what the command ended is told to the other queues now, not at a worker's poll
+            await forward_now(broker, [self.queue, *others])
+        return state

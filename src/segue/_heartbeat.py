@@ -21,19 +21,32 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from segue import _cancel
 from segue._errors import BrokerError, ConfigurationError
 from segue._keys import WorkerKeys
+from segue._services import Service
 from segue._state import at_ms
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from segue._app import App
     from segue._broker import Broker
-    from segue._worker import Worker
+    from segue._client import Client
+
+    class Beating(Protocol):
+        """What a beat reports of its worker (the Worker; this module sits below it)."""
+
+        app_name: str
+        id: str
+        queues: list[str]
+        concurrency: int
+
+        @property
+        def running(self) -> int: ...
+        @property
+        def finished(self) -> int: ...
+
 
 log = logging.getLogger("segue.worker")
 
@@ -89,10 +102,12 @@ def default_pid_file(home: Path | None = None) -> Path:
     return Path(home or find_home()) / ".segue" / "worker.pid"
 
 
-class Heartbeat:
+class Heartbeat(Service):
     """Registers one worker and beats for it every `heartbeat_seconds`, on its loop."""
 
-    def __init__(self, worker: Worker, broker: Broker, pid_file: Path | None) -> None:
+    name = "heartbeat"
+
+    def __init__(self, worker: Beating, broker: Broker, pid_file: Path | None) -> None:
         self._worker = worker
         self._broker = broker
         self._keys = WorkerKeys(broker.settings.prefix)
@@ -101,36 +116,30 @@ class Heartbeat:
         self._keep_ms = max(int(INDEX_KEEP_SECONDS * 1000), 10 * self._ttl_ms)
         self._started_ms = 0
         self._pid_file = pid_file
-        self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._trimmed_ms = 0
 
     async def start(self) -> None:
         """Register now (so a check right after start-up finds the worker), write the pid
-        file, and beat from then on. A server that is down here delays only the record:
-        the worker itself goes on, as it does through any outage."""
+        file, and beat from then on (run). A server that is down here delays only the
+        record: the worker itself goes on, as it does through any outage."""
         await self._beat()
         if self._pid_file is not None:
             write_pid_file(self._pid_file, self._worker.id)
-        self._task = asyncio.create_task(self._loop(), name="segue-heartbeat")
 
-    async def stop(self) -> None:
-        """Stop beating and remove the record and the pid file (a graceful stop)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._beat()
+
+    async def close(self) -> None:
+        """Remove the record and the pid file (a graceful stop; the beats ended)."""
         try:
             await self._broker.unregister_worker(self._keys, self._worker.id)
         except BrokerError as exc:
             log.warning("could not remove worker %s's record (%s)", self._worker.id, exc)
         if self._pid_file is not None:
             remove_pid_file(self._pid_file, self._worker.id)
-
-    async def _loop(self) -> None:
-        while True:
-            await _cancel.sleep(self.interval)
-            await self._beat()
 
     async def _trim_events(self, now_ms: int) -> None:
         """About once a minute, drop the events of this worker's queues that are older
@@ -145,7 +154,7 @@ class Heartbeat:
     async def _beat(self) -> None:
         w = self._worker
         fields: dict[str, str | int] = {
-            "app": w.app.name,
+            "app": w.app_name,
             "host": HOST,
             "pid": os.getpid(),
             "queues": ",".join(w.queues),
@@ -170,7 +179,7 @@ class Heartbeat:
 
 def write_pid_file(path: Path, worker_id: str) -> None:
     """Write the worker id (not only the pid: the id names the worker on the server)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(worker_id + "\n", encoding="utf-8")
     tmp.replace(path)  # atomic: a check never reads half a file
@@ -206,21 +215,21 @@ def _info(worker_id: str, score: float | None, rec: dict[bytes, bytes], now_ms: 
     )
 
 
-async def list_workers(app: App) -> list[WorkerInfo]:
+async def list_workers(client: Client) -> list[WorkerInfo]:
     """Every worker with a record (live, or stale but not yet expired), by host and id."""
-    broker = await app.broker()
-    now_ms, rows = await broker.worker_records(WorkerKeys(app.settings.prefix))
+    broker = await client.broker()
+    now_ms, rows = await broker.worker_records(WorkerKeys(client.settings.prefix))
     infos = [_info(wid, score, rec, now_ms) for wid, score, rec in rows if rec]
     return sorted(infos, key=lambda w: (w.host, w.id))
 
 
-def _where(app: App) -> str:
+def _where(client: Client) -> str:
     from segue._broker import _safe
 
-    url = app.settings.redis_url
+    url = client.settings.redis_url
     if url is not None:
         return _safe(url)
-    return f"the embedded server of {app.settings.home or 'this project'}"
+    return f"the embedded server of {client.settings.home or 'this project'}"
 
 
 def _one_line(text: str) -> str:
@@ -228,7 +237,7 @@ def _one_line(text: str) -> str:
 
 
 async def check(
-    app: App,
+    client: Client,
     worker_id: str | None = None,
     *,
     max_age: float | None = None,
@@ -238,7 +247,7 @@ async def check(
     """Is a worker alive? See `App.check` for how the worker is chosen."""
     path: Path | None = None
     if worker_id is None:
-        path = Path(pid_file) if pid_file is not None else default_pid_file(app.settings.home)
+        path = Path(pid_file) if pid_file is not None else default_pid_file(client.settings.home)
         if path.exists():
             try:
                 worker_id = path.read_text(encoding="utf-8").strip() or None
@@ -250,13 +259,15 @@ async def check(
             return Health(False, f"no pid file at {path} (start the worker with --pid-file {path})")
     try:
         async with asyncio.timeout(timeout):
-            broker = await app.broker()
-            now_ms, rows = await broker.worker_records(WorkerKeys(app.settings.prefix), worker_id)
+            broker = await client.broker()
+            now_ms, rows = await broker.worker_records(
+                WorkerKeys(client.settings.prefix), worker_id
+            )
     except TimeoutError:
-        return Health(False, f"server unreachable: {_where(app)} did not answer in {timeout} s")
+        return Health(False, f"server unreachable: {_where(client)} did not answer in {timeout} s")
     except BrokerError as exc:
         cause = exc.__cause__ or exc
-        return Health(False, _one_line(f"server unreachable: {_where(app)}: {cause}"))
+        return Health(False, _one_line(f"server unreachable: {_where(client)}: {cause}"))
     except ConfigurationError as exc:
         return Health(False, _one_line(f"server unavailable: {exc}"))
 
@@ -264,7 +275,7 @@ async def check(
         if max_age is not None:
             return max_age
         interval = info.heartbeat_seconds if info and info.heartbeat_seconds else 0.0
-        return STALE_BEATS * (interval or app.settings.heartbeat_seconds)
+        return STALE_BEATS * (interval or client.settings.heartbeat_seconds)
 
     if worker_id is not None:
         source = f" (from {path})" if path is not None else ""

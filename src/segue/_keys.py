@@ -12,7 +12,6 @@ from functools import cached_property
 from segue._errors import ConfigurationError
 
 PRIORITIES = ("high", "normal", "low")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "expired")
 
 
 def check_queue_name(queue: str) -> str:
@@ -186,6 +185,12 @@ class Keyspace:
 def queues_key(prefix: str) -> str:
     """The set of known queue names (its own slot: written once per process and queue)."""
     return f"{prefix}:queues"
+
+
+def dashboard_sessions_key(prefix: str) -> str:
+    """The dashboards' session generation (an integer a sign-out increments: every session
+    cookie carries the generation it was issued in)."""
+    return f"{prefix}:{{dashboard}}:sessions"
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,14 @@ A task that blocks the event loop (CPU-bound code, a sync call by mistake) canno
 the heartbeat: renewal runs here, not on the loop. Leases this worker no longer holds
 (it was frozen or cut off past the deadline, and another worker took the task) are
 reported back so the loop stops those runs: their outcome would be rejected anyway.
+
+As a worker's service (_services.py), run() waits on the loop for the thread's end: the
+thread ending before it was asked to (an error past its retries) stops the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from segue import _scripts
 from segue._broker import make_sync_client
+from segue._faults import faultpoint
+from segue._services import Service
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,8 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("segue.worker")
 
 
-class LeaseKeeper:
-    """Renews the leases of the running tasks every lease/3 seconds."""
+class LeaseKeeper(Service):
+    """Renews the leases of the running tasks every lease/3 seconds, in its own thread."""
+
+    name = "lease thread"
 
     def __init__(
         self,
@@ -44,17 +52,50 @@ class LeaseKeeper:
         self._held: dict[str, tuple[Keyspace, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="segue-lease", daemon=True)
+        self._thread: threading.Thread | None = None
         self._script = _scripts.load("renew")
         self._client: Any = None
         self.interval = settings.lease_seconds / 3
+        # a renewal under way ends first (its calls time out within this)
+        self.stop_wait = self.interval + 5
+        self._ended: asyncio.Future[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ended = self._ended = loop.create_future()
+
+        def report(exc: BaseException | None) -> None:
+            if not ended.done():
+                if exc is None:
+                    ended.set_result(None)
+                else:
+                    ended.set_exception(exc)
+
+        def thread() -> None:
+            failure: BaseException | None = None
+            try:
+                self._run()
+            except BaseException as exc:
+                failure = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(report, failure)
+
+        self._thread = threading.Thread(target=thread, name="segue-lease", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    async def run(self) -> None:
+        """Until the thread ends; raises if it ended before stop() asked it to."""
+        assert self._ended is not None
+        await asyncio.shield(self._ended)
+        if not self._stop.is_set():
+            raise RuntimeError("the lease renewal thread ended")
+
+    async def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval + 5)
+
+    async def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("lease renewal thread still busy at stop; left to end on its own")
 
     def hold(self, task_id: str, ks: Keyspace, gen: str) -> None:
         with self._lock:
@@ -68,14 +109,17 @@ class LeaseKeeper:
                 del self._held[task_id]
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew_once()
-            except Exception as exc:
-                # a server outage: keep trying; leases expire only if it lasts past them
-                log.warning("lease renewal failed: %s", exc)
-                self._reset_client()
-        self._reset_client()
+        try:
+            while not self._stop.wait(self.interval):
+                faultpoint("lease_thread")  # outside the retries: tests of the failure policy
+                try:
+                    self.renew_once()
+                except Exception as exc:
+                    # a server outage: keep trying; leases expire only if it lasts past them
+                    log.warning("lease renewal failed: %s", exc)
+                    self._reset_client()
+        finally:
+            self._reset_client()
 
     def _reset_client(self) -> None:
         if self._client is not None:

@@ -5,16 +5,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from datetime import timedelta
+from typing import Literal
 
 from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from segue._handle import TaskHandle
 
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
@@ -25,26 +20,6 @@ Durability = Literal["memory", "fsync", "replicated"]
 Unique = bool | Callable[..., str]
 _DURABILITY = ("memory", "fsync", "replicated")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class EnqueueOptions(TypedDict, total=False):
-    """Options of one enqueue: `task.options(**these).enqueue(...)`."""
-
-    delay: float | timedelta
-    at: datetime
-    priority: Priority
-    queue: str
-    key: str
-    max_tries: int
-    timeout: float | None
-    ttl: float | None
-    after: Sequence[TaskHandle[Any] | str]
-    on_failure: Literal["fail", "cancel"]
-    optional: bool
-    expire: float | timedelta | datetime | None
-    on_duplicate: OnDuplicate
-    headers: dict[str, str]
-    durability: Durability
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +86,21 @@ def parse_rate(text: str, name: str) -> float:
     if per <= 0:
         raise ConfigurationError(f"task {name}: rate_limit {text!r} must be positive")
     return per
+
+
+def check_key(key: object) -> str:
+    """An idempotency key becomes part of the task id, and task ids travel space- and
+    `|`-separated in the dependency lists of graph.lua: a key with either could name
+    other tasks as dependencies, so it is refused."""
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(f"key= must be a non-empty string, not {key!r}")
+    bad = next((c for c in key if c.isspace() or c == "|" or not c.isprintable()), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"key={key!r} holds {bad!r}; an idempotency key may not contain whitespace, "
+            "'|' or control characters"
+        )
+    return key
 
 
 def check_priority(priority: str) -> str:

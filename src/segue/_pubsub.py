@@ -38,51 +38,70 @@ class Subscriber:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def subscribe(self, channel: str, handler: Handler) -> None:
-        """Subscribe and wait (briefly) for the server to confirm it."""
+    async def subscribe(self, channel: str, handler: Handler, *, listen: bool = True) -> None:
+        """Subscribe and wait (briefly) for the server to confirm it. With `listen=False`
+        the caller runs `listen()` itself, after `read_confirmations()`."""
         if channel in self._handlers:
             return
         self._handlers[channel] = handler
         event = self._confirmed[channel] = asyncio.Event()
         async with self._broker.errors():
             await self._pubsub.ssubscribe(channel)
+        if not listen:
+            return
         if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="segue-subscriber")
+            self._task = asyncio.create_task(self.listen(), name="segue-subscriber")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await event.wait()
 
-    async def _listen(self) -> None:
+    def _get(self, timeout: float) -> Any:
         get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
+        return get(timeout=timeout)
+
+    async def read_confirmations(self, timeout: float = 2.0) -> None:
+        """Read until the server confirmed every subscription (or `timeout` passed), for a
+        caller that starts `listen()` only after; messages read meanwhile are handled."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not all(e.is_set() for e in self._confirmed.values()):
+                    try:
+                        msg = await self._get(timeout)
+                    except Exception:
+                        return  # listen() reconnects and reports it
+                    if msg is not None:
+                        self._dispatch(msg)
+
+    async def listen(self) -> None:
+        """Hand each message to its channel's handler, until cancelled."""
         while True:
             try:
-                msg = await get(timeout=1.0)
+                msg = await self._get(1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("pub/sub connection lost (%s); reconnecting", exc)
-                await _cancel.sleep(0.5)
+                await asyncio.sleep(0.5)
                 continue
-            if msg is None:
-                _cancel.raise_if_cancelling()
-                continue
-            kind = _text(msg["type"])
-            channel = _text(msg["channel"])
-            if kind == "ssubscribe":
-                event = self._confirmed.get(channel)
-                if event is not None:
-                    event.set()
-            elif kind == "smessage":
-                handler = self._handlers.get(channel)
-                if handler is not None:
-                    data = msg["data"]
-                    handler(data if isinstance(data, bytes) else str(data).encode())
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = _text(msg["type"])
+        channel = _text(msg["channel"])
+        if kind == "ssubscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+        elif kind == "smessage":
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                data = msg["data"]
+                handler(data if isinstance(data, bytes) else str(data).encode())
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await _cancel.cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
 

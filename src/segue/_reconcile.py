@@ -29,9 +29,10 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from segue import _cancel, _scripts
+from segue import _scripts
 from segue._errors import BrokerError
 from segue._hooks import call_hooks
+from segue._services import Service
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -64,8 +65,10 @@ class _Progress:
     prune: str = "0"
 
 
-class Reconciler:
+class Reconciler(Service):
     """Runs the reconcile passes and the rollback check of one worker's queues."""
+
+    name = "reconciler"
 
     def __init__(
         self,
@@ -84,22 +87,12 @@ class Reconciler:
         self._progress = {ks: _Progress() for ks in self._queues}
         self._script = _scripts.load("reconcile")
         self._generation = _scripts.load("generation")
-        self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.cycles = 0  # cycles completed
         self.rollbacks = 0  # rollbacks this worker detected
         self.repairs: list[Repair] = []  # the most recent repairs (at most 1,000 kept)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="segue-reconcile")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
+    async def run(self) -> None:
         while True:
             try:
                 await self.cycle()
@@ -109,7 +102,7 @@ class Reconciler:
                 self._failing = True
             else:
                 self._failing = False
-            await _cancel.sleep(self.interval)
+            await asyncio.sleep(self.interval)
 
     async def cycle(self) -> list[Repair]:
         """The rollback check and one budget of reconcile steps, for every queue."""

@@ -19,6 +19,7 @@ from segue._context import (
     Context,
     PauseRequested,
     RunControl,
+    ServerUnreachable,
     SyncContext,
     WaitingForSubtasks,
 )
@@ -179,6 +180,10 @@ async def _call(
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
     except WaitingForSubtasks:
         return ("waiting", "", "")
+    except ServerUnreachable as exc:
+        if not silent:
+            log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)
+        return ("requeue", "server unreachable", "")
     except PauseRequested:
         if not silent:
             log.info("task %s paused at a checkpoint", job.id)

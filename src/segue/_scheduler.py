@@ -25,24 +25,22 @@ import contextlib
 import functools
 import logging
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from ulid import ULID
 
 from segue import _cron, _scripts
 from segue._broker import ENQUEUE_FIELDS
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
+from segue._services import Service
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Mapping, Sequence
 
-    from segue._app import App
     from segue._broker import Broker
-    from segue._context import Context, SyncContext
-    from segue._task import AsyncTask, Signature, SyncTask, Task
+    from segue._enqueue import Enqueuer
 
 R = TypeVar("R")
 
@@ -62,8 +60,6 @@ _MAX_SLEEP = 1.0
 _RETRY_SLEEP = 0.5
 # Missed ticks of a catch-up schedule enqueued per round trip.
 _CATCH_UP_BATCH = 1_000
-# Options that make no sense for a call repeated at every tick.
-_REFUSED = ("delay", "at", "key", "after", "on_failure", "optional")
 
 
 class _Entry(msgspec.Struct, frozen=True):
@@ -89,64 +85,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Entry).decode
 
 
-def make_schedule(
-    sig: Signature[Any], cron: str, tz: str | None, sid: str | None, catch_up: bool
-) -> _cron.Schedule:
-    """Check a schedule before anything is written: expression, zone, id, the call itself."""
-    parsed = _cron.parse(cron, tz)
-    refused = sorted(k for k in _REFUSED if k in sig.opts)
-    if refused:
-        raise ConfigurationError(
-            f"schedule of {sig.task.name}: option(s) {', '.join(refused)} do not apply to a "
-            "call enqueued at every tick"
-        )
-    sig.task.check_args(sig.args, sig.kwargs)
-    sid = _cron.check_schedule_id(sid if sid is not None else f"s-{ULID()}")
-    return _cron.Schedule(id=sid, sig=sig, cron=parsed, catch_up=catch_up)
-
-
-class CronDecorator:
-    """What `@app.cron(...)` returns: registers the task, then its schedule, a call with no
-    arguments at every tick (kept in `app.crons`; every worker registers it at start)."""
-
-    def __init__(
-        self, app: App, options: dict[str, Any], *, cron: str, tz: str | None, catch_up: bool
-    ) -> None:
-        self._app = app
-        self._options = options
-        self._schedule = (cron, tz, catch_up)
-
-    @overload
-    def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[[Context], Coroutine[Any, Any, R]]
-    ) -> AsyncTask[[], R]: ...
-    @overload
-    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> AsyncTask[[], R]: ...  # type: ignore[overload-overlap]
-    @overload
-    def __call__(self, fn: Callable[[SyncContext], R]) -> SyncTask[[], R]: ...
-    @overload
-    def __call__(self, fn: Callable[[Context], R]) -> SyncTask[[], R]: ...
-    @overload
-    def __call__(self, fn: Callable[[], R]) -> SyncTask[[], R]: ...
-    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
-        app = self._app
-        task = app._register(fn, **self._options)
-        cron, tz, catch_up = self._schedule
-        try:
-            schedule = make_schedule(task.call(), cron, tz, task.name, catch_up)
-        except TypeError as exc:
-            del app.registry[task.name]
-            raise ConfigurationError(
-                f"cron task {task.name} is called with no arguments at each tick: {exc}"
-            ) from None
-        except ConfigurationError:
-            del app.registry[task.name]
-            raise
-        app.crons[task.name] = schedule
-        return task
-
-
-def _entry(app: App, schedule: _cron.Schedule) -> bytes:
+def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
     queue, _, f = app._fields(schedule.sig)
     entry = _Entry(
@@ -167,7 +106,7 @@ def _entry(app: App, schedule: _cron.Schedule) -> bytes:
     return _encode(entry)
 
 
-async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
     """Create or update schedules. One whose expression and zone are unchanged keeps its
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
@@ -187,16 +126,14 @@ async def put(app: App, broker: Broker, schedules: Sequence[_cron.Schedule]) -> 
         await broker.run_calls(again, retry=True)
 
 
-async def remove(app: App, broker: Broker, sid: str) -> bool:
-    reply = await broker.run_calls(
-        [(_REMOVE, CronKeys(app.settings.prefix).all, [sid])], retry=True
-    )
+async def remove(prefix: str, broker: Broker, sid: str) -> bool:
+    reply = await broker.run_calls([(_REMOVE, CronKeys(prefix).all, [sid])], retry=True)
     return bool(reply[0])
 
 
-async def listing(app: App, broker: Broker) -> list[_cron.ScheduleInfo]:
+async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
     """Every stored schedule, soonest next tick first."""
-    defs, due, fired = await broker.schedule_rows(CronKeys(app.settings.prefix))
+    defs, due, fired = await broker.schedule_rows(CronKeys(prefix))
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -258,48 +195,46 @@ def tick_id(queue: str, sid: str, tick: int) -> str:
     return f"{queue}:cron-{sid}-{tick}"
 
 
-class Scheduler:
+class Scheduler(Service):
     """The loop of one worker that fires due ticks of every schedule under the prefix.
 
     Every worker runs one; leases and fences make each tick fire once among them. The
     App's declared schedules (`@app.cron`) are registered first.
     """
 
-    def __init__(self, app: App, broker: Broker) -> None:
-        self._app = app
+    name = "scheduler"
+    # the tick being fired ends first; one cancelled mid-fire is fired again by another
+    # worker when its lease runs out
+    stop_wait = 5.0
+
+    def __init__(
+        self, enqueuer: Enqueuer, broker: Broker, crons: Mapping[str, _cron.Schedule]
+    ) -> None:
+        self._enqueuer = enqueuer
+        self._crons = crons
         self._broker = broker
-        self._keys = CronKeys(app.settings.prefix).all
+        self._keys = CronKeys(enqueuer.settings.prefix).all
         self._wake = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._registered = not crons
         self.fired = 0
 
     def __repr__(self) -> str:
-        state = "stopping" if self._stopping else "running" if self._task else "idle"
+        state = "stopping" if self._stopping else "running"
         return f"<Scheduler [{state}, fired {self.fired}]>"
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="segue-scheduler")
 
     async def stop(self) -> None:
         """Finish the tick being fired (if any), then stop."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5.0)
-            except TimeoutError:
-                # cancelled mid-fire: the lease runs out and another worker fires the tick
-                log.warning("scheduler did not stop in time; cancelled")
 
-    async def _run(self) -> None:
-        registered = not self._app.crons
+    async def run(self) -> None:
         while not self._stopping:
             try:
-                if not registered:
-                    await put(self._app, self._broker, list(self._app.crons.values()))
-                    registered = True
-                    log.info("registered %d declared schedule(s)", len(self._app.crons))
+                if not self._registered:
+                    await put(self._enqueuer, self._broker, list(self._crons.values()))
+                    self._registered = True
+                    log.info("registered %d declared schedule(s)", len(self._crons))
                 wait = await self.fire_due()
             except QueueFull as exc:
                 # the ticks stay leased and fire again when their lease ends (no tick lost)

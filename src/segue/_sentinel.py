@@ -30,6 +30,7 @@ from redis.retry import Retry as SyncRetry
 
 from segue import _tls
 from segue._errors import ConfigurationError
+from segue._redact import mask_url
 
 _parse_url: Any = redis.connection.parse_url  # untyped in redis-py
 SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -56,20 +57,11 @@ class SentinelTarget:
 
 
 def _fail(url: str, problem: str) -> ConfigurationError:
-    shown = _hide_password(url)
+    shown = mask_url(url)
     return ConfigurationError(
         f"Sentinel URL {shown!r} {problem}; the form is "
         "redis+sentinel://[user:password@]host:26379[,host:26379...]/<service>[/<db>]"
     )
-
-
-def _hide_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hosts = rest.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{hosts}" if ":" in userinfo else url
 
 
 def _host_port(url: str, item: str) -> tuple[str, int]:

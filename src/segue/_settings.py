@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
@@ -62,17 +62,6 @@ def check_url(url: str, setting: str = "redis_url") -> None:
         )
 
 
-def server_label(settings: Settings) -> str:
-    """Which server an App talks to, for a person: the URL with its password masked, or the
-    embedded server and its project directory."""
-    if settings.redis_url is not None:
-        return mask_url(settings.redis_url)
-    from segue._embedded import find_home
-
-    home = settings.home.resolve() if settings.home is not None else find_home()
-    return f"embedded server in {home / '.segue'}"
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Connection, worker and lifetime settings of an App.
@@ -112,7 +101,6 @@ class Settings:
     durability: Durability = "memory"
     durability_replicas: int = 1
     durability_timeout_seconds: float = 1.0
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -167,6 +155,17 @@ class Settings:
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"
             )
 
+    def __repr__(self) -> str:
+        from segue._redact import mask_url
+
+        shown = [
+            f"{f.name}={mask_url(v) if f.name == 'redis_url' and v else v!r}"
+            for f in fields(self)
+            if f.repr
+            for v in (getattr(self, f.name),)
+        ]
+        return f"Settings({', '.join(shown)})"
+
     @property
     def cluster(self) -> bool:
         """True when the URL names a Redis Cluster (scheme `redis+cluster://`)."""
@@ -195,11 +194,10 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `SEGUE_*` variables (e.g. SEGUE_REDIS_URL, SEGUE_CONCURRENCY)."""
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
+        # this module's names: the class says it is segue's (see __init__), not this module's
+        hints = get_type_hints(cls, globalns=globals())
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get(_ENV_PREFIX + f.name.upper())
             if raw is None or f.name in overrides:
                 continue

@@ -83,6 +83,8 @@ class TaskInfo:
     error: TaskError | None
     progress: tuple[float, float | None] | None = None  # (done, total) from ctx.progress
     progress_message: str | None = None
+    # what segue could not read of a record someone else wrote (those fields are left empty)
+    problem: str | None = None
     # a pause or cancel asked of a running task and not yet carried out, and when it was
     # asked (its worker carries it out at the task's next checkpoint, or at once)
     pending_request: str | None = None

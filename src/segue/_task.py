@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import (
     TYPE_CHECKING,
     Any,
     Concatenate,
     Generic,
+    Literal,
     ParamSpec,
+    Protocol,
     Self,
+    TypedDict,
     TypeVar,
     cast,
     overload,
@@ -23,18 +25,43 @@ from typing_extensions import Unpack
 from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context, SyncContext
 from segue._errors import ConfigurationError
-from segue._options import EnqueueOptions, TaskOptions, check_durability, check_priority
+from segue._options import check_durability, check_key, check_priority
 
 if TYPE_CHECKING:
-    from segue._app import App
-    from segue._handle import TaskHandle
-    from segue._workflow import Chain, Group
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
+    from datetime import datetime, timedelta
+
+    from segue._handle import TaskHandle, WorkflowHandle
+    from segue._options import Durability, OnDuplicate, Priority, TaskOptions
+    from segue._settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R2 = TypeVar("R2")
 A = TypeVar("A")
 P2 = ParamSpec("P2")
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """Options of one enqueue: `task.options(**these).enqueue(...)`."""
+
+    delay: float | timedelta
+    at: datetime
+    priority: Priority
+    queue: str
+    key: str
+    max_tries: int
+    timeout: float | None
+    ttl: float | None
+    after: Sequence[TaskHandle[Any] | str]
+    on_failure: Literal["fail", "cancel"]
+    optional: bool
+    expire: float | timedelta | datetime | None
+    on_duplicate: OnDuplicate
+    headers: dict[str, str]
+    durability: Durability
+
+
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
 
 
@@ -59,6 +86,17 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     except Exception:
         # unresolvable annotations: decode as plain JSON rather than refuse the task
         return {}
+
+
+class TaskOwner(Protocol):
+    """What tasks, chains and groups need of the App that declares them: its settings (the
+    default queue) and the way to enqueue. This module sits below the App, so it names
+    what it uses rather than the App itself."""
+
+    @property
+    def settings(self) -> Settings: ...
+    async def enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]: ...
+    async def enqueue_workflow(self, root: Chain[Any] | Group[Any]) -> WorkflowHandle[Any]: ...
 
 
 class Signature(Generic[R]):
@@ -96,9 +134,7 @@ class Signature(Generic[R]):
 
     async def enqueue(self) -> TaskHandle[R]:
         self.check()
-        return await self.task.app.enqueue_one(self)
-
-    # Workflow building lives in _workflow (the client layer); imported where used.
+        return await self.task._owner.enqueue_one(self)
 
     @overload
     def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
@@ -106,17 +142,13 @@ class Signature(Generic[R]):
     def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
     def __or__(self, other: Any) -> Chain[Any]:
         """`a.call(x) | b.call()`: a chain; each step gets the previous result first."""
-        from segue._workflow import Chain, _as_node
-
-        return Chain(self.task.app, (self, _as_node(self.task.app, other)))
+        return Chain(self.task._owner, (self, _as_node(other)))
 
     def then(
         self, task: Task[Concatenate[R, P2], R2], *args: P2.args, **kwargs: P2.kwargs
     ) -> Chain[R2]:
         """A chain of this call and `task`, which receives this call's result first."""
-        from segue._workflow import Chain
-
-        return Chain(self.task.app, (self, Signature(task, args, kwargs, task.call_options)))
+        return Chain(self.task._owner, (self, Signature(task, args, kwargs, task.call_options)))
 
     def __repr__(self) -> str:
         return f"<Signature {self.task.name}{self.args!r}>"
@@ -133,6 +165,8 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         check_priority(extra["priority"])
     if "durability" in extra:
         check_durability(extra["durability"], "options()")
+    if "key" in extra:
+        check_key(extra["key"])
     merged = base.copy()
     merged.update(extra)
     return merged
@@ -143,12 +177,12 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
+        owner: TaskOwner,
         fn: Callable[..., Any],
         opts: TaskOptions,
         call_options: EnqueueOptions | None = None,
     ) -> None:
-        self.app = app
+        self._owner = owner
         self.fn = fn
         self.opts = opts
         self.call_options: EnqueueOptions = call_options or {}
@@ -171,11 +205,11 @@ class Task(Generic[P, R]):
     @property
     def queue(self) -> str:
         """The queue enqueues go to unless an enqueue option says otherwise."""
-        return self.opts.queue or self.app.settings.queue
+        return self.opts.queue or self._owner.settings.queue
 
     def options(self, **options: Unpack[EnqueueOptions]) -> Self:
         """A copy of this task whose enqueues use these options."""
-        return type(self)(self.app, self.fn, self.opts, _merge(self.call_options, options))
+        return type(self)(self._owner, self.fn, self.opts, _merge(self.call_options, options))
 
     @overload
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
@@ -200,7 +234,7 @@ class Task(Generic[P, R]):
         """Put one run of this task in its queue; returns a handle to follow it."""
         self.check_args(args, kwargs)
         sig = Signature(self, args, kwargs, self.call_options, complete=True)
-        return await self.app.enqueue_one(sig)
+        return await self._owner.enqueue_one(sig)
 
     async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, now, without a queue (sync functions in a thread)."""
@@ -249,4 +283,75 @@ class SyncTask(Task[P, R]):
         return cast("R", self.fn(*call_args, **kwargs))
 
 
-AsyncFn = Callable[..., Awaitable[Any]]
+def _as_node(other: Any) -> Signature[Any] | Chain[Any] | Group[Any]:
+    if isinstance(other, Task):
+        return Signature(other, (), {}, other.call_options)
+    if isinstance(other, Signature | Chain | Group):
+        return other
+    raise TypeError(f"cannot chain {other!r}: expected a task, a signature, a chain or a group")
+
+
+class Chain(Generic[R]):
+    """Steps run one after another, each receiving the previous step's result first."""
+
+    __slots__ = ("_owner", "stages")
+
+    def __init__(
+        self, owner: TaskOwner, stages: tuple[Signature[Any] | Chain[Any] | Group[Any], ...]
+    ):
+        self._owner = owner
+        self.stages = stages
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(s) for s in self.stages)
+
+    @overload
+    def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
+    @overload
+    def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
+    def __or__(self, other: Any) -> Chain[Any]:
+        return Chain(self._owner, (*self.stages, _as_node(other)))
+
+    def then(
+        self, task: Task[Concatenate[R, P2], R2], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Chain[R2]:
+        """Add a step that receives this chain's result as its first argument."""
+        return Chain(self._owner, (*self.stages, Signature(task, args, kwargs, task.call_options)))
+
+    async def enqueue(self) -> WorkflowHandle[R]:
+        return await self._owner.enqueue_workflow(self)
+
+
+class Group(Generic[R]):
+    """Steps run in parallel; a step after the group receives the list of their results."""
+
+    __slots__ = ("_owner", "members")
+
+    def __init__(
+        self,
+        owner: TaskOwner,
+        members: Iterable[Signature[R] | Chain[R] | Group[Any] | Task[Any, R]],
+    ):
+        self._owner = owner
+        self.members = tuple(_as_node(m) for m in members)
+        if not self.members:
+            raise ConfigurationError("a group needs at least one step")
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(repr(m) for m in self.members)})"
+
+    @overload
+    def __or__(self, other: Group[R2]) -> Chain[list[R2]]: ...
+    @overload
+    def __or__(self, other: Signature[R2] | Chain[R2] | Task[Any, R2]) -> Chain[R2]: ...
+    def __or__(self, other: Any) -> Chain[Any]:
+        return Chain(self._owner, (self, _as_node(other)))
+
+    def then(
+        self, task: Task[Concatenate[list[R], P2], R2], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Chain[R2]:
+        """Add a step that receives the list of the members' results as its first argument."""
+        return Chain(self._owner, (self, Signature(task, args, kwargs, task.call_options)))
+
+    async def enqueue(self) -> WorkflowHandle[list[R]]:
+        return await self._owner.enqueue_workflow(self)

@@ -2,9 +2,11 @@
 
 One loop does all server writes of the hot path: each round trip carries the outcomes that
 piled up since the last one (finish.lua) and a claim for the free slots (claim.lua), in one
-pipeline. Runs are asyncio tasks; sync functions go to a thread pool. Lease renewal lives
-in its own thread (_lease.py). Waiting for work is a BLPOP on the queues' wake lists, run
-by a side task so that finishing runs and new work both wake the loop.
+pipeline. Runs are asyncio tasks; sync functions go to a thread pool. Beside the loop run
+the worker's services, under one task group and one failure policy (_services.py): lease
+renewal in its own thread (_lease.py), the control subscriber that carries out pause and
+cancel requests (_control.py), the waker that turns new work into a turn of the loop
+(_waker.py), the heartbeat, the reconciler, the forwarder and the scheduler.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from segue import _cancel, _clock
+from segue import _clock
 from segue._broker import server_unreachable
 from segue._context import PauseRequested, RunControl
-from segue._errors import BrokerError, ServerOutOfMemory
+from segue._control import Controller, ControlSubscriber
+from segue._embedded import server_label
+from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
 from segue._forward import Forwarder
 from segue._heartbeat import Heartbeat
@@ -35,32 +39,45 @@ from segue._options import parse_rate
 from segue._reconcile import Reconciler
 from segue._runner import Job, Outcome, attempt
 from segue._scheduler import Scheduler
-from segue._settings import server_label
+from segue._services import Service, ServiceGroup, describe
+from segue._waker import Waker
 
 if TYPE_CHECKING:
-    from segue._app import App
     from segue._broker import Broker
+    from segue._client import Client
+    from segue._enqueue import Enqueuer
+    from segue._registry import Registry
 
 log = logging.getLogger("segue.worker")
 
 
 class Worker:
-    """Runs the tasks of an App from one or more queues (served in the order given)."""
+    """Runs the tasks of an App from one or more queues (served in the order given).
+
+    `app.worker()` makes one: it runs the registry's tasks, reaches the server through the
+    client, and enqueues sub-tasks and cron ticks through the enqueuer."""
 
     def __init__(
         self,
-        app: App,
+        client: Client,
+        registry: Registry,
+        enqueuer: Enqueuer,
         *,
+        name: str = "segue",
         queues: list[str] | None = None,
         concurrency: int | None = None,
         pid_file: str | Path | None = None,
     ) -> None:
-        self.app = app
+        self._client = client
+        self._registry = registry
+        self._enqueuer = enqueuer
+        self.app_name = name  # the App's label, in the worker's record
+        settings = client.settings
         self.pid_file = Path(pid_file) if pid_file is not None else None
         # set once the worker is registered and about to take work (segue.testing waits on it)
         self.ready = asyncio.Event()
-        self.queues = [check_queue_name(q) for q in (queues or [app.settings.queue])]
-        self.concurrency = concurrency or app.settings.concurrency
+        self.queues = [check_queue_name(q) for q in (queues or [settings.queue])]
+        self.concurrency = concurrency or settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
         self._running: dict[str, Job] = {}
         self._outcomes: dict[Keyspace, list[Any]] = {}
@@ -72,9 +89,10 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._next_due: float | None = None
         self._broker: Any = None
-        self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._resources: dict[Any, Any] = {}
-        self._control: Any = None
+        # carries out pause and cancel requests for the runs (_control.py)
+        self._controller = Controller(self._running, settings.pause_grace_seconds)
+        self._failure: tuple[str, BaseException] | None = None  # the service that failed
         # the token of each queue's next claim: kept until a claim's reply arrives, so that
         # a claim resent after a dropped connection gets back what the lost one leased
         self._claim_tokens: dict[Keyspace, str] = {}
@@ -82,7 +100,7 @@ class Worker:
         self._down_since: float | None = None  # when round trips began to fail
         self._down_said = 0.0  # when the outage was last logged
         # an outage is logged when it starts, then every two heartbeats (10 s by default)
-        self._outage_log_seconds = 2 * app.settings.heartbeat_seconds
+        self._outage_log_seconds = 2 * settings.heartbeat_seconds
         # the queues' reconciler while serving (not in a burst), see _reconcile.py
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
@@ -124,7 +142,7 @@ class Worker:
     async def _serve(self, *, burst: bool, horizon: float, signals: bool) -> int:
         # resources open before the first task and close after the last one
         async with contextlib.AsyncExitStack() as stack:
-            self._resources.update(await open_all(self.app.lifespans, stack))
+            self._resources.update(await open_all(self._registry.lifespans, stack))
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
@@ -135,7 +153,7 @@ class Worker:
         said = 0.0
         while True:
             try:
-                broker = await self.app.broker()
+                broker = await self._client.broker()
             except BrokerError as exc:
                 if self._stopping or not server_unreachable(exc):
                     raise
@@ -145,7 +163,7 @@ class Worker:
                     log.warning("%s; the worker waits for it", exc)
                 elif now - said >= self._outage_log_seconds:
                     said = now
-                    where = server_label(self.app.settings)
+                    where = server_label(self._client.settings)
                     log.warning("still waiting for %s (%.0f s)", where, now - since)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
@@ -177,63 +195,72 @@ class Worker:
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
         self._broker = broker
+        controller = self._controller
         self._lease = LeaseKeeper(
             broker.url,
-            self.app.settings,
+            self._client.settings,
             self.id,
-            lambda ids: loop.call_soon_threadsafe(self._on_lost, ids),
-            lambda task_id, cmd: loop.call_soon_threadsafe(self._on_request, task_id, cmd),
+            lambda ids: loop.call_soon_threadsafe(controller.on_lost, ids),
+            lambda task_id, cmd: loop.call_soon_threadsafe(controller.on_request, task_id, cmd),
         )
-        self._lease.start()
-        self._control = broker.subscriber()
-        for ks in keyspaces:
-            await self._control.subscribe(ks.control_channel, self._on_control_message)
-        waker = asyncio.create_task(self._wake_loop(broker, keyspaces), name="segue-waker")
-        # cron ticks fire from every serving worker; a burst (drain) only empties queues
-        scheduler = None if burst else Scheduler(self.app, broker)
-        if scheduler is not None:
-            scheduler.start()
-        heartbeat = Heartbeat(self, broker, self.pid_file)
-        # a burst only empties queues; a serving worker also repairs what a restore broke
-        self.reconciler = None if burst else Reconciler(broker, self.id, keyspaces, self.app.hooks)
-        # serving, it forwards on its own; a burst forwards from its loop (see _loop)
-        self._forwarder = Forwarder(broker, keyspaces, self.app.settings.poll_seconds)
+        # a burst only empties queues: cron ticks fire from serving workers, which also
+        # repair what a restore broke and forward on their own (a burst forwards from _loop)
+        self.reconciler = (
+            None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
+        )
+        self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
+        services: list[Service | None] = [
+            self._lease,
+            ControlSubscriber(broker, keyspaces, controller),
+            Waker(
+                broker,
+                keyspaces,
+                self._client.settings.poll_seconds,
+                lambda: not self._stopping and len(self._running) < self.concurrency,
+                self._changed.set,
+            ),
+            Heartbeat(self, broker, self.pid_file),
+            self.reconciler,
+            None if burst else self._forwarder,
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
+        ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
         try:
-            await heartbeat.start()
-            if self.reconciler is not None:
-                self.reconciler.start()
-            if not burst:
-                self._forwarder.start()
-            self.ready.set()
-            await self._loop(broker, keyspaces, burst=burst, horizon=horizon)
-            await self._shutdown(broker)
+            # stopped in the reverse order: the claim loop first, the lease thread last
+            async with ServiceGroup(self.id, self._service_failed) as group:
+                for service in services:
+                    if service is not None:
+                        await group.start(service)
+                self.ready.set()
+                claim = await group.start(_ClaimLoop(self, broker, keyspaces, burst, horizon))
+                await asyncio.wait({claim})
         finally:
             self._stopping = True
-            if scheduler is not None:
-                await scheduler.stop()
-            await heartbeat.stop()
-            if self.reconciler is not None:
-                await self.reconciler.stop()
-            await self._forwarder.stop()
-            await self._stop_waker(broker, keyspaces, waker)
-            with contextlib.suppress(BrokerError):
-                await broker.forget_claims({**self._answered, **self._claim_tokens})
-            self._lease.stop()
-            await self._control.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             log.info("worker %s stopped after %d runs", self.id, self._finished)
+        if self._failure is not None:
+            name, cause = self._failure
+            raise SegueError(
+                f"worker {self.id} stopped: its {name} failed: {describe(cause)}"
+            ) from cause
         return self._finished
+
+    def _service_failed(self, name: str, exc: BaseException) -> None:
+        """A part whose failure stops the worker failed (logged by the group): stop now,
+        requeueing what runs (without the lease thread its leases would lapse)."""
+        self._failure = self._failure or (name, exc)
+        self._stopping = self._force = True
+        self._changed.set()
 
     async def _loop(
         self, broker: Broker, keyspaces: list[Keyspace], *, burst: bool, horizon: float
     ) -> None:
-        settings = self.app.settings
+        settings = self._client.settings
         forwarder = self._forwarder
         assert forwarder is not None
         while not self._stopping:
@@ -335,7 +362,7 @@ class Worker:
         rates: dict[str, str] = {}
         concurrency: dict[str, int] = {}
         clear: tuple[list[str], list[str]] = ([], [])
-        for name, task in self.app.registry.items():
+        for name, task in self._registry.tasks.items():
             opts = task.opts
             if opts.rate_limit is not None:
                 per_ms = parse_rate(opts.rate_limit, name) / 1000
@@ -419,9 +446,21 @@ class Worker:
                 started=_clock.monotonic(),
                 input=given or None,
                 headers=headers or None,
-                last_delivery=lost > 0 and lost >= self.app.settings.max_deliveries - 1,
+                # as claim.lua decides it: a lost run before, and losing this one ends it
+                last_delivery=lost > 0
+                and (
+                    lost >= self._client.settings.max_deliveries - 1
+                    or int(tries) >= int(max_tries or 1)
+                ),
             )
-            job.run = RunControl(self.app, self._broker, ks, job.gen, self._resources)
+            job.run = RunControl(
+                self._enqueuer.enqueue_child,
+                self._broker,
+                ks,
+                job.gen,
+                self._resources,
+                lease_seconds=self._client.settings.lease_seconds,
+            )
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
@@ -438,11 +477,11 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         assert self._executor is not None
-        task = self.app.registry.get(job.name)
+        task = self._registry.tasks.get(job.name)
         outcome: Outcome | None
         try:
             outcome = await attempt(
-                job, task, self.app.settings, self.id, self._executor, self.app.hooks
+                job, task, self._client.settings, self.id, self._executor, self._registry.hooks
             )
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._stopped_outcome(job)
@@ -456,9 +495,7 @@ class Worker:
             outcome = ("cancelled", "", "")
         if self._running.get(job.id) is job:  # not if a newer run of the task replaced it
             del self._running[job.id]
-            timer = self._grace_timers.pop(job.id, None)
-            if timer is not None:
-                timer.cancel()
+            self._controller.ended(job.id)
         if outcome is not None and not job.lost:
             action, a, b = outcome
             self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
@@ -469,45 +506,6 @@ class Worker:
             self._lease.drop(job.id, job.gen)
         self._finished += 1
         self._changed.set()
-
-    def _on_control_message(self, data: bytes) -> None:
-        command, _, task_id = data.decode().partition(" ")
-        self._on_request(task_id, command)
-
-    def _on_request(self, task_id: str, command: str) -> None:
-        """Carry out an operator's request for a task this worker runs."""
-        job = self._running.get(task_id)
-        if job is None or job.run is None or job.task is None:
-            return
-        if command in ("none", "resume"):
-            if job.run.request == "pause":
-                # the pause was withdrawn before the task reached a checkpoint
-                log.info("task %s pause withdrawn; it goes on", task_id)
-                job.run.request = None
-                timer = self._grace_timers.pop(task_id, None)
-                if timer is not None:
-                    timer.cancel()
-            return
-        if job.run.request == command or job.run.request == "cancel":
-            return
-        job.run.request = command
-        if command == "cancel":
-            faultpoint("during_cancel")
-            log.info("task %s cancel requested; stopping it", task_id)
-            job.task.cancel()
-        elif command == "pause":
-            grace = self.app.settings.pause_grace_seconds
-            log.info("task %s pause requested; stops at its next checkpoint", task_id)
-            self._grace_timers[task_id] = asyncio.get_running_loop().call_later(
-                grace, self._interrupt, job
-            )
-
-    def _interrupt(self, job: Job) -> None:
-        """The grace period of a pause ran out without a checkpoint: stop at the await."""
-        self._grace_timers.pop(job.id, None)
-        if self._running.get(job.id) is job and job.task is not None and not job.task.done():
-            log.info("task %s reached no checkpoint within the grace period; interrupting", job.id)
-            job.task.cancel()
 
     @staticmethod
     def _stopped_outcome(job: Job) -> Outcome | None:
@@ -520,41 +518,6 @@ class Worker:
         if request == "pause":
             return ("paused", "", "")
         return ("requeue", "", "")
-
-    def _on_lost(self, runs: list[tuple[str, str]]) -> None:
-        for task_id, gen in runs:
-            job = self._running.get(task_id)
-            if job is not None and job.gen == gen and job.task is not None:
-                log.warning("lease of task %s lost; stopping this run", task_id)
-                job.lost = True
-                job.task.cancel()
-
-    async def _wake_loop(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
-        """Turn a wake signal into a loop iteration, while this worker has free slots."""
-        idle = self.app.settings.poll_seconds
-        while not self._stopping:
-            if len(self._running) >= self.concurrency:
-                await _cancel.sleep(0.05)
-                continue
-            try:
-                await broker.wait_for_work(keyspaces, idle)
-            except BrokerError:
-                await _cancel.sleep(0.5)
-                continue
-            _cancel.raise_if_cancelling()
-            self._changed.set()
-
-    async def _stop_waker(
-        self, broker: Broker, keyspaces: list[Keyspace], waker: asyncio.Task[None]
-    ) -> None:
-        # Cancelling a BLPOP in flight can stall redis-py's connection teardown; a wake
-        # token ends the BLPOP at once instead (another worker woken by it finds nothing).
-        with contextlib.suppress(BrokerError):
-            await broker.nudge(keyspaces)
-        try:
-            await asyncio.wait_for(waker, self.app.settings.poll_seconds + 2)
-        except BaseException:
-            waker.cancel()
 
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
@@ -575,7 +538,7 @@ class Worker:
 
     async def _shutdown(self, broker: Broker) -> None:
         """Let running tasks finish within the grace period, then requeue the rest."""
-        grace = self.app.settings.shutdown_grace_seconds
+        grace = self._client.settings.shutdown_grace_seconds
         deadline = _clock.monotonic() + grace
         while self._running and not self._force and _clock.monotonic() < deadline:
             await self._flush(broker)
@@ -611,3 +574,37 @@ class Worker:
                 self._restore(taken)
                 raise
             self._check_finished(taken, replies)
+
+
+class _ClaimLoop(Service):
+    """The worker's claim/finish loop as a service: started last, stopped first. Its close
+    is the graceful shutdown: running tasks get their grace, what remains is requeued, the
+    outcomes are sent, and the claims' replay records are forgotten."""
+
+    name = "claim loop"
+    stop_wait = None  # the shutdown bounds itself (shutdown_grace_seconds, then requeue)
+
+    def __init__(
+        self, worker: Worker, broker: Broker, keyspaces: list[Keyspace], burst: bool, horizon: float
+    ) -> None:
+        self._worker = worker
+        self._broker = broker
+        self._keyspaces = keyspaces
+        self._burst = burst
+        self._horizon = horizon
+
+    async def run(self) -> None:
+        await self._worker._loop(
+            self._broker, self._keyspaces, burst=self._burst, horizon=self._horizon
+        )
+
+    async def stop(self) -> None:
+        self._worker._stopping = True
+        self._worker._changed.set()
+
+    async def close(self) -> None:
+        w = self._worker
+        w._stopping = True
+        await w._shutdown(self._broker)
+        with contextlib.suppress(BrokerError):
+            await self._broker.forget_claims({**w._answered, **w._claim_tokens})

@@ -187,7 +187,7 @@ class AppFactory:
         overrides.setdefault("queue", self.queue)
         if app is None:
             return App("test", redis_url=self.url, **overrides)
-        if app._broker is not None:
+        if app._client.connected is not None:
             raise ConfigurationError(
                 f"{app!r} is connected: close it (async with app: ...) before pointing it at "
                 "the test server"

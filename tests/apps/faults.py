@@ -164,3 +164,18 @@ async def block(ctx: Context, ms: int) -> str:
     time.sleep(ms / 1000)  # noqa: ASYNC251 -- the fault under test: a blocked loop
     run.finish()
     return f"{ctx.worker_id} {_gen(ctx)}"
+
+
+@app.task(name="faults.report", silent=True)
+async def report(ctx: Context, ms: int) -> int:
+    """Report progress every 50 ms for `ms` milliseconds (a round trip each, so a server
+    outage meets it inside a ctx call); returns how many reports it made."""
+    run = Execution(ctx)
+    end = time.monotonic() + ms / 1000
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        await ctx.progress(n)
+        await asyncio.sleep(0.05)
+    run.finish()
+    return n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import redis
 
@@ -31,3 +32,11 @@ async def nap(ctx: Context, seconds: float) -> str:
 def count(ctx: Context, n: int) -> int:
     _record(ctx)
     return n
+
+
+@app.task(name="procs.die")
+async def die(ctx: Context) -> None:
+    """Kills the worker running it, as a crash in native code or the OOM killer would."""
+    _record(ctx)
+    os.kill(os.getpid(), signal.SIGKILL)
+    await asyncio.sleep(10)

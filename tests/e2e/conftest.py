@@ -41,6 +41,8 @@ async def dashboard(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of `create_app(app)`, signed in through the login form unless told not to."""
     options.setdefault("auth", (USER, PASSWORD))
+    if options["auth"] is None:  # serves loopback names only unless told: this client's too
+        options.setdefault("allowed_hosts", ["testserver"])
     asgi = create_app(app, close_app=False, **options)
     transport = httpx.ASGITransport(app=asgi)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -561,6 +561,7 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             "segue_queue_tasks": "gauge",
             "segue_queue_paused": "gauge",
             "segue_queue_dead_letters": "gauge",
+            "segue_queues_not_exported": "gauge",
             "segue_workers": "gauge",
         }
 

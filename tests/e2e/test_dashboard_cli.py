@@ -15,16 +15,20 @@ from segue._cli import cli
 APP = "tests.apps.durable:app"
 
 
+PASSWORD = "a long enough password"
+
+
 def _run(monkeypatch: pytest.MonkeyPatch, *args: str, **env: str) -> tuple[Any, dict[str, Any]]:
     served: dict[str, Any] = {}
+    env.setdefault("SEGUE_DASHBOARD_SECRET", "0123456789abcdef" * 4)
 
     def fake_run(asgi: Any, **options: Any) -> None:
         served.update(options, asgi=asgi)
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    for name in ("SEGUE_DASHBOARD_PASSWORD", "SEGUE_DASHBOARD_USER"):
+    for name in ("SEGUE_DASHBOARD_PASSWORD", "SEGUE_DASHBOARD_USER", "SEGUE_DASHBOARD_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(cli, ["dashboard", APP, *args], env=env or None)
+    result = CliRunner().invoke(cli, ["dashboard", APP, *args], env=env)
     return result, served
 
 
@@ -34,14 +38,14 @@ def test_dashboard_needs_a_password_or_an_explicit_no_auth(
     result, served = _run(monkeypatch)
     assert result.exit_code == 2 and not served
     assert "--no-auth" in result.output
-    result, served = _run(monkeypatch, "--no-auth", "--password", "pw")
+    result, served = _run(monkeypatch, "--no-auth", "--password", PASSWORD)
     assert result.exit_code == 2 and not served
 
 
 def test_dashboard_serves_on_loopback_with_the_password_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result, served = _run(monkeypatch, "--port", "9123", SEGUE_DASHBOARD_PASSWORD="pw")
+    result, served = _run(monkeypatch, "--port", "9123", SEGUE_DASHBOARD_PASSWORD=PASSWORD)
     assert result.exit_code == 0, result.output
     assert served["host"] == "127.0.0.1" and served["port"] == 9123
     assert isinstance(served["asgi"], Starlette)

@@ -17,7 +17,7 @@ async def test_metrics_cover_a_server_with_many_queues(
     app = make_dash_app()
     names = [f"{queue_name}_{i}" for i in range(60)]
     async with app, dashboard(app, sign_in=False) as client:
-        broker = await app.broker()
+        broker = await app._client.broker()
         for name in names:
             await broker.register_queue(name)
         response = await client.get("/metrics")

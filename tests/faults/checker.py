@@ -32,8 +32,8 @@ from typing import Any
 
 from segue._broker import make_async_client
 from segue._keys import Keyspace
+from tests._workers import Signal
 from tests.faults.ledger import Effects, History
-from tests.faults.workers import Signal
 
 # Kinds of key `<prefix>:{<queue>}:<kind>...` that live as long as their queue (no TTL).
 STRUCTURAL = frozenset(

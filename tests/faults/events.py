@@ -44,9 +44,7 @@ class EventTally:
         while True:
             with contextlib.suppress(redis.ConnectionError):
                 await self.read()
-            # redis-py can swallow the cancel of a call cut by CLIENT KILL (Python 3.11's
-            # wait_for): this sleep raises it instead of following on for ever
-            await _cancel.sleep(interval)
+            await asyncio.sleep(interval)
 
     async def __aenter__(self) -> EventTally:
         self._task = asyncio.create_task(self._follow(0.2))
@@ -54,9 +52,9 @@ class EventTally:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # redis-py can swallow the cancel of a call cut by CLIENT KILL (Python 3.11's
+            # wait_for): cancelled again until it ends, not followed on for ever
+            await _cancel.cancel_and_wait(self._task)
         await self.read()
 
     def of(self, task_id: str, kind: str) -> int:

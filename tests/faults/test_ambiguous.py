@@ -226,7 +226,7 @@ async def test_a_claim_sent_again_with_its_token_gets_back_what_it_leased(
     async with app:
         for i in range(5):
             await noop.enqueue(i)
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(queue_name)
         first = (await broker.run_calls([broker.claim_call(ks, "w1", 3, "tok-1")]))[0]
         again = (await broker.run_calls([broker.claim_call(ks, "w1", 3, "tok-1")]))[0]

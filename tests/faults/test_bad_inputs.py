@@ -67,7 +67,7 @@ async def test_malformed_records_are_dead_lettered_and_nothing_is_unpickled(
     good_count = fault_scale.pick(2_000, 20_000)
     async with app:
         good = await app.enqueue_many(add.call(i, 1) for i in range(good_count))
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(queue_name)
         bad: dict[str, str] = {}
         for kind, payload in payloads.items():
@@ -120,7 +120,7 @@ async def test_a_record_missing_its_fields_fails_alone(
     admin = redis.asyncio.Redis.from_url(segue_valkey.admin_url)
     try:
         async with app:
-            ks = (await app.broker()).keyspace(queue_name)
+            ks = (await app._client.broker()).keyspace(queue_name)
             await admin.hset(ks.task(f"{queue_name}:broken"), mapping={"status": "queued"})
             await admin.lpush(ks.pending[1], f"{queue_name}:broken", f"{queue_name}:gone")
             h = await ok.enqueue()

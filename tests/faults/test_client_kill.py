@@ -24,12 +24,12 @@ import redis.asyncio
 
 from segue import App
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.events import EventTally
 from tests.faults.ledger import Execution, History, Ledger, LedgerServer
-from tests.faults.workers import Fleet
 
 pytestmark = pytest.mark.slow
 

@@ -25,11 +25,11 @@ from redis.crc import key_slot
 
 from segue import App
 from tests._support import Engine, start_cluster, stop
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer, Op
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 APP = "tests.apps.faults:app"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,9 +22,10 @@ import redis
 
 from segue import BrokerError, InvalidTransition, TaskCancelled, TaskHandle, TaskStatus
 from tests._support import ACL_PASSWORD, ACL_USER, Engine, add_acl_user
+from tests._workers import Fleet
 from tests.apps import durable
 from tests.faults.conftest import Report, Scale
-from tests.integration.test_durable_processes import Workers, file_names, ledger_key, total_of
+from tests.integration.test_durable_processes import file_names, fleet, ledger_key, total_of
 from tests.integration.test_restart import Server
 
 pytestmark = pytest.mark.slow
@@ -71,11 +71,8 @@ def step_ledger(segue_valkey: Engine, queue_name: str) -> Iterator[StepLedger]:
     ledger.close()
 
 
-async def _kill_and_restart(workers: Workers, rng: random.Random, concurrency: int) -> None:
-    alive = [p for p in workers.procs if p.poll() is None]
-    victim = rng.choice(alive)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
+async def _kill_and_restart(workers: Fleet, rng: random.Random, concurrency: int) -> None:
+    workers.kill(rng.choice(workers.alive()))
     await asyncio.sleep(rng.uniform(0.1, 0.4))
     workers.start(concurrency=concurrency)
 
@@ -97,7 +94,7 @@ async def test_no_step_runs_while_paused_and_resume_continues_from_the_checkpoin
     n_files = fault_scale.pick(40, 100)
     concurrency = 6
     # a task here may be on the killed worker at every kill: that is not a crash loop
-    workers = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url, max_deliveries="50")
+    workers = fleet(segue_valkey.url, queue_name, segue_valkey.admin_url, max_deliveries="50")
     app = durable.app
     app.settings = app.settings.replace(redis_url=segue_valkey.url, queue=queue_name)
     files = file_names(n_files)
@@ -144,10 +141,8 @@ async def test_no_step_runs_while_paused_and_resume_continues_from_the_checkpoin
                     kills += 1
                 await asyncio.sleep(rng.uniform(0.02, 0.2))
             # a restart with everything paused: pauses outlive the workers that carried them out
-            for w in workers.procs:
-                if w.poll() is None:
-                    w.send_signal(signal.SIGKILL)
-                    w.wait(timeout=10)
+            for w in workers.alive():
+                workers.kill(w)
             workers.start(concurrency=concurrency)
             for task_id, at_pause in sorted(paused.items()):
                 assert await by_id[task_id].status() is TaskStatus.PAUSED
@@ -233,7 +228,7 @@ async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
     CANCELLED status outlives both restarts; every other task succeeds."""
     rng = fault_rng
     url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{fsync_always_server.port}/0"
-    workers = Workers(url, queue_name, segue_valkey.admin_url, max_deliveries="50")
+    workers = fleet(url, queue_name, segue_valkey.admin_url, max_deliveries="50")
     app = durable.app
     app.settings = app.settings.replace(redis_url=url, queue=queue_name)
     n = fault_scale.pick(240, 1_000)

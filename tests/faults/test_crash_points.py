@@ -26,12 +26,12 @@ from segue import App, TaskHandle, TaskStatus
 from segue._faults import POINTS
 from segue._scheduler import tick_id
 from tests._support import Engine, start_server, stop
+from tests._workers import Fleet, Slot
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP
-from tests.faults.workers import Fleet, Slot
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow

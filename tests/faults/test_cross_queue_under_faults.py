@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,24 +16,26 @@ import pytest
 
 from segue import TaskStatus
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import workflows
 from tests.faults.conftest import Report, Scale
 from tests.integration.conftest import eventually
-from tests.integration.test_workflow_processes import Ledger, Workers, use
+from tests.integration.test_workflow_processes import Ledger, use
+from tests.integration.test_workflow_processes import fleet as workflow_fleet
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def fleet(segue_valkey: Engine, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
+def fleet(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    w = workflow_fleet(segue_valkey.url, queue_name, segue_valkey.admin_url)
     w.env["SEGUE_MAX_DELIVERIES"] = "50"  # a kill may hit a step every time: no crash loop
-    yield w
-    w.kill_all()
+    with w:
+        yield w
 
 
 async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
-    fleet: Workers,
+    fleet: Fleet,
     segue_valkey: Engine,
     queue_name: str,
     fault_rng: random.Random,
@@ -45,7 +46,7 @@ async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
     qa, qb = queue_name, f"{queue_name}b"
     n_flows = fault_scale.pick(20, 200)
     width = fault_scale.pick(10, 30)
-    both = f"{qa},{qb}"
+    both = [qa, qb]
     for _ in range(2):
         fleet.start(concurrency=4, queues=both)
     app = use(workflows.app, segue_valkey.url, qa)
@@ -66,9 +67,7 @@ async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
         deadline = time.monotonic() + fault_scale.seconds(3.0, 60.0)
         while time.monotonic() < deadline and kills < fault_scale.pick(3, 20):
             await asyncio.sleep(rng.uniform(0.1, 0.4))
-            victim = rng.choice([p for p in fleet.procs if p.poll() is None])
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=10)
+            fleet.kill(rng.choice(fleet.alive()))
             kills += 1
             await asyncio.sleep(rng.uniform(0.05, 0.2))
             fleet.start(concurrency=4, queues=both)
@@ -77,7 +76,7 @@ async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
         unfinished = sum(1 for st in statuses if st is not TaskStatus.SUCCEEDED)
         results = [await flow.result(timeout=90) for flow in flows]
         steps = [await flow.steps() for flow in flows]
-        broker = await app.broker()
+        broker = await app._client.broker()
 
         async def settled() -> bool:
             # every outbox moved, and the main records counted their part on b as ended

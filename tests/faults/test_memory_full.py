@@ -22,10 +22,10 @@ import redis.asyncio
 
 from segue import App, ServerOutOfMemory
 from tests._support import Engine, start_server, stop
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
-from tests.faults.workers import Fleet
 
 APP = "tests.apps.faults:app"
 BATCH = 20

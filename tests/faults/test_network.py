@@ -15,13 +15,13 @@ import pytest
 
 from segue import App
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.proxy import FaultProxy
 from tests.faults.test_worker_faults import APP, assert_sound, client_app, drained
-from tests.faults.workers import Fleet
 
 __all__ = ["client_app"]  # the fixture, imported for this module's tests
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from segue import App
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, client_app, drained
-from tests.faults.workers import Fleet
 
 __all__ = ["client_app"]  # the fixture, imported for this module's tests
 

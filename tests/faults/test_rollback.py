@@ -23,11 +23,11 @@ import redis
 
 from segue._keys import Keyspace
 from tests._support import ACL_PASSWORD, ACL_USER, add_acl_user
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 from tests.integration.test_restart import Server
 

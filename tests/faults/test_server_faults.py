@@ -21,12 +21,12 @@ import redis.asyncio
 from segue import App
 from tests._support import ACL_PASSWORD, ACL_RULES, ACL_USER, free_port, server_binary
 from tests._support import start_process as start_server_process
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import Effects, History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound, drained
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow

@@ -23,13 +23,13 @@ import redis.asyncio
 from segue import App
 from segue._keys import Keyspace, queues_key
 from tests._support import Engine, start_server, stop
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import STRUCTURAL, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.events import EventTally
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow

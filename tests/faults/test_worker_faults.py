@@ -14,11 +14,11 @@ import pytest
 
 from segue import App
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import Verdict, check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 APP = "tests.apps.faults:app"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,24 +16,26 @@ import pytest
 
 from segue import TaskStatus
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import workflows
 from tests.faults.conftest import Report, Scale
-from tests.integration.test_workflow_processes import Ledger, Workers, use
+from tests.integration.test_workflow_processes import Ledger, use
+from tests.integration.test_workflow_processes import fleet as workflow_fleet
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def fleet(segue_valkey: Engine, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
+def fleet(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    w = workflow_fleet(segue_valkey.url, queue_name, segue_valkey.admin_url)
     # a member may be on the killed worker at every kill: that is not a crash loop
     w.env["SEGUE_MAX_DELIVERIES"] = "50"
-    yield w
-    w.kill_all()
+    with w:
+        yield w
 
 
 async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_workflow(
-    fleet: Workers,
+    fleet: Fleet,
     segue_valkey: Engine,
     queue_name: str,
     fault_rng: random.Random,
@@ -73,9 +74,7 @@ async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_wor
             if doomed and rng.random() < 0.5:
                 await cancel(doomed.pop())
             elif kills < fault_scale.pick(3, 20):
-                victim = rng.choice([p for p in fleet.procs if p.poll() is None])
-                victim.send_signal(signal.SIGKILL)
-                victim.wait(timeout=10)
+                fleet.kill(rng.choice(fleet.alive()))
                 kills += 1
                 await asyncio.sleep(rng.uniform(0.1, 0.3))
                 fleet.start(concurrency=concurrency)
@@ -106,7 +105,7 @@ async def test_fan_in_runs_once_after_all_members_and_cancel_stops_the_whole_wor
             # a cancelled member that still recorded a run was in flight when the cancel came;
             # there are at most as many of those as the workers have slots
             stray = sum(1 for s in member_steps if s.status is TaskStatus.CANCELLED and ran[s.id])
-            assert stray <= concurrency * len(fleet.procs)
+            assert stray <= concurrency * len(fleet.slots)
             in_flight_at_cancel += stray
             continue
         assert all(s.status is TaskStatus.SUCCEEDED for s in flow_steps)

@@ -20,12 +20,12 @@ import redis.asyncio
 
 from segue import App
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound, client_app, drained
-from tests.faults.workers import Fleet
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.slow

@@ -349,6 +349,7 @@ async def test_undecodable_arguments_fail_clearly(make_app: Callable[..., App]) 
             await bad.result()
         assert caught.value.reason == "undecodable"
         assert "typed" in caught.value.message
+        assert "parameter 'n': Expected `int`, got `str`" in caught.value.message
         assert await (await worker_app.task_handle(good.id)).result() == "ok"
 
 
@@ -506,7 +507,7 @@ async def test_a_server_without_the_lua_fixes_is_named_in_a_warning(
     app = make_app()
     with caplog.at_level("WARNING", logger="segue.server"):
         async with app:
-            server, version = (await app.broker()).server_version or ("", "")
+            server, version = (await app._client.broker()).server_version or ("", "")
     warned = [r.getMessage() for r in caplog.records if r.name == "segue.server"]
     if segue_engine.kind == "redis" and version.startswith("7.0."):
         assert len(warned) == 1 and "CVE-2025-49844" in warned[0] and version in warned[0]

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,12 +19,12 @@ import pytest
 from segue import App, ConfigurationError, Context
 from segue._keys import CronKeys
 from segue._scheduler import _ADVANCE, _PUT, _TAKE
+from tests._workers import Fleet
 from tests.integration.conftest import eventually, serving
 from tests.integration.test_core import admin_client
 from tests.integration.test_processes import ledger
 from tests.integration.test_restart import Server
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = CronKeys("segue")
 
 
@@ -117,7 +114,7 @@ async def test_a_due_tick_is_leased_to_one_worker_and_only_its_taker_advances_it
     sid = f"{queue_name}-fence"
     definition = b'{"spec":"x"}'
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         put = (_PUT, KEYS.all, [sid, definition, "x", 1_000])  # due since 1970
         assert (await broker.run_calls([put]))[0][0] == 2
         try:
@@ -223,51 +220,13 @@ async def test_a_worker_registers_the_declared_schedules(
 # --- worker processes and restarts (a single server) -------------------------------------------
 
 
-class CronWorkers:
-    """`segue worker tests.apps.cron_procs:app` subprocesses; stops only its own."""
-
-    def __init__(self, engine: Any, queue: str) -> None:
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": engine.url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_POLL_SECONDS": "0.2",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "SEGUE_LEASE_SECONDS": "1.5",
-            "LEDGER_URL": engine.admin_url,
-            "CRON_NAME": queue,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, **env: str) -> subprocess.Popen[bytes]:
-        args = ["-m", "segue", "worker", "tests.apps.cron_procs:app", "--log-level", "warning"]
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **env})
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.stop(proc)
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
-def cron_workers(segue_valkey: Any, queue_name: str) -> Iterator[CronWorkers]:
-    workers = CronWorkers(segue_valkey, queue_name)
-    yield workers
-    workers.kill_all()
+def cron_workers(segue_valkey: Any, queue_name: str) -> Iterator[Fleet]:
+    """`segue worker tests.apps.cron_procs:app` subprocesses; stops only its own."""
+    env = {"LEDGER_URL": segue_valkey.admin_url, "CRON_NAME": queue_name}
+    app = "tests.apps.cron_procs:app"
+    with Fleet(app, segue_valkey.url, queue_name, lease=1.5, env=env) as workers:
+        yield workers
 
     async def unschedule() -> None:
         async with App("cleanup", redis_url=segue_valkey.url) as app:
@@ -286,7 +245,7 @@ async def fires(engine: Any, queue: str, kind: str) -> list[tuple[int, str, int]
 @pytest.mark.slow
 @pytest.mark.serial
 async def test_three_worker_processes_fire_each_second_once_through_a_restart(
-    cron_workers: CronWorkers, segue_valkey: Any, queue_name: str
+    cron_workers: Fleet, segue_valkey: Any, queue_name: str
 ) -> None:
     for _ in range(3):
         cron_workers.start()
@@ -296,11 +255,12 @@ async def test_three_worker_processes_fire_each_second_once_through_a_restart(
 
     await eventually(lambda: fired(3), timeout=20)
     # a worker stopped and started again registers the declared schedules again
-    restarted = cron_workers.procs[0]
-    cron_workers.stop(restarted)
+    restarted = cron_workers.slots[0]
+    cron_workers.terminate(restarted)
+    assert cron_workers.wait_exit(restarted, timeout=10) == 0
     cron_workers.start()
     await eventually(lambda: fired(8), timeout=15)
-    cron_workers.stop_all()
+    assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
     rows = await ledger(segue_valkey.admin_url, queue_name)
     assert max(Counter(r[0] for r in rows).values()) == 1  # no tick ran twice
     for kind in ("coalesce", "catchup"):
@@ -314,7 +274,7 @@ async def test_three_worker_processes_fire_each_second_once_through_a_restart(
 
 @pytest.mark.slow
 async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_catch_up(
-    cron_workers: CronWorkers, segue_valkey: Any, queue_name: str
+    cron_workers: Fleet, segue_valkey: Any, queue_name: str
 ) -> None:
     cron_workers.start()
     cron_workers.start()
@@ -324,7 +284,7 @@ async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_c
         return len([t for t, _, _ in runs if t > after]) >= n
 
     await eventually(lambda: fired("coalesce", 2), timeout=20)
-    cron_workers.stop_all()
+    assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
     async with App("client", redis_url=segue_valkey.url) as client:
         infos = {i.id: i for i in await client.schedules()}
     missed = {}
@@ -337,7 +297,7 @@ async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_c
     cron_workers.start()
     await eventually(lambda: fired("coalesce", 2, after=up_at), timeout=20)
     await eventually(lambda: fired("catchup", 2, after=up_at), timeout=20)
-    cron_workers.stop_all()
+    assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
 
     coalesce = [t for t, _, _ in await fires(segue_valkey, queue_name, "coalesce")]
     outage = [t for t in coalesce if missed["coalesce"] <= t <= up_at]
@@ -357,11 +317,11 @@ async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_c
 
 @pytest.mark.slow
 async def test_a_tick_fired_again_after_its_worker_died_mid_fire_runs_once(
-    cron_workers: CronWorkers, segue_valkey: Any, queue_name: str
+    cron_workers: Fleet, segue_valkey: Any, queue_name: str
 ) -> None:
     # the first worker dies between the enqueue of its first ticks and their advance
-    first = cron_workers.start(SEGUE_FAULTPOINT="cron_after_enqueue:kill")
-    assert first.wait(timeout=20) == -signal.SIGKILL
+    first = cron_workers.start(env={"SEGUE_FAULTPOINT": "cron_after_enqueue:kill"})
+    assert cron_workers.wait_exit(first, timeout=20) == -signal.SIGKILL
     sids = {kind: f"{queue_name}.{kind}" for kind in ("coalesce", "catchup")}
     async with App("client", redis_url=segue_valkey.url) as client:
         stuck = {
@@ -381,7 +341,7 @@ async def test_a_tick_fired_again_after_its_worker_died_mid_fire_runs_once(
             return any(t > stuck["coalesce"] for t, _, _ in runs)
 
         await eventually(went_on, timeout=20)
-    cron_workers.stop_all()
+    assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
     rows = await ledger(segue_valkey.admin_url, queue_name)
     assert max(Counter(r[0] for r in rows).values()) == 1  # each tick's task ran once
     for kind, tick in stuck.items():

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,6 +22,7 @@ import pytest
 
 from segue import App, TaskCancelled, TaskStatus
 from tests._support import ACL_PASSWORD, ACL_USER, Engine, add_acl_user
+from tests._workers import Fleet
 from tests.apps import durable
 from tests.integration.conftest import eventually
 from tests.integration.test_core import admin_client, keys_of
@@ -46,52 +45,12 @@ def total_of(files: list[str]) -> int:
     return sum(len(f) for f in files)
 
 
-class Workers:
-    """Starts `segue worker tests.apps.durable:app` subprocesses; stops only its own."""
-
-    def __init__(self, url: str, queue: str, ledger_url: str, **settings: str) -> None:
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_LEASE_SECONDS": "1.5",
-            "SEGUE_POLL_SECONDS": "0.2",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "LEDGER_URL": ledger_url,
-            "LEDGER_KEY": ledger_key(queue),
-            **{f"SEGUE_{k.upper()}": v for k, v in settings.items()},
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 4) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "segue",
-                "worker",
-                "tests.apps.durable:app",
-                "--concurrency",
-                str(concurrency),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def worker_of(proc: subprocess.Popen[bytes]) -> str:
-    """The start of the worker ids of a worker process (`<host>-<pid>-<suffix>`)."""
-    return f"{socket.gethostname()}-{proc.pid}-"
+def fleet(url: str, queue: str, ledger_url: str, **settings: str) -> Fleet:
+    """`segue worker tests.apps.durable:app` subprocesses recording to the queue's ledger;
+    `settings` add SEGUE_* variables (e.g. max_deliveries="50")."""
+    env = {"LEDGER_URL": ledger_url, "LEDGER_KEY": ledger_key(queue)}
+    env |= {f"SEGUE_{k.upper()}": v for k, v in settings.items()}
+    return Fleet("tests.apps.durable:app", url, queue, concurrency=4, lease=1.5, env=env)
 
 
 @dataclass(frozen=True)
@@ -150,10 +109,9 @@ def use(app: App, url: str, queue: str) -> App:
 
 
 @pytest.fixture
-def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
-    yield w
-    w.stop_all()
+def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    with fleet(segue_valkey.url, queue_name, segue_valkey.admin_url) as f:
+        yield f
 
 
 @pytest.fixture
@@ -170,21 +128,20 @@ def ledger(segue_valkey: Engine, queue_name: str) -> Ledger:
 
 
 async def test_a_sigkilled_file_job_is_finished_from_its_checkpoint_by_another_worker(
-    workers: Workers, client_app: App, ledger: Ledger
+    workers: Fleet, client_app: App, ledger: Ledger
 ) -> None:
     files = file_names(20)
     first = workers.start()
     async with client_app:
         h = await durable.process_files.enqueue(files, 0.1)
         await ledger.wait_for_step(h.id, "7")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
         second = workers.start()
         assert await h.result(timeout=15) == total_of(files)  # the total lived in the state
         rows = await ledger.rows(h.id)
         info = await h.info()
-    in_first = [r for r in rows if r.worker.startswith(worker_of(first))]
-    in_second = [r for r in rows if r.worker.startswith(worker_of(second))]
+    in_first = [r for r in rows if r.worker.startswith(first.id_prefix)]
+    in_second = [r for r in rows if r.worker.startswith(second.id_prefix)]
     assert in_first + in_second == rows  # nobody else ran it, and the first run came first
     done_first = steps(in_first)
     assert done_first == list(range(len(done_first))) and len(done_first) >= 8
@@ -202,7 +159,7 @@ async def test_a_sigkilled_file_job_is_finished_from_its_checkpoint_by_another_w
 
 
 async def test_operator_pause_in_one_worker_process_and_resume_in_another(
-    workers: Workers, client_app: App, ledger: Ledger, segue_valkey: Engine
+    workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine
 ) -> None:
     files = file_names(30)
     first = workers.start()
@@ -213,8 +170,8 @@ async def test_operator_pause_in_one_worker_process_and_resume_in_another(
         assert await h.wait_for(TaskStatus.PAUSED, timeout=3) is TaskStatus.PAUSED
         at_pause = await ledger.rows(h.id)
         state = await state_of(segue_valkey, client_app, h.id)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=10) == 0
+        workers.terminate(first)
+        assert workers.wait_exit(first, timeout=10) == 0
         assert await ledger.rows(h.id) == at_pause  # held: nothing ran while paused
         assert await h.status() is TaskStatus.PAUSED
         second = workers.start()
@@ -228,8 +185,8 @@ async def test_operator_pause_in_one_worker_process_and_resume_in_another(
     assert steps(at_pause) == list(range(k))
     assert state == {"current_index": k, "total": total_of(files[:k])}
     assert rows[:k] == at_pause
-    assert all(r.worker.startswith(worker_of(first)) for r in at_pause)
-    assert all(r.worker.startswith(worker_of(second)) for r in rows[k:])
+    assert all(r.worker.startswith(first.id_prefix) for r in at_pause)
+    assert all(r.worker.startswith(second.id_prefix) for r in rows[k:])
     assert steps(rows) == list(range(30))
     assert {r.tries for r in rows} == {1} and info.tries == 1  # a pause spends no try
     paused = [t for t in info.history if t.status is TaskStatus.PAUSED]
@@ -237,7 +194,7 @@ async def test_operator_pause_in_one_worker_process_and_resume_in_another(
 
 
 async def test_commands_sent_while_the_worker_is_dead_are_carried_out_at_lease_expiry(
-    workers: Workers, client_app: App, ledger: Ledger, segue_valkey: Engine
+    workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine
 ) -> None:
     files = file_names(30)
     first = workers.start()
@@ -246,8 +203,7 @@ async def test_commands_sent_while_the_worker_is_dead_are_carried_out_at_lease_e
         c = await durable.process_files.enqueue(files, 0.1)
         await ledger.wait_for_step(h.id, "2")
         await ledger.wait_for_step(c.id, "2")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
         before = await ledger.rows(h.id)
         c_before = await ledger.rows(c.id)
         # nobody knows yet that their worker died: the requests are stored for it
@@ -272,7 +228,7 @@ async def test_commands_sent_while_the_worker_is_dead_are_carried_out_at_lease_e
         info = await h.info()
     after = rows[len(before) :]
     assert rows[: len(before)] == before
-    assert all(r.worker.startswith(worker_of(second)) for r in after)
+    assert all(r.worker.startswith(second.id_prefix) for r in after)
     assert steps(after)[0] in (len(before) - 1, len(before))  # from the checkpoint
     assert steps(after) == list(range(steps(after)[0], 30))
     assert {r.tries for r in after} == {2} and info.tries == 2  # the killed run was a try
@@ -303,7 +259,7 @@ async def test_paused_and_suspended_tasks_keep_status_and_state_across_a_server_
     )
     app = use(durable.app, engine.url, queue_name)
     ledger = Ledger(engine, queue_name)
-    workers = Workers(engine.url, queue_name, engine.admin_url)
+    workers = fleet(engine.url, queue_name, engine.admin_url)
     files = file_names(30)
     try:
         first = workers.start()
@@ -315,8 +271,8 @@ async def test_paused_and_suspended_tasks_keep_status_and_state_across_a_server_
             await paused.pause()
             assert await paused.wait_for(TaskStatus.PAUSED, timeout=3) is TaskStatus.PAUSED
             assert await suspended.status() is TaskStatus.SUSPENDED
-            first.send_signal(signal.SIGTERM)
-            assert first.wait(timeout=10) == 0
+            workers.terminate(first)
+            assert workers.wait_exit(first, timeout=10) == 0
             before = {
                 h.id: (await h.info(), await state_of(engine, app, h.id))
                 for h in (suspended, paused)
@@ -350,10 +306,10 @@ async def test_paused_and_suspended_tasks_keep_status_and_state_across_a_server_
     finally:
         workers.stop_all()
     assert [r.step for r in s_rows] == ["run0", "run1"]
-    assert s_rows[1].worker.startswith(worker_of(second))
+    assert s_rows[1].worker.startswith(second.id_prefix)
     assert steps(p_rows) == list(range(30))  # resumed from its state: no step twice
     k = before[paused.id][1]["current_index"]
-    assert all(r.worker.startswith(worker_of(second)) for r in p_rows[k:])
+    assert all(r.worker.startswith(second.id_prefix) for r in p_rows[k:])
 
 
 # --- the CLI ------------------------------------------------------------------------------
@@ -374,7 +330,7 @@ async def segue_cli(
 
 
 async def test_cli_pause_resume_and_cancel_of_running_tasks(
-    workers: Workers, client_app: App, ledger: Ledger, segue_valkey: Engine, queue_name: str
+    workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine, queue_name: str
 ) -> None:
     files = file_names(30)
     url = segue_valkey.url
@@ -421,7 +377,7 @@ async def test_a_paused_task_keeps_its_state_past_its_ttl_and_cancel_leaves_only
 ) -> None:
     app = use(durable.app, segue_engine.url, queue_name)
     ledger = Ledger(segue_engine, queue_name)
-    workers = Workers(segue_engine.url, queue_name, segue_engine.admin_url)
+    workers = fleet(segue_engine.url, queue_name, segue_engine.admin_url)
     prefix = f"{app.settings.prefix}:{{{queue_name}}}:"
     try:
         workers.start()

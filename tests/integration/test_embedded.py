@@ -133,17 +133,21 @@ def test_data_survives_a_restart(home: Path) -> None:
     emb.release(second)
 
 
-def test_a_long_project_path_falls_back_to_tcp(tmp_path: Path) -> None:
+def test_a_long_project_path_serves_on_a_socket_in_a_private_directory(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     server = emb.acquire(deep)
     try:
-        assert server.url.startswith("redis://127.0.0.1:")
+        assert server.url.startswith("unix://")
+        sock_dir = Path(server.url.removeprefix("unix://")).parent
+        st = sock_dir.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (os.getuid(), 0o700)
         with redis.Redis.from_url(server.url) as client:
             assert client.ping()
     finally:
         emb.release(server)
     assert not (deep / ".segue" / "server.json").exists()
+    assert not sock_dir.exists()  # the private directory goes with the server
 
 
 def test_missing_binary_names_both_fixes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ async def test_workers_trim_events_older_than_the_retention(
     async with app:
         await old_news.enqueue()
         await app.drain()
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(app.settings.queue)
         assert await broker.client.xlen(ks.events) == 3  # enqueued, started, succeeded
         await asyncio.sleep(0.4)  # the events must be older than the retention

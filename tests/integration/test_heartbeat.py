@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from segue import App, TaskStatus, WorkerInfo
 from segue._keys import WorkerKeys
 from segue.testing import AppFactory, worker
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import health
 from tests.integration.conftest import eventually
 
@@ -78,7 +78,7 @@ async def test_beats_prune_the_entries_of_workers_whose_record_expired(
     app = make_app()
     ghost, live = f"ghost-{uuid.uuid4().hex}", f"live-{uuid.uuid4().hex}"
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         wk = WorkerKeys(app.settings.prefix)
         now, started = await broker.beat(wk, ghost, 50, 60_000, 0, {"host": "elsewhere"})
         assert started == now  # the first beat dates the start
@@ -173,24 +173,12 @@ def worker_env(segue_valkey: Engine, segue_queue: str, tmp_path: Path) -> dict[s
 
 
 @pytest.fixture
-def start_worker(worker_env: dict[str, str]) -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(pid_file: Path) -> subprocess.Popen[bytes]:
-        args = ["worker", "tests.apps.health:app", "--pid-file", str(pid_file)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "segue", *args, "--log-level", "warning"],
-            cwd=ROOT,
-            env=worker_env,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:  # only the processes this test started, by pid
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+def workers(segue_valkey: Engine, segue_queue: str, tmp_path: Path) -> Iterator[Fleet]:
+    """`segue worker tests.apps.health:app` subprocesses, beating every 0.2 s."""
+    env = {"SEGUE_HEARTBEAT_SECONDS": "0.2", "SEGUE_HOME": str(tmp_path)}
+    app = "tests.apps.health:app"
+    with Fleet(app, segue_valkey.url, segue_queue, lease=None, env=env) as fleet:
+        yield fleet
 
 
 async def wait_for_file(path: Path) -> str:
@@ -205,12 +193,12 @@ async def wait_for_file(path: Path) -> str:
 async def test_segue_check_follows_a_worker_alive_wedged_and_killed(
     segue_app: AppFactory,
     worker_env: dict[str, str],
-    start_worker: Callable[[Path], subprocess.Popen[bytes]],
+    workers: Fleet,
     tmp_path: Path,
 ) -> None:
     client = segue_app(health.app, heartbeat_seconds=0.2, home=tmp_path)
     pid_file = tmp_path / ".segue" / "worker.pid"  # the default path of `segue check`
-    proc = start_worker(pid_file)
+    slot = workers.start(args=["--pid-file", str(pid_file)])
     async with client:
         worker_id = await wait_for_file(pid_file)
         alive = segue(worker_env, "check", "tests.apps.health:app")
@@ -239,8 +227,7 @@ async def test_segue_check_follows_a_worker_alive_wedged_and_killed(
         assert await h.result(timeout=10) == "released"
         await eventually(fresh, timeout=10)
 
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        workers.kill(slot)
         await eventually(stale, timeout=10)
         dead = segue(worker_env, "check", "tests.apps.health:app", "--max-age", "1")
         assert dead.returncode == 1
@@ -261,17 +248,17 @@ async def test_segue_check_follows_a_worker_alive_wedged_and_killed(
 async def test_a_worker_stopped_by_sigterm_leaves_no_record_and_no_pid_file(
     segue_app: AppFactory,
     worker_env: dict[str, str],
-    start_worker: Callable[[Path], subprocess.Popen[bytes]],
+    workers: Fleet,
     tmp_path: Path,
 ) -> None:
     client = segue_app(health.app, home=tmp_path)
     pid_file = tmp_path / "run" / "w.pid"
-    proc = start_worker(pid_file)
+    slot = workers.start(args=["--pid-file", str(pid_file)])
     async with client:
         worker_id = await wait_for_file(pid_file)
         assert any(w.id == worker_id for w in await client.workers())
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 15) == 0
+        workers.terminate(slot)
+        assert await asyncio.to_thread(workers.wait_exit, slot, 15) == 0
         assert not pid_file.exists()
         assert all(w.id != worker_id for w in await client.workers())
 

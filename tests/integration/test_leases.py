@@ -15,18 +15,23 @@ from segue._broker import Broker
 from tests.integration.conftest import eventually, serving
 
 
-async def claim(broker: Broker, queue: str, worker: str, want: int = 1) -> list[Any]:
-    reply = await broker.run_calls([broker.claim_call(broker.keyspace(queue), worker, want)])
+async def claim(
+    broker: Broker, queue: str, worker: str, want: int = 1, *, holds_last: bool = False
+) -> list[Any]:
+    call = broker.claim_call(broker.keyspace(queue), worker, want, holds_last=holds_last)
+    reply = await broker.run_calls([call])
     return list(reply[0][3:])
 
 
-async def poll(broker: Broker, queue: str, worker: str, within: float = 5.0) -> list[Any]:
+async def poll(
+    broker: Broker, queue: str, worker: str, within: float = 5.0, *, holds_last: bool = False
+) -> list[Any]:
     """Claim every 50 ms, as an idle worker does, until a task comes (or `within` s pass).
     Polling keeps the queue seen: a lease runs out only while someone could take it over
     (a queue nobody touched for half a lease gives its leases time back, see bridge_gap)."""
     deadline = time.monotonic() + within
     while True:
-        got = await claim(broker, queue, worker)
+        got = await claim(broker, queue, worker, holds_last=holds_last)
         if got or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.05)
@@ -48,7 +53,7 @@ async def test_a_worker_that_lost_its_lease_cannot_complete(
         return "real"
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         q = app.settings.queue
         h = await job.enqueue()
         (first,) = await claim(broker, q, "zombie")
@@ -81,7 +86,7 @@ async def test_renewed_leases_are_not_taken_over(make_app: Callable[..., App]) -
         async with serving(app):
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
             async with thief:
-                broker = await thief.broker()
+                broker = await thief._client.broker()
                 for _ in range(12):
                     assert await claim(broker, app.settings.queue, "thief") == []
                     await asyncio.sleep(0.2)
@@ -100,7 +105,7 @@ async def test_repeated_lease_expiry_fails_as_worker_lost(make_app: Callable[...
     async def poison() -> None: ...
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         q = app.settings.queue
         h = await poison.enqueue()
         for n in range(3):
@@ -111,6 +116,32 @@ async def test_repeated_lease_expiry_fails_as_worker_lost(make_app: Callable[...
             await h.result(timeout=1)
         assert caught.value.reason == "worker_lost"
         assert "3 times in a row" in caught.value.message
+
+
+async def test_a_lost_run_spends_a_try_and_the_last_one_runs_alone(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(lease_seconds=0.2, max_deliveries=3)
+
+    @app.task(name="fragile", max_tries=2)
+    async def fragile() -> None: ...
+
+    async with app:
+        broker = await app._client.broker()
+        q = app.settings.queue
+        h = await fragile.enqueue()
+        assert len(await poll(broker, q, "crashing-0")) == 1
+        # its lease lapsed once and it has one try left: losing it again ends it, so a worker
+        # that already runs such a task does not get it (it may be what kills workers)
+        assert await poll(broker, q, "busy", within=0.6, holds_last=True) == []
+        ((_, _, _, tries, *_, lost),) = await poll(broker, q, "crashing-1")
+        assert (int(tries), int(lost)) == (2, 1)
+        assert await poll(broker, q, "next", within=0.6) == []
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "last try (2 of 2)" in caught.value.message
+        assert (await h.info()).tries == 2
 
 
 async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
@@ -128,7 +159,7 @@ async def test_lease_keeper_reports_a_stolen_task_and_worker_drops_it(
         h = await frozen.enqueue()
         async with serving(app) as worker:
             await eventually(lambda: _is(h, TaskStatus.RUNNING), timeout=5)
-            broker = await app.broker()
+            broker = await app._client.broker()
             # another process takes the task over (as after a partition past the lease)
             await broker.client.hset(broker.keyspace(app.settings.queue).task(h.id), "g", 99)
             await eventually(lambda: _running(worker, 0), timeout=5)
@@ -155,7 +186,7 @@ async def test_a_task_blocking_the_loop_keeps_its_lease(make_app: Callable[..., 
 
         async def attempts() -> None:
             async with make_app(lease_seconds=0.6) as other:
-                broker = await other.broker()
+                broker = await other._client.broker()
                 for _ in range(12):
                     stolen.extend(await claim(broker, app.settings.queue, "thief"))
                     await asyncio.sleep(0.15)

@@ -87,7 +87,7 @@ async def test_the_unique_lock_holds_through_a_requeue_after_worker_loss(
 
     async with app:
         h = await exclusive.enqueue()
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(app.settings.queue)
         # a worker that claimed it and died: its lease just runs out
         await broker.run_calls([broker.claim_call(ks, "dead-worker", 1)])

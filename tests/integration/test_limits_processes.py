@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ import pytest
 
 from segue import App, DuplicateTask, TaskFailed, TaskStatus
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import limits
 from tests.integration.conftest import eventually
 from tests.integration.test_core import admin_client
@@ -30,61 +30,6 @@ from tests.integration.test_core import admin_client
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 log = logging.getLogger(__name__)
-
-
-class Workers:
-    """Starts `segue worker tests.apps.limits:app` subprocesses; stops only its own."""
-
-    def __init__(self, engine: Engine, queue: str) -> None:
-        self.engine = engine
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": engine.url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_LEASE_SECONDS": "1.5",
-            "SEGUE_POLL_SECONDS": "0.2",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "LEDGER_URL": engine.admin_url,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "segue",
-                "worker",
-                "tests.apps.limits:app",
-                "--concurrency",
-                str(concurrency),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        self.procs.append(proc)
-        return proc
-
-    async def ready(self, n: int) -> None:
-        """Wait until `n` workers wait for work (each blocks on its queue's wake list)."""
-
-        async def waiting() -> bool:
-            client = admin_client(self.engine)
-            try:
-                clients = await client.client_list()
-            finally:
-                await client.aclose()
-            return sum(1 for c in clients if c.get("cmd") == "blpop") >= n
-
-        await eventually(waiting, timeout=15)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -138,10 +83,11 @@ async def segue_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey, queue_name)
-    yield w
-    w.stop_all()
+def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    """`segue worker tests.apps.limits:app` subprocesses; stops only its own."""
+    env = {"LEDGER_URL": segue_valkey.admin_url}
+    with Fleet("tests.apps.limits:app", segue_valkey.url, queue_name, lease=1.5, env=env) as f:
+        yield f
 
 
 @pytest.fixture
@@ -157,10 +103,10 @@ def client_app(segue_valkey: Engine, queue_name: str) -> App:
 
 
 async def test_a_rate_limit_of_20_per_second_holds_across_three_worker_processes(
-    workers: Workers, client_app: App, segue_valkey: Engine, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:
     procs = [workers.start() for _ in range(3)]
-    await workers.ready(3)
+    await workers.ready(*procs)
     n = 201  # 200 intervals: 10 s at 20/s
     calls_before = await evalsha_calls(segue_valkey)
     async with client_app:
@@ -190,10 +136,10 @@ async def test_a_rate_limit_of_20_per_second_holds_across_three_worker_processes
 
 
 async def test_a_concurrency_limit_of_3_is_never_exceeded_by_three_worker_processes(
-    workers: Workers, client_app: App, segue_valkey: Engine, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:
     first = workers.start(concurrency=8)
-    await workers.ready(1)
+    await workers.ready(first)
     n, nap = 45, 0.1
     async with client_app:
         # the first worker takes the 3 slots and holds them
@@ -204,7 +150,7 @@ async def test_a_concurrency_limit_of_3_is_never_exceeded_by_three_worker_proces
 
         await eventually(lambda: started(3), timeout=15)
         others = [workers.start(concurrency=8) for _ in range(2)]
-        await workers.ready(3)
+        await workers.ready(*others)
         # 21 slots are free in three processes, but the limit is spent: nothing starts
         hs = await client_app.enqueue_many([limits.bounded.call(i, nap) for i in range(3, n)])
         await asyncio.sleep(1.0)
@@ -237,7 +183,7 @@ async def test_a_concurrency_limit_of_3_is_never_exceeded_by_three_worker_proces
 
 
 async def test_a_unique_task_keeps_its_lock_while_recovered_from_a_sigkilled_worker(
-    workers: Workers, client_app: App, segue_valkey: Engine, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:
     first = workers.start()
     async with client_app:
@@ -247,8 +193,7 @@ async def test_a_unique_task_keeps_its_lock_while_recovered_from_a_sigkilled_wor
             return len([r for r in await starts(segue_valkey, queue_name) if r.task == h.id]) >= k
 
         await eventually(lambda: runs(1), timeout=15)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
         assert await h.status() is TaskStatus.RUNNING  # nobody knows yet: the lease runs on
         assert (await limits.exclusive.enqueue()).id == h.id
         with pytest.raises(DuplicateTask) as exc:
@@ -287,7 +232,7 @@ async def test_a_unique_task_keeps_its_lock_while_recovered_from_a_sigkilled_wor
 
 
 async def test_cli_lists_a_dead_letter_and_retries_it_until_it_succeeds(
-    workers: Workers, client_app: App, segue_valkey: Engine, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:
     url = segue_valkey.url
     workers.start()

@@ -4,12 +4,8 @@ process serving /metrics."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from segue import App
 from segue.metrics import PrometheusHook, TracingHook
 from tests._support import free_port
+from tests._workers import Fleet
 from tests.integration.conftest import eventually
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_the_prometheus_hook_counts_runs_by_how_they_ended(
@@ -96,14 +91,6 @@ async def test_the_tracing_hook_makes_a_span_per_enqueue_and_run(
     assert [e.name for e in run.events] == ["exception"]
 
 
-def _start_worker(url: str, queue: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SEGUE_REDIS_URL": url, "SEGUE_QUEUE": queue}
-    command = ["worker", "tests.apps.procs:app", "--metrics-port", str(port)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "segue", *command, "--log-level", "warning"], cwd=ROOT, env=env
-    )
-
-
 def _scrape(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=1) as reply:
@@ -116,14 +103,14 @@ def _scrape(url: str) -> bytes:
 @pytest.mark.slow
 async def test_a_worker_process_serves_its_metrics(segue_valkey: Any, queue_name: str) -> None:
     port = free_port()
-    proc = _start_worker(segue_valkey.url, queue_name, port)
-    try:
+    app = "tests.apps.procs:app"
+    # the App's own lease, poll and grace: only the metrics port is the test's
+    with Fleet(app, segue_valkey.url, queue_name, lease=None, poll=None, grace=None) as workers:
+        workers.start(args=["--metrics-port", str(port)])
 
         async def served() -> bool:
             body = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
             return b"segue_runs_started" in body
 
         await eventually(served, timeout=15)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        workers.terminate_all(timeout=20)

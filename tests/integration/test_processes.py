@@ -2,72 +2,32 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
 
-from segue import App, TaskStatus
+from segue import App, TaskFailed, TaskStatus
+from tests._workers import Fleet, Slot
 from tests.apps import procs
 from tests.integration.conftest import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-class Workers:
-    """Starts `segue worker tests.apps.procs:app` subprocesses; stops only its own."""
-
-    def __init__(self, url: str, queue: str, admin_url: str) -> None:
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_LEASE_SECONDS": "1.5",
-            "SEGUE_POLL_SECONDS": "0.2",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "LEDGER_URL": admin_url,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "segue",
-                "worker",
-                "tests.apps.procs:app",
-                "--concurrency",
-                str(concurrency),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
-def workers(segue_valkey: Any, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
-    yield w
-    w.stop_all()
+def workers(segue_valkey: Any, queue_name: str) -> Iterator[Fleet]:
+    """`segue worker tests.apps.procs:app` subprocesses; stops only its own."""
+    with Fleet(
+        "tests.apps.procs:app",
+        segue_valkey.url,
+        queue_name,
+        lease=1.5,
+        env={"LEDGER_URL": segue_valkey.admin_url},
+    ) as fleet:
+        yield fleet
 
 
 @pytest.fixture
@@ -89,7 +49,7 @@ async def ledger(admin_url: str, queue: str) -> list[list[str]]:
 
 
 async def test_sigkilled_worker_task_is_finished_by_another(
-    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
 ) -> None:
     first = workers.start()
     async with client_app:
@@ -99,8 +59,7 @@ async def test_sigkilled_worker_task_is_finished_by_another(
             return len(await ledger(segue_valkey.admin_url, queue_name)) == 1
 
         await eventually(started, timeout=10)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
         assert await h.status() is TaskStatus.RUNNING  # nobody knows yet: the lease runs on
         workers.start()
         assert await h.result(timeout=20) == "napped 1.0"
@@ -114,7 +73,7 @@ async def test_sigkilled_worker_task_is_finished_by_another(
 
 
 async def test_sigterm_requeues_unfinished_tasks(
-    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
 ) -> None:
     first = workers.start()
     async with client_app:
@@ -126,8 +85,8 @@ async def test_sigterm_requeues_unfinished_tasks(
             return len(await ledger(segue_valkey.admin_url, queue_name)) == 2
 
         await eventually(both_started, timeout=10)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=10) == 0
+        workers.terminate(first)
+        assert workers.wait_exit(first, timeout=10) == 0
         info = await long.info()
         assert info.status is TaskStatus.QUEUED  # requeued at once, not after the lease
         assert info.tries == 0  # the interrupted run does not spend a try
@@ -135,7 +94,7 @@ async def test_sigterm_requeues_unfinished_tasks(
 
 
 async def test_two_workers_drain_5000_tasks_each_once(
-    workers: Workers, client_app: App, segue_valkey: Any, queue_name: str
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
 ) -> None:
     async with client_app:
         handles = await client_app.enqueue_many([procs.count.call(i) for i in range(5000)])
@@ -152,3 +111,49 @@ async def test_two_workers_drain_5000_tasks_each_once(
         assert len(runs) == 5000 and set(runs.values()) == {1}
         assert len({r[1] for r in rows}) == 2  # both workers took part
         assert await handles[4999].result() == 4999
+
+
+async def _until_ended(workers: Fleet, handle: Any, most_workers: int) -> None:
+    """Starts one worker after another (each may die under the task) until the task ends."""
+    for _ in range(most_workers):
+        slot = workers.start()
+
+        async def over(slot: Slot = slot) -> bool:
+            return not slot.alive() or (await handle.status()).is_final
+
+        await eventually(over, timeout=20)
+        if (await handle.status()).is_final:
+            return
+    raise AssertionError(f"task {handle.id} did not end under {most_workers} workers")
+
+
+async def test_a_run_lost_with_its_worker_spends_the_last_try(
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    workers.env["SEGUE_LEASE_SECONDS"] = "1.0"
+    async with client_app:
+        h = await procs.die.options(max_tries=1).enqueue()
+        await _until_ended(workers, h, most_workers=3)
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "last try (1 of 1)" in caught.value.message
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert [r[2] for r in rows] == ["1"]  # one run, never a second
+        assert (await h.info()).tries == 1
+        assert h.id in [d.id for d in await client_app.dead_letters(queue_name)]
+
+
+async def test_tries_to_spare_end_at_max_deliveries_lost_runs(
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    workers.env["SEGUE_LEASE_SECONDS"] = "1.0"
+    async with client_app:
+        h = await procs.die.options(max_tries=5).enqueue()  # max_deliveries is 3
+        await _until_ended(workers, h, most_workers=5)
+        with pytest.raises(TaskFailed) as caught:
+            await h.result(timeout=1)
+        assert caught.value.reason == "worker_lost"
+        assert "3 times in a row" in caught.value.message
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert [r[2] for r in rows] == ["1", "2", "3"]

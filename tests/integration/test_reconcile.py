@@ -191,7 +191,7 @@ async def test_a_second_pass_changes_nothing(
                 await client.hset(ks.task(h.id), "s", "queued")
             await client.zadd(ks.leases, {f"{queue_name}:gone": 1})
             await client.lpush(ks.pending[1], f"{queue_name}:gone", handles[11].id)
-            broker = await app.broker()
+            broker = await app._client.broker()
             prometheus = PrometheusHook()
             reconciler = Reconciler(broker, "test", [ks], [prometheus])
             first = await reconciler.run_pass(ks, steps=None)
@@ -226,7 +226,7 @@ async def test_rollback_is_detected_once_and_reconciled(
     client = await agen.__anext__()
     try:
         async with app:
-            broker = await app.broker()
+            broker = await app._client.broker()
             reconciler = Reconciler(broker, "w1", [ks], [recorder, prometheus])
             other = Reconciler(broker, "w2", [ks], [recorder])
             for _ in range(3):
@@ -276,7 +276,7 @@ async def test_a_rolled_back_queue_is_reconciled_at_once(
     client = await agen.__anext__()
     try:
         async with app:
-            broker = await app.broker()
+            broker = await app._client.broker()
             reconciler = Reconciler(broker, "w1", [ks], [recorder])
             await reconciler.cycle()
             h = await job.options(delay=3600).call(1).enqueue()

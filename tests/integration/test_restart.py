@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +14,9 @@ import pytest
 import redis
 
 from segue import App, TaskStatus
+from tests._workers import Fleet
 from tests.apps import procs
 from tests.integration.conftest import serving
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -120,71 +117,44 @@ async def test_worker_survives_a_server_kill_and_restart(server: Server) -> None
         assert await before[0].status() is TaskStatus.SUCCEEDED
 
 
-def _worker_process(url: str, queue: str, **extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "SEGUE_REDIS_URL": url, "SEGUE_QUEUE": queue, "LEDGER_URL": url}
-    env.update(extra)
-    cmd = [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app"]
-    return subprocess.Popen(
-        [*cmd, "--log-level", "warning", "--log-format", "json"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-
-
-def _line_with(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) -> str:
-    """The first line of the process's stderr containing `text` (read until it comes)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if text in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"the worker never printed {text!r}")
+def _workers(url: str, queue: str) -> Fleet:
+    """Workers of tests.apps.procs with the App's own lease, poll and grace, logging JSON."""
+    env = {"LEDGER_URL": url}
+    app = "tests.apps.procs:app"
+    return Fleet(app, url, queue, lease=None, poll=None, grace=None, env=env)
 
 
 async def test_a_worker_started_before_its_server_waits_for_it(server_dir: Path) -> None:
     server = Server(server_dir)  # not started yet: a supervisor brought the worker up first
     url = f"redis://127.0.0.1:{server.port}/0"
-    # an outage is logged every two heartbeats: 1 s here
-    worker = _worker_process(url, "early", SEGUE_HEARTBEAT_SECONDS="0.5")
     try:
-        line = _line_with(worker, "the worker waits for it")
-        assert f"127.0.0.1:{server.port}" in line
-        line = _line_with(worker, "still waiting for")
-        assert f"still waiting for {url} (" in line
-        server.start()
-        assert "server reachable again after" in _line_with(worker, "reachable again")
-        procs.app.settings = procs.app.settings.replace(redis_url=url, queue="early")
-        async with procs.app:
-            h = await procs.count.enqueue(7)
-            assert await h.result(timeout=20) == 7
-        assert worker.poll() is None
+        with _workers(url, "early") as workers:
+            # an outage is logged every two heartbeats: 1 s here
+            worker = workers.start(
+                args=["--log-format", "json"], env={"SEGUE_HEARTBEAT_SECONDS": "0.5"}
+            )
+            line = await workers.line_with(worker, "the worker waits for it")
+            assert f"127.0.0.1:{server.port}" in line
+            line = await workers.line_with(worker, "still waiting for")
+            assert f"still waiting for {url} (" in line
+            server.start()
+            assert "reachable again after" in await workers.line_with(worker, "reachable again")
+            procs.app.settings = procs.app.settings.replace(redis_url=url, queue="early")
+            async with procs.app:
+                h = await procs.count.enqueue(7)
+                assert await h.result(timeout=20) == 7
+            assert worker.alive()
     finally:
-        worker.kill()
-        worker.wait(timeout=10)
-        assert worker.stderr is not None
-        worker.stderr.close()
         if server.proc is not None:
             server.kill()
 
 
 def test_a_worker_refused_by_the_server_exits_with_the_reason(server: Server) -> None:
     url = f"redis://nobody:wrong@127.0.0.1:{server.port}/0"
-    worker = _worker_process(url, "refused")
-    try:
-        assert worker.wait(timeout=30) != 0  # a wrong password is not waited out
-        assert worker.stderr is not None
-        assert "error:" in worker.stderr.read()
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(timeout=10)
-        assert worker.stderr is not None
-        worker.stderr.close()
+    with _workers(url, "refused") as workers:
+        worker = workers.start(args=["--log-format", "json"])
+        assert workers.wait_exit(worker, timeout=30) != 0  # a wrong password is not waited out
+        assert "error:" in workers.log(worker)
 
 
 async def test_an_outage_is_logged_when_it_starts_now_and_then_and_when_it_ends(

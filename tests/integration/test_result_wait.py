@@ -27,7 +27,7 @@ async def test_an_end_announced_while_the_record_is_read_is_not_missed(
         return "done"
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         h = await gated.enqueue()
         read = broker.task_record
         calls = 0

@@ -10,11 +10,6 @@ the gates and the counters live on the session's server, which no test restarts.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,12 +20,12 @@ import pytest
 
 from segue import App, TaskCancelled, TaskFailed, TaskHandle, TaskStatus
 from tests._support import ACL_PASSWORD, ACL_USER, Engine, add_acl_user
+from tests._workers import Fleet, Slot
 from tests.apps import workflows
 from tests.integration.conftest import eventually
 from tests.integration.test_core import admin_client, keys_of
 from tests.integration.test_restart import Server
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -42,54 +37,10 @@ def gate_key(queue: str, name: str) -> str:
     return f"gate:{{{queue}}}:{name}"
 
 
-class Workers:
-    """Starts `segue worker tests.apps.workflows:app` subprocesses; stops only its own."""
-
-    def __init__(self, url: str, queue: str, ledger_url: str) -> None:
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_LEASE_SECONDS": "1.5",
-            "SEGUE_POLL_SECONDS": "0.2",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "LEDGER_URL": ledger_url,
-            "LEDGER_KEY": ledger_key(queue),
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 4, queues: str | None = None) -> subprocess.Popen[bytes]:
-        """A worker of the test's queue, or of `queues` (comma-separated)."""
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "segue",
-                "worker",
-                "tests.apps.workflows:app",
-                "--concurrency",
-                str(concurrency),
-                "--log-level",
-                "warning",
-                *(["--queues", queues] if queues else []),
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        """SIGKILL every worker this object started (and reap them)."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def worker_of(proc: subprocess.Popen[bytes]) -> str:
-    """The start of the worker ids of a worker process (`<host>-<pid>-<suffix>`)."""
-    return f"{socket.gethostname()}-{proc.pid}-"
+def fleet(url: str, queue: str, ledger_url: str) -> Fleet:
+    """`segue worker tests.apps.workflows:app` subprocesses recording to the queue's ledger."""
+    env = {"LEDGER_URL": ledger_url, "LEDGER_KEY": ledger_key(queue)}
+    return Fleet("tests.apps.workflows:app", url, queue, concurrency=4, lease=1.5, env=env)
 
 
 @dataclass(frozen=True)
@@ -101,8 +52,8 @@ class Row:
     tries: int
     label: str
 
-    def by(self, proc: subprocess.Popen[bytes]) -> bool:
-        return self.worker.startswith(worker_of(proc))
+    def by(self, slot: Slot) -> bool:
+        return self.worker.startswith(slot.id_prefix)
 
 
 class Ledger:
@@ -152,10 +103,9 @@ def use(app: App, url: str, queue: str) -> App:
 
 
 @pytest.fixture
-def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Workers]:
-    w = Workers(segue_valkey.url, queue_name, segue_valkey.admin_url)
-    yield w
-    w.kill_all()
+def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    with fleet(segue_valkey.url, queue_name, segue_valkey.admin_url) as f:
+        yield f
 
 
 @pytest.fixture
@@ -191,7 +141,7 @@ async def test_a_paused_chain_resumes_after_its_workers_and_the_server_were_kill
     assert aof_server.proc is not None
     url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0"
     app = use(workflows.app, url, queue_name)
-    workers = Workers(url, queue_name, segue_valkey.admin_url)
+    workers = fleet(url, queue_name, segue_valkey.admin_url)
     step = workflows.step
     try:
         first = [workers.start(), workers.start()]
@@ -244,7 +194,7 @@ async def test_a_paused_chain_resumes_after_its_workers_and_the_server_were_kill
         assert [s.status for s in done] == [TaskStatus.SUCCEEDED] * 10
         assert [s.result for s in done] == list(range(1, 11))
     finally:
-        workers.kill_all()
+        workers.stop_all()
 
     rows = [r for r in await ledger.rows() if r.task in ids]
     assert Counter(r.task for r in rows) == Counter(ids)  # each step ran exactly once
@@ -268,7 +218,7 @@ async def test_a_paused_chain_resumes_after_its_workers_and_the_server_were_kill
 
 
 async def test_sub_tasks_and_their_parent_finish_after_the_parents_worker_died_while_it_waited(
-    workers: Workers, client_app: App, ledger: Ledger, segue_valkey: Engine
+    workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine
 ) -> None:
     first = workers.start(concurrency=2)
     async with client_app:
@@ -285,8 +235,7 @@ async def test_sub_tasks_and_their_parent_finish_after_the_parents_worker_died_w
         await eventually(two_children_started, timeout=10)
         assert await h.status() is TaskStatus.WAITING
         in_flight = {r.task for r in await ledger.rows() if r.task in kids}
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
 
         second = workers.start(concurrency=4)
 
@@ -295,7 +244,7 @@ async def test_sub_tasks_and_their_parent_finish_after_the_parents_worker_died_w
             return all(
                 i.status is TaskStatus.RUNNING
                 and i.worker_id is not None
-                and i.worker_id.startswith(worker_of(second))
+                and i.worker_id.startswith(second.id_prefix)
                 for i in infos
             )
 
@@ -337,7 +286,7 @@ async def test_sub_tasks_and_their_parent_finish_after_the_parents_worker_died_w
 
 
 async def test_a_parent_killed_between_its_enqueue_and_its_wait_finds_the_same_children(
-    workers: Workers, client_app: App, ledger: Ledger, segue_valkey: Engine
+    workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine
 ) -> None:
     first = workers.start(concurrency=1)
     async with client_app:
@@ -347,8 +296,7 @@ async def test_a_parent_killed_between_its_enqueue_and_its_wait_finds_the_same_c
         # held at its gate after ctx.enqueue, before ctx.wait_for, in the only slot
         await ledger.wait_for_label(h.id, "enqueued")
         assert await statuses(handles) == [TaskStatus.QUEUED] * 3
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        workers.kill(first)
 
         second = workers.start(concurrency=4)
         # the gate holds only the first try: the re-run after the lease expiry goes through
@@ -380,7 +328,7 @@ async def test_a_parent_killed_between_its_enqueue_and_its_wait_finds_the_same_c
 
 
 async def test_a_thousand_step_fan_out_and_merge_on_a_worker_with_concurrency_8(
-    workers: Workers, client_app: App, ledger: Ledger
+    workers: Fleet, client_app: App, ledger: Ledger
 ) -> None:
     queue = client_app.settings.queue
     counter = f"running:{{{queue}}}"
@@ -411,7 +359,7 @@ async def test_a_failed_root_fails_or_cancels_three_levels_of_dependants_none_of
 ) -> None:
     app = use(workflows.app, segue_engine.url, queue_name)
     ledger = Ledger(segue_engine, queue_name)
-    workers = Workers(segue_engine.url, queue_name, segue_engine.admin_url)
+    workers = fleet(segue_engine.url, queue_name, segue_engine.admin_url)
     work = workflows.work
     try:
         async with app:
@@ -456,7 +404,7 @@ async def test_a_failed_root_fails_or_cancels_three_levels_of_dependants_none_of
                 with pytest.raises(TaskCancelled):
                     await h.result(timeout=1)
     finally:
-        workers.kill_all()
+        workers.stop_all()
 
     rows = await ledger.rows()
     # only the roots and the healthy branch ran, each once; no dependant of the failure ran

@@ -58,7 +58,7 @@ async def test_a_chain_across_three_queues_passes_each_result_on(
         assert [(s.queue, s.result) for s in steps] == [(qa, 2), (qb, 4), (qc, 5), (qa, 10)]
         assert (await app.workflow_handle(h.id)).queue == qa
         # each queue's record of it ended: the main one only once every part told it so
-        broker = await app.broker()
+        broker = await app._client.broker()
         for q in (qa, qb, qc):
             assert await broker.client.pttl(broker.keyspace(q).workflow(h.id)) > 0, q
 
@@ -85,7 +85,7 @@ async def test_a_serving_worker_forwards_between_its_queues(
         await eventually(second_failed, timeout=5)
         info = await follower.info()
         assert info.error is not None and info.error.reason == "dependency_cancelled"
-        broker = await app.broker()
+        broker = await app._client.broker()
 
         async def outboxes_empty() -> bool:
             # b's part of `later` ended with that delivery: its end goes on to a's record
@@ -218,7 +218,7 @@ async def test_a_forwarded_entry_delivered_twice_changes_nothing(
         ).enqueue()
         step_a, _, merge = await g.steps()
         await (await app.task_handle(step_a.id)).cancel()
-        broker = await app.broker()
+        broker = await app._client.broker()
         entries = await broker.outbox(broker.keyspace(qa), 10)
         assert len(entries) == 1
         assert await broker.forward(broker.keyspace(qb), entries) == 1
@@ -257,7 +257,7 @@ async def test_a_step_that_ends_before_a_later_part_exists_is_applied_when_it_do
     monkeypatch.setattr(app, "enqueue_graph", main_part_runs_first)
     async with app:
         h = await (inc.call(1) | dbl.options(queue=qb) | inc).enqueue()
-        broker = await app.broker()
+        broker = await app._client.broker()
         assert await broker.outbox(broker.keyspace(qa), 10) == []
         await app.drain(queues=[qb, qa])
         assert await h.result(timeout=5) == 5

@@ -94,3 +94,11 @@ async def check() -> None:
     await add.options(priority="urgent").enqueue(1, 2)  # type: ignore[arg-type]
     text: str = await handle.result()  # type: ignore[assignment]
     del text
+
+
+async def check_sub_tasks(ctx: Context) -> None:
+    # ctx.enqueue sees a Signature through a protocol (Context sits below Task): the result
+    # type still comes through, and a task that is not called yet is still refused
+    assert_type(await ctx.enqueue(add.call(1, 2)), TaskHandle[int])
+    assert_type(await ctx.enqueue([double.call(i) for i in range(3)]), list[TaskHandle[int]])
+    await ctx.enqueue(add)  # type: ignore[call-overload]

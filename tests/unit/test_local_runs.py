@@ -30,7 +30,7 @@ async def test_an_async_task_runs_locally_with_state_in_memory() -> None:
     assert await steps.run(3) == [3, 1]
     assert await steps(2) == [2, 1]  # calling an async task is the same local run
     assert seen == [("jobs:local", "local", 1, "jobs")] * 2
-    assert app._broker is None  # nothing connected
+    assert app._client.connected is None  # nothing connected
 
 
 async def test_a_sync_task_runs_locally_in_a_thread_or_inline() -> None:

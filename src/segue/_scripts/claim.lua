@@ -20,13 +20,18 @@
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
     (lost: how many workers stopped under the task before this claim)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
-  A task whose lease expired max_deliveries times in a row with no outcome ends FAILED
-  (worker_lost) here, server-side, since the process that ran it left no code to count.
-  A task on its last delivery (its lease lapsed max_deliveries - 1 times) is not given to a
+  A run whose lease expired with no outcome was a try (max_tries counts runs): the task ends
+  FAILED (worker_lost) here, server-side, since the process that ran it left no code to
+  count, when that run was its last try or its lease expired max_deliveries times in a row.
+  A task on its last delivery (its lease lapsed before, and lapsing once more ends it: it
+  lapsed max_deliveries - 1 times, or this run is its last try) is not given to a
   worker that runs another one: a task that kills its worker takes down what runs beside
   it, and tasks claimed together are requeued together when their leases lapse together,
   so without this they could follow it to the end and be failed as worker_lost with it.
-  A task never started and past its expiry ends EXPIRED here instead of running. A task held back by its
+  A task never started and past its expiry ends EXPIRED here instead of running. A record
+  whose numbers (to, mt, exp, t, d, g) are not integers, or whose priority is unknown (written
+  by another client, or by hand), ends FAILED (undecodable) and dead-lettered here, alone:
+  left in place it would make every claim that reaches it fail. A task held back by its
   name's rate or concurrency limit stays at the head of its list; the reply's next_due then
   includes the moment a rate-limit token comes back. ]]
 local prefix = ARGV[1]
@@ -45,6 +50,24 @@ Q.events = KEYS[17]
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
+-- the first field of `f` (at the positions `at`, named `names`) that is not an integer
+local function not_integer(f, at, names)
+  for i, k in ipairs(at) do
+    local v = f[k]
+    if v and not string.find(v, '^%-?%d+$') then
+      return names[i] .. '=' .. string.sub(v, 1, 40)
+    end
+  end
+  return nil
+end
+
+local function undecodable(tk, id, what)
+  local err = cjson.encode({ type = 'Undecodable', reason = 'undecodable',
+    message = 'the task record holds ' .. what .. ', which segue cannot read' })
+  finalize(Q, tk, id, 'failed', now, 'e', err, 'undecodable')
+  dead_letter(Q, id, tonumber(ARGV[7]), now)
+end
+
 -- due scheduled/retrying tasks join the back of their priority list
 local DUE_STATES = { scheduled = true, retrying = true, suspended = true }
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
@@ -55,7 +78,9 @@ for _, id in ipairs(due) do
   local prio = f[1]
   -- an entry left over from a state the task has since left (a restore from an older copy,
   -- a hand edit) must not queue it again
-  if prio and DUE_STATES[f[2]] then
+  if prio and DUE_STATES[f[2]] and not PRIORITY_LISTS[prio] then
+    undecodable(tk, id, 'priority q=' .. string.sub(prio, 1, 40))
+  elseif prio and DUE_STATES[f[2]] then
     redis.call('HSET', tk, 's', 'queued')
     redis.call('HDEL', tk, 'due')
     add_history(tk, 'queued', now, 'due')
@@ -70,19 +95,27 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[5], id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 'q', 's')
+  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt', 'd')
   local prio = f[1]
+  local bad = prio and (not_integer(f, { 3, 4, 5 }, { 't', 'mt', 'd' })
+    or (not PRIORITY_LISTS[prio] and 'priority q=' .. string.sub(prio, 1, 40)))
   -- only a run still in progress is over; a lease entry of a task that ended or moved on
   -- (left by a restore from an older copy, or a hand edit) is dropped, not requeued
-  if prio and f[2] == 'running' then
+  if bad and f[2] == 'running' then
+    redis.call('HDEL', tk, 'w')
+    undecodable(tk, id, bad)
+  elseif prio and f[2] == 'running' then
     local d = redis.call('HINCRBY', tk, 'd', 1)
+    local tries, most = tonumber(f[3] or '0'), tonumber(f[4] or '')
     redis.call('HDEL', tk, 'w')
     leave_running(prefix, tk, id)
     if obey_control(Q, tk, id, now) then
       -- the worker died holding a pause or cancel request: carried out here instead
-    elseif d >= max_deliveries then
+    elseif d >= max_deliveries or (most and tries >= most) then
+      local why = d >= max_deliveries and (d .. ' times in a row')
+        or ('on its last try (' .. tries .. ' of ' .. most .. ')')
       local err = cjson.encode({ type = 'WorkerLost', message = 'the worker running this task '
-        .. 'stopped ' .. d .. ' times in a row without recording an outcome', reason = 'worker_lost' })
+        .. 'stopped ' .. why .. ' without recording an outcome', reason = 'worker_lost' })
       finalize(Q, tk, id, 'failed', now, 'e', err, 'worker_lost')
       dead_letter(Q, id, tonumber(ARGV[7]), now)
     else
@@ -138,8 +171,8 @@ if #replay > 0 then
     local tk = prefix .. 'task:' .. id
     local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
-      out[#out + 1] = { id, f[2], f[3], tonumber(f[10]), tonumber(gen), f[4], f[5], f[6] or '',
-        f[7] or '', tonumber(f[11] or '0') }
+      out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0 }
       want = want - 1
     end
   end
@@ -156,12 +189,18 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd')
+          'hd', 'd', 't', 'g')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
+          local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
           local lost = tonumber(f[11] or '0') or 0
-          local last = lost > 0 and lost >= max_deliveries - 1
-          if last and holds_last then
+          -- its lease lapsed before, and lapsing once more ends it (deliveries or tries spent)
+          local last = not bad and lost > 0 and (lost >= max_deliveries - 1
+            or tonumber(f[12] or '0') + 1 >= (tonumber(f[5] or '') or math.huge))
+          if bad then
+            undecodable(tk, id, bad)
+            ok = false
+          elseif last and holds_last then
             held[#held + 1] = id  -- for a worker that runs no other last delivery
             ok = false
           elseif f[8] and workflow_status(Q, f[8]) == 'paused' then

@@ -10,7 +10,8 @@
     ok       a = result payload
     fail     a = error JSON, b = reason
     retry    a = error JSON, b = delay ms
-    requeue  (graceful shutdown: back to the head of its list, the try not spent)
+    requeue  a = why, '' for a graceful shutdown (back to the head of its list, the try
+             not spent: the run stopped for no fault of the task)
     suspend  a = delay ms, -1 for none (the task raised Pause: the try not spent)
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
@@ -103,7 +104,7 @@ for i = 0, n - 1 do
       if not obey_control(Q, tk, id, now) then
         redis.call('HSET', tk, 's', 'queued', 'd', 0)
         redis.call('HDEL', tk, 'w')
-        add_history(tk, 'queued', now, 'worker shutdown')
+        add_history(tk, 'queued', now, ARGV[b + 3] ~= '' and ARGV[b + 3] or 'worker shutdown')
         emit(Q, 'task.requeued', id, redis.call('HGET', tk, 'n'))
         redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
         Q.woke = true

@@ -15,11 +15,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from segue._errors import ConfigurationError, SegueError
+from segue._keys import dashboard_sessions_key
 from segue.dashboard import _views
-from segue.dashboard._security import Gate, Security
+from segue.dashboard._security import LOOPBACK_HOSTS, Gate, Security
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Collection
 
     from segue._app import App
 
@@ -35,18 +36,25 @@ def create_app(
     session_seconds: float = 12 * 3600,
     secure_cookies: bool = False,
     close_app: bool = True,
+    allowed_hosts: Collection[str] | None = None,
+    trusted_proxies: Collection[str] = (),
 ) -> Starlette:
     """The web dashboard of `app`.
 
     `auth=(user, password)` asks for these credentials (login form, or HTTP Basic);
     `auth=None` turns authentication off, and must be said: there is no default. Session
-    cookies and CSRF tokens are signed with `secret_key` (random per process unless given:
-    sessions then end when the process restarts). `secure_cookies=True` marks cookies
-    Secure, for a dashboard served over HTTPS. `close_app` closes the App when the ASGI
-    server shuts the dashboard down. Mount it in another ASGI app with Starlette's `Mount`.
+    cookies and CSRF tokens are signed with `secret_key` (at least 32 random bytes; random
+    per process unless given: sessions then end when the process restarts); the password
+    needs at least 12 characters. `secure_cookies=True` marks cookies Secure, for a dashboard
+    served over HTTPS. `allowed_hosts` lists the `Host` names served (any other gets 400);
+    `None` serves any with authentication on, and only loopback names with `auth=None`.
+    `trusted_proxies` lists the addresses of reverse proxies whose `X-Forwarded-For` names
+    the client (for the sign-in limiter); anyone else's header is ignored. `close_app`
+    closes the App when the ASGI server shuts the dashboard down. Mount it in another ASGI
+    app with Starlette's `Mount`.
     """
-    if auth is not None and not (auth[0] and auth[1]):
-        raise ConfigurationError("dashboard auth needs a non-empty user and password")
+    if allowed_hosts is None and auth is None:
+        allowed_hosts = LOOPBACK_HOSTS  # no credentials: a rebound name must not get in
     if page_size < 1 or page_size > _views.MAX_LIMIT:
         raise ConfigurationError(f"page_size must be between 1 and {_views.MAX_LIMIT}")
     security = Security(
@@ -54,6 +62,9 @@ def create_app(
         secret=secret_key or secrets.token_bytes(32),
         session_seconds=session_seconds,
         secure_cookies=secure_cookies,
+        allowed_hosts=allowed_hosts,
+        trusted_proxies=trusted_proxies,
+        generations=_ServerGenerations(app),
     )
     templates = Environment(
         loader=PackageLoader("segue.dashboard", "templates"),
@@ -105,6 +116,22 @@ def create_app(
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+
+
+class _ServerGenerations:
+    """The session generation on the App's server, shared by every dashboard process."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def current(self) -> int:
+        broker = await self.app.broker()
+        value = await broker.client.get(dashboard_sessions_key(broker.settings.prefix))
+        return int(value or 0)
+
+    async def advance(self) -> int:
+        broker = await self.app.broker()
+        return int(await broker.client.incr(dashboard_sessions_key(broker.settings.prefix)))
 
 
 def _quote(value: str) -> str:

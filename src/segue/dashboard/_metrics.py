@@ -7,6 +7,7 @@ none) can run, and each scrape says what the queues hold right now.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,13 +15,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from segue._errors import SegueError
+from segue._heartbeat import list_workers
+from segue._queue import Queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from prometheus_client.metrics_core import Metric
 
-    from segue._app import App
+    from segue._client import Client
 
 # the statuses Queue.counts() reports, in the order they are exported
 STATUSES = (
@@ -46,10 +49,10 @@ class _Snapshot(Collector):
         return self.families
 
 
-async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int]:
+async def queue_snapshot(client: Client, name: str) -> tuple[dict[str, int], bool, int]:
     """A queue's counts by status, whether it is paused, and its dead letters."""
-    queue = app.queue(name)
-    broker = await app.broker()
+    queue = Queue(client, name)
+    broker = await client.broker()
     counts, paused, dead = await asyncio.gather(
         queue.counts(), queue.is_paused(), broker.dead_count(broker.keyspace(name))
     )
@@ -59,20 +62,47 @@ async def queue_snapshot(app: App, name: str) -> tuple[dict[str, int], bool, int
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
 # refuses more than 100 ("Too many connections"), which a server with many queues exceeded.
 _READ_AT_ONCE = 16
+# Queues read per scrape at most (in name order; the rest are counted in
+# segue_queues_not_exported): a scrape costs the server work that grows with every queue,
+# and /metrics is open to anyone who reaches the port.
+MAX_QUEUES = 2000
+# Seconds a scrape is served again from memory: parallel or rapid scrapes cost one read.
+CACHE_SECONDS = 5.0
 
 
-async def queue_snapshots(app: App, names: list[str]) -> list[tuple[dict[str, int], bool, int]]:
+class ScrapeCache:
+    """The last rendered scrape, reused for CACHE_SECONDS; concurrent scrapes wait for
+    the one read in flight instead of each starting their own."""
+
+    def __init__(self, client: Client, seconds: float = CACHE_SECONDS) -> None:
+        self.client = client
+        self.seconds = seconds
+        self._body = b""
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> bytes:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.seconds:
+                self._body = await render(self.client)
+                self._at = time.monotonic()
+            return self._body
+
+
+async def queue_snapshots(
+    client: Client, names: list[str]
+) -> list[tuple[dict[str, int], bool, int]]:
     """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
     gate = asyncio.Semaphore(_READ_AT_ONCE)
 
     async def one(name: str) -> tuple[dict[str, int], bool, int]:
         async with gate:
-            return await queue_snapshot(app, name)
+            return await queue_snapshot(client, name)
 
     return list(await asyncio.gather(*(one(n) for n in names)))
 
 
-async def render(app: App) -> bytes:
+async def render(client: Client) -> bytes:
     up = GaugeMetricFamily("segue_up", "1 when the dashboard reached the server")
     tasks = GaugeMetricFamily(
         "segue_queue_tasks", "Tasks of a queue by status", labels=["queue", "status"]
@@ -83,10 +113,15 @@ async def render(app: App) -> bytes:
     dead = GaugeMetricFamily(
         "segue_queue_dead_letters", "Tasks of the queue that failed for good", labels=["queue"]
     )
+    omitted = GaugeMetricFamily(
+        "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
+    )
     families: list[Metric] = [up]
     try:
-        names = await app.queues()
-        snapshots = await queue_snapshots(app, names)
+        names = sorted(await (await client.broker()).queues())
+        omitted.add_metric([], max(0, len(names) - MAX_QUEUES))
+        names = names[:MAX_QUEUES]
+        snapshots = await queue_snapshots(client, names)
     except SegueError:
         # an unreachable server is a value to alert on, not a failed scrape
         up.add_metric([], 0)
@@ -97,9 +132,9 @@ async def render(app: App) -> bytes:
                 tasks.add_metric([name, status], counts.get(status, 0))
             paused.add_metric([name], 1 if is_paused else 0)
             dead.add_metric([name], dead_letters)
-        families += [tasks, paused, dead]
+        families += [tasks, paused, dead, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
-        alive.add_metric([], sum(not w.stale for w in await app.workers()))
+        alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))

@@ -2,6 +2,8 @@
 
 Every request passes the gate, in this order:
 
+0. a `Host` header outside the allow-list is refused (400), so a page of another site that
+   rebinds its name to this address (DNS rebinding) cannot read or steer the dashboard;
 1. a request body larger than the limit is refused (413) before the app reads it;
 2. outside the public paths (`/health`, `/metrics`, `/login`, `/static/`), the request must
    carry a valid session cookie (from the login form) or HTTP Basic credentials; a browser
@@ -11,25 +13,35 @@ Every request passes the gate, in this order:
    Origin header, when it has one, must be this host. This holds with `auth=None` too,
    since a browser on the operator's machine can be made to post to a loopback dashboard.
 
-Tokens and session cookies are HMAC-signed with a secret (random per process unless given),
-and every comparison of a secret value goes through `hmac.compare_digest`.
+Tokens and session cookies are HMAC-signed with a secret (random per process unless given;
+at least 32 bytes), sessions with a key bound to a hash of the credentials too (a password
+change voids them), and each session carries the server-side session generation, which a
+logout moves on. Every password check, by form or HTTP Basic, passes a limiter per client
+address and one across all of them. Every comparison of a secret value goes through
+`hmac.compare_digest`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
+from segue._errors import ConfigurationError
+
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "segue_session"
@@ -40,6 +52,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/login"})
 PUBLIC_PREFIXES = ("/static/",)
 QUIET_PATHS = frozenset({"/health", "/metrics"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MIN_PASSWORD_LENGTH = 12
+MIN_SECRET_BYTES = 32
+FAILURE_DELAY = 0.3  # seconds each failed password check costs its sender
+CLOCK_SLACK = 60  # seconds a session's issue time may be ahead of ours (clock skew)
 # no inline script or style anywhere: the pages load one stylesheet and one script
 SECURITY_HEADERS = [
     (
@@ -77,14 +94,19 @@ def safe_next(value: str | None) -> str:
 
 
 class LoginThrottle:
-    """Failed sign-ins per client address: after `limit` failures within `window` seconds the
-    form answers 429 until the oldest of them is older than the window, so a password
-    cannot be guessed at the speed of the network. Memory is bounded by pruning on use."""
+    """Failed password checks (form or HTTP Basic) per client address, and over all
+    addresses: after `limit` failures of one address within `window` seconds it is refused
+    (429) until the oldest of them is older than the window; after `global_limit` failures of
+    all addresses together everyone's password checks wait the same way, so rotating
+    addresses buys no more guesses. A signed-in session is never refused: the limiter guards
+    password checks only. Memory is bounded by pruning on use."""
 
-    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+    def __init__(self, limit: int = 5, window: float = 60.0, global_limit: int = 50) -> None:
         self.limit = limit
         self.window = window
+        self.global_limit = global_limit
         self._failures: dict[str, list[float]] = {}
+        self._all: collections.deque[float] = collections.deque(maxlen=global_limit)
 
     def _recent(self, who: str, now: float) -> list[float]:
         times = [t for t in self._failures.get(who, ()) if now - t < self.window]
@@ -98,9 +120,12 @@ class LoginThrottle:
         """Seconds this client must wait before it may try again (0: it may now)."""
         now = time.monotonic()
         times = self._recent(who, now)
-        if len(times) < self.limit:
-            return 0.0
-        return max(0.0, self.window - (now - times[-self.limit]))
+        wait = 0.0
+        if len(times) >= self.limit:
+            wait = self.window - (now - times[-self.limit])
+        if len(self._all) >= self.global_limit:
+            wait = max(wait, self.window - (now - self._all[0]))
+        return max(0.0, wait)
 
     def failed(self, who: str) -> None:
         now = time.monotonic()
@@ -108,9 +133,79 @@ class LoginThrottle:
             for key in list(self._failures):
                 self._recent(key, now)
         self._failures.setdefault(who, []).append(now)
+        self._all.append(now)
 
     def succeeded(self, who: str) -> None:
         self._failures.pop(who, None)
+
+
+def client_address(scope: Scope, trusted_proxies: Collection[str]) -> str:
+    """The address a request came from: the socket peer, unless that peer is a trusted
+    proxy, whose `X-Forwarded-For` then names it (the rightmost address no trusted proxy
+    added). A header from anyone else is ignored: it is the sender's to invent."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "-"
+    if peer not in trusted_proxies:
+        return peer
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":
+            forwarded += [a.strip() for a in value.decode("latin-1").split(",") if a.strip()]
+    for address in reversed(forwarded):
+        if address not in trusted_proxies:
+            return address
+    return peer
+
+
+def host_name(host: str) -> str:
+    """The name of a `Host` header, without its port (`[::1]:8080` → `::1`)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def check_credentials(credentials: tuple[str, str] | None) -> None:
+    if credentials is None:
+        return
+    if not credentials[0]:
+        raise ConfigurationError("dashboard auth needs a non-empty user name")
+    if len(credentials[1]) < MIN_PASSWORD_LENGTH:
+        raise ConfigurationError(
+            f"the dashboard password has {len(credentials[1])} characters; use at least "
+            f"{MIN_PASSWORD_LENGTH} (a long random one: it guards every task's arguments)"
+        )
+
+
+def check_secret(secret: bytes) -> bytes:
+    """A signing secret strong enough that one signed token cannot reveal it offline."""
+    if len(secret) < MIN_SECRET_BYTES or len(set(secret)) < 8:
+        raise ConfigurationError(
+            f"the dashboard secret must hold at least {MIN_SECRET_BYTES} random bytes (got "
+            f"{len(secret)}); make one with `python -c 'import secrets; "
+            "print(secrets.token_hex(32))'`, or give none and segue generates it"
+        )
+    return secret
+
+
+class SessionGenerations(Protocol):
+    """Where the session generation lives (the App's server: shared by every dashboard)."""
+
+    async def current(self) -> int: ...
+
+    async def advance(self) -> int: ...
+
+
+class _LocalGenerations:
+    def __init__(self) -> None:
+        self.value = 0
+
+    async def current(self) -> int:
+        return self.value
+
+    async def advance(self) -> int:
+        self.value += 1
+        return self.value
 
 
 class Security:
@@ -123,14 +218,49 @@ class Security:
         secret: bytes,
         session_seconds: float,
         secure_cookies: bool,
+        allowed_hosts: Collection[str] | None = None,
+        trusted_proxies: Collection[str] = (),
+        generations: SessionGenerations | None = None,
     ) -> None:
+        check_credentials(credentials)
         self._user = credentials[0].encode() if credentials else b""
         self._password = credentials[1].encode() if credentials else b""
         self.enabled = credentials is not None
-        self._secret = secret
+        self._secret = check_secret(secret)
+        # sessions are signed with a key of the secret *and* the credentials: a password
+        # change voids every session signed before it, with no list of them to keep
+        bound = hashlib.sha256(self._user + b"\0" + self._password).digest()
+        self._session_key = hmac.new(self._secret, b"session-key|" + bound, "sha256").digest()
         self.session_seconds = session_seconds
         self.secure_cookies = secure_cookies
+        self.allowed_hosts = (
+            None if allowed_hosts is None else frozenset(host_name(h) for h in allowed_hosts)
+        )
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self.generations: SessionGenerations = generations or _LocalGenerations()
         self.logins = LoginThrottle()
+
+    def host_allowed(self, host: str | None) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        return host is not None and host_name(host) in self.allowed_hosts
+
+    def client_of(self, request: Request) -> str:
+        return client_address(request.scope, self.trusted_proxies)
+
+    async def password_check(self, who: str, user: str, password: str) -> tuple[bool, float]:
+        """Check credentials through the limiter: (whether they are right, seconds this
+        client must wait before it may try again; when positive, nothing was checked). A
+        wrong guess costs a delay, which slows guessing over one connection."""
+        wait = self.logins.retry_after(who)
+        if wait > 0:
+            return False, wait
+        if self.check_password(user, password):
+            self.logins.succeeded(who)
+            return True, 0.0
+        self.logins.failed(who)
+        await asyncio.sleep(FAILURE_DELAY)
+        return False, 0.0
 
     # --- credentials ----------------------------------------------------------------------
 
@@ -142,7 +272,8 @@ class Security:
         password_ok = hmac.compare_digest(password.encode(), self._password)
         return user_ok & password_ok
 
-    def basic_user(self, header: str | None) -> str | None:
+    @staticmethod
+    def basic_credentials(header: str | None) -> tuple[str, str] | None:
         if not header or header[:6].lower() != "basic ":
             return None
         try:
@@ -150,39 +281,53 @@ class Security:
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, sep, password = decoded.partition(":")
-        return user if sep and self.check_password(user, password) else None
+        return (user, password) if sep else None
 
     # --- signed values ----------------------------------------------------------------------
 
-    def _sign(self, purpose: str, text: str) -> str:
-        mac = hmac.new(self._secret, f"{purpose}|{text}".encode(), hashlib.sha256)
+    def _sign(self, purpose: str, text: str, key: bytes | None = None) -> str:
+        mac = hmac.new(key or self._secret, f"{purpose}|{text}".encode(), hashlib.sha256)
         return mac.hexdigest()
 
-    def _signed(self, purpose: str, value: str | None) -> str | None:
+    def _signed(self, purpose: str, value: str | None, key: bytes | None = None) -> str | None:
         """The payload of a `payload.signature` value, when the signature is ours."""
         if not value:
             return None
         text, _, sig = value.rpartition(".")
-        if not text or not hmac.compare_digest(sig.encode(), self._sign(purpose, text).encode()):
+        if not text:
+            return None
+        if not hmac.compare_digest(sig.encode(), self._sign(purpose, text, key).encode()):
             return None
         return text
 
-    def new_session(self, user: str) -> str:
+    async def new_session(self, user: str) -> str:
         who = base64.urlsafe_b64encode(user.encode()).decode().rstrip("=")
-        text = f"{who}.{int(time.time())}.{secrets.token_hex(8)}"
-        return f"{text}.{self._sign('session', text)}"
+        generation = await self.generations.current()
+        text = f"{who}.{int(time.time())}.{generation}.{secrets.token_hex(8)}"
+        return f"{text}.{self._sign('session', text, self._session_key)}"
 
-    def session_user(self, value: str | None) -> str | None:
-        text = self._signed("session", value)
+    async def session_user(self, value: str | None) -> str | None:
+        text = self._signed("session", value, self._session_key)
         if text is None:
             return None
-        who, _, rest = text.partition(".")
-        issued, _, _nonce = rest.partition(".")
-        if not issued.isdigit() or time.time() - int(issued) > self.session_seconds:
+        parts = text.split(".")
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
             return None
-        user = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
-        # a session signed for another user name (the credentials changed) is void
+        who, issued, generation = parts[0], int(parts[1]), int(parts[2])
+        age = time.time() - issued
+        if age > self.session_seconds or age < -CLOCK_SLACK:  # expired, or dated ahead
+            return None
+        if generation != await self.generations.current():  # signed out since
+            return None
+        try:
+            user = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
         return user if hmac.compare_digest(user.encode(), self._user) else None
+
+    async def end_sessions(self) -> None:
+        """Sign out: every session issued so far ends, in every dashboard of this server."""
+        await self.generations.advance()
 
     def new_csrf(self) -> str:
         nonce = secrets.token_urlsafe(18)
@@ -193,14 +338,11 @@ class Security:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def user_of(self, request: Request) -> str | None:
-        """The authenticated user of a request, or None ("" when authentication is off)."""
+    async def user_of(self, request: Request) -> str | None:
+        """The user of a request's session cookie, or None ("" when authentication is off)."""
         if not self.enabled:
             return ""
-        user = self.session_user(request.cookies.get(SESSION_COOKIE))
-        if user is None:
-            user = self.basic_user(request.headers.get("authorization"))
-        return user
+        return await self.session_user(request.cookies.get(SESSION_COOKIE))
 
     def cookie(self, name: str, value: str, root: str, *, max_age: int | None = None) -> str:
         parts = [f"{name}={value}", f"Path={root or '/'}", "HttpOnly", "SameSite=Strict"]
@@ -224,6 +366,10 @@ class Gate:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        if not self.security.host_allowed(request.headers.get("host")):
+            refused = PlainTextResponse("this Host is not served (see --allowed-host)", 400)
+            await refused(scope, receive, send)
+            return
         root = root_of(scope)
         path = relative_path(scope)
         token = request.cookies.get(CSRF_COOKIE)
@@ -237,7 +383,13 @@ class Gate:
         send = self._decorate(send, fresh, root)
 
         if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
-            user = self.security.user_of(request)
+            user = await self.security.user_of(request)
+            if user is None:
+                user_or_refusal = await self._basic(request)
+                if isinstance(user_or_refusal, Response):
+                    await user_or_refusal(scope, receive, send)
+                    return
+                user = user_or_refusal
             if user is None:
                 await self._challenge(request, root, path)(scope, receive, send)
                 return
@@ -259,6 +411,21 @@ class Gate:
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    async def _basic(self, request: Request) -> str | Response | None:
+        """The user of valid HTTP Basic credentials, through the same limiter as the form."""
+        credentials = self.security.basic_credentials(request.headers.get("authorization"))
+        if credentials is None:
+            return None
+        ok, wait = await self.security.password_check(
+            self.security.client_of(request), *credentials
+        )
+        if ok:
+            return credentials[0]
+        if wait <= 0:
+            return None
+        retry = str(int(wait) + 1)
+        return PlainTextResponse("too many failed sign-ins", 429, headers={"retry-after": retry})
 
     def _challenge(self, request: Request, root: str, path: str) -> Response:
         wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from segue._app import App
+    from segue._client import Client
 
 MINUTES = 15
 SCAN_PER_QUEUE = 5000
@@ -64,10 +64,10 @@ class Throughput:
         return sum(m.failed for m in self.minutes)
 
 
-async def read(app: App, queues: list[str]) -> Throughput:
+async def read(client: Client, queues: list[str]) -> Throughput:
     """Count the tasks that ended in each of the last MINUTES minutes (the last one is the
     current, partial minute), by the server's clock."""
-    broker = await app.broker()
+    broker = await client.broker()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
     async with broker.errors():
         secs, micros = await broker.client.time()

@@ -157,10 +157,13 @@ class Views:
         refresh_seconds: float,
     ) -> None:
         self.app = app
+        # raw reads (records, streams) go through the client, not the App's API
+        self.client = app._client
         self.templates = templates
         self.security = security
         self.page_size = page_size
         self.refresh_ms = int(refresh_seconds * 1000)
+        self.scrapes = _metrics.ScrapeCache(self.client)
 
     # --- rendering ------------------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class Views:
             raise HTTPException(400, str(exc)) from None
 
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshots = await _metrics.queue_snapshots(self.app, names)
+        snapshots = await _metrics.queue_snapshots(self.client, names)
         return [
             {"name": n, "counts": c, "paused": p, "dead": d}
             for n, (c, p, d) in zip(names, snapshots, strict=True)
@@ -249,7 +252,7 @@ class Views:
             except ConfigurationError as exc:
                 raise HTTPException(400, str(exc)) from None
         throughput = await _throughput.read(
-            self.app, [chart_queue] if chart_queue is not None else names
+            self.client, [chart_queue] if chart_queue is not None else names
         )
         return self.page(
             request,
@@ -316,7 +319,7 @@ class Views:
         """A page of the tasks of this status whose name contains `search` (any case),
         among the first NAME_SCAN of the status; and how many ids were looked at. Only the
         names (and statuses) of those are read, then the whole records of the page."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         ks = broker.keyspace(queue)
         ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
         async with broker.errors():
@@ -337,7 +340,7 @@ class Views:
         for task_id in matches[offset : offset + limit]:
             rec = await broker.task_record(ks, task_id)
             if rec:
-                infos.append(parse_info(task_id, rec, self.app))
+                infos.append(parse_info(task_id, rec, self.client.tasks))
         return infos, len(ids)
 
     async def task(self, request: Request) -> Response:
@@ -366,7 +369,7 @@ class Views:
     async def _events_of(self, info: TaskInfo) -> list[Event]:
         """The task's latest events, oldest first, from a bounded look back over its
         queue's stream (a task whose events are older than that shows none)."""
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         entries = await broker.recent_events(broker.keyspace(info.queue), EVENT_SCAN)
         mine: list[Event] = []
         for entry_id, fields in entries:
@@ -401,7 +404,7 @@ class Views:
         queue = self._queue(request)
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         infos = await self.app.dead_letters(queue, offset=offset, limit=self.page_size + 1)
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         return self.page(
             request,
             "dead.html",
@@ -483,27 +486,28 @@ class Views:
     async def login(self, request: Request) -> Response:
         form = _form(await request.body())
         to = safe_next(form.get("next"))
-        who = request.client.host if request.client else "-"
-        wait = self.security.logins.retry_after(who)
+        who = self.security.client_of(request)
+        user = form.get("user", "")
+        ok, wait = await self.security.password_check(who, user, form.get("password", ""))
         if wait > 0:
             refused = self.page(
                 request, "login.html", 429, title="Sign in", next=to, throttled=int(wait) + 1
             )
             refused.headers["retry-after"] = str(int(wait) + 1)
             return refused
-        if not self.security.check_password(form.get("user", ""), form.get("password", "")):
-            self.security.logins.failed(who)
+        if not ok:
             return self.page(request, "login.html", 401, title="Sign in", next=to, failed=True)
-        self.security.logins.succeeded(who)
         root = root_of(request.scope)
         response = RedirectResponse(root + to, 303)
-        session = self.security.new_session(form.get("user", ""))
+        session = await self.security.new_session(user)
         max_age = int(self.security.session_seconds)
         self._set_cookie(response, SESSION_COOKIE, session, root, max_age=max_age)
         return response
 
     async def logout(self, request: Request) -> Response:
         root = root_of(request.scope)
+        if self.security.enabled:
+            await self.security.end_sessions()  # the cookie is void wherever it was copied
         response = RedirectResponse(f"{root}/login", 303)
         self._set_cookie(response, SESSION_COOKIE, "", root, max_age=0)
         return response
@@ -512,14 +516,14 @@ class Views:
 
     async def health(self, request: Request) -> Response:
         try:
-            broker = await self.app.broker()
+            broker = await self.client.broker()
             await asyncio.wait_for(broker.ping(), 5)
         except (SegueError, TimeoutError):
             return JSONResponse({"status": "unavailable"}, 503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(await _metrics.render(self.app), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self.scrapes.get(), media_type=CONTENT_TYPE_LATEST)
 
     # --- errors ---------------------------------------------------------------------------
 
