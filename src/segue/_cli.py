@@ -212,7 +212,10 @@ def demo(
 @cli.command()
 def server(
     home: Annotated[
-        Path | None, typer.Option(help="Project directory (default: nearest with pyproject.toml)")
+        Path | None,
+        typer.Option(
+            help="Project directory (default: nearest with pyproject.toml, .git or .segue/)"
+        ),
     ] = None,
 ) -> None:
     """Run the embedded Valkey server of this project in the foreground."""
