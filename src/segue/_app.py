@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 from ulid import ULID
 
 from segue import _scheduler, _workflow
-from segue._broker import ENQUEUE_FIELDS, GRAPH_FIELDS, Broker, GraphRecord
 from segue._client import Client
 from segue._codec import encode_args
 from segue._cron import make_schedule
@@ -32,6 +31,7 @@ from segue._registry import CronDecorator, Registry, TaskDecorator
 from segue._settings import Settings
 from segue._state import TaskInfo, TaskStatus
 from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
+from segue._wire import EnqueueSpec, GraphStep
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -46,10 +46,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import EllipsisType, TracebackType
 
+    from segue._broker import Broker
     from segue._context import Context, SyncContext
     from segue._cron import Schedule, ScheduleInfo
     from segue._keys import Keyspace
     from segue._lifespan import Resource
+    from segue._wire import GraphRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -230,14 +232,15 @@ class App:
             self._checked_queues.add(check_queue_name(queue))
         return queue
 
-    def _fields(
+    def _spec(
         self,
         sig: Signature[Any],
         task_id: str | None = None,
         queue: str | None = None,
         *,
         first_to_come: bool = False,
-    ) -> tuple[str, str, list[Any]]:
+    ) -> tuple[str, EnqueueSpec]:
+        """The queue a call goes to, and the task enqueue.lua creates for it."""
         task, o = sig.task, sig.opts
         d = task.opts
         if queue is None:
@@ -283,21 +286,20 @@ class App:
         ttl = o.get("ttl", d.ttl)
         return (
             queue,
-            task_id,
-            [
-                task_id,
-                task.name,
-                payload,
-                o.get("priority", d.priority),
-                int(delay * 1000),
-                int(at.timestamp() * 1000) if at is not None else 0,
-                o.get("max_tries", d.max_tries),
-                int(timeout * 1000) if timeout else 0,
-                -1 if ttl is None else int(ttl * 1000),
-                self._unique_key(sig),
-                max(1, int(expire_s * 1000)) if expire_s else 0,
-                _headers(sig),
-            ],
+            EnqueueSpec(
+                id=task_id,
+                name=task.name,
+                payload=payload,
+                priority=o.get("priority", d.priority),
+                delay_ms=int(delay * 1000),
+                at_ms=int(at.timestamp() * 1000) if at is not None else 0,
+                max_tries=o.get("max_tries", d.max_tries),
+                timeout_ms=int(timeout * 1000) if timeout else 0,
+                ttl_ms=-1 if ttl is None else int(ttl * 1000),
+                unique=self._unique_key(sig),
+                expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
+                headers=_headers(sig),
+            ),
         )
 
     @staticmethod
@@ -310,7 +312,7 @@ class App:
         return f"{sig.task.name}:{unique(*sig.args, **sig.kwargs)}"
 
     def _handle_for(
-        self, sig: Signature[R], task_id: str, reply: Any, fields: list[Any]
+        self, sig: Signature[R], task_id: str, reply: Any, spec: EnqueueSpec
     ) -> TaskHandle[R]:
         """The handle an enqueue gives back: a reply naming another task id means a live
         task already holds this unique task's key."""
@@ -324,10 +326,10 @@ class App:
                 )
             task_id = holder
         return TaskHandle(
-            self._client, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0
+            self._client, task_id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
         )
 
-    def graph_fields(
+    def graph_step(
         self,
         sig: Signature[Any],
         queue: str | None,
@@ -336,27 +338,25 @@ class App:
         mode: str,
         xdeps: list[tuple[str, int]] | None = None,
         xdependants: str = "",
-    ) -> list[Any]:
-        """The 18 fields of graph.lua for one task that waits for `deps` (id, input index)
+    ) -> GraphStep:
+        """The task graph.lua creates for a call that waits for `deps` (id, input index)
         of its own queue and `xdeps` of other queues; `xdependants` are the tasks of other
         queues that wait for it ("<id>|<index>|<workflow id>" ...)."""
-        _, _, fields = self._fields(sig, task_id, queue, first_to_come=bool(mode))
-        fields.extend(
-            (
-                " ".join(f"{d}|{i}" for d, i in deps),
-                mode,
-                sig.opts.get("on_failure", "fail"),
-                "1" if sig.opts.get("optional") else "0",
-                " ".join(f"{d}|{i}" for d, i in xdeps or ()),
-                xdependants,
-            )
+        _, spec = self._spec(sig, task_id, queue, first_to_come=bool(mode))
+        return GraphStep(
+            spec=spec,
+            deps=" ".join(f"{d}|{i}" for d, i in deps),
+            input_mode=mode,
+            on_failure=sig.opts.get("on_failure", "fail"),
+            optional="1" if sig.opts.get("optional") else "0",
+            xdeps=" ".join(f"{d}|{i}" for d, i in xdeps or ()),
+            xdependants=xdependants,
         )
-        return fields
 
     async def enqueue_graph(
         self,
         queue: str,
-        fields: list[Any],
+        steps: list[GraphStep],
         workflow: GraphRecord | None,
         levels: Collection[str] = (),
     ) -> list[Any]:
@@ -366,12 +366,12 @@ class App:
         broker = await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        call = broker.graph_call(ks, workflow, fields)
+        call = broker.graph_call(ks, workflow, steps)
         need = need_for(levels, self.settings)
         if need is None:
             replies = await broker.run_calls([call], retry=True)
         else:
-            ids = tuple(fields[i] for i in range(0, len(fields), GRAPH_FIELDS))
+            ids = tuple(step.spec.id for step in steps)
             replies = await broker.run_durable([call], need, ids)
         return list(replies[0])
 
@@ -379,21 +379,21 @@ class App:
         """Enqueue a sub-task under a given id, in its parent's queue (the id's); a repeat
         finds the task already there and changes nothing."""
         sig.check()
-        queue, _, fields = self._fields(sig, task_id, queue_of(task_id))
+        queue, spec = self._spec(sig, task_id, queue_of(task_id))
         # the parent reads its sub-tasks' results, and finds them again by id when it runs
         # again: their records must outlive it, so they are kept at least the default ttl
         default = self.settings.result_ttl_seconds
         keep = -1 if default is None else int(max(default, 3600.0) * 1000)
-        if fields[8] >= 0 and (keep < 0 or fields[8] < keep):
-            fields[8] = keep
+        if spec.ttl_ms >= 0 and (keep < 0 or spec.ttl_ms < keep):
+            spec.ttl_ms = keep
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         level = sig.opts.get("durability", self.settings.durability)
         if level == "memory":
-            reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
+            reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
         else:
-            reply = await self._enqueue_durable(broker, ks, fields, level)
-        return self._handle_for(sig, task_id, reply, fields)
+            reply = await self._enqueue_durable(broker, ks, spec, level)
+        return self._handle_for(sig, task_id, reply, spec)
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
         after = sig.opts.get("after") or []
@@ -403,18 +403,19 @@ class App:
         for dep in after:
             dep_id = dep if isinstance(dep, str) else dep.id
             (deps if queue_of(dep_id) == queue else xdeps).append((dep_id, -1))
-        fields = self.graph_fields(sig, None, None, deps, "", xdeps)
+        step = self.graph_step(sig, None, None, deps, "", xdeps)
         level = sig.opts.get("durability", self.settings.durability)
-        replies = await self.enqueue_graph(queue, fields, None, (level,))
-        handle = self._handle_for(sig, fields[0], replies[0], fields)
-        if xdeps and handle.id == fields[0]:
+        replies = await self.enqueue_graph(queue, [step], None, (level,))
+        task_id = step.spec.id
+        handle = self._handle_for(sig, task_id, replies[0], step.spec)
+        if xdeps and handle.id == task_id:
             # the task exists (waiting) before its dependencies on other queues learn of
             # it: a client that stops in between leaves it WAITING, visible, not lost
             from segue._forward import watch
 
             watches: dict[str, list[Any]] = {}
             for dep_id, _ in xdeps:
-                watches.setdefault(queue_of(dep_id), []).extend((dep_id, fields[0], -1, ""))
+                watches.setdefault(queue_of(dep_id), []).extend((dep_id, task_id, -1, ""))
             await watch(await self.broker(), self.settings, watches, (level,))
         return handle
 
@@ -430,29 +431,29 @@ class App:
     async def _enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         if "after" in sig.opts:
             return await self._enqueue_after(sig)
-        queue, task_id, fields = self._fields(sig)
+        queue, spec = self._spec(sig)
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
         level = sig.opts.get("durability", self.settings.durability)
         if level == "memory":
-            reply = (await broker.run_calls([broker.enqueue_call(ks, fields)], retry=True))[0][0]
+            reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
         else:
-            reply = await self._enqueue_durable(broker, ks, fields, level)
+            reply = await self._enqueue_durable(broker, ks, spec, level)
         if reply.__class__ is int:
             return TaskHandle(
-                self._client, task_id, sig.task.result_decoder, keeps_result=fields[8] != 0
+                self._client, spec.id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
             )
-        return self._handle_for(sig, task_id, reply, fields)
+        return self._handle_for(sig, spec.id, reply, spec)
 
     async def _enqueue_durable(
-        self, broker: Broker, ks: Keyspace, fields: list[Any], level: str
+        self, broker: Broker, ks: Keyspace, spec: EnqueueSpec, level: str
     ) -> Any:
         """One enqueue that waits for its durability level (not "memory")."""
         need = need_for((level,), self.settings)
         assert need is not None
-        call = broker.enqueue_call(ks, fields)
-        replies = await broker.run_durable([call], need, (fields[0],))
+        call = broker.enqueue_call(ks, (spec,))
+        replies = await broker.run_durable([call], need, (spec.id,))
         return replies[0][0]
 
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
@@ -460,9 +461,9 @@ class App:
         sigs = list(signatures)
         for sig in sigs if self.hooks else ():
             await call_hooks(self.hooks, "before_enqueue", sig)
-        by_queue: dict[str, list[Any]] = {}
+        by_queue: dict[str, list[EnqueueSpec]] = {}
         order: dict[str, list[int]] = {}
-        kept: list[list[Any]] = []
+        kept: list[EnqueueSpec] = []
         handles: list[TaskHandle[R]] = []
         levels: set[str] = set()
         default_level = self.settings.durability
@@ -474,22 +475,22 @@ class App:
                 )
             sig.check()
             levels.add(sig.opts.get("durability", default_level))
-            queue, task_id, fields = self._fields(sig)
-            by_queue.setdefault(queue, []).extend(fields)
+            queue, spec = self._spec(sig)
+            by_queue.setdefault(queue, []).append(spec)
             order.setdefault(queue, []).append(n)
-            kept.append(fields)
-            ttl = fields[8]
+            kept.append(spec)
             handles.append(
-                TaskHandle(self._client, task_id, sig.task.result_decoder, keeps_result=ttl != 0)
+                TaskHandle(
+                    self._client, spec.id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
+                )
             )
         broker = await self.broker()
         calls: list[tuple[Any, list[str], list[Any]]] = []
-        for queue, fields in by_queue.items():
+        for queue, specs in by_queue.items():
             ks = broker.keyspace(queue)
             await broker.register_queue(queue)
-            step = _BATCH * ENQUEUE_FIELDS
             calls.extend(
-                broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
+                broker.enqueue_call(ks, specs[i : i + _BATCH]) for i in range(0, len(specs), _BATCH)
             )
         need = need_for(levels, self.settings)
         if need is None:

@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from segue._errors import BrokerError, DurabilityError
 from segue._fastconn import ConnectionLost, FastConnection, ReplyError
+from segue._scripts import is_noscript
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    from segue._broker import Broker
     from segue._scripts import Script
     from segue._settings import Settings
 
@@ -141,10 +141,25 @@ class _Link:
         reply.add_done_callback(functools.partial(_copy, fut))
 
 
+class Connections(Protocol):
+    """What durable enqueues use of the transport (_transport.Transport)."""
+
+    settings: Settings
+    url: str
+    client: Any
+    cluster: bool
+    server_version: tuple[str, str] | None
+
+    @property
+    def where(self) -> str: ...
+
+    def new_fast_connection(self, reply_timeout: float | None = None) -> FastConnection | None: ...
+
+
 class Confirmer:
     """Durable enqueues of one Broker: its connections, and the server capability check."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Connections) -> None:
         self._broker = broker
         self._links: dict[tuple[str, int] | None, _Link] = {}
         self._fsync_checked = False
@@ -274,7 +289,7 @@ class Confirmer:
             if not isinstance(reply, BaseException):
                 continue
             text = str(reply)
-            if isinstance(reply, ReplyError) and text.startswith("NOSCRIPT") and not loaded:
+            if is_noscript(reply) and not loaded:
                 for script in {c[0].sha: c[0] for c in calls}.values():
                     await conn.execute("SCRIPT", "LOAD", script.source)
                 # every call again: the id-keyed scripts create only what is missing

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from segue._handle import TaskHandle
     from segue._settings import Settings
     from segue._task import Signature
+    from segue._wire import EnqueueSpec
 
 R = TypeVar("R")
 
@@ -21,6 +22,6 @@ class Enqueuer(Protocol):
     @property
     def settings(self) -> Settings: ...
     async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]: ...
-    def _fields(
+    def _spec(
         self, sig: Signature[Any], task_id: str | None = None, queue: str | None = None
-    ) -> tuple[str, str, list[Any]]: ...
+    ) -> tuple[str, EnqueueSpec]: ...

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from segue._codec import decode_plain
 from segue._state import at_ms
+from segue._wire import EventField as E
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Sequence
@@ -37,23 +38,23 @@ class Event:
 
 def parse_event(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
     eid = entry_id.decode()
-    kind = fields.get(b"e", b"").decode()
+    kind = fields.get(E.KIND.b, b"").decode()
     data: Any = None
     if kind == "task.progress":
-        total = fields.get(b"total", b"")
+        total = fields.get(E.TOTAL.b, b"")
         data = {
-            "done": float(fields.get(b"done", b"0")),
+            "done": float(fields.get(E.DONE.b, b"0")),
             "total": float(total) if total else None,
-            "message": fields.get(b"msg", b"").decode() or None,
+            "message": fields.get(E.MESSAGE.b, b"").decode() or None,
         }
-    elif b"data" in fields:
-        data = decode_plain(fields[b"data"])
+    elif E.DATA.b in fields:
+        data = decode_plain(fields[E.DATA.b])
     return Event(
         queue=queue,
         id=eid,
         kind=kind,
-        task_id=fields.get(b"id", b"").decode(),
-        task_name=fields.get(b"n", b"").decode(),
+        task_id=fields.get(E.TASK_ID.b, b"").decode(),
+        task_name=fields.get(E.TASK_NAME.b, b"").decode(),
         at=at_ms(int(eid.split("-", 1)[0])),
         data=data,
     )

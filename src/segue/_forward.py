@@ -4,7 +4,7 @@ Each script touches one queue's slot (one Cluster slot), so a task cannot reach 
 dependants on another queue. Instead the script that ends it (finish.lua, or any other that
 ends tasks) appends one entry per such dependant to its own queue's outbox, in the same
 atomic step: who waits, at which input index, how the dependency ended and its result
-(_lib.lua, push_cross). Workers move the entries of their queues' outboxes to the
+(_scripts/lib/outbox.lua, push_cross). Workers move the entries of their queues' outboxes to the
 dependant's queue with forward.lua, and remove an entry only after that call returned: an
 entry is delivered at least once, and a repeated delivery changes nothing, because a task
 counts a dependency only while its `x:<dependency>` field is still '0'.

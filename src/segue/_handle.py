@@ -23,6 +23,8 @@ from segue._errors import (
 )
 from segue._keys import queue_of
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._wire import TaskField as F
+from segue._wire import WorkflowField as W
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -119,7 +121,7 @@ class TaskHandle(Generic[R]):
                 rec = await broker.task_record(ks, self.id)
                 if not rec:
                     raise self._not_found()
-                status = TaskStatus(rec[b"s"].decode())
+                status = TaskStatus(rec[F.STATUS.b].decode())
                 if status.is_final:
                     return self._outcome(status, rec)
                 wait = _RECHECK_SECONDS
@@ -203,13 +205,15 @@ class TaskHandle(Generic[R]):
     def _outcome(self, status: TaskStatus, rec: dict[bytes, bytes]) -> R:
         if status is TaskStatus.SUCCEEDED:
             try:
-                return cast("R", self._decoder.decode(rec.get(b"r", b"null")))
+                return cast("R", self._decoder.decode(rec.get(F.RESULT.b, b"null")))
             except Exception as exc:
                 raise PayloadError(f"result of task {self.id} does not decode: {exc}") from None
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
         try:
-            err = parse_error(rec.get(b"e")) or TaskError("Expired", "expired", None, "expired")
+            err = parse_error(rec.get(F.ERROR.b)) or TaskError(
+                "Expired", "expired", None, "expired"
+            )
         except Exception:  # written by someone else: still a failure, said plainly
             err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
@@ -272,34 +276,34 @@ class _Reader:
 
     def status(self) -> TaskStatus:
         try:
-            return TaskStatus(self.text(b"s"))
+            return TaskStatus(self.text(F.STATUS.b))
         except ValueError:
             # a status no segue writes: the task is not one any worker will run
-            self.bad(b"s", "is not a status")
+            self.bad(F.STATUS.b, "is not a status")
             return TaskStatus.FAILED
 
     def history(self) -> list[Transition]:
         out = []
-        for line in self.text(b"h").splitlines():
+        for line in self.text(F.HISTORY.b).splitlines():
             st, _, rest = line.partition("|")
             at, _, reason = rest.partition("|")
             try:
                 out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
             except (ValueError, OverflowError, OSError):
-                self.bad(b"h", "has a line that is not status|time|reason")
+                self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
         return out
 
     def progress(self) -> tuple[float, float | None] | None:
-        if b"pg" not in self.rec:
+        if F.PROGRESS.b not in self.rec:
             return None
-        done_text, _, total_text = self.text(b"pg").partition(" ")
+        done_text, _, total_text = self.text(F.PROGRESS.b).partition(" ")
         try:
             done, total = float(done_text), float(total_text) if total_text else None
         except ValueError:
-            self.bad(b"pg", "is not '<done> [<total>]'")
+            self.bad(F.PROGRESS.b, "is not '<done> [<total>]'")
             return None
         if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
-            self.bad(b"pg", "is not finite")
+            self.bad(F.PROGRESS.b, "is not finite")
             return None
         return done, total
 
@@ -312,30 +316,30 @@ class _Reader:
 
     def error(self) -> TaskError | None:
         try:
-            return parse_error(self.rec.get(b"e"))
+            return parse_error(self.rec.get(F.ERROR.b))
         except Exception:
-            self.bad(b"e", "is not an error record")
+            self.bad(F.ERROR.b, "is not an error record")
             return None
 
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
     r = _Reader(rec)
-    name = r.text(b"n")
+    name = r.text(F.NAME.b)
     task = tasks.get(name)
     status = r.status()
     try:
         if task is not None:
-            args, kwargs = task.args_decoder.decode(rec[b"p"])
+            args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
         else:
-            args, kwargs = decode_plain(rec[b"p"])
+            args, kwargs = decode_plain(rec[F.PAYLOAD.b])
         args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
     history = r.history()
     result: Any = None
-    if status is TaskStatus.SUCCEEDED and b"r" in rec:
-        result = r.decoded(b"r", task.result_decoder if task is not None else _PLAIN)
-    worker = r.text(b"w") or None
+    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
+        result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
+    worker = r.text(F.WORKER.b) or None
     progress = r.progress()
     return TaskInfo(
         id=task_id,
@@ -344,22 +348,22 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         status=status,
         args=args,
         kwargs=kwargs,
-        priority=r.text(b"q", "normal"),
-        tries=r.integer(b"t") or 0,
-        max_tries=r.integer(b"mt") or 0,
+        priority=r.text(F.PRIORITY.b, "normal"),
+        tries=r.integer(F.TRIES.b) or 0,
+        max_tries=r.integer(F.MAX_TRIES.b) or 0,
         worker_id=worker,
-        enqueued_at=r.when(b"ce"),
-        started_at=r.when(b"st"),
-        ended_at=r.when(b"et"),
-        due_at=r.when(b"due"),
+        enqueued_at=r.when(F.ENQUEUED_AT.b),
+        started_at=r.when(F.STARTED_AT.b),
+        ended_at=r.when(F.ENDED_AT.b),
+        due_at=r.when(F.DUE_AT.b),
         history=history,
         result=result,
         error=r.error(),
         progress=progress,
-        progress_message=r.text(b"pgm") or None,
+        progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
         problem="; ".join(r.problems) or None,
-        pending_request=r.text(b"ctl") or None,
-        pending_request_at=r.when(b"ctlt") if b"ctl" in rec else None,
+        pending_request=r.text(F.CONTROL.b) or None,
+        pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
     )
 
 
@@ -404,14 +408,14 @@ class WorkflowHandle(Generic[R]):
         return rec
 
     async def step_count(self) -> int:
-        return len(await self._ids(b"steps"))
+        return len(await self._ids(W.STEPS.b))
 
     async def _ids(self, field: bytes) -> list[str]:
         return (await self._record()).get(field, b"").decode().split()
 
     async def queues(self) -> list[str]:
         """The queues its steps live on, the workflow's own first."""
-        return [self.queue, *await self._ids(b"queues")]
+        return [self.queue, *await self._ids(W.QUEUES.b)]
 
     async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
         """The same fields of steps on any queues, in the order of `ids`."""
@@ -434,17 +438,17 @@ class WorkflowHandle(Generic[R]):
         """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
         (being cancelled) or RUNNING."""
         rec = await self._record()
-        if rec.get(b"st") == b"cancelled":
+        if rec.get(W.STATE.b) == b"cancelled":
             return TaskStatus.CANCELLED
-        last = rec.get(b"last", b"").decode().split()
-        rows = await self._fields_of(last, ["s", "opt", "e"])
+        last = rec.get(W.LAST.b, b"").decode().split()
+        rows = await self._fields_of(last, [F.STATUS, F.OPTIONAL, F.ERROR])
         states = {_passed(r) for r in rows}
         if states == {TaskStatus.SUCCEEDED}:
             return TaskStatus.SUCCEEDED
         for final in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED):
             if final in states:
                 return final
-        state = rec.get(b"st", b"running").decode()
+        state = rec.get(W.STATE.b, b"running").decode()
         if state == "cancelled":
             return TaskStatus.CANCELLED
         return TaskStatus.PAUSED if state == "paused" else TaskStatus.RUNNING
@@ -454,7 +458,7 @@ class WorkflowHandle(Generic[R]):
         `offset` and `limit` read one page of a large fan-out."""
         broker = await self._client.broker()
         infos: list[TaskInfo] = []
-        ids = await self._ids(b"steps")
+        ids = await self._ids(W.STEPS.b)
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
             if rec:
@@ -464,7 +468,7 @@ class WorkflowHandle(Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         """The last step's value (a list when the workflow ends with a group); raises
         TaskFailed naming the step that failed, or TaskCancelled."""
-        last = await self._ids(b"last")
+        last = await self._ids(W.LAST.b)
         handles = [TaskHandle[Any](self._client, i, self._decoder) for i in last]
         # a bounded number at a time: each wait holds a pooled connection, and redis-py's
         # pool refuses more than 100 (a group of hundreds of last steps failed on a cluster)
@@ -487,7 +491,7 @@ class WorkflowHandle(Generic[R]):
         try:
             return await handle.result(timeout)
         except (TaskFailed, TaskCancelled):
-            [(optional, error)] = await self._fields_of([handle.id], ["opt", "e"])
+            [(optional, error)] = await self._fields_of([handle.id], [F.OPTIONAL, F.ERROR])
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
@@ -515,7 +519,7 @@ class WorkflowHandle(Generic[R]):
         or a resume, which the workflow as a whole does not."""
         broker = await self._client.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
-        others = await self._ids(b"queues")
+        others = await self._ids(W.QUEUES.b)
         for queue in others:
             with contextlib.suppress(TaskNotFound, InvalidTransition):
                 await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)

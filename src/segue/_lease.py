@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from segue import _scripts
+from segue import _calls
 from segue._broker import make_sync_client
 from segue._faults import faultpoint
 from segue._services import Service
@@ -53,7 +53,6 @@ class LeaseKeeper(Service):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._script = _scripts.load("renew")
         self._client: Any = None
         self.interval = settings.lease_seconds / 3
         # a renewal under way ends first (its calls time out within this)
@@ -141,16 +140,12 @@ class LeaseKeeper(Service):
         sent = dict(held)
         lost: list[tuple[str, str]] = []
         for ks, pairs in by_queue.items():
-            args = [ks.base, self._worker_id, lease_ms, *pairs]
-            gone, requests = self._script.run_sync(self._client, [ks.leases, ks.meta], args)
+            script, keys, args = _calls.renew(ks, self._worker_id, lease_ms, pairs)
+            gone, requests = _calls.parse_renew(script.run_sync(self._client, keys, args))
             # with the generation it was sent for: by the time the reply is read, this
             # worker may hold a newer run of the same task, which is not lost
-            lost.extend((_text(x), sent[_text(x)][1]) for x in gone)
+            lost.extend((task_id, sent[task_id][1]) for task_id in gone)
             for task_id, request in requests:
-                self._on_request(_text(task_id), _text(request))
+                self._on_request(task_id, request)
         if lost:
             self._on_lost(lost)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -10,15 +10,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from segue import _cancel
 
 if TYPE_CHECKING:
-    from segue._broker import Broker
+    from contextlib import AbstractAsyncContextManager
+
     from segue._keys import Keyspace
 
 log = logging.getLogger("segue.broker")
+
+
+class Connections(Protocol):
+    """What pub/sub uses of the transport (_transport.Transport): its client, whether it
+    is a cluster's, and its error translation."""
+
+    client: Any
+    cluster: bool
+
+    def errors(self) -> AbstractAsyncContextManager[None]: ...
 
 
 def _text(value: Any) -> str:
@@ -31,7 +42,7 @@ Handler = Callable[[bytes], None]
 class Subscriber:
     """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Connections) -> None:
         self._broker = broker
         self._pubsub: Any = broker.client.pubsub(ignore_subscribe_messages=False)
         self._handlers: dict[str, Handler] = {}
@@ -112,8 +123,8 @@ class EndedWaiters:
     The stored status stays the truth (result() re-reads it); this only makes it fast.
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self._subscriber = broker.subscriber()
+    def __init__(self, subscriber: Subscriber) -> None:
+        self._subscriber = subscriber
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     async def watch(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:

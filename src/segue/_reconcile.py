@@ -29,7 +29,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from segue import _scripts
+from segue import _calls
 from segue._errors import BrokerError
 from segue._hooks import call_hooks
 from segue._services import Service
@@ -85,8 +85,6 @@ class Reconciler(Service):
         self._lease_ms = int(broker.settings.lease_seconds * 1000)
         self._keep_ms = max(GENERATION_KEEP_MS, int(self.interval * 10_000))
         self._progress = {ks: _Progress() for ks in self._queues}
-        self._script = _scripts.load("reconcile")
-        self._generation = _scripts.load("generation")
         self._failing = False
         self.cycles = 0  # cycles completed
         self.rollbacks = 0  # rollbacks this worker detected
@@ -118,10 +116,8 @@ class Reconciler(Service):
     async def check_generation(self, ks: Keyspace) -> bool:
         """Advance this worker's mark; True (after a warning) when it had gone back."""
         p = self._progress[ks]
-        args = [self._worker_id, p.gen, self._keep_ms, p.prune]
-        reply = await self._broker.run_calls(
-            [(self._generation, [ks.generation, ks.events], args)], retry=True
-        )
+        call = _calls.generation(ks, self._worker_id, p.gen, self._keep_ms, p.prune)
+        reply = await self._broker.run_calls([call], retry=True)
         back, n, prune, found = reply[0]
         remembered, p.gen, p.prune = p.gen, int(n), _text(prune)
         if not int(back):
@@ -152,10 +148,8 @@ class Reconciler(Service):
         found: list[Repair] = []
         taken = 0
         while p.phase != "done" and (steps is None or taken < steps):
-            args = [ks.base, self._lease_ms, STEP_ENTRIES, p.phase, p.cursor]
-            reply = await self._broker.run_calls(
-                [(self._script, ks.reconcile_keys, args)], retry=True
-            )
+            call = _calls.reconcile(ks, self._lease_ms, STEP_ENTRIES, p.phase, p.cursor)
+            reply = await self._broker.run_calls([call], retry=True)
             taken += 1
             phase, cursor, *pairs = (_text(x) for x in reply[0])
             p.phase, p.cursor = phase, cursor

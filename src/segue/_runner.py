@@ -1,7 +1,7 @@
 """One attempt of one task: decode, call with a timeout, decide the outcome.
 
-The outcome is a tuple of finish.lua fields (action, a, b); the worker sends it in its
-next batched round trip. Nothing here talks to the server.
+The outcome is one of segue._wire's Outcome cases; the worker sends it in its next batched
+round trip. Nothing here talks to the server.
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ from segue._errors import Fail, Pause, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._logging import current_task
+from segue._wire import (
+    Failed,
+    Outcome,
+    Paused,
+    Released,
+    Requeued,
+    Retrying,
+    Succeeded,
+    Suspended,
+    Waiting,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,7 +49,6 @@ if TYPE_CHECKING:
     from segue._task import Task
 
 log = logging.getLogger("segue.worker")
-Outcome = tuple[str, Any, Any]
 
 
 @dataclass(slots=True, eq=False)
@@ -101,16 +111,14 @@ async def attempt(
 ) -> Outcome:
     """Run one attempt and say what should happen next."""
     if task is None:
-        return (
-            "release",
+        return Released(
             settings.unknown_task_max_releases,
             int(settings.unknown_task_window_seconds * 1000),
         )
     try:
         args, kwargs = task.args_decoder.decode(job.payload, first=job.input)
     except Exception as exc:
-        return (
-            "fail",
+        return Failed(
             _message(
                 "undecodable",
                 (
@@ -149,8 +157,8 @@ async def attempt(
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
         await after_run(hooks, ctx, RunResult(stopped, error=exc))
         raise
-    end = _ENDS.get(outcome[0], "stopped")
-    retry_in = outcome[2] / 1000 if outcome[0] == "retry" else None
+    end = _ENDS.get(outcome.action, "stopped")
+    retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
     await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
     return outcome
 
@@ -179,33 +187,33 @@ async def _call(
                 call = functools.partial(task.fn, *args, **kwargs)
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
     except WaitingForSubtasks:
-        return ("waiting", "", "")
+        return Waiting()
     except ServerUnreachable as exc:
         if not silent:
             log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)
-        return ("requeue", "server unreachable", "")
+        return Requeued("server unreachable")
     except PauseRequested:
         if not silent:
             log.info("task %s paused at a checkpoint", job.id)
-        return ("paused", "", "")
+        return Paused()
     except Pause as exc:
         if not silent:
             log.info("task %s paused itself (delay %s)", job.id, exc.delay)
         delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
-        return ("suspend", delay_ms, "")
+        return Suspended(delay_ms)
     except Fail as exc:
         job.error = exc
         if not silent:
             log.info("task %s failed (Fail): %s", job.id, exc.reason)
-        return ("fail", _error(exc, "fail", with_tb=False), "fail")
+        return Failed(_error(exc, "fail", with_tb=False), "fail")
     except Retry as exc:
         job.error = exc
         if job.tries < job.max_tries:
             delay = exc.delay if exc.delay is not None else task.opts.backoff(job.tries)
             if not silent:
                 log.info("task %s asked to retry in %.2fs", job.id, delay)
-            return ("retry", _error(exc, "retry", with_tb=False), int(delay * 1000))
-        return ("fail", _error(exc, "max_tries", with_tb=False), "max_tries")
+            return Retrying(_error(exc, "retry", with_tb=False), int(delay * 1000))
+        return Failed(_error(exc, "max_tries", with_tb=False), "max_tries")
     except TimeoutError as exc:
         if not timer.expired():
             return _failure(job, task, exc, "error")
@@ -228,10 +236,10 @@ async def _call(
         reason = "result_too_large" if isinstance(exc, PayloadTooLarge) else "unencodable_result"
         if not silent:
             log.warning("task %s failed: %s", job.id, exc)
-        return ("fail", _error(exc, reason, with_tb=False), reason)
+        return Failed(_error(exc, reason, with_tb=False), reason)
     if not silent:
         log.info("task %s succeeded", job.id)
-    return ("ok", payload, "")
+    return Succeeded(payload)
 
 
 def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) -> Outcome:
@@ -240,7 +248,7 @@ def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) ->
         delay = task.opts.backoff(job.tries)
         if not task.opts.silent:
             log.info("task %s try %d failed (%r); retrying in %.2fs", job.id, job.tries, exc, delay)
-        return ("retry", _error(exc, reason), int(delay * 1000))
+        return Retrying(_error(exc, reason), int(delay * 1000))
     if not task.opts.silent:
         log.warning("task %s failed after %d tries: %r", job.id, job.tries, exc)
-    return ("fail", _error(exc, reason), reason)
+    return Failed(_error(exc, reason), reason)

@@ -29,27 +29,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from segue import _cron, _scripts
-from segue._broker import ENQUEUE_FIELDS
+from segue import _calls, _cron
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
 from segue._services import Service
+from segue._wire import EnqueueSpec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from segue._broker import Broker
+    from segue._calls import ScriptCall
     from segue._enqueue import Enqueuer
 
 R = TypeVar("R")
 
 log = logging.getLogger("segue.scheduler")
 
-_PUT = _scripts.load("cron_put")
-_TAKE = _scripts.load("cron_take")
-_ADVANCE = _scripts.load("cron_advance")
-_REMOVE = _scripts.load("cron_remove")
 
 # A lease covers one enqueue and one advance (milliseconds of work); if its worker dies,
 # another fires the tick once the lease ends, so it is short.
@@ -87,21 +84,21 @@ _decode = msgspec.json.Decoder(_Entry).decode
 
 def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
-    queue, _, f = app._fields(schedule.sig)
+    queue, task = app._spec(schedule.sig)
     entry = _Entry(
         spec=schedule.cron.spec,
-        task=f[1],
+        task=task.name,
         queue=queue,
         cron=schedule.cron.expr,
         tz=schedule.cron.tz,
         catch_up=schedule.catch_up,
-        args=msgspec.Raw(f[2]),
-        priority=f[3],
-        max_tries=f[6],
-        timeout_ms=f[7],
-        ttl_ms=f[8],
-        unique=f[9],
-        expire_ms=f[10],
+        args=msgspec.Raw(task.payload),
+        priority=task.priority,
+        max_tries=task.max_tries,
+        timeout_ms=task.timeout_ms,
+        ttl_ms=task.ttl_ms,
+        unique=task.unique,
+        expire_ms=task.expire_ms,
     )
     return _encode(entry)
 
@@ -111,9 +108,9 @@ async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
         return
-    keys = CronKeys(app.settings.prefix).all
+    ck = CronKeys(app.settings.prefix)
     rows = [(s, _entry(app, s)) for s in schedules]
-    calls = [(_PUT, keys, [s.id, e, s.cron.spec, ""]) for s, e in rows]
+    calls = [_calls.cron_put(ck, s.id, e, s.cron.spec, "") for s, e in rows]
     replies = await broker.run_calls(calls, retry=True)
     again = []
     for (s, e), (outcome, now) in zip(rows, replies, strict=True):
@@ -121,13 +118,13 @@ async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]
             first = s.cron.next_after(int(now))
             # parse() made sure the expression matches some date
             assert first is not None
-            again.append((_PUT, keys, [s.id, e, s.cron.spec, first]))
+            again.append(_calls.cron_put(ck, s.id, e, s.cron.spec, first))
     if again:
         await broker.run_calls(again, retry=True)
 
 
 async def remove(prefix: str, broker: Broker, sid: str) -> bool:
-    reply = await broker.run_calls([(_REMOVE, CronKeys(prefix).all, [sid])], retry=True)
+    reply = await broker.run_calls([_calls.cron_remove(CronKeys(prefix), sid)], retry=True)
     return bool(reply[0])
 
 
@@ -213,7 +210,7 @@ class Scheduler(Service):
         self._enqueuer = enqueuer
         self._crons = crons
         self._broker = broker
-        self._keys = CronKeys(enqueuer.settings.prefix).all
+        self._keys = CronKeys(enqueuer.settings.prefix)
         self._wake = asyncio.Event()
         self._stopping = False
         self._registered = not crons
@@ -255,13 +252,13 @@ class Scheduler(Service):
     async def fire_due(self) -> float:
         """Fire the ticks due now; returns how long to wait before looking again."""
         broker = self._broker
-        reply = (await broker.run_calls([(_TAKE, self._keys, [_LEASE_MS, _TAKE_BATCH])]))[0]
+        reply = (await broker.run_calls([_calls.cron_take(self._keys, _LEASE_MS, _TAKE_BATCH)]))[0]
         now, soonest, rows = int(reply[0]), int(reply[1]), reply[2:]
         if not rows:
             if soonest < 0:
                 return _MAX_SLEEP
             return min(_MAX_SLEEP, max(0.0, (soonest - now) / 1000))
-        by_queue: dict[str, list[Any]] = {}
+        by_queue: dict[str, list[EnqueueSpec]] = {}
         advances = []
         counts = []
         for raw_id, raw_tick, raw in rows:
@@ -274,37 +271,36 @@ class Scheduler(Service):
                 log.error("schedule %s cannot be fired here: %s", sid, exc)
                 continue
             ticks, nxt = plan(cron, e.catch_up, tick, now)
-            fields = by_queue.setdefault(e.queue, [])
+            specs = by_queue.setdefault(e.queue, [])
             payload = bytes(e.args)
-            for t in ticks:
-                fields.extend(
-                    (
-                        tick_id(e.queue, sid, t),
-                        e.task,
-                        payload,
-                        e.priority,
-                        0,
-                        0,
-                        e.max_tries,
-                        e.timeout_ms,
-                        e.ttl_ms,
-                        e.unique,
-                        e.expire_ms,
-                        "",
-                    )
+            specs.extend(
+                EnqueueSpec(
+                    id=tick_id(e.queue, sid, t),
+                    name=e.task,
+                    payload=payload,
+                    priority=e.priority,
+                    delay_ms=0,
+                    at_ms=0,
+                    max_tries=e.max_tries,
+                    timeout_ms=e.timeout_ms,
+                    ttl_ms=e.ttl_ms,
+                    unique=e.unique,
+                    expire_ms=e.expire_ms,
+                    headers="",
                 )
-            advances.append(
-                (_ADVANCE, self._keys, [sid, tick, ticks[-1], "" if nxt is None else nxt])
+                for t in ticks
             )
+            following = "" if nxt is None else nxt
+            advances.append(_calls.cron_advance(self._keys, sid, tick, ticks[-1], following))
             counts.append(len(ticks))
             log.debug("schedule %s fires %d tick(s) from %d; next %s", sid, len(ticks), tick, nxt)
-        calls: list[tuple[_scripts.Script, list[str], list[Any]]] = []
-        for queue, fields in by_queue.items():
+        calls: list[ScriptCall] = []
+        for queue, specs in by_queue.items():
             await broker.register_queue(queue)
             ks = broker.keyspace(queue)
-            step = _CATCH_UP_BATCH * ENQUEUE_FIELDS
+            step = _CATCH_UP_BATCH
             calls.extend(
-                broker.enqueue_call(ks, fields[i : i + step]) for i in range(0, len(fields), step)
+                broker.enqueue_call(ks, specs[i : i + step]) for i in range(0, len(specs), step)
             )
         if calls:
             await broker.run_calls(calls, retry=True)  # idempotent by task id

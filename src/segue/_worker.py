@@ -25,6 +25,7 @@ from ulid import ULID
 
 from segue import _clock
 from segue._broker import server_unreachable
+from segue._calls import parse_claim, parse_finish
 from segue._context import PauseRequested, RunControl
 from segue._control import Controller, ControlSubscriber
 from segue._embedded import server_label
@@ -37,10 +38,21 @@ from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._options import parse_rate
 from segue._reconcile import Reconciler
-from segue._runner import Job, Outcome, attempt
+from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
 from segue._waker import Waker
+from segue._wire import (
+    Cancelled,
+    Finished,
+    FinishResult,
+    Outcome,
+    Paused,
+    Requeued,
+    Retrying,
+    Succeeded,
+    Waiting,
+)
 
 if TYPE_CHECKING:
     from segue._broker import Broker
@@ -80,7 +92,7 @@ class Worker:
         self.concurrency = concurrency or settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
         self._running: dict[str, Job] = {}
-        self._outcomes: dict[Keyspace, list[Any]] = {}
+        self._outcomes: dict[Keyspace, list[Finished]] = {}
         self._changed = asyncio.Event()
         self._stopping = False
         self._force = False
@@ -384,30 +396,32 @@ class Worker:
                 return True
         return False
 
-    def _take_outcomes(self) -> list[tuple[Keyspace, list[Any]]]:
+    def _take_outcomes(self) -> list[tuple[Keyspace, list[Finished]]]:
         outcomes, self._outcomes = self._outcomes, {}
         return list(outcomes.items())
 
-    def _restore(self, taken: list[tuple[Keyspace, list[Any]]]) -> None:
-        for ks, fields in taken:
-            self._outcomes.setdefault(ks, []).extend(fields)
+    def _restore(self, taken: list[tuple[Keyspace, list[Finished]]]) -> None:
+        for ks, finished in taken:
+            self._outcomes.setdefault(ks, []).extend(finished)
 
-    def _check_finished(self, taken: list[tuple[Keyspace, list[Any]]], replies: list[Any]) -> None:
+    def _check_finished(
+        self, taken: list[tuple[Keyspace, list[Finished]]], replies: list[Any]
+    ) -> None:
         if taken:
             faultpoint("after_complete_before_ack")
-        for (_, fields), reply in zip(taken, replies, strict=True):
-            for i, ok in enumerate(reply):
+        for (_, finished), reply in zip(taken, replies, strict=True):
+            for run, ok in zip(finished, parse_finish(reply), strict=True):
                 if self._lease is not None:
-                    self._lease.drop(fields[i * 5], fields[i * 5 + 1])
-                if ok == 2 and self._forwarder is not None:
+                    self._lease.drop(run.id, run.gen)
+                if ok is FinishResult.FORWARD and self._forwarder is not None:
                     self._forwarder.poke()  # it left outbox entries for other queues
-                if ok and fields[i * 5 + 2] == "paused":
+                if ok and isinstance(run.outcome, Paused):
                     faultpoint("after_pause_ack")
                 if not ok:
                     log.warning(
                         "outcome of task %s discarded: this worker no longer holds its lease "
                         "(another worker took it over, or it ended)",
-                        fields[i * 5],
+                        run.id,
                     )
 
     def _holds_last(self) -> bool:
@@ -421,36 +435,35 @@ class Worker:
             token = self._claim_tokens[ks] = str(ULID())
         return token, self._answered.get(ks, "")
 
-    def _start_claimed(self, ks: Keyspace, reply: list[Any]) -> tuple[int, int, int]:
+    def _start_claimed(self, ks: Keyspace, raw: list[Any]) -> tuple[int, int, int]:
         # answered: the next claim is a new one, and forgets this one's record
         self._answered[ks] = self._claim_tokens.pop(ks, "")
-        next_due, now_ms, backlog = int(reply[0]), int(reply[1]), int(reply[2])
+        reply = parse_claim(raw)
+        next_due = reply.next_due_ms
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
-        jobs = reply[3:]
+        jobs = reply.runs
         if jobs:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
-        for raw in jobs:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
-            lost = int(lost or 0)
+        for run in jobs:
+            lost = run.lost
             job = Job(
                 ks=ks,
-                id=task_id.decode(),
-                name=name.decode(),
-                payload=payload,
-                tries=int(tries),
-                gen=str(int(gen)),
-                timeout_ms=int(timeout_ms or 0),
-                max_tries=int(max_tries or 1),
+                id=run.id,
+                name=run.name,
+                payload=run.payload,
+                tries=run.tries,
+                gen=run.gen,
+                timeout_ms=run.timeout_ms,
+                max_tries=run.max_tries,
                 started=_clock.monotonic(),
-                input=given or None,
-                headers=headers or None,
+                input=run.input,
+                headers=run.headers,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (
-                    lost >= self._client.settings.max_deliveries - 1
-                    or int(tries) >= int(max_tries or 1)
+                    lost >= self._client.settings.max_deliveries - 1 or run.tries >= run.max_tries
                 ),
             )
             job.run = RunControl(
@@ -473,7 +486,7 @@ class Worker:
             assert self._lease is not None
             self._lease.hold(job.id, ks, job.gen)
             job.task = asyncio.create_task(self._run(job), name=f"segue-run-{job.id}")
-        return len(jobs), backlog, now_ms
+        return len(jobs), reply.backlog, reply.now_ms
 
     async def _run(self, job: Job) -> None:
         assert self._executor is not None
@@ -487,18 +500,22 @@ class Worker:
             outcome = self._stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
-            outcome = ("retry", b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
-        if outcome is not None and outcome[0] == "waiting":
+            outcome = Retrying(b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
+        if isinstance(outcome, Waiting):
             outcome = None  # wait.lua already made it WAITING and released its lease
-        elif outcome is not None and outcome[0] != "ok" and job.run and job.run.request == "cancel":
+        elif (
+            outcome is not None
+            and not isinstance(outcome, Succeeded)
+            and job.run
+            and job.run.request == "cancel"
+        ):
             # the task caught the CancelledError and went on: the cancel still stands
-            outcome = ("cancelled", "", "")
+            outcome = Cancelled()
         if self._running.get(job.id) is job:  # not if a newer run of the task replaced it
             del self._running[job.id]
             self._controller.ended(job.id)
         if outcome is not None and not job.lost:
-            action, a, b = outcome
-            self._outcomes.setdefault(job.ks, []).extend((job.id, job.gen, action, a, b))
+            self._outcomes.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
             # the lease is renewed until the outcome is on the server (_check_finished):
             # another task may block the loop before the next flush, and a lease lapsed
             # meanwhile would discard this outcome and run the task again
@@ -514,10 +531,10 @@ class Worker:
         if job.lost:
             return None
         if request == "cancel":
-            return ("cancelled", "", "")
+            return Cancelled()
         if request == "pause":
-            return ("paused", "", "")
-        return ("requeue", "", "")
+            return Paused()
+        return Requeued()
 
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua

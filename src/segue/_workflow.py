@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from segue._broker import GraphRecord
 from segue._errors import ConfigurationError
 from segue._handle import WorkflowHandle
 from segue._keys import check_queue_name, queue_of
 from segue._task import Chain, Signature
+from segue._wire import GraphRecord, GraphStep
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,15 +118,15 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
                 xdependants.setdefault(dep_id, []).append(f"{step.id}|{index}|{wf_id}")
             else:
                 watches.setdefault(there, []).extend((dep_id, step.id, index, wf_id))
-    fields: dict[str, list[Any]] = {queue: []}  # the workflow's queue first
+    fields: dict[str, list[GraphStep]] = {queue: []}  # the workflow's queue first
     ids: dict[str, list[str]] = {queue: []}
     for step in steps:
         here = queue_of(step.id)
         local = [(d, i) for d, i in step.deps if queue_of(d) == here]
         cross = [(d, i) for d, i in step.deps if queue_of(d) != here]
         told = " ".join(xdependants.get(step.id, ()))
-        part = app.graph_fields(step.sig, here, step.id, local, step.mode, cross, told)
-        fields.setdefault(here, []).extend(part)
+        part = app.graph_step(step.sig, here, step.id, local, step.mode, cross, told)
+        fields.setdefault(here, []).append(part)
         ids.setdefault(here, []).append(step.id)
     ttl = app.settings.result_ttl_seconds
     ttl_ms = -1 if ttl is None else int(ttl * 1000)

@@ -74,10 +74,10 @@ async def test_malformed_records_are_dead_lettered_and_nothing_is_unpickled(
             for i in range(per_kind):
                 # a record as enqueue writes it, with the payload field replaced by raw bytes:
                 # what a buggy or hostile producer with write access could put there
-                _, task_id, fields = app._fields(add.call(i))
-                fields[2] = payload
-                await broker.run_calls([broker.enqueue_call(ks, fields)])
-                bad[task_id] = kind
+                _, spec = app._spec(add.call(i))
+                spec.payload = payload
+                await broker.run_calls([broker.enqueue_call(ks, [spec])])
+                bad[spec.id] = kind
         started = time.monotonic()
         # a burst worker: it raises if a malformed record breaks it, and counts what it ran
         finished = await app.drain(concurrency=16)

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from segue import App, ConfigurationError, Context
+from segue._calls import cron_advance, cron_put, cron_take
 from segue._keys import CronKeys
-from segue._scheduler import _ADVANCE, _PUT, _TAKE
 from tests._workers import Fleet
 from tests.integration.conftest import eventually, serving
 from tests.integration.test_core import admin_client
@@ -115,30 +115,28 @@ async def test_a_due_tick_is_leased_to_one_worker_and_only_its_taker_advances_it
     definition = b'{"spec":"x"}'
     async with app:
         broker = await app._client.broker()
-        put = (_PUT, KEYS.all, [sid, definition, "x", 1_000])  # due since 1970
+        put = cron_put(KEYS, sid, definition, "x", 1_000)  # due since 1970
         assert (await broker.run_calls([put]))[0][0] == 2
         try:
-            first = (await broker.run_calls([(_TAKE, KEYS.all, [60_000, 10])]))[0]
+            first = (await broker.run_calls([cron_take(KEYS, 60_000, 10)]))[0]
             assert [(r[0].decode(), int(r[1]), r[2]) for r in first[2:]] == [
                 (sid, 1_000, definition)
             ]
             # leased: another worker's take leaves it alone
-            second = (await broker.run_calls([(_TAKE, KEYS.all, [60_000, 10])]))[0]
+            second = (await broker.run_calls([cron_take(KEYS, 60_000, 10)]))[0]
             assert sid not in [r[0].decode() for r in second[2:]]
             assert int(second[1]) <= int(second[0]) + 60_000  # look again by the lease's end
             # only the tick taken moves the schedule, once
-            stale = (_ADVANCE, KEYS.all, [sid, 999, 999, 5_000])
-            advance = (_ADVANCE, KEYS.all, [sid, 1_000, 1_000, 2_000])
+            stale = cron_advance(KEYS, sid, 999, 999, 5_000)
+            advance = cron_advance(KEYS, sid, 1_000, 1_000, 2_000)
             assert await broker.run_calls([stale, advance, advance]) == [0, 1, 0]
             assert await stored(segue_engine, sid) == [definition, 2_000.0, None, b"1000"]
             # the same spec keeps the next tick; a lease that runs out frees the tick
-            assert (await broker.run_calls([(_PUT, KEYS.all, [sid, definition, "x", ""])]))[0][
-                0
-            ] == 1
-            await broker.run_calls([(_TAKE, KEYS.all, [1, 10])])
+            assert (await broker.run_calls([cron_put(KEYS, sid, definition, "x", "")]))[0][0] == 1
+            await broker.run_calls([cron_take(KEYS, 1, 10)])
 
             async def free_again() -> bool:
-                reply = (await broker.run_calls([(_TAKE, KEYS.all, [60_000, 10])]))[0]
+                reply = (await broker.run_calls([cron_take(KEYS, 60_000, 10)]))[0]
                 return sid in [r[0].decode() for r in reply[2:]]
 
             await eventually(free_again, timeout=5)

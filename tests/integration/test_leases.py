@@ -12,6 +12,7 @@ import pytest
 
 from segue import App, TaskFailed, TaskStatus
 from segue._broker import Broker
+from segue._wire import Finished, Succeeded
 from tests.integration.conftest import eventually, serving
 
 
@@ -38,7 +39,8 @@ async def poll(
 
 
 async def finish(broker: Broker, queue: str, task_id: str, gen: Any, result: bytes) -> int:
-    call = broker.finish_call(broker.keyspace(queue), [task_id, gen, "ok", result, ""])
+    done = Finished(task_id, str(gen), Succeeded(result))
+    call = broker.finish_call(broker.keyspace(queue), [done])
     reply = await broker.run_calls([call])
     return int(reply[0][0])
 

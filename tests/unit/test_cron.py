@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from segue import App, ConfigurationError, Context
+from segue import App, ConfigurationError, Context, _calls
 from segue._cron import parse
 from segue._keys import CronKeys
-from segue._scheduler import _ADVANCE, _PUT, _REMOVE, _TAKE, plan, tick_id
+from segue._scheduler import plan, tick_id
 
 LISBON = ZoneInfo("Europe/Lisbon")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -203,7 +203,13 @@ def test_app_schedule_refuses_before_touching_the_server() -> None:
 
 
 def test_cron_scripts_take_the_keys_their_headers_document_all_in_the_cron_slot() -> None:
-    keys = CronKeys("segue").all
-    for script in (_PUT, _TAKE, _ADVANCE, _REMOVE):
+    ck = CronKeys("segue")
+    calls = (
+        _calls.cron_put(ck, "s", b"{}", "x", ""),
+        _calls.cron_take(ck, 1, 1),
+        _calls.cron_advance(ck, "s", 1, 1, ""),
+        _calls.cron_remove(ck, "s"),
+    )
+    for script, keys, _ in calls:
         assert script.numkeys == len(keys), script.name
-    assert all(k.startswith("segue:{cron}:") for k in keys)
+        assert all(k.startswith("segue:{cron}:") for k in keys)

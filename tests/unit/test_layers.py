@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
-        *("_lease", "_embedded", "_client", "_calls"),
+        *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
     ),
     "runtime": (
         *("_handle", "_events", "_queue", "_context", "_task", "_hooks", "_cron", "_registry"),
@@ -41,10 +41,6 @@ ORDER = list(LAYERS)
 KNOWN: dict[tuple[str, str], str] = {
     # Settings checks a sentinel URL when built; the parser lives with the sentinel clients
     ("_settings", "_sentinel"): "URL check at Settings time",
-    # the durability waits and pub/sub use the Broker they serve; the broker's split into a
-    # transport and what builds on it takes these two
-    ("_durability", "_broker"): "type of the Broker served",
-    ("_pubsub", "_broker"): "type of the Broker served",
     # being replaced by the collaborators they use (an enqueuer, a registry, a client)
     ("_workflow", "_app"): "enqueue_workflow(app)",
 }

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from segue import Settings
+import re
+
+import pytest
+
+from segue import Settings, _calls
 from segue._broker import Broker, GraphRecord
-from segue._scripts import NAMES, load
+from segue._keys import CronKeys, WorkerKeys
+from segue._scripts import NAMES, _with_library, includes, load
 
 
 def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
@@ -16,42 +21,51 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "finish": broker.finish_call(ks, []),
         "control": broker.control_call(ks, "q:1", "pause", "why"),
         "graph": broker.graph_call(ks, None, []),
-        "forward": (broker.forward_script, ks.graph_keys, []),
+        "forward": _calls.forward(ks, []),
         "watch": broker.watch_call(ks, []),
-        "workflow": (broker.workflow_script, ks.control_keys, []),
-        "retry": (broker.retry_script, ks.retry_keys, []),
-        "purge": (broker.purge_script, ks.purge_keys, []),
+        "workflow": _calls.workflow(ks, "q:wf", "cancel", "why"),
+        "retry": _calls.retry(ks, "q:1", "why"),
+        "purge": _calls.purge(ks, 500, "why"),
+        "renew": _calls.renew(ks, "w", 1000, ["q:1", "1"]),
+        "state": _calls.state(ks, "q:1", "1", {}, []),
+        "wait": _calls.wait(ks, "q:1", "1", ["q:1.1"]),
+        "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
     }
+    counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():
         assert script.numkeys == len(keys), name
-    assert load("renew").numkeys == 2
-    assert load("state").numkeys == 1
-    assert load("wait").numkeys == 2
-    assert load("event").numkeys == 1
-    assert load("reconcile").numkeys == len(ks.reconcile_keys)
-    assert load("generation").numkeys == 2
-    assert set(NAMES) == {
-        "enqueue",
-        "claim",
-        "finish",
-        "renew",
-        "control",
-        "state",
-        "graph",
-        "forward",
-        "watch",
-        "wait",
-        "workflow",
-        "retry",
-        "event",
-        "purge",
-        "cron_put",
-        "cron_take",
-        "cron_advance",
-        "cron_remove",
-        "reconcile",
-        "generation",
+    wk, ck = WorkerKeys("segue"), CronKeys("segue")
+    more = {
+        "reconcile": _calls.reconcile(ks, 1000, 10, "keys", "0"),
+        "generation": _calls.generation(ks, "w", 0, 1000, "0"),
+        "beat": _calls.beat(wk, "w", 1, 1, 0, {}),
+        "cron_put": _calls.cron_put(ck, "s", b"{}", "x", ""),
+        "cron_take": _calls.cron_take(ck, 1, 1),
+        "cron_advance": _calls.cron_advance(ck, "s", 1, 1, ""),
+        "cron_remove": _calls.cron_remove(ck, "s"),
     }
+    counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
+    # the registry is the directory: a new script is checked here or this fails
+    assert set(NAMES) == set(counts)
+    for name in NAMES:
+        assert load(name).numkeys == counts[name], name
+
+
+def test_each_script_carries_the_library_parts_it_includes_once_before_its_own_text() -> None:
+    for name in NAMES:
+        source = load(name).source
+        defined = re.findall(r"^local function (\w+)\(", source, re.MULTILINE)
+        assert len(defined) == len(set(defined)), name  # no part comes twice
+    claim = load("claim").source
+    # a part comes after the parts it includes, and before the script's own text
+    assert claim.index("local function emit(") < claim.index("local function transition(")
+    assert claim.index("local function transition(") < claim.index("local function end_task(")
+    assert claim.index("local function end_task(") < claim.index("--[[ claim:")
+    assert includes(claim.split("--[[ claim:", 1)[1]) == ["clock", "finalize"]
+    # a script carries only what it includes
+    assert "local function" not in load("state").source
+    beat = load("beat").source
+    assert "local function now_ms(" in beat and "transition" not in beat
 
 
 def test_every_key_of_a_call_carries_the_queue_tag() -> None:
@@ -67,3 +81,8 @@ def test_every_key_of_a_call_carries_the_queue_tag() -> None:
     for _, keys, args in calls:
         assert all("{q}" in k for k in keys)
         assert args[0] == "segue:{q}:"
+
+
+def test_an_include_of_a_missing_part_is_named() -> None:
+    with pytest.raises(ValueError, match="script 'x' includes 'nope'"):
+        _with_library("x", "--[[ x ]]\n--#include clock nope\nreturn 1\n")

@@ -1,8 +1,11 @@
 """The Lua scripts, loaded from package files and called by SHA.
 
-Each script is `_lib.lua` followed by its own file; the SHA is of that text. A NOSCRIPT reply
-(after a server restart or failover) reloads the script and resends only that command, also
-for commands queued in a pipeline.
+Every `<name>.lua` here is a script; `lib/` holds the library parts they share. A script
+declares the parts it uses on a line `--#include <part> ...` after its header, and a part may
+include others the same way: at load, each part it needs comes once, before what uses it,
+then the script's own text; the SHA is of that text. A NOSCRIPT reply (after a server
+restart or failover) reloads the script and resends only that command, also for commands
+queued in a pipeline.
 """
 
 from __future__ import annotations
@@ -23,12 +26,23 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _KEYS_RE = re.compile(r"KEYS\[(\d+)(?:\.\.(\d+))?\]")
+_INCLUDE_RE = re.compile(r"^--#include ([a-z_ ]+)$", re.MULTILINE)
 
 # While a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN,
 # and redis-py's cluster client gives up after 16 tries (~0.4 s) with "TTL exhausted": the
 # script never ran, so it is sent again, with a backoff, for up to this many seconds (a
 # migration of a busy queue's slot keeps its keys split for as long as it takes).
 MIGRATION_PATIENCE = 10.0
+
+
+def is_noscript(reply: object) -> bool:
+    """Whether a reply (or the error raised for it) says the server does not have the
+    script: after a restart, a failover or SCRIPT FLUSH. The one test of it, for redis-py's
+    clients and the fast connection alike; the caller loads the script and resends only
+    that call."""
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
 
 
 def _not_run(exc: ClusterError) -> bool:
@@ -66,7 +80,7 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def run_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         deadline = time.monotonic() + MIGRATION_PATIENCE
@@ -85,7 +99,13 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_fast(self, fast: Any, keys: list[str], args: list[Any]) -> Any:
+        """Load this script on a fast connection (_fastconn.py), then call it: after a
+        NOSCRIPT reply to a call sent on it."""
+        await fast.execute("SCRIPT", "LOAD", self.source)
+        return await fast.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def header_keys(source: str) -> int:
@@ -121,39 +141,54 @@ ALLOW_OOM = frozenset(
 )
 
 
+def includes(source: str) -> list[str]:
+    """The library parts a script or part names on its `--#include` lines."""
+    return [part for line in _INCLUDE_RE.findall(source) for part in line.split()]
+
+
+@cache
+def _part(part: str, where: str) -> str:
+    path = resources.files(__package__) / "lib" / f"{part}.lua"
+    if not path.is_file():
+        raise ValueError(f"{where} includes {part!r}, which _scripts/lib/ does not have")
+    return path.read_text(encoding="utf-8")
+
+
+def _with_library(name: str, source: str) -> str:
+    """The parts `source` includes, each once and after the parts it includes itself."""
+    seen: set[str] = set()
+    parts: list[str] = []
+
+    def add(text: str, where: str) -> None:
+        for part in includes(text):
+            if part in seen:
+                continue
+            seen.add(part)
+            own = _part(part, where)
+            add(own, f"library part {part!r}")
+            parts.append(own)
+
+    add(source, f"script {name!r}")
+    return "\n".join([*parts, source])
+
+
 @cache
 def load(name: str) -> Script:
-    pkg = resources.files(__package__)
-    own = (pkg / f"{name}.lua").read_text(encoding="utf-8")
-    source = (pkg / "_lib.lua").read_text(encoding="utf-8") + "\n" + own
+    own = (resources.files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
+    source = _with_library(name, own)
     if name in ALLOW_OOM:
         source = "#!lua flags=allow-oom\n" + source
     sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
     return Script(name, source, sha, header_keys(own))
 
 
-NAMES = (
-    "enqueue",
-    "claim",
-    "finish",
-    "renew",
-    "control",
-    "state",
-    "graph",
-    "forward",
-    "watch",
-    "wait",
-    "workflow",
-    "retry",
-    "event",
-    "purge",
-    "reconcile",
-    "generation",
-    "cron_put",
-    "cron_take",
-    "cron_advance",
-    "cron_remove",
-)
+def _names() -> tuple[str, ...]:
+    here = resources.files(__package__)
+    found = (p.name.removesuffix(".lua") for p in here.iterdir() if p.name.endswith(".lua"))
+    return tuple(sorted(n for n in found if not n.startswith("_")))
+
+
+NAMES = _names()  # every script of this directory
 
 
 async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
@@ -163,7 +198,7 @@ async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[An
         pipe.evalsha(script.sha, len(keys), *keys, *args)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for i, res in enumerate(results):
-        if isinstance(res, NoScriptError):
+        if is_noscript(res):
             script, keys, args = calls[i]
             results[i] = await script.run(client, keys, args)
         elif isinstance(res, Exception):

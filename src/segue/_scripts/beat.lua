@@ -12,6 +12,7 @@
   while its index entry still tells when it last beat. Entries older than `keep` whose
   record is gone are pruned here, by any worker's beat; the index itself expires `keep`
   after the last beat of all, so nothing is left once every worker is gone. ]]
+--#include clock
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])

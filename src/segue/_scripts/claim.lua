@@ -34,6 +34,7 @@
   left in place it would make every claim that reaches it fail. A task held back by its
   name's rate or concurrency limit stays at the head of its list; the reply's next_due then
   includes the moment a rate-limit token comes back. ]]
+--#include clock finalize
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local want = tonumber(ARGV[3])
@@ -47,6 +48,7 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9
 Q.dead = KEYS[8]
 Q.waiting = KEYS[16]
 Q.events = KEYS[17]
+Q.leases = KEYS[5]
 
 for s = 9, 12 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', now) end
 
@@ -81,10 +83,8 @@ for _, id in ipairs(due) do
   if prio and DUE_STATES[f[2]] and not PRIORITY_LISTS[prio] then
     undecodable(tk, id, 'priority q=' .. string.sub(prio, 1, 40))
   elseif prio and DUE_STATES[f[2]] then
-    redis.call('HSET', tk, 's', 'queued')
+    transition(Q, tk, id, { to = 'queued', at = now, why = 'due', push = 'back', prio = prio })
     redis.call('HDEL', tk, 'due')
-    add_history(tk, 'queued', now, 'due')
-    redis.call('LPUSH', KEYS[PRIORITY_LISTS[prio]], id)
   end
 end
 
@@ -119,10 +119,8 @@ for _, id in ipairs(expired) do
       finalize(Q, tk, id, 'failed', now, 'e', err, 'worker_lost')
       dead_letter(Q, id, tonumber(ARGV[7]), now)
     else
-      redis.call('HSET', tk, 's', 'queued')
-      add_history(tk, 'queued', now, 'lease expired')
-      emit(Q, 'task.requeued', id, redis.call('HGET', tk, 'n'))
-      redis.call('RPUSH', KEYS[PRIORITY_LISTS[prio]], id)
+      transition(Q, tk, id, { to = 'queued', at = now, why = 'lease expired', push = 'front',
+        prio = prio, event = 'task.requeued' })
     end
   end
 end
@@ -205,10 +203,8 @@ elseif not paused then
             ok = false
           elseif f[8] and workflow_status(Q, f[8]) == 'paused' then
             -- a step of a paused workflow back in the queue (a retry, a Pause): held
-            redis.call('HSET', tk, 's', 'paused')
-            add_history(tk, 'paused', now, 'workflow paused')
-            redis.call('ZADD', Q.paused, now, id)
-            emit(Q, 'task.paused', id, f[2])
+            transition(Q, tk, id, { to = 'paused', at = now, why = 'workflow paused', score = now,
+              event = 'task.paused', name = f[2] })
             ok = false
           elseif f[7] and not f[9] and tonumber(f[7]) < now then
             local err = cjson.encode({ type = 'Expired', reason = 'expired',
@@ -225,14 +221,12 @@ elseif not paused then
           if ok then
             local tries = redis.call('HINCRBY', tk, 't', 1)
             local gen = redis.call('HINCRBY', tk, 'g', 1)
-            redis.call('HSET', tk, 's', 'running', 'w', wid, 'st', now)
+            transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
+              score = deadline, event = 'task.started', name = f[2] })
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
               redis.call('SADD', prefix .. 'running:' .. f[2], id)
               redis.call('HSET', tk, 'cn', 1)
             end
-            add_history(tk, 'running', now, wid)
-            emit(Q, 'task.started', id, f[2])
-            redis.call('ZADD', KEYS[5], deadline, id)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
               lost }
             if last then holds_last = true end

@@ -11,6 +11,7 @@
   channel (the fast path); its worker carries it out.
   Returns: { status after the command, 1 if a running task was asked (0 otherwise) }.
   Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <status> <command>. ]]
+--#include clock operator
 local Q = queue_keys(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], ARGV[5])
 Q.waiting = KEYS[13]

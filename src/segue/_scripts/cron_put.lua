@@ -8,6 +8,7 @@
   Returns { outcome, now }: 1 = updated, next tick kept (same spec, already timed);
     2 = written with ARGV[4] as its next tick; 0 = nothing written: compute the first tick
     from `now` (server time) and call again. ]]
+--#include clock
 local sid = ARGV[1]
 local now = now_ms()
 local old = redis.call('HGET', KEYS[1], sid)

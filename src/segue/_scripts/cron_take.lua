@@ -8,6 +8,7 @@
   the due zset (the fence of cron_advance), and an expired lease frees it for another.
   Returns { now, soonest, {id, tick, definition}... }: `soonest` is the earliest time (ms)
   something may become due again (a future tick or a lease expiry), -1 if none. ]]
+--#include clock
 local now = now_ms()
 local want = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)

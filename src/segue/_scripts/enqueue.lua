@@ -16,17 +16,18 @@
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key (nothing written).
   A server at maxmemory (noeviction) refuses the first write, before anything is stored. ]]
+--#include clock events create
 local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
 local full = queue_full(prefix, tonumber(ARGV[3]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[7], KEYS[8] }, 4, n, 12)
+  { KEYS[4], KEYS[7], KEYS[8] }, ARGV, 4, n, 12)
 if full then return redis.error_reply(full) end
 local now = now_ms()
 local out = {}
 local pushed = false
 for i = 0, n - 1 do
   local b = 4 + i * 12
-  local tk, status, due, holder = new_task(prefix, b, now, false)
+  local tk, status, due, holder = new_task(prefix, ARGV, b, now, false)
   if holder then
     out[i + 1] = holder
   elseif not tk then

@@ -6,6 +6,7 @@
       on the record (fields pg, pgm) and streamed as task.progress
     emit: ARGV[5] event name, ARGV[6] data (JSON)
   Returns: 1, or 0 if this run no longer holds the task (nothing written). ]]
+--#include events
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g', 'n')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end

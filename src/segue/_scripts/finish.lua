@@ -21,6 +21,7 @@
   again after the reply to its first sending was lost with the connection: the record
   succeeded under this very generation), 0 rejected (the lease was lost: another worker
   holds the task, or it already ended). A rejected writer must drop the task. ]]
+--#include clock finalize
 local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[5])
@@ -37,11 +38,9 @@ local cap = tonumber(ARGV[3])
 local EVENT = { retrying = 'task.retried', suspended = 'task.suspended' }
 
 local function schedule(tk, id, status, at, reason)
-  redis.call('HSET', tk, 's', status, 'due', at, 'd', 0)
+  transition(Q, tk, id, { to = status, at = now, why = reason, set = { 'due', at, 'd', 0 },
+    score = at, event = EVENT[status] })
   redis.call('HDEL', tk, 'w')
-  add_history(tk, status, now, reason)
-  if EVENT[status] then emit(Q, EVENT[status], id, redis.call('HGET', tk, 'n')) end
-  redis.call('ZADD', KEYS[4], at, id)
   Q.woke = true
 end
 
@@ -73,11 +72,9 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', tk, 't', -1)
       if not obey_control(Q, tk, id, now) then
         -- the pause was withdrawn (resumed) while the run was stopping: queue it again
-        redis.call('HSET', tk, 's', 'queued', 'd', 0)
+        transition(Q, tk, id, { to = 'queued', at = now, why = 'resumed', set = { 'd', 0 },
+          push = 'front' })
         redis.call('HDEL', tk, 'w')
-        add_history(tk, 'queued', now, 'resumed')
-        redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-        Q.woke = true
       end
     elseif action == 'retry' then
       redis.call('HSET', tk, 'e', ARGV[b + 3])
@@ -91,23 +88,17 @@ for i = 0, n - 1 do
         if delay >= 0 then
           schedule(tk, id, 'suspended', now + delay, 'paused itself')
         else
-          redis.call('HSET', tk, 's', 'suspended', 'd', 0)
+          transition(Q, tk, id, { to = 'suspended', at = now, why = 'paused itself',
+            set = { 'd', 0 }, push = 'back', event = 'task.suspended' })
           redis.call('HDEL', tk, 'w')
-          add_history(tk, 'suspended', now, 'paused itself')
-          emit(Q, 'task.suspended', id, redis.call('HGET', tk, 'n'))
-          redis.call('LPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-          Q.woke = true
         end
       end
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)
       if not obey_control(Q, tk, id, now) then
-        redis.call('HSET', tk, 's', 'queued', 'd', 0)
+        transition(Q, tk, id, { to = 'queued', at = now, set = { 'd', 0 }, push = 'front',
+          why = ARGV[b + 3] ~= '' and ARGV[b + 3] or 'worker shutdown', event = 'task.requeued' })
         redis.call('HDEL', tk, 'w')
-        add_history(tk, 'queued', now, ARGV[b + 3] ~= '' and ARGV[b + 3] or 'worker shutdown')
-        emit(Q, 'task.requeued', id, redis.call('HGET', tk, 'n'))
-        redis.call('RPUSH', KEYS[PRIORITY_LISTS[redis.call('HGET', tk, 'q')]], id)
-        Q.woke = true
       end
     elseif action == 'release' then
       redis.call('HINCRBY', tk, 't', -1)

@@ -1,5 +1,5 @@
 --[[ forward: deliver outbox entries of other queues to the tasks and workflow records of
-  this queue (see _lib.lua, outbox_push). Delivered at least once, each changes things once:
+  this queue (see lib/outbox.lua, outbox_push). Delivered at least once, each changes things once:
   a dependency counts when its 'x:' field is still '0' (resolve_cross), a part's end counts
   when its 'pe:<queue>' field is new.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
@@ -10,6 +10,7 @@
   part is created by a later script call) is parked in early:<id>, where graph.lua finds
   it; one for a task that is gone is dropped.
   Returns: how many entries changed something. ]]
+--#include clock finalize
 local prefix = ARGV[1]
 local now = now_ms()
 local EARLY_KEEP_MS = 86400000 -- a part never created (its client died) leaves no leak

@@ -10,6 +10,7 @@
   copy, or lost. The hash expires `keep` after the last advance of all.
   Returns: { 1 if the mark went back, else 0;  the n written now;  next prune cursor;
     the n found (0: none) } ]]
+--#include clock events
 local now = now_ms()
 local wid, last, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cur = redis.call('HGET', KEYS[1], wid)

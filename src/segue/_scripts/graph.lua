@@ -28,6 +28,7 @@
   whose record is gone fails the dependant. `deps` live in this queue's slot.
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key. ]]
+--#include clock create finalize
 local prefix = ARGV[1]
 local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
@@ -36,7 +37,7 @@ Q.waiting = KEYS[11]
 Q.events = KEYS[12]
 local n = tonumber(ARGV[10])
 local full = queue_full(prefix, tonumber(ARGV[11]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[10], KEYS[11] }, 12, n, 18)
+  { KEYS[4], KEYS[10], KEYS[11] }, ARGV, 12, n, 18)
 if full then return redis.error_reply(full) end
 local wf = ARGV[3]
 if wf ~= '' then
@@ -52,7 +53,7 @@ local out = {}
 for i = 0, n - 1 do
   local b = 12 + i * 18
   local id, deps, mode, xdeps = ARGV[b], ARGV[b + 12], ARGV[b + 13], ARGV[b + 16]
-  local tk, status, due, holder = new_task(prefix, b, now, deps ~= '' or xdeps ~= '')
+  local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '')
   if holder then
     out[i + 1] = holder
   elseif not tk then

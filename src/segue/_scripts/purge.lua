@@ -7,6 +7,7 @@
   ARGV[4] reason
   Each is CANCELLED like an operator's cancel (its dependants follow their on_failure).
   Returns: how many were cancelled (call again while it returns ARGV[3]). ]]
+--#include clock finalize
 local prefix, most, reason = ARGV[1], tonumber(ARGV[3]), ARGV[4]
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   KEYS[8], KEYS[9], KEYS[10], ARGV[2])

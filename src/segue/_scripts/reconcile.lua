@@ -12,6 +12,7 @@
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
+--#include clock states
 local prefix, lease = ARGV[1], tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local phase, cursor = ARGV[4], ARGV[5]

@@ -6,6 +6,7 @@
     {id, request}... for every held task: its stored operator request (pause|cancel, or
     none) }: the stored request is the truth, which reaches the worker here even if a
     pub/sub message was lost (a request, or the withdrawal of a pause). ]]
+--#include clock leases
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local now = now_ms()

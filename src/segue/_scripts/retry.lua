@@ -9,6 +9,7 @@
   (it has no input to run with: retry the dependency's workflow or task).
   Returns: 'queued'. Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <status> retry,
   SEGUE_DUPLICATE <holder id>, SEGUE_DEPENDENCY_ENDED <id>. ]]
+--#include clock transition
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
 local f = redis.call('HMGET', tk, 's', 'q', 'uq')
@@ -33,13 +34,14 @@ if f[3] then
   end
 end
 local now = now_ms()
+local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], nil, KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+  KEYS[8], nil, nil)
 redis.call('PERSIST', tk)
 for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
-redis.call('HSET', tk, 's', 'queued', 't', 0, 'd', 0)
+transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },
+  push = 'back', prio = f[2] })
 redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp')
 if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end
-add_history(tk, 'queued', now, ARGV[3])
-redis.call('LPUSH', KEYS[PRIORITY_LISTS[f[2]]], id)
-if redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], 1) end
+wake_if_needed(Q)
 return 'queued'

@@ -5,6 +5,7 @@
   Returns: -1 if this run no longer holds the parent; 0 when every sub-task has ended (read
   their results now); n > 0 when the parent now WAITS for n of them: the run must stop, its
   try is not spent, and the last sub-task to end queues the parent again. ]]
+--#include clock transition leases
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
 local f = redis.call('HMGET', tk, 's', 'g')
@@ -19,11 +20,10 @@ for _, child in ipairs(open) do
   redis.call('RPUSH', prefix .. 'next:' .. child, id .. '|-1|w')
 end
 local now = now_ms()
-redis.call('HSET', tk, 's', 'waiting', 'wait', #open, 'd', 0)
+redis.call('ZREM', KEYS[1], id)
+transition({ base = prefix, waiting = KEYS[2] }, tk, id, { to = 'waiting', at = now,
+  why = 'waiting for ' .. #open .. ' sub-task(s)', set = { 'wait', #open, 'd', 0 }, score = now })
 redis.call('HINCRBY', tk, 't', -1)
 redis.call('HDEL', tk, 'w')
-redis.call('ZREM', KEYS[1], id)
-redis.call('ZADD', KEYS[2], now, id)
 leave_running(prefix, tk, id)
-add_history(tk, 'waiting', now, 'waiting for ' .. #open .. ' sub-task(s)')
 return #open

@@ -8,6 +8,7 @@
   ARGV[2..] groups of 4: dependency id (this queue), waiting task id, its input index (-1),
     its workflow id ('' none)
   Returns: how many outbox entries it added. ]]
+--#include finalize
 local prefix = ARGV[1]
 local pushed = 0
 for i = 2, #ARGV, 4 do

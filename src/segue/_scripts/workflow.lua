@@ -12,6 +12,7 @@
   running steps are asked to stop, every other unfinished step is CANCELLED.
   Returns: the workflow's state after the command: running | paused | cancelled.
   Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <state> <command>. ]]
+--#include clock operator
 local prefix, wf, cmd, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wk = prefix .. 'wf:' .. wf
 local f = redis.call('HMGET', wk, 'st', 'steps', 'left')

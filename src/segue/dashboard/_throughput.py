@@ -69,19 +69,12 @@ async def read(client: Client, queues: list[str]) -> Throughput:
     current, partial minute), by the server's clock."""
     broker = await client.broker()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
-    async with broker.errors():
-        secs, micros = await broker.client.time()
-    now_ms = int(secs) * 1000 + int(micros) // 1000
+    now_ms = await broker.server_time_ms()
     first = now_ms - now_ms % 60_000 - (MINUTES - 1) * 60_000
     minutes = [Minute(first + i * 60_000) for i in range(MINUTES)]
 
     async def scan(queue: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        ks = broker.keyspace(queue)
-        async with broker.errors():
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await broker.client.xrevrange(
-                ks.events, max="+", min=str(first), count=SCAN_PER_QUEUE
-            )
-        return entries
+        return await broker.events_since(broker.keyspace(queue), first, SCAN_PER_QUEUE)
 
     reads = await asyncio.gather(*(scan(q) for q in counted))
     capped: list[str] = []

@@ -30,6 +30,7 @@ from segue._events import Event, parse_event
 from segue._handle import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
+from segue._wire import TaskField as F
 from segue.dashboard import _metrics, _throughput
 from segue.dashboard._security import SESSION_COOKIE, relative_path, root_of, safe_next
 
@@ -322,11 +323,7 @@ class Views:
         broker = await self.client.broker()
         ks = broker.keyspace(queue)
         ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
-        async with broker.errors():
-            pipe = broker.client.pipeline(transaction=False)
-            for task_id in ids:
-                pipe.hmget(ks.task(task_id), "n", "s")
-            fields: list[list[bytes | None]] = await pipe.execute() if ids else []
+        fields = await broker.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
         wanted = search.casefold()
         matches = [
             task_id

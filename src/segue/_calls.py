@@ -1,0 +1,245 @@
+"""One thin wrapper per script: the KEYS it takes, its ARGV from typed values, and the
+parsing of its reply (the layouts are documented in each script's header).
+
+A wrapper builds a call, `(script, keys, args)`, that the Broker sends alone or pipelined
+with others in one round trip; what comes back is read by the wrapper's `parse_*`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from segue import _scripts
+from segue._wire import (
+    ClaimReply,
+    EnqueueSpec,
+    Finished,
+    FinishResult,
+    GraphRecord,
+    GraphStep,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from segue._keys import CronKeys, Keyspace, WorkerKeys
+    from segue._settings import Settings
+
+ScriptCall = tuple[_scripts.Script, list[str], list[Any]]
+# scripts are loaded at their first call (load() caches them): a process that sends none,
+# like most CLI commands, reads none
+
+
+def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptCall:
+    """Create tasks, each idempotent by id (enqueue.lua). `max_len`: 0 for no limit."""
+    args: list[Any] = [ks.base, len(specs), max_len]
+    for spec in specs:
+        args.extend(spec.argv())
+    return (_scripts.load("enqueue"), ks.enqueue_keys, args)
+
+
+def parse_created(reply: list[Any]) -> list[int | str]:
+    """enqueue.lua's and graph.lua's reply: per task 1 created, 0 already existed, or the
+    id of the live task that holds its unique key."""
+    return [r if r.__class__ is int else _text(r) for r in reply]
+
+
+def graph(
+    ks: Keyspace, record: GraphRecord | None, steps: Sequence[GraphStep], max_len: int
+) -> ScriptCall:
+    """Create tasks with dependencies, and a workflow's record on this queue when given
+    (graph.lua)."""
+    w = record or GraphRecord("", -1, "", "", 0)
+    args: list[Any] = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left]
+    args.extend((w.queues, w.part, len(steps), max_len))
+    for step in steps:
+        args.extend(step.argv())
+    return (_scripts.load("graph"), ks.graph_keys, args)
+
+
+def claim(
+    ks: Keyspace,
+    settings: Settings,
+    worker_id: str,
+    want: int,
+    token: str = "",
+    answered: str = "",
+    *,
+    holds_last: bool = False,
+) -> ScriptCall:
+    """A claim of up to `want` tasks (claim.lua); sent again with the same `token` after a
+    lost reply, it returns the tasks the first call leased. `answered`: the token of the
+    previous claim, whose reply came, so its record can go. `holds_last`: the worker runs a
+    task on its last delivery, so it gets no other."""
+    args = [
+        ks.base,
+        worker_id,
+        want,
+        int(settings.lease_seconds * 1000),
+        settings.max_deliveries,
+        ks.done_channel,
+        settings.dead_letter_cap,
+        token,
+        answered,
+        "1" if holds_last else "0",
+    ]
+    return (_scripts.load("claim"), ks.claim_keys, args)
+
+
+def parse_claim(reply: list[Any]) -> ClaimReply:
+    return ClaimReply.parse(reply)
+
+
+def finish(
+    ks: Keyspace, finished: Sequence[Finished], dead_letter_cap: int, *, claim_follows: bool
+) -> ScriptCall:
+    """Record the outcomes of runs, fenced by lease generation (finish.lua)."""
+    args: list[Any] = [ks.base, ks.done_channel, dead_letter_cap, 1 if claim_follows else 0]
+    args.append(len(finished))
+    for f in finished:
+        args.extend(f.argv())
+    return (_scripts.load("finish"), ks.finish_keys, args)
+
+
+def parse_finish(reply: list[Any]) -> list[FinishResult]:
+    return [FinishResult(int(r)) for r in reply]
+
+
+def renew(ks: Keyspace, worker_id: str, lease_ms: int, held: Sequence[str]) -> ScriptCall:
+    """Extend the leases a worker holds (`held`: id, gen, id, gen ...) (renew.lua)."""
+    return (_scripts.load("renew"), [ks.leases, ks.meta], [ks.base, worker_id, lease_ms, *held])
+
+
+def parse_renew(reply: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ids whose lease the worker lost, and (id, stored request) of the others."""
+    gone, requests = reply
+    return [_text(x) for x in gone], [(_text(i), _text(r)) for i, r in requests]
+
+
+def control(ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall:
+    """An operator's pause | resume | cancel of one task (control.lua)."""
+    return (
+        _scripts.load("control"),
+        ks.control_keys,
+        [ks.base, task_id, command, reason, ks.done_channel],
+    )
+
+
+def parse_control(reply: list[Any]) -> tuple[str, bool]:
+    """The status after the command, and whether a running task was asked."""
+    status, asked = reply
+    return _text(status), bool(int(asked))
+
+
+def workflow(ks: Keyspace, wf_id: str, command: str, reason: str) -> ScriptCall:
+    """pause | pause_running | resume | cancel of a whole workflow (workflow.lua); replies
+    its state after the command."""
+    return (
+        _scripts.load("workflow"),
+        ks.control_keys,
+        [ks.base, wf_id, command, reason, ks.done_channel],
+    )
+
+
+def retry(ks: Keyspace, task_id: str, reason: str) -> ScriptCall:
+    """Queue an ended task again, as new (retry.lua); replies 'queued'."""
+    return (_scripts.load("retry"), ks.retry_keys, [ks.base, task_id, reason])
+
+
+def purge(ks: Keyspace, most: int, reason: str) -> ScriptCall:
+    """Cancel up to `most` tasks that wait to run (purge.lua); replies how many."""
+    return (_scripts.load("purge"), ks.purge_keys, [ks.base, ks.done_channel, most, reason])
+
+
+def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> ScriptCall:
+    """A running task waits for its sub-tasks (wait.lua): -1 the run lost its task, 0 all
+    ended, n it now waits for n."""
+    return (_scripts.load("wait"), [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
+
+
+def event(
+    ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
+) -> ScriptCall:
+    """A running task's progress (kind 'progress': done, total, message) or own event
+    ('emit': name, JSON data) (event.lua); replies 1, or 0 when the run lost the task."""
+    return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+
+
+def state(
+    ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: Sequence[str]
+) -> ScriptCall:
+    """Write a running task's durable state (state.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (_scripts.load("state"), [ks.state(task_id)], args)
+
+
+def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
+    """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each:
+    dependency, waiting task, input index, workflow id); replies the entries it added."""
+    return (_scripts.load("watch"), [ks.outbox], [ks.base, *watches])
+
+
+def forward(ks: Keyspace, entries: Sequence[bytes]) -> ScriptCall:
+    """Deliver outbox entries of other queues to this one (forward.lua); replies how many
+    changed something."""
+    return (_scripts.load("forward"), ks.graph_keys, [ks.base, ks.done_channel, *entries])
+
+
+def beat(
+    wk: WorkerKeys,
+    worker_id: str,
+    ttl_ms: int,
+    keep_ms: int,
+    started_ms: int,
+    fields: dict[str, str | int],
+) -> ScriptCall:
+    """Register or refresh a worker's record (beat.lua); replies (server now, started)."""
+    args: list[Any] = [wk.record_prefix, worker_id, ttl_ms, keep_ms, started_ms]
+    for item in fields.items():
+        args.extend(item)
+    return (_scripts.load("beat"), [wk.index, wk.record(worker_id)], args)
+
+
+def cron_put(ck: CronKeys, sid: str, definition: bytes, spec: str, first: int | str) -> ScriptCall:
+    """Create or update a schedule (cron_put.lua); `first`: its first tick, '' when not
+    computed yet. Replies { outcome, server now }."""
+    return (_scripts.load("cron_put"), ck.all, [sid, definition, spec, first])
+
+
+def cron_take(ck: CronKeys, lease_ms: int, most: int) -> ScriptCall:
+    """Lease the due schedules (cron_take.lua); replies { now, soonest, {id, tick, def}... }."""
+    return (_scripts.load("cron_take"), ck.all, [lease_ms, most])
+
+
+def cron_advance(ck: CronKeys, sid: str, tick: int, fired: int, following: int | str) -> ScriptCall:
+    """Advance a schedule past the tick it fired, fenced on that tick (cron_advance.lua);
+    `following` '' when it has no later tick. Replies 1 advanced, 0 stale."""
+    return (_scripts.load("cron_advance"), ck.all, [sid, tick, fired, following])
+
+
+def cron_remove(ck: CronKeys, sid: str) -> ScriptCall:
+    """Remove a schedule (cron_remove.lua); replies 1 removed, 0 there was none."""
+    return (_scripts.load("cron_remove"), ck.all, [sid])
+
+
+def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:
+    """One step of a queue's reconcile pass (reconcile.lua); replies { next phase, next
+    cursor, kind, id, kind, id ... } of what it repaired."""
+    return (_scripts.load("reconcile"), ks.reconcile_keys, [ks.base, lease_ms, most, phase, cursor])
+
+
+def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: str) -> ScriptCall:
+    """Advance this worker's generation mark of a queue (generation.lua); replies { went
+    back 1/0, n written, next prune cursor, n found }."""
+    return (
+        _scripts.load("generation"),
+        [ks.generation, ks.events],
+        [worker_id, last, keep_ms, cursor],
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

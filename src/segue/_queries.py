@@ -1,0 +1,265 @@
+"""The read side: what the CLI, the dashboard, /metrics and handles read from the server.
+
+Plain reads (no script): records, statuses, index pages, counts, event streams, worker and
+schedule records. They change nothing, so a reader can send them again at will.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from segue import _scripts
+from segue._keys import queues_key
+from segue._transport import Transport, _text
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from segue._keys import CronKeys, Keyspace, WorkerKeys
+
+
+class Queries(Transport):
+    """The reads of one App's server (a Transport's clients, no script)."""
+
+    async def queues(self) -> list[str]:
+        async with self.errors():
+            names = await self.client.smembers(queues_key(self.settings.prefix))
+        return sorted(n.decode() for n in names)
+
+    async def task_record(self, ks: Keyspace, task_id: str) -> dict[bytes, bytes]:
+        async with self.errors():
+            if self.fast is not None:
+                flat = await self.fast.execute("HGETALL", ks.task(task_id))
+                return dict(zip(flat[::2], flat[1::2], strict=True))
+            rec: dict[bytes, bytes] = await self.client.hgetall(ks.task(task_id))
+        return rec
+
+    async def task_status(self, ks: Keyspace, task_id: str) -> bytes | None:
+        async with self.errors():
+            if self.fast is not None:
+                raw: bytes | None = await self.fast.execute("HGET", ks.task(task_id), "s")
+                return raw
+            st: bytes | None = await self.client.hget(ks.task(task_id), "s")
+        return st
+
+    async def list_ids(self, ks: Keyspace, status: str, offset: int, limit: int) -> list[str]:
+        """Ids of one queue's tasks in a status, newest index entries last, paged."""
+        end = offset + limit - 1
+        ids: list[bytes] = []
+        async with self.errors():
+            if status == "queued":
+                ids = await self._pending_page(ks, offset, limit, with_scheduled=False)
+            elif status == "running":
+                ids = await self.client.zrange(ks.leases, offset, end)
+            elif status == "suspended":
+                # suspended tasks wait in the queued lists, or scheduled when delayed;
+                # the caller keeps those whose record says suspended
+                ids = await self._pending_page(ks, offset, limit, with_scheduled=True)
+            elif status == "paused":
+                ids = await self.client.zrange(ks.paused, offset, end)
+            elif status == "waiting":
+                ids = await self.client.zrange(ks.waiting, offset, end)
+            elif status in ("scheduled", "retrying"):
+                ids = await self.client.zrange(ks.scheduled, offset, end)
+            elif status in ("succeeded", "failed", "cancelled", "expired"):
+                ids = await self.client.zrange(ks.key("done", status), offset, end)
+            else:
+                ids = []
+        return [i.decode() for i in ids]
+
+    async def _pending_page(
+        self, ks: Keyspace, offset: int, limit: int, *, with_scheduled: bool
+    ) -> list[bytes]:
+        """A page of the queued lists read as one sequence (highest priority first, next to
+        run first), then the scheduled set: only the page is read, however long the lists
+        (a dashboard pages through a million queued tasks without loading them)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in ks.pending:
+            pipe.llen(key)
+        lengths: list[int] = await pipe.execute()
+        ids: list[bytes] = []
+        skip, want = offset, limit
+        for key, length in zip(ks.pending, lengths, strict=True):
+            if want <= 0:
+                break
+            if skip >= length:
+                skip -= length
+                continue
+            # LPUSH puts the newest at the head: the i-th to run is at index -(i + 1)
+            chunk = await self.client.lrange(key, -(skip + want), -(skip + 1))
+            ids.extend(reversed(chunk))
+            want -= len(chunk)
+            skip = 0
+        if with_scheduled and want > 0:
+            ids.extend(await self.client.zrange(ks.scheduled, skip, skip + want - 1))
+        return ids
+
+    async def recent_events(
+        self, ks: Keyspace, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The last `count` entries of a queue's event stream, newest first (bounded)."""
+        async with self.errors():
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrevrange(
+                ks.events, count=count
+            )
+        return entries
+
+    async def dead_count(self, ks: Keyspace) -> int:
+        async with self.errors():
+            return int(await self.client.llen(ks.dead))
+
+    async def has_retrying(self, ks: Keyspace) -> bool:
+        """Whether a task of this queue waits for its next try (bounded look: 1,000 ids)."""
+        async with self.errors():
+            ids = await self.client.zrange(ks.scheduled, 0, 999)
+            if not ids:
+                return False
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(ks.task(task_id.decode()), "s")
+            states = await pipe.execute()
+        return b"retrying" in states
+
+    async def count(self, ks: Keyspace) -> dict[str, int]:
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            for key in ks.pending:
+                pipe.llen(key)
+            pipe.zcard(ks.scheduled)
+            pipe.zcard(ks.leases)
+            for key in ks.done:
+                pipe.zcard(key)
+            pipe.zcard(ks.paused)
+            pipe.zcard(ks.waiting)
+            r = await pipe.execute()
+        return {
+            "queued": sum(r[0:3]),
+            "scheduled": r[3],
+            "running": r[4],
+            "succeeded": r[5],
+            "failed": r[6],
+            "cancelled": r[7],
+            "expired": r[8],
+            "paused": r[9],
+            "waiting": r[10],
+        }
+
+    async def outbox(self, ks: Keyspace, limit: int) -> list[bytes]:
+        """The oldest entries of a queue's outbox (see _forward.py)."""
+        async with self.errors():
+            entries: list[bytes] = await _scripts.while_migrating(
+                lambda: self.client.lrange(ks.outbox, 0, limit - 1)
+            )
+        return entries
+
+    async def workflow_record(self, ks: Keyspace, wf_id: str) -> dict[bytes, bytes]:
+        async with self.errors():
+            rec: dict[bytes, bytes] = await self.client.hgetall(ks.workflow(wf_id))
+        return rec
+
+    async def task_fields(
+        self, ks: Keyspace, task_ids: Sequence[str], fields: Sequence[str]
+    ) -> list[list[bytes | None]]:
+        """The same few fields of many task records, in one round trip."""
+        async with self.errors():
+            # one queue's keys share a slot: a cluster pipeline goes to one node too
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hmget(ks.task(task_id), *fields)
+            rows: list[list[bytes | None]] = await pipe.execute()
+        return rows
+
+    async def read_events(
+        self, keyspaces: Sequence[Keyspace], last: dict[str, str], block_ms: int
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """New entries of the queues' event streams after `last` ids (queue → id):
+        (queue, entry id, fields), oldest first per queue."""
+        found: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        async with self.errors():
+            blocking = self.blocking_client()
+            # one slot per queue: on a cluster, read them one at a time
+            groups = [[ks] for ks in keyspaces] if self.cluster else [list(keyspaces)]
+            wait = max(1, block_ms // max(1, len(groups)))
+            for group in groups:
+                streams = {ks.events: last[ks.queue] for ks in group}
+                reply = await blocking.xread(streams, count=500, block=wait)
+                by_key = {ks.events: ks.queue for ks in group}
+                for key, entries in reply or []:
+                    queue = by_key[key.decode() if isinstance(key, bytes) else key]
+                    for entry_id, fields in entries:
+                        found.append((queue, entry_id, fields))
+        return found
+
+    async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
+        async with self.errors():
+            ids = await self.client.lrange(ks.dead, offset, offset + limit - 1)
+        return [i.decode() for i in ids]
+
+    async def read_state(
+        self, ks: Keyspace, task_id: str, limit: int | None = None
+    ) -> dict[bytes, bytes]:
+        """A task's state values; with `limit`, at most that many (a reader that shows the
+        state, like the dashboard, needs no unbounded read of a state with many keys)."""
+        key = ks.state(task_id)
+        async with self.errors():
+            if limit is not None and await self.client.hlen(key) > limit:
+                _, part = await self.client.hscan(key, 0, count=limit)
+                return dict(list(part.items())[:limit])
+            rec: dict[bytes, bytes] = await self.client.hgetall(key)
+        return rec
+
+    async def queue_paused(self, ks: Keyspace) -> bool:
+        async with self.errors():
+            return bool(await self.client.hget(ks.meta, "paused") == b"1")
+
+    async def worker_records(
+        self, wk: WorkerKeys, worker_id: str | None = None
+    ) -> tuple[int, list[tuple[str, float | None, dict[bytes, bytes]]]]:
+        """Server time (ms), and (id, last beat in ms or None, record) for one worker or all
+        in the index; a record that expired reads as {}."""
+        async with self.errors():
+            secs, micros = await self.client.time()
+            entries: list[tuple[str, float | None]]
+            if worker_id is None:
+                scored = await self.client.zrange(wk.index, 0, -1, withscores=True)
+                entries = [(_text(m), float(score)) for m, score in scored]
+            else:
+                entries = [(worker_id, await self.client.zscore(wk.index, worker_id))]
+            records: list[dict[bytes, bytes]] = []
+            if entries:
+                # one {workers} slot: a cluster pipeline goes to one node too
+                pipe = self.client.pipeline(transaction=False)
+                for wid, _ in entries:
+                    pipe.hgetall(wk.record(wid))
+                records = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        rows = [(wid, score, rec) for (wid, score), rec in zip(entries, records, strict=True)]
+        return now_ms, rows
+
+    async def schedule_rows(
+        self, ck: CronKeys
+    ) -> tuple[dict[bytes, bytes], list[tuple[bytes, float]], dict[bytes, bytes]]:
+        """Definitions, next ticks and last fired ticks of every schedule (one slot)."""
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(ck.defs)
+            pipe.zrange(ck.due, 0, -1, withscores=True)
+            pipe.hgetall(ck.fired)
+            defs, due, fired = await pipe.execute()
+        return defs, due, fired
+
+    async def server_time_ms(self) -> int:
+        """The server's clock, in ms (what leases, due times and event ids are read by)."""
+        async with self.errors():
+            secs, micros = await self.client.time()
+        return int(secs) * 1000 + int(micros) // 1000
+
+    async def events_since(
+        self, ks: Keyspace, first_ms: int, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """A queue's events from server time `first_ms` on, newest first, at most `count`."""
+        async with self.errors():
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrevrange(
+                ks.events, max="+", min=str(first_ms), count=count
+            )
+        return entries

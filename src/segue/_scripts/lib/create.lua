@@ -1,0 +1,74 @@
+--#include states
+-- Creating tasks from the 12 enqueue fields (EnqueueSpec in _wire.py), read from `argv`
+-- at index b: id, name, payload, priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms,
+-- unique key ('' none: else a lock uniq:<key> names the one live task), expire_in_ms
+-- (0 none), headers (JSON, '' none: carried to the run, e.g. a trace context).
+
+-- Whether the task whose fields start at argv[b] would be created: false when its id has a
+-- record already; false and the holder's id when a live task holds its unique key.
+local function creatable(base, argv, b)
+  if redis.call('EXISTS', base .. 'task:' .. argv[b]) == 1 then return false end
+  local unique = argv[b + 9]
+  if unique ~= '' then
+    local holder = redis.call('GET', base .. 'uniq:' .. unique)
+    if holder then
+      local hs = redis.call('HGET', base .. 'task:' .. holder, 's')
+      if hs and not FINAL[hs] then return false, holder end
+    end
+  end
+  return true
+end
+
+-- Back-pressure (Settings.max_queue_length; `limit` 0 = none): the tasks waiting to run in
+-- the queue (its queued lists and the zsets given: scheduled, waiting, paused) plus those
+-- this call would create must stay within the limit. Checked before the call writes
+-- anything, so a refused call writes nothing. Costs nothing without a limit; with one, a
+-- few O(1) reads and one EXISTS per task of the call. `n` tasks of `width` fields each
+-- start at argv[first]. Returns the error text, or nil.
+local function queue_full(base, limit, lists, zsets, argv, first, n, width)
+  if limit <= 0 then return nil end
+  local length = 0
+  for _, k in ipairs(lists) do length = length + redis.call('LLEN', k) end
+  for _, k in ipairs(zsets) do length = length + redis.call('ZCARD', k) end
+  local adding = 0
+  for i = 0, n - 1 do
+    if creatable(base, argv, first + i * width) then adding = adding + 1 end
+  end
+  if adding > 0 and length + adding > limit then
+    return 'SEGUE_QUEUE_FULL ' .. base .. ' ' .. length .. ' ' .. limit .. ' ' .. adding
+  end
+  return nil
+end
+
+-- Create the task record whose fields start at argv[b]. Returns its key, status (queued,
+-- scheduled, or `waiting` when told so) and due time; nil when the id already exists; nil,
+-- nil, nil, <id> when a live task holds the unique key. Its creation is not a transition:
+-- the record starts with its status and first history line, and the caller indexes it.
+local function new_task(base, argv, b, now, waiting)
+  local id = argv[b]
+  local tk = base .. 'task:' .. id
+  local create, holder = creatable(base, argv, b)
+  if holder then return nil, nil, nil, holder end
+  if not create then return nil end
+  local unique = argv[b + 9]
+  if unique ~= '' then redis.call('SET', base .. 'uniq:' .. unique, id) end
+  local due = now + tonumber(argv[b + 4])
+  local at = tonumber(argv[b + 5])
+  if at > 0 then due = at end
+  local status = 'queued'
+  if waiting then
+    status = 'waiting'
+  elseif due > now then
+    status = 'scheduled'
+  end
+  redis.call('HSET', tk, 'n', argv[b + 1], 'p', argv[b + 2], 's', status, 'q', argv[b + 3],
+    't', 0, 'd', 0, 'g', 0, 'mt', argv[b + 6], 'to', argv[b + 7], 'ttl', argv[b + 8],
+    'ce', now, 'h', status .. '|' .. now .. '|\n')
+  if due > now then redis.call('HSET', tk, 'due', due) end
+  if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
+  -- expiry arrives relative (ms from now), so only the server's clock decides it
+  local expire = tonumber(argv[b + 10])
+  if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  if argv[b + 11] ~= '' then redis.call('HSET', tk, 'hd', argv[b + 11]) end
+  return tk, status, due
+end

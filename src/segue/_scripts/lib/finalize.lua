@@ -1,0 +1,190 @@
+--#include transition leases outbox
+-- A task whose dependencies are done: queued, unless its workflow is paused or an operator
+-- paused it while it waited (then held, PAUSED, until resumed).
+local function make_ready(Q, tk, id, now)
+  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold', 'due')
+  redis.call('HDEL', tk, 'wait', 'hold')
+  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  if f[3] or workflow_status(Q, f[2]) == 'paused' then
+    transition(Q, tk, id, { to = 'paused', at = now, score = now, event = 'task.paused',
+      why = f[3] and 'paused while waiting' or 'workflow paused' })
+  elseif f[4] and tonumber(f[4]) > now then
+    -- its delay (counted from enqueue) is not over yet
+    transition(Q, tk, id, { to = 'scheduled', at = now, why = 'dependencies done',
+      score = tonumber(f[4]) })
+  else
+    transition(Q, tk, id, { to = 'queued', at = now, why = 'dependencies done',
+      push = 'back', prio = f[1] })
+  end
+end
+
+-- The input a step receives from the steps before it: one result ('1'), or the list of
+-- results in order ('l'), spliced from the stored JSON texts (never re-encoded).
+local function assemble_input(tk)
+  local f = redis.call('HMGET', tk, 'im', 'nd')
+  if not f[1] then return end
+  local n = tonumber(f[2])
+  local parts = {}
+  for from = 0, n - 1, 500 do
+    local names = {}
+    for i = from, math.min(n, from + 500) - 1 do names[#names + 1] = 'i:' .. i end
+    local vals = redis.call('HMGET', tk, unpack(names))
+    for j = 1, #names do parts[#parts + 1] = vals[j] or 'null' end
+    redis.call('HDEL', tk, unpack(names))
+  end
+  if f[1] == '1' then
+    redis.call('HSET', tk, 'in', parts[1] or 'null')
+  else
+    redis.call('HSET', tk, 'in', '[' .. table.concat(parts, ',') .. ']')
+  end
+end
+
+-- Final transition of one task: store the outcome, index it until the record expires, tell
+-- waiters, count it in its workflow. Returns what dependants need: its result, whether it
+-- counts as passed (succeeded, or an optional step), its name, its dependants on other
+-- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
+local function end_task(Q, tk, id, status, at, field, value, reason)
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd')
+  local ttl = tonumber(f[1] or '-1')
+  if f[6] then
+    local lock = Q.base .. 'uniq:' .. f[6]
+    if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+  end
+  leave_running(Q.base, tk, id)
+  transition(Q, tk, id, { to = status, at = at, why = reason, set = { 'et', at, field, value },
+    event = 'task.' .. status, name = f[5] or '' })
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold')
+  redis.call('DEL', Q.base .. 'state:' .. id)
+  redis.call('ZREM', Q.paused, id)
+  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  if ttl == 0 then
+    redis.call('DEL', tk)
+  elseif ttl < 0 then
+    redis.call('ZADD', Q.done[status], 9007199254740991, id)
+  else
+    redis.call('PEXPIRE', tk, ttl)
+    redis.call('ZADD', Q.done[status], at + ttl, id)
+  end
+  redis.call('SPUBLISH', Q.channel, id)
+  if f[4] then count_ended(Q, f[4], at) end
+  local result = nil
+  if status == 'succeeded' then result = value end
+  return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
+end
+
+-- End a task and carry the consequence to every task waiting on it, transitively: a
+-- dependant whose last dependency passed becomes ready; one whose dependency did not pass
+-- fails (on_failure=fail) or is cancelled (on_failure=cancel, or its workflow cancelled).
+-- A sub-task's parent (kind 'w') is woken whatever the outcome. Dependants on other queues
+-- get an outbox entry. `root` (optional): the task that first ended, named in the errors of
+-- dependants (default: this task).
+local function finalize(Q, tk, id, status, at, field, value, reason, root)
+  local work = { { tk, id, status, field, value, reason, root } }
+  local k = 1
+  while k <= #work do
+    local w = work[k]
+    k = k + 1
+    local wid, wst = w[2], w[3]
+    local nk = Q.base .. 'next:' .. wid
+    local entries = redis.call('LRANGE', nk, 0, -1)
+    local result, passed, name, xd, wf = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
+    if #entries > 0 then redis.call('DEL', nk) end
+    local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)
+    for _, e in ipairs(entries) do
+      local did, idx, kind = string.match(e, '^(.*)|(%-?%d+)|(%a)$')
+      local dtk = Q.base .. 'task:' .. did
+      local df = redis.call('HMGET', dtk, 's', 'of', 'wf')
+      if df[1] == 'waiting' then
+        if kind == 'w' or passed then
+          if kind ~= 'w' and tonumber(idx) >= 0 then
+            redis.call('HSET', dtk, 'i:' .. idx, result or 'null')
+          end
+          if redis.call('HINCRBY', dtk, 'wait', -1) <= 0 then
+            assemble_input(dtk)
+            make_ready(Q, dtk, did, at)
+          end
+        else
+          local cancel = df[2] == 'cancel' or workflow_status(Q, df[3]) == 'cancelled'
+          local st = cancel and 'cancelled' or 'failed'
+          local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
+            message = 'dependency ' .. root, reason = 'dependency_' .. wst })
+          work[#work + 1] = { dtk, did, st, 'e', err, 'dependency ' .. root, root }
+        end
+      end
+    end
+    if xd then push_cross(Q, xd, wid, wf, wst, passed, result, root) end
+  end
+end
+
+-- A dependency on another queue ended (outbox entry `e`, delivered by forward.lua, or
+-- parked and applied by graph.lua): count it, once. The task's 'x:<dependency>' field is
+-- '0' while that dependency is pending; any other value (resolved, or not a dependency of
+-- this task) makes a delivery change nothing.
+local function resolve_cross(Q, id, e, now)
+  local tk = Q.base .. 'task:' .. id
+  local mark = 'x:' .. e.s
+  local f = redis.call('HMGET', tk, 's', mark, 'of', 'wf')
+  if f[2] ~= '0' then return false end
+  redis.call('HSET', tk, mark, '1')
+  if f[1] ~= 'waiting' then return true end
+  if e.p == 1 then
+    local idx = tonumber(e.i)
+    if idx >= 0 then redis.call('HSET', tk, 'i:' .. idx, e.r or 'null') end
+    if redis.call('HINCRBY', tk, 'wait', -1) <= 0 then
+      assemble_input(tk)
+      make_ready(Q, tk, id, now)
+    end
+  else
+    local cancel = f[3] == 'cancel' or e.c == 1 or workflow_status(Q, f[4]) == 'cancelled'
+    local msg, reason, root = e.m, 'dependency_missing', nil
+    if e.st ~= 'missing' then
+      msg, reason, root = 'dependency ' .. e.m, 'dependency_' .. e.st, e.m
+    end
+    local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
+      message = msg, reason = reason })
+    finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, msg, root)
+  end
+  return true
+end
+
+local function cancel_error(reason)
+  return cjson.encode({ type = 'Cancelled', message = reason, reason = 'cancelled' })
+end
+
+-- A pending operator request outranks a run's own outcome when the run stops without
+-- ending: cancel ends the task, pause holds it (indexed in the paused zset). Returns true
+-- when it took over.
+local function obey_control(Q, tk, id, now)
+  local f = redis.call('HMGET', tk, 'ctl', 'ctlr')
+  if f[1] == 'cancel' then
+    finalize(Q, tk, id, 'cancelled', now, 'e', cancel_error(f[2] or 'cancelled'),
+      f[2] or 'cancelled')
+    return true
+  elseif f[1] == 'pause' then
+    transition(Q, tk, id, { to = 'paused', at = now, why = f[2] or 'paused', set = { 'd', 0 },
+      score = now, event = 'task.paused' })
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'w', 'due')
+    return true
+  end
+  return false
+end
+
+-- Keep a task that failed for good in the queue's dead-letter list (Q.dead, newest first,
+-- at most `cap`): its record then lives until it is retried or pushed out of the list,
+-- when its own ttl starts again. A task with ttl 0 kept no record, so there is none.
+local function dead_letter(Q, id, cap, now)
+  local tk = Q.base .. 'task:' .. id
+  if redis.call('EXISTS', tk) == 0 then return end
+  redis.call('PERSIST', tk)
+  redis.call('ZADD', Q.done.failed, 9007199254740991, id)
+  redis.call('LPUSH', Q.dead, id)
+  while redis.call('LLEN', Q.dead) > cap do
+    local old = redis.call('RPOP', Q.dead)
+    local otk = Q.base .. 'task:' .. old
+    local ttl = tonumber(redis.call('HGET', otk, 'ttl') or '-1')
+    if ttl > 0 and redis.call('HGET', otk, 's') == 'failed' then
+      redis.call('PEXPIRE', otk, ttl)
+      redis.call('ZADD', Q.done.failed, now + ttl, old)
+    end
+  end
+end

@@ -1,0 +1,57 @@
+--#include states events
+-- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
+-- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built by
+-- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
+-- the queue's hash tag and slot.
+local function add_history(tk, status, at, reason)
+  local h = redis.call('HGET', tk, 'h') or ''
+  redis.call('HSET', tk, 'h', h .. status .. '|' .. at .. '|' .. (reason or '') .. '\n')
+end
+
+-- The queue-level keys a transition may touch, gathered once per script call:
+-- Q.base prefix; Q.lists[1..3] queued lists (high, normal, low); Q.sched; Q.wake;
+-- Q.done[status] ended-task indexes; Q.paused index; Q.channel ended-task channel.
+-- Q.woke is set when a task became queued (the script then leaves a wake token).
+-- Q.waiting (the index of WAITING tasks), Q.leases (of RUNNING ones), Q.dead and Q.events
+-- are set by the scripts that have them.
+local function queue_keys(base, high, normal, low, sched, wake, s, f, c, e, paused, channel)
+  return { base = base, lists = { high, normal, low }, sched = sched, wake = wake,
+    done = { succeeded = s, failed = f, cancelled = c, expired = e }, paused = paused,
+    channel = channel, woke = false }
+end
+
+local function wake_if_needed(Q)
+  if Q.woke and redis.call('LLEN', Q.wake) == 0 then redis.call('LPUSH', Q.wake, 1) end
+end
+
+-- Every status write of a task after its creation goes through here, so that its status,
+-- its history and the index of its new status stay in step; the caller names the event it
+-- emits (nil: this transition emits none). `t` holds:
+--   to: the new status; at: server ms; why: the history line's reason
+--   set: other fields written with the status (a flat list), or nil
+--   event: the event kind, or nil; name: the task's name when the caller has it
+--   push: 'back' (LPUSH: runs after what is queued) or 'front' (RPUSH: runs next) of its
+--     priority list `prio` (read from the record when not given)
+--   score: its score in the zset of the new status (Q.sched for scheduled, retrying and
+--     suspended; Q.paused; Q.waiting; Q.leases for running)
+-- With neither push nor score the caller keeps the index (a final status: end_task).
+local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
+  paused = 'paused', waiting = 'waiting', running = 'leases' }
+local function transition(Q, tk, id, t)
+  if t.set then
+    redis.call('HSET', tk, 's', t.to, unpack(t.set))
+  else
+    redis.call('HSET', tk, 's', t.to)
+  end
+  add_history(tk, t.to, t.at, t.why)
+  if t.push then
+    local prio = t.prio or redis.call('HGET', tk, 'q')
+    redis.call(t.push == 'front' and 'RPUSH' or 'LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
+    Q.woke = true
+  elseif t.score then
+    redis.call('ZADD', Q[ZSET_OF[t.to]], t.score, id)
+  end
+  if t.event and Q.events then
+    emit(Q, t.event, id, t.name or redis.call('HGET', tk, 'n'))
+  end
+end

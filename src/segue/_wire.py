@@ -1,0 +1,329 @@
+"""The wire contract: every record field and every value that crosses to the scripts, named once.
+
+What is stored on the server is a contract between versions (old and new workers run side by
+side during a rolling deploy, each calling its own scripts by content hash): the codes below
+are the stored ones and never change; only the Python names are free. A new field takes a
+new code, and says how a worker that does not know it treats a record that has it.
+
+The order of the fields of `EnqueueSpec` and `ClaimedRun` is the order of the scripts' ARGV
+and reply (enqueue.lua, graph.lua, claim.lua): changing one enqueue field touches the spec
+and the scripts, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import msgspec
+
+
+class Code(str):
+    """A stored field code; `.b` is its bytes, for reading records as redis-py returns them."""
+
+    b: bytes
+
+    def __new__(cls, code: str) -> Code:
+        self = super().__new__(cls, code)
+        self.b = code.encode()
+        return self
+
+
+class TaskField:
+    """The fields of a task record, the hash `<prefix>:{<queue>}:task:<id>`."""
+
+    NAME: Final = Code("n")
+    PAYLOAD: Final = Code("p")  # the arguments, JSON [args, kwargs]
+    STATUS: Final = Code("s")
+    PRIORITY: Final = Code("q")  # high | normal | low
+    TRIES: Final = Code("t")
+    LOST_RUNS: Final = Code("d")  # consecutive leases that lapsed with no outcome
+    GENERATION: Final = Code("g")  # lease generation: fences a stale run's writes
+    MAX_TRIES: Final = Code("mt")
+    TIMEOUT_MS: Final = Code("to")
+    TTL_MS: Final = Code("ttl")  # how long the record outlives the task's end (-1 forever)
+    ENQUEUED_AT: Final = Code("ce")
+    HISTORY: Final = Code("h")  # "<status>|<at ms>|<reason>\n" per transition
+    DUE_AT: Final = Code("due")
+    UNIQUE_KEY: Final = Code("uq")
+    EXPIRES_AT: Final = Code("exp")
+    HEADERS: Final = Code("hd")
+    WORKER: Final = Code("w")
+    STARTED_AT: Final = Code("st")  # the workflow record's "st" is its state: WorkflowField
+    ENDED_AT: Final = Code("et")
+    RESULT: Final = Code("r")
+    ERROR: Final = Code("e")  # JSON {type, message, traceback, reason}
+    CONTROL: Final = Code("ctl")  # an operator's pending pause | cancel of a running task
+    CONTROL_REASON: Final = Code("ctlr")
+    CONTROL_AT: Final = Code("ctlt")  # when the pending request was made
+    WAITING_FOR: Final = Code("wait")  # how many dependencies are not done yet
+    HOLD: Final = Code("hold")  # paused while waiting: PAUSED, not queued, when ready
+    INPUT: Final = Code("in")  # a workflow step's value from the steps before it
+    INPUT_MODE: Final = Code("im")  # '1' one previous result, 'l' the list of them
+    INPUT_COUNT: Final = Code("nd")
+    INPUT_PREFIX: Final = Code("i:")  # i:<n>: the n-th input, until assembled
+    ON_FAILURE: Final = Code("of")  # fail | cancel, when a dependency does not pass
+    OPTIONAL: Final = Code("opt")  # '1': its failure does not fail its dependants
+    WORKFLOW: Final = Code("wf")
+    CROSS_DEPENDANTS: Final = Code("xd")  # "<id>|<index>|<workflow or ->" on other queues
+    CROSS_PREFIX: Final = Code("x:")  # x:<dependency id>: '0' pending, '1' resolved
+    COUNTED_RUNNING: Final = Code("cn")  # counted in its name's concurrency set
+    RELEASES: Final = Code("rel")  # releases by workers that did not know its name
+    FIRST_RELEASE_AT: Final = Code("rel0")
+    PROGRESS: Final = Code("pg")  # "<done> <total>"
+    PROGRESS_MESSAGE: Final = Code("pgm")
+
+
+class WorkflowField:
+    """The fields of a workflow record, the hash `<prefix>:{<queue>}:wf:<id>` (the main
+    record on the queue of the workflow id; a part record on each other queue)."""
+
+    STATE: Final = Code("st")  # running | paused | cancelled (the task record's st: STARTED_AT)
+    STEPS: Final = Code("steps")
+    LAST: Final = Code("last")
+    LEFT: Final = Code("left")
+    TTL_MS: Final = Code("ttl")
+    CREATED_AT: Final = Code("ce")
+    ENDED_AT: Final = Code("et")
+    QUEUES: Final = Code("queues")
+    PART: Final = Code("part")
+
+
+class EventField:
+    """The fields of an entry of a queue's event stream `<prefix>:{<queue>}:events`."""
+
+    KIND: Final = Code("e")  # task.enqueued, task.started, ... or a task's own kind
+    TASK_ID: Final = Code("id")
+    TASK_NAME: Final = Code("n")
+    DATA: Final = Code("data")  # JSON, a task's own events (ctx.emit)
+    DONE: Final = Code("done")  # task.progress
+    TOTAL: Final = Code("total")  # task.progress ('' none)
+    MESSAGE: Final = Code("msg")  # task.progress
+
+
+class ScriptErrorCode(enum.StrEnum):
+    """The codes a script's error reply starts with (ScriptError.code)."""
+
+    NOT_FOUND = "SEGUE_NOT_FOUND"
+    INVALID_TRANSITION = "SEGUE_INVALID_TRANSITION"  # <status> <command>
+    INVALID_COMMAND = "SEGUE_INVALID_COMMAND"
+    DUPLICATE = "SEGUE_DUPLICATE"  # <holder id>
+    DEPENDENCY_ENDED = "SEGUE_DEPENDENCY_ENDED"  # <id>
+    QUEUE_FULL = "SEGUE_QUEUE_FULL"  # <prefix> <length> <limit> <adding>
+
+
+class EnqueueSpec(msgspec.Struct, gc=False):
+    """One task as enqueue.lua creates it: its 12 ARGV fields, in this order."""
+
+    id: str
+    name: str
+    payload: bytes | str
+    priority: str
+    delay_ms: int
+    at_ms: int  # absolute, 0: none
+    max_tries: int
+    timeout_ms: int  # 0: none
+    ttl_ms: int  # -1: forever
+    unique: str  # '' none, else "<name>:<key>"
+    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
+    headers: str  # JSON object, '' none
+
+    def argv(self) -> tuple[Any, ...]:
+        return msgspec.structs.astuple(self)
+
+
+ENQUEUE_WIDTH: Final = len(EnqueueSpec.__struct_fields__)
+
+
+class GraphStep(msgspec.Struct, gc=False):
+    """One task as graph.lua creates it: the enqueue fields, then what it waits for."""
+
+    spec: EnqueueSpec
+    deps: str  # "<id>|<input index>" ... of its own queue ('' none)
+    input_mode: str  # '' none, '1' the previous result, 'l' the list of them
+    on_failure: str  # fail | cancel
+    optional: str  # '1': its failure does not fail its dependants
+    xdeps: str  # dependencies on other queues, as deps
+    xdependants: str  # "<id>|<input index>|<workflow or ->" ... of other queues
+
+    def argv(self) -> tuple[Any, ...]:
+        return (*msgspec.structs.astuple(self.spec), *msgspec.structs.astuple(self)[1:])
+
+
+GRAPH_WIDTH: Final = ENQUEUE_WIDTH + len(GraphStep.__struct_fields__) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRecord:
+    """A workflow's record on one queue, created by graph.lua with that queue's steps. The
+    main record lives on the queue of the workflow id; a workflow with steps on other
+    queues has a part record on each, which counts that queue's steps."""
+
+    id: str
+    ttl_ms: int
+    steps: str  # main: every step id in layout order; a part: its queue's steps
+    last: str  # main: the last steps' ids; a part: ''
+    left: int  # ends counted before this record's share of the workflow has ended
+    queues: str = ""  # main: the workflow's other queues
+    part: str = ""  # a part: its queue
+
+
+class ClaimedRun(msgspec.Struct, gc=False):
+    """One task leased by claim.lua, as its reply gives it (in this order)."""
+
+    id: str
+    name: str
+    payload: bytes
+    tries: int
+    gen: str  # the lease generation, as the fencing scripts compare it
+    timeout_ms: int
+    max_tries: int
+    input: bytes | None  # a workflow step's value from the steps before it (JSON)
+    headers: bytes | None  # the enqueuer's headers (JSON)
+    lost: int  # how many workers stopped under the task before this claim
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> ClaimedRun:
+        task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+        return cls(
+            task_id.decode(),
+            name.decode(),
+            payload,
+            int(tries),
+            str(int(gen)),
+            int(timeout_ms or 0),
+            int(max_tries or 1),
+            given or None,
+            headers or None,
+            int(lost or 0),
+        )
+
+
+class ClaimReply(msgspec.Struct, gc=False):
+    """claim.lua's reply: when the next scheduled task is due (-1 none), the server's time,
+    how many tasks are left queued or running, and the runs it leased."""
+
+    next_due_ms: int
+    now_ms: int
+    backlog: int
+    runs: list[ClaimedRun]
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> ClaimReply:
+        return cls(int(raw[0]), int(raw[1]), int(raw[2]), [ClaimedRun.parse(r) for r in raw[3:]])
+
+
+# --- outcomes: what a run ends with, sent to finish.lua as (action, a, b) ----------------
+
+
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """What a run of a task ended with. The subclasses are the cases; `action` is the
+    finish.lua verb, and `argv()` its two fields."""
+
+    action: ClassVar[str]
+
+    def argv(self) -> tuple[Any, Any]:
+        return ("", "")
+
+
+class Succeeded(Outcome, frozen=True, gc=False):
+    result: bytes
+    action: ClassVar[str] = "ok"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.result, "")
+
+
+class Failed(Outcome, frozen=True, gc=False):
+    error: bytes  # JSON {type, message, traceback, reason}
+    reason: str
+    action: ClassVar[str] = "fail"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.error, self.reason)
+
+
+class Retrying(Outcome, frozen=True, gc=False):
+    error: bytes
+    delay_ms: int
+    action: ClassVar[str] = "retry"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.error, self.delay_ms)
+
+
+class Requeued(Outcome, frozen=True, gc=False):
+    """The run stopped without ending, and no try is spent: back to the head of its list.
+    `reason` says why ('' for a graceful shutdown)."""
+
+    reason: str = ""
+    action: ClassVar[str] = "requeue"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.reason, "")
+
+
+class Suspended(Outcome, frozen=True, gc=False):
+    """The task raised Pause: no try spent; queued again after `delay_ms` (-1: at once)."""
+
+    delay_ms: int
+    action: ClassVar[str] = "suspend"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.delay_ms, "")
+
+
+class Paused(Outcome, frozen=True, gc=False):
+    """An operator's pause was carried out: held until resumed, no try spent."""
+
+    action: ClassVar[str] = "paused"
+
+
+class Cancelled(Outcome, frozen=True, gc=False):
+    """An operator's cancel was carried out."""
+
+    action: ClassVar[str] = "cancelled"
+
+
+class Released(Outcome, frozen=True, gc=False):
+    """No worker here knows the task's name: back to the queue, no try spent, until it was
+    released `max_releases` times or for `window_ms`."""
+
+    max_releases: int
+    window_ms: int
+    action: ClassVar[str] = "release"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.max_releases, self.window_ms)
+
+
+class Waiting(Outcome, frozen=True, gc=False):
+    """The task waits for its sub-tasks: wait.lua already made it WAITING and released its
+    lease, so nothing is sent."""
+
+    action: ClassVar[str] = "waiting"
+
+
+class Finished(msgspec.Struct, frozen=True, gc=False):
+    """One outcome to record: the run (task id, lease generation) and how it ended."""
+
+    id: str
+    gen: str
+    outcome: Outcome
+
+    def argv(self) -> tuple[Any, ...]:
+        a, b = self.outcome.argv()
+        return (self.id, self.gen, self.outcome.action, a, b)
+
+
+FINISH_WIDTH: Final = 5
+
+
+class FinishResult(enum.IntEnum):
+    """finish.lua's reply for one outcome."""
+
+    REJECTED = 0  # the lease was lost: another worker holds the task, or it ended
+    APPLIED = 1
+    FORWARD = 2  # applied, and it left outbox entries for other queues
+    ALREADY = 3  # a success sent again after its first reply was lost: applied before

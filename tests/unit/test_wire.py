@@ -1,0 +1,286 @@
+"""The wire layer's names, orders and encodings are the stored ones (segue._wire)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from segue import _calls
+from segue._keys import Keyspace
+from segue._settings import Settings
+from segue._wire import (
+    ENQUEUE_WIDTH,
+    GRAPH_WIDTH,
+    Cancelled,
+    ClaimReply,
+    EnqueueSpec,
+    EventField,
+    Failed,
+    Finished,
+    FinishResult,
+    GraphRecord,
+    GraphStep,
+    Outcome,
+    Paused,
+    Released,
+    Requeued,
+    Retrying,
+    ScriptErrorCode,
+    Succeeded,
+    Suspended,
+    TaskField,
+    WorkflowField,
+)
+
+# What the server stores: a code here changes only with a rolling-deploy plan (DESIGN §10).
+TASK_CODES = {
+    "NAME": "n",
+    "PAYLOAD": "p",
+    "STATUS": "s",
+    "PRIORITY": "q",
+    "TRIES": "t",
+    "LOST_RUNS": "d",
+    "GENERATION": "g",
+    "MAX_TRIES": "mt",
+    "TIMEOUT_MS": "to",
+    "TTL_MS": "ttl",
+    "ENQUEUED_AT": "ce",
+    "HISTORY": "h",
+    "DUE_AT": "due",
+    "UNIQUE_KEY": "uq",
+    "EXPIRES_AT": "exp",
+    "HEADERS": "hd",
+    "WORKER": "w",
+    "STARTED_AT": "st",
+    "ENDED_AT": "et",
+    "RESULT": "r",
+    "ERROR": "e",
+    "CONTROL": "ctl",
+    "CONTROL_REASON": "ctlr",
+    "CONTROL_AT": "ctlt",
+    "WAITING_FOR": "wait",
+    "HOLD": "hold",
+    "INPUT": "in",
+    "INPUT_MODE": "im",
+    "INPUT_COUNT": "nd",
+    "INPUT_PREFIX": "i:",
+    "ON_FAILURE": "of",
+    "OPTIONAL": "opt",
+    "WORKFLOW": "wf",
+    "CROSS_DEPENDANTS": "xd",
+    "CROSS_PREFIX": "x:",
+    "COUNTED_RUNNING": "cn",
+    "RELEASES": "rel",
+    "FIRST_RELEASE_AT": "rel0",
+    "PROGRESS": "pg",
+    "PROGRESS_MESSAGE": "pgm",
+}
+WORKFLOW_CODES = {
+    "STATE": "st",
+    "STEPS": "steps",
+    "LAST": "last",
+    "LEFT": "left",
+    "TTL_MS": "ttl",
+    "CREATED_AT": "ce",
+    "ENDED_AT": "et",
+    "QUEUES": "queues",
+    "PART": "part",
+}
+EVENT_CODES = {
+    "KIND": "e",
+    "TASK_ID": "id",
+    "TASK_NAME": "n",
+    "DATA": "data",
+    "DONE": "done",
+    "TOTAL": "total",
+    "MESSAGE": "msg",
+}
+
+
+def _codes(cls: type) -> dict[str, str]:
+    return {k: v for k, v in vars(cls).items() if k.isupper()}
+
+
+@pytest.mark.parametrize(
+    ("cls", "expected"),
+    [(TaskField, TASK_CODES), (WorkflowField, WORKFLOW_CODES), (EventField, EVENT_CODES)],
+)
+def test_every_record_field_is_named_once_with_its_stored_code(
+    cls: type, expected: dict[str, str]
+) -> None:
+    codes = _codes(cls)
+    assert codes == expected
+    assert len(set(codes.values())) == len(codes)  # no code has two names
+    assert all(getattr(cls, k).b == v.encode() for k, v in codes.items())
+
+
+def test_st_has_two_names_by_record() -> None:
+    assert TaskField.STARTED_AT == WorkflowField.STATE == "st"
+    assert "STATE" not in _codes(TaskField) and "STARTED_AT" not in _codes(WorkflowField)
+
+
+def test_script_error_codes_are_the_scripts_reply_prefixes() -> None:
+    assert {c.value for c in ScriptErrorCode} == {
+        "SEGUE_NOT_FOUND",
+        "SEGUE_INVALID_TRANSITION",
+        "SEGUE_INVALID_COMMAND",
+        "SEGUE_DUPLICATE",
+        "SEGUE_DEPENDENCY_ENDED",
+        "SEGUE_QUEUE_FULL",
+    }
+
+
+SPEC = EnqueueSpec(
+    id="q:1",
+    name="shop.charge",
+    payload=b"[[1],{}]",
+    priority="high",
+    delay_ms=5,
+    at_ms=6,
+    max_tries=7,
+    timeout_ms=8,
+    ttl_ms=9,
+    unique="shop.charge:1",
+    expire_ms=10,
+    headers='{"h":1}',
+)
+
+
+def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
+    # the order of enqueue.lua's ARGV (see its header): a reordered spec fails here
+    assert EnqueueSpec.__struct_fields__ == (
+        "id",
+        "name",
+        "payload",
+        "priority",
+        "delay_ms",
+        "at_ms",
+        "max_tries",
+        "timeout_ms",
+        "ttl_ms",
+        "unique",
+        "expire_ms",
+        "headers",
+    )
+    assert SPEC.argv() == (
+        "q:1",
+        "shop.charge",
+        b"[[1],{}]",
+        "high",
+        5,
+        6,
+        7,
+        8,
+        9,
+        "shop.charge:1",
+        10,
+        '{"h":1}',
+    )
+    assert ENQUEUE_WIDTH == 12
+    assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
+
+
+def test_enqueue_call_counts_and_flattens_its_specs() -> None:
+    ks = Keyspace("segue", "q")
+    other = EnqueueSpec(*("q:2", *SPEC.argv()[1:]))
+    script, keys, args = _calls.enqueue(ks, [SPEC, other], 100)
+    assert script.name == "enqueue" and keys == ks.enqueue_keys
+    assert args[:3] == [ks.base, 2, 100]
+    assert args[3:] == [*SPEC.argv(), *other.argv()]
+
+
+def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -> None:
+    step = GraphStep(
+        spec=SPEC,
+        deps="q:0|0",
+        input_mode="1",
+        on_failure="cancel",
+        optional="1",
+        xdeps="r:0|-1",
+        xdependants="r:9|0|-",
+    )
+    assert GraphStep.__struct_fields__[1:] == (
+        "deps",
+        "input_mode",
+        "on_failure",
+        "optional",
+        "xdeps",
+        "xdependants",
+    )
+    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
+    assert GRAPH_WIDTH == 18 == len(step.argv())
+    ks = Keyspace("segue", "q")
+    record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
+    _, keys, args = _calls.graph(ks, record, [step], 0)
+    assert keys == ks.graph_keys
+    assert args[:11] == [ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0]
+    assert args[11:] == list(step.argv())
+
+
+def test_claim_call_and_reply() -> None:
+    ks = Keyspace("segue", "q")
+    settings = Settings(lease_seconds=2.5, max_deliveries=4, dead_letter_cap=50)
+    _, keys, args = _calls.claim(ks, settings, "w1", 3, "tok", "old", holds_last=True)
+    assert keys == ks.claim_keys
+    assert args == [ks.base, "w1", 3, 2500, 4, ks.done_channel, 50, "tok", "old", "1"]
+    raw: list[Any] = [
+        1700,
+        1600,
+        2,
+        [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
+        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0],
+    ]
+    reply = _calls.parse_claim(raw)
+    assert reply == ClaimReply(1700, 1600, 2, reply.runs)
+    first, second = reply.runs
+    assert (first.id, first.name, first.payload, first.tries, first.gen) == (
+        "q:1",
+        "add",
+        b"[[1],{}]",
+        2,
+        "5",
+    )
+    assert (first.timeout_ms, first.max_tries, first.input, first.headers, first.lost) == (
+        8,
+        7,
+        b"[1]",
+        b'{"h":1}',
+        1,
+    )
+    assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "fields"),
+    [
+        (Succeeded(b"42"), ("ok", b"42", "")),
+        (Failed(b'{"type":"E"}', "error"), ("fail", b'{"type":"E"}', "error")),
+        (Retrying(b"{}", 1500), ("retry", b"{}", 1500)),
+        (Requeued(), ("requeue", "", "")),
+        (Requeued("server unreachable"), ("requeue", "server unreachable", "")),
+        (Suspended(-1), ("suspend", -1, "")),
+        (Paused(), ("paused", "", "")),
+        (Cancelled(), ("cancelled", "", "")),
+        (Released(3, 300_000), ("release", 3, 300_000)),
+    ],
+)
+def test_each_outcome_is_the_finish_lua_action_and_its_two_fields(
+    outcome: Outcome, fields: tuple[Any, ...]
+) -> None:
+    assert Finished("q:1", "4", outcome).argv() == ("q:1", "4", *fields)
+
+
+def test_finish_call_and_reply() -> None:
+    ks = Keyspace("segue", "q")
+    done = [Finished("q:1", "1", Succeeded(b"1")), Finished("q:2", "3", Paused())]
+    _, keys, args = _calls.finish(ks, done, 10, claim_follows=True)
+    assert keys == ks.finish_keys
+    head = [ks.base, ks.done_channel, 10, 1, 2]
+    assert args == [*head, "q:1", "1", "ok", b"1", "", "q:2", "3", "paused", "", ""]
+    assert _calls.parse_finish([0, 1, 2, 3]) == [
+        FinishResult.REJECTED,
+        FinishResult.APPLIED,
+        FinishResult.FORWARD,
+        FinishResult.ALREADY,
+    ]
