@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
 
 from segue.testing import start_server as start_local_server
 
@@ -281,3 +283,81 @@ def _cluster_ok(port: int, nodes: int) -> bool:
         text = info.decode() if isinstance(info, bytes) else str(info)
         return "cluster_state:ok" in text and f"cluster_known_nodes:{nodes}" in text
     return False
+
+
+# --- reading a server as its administrator ----------------------------------------------------
+
+
+def admin_client(engine: Any) -> Any:
+    """An async client of `engine` as its default (all-powerful) user, for reading keys that
+    the least-privilege user may not (a test's own ledger, the raw records)."""
+    url: str = engine.admin_url
+    if engine.kind == "cluster":
+        return redis.asyncio.cluster.RedisCluster.from_url(url.replace("redis+cluster", "redis"))
+    return redis.asyncio.Redis.from_url(url)
+
+
+async def keys_of(engine: Any, pattern: str) -> list[str]:
+    """The names of the keys matching `pattern`, sorted (every primary of a cluster)."""
+    client = admin_client(engine)
+    try:
+        if engine.kind == "cluster":
+            found = [k async for k in client.scan_iter(match=pattern, target_nodes="primaries")]
+        else:
+            found = [k async for k in client.scan_iter(match=pattern)]
+        return sorted(k.decode() for k in found)
+    finally:
+        await client.aclose()
+
+
+async def ledger(admin_url: str, queue: str) -> list[list[str]]:
+    """The rows of `segue:ledger:<queue>`, the list that tests.apps.procs and cron_procs add
+    a line to at each run, split into their fields."""
+    client = redis.asyncio.Redis.from_url(admin_url)
+    try:
+        rows = await client.lrange(f"segue:ledger:{queue}", 0, -1)
+    finally:
+        await client.aclose()
+    return [(r.decode() if isinstance(r, bytes) else r).split() for r in rows]
+
+
+# --- a server that restarts -------------------------------------------------------------------
+
+
+class Server:
+    """A valkey-server with AOF on, which the test can kill and start again on its port."""
+
+    def __init__(self, directory: Path, fsync: str = "everysec") -> None:
+        binary = server_binary("valkey")
+        assert binary is not None
+        self.binary = binary
+        self.fsync = fsync  # "always": an acknowledged write is on disk before the reply
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_ping(self.port)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)

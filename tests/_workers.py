@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -331,10 +332,20 @@ class Fleet:
 
 
 def _client(url: str) -> Any:
-    """A plain client of the fleet's server (a cluster's, for a `+cluster` URL)."""
-    if "+cluster://" in url:
-        return redis.asyncio.cluster.RedisCluster.from_url(url.replace("+cluster://", "://"))
-    return redis.asyncio.Redis.from_url(url)
+    """A plain client of the fleet's server; for a `+cluster` URL, a cluster client seeded
+    with every node it lists (`host:port,host:port,...`)."""
+    if "+cluster://" not in url:
+        return redis.asyncio.Redis.from_url(url)
+    scheme, rest = url.split("://", 1)
+    auth, _, hosts = rest.rpartition("@")
+    user, _, password = auth.partition(":")
+    seeds = [h.rsplit(":", 1) for h in hosts.split("/", 1)[0].split("?", 1)[0].split(",")]
+    return redis.asyncio.cluster.RedisCluster(
+        startup_nodes=[redis.asyncio.cluster.ClusterNode(h, int(p)) for h, p in seeds],
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        ssl=scheme.startswith("rediss"),
+    )
 
 
 def _pythonpath() -> str:

@@ -30,6 +30,7 @@ from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._queue import Queue
+from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
 from segue._state import TaskError, TaskInfo, TaskStatus, Transition
 from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
@@ -62,6 +63,7 @@ __all__ = [
     "ResultUnavailable",
     "Retry",
     "RunResult",
+    "ScheduleHandle",
     "ScheduleInfo",
     "ScriptError",
     "SegueError",

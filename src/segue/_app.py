@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._keys import Keyspace
     from segue._lifespan import Resource
+    from segue._schedule_handle import ScheduleHandle
     from segue._wire import GraphRecord
 
 P = ParamSpec("P")
@@ -508,7 +509,10 @@ class App:
 
     # --- cron schedules (stored and fired by _scheduler) --------------------------------------
 
-    async def schedule(
+    @overload
+    def schedule(self, sig: str, /) -> ScheduleHandle: ...
+    @overload
+    def schedule(
         self,
         sig: Signature[Any] | Task[[], Any],
         *,
@@ -516,12 +520,45 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
-    ) -> str:
-        """Enqueue this call at every tick of `cron` from now on; returns the schedule's id.
+    ) -> Coroutine[Any, Any, str]: ...
+    def schedule(
+        self,
+        sig: Signature[Any] | Task[[], Any] | str,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        id: str | None = None,
+        catch_up: bool = False,
+    ) -> Coroutine[Any, Any, str] | ScheduleHandle:
+        """`await app.schedule(sig, cron=...)`: enqueue this call at every tick of `cron`
+        from now on; returns the schedule's id. Scheduling an existing id again updates it
+        (keeping its next tick if `cron` and `tz` are unchanged). Workers fire the ticks,
+        each exactly once among them.
 
-        Scheduling an existing id again updates it (keeping its next tick if `cron` and `tz`
-        are unchanged). Workers fire the ticks, each exactly once among them.
+        `app.schedule(schedule_id)`: a ScheduleHandle of a stored schedule, to `pause()`,
+        `resume()` or read (`info()`) it.
         """
+        if isinstance(sig, str):
+            from segue._schedule_handle import ScheduleHandle
+
+            if cron is not None:
+                raise ConfigurationError(
+                    "app.schedule(id) takes a schedule id alone; to schedule a call, pass "
+                    "task.call(...) with cron="
+                )
+            return ScheduleHandle(self._client, sig)
+        if cron is None:
+            raise ConfigurationError("app.schedule(sig, cron=...) needs a cron expression")
+        return self._schedule(sig, cron, tz, id, catch_up)
+
+    async def _schedule(
+        self,
+        sig: Signature[Any] | Task[[], Any],
+        cron: str,
+        tz: str | None,
+        id: str | None,
+        catch_up: bool,
+    ) -> str:
         if isinstance(sig, Task):
             sig = sig.call()
         schedule = make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)

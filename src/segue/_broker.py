@@ -23,6 +23,7 @@ from segue._transport import (
 )
 from segue._wire import GraphRecord
 from segue._wire import ScriptErrorCode as Code
+from segue._wire import text as _text
 
 __all__ = [
     "Broker",
@@ -277,7 +278,3 @@ def _refusal(exc: ScriptError, kind: str, ident: str, verb: str) -> Exception | 
             "retry",
         )
     return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

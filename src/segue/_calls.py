@@ -18,6 +18,7 @@ from segue._wire import (
     GraphRecord,
     GraphStep,
 )
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,8 +102,11 @@ def finish(
     return (_scripts.load("finish"), ks.finish_keys, args)
 
 
+_FINISH_RESULTS = tuple(FinishResult)  # by value 0..3: indexing costs less than the enum's call
+
+
 def parse_finish(reply: list[Any]) -> list[FinishResult]:
-    return [FinishResult(int(r)) for r in reply]
+    return [_FINISH_RESULTS[r] for r in reply]
 
 
 def renew(ks: Keyspace, worker_id: str, lease_ms: int, held: Sequence[str]) -> ScriptCall:
@@ -225,6 +229,24 @@ def cron_remove(ck: CronKeys, sid: str) -> ScriptCall:
     return (_scripts.load("cron_remove"), ck.all, [sid])
 
 
+def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
+    """Move a paused schedule past its due tick without firing it, fenced on that tick
+    (cron_skip.lua); `following` '' when it has no later tick. Replies 1 skipped, 0 stale."""
+    return (_scripts.load("cron_skip"), [ck.due, ck.firing, ck.skipped], [sid, tick, following])
+
+
+def delete(ks: Keyspace, task_id: str) -> ScriptCall:
+    """Delete an ended task's record and index entries (delete.lua); replies its final
+    status, or 0 when it had no record."""
+    return (_scripts.load("delete"), [*ks.done, ks.dead], [ks.base, task_id])
+
+
+def wf_index(ks: Keyspace, wf_id: str, shape: str) -> ScriptCall:
+    """List a workflow in its queue's index with its shape (wf_index.lua); replies 1
+    listed, 0 no such record."""
+    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape])
+
+
 def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:
     """One step of a queue's reconcile pass (reconcile.lua); replies { next phase, next
     cursor, kind, id, kind, id ... } of what it repaired."""
@@ -239,7 +261,3 @@ def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: st
         [ks.generation, ks.events],
         [worker_id, last, keep_ms, cursor],
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -519,22 +519,30 @@ def _dashboard_secret(path: Path | None, home: str | Path | None) -> bytes:
         path = _embedded.private_dir(Path(home) if home else _embedded.find_home())
         path = path / "dashboard-secret"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            raise ConfigurationError(
-                f"{path} is readable by other users; `chmod 600 {path}`"
-            ) from None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            st = path.lstat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ConfigurationError(
+                    f"{path} is not private to this user (owner uid {st.st_uid}, mode "
+                    f"{st.st_mode & 0o777:o}); `chmod 600 {path}` as its owner"
+                ) from None
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
         return path.read_bytes().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    return path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot keep the dashboard's session secret in {path} ({exc.strerror}); set "
+            "SEGUE_DASHBOARD_SECRET or --secret-file"
+        ) from None
 
 
 def main() -> None:
-    from segue import _cli_inspect  # registers its commands on `cli`
+    from segue import _cli_inspect, _cli_ops  # register their commands on `cli`
 
-    del _cli_inspect
+    del _cli_inspect, _cli_ops
     try:
         code = cli(standalone_mode=False)
     except typer.Exit as exc:

@@ -155,11 +155,20 @@ def tasks(
     if json:
         print_json(infos)
         return
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (i.id, i.name, str(i.status), str(i.tries), _progress_text(i), i.worker_id or "")
         for i in infos
     ]
-    print_rows(("id", "task", "status", "tries", "progress", "worker"), rows, f"{wanted} tasks")
+    header: tuple[str, ...] = ("id", "task", "status", "tries", "progress", "worker")
+    if wanted in (TaskStatus.SCHEDULED, TaskStatus.RETRYING):
+        # when each will run: the question a list of scheduled tasks is read for
+        rows = [(*row, _utc(i.due_at)) for row, i in zip(rows, infos, strict=True)]
+        header = (*header, "due (UTC)")
+    print_rows(header, rows, f"{wanted} tasks")
+
+
+def _utc(at: Any) -> str:
+    return "" if at is None else f"{at:%Y-%m-%d %H:%M:%S}"
 
 
 def _progress_text(info: TaskInfo) -> str:
@@ -202,6 +211,8 @@ def info(
         _say(f"  bad record: {shown.problem}")
     _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    if shown.due_at is not None:
+        _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:
         message = f" {shown.progress_message}" if shown.progress_message else ""
         _say(f"  progress {_progress_text(shown)}{message}")
@@ -339,11 +350,12 @@ def schedules(app: AppOption = None, url: UrlOption = None, json: JsonOption = F
             for s in await the_app.schedules():
                 nxt = s.next_run.isoformat(timespec="seconds") if s.next_run else "-"
                 last = s.last_tick.isoformat(timespec="seconds") if s.last_tick else "-"
-                rows.append((s.id, s.task, s.queue, s.cron, s.tz or "UTC", nxt, last))
+                state = "paused" if s.paused else "active"
+                rows.append((s.id, s.task, s.queue, s.cron, s.tz or "UTC", nxt, last, state))
             return rows
 
     rows = _run(go)
-    header = ("id", "task", "queue", "cron", "tz", "next run", "last tick")
+    header = ("id", "task", "queue", "cron", "tz", "next run", "last tick", "state")
     print_rows(header, rows, f"{len(rows)} schedule(s)")
 
 

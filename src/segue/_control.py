@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from segue._faults import faultpoint
 from segue._services import Service
+from segue._wire import Cancelled, Outcome, Paused, Requeued
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -87,6 +88,18 @@ class Controller:
                 log.warning("lease of task %s lost; stopping this run", task_id)
                 job.lost = True
                 job.task.cancel()
+
+    @staticmethod
+    def stopped_outcome(job: Job) -> Outcome | None:
+        """What a run interrupted from outside records: the request it obeyed, if any."""
+        request = job.run.request if job.run is not None else None
+        if job.lost:
+            return None
+        if request == "cancel":
+            return Cancelled()
+        if request == "pause":
+            return Paused()
+        return Requeued()
 
 
 class ControlSubscriber(Service):

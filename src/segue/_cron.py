@@ -169,7 +169,9 @@ class ScheduleInfo:
     """A schedule as stored on the server (`await app.schedules()`).
 
     `next_run` and `last_tick` are in the schedule's time zone; `next_run` is None for a
-    schedule that has no future tick.
+    schedule that has no future tick. A `paused` schedule skips its ticks (neither fired
+    nor caught up later) until resumed; `last_skipped` is the last tick it skipped.
+    `last_task_id` is the id of the task the last fired tick enqueued.
     """
 
     id: str
@@ -180,6 +182,9 @@ class ScheduleInfo:
     catch_up: bool
     next_run: datetime | None
     last_tick: datetime | None
+    paused: bool = False
+    last_skipped: datetime | None = None
+    last_task_id: str | None = None
 
 
 def make_schedule(

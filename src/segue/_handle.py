@@ -172,6 +172,16 @@ class TaskHandle(Generic[R]):
         why = reason or f"retry requested by {_WHO}"
         return TaskStatus(await broker.retry(broker.keyspace(self.queue), self.id, why))
 
+    async def delete(self) -> bool:
+        """Delete the record of an ended task (result or error, history) and its place in
+        the lists of ended tasks and dead letters, before its ttl would. True when it was
+        deleted, False when there was no record (deleted already, or expired), so a repeat
+        is harmless. A task that has not ended raises InvalidTransition: cancel it first."""
+        from segue._ops_actions import delete_task
+
+        broker = await self._client.broker()
+        return await delete_task(broker, broker.keyspace(self.queue), self.id) is not None
+
     async def _control(self, command: str, reason: str | None) -> TaskStatus:
         broker = await self._client.broker()
         why = reason or f"{command} requested by {_WHO}"

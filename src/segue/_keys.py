@@ -162,6 +162,22 @@ class Keyspace:
         return self.key("dead")
 
     @cached_property
+    def stats(self) -> str:
+        """Counters that outlive task records (a hash written by the scripts: runs started,
+        runs retried, tasks ended by status; see _lib.lua count_stat)."""
+        return self.key("stats")
+
+    @cached_property
+    def hist(self) -> str:
+        """Tasks ended succeeded or failed per 5-minute step, a ring of 25 hours (a hash)."""
+        return self.key("hist")
+
+    @cached_property
+    def workflows(self) -> str:
+        """Index of the workflows whose record lives on this queue, scored by creation."""
+        return self.key("workflows")
+
+    @cached_property
     def done(self) -> tuple[str, str, str, str]:
         """Indexes of ended tasks by final status, scored by record expiry."""
         return (
@@ -230,6 +246,16 @@ class CronKeys:
     @cached_property
     def all(self) -> list[str]:
         return [self.defs, self.due, self.firing, self.fired]
+
+    @cached_property
+    def paused(self) -> str:
+        """Hash: schedule id -> when it was paused (ms); a paused schedule skips its ticks."""
+        return self.base + "paused"
+
+    @cached_property
+    def skipped(self) -> str:
+        """Hash: schedule id -> the last tick skipped while paused (ms)."""
+        return self.base + "skipped"
 
 
 @dataclass(frozen=True)

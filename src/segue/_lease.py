@@ -93,7 +93,13 @@ class LeaseKeeper(Service):
         self._stop.set()
 
     async def close(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        thread = self._thread
+        if thread is None:
+            return
+        if self._ended is not None and self._ended.done():
+            # it reported its end as its last step: only its return is left
+            await asyncio.to_thread(thread.join, 1.0)
+        if thread.is_alive():
             log.warning("lease renewal thread still busy at stop; left to end on its own")
 
     def hold(self, task_id: str, ks: Keyspace, gen: str) -> None:

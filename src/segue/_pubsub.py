@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from segue import _cancel
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -30,10 +31,6 @@ class Connections(Protocol):
     cluster: bool
 
     def errors(self) -> AbstractAsyncContextManager[None]: ...
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 Handler = Callable[[bytes], None]

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from segue import _scripts
 from segue._keys import queues_key
-from segue._transport import Transport, _text
+from segue._transport import Transport
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

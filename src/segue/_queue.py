@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from segue import _ops_actions
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from segue._client import Client
 
 
@@ -44,6 +48,23 @@ class Queue:
         suspended, paused); running tasks go on. Returns how many were cancelled."""
         broker = await self._client.broker()
         return await broker.purge(broker.keyspace(self.name), reason)
+
+    async def retry_dead(
+        self, ids: Iterable[str] | None = None, *, reason: str = "retried by an operator"
+    ) -> int:
+        """Queue this queue's dead letters again (`ids`: only those; default: all), each as
+        `handle.retry()` does; returns how many were queued. One that cannot be (a unique
+        task whose key another live task holds, one that ended because its dependency did)
+        stays a dead letter."""
+        broker = await self._client.broker()
+        queued, _ = await _ops_actions.retry_dead(broker, broker.keyspace(self.name), ids, reason)
+        return queued
+
+    async def delete_dead(self, ids: Iterable[str] | None = None) -> int:
+        """Delete this queue's dead letters (`ids`: only those; default: all), records and
+        all, as `handle.delete()` does; returns how many records were deleted."""
+        broker = await self._client.broker()
+        return await _ops_actions.delete_dead(broker, broker.keyspace(self.name), ids)
 
     async def counts(self) -> dict[str, int]:
         """How many tasks are queued, scheduled, running, paused, and ended by status."""

@@ -27,12 +27,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from segue import _calls
 from segue._errors import BrokerError
 from segue._hooks import call_hooks
 from segue._services import Service
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,7 +162,3 @@ class Reconciler(Service):
             await call_hooks(self._hooks, "on_repair", repair.queue, repair.kind, repair.task_id)
         self.repairs = (self.repairs + found)[-1000:]
         return found
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -73,6 +73,7 @@ class Job:
     started: float = field(default=0.0)
     error: BaseException | None = None  # what the run raised, for hooks
     value: Any = None  # what it returned, for hooks
+    unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
@@ -110,6 +111,9 @@ async def attempt(
     hooks: Sequence[Hook] = (),
 ) -> Outcome:
     """Run one attempt and say what should happen next."""
+    if job.unreadable is not None:
+        text = f"the record of task {job.id} does not read ({job.unreadable})"
+        return Failed(_message("undecodable", text), "undecodable")
     if task is None:
         return Released(
             settings.unknown_task_max_releases,

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -35,6 +35,7 @@ from segue._faults import faultpoint
 from segue._keys import CronKeys
 from segue._services import Service
 from segue._wire import EnqueueSpec
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -124,13 +125,22 @@ async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]
 
 
 async def remove(prefix: str, broker: Broker, sid: str) -> bool:
-    reply = await broker.run_calls([_calls.cron_remove(CronKeys(prefix), sid)], retry=True)
+    ck = CronKeys(prefix)
+    reply = await broker.run_calls([_calls.cron_remove(ck, sid)], retry=True)
+    # its pause flag goes with it: a schedule stored again under this id starts active
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hdel(ck.paused, sid)
+        pipe.hdel(ck.skipped, sid)
+        await pipe.execute()
     return bool(reply[0])
 
 
 async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
-    """Every stored schedule, soonest next tick first."""
-    defs, due, fired = await broker.schedule_rows(CronKeys(prefix))
+    """Every stored schedule under the prefix, soonest next tick first."""
+    ck = CronKeys(prefix)
+    defs, due, fired = await broker.schedule_rows(ck)
+    paused, skipped = await _paused_rows(broker, ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -143,6 +153,7 @@ async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
         zone = _zone(e)
         last = fired.get(raw_id)
         nxt = next_ms.get(sid)
+        skip = skipped.get(raw_id)
         infos.append(
             _cron.ScheduleInfo(
                 id=sid,
@@ -153,10 +164,27 @@ async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
                 catch_up=e.catch_up,
                 next_run=None if nxt is None else datetime.fromtimestamp(nxt / 1000, zone),
                 last_tick=None if last is None else datetime.fromtimestamp(int(last) / 1000, zone),
+                paused=raw_id in paused,
+                last_skipped=None
+                if skip is None
+                else datetime.fromtimestamp(int(skip) / 1000, zone),
+                last_task_id=None if last is None else tick_id(e.queue, sid, int(last)),
             )
         )
     infos.sort(key=lambda i: (i.next_run is None, next_ms.get(i.id, 0), i.id))
     return infos
+
+
+async def _paused_rows(
+    broker: Broker, ck: CronKeys
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The paused schedules (id -> since, ms) and the last tick each one skipped."""
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hgetall(ck.paused)
+        pipe.hgetall(ck.skipped)
+        paused, skipped = await pipe.execute()
+    return paused, skipped
 
 
 def _zone(e: _Entry) -> tzinfo:
@@ -261,7 +289,11 @@ class Scheduler(Service):
         by_queue: dict[str, list[EnqueueSpec]] = {}
         advances = []
         counts = []
-        for raw_id, raw_tick, raw in rows:
+        skips: list[_calls.ScriptCall] = []
+        ck = CronKeys(self._enqueuer.settings.prefix)
+        async with broker.errors():
+            held = await broker.client.hmget(ck.paused, [r[0] for r in rows])
+        for (raw_id, raw_tick, raw), paused in zip(rows, held, strict=True):
             sid, tick = _text(raw_id), int(float(raw_tick))
             try:
                 e = _decode(raw)
@@ -269,6 +301,13 @@ class Scheduler(Service):
             except (msgspec.DecodeError, msgspec.ValidationError, ConfigurationError) as exc:
                 # left leased: tried again when the lease ends, by whichever worker can
                 log.error("schedule %s cannot be fired here: %s", sid, exc)
+                continue
+            if paused is not None:
+                # a paused schedule skips this tick and goes on from the present: resuming
+                # it fires its next tick, not the ones it skipped
+                nxt = cron.next_after(max(tick, now))
+                skips.append(_calls.cron_skip(ck, sid, tick, nxt or ""))
+                log.info("schedule %s is paused: tick %d skipped", sid, tick)
                 continue
             ticks, nxt = plan(cron, e.catch_up, tick, now)
             specs = by_queue.setdefault(e.queue, [])
@@ -308,8 +347,6 @@ class Scheduler(Service):
         if advances:
             done = await broker.run_calls(advances, retry=True)  # fenced on the tick
             self.fired += sum(n for n, ok in zip(counts, done, strict=True) if ok)
+        if skips:
+            await broker.run_calls(skips, retry=True)  # fenced on the tick too
         return 0.0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

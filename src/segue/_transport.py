@@ -39,6 +39,7 @@ from segue._keys import Keyspace
 from segue._pubsub import EndedWaiters, Subscriber
 from segue._versions import warn_if_unpatched
 from segue._wire import ScriptErrorCode as Code
+from segue._wire import text as _text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
@@ -433,7 +434,3 @@ class Transport:
     def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
         if self._ended is not None:
             self._ended.unwatch(task_id, fut)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

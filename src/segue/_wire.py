@@ -19,6 +19,11 @@ from typing import Any, ClassVar, Final
 import msgspec
 
 
+def text(value: Any) -> str:
+    """A reply value as text: redis-py and the fast connection give bytes, or an int."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Code(str):
     """A stored field code; `.b` is its bytes, for reading records as redis-py returns them."""
 
@@ -170,7 +175,12 @@ class GraphRecord:
 
 
 class ClaimedRun(msgspec.Struct, gc=False):
-    """One task leased by claim.lua, as its reply gives it (in this order)."""
+    """One task leased by claim.lua, as its reply gives it (in this order).
+
+    A row segue cannot read in full (a record written by another client: a name that is not
+    UTF-8, headers that are not a JSON object, a number that is not one) still parses, with
+    `unreadable` saying why: the worker ends that task FAILED (undecodable) instead of
+    running it, and goes on with the rest of the batch."""
 
     id: str
     name: str
@@ -182,22 +192,73 @@ class ClaimedRun(msgspec.Struct, gc=False):
     input: bytes | None  # a workflow step's value from the steps before it (JSON)
     headers: bytes | None  # the enqueuer's headers (JSON)
     lost: int  # how many workers stopped under the task before this claim
+    unreadable: str | None = None  # why this row could not be read in full
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
-        task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+        try:
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            run = cls(
+                task_id.decode(),
+                name.decode(),
+                payload,
+                int(tries),
+                str(int(gen)),
+                int(timeout_ms or 0),
+                int(max_tries or 1),
+                given or None,
+                headers or None,
+                int(lost or 0),
+            )
+            if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
+                raise ValueError("the headers are not a JSON object")
+        except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, DecodeError
+            return cls._unreadable(raw, exc)
+        return run
+
+    @property
+    def id_readable(self) -> bool:
+        """Whether the id can name the task back to the server (it was UTF-8)."""
+        try:
+            self.id.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    @classmethod
+    def _unreadable(cls, raw: list[Any], exc: Exception) -> ClaimedRun:
+        """What can be read of a bad row: enough to name the task and end its lease."""
+        row = [*raw, *([None] * 10)]
+        # an id that is not UTF-8 keeps its bytes as surrogates: the worker sees that it
+        # cannot send it back (see Worker._start_claimed)
+        task_id = _text(row[0], "surrogateescape")
         return cls(
-            task_id.decode(),
-            name.decode(),
-            payload,
-            int(tries),
-            str(int(gen)),
-            int(timeout_ms or 0),
-            int(max_tries or 1),
-            given or None,
-            headers or None,
-            int(lost or 0),
+            task_id,
+            _text(row[1], "replace"),
+            row[2] if isinstance(row[2], bytes) else b"",
+            _number(row[3], 0),
+            str(_number(row[4], 0)),
+            0,
+            1,
+            None,
+            None,
+            _number(row[9], 0),
+            unreadable=f"{type(exc).__name__}: {exc}",
         )
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def _text(value: Any, errors: str) -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value or "")
+
+
+def _number(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 class ClaimReply(msgspec.Struct, gc=False):

@@ -48,7 +48,6 @@ from segue._wire import (
     FinishResult,
     Outcome,
     Paused,
-    Requeued,
     Retrying,
     Succeeded,
     Waiting,
@@ -447,6 +446,11 @@ class Worker:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
         for run in jobs:
+            if not run.id_readable:
+                # an id that is not UTF-8 cannot name the task back to the server: its lease
+                # lapses, and claim.lua fails it worker_lost after max_deliveries
+                log.error("task id %r is not UTF-8; left to expire", run.id)
+                continue
             lost = run.lost
             job = Job(
                 ks=ks,
@@ -460,6 +464,7 @@ class Worker:
                 started=_clock.monotonic(),
                 input=run.input,
                 headers=run.headers,
+                unreadable=run.unreadable,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (
@@ -497,7 +502,7 @@ class Worker:
                 job, task, self._client.settings, self.id, self._executor, self._registry.hooks
             )
         except (asyncio.CancelledError, PauseRequested):
-            outcome = self._stopped_outcome(job)
+            outcome = self._controller.stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = Retrying(b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
@@ -523,18 +528,6 @@ class Worker:
             self._lease.drop(job.id, job.gen)
         self._finished += 1
         self._changed.set()
-
-    @staticmethod
-    def _stopped_outcome(job: Job) -> Outcome | None:
-        """What a run interrupted from outside records: the request it obeyed, if any."""
-        request = job.run.request if job.run is not None else None
-        if job.lost:
-            return None
-        if request == "cancel":
-            return Cancelled()
-        if request == "pause":
-            return Paused()
-        return Requeued()
 
     async def _server_down(self, exc: BrokerError) -> None:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua

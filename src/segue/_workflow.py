@@ -13,19 +13,22 @@ are built in _task (next to Signature); WorkflowHandle follows a workflow (_hand
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from segue._errors import ConfigurationError
+from segue._errors import ConfigurationError, ServerOutOfMemory
 from segue._handle import WorkflowHandle
 from segue._keys import check_queue_name, queue_of
+from segue._ops_actions import index_workflow
 from segue._task import Chain, Signature
 from segue._wire import GraphRecord, GraphStep
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from segue._app import App
     from segue._task import Group
@@ -63,6 +66,23 @@ def _place(
         ids, _ = _place(member, inputs, mode, out, new_id)
         outs.extend(ids)
     return outs, "l"
+
+
+log = logging.getLogger("segue.workflow")
+
+# a workflow of more steps than this keeps no shape (its page lists its steps only)
+MAX_SHAPE_STEPS = 500
+
+
+def _shape(node: Signature[Any] | Chain[Any] | Group[Any], numbers: Iterator[int]) -> Any:
+    """The workflow's structure for the dashboard: a step is its number (the `.n` of its
+    id), a chain `{"chain": [...]}`, a group `{"group": [...]}`; numbered in layout order,
+    as _step_ids numbers them."""
+    if isinstance(node, Signature):
+        return next(numbers)
+    if isinstance(node, Chain):
+        return {"chain": [_shape(stage, numbers) for stage in node.stages]}
+    return {"group": [_shape(member, numbers) for member in node.members]}
 
 
 def _first_signature(node: Signature[Any] | Chain[Any] | Group[Any]) -> Signature[Any]:
@@ -143,6 +163,13 @@ async def enqueue_workflow(app: App, root: Chain[Any] | Group[Any]) -> WorkflowH
         " ".join(others),
     )
     await app.enqueue_graph(queue, fields[queue], main, levels)
+    broker = await app.broker()
+    shape = _shape(root, iter(range(1, 1 << 62))) if len(steps) <= MAX_SHAPE_STEPS else None
+    try:
+        await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
+    except ServerOutOfMemory:
+        # the workflow exists and runs: only its line in the dashboard's list is missing
+        log.warning("workflow %s is not listed on the dashboard: the server is full", wf_id)
     for q in others:
         record = GraphRecord(wf_id, ttl_ms, " ".join(ids[q]), "", len(ids[q]), part=q)
         await app.enqueue_graph(q, fields[q], record, levels)

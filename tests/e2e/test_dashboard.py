@@ -553,6 +553,15 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             ("segue_queue_tasks", "expired"): 0,
             ("segue_queue_paused", ""): 1,
             ("segue_queue_dead_letters", ""): 1,
+            # a paused queue has nothing ready
+            ("segue_queue_ready", ""): 0,
+            ("segue_queue_oldest_ready_seconds", ""): 0,
+            ("segue_runs_started_total", ""): 2,
+            ("segue_runs_retried_total", ""): 0,
+            ("segue_tasks_ended_total", "succeeded"): 1,
+            ("segue_tasks_ended_total", "failed"): 1,
+            ("segue_tasks_ended_total", "cancelled"): 1,
+            ("segue_tasks_ended_total", "expired"): 0,
         }
         assert _value(response.text, "segue_up") == 1
         families = {f.name: f for f in text_string_to_metric_families(response.text)}
@@ -561,6 +570,11 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             "segue_queue_tasks": "gauge",
             "segue_queue_paused": "gauge",
             "segue_queue_dead_letters": "gauge",
+            "segue_queue_ready": "gauge",
+            "segue_queue_oldest_ready_seconds": "gauge",
+            "segue_runs_started": "counter",
+            "segue_runs_retried": "counter",
+            "segue_tasks_ended": "counter",
             "segue_queues_not_exported": "gauge",
             "segue_workers": "gauge",
         }

@@ -7,10 +7,7 @@ at a skewed instant, or take a task whose lease another worker keeps renewing.""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +16,11 @@ import pytest
 import redis
 
 from tests._support import Engine
+from tests._workers import Fleet
 from tests.apps import skew
 from tests.faults.conftest import Report, Scale
 from tests.integration.conftest import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 SKEWS = ("+120s", "-120s", None)
 pytestmark = [
@@ -35,40 +32,26 @@ pytestmark = [
 ]
 
 
-class SkewedWorkers:
-    def __init__(self, engine: Engine, queue: str) -> None:
-        self.env = {
-            **os.environ,
-            "SEGUE_REDIS_URL": engine.url,
-            "SEGUE_QUEUE": queue,
-            "SEGUE_LEASE_SECONDS": "1",
-            "SEGUE_POLL_SECONDS": "0.1",
-            "SEGUE_SHUTDOWN_GRACE_SECONDS": "0.5",
-            "LEDGER_URL": engine.admin_url,
-            "LEDGER_KEY": f"ledger:{{{queue}}}",
-            "CRON_NAME": queue,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, skew_by: str | None) -> None:
-        env = dict(self.env)
-        if skew_by is not None:
-            env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME=skew_by, DONT_FAKE_MONOTONIC="1")
-        cmd = [sys.executable, "-m", "segue", "worker", "tests.apps.skew:app", "--log-level"]
-        self.procs.append(subprocess.Popen([*cmd, "warning"], cwd=ROOT, env=env))
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+def faked(skew_by: str | None) -> dict[str, str]:
+    """The environment of a worker whose wall clock is off by `skew_by` (None: not off)."""
+    if skew_by is None:
+        return {}
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": skew_by, "DONT_FAKE_MONOTONIC": "1"}
 
 
 @pytest.fixture
-def skewed(segue_valkey: Engine, queue_name: str) -> Iterator[SkewedWorkers]:
-    w = SkewedWorkers(segue_valkey, queue_name)
-    yield w
-    w.stop_all()
+def skewed(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
+    env = {
+        "LEDGER_URL": segue_valkey.admin_url,
+        "LEDGER_KEY": f"ledger:{{{queue_name}}}",
+        "CRON_NAME": queue_name,
+    }
+    app = "tests.apps.skew:app"
+    # 16 slots each: the App's default concurrency
+    with Fleet(
+        app, segue_valkey.url, queue_name, concurrency=16, lease=1.0, poll=0.1, env=env
+    ) as f:
+        yield f
 
 
 def _server_ms(client: redis.Redis) -> int:
@@ -77,7 +60,7 @@ def _server_ms(client: redis.Redis) -> int:
 
 
 async def test_skewed_workers_keep_due_times_ticks_and_leases_by_the_server_clock(
-    skewed: SkewedWorkers,
+    skewed: Fleet,
     segue_valkey: Engine,
     queue_name: str,
     fault_rng: random.Random,
@@ -91,7 +74,7 @@ async def test_skewed_workers_keep_due_times_ticks_and_leases_by_the_server_cloc
     n_due = fault_scale.pick(200, 1_000)
     try:
         for s in SKEWS:
-            skewed.start(s)
+            skewed.start(env=faked(s))
         async with app:
             due_at: dict[str, int] = {}
             for _ in range(n_due):

@@ -21,12 +21,11 @@ import pytest
 import redis
 
 from segue import BrokerError, InvalidTransition, TaskCancelled, TaskHandle, TaskStatus
-from tests._support import ACL_PASSWORD, ACL_USER, Engine, add_acl_user
+from tests._support import ACL_PASSWORD, ACL_USER, Engine, Server, add_acl_user
 from tests._workers import Fleet
 from tests.apps import durable
 from tests.faults.conftest import Report, Scale
 from tests.integration.test_durable_processes import file_names, fleet, ledger_key, total_of
-from tests.integration.test_restart import Server
 
 pytestmark = pytest.mark.slow
 

@@ -22,14 +22,13 @@ import pytest
 import redis
 
 from segue._keys import Keyspace
-from tests._support import ACL_PASSWORD, ACL_USER, add_acl_user
+from tests._support import ACL_PASSWORD, ACL_USER, Server, add_acl_user
 from tests._workers import Fleet
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.integration.conftest import eventually
-from tests.integration.test_restart import Server
 
 APP = "tests.apps.faults:app"
 RECONCILE = 0.5  # reconcile_seconds of the workers

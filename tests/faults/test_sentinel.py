@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from segue import App, BrokerError, ConfigurationError, Settings, TaskNotFound, TaskStatus
 from segue._fastconn import ConnectionLost, FastConnection
 from segue._sentinel import fast_url
+from tests._workers import Fleet
 from tests.apps import sentinel as tasks
 from tests.faults.conftest import Report, Scale
 from tests.faults.sentinel import (
@@ -54,42 +54,16 @@ async def _app(url: str, queue: str) -> AsyncIterator[App]:
 
 
 @contextlib.contextmanager
-def _worker(url: str, queue: str, concurrency: int = 8) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m segue worker` on the Sentinel URL, stopped (by its pid) after the block."""
-    env = {
-        **os.environ,
-        "SEGUE_REDIS_URL": url,
-        "SEGUE_QUEUE": queue,
-        "SEGUE_LEASE_SECONDS": "3",
-        "SEGUE_POLL_SECONDS": "0.2",
-        "SEGUE_PAUSE_GRACE_SECONDS": "2",
-        "SEGUE_SHUTDOWN_GRACE_SECONDS": "1",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "segue",
-            "worker",
-            "tests.apps.sentinel:app",
-            "--concurrency",
-            str(concurrency),
-            "--log-level",
-            "error",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+def _workers(url: str, queue: str) -> Iterator[Fleet]:
+    """`python -m segue worker` processes on the Sentinel URL, stopped by SIGTERM after the
+    block (SIGKILLed if one does not stop within 10 s)."""
+    app, env = "tests.apps.sentinel:app", {"SEGUE_PAUSE_GRACE_SECONDS": "2"}
+    with Fleet(app, url, queue, lease=3.0, grace=1.0, env=env, log_level="error") as fleet:
+        try:
+            yield fleet
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                fleet.terminate_all(timeout=10)
 
 
 async def _succeeded(app: App, queue: str) -> int:
@@ -268,7 +242,8 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
         for start in range(0, before, 50):
             batch = [tasks.work.call(i, durations[i]) for i in range(start, start + 50)]
             acked.extend(await app.enqueue_many(batch[: before - start]))
-        with _worker(sentinel_set.url, queue) as worker:
+        with _workers(sentinel_set.url, queue) as workers:
+            worker = workers.start(concurrency=8)
             threshold = int(before * kill_share)
 
             async def far_enough() -> bool:
@@ -324,7 +299,7 @@ async def test_a_primary_killed_mid_drain_fails_over_with_no_acked_task_lost(
             paused = await long.wait_for(TaskStatus.PAUSED, timeout=10)
             await long.resume()
             resumed_result = await long.result(timeout=20)
-            worker_alive = worker.poll() is None
+            worker_alive = worker.alive()
 
     fault_report.add(
         tasks_before_kill=before,

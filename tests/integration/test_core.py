@@ -13,8 +13,6 @@ from typing import Any
 import msgspec
 import pydantic
 import pytest
-import redis.asyncio
-import redis.asyncio.cluster
 
 from segue import (
     App,
@@ -28,26 +26,8 @@ from segue import (
     TaskNotFound,
     TaskStatus,
 )
+from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
-
-
-def admin_client(engine: Any) -> Any:
-    url: str = engine.admin_url
-    if engine.kind == "cluster":
-        return redis.asyncio.cluster.RedisCluster.from_url(url.replace("redis+cluster", "redis"))
-    return redis.asyncio.Redis.from_url(url)
-
-
-async def keys_of(engine: Any, pattern: str) -> list[str]:
-    client = admin_client(engine)
-    try:
-        if engine.kind == "cluster":
-            found = [k async for k in client.scan_iter(match=pattern, target_nodes="primaries")]
-        else:
-            found = [k async for k in client.scan_iter(match=pattern)]
-        return sorted(k.decode() for k in found)
-    finally:
-        await client.aclose()
 
 
 async def test_async_and_sync_tasks_run_and_return(make_app: Callable[..., App]) -> None:
@@ -450,8 +430,9 @@ async def test_results_expire_and_leave_no_keys(
         async def gone() -> bool:
             await app.drain()  # a claim also trims the indexes of expired records
             keys = await keys_of(segue_engine, base + "*")
-            # structural keys: the wake token, the capped event stream, the queue's meta hash
-            structural = (":wake", ":events", ":meta")
+            # structural keys: the wake token, the capped event stream, the queue's meta hash,
+            # its counters and their 25-hour history (bounded hashes)
+            structural = (":wake", ":events", ":meta", ":stats", ":hist")
             return {k for k in keys if not k.endswith(structural)} == kept
 
         await eventually(gone, timeout=10)

@@ -19,11 +19,9 @@ import pytest
 from segue import App, ConfigurationError, Context
 from segue._calls import cron_advance, cron_put, cron_take
 from segue._keys import CronKeys
+from tests._support import Server, admin_client, ledger
 from tests._workers import Fleet
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_core import admin_client
-from tests.integration.test_processes import ledger
-from tests.integration.test_restart import Server
 
 KEYS = CronKeys("segue")
 
@@ -247,6 +245,7 @@ async def test_three_worker_processes_fire_each_second_once_through_a_restart(
 ) -> None:
     for _ in range(3):
         cron_workers.start()
+    await cron_workers.ready()  # each, before any is stopped: SIGTERM is handled from there
 
     async def fired(n: int) -> bool:
         return len(await fires(segue_valkey, queue_name, "coalesce")) >= n
@@ -256,7 +255,7 @@ async def test_three_worker_processes_fire_each_second_once_through_a_restart(
     restarted = cron_workers.slots[0]
     cron_workers.terminate(restarted)
     assert cron_workers.wait_exit(restarted, timeout=10) == 0
-    cron_workers.start()
+    await cron_workers.ready(cron_workers.start())
     await eventually(lambda: fired(8), timeout=15)
     assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
     rows = await ledger(segue_valkey.admin_url, queue_name)
@@ -276,6 +275,7 @@ async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_c
 ) -> None:
     cron_workers.start()
     cron_workers.start()
+    await cron_workers.ready()
 
     async def fired(kind: str, n: int, after: float = 0) -> bool:
         runs = await fires(segue_valkey, queue_name, kind)
@@ -292,7 +292,7 @@ async def test_ticks_missed_while_every_worker_was_down_fire_once_or_each_with_c
         missed[kind] = int(nxt.timestamp() * 1000)  # the first tick nobody fires
     await asyncio.sleep(5)  # the outage itself: every worker down for five ticks or more
     up_at = time.time() * 1000
-    cron_workers.start()
+    await cron_workers.ready(cron_workers.start())
     await eventually(lambda: fired("coalesce", 2, after=up_at), timeout=20)
     await eventually(lambda: fired("catchup", 2, after=up_at), timeout=20)
     assert set(cron_workers.terminate_all(timeout=10).values()) <= {0}
@@ -332,7 +332,8 @@ async def test_a_tick_fired_again_after_its_worker_died_mid_fire_runs_once(
         for kind, tick in stuck.items():  # enqueued, and not advanced
             handle = await client.task_handle(f"{queue_name}:cron-{sids[kind]}-{tick}")
             assert (await handle.info()).history[0].status.value == "queued"
-        cron_workers.start()  # fires the same ticks again once the dead one's lease ends
+        # fires the same ticks again once the dead one's lease ends
+        await cron_workers.ready(cron_workers.start())
 
         async def went_on() -> bool:
             runs = await fires(segue_valkey, queue_name, "coalesce")

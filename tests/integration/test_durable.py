@@ -22,8 +22,8 @@ from segue import (
     TaskNotFound,
     TaskStatus,
 )
+from tests._support import keys_of
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_core import keys_of
 
 
 async def _status_is(handle: Any, status: TaskStatus) -> bool:

@@ -23,8 +23,8 @@ from segue import (
     TaskFailed,
     TaskStatus,
 )
+from tests._support import keys_of
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_core import keys_of
 
 # --- unique tasks and idempotency keys ---------------------------------------------------
 

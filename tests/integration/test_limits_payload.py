@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from segue import App, QueueFull, TaskFailed, TaskStatus
-from tests.integration.test_core import keys_of
+from tests._support import keys_of
 
 
 async def test_a_result_over_max_result_bytes_fails_once_and_the_worker_goes_on(

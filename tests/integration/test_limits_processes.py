@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 
 from segue import App, DuplicateTask, TaskFailed, TaskStatus
-from tests._support import Engine
+from tests._support import Engine, admin_client
 from tests._workers import Fleet
 from tests.apps import limits
 from tests.integration.conftest import eventually
-from tests.integration.test_core import admin_client
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.serial]

@@ -18,6 +18,7 @@ import pytest
 from segue import App, SyncContext
 from segue._logging import JsonFormatter, TaskFields
 from segue._settings import mask_url
+from tests._workers import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,25 +73,22 @@ def test_a_worker_logs_json_lines(segue_valkey: Any, queue_name: str) -> None:
     )
     env["LEDGER_URL"] = segue_valkey.admin_url
     subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True, timeout=60)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segue",
-            "worker",
-            "tests.apps.procs:app",
-            "--burst",
-            "--log-format",
-            "json",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    app, ledger = "tests.apps.procs:app", {"LEDGER_URL": segue_valkey.admin_url}
+    fleet = Fleet(
+        app,
+        segue_valkey.url,
+        queue_name,
+        lease=None,
+        poll=None,
+        grace=None,
+        env=ledger,
+        log_level="info",
     )
-    assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    with fleet:
+        worker = fleet.start(args=["--burst", "--log-format", "json"])
+        assert fleet.wait_exit(worker, timeout=60) == 0, fleet.log(worker)
+        log = fleet.log(worker)
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     started = [line for line in lines if "started name=procs.nap" in line["message"]]
     assert started and started[0]["task_name"] == "procs.nap"
     assert started[0]["task_id"].startswith(f"{queue_name}:")

@@ -23,6 +23,8 @@ CORRUPTIONS = {
     "to": b"abc",
     "d": b"1.5",
     "g": b"nan",
+    "n": b"\xff\xfe not utf-8",
+    "hd": b"[1, 2]",
 }
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +24,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from segue import App, Context, TaskStatus
-from tests._support import ACL_PASSWORD, Engine, add_acl_user
-from tests.integration.conftest import serving
-from tests.integration.test_core import admin_client, keys_of
+from tests._support import ACL_PASSWORD, Engine, add_acl_user, admin_client, keys_of
+from tests.integration.conftest import eventually, serving
 
 RELEASES = Path(__file__).resolve().parents[1] / "releases"
 PREVIOUS = "a9921ef"  # the release before the typed-core redesign (issue 12)
@@ -79,6 +80,10 @@ def user_url(engine: Engine, prefix: str) -> str:
     return f"{scheme}://{prefix}:{ACL_PASSWORD}@{rest}"
 
 
+async def _true(value: Awaitable[object]) -> bool:
+    return bool(await value)
+
+
 def new_release_app(url: str, prefix: str, queue: str) -> App:
     """The tasks of the recording under the same names, as a new deploy defines them: the
     runs that never ended there (`legacy.hold`) or always failed (`legacy.boom`,
@@ -130,6 +135,7 @@ BEFORE = {
     "suspended": TaskStatus.SUSPENDED,
     "parent": TaskStatus.WAITING,
     "running": TaskStatus.RUNNING,
+    "pause_asked": TaskStatus.RUNNING,  # with a pause request its worker never carried out
     "queued": TaskStatus.QUEUED,
     "keyed": TaskStatus.QUEUED,
     "unique": TaskStatus.QUEUED,
@@ -156,7 +162,9 @@ RESULTS = {
 }
 # what is left of the queue once every task ended: records (with their TTLs), the done
 # indexes, the events and the queue's markers; no index, lock or list still names a task
-LEFT_KINDS = {"task", "wf", "done", "events", "gen", "meta", "wake"}
+# stats and hist: the queue's counters and their 25-hour history (bounded hashes), which a
+# new release starts writing beside the old one's records
+LEFT_KINDS = {"task", "wf", "done", "events", "gen", "meta", "wake", "stats", "hist"}
 
 
 @pytest.mark.parametrize("release", [PREVIOUS])
@@ -170,9 +178,7 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
     url = user_url(segue_engine, prefix)
     await restore(segue_engine, prefix, recorded["keys"])
     app = new_release_app(url, prefix, queue)
-    handles = {
-        role: await app.task_handle(task_id) for role, task_id in ids.items() if role != "workflow"
-    }
+    handles = {role: await app.task_handle(ids[role]) for role in BEFORE}
 
     async with app:
         # read as recorded, before any worker of this release touched them
@@ -183,6 +189,15 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
             ids[f"wf_{s}"] for s in ("first", "middle", "last")
         ]
         assert await handles["wf_first"].result() == 3
+        held = await app.workflow_handle(ids["wf_paused"])
+        assert await held.status() is TaskStatus.PAUSED
+        [schedule] = await app.schedules()
+        assert (schedule.id, schedule.task, schedule.queue, schedule.cron) == (
+            ids["schedule"],
+            "legacy.add",
+            queue,
+            "* * * * * *",
+        )
         running = await handles["running"].info()
         assert (running.tries, running.progress, running.progress_message) == (1, (1, 4), "holding")
         assert running.args == [3] and running.worker_id
@@ -205,13 +220,40 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
         assert (await add.options(key="order-7").enqueue(1, 1)).id == ids["keyed"]
         assert (await only_one.enqueue(99)).id == ids["unique"]
 
+        restored_at = datetime.now(UTC)
         async with serving(app, concurrency=4):
             assert await handles["paused"].resume() is TaskStatus.QUEUED
             assert (await app.retry(ids["dead"])).id == ids["dead"]
+            assert await held.resume() is TaskStatus.RUNNING
             for role, value in RESULTS.items():
                 assert await handles[role].result(timeout=30) == value, role
             assert await wf.result(timeout=30) == 130
+            assert await held.result(timeout=30) == 3
             assert await handles["expiring"].wait_for(timeout=30) is TaskStatus.EXPIRED
+            # the pause asked of the vanished run is carried out when its lease lapses
+            asked = handles["pause_asked"]
+            assert await asked.wait_for(TaskStatus.PAUSED, timeout=30) is TaskStatus.PAUSED
+            assert (await asked.info()).history[-1].reason == "ops: hold it"
+            assert await asked.resume() is TaskStatus.QUEUED
+            assert await asked.result(timeout=30) == 50
+
+            # the schedule of the previous release fires on this one's workers
+            async def fired_here() -> datetime | None:
+                [s] = await app.schedules()
+                return s.last_tick if s.last_tick and s.last_tick > restored_at else None
+
+            await eventually(lambda: _true(fired_here()), timeout=30)
+            tick = await fired_here()
+            assert tick is not None
+            cron_task = f"{queue}:cron-{ids['schedule']}-{int(tick.timestamp() * 1000)}"
+            assert await (await app.task_handle(cron_task)).result(timeout=30) == 21
+            assert await app.unschedule(ids["schedule"])
+
+            async def idle() -> bool:
+                counts = await app.queue_counts()
+                return all(counts[s] == 0 for s in ("queued", "running", "scheduled"))
+
+            await eventually(idle, timeout=30)
 
         # each run whose worker vanished ran once more, as a lost run does
         for role in ("running", "wf_middle"):
@@ -223,9 +265,14 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
         assert (await handles["retrying"].info()).tries == 2
         assert await app.dead_letters() == []
         counts = await app.queue_counts()
-        assert counts["succeeded"] == len(RESULTS) + 2  # and the parent's two sub-tasks
         assert all(counts[s] == 0 for s in ("queued", "running", "scheduled", "waiting", "paused"))
+        # every recorded task ended as it should, and nothing else ran but the cron's ticks
+        succeeded = {i.id for i in await app.tasks(TaskStatus.SUCCEEDED, limit=1000)}
+        expected = {ids[role] for role in [*RESULTS, "pause_asked"]}
+        expected |= {f"{ids['parent']}.1", f"{ids['parent']}.2"}  # its sub-tasks
+        expected |= {s.id for s in await held.steps()}
+        assert {i for i in succeeded if ":cron-" not in i} == expected
+        assert await app.schedules() == []
 
-    left = await keys_of(segue_engine, f"{prefix}:*")
-    kinds = {name.split(":", 3)[2] for name in left if name != f"{prefix}:queues"}
-    assert kinds <= LEFT_KINDS, sorted(left)
+    left = await keys_of(segue_engine, f"{prefix}:{{{queue}}}:*")
+    assert {name.split(":", 3)[2] for name in left} <= LEFT_KINDS, left

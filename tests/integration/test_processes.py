@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio
 
 from segue import App, TaskFailed, TaskStatus
+from tests._support import ledger
 from tests._workers import Fleet, Slot
 from tests.apps import procs
 from tests.integration.conftest import eventually
@@ -37,15 +37,6 @@ def client_app(segue_valkey: Any, queue_name: str) -> App:
         redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2
     )
     return procs.app
-
-
-async def ledger(admin_url: str, queue: str) -> list[list[str]]:
-    client = redis.asyncio.Redis.from_url(admin_url)
-    try:
-        rows = await client.lrange(f"segue:ledger:{queue}", 0, -1)
-    finally:
-        await client.aclose()
-    return [(r.decode() if isinstance(r, bytes) else r).split() for r in rows]
 
 
 async def test_sigkilled_worker_task_is_finished_by_another(

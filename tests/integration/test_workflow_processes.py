@@ -19,12 +19,18 @@ from typing import Any
 import pytest
 
 from segue import App, TaskCancelled, TaskFailed, TaskHandle, TaskStatus
-from tests._support import ACL_PASSWORD, ACL_USER, Engine, add_acl_user
+from tests._support import (
+    ACL_PASSWORD,
+    ACL_USER,
+    Engine,
+    Server,
+    add_acl_user,
+    admin_client,
+    keys_of,
+)
 from tests._workers import Fleet, Slot
 from tests.apps import workflows
 from tests.integration.conftest import eventually
-from tests.integration.test_core import admin_client, keys_of
-from tests.integration.test_restart import Server
 
 pytestmark = pytest.mark.slow
 

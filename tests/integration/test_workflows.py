@@ -20,8 +20,8 @@ from segue import (
     TaskFailed,
     TaskStatus,
 )
+from tests._support import keys_of
 from tests.integration.conftest import eventually, serving
-from tests.integration.test_core import keys_of
 
 
 async def test_a_chain_threads_each_result_into_the_next_step(

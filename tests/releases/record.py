@@ -1,12 +1,15 @@
 """Record what a release writes on the server, for tests/integration/test_previous_release.py.
 
-    .venv/bin/python -m tests.releases.record tests/releases/<commit>.json
+    git worktree add --detach /tmp/rel <commit>      # the release to record
+    mkdir -p /tmp/rel/tests/releases && cp tests/releases/*.py /tmp/rel/tests/releases/
+    cd /tmp/rel && PYTHONPATH=/tmp/rel/src:/tmp/rel python -m tests.releases.record out.json
 
-Run it on the release being recorded (a checkout whose src/ is that release): it starts a
+It runs on the release being recorded (a checkout whose src/ is that release): it starts a
 server of its own, drives one queue into every state a deploy can find (queued, scheduled,
 paused, suspended with its state, retrying, waiting for `after=`, waiting for sub-tasks,
-running under a lease, a workflow half done, a dead letter, an idempotency key, a unique
-lock), and writes every key of that queue, and the prefix's queue set, to a JSON file:
+running under a lease, a pause asked of a run whose worker then vanished, a workflow half
+done, a paused workflow, a dead letter, an idempotency key, a unique lock, a cron schedule),
+and writes every key of that queue, the cron schedules and the queue set to a JSON file:
 contents as read (HGETALL, LRANGE, ZRANGE, SMEMBERS, XRANGE, GET) and each key's
 remaining TTL, read in one MULTI so the picture is one instant of the server.
 
@@ -41,7 +44,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def build_app(url: str) -> App:
     app = App(
-        "legacy", redis_url=url, prefix=PREFIX, queue=QUEUE, poll_seconds=0.1, lease_seconds=2.0
+        "legacy",
+        redis_url=url,
+        prefix=PREFIX,
+        queue=QUEUE,
+        poll_seconds=0.1,
+        lease_seconds=2.0,
+        # a pause asked of a running `legacy.hold` waits for a grace it never reaches
+        pause_grace_seconds=600.0,
     )
 
     @app.task(name="legacy.add")
@@ -87,11 +97,11 @@ async def drive(app: App) -> dict[str, str]:
     """Bring the queue into every state; returns the ids, by role."""
     t = app.registry
     ids: dict[str, str] = {}
-    worker = app.worker(concurrency=3)
+    worker = app.worker(concurrency=4)
     running = asyncio.create_task(worker.run())
     try:
-        # three slots: each ends held by a `legacy.hold` run (the workflow's middle step, a
-        # sub-task, a lone task), so nothing enqueued after them is claimed
+        # four slots: each ends held by a `legacy.hold` run (the workflow's middle step, a
+        # sub-task, two lone tasks), so nothing enqueued after them is claimed
         wf = await (
             t["legacy.add"].call(1, 2) | t["legacy.hold"] | t["legacy.add"].call(y=100)
         ).enqueue()
@@ -120,6 +130,12 @@ async def drive(app: App) -> dict[str, str]:
         ids["running"] = lone.id
         await _until(lone, TaskStatus.RUNNING)
 
+        # a pause asked of a run whose worker then vanished: carried out at lease expiry
+        asked = await t["legacy.hold"].enqueue(5)
+        ids["pause_asked"] = asked.id
+        await _until(asked, TaskStatus.RUNNING)
+        assert await asked.pause("ops: hold it") is TaskStatus.RUNNING
+
         # the slots are full: what follows stays as enqueued
         queued = await t["legacy.add"].enqueue(2, 3)
         ids["queued"] = queued.id
@@ -136,6 +152,13 @@ async def drive(app: App) -> dict[str, str]:
         ids["paused"] = paused.id
         ids["waiting"] = (await t["legacy.add"].options(after=[queued]).enqueue(7, 7)).id
         ids["expiring"] = (await t["legacy.add"].options(expire=1).enqueue(8, 8)).id
+        held = await (t["legacy.add"].call(1, 1) | t["legacy.add"].call(y=1)).enqueue()
+        assert await held.pause(reason="ops: wait") is TaskStatus.PAUSED
+        ids["wf_paused"] = held.id
+        # a schedule that fires every second (its ticks so far queued behind the full slots)
+        ids["schedule"] = await app.schedule(
+            t["legacy.add"].call(20, 1), cron="* * * * * *", id="every-second"
+        )
         await asyncio.sleep(1.2)  # past the expiring task's deadline before the snapshot
     finally:
         # no graceful stop: the snapshot is taken while the held runs hold their leases
@@ -164,11 +187,13 @@ def _text(raw: bytes) -> str | dict[str, str]:
 
 
 async def snapshot(admin_url: str) -> list[dict[str, Any]]:
-    """Every key of the queue and the queue set, in one MULTI (one instant)."""
+    """Every key of the queue, the cron schedules and the queue set, in one MULTI (one
+    instant)."""
     client: Any = redis.asyncio.Redis.from_url(admin_url)
     try:
         names = sorted(
             [k async for k in client.scan_iter(match=f"{PREFIX}:{{{QUEUE}}}:*")]
+            + [k async for k in client.scan_iter(match=f"{PREFIX}:{{cron}}:*")]
             + [k async for k in client.scan_iter(match=f"{PREFIX}:queues")]
         )
         kinds = [(await client.type(k)).decode() for k in names]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import assert_type
 
-from segue import App, AsyncTask, Context, ScheduleInfo, SyncTask
+from segue import App, AsyncTask, Context, ScheduleHandle, ScheduleInfo, SyncTask
 
 app = App("typing-cron")
 
@@ -41,4 +41,9 @@ async def check() -> None:
     infos = await app.schedules()
     assert_type(infos, list[ScheduleInfo])
     assert_type(infos[0].next_run, datetime | None)
-    await app.schedule(double.call(2), crons="* * * * *")  # type: ignore[call-arg]
+    await app.schedule(double.call(2), crons="* * * * *")  # type: ignore[call-overload]
+    handle = app.schedule(sid)
+    assert_type(handle, ScheduleHandle)
+    await handle.pause()
+    await handle.resume()
+    assert_type((await handle.info()).paused, bool)

@@ -24,14 +24,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
         *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
+        *("_ops_reads", "_ops_actions"),
     ),
     "runtime": (
         *("_handle", "_events", "_queue", "_context", "_task", "_hooks", "_cron", "_registry"),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
-        *("_heartbeat", "_worker", "_control", "_waker", "_app"),
+        *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
     ),
     "surface": (
-        *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_demo", "_reload"),
+        *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
+        "_reload",
         *("dashboard", "metrics", "testing", "_display"),
     ),
 }

@@ -227,6 +227,7 @@ elseif not paused then
               redis.call('SADD', prefix .. 'running:' .. f[2], id)
               redis.call('HSET', tk, 'cn', 1)
             end
+            count_stat(prefix, 'started', now)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
               lost }
             if last then holds_last = true end

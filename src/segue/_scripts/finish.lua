@@ -41,6 +41,7 @@ local function schedule(tk, id, status, at, reason)
   transition(Q, tk, id, { to = status, at = now, why = reason, set = { 'due', at, 'd', 0 },
     score = at, event = EVENT[status] })
   redis.call('HDEL', tk, 'w')
+  if status == 'retrying' then count_stat(prefix, 'retried', now) end
   Q.woke = true
 end
 

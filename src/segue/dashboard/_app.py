@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from segue._errors import ConfigurationError, SegueError
 from segue._keys import dashboard_sessions_key
-from segue.dashboard import _views
+from segue.dashboard import _ops_lists, _ops_views, _views
 from segue.dashboard._security import LOOPBACK_HOSTS, Gate, Security
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ def create_app(
         number=_views.number,
         progress=_views.progress_of,
         q=lambda value: _quote(str(value)),
+        duration=_ops_lists.duration,
+        runtime=_ops_lists.runtime,
     )
     templates.globals["actions_for"] = _views.task_actions
     views = _views.Views(
@@ -92,12 +94,17 @@ def create_app(
         if close_app:
             await app.close()
 
+    ops = _ops_views.OpsViews(views)
     routes = [
         Route("/", views.overview),
         Route("/tasks", views.tasks),
         Route("/tasks/{task_id:path}", views.task),
+        Route("/workflows", ops.workflows),
         Route("/workflows/{workflow_id:path}", views.workflow),
+        Route("/schedules", ops.schedules),
         Route("/dead", views.dead),
+        Route("/actions/dead", ops.dead_action, methods=["POST"]),
+        Route("/actions/schedule", ops.schedule_action, methods=["POST"]),
         Route("/find", views.find),
         Route("/actions/task", views.task_action, methods=["POST"]),
         Route("/actions/queue", views.queue_action, methods=["POST"]),

@@ -1,19 +1,25 @@
-"""`/metrics`: queue gauges read from the server at each scrape, in Prometheus text format.
+"""`/metrics`: queue gauges and counters read from the server at each scrape, in Prometheus
+text format.
 
-The numbers are the server's, not this process's counters: any number of dashboards (or
-none) can run, and each scrape says what the queues hold right now.
+The numbers are the server's, not this process's: any number of dashboards (or none) can
+run, and each scrape says what the queues hold right now. The counters (runs started, tasks
+ended by status) are kept on the server by the scripts, so they survive task records
+expiring and any process restarting; one scrape target covers the deployment, even with no
+worker running. docs/dashboard.md has the table of every metric.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from segue import _ops_reads
 from segue._errors import SegueError
 from segue._heartbeat import list_workers
 from segue._queue import Queue
@@ -49,14 +55,30 @@ class _Snapshot(Collector):
         return self.families
 
 
-async def queue_snapshot(client: Client, name: str) -> tuple[dict[str, int], bool, int]:
-    """A queue's counts by status, whether it is paused, and its dead letters."""
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What one read of a queue says: counts by status, paused, dead letters, readiness
+    (ready tasks and the oldest one's age) and the counters the scripts keep."""
+
+    counts: dict[str, int]
+    paused: bool
+    dead: int
+    ready: _ops_reads.Readiness
+    stats: dict[str, int]
+
+
+async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
     queue = Queue(client, name)
     broker = await client.broker()
-    counts, paused, dead = await asyncio.gather(
-        queue.counts(), queue.is_paused(), broker.dead_count(broker.keyspace(name))
+    ks = broker.keyspace(name)
+    counts, paused, dead, ready, stats = await asyncio.gather(
+        queue.counts(),
+        queue.is_paused(),
+        broker.dead_count(ks),
+        _ops_reads.readiness(broker, ks),
+        _ops_reads.stats(broker, ks),
     )
-    return counts, paused, dead
+    return QueueSnapshot(counts, paused, dead, ready, stats)
 
 
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
@@ -89,13 +111,11 @@ class ScrapeCache:
             return self._body
 
 
-async def queue_snapshots(
-    client: Client, names: list[str]
-) -> list[tuple[dict[str, int], bool, int]]:
+async def queue_snapshots(client: Client, names: list[str]) -> list[QueueSnapshot]:
     """queue_snapshot of many queues, a bounded number at a time, in the order of `names`."""
     gate = asyncio.Semaphore(_READ_AT_ONCE)
 
-    async def one(name: str) -> tuple[dict[str, int], bool, int]:
+    async def one(name: str) -> QueueSnapshot:
         async with gate:
             return await queue_snapshot(client, name)
 
@@ -113,6 +133,25 @@ async def render(client: Client) -> bytes:
     dead = GaugeMetricFamily(
         "segue_queue_dead_letters", "Tasks of the queue that failed for good", labels=["queue"]
     )
+    ready = GaugeMetricFamily(
+        "segue_queue_ready",
+        "Tasks a worker could start now: queued or due, not held by a limit, queue not paused",
+        labels=["queue"],
+    )
+    oldest = GaugeMetricFamily(
+        "segue_queue_oldest_ready_seconds",
+        "How long the oldest ready task has waited since it became queued (0 when none)",
+        labels=["queue"],
+    )
+    started = CounterMetricFamily(
+        "segue_runs_started", "Runs started (claims) on the queue", labels=["queue"]
+    )
+    retried = CounterMetricFamily(
+        "segue_runs_retried", "Runs that ended in a retry of their task", labels=["queue"]
+    )
+    ended = CounterMetricFamily(
+        "segue_tasks_ended", "Tasks that reached a final status", labels=["queue", "status"]
+    )
     omitted = GaugeMetricFamily(
         "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
     )
@@ -127,12 +166,18 @@ async def render(client: Client) -> bytes:
         up.add_metric([], 0)
     else:
         up.add_metric([], 1)
-        for name, (counts, is_paused, dead_letters) in zip(names, snapshots, strict=True):
+        for name, snap in zip(names, snapshots, strict=True):
             for status in STATUSES:
-                tasks.add_metric([name, status], counts.get(status, 0))
-            paused.add_metric([name], 1 if is_paused else 0)
-            dead.add_metric([name], dead_letters)
-        families += [tasks, paused, dead, omitted]
+                tasks.add_metric([name, status], snap.counts.get(status, 0))
+            paused.add_metric([name], 1 if snap.paused else 0)
+            dead.add_metric([name], snap.dead)
+            ready.add_metric([name], snap.ready.ready)
+            oldest.add_metric([name], snap.ready.oldest_age)
+            started.add_metric([name], snap.stats["started"])
+            retried.add_metric([name], snap.stats["retried"])
+            for status in ("succeeded", "failed", "cancelled", "expired"):
+                ended.add_metric([name, status], snap.stats[status])
+        families += [tasks, paused, dead, ready, oldest, started, retried, ended, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)

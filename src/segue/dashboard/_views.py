@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote
 
@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from segue import _ops_reads
 from segue._errors import (
     BrokerError,
     ConfigurationError,
@@ -31,7 +32,7 @@ from segue._handle import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
 from segue._wire import TaskField as F
-from segue.dashboard import _metrics, _throughput
+from segue.dashboard import _metrics, _ops_lists, _ops_views, _throughput
 from segue.dashboard._security import SESSION_COOKIE, relative_path, root_of, safe_next
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIR
 def task_actions(status: TaskStatus) -> list[str]:
     """The buttons a task in this status gets (the others would only be refused)."""
     if status.is_final:
-        return ["retry"] if status in RETRYABLE else []
+        return ["retry", "delete"] if status in RETRYABLE else ["delete"]
     if status is TaskStatus.PAUSED:
         return ["resume", "cancel"]
     return ["pause", "cancel"]
@@ -116,7 +117,12 @@ def cell(value: Any) -> str:
 
 
 def when(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A time as every page shows it: UTC, 24-hour (a schedule's times come in its zone)."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def pretty(value: Any, limit: int = 20_000) -> str:
@@ -228,8 +234,15 @@ class Views:
     async def _queue_rows(self, names: list[str]) -> list[dict[str, Any]]:
         snapshots = await _metrics.queue_snapshots(self.client, names)
         return [
-            {"name": n, "counts": c, "paused": p, "dead": d}
-            for n, (c, p, d) in zip(names, snapshots, strict=True)
+            {
+                "name": n,
+                "counts": s.counts,
+                "paused": s.paused,
+                "dead": s.dead,
+                "ready": s.ready,
+                "stats": s.stats,
+            }
+            for n, s in zip(names, snapshots, strict=True)
         ]
 
     async def _workers(self) -> tuple[list[str], list[dict[str, Any]]] | None:
@@ -252,9 +265,12 @@ class Views:
                 check_queue_name(chart_queue)
             except ConfigurationError as exc:
                 raise HTTPException(400, str(exc)) from None
-        throughput = await _throughput.read(
-            self.client, [chart_queue] if chart_queue is not None else names
-        )
+        day = request.query_params.get("range") == "24h"
+        counted = [chart_queue] if chart_queue is not None else names
+        if day:
+            throughput = await _throughput.read_day(self.client, counted)
+        else:
+            throughput = await _throughput.read(self.client, counted)
         return self.page(
             request,
             "overview.html",
@@ -263,6 +279,7 @@ class Views:
             chart=Markup(_throughput.svg(throughput)),  # numbers and times only
             chart_queue=chart_queue,
             chart_minutes=_throughput.MINUTES,
+            day=day,
             queues=await self._queue_rows(shown),
             workers=await self._workers(),
             total=len(names),
@@ -284,8 +301,13 @@ class Views:
             root = root_of(request.scope)
             return RedirectResponse(f"{root}/tasks/{quote(search, safe=':')}", 303)
         scanned: int | None = None
+        matched: int | None = None
+        oldest_first = request.query_params.get("order") == "oldest"
         if search:
-            infos, scanned = await self._named(status, queue, search, offset, limit + 1)
+            infos, scanned, matched = await self._named(status, queue, search, offset, limit + 1)
+        elif status.is_final and not oldest_first:
+            # ended tasks newest first: what an operator looks for is what just happened
+            infos = await _ops_lists.ended_newest(self.client, status, queue, offset, limit + 1)
         else:
             # one more than shown tells whether a next page exists, without counting
             infos = await self.app.tasks(status, queue=queue, offset=offset, limit=limit + 1)
@@ -304,7 +326,10 @@ class Views:
             limit=limit,
             search=search,
             scanned=scanned,
+            matched=matched,
             bounded=scanned is not None and counts.get(status.value, 0) > scanned,
+            order="oldest" if oldest_first else "newest",
+            now=await _ops_reads.server_ms(await self.client.broker()),
         )
 
     async def _task_exists(self, task_id: str) -> bool:
@@ -316,10 +341,11 @@ class Views:
 
     async def _named(
         self, status: TaskStatus, queue: str, search: str, offset: int, limit: int
-    ) -> tuple[list[TaskInfo], int]:
+    ) -> tuple[list[TaskInfo], int, int]:
         """A page of the tasks of this status whose name contains `search` (any case),
-        among the first NAME_SCAN of the status; and how many ids were looked at. Only the
-        names (and statuses) of those are read, then the whole records of the page."""
+        among the first NAME_SCAN of the status; how many ids were looked at, and how many
+        matched. Only the names (and statuses) of those are read, then the whole records of
+        the page."""
         broker = await self.client.broker()
         ks = broker.keyspace(queue)
         ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
@@ -338,7 +364,7 @@ class Views:
             rec = await broker.task_record(ks, task_id)
             if rec:
                 infos.append(parse_info(task_id, rec, self.client.tasks))
-        return infos, len(ids)
+        return infos, len(ids), len(matches)
 
     async def task(self, request: Request) -> Response:
         task_id: str = request.path_params["task_id"]
@@ -352,7 +378,7 @@ class Views:
             task=info,
             state=state,
             state_cut=len(state) >= STATE_SHOWN,
-            events=await self._events_of(info),
+            events=_ops_lists.group_progress(await self._events_of(info)),
             workflow_id=workflow_id_of(info.id),
             parent_id=parent_id_of(info.id),
         )
@@ -385,6 +411,21 @@ class Views:
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         status = await handle.status()
         steps = await handle.steps(offset=offset, limit=self.page_size)
+        broker = await self.app.broker()
+        rec = await broker.workflow_record(broker.keyspace(handle.queue), wf_id)
+        shape = _ops_lists.shape_of(rec) if rec else None
+        # the drawing names each step by its number: their statuses, all in one read
+        by_number: dict[int, TaskInfo] = {}
+        if shape is not None:
+            everything = steps if len(steps) >= await handle.step_count() else None
+            for info in everything or await handle.steps():
+                by_number[int(info.id.rpartition(".")[2])] = info
+        result: Any = None
+        if status is TaskStatus.SUCCEEDED:
+            try:
+                result = {"value": await handle.result(timeout=1)}
+            except SegueError as exc:  # a result not kept (ttl=0), or expired meanwhile
+                result = {"missing": str(exc)}
         return self.page(
             request,
             "workflow.html",
@@ -395,6 +436,9 @@ class Views:
             total=await handle.step_count(),
             offset=offset,
             limit=self.page_size,
+            shape=shape,
+            by_number=by_number,
+            result=result,
         )
 
     async def dead(self, request: Request) -> Response:
@@ -430,9 +474,11 @@ class Views:
     async def task_action(self, request: Request) -> Response:
         form = _form(await request.body())
         action, task_id = form.get("action", ""), form.get("id", "")
-        if action not in ("pause", "resume", "cancel", "retry"):
+        if action not in ("pause", "resume", "cancel", "retry", "delete"):
             raise HTTPException(400, f"unknown task action {action!r}")
         handle = await self._task_handle(task_id)
+        if action == "delete":
+            return await _ops_views.delete(self, request, handle, form.get("next"))
         try:
             status = await getattr(handle, action)(f"{action} from the dashboard")
         except (InvalidTransition, TaskNotFound) as exc:
@@ -447,12 +493,15 @@ class Views:
     async def queue_action(self, request: Request) -> Response:
         form = _form(await request.body())
         action, name = form.get("action", ""), form.get("queue", "")
-        if action not in ("pause", "resume"):
+        if action not in ("pause", "resume", "purge"):
             raise HTTPException(400, f"unknown queue action {action!r}")
         try:
             queue = self.app.queue(name)
         except ConfigurationError as exc:
             raise HTTPException(400, str(exc)) from None
+        if action == "purge":
+            n = await queue.purge("purged from the dashboard")
+            return self.back(request, form.get("next"), "ok", f"queue {name}: {n} cancelled")
         await (queue.pause() if action == "pause" else queue.resume())
         done = "paused" if action == "pause" else "resumed"
         return self.back(request, form.get("next"), "ok", f"queue {name} {done}")

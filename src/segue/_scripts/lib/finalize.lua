@@ -1,4 +1,4 @@
---#include transition leases outbox
+--#include transition leases outbox stats
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -66,6 +66,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
   redis.call('SPUBLISH', Q.channel, id)
+  count_stat(Q.base, status, at)
   if f[4] then count_ended(Q, f[4], at) end
   local result = nil
   if status == 'succeeded' then result = value end

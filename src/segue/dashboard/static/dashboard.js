@@ -3,13 +3,20 @@
 //  - live updates: every few seconds it fetches the page again and swaps in each part
 //    marked data-live whose content changed (unchanged parts are left alone, so a
 //    traceback being selected or a button under the pointer stays put);
-//  - a confirmation before buttons that carry data-confirm (cancel).
+//  - a confirmation before buttons that carry data-confirm (cancel, delete, bulk actions);
+//    a button with data-confirm-selected asks with the number of boxes ticked in its form.
 (function () {
   "use strict";
 
   document.addEventListener("submit", function (event) {
     const button = event.submitter;
-    const question = button && button.dataset.confirm;
+    let question = button && button.dataset.confirm;
+    if (button && button.dataset.confirmSelected) {
+      // the boxes sit in the table's rows, tied to the form by their form= attribute
+      const ticked = Array.from(event.target.elements)
+        .filter(function (e) { return e.name === "ids" && e.checked; }).length;
+      question = button.dataset.confirmSelected.replace("{n}", String(ticked));
+    }
     if (question && !window.confirm(question)) {
       event.preventDefault();
     }
@@ -53,7 +60,8 @@
           old.replaceWith(next);
         }
       }
-      if (stamp) stamp.textContent = "live " + new Date().toLocaleTimeString();
+      // UTC and 24-hour, as every time the pages show
+      if (stamp) stamp.textContent = "live " + new Date().toISOString().slice(11, 19) + " UTC";
     } catch (error) {
       // the dashboard may be restarting: try again at the next tick
       if (stamp) stamp.textContent = "reconnecting…";

@@ -1,0 +1,201 @@
+"""Server reads for the operator's views (dashboard, metrics, CLI): readiness and latency of
+a queue, the counters and history the scripts keep, and the workflow index.
+
+Every read is bounded: a queue of a million tasks costs what a queue of a thousand does.
+All keys read here share the queue's hash tag, so each pipeline goes to one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segue._broker import Broker
+    from segue._keys import Keyspace
+
+# How many of the next tasks to run per priority (and due scheduled ones) are read to tell
+# ready from held: few when no task name of the queue has a limit (only the oldest-ready
+# age needs reading then), more when some may be held.
+SCAN_FREE = 20
+SCAN_LIMITED = 500
+# the ring the scripts keep (see _lib.lua count_stat)
+HIST_STEP_MS = 300_000
+HIST_SLOTS = 300
+STAT_FIELDS = ("started", "retried", "succeeded", "failed", "cancelled", "expired")
+_WAITING_TO_RUN = {b"queued", b"suspended"}
+_DUE_STATES = {b"scheduled", b"retrying", b"suspended"}
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """How many tasks of a queue a worker could start now, and how long the oldest of them
+    has waited since it became QUEUED (seconds; 0.0 when none is ready).
+
+    Ready: queued (or due to be: its delay or retry time passed), not held back by its
+    name's rate or concurrency limit, in a queue that is not paused. `exact` is False when
+    the queue holds more tasks than were read and some names are limited: the tasks not
+    read (those that run last) are then counted as ready."""
+
+    ready: int
+    oldest_age: float
+    exact: bool = True
+
+
+def _since(history: bytes | None) -> int | None:
+    """When a task entered its present status: the time of the last line of its history."""
+    if not history:
+        return None
+    last = history.rstrip(b"\n").rpartition(b"\n")[2]
+    parts = last.split(b"|", 2)
+    try:
+        return int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+async def server_ms(broker: Broker) -> int:
+    async with broker.errors():
+        secs, micros = await broker.client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
+async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
+    rate_key, conc_key = ks.limits
+    # TIME names no key: a cluster pipeline refuses it, so it goes first, on its own
+    now = await server_ms(broker)
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hget(ks.meta, "paused")
+        for key in ks.pending:
+            pipe.llen(key)
+        pipe.hgetall(rate_key)
+        pipe.hgetall(conc_key)
+        first = await pipe.execute()
+    if first[0] == b"1":
+        return Readiness(0, 0.0)
+    lengths: list[int] = first[1:4]
+    rates: dict[bytes, bytes] = first[4]
+    most: dict[bytes, bytes] = first[5]
+    scan = SCAN_LIMITED if rates or most else SCAN_FREE
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        for key in ks.pending:
+            pipe.lrange(key, -scan, -1)  # the next to run are at the tail
+        pipe.zrangebyscore(ks.scheduled, "-inf", now, start=0, num=scan, withscores=True)
+        pipe.zcount(ks.scheduled, "-inf", now)
+        names = list(rates.keys() | most.keys())
+        for name in names:
+            pipe.scard(ks.base + "running:" + name.decode())
+            pipe.hmget(ks.base + "bucket:" + name.decode(), "tk", "ts")
+        second = await pipe.execute()
+    tails: list[list[bytes]] = second[0:3]
+    due: list[tuple[bytes, float]] = second[3]
+    due_count: int = second[4]
+    held_names = set()
+    for i, name in enumerate(names):
+        running, (tokens, at) = second[5 + 2 * i], second[6 + 2 * i]
+        if name in most and running >= int(most[name]):
+            held_names.add(name)
+        elif name in rates:
+            per_ms, burst = (float(x) for x in rates[name].split())
+            have = float(tokens) if tokens is not None else burst
+            last = int(at) if at is not None else now
+            if min(burst + 0.5, have + (now - last) * per_ms) < 1:
+                held_names.add(name)
+    ids = [i for tail in tails for i in tail] + [i for i, _ in due]
+    if not ids:
+        return Readiness(0, 0.0)
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(ks.task(task_id.decode()), "n", "s", "h")
+        rows: list[list[bytes | None]] = await pipe.execute()
+    listed = sum(len(t) for t in tails)
+    due_at = {i: int(score) for i, score in due}
+    not_ready = 0
+    oldest = now
+    for n, (task_id, (task_name, status, history)) in enumerate(zip(ids, rows, strict=True)):
+        in_list = n < listed
+        waiting = status in (_WAITING_TO_RUN if in_list else _DUE_STATES)
+        if not waiting or task_name in held_names:
+            not_ready += 1
+            continue
+        queued_at = _since(history) if in_list else due_at[task_id]
+        if queued_at is not None:
+            oldest = min(oldest, queued_at)
+    total = sum(lengths) + due_count
+    read_all = listed == sum(lengths) and len(due) == due_count
+    return Readiness(
+        max(0, total - not_ready), max(0.0, (now - oldest) / 1000), read_all or not held_names
+    )
+
+
+async def stats(broker: Broker, ks: Keyspace) -> dict[str, int]:
+    """The queue's counters kept by the scripts: `started` (runs), `retried` (runs that
+    ended in a retry), and tasks ended `succeeded`, `failed`, `cancelled`, `expired`."""
+    async with broker.errors():
+        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.stats)
+    got = {k.decode(): int(v) for k, v in raw.items()}
+    return {f: got.get(f, 0) for f in STAT_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Tasks ended in one step of the history (start in server ms)."""
+
+    start_ms: int
+    succeeded: int
+    failed: int
+
+
+async def history(broker: Broker, ks: Keyspace, now_ms: int, steps: int) -> list[Step]:
+    """The last `steps` steps of HIST_STEP_MS (the last one is the current, partial step),
+    oldest first; steps nothing ended in count zero."""
+    async with broker.errors():
+        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.hist)
+    current = now_ms // HIST_STEP_MS
+    wanted = range(current - min(steps, HIST_SLOTS) + 1, current + 1)
+    out: list[Step] = []
+    for step in wanted:
+        slot = str(step % HIST_SLOTS).encode()
+        stored = raw.get(slot)
+        if stored is not None and int(stored) == step:
+            ok, bad = int(raw.get(slot + b":s", 0)), int(raw.get(slot + b":f", 0))
+        else:
+            ok = bad = 0
+        out.append(Step(step * HIST_STEP_MS, ok, bad))
+    return out
+
+
+async def workflow_ids(broker: Broker, ks: Keyspace, offset: int, limit: int) -> list[str]:
+    """Ids of the workflows whose record lives on this queue, newest first, paged."""
+    async with broker.errors():
+        ids: list[bytes] = await broker.client.zrevrange(ks.workflows, offset, offset + limit - 1)
+    return [i.decode() for i in ids]
+
+
+async def workflow_total(broker: Broker, ks: Keyspace) -> int:
+    async with broker.errors():
+        return int(await broker.client.zcard(ks.workflows))
+
+
+async def workflow_records(
+    broker: Broker, ks: Keyspace, ids: list[str]
+) -> list[dict[bytes, bytes]]:
+    """The records of these workflows ({} for one that expired), in one round trip."""
+    if not ids:
+        return []
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        for wf_id in ids:
+            pipe.hgetall(ks.workflow(wf_id))
+        rows: list[dict[bytes, bytes]] = await pipe.execute()
+    return rows
+
+
+def as_int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
