@@ -398,8 +398,15 @@ class App:
     ) -> None:
         """Run a worker in this process until SIGINT/SIGTERM (blocking)."""
         worker = self.worker(queues=queues, concurrency=concurrency, pid_file=pid_file)
+
+        async def serve() -> None:
+            try:
+                await worker.run(install_signal_handlers=True)
+            finally:  # the embedded server it started stops now, not after its idle timeout
+                await self.close()
+
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(worker.run(install_signal_handlers=True))
+            asyncio.run(serve())
 
     async def drain(
         self,
