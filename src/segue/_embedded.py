@@ -339,12 +339,26 @@ def _socket_dir(d: Path) -> Path | None:
     if len(str(d / "valkey.sock")) <= _MAX_SOCKET_PATH:
         return d
     for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
-        if base and len(os.path.join(base, "segue-xxxxxxxx", "valkey.sock")) <= _MAX_SOCKET_PATH:
-            try:
-                return Path(tempfile.mkdtemp(prefix="segue-", dir=base))  # mode 0700
-            except OSError:
-                continue
+        fits = len(os.path.join(base or "", "segue-xxxxxxxx", "valkey.sock")) <= _MAX_SOCKET_PATH
+        if not base or not fits or _others_can_swap(base):
+            continue
+        try:
+            return Path(tempfile.mkdtemp(prefix="segue-", dir=base))  # mode 0700
+        except OSError:
+            continue
     return None
+
+
+def _others_can_swap(base: str) -> bool:
+    """Whether another user could rename our directory in `base` away and put theirs in its
+    place (a base they own, or one they may write without the sticky bit)."""
+    try:
+        st = os.stat(base)
+    except OSError:
+        return True
+    if st.st_uid not in (os.getuid(), 0):
+        return True
+    return bool(st.st_mode & 0o022) and not st.st_mode & stat.S_ISVTX
 
 
 def _serve(home: Path, idle_timeout: float | None, announce: bool = False) -> int:
