@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from segue import App, Context, Pause, Retry, StepFailed, SyncContext, TaskStatus
-from tests._support import keys_of
+from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
 
@@ -256,3 +257,39 @@ async def test_purge_spares_sleeping_tasks_unless_asked_and_pause_resume_keeps_t
         assert abs((info.due_at - due).total_seconds()) < 1
         assert await app.queue(app.settings.queue).purge(include_sleeping=True) == 1
         assert await sleeper.status() is TaskStatus.CANCELLED
+
+
+async def test_a_replay_does_not_move_progress_back_and_old_readers_see_json(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    raw: dict[bytes, bytes] = {}
+
+    @app.task(name="steady")
+    async def steady(ctx: Context) -> None:
+        for i in range(3):
+            await ctx.step(f"part-{i}", lambda i=i: i)
+            await ctx.progress(i + 1, 3)
+        if await ctx.state.get("again") is None:
+            await ctx.state.set(again=True)
+            client = admin_client(segue_engine)
+            try:
+                raw.update(await client.hgetall(f"segue:{{{ctx.queue}}}:state:{ctx.task_id}"))
+            finally:
+                await client.aclose()
+            raise Pause()
+        # the replay passed parts 0-2 without reporting 1/3 and 2/3 again
+        await ctx.step("last", lambda: None)
+
+    async with app:
+        h = await steady.enqueue()
+        await app.drain()
+        await h.result()
+        progress = [e.data for e in await h.events() if e.kind == "task.progress"]
+    # 1/3 and 2/3 are not reported again by the replay (it was before its last journaled
+    # entry then); past it, 3/3 is the run's own again: progress never went back
+    assert [p["done"] for p in progress] == [1, 2, 3, 3]
+    # a worker of the release before the journal reads every state field as JSON
+    # (ctx.state.all()): the journal's entries are JSON objects it can read
+    assert {k.decode() for k in raw} == {"again", "~j:part-0", "~j:part-1", "~j:part-2"}
+    assert all(isinstance(json.loads(v), dict) for k, v in raw.items() if k != b"again")
