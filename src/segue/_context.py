@@ -80,7 +80,16 @@ class Call(Protocol[R]):
 class RunControl:
     """The worker's side of one run: the operator request the run should obey."""
 
-    __slots__ = ("broker", "enqueue_child", "gen", "ks", "lease_seconds", "request", "resources")
+    __slots__ = (
+        "broker",
+        "child_handle",
+        "enqueue_child",
+        "gen",
+        "ks",
+        "lease_seconds",
+        "request",
+        "resources",
+    )
 
     def __init__(
         self,
@@ -91,8 +100,10 @@ class RunControl:
         resources: dict[Resource[Any], Any] | None = None,
         *,
         lease_seconds: float,
+        child_handle: Callable[[Any, str], TaskHandle[Any]] | None = None,
     ) -> None:
         self.enqueue_child = enqueue_child
+        self.child_handle = child_handle
         self.lease_seconds = lease_seconds
         self.resources = resources or {}
         self.broker = broker
@@ -411,10 +422,22 @@ class Context:
             local = [await s.enqueue() for s in sigs]
             return local[0] if single else local
         handles: list[TaskHandle[Any]] = []
+        journal = self._journal
+        await journal.load()
         for sig in sigs:
             self._seq += 1
+            # each sub-task is a journal entry: a replay gets its handle without enqueueing
+            name = journal.auto_name("enqueue")
+            journal.claim_name(name, "ctx.enqueue")
+            entry = journal.lookup(name)
+            if entry is not None and run.child_handle is not None:
+                handles.append(run.child_handle(sig, journal.child_of(entry)))
+                continue
+            started = _clock.wall()
             send = functools.partial(run.enqueue_child, sig, f"{self.task_id}.{self._seq}")
-            handles.append(await run.call(f"task {self.task_id}: ctx.enqueue", send))
+            handle = await run.call(f"task {self.task_id}: ctx.enqueue", send)
+            await journal.record(name, journal.child_entry(handle.id), started, ok=True)
+            handles.append(handle)
         return handles[0] if single else handles
 
     async def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:

@@ -159,6 +159,11 @@ class Enqueuer:
             return f"{sig.task.name}:"
         return f"{sig.task.name}:{unique(*sig.args, **sig.kwargs)}"
 
+    def child_handle(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
+        """The handle of a sub-task enqueued by an earlier run (from the step journal):
+        nothing is sent, so a replay never enqueues it again, even after its record expired."""
+        return TaskHandle(self._client, task_id, sig.task.result_decoder, keeps_result=True)
+
     def _handle_for(
         self, sig: Signature[R], task_id: str, reply: Any, spec: EnqueueSpec
     ) -> TaskHandle[R]:

@@ -9,6 +9,7 @@ reads them as plain state values:
     {"o": <result>}                                  a step that returned
     {"e": {"type", "message", "traceback"}, "t": n}  a step that raised, on try n
     {"due": <ms since the epoch>}                    a durable sleep's due time
+    {"id": <task id>}                                a sub-task ctx.enqueue started
 
 A run that finds an entry for a name returns (or raises) what it holds instead of calling
 the step's function: that is a replay. A failed step's entry holds only for its own try:
@@ -245,6 +246,14 @@ class Journal:
 
     def sleep_entry(self, due: float) -> bytes:
         return encode({"due": round(due * 1000)}, what="a sleep", limit=1 << 10)
+
+    def child_entry(self, task_id: str) -> bytes:
+        return encode({"id": task_id}, what="a sub-task", limit=1 << 16)
+
+    @staticmethod
+    def child_of(entry: dict[str, msgspec.Raw]) -> str:
+        task_id: str = msgspec.json.decode(entry["id"], type=str)
+        return task_id
 
     @staticmethod
     def due_of(entry: dict[str, msgspec.Raw]) -> float:

@@ -478,6 +478,7 @@ class Worker:
                 job.gen,
                 self._resources,
                 lease_seconds=self._client.settings.lease_seconds,
+                child_handle=self._enqueuer.child_handle,
             )
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.task is not None:

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from segue import App, Context, Pause, Retry, StepFailed, SyncContext, TaskStatus
+from segue import (
+    App,
+    Context,
+    Pause,
+    Retry,
+    StepFailed,
+    SyncContext,
+    TaskNotFound,
+    TaskStatus,
+)
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
@@ -293,3 +302,38 @@ async def test_a_replay_does_not_move_progress_back_and_old_readers_see_json(
     # (ctx.state.all()): the journal's entries are JSON objects it can read
     assert {k.decode() for k in raw} == {"again", "~j:part-0", "~j:part-1", "~j:part-2"}
     assert all(isinstance(json.loads(v), dict) for k, v in raw.items() if k != b"again")
+
+
+async def test_a_replay_never_enqueues_a_sub_task_again_even_after_its_record_is_gone(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    runs: list[int] = []
+    children: list[str] = []
+
+    @app.task(name="child")
+    async def child(n: int) -> int:
+        runs.append(n)
+        return n
+
+    @app.task(name="parent")
+    async def parent(ctx: Context) -> str:
+        h = await ctx.enqueue(child.call(7))
+        children.append(h.id)
+        if await ctx.state.get("paused") is None:
+            await ctx.state.set(paused=True)
+            raise Pause(delay=3600)
+        return h.id
+
+    async with app:
+        p = await parent.enqueue()
+        await app.drain()
+        assert runs == [7]
+        assert await (await app.task_handle(children[0])).delete()  # its record is gone
+        await app.drain(advance=3601)
+        assert await p.result() == children[0]
+        assert runs == [7]  # the replay did not enqueue it again
+        assert children == [children[0]] * 2
+        with pytest.raises(TaskNotFound):
+            await (await app.task_handle(children[0])).status()
+        assert [s.name for s in (await p.info()).steps] == ["enqueue#1"]
