@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from segue import _demo_durable
 from segue._app import App
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
@@ -218,6 +219,7 @@ async def _demo(total: int) -> None:
         try:
             await _workflow(app)  # the same worker runs its steps
             await _time_and_limits(app)
+            await _demo_durable.show(console)
         finally:
             worker.stop()
             await worker_task
