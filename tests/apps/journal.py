@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from segue import App, Context
+from segue import App, Context, Pause, Retry, StepFailed
 
 app = App("journal")
 
@@ -43,3 +43,26 @@ async def sleeper(ctx: Context, directory: str, seconds: float) -> float:
 @app.task(name="journal.other")
 async def other() -> float:
     return time.time()
+
+
+def pay(directory: str) -> str:
+    """Fails on its first call (its effect, a line, is written either way)."""
+    f = Path(directory) / "step-0"
+    first = not f.exists()
+    effect(directory, 0)
+    if first:
+        raise ValueError("card declined")
+    return "paid"
+
+
+@app.task(name="journal.payer", max_tries=2, retry_backoff=0.1)
+async def payer(ctx: Context, directory: str) -> str:
+    try:
+        return str(await ctx.step("pay", pay, directory))
+    except StepFailed as exc:
+        with (Path(directory) / "caught").open("a") as f:
+            f.write(f"{ctx.tries} {exc.type} {exc.message}\n")
+        if await ctx.state.get("paused") is None:
+            await ctx.state.set(paused=True)
+            raise Pause() from None  # the same try: the failure is replayed, not re-run
+        raise Retry() from None

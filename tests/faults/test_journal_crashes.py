@@ -104,6 +104,23 @@ async def test_a_kill_between_a_steps_effect_and_its_journal_write_reruns_only_t
     assert info.tries == 2
 
 
+async def test_step_failed_is_replayed_then_the_step_runs_again_on_the_next_try(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path
+) -> None:
+    with fleet(engine, queue_name, tmp_path / "hits") as workers:
+        workers.start()
+        async with client_app:
+            h = await journal.payer.enqueue(str(tmp_path))
+            assert await h.result(timeout=30) == "paid"
+            info = await h.info()
+    caught = (tmp_path / "caught").read_text().splitlines()
+    # on the first run and on its replay after the Pause, without calling pay again
+    assert caught == ["1 ValueError card declined"] * 2
+    assert counts(tmp_path, 1) == [2]  # the failing call, then the call of the second try
+    assert info.tries == 2
+    assert [(s.name, s.ok) for s in info.steps] == [("pay", False), ("pay", True)]
+
+
 async def test_a_durable_sleep_survives_a_worker_kill_and_frees_its_slot(
     engine: Engine, client_app: App, queue_name: str, tmp_path: Path
 ) -> None:
