@@ -8,13 +8,14 @@ twice for the one step whose journal write a kill cut off.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from segue import App, TaskStatus
-from tests._support import Engine
+from tests._support import ACL_PASSWORD, ACL_USER, Engine, Server, add_acl_user
 from tests._workers import Fleet
 from tests.apps import journal
 from tests.faults.conftest import Scale
@@ -38,6 +39,16 @@ def client_app(engine: Engine, queue_name: str) -> Iterator[App]:
     app.settings = saved.replace(redis_url=engine.url, queue=queue_name, poll_seconds=0.1)
     yield app
     app.settings = saved
+
+
+@pytest.fixture
+def aof_server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path)
+    s.start()
+    add_acl_user(s.port)  # ACL users are not in the AOF: added again after each start
+    yield s
+    if s.proc is not None and s.proc.poll() is None:
+        s.kill()
 
 
 def counts(directory: Path, n: int) -> list[int]:
@@ -143,6 +154,44 @@ async def test_a_durable_sleep_survives_a_worker_kill_and_frees_its_slot(
             info = await h.info()
     assert ran_at < started + 2.0 < woke + 0.05
     assert woke <= started + 2.0 + 0.2  # resumed within 200 ms of due
+    assert counts(tmp_path, 2) == [1, 1]
+    assert info.tries == 1
+
+
+async def test_a_durable_sleep_resumes_after_a_server_restart_with_aof(
+    aof_server: Server, queue_name: str, tmp_path: Path
+) -> None:
+    assert aof_server.proc is not None
+    engine = Engine(
+        url=f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0",
+        kind="valkey",
+        admin_url=f"redis://127.0.0.1:{aof_server.port}/0",
+        pids=(aof_server.proc.pid,),
+    )
+    app = journal.app
+    saved = app.settings
+    app.settings = saved.replace(redis_url=engine.url, queue=queue_name, poll_seconds=0.1)
+    env = {"SEGUE_SLEEP_INLINE_SECONDS": "0.5"}
+    try:
+        with fleet(engine, queue_name, tmp_path / "hits") as workers:
+            slot = workers.start(env=env)
+            await workers.ready(slot)
+            async with app:
+                h = await journal.sleeper.enqueue(str(tmp_path), 2.0)
+                await eventually(lambda: _status(h, TaskStatus.SUSPENDED), timeout=15)
+                due = (await h.info()).history[-1].at.timestamp() + 2.0
+            aof_server.kill()
+            aof_server.start()
+            add_acl_user(aof_server.port)
+            back = time.time()
+            async with app:
+                woke = await h.result(timeout=30)
+                info = await h.info()
+    finally:
+        app.settings = saved
+    # due, or (if the restart took longer) within 2 s of the server being back, the
+    # bound in which the fault suite's workers claim again after a restart
+    assert woke <= max(due + 0.2, back + 2.0)
     assert counts(tmp_path, 2) == [1, 1]
     assert info.tries == 1
 
