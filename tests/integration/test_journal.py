@@ -337,3 +337,28 @@ async def test_a_replay_never_enqueues_a_sub_task_again_even_after_its_record_is
         with pytest.raises(TaskNotFound):
             await (await app.task_handle(children[0])).status()
         assert [s.name for s in (await p.info()).steps] == ["enqueue#1"]
+
+
+async def test_steps_and_sleeps_work_inside_a_workflow_step(make_app: Callable[..., App]) -> None:
+    app = make_app(sleep_inline_seconds=0.1)
+    calls: list[int] = []
+
+    def triple(n: int) -> int:
+        calls.append(n)
+        return 3 * n
+
+    @app.task(name="wf.first")
+    async def first(ctx: Context, n: int) -> int:
+        value = int(await ctx.step("triple", triple, n))
+        await ctx.sleep(0.3)  # ends the run: the step is replayed on the next one
+        return value
+
+    @app.task(name="wf.second")
+    def second(ctx: SyncContext, n: int) -> int:
+        return int(ctx.step("add", lambda: n + 1))
+
+    async with app:
+        wf = await (first.call(2) | second).enqueue()
+        await app.drain(horizon=2)
+        assert await wf.result(timeout=5) == 7
+    assert calls == [2]
