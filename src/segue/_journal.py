@@ -10,6 +10,7 @@ reads them as plain state values:
     {"e": {"type", "message", "traceback"}, "t": n}  a step that raised, on try n
     {"due": <ms since the epoch>}                    a durable sleep's due time
     {"id": <task id>}                                a sub-task ctx.enqueue started
+    {"r": [<result>, ...]}                           the results a ctx.wait_for returned
 
 A run that finds an entry for a name returns (or raises) what it holds instead of calling
 the step's function: that is a replay. A failed step's entry holds only for its own try:
@@ -33,7 +34,7 @@ from segue._errors import LeaseLost, StepFailed
 from segue._faults import faultpoint
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from segue._broker import Broker
     from segue._keys import Keyspace
@@ -246,6 +247,15 @@ class Journal:
 
     def sleep_entry(self, due: float) -> bytes:
         return encode({"due": round(due * 1000)}, what="a sleep", limit=1 << 10)
+
+    def results_entry(self, results: list[Any]) -> bytes:
+        return encode({"r": results}, what="the results of a wait", limit=self._limit)
+
+    @staticmethod
+    def results_of(entry: dict[str, msgspec.Raw], handles: Sequence[Any]) -> list[Any]:
+        """A journaled wait's results, each decoded as its handle's result() would."""
+        raw = msgspec.json.decode(entry["r"], type=list[msgspec.Raw])
+        return [h._decoder.decode(r) for h, r in zip(handles, raw, strict=False)]
 
     def child_entry(self, task_id: str) -> bytes:
         return encode({"id": task_id}, what="a sub-task", limit=1 << 16)
