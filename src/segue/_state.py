@@ -43,11 +43,14 @@ def at_ms(ms: int) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One step of a task's history."""
+    """One step of a task's history; `number` counts from the task's first (1), so a
+    follower knows what it has seen even after the oldest steps were dropped (a record
+    keeps the last 200)."""
 
     status: TaskStatus
     at: datetime
     reason: str
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +88,5 @@ class TaskInfo:
     progress_message: str | None = None
     # what segue could not read of a record someone else wrote (those fields are left empty)
     problem: str | None = None
+    # transitions ever recorded: `history` keeps the last 200 of them
+    history_total: int = 0
