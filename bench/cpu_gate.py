@@ -17,6 +17,8 @@ source tree interleaved (A B A B ...) and the median of each reported:
   drain_calls     commands the server ran per task drained, over the whole drain;
                   commandstats counts the commands a script runs too, so this is the
                   server's work per task, not round trips
+  --detail        also prints each command's calls per drained task, to find which
+                  command a change added
   drain_scripts   script calls (EVALSHA/EVAL) per task drained: the round trips that
                   carry a claim or a finish (a call claims or finishes a batch)
 
@@ -65,6 +67,12 @@ def command_calls(client: Any) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
 
+def per_command(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    """Each command's calls per task between two commandstats snapshots, most first."""
+    deltas = {k: (v - before.get(k, 0)) / n for k, v in after.items() if k != "info"}
+    return dict(sorted(((k, v) for k, v in deltas.items() if v), key=lambda kv: -kv[1]))
+
+
 def calls_between(before: dict[str, int], after: dict[str, int]) -> tuple[int, int]:
     """(all commands, script calls) run between two commandstats snapshots, leaving out the
     INFO calls this harness makes itself."""
@@ -85,7 +93,7 @@ def env_for(src: Path, url: str) -> dict[str, str]:
     return env
 
 
-def one_run(src: Path, n: int, log_to_file: bool) -> dict[str, float]:
+def one_run(src: Path, n: int, log_to_file: bool, detail: bool = False) -> dict[str, float]:
     with server() as url:
         client = redis.Redis.from_url(url)
         spid = server_pid(client)
@@ -132,6 +140,9 @@ def one_run(src: Path, n: int, log_to_file: bool) -> dict[str, float]:
                 proc.wait(timeout=30)
         window = max(1, hi_done - lo_done)
         drain_total, drain_scripts = calls_between(c1, c2)
+        if detail:
+            rows = per_command(c1, c2, n).items()
+            print(f"  {src} drain, calls per task: " + ", ".join(f"{k} {v:.2f}" for k, v in rows))
         client.close()
         return {
             "enq_server_ms": 1e6 * (s1 - s0) / n,
@@ -150,12 +161,15 @@ def main() -> None:
     parser.add_argument("--src", type=Path, action="append")
     parser.add_argument("--log-to-file", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--detail", action="store_true", help="print each command's calls per drained task"
+    )
     ns = parser.parse_args()
     srcs = [p.resolve() for p in (ns.src or [HERE.parent / "src"])]
     runs: dict[str, list[dict[str, float]]] = {str(s): [] for s in srcs}
     for i in range(ns.runs):
         for src in srcs:
-            r = one_run(src, ns.n, ns.log_to_file)
+            r = one_run(src, ns.n, ns.log_to_file, ns.detail)
             runs[str(src)].append(r)
             print(f"run {i + 1} {src}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     keys = list(next(iter(runs.values()))[0])

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from segue._broker import Broker
-    from segue._keys import Keyspace
+    from segue._keys import CronKeys, Keyspace
 
 # How many of the next tasks to run per priority (and due scheduled ones) are read to tell
 # ready from held: few when no task name of the queue has a limit (only the oldest-ready
@@ -192,6 +194,39 @@ async def workflow_records(
             pipe.hgetall(ks.workflow(wf_id))
         rows: list[dict[bytes, bytes]] = await pipe.execute()
     return rows
+
+
+async def ended_ids_newest(
+    broker: Broker, ks: Keyspace, status: str, offset: int, limit: int
+) -> list[str]:
+    """A page of the ids of tasks that ended in `status`, newest first: the index of ended
+    tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
+    async with broker.errors():
+        raw: list[bytes] = await broker.client.zrevrange(
+            ks.key("done", status), offset, offset + limit - 1
+        )
+    return [i.decode() for i in raw]
+
+
+async def paused_schedules(
+    broker: Broker, ck: CronKeys
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The paused schedules (id -> since, ms) and the last tick each one skipped."""
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hgetall(ck.paused)
+        pipe.hgetall(ck.skipped)
+        paused, skipped = await pipe.execute()
+    return paused, skipped
+
+
+async def schedules_paused(
+    broker: Broker, ck: CronKeys, ids: Sequence[bytes | str]
+) -> list[bytes | None]:
+    """For each schedule id, when it was paused (ms), or None when it is not."""
+    async with broker.errors():
+        held: list[bytes | None] = await broker.client.hmget(ck.paused, list(ids))
+    return held
 
 
 def as_int(value: Any, default: int = 0) -> int:

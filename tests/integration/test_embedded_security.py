@@ -231,3 +231,22 @@ def test_the_helper_ignores_a_segue_package_planted_in_the_working_directory(
         _stop(home)
     assert not marker.exists()
     assert sys.modules["segue"].__file__ != str(planted / "__init__.py")
+
+
+def test_a_temp_dir_where_others_could_swap_directories_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_dir = tmp_path / "o"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # writable by all, no sticky bit
+    monkeypatch.setenv("TMPDIR", str(open_dir))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    home = tmp_path / ("d" * 60) / ("e" * 60)
+    home.mkdir(parents=True)
+    server = emb.acquire(home)
+    try:
+        assert server.url.startswith("redis://:")  # loopback TCP with a password instead
+        assert list(open_dir.iterdir()) == []
+    finally:
+        emb.release(server)
+        _stop(home)

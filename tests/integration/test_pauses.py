@@ -159,8 +159,7 @@ async def test_a_long_history_written_without_a_count_is_bounded_and_numbered(
 
     async with app:
         h = await old_one.options(delay=3600).enqueue()
-        broker = await app.broker()
-        key = broker.keyspace(h.queue).task(h.id)
+        key = f"{app.settings.prefix}:{{{h.queue}}}:task:{h.id}"
         lines = "".join(f"suspended|{1_700_000_000_000 + i}|paused itself\n" for i in range(299))
         client = admin_client(segue_engine)
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from segue import _calls
+from segue import _calls, _scripts
 from segue._keys import Keyspace
 from segue._settings import Settings
 from segue._wire import (
@@ -60,6 +62,7 @@ TASK_CODES = {
     "ERROR": "e",
     "CONTROL": "ctl",
     "CONTROL_REASON": "ctlr",
+    "CONTROL_AT": "ctlt",
     "WAITING_FOR": "wait",
     "HOLD": "hold",
     "INPUT": "in",
@@ -292,3 +295,15 @@ def test_finish_call_and_reply() -> None:
         FinishResult.FORWARD,
         FinishResult.ALREADY,
     ]
+
+
+def test_the_scripts_read_the_enqueue_fields_at_the_specs_offsets() -> None:
+    # lib/create.lua names each field's offset; enqueue.lua and graph.lua read them by name
+    source = (Path(_scripts.__file__).parent / "lib" / "create.lua").read_text()
+    table = re.search(r"local SPEC = \{(.*?)\}", source, re.DOTALL)
+    assert table is not None
+    offsets = {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", table.group(1))}
+    assert sorted(offsets, key=offsets.__getitem__) == list(EnqueueSpec.__struct_fields__)
+    assert sorted(offsets.values()) == list(range(ENQUEUE_WIDTH))
+    width = re.search(r"local SPEC_WIDTH = (\d+)", source)
+    assert width is not None and int(width.group(1)) == ENQUEUE_WIDTH

@@ -6,6 +6,12 @@ include others the same way: at load, each part it needs comes once, before what
 then the script's own text; the SHA is of that text. A NOSCRIPT reply (after a server
 restart or failover) reloads the script and resends only that command, also for commands
 queued in a pipeline.
+
+A new script: `<name>.lua` here, its header documenting KEYS, ARGV and the reply, its
+`--#include` line; its wrapper in _calls.py (keys, ARGV from typed values, the reply's
+parsing); its name in ALLOW_OOM if it must run on a full server. tests/unit/test_scripts.py
+checks every script of this directory against its wrapper, so it fails until both exist.
+Any status it writes goes through transition() (lib/transition.lua), naming its event.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
   ARGV[2] count of tasks
   ARGV[3] most tasks waiting to run in the queue (0 = no limit): a call that would go over
     it writes nothing and fails with SEGUE_QUEUE_FULL <prefix> <length> <limit> <adding>
-  then 12 fields per task:
+  then the 12 enqueue fields per task (SPEC in lib/create.lua, EnqueueSpec in _wire.py):
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
     max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever),
     unique key ('' = none; "<name>:<key>": at most one live task holds it),
@@ -20,13 +20,14 @@
 local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
 local full = queue_full(prefix, tonumber(ARGV[3]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[7], KEYS[8] }, ARGV, 4, n, 12)
+  { KEYS[4], KEYS[7], KEYS[8] }, ARGV, 4, n, SPEC_WIDTH)
 if full then return redis.error_reply(full) end
 local now = now_ms()
 local out = {}
 local pushed = false
 for i = 0, n - 1 do
-  local b = 4 + i * 12
+  local b = 4 + i * SPEC_WIDTH
+  local id = ARGV[b + SPEC.id]
   local tk, status, due, holder = new_task(prefix, ARGV, b, now, false)
   if holder then
     out[i + 1] = holder
@@ -34,14 +35,14 @@ for i = 0, n - 1 do
     out[i + 1] = 0
   else
     if status == 'scheduled' then
-      redis.call('ZADD', KEYS[4], due, ARGV[b])
+      redis.call('ZADD', KEYS[4], due, id)
     else
-      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + 3]]], ARGV[b])
+      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], id)
     end
     pushed = true
     out[i + 1] = 1
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.enqueued',
-      'id', ARGV[b], 'n', ARGV[b + 1])
+      'id', id, 'n', ARGV[b + SPEC.name])
   end
 end
 if pushed and redis.call('LLEN', KEYS[5]) == 0 then

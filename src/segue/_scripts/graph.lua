@@ -15,7 +15,7 @@
     on the queue of the workflow id)
   ARGV[10] count of tasks   ARGV[11] most tasks waiting to run in the queue (0 = no limit;
     see enqueue.lua: the whole call, workflow record included, is refused or written)
-  then 18 fields per task: the 12 of enqueue.lua, then
+  then 18 fields per task: the 12 of enqueue.lua (SPEC in lib/create.lua), then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
@@ -37,7 +37,7 @@ Q.waiting = KEYS[11]
 Q.events = KEYS[12]
 local n = tonumber(ARGV[10])
 local full = queue_full(prefix, tonumber(ARGV[11]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[10], KEYS[11] }, ARGV, 12, n, 18)
+  { KEYS[4], KEYS[10], KEYS[11] }, ARGV, 12, n, SPEC_WIDTH + 6)
 if full then return redis.error_reply(full) end
 local wf = ARGV[3]
 if wf ~= '' then
@@ -51,8 +51,9 @@ if wf ~= '' then
 end
 local out = {}
 for i = 0, n - 1 do
-  local b = 12 + i * 18
-  local id, deps, mode, xdeps = ARGV[b], ARGV[b + 12], ARGV[b + 13], ARGV[b + 16]
+  local b = 12 + i * (SPEC_WIDTH + 6)
+  local g = b + SPEC_WIDTH -- this task's own graph fields (GraphStep in _wire.py)
+  local id, deps, mode, xdeps = ARGV[b + SPEC.id], ARGV[g], ARGV[g + 1], ARGV[g + 4]
   local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '')
   if holder then
     out[i + 1] = holder
@@ -60,14 +61,14 @@ for i = 0, n - 1 do
     out[i + 1] = 0
   else
     out[i + 1] = 1
-    emit(Q, 'task.enqueued', id, ARGV[b + 1])
-    redis.call('HSET', tk, 'of', ARGV[b + 14], 'opt', ARGV[b + 15])
+    emit(Q, 'task.enqueued', id, ARGV[b + SPEC.name])
+    redis.call('HSET', tk, 'of', ARGV[g + 2], 'opt', ARGV[g + 3])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
-    if ARGV[b + 17] ~= '' then redis.call('HSET', tk, 'xd', ARGV[b + 17]) end
+    if ARGV[g + 5] ~= '' then redis.call('HSET', tk, 'xd', ARGV[g + 5]) end
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then
-      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + 3]]], id)
+      redis.call('LPUSH', KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], id)
       Q.woke = true
     else
       local pending, inputs, bad = 0, 0, nil
@@ -102,7 +103,7 @@ for i = 0, n - 1 do
       end
       if mode ~= '' then redis.call('HSET', tk, 'im', mode, 'nd', inputs) end
       if bad then
-        local cancel = ARGV[b + 14] == 'cancel'
+        local cancel = ARGV[g + 2] == 'cancel'
         local err = cjson.encode({ type = cancel and 'Cancelled' or 'DependencyFailed',
           message = bad[3], reason = bad[2] })
         finalize(Q, tk, id, cancel and 'cancelled' or 'failed', now, 'e', err, bad[3])

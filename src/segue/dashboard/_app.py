@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection
 
     from segue._app import App
+    from segue._client import Client
 
 
 def create_app(
@@ -64,7 +65,7 @@ def create_app(
         secure_cookies=secure_cookies,
         allowed_hosts=allowed_hosts,
         trusted_proxies=trusted_proxies,
-        generations=_ServerGenerations(app),
+        generations=_ServerGenerations(app._client),
     )
     templates = Environment(
         loader=PackageLoader("segue.dashboard", "templates"),
@@ -128,16 +129,16 @@ def create_app(
 class _ServerGenerations:
     """The session generation on the App's server, shared by every dashboard process."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, client: Client) -> None:
+        self._client = client
 
     async def current(self) -> int:
-        broker = await self.app.broker()
+        broker = await self._client.broker()
         value = await broker.client.get(dashboard_sessions_key(broker.settings.prefix))
         return int(value or 0)
 
     async def advance(self) -> int:
-        broker = await self.app.broker()
+        broker = await self._client.broker()
         return int(await broker.client.incr(dashboard_sessions_key(broker.settings.prefix)))
 
 

@@ -26,16 +26,11 @@ if TYPE_CHECKING:
 async def ended_newest(
     client: Client, status: TaskStatus, queue: str, offset: int, limit: int
 ) -> list[TaskInfo]:
-    """A page of the tasks that ended in this status, newest first: the index of ended
-    tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
+    """A page of the tasks that ended in this status, newest first."""
     broker = await client.broker()
     ks = broker.keyspace(queue)
-    async with broker.errors():
-        raw: list[bytes] = await broker.client.zrevrange(
-            ks.key("done", status.value), offset, offset + limit - 1
-        )
     infos: list[TaskInfo] = []
-    for task_id in (i.decode() for i in raw):
+    for task_id in await _ops_reads.ended_ids_newest(broker, ks, status.value, offset, limit):
         rec = await broker.task_record(ks, task_id)
         if rec:
             infos.append(parse_info(task_id, rec, client.tasks))
@@ -87,7 +82,7 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     expired are left out."""
     from segue._state import from_ms
 
-    broker = await app.broker()
+    broker = await app._client.broker()
     records = await _ops_reads.workflow_records(broker, broker.keyspace(queue), ids)
     rows: list[WorkflowRow] = []
     for wf_id, rec in zip(ids, records, strict=True):
@@ -132,7 +127,7 @@ class ScheduleRow:
 
 async def schedule_rows(app: App) -> list[ScheduleRow]:
     rows: list[ScheduleRow] = []
-    broker = await app.broker()
+    broker = await app._client.broker()
     for info in await app.schedules():
         status = None
         if info.last_task_id is not None:

@@ -411,7 +411,7 @@ class Views:
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         status = await handle.status()
         steps = await handle.steps(offset=offset, limit=self.page_size)
-        broker = await self.app.broker()
+        broker = await self.client.broker()
         rec = await broker.workflow_record(broker.keyspace(handle.queue), wf_id)
         shape = _ops_lists.shape_of(rec) if rec else None
         # the drawing names each step by its number: their statuses, all in one read

@@ -1,14 +1,19 @@
 --#include states
--- Creating tasks from the 12 enqueue fields (EnqueueSpec in _wire.py), read from `argv`
--- at index b: id, name, payload, priority, delay_ms, at_ms, max_tries, timeout_ms, ttl_ms,
--- unique key ('' none: else a lock uniq:<key> names the one live task), expire_in_ms
--- (0 none), headers (JSON, '' none: carried to the run, e.g. a trace context).
+-- Creating tasks from the enqueue fields (EnqueueSpec in _wire.py, in the same order), read
+-- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
+-- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
+-- live task), expire_in_ms (0 none), headers (JSON, '' none: carried to the run, e.g. a
+-- trace context). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the
+-- spec is added here (and to new_task), and nowhere else.
+local SPEC = { id = 0, name = 1, payload = 2, priority = 3, delay_ms = 4, at_ms = 5,
+  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11 }
+local SPEC_WIDTH = 12
 
 -- Whether the task whose fields start at argv[b] would be created: false when its id has a
 -- record already; false and the holder's id when a live task holds its unique key.
 local function creatable(base, argv, b)
-  if redis.call('EXISTS', base .. 'task:' .. argv[b]) == 1 then return false end
-  local unique = argv[b + 9]
+  if redis.call('EXISTS', base .. 'task:' .. argv[b + SPEC.id]) == 1 then return false end
+  local unique = argv[b + SPEC.unique]
   if unique ~= '' then
     local holder = redis.call('GET', base .. 'uniq:' .. unique)
     if holder then
@@ -45,15 +50,15 @@ end
 -- nil, nil, <id> when a live task holds the unique key. Its creation is not a transition:
 -- the record starts with its status and first history line, and the caller indexes it.
 local function new_task(base, argv, b, now, waiting)
-  local id = argv[b]
+  local id = argv[b + SPEC.id]
   local tk = base .. 'task:' .. id
   local create, holder = creatable(base, argv, b)
   if holder then return nil, nil, nil, holder end
   if not create then return nil end
-  local unique = argv[b + 9]
+  local unique = argv[b + SPEC.unique]
   if unique ~= '' then redis.call('SET', base .. 'uniq:' .. unique, id) end
-  local due = now + tonumber(argv[b + 4])
-  local at = tonumber(argv[b + 5])
+  local due = now + tonumber(argv[b + SPEC.delay_ms])
+  local at = tonumber(argv[b + SPEC.at_ms])
   if at > 0 then due = at end
   local status = 'queued'
   if waiting then
@@ -61,14 +66,16 @@ local function new_task(base, argv, b, now, waiting)
   elseif due > now then
     status = 'scheduled'
   end
-  redis.call('HSET', tk, 'n', argv[b + 1], 'p', argv[b + 2], 's', status, 'q', argv[b + 3],
-    't', 0, 'd', 0, 'g', 0, 'mt', argv[b + 6], 'to', argv[b + 7], 'ttl', argv[b + 8],
-    'ce', now, 'h', status .. '|' .. now .. '|\n')
+  redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
+    'q', argv[b + SPEC.priority], 't', 0, 'd', 0, 'g', 0, 'mt', argv[b + SPEC.max_tries],
+    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now,
+    'h', status .. '|' .. now .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it
-  local expire = tonumber(argv[b + 10])
+  local expire = tonumber(argv[b + SPEC.expire_ms])
   if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
-  if argv[b + 11] ~= '' then redis.call('HSET', tk, 'hd', argv[b + 11]) end
+  local headers = argv[b + SPEC.headers]
+  if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
   return tk, status, due
 end
