@@ -19,6 +19,7 @@ from segue import App, Context, Pause, TaskFailed, TaskStatus
 from segue.testing import assert_history
 from tests._support import Engine, admin_client
 from tests.integration.conftest import eventually, serving
+from tests.integration.test_cli_workflow import _segue
 
 
 async def test_pause_state_is_merged_into_ctx_state_as_the_task_suspends(
@@ -112,7 +113,7 @@ async def test_a_retry_of_a_task_that_hit_the_pause_limit_counts_from_zero(
 
 
 async def test_a_1000_step_job_pausing_every_5_steps_after_a_checkpoint_finishes(
-    make_app: Callable[..., App],
+    make_app: Callable[..., App], segue_engine: Engine
 ) -> None:
     app = make_app()
 
@@ -143,6 +144,9 @@ async def test_a_1000_step_job_pausing_every_5_steps_after_a_checkpoint_finishes
     ]
     assert_history(info, ["suspended", "running", "succeeded"], exact=False)
     assert info.tries == 1
+    shown = _segue("info", h.id, "--url", segue_engine.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "(201 earlier transitions not kept: a record keeps the last 200)" in shown.stdout
 
 
 async def test_a_long_history_written_without_a_count_is_bounded_and_numbered(
