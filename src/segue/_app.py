@@ -132,6 +132,7 @@ class App:
         rate_limit: str | None = None,
         rate_burst: int = 1,
         concurrency: int | None = None,
+        max_pauses: int | None = 100,
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""

@@ -292,16 +292,22 @@ class _Reader:
             self.bad(F.STATUS.b, "is not a status")
             return TaskStatus.FAILED
 
-    def history(self) -> list[Transition]:
+    def history(self) -> tuple[list[Transition], int]:
+        """The kept transitions, numbered, and how many there were in all: the count the
+        scripts keep, or the lines (a record from before it was kept, or one a worker of
+        the previous release appended to without counting)."""
+        lines = self.text(F.HISTORY.b).splitlines()
+        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines))
+        first = total - len(lines) + 1
         out = []
-        for line in self.text(F.HISTORY.b).splitlines():
+        for n, line in enumerate(lines, first):
             st, _, rest = line.partition("|")
             at, _, reason = rest.partition("|")
             try:
-                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason, n))
             except (ValueError, OverflowError, OSError):
                 self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
-        return out
+        return out, total
 
     def progress(self) -> tuple[float, float | None] | None:
         if F.PROGRESS.b not in self.rec:
@@ -345,7 +351,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
-    history = r.history()
+    history, history_total = r.history()
     result: Any = None
     if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
@@ -374,6 +380,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         problem="; ".join(r.problems) or None,
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
+        history_total=history_total,
     )
 
 
