@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segue._broker import Broker
     from segue._keys import Keyspace
+    from segue._queries import Queries
 
 # How many of the next tasks to run per priority (and due scheduled ones) are read to tell
 # ready from held: few when no task name of the queue has a limit (only the oldest-ready
@@ -54,18 +54,18 @@ def _since(history: bytes | None) -> int | None:
         return None
 
 
-async def server_ms(broker: Broker) -> int:
-    async with broker.errors():
-        secs, micros = await broker.client.time()
+async def server_ms(reads: Queries) -> int:
+    async with reads.errors():
+        secs, micros = await reads.client.time()
     return int(secs) * 1000 + int(micros) // 1000
 
 
-async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
+async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     rate_key, conc_key = ks.limits
     # TIME names no key: a cluster pipeline refuses it, so it goes first, on its own
-    now = await server_ms(broker)
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    now = await server_ms(reads)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         pipe.hget(ks.meta, "paused")
         for key in ks.pending:
             pipe.llen(key)
@@ -78,8 +78,8 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     rates: dict[bytes, bytes] = first[4]
     most: dict[bytes, bytes] = first[5]
     scan = SCAN_LIMITED if rates or most else SCAN_FREE
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for key in ks.pending:
             pipe.lrange(key, -scan, -1)  # the next to run are at the tail
         pipe.zrangebyscore(ks.scheduled, "-inf", now, start=0, num=scan, withscores=True)
@@ -106,8 +106,8 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     ids = [i for tail in tails for i in tail] + [i for i, _ in due]
     if not ids:
         return Readiness(0, 0.0)
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for task_id in ids:
             pipe.hmget(ks.task(task_id.decode()), "n", "s", "h")
         rows: list[list[bytes | None]] = await pipe.execute()
@@ -131,11 +131,11 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     )
 
 
-async def stats(broker: Broker, ks: Keyspace) -> dict[str, int]:
+async def stats(reads: Queries, ks: Keyspace) -> dict[str, int]:
     """The queue's counters kept by the scripts: `started` (runs), `retried` (runs that
     ended in a retry), and tasks ended `succeeded`, `failed`, `cancelled`, `expired`."""
-    async with broker.errors():
-        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.stats)
+    async with reads.errors():
+        raw: dict[bytes, bytes] = await reads.client.hgetall(ks.stats)
     got = {k.decode(): int(v) for k, v in raw.items()}
     return {f: got.get(f, 0) for f in STAT_FIELDS}
 
@@ -149,11 +149,11 @@ class Step:
     failed: int
 
 
-async def history(broker: Broker, ks: Keyspace, now_ms: int, steps: int) -> list[Step]:
+async def history(reads: Queries, ks: Keyspace, now_ms: int, steps: int) -> list[Step]:
     """The last `steps` steps of HIST_STEP_MS (the last one is the current, partial step),
     oldest first; steps nothing ended in count zero."""
-    async with broker.errors():
-        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.hist)
+    async with reads.errors():
+        raw: dict[bytes, bytes] = await reads.client.hgetall(ks.hist)
     current = now_ms // HIST_STEP_MS
     wanted = range(current - min(steps, HIST_SLOTS) + 1, current + 1)
     out: list[Step] = []
@@ -168,26 +168,38 @@ async def history(broker: Broker, ks: Keyspace, now_ms: int, steps: int) -> list
     return out
 
 
-async def workflow_ids(broker: Broker, ks: Keyspace, offset: int, limit: int) -> list[str]:
+async def workflow_ids(reads: Queries, ks: Keyspace, offset: int, limit: int) -> list[str]:
     """Ids of the workflows whose record lives on this queue, newest first, paged."""
-    async with broker.errors():
-        ids: list[bytes] = await broker.client.zrevrange(ks.workflows, offset, offset + limit - 1)
+    async with reads.errors():
+        ids: list[bytes] = await reads.client.zrevrange(ks.workflows, offset, offset + limit - 1)
     return [i.decode() for i in ids]
 
 
-async def workflow_total(broker: Broker, ks: Keyspace) -> int:
-    async with broker.errors():
-        return int(await broker.client.zcard(ks.workflows))
+async def ended_ids(
+    reads: Queries, ks: Keyspace, status: str, offset: int, limit: int
+) -> list[str]:
+    """Ids of the tasks that ended in `status`, newest first, paged: the index of ended
+    tasks is scored by record expiry."""
+    async with reads.errors():
+        raw: list[bytes] = await reads.client.zrevrange(
+            ks.key("done", status), offset, offset + limit - 1
+        )
+    return [i.decode() for i in raw]
+
+
+async def workflow_total(reads: Queries, ks: Keyspace) -> int:
+    async with reads.errors():
+        return int(await reads.client.zcard(ks.workflows))
 
 
 async def workflow_records(
-    broker: Broker, ks: Keyspace, ids: list[str]
+    reads: Queries, ks: Keyspace, ids: list[str]
 ) -> list[dict[bytes, bytes]]:
     """The records of these workflows ({} for one that expired), in one round trip."""
     if not ids:
         return []
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for wf_id in ids:
             pipe.hgetall(ks.workflow(wf_id))
         rows: list[dict[bytes, bytes]] = await pipe.execute()

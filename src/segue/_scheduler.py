@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._calls import ScriptCall
     from segue._enqueue import Enqueuer
+    from segue._queries import Queries
 
 R = TypeVar("R")
 
@@ -136,11 +137,11 @@ async def remove(prefix: str, broker: Broker, sid: str) -> bool:
     return bool(reply[0])
 
 
-async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
+async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
     """Every stored schedule under the prefix, soonest next tick first."""
     ck = CronKeys(prefix)
-    defs, due, fired = await broker.schedule_rows(ck)
-    paused, skipped = await _paused_rows(broker, ck)
+    defs, due, fired = await reads.schedule_rows(ck)
+    paused, skipped = await reads.schedule_flags(ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -173,18 +174,6 @@ async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
         )
     infos.sort(key=lambda i: (i.next_run is None, next_ms.get(i.id, 0), i.id))
     return infos
-
-
-async def _paused_rows(
-    broker: Broker, ck: CronKeys
-) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-    """The paused schedules (id -> since, ms) and the last tick each one skipped."""
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
-        pipe.hgetall(ck.paused)
-        pipe.hgetall(ck.skipped)
-        paused, skipped = await pipe.execute()
-    return paused, skipped
 
 
 def _zone(e: _Entry) -> tzinfo:

@@ -28,15 +28,11 @@ async def ended_newest(
 ) -> list[TaskInfo]:
     """A page of the tasks that ended in this status, newest first: the index of ended
     tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
-    broker = await client.broker()
-    ks = broker.keyspace(queue)
-    async with broker.errors():
-        raw: list[bytes] = await broker.client.zrevrange(
-            ks.key("done", status.value), offset, offset + limit - 1
-        )
+    reads = await client.reads()
+    ks = reads.keyspace(queue)
     infos: list[TaskInfo] = []
-    for task_id in (i.decode() for i in raw):
-        rec = await broker.task_record(ks, task_id)
+    for task_id in await _ops_reads.ended_ids(reads, ks, status.value, offset, limit):
+        rec = await reads.task_record(ks, task_id)
         if rec:
             infos.append(parse_info(task_id, rec, client.tasks))
     return infos
@@ -87,8 +83,8 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     expired are left out."""
     from segue._state import from_ms
 
-    broker = await app.broker()
-    records = await _ops_reads.workflow_records(broker, broker.keyspace(queue), ids)
+    reads = await app._client.reads()
+    records = await _ops_reads.workflow_records(reads, reads.keyspace(queue), ids)
     rows: list[WorkflowRow] = []
     for wf_id, rec in zip(ids, records, strict=True):
         if not rec:
@@ -132,12 +128,12 @@ class ScheduleRow:
 
 async def schedule_rows(app: App) -> list[ScheduleRow]:
     rows: list[ScheduleRow] = []
-    broker = await app.broker()
+    reads = await app._client.reads()
     for info in await app.schedules():
         status = None
         if info.last_task_id is not None:
-            ks = broker.keyspace(queue_of(info.last_task_id))
-            raw = await broker.task_status(ks, info.last_task_id)
+            ks = reads.keyspace(queue_of(info.last_task_id))
+            raw = await reads.task_status(ks, info.last_task_id)
             status = TaskStatus(raw.decode()) if raw else None
         rows.append(ScheduleRow(info, status))
     return rows
