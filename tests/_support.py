@@ -327,10 +327,11 @@ async def ledger(admin_url: str, queue: str) -> list[list[str]]:
 class Server:
     """A valkey-server with AOF on, which the test can kill and start again on its port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: str = "everysec") -> None:
         binary = server_binary("valkey")
         assert binary is not None
         self.binary = binary
+        self.fsync = fsync  # "always": an acknowledged write is on disk before the reply
         self.dir = directory
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -348,7 +349,7 @@ class Server:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.fsync,
                 "--dir",
                 str(self.dir),
             ],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.exceptions
 from rich.logging import RichHandler
 
 from segue._app import App
@@ -21,13 +22,25 @@ from segue._cli_common import (
     cli,
     client_app,
     err,
+    error_line,
+    fail,
+    flush_logs,
     load_app,
+    mixed_up,
     out,
     print_rows,
+    say_server,
+    warn_unknown_queue,
 )
 from segue._errors import ConfigurationError, SegueError
 from segue._heartbeat import Health
-from segue._logging import JsonFormatter, TaskFields
+from segue._logging import (
+    BatchedHandler,
+    JsonFormatter,
+    LeanRecord,
+    PlainFormatter,
+    TaskFields,
+)
 from segue._state import TaskInfo, TaskStatus
 
 # `cli` is the command group the commands below join; `main` runs it (the console script)
@@ -35,24 +48,44 @@ __all__ = ["cli", "main"]
 
 
 def _logging(level: str, fmt: str = "text") -> None:
+    """Rich for a person at a terminal; one plain line per record elsewhere (a file, a
+    pipe, a journal), where Rich would wrap each record over several lines and cost the
+    worker most of its rate."""
+    if fmt not in ("text", "json"):
+        fail(f"--log-format {fmt!r}: use text or json", 2)
     if fmt == "json":
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = BatchedHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif err.is_terminal:
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = BatchedHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
     handler.addFilter(TaskFields())
+    # this process's logging is ours to set: records need no caller's frame, thread or
+    # process (no format shows them), and finding them cost a busy worker a few per cent
+    logging._srcfile = None
+    logging.setLogRecordFactory(LeanRecord)
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 @cli.command()
 def worker(
     app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute")],
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", help="Runs at once (default: the App's, 16)"),
+    ] = None,
     queues: Annotated[
         str | None, typer.Option("--queues", "-q", help="Comma-separated, served in order")
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="debug, info (a line per task start and end), warning or error"
+        ),
+    ] = "info",
     log_format: Annotated[
         str, typer.Option("--log-format", help="text, or json: one object per line")
     ] = "text",
@@ -71,11 +104,31 @@ def worker(
         int | None,
         typer.Option("--metrics-port", help="Serve Prometheus /metrics of this worker here"),
     ] = None,
-    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "127.0.0.1",
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address of the /metrics server")
+    ] = "127.0.0.1",
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Restart the worker when a .py file under the current directory changes "
+            "(development; needs watchfiles)",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
+    if reload:
+        from segue._reload import run_with_reload
+
+        try:
+            held: App | None = load_app(app)
+        except typer.BadParameter:
+            held = None  # the worker started below says what is wrong, and again after edits
+        run_with_reload([a for a in sys.argv[1:] if a != "--reload"], held, Path.cwd())
+        return
     the_app = load_app(app)
+    say_server(the_app)
     if metrics_port is not None:
         from segue.metrics import PrometheusHook, serve_metrics
 
@@ -86,12 +139,12 @@ def worker(
     try:
         if burst:
             n = asyncio.run(_burst(the_app, names, concurrency, pid_file))
+            flush_logs()  # the worker's batched lines come before the summary
             err.print(f"burst worker finished {n} runs")
         else:
             the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 async def _burst(
@@ -153,14 +206,16 @@ def demo(
     try:
         run_demo(tasks)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 @cli.command()
 def server(
     home: Annotated[
-        Path | None, typer.Option(help="Project directory (default: nearest with pyproject.toml)")
+        Path | None,
+        typer.Option(
+            help="Project directory (default: nearest with pyproject.toml, .git or .segue/)"
+        ),
     ] = None,
 ) -> None:
     """Run the embedded Valkey server of this project in the foreground."""
@@ -169,8 +224,7 @@ def server(
     try:
         code = _embedded.run_foreground(home)
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     raise typer.Exit(code)
 
 
@@ -186,8 +240,7 @@ def _command(
     try:
         status = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(f"{exc}{mixed_up(task_id, 'task')}")
     out.print(f"task {task_id}: {status}")
 
 
@@ -231,8 +284,10 @@ cli.add_typer(workflow_cli, name="workflow")
 def _workflow_command(
     workflow_id: str, command: str, app: str | None, url: str | None, running: bool = False
 ) -> None:
+    the_app = client_app(app, url)
+
     async def go() -> tuple[TaskStatus, list[TaskInfo]]:
-        async with client_app(app, url) as the_app:
+        async with the_app:
             handle = await the_app.workflow_handle(workflow_id)
             if command == "pause":
                 await handle.pause(running=running)
@@ -240,11 +295,12 @@ def _workflow_command(
                 await getattr(handle, command)()
             return await handle.status(), await handle.steps()
 
+    if hint := mixed_up(workflow_id, "workflow"):
+        fail(f"no workflow {workflow_id}{hint}")
     try:
         status, steps = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
     print_rows(("#", "step", "task", "status"), rows, f"workflow {workflow_id}: {status}")
 
@@ -306,21 +362,22 @@ def retry(
 @cli.command()
 def dead(
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many")] = 50,
     app: AppOption = None,
     url: UrlOption = None,
 ) -> None:
     """List the tasks of a queue that failed for good (its dead letters), newest first."""
+    the_app = client_app(app, url)
 
     async def go() -> list[TaskInfo]:
-        async with client_app(app, url) as the_app:
+        async with the_app:
+            await warn_unknown_queue(the_app, queue)
             return await the_app.dead_letters(queue, limit=limit)
 
     try:
         infos = asyncio.run(go())
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     rows = []
     for info in infos:
         e = info.error
@@ -337,7 +394,9 @@ def dashboard(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
-    user: Annotated[str, typer.Option(envvar="SEGUE_DASHBOARD_USER")] = "admin",
+    user: Annotated[
+        str, typer.Option(envvar="SEGUE_DASHBOARD_USER", help="The user to sign in as")
+    ] = "admin",
     password: Annotated[
         str | None,
         typer.Option(
@@ -394,34 +453,35 @@ def dashboard(
             "default .segue/dashboard-secret of the project. SEGUE_DASHBOARD_SECRET wins",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="The web server's: debug, info, warning or error")
+    ] = "info",
 ) -> None:
     """Serve the web dashboard: queues, workers, tasks and workflows, and buttons to steer
     them. Asks for --password (or SEGUE_DASHBOARD_PASSWORD) unless --no-auth is given."""
     if no_auth == (password is not None):
-        err.print(
-            "[red]error:[/red] give a password (--password or SEGUE_DASHBOARD_PASSWORD) or "
-            "--no-auth, not both and not neither"
+        fail(
+            "give a password (--password or SEGUE_DASHBOARD_PASSWORD) or --no-auth, "
+            "not both and not neither",
+            2,
         )
-        raise typer.Exit(2)
     try:
         import uvicorn
 
         from segue.dashboard import create_app
     except ImportError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        fail(exc)
     loopback = host in _LOOPBACK
     if not loopback and no_auth:
-        err.print(f"[red]error:[/red] --no-auth serves loopback only, not {host}")
-        raise typer.Exit(2)
+        fail(f"--no-auth serves loopback only, not {host}", 2)
     if not loopback and not insecure:
-        err.print(
-            f"[red]error:[/red] {host} is beyond loopback and the dashboard speaks plain HTTP: "
-            "bind 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure"
+        fail(
+            f"{host} is beyond loopback and the dashboard speaks plain HTTP: "
+            "bind 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure",
+            2,
         )
-        raise typer.Exit(2)
     the_app = load_app(app)
+    say_server(the_app)
     try:
         asgi = create_app(
             the_app,
@@ -432,8 +492,7 @@ def dashboard(
             trusted_proxies=trusted_proxy or (),
         )
     except ConfigurationError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(exc, 2)
     # X-Forwarded-For is read by the dashboard itself, from --trusted-proxy only
     uvicorn.run(
         asgi,
@@ -484,4 +543,19 @@ def main() -> None:
     from segue import _cli_inspect, _cli_ops  # register their commands on `cli`
 
     del _cli_inspect, _cli_ops
-    cli()
+    try:
+        code = cli(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except typer.exceptions.TyperException as exc:  # a usage error: one line, and where to look
+        code = error_line(f"{exc.format_message()} (see --help)", getattr(exc, "exit_code", 2))
+    except SegueError as exc:
+        code = error_line(exc, 1)
+    except Exception as exc:
+        code = error_line(f"{type(exc).__name__}: {exc} (segue --debug prints the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -13,11 +13,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import typer
 from rich.live import Live
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
-from segue._cli_common import AppOption, UrlOption, cli, client_app, err, out, print_rows
+from segue._cli_common import (
+    AppOption,
+    UrlOption,
+    cli,
+    client_app,
+    fail,
+    mixed_up,
+    out,
+    print_rows,
+    warn_unknown_queue,
+)
 from segue._display import clean, plain
 from segue._errors import SegueError
 from segue._state import TaskStatus
@@ -37,12 +46,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
-def _run(go: Callable[[], Awaitable[Any]]) -> Any:
+def _run(go: Callable[[], Awaitable[Any]], hint: str = "") -> Any:
     try:
         return asyncio.run(go())  # type: ignore[arg-type]
     except SegueError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")  # a message is text, not markup
-        raise typer.Exit(1) from None
+        fail(f"{exc}{hint}")  # one line of text, never markup
 
 
 async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
@@ -65,8 +73,15 @@ def status(app: AppOption = None, url: UrlOption = None, json: JsonOption = Fals
 
     rows, workers = _run(go)
     live = [w for w in workers if not w.stale]
-    if json:
-        queues = [dict(zip(("queue", "state", *_COUNTS), row, strict=True)) for row in rows]
+    if json:  # counts as JSON numbers, not the table's strings
+        queues = [
+            {
+                "queue": q,
+                "state": state,
+                **{k: int(n) for k, n in zip(_COUNTS, counts, strict=True)},
+            }
+            for q, state, *counts in rows
+        ]
         print_json({"queues": queues, "workers": live})
         return
     print_rows(("queue", "state", *_COUNTS), rows, f"{len(rows)} queue(s)")
@@ -120,8 +135,8 @@ def workers(app: AppOption = None, url: UrlOption = None, json: JsonOption = Fal
 def tasks(
     status_: Annotated[str, typer.Option("--status", "-s", help="A TaskStatus")] = "queued",
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
-    offset: Annotated[int, typer.Option("--offset")] = 0,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many")] = 50,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many first")] = 0,
     app: AppOption = None,
     url: UrlOption = None,
     json: JsonOption = False,
@@ -130,8 +145,7 @@ def tasks(
     try:
         wanted = TaskStatus(status_)
     except ValueError:
-        err.print(f"[red]error:[/red] {status_!r} is not one of {', '.join(TaskStatus)}")
-        raise typer.Exit(2) from None
+        fail(f"{status_!r} is not one of {', '.join(TaskStatus)}", 2)
 
     async def go() -> list[TaskInfo]:
         async with client_app(app, url) as the_app:
@@ -183,7 +197,7 @@ def info(
                 await _follow(handle)
             return await handle.info(), await handle.state(limit=50), await handle.events()
 
-    shown, state, task_events = _run(go)
+    shown, state, task_events = _run(go, mixed_up(task_id, "task"))
     if json:
         print_json({**msgspec.to_builtins(shown), "state": state, "events": task_events})
         return
@@ -200,7 +214,12 @@ def info(
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:
-        _say(f"  progress {_progress_text(shown)}")
+        message = f" {shown.progress_message}" if shown.progress_message else ""
+        _say(f"  progress {_progress_text(shown)}{message}")
+    if shown.pending_request is not None:
+        at = shown.pending_request_at
+        when = f" at {at:%Y-%m-%d %H:%M:%S}" if at else ""
+        _say(f"  {shown.pending_request} requested{when}, not carried out yet")
     for t in shown.history:
         _say(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}")
     if shown.status is TaskStatus.SUCCEEDED:
@@ -293,12 +312,19 @@ def purge(
     url: UrlOption = None,
 ) -> None:
     """Cancel every task of a queue that waits to run; running tasks go on."""
+    the_app = client_app(app, url)
+
+    async def known() -> None:
+        async with the_app:
+            await warn_unknown_queue(the_app, queue)
+
+    _run(known)
     question = f"cancel every queued, scheduled or paused task of queue {queue!r}?"
     if not yes and not typer.confirm(question):
         raise typer.Exit(1)
 
     async def go() -> int:
-        async with client_app(app, url) as the_app:
+        async with the_app:
             return await the_app.queue(queue).purge()
 
     n = _run(go)
@@ -346,6 +372,5 @@ def unschedule(
             return await the_app.unschedule(schedule_id)
 
     if not _run(go):
-        err.print(f"[red]error:[/red] no schedule {schedule_id!r}")
-        raise typer.Exit(1)
+        fail(f"no schedule {schedule_id!r}")
     out.print(f"schedule {schedule_id}: removed")

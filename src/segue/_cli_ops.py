@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from segue._cli_common import AppOption, UrlOption, cli, client_app, err, out
+from segue._cli_common import AppOption, UrlOption, cli, client_app, error_line, out
 from segue._errors import SegueError
 
 schedule_cli = typer.Typer(help="Pause or resume a cron schedule by its id.", no_args_is_help=True)
@@ -16,8 +16,7 @@ cli.add_typer(schedule_cli, name="schedule")
 
 
 def _fail(text: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {text}", markup=True, highlight=False)
-    return typer.Exit(1)
+    return typer.Exit(error_line(text, 1))  # one `error:` line, its text never markup
 
 
 @cli.command()

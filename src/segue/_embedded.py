@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from segue._errors import ConfigurationError
+from segue._settings import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from segue._settings import Settings
 
 _DIR = ".segue"
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
@@ -57,14 +60,24 @@ class EmbeddedServer:
     started_here: bool
 
 
+def server_label(settings: Settings) -> str:
+    """Which server an App talks to, for a person: the URL with its password masked, or the
+    embedded server and its project directory."""
+    if settings.redis_url is not None:
+        return mask_url(settings.redis_url)
+    home = Path(settings.home).resolve() if settings.home is not None else find_home()
+    return f"embedded server in {home / _DIR}"
+
+
 def find_home(start: Path | None = None) -> Path:
-    """`SEGUE_HOME`, else the nearest ancestor with pyproject.toml or .git, else the cwd."""
+    """`SEGUE_HOME`, else the nearest directory, from `start` (the cwd) up, holding a
+    pyproject.toml, a .git or an existing .segue/, else the cwd."""
     env = os.environ.get("SEGUE_HOME")
     if env:
         return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
-        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+        if any((d / marker).exists() for marker in ("pyproject.toml", ".git", _DIR)):
             return d
     return here
 

@@ -372,6 +372,8 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         progress=progress,
         progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
         problem="; ".join(r.problems) or None,
+        pending_request=r.text(F.CONTROL.b) or None,
+        pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
     )
 
 

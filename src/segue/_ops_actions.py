@@ -122,3 +122,12 @@ async def set_schedule_paused(broker: Broker, ck: CronKeys, sid: str, paused: bo
         else:
             await broker.client.hdel(ck.paused, sid)
     return True
+
+
+async def forget_schedule_pause(broker: Broker, ck: CronKeys, sid: str) -> None:
+    """Drop a removed schedule's pause flag and last skipped tick."""
+    async with broker.errors():
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.hdel(ck.paused, sid)
+        pipe.hdel(ck.skipped, sid)
+        await pipe.execute()

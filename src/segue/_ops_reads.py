@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segue._keys import Keyspace
+    from collections.abc import Sequence
+
+    from segue._keys import CronKeys, Keyspace
     from segue._queries import Queries
 
 # How many of the next tasks to run per priority (and due scheduled ones) are read to tell
@@ -175,18 +177,6 @@ async def workflow_ids(reads: Queries, ks: Keyspace, offset: int, limit: int) ->
     return [i.decode() for i in ids]
 
 
-async def ended_ids(
-    reads: Queries, ks: Keyspace, status: str, offset: int, limit: int
-) -> list[str]:
-    """Ids of the tasks that ended in `status`, newest first, paged: the index of ended
-    tasks is scored by record expiry."""
-    async with reads.errors():
-        raw: list[bytes] = await reads.client.zrevrange(
-            ks.key("done", status), offset, offset + limit - 1
-        )
-    return [i.decode() for i in raw]
-
-
 async def workflow_total(reads: Queries, ks: Keyspace) -> int:
     async with reads.errors():
         return int(await reads.client.zcard(ks.workflows))
@@ -204,6 +194,39 @@ async def workflow_records(
             pipe.hgetall(ks.workflow(wf_id))
         rows: list[dict[bytes, bytes]] = await pipe.execute()
     return rows
+
+
+async def ended_ids_newest(
+    reads: Queries, ks: Keyspace, status: str, offset: int, limit: int
+) -> list[str]:
+    """A page of the ids of tasks that ended in `status`, newest first: the index of ended
+    tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
+    async with reads.errors():
+        raw: list[bytes] = await reads.client.zrevrange(
+            ks.key("done", status), offset, offset + limit - 1
+        )
+    return [i.decode() for i in raw]
+
+
+async def paused_schedules(
+    reads: Queries, ck: CronKeys
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The paused schedules (id -> since, ms) and the last tick each one skipped."""
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
+        pipe.hgetall(ck.paused)
+        pipe.hgetall(ck.skipped)
+        paused, skipped = await pipe.execute()
+    return paused, skipped
+
+
+async def schedules_paused(
+    reads: Queries, ck: CronKeys, ids: Sequence[bytes | str]
+) -> list[bytes | None]:
+    """For each schedule id, when it was paused (ms), or None when it is not."""
+    async with reads.errors():
+        held: list[bytes | None] = await reads.client.hmget(ck.paused, list(ids))
+    return held
 
 
 def as_int(value: Any, default: int = 0) -> int:

@@ -289,15 +289,6 @@ class Queries:
             defs, due, fired = await pipe.execute()
         return defs, due, fired
 
-    async def schedule_flags(self, ck: CronKeys) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-        """The paused schedules (id -> since, ms) and the last tick each one skipped."""
-        async with self._t.errors():
-            pipe = self._t.client.pipeline(transaction=False)
-            pipe.hgetall(ck.paused)
-            pipe.hgetall(ck.skipped)
-            paused, skipped = await pipe.execute()
-        return paused, skipped
-
     async def session_generation(self) -> int:
         """The dashboard's session generation (see Broker.advance_session_generation)."""
         async with self._t.errors():

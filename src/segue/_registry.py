@@ -34,14 +34,21 @@ class Registry:
     """The tasks by name, the declared schedules by id, the lifespans and the hooks of one
     App. `owner` is what its tasks enqueue through (and whose settings give defaults)."""
 
-    __slots__ = ("_owner", "crons", "hooks", "lifespans", "tasks")
+    __slots__ = ("_describe", "_owner", "crons", "hooks", "lifespans", "tasks")
 
-    def __init__(self, owner: TaskOwner) -> None:
+    def __init__(
+        self,
+        owner: TaskOwner,
+        tasks: dict[str, Task[Any, Any]],
+        hooks: list[Hook],
+        describe: Callable[[], str],
+    ) -> None:
         self._owner = owner
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._describe = describe  # the App as errors name it
+        self.tasks = tasks  # shared with the client, which decodes records with them
         self.crons: dict[str, Schedule] = {}  # declared with @app.cron; workers register them
         self.lifespans: list[Resource[Any]] = []
-        self.hooks: list[Hook] = []
+        self.hooks = hooks  # shared with the enqueuer, which runs the enqueue hooks
 
     def __repr__(self) -> str:
         return f"<Registry tasks={len(self.tasks)} crons={len(self.crons)}>"
@@ -55,7 +62,7 @@ class Registry:
         opts = TaskOptions(name=name, queue=queue, **options)
         if name in self.tasks:
             raise ConfigurationError(
-                f"a task named {name!r} is already registered on {self._owner!r}"
+                f"a task named {name!r} is already registered on {self._describe()}"
             )
         cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
         task: Task[Any, Any] = cls(self._owner, fn, opts)

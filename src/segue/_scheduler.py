@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from segue import _calls, _cron
+from segue import _calls, _cron, _ops_actions, _ops_reads
 from segue._errors import BrokerError, ConfigurationError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
@@ -84,9 +84,9 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Entry).decode
 
 
-def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
+def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
-    queue, task = app._spec(schedule.sig)
+    queue, task = enqueuer.spec(schedule.sig)
     entry = _Entry(
         spec=schedule.cron.spec,
         task=task.name,
@@ -105,13 +105,13 @@ def _entry(app: Enqueuer, schedule: _cron.Schedule) -> bytes:
     return _encode(entry)
 
 
-async def put(app: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
+async def put(enqueuer: Enqueuer, broker: Broker, schedules: Sequence[_cron.Schedule]) -> None:
     """Create or update schedules. One whose expression and zone are unchanged keeps its
     next tick; a new or re-timed one gets its first tick after the server's present."""
     if not schedules:
         return
-    ck = CronKeys(app.settings.prefix)
-    rows = [(s, _entry(app, s)) for s in schedules]
+    ck = CronKeys(enqueuer.settings.prefix)
+    rows = [(s, _entry(enqueuer, s)) for s in schedules]
     calls = [_calls.cron_put(ck, s.id, e, s.cron.spec, "") for s, e in rows]
     replies = await broker.run_calls(calls, retry=True)
     again = []
@@ -129,11 +129,7 @@ async def remove(prefix: str, broker: Broker, sid: str) -> bool:
     ck = CronKeys(prefix)
     reply = await broker.run_calls([_calls.cron_remove(ck, sid)], retry=True)
     # its pause flag goes with it: a schedule stored again under this id starts active
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
-        pipe.hdel(ck.paused, sid)
-        pipe.hdel(ck.skipped, sid)
-        await pipe.execute()
+    await _ops_actions.forget_schedule_pause(broker, ck, sid)
     return bool(reply[0])
 
 
@@ -141,7 +137,7 @@ async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
     """Every stored schedule under the prefix, soonest next tick first."""
     ck = CronKeys(prefix)
     defs, due, fired = await reads.schedule_rows(ck)
-    paused, skipped = await reads.schedule_flags(ck)
+    paused, skipped = await _ops_reads.paused_schedules(reads, ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -280,8 +276,7 @@ class Scheduler(Service):
         counts = []
         skips: list[_calls.ScriptCall] = []
         ck = CronKeys(self._enqueuer.settings.prefix)
-        async with broker.errors():
-            held = await broker.client.hmget(ck.paused, [r[0] for r in rows])
+        held = await _ops_reads.schedules_paused(broker.reads, ck, [r[0] for r in rows])
         for (raw_id, raw_tick, raw), paused in zip(rows, held, strict=True):
             sid, tick = _text(raw_id), int(float(raw_tick))
             try:

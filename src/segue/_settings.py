@@ -4,14 +4,62 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from segue._errors import ConfigurationError
 from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
+_URL_FORMS = (
+    "redis://[user:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/socket, "
+    "redis+cluster://host:port[,host:port...] or redis+sentinel://host[:port]/service"
+)
+_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (before `@`, and any `*password=` option) shown as ***."""
+    head, at, tail = url.rpartition("@")
+    if at:  # user:password@host: keep the user, hide what follows its colon
+        scheme, sep, userinfo = head.rpartition("//")
+        user, colon, _ = userinfo.partition(":")
+        url = f"{scheme}{sep}{user}{colon}{'***' if colon else ''}@{tail}"
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+def check_url(url: str, setting: str = "redis_url") -> None:
+    """Raise ConfigurationError unless `url` has one of the forms segue connects to."""
+    scheme, sep, _ = url.partition("://")
+    problem = None
+    if not sep or scheme.lower() not in _SCHEMES:
+        problem = "has no redis://, rediss://, unix://, +cluster or +sentinel scheme"
+    elif scheme.lower() == "unix":
+        if not urlsplit(url).path:
+            problem = "names no socket path"
+    else:
+        try:
+            hosts = urlsplit(url).netloc.rsplit("@", 1)[-1]
+            ports = [urlsplit(f"//{h}").port for h in hosts.split(",")]
+        except ValueError:
+            hosts, ports = "", []
+        if not hosts or not ports:
+            problem = "names no host, or a port that is not a number"
+    if problem is not None:
+        raise ConfigurationError(
+            f"{setting} {mask_url(url)!r} {problem}; accepted forms: {_URL_FORMS}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +103,11 @@ class Settings:
     durability_timeout_seconds: float = 1.0
 
     def __post_init__(self) -> None:
+        home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
+        if isinstance(home, str):
+            object.__setattr__(self, "home", Path(home))
+        if self.redis_url is not None:
+            check_url(self.redis_url)
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
             raise ConfigurationError(
                 f"prefix {self.prefix!r} must be a bare word (letters, digits, - or _)"
@@ -148,6 +201,8 @@ class Settings:
             raw = env.get(_ENV_PREFIX + f.name.upper())
             if raw is None or f.name in overrides:
                 continue
+            if f.name == "redis_url" and raw:
+                check_url(raw, _ENV_PREFIX + "REDIS_URL")
             values[f.name] = _parse(f.name, hints[f.name], raw)
         values.update(overrides)
         return cls(**values)

@@ -85,3 +85,7 @@ class TaskInfo:
     progress_message: str | None = None
     # what segue could not read of a record someone else wrote (those fields are left empty)
     problem: str | None = None
+    # a pause or cancel asked of a running task and not yet carried out, and when it was
+    # asked (its worker carries it out at the task's next checkpoint, or at once)
+    pending_request: str | None = None
+    pending_request_at: datetime | None = None

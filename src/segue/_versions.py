@@ -54,8 +54,13 @@ def advisory(server: str, version: str) -> str | None:
     return None
 
 
+_warned: set[str] = set()  # advisories already logged by this process
+
+
 def warn_if_unpatched(server: str, version: str, where: str) -> str | None:
+    """The advisory for this server, logged once per process (not at every connection)."""
     text = advisory(server, version)
-    if text is not None:
+    if text is not None and text not in _warned:
+        _warned.add(text)
         log.warning("server at %s: %s", where, text)
     return text

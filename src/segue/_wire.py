@@ -61,6 +61,7 @@ class TaskField:
     ERROR: Final = Code("e")  # JSON {type, message, traceback, reason}
     CONTROL: Final = Code("ctl")  # an operator's pending pause | cancel of a running task
     CONTROL_REASON: Final = Code("ctlr")
+    CONTROL_AT: Final = Code("ctlt")  # when the pending request was made
     WAITING_FOR: Final = Code("wait")  # how many dependencies are not done yet
     HOLD: Final = Code("hold")  # paused while waiting: PAUSED, not queued, when ready
     INPUT: Final = Code("in")  # a workflow step's value from the steps before it

@@ -28,6 +28,7 @@ from segue._broker import server_unreachable
 from segue._calls import parse_claim, parse_finish
 from segue._context import PauseRequested, RunControl
 from segue._control import Controller, ControlSubscriber
+from segue._embedded import server_label
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
 from segue._forward import Forwarder
@@ -108,6 +109,9 @@ class Worker:
         self._claim_tokens: dict[Keyspace, str] = {}
         self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
         self._down_since: float | None = None  # when round trips began to fail
+        self._down_said = 0.0  # when the outage was last logged
+        # an outage is logged when it starts, then every two heartbeats (10 s by default)
+        self._outage_log_seconds = 2 * settings.heartbeat_seconds
         # the queues' reconciler while serving (not in a burst), see _reconcile.py
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
@@ -155,18 +159,29 @@ class Worker:
     async def _connect(self) -> Broker:
         """The App's broker; a server that does not answer yet (restarting, or started
         after the workers) is waited for, so a supervisor's restart does not race it."""
-        delay, attempts = 0.1, 0
+        delay = 0.1
+        since: float | None = None
+        said = 0.0
         while True:
             try:
-                return await self._client.broker()
+                broker = await self._client.broker()
             except BrokerError as exc:
                 if self._stopping or not server_unreachable(exc):
                     raise
-                if attempts % 20 == 0:
+                now = _clock.monotonic()
+                if since is None:
+                    since = said = now
                     log.warning("%s; the worker waits for it", exc)
-                attempts += 1
+                elif now - said >= self._outage_log_seconds:
+                    said = now
+                    where = server_label(self._client.settings)
+                    log.warning("still waiting for %s (%.0f s)", where, now - since)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
+                continue
+            if since is not None:
+                log.warning("server reachable again after %.1f s", _clock.monotonic() - since)
+            return broker
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
@@ -289,7 +304,11 @@ class Worker:
                 self._restore(taken)
                 await self._server_down(exc)
                 continue
-            self._down_since = None
+            if self._down_since is not None:
+                log.warning(
+                    "server reachable again after %.1f s", _clock.monotonic() - self._down_since
+                )
+                self._down_since = None
             claimed = 0
             backlog = 0
             now_ms = 0
@@ -514,10 +533,14 @@ class Worker:
         """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
         is fenced by lease generation. The first failure retries at once (a dropped
         connection reconnects on the next call); later ones pause briefly first."""
-        log.warning("server unavailable (%s); retrying", exc)
+        now = _clock.monotonic()
         if self._down_since is None:
-            self._down_since = _clock.monotonic()
+            log.warning("server unavailable (%s); retrying", exc)
+            self._down_since = self._down_said = now
             return
+        if now - self._down_said >= self._outage_log_seconds:  # not one line per try
+            self._down_said = now
+            log.warning("server still unavailable after %.0f s (%s)", now - self._down_since, exc)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 while not self._stopping:

@@ -163,7 +163,7 @@ async def test_the_history_ring_is_bounded_and_reads_only_its_own_day(
             raise Fail("no")
 
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         # three ends in one 5-minute step: not in its last seconds
         while await _ops_reads.server_ms(broker.reads) % _ops_reads.HIST_STEP_MS > 295_000:
             await asyncio.sleep(0.2)

@@ -39,6 +39,8 @@ from tests.faults.ledger import Effects, History
 STRUCTURAL = frozenset(
     {"q", "sched", "leases", "wake", "meta", "paused", "waiting", "events", "dead", "done"}
     | {"limits"}
+    # the outcome counters and the bounded throughput ring of the dashboard's metrics
+    | {"stats", "hist"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
 PER_TASK = frozenset({"task", "state", "next", "wf", "uniq"})

@@ -74,7 +74,7 @@ async def test_malformed_records_are_dead_lettered_and_nothing_is_unpickled(
             for i in range(per_kind):
                 # a record as enqueue writes it, with the payload field replaced by raw bytes:
                 # what a buggy or hostile producer with write access could put there
-                _, spec = app._spec(add.call(i))
+                _, spec = app._enqueuer.spec(add.call(i))
                 spec.payload = payload
                 await broker.run_calls([broker.enqueue_call(ks, [spec])])
                 bad[spec.id] = kind

@@ -199,8 +199,21 @@ async def _until_up(call: Any, deadline: float = 20.0) -> Any:
             await asyncio.sleep(0.05)
 
 
+@pytest.fixture
+def fsync_always_server(tmp_path: Path) -> Iterator[Server]:
+    """A server that writes and syncs its AOF before it replies: with `everysec`, a loaded
+    machine's Redis postpones the AOF write behind a slow fsync yet still replies, so a
+    kill -9 loses acknowledged writes, which the `memory` level never promised to keep."""
+    s = Server(tmp_path, fsync="always")
+    s.start()
+    add_acl_user(s.port)
+    yield s
+    if s.proc is not None and s.proc.poll() is None:
+        s.kill()
+
+
 async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
-    aof_server: Server,
+    fsync_always_server: Server,
     segue_valkey: Engine,
     queue_name: str,
     fault_rng: random.Random,
@@ -213,7 +226,7 @@ async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
     took effect (status CANCELLED) the task records no further step and never succeeds; its
     CANCELLED status outlives both restarts; every other task succeeds."""
     rng = fault_rng
-    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0"
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{fsync_always_server.port}/0"
     workers = fleet(url, queue_name, segue_valkey.admin_url, max_deliveries="50")
     app = durable.app
     app.settings = app.settings.replace(redis_url=url, queue=queue_name)
@@ -247,10 +260,10 @@ async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
                 if wave_no == 1:
                     await _kill_and_restart(workers, rng, concurrency)
                 if wave_no == 3:
-                    aof_server.kill()
+                    fsync_always_server.kill()
                     await asyncio.sleep(rng.uniform(0.3, 1.0))
-                    aof_server.start()
-                    add_acl_user(aof_server.port)
+                    fsync_always_server.start()
+                    add_acl_user(fsync_always_server.port)
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
                 for task_id, asked in list(pending.items()):
                     h = next(x for x in chosen if x.id == task_id)
@@ -266,9 +279,9 @@ async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
                     acked[task_id] = (await step_ledger.counts())[task_id]
                     latencies.append(time.monotonic() - asked)
             # the server restarts once more with every cancel acknowledged: they persist
-            aof_server.kill()
-            aof_server.start()
-            add_acl_user(aof_server.port)
+            fsync_always_server.kill()
+            fsync_always_server.start()
+            add_acl_user(fsync_always_server.port)
             finals = {h.id: await _until_up(h.wait_for) for h in handles}
             counts = await step_ledger.counts()
             cancelled_results = 0

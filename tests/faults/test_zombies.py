@@ -107,11 +107,18 @@ async def test_zombie_worker_is_fenced_after_sigstop_beyond_its_lease(
                 queue=queue_name,
                 leaks=True,
             )
-            # the tasks the zombie held when it froze, with the generation of its run
+            # the tasks the zombie held when it froze (a run started before the stop and not
+            # ended by then: under load, short runs end and the zombie claims more before the
+            # stop), with the generation of its run
             frozen = {
                 task_id: next(r for r in runs if r.by(zombie.pid))
                 for task_id, runs in effects.executions.items()
-                if any(r.by(zombie.pid) and r.started_ms <= stopped_at * 1000 for r in runs)
+                if any(
+                    r.by(zombie.pid)
+                    and r.started_ms <= stopped_at * 1000
+                    and (r.ended_ms is None or r.ended_ms > stopped_at * 1000)
+                    for r in runs
+                )
             }
             results = {i: await (await client_app.task_handle(i)).result(timeout=5) for i in frozen}
             infos = {i: await (await client_app.task_handle(i)).info() for i in frozen}
@@ -162,7 +169,7 @@ async def test_zombie_worker_is_fenced_after_sigstop_beyond_its_lease(
     )
     assert_sound(verdict)
     assert verdict.not_succeeded == {}
-    assert len(frozen) == held, "the zombie did not hold a full batch when it froze"
+    assert 1 <= len(frozen) <= held, "the zombie held no task when it froze"
     assert accepted_effects == [] and accepted_results == [] and accepted_outcomes == []
     for i in frozen:
         # reclaimed: a run with a newer generation (mostly the rescuer's; the thawed
@@ -176,4 +183,6 @@ async def test_zombie_worker_is_fenced_after_sigstop_beyond_its_lease(
     # thread then stops the run) or at its state write; and it went back to work
     assert refused_writes + stopped_runs >= len(frozen)
     assert zombie_alive
-    assert verdict.dup_exec == len(frozen)  # one extra run per task it held, no more
+    # one extra run per task it held, no more (a run that ended just before the stop but
+    # whose outcome was not yet recorded is run again too: at-least-once, as documented)
+    assert len(frozen) <= verdict.dup_exec <= held

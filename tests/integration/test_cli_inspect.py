@@ -69,13 +69,15 @@ async def test_inspection_commands_show_what_the_server_holds(
             await asyncio.wait_for(running_worker.ready.wait(), 10)  # registered
             state = json.loads(_segue("status", "--url", url, "--json").stdout)
             mine = next(q for q in state["queues"] if q["queue"] == queue_name)
-            assert mine["succeeded"] == "1" and mine["state"] == "paused"
+            assert mine["succeeded"] == 1 and mine["state"] == "paused"
             assert any(queue_name in w["queues"] for w in state["workers"])
             workers = json.loads(_segue("workers", "--url", url, "--json").stdout)
             assert any(queue_name in w["queues"] for w in workers)
         unknown = _segue("info", f"{queue_name}:nosuch", "--url", url)
         assert unknown.returncode == 1
-        assert unknown.stderr.count("\n") == 1 and "no task" in unknown.stderr
+        first, *rest = unknown.stderr.splitlines()
+        assert first.startswith("server: redis://")  # every command names its server first
+        assert len(rest) == 1 and rest[0].startswith("error: ") and "no task" in rest[0]
         bad = _segue("tasks", "--url", url, "--status", "sleeping")
         assert bad.returncode == 2 and "'sleeping' is not one of" in bad.stderr
 

@@ -5,7 +5,6 @@ Redis when it is on PATH."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -192,8 +191,16 @@ async def test_a_rate_limited_task_waits_in_its_queue_while_others_go_on(
         assert free_done < 0.5  # not stuck behind the limited ones
         span = starts[-1] - starts[0]
         assert 1.25 <= span <= 2.0  # 15 starts at 10/s with a burst of 1: about 1.4 s
-        gaps = [b - a for a, b in itertools.pairwise(starts)]
-        assert min(gaps) >= 0.07
+        # what docs/limits.md promises: over any window, at most the rate plus rate_burst + 1
+        # starts (a start may come half an interval early, and a task body may begin late
+        # under load, so the gap between two starts alone proves nothing)
+        for i, t in enumerate(starts):
+            window = [s for s in starts[i:] if s - t < 1.0]
+            assert len(window) <= 10 + 1 + 1
+        in_half_second = max(
+            sum(1 for s in starts[i:] if s - t < 0.5) for i, t in enumerate(starts)
+        )
+        assert in_half_second <= 5 + 1 + 1
 
 
 async def test_a_concurrency_limit_is_never_exceeded_across_workers(

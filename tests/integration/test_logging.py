@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pytest
 
 from segue import App, SyncContext
 from segue._logging import JsonFormatter, TaskFields
+from segue._settings import mask_url
 from tests._workers import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +92,37 @@ def test_a_worker_logs_json_lines(segue_valkey: Any, queue_name: str) -> None:
     started = [line for line in lines if "started name=procs.nap" in line["message"]]
     assert started and started[0]["task_name"] == "procs.nap"
     assert started[0]["task_id"].startswith(f"{queue_name}:")
+
+
+@pytest.mark.slow
+def test_a_worker_writing_to_a_file_logs_one_plain_line_per_record(
+    segue_valkey: Any, queue_name: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "SEGUE_REDIS_URL": segue_valkey.url, "SEGUE_QUEUE": queue_name}
+    env["LEDGER_URL"] = segue_valkey.admin_url
+    enqueue = (
+        "import asyncio\n"
+        "from tests.apps.procs import app, nap\n"
+        "async def main():\n"
+        "    async with app:\n"
+        "        await app.enqueue_many([nap.call(0.01) for _ in range(20)])\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True, timeout=60)
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:  # as systemd, Docker or a CI log would take it
+        done = subprocess.run(
+            [sys.executable, "-m", "segue", "worker", "tests.apps.procs:app", "--burst"],
+            cwd=ROOT,
+            env={**env, "COLUMNS": "80"},
+            stderr=stderr,
+            timeout=60,
+        )
+    assert done.returncode == 0, log.read_text()
+    first, *records, last = log.read_text().splitlines()
+    assert first == f"server: {mask_url(segue_valkey.url)}"
+    assert last == "burst worker finished 20 runs"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: "
+    assert all(re.match(stamp, line) for line in records), records  # none wrapped or split
+    assert len([r for r in records if " started name=procs.nap try=1" in r]) == 20
+    assert len([r for r in records if r.endswith(" succeeded")]) == 20

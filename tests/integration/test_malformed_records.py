@@ -43,7 +43,7 @@ async def test_a_malformed_record_fails_alone_and_the_worker_goes_on(
         before = [await job.enqueue(i) for i in range(3)]
         bad = await job.enqueue(99)
         after = [await job.enqueue(i) for i in range(3, 6)]
-        broker = await app.broker()
+        broker = await app._client.broker()
         await raw.hset(broker.keyspace(queue_name).task(bad.id), field, CORRUPTIONS[field])
         async with serving(app, concurrency=8):
             for h in before + after:

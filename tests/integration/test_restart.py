@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,10 +72,16 @@ async def test_a_worker_started_before_its_server_waits_for_it(server_dir: Path)
     url = f"redis://127.0.0.1:{server.port}/0"
     try:
         with _workers(url, "early") as workers:
-            worker = workers.start(args=["--log-format", "json"])
+            # an outage is logged every two heartbeats: 1 s here
+            worker = workers.start(
+                args=["--log-format", "json"], env={"SEGUE_HEARTBEAT_SECONDS": "0.5"}
+            )
             line = await workers.line_with(worker, "the worker waits for it")
             assert f"127.0.0.1:{server.port}" in line
+            line = await workers.line_with(worker, "still waiting for")
+            assert f"still waiting for {url} (" in line
             server.start()
+            assert "reachable again after" in await workers.line_with(worker, "reachable again")
             procs.app.settings = procs.app.settings.replace(redis_url=url, queue="early")
             async with procs.app:
                 h = await procs.count.enqueue(7)
@@ -90,3 +98,36 @@ def test_a_worker_refused_by_the_server_exits_with_the_reason(server: Server) ->
         worker = workers.start(args=["--log-format", "json"])
         assert workers.wait_exit(worker, timeout=30) != 0  # a wrong password is not waited out
         assert "error:" in workers.log(worker)
+
+
+async def test_an_outage_is_logged_when_it_starts_now_and_then_and_when_it_ends(
+    server: Server,
+) -> None:
+    app = App("outage", redis_url=f"redis://127.0.0.1:{server.port}/0", heartbeat_seconds=1.0)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger("segue")
+    logger.addHandler(handler)
+    try:
+        async with app, serving(app, concurrency=4) as worker:
+            await asyncio.wait_for(worker.ready.wait(), 10)
+            server.kill()
+            await asyncio.sleep(4.0)  # four heartbeats, two outage periods
+            server.start()
+            deadline = time.monotonic() + 10
+            while not any("reachable again" in r.getMessage() for r in records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in records]
+                await asyncio.sleep(0.05)
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    # one line when it starts, one per two heartbeats, one when it ends; the heartbeat's own
+    # failures at most once a beat: about 10 in all where each retry logged (70 in 10 s)
+    assert len(lines) <= 12, lines
+    assert sum(line.startswith("server unavailable") for line in lines) == 1, lines
+    assert sum(line.startswith("server still unavailable after") for line in lines) >= 1

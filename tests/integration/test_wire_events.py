@@ -22,14 +22,14 @@ def _app(engine: Engine, queue: str, **overrides: Any) -> App:
 
 async def _events(app: App, queue: str) -> list[tuple[str, str, str]]:
     """(kind, task id, task name) of every entry of the queue's stream, oldest first."""
-    broker = await app.broker()
+    broker = await app._client.broker()
     entries = await broker.client.xrange(broker.keyspace(queue).events)
     return [(f[b"e"].decode(), f[b"id"].decode(), f.get(b"n", b"").decode()) for _, f in entries]
 
 
 async def _history(app: App, queue: str, task_id: str) -> list[tuple[str, str]]:
     """(status, reason) of a task's history, without the times."""
-    broker = await app.broker()
+    broker = await app._client.broker()
     raw = await broker.client.hget(broker.keyspace(queue).task(task_id), "h")
     rows = raw.decode().splitlines() if raw else []
     return [(r.split("|", 2)[0], r.split("|", 2)[2]) for r in rows]
@@ -87,7 +87,7 @@ async def test_fail_retry_dead_letter(segue_valkey: Engine, queue_name: str) -> 
         hist = await _history(app, queue_name, h.id)
         assert hist[2] == ("retrying", "retry") and hist[3] == ("queued", "due")
         assert hist[5] == ("failed", "error")
-        broker = await app.broker()
+        broker = await app._client.broker()
         dead = await broker.reads.dead_ids(broker.keyspace(queue_name), 0, 10)
         assert dead == [h.id]
         await h.retry("again")
@@ -243,7 +243,7 @@ async def test_lease_expiry_requeues_then_fails_as_worker_lost(
 
     async with app:
         h = await lost.enqueue()
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(queue_name)
         # a worker that claims and dies: its leases are never renewed. Claims come often
         # (a gap of over half a lease would be bridged as a server that stood still)

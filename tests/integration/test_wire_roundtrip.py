@@ -33,7 +33,7 @@ async def test_every_enqueue_field_round_trips_through_record_and_claim(
     later = msgspec.structs.replace(spec, id=f"{queue_name}:2", unique="", delay_ms=60_000)
     fixed = msgspec.structs.replace(spec, id=f"{queue_name}:3", unique="", at_ms=4_102_444_800_000)
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(queue_name)
         reply = await broker.run_calls([broker.enqueue_call(ks, [spec, later, fixed])])
         assert parse_created(reply[0]) == [1, 1, 1]
@@ -87,7 +87,7 @@ async def test_every_graph_field_round_trips_through_the_record(
         xdependants="other:y|0|-",
     )
     async with app:
-        broker = await app.broker()
+        broker = await app._client.broker()
         ks = broker.keyspace(queue_name)
         reply = await broker.run_calls([broker.graph_call(ks, None, [first, second])])
         assert parse_created(reply[0]) == [1, 1]

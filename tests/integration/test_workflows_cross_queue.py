@@ -243,7 +243,7 @@ async def test_a_step_that_ends_before_a_later_part_exists_is_applied_when_it_do
     app = make_app()
     qa, qb, _ = _queues(queue_name)
     inc, dbl, _, _ = _tasks(app)
-    create = app.enqueue_graph
+    create = app._enqueuer.enqueue_graph
 
     async def main_part_runs_first(
         queue: str, fields: list[Any], record: GraphRecord | None, levels: Any = ()
@@ -254,7 +254,7 @@ async def test_a_step_that_ends_before_a_later_part_exists_is_applied_when_it_do
             assert await app.drain(queues=[qa]) == 1
         return reply
 
-    monkeypatch.setattr(app, "enqueue_graph", main_part_runs_first)
+    monkeypatch.setattr(app._enqueuer, "enqueue_graph", main_part_runs_first)
     async with app:
         h = await (inc.call(1) | dbl.options(queue=qb) | inc).enqueue()
         broker = await app._client.broker()

@@ -44,3 +44,14 @@ def test_patched_or_newer_versions_pass(server: str, version: str) -> None:
 def test_the_release_to_upgrade_to_is_the_next_patched_branch() -> None:
     text = advisory("redis", "7.0.15")
     assert text is not None and "7.2.11" in text
+
+
+def test_the_advisory_is_logged_once_per_process_not_per_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from segue._versions import warn_if_unpatched
+
+    with caplog.at_level("WARNING", logger="segue.server"):
+        for _ in range(3):
+            assert warn_if_unpatched("redis", "7.0.1", "redis://a:6379/0") is not None
+    assert len([r for r in caplog.records if "7.0.1" in r.getMessage()]) == 1

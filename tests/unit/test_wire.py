@@ -60,6 +60,7 @@ TASK_CODES = {
     "ERROR": "e",
     "CONTROL": "ctl",
     "CONTROL_REASON": "ctlr",
+    "CONTROL_AT": "ctlt",
     "WAITING_FOR": "wait",
     "HOLD": "hold",
     "INPUT": "in",

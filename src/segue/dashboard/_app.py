@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection
 
     from segue._app import App
+    from segue._client import Client
 
 
 def create_app(
@@ -63,7 +64,7 @@ def create_app(
         secure_cookies=secure_cookies,
         allowed_hosts=allowed_hosts,
         trusted_proxies=trusted_proxies,
-        generations=_ServerGenerations(app),
+        generations=_ServerGenerations(app._client),
     )
     templates = Environment(
         loader=PackageLoader("segue.dashboard", "templates"),
@@ -127,14 +128,14 @@ def create_app(
 class _ServerGenerations:
     """The session generation on the App's server, shared by every dashboard process."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, client: Client) -> None:
+        self._client = client
 
     async def current(self) -> int:
-        return await (await self.app._client.reads()).session_generation()
+        return await (await self._client.reads()).session_generation()
 
     async def advance(self) -> int:
-        return await (await self.app.broker()).advance_session_generation()
+        return await (await self._client.broker()).advance_session_generation()
 
 
 def _quote(value: str) -> str:

@@ -26,12 +26,11 @@ if TYPE_CHECKING:
 async def ended_newest(
     client: Client, status: TaskStatus, queue: str, offset: int, limit: int
 ) -> list[TaskInfo]:
-    """A page of the tasks that ended in this status, newest first: the index of ended
-    tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
+    """A page of the tasks that ended in this status, newest first."""
     reads = await client.reads()
     ks = reads.keyspace(queue)
     infos: list[TaskInfo] = []
-    for task_id in await _ops_reads.ended_ids(reads, ks, status.value, offset, limit):
+    for task_id in await _ops_reads.ended_ids_newest(reads, ks, status.value, offset, limit):
         rec = await reads.task_record(ks, task_id)
         if rec:
             infos.append(parse_info(task_id, rec, client.tasks))

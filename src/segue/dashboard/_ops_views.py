@@ -4,7 +4,7 @@ of `_views.Views`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.exceptions import HTTPException
@@ -15,10 +15,26 @@ from segue.dashboard import _ops_lists
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-    from starlette.responses import Response
+    from starlette.responses import HTMLResponse, Response
 
+    from segue._app import App
+    from segue._client import Client
     from segue._handle import TaskHandle
-    from segue.dashboard._views import Views
+
+    class Views(Protocol):
+        """What these pages use of `_views.Views` (which imports this module)."""
+
+        app: App
+        client: Client
+        page_size: int
+
+        def page(
+            self, request: Request, template: str, status_code: int = 200, **context: Any
+        ) -> HTMLResponse: ...
+        def back(self, request: Request, to: str | None, kind: str, text: str) -> Response: ...
+        def _int(self, request: Request, name: str, default: int, high: int) -> int: ...
+        def _queue(self, request: Request) -> str: ...
+
 
 # a status filter on the workflows page looks at this many of the newest workflows
 WORKFLOW_SCAN = 500
@@ -42,7 +58,7 @@ class OpsViews:
             raise HTTPException(400, f"unknown workflow status {wanted!r}")
         search = (request.query_params.get("q") or "").strip()[:200]
         offset = v._int(request, "offset", 0, 1_000_000)
-        reads = await self.app._client.reads()
+        reads = await self.v.client.reads()
         ks = reads.keyspace(queue)
         total = await _ops_reads.workflow_total(reads, ks)
         filtered = bool(wanted or search)
@@ -121,7 +137,7 @@ class OpsViews:
             ids = [i for i in form.get("ids", []) if _in_queue(i, queue.name)]
             if not ids:
                 return self.v.back(request, to, "error", "no dead letter was selected")
-        broker = await self.app.broker()
+        broker = await self.v.client.broker()
         ks = broker.keyspace(queue.name)
         if action.startswith("retry"):
             queued, refused = await _ops_actions.retry_dead(

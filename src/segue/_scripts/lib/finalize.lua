@@ -53,7 +53,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   leave_running(Q.base, tk, id)
   transition(Q, tk, id, { to = status, at = at, why = reason, set = { 'et', at, field, value },
     event = 'task.' .. status, name = f[5] or '' })
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'wait', 'hold')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold')
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
@@ -164,7 +164,7 @@ local function obey_control(Q, tk, id, now)
   elseif f[1] == 'pause' then
     transition(Q, tk, id, { to = 'paused', at = now, why = f[2] or 'paused', set = { 'd', 0 },
       score = now, event = 'task.paused' })
-    redis.call('HDEL', tk, 'ctl', 'ctlr', 'w', 'due')
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'w', 'due')
     return true
   end
   return false

@@ -32,7 +32,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       return { 'paused', 0 }
     end
     if ctl == 'cancel' then return { status, 1 } end -- a cancel already asked for wins
-    redis.call('HSET', tk, 'ctl', 'pause', 'ctlr', reason)
+    redis.call('HSET', tk, 'ctl', 'pause', 'ctlr', reason, 'ctlt', now)
     redis.call('SPUBLISH', control_channel, 'pause ' .. id)
     return { status, 1 }
   elseif cmd == 'resume' then
@@ -40,12 +40,12 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       redis.call('ZREM', Q.paused, id)
       transition(Q, tk, id, { to = 'queued', at = now, why = reason, push = 'back', prio = prio,
         event = 'task.resumed' })
-      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       return { 'queued', 0 }
     end
     if status == 'running' and ctl == 'pause' then
       -- the pause was not carried out yet: withdraw it, and tell the worker
-      redis.call('HDEL', tk, 'ctl', 'ctlr')
+      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       redis.call('SPUBLISH', control_channel, 'resume ' .. id)
       return { status, 1 }
     end
@@ -58,7 +58,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   elseif cmd == 'cancel' then
     if FINAL[status] then return { status, 0 } end
     if status == 'running' then
-      redis.call('HSET', tk, 'ctl', 'cancel', 'ctlr', reason)
+      redis.call('HSET', tk, 'ctl', 'cancel', 'ctlr', reason, 'ctlt', now)
       redis.call('SPUBLISH', control_channel, 'cancel ' .. id)
       return { status, 1 }
     end
