@@ -75,7 +75,7 @@ def skip_time(until: float) -> None:
 async def advance_sleeps(broker: Broker, queues: list[str], seconds: float) -> int:
     """Make due now every SUSPENDED task of `queues` due within `seconds`: the helper of
     `app.drain(advance=...)`. Returns how many it moved."""
-    horizon = await broker.server_time_ms() + round(seconds * 1000)
+    horizon = await broker.reads.server_time_ms() + round(seconds * 1000)
     moved = 0
     for queue in queues:
         ks = broker.keyspace(queue)
@@ -204,7 +204,7 @@ class Journal:
             return
         raw = await run.call(
             f"task {self._task_id}: the step journal",
-            lambda: run.broker.read_state(run.ks, self._task_id),
+            lambda: run.broker.reads.read_state(run.ks, self._task_id),
         )
         entries: dict[str, dict[str, msgspec.Raw]] = {}
         prefix = FIELD.encode()

@@ -6,7 +6,8 @@
   The summary line is the record's field 'j:<n>', n counted by its field 'jn' (kept for the
   record's ttl: TaskInfo.steps; a field per line, so a step's cost does not grow with the
   journal), and 'jp' is set to the generation: the claim script's lease-expiry path reads it to tell a
-  lost run that made progress (no try spent) from one that made none.
+  lost run that made progress (no try spent) from one that made none; 'pw' marks progress
+  for the Pause limit as state.lua does (finish.lua clears it at the next Pause).
   Returns: 1 written, 0 rejected (the run no longer holds the task). ]]
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g', 'jn', 'jp')
@@ -14,8 +15,8 @@ if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
 local n = (tonumber(f[3] or '0') or 0) + 1
 if f[4] == ARGV[3] then
-  redis.call('HSET', tk, 'j:' .. n, ARGV[6], 'jn', n)
+  redis.call('HSET', tk, 'j:' .. n, ARGV[6], 'jn', n, 'pw', 1)
 else
-  redis.call('HSET', tk, 'j:' .. n, ARGV[6], 'jn', n, 'jp', ARGV[3])
+  redis.call('HSET', tk, 'j:' .. n, ARGV[6], 'jn', n, 'pw', 1, 'jp', ARGV[3])
 end
 return 1
