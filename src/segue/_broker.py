@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from segue._calls import ScriptCall
-    from segue._keys import Keyspace, WorkerKeys
+    from segue._keys import CronKeys, Keyspace, WorkerKeys
     from segue._settings import Settings
     from segue._wire import EnqueueSpec, Finished, GraphStep
 
@@ -243,6 +243,26 @@ class Broker(Transport):
         call = _calls.beat(wk, worker_id, ttl_ms, keep_ms, started_ms, fields)
         now, started = (await self.run_calls([call], retry=True))[0]
         return int(now), int(started)
+
+    async def set_schedule_paused(self, ck: CronKeys, sid: str, paused: bool) -> bool:
+        """Pause or resume a schedule; False when there is no such schedule."""
+        async with self.errors():
+            if not await self.client.hexists(ck.defs, sid):
+                return False
+            if paused:
+                secs, _ = await self.client.time()
+                await self.client.hsetnx(ck.paused, sid, int(secs) * 1000)
+            else:
+                await self.client.hdel(ck.paused, sid)
+        return True
+
+    async def forget_schedule_pause(self, ck: CronKeys, sid: str) -> None:
+        """Drop a removed schedule's pause flag and last skipped tick."""
+        async with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(ck.paused, sid)
+            pipe.hdel(ck.skipped, sid)
+            await pipe.execute()
 
     async def advance_session_generation(self) -> int:
         """End every dashboard session issued so far, in every dashboard of this server."""

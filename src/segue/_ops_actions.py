@@ -113,21 +113,9 @@ async def index_workflow(broker: Broker, ks: Keyspace, wf_id: str, shape: str) -
 
 async def set_schedule_paused(broker: Broker, ck: CronKeys, sid: str, paused: bool) -> bool:
     """Pause or resume a schedule; False when there is no such schedule."""
-    async with broker.errors():
-        if not await broker.client.hexists(ck.defs, sid):
-            return False
-        if paused:
-            secs, _ = await broker.client.time()
-            await broker.client.hsetnx(ck.paused, sid, int(secs) * 1000)
-        else:
-            await broker.client.hdel(ck.paused, sid)
-    return True
+    return await broker.set_schedule_paused(ck, sid, paused)
 
 
 async def forget_schedule_pause(broker: Broker, ck: CronKeys, sid: str) -> None:
     """Drop a removed schedule's pause flag and last skipped tick."""
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
-        pipe.hdel(ck.paused, sid)
-        pipe.hdel(ck.skipped, sid)
-        await pipe.execute()
+    await broker.forget_schedule_pause(ck, sid)
