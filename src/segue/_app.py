@@ -132,6 +132,7 @@ class App:
         rate_limit: str | None = None,
         rate_burst: int = 1,
         concurrency: int | None = None,
+        max_pauses: int | None = 100,
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
@@ -273,7 +274,7 @@ class App:
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every stored schedule with its next run and last tick, soonest first."""
-        return await _scheduler.listing(self.settings.prefix, await self._client.broker())
+        return await _scheduler.listing(self.settings.prefix, await self._client.reads())
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -307,11 +308,11 @@ class App:
     ) -> list[TaskInfo]:
         """Tasks of one queue in one status, paged (`offset`, `limit`)."""
         st = TaskStatus(status)
-        broker = await self._client.broker()
-        ks = broker.keyspace(queue or self.settings.queue)
+        reads = await self._client.reads()
+        ks = reads.keyspace(queue or self.settings.queue)
         infos: list[TaskInfo] = []
-        for task_id in await broker.list_ids(ks, st.value, offset, limit):
-            rec = await broker.task_record(ks, task_id)
+        for task_id in await reads.list_ids(ks, st.value, offset, limit):
+            rec = await reads.task_record(ks, task_id)
             if rec:
                 info = parse_info(task_id, rec, self._registry.tasks)
                 if info.status is st or st.is_final:
@@ -332,11 +333,11 @@ class App:
         self, queue: str | None = None, *, offset: int = 0, limit: int = 100
     ) -> list[TaskInfo]:
         """Tasks of a queue that failed for good, newest first, paged."""
-        broker = await self._client.broker()
-        ks = broker.keyspace(queue or self.settings.queue)
+        reads = await self._client.reads()
+        ks = reads.keyspace(queue or self.settings.queue)
         infos: list[TaskInfo] = []
-        for task_id in await broker.dead_ids(ks, offset, limit):
-            rec = await broker.task_record(ks, task_id)
+        for task_id in await reads.dead_ids(ks, offset, limit):
+            rec = await reads.task_record(ks, task_id)
             if rec:
                 infos.append(parse_info(task_id, rec, self._registry.tasks))
         return infos
@@ -360,12 +361,12 @@ class App:
             yield event
 
     async def queues(self) -> list[str]:
-        broker = await self._client.broker()
-        return await broker.queues()
+        reads = await self._client.reads()
+        return await reads.queues()
 
     async def queue_counts(self, queue: str | None = None) -> dict[str, int]:
-        broker = await self._client.broker()
-        return await broker.count(broker.keyspace(queue or self.settings.queue))
+        reads = await self._client.reads()
+        return await reads.count(reads.keyspace(queue or self.settings.queue))
 
     # --- running ---------------------------------------------------------------------------
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from segue import _calls, _scripts
+from segue import _calls
 from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
-from segue._keys import queues_key
+from segue._keys import dashboard_sessions_key, queues_key
 from segue._queries import Queries
 from segue._transport import (
+    Transport,
     _cluster_seeds,
     _safe,
     make_async_client,
     make_sync_client,
     map_errors,
     server_unreachable,
+    while_migrating,
 )
 from segue._wire import GraphRecord
 from segue._wire import ScriptErrorCode as Code
@@ -41,11 +43,20 @@ if TYPE_CHECKING:
 
     from segue._calls import ScriptCall
     from segue._keys import Keyspace, WorkerKeys
+    from segue._settings import Settings
     from segue._wire import EnqueueSpec, Finished, GraphStep
 
 
-class Broker(Queries):
-    """Connections and every server operation of one App."""
+class Broker(Transport):
+    """The connections of one App and every command it sends; `reads` is its read side.
+
+    Broker is a Transport (the worker's claim and finish calls go straight to run_calls);
+    the reads are a separate object over the same transport, handed alone to whoever only
+    reads (CLI, dashboard, /metrics, handles)."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        super().__init__(settings, url)
+        self.reads = Queries(self)
 
     def enqueue_call(self, ks: Keyspace, specs: Sequence[EnqueueSpec]) -> ScriptCall:
         """Create tasks (enqueue.lua); see _calls.parse_created for the reply."""
@@ -129,7 +140,7 @@ class Broker(Queries):
             await pipe.execute()
 
         async with self.errors():
-            await _scripts.while_migrating(remove)
+            await while_migrating(remove)
 
     async def wait_children(self, ks: Keyspace, parent: str, gen: str, children: list[str]) -> int:
         """-1: the run lost its task; 0: all ended; n: the parent now waits for n."""
@@ -224,6 +235,11 @@ class Broker(Queries):
         call = _calls.beat(wk, worker_id, ttl_ms, keep_ms, started_ms, fields)
         now, started = (await self.run_calls([call], retry=True))[0]
         return int(now), int(started)
+
+    async def advance_session_generation(self) -> int:
+        """End every dashboard session issued so far, in every dashboard of this server."""
+        async with self.errors():
+            return int(await self.client.incr(dashboard_sessions_key(self.settings.prefix)))
 
     async def unregister_worker(self, wk: WorkerKeys, worker_id: str) -> None:
         async with self.errors():

@@ -220,6 +220,9 @@ def info(
         at = shown.pending_request_at
         when = f" at {at:%Y-%m-%d %H:%M:%S}" if at else ""
         _say(f"  {shown.pending_request} requested{when}, not carried out yet")
+    dropped = shown.history_total - len(shown.history)
+    if dropped > 0:
+        _say(f"  ({dropped} earlier transitions not kept: a record keeps the last 200)")
     for t in shown.history:
         _say(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}")
     if shown.status is TaskStatus.SUCCEEDED:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from segue._codec import TaskTypes
     from segue._embedded import EmbeddedServer
+    from segue._queries import Queries
     from segue._settings import Settings
 
 
@@ -68,6 +69,11 @@ class Client:
                     raise
                 self.connected = broker
         return self.connected
+
+    async def reads(self) -> Queries:
+        """The read side of the connected broker (connecting on first use): what a reader
+        (handles, the CLI, the dashboard, /metrics) is given instead of the broker."""
+        return (await self.broker()).reads
 
     async def close(self) -> None:
         broker, self.connected = self.connected, None

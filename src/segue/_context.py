@@ -154,7 +154,7 @@ class TaskState:
             return dict(self._local)
         run = self._run
         raw = await run.call(
-            f"task {self._id}: ctx.state", lambda: run.broker.read_state(run.ks, self._id)
+            f"task {self._id}: ctx.state", lambda: run.broker.reads.read_state(run.ks, self._id)
         )
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 

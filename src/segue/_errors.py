@@ -21,12 +21,16 @@ Raised by task code (not errors of segue's, so not under SegueError):
 
     Fail(reason)                end the task FAILED now, without retry
     Retry(delay=None)           ask for another try, after `delay` seconds
-    Pause(delay=None)           stop now and run again later (SUSPENDED), state kept
+    Pause(delay=None, state=None)  stop now and run again later (SUSPENDED), state kept
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 class SegueError(Exception):
@@ -163,8 +167,19 @@ class Pause(Exception):
 
     The worker slot is freed at once; the try is not spent; `ctx.state` is kept, so the next
     run resumes from it. With `delay`, the task waits that long before it is queued again.
+    With `state`, those keys are merged into `ctx.state` in the same server-side step that
+    suspends the task: a checkpoint that cannot be lost between the write and the pause.
+    The values are encoded as `ctx.state.set` encodes them: one that is not JSON, or is over
+    `max_payload_bytes`, fails the try with a `PayloadError` naming its key.
     """
 
-    def __init__(self, delay: float | timedelta | None = None) -> None:
+    def __init__(
+        self, delay: float | timedelta | None = None, *, state: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__("paused by the task")
         self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        self.state: dict[str, Any] = dict(state or {})
+        keys: list[object] = list(self.state)  # a caller's dict may hold any key
+        bad = next((k for k in keys if not isinstance(k, str) or not k), None)
+        if bad is not None:
+            raise PayloadError(f"Pause(state=...): a state key must be a non-empty str: {bad!r}")

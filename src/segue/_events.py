@@ -68,11 +68,11 @@ async def follow(
     task_id: str | None = None,
     kinds: Collection[str] | None = None,
 ) -> AsyncIterator[Event]:
-    broker = await client.broker()
-    keyspaces = [broker.keyspace(q) for q in queues]
+    reads = await client.reads()
+    keyspaces = [reads.keyspace(q) for q in queues]
     last = dict.fromkeys(queues, since)
     while True:
-        entries = await broker.read_events(keyspaces, last, int(block * 1000))
+        entries = await reads.read_events(keyspaces, last, int(block * 1000))
         for queue, entry_id, fields in entries:
             last[queue] = entry_id.decode()
             event = parse_event(queue, entry_id, fields)

@@ -56,7 +56,7 @@ def _target(raw: bytes) -> str | None:
 
 async def forward_queue(broker: Broker, ks: Keyspace) -> int:
     """Deliver the oldest entries of one queue's outbox; how many it moved."""
-    raw = await broker.outbox(ks, BATCH)
+    raw = await broker.reads.outbox(ks, BATCH)
     if not raw:
         return 0
     by_target: dict[str, list[bytes]] = {}

@@ -77,15 +77,15 @@ class TaskHandle(Generic[R]):
         )
 
     async def status(self) -> TaskStatus:
-        broker = await self._client.broker()
-        raw = await broker.task_status(broker.keyspace(self.queue), self.id)
+        reads = await self._client.reads()
+        raw = await reads.task_status(reads.keyspace(self.queue), self.id)
         if raw is None:
             raise self._not_found()
         return TaskStatus(raw.decode())
 
     async def info(self) -> TaskInfo:
-        broker = await self._client.broker()
-        rec = await broker.task_record(broker.keyspace(self.queue), self.id)
+        reads = await self._client.reads()
+        rec = await reads.task_record(reads.keyspace(self.queue), self.id)
         if not rec:
             raise self._not_found()
         return parse_info(self.id, rec, self._client.tasks)
@@ -93,16 +93,16 @@ class TaskHandle(Generic[R]):
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
         `limit`, at most that many of them."""
-        broker = await self._client.broker()
-        raw = await broker.read_state(broker.keyspace(self.queue), self.id, limit)
+        reads = await self._client.reads()
+        raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
 
     async def events(self, *, scan: int = 1000) -> list[Event]:
         """This task's events among the last `scan` of its queue's stream, oldest first."""
         from segue._events import parse_event
 
-        broker = await self._client.broker()
-        entries = await broker.recent_events(broker.keyspace(self.queue), scan)
+        reads = await self._client.reads()
+        entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
 
@@ -112,13 +112,13 @@ class TaskHandle(Generic[R]):
             raise ResultUnavailable(
                 f"task {self.id} was enqueued with ttl=0: segue keeps no result to return"
             )
-        broker = await self._client.broker()
-        ks = broker.keyspace(self.queue)
+        reads = await self._client.reads()
+        ks = reads.keyspace(self.queue)
         deadline = None if timeout is None else time.monotonic() + timeout
-        fut = await broker.watch_ended(ks, self.id)
+        fut = await reads.watch_ended(ks, self.id)
         try:
             while True:
-                rec = await broker.task_record(ks, self.id)
+                rec = await reads.task_record(ks, self.id)
                 if not rec:
                     raise self._not_found()
                 status = TaskStatus(rec[F.STATUS.b].decode())
@@ -136,15 +136,15 @@ class TaskHandle(Generic[R]):
                     # the end was announced while the record was being read: that read may
                     # predate it, so read again now (watching anew first), instead of
                     # waiting on a fresh watch for an announcement already spent
-                    broker.unwatch(self.id, fut)
-                    fut = await broker.watch_ended(ks, self.id)
+                    reads.unwatch(self.id, fut)
+                    fut = await reads.watch_ended(ks, self.id)
                     continue
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), wait)
                 except TimeoutError:
                     pass
         finally:
-            broker.unwatch(self.id, fut)
+            reads.unwatch(self.id, fut)
 
     # --- operator control ----------------------------------------------------------------
 
@@ -292,16 +292,22 @@ class _Reader:
             self.bad(F.STATUS.b, "is not a status")
             return TaskStatus.FAILED
 
-    def history(self) -> list[Transition]:
+    def history(self) -> tuple[list[Transition], int]:
+        """The kept transitions, numbered, and how many there were in all: the count the
+        scripts keep, or the lines (a record from before it was kept, or one a worker of
+        the previous release appended to without counting)."""
+        lines = self.text(F.HISTORY.b).splitlines()
+        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines))
+        first = total - len(lines) + 1
         out = []
-        for line in self.text(F.HISTORY.b).splitlines():
+        for n, line in enumerate(lines, first):
             st, _, rest = line.partition("|")
             at, _, reason = rest.partition("|")
             try:
-                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason))
+                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason, n))
             except (ValueError, OverflowError, OSError):
                 self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
-        return out
+        return out, total
 
     def progress(self) -> tuple[float, float | None] | None:
         if F.PROGRESS.b not in self.rec:
@@ -345,7 +351,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         args, kwargs = list(args), dict(kwargs)
     except Exception:
         args, kwargs = [], {}
-    history = r.history()
+    history, history_total = r.history()
     result: Any = None
     if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
@@ -374,6 +380,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         problem="; ".join(r.problems) or None,
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
+        history_total=history_total,
     )
 
 
@@ -409,8 +416,8 @@ class WorkflowHandle(Generic[R]):
         return f"<WorkflowHandle {self.id}>"
 
     async def _record(self) -> dict[bytes, bytes]:
-        broker = await self._client.broker()
-        rec = await broker.workflow_record(broker.keyspace(self.queue), self.id)
+        reads = await self._client.reads()
+        rec = await reads.workflow_record(reads.keyspace(self.queue), self.id)
         if not rec:
             raise TaskNotFound(
                 f"no workflow {self.id}: it never existed, or it ended and its record expired"
@@ -429,7 +436,7 @@ class WorkflowHandle(Generic[R]):
 
     async def _fields_of(self, ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
         """The same fields of steps on any queues, in the order of `ids`."""
-        broker = await self._client.broker()
+        reads = await self._client.reads()
         by_queue: dict[str, list[int]] = {}
         for n, step_id in enumerate(ids):
             by_queue.setdefault(queue_of(step_id), []).append(n)
@@ -438,7 +445,7 @@ class WorkflowHandle(Generic[R]):
             part = [ids[n] for n in positions]
             for n, row in zip(
                 positions,
-                await broker.task_fields(broker.keyspace(queue), part, fields),
+                await reads.task_fields(reads.keyspace(queue), part, fields),
                 strict=True,
             ):
                 rows[n] = row
@@ -466,11 +473,11 @@ class WorkflowHandle(Generic[R]):
     async def steps(self, *, offset: int = 0, limit: int | None = None) -> list[TaskInfo]:
         """Every step, in the order they were laid out, with status and result or error;
         `offset` and `limit` read one page of a large fan-out."""
-        broker = await self._client.broker()
+        reads = await self._client.reads()
         infos: list[TaskInfo] = []
         ids = await self._ids(W.STEPS.b)
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
-            rec = await broker.task_record(broker.keyspace(queue_of(step_id)), step_id)
+            rec = await reads.task_record(reads.keyspace(queue_of(step_id)), step_id)
             if rec:
                 infos.append(parse_info(step_id, rec, self._client.tasks))
         return infos

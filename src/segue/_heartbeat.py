@@ -217,8 +217,8 @@ def _info(worker_id: str, score: float | None, rec: dict[bytes, bytes], now_ms: 
 
 async def list_workers(client: Client) -> list[WorkerInfo]:
     """Every worker with a record (live, or stale but not yet expired), by host and id."""
-    broker = await client.broker()
-    now_ms, rows = await broker.worker_records(WorkerKeys(client.settings.prefix))
+    reads = await client.reads()
+    now_ms, rows = await reads.worker_records(WorkerKeys(client.settings.prefix))
     infos = [_info(wid, score, rec, now_ms) for wid, score, rec in rows if rec]
     return sorted(infos, key=lambda w: (w.host, w.id))
 
@@ -259,10 +259,8 @@ async def check(
             return Health(False, f"no pid file at {path} (start the worker with --pid-file {path})")
     try:
         async with asyncio.timeout(timeout):
-            broker = await client.broker()
-            now_ms, rows = await broker.worker_records(
-                WorkerKeys(client.settings.prefix), worker_id
-            )
+            reads = await client.reads()
+            now_ms, rows = await reads.worker_records(WorkerKeys(client.settings.prefix), worker_id)
     except TimeoutError:
         return Health(False, f"server unreachable: {_where(client)} did not answer in {timeout} s")
     except BrokerError as exc:

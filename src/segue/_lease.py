@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from segue import _calls
-from segue._broker import make_sync_client
 from segue._faults import faultpoint
 from segue._services import Service
+from segue._transport import SyncScripts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,7 +53,7 @@ class LeaseKeeper(Service):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: Any = None
+        self._scripts: SyncScripts | None = None
         self.interval = settings.lease_seconds / 3
         # a renewal under way ends first (its calls time out within this)
         self.stop_wait = self.interval + 5
@@ -127,18 +127,16 @@ class LeaseKeeper(Service):
             self._reset_client()
 
     def _reset_client(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-        self._client = None
+        if self._scripts is not None:
+            self._scripts.close()
 
     def renew_once(self) -> None:
         with self._lock:
             held = list(self._held.items())
         if not held:
             return
-        if self._client is None:
-            self._client = make_sync_client(self._url, cluster=self._settings.cluster)
+        if self._scripts is None:
+            self._scripts = SyncScripts(self._url, cluster=self._settings.cluster)
         by_queue: dict[Keyspace, list[str]] = {}
         for task_id, (ks, gen) in held:
             by_queue.setdefault(ks, []).extend((task_id, gen))
@@ -146,8 +144,8 @@ class LeaseKeeper(Service):
         sent = dict(held)
         lost: list[tuple[str, str]] = []
         for ks, pairs in by_queue.items():
-            script, keys, args = _calls.renew(ks, self._worker_id, lease_ms, pairs)
-            gone, requests = _calls.parse_renew(script.run_sync(self._client, keys, args))
+            call = _calls.renew(ks, self._worker_id, lease_ms, pairs)
+            gone, requests = _calls.parse_renew(self._scripts.run(call))
             # with the generation it was sent for: by the time the reply is read, this
             # worker may hold a newer run of the same task, which is not lost
             lost.extend((task_id, sent[task_id][1]) for task_id in gone)

@@ -53,11 +53,11 @@ async def delete_dead(broker: Broker, ks: Keyspace, ids: Iterable[str] | None) -
             deleted += await _delete_batch(broker, ks, wanted[start : start + _BATCH])
         return deleted
     while True:
-        page = await broker.dead_ids(ks, 0, _BATCH)
+        page = await broker.reads.dead_ids(ks, 0, _BATCH)
         if not page:
             return deleted
         deleted += await _delete_batch(broker, ks, page)
-        if await broker.dead_ids(ks, 0, 1) == page[:1]:
+        if await broker.reads.dead_ids(ks, 0, 1) == page[:1]:
             return deleted  # nothing of the page could go: stop rather than loop
 
 
@@ -89,7 +89,9 @@ async def retry_dead(
         if todo is not None:
             page, todo = todo[:_BATCH], todo[_BATCH:]
         else:
-            page = [i for i in await broker.dead_ids(ks, 0, _BATCH + len(skip)) if i not in skip]
+            page = [
+                i for i in await broker.reads.dead_ids(ks, 0, _BATCH + len(skip)) if i not in skip
+            ]
         if not page:
             return queued, refused
         for task_id in page:

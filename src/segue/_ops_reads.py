@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from segue._broker import Broker
     from segue._keys import CronKeys, Keyspace
+    from segue._queries import Queries
 
 # How many of the next tasks to run per priority (and due scheduled ones) are read to tell
 # ready from held: few when no task name of the queue has a limit (only the oldest-ready
@@ -56,18 +56,18 @@ def _since(history: bytes | None) -> int | None:
         return None
 
 
-async def server_ms(broker: Broker) -> int:
-    async with broker.errors():
-        secs, micros = await broker.client.time()
+async def server_ms(reads: Queries) -> int:
+    async with reads.errors():
+        secs, micros = await reads.client.time()
     return int(secs) * 1000 + int(micros) // 1000
 
 
-async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
+async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     rate_key, conc_key = ks.limits
     # TIME names no key: a cluster pipeline refuses it, so it goes first, on its own
-    now = await server_ms(broker)
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    now = await server_ms(reads)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         pipe.hget(ks.meta, "paused")
         for key in ks.pending:
             pipe.llen(key)
@@ -80,8 +80,8 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     rates: dict[bytes, bytes] = first[4]
     most: dict[bytes, bytes] = first[5]
     scan = SCAN_LIMITED if rates or most else SCAN_FREE
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for key in ks.pending:
             pipe.lrange(key, -scan, -1)  # the next to run are at the tail
         pipe.zrangebyscore(ks.scheduled, "-inf", now, start=0, num=scan, withscores=True)
@@ -108,8 +108,8 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     ids = [i for tail in tails for i in tail] + [i for i, _ in due]
     if not ids:
         return Readiness(0, 0.0)
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for task_id in ids:
             pipe.hmget(ks.task(task_id.decode()), "n", "s", "h")
         rows: list[list[bytes | None]] = await pipe.execute()
@@ -133,11 +133,11 @@ async def readiness(broker: Broker, ks: Keyspace) -> Readiness:
     )
 
 
-async def stats(broker: Broker, ks: Keyspace) -> dict[str, int]:
+async def stats(reads: Queries, ks: Keyspace) -> dict[str, int]:
     """The queue's counters kept by the scripts: `started` (runs), `retried` (runs that
     ended in a retry), and tasks ended `succeeded`, `failed`, `cancelled`, `expired`."""
-    async with broker.errors():
-        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.stats)
+    async with reads.errors():
+        raw: dict[bytes, bytes] = await reads.client.hgetall(ks.stats)
     got = {k.decode(): int(v) for k, v in raw.items()}
     return {f: got.get(f, 0) for f in STAT_FIELDS}
 
@@ -151,11 +151,11 @@ class Step:
     failed: int
 
 
-async def history(broker: Broker, ks: Keyspace, now_ms: int, steps: int) -> list[Step]:
+async def history(reads: Queries, ks: Keyspace, now_ms: int, steps: int) -> list[Step]:
     """The last `steps` steps of HIST_STEP_MS (the last one is the current, partial step),
     oldest first; steps nothing ended in count zero."""
-    async with broker.errors():
-        raw: dict[bytes, bytes] = await broker.client.hgetall(ks.hist)
+    async with reads.errors():
+        raw: dict[bytes, bytes] = await reads.client.hgetall(ks.hist)
     current = now_ms // HIST_STEP_MS
     wanted = range(current - min(steps, HIST_SLOTS) + 1, current + 1)
     out: list[Step] = []
@@ -170,26 +170,26 @@ async def history(broker: Broker, ks: Keyspace, now_ms: int, steps: int) -> list
     return out
 
 
-async def workflow_ids(broker: Broker, ks: Keyspace, offset: int, limit: int) -> list[str]:
+async def workflow_ids(reads: Queries, ks: Keyspace, offset: int, limit: int) -> list[str]:
     """Ids of the workflows whose record lives on this queue, newest first, paged."""
-    async with broker.errors():
-        ids: list[bytes] = await broker.client.zrevrange(ks.workflows, offset, offset + limit - 1)
+    async with reads.errors():
+        ids: list[bytes] = await reads.client.zrevrange(ks.workflows, offset, offset + limit - 1)
     return [i.decode() for i in ids]
 
 
-async def workflow_total(broker: Broker, ks: Keyspace) -> int:
-    async with broker.errors():
-        return int(await broker.client.zcard(ks.workflows))
+async def workflow_total(reads: Queries, ks: Keyspace) -> int:
+    async with reads.errors():
+        return int(await reads.client.zcard(ks.workflows))
 
 
 async def workflow_records(
-    broker: Broker, ks: Keyspace, ids: list[str]
+    reads: Queries, ks: Keyspace, ids: list[str]
 ) -> list[dict[bytes, bytes]]:
     """The records of these workflows ({} for one that expired), in one round trip."""
     if not ids:
         return []
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         for wf_id in ids:
             pipe.hgetall(ks.workflow(wf_id))
         rows: list[dict[bytes, bytes]] = await pipe.execute()
@@ -197,23 +197,23 @@ async def workflow_records(
 
 
 async def ended_ids_newest(
-    broker: Broker, ks: Keyspace, status: str, offset: int, limit: int
+    reads: Queries, ks: Keyspace, status: str, offset: int, limit: int
 ) -> list[str]:
     """A page of the ids of tasks that ended in `status`, newest first: the index of ended
     tasks is scored by record expiry, so among tasks of one ttl the latest end is last."""
-    async with broker.errors():
-        raw: list[bytes] = await broker.client.zrevrange(
+    async with reads.errors():
+        raw: list[bytes] = await reads.client.zrevrange(
             ks.key("done", status), offset, offset + limit - 1
         )
     return [i.decode() for i in raw]
 
 
 async def paused_schedules(
-    broker: Broker, ck: CronKeys
+    reads: Queries, ck: CronKeys
 ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
     """The paused schedules (id -> since, ms) and the last tick each one skipped."""
-    async with broker.errors():
-        pipe = broker.client.pipeline(transaction=False)
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
         pipe.hgetall(ck.paused)
         pipe.hgetall(ck.skipped)
         paused, skipped = await pipe.execute()
@@ -221,11 +221,11 @@ async def paused_schedules(
 
 
 async def schedules_paused(
-    broker: Broker, ck: CronKeys, ids: Sequence[bytes | str]
+    reads: Queries, ck: CronKeys, ids: Sequence[bytes | str]
 ) -> list[bytes | None]:
     """For each schedule id, when it was paused (ms), or None when it is not."""
-    async with broker.errors():
-        held: list[bytes | None] = await broker.client.hmget(ck.paused, list(ids))
+    async with reads.errors():
+        held: list[bytes | None] = await reads.client.hmget(ck.paused, list(ids))
     return held
 
 

@@ -40,6 +40,7 @@ class TaskOptions:
     rate_limit: str | None = None
     rate_burst: int = 1
     concurrency: int | None = None
+    max_pauses: int | None = 100  # Pauses in a row without progress; None: no limit
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
@@ -56,6 +57,11 @@ class TaskOptions:
             )
         if self.max_tries < 1:
             raise ConfigurationError(f"task {self.name}: max_tries must be >= 1")
+        most: object = self.max_pauses
+        if most is not None and (not isinstance(most, int) or isinstance(most, bool) or most < 0):
+            raise ConfigurationError(
+                f"task {self.name}: max_pauses must be an int >= 0 or None, not {self.max_pauses!r}"
+            )
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigurationError(f"task {self.name}: timeout must be positive or None")
         if self.ttl is not None and self.ttl < 0:

@@ -40,8 +40,8 @@ class Queue:
         await broker.set_queue_paused(broker.keyspace(self.name), False)
 
     async def is_paused(self) -> bool:
-        broker = await self._client.broker()
-        return await broker.queue_paused(broker.keyspace(self.name))
+        reads = await self._client.reads()
+        return await reads.queue_paused(reads.keyspace(self.name))
 
     async def purge(self, reason: str = "purged by an operator") -> int:
         """Cancel every task of this queue that waits to run (queued, scheduled, retrying,
@@ -68,5 +68,5 @@ class Queue:
 
     async def counts(self) -> dict[str, int]:
         """How many tasks are queued, scheduled, running, paused, and ended by status."""
-        broker = await self._client.broker()
-        return await broker.count(broker.keyspace(self.name))
+        reads = await self._client.reads()
+        return await reads.count(reads.keyspace(self.name))

@@ -23,7 +23,7 @@ from segue._context import (
     SyncContext,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, Pause, Retry
+from segue._errors import Fail, Pause, PayloadError, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._logging import LineLog, current_task
@@ -31,11 +31,11 @@ from segue._wire import (
     Failed,
     Outcome,
     Paused,
+    PausedItself,
     Released,
     Requeued,
     Retrying,
     Succeeded,
-    Suspended,
     Waiting,
 )
 
@@ -99,6 +99,7 @@ _ENDS: dict[str, RunEnd] = {
     "fail": "failed",
     "retry": "retrying",
     "suspend": "suspended",
+    "pause": "suspended",
     "paused": "paused",
     "waiting": "waiting",
 }
@@ -203,10 +204,7 @@ async def _call(
             lines.info("task %s paused at a checkpoint", job.id)
         return Paused()
     except Pause as exc:
-        if not silent:
-            lines.info("task %s paused itself (delay %s)", job.id, exc.delay)
-        delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
-        return Suspended(delay_ms)
+        return _paused_itself(job, task, settings, exc)
     except Fail as exc:
         job.error = exc
         if not silent:
@@ -246,6 +244,22 @@ async def _call(
     if not silent:
         lines.info("task %s succeeded", job.id)
     return Succeeded(payload)
+
+
+def _paused_itself(job: Job, task: Task[Any, Any], settings: Settings, exc: Pause) -> Outcome:
+    state = []
+    for key, value in exc.state.items():
+        try:
+            encoded = encode(value, what=f"state value {key!r}", limit=settings.max_payload_bytes)
+        except PayloadError as err:
+            # as ctx.state.set would have raised in the task: this try fails, nothing written
+            return _failure(job, task, PayloadError(f"Pause(state=...): {err}"), "error")
+        state.append((key, encoded))
+    if not task.opts.silent:
+        lines.info("task %s paused itself (delay %s)", job.id, exc.delay)
+    delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
+    most = task.opts.max_pauses
+    return PausedItself(delay_ms, -1 if most is None else most, tuple(state))
 
 
 def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) -> Outcome:

@@ -41,7 +41,7 @@ class ScheduleHandle:
 
     async def info(self) -> ScheduleInfo:
         prefix = self._client.settings.prefix
-        for info in await _scheduler.listing(prefix, await self._client.broker()):
+        for info in await _scheduler.listing(prefix, await self._client.reads()):
             if info.id == self.id:
                 return info
         raise self._not_found()

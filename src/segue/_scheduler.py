@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from segue._broker import Broker
     from segue._calls import ScriptCall
     from segue._enqueue import Enqueuer
+    from segue._queries import Queries
 
 R = TypeVar("R")
 
@@ -132,11 +133,11 @@ async def remove(prefix: str, broker: Broker, sid: str) -> bool:
     return bool(reply[0])
 
 
-async def listing(prefix: str, broker: Broker) -> list[_cron.ScheduleInfo]:
+async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
     """Every stored schedule under the prefix, soonest next tick first."""
     ck = CronKeys(prefix)
-    defs, due, fired = await broker.schedule_rows(ck)
-    paused, skipped = await _ops_reads.paused_schedules(broker, ck)
+    defs, due, fired = await reads.schedule_rows(ck)
+    paused, skipped = await _ops_reads.paused_schedules(reads, ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -275,7 +276,7 @@ class Scheduler(Service):
         counts = []
         skips: list[_calls.ScriptCall] = []
         ck = CronKeys(self._enqueuer.settings.prefix)
-        held = await _ops_reads.schedules_paused(broker, ck, [r[0] for r in rows])
+        held = await _ops_reads.schedules_paused(broker.reads, ck, [r[0] for r in rows])
         for (raw_id, raw_tick, raw), paused in zip(rows, held, strict=True):
             sid, tick = _text(raw_id), int(float(raw_tick))
             try:

@@ -43,11 +43,14 @@ def at_ms(ms: int) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One step of a task's history."""
+    """One step of a task's history; `number` counts from the task's first (1), so a
+    follower knows what it has seen even after the oldest steps were dropped (a record
+    keeps the last 200)."""
 
     status: TaskStatus
     at: datetime
     reason: str
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +92,5 @@ class TaskInfo:
     # asked (its worker carries it out at the task's next checkpoint, or at once)
     pending_request: str | None = None
     pending_request_at: datetime | None = None
+    # transitions ever recorded: `history` keeps the last 200 of them
+    history_total: int = 0

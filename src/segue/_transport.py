@@ -4,8 +4,9 @@ It makes the clients (standalone, cluster, Sentinel, TLS) with their retry tunin
 fast auto-pipelined connection of a standalone server, translates every redis-py error into
 segue's own (map_errors: callers never see a redis-py exception), and sends script calls,
 alone or pipelined, reloading a script the server forgot (NOSCRIPT) and resending only that
-call. Pub/sub (_pubsub.py) and durability waits (_durability.py) run on its clients; the
-lease thread makes its own with make_sync_client.
+call, and again a call that a cluster's slot migration made redis-py give up (TRYAGAIN).
+Pub/sub (_pubsub.py) and durability waits (_durability.py) run on its clients; the lease
+thread sends its renewals through a SyncScripts of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -42,11 +44,12 @@ from segue._wire import ScriptErrorCode as Code
 from segue._wire import text as _text
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from segue._settings import Settings
 
 log = logging.getLogger("segue.broker")
+T = TypeVar("T")
 
 
 def _plain_url(url: str) -> str:
@@ -85,7 +88,7 @@ def _safe(url: str) -> str:
 def map_errors(url: str) -> Iterator[None]:
     try:
         yield
-    except rexc.NoScriptError as exc:  # pragma: no cover - handled by the script wrapper
+    except rexc.NoScriptError as exc:  # pragma: no cover - the NOSCRIPT path reloads first
         raise BrokerError(f"script missing on {_safe(url)}: {exc}") from exc
     except ReplyError as exc:
         raise _reply_error(url, exc) from exc
@@ -217,6 +220,116 @@ def _backoff() -> redis.backoff.AbstractBackoff:
     return redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
+# While a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN,
+# and redis-py's cluster client gives up after 16 tries (~0.4 s) with "TTL exhausted": the
+# command never ran, so it is sent again, with a backoff, for up to this many seconds (a
+# migration of a busy queue's slot keeps its keys split for as long as it takes).
+MIGRATION_PATIENCE = 10.0
+
+
+def _not_run(exc: rexc.ClusterError) -> bool:
+    return "TTL exhausted" in str(exc)
+
+
+async def while_migrating(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, sent again while a cluster's slot migration makes redis-py give it up."""
+    deadline = time.monotonic() + MIGRATION_PATIENCE
+    pause = 0.05
+    while True:
+        try:
+            return await call()
+        except rexc.ClusterError as exc:
+            if not _not_run(exc) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(0.5, pause * 2)
+
+
+def _while_migrating_sync(call: Callable[[], T]) -> T:
+    """while_migrating for a blocking client (the lease thread's)."""
+    deadline = time.monotonic() + MIGRATION_PATIENCE
+    pause = 0.05
+    while True:
+        try:
+            return call()
+        except rexc.ClusterError as exc:
+            if not _not_run(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(0.5, pause * 2)
+
+
+# A script call as the wrappers of _calls.py build it: the script, its KEYS, its ARGV.
+Call = tuple[_scripts.Script, list[str], list[Any]]
+
+# The NOSCRIPT path, one for every way a script is sent: a call whose reply (or error) says
+# the server lacks the script (_scripts.is_noscript: after a restart, a failover or SCRIPT
+# FLUSH) loads it and sends again only that call. The durable path (_durability.Confirmer)
+# reloads on its own connections by the same test.
+
+
+async def _eval(client: Any, call: Call) -> Any:
+    """One script call on a redis-py client (cluster ones included)."""
+    script, keys, args = call
+
+    async def once() -> Any:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except rexc.RedisError as exc:
+            if not _scripts.is_noscript(exc):
+                raise
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    return await while_migrating(once)
+
+
+def _eval_sync(client: Any, call: Call) -> Any:
+    """_eval on a blocking client."""
+    script, keys, args = call
+
+    def once() -> Any:
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except rexc.RedisError as exc:
+            if not _scripts.is_noscript(exc):
+                raise
+        client.script_load(script.source)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    return _while_migrating_sync(once)
+
+
+async def _reload_fast(fast: FastConnection, call: Call) -> Any:
+    """After a NOSCRIPT reply on the fast connection: load the script, send the call again."""
+    script, keys, args = call
+    await fast.execute("SCRIPT", "LOAD", script.source)
+    return await fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+class SyncScripts:
+    """Script calls from a thread of their own (the lease thread), on a blocking client of
+    their own made at first use: a task that blocks the event loop cannot delay them."""
+
+    def __init__(self, url: str, *, cluster: bool) -> None:
+        self.url = url
+        self.cluster = cluster
+        self._client: Any = None
+
+    def run(self, call: Call) -> Any:
+        if self._client is None:
+            self._client = make_sync_client(self.url, cluster=self.cluster)
+        with map_errors(self.url):
+            return _eval_sync(self._client, call)
+
+    def close(self) -> None:
+        """Drop the connection (the next call makes a new one: after an error, too)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
 class Transport:
     """The connections of one App, and how commands and script calls reach the server."""
 
@@ -336,13 +449,9 @@ class Transport:
                         raise
                     return await self._run_fast(self.fast, calls)
         async with self.errors():
-            if len(calls) == 1:
-                script, keys, args = calls[0]
-                return [await script.run(self.client, keys, args)]
-            if self.cluster:
-                # a cluster pipeline may split over nodes; scripts of one queue share a slot
-                return [await s.run(self.client, k, a) for s, k, a in calls]
-            return await _scripts.run_pipeline(self.client, calls)
+            # only a cluster has no fast connection: a cluster pipeline may split over
+            # nodes, so the calls go one by one
+            return [await _eval(self.client, call) for call in calls]
 
     @staticmethod
     async def _run_fast(
@@ -356,15 +465,15 @@ class Transport:
             except ReplyError as exc:
                 if not _scripts.is_noscript(exc):
                     raise
-                return [await script.run_fast(fast, keys, args)]
+                return [await _reload_fast(fast, calls[0])]
         futs = [fast.send("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
         # every reply is collected, so that a dropped connection failing them all leaves no
         # future whose exception nobody retrieved
         replies = await asyncio.gather(*futs, return_exceptions=True)
         results: list[Any] = []
-        for (script, keys, args), reply in zip(calls, replies, strict=True):
+        for call, reply in zip(calls, replies, strict=True):
             if _scripts.is_noscript(reply):
-                reply = await script.run_fast(fast, keys, args)
+                reply = await _reload_fast(fast, call)
             elif isinstance(reply, BaseException):
                 raise reply
             results.append(reply)

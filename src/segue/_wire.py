@@ -49,7 +49,8 @@ class TaskField:
     TIMEOUT_MS: Final = Code("to")
     TTL_MS: Final = Code("ttl")  # how long the record outlives the task's end (-1 forever)
     ENQUEUED_AT: Final = Code("ce")
-    HISTORY: Final = Code("h")  # "<status>|<at ms>|<reason>\n" per transition
+    HISTORY: Final = Code("h")  # "<status>|<at ms>|<reason>\n": the last HISTORY_KEEP transitions
+    HISTORY_TOTAL: Final = Code("hn")  # transitions ever recorded (absent: count the lines)
     DUE_AT: Final = Code("due")
     UNIQUE_KEY: Final = Code("uq")
     EXPIRES_AT: Final = Code("exp")
@@ -78,6 +79,13 @@ class TaskField:
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
     PROGRESS_MESSAGE: Final = Code("pgm")
+    # '1': the task recorded progress (a ctx.state write; a journal entry) since its last
+    # Pause; that Pause clears it. Any script that records progress sets it.
+    PROGRESSED: Final = Code("pw")
+    PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+
+
+HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
 
 
 class WorkflowField:
@@ -284,7 +292,7 @@ class Outcome(msgspec.Struct, frozen=True, gc=False):
 
     action: ClassVar[str]
 
-    def argv(self) -> tuple[Any, Any]:
+    def argv(self) -> tuple[Any, ...]:
         return ("", "")
 
 
@@ -335,6 +343,25 @@ class Suspended(Outcome, frozen=True, gc=False):
         return (self.delay_ms, "")
 
 
+class PausedItself(Outcome, frozen=True, gc=False):
+    """The task raised Pause: `state` (key, JSON value) merged into its ctx.state and the
+    task suspended, in one step; no try spent. Counted toward `max_pauses` (-1: no limit)
+    when the task recorded no progress since its last Pause, and then backed off."""
+
+    delay_ms: int  # -1: queued again at once (unless backed off)
+    max_pauses: int
+    state: tuple[tuple[str, bytes], ...] = ()
+    action: ClassVar[str] = "pause"
+
+    def argv(self) -> tuple[Any, ...]:
+        return (
+            self.delay_ms,
+            self.max_pauses,
+            len(self.state),
+            *(x for kv in self.state for x in kv),
+        )
+
+
 class Paused(Outcome, frozen=True, gc=False):
     """An operator's pause was carried out: held until resumed, no try spent."""
 
@@ -374,11 +401,10 @@ class Finished(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
 
     def argv(self) -> tuple[Any, ...]:
-        a, b = self.outcome.argv()
-        return (self.id, self.gen, self.outcome.action, a, b)
+        return (self.id, self.gen, self.outcome.action, *self.outcome.argv())
 
 
-FINISH_WIDTH: Final = 5
+FINISH_WIDTH: Final = 5  # a 'pause' adds 1 + 2 per state key
 
 
 class FinishResult(enum.IntEnum):

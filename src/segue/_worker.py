@@ -391,7 +391,7 @@ class Worker:
         if self._next_due is None:
             return False
         for ks in keyspaces:
-            if await broker.has_retrying(ks):
+            if await broker.reads.has_retrying(ks):
                 return True
         return False
 

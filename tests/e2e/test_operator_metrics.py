@@ -165,13 +165,13 @@ async def test_the_history_ring_is_bounded_and_reads_only_its_own_day(
     async with app:
         broker = await app._client.broker()
         # three ends in one 5-minute step: not in its last seconds
-        while await _ops_reads.server_ms(broker) % _ops_reads.HIST_STEP_MS > 295_000:
+        while await _ops_reads.server_ms(broker.reads) % _ops_reads.HIST_STEP_MS > 295_000:
             await asyncio.sleep(0.2)
         for ok in (True, True, False):
             await job.enqueue(ok)
         await app.drain()
         ks = broker.keyspace(app.settings.queue)
-        now = await _ops_reads.server_ms(broker)
+        now = await _ops_reads.server_ms(broker.reads)
         step = now // _ops_reads.HIST_STEP_MS
         stored = await broker.client.hgetall(ks.hist)
         assert len(stored) == 3  # one slot: its step, and its two counts
@@ -189,7 +189,7 @@ async def test_the_history_ring_is_bounded_and_reads_only_its_own_day(
                 f"{stale}:f": 9,
             },
         )
-        day = await _ops_reads.history(broker, ks, now, 288)
+        day = await _ops_reads.history(broker.reads, ks, now, 288)
         assert len(day) == 288
         assert [(s.succeeded, s.failed) for s in day[-3:]] == [(4, 1), (0, 0), (2, 1)]
         assert day[-1].start_ms == step * _ops_reads.HIST_STEP_MS

@@ -81,7 +81,7 @@ async def test_cross_queue_fan_in_runs_once_after_all_members_while_workers_die(
         async def settled() -> bool:
             # every outbox moved, and the main records counted their part on b as ended
             for q in (qa, qb):
-                if await broker.outbox(broker.keyspace(q), 1):
+                if await broker.reads.outbox(broker.keyspace(q), 1):
                     return False
             ks = broker.keyspace(qa)
             return all([await broker.client.pttl(ks.workflow(f.id)) > 0 for f in flows])

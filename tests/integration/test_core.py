@@ -25,6 +25,7 @@ from segue import (
     TaskFailed,
     TaskNotFound,
     TaskStatus,
+    _versions,
 )
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
@@ -483,8 +484,13 @@ async def test_scripts_reload_after_the_server_forgets_them(
 
 
 async def test_a_server_without_the_lua_fixes_is_named_in_a_warning(
-    make_app: Callable[..., App], segue_engine: Any, caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., App],
+    segue_engine: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # the advisory is logged once per process: start this test as a fresh process would
+    monkeypatch.setattr(_versions, "_warned", set())
     app = make_app()
     with caplog.at_level("WARNING", logger="segue.server"):
         async with app:

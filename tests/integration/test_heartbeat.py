@@ -83,25 +83,25 @@ async def test_beats_prune_the_entries_of_workers_whose_record_expired(
         now, started = await broker.beat(wk, ghost, 50, 60_000, 0, {"host": "elsewhere"})
         assert started == now  # the first beat dates the start
         assert (await broker.beat(wk, ghost, 50, 60_000, started, {}))[1] == started
-        _, rows = await broker.worker_records(wk, ghost)
+        _, rows = await broker.reads.worker_records(wk, ghost)
         assert rows[0][2][b"host"] == b"elsewhere"
 
         async def record_gone() -> bool:
-            _, rows = await broker.worker_records(wk, ghost)
+            _, rows = await broker.reads.worker_records(wk, ghost)
             return rows[0][2] == {}
 
         await eventually(record_gone, timeout=5)
-        _, rows = await broker.worker_records(wk, ghost)
+        _, rows = await broker.reads.worker_records(wk, ghost)
         assert rows[0][1] is not None  # the entry still dates the last beat
         # another worker's beat that keeps gone workers 1 ms prunes it, and only it
         await broker.beat(wk, live, 10_000, 1, 0, {"host": "here"})
         await broker.beat(wk, live, 10_000, 1, 0, {"host": "here"})
-        _, rows = await broker.worker_records(wk, ghost)
+        _, rows = await broker.reads.worker_records(wk, ghost)
         assert rows == [(ghost, None, {})]
-        _, rows = await broker.worker_records(wk, live)
+        _, rows = await broker.reads.worker_records(wk, live)
         assert rows[0][2][b"host"] == b"here"
         await broker.unregister_worker(wk, live)
-        _, rows = await broker.worker_records(wk, live)
+        _, rows = await broker.reads.worker_records(wk, live)
         assert rows == [(live, None, {})]
 
 

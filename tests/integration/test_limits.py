@@ -181,14 +181,15 @@ async def test_a_rate_limited_task_waits_in_its_queue_while_others_go_on(
     async with app:
         limited = await app.enqueue_many([api_call.call(i) for i in range(15)])
         free = await app.enqueue_many([local_work.call(i) for i in range(20)])
-        t0 = time.monotonic()
         async with serving(app):
             for h in free:
                 await h.result(timeout=5)
-            free_done = time.monotonic() - t0
             for h in limited:
                 await h.result(timeout=10)
-        assert free_done < 0.5  # not stuck behind the limited ones
+        # not stuck behind the limited ones: every free task ran while the limited ones
+        # still waited their turn (a wall-clock bound here measured the worker's start-up,
+        # which a loaded machine or a cluster client stretches past any small figure)
+        assert max(others) < starts[-3]
         span = starts[-1] - starts[0]
         assert 1.25 <= span <= 2.0  # 15 starts at 10/s with a burst of 1: about 1.4 s
         # what docs/limits.md promises: over any window, at most the rate plus rate_burst + 1

@@ -51,7 +51,7 @@ async def test_a_malformed_record_fails_alone_and_the_worker_goes_on(
             info = await asyncio.wait_for(_ended(bad), 20)
             assert info.status is TaskStatus.FAILED
             assert info.error is not None and info.error.reason == "undecodable"
-            assert bad.id in await broker.dead_ids(broker.keyspace(queue_name), 0, 100)
+            assert bad.id in await broker.reads.dead_ids(broker.keyspace(queue_name), 0, 100)
             # still serving: a task enqueued now runs
             assert await asyncio.wait_for((await job.enqueue(7)).result(), 20) == 7
     await raw.aclose()

@@ -29,7 +29,7 @@ async def test_an_end_announced_while_the_record_is_read_is_not_missed(
     async with app:
         broker = await app._client.broker()
         h = await gated.enqueue()
-        read = broker.task_record
+        read = broker.reads.task_record
         calls = 0
 
         async def stale_first_read(ks: Any, task_id: str) -> dict[bytes, bytes]:
@@ -42,7 +42,7 @@ async def test_an_end_announced_while_the_record_is_read_is_not_missed(
                 await asyncio.sleep(0.05)  # let the announcement reach the waiter
             return rec
 
-        broker.task_record = stale_first_read  # type: ignore[method-assign]
+        broker.reads.task_record = stale_first_read  # type: ignore[method-assign]
         async with serving(app):
             await h.wait_for(TaskStatus.RUNNING, timeout=10)
             started = time.monotonic()

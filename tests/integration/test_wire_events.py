@@ -88,7 +88,7 @@ async def test_fail_retry_dead_letter(segue_valkey: Engine, queue_name: str) -> 
         assert hist[2] == ("retrying", "retry") and hist[3] == ("queued", "due")
         assert hist[5] == ("failed", "error")
         broker = await app._client.broker()
-        dead = await broker.dead_ids(broker.keyspace(queue_name), 0, 10)
+        dead = await broker.reads.dead_ids(broker.keyspace(queue_name), 0, 10)
         assert dead == [h.id]
         await h.retry("again")
         await app.drain()

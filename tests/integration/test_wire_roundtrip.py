@@ -37,7 +37,7 @@ async def test_every_enqueue_field_round_trips_through_record_and_claim(
         ks = broker.keyspace(queue_name)
         reply = await broker.run_calls([broker.enqueue_call(ks, [spec, later, fixed])])
         assert parse_created(reply[0]) == [1, 1, 1]
-        rec = await broker.task_record(ks, spec.id)
+        rec = await broker.reads.task_record(ks, spec.id)
         assert rec[F.NAME.b] == b"shop.charge"
         assert rec[F.PAYLOAD.b] == spec.payload
         assert rec[F.PRIORITY.b] == b"low"
@@ -49,10 +49,10 @@ async def test_every_enqueue_field_round_trips_through_record_and_claim(
         assert rec[F.STATUS.b] == b"queued" and F.DUE_AT.b not in rec
         created = int(rec[F.ENQUEUED_AT.b])
         assert int(rec[F.EXPIRES_AT.b]) == created + 3_600_000
-        delayed = await broker.task_record(ks, later.id)
+        delayed = await broker.reads.task_record(ks, later.id)
         assert delayed[F.STATUS.b] == b"scheduled"
         assert int(delayed[F.DUE_AT.b]) == int(delayed[F.ENQUEUED_AT.b]) + 60_000
-        at = await broker.task_record(ks, fixed.id)
+        at = await broker.reads.task_record(ks, fixed.id)
         assert int(at[F.DUE_AT.b]) == 4_102_444_800_000
         # a second task under the same unique key names the holder
         dup = msgspec.structs.replace(spec, id=f"{queue_name}:4")
@@ -67,7 +67,7 @@ async def test_every_enqueue_field_round_trips_through_record_and_claim(
         assert (run.timeout_ms, run.max_tries) == (8_000, 7)
         assert (run.input, run.headers) == (None, b'{"trace":"t-1"}')
         assert claimed.next_due_ms == int(delayed[F.DUE_AT.b])
-        running = await broker.task_record(ks, spec.id)
+        running = await broker.reads.task_record(ks, spec.id)
         assert running[F.WORKER.b] == b"w1" and int(running[F.STARTED_AT.b]) >= created
 
 
@@ -91,7 +91,7 @@ async def test_every_graph_field_round_trips_through_the_record(
         ks = broker.keyspace(queue_name)
         reply = await broker.run_calls([broker.graph_call(ks, None, [first, second])])
         assert parse_created(reply[0]) == [1, 1]
-        rec = await broker.task_record(ks, second.spec.id)
+        rec = await broker.reads.task_record(ks, second.spec.id)
         assert rec[F.STATUS.b] == b"waiting"
         assert rec[F.NAME.b] == b"b"
         assert rec[F.INPUT_MODE.b] == b"l" and rec[F.INPUT_COUNT.b] == b"2"
@@ -99,4 +99,4 @@ async def test_every_graph_field_round_trips_through_the_record(
         assert rec[F.CROSS_PREFIX.b + b"other:x"] == b"0"
         assert rec[F.CROSS_DEPENDANTS.b] == b"other:y|0|-"
         assert rec[F.WAITING_FOR.b] == b"2"
-        assert (await broker.task_record(ks, first.spec.id))[F.OPTIONAL.b] == b"0"
+        assert (await broker.reads.task_record(ks, first.spec.id))[F.OPTIONAL.b] == b"0"

@@ -89,7 +89,7 @@ async def test_a_serving_worker_forwards_between_its_queues(
 
         async def outboxes_empty() -> bool:
             # b's part of `later` ended with that delivery: its end goes on to a's record
-            return not any([await broker.outbox(broker.keyspace(q), 1) for q in (qa, qb, qc)])
+            return not any([await broker.reads.outbox(broker.keyspace(q), 1) for q in (qa, qb, qc)])
 
         await eventually(outboxes_empty, timeout=5)
         assert await later.status() is TaskStatus.FAILED
@@ -219,7 +219,7 @@ async def test_a_forwarded_entry_delivered_twice_changes_nothing(
         step_a, _, merge = await g.steps()
         await (await app.task_handle(step_a.id)).cancel()
         broker = await app._client.broker()
-        entries = await broker.outbox(broker.keyspace(qa), 10)
+        entries = await broker.reads.outbox(broker.keyspace(qa), 10)
         assert len(entries) == 1
         assert await broker.forward(broker.keyspace(qb), entries) == 1
         assert await broker.forward(broker.keyspace(qb), entries) == 0  # the repeat
@@ -229,7 +229,7 @@ async def test_a_forwarded_entry_delivered_twice_changes_nothing(
             broker.keyspace(qa).outbox, json.dumps({"k": "d", "d": f"{qb}:x"})
         )
         await forward_now(broker, [qa])
-        assert await broker.outbox(broker.keyspace(qa), 10) == []
+        assert await broker.reads.outbox(broker.keyspace(qa), 10) == []
         handle = await app.task_handle(merge.id)
         assert await handle.status() is TaskStatus.WAITING  # still waits for the member on c
         await app.drain(queues=[qc, qb])
@@ -258,7 +258,7 @@ async def test_a_step_that_ends_before_a_later_part_exists_is_applied_when_it_do
     async with app:
         h = await (inc.call(1) | dbl.options(queue=qb) | inc).enqueue()
         broker = await app._client.broker()
-        assert await broker.outbox(broker.keyspace(qa), 10) == []
+        assert await broker.reads.outbox(broker.keyspace(qa), 10) == []
         await app.drain(queues=[qb, qa])
         assert await h.result(timeout=5) == 5
         step_b = (await h.steps())[1]

@@ -19,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from segue import App, Context, Fail, Hook, Pause, Retry, RunResult
+from segue import (
+    App,
+    ConfigurationError,
+    Context,
+    Fail,
+    Hook,
+    Pause,
+    PayloadError,
+    Retry,
+    RunResult,
+)
 from segue._context import PauseRequested, ServerUnreachable, WaitingForSubtasks
 from segue._keys import Keyspace
 from segue._runner import Job, attempt
@@ -31,17 +41,25 @@ QUEUE = "q"
 class Decision:
     """An outcome as a user sees its effect: the kind, why, and after how long."""
 
-    kind: str  # ok | fail | retry | suspend | paused | waiting | requeue | release
+    kind: str  # ok | fail | retry | suspend | pause | paused | waiting | requeue | release
     reason: str | None = None  # fail: the failure's reason; requeue: why (history)
     delay_ms: int | None = None  # retry: the backoff; suspend: -1 for none
     error: dict[str, Any] | None = None  # fail, retry: the error report stored
     result: Any = None  # ok: the stored result, decoded
+    max_pauses: int | None = None  # pause: -1 for no limit
+    state: dict[str, Any] | None = None  # pause: merged into ctx.state as it suspends
 
 
 def decision(outcome: Any) -> Decision:
-    """What finish.lua is told: (action, a, b), from a tuple or a typed outcome."""
-    action, a, b = outcome if isinstance(outcome, tuple) else (outcome.action, *outcome.argv())
+    """What finish.lua is told: (action, a, b[, ...]), from a tuple or a typed outcome."""
+    action, a, b, *rest = (
+        outcome if isinstance(outcome, tuple) else (outcome.action, *outcome.argv())
+    )
     match action:
+        case "pause":
+            k, *pairs = rest
+            state = {pairs[i]: json.loads(pairs[i + 1]) for i in range(0, 2 * k, 2)}
+            return Decision("pause", delay_ms=a, max_pauses=b, state=state)
         case "ok":
             return Decision("ok", result=json.loads(a))
         case "fail":
@@ -268,12 +286,70 @@ async def test_pause_suspends_without_spending_the_try_even_on_the_last(
 ) -> None:
     for tries in (1, 3):  # the last try too: a suspend is not a failure
         got = await run(raising(pause), "raise.async", 1, tries=tries, max_tries=3)
-        assert got == Decision("suspend", delay_ms=delay_ms)
+        assert got == Decision("pause", delay_ms=delay_ms, max_pauses=100, state={})
 
 
 async def test_a_pause_raised_in_a_sync_task_suspends_it_too() -> None:
     got = await run(raising(Pause(delay=1)), "raise.sync", 1)
-    assert got == Decision("suspend", delay_ms=1000)
+    assert got == Decision("pause", delay_ms=1000, max_pauses=100, state={})
+
+
+async def test_a_pause_carries_its_state_and_the_task_s_max_pauses() -> None:
+    app = _app()
+
+    @app.task(name="limited", max_pauses=7)
+    async def limited() -> None:
+        raise Pause(state={"cursor": 40, "seen": ["a", "b"]})
+
+    @app.task(name="unlimited", max_pauses=None)
+    async def unlimited() -> None:
+        raise Pause(delay=0.25)
+
+    got = await run(app, "limited")
+    assert got == Decision(
+        "pause", delay_ms=-1, max_pauses=7, state={"cursor": 40, "seen": ["a", "b"]}
+    )
+    assert await run(app, "unlimited") == Decision("pause", delay_ms=250, max_pauses=-1, state={})
+
+
+async def test_a_pause_state_value_over_the_payload_limit_fails_the_try_naming_the_key() -> None:
+    app = _app(max_payload_bytes=64)
+
+    @app.task(name="big", max_tries=1)
+    async def big() -> None:
+        raise Pause(state={"blob": "x" * 100})
+
+    got = await run(app, "big", max_tries=1)
+    assert (got.kind, got.reason) == ("fail", "error")
+    assert got.error is not None and "'blob'" in got.error["message"]
+    assert "max_payload_bytes" in got.error["message"]
+
+
+async def test_a_pause_state_value_that_is_not_json_fails_the_try_naming_the_key() -> None:
+    app = _app()
+
+    @app.task(name="sock", max_tries=2)
+    async def sock() -> None:
+        raise Pause(state={"ok": 1, "sock": object()})
+
+    got = await run(app, "sock", max_tries=2)
+    assert got.kind == "retry" and got.error is not None
+    assert got.error["type"] == "PayloadError"
+    assert got.error["message"].startswith("Pause(state=...): state value 'sock' cannot be")
+
+
+def test_a_pause_state_key_must_be_a_string() -> None:
+    with pytest.raises(PayloadError, match="non-empty str: 3"):
+        Pause(state={3: "x"})  # type: ignore[dict-item]
+
+
+def test_max_pauses_must_be_a_count_or_none() -> None:
+    app = _app()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigurationError, match="max_pauses must be an int >= 0 or None"):
+
+            @app.task(name=f"bad{bad}", max_pauses=bad)  # type: ignore[arg-type]
+            async def bad_task() -> None: ...
 
 
 # --- what the run was told from outside ------------------------------------------------------

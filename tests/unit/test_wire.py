@@ -25,6 +25,7 @@ from segue._wire import (
     GraphStep,
     Outcome,
     Paused,
+    PausedItself,
     Released,
     Requeued,
     Retrying,
@@ -49,6 +50,7 @@ TASK_CODES = {
     "TTL_MS": "ttl",
     "ENQUEUED_AT": "ce",
     "HISTORY": "h",
+    "HISTORY_TOTAL": "hn",
     "DUE_AT": "due",
     "UNIQUE_KEY": "uq",
     "EXPIRES_AT": "exp",
@@ -77,6 +79,8 @@ TASK_CODES = {
     "FIRST_RELEASE_AT": "rel0",
     "PROGRESS": "pg",
     "PROGRESS_MESSAGE": "pgm",
+    "PROGRESSED": "pw",
+    "PAUSES": "np",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -262,6 +266,11 @@ def test_claim_call_and_reply() -> None:
         (Requeued(), ("requeue", "", "")),
         (Requeued("server unreachable"), ("requeue", "server unreachable", "")),
         (Suspended(-1), ("suspend", -1, "")),
+        (PausedItself(-1, 100), ("pause", -1, 100, 0)),
+        (
+            PausedItself(250, -1, (("i", b"5"), ("k", b'"x"'))),
+            ("pause", 250, -1, 2, "i", b"5", "k", b'"x"'),
+        ),
         (Paused(), ("paused", "", "")),
         (Cancelled(), ("cancelled", "", "")),
         (Released(3, 300_000), ("release", 3, 300_000)),

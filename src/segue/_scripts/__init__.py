@@ -3,9 +3,9 @@
 Every `<name>.lua` here is a script; `lib/` holds the library parts they share. A script
 declares the parts it uses on a line `--#include <part> ...` after its header, and a part may
 include others the same way: at load, each part it needs comes once, before what uses it,
-then the script's own text; the SHA is of that text. A NOSCRIPT reply (after a server
-restart or failover) reloads the script and resends only that command, also for commands
-queued in a pipeline.
+then the script's own text; the SHA is of that text. Scripts are sent by the transport
+(_transport.py), the one place that reloads a script the server forgot (NOSCRIPT) and
+resends only that command, also for commands queued in a pipeline.
 
 A new script: `<name>.lua` here, its header documenting KEYS, ARGV and the reply, its
 `--#include` line; its wrapper in _calls.py (keys, ARGV from typed values, the reply's
@@ -16,29 +16,16 @@ Any status it writes goes through transition() (lib/transition.lua), naming its 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import ClusterError, NoScriptError
+from redis.exceptions import NoScriptError
 
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-T = TypeVar("T")
 _KEYS_RE = re.compile(r"KEYS\[(\d+)(?:\.\.(\d+))?\]")
 _INCLUDE_RE = re.compile(r"^--#include ([a-z_ ]+)$", re.MULTILINE)
-
-# While a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN,
-# and redis-py's cluster client gives up after 16 tries (~0.4 s) with "TTL exhausted": the
-# script never ran, so it is sent again, with a backoff, for up to this many seconds (a
-# migration of a busy queue's slot keeps its keys split for as long as it takes).
-MIGRATION_PATIENCE = 10.0
 
 
 def is_noscript(reply: object) -> bool:
@@ -51,67 +38,14 @@ def is_noscript(reply: object) -> bool:
     return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
 
 
-def _not_run(exc: ClusterError) -> bool:
-    return "TTL exhausted" in str(exc)
-
-
-async def while_migrating(call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, sent again while a cluster's slot migration makes redis-py give it up."""
-    deadline = time.monotonic() + MIGRATION_PATIENCE
-    pause = 0.05
-    while True:
-        try:
-            return await call()
-        except ClusterError as exc:
-            if not _not_run(exc) or time.monotonic() + pause > deadline:
-                raise
-        await asyncio.sleep(pause)
-        pause = min(0.5, pause * 2)
-
-
 @dataclass(frozen=True, slots=True)
 class Script:
-    """One atomic server-side operation."""
+    """One atomic server-side operation (sent by the transport, _transport.py)."""
 
     name: str
     source: str
     sha: str
     numkeys: int
-
-    async def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        return await while_migrating(lambda: self._run_once(client, keys, args))
-
-    async def _run_once(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-        return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-    def run_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        deadline = time.monotonic() + MIGRATION_PATIENCE
-        pause = 0.05
-        while True:
-            try:
-                return self._run_once_sync(client, keys, args)
-            except ClusterError as exc:
-                if not _not_run(exc) or time.monotonic() + pause > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(0.5, pause * 2)
-
-    def _run_once_sync(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            client.script_load(self.source)
-        return client.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def run_fast(self, fast: Any, keys: list[str], args: list[Any]) -> Any:
-        """Load this script on a fast connection (_fastconn.py), then call it: after a
-        NOSCRIPT reply to a call sent on it."""
-        await fast.execute("SCRIPT", "LOAD", self.source)
-        return await fast.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def header_keys(source: str) -> int:
@@ -196,18 +130,3 @@ def _names() -> tuple[str, ...]:
 
 
 NAMES = _names()  # every script of this directory
-
-
-async def run_pipeline(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-    """Send several script calls in one round trip; reload and resend any that got NOSCRIPT."""
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
-    for i, res in enumerate(results):
-        if is_noscript(res):
-            script, keys, args = calls[i]
-            results[i] = await script.run(client, keys, args)
-        elif isinstance(res, Exception):
-            raise res
-    return results

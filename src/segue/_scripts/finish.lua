@@ -6,13 +6,19 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] dead-letter cap
   ARGV[4] 1 when a claim of this queue follows in the same round trip (it takes what became
     ready here, and wakes other workers if more is left), else 0
-  ARGV[5] count, then 5 fields per outcome: id, gen, action, a, b
+  ARGV[5] count, then 5 fields per outcome: id, gen, action, a, b (a 'pause' has more)
     ok       a = result payload
     fail     a = error JSON, b = reason
     retry    a = error JSON, b = delay ms
     requeue  a = why, '' for a graceful shutdown (back to the head of its list, the try
              not spent: the run stopped for no fault of the task)
-    suspend  a = delay ms, -1 for none (the task raised Pause: the try not spent)
+    suspend  a = delay ms, -1 for none (the try not spent; not counted as a pause)
+    pause    a = delay ms, -1 for none, b = max pauses, -1 for no limit; then k, and k
+             field/JSON value pairs (the task raised Pause(delay, state)): the pairs are
+             merged into its state and it is suspended, the try not spent. Without progress
+             since its last Pause (state written, 'pw', or pairs given here) it counts one
+             more pause in a row ('np'), is backed off 0.1 s doubling to 60 s, and past max
+             pauses ends FAILED pause_limit; progress resets the count
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
@@ -45,9 +51,45 @@ local function schedule(tk, id, status, at, reason)
   Q.woke = true
 end
 
+local function paused_itself(tk, id, b)
+  local k = tonumber(ARGV[b + 5])
+  if k > 0 then
+    local kv = {}
+    for j = b + 6, b + 5 + 2 * k do kv[#kv + 1] = ARGV[j] end
+    redis.call('HSET', prefix .. 'state:' .. id, unpack(kv))
+  end
+  local count = 0
+  if k > 0 or redis.call('HGET', tk, 'pw') then
+    redis.call('HDEL', tk, 'pw', 'np')
+  else
+    count = redis.call('HINCRBY', tk, 'np', 1)
+  end
+  local most = tonumber(ARGV[b + 4])
+  if most >= 0 and count > most then
+    local err = cjson.encode({ type = 'PauseLimit', reason = 'pause_limit',
+      message = 'the task raised Pause ' .. count .. ' times in a row without writing state'
+        .. ' in between (max_pauses=' .. most .. ')' })
+    finalize(Q, tk, id, 'failed', now, 'e', err, 'pause_limit')
+    dead_letter(Q, id, cap, now)
+    return
+  end
+  redis.call('HINCRBY', tk, 't', -1)
+  if obey_control(Q, tk, id, now) then return end
+  local delay = tonumber(ARGV[b + 3])
+  if count > 0 then delay = math.max(delay, math.min(60000, 100 * 2 ^ (count - 1))) end
+  if delay >= 0 then
+    schedule(tk, id, 'suspended', now + delay, 'paused itself')
+  else
+    transition(Q, tk, id, { to = 'suspended', at = now, why = 'paused itself',
+      set = { 'd', 0 }, push = 'back', event = 'task.suspended' })
+    redis.call('HDEL', tk, 'w')
+  end
+end
+
+local b = 6
 for i = 0, n - 1 do
-  local b = 6 + i * 5
   local id, gen, action = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local width = action == 'pause' and 6 + 2 * tonumber(ARGV[b + 5]) or 5
   local tk = prefix .. 'task:' .. id
   local f = redis.call('HMGET', tk, 's', 'g')
   Q.outboxed = false
@@ -94,6 +136,8 @@ for i = 0, n - 1 do
           redis.call('HDEL', tk, 'w')
         end
       end
+    elseif action == 'pause' then
+      paused_itself(tk, id, b)
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)
       if not obey_control(Q, tk, id, now) then
@@ -118,6 +162,7 @@ for i = 0, n - 1 do
     end
     if Q.outboxed then out[i + 1] = 2 end
   end
+  b = b + width
 end
 if ARGV[4] ~= '1' then wake_if_needed(Q) end
 return out

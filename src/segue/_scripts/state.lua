@@ -2,10 +2,13 @@
   KEYS[1] state hash (segue:{q}:state:<id>)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] lease generation
   ARGV[4] count of fields to set, then field, JSON value pairs; then fields to delete
+  Marks the task as having made progress ('pw', cleared by its next Pause).
   Returns: 1 written, 0 rejected (the run no longer holds the task). ]]
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
+-- progress: the task's next Pause does not count toward max_pauses (finish.lua)
+redis.call('HSET', tk, 'pw', 1)
 local n = tonumber(ARGV[4])
 local i = 5
 for _ = 1, n do

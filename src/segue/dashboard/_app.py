@@ -15,7 +15,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from segue._errors import ConfigurationError, SegueError
-from segue._keys import dashboard_sessions_key
 from segue.dashboard import _ops_lists, _ops_views, _views
 from segue.dashboard._security import LOOPBACK_HOSTS, Gate, Security
 
@@ -133,13 +132,10 @@ class _ServerGenerations:
         self._client = client
 
     async def current(self) -> int:
-        broker = await self._client.broker()
-        value = await broker.client.get(dashboard_sessions_key(broker.settings.prefix))
-        return int(value or 0)
+        return await (await self._client.reads()).session_generation()
 
     async def advance(self) -> int:
-        broker = await self._client.broker()
-        return int(await broker.client.incr(dashboard_sessions_key(broker.settings.prefix)))
+        return await (await self._client.broker()).advance_session_generation()
 
 
 def _quote(value: str) -> str:

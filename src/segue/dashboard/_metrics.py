@@ -69,14 +69,14 @@ class QueueSnapshot:
 
 async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
     queue = Queue(client, name)
-    broker = await client.broker()
-    ks = broker.keyspace(name)
+    reads = await client.reads()
+    ks = reads.keyspace(name)
     counts, paused, dead, ready, stats = await asyncio.gather(
         queue.counts(),
         queue.is_paused(),
-        broker.dead_count(ks),
-        _ops_reads.readiness(broker, ks),
-        _ops_reads.stats(broker, ks),
+        reads.dead_count(ks),
+        _ops_reads.readiness(reads, ks),
+        _ops_reads.stats(reads, ks),
     )
     return QueueSnapshot(counts, paused, dead, ready, stats)
 
@@ -157,7 +157,7 @@ async def render(client: Client) -> bytes:
     )
     families: list[Metric] = [up]
     try:
-        names = sorted(await (await client.broker()).queues())
+        names = sorted(await (await client.reads()).queues())
         omitted.add_metric([], max(0, len(names) - MAX_QUEUES))
         names = names[:MAX_QUEUES]
         snapshots = await queue_snapshots(client, names)

@@ -27,11 +27,11 @@ async def ended_newest(
     client: Client, status: TaskStatus, queue: str, offset: int, limit: int
 ) -> list[TaskInfo]:
     """A page of the tasks that ended in this status, newest first."""
-    broker = await client.broker()
-    ks = broker.keyspace(queue)
+    reads = await client.reads()
+    ks = reads.keyspace(queue)
     infos: list[TaskInfo] = []
-    for task_id in await _ops_reads.ended_ids_newest(broker, ks, status.value, offset, limit):
-        rec = await broker.task_record(ks, task_id)
+    for task_id in await _ops_reads.ended_ids_newest(reads, ks, status.value, offset, limit):
+        rec = await reads.task_record(ks, task_id)
         if rec:
             infos.append(parse_info(task_id, rec, client.tasks))
     return infos
@@ -82,8 +82,8 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     expired are left out."""
     from segue._state import from_ms
 
-    broker = await app._client.broker()
-    records = await _ops_reads.workflow_records(broker, broker.keyspace(queue), ids)
+    reads = await app._client.reads()
+    records = await _ops_reads.workflow_records(reads, reads.keyspace(queue), ids)
     rows: list[WorkflowRow] = []
     for wf_id, rec in zip(ids, records, strict=True):
         if not rec:
@@ -127,12 +127,12 @@ class ScheduleRow:
 
 async def schedule_rows(app: App) -> list[ScheduleRow]:
     rows: list[ScheduleRow] = []
-    broker = await app._client.broker()
+    reads = await app._client.reads()
     for info in await app.schedules():
         status = None
         if info.last_task_id is not None:
-            ks = broker.keyspace(queue_of(info.last_task_id))
-            raw = await broker.task_status(ks, info.last_task_id)
+            ks = reads.keyspace(queue_of(info.last_task_id))
+            raw = await reads.task_status(ks, info.last_task_id)
             status = TaskStatus(raw.decode()) if raw else None
         rows.append(ScheduleRow(info, status))
     return rows

@@ -58,16 +58,16 @@ class OpsViews:
             raise HTTPException(400, f"unknown workflow status {wanted!r}")
         search = (request.query_params.get("q") or "").strip()[:200]
         offset = v._int(request, "offset", 0, 1_000_000)
-        broker = await self.v.client.broker()
-        ks = broker.keyspace(queue)
-        total = await _ops_reads.workflow_total(broker, ks)
+        reads = await self.v.client.reads()
+        ks = reads.keyspace(queue)
+        total = await _ops_reads.workflow_total(reads, ks)
         filtered = bool(wanted or search)
         if not filtered:
-            ids = await _ops_reads.workflow_ids(broker, ks, offset, v.page_size + 1)
+            ids = await _ops_reads.workflow_ids(reads, ks, offset, v.page_size + 1)
             rows = await _ops_lists.workflow_rows(self.app, queue, ids)
             shown, has_next, matched = rows[: v.page_size], len(ids) > v.page_size, None
         else:
-            ids = await _ops_reads.workflow_ids(broker, ks, 0, WORKFLOW_SCAN)
+            ids = await _ops_reads.workflow_ids(reads, ks, 0, WORKFLOW_SCAN)
             if search:
                 ids = [i for i in ids if search.casefold() in i.casefold()]
             rows = await _ops_lists.workflow_rows(self.app, queue, ids)

@@ -75,14 +75,14 @@ class Throughput:
 async def read(client: Client, queues: list[str]) -> Throughput:
     """Count the tasks that ended in each of the last MINUTES minutes (the last one is the
     current, partial minute), by the server's clock."""
-    broker = await client.broker()
+    queries = await client.reads()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
-    now_ms = await broker.server_time_ms()
+    now_ms = await queries.server_time_ms()
     first = now_ms - now_ms % 60_000 - (MINUTES - 1) * 60_000
     minutes = [Minute(first + i * 60_000) for i in range(MINUTES)]
 
     async def scan(queue: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        return await broker.events_since(broker.keyspace(queue), first, SCAN_PER_QUEUE)
+        return await queries.events_since(queries.keyspace(queue), first, SCAN_PER_QUEUE)
 
     reads = await asyncio.gather(*(scan(q) for q in counted))
     capped: list[str] = []
@@ -107,11 +107,11 @@ async def read(client: Client, queues: list[str]) -> Throughput:
 async def read_day(client: Client, queues: list[str]) -> Throughput:
     """Tasks ended per 5 minutes over the last 24 hours (the last step is the current one),
     from the counters the scripts keep on the server: nothing is scanned."""
-    broker = await client.broker()
+    queries = await client.reads()
     counted, left_out = queues[:MAX_QUEUES], max(0, len(queues) - MAX_QUEUES)
-    now_ms = await _ops_reads.server_ms(broker)
+    now_ms = await _ops_reads.server_ms(queries)
     reads = await asyncio.gather(
-        *(_ops_reads.history(broker, broker.keyspace(q), now_ms, DAY_STEPS) for q in counted)
+        *(_ops_reads.history(queries, queries.keyspace(q), now_ms, DAY_STEPS) for q in counted)
     )
     current = now_ms // _ops_reads.HIST_STEP_MS
     first = (current - DAY_STEPS + 1) * _ops_reads.HIST_STEP_MS

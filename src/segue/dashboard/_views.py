@@ -329,7 +329,7 @@ class Views:
             matched=matched,
             bounded=scanned is not None and counts.get(status.value, 0) > scanned,
             order="oldest" if oldest_first else "newest",
-            now=await _ops_reads.server_ms(await self.client.broker()),
+            now=await _ops_reads.server_ms(await self.client.reads()),
         )
 
     async def _task_exists(self, task_id: str) -> bool:
@@ -346,10 +346,10 @@ class Views:
         among the first NAME_SCAN of the status; how many ids were looked at, and how many
         matched. Only the names (and statuses) of those are read, then the whole records of
         the page."""
-        broker = await self.client.broker()
-        ks = broker.keyspace(queue)
-        ids = await broker.list_ids(ks, status.value, 0, NAME_SCAN)
-        fields = await broker.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
+        reads = await self.client.reads()
+        ks = reads.keyspace(queue)
+        ids = await reads.list_ids(ks, status.value, 0, NAME_SCAN)
+        fields = await reads.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
         wanted = search.casefold()
         matches = [
             task_id
@@ -361,7 +361,7 @@ class Views:
         ]
         infos: list[TaskInfo] = []
         for task_id in matches[offset : offset + limit]:
-            rec = await broker.task_record(ks, task_id)
+            rec = await reads.task_record(ks, task_id)
             if rec:
                 infos.append(parse_info(task_id, rec, self.client.tasks))
         return infos, len(ids), len(matches)
@@ -392,8 +392,8 @@ class Views:
     async def _events_of(self, info: TaskInfo) -> list[Event]:
         """The task's latest events, oldest first, from a bounded look back over its
         queue's stream (a task whose events are older than that shows none)."""
-        broker = await self.client.broker()
-        entries = await broker.recent_events(broker.keyspace(info.queue), EVENT_SCAN)
+        reads = await self.client.reads()
+        entries = await reads.recent_events(reads.keyspace(info.queue), EVENT_SCAN)
         mine: list[Event] = []
         for entry_id, fields in entries:
             if fields.get(b"id", b"").decode() == info.id:
@@ -411,8 +411,8 @@ class Views:
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         status = await handle.status()
         steps = await handle.steps(offset=offset, limit=self.page_size)
-        broker = await self.client.broker()
-        rec = await broker.workflow_record(broker.keyspace(handle.queue), wf_id)
+        reads = await self.client.reads()
+        rec = await reads.workflow_record(reads.keyspace(handle.queue), wf_id)
         shape = _ops_lists.shape_of(rec) if rec else None
         # the drawing names each step by its number: their statuses, all in one read
         by_number: dict[int, TaskInfo] = {}
@@ -445,7 +445,7 @@ class Views:
         queue = self._queue(request)
         offset = self._int(request, "offset", 0, MAX_OFFSET)
         infos = await self.app.dead_letters(queue, offset=offset, limit=self.page_size + 1)
-        broker = await self.client.broker()
+        reads = await self.client.reads()
         return self.page(
             request,
             "dead.html",
@@ -453,7 +453,7 @@ class Views:
             queue=queue,
             tasks=infos[: self.page_size],
             has_next=len(infos) > self.page_size,
-            total=await broker.dead_count(broker.keyspace(queue)),
+            total=await reads.dead_count(reads.keyspace(queue)),
             offset=offset,
             limit=self.page_size,
         )
@@ -562,8 +562,8 @@ class Views:
 
     async def health(self, request: Request) -> Response:
         try:
-            broker = await self.client.broker()
-            await asyncio.wait_for(broker.ping(), 5)
+            reads = await self.client.reads()
+            await asyncio.wait_for(reads.ping(), 5)
         except (SegueError, TimeoutError):
             return JSONResponse({"status": "unavailable"}, 503)
         return JSONResponse({"status": "ok"})

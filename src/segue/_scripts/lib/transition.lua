@@ -3,9 +3,35 @@
 -- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built by
 -- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
 -- the queue's hash tag and slot.
+
+-- A record keeps its last HISTORY_KEEP transitions in 'h' ("<status>|<at>|<reason>\n" each)
+-- and counts every one in 'hn', so a reader numbers what is kept (segue._handle). Without
+-- 'hn' (a record no transition of this release touched yet) the lines are counted. A line
+-- is at least 22 bytes, so a shorter history cannot be full and is not scanned: the scan
+-- costs only tasks with long histories, and it also bounds one that a worker of the
+-- previous release (which appends without counting) made long.
+local HISTORY_KEEP = 200
+local HISTORY_SCAN_BYTES = HISTORY_KEEP * 22
+local function next_history(tk, status, at, reason)
+  local f = redis.call('HMGET', tk, 'h', 'hn')
+  local h, total = f[1] or '', tonumber(f[2])
+  if total == nil or #h >= HISTORY_SCAN_BYTES then
+    local _, kept = string.gsub(h, '\n', '')
+    if total == nil or total < kept then total = kept end
+    local from = 1
+    while kept >= HISTORY_KEEP do
+      from = string.find(h, '\n', from, true) + 1
+      kept = kept - 1
+    end
+    if from > 1 then h = string.sub(h, from) end
+  end
+  return h .. status .. '|' .. at .. '|' .. (reason or '') .. '\n', total + 1
+end
+
+-- A history line without a change of status (an operator's hold of a waiting task).
 local function add_history(tk, status, at, reason)
-  local h = redis.call('HGET', tk, 'h') or ''
-  redis.call('HSET', tk, 'h', h .. status .. '|' .. at .. '|' .. (reason or '') .. '\n')
+  local h, total = next_history(tk, status, at, reason)
+  redis.call('HSET', tk, 'h', h, 'hn', total)
 end
 
 -- The queue-level keys a transition may touch, gathered once per script call:
@@ -38,12 +64,12 @@ end
 local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
   paused = 'paused', waiting = 'waiting', running = 'leases' }
 local function transition(Q, tk, id, t)
+  local h, total = next_history(tk, t.to, t.at, t.why)
   if t.set then
-    redis.call('HSET', tk, 's', t.to, unpack(t.set))
+    redis.call('HSET', tk, 's', t.to, 'h', h, 'hn', total, unpack(t.set))
   else
-    redis.call('HSET', tk, 's', t.to)
+    redis.call('HSET', tk, 's', t.to, 'h', h, 'hn', total)
   end
-  add_history(tk, t.to, t.at, t.why)
   if t.push then
     local prio = t.prio or redis.call('HGET', tk, 'q')
     redis.call(t.push == 'front' and 'RPUSH' or 'LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
