@@ -45,6 +45,8 @@ def check_url(url: str, setting: str = "redis_url") -> None:
     problem = None
     if not sep or scheme.lower() not in _SCHEMES:
         problem = "has no redis://, rediss://, unix://, +cluster or +sentinel scheme"
+    elif scheme.lower().endswith("+sentinel"):
+        return  # its own parser names the exact problem (service, sentinel host or port)
     elif scheme.lower() == "unix":
         if not urlsplit(url).path:
             problem = "names no socket path"
