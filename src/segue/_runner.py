@@ -27,7 +27,7 @@ from segue._errors import Fail, Pause, PayloadError, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
-from segue._logging import current_task
+from segue._logging import LineLog, current_task
 from segue._wire import (
     Failed,
     Outcome,
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from segue._task import Task
 
 log = logging.getLogger("segue.worker")
+# the task lines at INFO, cheap when only the command's own handler writes them
+lines = LineLog(log)
 
 
 @dataclass(slots=True, eq=False)
@@ -183,7 +185,7 @@ async def _call(
     """Call the function under its timeout; the outcome, with job.error / job.value set."""
     silent = task.opts.silent
     if not silent:
-        log.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
+        lines.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
     timeout = job.timeout_ms / 1000 if job.timeout_ms else None
     timer = asyncio.timeout(timeout)
     try:
@@ -199,7 +201,7 @@ async def _call(
         return Waiting()
     except Sleeping as exc:
         if not silent:
-            log.info("task %s sleeps for %.3f s (durable sleep)", job.id, exc.delay_ms / 1000)
+            lines.info("task %s sleeps for %.3f s (durable sleep)", job.id, exc.delay_ms / 1000)
         return Slept(exc.delay_ms)
     except ServerUnreachable as exc:
         if not silent:
@@ -207,21 +209,21 @@ async def _call(
         return Requeued("server unreachable")
     except PauseRequested:
         if not silent:
-            log.info("task %s paused at a checkpoint", job.id)
+            lines.info("task %s paused at a checkpoint", job.id)
         return Paused()
     except Pause as exc:
         return _paused_itself(job, task, settings, exc)
     except Fail as exc:
         job.error = exc
         if not silent:
-            log.info("task %s failed (Fail): %s", job.id, exc.reason)
+            lines.info("task %s failed (Fail): %s", job.id, exc.reason)
         return Failed(_error(exc, "fail", with_tb=False), "fail")
     except Retry as exc:
         job.error = exc
         if job.tries < job.max_tries:
             delay = exc.delay if exc.delay is not None else task.opts.backoff(job.tries)
             if not silent:
-                log.info("task %s asked to retry in %.2fs", job.id, delay)
+                lines.info("task %s asked to retry in %.2fs", job.id, delay)
             return Retrying(_error(exc, "retry", with_tb=False), int(delay * 1000))
         return Failed(_error(exc, "max_tries", with_tb=False), "max_tries")
     except TimeoutError as exc:
@@ -248,7 +250,7 @@ async def _call(
             log.warning("task %s failed: %s", job.id, exc)
         return Failed(_error(exc, reason, with_tb=False), reason)
     if not silent:
-        log.info("task %s succeeded", job.id)
+        lines.info("task %s succeeded", job.id)
     return Succeeded(payload)
 
 
@@ -262,7 +264,7 @@ def _paused_itself(job: Job, task: Task[Any, Any], settings: Settings, exc: Paus
             return _failure(job, task, PayloadError(f"Pause(state=...): {err}"), "error")
         state.append((key, encoded))
     if not task.opts.silent:
-        log.info("task %s paused itself (delay %s)", job.id, exc.delay)
+        lines.info("task %s paused itself (delay %s)", job.id, exc.delay)
     delay_ms = -1 if exc.delay is None else int(exc.delay * 1000)
     most = task.opts.max_pauses
     return PausedItself(delay_ms, -1 if most is None else most, tuple(state))
@@ -273,7 +275,9 @@ def _failure(job: Job, task: Task[Any, Any], exc: BaseException, reason: str) ->
     if job.tries < job.max_tries:
         delay = task.opts.backoff(job.tries)
         if not task.opts.silent:
-            log.info("task %s try %d failed (%r); retrying in %.2fs", job.id, job.tries, exc, delay)
+            lines.info(
+                "task %s try %d failed (%r); retrying in %.2fs", job.id, job.tries, exc, delay
+            )
         return Retrying(_error(exc, reason), int(delay * 1000))
     if not task.opts.silent:
         log.warning("task %s failed after %d tries: %r", job.id, job.tries, exc)

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from segue import App, SyncContext
-from segue._logging import JsonFormatter, TaskFields
+from segue._logging import (
+    BatchedHandler,
+    JsonFormatter,
+    LeanRecord,
+    PlainFormatter,
+    TaskFields,
+)
 from segue._settings import mask_url
 from tests._workers import Fleet
 
@@ -58,6 +64,74 @@ async def test_lines_logged_inside_tasks_carry_the_task_fields(
     assert by_message["from a sync task"]["task_id"] == s.id
     assert "task_id" not in by_message["outside any task"]
     assert by_message["from a sync task"]["level"] == "info"
+
+
+@pytest.fixture
+def worker_logging() -> Any:
+    """The logging `segue worker` sets up for a file (its handler alone on the root, its
+    record factory), on a stream the test reads; the process's own logging restored after.
+    The test installs the handler itself: pytest adds its capture handlers after fixtures."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logging.getLogRecordFactory()
+    stream = io.StringIO()
+    handler = BatchedHandler(stream)
+    handler.setFormatter(PlainFormatter())
+    handler.addFilter(TaskFields())
+    root.setLevel(logging.INFO)
+    logging.setLogRecordFactory(LeanRecord)
+    try:
+        yield handler, stream
+    finally:
+        root.handlers[:], level, factory = saved
+        root.setLevel(level)
+        logging.setLogRecordFactory(factory)
+
+
+async def test_a_handler_of_yours_on_segue_loggers_gets_the_worker_lines(
+    make_app: Callable[..., App], worker_logging: Any
+) -> None:
+    # the worker writes its task lines straight to its own handler when nothing else would
+    # see them; a handler you add must still get them, as records, and the file its line
+    handler, stream = worker_logging
+    logging.getLogger().handlers[:] = [handler]
+    app = make_app()
+
+    @app.task(name="log.quiet")
+    async def quiet() -> None:
+        pass
+
+    @app.task(name="log.silent", silent=True)
+    async def hushed() -> None:
+        pass
+
+    records: list[logging.LogRecord] = []
+
+    class Yours(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    yours = Yours()
+    segue_log = logging.getLogger("segue")
+    async with app:
+        before = await quiet.enqueue()
+        await app.drain()
+        segue_log.addHandler(yours)
+        try:
+            after = await quiet.enqueue()
+            silent = await hushed.enqueue()
+            await app.drain()
+        finally:
+            segue_log.removeHandler(yours)
+    handler.flush()
+    mine = [r.getMessage() for r in records if r.name == "segue.worker"]
+    assert f"task {after.id} started name=log.quiet try=1" in mine
+    assert f"task {after.id} succeeded" in mine
+    assert not [m for m in mine if before.id in m or silent.id in m]
+    lines = stream.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO segue\.worker: "
+    for task in (before, after):  # the same line by either path
+        assert [line for line in lines if re.fullmatch(stamp + f"task {task.id} succeeded", line)]
+    assert not [line for line in lines if silent.id in line]
 
 
 @pytest.mark.slow
