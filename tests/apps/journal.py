@@ -40,6 +40,15 @@ async def sleeper(ctx: Context, directory: str, seconds: float) -> float:
     return woke
 
 
+@app.task(name="journal.napper")
+async def napper(ctx: Context, directory: str, seconds: float) -> float:
+    """Sleeps first, so the sleep's entry is the run's first journal write."""
+    await ctx.sleep(seconds)
+    woke = time.time()
+    await ctx.step("after", effect, directory, 1)
+    return woke
+
+
 @app.task(name="journal.other")
 async def other() -> float:
     return time.time()

@@ -196,6 +196,35 @@ async def test_a_durable_sleep_resumes_after_a_server_restart_with_aof(
     assert info.tries == 1
 
 
+@pytest.mark.parametrize("point", ["after_journal_write", "after_complete_before_ack"])
+async def test_a_kill_around_a_durable_sleep_neither_restarts_nor_loses_it(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path, point: str
+) -> None:
+    # after_journal_write: the sleep's due is journaled, the run not yet SUSPENDED (the
+    # next run finds the due and sleeps only the rest); after_complete_before_ack: finish.lua's
+    # sleep verb recorded the SUSPENDED task, the worker died before reading the reply
+    hits = tmp_path / "hits"
+    env = {"SEGUE_SLEEP_INLINE_SECONDS": "0.5"}
+    with fleet(engine, queue_name, hits) as workers:
+        async with client_app:
+            enqueued = time.time()
+            h = await journal.napper.enqueue(str(tmp_path), 3.0)
+            slot = workers.start(env={**env, "SEGUE_FAULTPOINT": f"{point}:kill"})
+            await eventually(lambda: _true(_hit_count(hits) > 0), timeout=15)
+            killed_by = time.time()  # the kill happened before this
+            slot.proc.wait(timeout=10)
+            workers.start(env=env)
+            woke = await h.result(timeout=30)
+            info = await h.info()
+    assert f"{point} kill" in hits.read_text()
+    # due 3 s after the sleep was journaled: not cut short, and not restarted (a restart
+    # would be due 3 s after a run that began once the 1 s lease lapsed)
+    assert enqueued + 3.0 <= woke < killed_by + 3.0 + 0.8
+    assert counts(tmp_path, 2) == [0, 1]
+    assert info.tries == 1  # a lost run that journaled, or a recorded sleep: no try spent
+    assert [s.name for s in info.steps] == ["sleep#1", "after"]
+
+
 def _hit_count(hits: Path) -> int:
     return len(hits.read_text().splitlines()) if hits.exists() else 0
 
