@@ -364,3 +364,48 @@ async def test_steps_and_sleeps_work_inside_a_workflow_step(make_app: Callable[.
         await app.drain(horizon=2)
         assert await wf.result(timeout=5) == 7
     assert calls == [2]
+
+
+async def test_every_kind_of_journal_entry_reads_as_plain_json_to_a_worker_before_the_journal(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    # a worker of the release before the journal (docs/functions.md, "Rolling deploys")
+    # reads the state hash with HGETALL and decodes every value as JSON: its ctx.state.all()
+    # must not fail on a hash holding entries of every kind
+    app = make_app(sleep_inline_seconds=0)
+    raw: dict[bytes, bytes] = {}
+
+    def declined() -> None:
+        raise ValueError("card declined")
+
+    @app.task(name="leaf")
+    async def leaf(n: int) -> int:
+        return n
+
+    @app.task(name="every")
+    async def every(ctx: Context) -> None:
+        await ctx.step("ok", lambda: {"at": datetime(2026, 1, 2, tzinfo=UTC)})
+        with pytest.raises(StepFailed):
+            await ctx.step("bad", declined)
+        await ctx.sleep(0.01)
+        h = await ctx.enqueue(leaf.call(3))
+        await ctx.wait_for([h])
+        await ctx.state.set(mine=[1, 2])
+        if not raw:
+            client = admin_client(segue_engine)
+            try:
+                raw.update(await client.hgetall(f"segue:{{{ctx.queue}}}:state:{ctx.task_id}"))
+            finally:
+                await client.aclose()
+            raise Pause()
+        # this release's ctx.state hides the journal's fields
+        assert await ctx.state.all() == {"mine": [1, 2]}
+
+    async with app:
+        h = await every.enqueue()
+        await app.drain(advance=1)
+        await h.result()
+    old_all = {k.decode(): json.loads(v) for k, v in raw.items()}
+    assert set(old_all) == {"mine", "~j:ok", "~j:bad", "~j:sleep#1", "~j:enqueue#1", "~j:wait#1"}
+    assert old_all["mine"] == [1, 2]
+    assert all(isinstance(v, dict) for k, v in old_all.items() if k != "mine")
