@@ -7,6 +7,7 @@ happened across worker kills, outside segue.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,16 @@ async def sleeper(ctx: Context, directory: str, seconds: float) -> float:
     woke = time.time()
     await ctx.step("after", effect, directory, 1)
     return woke
+
+
+@app.task(name="journal.slow_steps")
+async def slow_steps(ctx: Context, directory: str, n: int, gap: float) -> int:
+    """Steps `gap` seconds apart, so a test can act while some are journaled and some not."""
+    total = 0
+    for i in range(n):
+        total += await ctx.step(f"step-{i}", effect, directory, i)
+        await asyncio.sleep(gap)
+    return total
 
 
 @app.task(name="journal.napper")
