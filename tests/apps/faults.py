@@ -138,6 +138,20 @@ async def steps(ctx: Context, n: int, ms: int) -> int:
     return n
 
 
+@app.task(name="faults.durable", silent=True)
+async def durable(ctx: Context, ms: int) -> int:
+    """A journaled step, a durable sleep of `ms` milliseconds (a run of its own when the
+    worker's sleep_inline_seconds is below it: the task is SUSPENDED meanwhile), another
+    step, then the effect. The ledger row opens after the sleep: the run that ended to sleep
+    is not an execution of the effect, and the one after it replays the first step."""
+    first = await ctx.step("before", lambda: ms)
+    await ctx.sleep(ms / 1000)
+    run = Execution(ctx)
+    after: int = await ctx.step("after", lambda: first + 1)
+    run.finish()
+    return after
+
+
 @app.task(name="faults.poison", silent=True)
 async def poison(ctx: Context) -> None:
     """Kill the worker running it, on every attempt (a crash-looping task)."""

@@ -109,12 +109,20 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         prefix=PREFIX,
         lease=2.0,
         poll=0.2,
-        env=fault_ledger.env(),
+        env={**fault_ledger.env(), "SEGUE_SLEEP_INLINE_SECONDS": "0"},  # every sleep ends a run
         log_dir=tmp_path / "logs",
     )
     history = History(app, queue_name)
     ledger = Ledger(fault_ledger, queue_name)
     durations = [fault_rng.randrange(0, 21) for _ in range(n)]
+    # every tenth task is a durable function: it journals steps and sleeps (SUSPENDED, a run
+    # of its own), so its journal (in the state hash) must go with its record too
+    durable = {k for k in range(n) if k % 10 == 0}
+
+    def call(k: int, ms: int) -> Any:
+        task = faults.durable if k in durable else faults.sleep
+        return task.call(ms + 100 if k in durable else ms).options(ttl=TTL)
+
     # the records expire within the run: each task's end is counted from the event stream
     # as it grows (it keeps only its last ~10,000 events)
     tally = EventTally(admin, queue_name, prefix=PREFIX)
@@ -134,9 +142,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                 began = time.time()
                 for i in range(0, n, 1_000):
                     batch = enumerate(durations[i : i + 1_000], start=i)
-                    await history.enqueue_many(
-                        [(faults.sleep.call(ms).options(ttl=TTL), str(k)) for k, ms in batch]
-                    )
+                    await history.enqueue_many([(call(k, ms), str(k)) for k, ms in batch])
                 assert history.counts() == {"ok": n + warmup, "fail": 0, "ambiguous": 0}
                 # the chaos: a SIGKILL (restarted 0.5 s later) and a cut of every connection
                 chaos = fault_scale.pick(1, 10)
@@ -213,6 +219,8 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     assert_sound(verdict)
     succeeded = [tally.of(i, "task.succeeded") for i in history.ids("ok")]
     assert succeeded == [1] * (n + warmup)  # each task succeeded, once
+    # the durable functions slept as a run of their own (each resumed and replayed a step)
+    assert all(tally.of(history.task_id(str(k)), "task.suspended") >= 1 for k in durable)
     assert verdict.dup_exec <= 8 * chaos  # at most what a killed worker had running
     assert verdict.leaks is not None and verdict.leaks.clean, verdict.leaks
     assert set(structural_left) <= STRUCTURAL | {"gen", "claim"}, structural_left
