@@ -217,12 +217,47 @@ async def test_a_kill_around_a_durable_sleep_neither_restarts_nor_loses_it(
             woke = await h.result(timeout=30)
             info = await h.info()
     assert f"{point} kill" in hits.read_text()
-    # due 3 s after the sleep was journaled: not cut short, and not restarted (a restart
-    # would be due 3 s after a run that began once the 1 s lease lapsed)
-    assert enqueued + 3.0 <= woke < killed_by + 3.0 + 0.8
+    # one sleep, journaled by the run that was killed, and due 3 s after that: not cut
+    # short, and not restarted (a restart would sleep 3 s from a run that began once the
+    # 1 s lease lapsed)
+    assert [s.name for s in info.steps] == ["sleep#1", "after"]
+    slept_at = info.steps[0].started_at.timestamp()
+    assert enqueued <= slept_at <= killed_by
+    assert slept_at + 3.0 - 0.05 <= woke < slept_at + 3.0 + 0.9
     assert counts(tmp_path, 2) == [0, 1]
     assert info.tries == 1  # a lost run that journaled, or a recorded sleep: no try spent
+
+
+async def test_a_kill_right_after_claiming_a_woken_sleeper_resumes_past_the_sleep(
+    engine: Engine, client_app: App, queue_name: str, tmp_path: Path
+) -> None:
+    # the run that wakes is claimed and lost at once (after_claim): the next run, once
+    # its lease lapsed, still replays past the sleep instead of sleeping again
+    hits = tmp_path / "hits"
+    env = {"SEGUE_SLEEP_INLINE_SECONDS": "0.5"}
+    seconds = 4.0
+    with fleet(engine, queue_name, hits) as workers:
+        async with client_app:
+            first = workers.start(env=env)
+            h = await journal.napper.enqueue(str(tmp_path), seconds)
+            await eventually(lambda: _status(h, TaskStatus.SUSPENDED), timeout=15)
+            due = (await h.info()).history[-1].at.timestamp() + seconds
+            workers.kill(first)
+            # only this worker is there when it wakes: it claims it and dies right after
+            killer = workers.start(env={**env, "SEGUE_FAULTPOINT": "after_claim:kill"})
+            await eventually(lambda: _true(_hit_count(hits) > 0), timeout=15)
+            killed_by = time.time()
+            killer.proc.wait(timeout=10)
+            workers.start(env=env)
+            woke = await h.result(timeout=30)
+            info = await h.info()
+    # back once the lost run's lease (1 s) lapsed and a worker started (a restarted sleep
+    # would add its 4 s after that)
+    assert due <= woke < due + LEASE + 2.5
+    assert counts(tmp_path, 2) == [0, 1]
     assert [s.name for s in info.steps] == ["sleep#1", "after"]
+    assert info.steps[0].started_at.timestamp() < due - seconds + 0.5 < killed_by
+    assert info.tries == 2  # the lost run had made no progress of its own: a try spent
 
 
 def _hit_count(hits: Path) -> int:
