@@ -44,6 +44,17 @@ async def process_files(ctx: Context, files: list[str], seconds: float) -> int:
     """DESIGN §2's file-processing example: a checkpoint after each file. Returns the sum
     of the files' name lengths, carried in the state, so a file counted twice or a lost
     state shows in the result."""
+    return await _process(ctx, files, seconds)
+
+
+# The same job for the kill storms of the fault suite: a run lost with its worker spends a
+# try, and a storm may kill the same task's worker many times; that is not a crash loop
+@app.task(name="durable.files_storm", max_tries=1000)
+async def process_files_in_a_storm(ctx: Context, files: list[str], seconds: float) -> int:
+    return await _process(ctx, files, seconds)
+
+
+async def _process(ctx: Context, files: list[str], seconds: float) -> int:
     saved = await ctx.state.all()
     done: int = saved.get("current_index", 0)
     total: int = saved.get("total", 0)

@@ -106,7 +106,8 @@ async def test_no_step_runs_while_paused_and_resume_continues_from_the_checkpoin
             workers.start(concurrency=concurrency)
         async with app:
             handles = [
-                await durable.process_files.enqueue(files, STEP_SECONDS) for _ in range(n_tasks)
+                await durable.process_files_in_a_storm.enqueue(files, STEP_SECONDS)
+                for _ in range(n_tasks)
             ]
             by_id = {h.id: h for h in handles}
             paused: dict[str, int] = {}  # task id -> steps recorded when its pause took effect
@@ -244,7 +245,9 @@ async def test_cancelled_tasks_never_complete_and_cancels_survive_restarts(
                 if i % 3 == 0:
                     handles.append(await durable.flaky.enqueue(i))
                 else:
-                    handles.append(await durable.process_files.enqueue(files, STEP_SECONDS))
+                    handles.append(
+                        await durable.process_files_in_a_storm.enqueue(files, STEP_SECONDS)
+                    )
             chosen = rng.sample(handles, k=int(0.3 * n))
             waves = [chosen[i::6] for i in range(6)]
             pending: dict[str, float] = {}
