@@ -1,7 +1,7 @@
 """segue: a durable, asyncio-first task queue for Python on Redis/Valkey."""
 
 from segue._app import App
-from segue._context import Context, SyncContext
+from segue._context import Context
 from segue._cron import ScheduleInfo
 from segue._errors import (
     BrokerError,
@@ -34,6 +34,7 @@ from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
 from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition
+from segue._sync_context import SyncContext
 from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 from segue._worker import Worker
 

@@ -38,12 +38,13 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import EllipsisType, TracebackType
 
-    from segue._context import Context, SyncContext
+    from segue._context import Context
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
     from segue._options import Backoff, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
+    from segue._sync_context import SyncContext
 
 P = ParamSpec("P")
 R = TypeVar("R")

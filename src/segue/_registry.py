@@ -20,9 +20,10 @@ from segue._task import AsyncTask, SyncTask, Task
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
-    from segue._context import Context, SyncContext
+    from segue._context import Context
     from segue._cron import Schedule
     from segue._hooks import Hook
+    from segue._sync_context import SyncContext
     from segue._task import TaskOwner
 
 P = ParamSpec("P")

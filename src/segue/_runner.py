@@ -20,7 +20,6 @@ from segue._context import (
     PauseRequested,
     RunControl,
     ServerUnreachable,
-    SyncContext,
     WaitingForSubtasks,
 )
 from segue._errors import Fail, Pause, PayloadError, Retry
@@ -28,6 +27,7 @@ from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
+from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
     Outcome,

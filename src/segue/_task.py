@@ -23,9 +23,10 @@ from typing import (
 from typing_extensions import Unpack
 
 from segue._codec import ArgsDecoder, TypedDecoder
-from segue._context import Context, SyncContext
+from segue._context import Context
 from segue._errors import ConfigurationError
 from segue._options import check_durability, check_key, check_priority
+from segue._sync_context import SyncContext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Sequence

@@ -27,7 +27,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_ops_reads", "_ops_actions"),
     ),
     "runtime": (
-        *("_handle", "_events", "_queue", "_context", "_task", "_hooks", "_cron", "_registry"),
+        *(
+            "_handle",
+            "_events",
+            "_queue",
+            "_context",
+            "_sync_context",
+            "_task",
+            "_hooks",
+            "_cron",
+            "_registry",
+        ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
         "_journal",
