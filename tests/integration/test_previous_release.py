@@ -41,8 +41,30 @@ def _raw(value: str | dict[str, str]) -> str | bytes:
     return base64.b64decode(value["base64"]) if isinstance(value, dict) else value
 
 
-async def restore(engine: Engine, prefix: str, keys: list[dict[str, Any]]) -> None:
-    """Write the recorded keys under `prefix`, with their remaining TTLs."""
+def since_recording_ms(recorded: dict[str, Any]) -> int:
+    at = datetime.fromisoformat(recorded["recorded_at"].replace("Z", "+00:00"))
+    return int((datetime.now(UTC) - at).total_seconds() * 1000)
+
+
+# Sorted-set scores at or above this are times (epoch ms): due times, lease ends, the
+# expiry times of the ended-task indexes, next fire times
+_EPOCH_MS = 10**12
+
+
+def shifted(score: float, shift_ms: int) -> float:
+    """A recorded score moved by the time passed since the recording, when it is a time:
+    the records then stand as they stood when recorded (a due time still ahead, an ended
+    task's index entry not yet expired), however long ago that was. Without it the
+    fixture aged: an hour after recording, the claim script trimmed the ended tasks'
+    index entries whose time (end + ttl) had passed."""
+    return score + shift_ms if score >= _EPOCH_MS else score
+
+
+async def restore(
+    engine: Engine, prefix: str, keys: list[dict[str, Any]], shift_ms: int = 0
+) -> None:
+    """Write the recorded keys under `prefix`, with their remaining TTLs; sorted-set
+    scores that are times move by `shift_ms`."""
     client = admin_client(engine)
     try:
         async with client.pipeline(transaction=False) as pipe:
@@ -56,7 +78,7 @@ async def restore(engine: Engine, prefix: str, keys: list[dict[str, Any]]) -> No
                     case "set":
                         pipe.sadd(name, *(_raw(v) for v in value))
                     case "zset":
-                        pipe.zadd(name, {_raw(m): s for m, s in value})
+                        pipe.zadd(name, {_raw(m): shifted(s, shift_ms) for m, s in value})
                     case "stream":
                         for entry_id, fields in value:
                             pipe.xadd(name, {f: _raw(v) for f, v in fields.items()}, id=entry_id)
@@ -176,7 +198,7 @@ async def test_records_of_the_previous_release_are_finished_by_this_one(
     queue = recorded["queue"]
     prefix = f"rel{uuid.uuid4().hex[:8]}"
     url = user_url(segue_engine, prefix)
-    await restore(segue_engine, prefix, recorded["keys"])
+    await restore(segue_engine, prefix, recorded["keys"], since_recording_ms(recorded))
     app = new_release_app(url, prefix, queue)
     handles = {role: await app.task_handle(ids[role]) for role in BEFORE}
 
