@@ -100,6 +100,9 @@ def test_a_worker_refused_by_the_server_exits_with_the_reason(server: Server) ->
         assert "error:" in workers.log(worker)
 
 
+# timing-sensitive: it counts the lines of a 4 s outage against heartbeats, so it runs in
+# the serial phase, where no other test's load stretches the worker's loops
+@pytest.mark.serial
 async def test_an_outage_is_logged_when_it_starts_now_and_then_and_when_it_ends(
     server: Server,
 ) -> None:
