@@ -240,9 +240,11 @@ def cron_remove(ck: CronKeys, sid: str) -> ScriptCall:
 
 
 def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
-    """Move a paused schedule past its due tick without firing it, fenced on that tick
-    (cron_skip.lua); `following` '' when it has no later tick. Replies 1 skipped, 0 stale."""
-    return (_scripts.load("cron_skip"), [ck.due, ck.firing, ck.skipped], [sid, tick, following])
+    """Move a paused schedule past its due tick without firing it, fenced on that tick:
+    cron_advance.lua with the tick noted in the `skipped` hash instead of `fired`;
+    `following` '' when it has no later tick. Replies 1 skipped, 0 stale."""
+    keys = [ck.defs, ck.due, ck.firing, ck.skipped]
+    return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
 
 
 def delete(ks: Keyspace, task_id: str) -> ScriptCall:
