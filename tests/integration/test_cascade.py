@@ -197,7 +197,7 @@ async def test_a_lost_cascade_marker_is_restored_by_the_reconciler(
     root = tree(app, gate)
     async with app, serving(app):
         h: TaskHandle[Any] = await root.enqueue()
-        mids, leaves = below(h.id)
+        _, leaves = below(h.id)
         await eventually(lambda: all_in(app, leaves, TaskStatus.RUNNING), timeout=WAIT)
         await h.pause()
         await eventually(lambda: all_in(app, leaves, TaskStatus.PAUSED), timeout=WAIT)
@@ -222,9 +222,35 @@ async def test_on_parent_end_takes_only_cancel_or_abandon(make_app: Callable[...
 
     @app.task(name="bad_policy", max_tries=1)
     async def bad_policy(ctx: Context) -> None:
-        await ctx.enqueue(noop.call(), on_parent_end="detach")  # type: ignore[arg-type]
+        await ctx.enqueue(noop.call(), on_parent_end="detach")  # type: ignore[call-overload]
 
     async with app, serving(app):
         h = await bad_policy.enqueue()
         with pytest.raises(TaskFailed, match="on_parent_end='detach'"):
             await h.result(timeout=WAIT)
+
+
+async def test_workflow_pause_resume_and_cancel_reach_a_steps_sub_tasks(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(concurrency=8)
+    gate = asyncio.Event()  # never opened: the cancel ends the leaves
+    tree(app, gate)
+    mid = app.registry["mid"]  # a step that starts two leaves and waits for them
+
+    @app.task(name="tail")
+    async def tail(x: list[str]) -> int:
+        return len(x)
+
+    async with app, serving(app):
+        h = await (mid.call() | tail).enqueue()
+        step = (await h.steps())[0].id
+        leaves = [f"{step}.1", f"{step}.2"]
+        await eventually(lambda: all_in(app, leaves, TaskStatus.RUNNING), timeout=WAIT)
+        await h.pause(running=True)
+        await eventually(lambda: all_in(app, leaves, TaskStatus.PAUSED), timeout=WAIT)
+        await h.resume()
+        assert TaskStatus.PAUSED not in await statuses(app, leaves)
+        await h.cancel()
+        await eventually(lambda: all_in(app, leaves, TaskStatus.CANCELLED), timeout=WAIT)
+        assert await h.status() is TaskStatus.CANCELLED
