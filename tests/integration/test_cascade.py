@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from segue import App, Context, TaskFailed, TaskHandle, TaskNotFound, TaskStatus
+from segue import App, Context, TaskFailed, TaskHandle, TaskNotFound, TaskStatus, _calls
 from segue._broker import make_async_client
 from segue._keys import Keyspace
 from segue._reconcile import Reconciler
@@ -254,3 +254,37 @@ async def test_workflow_pause_resume_and_cancel_reach_a_steps_sub_tasks(
         await h.cancel()
         await eventually(lambda: all_in(app, leaves, TaskStatus.CANCELLED), timeout=WAIT)
         assert await h.status() is TaskStatus.CANCELLED
+
+
+async def test_the_walk_goes_in_bounded_batches_and_workers_finish_what_a_client_left(
+    make_app: Callable[..., App], segue_engine: Engine, queue_name: str
+) -> None:
+    app = make_app()
+
+    @app.task(name="later")
+    async def later() -> None:
+        return None
+
+    @app.task(name="planner")
+    async def planner(ctx: Context) -> None:
+        await ctx.wait_for(await ctx.enqueue(later.options(delay=3600).call() for _ in range(5)))
+
+    async with app:
+        async with serving(app):
+            h = await planner.enqueue()
+            await h.wait_for(TaskStatus.WAITING, timeout=WAIT)
+        kids = [f"{h.id}.{i}" for i in range(1, 6)]
+        broker = await app._client.broker()
+        ks = broker.keyspace(queue_name)
+        # the command alone, as from a client that stopped right after it: no walk yet
+        await broker.run_calls([_calls.control(ks, h.id, "pause", "test")])
+        assert await all_in(app, kids, TaskStatus.SCHEDULED)
+        assert await broker.cascade(ks, 2) == (2, 1)
+        assert await statuses(app, kids) == [TaskStatus.PAUSED] * 2 + [TaskStatus.SCHEDULED] * 3
+        assert await broker.cascade(ks, 2) == (2, 1)
+        assert await broker.cascade(ks, 2) == (1, 0)
+        assert await all_in(app, kids, TaskStatus.PAUSED)
+        await broker.run_calls([_calls.control(ks, h.id, "cancel", "test")])
+        async with serving(app):  # a worker's forwarder walks it
+            await eventually(lambda: all_in(app, kids, TaskStatus.CANCELLED), timeout=WAIT)
+        assert await cascade_markers(segue_engine, ks) == 0
