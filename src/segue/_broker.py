@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from segue._wire import EnqueueSpec, Finished, GraphStep
 
 
+CASCADE_BATCH = 200  # sub-tasks one cascade.lua call looks at: holds the server ~1 ms
+CLIENT_CASCADE_STEPS = 10  # batches the process that sent a command walks itself
+
+
 class Broker(Transport):
     """The connections of one App and every command it sends; `reads` is its read side.
 
@@ -112,7 +116,27 @@ class Broker(Transport):
         except ScriptError as exc:
             _raise_refusal(exc, "task", task_id, command)
             raise
-        return _calls.parse_control(reply[0])[0]
+        status, _, left_work = _calls.parse_control(reply[0])
+        if left_work:
+            # the command's cascade to sub-tasks is walked from here at once, a few batches;
+            # what is left (a big tree), or all of it if this process stops, workers walk
+            for _ in range(CLIENT_CASCADE_STEPS):
+                _, markers = await self.cascade(ks)
+                if not markers:
+                    break
+        return status
+
+    def subtask_call(
+        self, ks: Keyspace, spec: EnqueueSpec, parent: str, number: int, policy: str
+    ) -> ScriptCall:
+        """Create a sub-task of `parent` (subtask.lua); see _calls.parse_created for the reply."""
+        return _calls.subtask(ks, spec, self.max_len, parent, number, policy)
+
+    async def cascade(self, ks: Keyspace, most: int = CASCADE_BATCH) -> tuple[int, int]:
+        """Advance the queue's cascades to sub-tasks (cascade.lua): sub-tasks looked at,
+        markers left. Safe to repeat, from any process."""
+        reply = await self.run_calls([_calls.cascade(ks, most)], retry=True)
+        return _calls.parse_cascade(reply[0])
 
     def graph_call(
         self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
@@ -154,6 +178,10 @@ class Broker(Transport):
             verb = "pause" if command == "pause_running" else command
             _raise_refusal(exc, "workflow", wf_id, verb)
             raise
+        for _ in range(CLIENT_CASCADE_STEPS):  # its steps' sub-tasks, as for a task's command
+            _, markers = await self.cascade(ks)
+            if not markers:
+                break
         return _text(reply[0])
 
     async def retry(self, ks: Keyspace, task_id: str, reason: str) -> str:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
     from segue._lifespan import Resource
+    from segue._options import ParentEnd
 
 _task_log = logging.getLogger("segue.task")
 log = logging.getLogger("segue.worker")
@@ -92,7 +93,8 @@ class RunControl:
 
     def __init__(
         self,
-        enqueue_child: Callable[[Any, str], Awaitable[TaskHandle[Any]]],  # under an id
+        # under an id, with the sub-task's on_parent_end policy
+        enqueue_child: Callable[[Any, str, str], Awaitable[TaskHandle[Any]]],
         broker: Broker,
         ks: Keyspace,
         gen: str,
@@ -407,13 +409,25 @@ class Context:
         )
 
     @overload
-    async def enqueue(self, signatures: Call[R], /) -> TaskHandle[R]: ...
+    async def enqueue(
+        self, signatures: Call[R], /, *, on_parent_end: ParentEnd = ...
+    ) -> TaskHandle[R]: ...
     @overload
-    async def enqueue(self, signatures: Iterable[Call[R]], /) -> list[TaskHandle[R]]: ...
-    async def enqueue(self, signatures: Any, /) -> Any:
+    async def enqueue(
+        self, signatures: Iterable[Call[R]], /, *, on_parent_end: ParentEnd = ...
+    ) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Any, /, *, on_parent_end: ParentEnd = "cancel") -> Any:
         """Start sub-tasks of this task, in its queue. Their ids come from this task's id
         and a count, so a re-run of this task (after a worker death, or after `wait_for`)
-        gets the same handles back instead of starting them twice."""
+        gets the same handles back instead of starting them twice.
+
+        A pause, resume or cancel of this task reaches its sub-tasks, recursively, and
+        when this task ends FAILED or CANCELLED its unfinished sub-tasks are cancelled;
+        `on_parent_end="abandon"` starts sub-tasks that all of this leaves alone."""
+        if on_parent_end not in ("cancel", "abandon"):
+            raise ConfigurationError(
+                f"on_parent_end={on_parent_end!r}: expected 'cancel' or 'abandon'"
+            )
         single = not isinstance(signatures, Iterable)  # a Signature, or several
         sigs: list[Call[Any]] = [signatures] if single else list(signatures)
         run = self._run
@@ -433,7 +447,9 @@ class Context:
                 handles.append(run.child_handle(sig, journal.child_of(entry)))
                 continue
             started = _clock.wall()
-            send = functools.partial(run.enqueue_child, sig, f"{self.task_id}.{self._seq}")
+            send = functools.partial(
+                run.enqueue_child, sig, f"{self.task_id}.{self._seq}", on_parent_end
+            )
             handle = await run.call(f"task {self.task_id}: ctx.enqueue", send)
             await journal.record(name, journal.child_entry(handle.id), started, ok=True)
             handles.append(handle)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from segue._handle import TaskHandle
     from segue._lifespan import Resource
+    from segue._options import ParentEnd
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -167,9 +168,9 @@ class SyncContext:
         """`Context.get`: a worker lifespan's value."""
         return self._ctx.get(resource)
 
-    def enqueue(self, signatures: Any, /) -> Any:
+    def enqueue(self, signatures: Any, /, *, on_parent_end: ParentEnd = "cancel") -> Any:
         """`Context.enqueue`, blocking."""
-        return self.state._call(self._ctx.enqueue(signatures))
+        return self.state._call(self._ctx.enqueue(signatures, on_parent_end=on_parent_end))
 
     def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
         """`Context.wait_for`, blocking."""

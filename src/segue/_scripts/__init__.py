@@ -76,6 +76,7 @@ ALLOW_OOM = frozenset(
         "journal",
         "event",
         "control",
+        "cascade",
         "workflow",
         "purge",
         "delete",
