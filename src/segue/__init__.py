@@ -14,6 +14,7 @@ from segue._errors import (
     Pause,
     PayloadError,
     QueueFull,
+    RateLimited,
     ResultTimeout,
     ResultUnavailable,
     Retry,
@@ -30,6 +31,7 @@ from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
+from segue._options import Limit
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
@@ -56,10 +58,12 @@ __all__ = [
     "Hook",
     "InvalidTransition",
     "LeaseLost",
+    "Limit",
     "Pause",
     "PayloadError",
     "Queue",
     "QueueFull",
+    "RateLimited",
     "Resource",
     "ResultTimeout",
     "ResultUnavailable",

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, ConcurrencyLimit, OnDuplicate, Priority, RateLimit, Unique
     from segue._schedule_handle import ScheduleHandle
     from segue._sync_context import SyncContext
 
@@ -130,9 +130,9 @@ class App:
         unique: Unique = False,
         on_duplicate: OnDuplicate = "return",
         expire: float | timedelta | None = None,
-        rate_limit: str | None = None,
+        rate_limit: RateLimit = None,
         rate_burst: int = 1,
-        concurrency: int | None = None,
+        concurrency: ConcurrencyLimit = None,
         max_pauses: int | None = 100,
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]

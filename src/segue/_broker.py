@@ -220,11 +220,15 @@ class Broker(Transport):
         rates: dict[str, str],
         concurrency: dict[str, int],
         clear: tuple[list[str], list[str]],
+        keyed: dict[str, str] | None = None,
     ) -> None:
-        """Publish the rate and concurrency limits of task names for claim.lua to enforce."""
+        """Publish the rate and concurrency limits of task names, and the keyed limits by
+        limit name, for claim.lua to enforce."""
         rate_key, conc_key = ks.limits
         async with self.errors():
             pipe = self.client.pipeline(transaction=False)
+            if keyed:
+                pipe.hset(ks.keyed_limits, mapping=keyed)
             if rates:
                 pipe.hset(rate_key, mapping=rates)
             if concurrency:
@@ -234,6 +238,13 @@ class Broker(Transport):
             if clear[1]:
                 pipe.hdel(conc_key, *clear[1])
             await pipe.execute()
+
+    async def set_key_weight(self, ks: Keyspace, key: str, weight: int | None) -> None:
+        async with self.errors():
+            if weight is None:
+                await self.client.hdel(ks.weights, key)
+            else:
+                await self.client.hset(ks.weights, key, str(weight))
 
     async def write_state(
         self, ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: list[str]

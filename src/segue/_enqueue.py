@@ -23,7 +23,7 @@ from segue._handle import TaskHandle, WorkflowHandle
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._ops_actions import index_workflow
-from segue._options import seconds
+from segue._options import lane_of, seconds
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import MAX_SHAPE_STEPS, _first_signature, _place, _shape, _Step, _step_ids
 
@@ -147,6 +147,13 @@ class Enqueuer:
                 unique=self._unique_key(sig),
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
                 headers=_headers(sig),
+                lane=lane_of(
+                    d,
+                    lambda: task.bound_arguments(sig.args, sig.kwargs),
+                    sig.args,
+                    sig.kwargs,
+                    o.get("limit_key"),
+                ),
             ),
         )
 

@@ -175,6 +175,21 @@ class Retry(Exception):
         self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
 
 
+class RateLimited(Exception):
+    """Raise inside a task that was told to slow down (an HTTP 429): the task goes back to
+    QUEUED without spending a try, and its limit key's budget (or, without one, its task
+    name's) is held closed for `retry_after` seconds for every worker, so the other tasks
+    of that key wait too. `key` names another key of the task's limit to hold. Consecutive
+    ones count toward the task's `max_pauses`.
+    """
+
+    def __init__(self, retry_after: float | timedelta = 1.0, *, key: str | int | None = None) -> None:
+        super().__init__("rate limited")
+        after = retry_after.total_seconds() if isinstance(retry_after, timedelta) else retry_after
+        self.retry_after = max(0.0, float(after))
+        self.key = key
+
+
 class Pause(Exception):
     """Raise inside a task to stop now and be run again later (SUSPENDED).
 

@@ -104,6 +104,20 @@ class Keyspace:
         return (self.key("limits", "rate"), self.key("limits", "concurrency"))
 
     @cached_property
+    def keyed_limits(self) -> str:
+        """Keyed limits by limit name: "<concurrency> <tokens per ms> <burst> <weight>"."""
+        return self.key("limits", "keyed")
+
+    @cached_property
+    def weights(self) -> str:
+        """Per-key weights set at run time (Queue.set_weight): key -> weight."""
+        return self.key("kweight")
+
+    def lane_key(self, kind: str, lane: str) -> str:
+        """A per-lane key of claim.lua (krun, kbucket, kpark; lib/lanes.lua)."""
+        return f"{self.base}{kind}:{lane}"
+
+    @cached_property
     def control_keys(self) -> list[str]:
         """KEYS of control.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.control_channel]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
@@ -25,6 +25,153 @@ _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """A concurrency or rate limit with a budget per key, or one shared by task names.
+
+    `Limit(5, key="tenant")` for `concurrency=`, `Limit("100/m", key="tenant")` for
+    `rate_limit=`. `key` names a parameter of the task, or is a function of the enqueue's
+    arguments returning the key; `.options(limit_key=...)` sets it per enqueue. The budget
+    is per task name, or per `name` when given: every task naming the same limit shares
+    it. `weight` is the key's share of turns when keys compete (fairness). Without `key`
+    and `name` it is the task-wide limit an int or a rate string gives.
+    """
+
+    value: int | str
+    key: str | Callable[..., object] | None = None
+    name: str | None = None
+    weight: int = 1
+    burst: int = field(default=1, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name or "|" in self.name):
+            raise ConfigurationError(f"Limit name {self.name!r} must be non-empty, without '|'")
+        w: object = self.weight
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ConfigurationError(f"Limit weight must be an int >= 1, not {self.weight!r}")
+        if self.burst < 1:
+            raise ConfigurationError("Limit burst must be >= 1")
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None or self.name is not None
+
+
+ConcurrencyLimit = int | Limit | tuple[int | Limit, ...] | None
+RateLimit = str | Limit | tuple[str | Limit, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A task's limits split in two: task-wide ones (per task name, as before) and the
+    keyed ones, which share one key and one limit name (its lane, claim.lua)."""
+
+    concurrency: int | None = None
+    rate: str | None = None
+    burst: int = 1
+    keyed_concurrency: int = 0
+    keyed_rate: str | None = None
+    keyed_burst: int = 1
+    key: str | Callable[..., object] | None = None
+    limit_name: str | None = None
+    weight: int = 1
+    has_keyed: bool = False
+
+    def spec(self, name: str) -> str:
+        """The keyed limits as claim.lua reads them under the limit name:
+        "<concurrency> <tokens per ms> <burst> <weight>" (0: none)."""
+        per_ms = parse_rate(self.keyed_rate, name) / 1000 if self.keyed_rate else 0.0
+        return f"{self.keyed_concurrency} {per_ms!r} {self.keyed_burst} {self.weight}"
+
+
+def split_limits(name: str, concurrency: object, rate: object, rate_burst: int) -> Limits:
+    """Refuse limits that do not fit together; the task-wide and keyed parts apart."""
+    found: dict[str, object] = {}
+    keyed: list[Limit] = []
+
+    def one(kind: str, value: object) -> None:
+        if isinstance(value, Limit):
+            if value.keyed:
+                if ("k" + kind) in found:
+                    raise ConfigurationError(f"task {name}: two keyed {kind} limits")
+                found["k" + kind] = value
+                keyed.append(value)
+                return
+            value = value.value
+        if kind in found:
+            raise ConfigurationError(f"task {name}: two task-wide {kind} limits")
+        found[kind] = value
+
+    for kind, given in (("concurrency", concurrency), ("rate_limit", rate)):
+        if given is None:
+            continue
+        for value in given if isinstance(given, tuple) else (given,):
+            one(kind, value)
+    conc, kconc = found.get("concurrency"), found.get("kconcurrency")
+    for c in (conc, kconc.value if isinstance(kconc, Limit) else None):
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise ConfigurationError(f"task {name}: concurrency must be an int >= 1, not {c!r}")
+    rate_v, krate = found.get("rate_limit"), found.get("krate_limit")
+    for r in (rate_v, krate.value if isinstance(krate, Limit) else None):
+        if r is not None:
+            if not isinstance(r, str):
+                raise ConfigurationError(f"task {name}: rate_limit {r!r} is not a string")
+            parse_rate(r, name)
+    if len(keyed) == 2 and (keyed[0].key, keyed[0].name) != (keyed[1].key, keyed[1].name):
+        raise ConfigurationError(
+            f"task {name}: its keyed concurrency and rate limits must have the same key= "
+            "and name= (a task has one limit key)"
+        )
+    first = keyed[0] if keyed else None
+    return Limits(
+        concurrency=conc if isinstance(conc, int) else None,
+        rate=rate_v if isinstance(rate_v, str) else None,
+        burst=rate_burst,
+        keyed_concurrency=kconc.value if isinstance(kconc, Limit) else 0,  # type: ignore[arg-type]
+        keyed_rate=krate.value if isinstance(krate, Limit) else None,  # type: ignore[arg-type]
+        keyed_burst=krate.burst if isinstance(krate, Limit) else 1,
+        key=first.key if first else None,
+        limit_name=first.name if first else None,
+        weight=max((k.weight for k in keyed), default=1),
+        has_keyed=first is not None,
+    )
+
+
+def lane_of(opts: TaskOptions, arguments: Callable[[], Mapping[str, object]],
+            args: tuple[object, ...], kwargs: Mapping[str, object], override: object) -> str:
+    """The lane a task waits in: "<limit name>|<key>", or '' without a limit key.
+    `arguments` binds the call to the task's parameters (for a key naming one)."""
+    lim = opts.limits
+    if override is not None:
+        key: object = override
+    elif lim.key is None:
+        if not lim.has_keyed:
+            return ""
+        key = ""  # a named limit without a key: one budget shared by its names
+    elif callable(lim.key):
+        key = lim.key(*args, **kwargs)
+    else:
+        bound = arguments()
+        if lim.key not in bound:
+            raise ConfigurationError(
+                f"task {opts.name}: its limit key names parameter {lim.key!r}, which this "
+                "call does not pass"
+            )
+        key = bound[lim.key]
+    return f"{lim.limit_name or opts.name}|{check_limit_key(key)}"
+
+
+def check_limit_key(key: object) -> str:
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        raise ConfigurationError(f"a limit key must be a string or an int, not {key!r}")
+    text = str(key)
+    if len(text) > 200 or any(not c.isprintable() for c in text):
+        raise ConfigurationError(
+            f"limit key {text[:40]!r} must be at most 200 printable characters"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
 class TaskOptions:
     """Options fixed when a task is declared (`@app.task(...)`)."""
 
@@ -39,19 +186,18 @@ class TaskOptions:
     unique: Unique = False
     on_duplicate: OnDuplicate = "return"
     expire: float | timedelta | None = None
-    rate_limit: str | None = None
+    rate_limit: RateLimit = None
     rate_burst: int = 1
-    concurrency: int | None = None
+    concurrency: ConcurrencyLimit = None
     max_pauses: int | None = 100  # Pauses in a row without progress; None: no limit
+    limits: Limits = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
-        if self.rate_limit is not None:
-            parse_rate(self.rate_limit, self.name)
         if self.rate_burst < 1:
             raise ConfigurationError(f"task {self.name}: rate_burst must be >= 1")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ConfigurationError(f"task {self.name}: concurrency must be >= 1 or None")
+        limits = split_limits(self.name, self.concurrency, self.rate_limit, self.rate_burst)
+        object.__setattr__(self, "limits", limits)
         if self.on_duplicate not in ("return", "raise"):
             raise ConfigurationError(
                 f"task {self.name}: on_duplicate must be 'return' or 'raise', "
@@ -105,20 +251,24 @@ class LimitTables:
     rates: dict[str, str]
     concurrency: dict[str, int]
     clear: tuple[list[str], list[str]]
+    keyed: dict[str, str] = field(default_factory=dict)  # limit name -> Limits.spec
 
 
 def limit_tables(options: Iterable[TaskOptions]) -> LimitTables:
     tables = LimitTables({}, {}, ([], []))
     for opts in options:
-        if opts.rate_limit is not None:
-            per_ms = parse_rate(opts.rate_limit, opts.name) / 1000
-            tables.rates[opts.name] = f"{per_ms!r} {opts.rate_burst}"
+        lim = opts.limits
+        if lim.rate is not None:
+            per_ms = parse_rate(lim.rate, opts.name) / 1000
+            tables.rates[opts.name] = f"{per_ms!r} {lim.burst}"
         else:
             tables.clear[0].append(opts.name)
-        if opts.concurrency is not None:
-            tables.concurrency[opts.name] = opts.concurrency
+        if lim.concurrency is not None:
+            tables.concurrency[opts.name] = lim.concurrency
         else:
             tables.clear[1].append(opts.name)
+        if lim.has_keyed:
+            tables.keyed[lim.limit_name or opts.name] = lim.spec(opts.name)
     return tables
 
 

@@ -172,9 +172,10 @@ class Queries:
                 pipe.zcard(key)
             pipe.zcard(ks.paused)
             pipe.zcard(ks.waiting)
+            pipe.hget(ks.meta, "kq")  # queued in the lanes of limit keys (claim.lua)
             r = await pipe.execute()
         return {
-            "queued": sum(r[0:3]),
+            "queued": sum(r[0:3]) + max(0, int(r[11] or 0)),
             "scheduled": r[3],
             "running": r[4],
             "succeeded": r[5],
@@ -252,6 +253,11 @@ class Queries:
     async def queue_paused(self, ks: Keyspace) -> bool:
         async with self._t.errors():
             return bool(await self._t.client.hget(ks.meta, "paused") == b"1")
+
+    async def key_weights(self, ks: Keyspace) -> dict[str, int]:
+        async with self._t.errors():
+            raw = await self._t.client.hgetall(ks.weights)
+        return {k.decode(errors="replace"): int(v) for k, v in raw.items() if v.isdigit()}
 
     async def worker_records(
         self, wk: WorkerKeys, worker_id: str | None = None

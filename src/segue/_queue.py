@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from segue import _ops_actions
+from segue._errors import ConfigurationError
+from segue._options import check_limit_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -42,6 +44,20 @@ class Queue:
     async def is_paused(self) -> bool:
         reads = await self._client.reads()
         return await reads.queue_paused(reads.keyspace(self.name))
+
+    async def set_weight(self, key: str | int, weight: int | None) -> None:
+        """Give a limit key its share of turns in this queue: a key of weight 3 starts up to
+        3 tasks per turn where others start 1 (whatever its `Limit(weight=)`). `None`
+        removes the weight set here. Weights stay on the server until removed."""
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int) or weight < 1):
+            raise ConfigurationError(f"a key's weight must be an int >= 1 or None, not {weight!r}")
+        broker = await self._client.broker()
+        await broker.set_key_weight(broker.keyspace(self.name), check_limit_key(key), weight)
+
+    async def weights(self) -> dict[str, int]:
+        """The per-key weights set with `set_weight`, by key."""
+        reads = await self._client.reads()
+        return await reads.key_weights(reads.keyspace(self.name))
 
     async def purge(
         self, reason: str = "purged by an operator", *, include_sleeping: bool = False

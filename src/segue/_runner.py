@@ -22,7 +22,8 @@ from segue._context import (
     ServerUnreachable,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, Pause, PayloadError, Retry
+from segue._errors import Fail, Pause, PayloadError, RateLimited, Retry
+from segue._options import TaskOptions, check_limit_key
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
@@ -32,6 +33,7 @@ from segue._wire import (
     Failed,
     Outcome,
     Paused,
+    Limited,
     PausedItself,
     Released,
     Requeued,
@@ -213,6 +215,12 @@ async def _call(
         return Paused()
     except Pause as exc:
         return _paused_itself(job, task, settings, exc)
+    except RateLimited as exc:
+        if not silent:
+            lines.info("task %s rate limited: held for %.3f s", job.id, exc.retry_after)
+        most = task.opts.max_pauses
+        lane = "" if exc.key is None else held_lane(task.opts, exc.key)
+        return Limited(int(exc.retry_after * 1000), -1 if most is None else most, lane)
     except Fail as exc:
         job.error = exc
         if not silent:
@@ -252,6 +260,11 @@ async def _call(
     if not silent:
         lines.info("task %s succeeded", job.id)
     return Succeeded(payload)
+
+
+def held_lane(opts: TaskOptions, key: str | int) -> str:
+    """The lane whose budget RateLimited(key=...) holds: that key under the task's limit."""
+    return f"{opts.limits.limit_name or opts.name}|{check_limit_key(key)}"
 
 
 def _paused_itself(job: Job, task: Task[Any, Any], settings: Settings, exc: Pause) -> Outcome:

@@ -61,6 +61,7 @@ class EnqueueOptions(TypedDict, total=False):
     on_duplicate: OnDuplicate
     headers: dict[str, str]
     durability: Durability
+    limit_key: str | int
 
 
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
@@ -254,6 +255,12 @@ class Task(Generic[P, R]):
             worker_id="local",
             queue=self.queue,
         )
+
+    def bound_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included (for a limit key)."""
+        bound = self._signature.bind_partial(*((None, *args) if self.takes_ctx else args), **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def check_args(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, partial: bool = False

@@ -144,7 +144,7 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 12 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 13 ARGV fields, in this order."""
 
     id: str
     name: str
@@ -158,6 +158,7 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     unique: str  # '' none, else "<name>:<key>"
     expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
     headers: str  # JSON object, '' none
+    lane: str = ""  # '' none, else "<limit name>|<key>": it waits in that lane (claim.lua)
 
     def argv(self) -> tuple[Any, ...]:
         return msgspec.structs.astuple(self)
@@ -389,6 +390,20 @@ class PausedItself(Outcome, frozen=True, gc=False):
             len(self.state),
             *(x for kv in self.state for x in kv),
         )
+
+
+class Limited(Outcome, frozen=True, gc=False):
+    """The task raised RateLimited: queued again without spending a try, and the budget of
+    `lane` ('' for its own limit key, else its task name) held closed for `hold_ms`.
+    Counted toward `max_pauses` (-1: no limit) as a Pause without progress is."""
+
+    hold_ms: int
+    max_pauses: int
+    lane: str = ""
+    action: ClassVar[str] = "limited"
+
+    def argv(self) -> tuple[Any, ...]:
+        return (self.hold_ms, self.max_pauses, self.lane)
 
 
 class Paused(Outcome, frozen=True, gc=False):

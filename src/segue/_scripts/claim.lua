@@ -34,8 +34,16 @@
   by another client, or by hand), ends FAILED (undecodable) and dead-lettered here, alone:
   left in place it would make every claim that reaches it fail. A task held back by its
   name's rate or concurrency limit stays at the head of its list; the reply's next_due then
-  includes the moment a rate-limit token comes back. ]]
---#include clock finalize
+  includes the moment a rate-limit token comes back. A name held by RateLimited (zset
+  <prefix>holds) is held back the same way until then.
+  Keyed tasks wait in lanes (lib/lanes.lua; meta 'kq' counts them, and without any the claim
+  does as before). With lanes, each level is served in rounds: the list's head task, then
+  one turn of each lane in the ring (its quantum: the key's weight), until the slots are
+  filled or a round starts nothing. A lane whose key is at its concurrency waits out of the
+  ring until one of its runs ends; one waiting for its rate or a hold waits in kdue until
+  then. So a lane costs the claim one turn, whatever its length, and an idle key nothing.
+  Keyed limits: hash <prefix>limits:keyed; weights set at run time: hash <prefix>kweight. ]]
+--#include clock finalize lanes
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local want = tonumber(ARGV[3])
@@ -78,14 +86,15 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[4], id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 'q', 's')
+  local f = redis.call('HMGET', tk, 'q', 's', 'lk')
   local prio = f[1]
   -- an entry left over from a state the task has since left (a restore from an older copy,
   -- a hand edit) must not queue it again
   if prio and DUE_STATES[f[2]] and not PRIORITY_LISTS[prio] then
     undecodable(tk, id, 'priority q=' .. string.sub(prio, 1, 40))
   elseif prio and DUE_STATES[f[2]] then
-    transition(Q, tk, id, { to = 'queued', at = now, why = 'due', push = 'back', prio = prio })
+    transition(Q, tk, id, { to = 'queued', at = now, why = 'due', push = 'back', prio = prio,
+      lane = f[3] or false })
     redis.call('HDEL', tk, 'due')
   end
 end
@@ -97,7 +106,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[5], id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt', 'd', 'jp', 'g')
+  local f = redis.call('HMGET', tk, 'q', 's', 't', 'mt', 'd', 'jp', 'g', 'lk')
   local prio = f[1]
   local bad = prio and (not_integer(f, { 3, 4, 5 }, { 't', 'mt', 'd' })
     or (not PRIORITY_LISTS[prio] and 'priority q=' .. string.sub(prio, 1, 40)))
@@ -129,48 +138,238 @@ for _, id in ipairs(expired) do
       dead_letter(Q, id, tonumber(ARGV[7]), now)
     else
       transition(Q, tk, id, { to = 'queued', at = now, why = 'lease expired', push = 'front',
-        prio = prio, event = 'task.requeued' })
+        prio = prio, lane = f[8] or false, event = 'task.requeued' })
     end
   end
 end
 
 -- May a task of this name start now? Concurrency: fewer running than its limit. Rate: a
 -- token in its bucket (refilled continuously, at most `burst` + 0.5; the bucket key
--- expires once it would be full again). Returns ok, and when refused for rate, when a token is back.
-local limited = redis.call('EXISTS', KEYS[14], KEYS[15]) > 0
+-- expires once it would be full again). A RateLimited hold of the name (zset `holds`,
+-- name -> until) keeps it closed until then. Returns ok, and when refused for rate or a
+-- hold, when it may start.
+local holds = prefix .. 'holds'
+local limited = redis.call('EXISTS', KEYS[14], KEYS[15], holds) > 0
+if limited then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
+
+-- Take a token from the bucket `bk` (rate `per_ms`, `burst`): true, or false and when one is back.
+local function take_token(bk, per_ms, burst, b)
+  -- the bucket holds half a token more than the burst: a worker that claims a little
+  -- late (a busy loop, a round trip) makes that up instead of losing it from the rate
+  local cap = burst + 0.5
+  local tokens = math.min(cap, tonumber(b[1] or burst) + (now - tonumber(b[2] or now)) * per_ms)
+  local life = math.ceil(cap / per_ms) + 1000
+  if tokens < 1 then
+    redis.call('HSET', bk, 'tk', tokens, 'ts', now)
+    redis.call('PEXPIRE', bk, life)
+    return false, now + math.ceil((1 - tokens) / per_ms)
+  end
+  redis.call('HSET', bk, 'tk', tokens - 1, 'ts', now)
+  redis.call('PEXPIRE', bk, life)
+  return true, nil
+end
+
 local function admit(name)
   local most = redis.call('HGET', KEYS[15], name)
   if most and redis.call('SCARD', prefix .. 'running:' .. name) >= tonumber(most) then
     return false, nil
   end
+  local hold = tonumber(redis.call('ZSCORE', holds, name))
+  if hold and hold > now then return false, hold end
   local rl = redis.call('HGET', KEYS[14], name)
   if rl then
     local per_ms, burst = string.match(rl, '^(%S+) (%S+)$')
-    per_ms, burst = tonumber(per_ms), tonumber(burst)
     local bk = prefix .. 'bucket:' .. name
-    local b = redis.call('HMGET', bk, 'tk', 'ts')
-    -- the bucket holds half a token more than the burst: a worker that claims a little
-    -- late (a busy loop, a round trip) makes that up instead of losing it from the rate
-    local cap = burst + 0.5
-    local tokens = math.min(cap, tonumber(b[1] or burst) + (now - tonumber(b[2] or now)) * per_ms)
-    local life = math.ceil(cap / per_ms) + 1000
-    if tokens < 1 then
-      redis.call('HSET', bk, 'tk', tokens, 'ts', now)
-      redis.call('PEXPIRE', bk, life)
-      return false, now + math.ceil((1 - tokens) / per_ms)
-    end
-    redis.call('HSET', bk, 'tk', tokens - 1, 'ts', now)
-    redis.call('PEXPIRE', bk, life)
+    return take_token(bk, tonumber(per_ms), tonumber(burst), redis.call('HMGET', bk, 'tk', 'ts'))
   end
   return true, nil
 end
 
+-- May a task of this lane ("<limit name>|<key>", lib/lanes.lua) start now, by its key's
+-- limits (published as "<concurrency> <tokens per ms> <burst> <weight>" under the limit
+-- name, 0: none)? Returns true and whether its run counts in krun; or false and 'park'
+-- (the key's concurrency is full) or when a token is back or its hold ends.
+local klimits = prefix .. 'limits:keyed'
+local function kadmit(lane)
+  local spec = redis.call('HGET', klimits, string.match(lane, '^([^|]*)'))
+  local most, per_ms, burst = 0, 0, 1
+  if spec then
+    local a, b, c = string.match(spec, '^(%S+) (%S+) (%S+)')
+    most, per_ms, burst = tonumber(a) or 0, tonumber(b) or 0, tonumber(c) or 1
+  end
+  if most > 0 and redis.call('SCARD', prefix .. 'krun:' .. lane) >= most then
+    return false, 'park'
+  end
+  local bk = prefix .. 'kbucket:' .. lane
+  local b = redis.call('HMGET', bk, 'tk', 'ts', 'hold')
+  local hold = tonumber(b[3] or '')
+  if hold and hold > now then return false, hold end
+  if per_ms > 0 then
+    local ok, back = take_token(bk, per_ms, burst, b)
+    if not ok then return false, back end
+  end
+  return true, most > 0, per_ms > 0 and bk
+end
+
 local out = { -1, now, 0 }
 local token_at = nil
-local paused = redis.call('HGET', KEYS[7], 'paused') == '1'
+local function note_due(back)
+  if back and (not token_at or back < token_at) then token_at = back end
+end
+local meta = redis.call('HMGET', KEYS[7], 'paused', 'kq')
+local paused = meta[1] == '1'
+local keyed = tonumber(meta[2] or '0') > 0
+local kq_taken = 0
 local claim_key = (ARGV[8] or '') ~= '' and (prefix .. 'claim:' .. ARGV[8]) or nil
 if (ARGV[9] or '') ~= '' then redis.call('DEL', prefix .. 'claim:' .. ARGV[9]) end
 local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
+local deadline = now + lease
+
+-- Consider one task popped from priority level l (from lane `lane`, or from the list when
+-- nil): 'started', 'gone' (ended or moved here, or not queued any more), or 'held' and why
+-- ('last', 'park', 'wide': the name's own limit, or when its key's token is back).
+local function take(l, id, lane)
+  local tk = prefix .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
+    'hd', 'd', 't', 'g', 'lk')
+  if f[1] ~= 'queued' and f[1] ~= 'suspended' then return 'gone' end
+  if f[14] and not lane then
+    -- a keyed task queued by a script of the previous release: into its lane
+    lane_push(prefix, l, f[14], id, true)
+    return 'gone'
+  end
+  local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
+  local lost = tonumber(f[11] or '0') or 0
+  -- its lease lapsed before, and lapsing once more ends it (deliveries or tries spent)
+  local last = not bad and lost > 0 and (lost >= max_deliveries - 1
+    or tonumber(f[12] or '0') + 1 >= (tonumber(f[5] or '') or math.huge))
+  local krun, kbk = false, nil
+  if bad then
+    undecodable(tk, id, bad)
+    return 'gone'
+  elseif last and holds_last then
+    return 'held', 'last' -- for a worker that runs no other last delivery
+  elseif f[8] and workflow_status(Q, f[8]) == 'paused' then
+    -- a step of a paused workflow back in the queue (a retry, a Pause): held
+    transition(Q, tk, id, { to = 'paused', at = now, why = 'workflow paused', score = now,
+      event = 'task.paused', name = f[2] })
+    return 'gone'
+  elseif f[7] and not f[9] and tonumber(f[7]) < now then
+    local err = cjson.encode({ type = 'Expired', reason = 'expired',
+      message = 'not started before its expiry' })
+    finalize(Q, tk, id, 'expired', now, 'e', err, 'not started before its expiry')
+    return 'gone'
+  end
+  if lane then
+    local ok, why, bk = kadmit(lane)
+    if not ok then return 'held', why end
+    krun, kbk = why, bk
+  end
+  if limited then
+    local ok, back = admit(f[2])
+    if not ok then
+      -- the key's token goes back: the task did not start
+      if kbk then redis.call('HINCRBYFLOAT', kbk, 'tk', 1) end
+      note_due(back)
+      return 'held', 'wide'
+    end
+  end
+  local tries = redis.call('HINCRBY', tk, 't', 1)
+  local gen = redis.call('HINCRBY', tk, 'g', 1)
+  transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
+    score = deadline, event = 'task.started', name = f[2] })
+  if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
+    redis.call('SADD', prefix .. 'running:' .. f[2], id)
+    redis.call('HSET', tk, 'cn', 1)
+  end
+  if krun then
+    redis.call('SADD', prefix .. 'krun:' .. lane, id)
+    redis.call('HSET', tk, 'kc', lane)
+  end
+  count_stat(prefix, 'started', now)
+  out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '', lost }
+  if last then holds_last = true end
+  if claim_key then redis.call('RPUSH', claim_key, id, gen) end
+  want = want - 1
+  return 'started'
+end
+
+-- Claim up to n tasks from the list of level l; returns how many. A task held back by its
+-- limits stays at the head of its list; the claim looks a little past them, so that others
+-- go on.
+local function take_list(l, n)
+  local held, budget, got = {}, n + 100, 0
+  while n > 0 and want > 0 and budget > 0 do
+    local ids = redis.call('RPOP', KEYS[l], math.min(want, budget, n))
+    if not ids then break end
+    budget = budget - #ids
+    for _, id in ipairs(ids) do
+      local r = take(l, id, nil)
+      if r == 'started' then
+        got, n = got + 1, n - 1
+      elseif r == 'held' then
+        held[#held + 1] = id
+      end
+    end
+  end
+  for j = #held, 1, -1 do redis.call('RPUSH', KEYS[l], held[j]) end
+  return got
+end
+
+-- One turn of a lane at level l: up to its quantum of tasks (its key's weight: set at run
+-- time, else its limit's, else 1). A lane still holding tasks goes to the back of the ring,
+-- or waits in kpark (its key's concurrency is full) or kdue (a token or a hold is due).
+local kweights = prefix .. 'kweight'
+local function take_lane(l, lane)
+  local lk = prefix .. 'lane:' .. l .. ':' .. lane
+  local key = string.match(lane, '^[^|]*|(.*)$') or lane
+  local quantum = tonumber(redis.call('HGET', kweights, key) or '')
+  if not quantum then
+    local spec = redis.call('HGET', klimits, string.match(lane, '^([^|]*)'))
+    quantum = spec and tonumber(string.match(spec, '^%S+ %S+ %S+ (%S+)')) or 1
+  end
+  -- a turn a claim's slots cut short goes on at the next claim (hash kcredit: what is left)
+  local credit = prefix .. 'kcredit'
+  if quantum > 1 then
+    local left = tonumber(redis.call('HGET', credit, lane .. '|' .. l) or '')
+    if left then
+      redis.call('HDEL', credit, lane .. '|' .. l)
+      quantum = math.min(quantum, left)
+    end
+  end
+  local got = 0
+  while got < quantum and want > 0 do
+    local id = redis.call('RPOP', lk)
+    if not id then return got end
+    kq_taken = kq_taken + 1
+    local r, why = take(l, id, lane)
+    if r == 'started' then
+      got = got + 1
+    elseif r == 'held' then
+      redis.call('RPUSH', lk, id)
+      kq_taken = kq_taken - 1
+      if why == 'park' then
+        redis.call('SADD', prefix .. 'kpark:' .. lane, l)
+        return got
+      elseif type(why) == 'number' then
+        redis.call('ZADD', prefix .. 'kdue:' .. l, why, lane)
+        note_due(why)
+        return got
+      end
+      break -- held by its name's limit, or a last delivery: its turn comes again
+    end
+  end
+  if redis.call('EXISTS', lk) == 1 then
+    if got < quantum and want <= 0 and got > 0 then
+      redis.call('HSET', credit, lane .. '|' .. l, quantum - got)
+      redis.call('RPUSH', prefix .. 'ring:' .. l, lane)
+    else
+      redis.call('LPUSH', prefix .. 'ring:' .. l, lane)
+    end
+  end
+  return got
+end
+
 if #replay > 0 then
   -- the same claim again: what it leased before, if this worker still holds it
   for i = 1, #replay, 2 do
@@ -185,76 +384,51 @@ if #replay > 0 then
   end
   -- kept until it expires: the reply of this replay may be lost too
 elseif not paused then
-  local deadline = now + lease
-  for l = 1, 3 do
-    -- look a little past tasks held back by their limits, so that others go on
-    local held, budget = {}, want + 100
-    while want > 0 and budget > 0 do
-      local ids = redis.call('RPOP', KEYS[l], math.min(want, budget))
-      if not ids then break end
-      budget = budget - #ids
-      for _, id in ipairs(ids) do
-        local tk = prefix .. 'task:' .. id
-        local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g')
-        if f[1] == 'queued' or f[1] == 'suspended' then
-          local ok, back = true, nil
-          local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
-          local lost = tonumber(f[11] or '0') or 0
-          -- its lease lapsed before, and lapsing once more ends it (deliveries or tries spent)
-          local last = not bad and lost > 0 and (lost >= max_deliveries - 1
-            or tonumber(f[12] or '0') + 1 >= (tonumber(f[5] or '') or math.huge))
-          if bad then
-            undecodable(tk, id, bad)
-            ok = false
-          elseif last and holds_last then
-            held[#held + 1] = id  -- for a worker that runs no other last delivery
-            ok = false
-          elseif f[8] and workflow_status(Q, f[8]) == 'paused' then
-            -- a step of a paused workflow back in the queue (a retry, a Pause): held
-            transition(Q, tk, id, { to = 'paused', at = now, why = 'workflow paused', score = now,
-              event = 'task.paused', name = f[2] })
-            ok = false
-          elseif f[7] and not f[9] and tonumber(f[7]) < now then
-            local err = cjson.encode({ type = 'Expired', reason = 'expired',
-              message = 'not started before its expiry' })
-            finalize(Q, tk, id, 'expired', now, 'e', err, 'not started before its expiry')
-            ok = false
-          elseif limited then
-            ok, back = admit(f[2])
-            if not ok then
-              held[#held + 1] = id
-              if back and (not token_at or back < token_at) then token_at = back end
-            end
-          end
-          if ok then
-            local tries = redis.call('HINCRBY', tk, 't', 1)
-            local gen = redis.call('HINCRBY', tk, 'g', 1)
-            transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
-              score = deadline, event = 'task.started', name = f[2] })
-            if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
-              redis.call('SADD', prefix .. 'running:' .. f[2], id)
-              redis.call('HSET', tk, 'cn', 1)
-            end
-            count_stat(prefix, 'started', now)
-            out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost }
-            if last then holds_last = true end
-            if claim_key then redis.call('RPUSH', claim_key, id, gen) end
-            want = want - 1
-          end
-        end
+  if keyed then
+    -- lanes whose token or hold is due take their turn again
+    for l = 1, 3 do
+      local kd = prefix .. 'kdue:' .. l
+      local lanes = redis.call('ZRANGEBYSCORE', kd, '-inf', now, 'LIMIT', 0, 100)
+      for _, lane in ipairs(lanes) do
+        redis.call('ZREM', kd, lane)
+        redis.call('LPUSH', prefix .. 'ring:' .. l, lane)
       end
     end
-    for j = #held, 1, -1 do redis.call('RPUSH', KEYS[l], held[j]) end
+  end
+  for l = 1, 3 do
+    if not keyed then
+      take_list(l, want)
+    else
+      -- rounds: the list's head task, then one turn of each lane in the ring, until the
+      -- slots are filled or a round starts nothing (what is left is held back)
+      local ring = prefix .. 'ring:' .. l
+      while want > 0 do
+        local got = take_list(l, 1)
+        for _ = 1, redis.call('LLEN', ring) do
+          if want <= 0 then break end
+          local lane = redis.call('RPOP', ring)
+          if not lane then break end
+          got = got + take_lane(l, lane)
+        end
+        if got == 0 then break end
+      end
+    end
   end
   if claim_key and #out > 3 then redis.call('PEXPIRE', claim_key, lease) end
 end
+if kq_taken > 0 then redis.call('HINCRBY', KEYS[7], 'kq', -kq_taken) end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+if keyed then
+  for l = 1, 3 do
+    local d = redis.call('ZRANGE', prefix .. 'kdue:' .. l, 0, 0, 'WITHSCORES')
+    if d[2] then note_due(tonumber(d[2])) end
+  end
+end
 if token_at and (out[1] < 0 or token_at < out[1]) then out[1] = token_at end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+if keyed then queued = queued + tonumber(redis.call('HGET', KEYS[7], 'kq') or '0') end
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only
 -- when this claim filled every slot it was given: if it left slots free, what stays queued
 -- is held back by limits, and a wake-up would only make workers spin on it.

@@ -20,6 +20,12 @@
              since its last Pause (state written, 'pw', or pairs given here) it counts one
              more pause in a row ('np'), is backed off 0.1 s doubling to 60 s, and past max
              pauses ends FAILED pause_limit; progress resets the count
+    limited  a = hold ms, b = max pauses (-1: no limit), c = lane ('' its own): the task
+             raised RateLimited. It is queued again at the head of its lane (or list), the
+             try not spent, counted as a pause without progress; the budget of `c` (else
+             of its own lane, else of its task name: zset <prefix>holds) is held closed
+             until then for every worker. With another lane than its own it waits as
+             SUSPENDED until then.
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
@@ -88,10 +94,46 @@ local function paused_itself(tk, id, b)
   end
 end
 
+local function rate_limited(tk, id, b)
+  local hold, most, lane = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5]
+  local f = redis.call('HMGET', tk, 'lk', 'n')
+  local count = redis.call('HINCRBY', tk, 'np', 1)
+  if most >= 0 and count > most then
+    local err = cjson.encode({ type = 'PauseLimit', reason = 'pause_limit',
+      message = 'the task raised RateLimited or Pause ' .. count .. ' times in a row without '
+        .. 'progress in between (max_pauses=' .. most .. ')' })
+    finalize(Q, tk, id, 'failed', now, 'e', err, 'pause_limit')
+    dead_letter(Q, id, cap, now)
+    return
+  end
+  redis.call('HINCRBY', tk, 't', -1)
+  if obey_control(Q, tk, id, now) then return end
+  local untl = now + hold
+  local own = lane == '' or lane == f[1]
+  if lane == '' then lane = f[1] end
+  if lane then
+    local bk = prefix .. 'kbucket:' .. lane
+    if tonumber(redis.call('HGET', bk, 'hold') or '0') < untl then
+      redis.call('HSET', bk, 'hold', untl)
+      if redis.call('PTTL', bk) < hold + 1000 then redis.call('PEXPIRE', bk, hold + 1000) end
+    end
+  else
+    redis.call('ZADD', prefix .. 'holds', 'GT', untl, f[2])
+  end
+  if own then
+    transition(Q, tk, id, { to = 'queued', at = now, why = 'rate limited', set = { 'd', 0 },
+      push = 'front', prio = nil, event = 'task.requeued' })
+    redis.call('HDEL', tk, 'w')
+  else
+    schedule(tk, id, 'suspended', untl, 'rate limited')
+  end
+end
+
 local b = 6
 for i = 0, n - 1 do
   local id, gen, action = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local width = action == 'pause' and 6 + 2 * tonumber(ARGV[b + 5]) or 5
+  local width = action == 'pause' and 6 + 2 * tonumber(ARGV[b + 5])
+    or (action == 'limited' and 6) or 5
   local tk = prefix .. 'task:' .. id
   local f = redis.call('HMGET', tk, 's', 'g')
   Q.outboxed = false
@@ -147,6 +189,8 @@ for i = 0, n - 1 do
       end
     elseif action == 'pause' then
       paused_itself(tk, id, b)
+    elseif action == 'limited' then
+      rate_limited(tk, id, b)
     elseif action == 'requeue' then
       redis.call('HINCRBY', tk, 't', -1)
       if not obey_control(Q, tk, id, now) then

@@ -8,12 +8,12 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets; a record whose cascade to sub-tasks is under way, field 'cw', gets its
+  concurrency sets, keyed running sets and lanes out of turn; a record whose cascade to sub-tasks is under way, field 'cw', gets its
   marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
---#include clock states
+--#include clock states lanes
 local prefix, lease = ARGV[1], tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local phase, cursor = ARGV[4], ARGV[5]
@@ -51,7 +51,7 @@ end
 -- a record whose structure lost it: put it back where its status says it is
 local function check_record(id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk')
+  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk', 'lk')
   if f[4] and f[5] and redis.call('HEXISTS', prefix .. 'cascade', id) == 0 then
     -- a cascade to its sub-tasks under way lost its marker: walked again from the first
     -- (a step repeated changes nothing)
@@ -66,6 +66,15 @@ local function check_record(id)
       -- expire, and the next claim takes the task back as from any lost worker
       redis.call('ZADD', KEYS[5], now + lease, id)
       repaired('running_without_lease', id)
+    end
+  elseif (s == 'queued' or (s == 'suspended' and not f[3])) and f[7] then
+    -- a keyed task waits in its lane (lib/lanes.lua), or in the list (queued there by a
+    -- script of the previous release: the next claim moves it)
+    local level = PRIORITY_LISTS[f[2]]
+    if not listed(prefix .. 'lane:' .. level .. ':' .. f[7], id) and not listed(list, id) then
+      lane_push(prefix, level, f[7], id, false)
+      woke = true
+      repaired('queued_not_listed', id)
     end
   elseif s == 'queued' or (s == 'suspended' and not f[3]) then
     if not listed(list, id) then
@@ -112,6 +121,25 @@ local function check_key(key)
     if holder and ended_or_gone(holder) then
       redis.call('DEL', key)
       repaired('stale_unique', holder)
+    end
+  elseif kind == 'krun' then
+    -- a member that no longer runs would hold a slot of its key's limit for ever
+    for _, id in ipairs(redis.call('SMEMBERS', key)) do
+      if status_of(id) ~= 'running' then
+        lane_release(prefix, tail, id)
+        repaired('stale_concurrency', id)
+      end
+    end
+  elseif kind == 'lane' then
+    -- a lane with tasks is in its ring, its park or its due set: one in none of them
+    -- would never be served
+    local level, lane = string.match(tail, '^(%d):(.+)$')
+    if level and redis.call('LPOS', prefix .. 'ring:' .. level, lane) == false
+        and not redis.call('ZSCORE', prefix .. 'kdue:' .. level, lane)
+        and redis.call('SISMEMBER', prefix .. 'kpark:' .. lane, level) == 0 then
+      redis.call('LPUSH', prefix .. 'ring:' .. level, lane)
+      woke = true
+      repaired('lane_not_in_turn', lane)
     end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever

@@ -12,7 +12,7 @@
 --#include clock transition
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
-local f = redis.call('HMGET', tk, 's', 'q', 'uq')
+local f = redis.call('HMGET', tk, 's', 'q', 'uq', 'lk')
 if not f[1] then return redis.error_reply('SEGUE_NOT_FOUND ' .. id) end
 if f[1] ~= 'failed' and f[1] ~= 'cancelled' and f[1] ~= 'expired' then
   return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. f[1] .. ' retry')
@@ -40,7 +40,7 @@ redis.call('PERSIST', tk)
 for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
 transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },
-  push = 'back', prio = f[2] })
+  push = 'back', prio = f[2], lane = f[4] or false })
 redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw')
 if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end
 wake_if_needed(Q)

@@ -1,4 +1,4 @@
---#include states
+--#include states lanes
 -- Creating tasks from the enqueue fields (EnqueueSpec in _wire.py, in the same order), read
 -- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
@@ -6,8 +6,9 @@
 -- trace context). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the
 -- spec is added here (and to new_task), and nowhere else.
 local SPEC = { id = 0, name = 1, payload = 2, priority = 3, delay_ms = 4, at_ms = 5,
-  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11 }
-local SPEC_WIDTH = 12
+  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11,
+  lane = 12 }
+local SPEC_WIDTH = 13
 
 -- Whether the task whose fields start at argv[b] would be created: false when its id has a
 -- record already; false and the holder's id when a live task holds its unique key.
@@ -25,14 +26,14 @@ local function creatable(base, argv, b)
 end
 
 -- Back-pressure (Settings.max_queue_length; `limit` 0 = none): the tasks waiting to run in
--- the queue (its queued lists and the zsets given: scheduled, waiting, paused) plus those
+-- the queue (its queued lists and lanes, the zsets given: scheduled, waiting, paused) plus those
 -- this call would create must stay within the limit. Checked before the call writes
 -- anything, so a refused call writes nothing. Costs nothing without a limit; with one, a
 -- few O(1) reads and one EXISTS per task of the call. `n` tasks of `width` fields each
 -- start at argv[first]. Returns the error text, or nil.
 local function queue_full(base, limit, lists, zsets, argv, first, n, width)
   if limit <= 0 then return nil end
-  local length = 0
+  local length = tonumber(redis.call('HGET', base .. 'meta', 'kq') or '0')
   for _, k in ipairs(lists) do length = length + redis.call('LLEN', k) end
   for _, k in ipairs(zsets) do length = length + redis.call('ZCARD', k) end
   local adding = 0
@@ -77,5 +78,17 @@ local function new_task(base, argv, b, now, waiting)
   if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
   local headers = argv[b + SPEC.headers]
   if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
+  local lane = argv[b + SPEC.lane]
+  if lane ~= '' then redis.call('HSET', tk, 'lk', lane) end
   return tk, status, due
+end
+
+-- A new queued task joins the back of its priority list `list`, or of its lane.
+local function push_new(base, list, argv, b)
+  local lane = argv[b + SPEC.lane]
+  if lane == '' then
+    redis.call('LPUSH', list, argv[b + SPEC.id])
+  else
+    lane_push(base, PRIORITY_LISTS[argv[b + SPEC.priority]], lane, argv[b + SPEC.id], false)
+  end
 end

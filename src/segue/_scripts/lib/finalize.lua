@@ -2,7 +2,7 @@
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
-  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold', 'due')
+  local f = redis.call('HMGET', tk, 'q', 'wf', 'hold', 'due', 'lk')
   redis.call('HDEL', tk, 'wait', 'hold')
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
   if f[3] or workflow_status(Q, f[2]) == 'paused' then
@@ -14,7 +14,7 @@ local function make_ready(Q, tk, id, now)
       score = tonumber(f[4]) })
   else
     transition(Q, tk, id, { to = 'queued', at = now, why = 'dependencies done',
-      push = 'back', prio = f[1] })
+      push = 'back', prio = f[1], lane = f[5] or false })
   end
 end
 

@@ -1,3 +1,4 @@
+--#include lanes
 -- A server that stood still (DEBUG SLEEP, a long fork or fsync, a paused VM, a restart)
 -- stopped no lease clock: deadlines are server time, so once it goes on, leases look
 -- expired that no holder could renew meanwhile. Claims and renewals note in the queue's
@@ -18,11 +19,16 @@ local function bridge_gap(meta, leases, now, lease)
   end
 end
 
--- A task leaves RUNNING: it no longer counts against its name's concurrency limit.
+-- A task leaves RUNNING: it no longer counts against its name's concurrency limit, nor
+-- against its key's ('kc': the lane whose krun set counts it).
 local function leave_running(base, tk, id)
-  local f = redis.call('HMGET', tk, 'cn', 'n')
+  local f = redis.call('HMGET', tk, 'cn', 'n', 'kc')
   if f[1] then
     redis.call('SREM', base .. 'running:' .. f[2], id)
     redis.call('HDEL', tk, 'cn')
+  end
+  if f[3] then
+    lane_release(base, f[3], id)
+    redis.call('HDEL', tk, 'kc')
   end
 end

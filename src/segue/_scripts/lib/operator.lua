@@ -4,12 +4,16 @@
 -- changed something reaches the task's sub-tasks too (cascade_mark, lib/cascade.lua).
 local function control_task(Q, id, cmd, reason, control_channel, now)
   local tk = Q.base .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'ctl', 'hold', 'nk')
+  local f = redis.call('HMGET', tk, 's', 'q', 'ctl', 'hold', 'nk', 'lk')
   local status, prio, ctl = f[1], f[2], f[3]
   local function reach(c) cascade_mark(Q, id, c, reason, f[5]) end
   if not status then return redis.error_reply('SEGUE_NOT_FOUND ' .. id) end
   local function unqueue()
-    redis.call('LREM', Q.lists[PRIORITY_LISTS[prio]], 0, id)
+    if f[6] and PRIORITY_LISTS[prio] then
+      lane_remove(Q.base, PRIORITY_LISTS[prio], f[6], id)
+    else
+      redis.call('LREM', Q.lists[PRIORITY_LISTS[prio]], 0, id)
+    end
     redis.call('ZREM', Q.sched, id)
   end
   local function invalid()
@@ -43,7 +47,7 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   elseif cmd == 'resume' then
     if status == 'paused' then
       redis.call('ZREM', Q.paused, id)
-      transition(Q, tk, id, { to = 'queued', at = now, why = reason, push = 'back', prio = prio,
+      transition(Q, tk, id, { to = 'queued', at = now, why = reason, push = 'back', prio = prio, lane = f[6] or false,
         event = 'task.resumed' })
       redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       reach('resume')

@@ -1,4 +1,4 @@
---#include states events
+--#include states events lanes
 -- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
 -- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built by
 -- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
@@ -57,7 +57,8 @@ end
 --   set: other fields written with the status (a flat list), or nil
 --   event: the event kind, or nil; name: the task's name when the caller has it
 --   push: 'back' (LPUSH: runs after what is queued) or 'front' (RPUSH: runs next) of its
---     priority list `prio` (read from the record when not given)
+--     priority list `prio`, or of its lane `lane` (lib/lanes.lua; false: none) when it has
+--     a limit key (both read from the record when either is not given)
 --   score: its score in the zset of the new status (Q.sched for scheduled, retrying and
 --     suspended; Q.paused; Q.waiting; Q.leases for running)
 -- With neither push nor score the caller keeps the index (a final status: end_task).
@@ -71,8 +72,16 @@ local function transition(Q, tk, id, t)
     redis.call('HSET', tk, 's', t.to, 'h', h, 'hn', total)
   end
   if t.push then
-    local prio = t.prio or redis.call('HGET', tk, 'q')
-    redis.call(t.push == 'front' and 'RPUSH' or 'LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
+    local prio, lane = t.prio, t.lane
+    if not prio or lane == nil then
+      local f = redis.call('HMGET', tk, 'q', 'lk')
+      prio, lane = prio or f[1], f[2] or false
+    end
+    if lane then
+      lane_push(Q.base, PRIORITY_LISTS[prio], lane, id, t.push == 'front')
+    else
+      redis.call(t.push == 'front' and 'RPUSH' or 'LPUSH', Q.lists[PRIORITY_LISTS[prio]], id)
+    end
     Q.woke = true
   elseif t.score then
     redis.call('ZADD', Q[ZSET_OF[t.to]], t.score, id)

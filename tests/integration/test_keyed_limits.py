@@ -1,0 +1,243 @@
+"""Keyed flow control (issue 20): per-key concurrency and rate limits, shared named
+budgets, fairness between keys, weights and RateLimited, with three workers sharing one
+server or the cluster. Scaled down for CI; the 20,000-task fairness variant runs with
+`--faults-full` (scripts/faults full mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from segue import App, ConfigurationError, Limit, RateLimited, TaskFailed, TaskStatus, Worker
+from tests._support import keys_of
+from tests.integration.conftest import eventually, serving
+
+
+@asynccontextmanager
+async def three_workers(app: App, concurrency: int = 4) -> AsyncIterator[list[Worker]]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(serving(app, concurrency=concurrency))
+            for _ in range(3)
+        ]
+
+
+async def test_per_key_concurrency_2_holds_across_three_workers_while_other_keys_run(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    running: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    overlap = 0  # samples where two or more keys ran at once
+
+    @app.task(name="call_api", concurrency=Limit(2, key="tenant"))
+    async def call_api(tenant: str, i: int) -> int:
+        nonlocal overlap
+        running[tenant] += 1
+        most[tenant] = max(most[tenant], running[tenant])
+        if sum(1 for v in running.values() if v) > 1:
+            overlap += 1
+        await asyncio.sleep(0.02)
+        running[tenant] -= 1
+        return i
+
+    async with app:
+        calls = [call_api.call(t, i) for i in range(30) for t in ("a", "b", "c")]
+        hs = await app.enqueue_many(calls)
+        async with three_workers(app):
+            for h in hs:
+                await h.result(timeout=30)
+        assert dict(most) == {"a": 2, "b": 2, "c": 2}
+        assert overlap > 0
+        assert (await app.queue().counts())["queued"] == 0
+    # idle keys cost nothing: no lane, ring, running set or park left behind
+    q = app.settings.queue
+    left = [k for kind in ("lane", "ring", "krun", "kpark", "kdue") for k in
+            await keys_of(segue_engine, f"*{{{q}}}:{kind}:*")]
+    assert left == []
+
+
+async def test_a_flood_of_one_key_does_not_delay_another_key_behind_it(
+    make_app: Callable[..., App], request: pytest.FixtureRequest
+) -> None:
+    """Round robin between lanes: with two active keys of weight 1, the k-th task of the
+    later key starts by the 2k-th start after it was enqueued (one turn of the flood's
+    lane between two of its own)."""
+    try:
+        full = bool(request.config.getoption("--faults-full"))
+    except ValueError:
+        full = False
+    flood, few = (20_000, 20) if full else (2_000, 20)
+    app = make_app()
+    order: list[str] = []
+
+    @app.task(name="work", concurrency=Limit(1000, key="tenant"))
+    async def work(tenant: str, i: int) -> None:
+        order.append(tenant)
+
+    async with app:
+        for start in range(0, flood, 1000):
+            await app.enqueue_many([work.call("A", i) for i in range(start, start + 1000)])
+        await app.enqueue_many([work.call("B", i) for i in range(few)])
+        async with serving(app, concurrency=1):
+            await eventually(lambda: asyncio.sleep(0, order.count("B") == few), timeout=60)
+    positions = [k for k, t in enumerate(order) if t == "B"]
+    for k, at in enumerate(positions, start=1):
+        assert at < 2 * k + 1, (k, at, positions)
+
+
+async def test_weights_give_a_key_more_turns(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    order: list[str] = []
+
+    @app.task(name="weighted", rate_limit=Limit("1000/s", key="tenant", burst=1000))
+    async def weighted(tenant: str) -> None:
+        order.append(tenant)
+
+    async with app:
+        await app.queue().set_weight("gold", 3)
+        assert await app.queue().weights() == {"gold": 3}
+        await app.enqueue_many([weighted.call(t) for t in ("gold", "free") for _ in range(60)])
+        async with serving(app, concurrency=1):
+            await eventually(lambda: asyncio.sleep(0, len(order) == 120), timeout=30)
+        await app.queue().set_weight("gold", None)
+        assert await app.queue().weights() == {}
+    first = Counter(order[:40])
+    assert first["gold"] >= 2.5 * first["free"], first
+
+
+async def test_a_shared_named_limit_spans_two_task_names(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    running = 0
+    most = 0
+
+    async def body() -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+
+    @app.task(name="read", concurrency=Limit(2, key="tenant", name="tenant-api"))
+    async def read(tenant: str) -> None:
+        await body()
+
+    @app.task(name="write", concurrency=Limit(2, key="tenant", name="tenant-api"))
+    async def write(tenant: str) -> None:
+        await body()
+
+    async with app:
+        hs = await app.enqueue_many(
+            [read.call("t1") for _ in range(15)] + [write.call("t1") for _ in range(15)]
+        )
+        async with three_workers(app):
+            for h in hs:
+                await h.result(timeout=30)
+    assert most == 2
+
+
+async def test_a_per_key_rate_limit_holds_across_three_workers(
+    make_app: Callable[..., App],
+) -> None:
+    """20/s per key, burst 1 (+ the half token of claim.lua): over 2 s, within 10 %."""
+    app = make_app()
+    starts: dict[str, list[float]] = defaultdict(list)
+
+    @app.task(name="rated", rate_limit=Limit("20/s", key="tenant"), concurrency=50)
+    async def rated(tenant: str) -> None:
+        starts[tenant].append(time.monotonic())
+
+    n = 41
+    async with app:
+        hs = await app.enqueue_many([rated.call(t) for _ in range(n) for t in ("x", "y")])
+        async with three_workers(app):
+            for h in hs:
+                await h.result(timeout=30)
+    for tenant, at in starts.items():
+        rate = (n - 1) / (max(at) - min(at))
+        assert 18.0 <= rate <= 22.5, (tenant, rate)
+
+
+async def test_limit_key_per_enqueue_and_a_key_function(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="keyed", concurrency=Limit(1, key=lambda order: order["shop"]))
+    async def keyed(order: dict[str, Any]) -> str:
+        return str(order["shop"])
+
+    async with app:
+        h = await keyed.enqueue({"shop": "s1"})
+        h2 = await keyed.options(limit_key="other").enqueue({"shop": "s1"})
+        info = await h2.info()
+        assert info.status is TaskStatus.QUEUED
+        await app.drain()
+        assert await h.result() == "s1" and await h2.result() == "s1"
+    with pytest.raises(ConfigurationError):
+        Limit(1, key="t", weight=0)
+    with pytest.raises(ConfigurationError):
+
+        @app.task(name="bad", concurrency=Limit(1, key="a"), rate_limit=Limit("1/s", key="b"))
+        async def bad(a: str, b: str) -> None: ...
+
+
+async def test_rate_limited_holds_the_key_across_workers_and_spends_no_try(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    starts: list[tuple[str, int, float]] = []
+    told = False
+
+    @app.task(name="api", concurrency=Limit(10, key="tenant"), max_tries=1)
+    async def api(tenant: str, i: int) -> int:
+        nonlocal told
+        starts.append((tenant, i, time.monotonic()))
+        if tenant == "noisy" and i == 0 and not told:
+            told = True
+            raise RateLimited(retry_after=1)
+        return i
+
+    async with app:
+        first = await api.enqueue("noisy", 0)
+        async with three_workers(app):
+            await eventually(lambda: asyncio.sleep(0, told), timeout=10)
+            t0 = time.monotonic()
+            others = await app.enqueue_many([api.call("noisy", i) for i in range(1, 4)])
+            quiet = await api.enqueue("quiet", 0)
+            assert await quiet.result(timeout=5) == 0
+            quiet_at = time.monotonic() - t0
+            assert await first.result(timeout=10) == 0
+            for h in others:
+                await h.result(timeout=10)
+        info = await first.info()
+        assert info.tries == 1  # the RateLimited run spent no try (max_tries=1)
+    assert quiet_at < 0.8
+    held = [at - t0 for tenant, i, at in starts if tenant == "noisy" and at > t0]
+    assert min(held) >= 0.8, held  # the other workers waited out the hold too
+
+
+async def test_a_task_that_always_raises_rate_limited_ends_at_max_pauses(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    runs = 0
+
+    @app.task(name="stubborn", max_pauses=3)
+    async def stubborn() -> None:
+        nonlocal runs
+        runs += 1
+        raise RateLimited(retry_after=0.01)
+
+    async with app:
+        h = await stubborn.enqueue()
+        async with serving(app):
+            with pytest.raises(TaskFailed):
+                await h.result(timeout=15)
+        error = (await h.info()).error
+        assert error is not None and error.reason == "pause_limit"
+    assert runs == 4
