@@ -183,7 +183,9 @@ class RateLimited(Exception):
     ones count toward the task's `max_pauses`.
     """
 
-    def __init__(self, retry_after: float | timedelta = 1.0, *, key: str | int | None = None) -> None:
+    def __init__(
+        self, retry_after: float | timedelta = 1.0, *, key: str | int | None = None
+    ) -> None:
         super().__init__("rate limited")
         after = retry_after.total_seconds() if isinstance(retry_after, timedelta) else retry_after
         self.retry_after = max(0.0, float(after))

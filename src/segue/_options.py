@@ -109,7 +109,7 @@ def split_limits(name: str, concurrency: object, rate: object, rate_burst: int) 
     conc, kconc = found.get("concurrency"), found.get("kconcurrency")
     for c in (conc, kconc.value if isinstance(kconc, Limit) else None):
         if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
-            raise ConfigurationError(f"task {name}: concurrency must be an int >= 1, not {c!r}")
+            raise ConfigurationError(f"task {name}: concurrency must be >= 1 (an int), not {c!r}")
     rate_v, krate = found.get("rate_limit"), found.get("krate_limit")
     for r in (rate_v, krate.value if isinstance(krate, Limit) else None):
         if r is not None:
@@ -136,8 +136,13 @@ def split_limits(name: str, concurrency: object, rate: object, rate_burst: int) 
     )
 
 
-def lane_of(opts: TaskOptions, arguments: Callable[[], Mapping[str, object]],
-            args: tuple[object, ...], kwargs: Mapping[str, object], override: object) -> str:
+def lane_of(
+    opts: TaskOptions,
+    arguments: Callable[[], Mapping[str, object]],
+    args: tuple[object, ...],
+    kwargs: Mapping[str, object],
+    override: object,
+) -> str:
     """The lane a task waits in: "<limit name>|<key>", or '' without a limit key.
     `arguments` binds the call to the task's parameters (for a key naming one)."""
     lim = opts.limits

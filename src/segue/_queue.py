@@ -49,7 +49,8 @@ class Queue:
         """Give a limit key its share of turns in this queue: a key of weight 3 starts up to
         3 tasks per turn where others start 1 (whatever its `Limit(weight=)`). `None`
         removes the weight set here. Weights stay on the server until removed."""
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int) or weight < 1):
+        w: object = weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
             raise ConfigurationError(f"a key's weight must be an int >= 1 or None, not {weight!r}")
         broker = await self._client.broker()
         await broker.set_key_weight(broker.keyspace(self.name), check_limit_key(key), weight)

@@ -23,17 +23,17 @@ from segue._context import (
     WaitingForSubtasks,
 )
 from segue._errors import Fail, Pause, PayloadError, RateLimited, Retry
-from segue._options import TaskOptions, check_limit_key
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
+from segue._options import TaskOptions, check_limit_key
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
+    Limited,
     Outcome,
     Paused,
-    Limited,
     PausedItself,
     Released,
     Requeued,

@@ -23,8 +23,7 @@ from tests.integration.conftest import eventually, serving
 async def three_workers(app: App, concurrency: int = 4) -> AsyncIterator[list[Worker]]:
     async with AsyncExitStack() as stack:
         yield [
-            await stack.enter_async_context(serving(app, concurrency=concurrency))
-            for _ in range(3)
+            await stack.enter_async_context(serving(app, concurrency=concurrency)) for _ in range(3)
         ]
 
 
@@ -58,8 +57,11 @@ async def test_per_key_concurrency_2_holds_across_three_workers_while_other_keys
         assert (await app.queue().counts())["queued"] == 0
     # idle keys cost nothing: no lane, ring, running set or park left behind
     q = app.settings.queue
-    left = [k for kind in ("lane", "ring", "krun", "kpark", "kdue") for k in
-            await keys_of(segue_engine, f"*{{{q}}}:{kind}:*")]
+    left = [
+        k
+        for kind in ("lane", "ring", "krun", "kpark", "kdue")
+        for k in await keys_of(segue_engine, f"*{{{q}}}:{kind}:*")
+    ]
     assert left == []
 
 

@@ -43,7 +43,7 @@
   ring until one of its runs ends; one waiting for its rate or a hold waits in kdue until
   then. So a lane costs the claim one turn, whatever its length, and an idle key nothing.
   Keyed limits: hash <prefix>limits:keyed; weights set at run time: hash <prefix>kweight. ]]
---#include clock finalize lanes
+--#include clock finalize
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local want = tonumber(ARGV[3])
