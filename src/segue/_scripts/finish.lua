@@ -96,8 +96,13 @@ end
 
 local function rate_limited(tk, id, b)
   local hold, most, lane = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5]
-  local f = redis.call('HMGET', tk, 'lk', 'n')
-  local count = redis.call('HINCRBY', tk, 'np', 1)
+  local f = redis.call('HMGET', tk, 'lk', 'n', 'pw')
+  local count = 0
+  if f[3] then
+    redis.call('HDEL', tk, 'pw', 'np')  -- it wrote its state since: progress
+  else
+    count = redis.call('HINCRBY', tk, 'np', 1)
+  end
   if most >= 0 and count > most then
     local err = cjson.encode({ type = 'PauseLimit', reason = 'pause_limit',
       message = 'the task raised RateLimited or Pause ' .. count .. ' times in a row without '
