@@ -66,6 +66,12 @@ class Broker(Transport):
         """Create tasks (enqueue.lua); see _calls.parse_created for the reply."""
         return _calls.enqueue(ks, specs, self.max_len)
 
+    def debounce_call(
+        self, ks: Keyspace, spec: EnqueueSpec, key: str, window_ms: int, max_wait_ms: int, edge: str
+    ) -> ScriptCall:
+        """One debounced enqueue (debounce.lua); see _calls.parse_debounced for the reply."""
+        return _calls.debounce(ks, spec, self.max_len, key, window_ms, max_wait_ms, edge)
+
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
             return

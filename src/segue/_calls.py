@@ -39,6 +39,25 @@ def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptC
     return (_scripts.load("enqueue"), ks.enqueue_keys, args)
 
 
+def debounce(
+    ks: Keyspace,
+    spec: EnqueueSpec,
+    max_len: int,
+    key: str,
+    window_ms: int,
+    max_wait_ms: int,
+    edge: str,
+) -> ScriptCall:
+    """One debounced enqueue (debounce.lua); see parse_debounced for the reply."""
+    args: list[Any] = [ks.base, max_len, key, window_ms, max_wait_ms, edge, *spec.argv()]
+    return (_scripts.load("debounce"), ks.enqueue_keys, args)
+
+
+def parse_debounced(reply: list[Any]) -> tuple[str, int]:
+    """The window's task id, and 1 created, 2 collapsed into it, 0 dropped."""
+    return _text(reply[0]), int(reply[1])
+
+
 def parse_created(reply: list[Any]) -> list[int | str]:
     """enqueue.lua's and graph.lua's reply: per task 1 created, 0 already existed, or the
     id of the live task that holds its unique key."""

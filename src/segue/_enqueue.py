@@ -14,8 +14,10 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 from ulid import ULID
 
+from segue._calls import parse_debounced
 from segue._codec import encode_args
 from segue._durability import need_for
 from segue._errors import ConfigurationError, DuplicateTask, PayloadError, ServerOutOfMemory
@@ -23,7 +25,7 @@ from segue._handle import TaskHandle, WorkflowHandle
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._ops_actions import index_workflow
-from segue._options import lane_of, seconds
+from segue._options import check_key, lane_of, seconds
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import MAX_SHAPE_STEPS, _first_signature, _place, _shape, _Step, _step_ids
 
@@ -297,6 +299,8 @@ class Enqueuer:
     async def _enqueue_one(self, sig: Signature[R]) -> TaskHandle[R]:
         if "after" in sig.opts:
             return await self._enqueue_after(sig)
+        if "debounce" in sig.opts:
+            return await self._enqueue_debounced(sig)
         queue, spec = self.spec(sig)
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
@@ -312,6 +316,39 @@ class Enqueuer:
             )
         return self._handle_for(sig, spec.id, reply, spec)
 
+    async def _enqueue_debounced(self, sig: Signature[R]) -> TaskHandle[R]:
+        """One enqueue collapsed with the others of its debounce key (debounce.lua): the
+        handle is its window's task, new or already there."""
+        o = sig.opts
+        window = seconds(o["debounce"]) or 0.0
+        edge = o.get("debounce_edge", "trailing")
+        if window <= 0 or edge not in ("trailing", "leading"):
+            raise ConfigurationError(
+                f"task {sig.task.name}: debounce= must be positive seconds and debounce_edge "
+                f"'trailing' or 'leading', not {o['debounce']!r}, {edge!r}"
+            )
+        max_wait = seconds(o.get("max_wait"))
+        key = o.get("debounce_key", sig.task.name)
+        queue, spec = self.spec(sig)
+        if edge == "trailing":
+            spec = msgspec.structs.replace(spec, delay_ms=int(window * 1000), at_ms=0)
+        broker = self._broker or await self.broker()
+        ks = broker.keyspace(queue)
+        await broker.register_queue(queue)
+        call = broker.debounce_call(
+            ks,
+            spec,
+            check_key(key),
+            int(window * 1000),
+            int(max_wait * 1000) if max_wait else 0,
+            edge,
+        )
+        reply = (await broker.run_calls([call], retry=True))[0]
+        task_id, _ = parse_debounced(reply)
+        return TaskHandle(
+            self._client, task_id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
+        )
+
     async def _enqueue_durable(
         self, broker: Broker, ks: Keyspace, spec: EnqueueSpec, level: str
     ) -> Any:
@@ -325,6 +362,10 @@ class Enqueuer:
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         sigs = list(signatures)
+        if any("debounce" in sig.opts for sig in sigs):
+            raise ConfigurationError(
+                "enqueue_many does not debounce: enqueue debounced calls one at a time"
+            )
         for sig in sigs if self.hooks else ():
             await call_hooks(self.hooks, "before_enqueue", sig)
         by_queue: dict[str, list[EnqueueSpec]] = {}
@@ -387,6 +428,11 @@ class Enqueuer:
                 raise ConfigurationError(
                     f"task {sig.task.name} is unique: a workflow step cannot be (its step could "
                     "be refused while the rest of the workflow waits for it)"
+                )
+            if "debounce" in sig.opts:
+                raise ConfigurationError(
+                    f"task {sig.task.name} is debounced: a workflow step cannot be (its step "
+                    "could be collapsed into another task while the workflow waits for it)"
                 )
             # after= on a step: it also waits for those tasks (no value passed on)
             for dep in sig.opts.get("after") or ():

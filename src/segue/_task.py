@@ -62,6 +62,10 @@ class EnqueueOptions(TypedDict, total=False):
     headers: dict[str, str]
     durability: Durability
     limit_key: str | int
+    debounce: float | timedelta
+    debounce_key: str
+    max_wait: float | timedelta | None
+    debounce_edge: Literal["trailing", "leading"]
 
 
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)

@@ -6,6 +6,7 @@ server or the cluster. Scaled down for CI; the 20,000-task fairness variant runs
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -243,3 +244,69 @@ async def test_a_task_that_always_raises_rate_limited_ends_at_max_pauses(
         error = (await h.info()).error
         assert error is not None and error.reason == "pause_limit"
     assert runs == 4
+
+
+# --- debounce ------------------------------------------------------------------------------
+
+
+async def test_trailing_debounce_collapses_a_burst_into_one_run_with_the_last_arguments(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    runs: list[int] = []
+
+    @app.task(name="reindex")
+    async def reindex(version: int) -> int:
+        runs.append(version)
+        return version
+
+    async with app, serving(app):
+        handles = []
+        at: list[float] = []
+        for i in range(100):  # 100 enqueues in about 1 s, window 0.5 s
+            at.append(time.monotonic())
+            handles.append(await reindex.options(debounce=0.5, debounce_key="doc:42").enqueue(i))
+            await asyncio.sleep(0.008)
+        # one window per quiet gap (none, unless the machine stalled the loop)
+        gaps = [b - a for a, b in itertools.pairwise(at)]
+        if not any(0.4 < g < 0.6 for g in gaps):
+            windows = 1 + sum(1 for g in gaps if g >= 0.6)
+            assert len({h.id for h in handles}) == windows
+        assert await handles[-1].result(timeout=10) == 99
+        # a quiet window later: a new window, a new task
+        later = await reindex.options(debounce=0.2, debounce_key="doc:42").enqueue(100)
+        assert later.id != handles[0].id
+        assert await later.result(timeout=10) == 100
+    assert runs[-2:] == [99, 100]
+
+
+async def test_max_wait_caps_a_steady_stream_and_leading_runs_the_first(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    runs: list[tuple[str, int, float]] = []
+
+    @app.task(name="notify")
+    async def notify(edge: str, i: int) -> None:
+        runs.append((edge, i, time.monotonic()))
+
+    async with app, serving(app):
+        t0 = time.monotonic()
+        for i in range(60):  # a steady stream for ~1.2 s, window 0.3 s, max_wait 0.5 s
+            await notify.options(debounce=0.3, debounce_key="stream", max_wait=0.5).enqueue(
+                "trailing", i
+            )
+            await notify.options(debounce=5, debounce_key="lead", debounce_edge="leading").enqueue(
+                "leading", i
+            )
+            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: asyncio.sleep(0, sum(1 for r in runs if r[0] == "trailing") >= 2),
+            timeout=10,
+        )
+    trailing = [r for r in runs if r[0] == "trailing"]
+    leading = [r for r in runs if r[0] == "leading"]
+    assert trailing[0][2] - t0 < 0.5 + 0.5  # capped by max_wait (plus a claim's delay)
+    assert [i for _, i, _ in leading] == [0]  # the first ran; the rest of the window dropped
+    with pytest.raises(ConfigurationError):
+        await app.enqueue_many([notify.call("x", 1).options(debounce=1)])

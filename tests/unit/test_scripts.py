@@ -18,6 +18,9 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
     ks = broker.keyspace("q")
     calls = {
         "enqueue": broker.enqueue_call(ks, []),
+        "debounce": broker.debounce_call(
+            ks, EnqueueSpec("q:1", "t", "[]", "normal", 0, 0, 1, 0, -1, "", 0, ""), "k", 1, 0, "x"
+        ),
         "claim": broker.claim_call(ks, "w", 1),
         "finish": broker.finish_call(ks, []),
         "control": broker.control_call(ks, "q:1", "pause", "why"),
