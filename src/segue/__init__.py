@@ -35,7 +35,7 @@ from segue._options import Limit
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
-from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition
+from segue._state import KeyCount, StepInfo, TaskError, TaskInfo, TaskStatus, Transition
 from segue._sync_context import SyncContext
 from segue._task import AsyncTask, Chain, Group, Signature, SyncTask, Task
 from segue._worker import Worker
@@ -57,6 +57,7 @@ __all__ = [
     "Health",
     "Hook",
     "InvalidTransition",
+    "KeyCount",
     "LeaseLost",
     "Limit",
     "Pause",

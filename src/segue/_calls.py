@@ -21,7 +21,7 @@ from segue._wire import (
 from segue._wire import text as _text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from segue._keys import CronKeys, Keyspace, WorkerKeys
     from segue._settings import Settings
@@ -36,7 +36,17 @@ def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptC
     args: list[Any] = [ks.base, len(specs), max_len]
     for spec in specs:
         args.extend(spec.argv())
-    return (_scripts.load("enqueue"), ks.enqueue_keys, args)
+    return (_scripts.load("enqueue"), ks.enqueue_keys, _with_lanes(args, specs))
+
+
+def _with_lanes(args: list[Any], specs: Iterable[EnqueueSpec]) -> list[Any]:
+    """The lanes of a call's keyed tasks after its specs: their count, then index (from 0)
+    and lane of each; a call without keyed tasks sends nothing more."""
+    lanes = [(i, spec.lane) for i, spec in enumerate(specs) if spec.lane]
+    if lanes:
+        args.append(len(lanes))
+        args.extend(x for pair in lanes for x in pair)
+    return args
 
 
 def debounce(
@@ -50,6 +60,8 @@ def debounce(
 ) -> ScriptCall:
     """One debounced enqueue (debounce.lua); see parse_debounced for the reply."""
     args: list[Any] = [ks.base, max_len, key, window_ms, max_wait_ms, edge, *spec.argv()]
+    if spec.lane:
+        args.append(spec.lane)
     return (_scripts.load("debounce"), ks.enqueue_keys, args)
 
 
@@ -74,7 +86,7 @@ def graph(
     args.extend((w.queues, w.part, len(steps), max_len))
     for step in steps:
         args.extend(step.argv())
-    return (_scripts.load("graph"), ks.graph_keys, args)
+    return (_scripts.load("graph"), ks.graph_keys, _with_lanes(args, (s.spec for s in steps)))
 
 
 def claim(
@@ -161,6 +173,8 @@ def subtask(
     """Create sub-task number `number` of `parent` (subtask.lua); `policy`: cancel | abandon.
     The reply is one of parse_created's."""
     args: list[Any] = [ks.base, max_len, parent, number, policy, *spec.argv()]
+    if spec.lane:
+        args.append(spec.lane)
     return (_scripts.load("subtask"), ks.enqueue_keys, args)
 
 

@@ -7,6 +7,7 @@ the embedded server of this project, like the control commands in _cli.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +30,7 @@ from segue._cli_common import (
 )
 from segue._display import clean, plain
 from segue._errors import SegueError
-from segue._state import TaskStatus
+from segue._state import KeyCount, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -67,11 +68,13 @@ async def _queue_rows(the_app: App) -> list[tuple[str, ...]]:
 def status(app: AppOption = None, url: UrlOption = None, json: JsonOption = False) -> None:
     """Every queue with its tasks counted by status, and the live workers."""
 
-    async def go() -> tuple[list[tuple[str, ...]], list[Any]]:
+    async def go() -> tuple[list[tuple[str, ...]], list[Any], list[tuple[str, KeyCount]]]:
         async with client_app(app, url) as the_app:
-            return await _queue_rows(the_app), await the_app.workers()
+            rows = await _queue_rows(the_app)
+            keys = [(row[0], k) for row in rows for k in await the_app.queue(row[0]).key_counts(10)]
+            return rows, await the_app.workers(), keys
 
-    rows, workers = _run(go)
+    rows, workers, keys = _run(go)
     live = [w for w in workers if not w.stale]
     if json:  # counts as JSON numbers, not the table's strings
         queues = [
@@ -82,9 +85,14 @@ def status(app: AppOption = None, url: UrlOption = None, json: JsonOption = Fals
             }
             for q, state, *counts in rows
         ]
-        print_json({"queues": queues, "workers": live})
+        busiest = [{"queue": q, **dataclasses.asdict(k)} for q, k in keys]
+        print_json({"queues": queues, "workers": live, "keys": busiest})
         return
     print_rows(("queue", "state", *_COUNTS), rows, f"{len(rows)} queue(s)")
+    if keys:
+        key_rows = [(q, k.limit, k.key, str(k.waiting), str(k.running)) for q, k in keys]
+        header = ("queue", "limit", "key", "waiting", "running")
+        print_rows(header, key_rows, "busiest limit keys")
     out.print(f"{len(live)} live worker(s), {sum(w.running for w in live)} task(s) running")
 
 

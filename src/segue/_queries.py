@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from segue._keys import dashboard_sessions_key, queues_key
+from segue._state import KeyCount
 from segue._transport import while_migrating
 from segue._wire import text as _text
 
@@ -253,6 +254,34 @@ class Queries:
     async def queue_paused(self, ks: Keyspace) -> bool:
         async with self._t.errors():
             return bool(await self._t.client.hget(ks.meta, "paused") == b"1")
+
+    async def key_counts(self, ks: Keyspace, top: int, most: int = 1000) -> list[KeyCount]:
+        """The busiest limit keys of a queue: waiting and running per lane, the `top` with
+        the most, among at most `most` lanes of each structure (ring, due, parked): a
+        bounded read, whatever the number of keys."""
+        async with self._t.errors():
+            pipe = self._t.client.pipeline(transaction=False)
+            for level in (1, 2, 3):
+                pipe.lrange(ks.key("ring", str(level)), 0, most - 1)
+                pipe.zrange(ks.key("kdue", str(level)), 0, most - 1)
+            pipe.zrange(ks.key("kparked"), 0, most - 1)
+            found = await pipe.execute()
+            lanes = sorted({x.decode(errors="replace") for group in found for x in group})
+            if not lanes:
+                return []
+            pipe = self._t.client.pipeline(transaction=False)
+            for lane in lanes:
+                for level in (1, 2, 3):
+                    pipe.llen(ks.key("lane", str(level), lane))
+                pipe.scard(ks.lane_key("krun", lane))
+            counts = await pipe.execute()
+        rows = []
+        for i, lane in enumerate(lanes):
+            waiting, running = sum(counts[4 * i : 4 * i + 3]), counts[4 * i + 3]
+            limit, _, key = lane.partition("|")
+            rows.append(KeyCount(limit, key, int(waiting), int(running)))
+        rows.sort(key=lambda r: (-(r.waiting + r.running), r.limit, r.key))
+        return rows[:top]
 
     async def key_weights(self, ks: Keyspace) -> dict[str, int]:
         async with self._t.errors():

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from segue._client import Client
+    from segue._state import KeyCount
 
 
 class Queue:
@@ -54,6 +55,12 @@ class Queue:
             raise ConfigurationError(f"a key's weight must be an int >= 1 or None, not {weight!r}")
         broker = await self._client.broker()
         await broker.set_key_weight(broker.keyspace(self.name), check_limit_key(key), weight)
+
+    async def key_counts(self, top: int = 10) -> list[KeyCount]:
+        """The busiest limit keys of this queue, most waiting + running first (a bounded
+        read: among the first 1,000 keys with work of each kind)."""
+        reads = await self._client.reads()
+        return await reads.key_counts(reads.keyspace(self.name), top)
 
     async def weights(self) -> dict[str, int]:
         """The per-key weights set with `set_weight`, by key."""

@@ -107,3 +107,14 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCount:
+    """One limit key of a queue (`Queue.key_counts`): its limit's name (the task name
+    unless `Limit(name=...)`), the key, and how many of its tasks wait and run."""
+
+    limit: str
+    key: str
+    waiting: int
+    running: int

@@ -144,7 +144,8 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 13 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 12 ARGV fields, in this order, and its lane
+    (sent apart, only when it has one: an unkeyed task costs no argument more)."""
 
     id: str
     name: str
@@ -161,10 +162,10 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     lane: str = ""  # '' none, else "<limit name>|<key>": it waits in that lane (claim.lua)
 
     def argv(self) -> tuple[Any, ...]:
-        return msgspec.structs.astuple(self)
+        return msgspec.structs.astuple(self)[:-1]
 
 
-ENQUEUE_WIDTH: Final = len(EnqueueSpec.__struct_fields__)
+ENQUEUE_WIDTH: Final = len(EnqueueSpec.__struct_fields__) - 1  # the lane goes apart
 
 
 class GraphStep(msgspec.Struct, gc=False):
@@ -179,7 +180,7 @@ class GraphStep(msgspec.Struct, gc=False):
     xdependants: str  # "<id>|<input index>|<workflow or ->" ... of other queues
 
     def argv(self) -> tuple[Any, ...]:
-        return (*msgspec.structs.astuple(self.spec), *msgspec.structs.astuple(self)[1:])
+        return (*self.spec.argv(), *msgspec.structs.astuple(self)[1:])
 
 
 GRAPH_WIDTH: Final = ENQUEUE_WIDTH + len(GraphStep.__struct_fields__) - 1

@@ -145,10 +145,13 @@ async def test_a_shared_named_limit_spans_two_task_names(make_app: Callable[...,
     assert most == 2
 
 
+@pytest.mark.serial
 async def test_a_per_key_rate_limit_holds_across_three_workers(
     make_app: Callable[..., App],
 ) -> None:
-    """20/s per key, burst 1 (+ the half token of claim.lua): over 2 s, within 10 %."""
+    """20/s per key, burst 1 (+ the half token of claim.lua): over 2 s, never above the
+    rate by more than the burst, and within 20 % below it on a busy machine (the tolerance
+    of docs/limits.md)."""
     app = make_app()
     starts: dict[str, list[float]] = defaultdict(list)
 
@@ -164,7 +167,7 @@ async def test_a_per_key_rate_limit_holds_across_three_workers(
                 await h.result(timeout=30)
     for tenant, at in starts.items():
         rate = (n - 1) / (max(at) - min(at))
-        assert 18.0 <= rate <= 22.5, (tenant, rate)
+        assert 16.0 <= rate <= 22.5, (tenant, rate)
 
 
 async def test_limit_key_per_enqueue_and_a_key_function(make_app: Callable[..., App]) -> None:
@@ -189,6 +192,7 @@ async def test_limit_key_per_enqueue_and_a_key_function(make_app: Callable[..., 
         async def bad(a: str, b: str) -> None: ...
 
 
+@pytest.mark.serial
 async def test_rate_limited_holds_the_key_across_workers_and_spends_no_try(
     make_app: Callable[..., App],
 ) -> None:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from segue import _calls, _scripts
@@ -159,7 +160,6 @@ SPEC = EnqueueSpec(
     unique="shop.charge:1",
     expire_ms=10,
     headers='{"h":1}',
-    lane="tenant-api|42",
 )
 
 
@@ -193,10 +193,12 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "shop.charge:1",
         10,
         '{"h":1}',
-        "tenant-api|42",
     )
-    assert ENQUEUE_WIDTH == 13
+    assert ENQUEUE_WIDTH == 12
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
+    # a lane is sent apart, only by calls that have one (an unkeyed task costs nothing)
+    keyed = msgspec.structs.replace(SPEC, lane="tenant-api|42")
+    assert keyed.argv() == SPEC.argv()
 
 
 def test_enqueue_call_counts_and_flattens_its_specs() -> None:
@@ -206,6 +208,9 @@ def test_enqueue_call_counts_and_flattens_its_specs() -> None:
     assert script.name == "enqueue" and keys == ks.enqueue_keys
     assert args[:3] == [ks.base, 2, 100]
     assert args[3:] == [*SPEC.argv(), *other.argv()]
+    keyed = msgspec.structs.replace(other, lane="t|7")
+    _, _, args = _calls.enqueue(ks, [SPEC, keyed], 100)
+    assert args[3:] == [*SPEC.argv(), *keyed.argv(), 1, 1, "t|7"]  # count, index, lane
 
 
 def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -> None:
@@ -227,7 +232,7 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "xdependants",
     )
     assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 19 == len(step.argv())
+    assert GRAPH_WIDTH == 18 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
@@ -315,7 +320,8 @@ def test_the_scripts_read_the_enqueue_fields_at_the_specs_offsets() -> None:
     table = re.search(r"local SPEC = \{(.*?)\}", source, re.DOTALL)
     assert table is not None
     offsets = {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", table.group(1))}
-    assert sorted(offsets, key=offsets.__getitem__) == list(EnqueueSpec.__struct_fields__)
+    fields = list(EnqueueSpec.__struct_fields__)
+    assert sorted(offsets, key=offsets.__getitem__) == fields[:-1]  # the lane goes apart
     assert sorted(offsets.values()) == list(range(ENQUEUE_WIDTH))
     width = re.search(r"local SPEC_WIDTH = (\d+)", source)
     assert width is not None and int(width.group(1)) == ENQUEUE_WIDTH

@@ -350,6 +350,7 @@ local function take_lane(l, lane)
       kq_taken = kq_taken - 1
       if why == 'park' then
         redis.call('SADD', prefix .. 'kpark:' .. lane, l)
+        redis.call('ZADD', prefix .. 'kparked', l, lane)
         return got
       elseif type(why) == 'number' then
         redis.call('ZADD', prefix .. 'kdue:' .. l, why, lane)

@@ -8,8 +8,8 @@
   ARGV[2] most tasks waiting to run in the queue (0 = no limit), as enqueue.lua
   ARGV[3] debounce key   ARGV[4] window ms   ARGV[5] max wait ms (0 = none)
   ARGV[6] edge: trailing | leading
-  ARGV[7..19] the 13 enqueue fields of the task a new window creates (SPEC, lib/create.lua;
-    trailing: its delay is the window)
+  ARGV[7..18] the 12 enqueue fields of the task a new window creates (SPEC, lib/create.lua;
+    trailing: its delay is the window)   ARGV[19] its lane, when it has one
   Trailing: while the window's task is still SCHEDULED, an enqueue takes its place: its
   arguments become this call's, and its start moves to a window from now, but never later
   than max wait after the window opened ('dbs'). Once it is queued or running, the next
@@ -42,14 +42,15 @@ local full = queue_full(prefix, tonumber(ARGV[2]), { KEYS[1], KEYS[2], KEYS[3] }
   { KEYS[4], KEYS[7], KEYS[8] }, ARGV, b, 1, SPEC_WIDTH)
 if full then return redis.error_reply(full) end
 local id = ARGV[b + SPEC.id]
-local tk, status, due, holder = new_task(prefix, ARGV, b, now, false)
+local lane = ARGV[b + SPEC_WIDTH]
+local tk, status, due, holder = new_task(prefix, ARGV, b, now, false, lane)
 if holder then return { holder, 0 } end
 if not tk then return { id, 0 } end
 redis.call('HSET', tk, 'dbs', now, 'dbk', dkey)
 if status == 'scheduled' then
   redis.call('ZADD', KEYS[4], due, id)
 else
-  push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b)
+  push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lane)
   if redis.call('LLEN', KEYS[5]) == 0 then redis.call('LPUSH', KEYS[5], 1) end
 end
 local life = edge == 'leading' and window or (math.max(max_wait, window) + window + 1000)

@@ -7,13 +7,14 @@
   ARGV[2] count of tasks
   ARGV[3] most tasks waiting to run in the queue (0 = no limit): a call that would go over
     it writes nothing and fails with SEGUE_QUEUE_FULL <prefix> <length> <limit> <adding>
-  then the 13 enqueue fields per task (SPEC in lib/create.lua, EnqueueSpec in _wire.py):
+  then the 12 enqueue fields per task (SPEC in lib/create.lua, EnqueueSpec in _wire.py):
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
     max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever),
     unique key ('' = none; "<name>:<key>": at most one live task holds it),
     expire_in_ms (0 = none: else EXPIRED if not started that long after now),
-    headers (JSON object, '' = none),
-    lane ('' = none, else "<limit name>|<key>": the task waits in that lane, lib/lanes.lua)
+    headers (JSON object, '' = none)
+  then, only when some have one, the lanes of keyed tasks: their count, then index (from 0)
+    and lane ("<limit name>|<key>": the task waits there, lib/lanes.lua) of each
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key (nothing written).
   A server at maxmemory (noeviction) refuses the first write, before anything is stored. ]]
@@ -26,10 +27,11 @@ if full then return redis.error_reply(full) end
 local now = now_ms()
 local out = {}
 local pushed = false
+local lanes = lanes_after(ARGV, 4 + n * SPEC_WIDTH)
 for i = 0, n - 1 do
   local b = 4 + i * SPEC_WIDTH
   local id = ARGV[b + SPEC.id]
-  local tk, status, due, holder = new_task(prefix, ARGV, b, now, false)
+  local tk, status, due, holder = new_task(prefix, ARGV, b, now, false, lanes[i])
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -38,7 +40,7 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     else
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b)
+      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lanes[i])
     end
     pushed = true
     out[i + 1] = 1

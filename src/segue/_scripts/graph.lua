@@ -15,7 +15,7 @@
     on the queue of the workflow id)
   ARGV[10] count of tasks   ARGV[11] most tasks waiting to run in the queue (0 = no limit;
     see enqueue.lua: the whole call, workflow record included, is refused or written)
-  then 19 fields per task: the 13 of enqueue.lua (SPEC in lib/create.lua), then
+  then 18 fields per task: the 12 of enqueue.lua (SPEC in lib/create.lua), then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
@@ -24,6 +24,7 @@
       early:<id> and is applied here
     xdependants: tasks of other queues waiting for this one, "<id>|<input index>|<workflow
       id or ->" ...: told through the outbox when this one ends
+  then, only when some have one, the lanes of keyed tasks (as enqueue.lua)
   Tasks come in dependency order. A dependency that already ended counts at once; one
   whose record is gone fails the dependant. `deps` live in this queue's slot.
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
@@ -50,11 +51,13 @@ if wf ~= '' then
   end
 end
 local out = {}
+local lanes = lanes_after(ARGV, 12 + n * (SPEC_WIDTH + 6))
 for i = 0, n - 1 do
   local b = 12 + i * (SPEC_WIDTH + 6)
   local g = b + SPEC_WIDTH -- this task's own graph fields (GraphStep in _wire.py)
   local id, deps, mode, xdeps = ARGV[b + SPEC.id], ARGV[g], ARGV[g + 1], ARGV[g + 4]
-  local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '')
+  local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '',
+    lanes[i])
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -68,7 +71,7 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b)
+      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lanes[i])
       Q.woke = true
     else
       local pending, inputs, bad = 0, 0, nil

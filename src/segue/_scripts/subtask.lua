@@ -7,7 +7,8 @@
     built from it: same hash tag)   ARGV[2] most tasks waiting to run (0 = no limit)
   ARGV[3] parent id   ARGV[4] the sub-task's number n (its id is '<parent id>.<n>')
   ARGV[5] what its parent's end does to it: cancel | abandon
-  ARGV[6..18] the 13 enqueue fields (lib/create.lua, EnqueueSpec in _wire.py)
+  ARGV[6..17] the 12 enqueue fields (lib/create.lua, EnqueueSpec in _wire.py)
+  ARGV[18] its lane ("<limit name>|<key>", lib/lanes.lua), only when it has one
   A sub-task created while a cascade of its parent is under way is reached by that walk; one
   created after a pause or cancel of its parent was carried down (a running parent that
   has not stopped yet) gets a walk of its own, from its number.
@@ -20,7 +21,8 @@ local full = queue_full(prefix, tonumber(ARGV[2]), { KEYS[1], KEYS[2], KEYS[3] }
 if full then return redis.error_reply(full) end
 local now = now_ms()
 local id = ARGV[6 + SPEC.id]
-local tk, status, due, holder = new_task(prefix, ARGV, 6, now, false)
+local lane = ARGV[6 + SPEC_WIDTH]
+local tk, status, due, holder = new_task(prefix, ARGV, 6, now, false, lane)
 if holder then return holder end
 local ptk = prefix .. 'task:' .. parent
 local p = redis.call('HMGET', ptk, 'nk', 'cz', 's', 'ctl')
@@ -30,7 +32,7 @@ if policy == 'abandon' then redis.call('HSET', tk, 'ope', 'a') end
 if status == 'scheduled' then
   redis.call('ZADD', KEYS[4], due, id)
 else
-  push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[6 + SPEC.priority]]], ARGV, 6)
+  push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[6 + SPEC.priority]]], ARGV, 6, lane)
 end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.enqueued',
   'id', id, 'n', ARGV[6 + SPEC.name])

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from segue._client import Client
+    from segue._state import KeyCount
 
 # the statuses Queue.counts() reports, in the order they are exported
 STATUSES = (
@@ -65,20 +66,22 @@ class QueueSnapshot:
     dead: int
     ready: _ops_reads.Readiness
     stats: dict[str, int]
+    keys: list[KeyCount]
 
 
 async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
     queue = Queue(client, name)
     reads = await client.reads()
     ks = reads.keyspace(name)
-    counts, paused, dead, ready, stats = await asyncio.gather(
+    counts, paused, dead, ready, stats, keys = await asyncio.gather(
         queue.counts(),
         queue.is_paused(),
         reads.dead_count(ks),
         _ops_reads.readiness(reads, ks),
         _ops_reads.stats(reads, ks),
+        queue.key_counts(TOP_KEYS),
     )
-    return QueueSnapshot(counts, paused, dead, ready, stats)
+    return QueueSnapshot(counts, paused, dead, ready, stats, keys)
 
 
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
@@ -88,6 +91,9 @@ _READ_AT_ONCE = 16
 # segue_queues_not_exported): a scrape costs the server work that grows with every queue,
 # and /metrics is open to anyone who reaches the port.
 MAX_QUEUES = 2000
+# Limit keys exported per queue: the busiest (waiting + running), so that a queue with a
+# million tenants does not make a million series
+TOP_KEYS = 10
 # Seconds a scrape is served again from memory: parallel or rapid scrapes cost one read.
 CACHE_SECONDS = 5.0
 
@@ -152,6 +158,16 @@ async def render(client: Client) -> bytes:
     ended = CounterMetricFamily(
         "segue_tasks_ended", "Tasks that reached a final status", labels=["queue", "status"]
     )
+    key_waiting = GaugeMetricFamily(
+        "segue_key_waiting",
+        f"Tasks of a limit key waiting to start (the {TOP_KEYS} busiest keys of each queue)",
+        labels=["queue", "limit", "key"],
+    )
+    key_running = GaugeMetricFamily(
+        "segue_key_running",
+        f"Tasks of a limit key running (the {TOP_KEYS} busiest keys of each queue)",
+        labels=["queue", "limit", "key"],
+    )
     omitted = GaugeMetricFamily(
         "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
     )
@@ -177,7 +193,11 @@ async def render(client: Client) -> bytes:
             retried.add_metric([name], snap.stats["retried"])
             for status in ("succeeded", "failed", "cancelled", "expired"):
                 ended.add_metric([name, status], snap.stats[status])
-        families += [tasks, paused, dead, ready, oldest, started, retried, ended, omitted]
+            for k in snap.keys:
+                key_waiting.add_metric([name, k.limit, k.key], k.waiting)
+                key_running.add_metric([name, k.limit, k.key], k.running)
+        families += [tasks, paused, dead, ready, oldest, started, retried, ended]
+        families += [key_waiting, key_running, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)

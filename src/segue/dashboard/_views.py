@@ -241,6 +241,7 @@ class Views:
                 "dead": s.dead,
                 "ready": s.ready,
                 "stats": s.stats,
+                "limit_keys": s.keys,
             }
             for n, s in zip(names, snapshots, strict=True)
         ]

@@ -4,11 +4,22 @@
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
 -- live task), expire_in_ms (0 none), headers (JSON, '' none: carried to the run, e.g. a
 -- trace context). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the
--- spec is added here (and to new_task), and nowhere else.
+-- spec is added here (and to new_task), and nowhere else. A task's lane ("<limit
+-- name>|<key>", lib/lanes.lua) is not one of them: the scripts read it apart (lanes_after),
+-- so that an unkeyed task costs no argument more.
 local SPEC = { id = 0, name = 1, payload = 2, priority = 3, delay_ms = 4, at_ms = 5,
-  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11,
-  lane = 12 }
-local SPEC_WIDTH = 13
+  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11 }
+local SPEC_WIDTH = 12
+
+-- The lanes of a call's keyed tasks, sent after its task fields from argv[at]: a count,
+-- then index (from 0) and lane of each. Returns index -> lane.
+local function lanes_after(argv, at)
+  local lanes = {}
+  for j = 1, tonumber(argv[at] or '0') do
+    lanes[tonumber(argv[at + 2 * j - 1])] = argv[at + 2 * j]
+  end
+  return lanes
+end
 
 -- Whether the task whose fields start at argv[b] would be created: false when its id has a
 -- record already; false and the holder's id when a live task holds its unique key.
@@ -50,7 +61,7 @@ end
 -- scheduled, or `waiting` when told so) and due time; nil when the id already exists; nil,
 -- nil, nil, <id> when a live task holds the unique key. Its creation is not a transition:
 -- the record starts with its status and first history line, and the caller indexes it.
-local function new_task(base, argv, b, now, waiting)
+local function new_task(base, argv, b, now, waiting, lane)
   local id = argv[b + SPEC.id]
   local tk = base .. 'task:' .. id
   local create, holder = creatable(base, argv, b)
@@ -78,15 +89,13 @@ local function new_task(base, argv, b, now, waiting)
   if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
   local headers = argv[b + SPEC.headers]
   if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
-  local lane = argv[b + SPEC.lane]
-  if lane ~= '' then redis.call('HSET', tk, 'lk', lane) end
+  if lane then redis.call('HSET', tk, 'lk', lane) end
   return tk, status, due
 end
 
 -- A new queued task joins the back of its priority list `list`, or of its lane.
-local function push_new(base, list, argv, b)
-  local lane = argv[b + SPEC.lane]
-  if lane == '' then
+local function push_new(base, list, argv, b, lane)
+  if not lane then
     redis.call('LPUSH', list, argv[b + SPEC.id])
   else
     lane_push(base, PRIORITY_LISTS[argv[b + SPEC.priority]], lane, argv[b + SPEC.id], false)

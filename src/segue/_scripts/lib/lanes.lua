@@ -9,6 +9,7 @@
 --                        most once: it enters when its list goes from empty to one task)
 --   kpark:<lane>         levels whose lane waits for one of its runs to end (its key's
 --                        concurrency is full): the end puts the lane back in the ring
+--   kparked              zset of the parked lanes (for reads: the busiest keys)
 --   kdue:<level>         zset: lanes waiting for a rate token or a RateLimited hold, by when
 --   krun:<lane>          set of the lane's running tasks (its key's concurrency)
 --   kbucket:<lane>       hash: its key's rate bucket (tk, ts) and RateLimited hold ('hold')
@@ -34,4 +35,5 @@ local function lane_release(base, lane, id)
   redis.call('SREM', base .. 'krun:' .. lane, id)
   local levels = redis.call('SPOP', base .. 'kpark:' .. lane, 3)
   for _, level in ipairs(levels) do redis.call('LPUSH', base .. 'ring:' .. level, lane) end
+  if #levels > 0 then redis.call('ZREM', base .. 'kparked', lane) end
 end
