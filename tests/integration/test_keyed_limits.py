@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -314,3 +318,60 @@ async def test_max_wait_caps_a_steady_stream_and_leading_runs_the_first(
     assert [i for _, i, _ in leading] == [0]  # the first ran; the rest of the window dropped
     with pytest.raises(ConfigurationError):
         await app.enqueue_many([notify.call("x", 1).options(debounce=1)])
+
+
+# --- visibility ----------------------------------------------------------------------------
+
+
+async def test_the_busiest_keys_are_counted_for_status_and_metrics(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    from segue.dashboard._metrics import render
+
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.task(name="visible", concurrency=Limit(2, key="tenant"))
+    async def visible(tenant: str) -> None:
+        if tenant == "busy":
+            await release.wait()
+
+    async with app:
+        await app.enqueue_many([visible.call("busy") for _ in range(5)])
+        await app.enqueue_many([visible.call("calm") for _ in range(2)])
+        q = app.settings.queue
+        counts = await app.queue().key_counts()
+        assert [(k.limit, k.key, k.waiting, k.running) for k in counts] == [
+            ("visible", "busy", 5, 0),
+            ("visible", "calm", 2, 0),
+        ]
+        async with serving(app, concurrency=4):
+
+            async def busy_running() -> bool:
+                top = await app.queue().key_counts(top=1)
+                return [(k.key, k.waiting, k.running) for k in top] == [("busy", 3, 2)]
+
+            await eventually(busy_running, timeout=10)
+            body = (await render(app._client)).decode()
+            assert f'segue_key_running{{key="busy",limit="visible",queue="{q}"}} 2.0' in body
+            assert f'segue_key_waiting{{key="busy",limit="visible",queue="{q}"}} 3.0' in body
+            if segue_engine.kind != "cluster":
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "segue", "status", "--url", segue_engine.url, "--json"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "SEGUE_PREFIX": app.settings.prefix},
+                )
+                assert done.returncode == 0, done.stderr
+                keys = json.loads(done.stdout)["keys"]
+                assert {
+                    "queue": q,
+                    "limit": "visible",
+                    "key": "busy",
+                    "waiting": 3,
+                    "running": 2,
+                } in keys
+            await app.queue().purge()
+            release.set()
