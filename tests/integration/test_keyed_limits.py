@@ -373,5 +373,7 @@ async def test_the_busiest_keys_are_counted_for_status_and_metrics(
                     "waiting": 3,
                     "running": 2,
                 } in keys
-            await app.queue().purge()
+            assert await app.queue().purge() == 3  # busy's 3 waiting in its lane, parked
             release.set()
+        assert (await app.queue().counts())["queued"] == 0
+        assert await app.queue().key_counts() == []

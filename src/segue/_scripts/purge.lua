@@ -6,6 +6,8 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] done channel   ARGV[3] most tasks this call
   ARGV[4] reason   ARGV[5] '1': sleeping tasks too (a durable sleep, ctx.sleep: SUSPENDED
     by a run of the generation its 'slp' names); else they are spared
+  Keyed tasks are taken from their lanes (lib/lanes.lua, built from the prefix), in turn,
+  waiting for a token or parked alike.
   Each is CANCELLED like an operator's cancel (its dependants follow their on_failure).
   Returns: how many were cancelled (call again while it returns ARGV[3]). ]]
 --#include clock finalize
@@ -31,6 +33,34 @@ for l = 1, 3 do
     purge(id)
   end
 end
+-- the lanes of keyed tasks (lib/lanes.lua): those in turn, waiting for a token, or parked
+local kq_taken = 0
+for l = 1, 3 do
+  local ring, kdue = prefix .. 'ring:' .. l, prefix .. 'kdue:' .. l
+  local lanes = redis.call('LRANGE', ring, 0, -1)
+  for _, lane in ipairs(redis.call('ZRANGE', kdue, 0, -1)) do lanes[#lanes + 1] = lane end
+  for _, lane in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'kparked', l, l)) do
+    lanes[#lanes + 1] = lane
+  end
+  for _, lane in ipairs(lanes) do
+    local lk = prefix .. 'lane:' .. l .. ':' .. lane
+    while done < most do
+      local id = redis.call('RPOP', lk)
+      if not id then break end
+      kq_taken = kq_taken + 1
+      purge(id)
+    end
+    if redis.call('EXISTS', lk) == 0 then
+      redis.call('LREM', ring, 0, lane)
+      redis.call('ZREM', kdue, lane)
+      if redis.call('SREM', prefix .. 'kpark:' .. lane, l) == 1
+          and redis.call('EXISTS', prefix .. 'kpark:' .. lane) == 0 then
+        redis.call('ZREM', prefix .. 'kparked', lane)
+      end
+    end
+  end
+end
+if kq_taken > 0 then redis.call('HINCRBY', prefix .. 'meta', 'kq', -kq_taken) end
 local spare_sleeping = ARGV[5] ~= '1'
 local function sleeping(id)
   local f = redis.call('HMGET', prefix .. 'task:' .. id, 's', 'slp', 'g')
