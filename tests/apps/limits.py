@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from segue import App, Context
+from segue import App, Context, Limit
 
 app = App("limits")
 _ledger: Any = None
@@ -90,3 +90,26 @@ async def flaky(ctx: Context, path: str) -> str:
     if not _client().exists(key(ctx.queue, "fixed")):
         raise OSError(f"cannot read {path}")
     return f"imported {path}"
+
+
+@app.task(name="limits.tenant_bounded", concurrency=Limit(2, key="tenant"))
+async def tenant_bounded(ctx: Context, tenant: str, seconds: float) -> str:
+    """At most 2 runs at once per tenant across all workers: `running:<tenant>` counts the
+    runs going, `most:<tenant>` the most seen, `overlap` the starts that saw another
+    tenant running."""
+    client = _client()
+    running, most = key(ctx.queue, f"running:{tenant}"), key(ctx.queue, f"most:{tenant}")
+    client.eval(_ENTER, 2, running, most)
+    client.sadd(key(ctx.queue, "tenants"), tenant)
+    _started(ctx)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        client.decr(running)
+    return tenant
+
+
+@app.task(name="limits.flood", concurrency=Limit(10_000, key="tenant"))
+async def flood(ctx: Context, tenant: str, i: int) -> None:
+    """Records the order runs start in: `order`, one `<tenant> <i>` per run."""
+    _client().rpush(key(ctx.queue, "order"), f"{tenant} {i}")
