@@ -575,6 +575,8 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             "segue_runs_started": "counter",
             "segue_runs_retried": "counter",
             "segue_tasks_ended": "counter",
+            "segue_key_waiting": "gauge",
+            "segue_key_running": "gauge",
             "segue_queues_not_exported": "gauge",
             "segue_workers": "gauge",
         }
