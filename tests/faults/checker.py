@@ -42,6 +42,9 @@ STRUCTURAL = frozenset(
     | {"limits"}
     # the outcome counters and the bounded throughput ring of the dashboard's metrics
     | {"stats", "hist"}
+    # keyed flow control: weights a user set, a turn cut short, RateLimited holds of task
+    # names (trimmed by the next claim); the lanes and their turn structures empty themselves
+    | {"kweight", "kcredit", "holds"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
 PER_TASK = frozenset({"task", "state", "next", "wf", "uniq"})

@@ -51,6 +51,7 @@ for l = 1, 3 do
       purge(id)
     end
     if redis.call('EXISTS', lk) == 0 then
+      redis.call('HDEL', prefix .. 'kcredit', lane .. '|' .. l)
       redis.call('LREM', ring, 0, lane)
       redis.call('ZREM', kdue, lane)
       if redis.call('SREM', prefix .. 'kpark:' .. lane, l) == 1
