@@ -30,6 +30,7 @@ from segue._app import App
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
 from segue._handle import TaskHandle, WorkflowHandle
+from segue._options import Limit
 from segue._redact import mask_url
 from segue._state import TaskInfo, TaskStatus
 
@@ -159,6 +160,11 @@ def build_app(board: Board | None = None) -> App:
     @app.task(name="demo.geocode", rate_limit="5/s")
     async def geocode(address: str) -> str:
         return f"{address}: 38.7 N, 9.1 W"
+
+    @app.task(name="demo.tenant_sync", concurrency=Limit(2, key="tenant"))
+    async def tenant_sync(tenant: str, row: int) -> str:
+        await asyncio.sleep(0.05)
+        return f"{tenant} row {row}"
 
     return app
 
@@ -514,7 +520,8 @@ def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
 
 async def _time_and_limits(app: App) -> None:
     """A cron schedule firing each second (once per tick, whatever the number of workers),
-    a unique task enqueued five times at once, and calls held to a rate limit."""
+    a unique task enqueued five times at once, calls held to a rate limit, and a per-tenant
+    limit serving a quiet tenant in turn with a noisy one."""
     t = app.registry
     sid = await app.schedule(t["demo.tick"].call(), cron="*/1 * * * * *", id="demo-tick")
     fired: list[str] = []
@@ -545,6 +552,20 @@ async def _time_and_limits(app: App) -> None:
     for h in calls:
         await h.result(timeout=20)
     console.print(f"rate limit: 10 demo.geocode calls at 5/s took {time.monotonic() - t0:.1f} s")
+    t0 = time.monotonic()
+    sync = t["demo.tenant_sync"]
+    noisy = await app.enqueue_many(sync.call("noisy", i) for i in range(30))
+    quiet = await app.enqueue_many(sync.call("quiet", i) for i in range(3))
+    for h in quiet:
+        await h.result(timeout=20)
+    quiet_s = time.monotonic() - t0
+    for h in noisy:
+        await h.result(timeout=20)
+    console.print(
+        f"fairness: 2 at once per tenant; the quiet tenant's 3 calls, enqueued behind the "
+        f"noisy one's 30, were done in {quiet_s:.1f} s, the noisy ones in "
+        f"{time.monotonic() - t0:.1f} s"
+    )
 
 
 def run_demo(total: int = 300) -> None:
