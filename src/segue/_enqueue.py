@@ -155,7 +155,9 @@ class Enqueuer:
                     sig.args,
                     sig.kwargs,
                     o.get("limit_key"),
-                ),
+                )
+                if d.limits.has_keyed or "limit_key" in o
+                else "",
             ),
         )
 
