@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from segue import App, ConfigurationError, Limit, RateLimited, TaskFailed, TaskStatus, Worker
-from tests._support import keys_of
+from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
 
@@ -377,3 +377,29 @@ async def test_the_busiest_keys_are_counted_for_status_and_metrics(
             release.set()
         assert (await app.queue().counts())["queued"] == 0
         assert await app.queue().key_counts() == []
+
+
+async def test_a_cancelled_keyed_task_leaves_its_lane_out_of_turn_once_empty(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+
+    @app.task(name="lane_task", concurrency=Limit(1, key="tenant"))
+    async def lane_task(tenant: str) -> str:
+        return tenant
+
+    async with app:
+        hs = [await lane_task.enqueue("k") for _ in range(2)]
+        for h in hs:
+            await h.cancel()
+        again = await lane_task.enqueue("k")
+        q = app.settings.queue
+        client = admin_client(segue_engine)
+        try:
+            ring = await client.lrange(f"segue:{{{q}}}:ring:2", 0, -1)
+        finally:
+            await client.aclose()
+        assert ring == [b"lane_task|k"]  # once: not left behind by the cancels
+        assert (await app.queue().counts())["queued"] == 1
+        await app.drain()
+        assert await again.result() == "k"

@@ -338,9 +338,13 @@ local function take_lane(l, lane)
     end
   end
   local got = 0
+  LANE_IN_TURN = l .. ':' .. lane
   while got < quantum and want > 0 do
     local id = redis.call('RPOP', lk)
-    if not id then return got end
+    if not id then
+      LANE_IN_TURN = nil
+      return got
+    end
     kq_taken = kq_taken + 1
     local r, why = take(l, id, lane)
     if r == 'started' then
@@ -351,15 +355,18 @@ local function take_lane(l, lane)
       if why == 'park' then
         redis.call('SADD', prefix .. 'kpark:' .. lane, l)
         redis.call('ZADD', prefix .. 'kparked', l, lane)
+        LANE_IN_TURN = nil
         return got
       elseif type(why) == 'number' then
         redis.call('ZADD', prefix .. 'kdue:' .. l, why, lane)
         note_due(why)
+        LANE_IN_TURN = nil
         return got
       end
       break -- held by its name's limit, or a last delivery: its turn comes again
     end
   end
+  LANE_IN_TURN = nil
   if redis.call('EXISTS', lk) == 1 then
     if got < quantum and want <= 0 and got > 0 then
       redis.call('HSET', credit, lane .. '|' .. l, quantum - got)

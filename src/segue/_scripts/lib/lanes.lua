@@ -17,16 +17,33 @@
 -- A lane with tasks is in exactly one of ring, kpark and kdue, so none is served twice and
 -- none is forgotten; an empty lane leaves nothing behind.
 
+-- The lane a claim is serving (its turn decides where it goes after), "<level>:<lane>"
+local LANE_IN_TURN = nil
+
 local function lane_push(base, level, lane, id, front)
   local n = redis.call(front and 'RPUSH' or 'LPUSH', base .. 'lane:' .. level .. ':' .. lane, id)
   redis.call('HINCRBY', base .. 'meta', 'kq', 1)
-  if n == 1 then redis.call('LPUSH', base .. 'ring:' .. level, lane) end
+  if n == 1 and LANE_IN_TURN ~= level .. ':' .. lane then
+    redis.call('LPUSH', base .. 'ring:' .. level, lane)
+  end
 end
 
--- An id taken out of its lane other than by a claim (an operator's pause or cancel).
+-- An id taken out of its lane other than by a claim (an operator's pause or cancel). A
+-- lane it leaves empty leaves its turn structures too: a later push puts it in the ring
+-- again, and it must not be there twice.
 local function lane_remove(base, level, lane, id)
-  local removed = redis.call('LREM', base .. 'lane:' .. level .. ':' .. lane, 0, id)
+  local lk = base .. 'lane:' .. level .. ':' .. lane
+  local removed = redis.call('LREM', lk, 0, id)
   if removed > 0 then redis.call('HINCRBY', base .. 'meta', 'kq', -removed) end
+  if redis.call('EXISTS', lk) == 0 then
+    redis.call('LREM', base .. 'ring:' .. level, 0, lane)
+    redis.call('ZREM', base .. 'kdue:' .. level, lane)
+    redis.call('HDEL', base .. 'kcredit', lane .. '|' .. level)
+    if redis.call('SREM', base .. 'kpark:' .. lane, level) == 1
+        and redis.call('EXISTS', base .. 'kpark:' .. lane) == 0 then
+      redis.call('ZREM', base .. 'kparked', lane)
+    end
+  end
 end
 
 -- A keyed run ends: it frees a slot of its key's concurrency, so the lane that waited for
