@@ -403,3 +403,35 @@ async def test_a_cancelled_keyed_task_leaves_its_lane_out_of_turn_once_empty(
         assert (await app.queue().counts())["queued"] == 1
         await app.drain()
         assert await again.result() == "k"
+
+
+async def test_the_reconciler_puts_keyed_tasks_and_lanes_back_in_turn(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    from segue._keys import Keyspace
+    from segue._reconcile import Reconciler
+
+    app = make_app()
+
+    @app.task(name="rec", concurrency=Limit(1, key="tenant"))
+    async def rec(tenant: str) -> str:
+        return tenant
+
+    async with app:
+        hs = [await rec.enqueue(t) for t in ("a", "a", "b")]
+        q = app.settings.queue
+        ks = Keyspace("segue", q)
+        client = admin_client(segue_engine)
+        try:
+            # a restore lost lane b and the ring entry of lane a, and the count of both
+            await client.delete(ks.lane_key("lane:2", "rec|b"), ks.key("ring", "2"))
+            await client.hset(ks.meta, "kq", 0)
+            broker = await app._client.broker()
+            repairs = await Reconciler(broker, "test", [ks]).run_pass(ks, steps=None)
+            kinds = sorted({r.kind for r in repairs})
+            assert kinds == ["lane_not_in_turn", "lanes_uncounted", "queued_not_listed"]
+            assert await Reconciler(broker, "test", [ks]).run_pass(ks, steps=None) == []
+        finally:
+            await client.aclose()
+        await app.drain()
+        assert [await h.result() for h in hs] == ["a", "a", "b"]

@@ -150,7 +150,8 @@ end
 -- hold, when it may start.
 local holds = prefix .. 'holds'
 local limited = redis.call('EXISTS', KEYS[14], KEYS[15], holds) > 0
-if limited then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
+local holding = limited and redis.call('EXISTS', holds) == 1
+if holding then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
 
 -- Take a token from the bucket `bk` (rate `per_ms`, `burst`): true, or false and when one is back.
 local function take_token(bk, per_ms, burst, b)
@@ -174,7 +175,7 @@ local function admit(name)
   if most and redis.call('SCARD', prefix .. 'running:' .. name) >= tonumber(most) then
     return false, nil
   end
-  local hold = tonumber(redis.call('ZSCORE', holds, name))
+  local hold = holding and tonumber(redis.call('ZSCORE', holds, name))
   if hold and hold > now then return false, hold end
   local rl = redis.call('HGET', KEYS[14], name)
   if rl then
@@ -425,6 +426,14 @@ elseif not paused then
   if claim_key and #out > 3 then redis.call('PEXPIRE', claim_key, lease) end
 end
 if kq_taken > 0 then redis.call('HINCRBY', KEYS[7], 'kq', -kq_taken) end
+if keyed and want > 0 and not paused and redis.call('EXISTS', prefix .. 'ring:1',
+    prefix .. 'ring:2', prefix .. 'ring:3', prefix .. 'kdue:1', prefix .. 'kdue:2',
+    prefix .. 'kdue:3', prefix .. 'kparked') == 0 then
+  -- no lane has a task (each with one is in one of these): a count the reconciler raised
+  -- after a restore comes back to the truth
+  redis.call('HDEL', KEYS[7], 'kq')
+  keyed = false
+end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end

@@ -134,6 +134,13 @@ local function check_key(key)
     -- a lane with tasks is in its ring, its park or its due set: one in none of them
     -- would never be served
     local level, lane = string.match(tail, '^(%d):(.+)$')
+    -- claims skip lanes while the meta count says none has a task: a count below this
+    -- lane's is raised by it (too high is safe: claims bring it back once no lane is left)
+    local n = redis.call('LLEN', key)
+    if level and tonumber(redis.call('HGET', prefix .. 'meta', 'kq') or '0') < n then
+      redis.call('HINCRBY', prefix .. 'meta', 'kq', n)
+      repaired('lanes_uncounted', lane)
+    end
     if level and redis.call('LPOS', prefix .. 'ring:' .. level, lane) == false
         and not redis.call('ZSCORE', prefix .. 'kdue:' .. level, lane)
         and redis.call('SISMEMBER', prefix .. 'kpark:' .. lane, level) == 0 then
