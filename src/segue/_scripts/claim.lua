@@ -191,13 +191,24 @@ end
 -- name, 0: none)? Returns true and whether its run counts in krun; or false and 'park'
 -- (the key's concurrency is full) or when a token is back or its hold ends.
 local klimits = prefix .. 'limits:keyed'
-local function kadmit(lane)
-  local spec = redis.call('HGET', klimits, string.match(lane, '^([^|]*)'))
-  local most, per_ms, burst = 0, 0, 1
-  if spec then
-    local a, b, c = string.match(spec, '^(%S+) (%S+) (%S+)')
-    most, per_ms, burst = tonumber(a) or 0, tonumber(b) or 0, tonumber(c) or 1
+local kspecs = {} -- limit name -> { most, per_ms, burst, weight }, read once per claim
+local function kspec(lane)
+  local name = string.match(lane, '^([^|]*)')
+  local k = kspecs[name]
+  if not k then
+    local spec = redis.call('HGET', klimits, name)
+    k = { 0, 0, 1, 1 }
+    if spec then
+      local a, b, c, d = string.match(spec, '^(%S+) (%S+) (%S+) ?(%S*)')
+      k = { tonumber(a) or 0, tonumber(b) or 0, tonumber(c) or 1, tonumber(d) or 1 }
+    end
+    kspecs[name] = k
   end
+  return k
+end
+local function kadmit(lane)
+  local k = kspec(lane)
+  local most, per_ms, burst = k[1], k[2], k[3]
   if most > 0 and redis.call('SCARD', prefix .. 'krun:' .. lane) >= most then
     return false, 'park'
   end
@@ -277,16 +288,14 @@ local function take(l, id, lane)
   end
   local tries = redis.call('HINCRBY', tk, 't', 1)
   local gen = redis.call('HINCRBY', tk, 'g', 1)
-  transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
+  transition(Q, tk, id, { to = 'running', at = now, why = wid,
+    set = krun and { 'w', wid, 'st', now, 'kc', lane } or { 'w', wid, 'st', now },
     score = deadline, event = 'task.started', name = f[2] })
   if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
     redis.call('SADD', prefix .. 'running:' .. f[2], id)
     redis.call('HSET', tk, 'cn', 1)
   end
-  if krun then
-    redis.call('SADD', prefix .. 'krun:' .. lane, id)
-    redis.call('HSET', tk, 'kc', lane)
-  end
+  if krun then redis.call('SADD', prefix .. 'krun:' .. lane, id) end
   count_stat(prefix, 'started', now)
   out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '', lost }
   if last then holds_last = true end
@@ -321,14 +330,16 @@ end
 -- time, else its limit's, else 1). A lane still holding tasks goes to the back of the ring,
 -- or waits in kpark (its key's concurrency is full) or kdue (a token or a hold is due).
 local kweights = prefix .. 'kweight'
+local weighted = nil -- whether any key has a weight set at run time, read once per claim
 local function take_lane(l, lane)
   local lk = prefix .. 'lane:' .. l .. ':' .. lane
-  local key = string.match(lane, '^[^|]*|(.*)$') or lane
-  local quantum = tonumber(redis.call('HGET', kweights, key) or '')
-  if not quantum then
-    local spec = redis.call('HGET', klimits, string.match(lane, '^([^|]*)'))
-    quantum = spec and tonumber(string.match(spec, '^%S+ %S+ %S+ (%S+)')) or 1
+  if weighted == nil then weighted = redis.call('EXISTS', kweights) == 1 end
+  local quantum = nil
+  if weighted then
+    local key = string.match(lane, '^[^|]*|(.*)$') or lane
+    quantum = tonumber(redis.call('HGET', kweights, key) or '')
   end
+  quantum = quantum or kspec(lane)[4]
   -- a turn a claim's slots cut short goes on at the next claim (hash kcredit: what is left)
   local credit = prefix .. 'kcredit'
   if quantum > 1 then

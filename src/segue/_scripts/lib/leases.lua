@@ -23,12 +23,7 @@ end
 -- against its key's ('kc': the lane whose krun set counts it).
 local function leave_running(base, tk, id)
   local f = redis.call('HMGET', tk, 'cn', 'n', 'kc')
-  if f[1] then
-    redis.call('SREM', base .. 'running:' .. f[2], id)
-    redis.call('HDEL', tk, 'cn')
-  end
-  if f[3] then
-    lane_release(base, f[3], id)
-    redis.call('HDEL', tk, 'kc')
-  end
+  if f[1] then redis.call('SREM', base .. 'running:' .. f[2], id) end
+  if f[3] then lane_release(base, f[3], id) end
+  if f[1] or f[3] then redis.call('HDEL', tk, 'cn', 'kc') end
 end
