@@ -114,6 +114,17 @@ class Broker(Transport):
             raise
         return _calls.parse_control(reply[0])[0]
 
+    async def send_query(self, ks: Keyspace, task_id: str, message: str) -> tuple[str, int] | None:
+        """Publish a query to the worker running the task, if one does (query.lua): the
+        task's status and how many workers listen, or None when there is no record."""
+        reply = await self.run_calls([_calls.query(ks, task_id, message)])
+        return _calls.parse_query(reply[0])
+
+    async def answer_query(self, channel: str, data: bytes) -> None:
+        """Send a query's answer on the asker's reply channel."""
+        async with self.errors():
+            await self.client.spublish(channel, data)
+
     def graph_call(
         self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
     ) -> ScriptCall:

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from segue._faults import faultpoint
+from segue._query import Answerer
 from segue._services import Service
 from segue._wire import Cancelled, Outcome, Paused, Requeued
 
@@ -37,6 +38,10 @@ class Controller:
         self._running = running
         self._grace = pause_grace_seconds
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def running(self) -> dict[str, Job]:
+        return self._running
 
     def on_message(self, data: bytes) -> None:
         command, _, task_id = data.decode().partition(" ")
@@ -103,7 +108,8 @@ class Controller:
 
 
 class ControlSubscriber(Service):
-    """The worker's service listening on its queues' control channels."""
+    """The worker's service listening on its queues' control channels: operators'
+    requests go to the Controller, queries (_query.py) to the Answerer."""
 
     name = "subscriber"
 
@@ -113,13 +119,20 @@ class ControlSubscriber(Service):
         self._broker = broker
         self._keyspaces = list(keyspaces)
         self._controller = controller
+        self._answerer = Answerer(broker, controller.running)
         self._subscriber: Subscriber | None = None
+
+    def _on_message(self, data: bytes) -> None:
+        if data.startswith(b"query "):
+            self._answerer.on_message(data[6:].decode())
+        else:
+            self._controller.on_message(data)
 
     async def start(self) -> None:
         """Subscribed, and confirmed by the server, before the worker claims anything."""
         sub = self._subscriber = self._broker.subscriber()
         for ks in self._keyspaces:
-            await sub.subscribe(ks.control_channel, self._controller.on_message, listen=False)
+            await sub.subscribe(ks.control_channel, self._on_message, listen=False)
         await sub.read_confirmations()
 
     async def run(self) -> None:
@@ -127,5 +140,6 @@ class ControlSubscriber(Service):
         await self._subscriber.listen()
 
     async def close(self) -> None:
+        await self._answerer.close()
         if self._subscriber is not None:
             await self._subscriber.close()

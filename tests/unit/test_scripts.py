@@ -46,6 +46,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_remove": _calls.cron_remove(ck, "s"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
+        "query": _calls.query(ks, "q:1", "[]"),
     }
     counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
     # the registry is the directory: a new script is checked here or this fails

@@ -76,6 +76,7 @@ ALLOW_OOM = frozenset(
         "journal",
         "event",
         "control",
+        "query",
         "workflow",
         "purge",
         "delete",

@@ -1,0 +1,162 @@
+"""Queries: asking a running task a question, answered by the worker that runs it.
+
+The asker (`ask`, behind `handle.query` and `segue query`) sends the query through
+query.lua, which publishes it on the queue's control channel only while the task is
+RUNNING; every worker of the queue hears it, and the one whose run holds the task answers
+on the asker's reply channel of that queue (_pubsub.QueryReplies). Nothing is stored on the
+way: a query changes nothing, so an answer lost to a reconnect is a QueryTimeout and the
+query can simply be sent again.
+
+The worker's side (`Answerer`) calls the handler that the run registered with
+`ctx.on_query`, on the worker's event loop (also for sync tasks: the handler then runs
+beside the task's thread, so it must be thread-safe), bounded by the asker's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from segue._codec import decode_plain, encode
+from segue._errors import (
+    QueryFailed,
+    QueryTimeout,
+    TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from segue._broker import Broker
+    from segue._keys import Keyspace
+    from segue._runner import Job
+
+log = logging.getLogger("segue.worker")
+DEFAULT_TIMEOUT = 5.0
+
+
+def _not_running(task_id: str, status: str, name: str) -> TaskNotRunning:
+    return TaskNotRunning(
+        f"task {task_id} is {status}: no run holds it to answer query {name!r} "
+        "(handle.state() reads what it stored)",
+        status,
+    )
+
+
+async def ask(
+    broker: Broker, ks: Keyspace, task_id: str, name: str, args: tuple[Any, ...], timeout: float
+) -> Any:
+    """The answer of the run holding `task_id` to query `name`; raises TaskNotRunning,
+    QueryTimeout, UnknownQuery, QueryFailed or TaskNotFound."""
+    replies = broker.query_replies()
+    query_id = secrets.token_hex(8)
+    body = [query_id, ks.reply_channel(replies.token), name, int(timeout * 1000), list(args)]
+    message = encode(
+        body, what=f"the arguments of query {name!r}", limit=broker.settings.max_payload_bytes
+    )
+    fut = await replies.expect(ks, query_id)
+    try:
+        sent = await broker.send_query(ks, task_id, message.decode())
+        if sent is None:
+            raise TaskNotFound(f"no task {task_id}: it never existed, or its record expired")
+        status, listening = sent
+        if status != "running":
+            raise _not_running(task_id, status, name)
+        if listening == 0:
+            raise QueryTimeout(
+                f"task {task_id} is running, but no worker listens on queue {ks.queue!r}: "
+                "the one holding it died, and the task goes back to its queue when its "
+                "lease runs out"
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                answer = decode_plain(await fut)
+        except TimeoutError:
+            raw = await broker.reads.task_status(ks, task_id)
+            if raw is not None and raw != b"running":
+                # the run ended while the query was on its way
+                raise _not_running(task_id, raw.decode(), name) from None
+            raise QueryTimeout(
+                f"the worker holding task {task_id} did not answer query {name!r} within "
+                f"{timeout:g} s: it died (its lease has not run out yet), is stopped, or its "
+                "event loop is blocked"
+            ) from None
+    finally:
+        replies.forget(query_id)
+    if "v" in answer:
+        return answer["v"]
+    if "unknown" in answer:
+        names: list[str] = answer["unknown"]
+        have = ", ".join(repr(n) for n in names) if names else "none yet"
+        raise UnknownQuery(
+            f"task {task_id} has no query handler {name!r} (registered: {have})", names
+        )
+    exc_type, exc_message = answer["error"]
+    raise QueryFailed(name, exc_type, exc_message)
+
+
+class Answerer:
+    """A worker's answers to the queries for the runs it holds (`running`, by task id)."""
+
+    def __init__(self, broker: Broker, running: Mapping[str, Job]) -> None:
+        self._broker = broker
+        self._running = running
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def on_message(self, rest: str) -> None:
+        """A query heard on a control channel: `<task id> <JSON body>` (see ask)."""
+        task_id, _, body = rest.partition(" ")
+        job = self._running.get(task_id)
+        if job is None:
+            return  # another worker's run, or one that just ended here
+        try:
+            query_id, channel, name, timeout_ms, args = decode_plain(body.encode())
+        except (ValueError, TypeError) as exc:
+            log.warning("unreadable query for task %s dropped: %s", task_id, exc)
+            return
+        answering = asyncio.create_task(
+            self._answer(job, query_id, channel, name, timeout_ms / 1000, args),
+            name=f"segue-query-{task_id}",
+        )
+        self._answering.add(answering)
+        answering.add_done_callback(self._answering.discard)
+
+    async def _answer(
+        self, job: Job, query_id: str, channel: str, name: str, timeout: float, args: list[Any]
+    ) -> None:
+        handlers = job.run.queries if job.run is not None else {}
+        fn = handlers.get(name)
+        what = f"the answer to query {name!r}"
+        limit = self._broker.settings.max_payload_bytes
+        if fn is None:
+            data = encode({"unknown": sorted(handlers)}, what=what, limit=limit)
+        else:
+            try:
+                # the asker gives up at its timeout: a handler stuck past it helps no one
+                async with asyncio.timeout(timeout):
+                    value = fn(*args)
+                    if inspect.isawaitable(value):
+                        value = await value
+                data = encode({"v": value}, what=what, limit=limit)
+            except TimeoutError:
+                return
+            except Exception as exc:
+                error = [type(exc).__name__, str(exc)[:2000]]
+                data = encode({"error": error}, what=what, limit=limit)
+        try:
+            await self._broker.answer_query(channel, query_id.encode() + b" " + data)
+        except Exception as exc:
+            log.warning("answer to query %r of task %s not sent: %s", name, job.id, exc)
+
+    async def close(self) -> None:
+        for answering in list(self._answering):
+            answering.cancel()
+        for answering in list(self._answering):
+            with contextlib.suppress(BaseException):
+                await answering
