@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segue._faults import faultpoint
 from segue._query import Answerer
@@ -21,7 +21,7 @@ from segue._services import Service
 from segue._wire import Cancelled, Outcome, Paused, Requeued
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from segue._broker import Broker
     from segue._keys import Keyspace
@@ -39,9 +39,13 @@ class Controller:
         self._grace = pause_grace_seconds
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
 
-    @property
-    def running(self) -> dict[str, Job]:
-        return self._running
+    def query_handlers(self, task_id: str) -> dict[str, Callable[..., Any]] | None:
+        """The query handlers of this worker's run of the task (_query.py), None if it
+        holds no run of it."""
+        job = self._running.get(task_id)
+        if job is None:
+            return None
+        return job.run.queries if job.run is not None else {}
 
     def on_message(self, data: bytes) -> None:
         command, _, task_id = data.decode().partition(" ")
@@ -119,7 +123,7 @@ class ControlSubscriber(Service):
         self._broker = broker
         self._keyspaces = list(keyspaces)
         self._controller = controller
-        self._answerer = Answerer(broker, controller.running)
+        self._answerer = Answerer(broker, controller.query_handlers)
         self._subscriber: Subscriber | None = None
 
     def _on_message(self, data: bytes) -> None:

@@ -31,11 +31,13 @@ from segue._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from segue._broker import Broker
     from segue._keys import Keyspace
-    from segue._runner import Job
+
+    # a run's query handlers, if this worker holds the task (by id), else None
+    HandlersOf = Callable[[str], Mapping[str, Callable[..., Any]] | None]
 
 log = logging.getLogger("segue.worker")
 DEFAULT_TIMEOUT = 5.0
@@ -102,18 +104,18 @@ async def ask(
 
 
 class Answerer:
-    """A worker's answers to the queries for the runs it holds (`running`, by task id)."""
+    """A worker's answers to the queries for the runs it holds (`handlers_of`)."""
 
-    def __init__(self, broker: Broker, running: Mapping[str, Job]) -> None:
+    def __init__(self, broker: Broker, handlers_of: HandlersOf) -> None:
         self._broker = broker
-        self._running = running
+        self._handlers_of = handlers_of
         self._answering: set[asyncio.Task[None]] = set()
 
     def on_message(self, rest: str) -> None:
         """A query heard on a control channel: `<task id> <JSON body>` (see ask)."""
         task_id, _, body = rest.partition(" ")
-        job = self._running.get(task_id)
-        if job is None:
+        handlers = self._handlers_of(task_id)
+        if handlers is None:
             return  # another worker's run, or one that just ended here
         try:
             query_id, channel, name, timeout_ms, args = decode_plain(body.encode())
@@ -121,16 +123,22 @@ class Answerer:
             log.warning("unreadable query for task %s dropped: %s", task_id, exc)
             return
         answering = asyncio.create_task(
-            self._answer(job, query_id, channel, name, timeout_ms / 1000, args),
+            self._answer(task_id, handlers, query_id, channel, name, timeout_ms / 1000, args),
             name=f"segue-query-{task_id}",
         )
         self._answering.add(answering)
         answering.add_done_callback(self._answering.discard)
 
     async def _answer(
-        self, job: Job, query_id: str, channel: str, name: str, timeout: float, args: list[Any]
+        self,
+        task_id: str,
+        handlers: Mapping[str, Callable[..., Any]],
+        query_id: str,
+        channel: str,
+        name: str,
+        timeout: float,
+        args: list[Any],
     ) -> None:
-        handlers = job.run.queries if job.run is not None else {}
         fn = handlers.get(name)
         what = f"the answer to query {name!r}"
         limit = self._broker.settings.max_payload_bytes
@@ -152,7 +160,7 @@ class Answerer:
         try:
             await self._broker.answer_query(channel, query_id.encode() + b" " + data)
         except Exception as exc:
-            log.warning("answer to query %r of task %s not sent: %s", name, job.id, exc)
+            log.warning("answer to query %r of task %s not sent: %s", name, task_id, exc)
 
     async def close(self) -> None:
         for answering in list(self._answering):
