@@ -25,7 +25,7 @@ from segue import (
 )
 from tests._support import Engine
 from tests._workers import Fleet
-from tests.integration.conftest import serving
+from tests.integration.conftest import eventually, serving
 from tests.integration.test_cli_workflow import _segue
 
 
@@ -134,8 +134,15 @@ async def test_a_stopped_worker_s_task_times_out_and_answers_again_once_continue
         async with app:
             h = await crawl.enqueue(600, 0.05)
             await h.wait_for(TaskStatus.RUNNING, timeout=20)
-            answer = await h.query("progress", timeout=5)
-            assert answer["of"] == 600
+
+            async def registered() -> bool:
+                # RUNNING from its claim on: the run registers its handler a moment later
+                try:
+                    return bool((await h.query("progress", timeout=5))["of"] == 600)
+                except UnknownQuery:
+                    return False
+
+            await eventually(registered, timeout=10)
 
             shown = await asyncio.to_thread(
                 _segue, "query", h.id, "progress", "--url", segue_engine.url
