@@ -175,11 +175,12 @@ def query(ks: Keyspace, task_id: str, message: str) -> ScriptCall:
     return (_scripts.load("query"), [ks.task(task_id), ks.control_channel], [task_id, message])
 
 
-def parse_query(reply: Any) -> tuple[str, int] | None:
-    """query.lua's reply: (status, workers listening), or None when there is no record."""
+def parse_query(reply: Any) -> tuple[str, int, str] | None:
+    """query.lua's reply: (status, workers listening, the holding worker's id), or None
+    when there is no record."""
     if not reply:
         return None
-    return _text(reply[0]), int(reply[1])
+    return _text(reply[0]), int(reply[1]), _text(reply[2])
 
 
 def state(

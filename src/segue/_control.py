@@ -118,12 +118,16 @@ class ControlSubscriber(Service):
     name = "subscriber"
 
     def __init__(
-        self, broker: Broker, keyspaces: Sequence[Keyspace], controller: Controller
+        self,
+        broker: Broker,
+        keyspaces: Sequence[Keyspace],
+        controller: Controller,
+        worker_id: str,
     ) -> None:
         self._broker = broker
         self._keyspaces = list(keyspaces)
         self._controller = controller
-        self._answerer = Answerer(broker, controller.query_handlers)
+        self._answerer = Answerer(broker, worker_id, controller.query_handlers)
         self._subscriber: Subscriber | None = None
 
     def _on_message(self, data: bytes) -> None:

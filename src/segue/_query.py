@@ -2,14 +2,16 @@
 
 The asker (`ask`, behind `handle.query` and `segue query`) sends the query through
 query.lua, which publishes it on the queue's control channel only while the task is
-RUNNING; every worker of the queue hears it, and the one whose run holds the task answers
-on the asker's reply channel of that queue (_pubsub.QueryReplies). Nothing is stored on the
-way: a query changes nothing, so an answer lost to a reconnect is a QueryTimeout and the
-query can simply be sent again.
+RUNNING, naming the worker that holds it; that worker answers on the asker's reply channel
+of the queue (_pubsub.QueryReplies), the others ignore it. Nothing is stored on the way: a
+query changes nothing, so an answer lost to a reconnect is a QueryTimeout and the query can
+simply be sent again.
 
 The worker's side (`Answerer`) calls the handler that the run registered with
 `ctx.on_query`, on the worker's event loop (also for sync tasks: the handler then runs
-beside the task's thread, so it must be thread-safe), bounded by the asker's timeout.
+beside the task's thread, so it must be thread-safe), bounded by the asker's timeout. The
+claim that made the task RUNNING and the query travel on different connections, so a query
+may reach the holder before its claim's reply: the holder then waits for the run to start.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ if TYPE_CHECKING:
     HandlersOf = Callable[[str], Mapping[str, Callable[..., Any]] | None]
 
 log = logging.getLogger("segue.worker")
-DEFAULT_TIMEOUT = 5.0
+# how long the holder waits for a run whose claim's reply has not reached it yet; past it,
+# the run has ended (or was never started here) and the asker is told at once
+_START_WAIT = 1.0
+_START_POLL = 0.005
 
 
 def _not_running(task_id: str, status: str, name: str) -> TaskNotRunning:
@@ -67,28 +72,31 @@ async def ask(
         sent = await broker.send_query(ks, task_id, message.decode())
         if sent is None:
             raise TaskNotFound(f"no task {task_id}: it never existed, or its record expired")
-        status, listening = sent
+        status, listening, worker = sent
         if status != "running":
             raise _not_running(task_id, status, name)
         if listening == 0:
             raise QueryTimeout(
-                f"task {task_id} is running, but no worker listens on queue {ks.queue!r}: "
-                "the one holding it died, and the task goes back to its queue when its "
-                "lease runs out"
+                f"task {task_id} is running on worker {worker}, but no worker listens on queue "
+                f"{ks.queue!r}: the task goes back to its queue when its lease runs out"
             )
         try:
             async with asyncio.timeout(timeout):
                 answer = decode_plain(await fut)
         except TimeoutError:
+            answer = {"gone": True, "timeout": True}
+        if "gone" in answer:
             raw = await broker.reads.task_status(ks, task_id)
             if raw is not None and raw != b"running":
                 # the run ended while the query was on its way
-                raise _not_running(task_id, raw.decode(), name) from None
-            raise QueryTimeout(
-                f"the worker holding task {task_id} did not answer query {name!r} within "
-                f"{timeout:g} s: it died (its lease has not run out yet), is stopped, or its "
-                "event loop is blocked"
-            ) from None
+                raise _not_running(task_id, raw.decode(), name)
+            if "timeout" in answer:
+                raise QueryTimeout(
+                    f"worker {worker}, holding task {task_id}, did not answer query {name!r} "
+                    f"within {timeout:g} s: it died (its lease has not run out yet), is "
+                    "stopped, or its event loop is blocked"
+                )
+            raise QueryTimeout(f"worker {worker} no longer runs task {task_id}: ask again")
     finally:
         replies.forget(query_id)
     if "v" in answer:
@@ -106,48 +114,50 @@ async def ask(
 class Answerer:
     """A worker's answers to the queries for the runs it holds (`handlers_of`)."""
 
-    def __init__(self, broker: Broker, handlers_of: HandlersOf) -> None:
+    def __init__(self, broker: Broker, worker_id: str, handlers_of: HandlersOf) -> None:
         self._broker = broker
+        self._worker_id = worker_id
         self._handlers_of = handlers_of
         self._answering: set[asyncio.Task[None]] = set()
 
     def on_message(self, rest: str) -> None:
-        """A query heard on a control channel: `<task id> <JSON body>` (see ask)."""
-        task_id, _, body = rest.partition(" ")
-        handlers = self._handlers_of(task_id)
-        if handlers is None:
-            return  # another worker's run, or one that just ended here
+        """A query heard on a control channel: `<task id> <holder's id> <JSON body>`."""
+        task_id, _, rest = rest.partition(" ")
+        holder, _, body = rest.partition(" ")
+        if holder != self._worker_id:
+            return  # another worker's run
         try:
             query_id, channel, name, timeout_ms, args = decode_plain(body.encode())
         except (ValueError, TypeError) as exc:
             log.warning("unreadable query for task %s dropped: %s", task_id, exc)
             return
         answering = asyncio.create_task(
-            self._answer(task_id, handlers, query_id, channel, name, timeout_ms / 1000, args),
+            self._answer(task_id, query_id, channel, name, timeout_ms / 1000, args),
             name=f"segue-query-{task_id}",
         )
         self._answering.add(answering)
         answering.add_done_callback(self._answering.discard)
 
     async def _answer(
-        self,
-        task_id: str,
-        handlers: Mapping[str, Callable[..., Any]],
-        query_id: str,
-        channel: str,
-        name: str,
-        timeout: float,
-        args: list[Any],
+        self, task_id: str, query_id: str, channel: str, name: str, timeout: float, args: list[Any]
     ) -> None:
-        fn = handlers.get(name)
         what = f"the answer to query {name!r}"
         limit = self._broker.settings.max_payload_bytes
-        if fn is None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        handlers = self._handlers_of(task_id)
+        while handlers is None and loop.time() - started < min(timeout, _START_WAIT):
+            await asyncio.sleep(_START_POLL)  # the claim's reply is on its way
+            handlers = self._handlers_of(task_id)
+        fn = None if handlers is None else handlers.get(name)
+        if handlers is None:
+            data = encode({"gone": True}, what=what, limit=limit)
+        elif fn is None:
             data = encode({"unknown": sorted(handlers)}, what=what, limit=limit)
         else:
             try:
                 # the asker gives up at its timeout: a handler stuck past it helps no one
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(max(timeout - (loop.time() - started), 0.001)):
                     value = fn(*args)
                     if inspect.isawaitable(value):
                         value = await value
