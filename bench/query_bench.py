@@ -3,21 +3,28 @@ against a worker process, beside the same client's `handle.status()` (one plain 
 floor; sequential queries to one task, then `--parallel` askers at once over 8 running tasks,
 then one task busy on the CPU between awaits (a handler waits for the task's next await).
 
-    python bench/query_bench.py [--n 2000] [--parallel 16]
+    python bench/query_bench.py [--n 2000] [--parallel 16] [--cluster]
+
+`--cluster`: against a 3-primary Valkey cluster (bench/cluster_bench.py's), instead of one
+standalone Valkey.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _server import percentiles, server, worker
 
 from segue import App, Context, TaskStatus, UnknownQuery
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 app = App("bench", redis_url=os.environ.get("BENCH_URL"), queue="queries")
 
@@ -67,8 +74,20 @@ def _line(label: str, samples: list[float]) -> str:
     return f"{label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(samples)} samples)"
 
 
-async def main(n: int, parallel: int) -> None:
-    with server() as url:
+@contextlib.contextmanager
+def _servers(on_cluster: bool) -> Iterator[str]:
+    if not on_cluster:
+        with server() as url:
+            yield url
+        return
+    from cluster_bench import cluster
+
+    with cluster() as (url, _):
+        yield url
+
+
+async def main(n: int, parallel: int, on_cluster: bool) -> None:
+    with _servers(on_cluster) as url:
         os.environ["BENCH_URL"] = url
         # imported again under its own name, now that the App's URL is known
         mod = importlib.import_module("query_bench")
@@ -118,5 +137,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--parallel", type=int, default=16)
+    parser.add_argument("--cluster", action="store_true", help="a 3-primary cluster")
     ns = parser.parse_args()
-    asyncio.run(main(ns.n, ns.parallel))
+    asyncio.run(main(ns.n, ns.parallel, ns.cluster))
