@@ -79,7 +79,12 @@ async def test_a_running_task_answers_its_queries_and_the_errors_say_why_not(
         with pytest.raises(TaskNotRunning, match="is queued") as not_running:
             await queued.query("progress")
         assert not_running.value.status == "queued"
+        waiting = await job.options(after=[running]).enqueue(30)
+        with pytest.raises(TaskNotRunning, match="is waiting") as not_running:
+            await waiting.query("progress")
+        assert not_running.value.status == "waiting"
         await queued.cancel()
+        await waiting.cancel()
         finish.set()
         assert await running.result(timeout=5) == 3
         with pytest.raises(TaskNotRunning, match="is succeeded") as not_running:
