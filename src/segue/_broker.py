@@ -138,6 +138,23 @@ class Broker(Transport):
         reply = await self.run_calls([_calls.cascade(ks, most)], retry=True)
         return _calls.parse_cascade(reply[0])
 
+    async def send_query(
+        self, ks: Keyspace, task_id: str, message: str
+    ) -> tuple[str, int, str] | None:
+        """Publish a query to the worker running the task, if one does (query.lua): the
+        task's status, how many workers listen and the holder's id, or None when there is
+        no record."""
+        reply = await self.run_calls([_calls.query(ks, task_id, message)])
+        return _calls.parse_query(reply[0])
+
+    async def answer_query(self, channel: str, data: bytes) -> None:
+        """Send a query's answer on the asker's reply channel."""
+        async with self.errors():
+            if self.fast is not None:
+                await self.fast.execute("SPUBLISH", channel, data)
+            else:
+                await self.client.spublish(channel, data)
+
     def graph_call(
         self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
     ) -> ScriptCall:

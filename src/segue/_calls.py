@@ -190,6 +190,19 @@ def event(
     return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
 
 
+def query(ks: Keyspace, task_id: str, message: str) -> ScriptCall:
+    """Hand a query to the worker running the task (query.lua)."""
+    return (_scripts.load("query"), [ks.task(task_id), ks.control_channel], [task_id, message])
+
+
+def parse_query(reply: Any) -> tuple[str, int, str] | None:
+    """query.lua's reply: (status, workers listening, the holding worker's id), or None
+    when there is no record."""
+    if not reply:
+        return None
+    return _text(reply[0]), int(reply[1]), _text(reply[2])
+
+
 def state(
     ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: Sequence[str]
 ) -> ScriptCall:

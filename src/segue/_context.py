@@ -87,6 +87,7 @@ class RunControl:
         "gen",
         "ks",
         "lease_seconds",
+        "queries",
         "request",
         "resources",
     )
@@ -111,6 +112,8 @@ class RunControl:
         self.ks = ks
         self.gen = gen
         self.request: str | None = None
+        # the run's query handlers (ctx.on_query), answered on the worker's loop (_query.py)
+        self.queries: dict[str, Callable[..., Any]] = {}
 
     async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
         """`send()`, a server call of ctx, sent again while the server is unreachable, for up
@@ -242,6 +245,7 @@ class Context:
 
     __slots__ = (
         "_journal",
+        "_queries",
         "_run",
         "_seq",
         "headers",
@@ -274,12 +278,23 @@ class Context:
         self.queue = queue
         self._run = run
         self._seq = 0
+        self._queries: dict[str, Callable[..., Any]] = run.queries if run is not None else {}
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
+
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """Answer `handle.query(name, *args)` with `fn(*args)` (sync or async) while this run
+        lasts; a second `on_query` of the same name replaces the first. The handler runs on
+        the worker's event loop between the task's awaits, and must only read: it must not
+        change state. A run that has not called `on_query(name, ...)` yet (a replay on its
+        way) answers UnknownQuery."""
+        if not callable(fn):
+            raise TypeError(f"ctx.on_query({name!r}, ...) takes a function, not {fn!r}")
+        self._queries[name] = fn
 
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as the durable step `name` (unique within a run) and

@@ -95,6 +95,12 @@ class SyncContext:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
 
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """`Context.on_query`. The handler runs on the worker's event loop thread while the
+        task runs in its own: it must be thread-safe (read values the task replaces whole,
+        or guard them with a lock)."""
+        self._ctx.on_query(name, fn)
+
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """`Context.progress`, blocking."""
         self.state._call(self._ctx.progress(done, total, message))

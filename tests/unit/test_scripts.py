@@ -51,6 +51,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "subtask": broker.subtask_call(
             ks, EnqueueSpec("q:1.1", "t", "[]", "normal", 0, 0, 1, 0, -1, "", 0, ""), "q:1", 1, "x"
         ),
+        "query": _calls.query(ks, "q:1", "[]"),
     }
     counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
     # the registry is the directory: a new script is checked here or this fails

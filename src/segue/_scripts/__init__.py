@@ -77,6 +77,7 @@ ALLOW_OOM = frozenset(
         "event",
         "control",
         "cascade",
+        "query",
         "workflow",
         "purge",
         "delete",
