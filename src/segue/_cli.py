@@ -115,6 +115,15 @@ def worker(
             "(development; needs watchfiles)",
         ),
     ] = False,
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            "--processes",
+            "-p",
+            help="Run N worker processes under one supervisor that forwards signals and "
+            "restarts a child that dies; auto: the CPUs this process may use",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
@@ -129,6 +138,9 @@ def worker(
         return
     the_app = load_app(app)
     say_server(the_app)
+    if processes is not None:
+        _supervise(the_app, processes, metrics_port, pid_file, burst)
+        return
     if metrics_port is not None:
         from segue.metrics import PrometheusHook, serve_metrics
 
@@ -145,6 +157,23 @@ def worker(
             the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)
     except SegueError as exc:
         fail(exc)
+
+
+def _supervise(
+    app: App, processes: str, metrics_port: int | None, pid_file: Path | None, burst: bool
+) -> None:
+    from segue._supervisor import parse_processes, run_supervised
+
+    try:
+        n = parse_processes(processes)
+    except ConfigurationError as exc:
+        fail(exc, 2)
+    # the children run this same command line, less the options that are the supervisor's
+    code = run_supervised(
+        sys.argv[2:], n, app, metrics_port=metrics_port, pid_file=pid_file, burst=burst
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 async def _burst(

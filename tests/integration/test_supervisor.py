@@ -1,0 +1,139 @@
+"""`segue worker --processes N`: a supervisor and its worker processes, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segue import App, TaskStatus
+from segue._supervisor import _cgroup_quota, child_argv, parse_processes, usable_cpus
+from tests._support import ledger
+from tests._workers import Fleet, Slot
+from tests.apps import procs
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workers(segue_valkey: Any, queue_name: str) -> Iterator[Fleet]:
+    with Fleet(
+        "tests.apps.procs:app",
+        segue_valkey.url,
+        queue_name,
+        lease=1.5,
+        env={"LEDGER_URL": segue_valkey.admin_url},
+    ) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def client_app(segue_valkey: Any, queue_name: str) -> App:
+    procs.app.settings = procs.app.settings.replace(
+        redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2
+    )
+    return procs.app
+
+
+def _pid(worker_id: str) -> int:
+    """The pid in a worker id `<host>-<pid>-<suffix>`."""
+    return int(worker_id.removeprefix(f"{socket.gethostname()}-").split("-")[0])
+
+
+async def _children(fleet: Fleet, supervisor: Slot, n: int, exclude: set[int] = set()) -> set[int]:
+    """The pids of the supervisor's `n` registered worker processes (none of `exclude`)."""
+    found: set[int] = set()
+
+    async def registered() -> bool:
+        nonlocal found
+        assert supervisor.alive(), fleet.log(supervisor)
+        found = {_pid(i) for i in await fleet.registered()} - exclude - {supervisor.pid}
+        found = {pid for pid in found if Path(f"/proc/{pid}").exists()}
+        return len(found) >= n
+
+    await eventually(registered, timeout=30)
+    return found
+
+
+async def test_sigkilled_child_is_restarted_and_its_task_recovered(
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    sup = workers.start(concurrency=1, args=["--processes", "2"])
+    pids = await _children(workers, sup, 2)
+    async with client_app:
+        h = await procs.nap.enqueue(1.0)
+
+        async def started() -> bool:
+            return len(await ledger(segue_valkey.admin_url, queue_name)) == 1
+
+        await eventually(started, timeout=10)
+        victim = _pid((await ledger(segue_valkey.admin_url, queue_name))[0][1])
+        assert victim in pids
+        os.kill(victim, signal.SIGKILL)
+        line = await workers.line_with(sup, "killed by SIGKILL")
+        assert f"pid {victim}" in line and "restarting it in" in line
+        await _children(workers, sup, 1, exclude=pids)  # the restarted one registered
+        assert await h.result(timeout=20) == "napped 1.0"
+        info = await h.info()
+        assert info.tries == 2
+        assert [t.reason for t in info.history if t.status is TaskStatus.QUEUED][
+            -1
+        ] == "lease expired"
+    assert sup.alive()
+
+
+async def test_two_processes_take_tasks_and_sigterm_stops_both_within_the_grace(
+    workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    sup = workers.start(concurrency=1, args=["--processes", "2"])
+    pids = await _children(workers, sup, 2)
+    async with client_app:
+        long = [await procs.nap.enqueue(30.0) for _ in range(2)]
+
+        async def both_started() -> bool:
+            return len(await ledger(segue_valkey.admin_url, queue_name)) == 2
+
+        await eventually(both_started, timeout=10)
+        rows = await ledger(segue_valkey.admin_url, queue_name)
+        assert {_pid(r[1]) for r in rows} == pids  # one run in each process (concurrency 1)
+        workers.terminate(sup)
+        # the fleet's grace is 0.5 s: far less than the naps, which are requeued
+        assert workers.wait_exit(sup, timeout=10) == 0
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+                f"/proc/{pid}/status"
+            ).read_text()
+        for h in long:
+            info = await h.info()
+            assert info.status is TaskStatus.QUEUED
+            assert info.history[-1].reason == "worker shutdown"
+
+
+def test_child_argv_gives_each_child_its_port_and_pid_file() -> None:
+    argv = ["app:app", "--processes", "2", "--metrics-port=9100", "-c", "4", "--pid-file", "w.pid"]
+    assert child_argv(argv, 1, 9100, Path("run/w.pid")) == [
+        "app:app",
+        "-c",
+        "4",
+        "--metrics-port",
+        "9101",
+        "--pid-file",
+        "run/w-1.pid",
+    ]
+
+
+def test_processes_auto_counts_usable_cpus(tmp_path: Path) -> None:
+    assert parse_processes("auto") == usable_cpus() >= 1
+    assert parse_processes("3") == 3
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path) is None
+    with pytest.raises(Exception, match="auto"):
+        parse_processes("0")
