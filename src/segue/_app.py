@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, Executor, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
     from segue._sync_context import SyncContext
 
@@ -134,6 +134,7 @@ class App:
         rate_burst: int = 1,
         concurrency: int | None = None,
         max_pauses: int | None = 100,
+        executor: Executor = "thread",
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""

@@ -12,6 +12,8 @@ from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
 
 Priority = Literal["low", "normal", "high"]
+# where a sync task runs in the worker: a thread (default) or a child process (_procpool.py)
+Executor = Literal["thread", "process"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
 # what its parent's end, pause or cancel does to a sub-task (_forward.py, "Cascades")
@@ -43,9 +45,14 @@ class TaskOptions:
     rate_burst: int = 1
     concurrency: int | None = None
     max_pauses: int | None = 100  # Pauses in a row without progress; None: no limit
+    executor: Executor = "thread"
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
+        if self.executor not in ("thread", "process"):
+            raise ConfigurationError(
+                f"task {self.name}: executor must be 'thread' or 'process', not {self.executor!r}"
+            )
         if self.rate_limit is not None:
             parse_rate(self.rate_limit, self.name)
         if self.rate_burst < 1:

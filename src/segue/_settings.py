@@ -106,6 +106,8 @@ class Settings:
     # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
     # a longer one ends the run and frees its slot until the task is due
     sleep_inline_seconds: float = 5.0
+    # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
+    process_pool_size: int | None = None
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -154,6 +156,11 @@ class Settings:
             raise ConfigurationError(
                 f"max_queue_length must be at least 1 (or None for no bound), "
                 f"not {self.max_queue_length}"
+            )
+        if self.process_pool_size is not None and self.process_pool_size < 1:
+            raise ConfigurationError(
+                f"process_pool_size must be at least 1 (or None: the CPUs this process may "
+                f"use), not {self.process_pool_size}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(

@@ -19,20 +19,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segue._errors import ConfigurationError
+from segue._procpool import usable_cpus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
     from types import FrameType
 
     from segue._app import App
@@ -58,34 +58,6 @@ def parse_processes(text: str) -> int:
     if n < 1:
         raise ConfigurationError(f"--processes {text!r}: use a number >= 1, or auto")
     return n
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity), lowered to its cgroup's CPU quota
-    (a container limited to 2 CPUs on a 64-core host gets 2, not 64)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity
-        n = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    if quota is not None:
-        n = min(n, quota)
-    return max(1, n)
-
-
-def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The CPU quota of this process's cgroup rounded up, None where none is set."""
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2
-        if quota != "max":
-            return math.ceil(int(quota) / int(period))
-        return None
-    with contextlib.suppress(OSError, ValueError):  # cgroup v1
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        if quota_us > 0 and period_us > 0:
-            return math.ceil(quota_us / period_us)
-    return None
 
 
 def child_argv(
@@ -170,7 +142,7 @@ class Supervisor:
             command,
             env=env,
             process_group=0,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         child.started = time.monotonic()
         child.restart_at = None
