@@ -105,4 +105,4 @@ def test_a_ctx_parameter_is_refused_at_declaration() -> None:
     with pytest.raises(ConfigurationError, match="async function"):
         app.task(name="decl.async", executor="process")(not_sync)
     with pytest.raises(ConfigurationError, match="executor must be"):
-        app.task(name="decl.bad", executor="fork")(cpu.total.fn)  # type: ignore[arg-type]
+        app.task(name="decl.bad", executor="fork")(cpu.total.fn)  # type: ignore[call-overload]
