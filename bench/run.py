@@ -1,6 +1,7 @@
 """Benchmark segue against streaQ and taskiq on one machine, one server, one worker process.
 
     python bench/run.py [--only segue] [--n 20000] [--server redis|valkey] [--json out.json]
+                        [--processes N] [--event-loop asyncio|uvloop]
 
 Each library runs the same workloads against the same freshly flushed server:
   enqueue-one    N/4 enqueues, each awaited before the next
@@ -10,6 +11,9 @@ Each library runs the same workloads against the same freshly flushed server:
   latency        200 round trips (enqueue, wait for the result) on an idle worker
   sleep          2,000 tasks that each await a 50 ms sleep, concurrency 100 (ideal 1.0 s)
 The peers run from their own virtual environment (bench/.venv-peers, made on first use).
+`--processes N` runs segue's worker as `segue worker --processes N` (N processes under one
+supervisor, each with the given concurrency); `--event-loop uvloop` runs segue's worker
+(SEGUE_EVENT_LOOP) and its producer on uvloop.
 """
 
 from __future__ import annotations
@@ -53,9 +57,13 @@ def _peers_env() -> None:
 class System:
     """How to drive one library: its python, its worker command, its count of results."""
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(
+        self, name: str, url: str, processes: int | None = None, event_loop: str = "asyncio"
+    ) -> None:
         self.name = name
         self.url = url
+        self.processes = processes
+        self.event_loop = event_loop
         self.py = sys.executable if name == "segue" else str(PEER_PY)
         self.client = redis.Redis.from_url(url)
 
@@ -72,6 +80,7 @@ class System:
                 c,
                 "--log-level",
                 "warning",
+                *(["--processes", str(self.processes)] if self.processes else []),
             ]
         if self.name == "streaq":
             return [str(PEERS / "bin" / "streaq"), "run", "streaq_bench:worker"]
@@ -104,6 +113,8 @@ class System:
             "BENCH_CONCURRENCY": str(concurrency),
             "PYTHONPATH": str(HERE),
         }
+        if self.name == "segue" and self.event_loop == "uvloop":
+            env |= {"SEGUE_EVENT_LOOP": "uvloop", "BENCH_LOOP": "uvloop"}
         env.pop("VIRTUAL_ENV", None)
         return env
 
@@ -241,6 +252,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--server", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--processes", type=int, help="segue worker --processes N")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     ns = parser.parse_args()
     names = ns.only or ["segue", "streaq", "taskiq"]
     if any(n != "segue" for n in names):
@@ -250,10 +263,14 @@ def main() -> None:
     try:
         for name in names:
             print(f"running {name} ...", flush=True)
-            results[name] = bench(System(name, url), ns.n)
+            results[name] = bench(System(name, url, ns.processes, ns.event_loop), ns.n)
     finally:
         stop(proc)
-    print(f"\nserver: {ns.server}, N = {ns.n}, one worker process, concurrency 32 (sleep: 100)")
+    procs = f"segue: {ns.processes} worker processes" if ns.processes else "one worker process"
+    print(
+        f"\nserver: {ns.server}, N = {ns.n}, {procs}, concurrency 32 (sleep: 100), "
+        f"segue's loop: {ns.event_loop}"
+    )
     report(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))

@@ -4,7 +4,6 @@ handles and tasks get those collaborators, not the App."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
@@ -15,6 +14,7 @@ from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
 from segue._enqueue import Enqueuer
 from segue._errors import ConfigurationError
+from segue._eventloop import runner
 from segue._events import Event, follow
 from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
@@ -408,8 +408,8 @@ class App:
             finally:  # the embedded server it started stops now, not after its idle timeout
                 await self.close()
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve())
+        with contextlib.suppress(KeyboardInterrupt), runner(self.settings.event_loop) as loop:
+            loop.run(serve())
 
     async def drain(
         self,

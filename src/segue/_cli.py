@@ -33,6 +33,7 @@ from segue._cli_common import (
     warn_unknown_queue,
 )
 from segue._errors import ConfigurationError, SegueError
+from segue._eventloop import runner
 from segue._heartbeat import Health
 from segue._logging import (
     BatchedHandler,
@@ -150,7 +151,8 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         if burst:
-            n = asyncio.run(_burst(the_app, names, concurrency, pid_file))
+            with runner(the_app.settings.event_loop) as loop:
+                n = loop.run(_burst(the_app, names, concurrency, pid_file))
             flush_logs()  # the worker's batched lines come before the summary
             err.print(f"burst worker finished {n} runs")
         else:

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from segue._errors import ConfigurationError
+from segue._eventloop import EventLoop, check_event_loop
 from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
@@ -108,6 +109,8 @@ class Settings:
     sleep_inline_seconds: float = 5.0
     # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
     process_pool_size: int | None = None
+    # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
+    event_loop: EventLoop = "asyncio"
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -140,6 +143,7 @@ class Settings:
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
             )
         check_durability(self.durability, "durability")
+        check_event_loop(self.event_loop)
         if self.durability_replicas < 1:
             raise ConfigurationError(
                 f"durability_replicas must be at least 1, not {self.durability_replicas}"

@@ -20,6 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
         "_redact",
+        "_eventloop",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
