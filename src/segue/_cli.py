@@ -138,7 +138,12 @@ def worker(
         run_with_reload([a for a in sys.argv[1:] if a != "--reload"], held, Path.cwd())
         return
     the_app = load_app(app)
-    say_server(the_app)
+    if "SEGUE_SUPERVISOR_PID" in os.environ:  # a supervisor's child: it named the server
+        from segue._supervisor import die_with_supervisor
+
+        die_with_supervisor()
+    else:
+        say_server(the_app)
     if processes is not None:
         _supervise(the_app, processes, metrics_port, pid_file, burst)
         return

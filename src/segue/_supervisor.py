@@ -45,6 +45,7 @@ _MAX_BACKOFF = 30.0
 _HEALTHY_SECONDS = 30.0
 _POLL = 0.1
 _USAGE_ERROR = 2  # the CLI's exit code for a bad option or an app that does not load
+_SUPERVISOR_ENV = "SEGUE_SUPERVISOR_PID"  # set in the children; its pid
 
 
 def parse_processes(text: str) -> int:
@@ -84,11 +85,17 @@ def child_argv(
     return out
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the supervisor dies (Linux only)."""
+def die_with_supervisor() -> None:
+    """In a child (SEGUE_SUPERVISOR_PID set): on Linux, get SIGTERM when the supervisor
+    dies, and stop now if it died while this process started. Done here rather than
+    between fork and exec, which is unsafe in a process with threads."""
+    supervisor = os.environ.get(_SUPERVISOR_ENV)
+    if supervisor is None or sys.platform != "linux":
+        return
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(supervisor):
+        raise SystemExit("segue: the supervisor of this worker process is gone")
 
 
 def describe_exit(code: int) -> str:
@@ -137,13 +144,8 @@ class Supervisor:
 
     def _start(self, child: _Child) -> None:
         command = [sys.executable, "-m", "segue", "worker", *child.argv]
-        env = {**os.environ, "SEGUE_WORKER_PROCESS": str(child.index)}
-        child.proc = subprocess.Popen(
-            command,
-            env=env,
-            process_group=0,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        env = {**os.environ, _SUPERVISOR_ENV: str(os.getpid())}
+        child.proc = subprocess.Popen(command, env=env, process_group=0)
         child.started = time.monotonic()
         child.restart_at = None
         child.pids.append(child.proc.pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,12 @@ app = App("cpu")
 def total(numbers: list[int], scale: int = 1) -> dict[str, int]:
     """Its value and the pid of the process that computed it."""
     return {"sum": sum(numbers) * scale, "pid": os.getpid()}
+
+
+@app.task(name="cpu.loop")
+async def loop() -> str:
+    """The module of the worker's event loop class (uvloop's or asyncio's)."""
+    return type(asyncio.get_running_loop()).__module__
 
 
 @app.task(name="cpu.refuse", executor="process", max_tries=1)

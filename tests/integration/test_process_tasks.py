@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from segue import App, ConfigurationError, Context, SyncContext, TaskFailed, TaskStatus
+from tests._workers import Fleet
 from tests.apps import cpu
 from tests.integration.conftest import eventually, serving
 
@@ -82,6 +83,25 @@ async def test_timeout_and_cancel_kill_the_child_and_free_the_slot(
         assert (await (await cpu.total.enqueue([2])).result(timeout=20))["sum"] == 2
         await asyncio.sleep(0)
         assert _gone(spun)
+
+
+async def test_a_worker_on_uvloop_runs_process_tasks(
+    app: App, segue_valkey: Any, queue_name: str
+) -> None:
+    """The opt-in loop setting, read by `segue worker` from SEGUE_EVENT_LOOP."""
+    with Fleet(
+        "tests.apps.cpu:app",
+        segue_valkey.url,
+        queue_name,
+        env={"SEGUE_EVENT_LOOP": "uvloop", "SEGUE_PROCESS_POOL_SIZE": "1"},
+    ) as fleet:
+        fleet.start(concurrency=2)
+        async with app:
+            assert await (await cpu.loop.enqueue()).result(timeout=30) == "uvloop"
+            assert (await (await cpu.total.enqueue([4])).result(timeout=30))["sum"] == 4
+    assert App("x", event_loop="asyncio").settings.event_loop == "asyncio"
+    with pytest.raises(ConfigurationError, match="event_loop 'trio'"):
+        App("x", event_loop="trio")
 
 
 def test_a_ctx_parameter_is_refused_at_declaration() -> None:
