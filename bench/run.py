@@ -8,6 +8,9 @@ Each library runs the same workloads against the same freshly flushed server:
   enqueue-batch  N enqueues in the library's batch call (taskiq: 64 concurrent sends)
   drain          N queued no-op tasks, results stored; time from worker start to the last
                  result, minus that worker's start-up time (measured alone, same way)
+  drain-warm     (segue) N queued no-op tasks in a paused queue, drained by workers already
+                 registered from the queue's resume to the last result: no start-up in it,
+                 which matters with --processes, whose children come up one by one
   latency        200 round trips (enqueue, wait for the result) on an idle worker
   sleep          2,000 tasks that each await a 50 ms sleep, concurrency 100 (ideal 1.0 s)
 The peers run from their own virtual environment (bench/.venv-peers, made on first use).
@@ -158,6 +161,41 @@ class System:
             stop(proc)
 
 
+def _queue_command(system: System, command: str) -> None:
+    code = (
+        "import asyncio, segue\n"
+        "async def main():\n"
+        "    async with segue.App('bench') as app:\n"
+        f"        await app.queue('bench').{command}()\n"
+        "asyncio.run(main())"
+    )
+    subprocess.run([system.py, "-c", code], env=system.env(32), check=True, timeout=60)
+
+
+def warm_drain(system: System, n: int, concurrency: int) -> float:
+    """Tasks per second drained by segue workers already up (see drain-warm above)."""
+    system.client.flushall()
+    system.driver("prepare", n)
+    _queue_command(system, "pause")
+    proc = system.spawn(concurrency)
+    try:
+        deadline = time.perf_counter() + 120
+        while system.client.zcard("segue:{workers}:index") < (system.processes or 1):
+            if time.perf_counter() > deadline or proc.poll() is not None:
+                raise RuntimeError("segue: the workers did not register")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        system.client.hdel("segue:{bench}:meta", "paused")  # as Queue.resume() does
+        system.client.lpush("segue:{bench}:wake", 1)
+        while system.done() < n:
+            if time.perf_counter() > t0 + 300 or proc.poll() is not None:
+                raise RuntimeError(f"segue: the workers did not finish {n} tasks")
+            time.sleep(0.005)
+        return n / (time.perf_counter() - t0)
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -179,6 +217,8 @@ def bench(system: System, n: int) -> dict[str, float]:
     r["worker_startup_s"] = startup
     drain = system.timed_run(n, 32)
     r["drain_per_s"] = n / max(1e-6, drain - startup)
+    if system.name == "segue":
+        r["drain_warm_per_s"] = warm_drain(system, n, 32)
     r["sleep_2000x50ms_s"] = system.timed_run(2000, 100, 0.05) - startup
     c.flushall()
     proc = system.spawn(32)
@@ -222,6 +262,7 @@ ROWS = [
     ("enqueue_one_per_s", "enqueue one by one (/s)", True),
     ("enqueue_batch_per_s", "enqueue batched (/s)", True),
     ("drain_per_s", "drain no-op (/s)", True),
+    ("drain_warm_per_s", "drain, workers up (/s)", True),
     ("latency_p50_ms", "latency p50 (ms)", False),
     ("latency_p99_ms", "latency p99 (ms)", False),
     ("sleep_2000x50ms_s", "2,000 x 50 ms sleep (s)", False),
@@ -237,8 +278,8 @@ def report(results: dict[str, dict[str, float]]) -> None:
         head += f"{'segue/best':>12}"
     print(head)
     for key, label, higher in ROWS:
-        line = f"{label:<26}" + "".join(f"{results[n][key]:>12.2f}" for n in names)
-        if peers and "segue" in results:
+        line = f"{label:<26}" + "".join(f"{results[n].get(key, 0.0):>12.2f}" for n in names)
+        if peers and "segue" in results and all(key in results[p] for p in [*peers, "segue"]):
             vals = [results[p][key] for p in peers]
             best = max(vals) if higher else min(vals)
             ratio = results["segue"][key] / best if higher else best / results["segue"][key]
