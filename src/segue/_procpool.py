@@ -79,8 +79,8 @@ class _Child:
         env = {**os.environ, _PATH_ENV: json.dumps(sys.path)}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "segue._procpool",
+            "-c",
+            "from segue._procpool import main; main()",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -112,15 +112,19 @@ class ProcessPool:
         self._free = asyncio.Semaphore(size)
         self._idle: list[_Child] = []
         self._reaping: set[asyncio.Task[int]] = set()
+        self._modules: dict[str, str] = {}  # the module a child imports, by task name
 
     async def run(
-        self, fn: Callable[..., Any], payload: bytes, first: bytes | None, result_limit: int
+        self, task: Task[Any, Any], payload: bytes, first: bytes | None, result_limit: int
     ) -> bytes:
-        """Call `fn` (a module-level function) with the decoded arguments in a child; its
-        value, JSON-encoded; raises what the function raised (Fail and Retry as themselves,
+        """Call the task's function with the decoded arguments in a child; its value,
+        JSON-encoded; raises what the function raised (Fail and Retry as themselves,
         anything else as ProcessTaskError)."""
+        module = self._modules.get(task.name) or self._modules.setdefault(
+            task.name, importable_module(task)
+        )
         header = json.dumps(
-            {"module": fn.__module__, "qualname": fn.__qualname__, "limit": result_limit}
+            {"module": module, "qualname": task.fn.__qualname__, "limit": result_limit}
         ).encode()
         async with self._free:
             child = self._idle.pop() if self._idle else await _Child.start()
@@ -162,6 +166,28 @@ class ProcessPool:
                 self._kill(child)
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
+
+
+def importable_module(task: Task[Any, Any]) -> str:
+    """The module a child imports to find the task. A task declared in `__main__` (a
+    script run as `python shop.py`, whose worker starts under `if __name__ == ...`) is
+    found in a module that holds the same task under the same name, else in the script's
+    file imported by its name."""
+    module = task.fn.__module__
+    if module != "__main__":
+        return module
+    for name, mod in list(sys.modules.items()):
+        found: Any = mod
+        try:  # a module's own __getattr__ may raise anything
+            for part in task.fn.__qualname__.split("."):
+                found = getattr(found, part, None)
+            same = name != "__main__" and isinstance(getattr(found, "name", None), str)
+            if same and found.name == task.name:
+                return name
+        except Exception:
+            continue
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(path).stem if path else module
 
 
 def process_pool(tasks: Iterable[Task[Any, Any]], settings: Settings) -> ProcessPool | None:

@@ -203,7 +203,7 @@ async def _call(
             elif processes is not None and task.opts.executor == "process":
                 # the child decodes the stored arguments itself and answers in JSON
                 limit = settings.max_result_bytes
-                result = await processes.run(task.fn, job.payload, job.input, limit)
+                result = await processes.run(task, job.payload, job.input, limit)
                 job.value = decode_plain(result)
                 if not silent:
                     lines.info("task %s succeeded", job.id)
