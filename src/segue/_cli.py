@@ -171,6 +171,8 @@ def _supervise(
 ) -> None:
     from segue._supervisor import parse_processes, run_supervised
 
+    if "SEGUE_SUPERVISOR_PID" in os.environ:  # never a supervisor under a supervisor
+        fail("--processes in a worker process of a supervisor (SEGUE_SUPERVISOR_PID is set)", 2)
     try:
         n = parse_processes(processes)
     except ConfigurationError as exc:

@@ -66,7 +66,7 @@ def child_argv(
 ) -> list[str]:
     """`argv` (the options of `segue worker`) for child `index`: without --processes, with
     its own --metrics-port (the given one + index) and --pid-file (`<stem>-<index><suffix>`)."""
-    own = {"--processes", "--metrics-port", "--pid-file"}
+    own = {"--processes", "-p", "--metrics-port", "--pid-file"}
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -77,6 +77,8 @@ def child_argv(
         if name in own:
             skip = "=" not in arg
             continue
+        if arg.startswith("-p") and not arg.startswith("--"):
+            continue  # `-p2`: a child given it would start a supervisor of its own
         out.append(arg)
     if metrics_port is not None:
         out += ["--metrics-port", str(metrics_port + index)]

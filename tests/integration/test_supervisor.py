@@ -126,6 +126,12 @@ async def test_two_processes_take_tasks_and_sigterm_stops_both_within_the_grace(
 
 def test_child_argv_gives_each_child_its_port_and_pid_file() -> None:
     argv = ["app:app", "--processes", "2", "--metrics-port=9100", "-c", "4", "--pid-file", "w.pid"]
+    for processes in (["-p", "2"], ["-p2"], ["--processes=auto"]):
+        assert child_argv(["app:app", *processes, "-q", "a"], 0, None, None) == [
+            "app:app",
+            "-q",
+            "a",
+        ]
     assert child_argv(argv, 1, 9100, Path("run/w.pid")) == [
         "app:app",
         "-c",
