@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from segue import App, TaskStatus
 from segue._procpool import _cgroup_quota, usable_cpus
 from segue._supervisor import child_argv, parse_processes
-from tests._support import ledger
+from tests._support import free_port, ledger
 from tests._workers import Fleet, Slot
 from tests.apps import procs
 from tests.integration.conftest import eventually
@@ -42,6 +44,15 @@ def client_app(segue_valkey: Any, queue_name: str) -> App:
     return procs.app
 
 
+def _scrape(port: int) -> bytes:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as reply:
+            body: bytes = reply.read()
+            return body
+    except OSError:
+        return b""
+
+
 def _pid(worker_id: str) -> int:
     """The pid in a worker id `<host>-<pid>-<suffix>`."""
     return int(worker_id.removeprefix(f"{socket.gethostname()}-").split("-")[0])
@@ -55,6 +66,15 @@ def _exists(pid: int) -> bool:
     return True
 
 
+def _parent(pid: int) -> int | None:
+    """The parent pid of a running process (Linux), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])
+
+
 async def _children(
     fleet: Fleet, supervisor: Slot, n: int, exclude: frozenset[int] = frozenset()
 ) -> set[int]:
@@ -65,7 +85,8 @@ async def _children(
         nonlocal found
         assert supervisor.alive(), fleet.log(supervisor)
         found = {_pid(i) for i in await fleet.registered()} - exclude - {supervisor.pid}
-        found = {pid for pid in found if _exists(pid)}
+        # the registry holds every worker of the server: keep this supervisor's children
+        found = {pid for pid in found if _parent(pid) == supervisor.pid}
         return len(found) >= n
 
     await eventually(registered, timeout=30)
@@ -102,8 +123,16 @@ async def test_sigkilled_child_is_restarted_and_its_task_recovered(
 async def test_two_processes_take_tasks_and_sigterm_stops_both_within_the_grace(
     workers: Fleet, client_app: App, segue_valkey: Any, queue_name: str
 ) -> None:
-    sup = workers.start(concurrency=1, args=["--processes", "2"])
+    port = free_port()
+    args = ["--processes", "2", "--metrics-port", str(port)]
+    sup = workers.start(concurrency=1, args=args)
     pids = await _children(workers, sup, 2)
+    for p in (port, port + 1):  # child i serves /metrics on the port + i
+
+        async def served(p: int = p) -> bool:
+            return b"segue_" in await asyncio.to_thread(_scrape, p)
+
+        await eventually(served, timeout=15)
     async with client_app:
         long = [await procs.nap.enqueue(30.0) for _ in range(2)]
 
