@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +185,52 @@ def test_processes_auto_counts_usable_cpus(tmp_path: Path) -> None:
     assert _cgroup_quota(tmp_path) is None
     with pytest.raises(Exception, match="auto"):
         parse_processes("0")
+
+
+def test_reload_restarts_the_supervisor_and_its_processes(tmp_path: Path) -> None:
+    """--reload with --processes: one reloader around one supervisor; the embedded server
+    stays the same across the restart."""
+    from tests.integration.test_reload import ASK, TASKS
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "ask.py").write_text(ASK)
+    (tmp_path / "tasks.py").write_text(TASKS.format(value="v1"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGUE_")}
+    log = tmp_path / "worker.log"
+
+    def ask() -> str:
+        done = subprocess.run(
+            [sys.executable, "ask.py"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr + log.read_text()
+        return done.stdout.strip()
+
+    def started(n: int) -> None:
+        deadline = time.monotonic() + 40
+        while log.read_text().count(" started queues=") < n:
+            assert parent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+
+    command = [sys.executable, "-m", "segue", "worker", "tasks:app", "--reload", "-p", "2"]
+    with log.open("w") as stderr:
+        parent = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stderr=stderr, start_new_session=True
+        )
+    state = tmp_path / ".segue" / "server.json"
+    try:
+        started(2)
+        server_pid = json.loads(state.read_text())["server_pid"]
+        assert ask() == "v1"
+        (tmp_path / "tasks.py").write_text(TASKS.format(value="v2"))
+        started(4)
+        assert ask() == "v2"
+        assert json.loads(state.read_text())["server_pid"] == server_pid
+    finally:
+        parent.send_signal(signal.SIGINT)
+        parent.wait(timeout=30)
+        pids = json.loads(state.read_text()) if state.exists() else {}
+        for key in ("watchdog_pid", "server_pid"):
+            if key in pids and _exists(int(pids[key])):
+                os.kill(int(pids[key]), signal.SIGTERM)
+    text = log.read_text()
+    assert text.count("supervisor ") == 2 and "Traceback" not in text
