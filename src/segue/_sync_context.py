@@ -76,6 +76,7 @@ class SyncContext:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -85,6 +86,7 @@ class SyncContext:
         self.task_id = ctx.task_id
         self.name = ctx.name
         self.tries = ctx.tries
+        self.version = ctx.version
         self.worker_id = ctx.worker_id
         self.queue = ctx.queue
         self.log = ctx.log
