@@ -78,7 +78,7 @@ class TaskOptions:
             raise ConfigurationError(
                 f"task {self.name}: version must be an int >= 1, not {self.version!r}"
             )
-        chain: Mapping[object, object] = self.migrate or {}
+        chain: Any = self.migrate or {}  # checked as the user passed it, not as typed
         for old, fn in chain.items():
             if not isinstance(old, int) or isinstance(old, bool) or not 1 <= old < v:
                 raise ConfigurationError(
