@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from segue._codec import decode_plain, encode
 from segue._errors import LeaseLost
+from segue._faults import faultpoint
 from segue._journal import FIELD
 
 if TYPE_CHECKING:
@@ -74,10 +75,12 @@ async def upgrade(
         raise MigrationFailed(f"{what}: state keys starting {FIELD!r} are reserved")
     deletes = [k for k in old if k not in values]
     versions = (version, opts.version)
+    faultpoint("before_migrate")
     written = await run.call(
         what,
         lambda: run.broker.migrate_state(run.ks, task_id, run.gen, versions, values, deletes),
     )
     if not written:
         raise LeaseLost(f"{what}: this run no longer holds the task")
+    faultpoint("after_migrate")
     log.info("task %s migrated from version %d to %d", task_id, version, opts.version)
