@@ -22,7 +22,9 @@ from tests.integration.test_versions_processes import client
 pytestmark = pytest.mark.slow
 
 KILLED = -9
-# short: a lapse only requeues a run that is killed anyway, or an old one that writes n=4 again
+# short, so the kills cost little: a lease that lapses under load only requeues a run that is
+# killed anyway, or a run of the old code, which writes the same state again
+LEASE = 0.5
 
 
 async def versions_of(engine: Engine, app: App, task_id: str) -> tuple[Any, Any]:
@@ -44,7 +46,7 @@ async def test_a_kill_on_either_side_of_a_migration_leaves_state_and_version_tog
     new_app, _ = client(engine, queue_name, "new")
     env = {"SEGUE_FAULTPOINT_ONCE": "1"}
     with Fleet(
-        "tests.apps.versions:app", engine.url, queue_name, concurrency=1, lease=0.5, env=env
+        "tests.apps.versions:app", engine.url, queue_name, concurrency=1, lease=LEASE, env=env
     ) as fleet:
         fleet.start(env={"VERSIONS_CODE": "old"})
         async with old_app, new_app:
