@@ -40,6 +40,8 @@ async def test_an_enqueue_stores_its_codes_version_and_version_1_stores_nothing(
         # a version-1 record is what it was before versions (the previous release reads it)
         assert await fields(segue_engine, app, a.id, "v", "v0") == [None, None]
         assert await fields(segue_engine, app, b.id, "v", "v0") == ["3", None]
+        infos = [await a.info(), await b.info()]
+    assert [(i.version, i.started_version) for i in infos] == [(1, 1), (3, 3)]
 
 
 async def test_sub_tasks_carry_the_version_of_the_code_that_enqueued_them(

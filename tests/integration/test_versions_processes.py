@@ -77,6 +77,8 @@ async def test_a_deploy_releases_newer_tasks_to_old_workers_and_migrates_older_o
             # 1->2->3, the second migration dropping keys
             assert await chain.result(timeout=20) == {"version": 1, "state": {"c": 20}}
             assert await newer.result(timeout=20) == {"version": 2, "state": {}}
+            infos = [await counter.info(), await newer.info()]
+            assert [(i.version, i.started_version) for i in infos] == [(2, 1), (2, 2)]
             with pytest.raises(TaskFailed) as failed:
                 await gap.result(timeout=20)
             assert failed.value.reason == "version_unsupported"
