@@ -12,6 +12,7 @@ import pytest
 from segue import App, Context, TaskFailed, TaskStatus
 from tests._support import Engine, admin_client
 from tests.integration.conftest import eventually, serving
+from tests.integration.test_cli_workflow import _segue
 
 
 async def fields(engine: Engine, app: App, task_id: str, *names: str) -> list[str | None]:
@@ -125,3 +126,24 @@ async def test_an_operators_pause_holds_a_task_an_older_worker_puts_back(
         await h.resume()
         await new.drain()
         assert await h.result(timeout=5) == 2
+
+
+async def test_segue_info_shows_a_migrated_tasks_versions(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    old = App("test", redis_url=segue_valkey.url, queue=queue_name)
+    new = App("test", redis_url=segue_valkey.url, queue=queue_name)
+
+    @old.task(name="v.shown")
+    async def shown_v1() -> None: ...
+
+    @new.task(name="v.shown", version=2, migrate={1: dict})
+    async def shown_v2() -> None: ...
+
+    async with old, new:
+        h = await shown_v1.enqueue()
+        await new.drain()
+        await h.result(timeout=5)
+    done = _segue("info", h.id, "--url", segue_valkey.url)
+    assert done.returncode == 0, done.stderr
+    assert "version 2 (started under 1)" in done.stdout
