@@ -28,6 +28,13 @@ BOUND = {
 }
 
 
+@pytest.fixture(params=["segue_valkey", "segue_cluster"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """A single server and the cluster (not Redis too: worker processes cost seconds)."""
+    found: Engine = request.getfixturevalue(request.param)
+    return found
+
+
 def client(engine: Engine, queue: str, code: str) -> tuple[App, dict[str, Any]]:
     app = App("versions", redis_url=engine.url, queue=queue, poll_seconds=0.2)
     return app, versions.register(app, code)
@@ -40,12 +47,12 @@ async def newer_releases(app: App, task_id: str) -> list[float]:
 
 
 async def test_a_deploy_releases_newer_tasks_to_old_workers_and_migrates_older_ones(
-    segue_engine: Engine, queue_name: str
+    engine: Engine, queue_name: str
 ) -> None:
-    old_app, old = client(segue_engine, queue_name, "old")
-    new_app, new = client(segue_engine, queue_name, "new")
+    old_app, old = client(engine, queue_name, "old")
+    new_app, new = client(engine, queue_name, "new")
     with Fleet(
-        "tests.apps.versions:app", segue_engine.url, queue_name, concurrency=4, env=BOUND
+        "tests.apps.versions:app", engine.url, queue_name, concurrency=4, env=BOUND
     ) as fleet:
         fleet.start(env={"VERSIONS_CODE": "old"})
         async with old_app, new_app:
@@ -55,7 +62,7 @@ async def test_a_deploy_releases_newer_tasks_to_old_workers_and_migrates_older_o
             newer = await new["counter"].enqueue()  # version 2, before any worker has it
 
             async def written() -> bool:
-                found = [await state_of(segue_engine, old_app, h.id) for h in (counter, chain)]
+                found = [await state_of(engine, old_app, h.id) for h in (counter, chain)]
                 return found == [{"n": 4}, {"a": 1, "gone": "old"}]
 
             await eventually(written, timeout=20)
