@@ -223,7 +223,7 @@ class Worker:
         tasks = self._registry.tasks
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller),
+            ControlSubscriber(broker, keyspaces, controller, self.id),
             Waker(
                 broker,
                 keyspaces,

@@ -77,6 +77,8 @@ ALLOW_OOM = frozenset(
         "journal",
         "event",
         "control",
+        "cascade",
+        "query",
         "workflow",
         "purge",
         "delete",

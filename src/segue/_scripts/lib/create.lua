@@ -4,8 +4,9 @@
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
 -- live task), expire_in_ms (0 none), headers (JSON, '' none: carried to the run, e.g. a
 -- trace context), version (the enqueuing code's version of the task: stored as 'v' only
--- above 1, so a version-1 record is as it was before versions). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the
--- spec is added here (and to new_task), and nowhere else.
+-- above 1, so a version-1 record is as it was before versions). Scripts read them by name,
+-- argv[b + SPEC.<field>]: a field added to the spec is added here (and to new_task), and
+-- nowhere else.
 local SPEC = { id = 0, name = 1, payload = 2, priority = 3, delay_ms = 4, at_ms = 5,
   max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11,
   version = 12 }
