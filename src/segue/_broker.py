@@ -259,6 +259,19 @@ class Broker(Transport):
         reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
 
+    async def migrate_state(
+        self,
+        ks: Keyspace,
+        task_id: str,
+        gen: str,
+        versions: tuple[int, int],
+        values: dict[str, bytes],
+        deletes: list[str],
+    ) -> bool:
+        call = _calls.migrate(ks, task_id, gen, versions, values, deletes)
+        reply = await self.run_calls([call], retry=True)
+        return bool(reply[0])
+
     async def write_journal(
         self, ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
     ) -> bool:

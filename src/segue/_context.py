@@ -240,7 +240,9 @@ class Context:
     """Passed as the first parameter to tasks that declare `ctx: Context`.
 
     Attributes: `task_id`, `name`, `tries` (1 on the first run), `worker_id`, `queue`,
-    `log` (a logger whose lines carry the task id), and `state` (durable per-task values).
+    `version` (the version of the task's code it started under, `@app.task(version=...)`:
+    code branches on it to replay its journal the way it was written), `log` (a logger
+    whose lines carry the task id), and `state` (durable per-task values).
     """
 
     __slots__ = (
@@ -255,6 +257,7 @@ class Context:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -270,8 +273,10 @@ class Context:
         state_limit: int = 1 << 20,
         headers: dict[str, str] | None = None,
         sleep_inline_seconds: float = 5.0,
+        version: int = 1,
     ) -> None:
         self.task_id = task_id
+        self.version = version
         self.name = name
         self.tries = tries
         self.worker_id = worker_id

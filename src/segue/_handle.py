@@ -386,6 +386,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
+    version = r.integer(F.VERSION.b) or 1
     return TaskInfo(
         id=task_id,
         name=name,
@@ -411,6 +412,8 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        version=version,
+        started_version=r.integer(F.STARTED_VERSION.b) or version,
     )
 
 

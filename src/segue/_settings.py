@@ -88,6 +88,9 @@ class Settings:
     dead_letter_cap: int = 10_000
     unknown_task_max_releases: int = 3
     unknown_task_window_seconds: float = 300.0
+    # a worker whose code of a task is older than the task's version releases it again
+    # after a delay doubling from 1 s up to this; never counted as an unknown-task release
+    newer_version_backoff_seconds: float = 30.0
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
@@ -132,6 +135,11 @@ class Settings:
         if self.reply_timeout_seconds <= 0:
             raise ConfigurationError(
                 f"reply_timeout_seconds must be positive, not {self.reply_timeout_seconds}"
+            )
+        if self.newer_version_backoff_seconds <= 0:
+            raise ConfigurationError(
+                "newer_version_backoff_seconds must be positive, not "
+                f"{self.newer_version_backoff_seconds}"
             )
         if self.reconcile_seconds <= 0:
             raise ConfigurationError(

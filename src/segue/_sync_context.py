@@ -77,6 +77,7 @@ class SyncContext:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -86,6 +87,7 @@ class SyncContext:
         self.task_id = ctx.task_id
         self.name = ctx.name
         self.tries = ctx.tries
+        self.version = ctx.version
         self.worker_id = ctx.worker_id
         self.queue = ctx.queue
         self.log = ctx.log

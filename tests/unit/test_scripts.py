@@ -29,6 +29,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "purge": _calls.purge(ks, 500, "why"),
         "renew": _calls.renew(ks, "w", 1000, ["q:1", "1"]),
         "state": _calls.state(ks, "q:1", "1", {}, []),
+        "migrate": _calls.migrate(ks, "q:1", "1", (1, 2), {}, []),
         "wait": _calls.wait(ks, "q:1", "1", ["q:1.1"]),
         "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
         "journal": _calls.journal(ks, "q:1", "1", "~j:a", b"{}", "a|0|0|1|"),
