@@ -21,6 +21,7 @@ from segue._errors import (
     SegueError,
     ServerOutOfMemory,
     StepFailed,
+    StreamTruncated,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -30,6 +31,7 @@ from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
+from segue._output import StreamRestarted, TaskStream
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
@@ -74,6 +76,8 @@ __all__ = [
     "Signature",
     "StepFailed",
     "StepInfo",
+    "StreamRestarted",
+    "StreamTruncated",
     "SyncContext",
     "SyncTask",
     "Task",
@@ -84,6 +88,7 @@ __all__ = [
     "TaskInfo",
     "TaskNotFound",
     "TaskStatus",
+    "TaskStream",
     "Transition",
     "Worker",
     "WorkerInfo",

@@ -15,7 +15,8 @@
     ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
     ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
     ├── ResultUnavailable       the task ended but kept no result (ttl=0, or expired)
-    └── ResultTimeout           also a TimeoutError
+    ├── ResultTimeout           also a TimeoutError
+    └── StreamTruncated         a task's output stream no longer holds the position asked for
 
 Raised by task code (not errors of segue's, so not under SegueError):
 
@@ -144,6 +145,16 @@ class ResultUnavailable(SegueError):
 
 class ResultTimeout(SegueError, TimeoutError):
     """The task did not end within the time given to result()."""
+
+
+class StreamTruncated(SegueError):
+    """`handle.stream()` cannot go on from where it was asked to: the entries after that
+    position were trimmed (`max_stream_entries`), or the stream outlived its linger and is
+    gone. `position` is the one asked for (None: from the start)."""
+
+    def __init__(self, message: str, position: str | None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class StepFailed(SegueError):

@@ -158,11 +158,13 @@ async def attempt(
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
     if not hooks:
-        return await _call(job, task, settings, executor, args, kwargs)
+        if ctx is None:
+            return await _call(job, task, settings, executor, args, kwargs)
+        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     assert ctx is not None
     await call_hooks(hooks, "before_run", ctx)
     try:
-        outcome = await _call(job, task, settings, executor, args, kwargs)
+        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     except BaseException as exc:
         cancelled = job.run is not None and job.run.request == "cancel"
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
@@ -171,6 +173,25 @@ async def attempt(
     end = _ENDS.get(outcome.action, "stopped")
     retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
     await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
+    return outcome
+
+
+async def _call_streaming(
+    job: Job,
+    task: Task[Any, Any],
+    settings: Settings,
+    executor: Executor,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    ctx: Context,
+) -> Outcome:
+    """_call, then the run's last output chunks, written before its outcome is sent."""
+    try:
+        outcome = await _call(job, task, settings, executor, args, kwargs)
+    except BaseException:
+        await ctx._close_output(ended=False)
+        raise
+    await ctx._close_output(ended=True)
     return outcome
 
 

@@ -39,13 +39,37 @@ local function assemble_input(tk)
   end
 end
 
+-- The end marker of a task's output stream (stream.lua writes its chunks): every task that
+-- ends gets one, a task that never streamed an otherwise empty stream, so a reader never
+-- waits forever. A run that did not write the chunks there (a later try that wrote none yet)
+-- first gets its restart marker. The stream outlives the end by its linger ('sl', written by
+-- the worker that streamed; 300 s for a task that never did), or by the record's ttl when
+-- longer (ttl -1, kept forever: until the record is deleted). The key is built from the
+-- queue's key prefix, in its hash tag.
+local function end_stream(sk, status, ttl, sg, sn, sl, gen, tries)
+  local n = tonumber(sn or '0') or 0
+  if sg and sg ~= gen then
+    n = n + 1
+    redis.call('XADD', sk, '*', 'n', n, 'r', tries or '0')
+  end
+  redis.call('XADD', sk, '*', 'n', n + 1, 'end', status)
+  local linger = tonumber(sl or '300000') or 300000
+  if not sg then
+    redis.call('PEXPIRE', sk, linger)
+  elseif ttl >= 0 then
+    redis.call('PEXPIRE', sk, math.max(ttl, linger))
+  end
+end
+
 -- Final transition of one task: store the outcome, index it until the record expires, tell
 -- waiters, count it in its workflow. Returns what dependants need: its result, whether it
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'sg', 'sn', 'sl',
+    'g', 't')
   local ttl = tonumber(f[1] or '-1')
+  end_stream(Q.base .. 'out:' .. id, status, ttl, f[8], f[9], f[10], f[11], f[12])
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
