@@ -1,0 +1,195 @@
+"""Per-task output streams (ctx.stream, handle.stream) in one process, on a single server and
+on the cluster: order, resuming exactly, the end of every kind of task, trimming, lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from segue import (
+    App,
+    Context,
+    StreamRestarted,
+    StreamTruncated,
+    SyncContext,
+    TaskHandle,
+    TaskNotFound,
+)
+from tests._support import admin_client
+from tests.integration.conftest import serving
+
+
+async def read_all(handle: TaskHandle[Any], after: str | None = None) -> list[Any]:
+    return [chunk async for chunk in handle.stream(after=after)]
+
+
+async def read_entry_ids(handle: TaskHandle[Any]) -> list[str]:
+    reads = await handle._client.reads()
+    rows = await reads.read_output(reads.keyspace(handle.queue), handle.id, "0-0", 1000, None)
+    return [r[0].decode() for r in rows]
+
+
+async def test_ten_thousand_chunks_reach_two_readers_once_in_order_one_resuming(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    total = 10_000
+    gate = asyncio.Event()
+
+    @app.task(name="talker")
+    async def talker(ctx: Context, n: int) -> int:
+        for i in range(n):
+            await ctx.stream({"i": i})
+            if i == n // 2:
+                await gate.wait()  # the second reader leaves and comes back meanwhile
+        return n
+
+    async with app:
+        h = await talker.enqueue(total)
+        first = asyncio.create_task(read_all(h))
+        second: list[Any] = []
+        stream = h.stream()
+
+        async def leave_early() -> None:
+            async for chunk in stream:
+                second.append(chunk)
+                if len(second) == 1000:
+                    break  # disconnects, keeping its position
+
+        async with serving(app, concurrency=2):
+            await asyncio.wait_for(leave_early(), 20)
+            position = stream.position
+            gate.set()
+            rest = await asyncio.wait_for(read_all(h, after=position), 20)
+            got = await asyncio.wait_for(first, 20)
+            assert await h.result(timeout=5) == total
+        expected = [{"i": i} for i in range(total)]
+        assert got == expected
+        assert second + rest == expected
+        # batching: fewer entries than chunks
+        admin = admin_client(segue_engine)
+        try:
+            entries = await admin.xlen(f"segue:{{{h.queue}}}:out:{h.id}")
+        finally:
+            await admin.aclose()
+        assert entries < total / 5
+
+
+async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    started = asyncio.Event()
+
+    @app.task(name="endless")
+    async def endless(ctx: Context) -> None:
+        i = 0
+        while True:
+            await ctx.stream(i)
+            i += 1
+            if i == 5:
+                started.set()
+            await asyncio.sleep(0.01)
+
+    @app.task(name="quiet")
+    def quiet(ctx: SyncContext) -> int:
+        return 1
+
+    @app.task(name="sync_talker")
+    def sync_talker(ctx: SyncContext) -> None:
+        for i in range(3):
+            ctx.stream(f"s{i}")
+
+    async with app:
+        h = await endless.enqueue()
+        q = await quiet.enqueue()
+        s = await sync_talker.enqueue()
+        reader = asyncio.create_task(read_all(h))
+        async with serving(app, concurrency=4):
+            await asyncio.wait_for(started.wait(), 10)
+            await h.cancel()
+            got = await asyncio.wait_for(reader, 10)
+            assert got[:5] == [0, 1, 2, 3, 4]
+            assert got == list(range(len(got)))
+            assert await asyncio.wait_for(read_all(q), 10) == []
+            assert await asyncio.wait_for(read_all(s), 10) == ["s0", "s1", "s2"]
+        # a task that ended before anyone read: the stream is still there to read
+        assert await read_all(h) == got
+        # a stream of a task cancelled before it ever ran ends too
+        late = await quiet.enqueue()
+        await late.cancel()
+        assert await asyncio.wait_for(read_all(late), 10) == []
+
+
+async def test_a_retry_shows_a_restart_and_a_trimmed_position_raises(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(max_stream_entries=100)
+
+    @app.task(name="long")
+    async def long(ctx: Context) -> None:
+        for i in range(300):
+            await ctx.stream(i)
+            await asyncio.sleep(0.001)  # about one entry per chunk: the stream is trimmed
+
+    async with app:
+        h = await long.enqueue()
+        await app.drain()
+        entries = await read_entry_ids(h)
+        assert len(entries) < 300
+        # what is left of a capped stream: its start is gone
+        with pytest.raises(StreamTruncated):
+            await read_all(h)
+        with pytest.raises(StreamTruncated):
+            await read_all(h, after="1-0:0")
+        # from a position it still holds, it reads on
+        assert (await read_all(h, after=f"{entries[-3]}:0"))[-1] == 299
+
+    app2 = make_app()
+
+    @app2.task(name="twice", max_tries=2, retry_backoff=0.01)
+    async def twice2(ctx: Context) -> str:
+        for i in range(2):
+            await ctx.stream(f"{ctx.tries}-{i}")
+        if ctx.tries == 1:
+            raise ValueError("first try fails")
+        return "done"
+
+    async with app2:
+        h2 = await twice2.enqueue()
+        await app2.drain()
+        got = await read_all(h2)
+        assert got[:2] == ["1-0", "1-1"]
+        assert isinstance(got[2], StreamRestarted) and got[2].tries == 2
+        assert got[3:] == ["2-0", "2-1"]
+        # resuming after the marker goes on with the new run
+        assert await read_all(h2, after=got[2].position) == ["2-0", "2-1"]
+
+
+async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app(stream_linger_seconds=1.0)
+
+    @app.task(name="brief", ttl=0)
+    async def brief(ctx: Context) -> None:
+        await ctx.stream("hello")
+
+    async with app:
+        h = await brief.enqueue()
+        await app.drain()
+        assert await read_all(h) == ["hello"]  # no record, the stream is still there
+        key = f"segue:{{{h.queue}}}:out:{h.id}"
+        admin = admin_client(segue_engine)
+        try:
+            pttl = await admin.pttl(key)
+            assert 0 < pttl <= 1000
+            await admin.pexpire(key, 1)
+        finally:
+            await admin.aclose()
+        await asyncio.sleep(0.01)
+        with pytest.raises(TaskNotFound):
+            await read_all(h)
