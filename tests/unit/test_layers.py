@@ -47,7 +47,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
         "_demo_durable",
         "_reload",
-        *("dashboard", "metrics", "testing", "_display"),
+        *("dashboard", "metrics", "testing", "_display", "web"),
     ),
 }
 ORDER = list(LAYERS)
