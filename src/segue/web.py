@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -40,6 +40,10 @@ from segue._keys import queue_of
 from segue._output import StreamRestarted, TaskStream, parse_position
 
 if TYPE_CHECKING:
+    # typed as FastAPI's router (a Starlette Router), so that FastAPI.include_router takes
+    # it under mypy; without FastAPI installed it is a plain Starlette Router
+    from fastapi import APIRouter
+
     from segue._app import App
     from segue._handle import TaskHandle
     from segue._state import TaskInfo
@@ -59,7 +63,7 @@ def router(
     authorize: Authorize | None = None,
     prefix: str = "/tasks",
     allow_unauthenticated: bool = False,
-) -> Router:
+) -> APIRouter:
     """The routes of one task by id, under `prefix`, guarded by `authorize`."""
     if authorize is None and not allow_unauthenticated:
         raise ConfigurationError(
@@ -79,10 +83,11 @@ def router(
         ("/{task_id}/cancel", routes.cancel, "POST"),
     ]
     try:
-        from fastapi import APIRouter
+        from fastapi import APIRouter as FastAPIRouter
     except ImportError:
-        return Router([Route(prefix + path, fn, methods=[method]) for path, fn, method in table])
-    api = APIRouter()
+        plain = Router([Route(prefix + path, fn, methods=[method]) for path, fn, method in table])
+        return cast("APIRouter", plain)
+    api = FastAPIRouter()
     for path, fn, method in table:
         api.add_route(prefix + path, fn, methods=[method], include_in_schema=False)
     return api
