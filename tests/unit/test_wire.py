@@ -85,6 +85,10 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "STREAM_GEN": "sg",
+    "STREAM_COUNT": "sn",
+    "STREAM_LINGER_MS": "sl",
+    "STREAM_BATCH": "sb",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
