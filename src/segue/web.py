@@ -245,13 +245,16 @@ def _sse(event: str, data: Any, event_id: str | None = None) -> str:
 async def _events(handle: TaskHandle[Any], stream: TaskStream) -> AsyncIterator[str]:
     """Chunks as `chunk` events whose id is their position (a reconnecting EventSource sends
     the last as Last-Event-ID, and resumes after it), `restart` where a new run begins,
-    `progress` when the record's progress moves, `end` with the final status, or `error`
-    when the position asked for was trimmed."""
+    `progress` when the record's progress moves, `end` with the final status, or
+    `truncated` when the position asked for was trimmed (not `error`: EventSource fires
+    its own `error` on a dropped connection)."""
     loop = asyncio.get_running_loop()
     last_progress: Any = None
     next_progress = 0.0
     quiet_since = loop.time()
-    yield ": segue stream\n\n"  # the headers go out now: the browser's onopen fires
+    # the headers go out now (the browser's onopen fires); a dropped connection is retried
+    # after 1 s, with the last chunk's id as Last-Event-ID
+    yield "retry: 1000\n\n"
     while True:
         now = loop.time()
         if now >= next_progress:
@@ -266,7 +269,7 @@ async def _events(handle: TaskHandle[Any], stream: TaskStream) -> AsyncIterator[
         try:
             items = await stream.read(int(_PROGRESS_EVERY * 1000))
         except StreamTruncated as exc:
-            yield _sse("error", {"error": str(exc), "truncated": True})
+            yield _sse("truncated", {"error": str(exc)})
             return
         except TaskNotFound:
             yield _sse("end", {"status": None})
