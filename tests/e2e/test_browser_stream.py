@@ -130,7 +130,11 @@ def read_in_browser(url: str) -> tuple[list[str], str, int]:
         )
         body = driver.find_element(By.TAG_NAME, "body")
         chunks = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#out li")]
-        return chunks, str(body.get_attribute("data-done")), int(body.get_attribute("data-opens"))
+        return (
+            chunks,
+            str(body.get_attribute("data-done")),
+            int(body.get_attribute("data-opens") or 0),
+        )
     finally:
         driver.quit()
 
