@@ -7,7 +7,9 @@ faster than a round trip writes several chunks per entry. A chunk's position is
 `"<entry id>:<index in the entry>"`, the text a reader resumes after (and the SSE event id of
 `segue.web`). Besides chunk entries the stream holds restart markers (a later run of the task
 starts writing) and one end marker, written by every script that ends the task
-(lib/finalize.lua); entries are numbered, so a reader notices entries trimmed under it.
+(lib/finalize.lua); entries are numbered, so a reader notices entries trimmed under it. A
+task that never streamed has no stream unless its record went at its end (ttl=0): its
+reader learns the end from the record's status.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ class TaskStream:
         self._ready: deque[tuple[Any, str]] = deque()
         self._started = False
         self._seen_any = False
+        self._waited = False
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -205,9 +208,16 @@ class TaskStream:
             await self._start()
             if self._items or self.ended:
                 return self._take()
+        # the first read does not wait: a task that ended without streaming has no stream,
+        # and its record says at once that it ended
         rows = await self._reads.read_output(
-            self._ks, self._task_id, self._last_id, _READ_COUNT, block_ms
+            self._ks,
+            self._task_id,
+            self._last_id,
+            _READ_COUNT,
+            block_ms if self._waited else None,
         )
+        self._waited = True
         if rows:
             self._seen_any = True
             self._take_rows(rows, skip_through=-1)
@@ -263,8 +273,8 @@ class TaskStream:
             skip_through = -1
 
     async def _check_ended(self) -> None:
-        """No news for a while: a stream whose task ended without an end marker (ended by a
-        worker of a release before streams) or never existed must not hold a reader."""
+        """No news: a task that ended without streaming has no stream (and one ended by a
+        worker of a release before streams has no end marker); neither must hold a reader."""
         status = await self._reads.task_status(self._ks, self._task_id)
         if status is not None and status.decode() not in _FINAL:
             return

@@ -178,10 +178,16 @@ async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
     async def brief(ctx: Context) -> None:
         await ctx.stream("hello")
 
+    @app.task(name="mute", ttl=0)
+    async def mute() -> None:
+        pass
+
     async with app:
         h = await brief.enqueue()
+        m = await mute.enqueue()
         await app.drain()
         assert await read_all(h) == ["hello"]  # no record, the stream is still there
+        assert await read_all(m) == []  # an empty stream with its end marker
         key = f"segue:{{{h.queue}}}:out:{h.id}"
         admin = admin_client(segue_engine)
         try:

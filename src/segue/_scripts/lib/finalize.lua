@@ -39,26 +39,30 @@ local function assemble_input(tk)
   end
 end
 
--- The end marker of a task's output stream (stream.lua writes its chunks): every task that
--- ends gets one, a task that never streamed an otherwise empty stream, so a reader never
--- waits forever. A run that did not write the chunks there (a later try that wrote none yet)
+-- The end marker of a task's output stream (stream.lua writes its chunks), so that its
+-- readers stop. A run that did not write the chunks there (a later try that wrote none yet)
 -- first gets its restart marker. The stream outlives the end by its linger ('sl', written by
--- the worker that streamed; 300 s for a task that never did), or by the record's ttl when
--- longer (ttl -1, kept forever: until the record is deleted). The key is built from the
+-- the worker that streamed), or by the record's ttl when longer (ttl -1, kept forever: until
+-- the record is deleted). A task that never streamed gets a stream only when its record goes
+-- now (ttl 0): an empty one with the end marker, for 300 s; with a record, a reader learns
+-- the end from its status, and a plain task costs no stream. The key is built from the
 -- queue's key prefix, in its hash tag.
 local function end_stream(sk, status, ttl, sg, sn, sl, gen, tries)
+  if not sg then
+    if ttl == 0 then
+      redis.call('XADD', sk, '*', 'n', 1, 'end', status)
+      redis.call('PEXPIRE', sk, 300000)
+    end
+    return
+  end
   local n = tonumber(sn or '0') or 0
-  if sg and sg ~= gen then
+  if sg ~= gen then
     n = n + 1
     redis.call('XADD', sk, '*', 'n', n, 'r', tries or '0')
   end
   redis.call('XADD', sk, '*', 'n', n + 1, 'end', status)
   local linger = tonumber(sl or '300000') or 300000
-  if not sg then
-    redis.call('PEXPIRE', sk, linger)
-  elseif ttl >= 0 then
-    redis.call('PEXPIRE', sk, math.max(ttl, linger))
-  end
+  if ttl >= 0 then redis.call('PEXPIRE', sk, math.max(ttl, linger)) end
 end
 
 -- Final transition of one task: store the outcome, index it until the record expires, tell
