@@ -43,6 +43,10 @@ SERVICE_POINTS = ("lease_thread", "forwarder_pass")
 # them, not the matrix of POINTS: after_step_effect (a step's function returned or raised,
 # its journal entry is not written) and after_journal_write (the entry was stored)
 STEP_POINTS = ("after_step_effect", "after_journal_write")
+# reached only by a task that streams output (ctx.stream), so tests/faults/
+# test_stream_crashes.py has it: after_stream_write (a batch of chunks was stored, the run
+# has not gone on)
+STREAM_POINTS = ("after_stream_write",)
 
 
 class FaultInjected(RuntimeError):

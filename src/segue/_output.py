@@ -24,6 +24,7 @@ import msgspec
 
 from segue._codec import encode
 from segue._errors import LeaseLost, StreamTruncated, TaskNotFound
+from segue._faults import faultpoint
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,6 +135,7 @@ class OutputWriter:
             except BaseException as exc:  # ServerUnreachable too: the next put raises it
                 self._error = exc
                 return
+            faultpoint("after_stream_write")
             if not ok:
                 self._error = LeaseLost(
                     f"task {self._task_id}: this run no longer holds the task (its lease was "
