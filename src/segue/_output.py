@@ -48,6 +48,7 @@ class RunControl(Protocol):
 
 log = logging.getLogger("segue.worker")
 _BATCH_MOST = 1000  # chunks in one entry; past this many waiting, ctx.stream waits too
+_BATCH_BYTES = 1 << 20  # and bytes: an entry holds at most about this much (one chunk more)
 _BLOCK_MS = 1000  # a reader's wait for news before it looks at the task's record
 _READ_COUNT = 200
 
@@ -70,7 +71,17 @@ class StreamRestarted:
 class OutputWriter:
     """The worker's side of one run's output stream: batches chunks, one write in flight."""
 
-    __slots__ = ("_batch", "_error", "_flusher", "_limit", "_pending", "_run", "_task_id", "_tries")
+    __slots__ = (
+        "_batch",
+        "_error",
+        "_flusher",
+        "_limit",
+        "_pending",
+        "_pending_bytes",
+        "_run",
+        "_task_id",
+        "_tries",
+    )
 
     def __init__(self, run: RunControl, task_id: str, tries: int, limit: int) -> None:
         self._run = run
@@ -78,6 +89,7 @@ class OutputWriter:
         self._tries = tries
         self._limit = limit
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
         self._batch = 0
         self._error: BaseException | None = None
@@ -85,13 +97,15 @@ class OutputWriter:
     async def put(self, chunk: Any) -> None:
         if self._error is not None:
             raise self._error
-        self._pending.append(encode(chunk, what="a stream chunk", limit=self._limit))
+        data = encode(chunk, what="a stream chunk", limit=self._limit)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         flusher = self._flusher
         if flusher is None or flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
             # let the write go out now: the chunks that come while it travels form the next
             await asyncio.sleep(0)
-        elif len(self._pending) >= _BATCH_MOST:
+        elif len(self._pending) >= _BATCH_MOST or self._pending_bytes >= _BATCH_BYTES:
             await asyncio.shield(flusher)  # the producer is far ahead: wait for the server
             if self._error is not None:
                 raise self._error
@@ -112,8 +126,15 @@ class OutputWriter:
     async def _flush(self) -> None:
         run = self._run
         while self._pending and self._error is None:
-            chunks = self._pending[:_BATCH_MOST]
-            del self._pending[:_BATCH_MOST]
+            take, size = 0, 0
+            while take < min(len(self._pending), _BATCH_MOST) and (
+                take == 0 or size + len(self._pending[take]) <= _BATCH_BYTES
+            ):
+                size += len(self._pending[take])
+                take += 1
+            chunks = self._pending[:take]
+            del self._pending[:take]
+            self._pending_bytes -= size
             self._batch += 1
             body = b"[" + b",".join(chunks) + b"]"
             batch = self._batch
@@ -226,6 +247,13 @@ class TaskStream:
         else:
             await self._check_ended()
         return self._take()
+
+    async def exists(self) -> bool:
+        """Whether the stream holds anything now (for a task whose record went at its end,
+        ttl=0, the stream is all that is left of it)."""
+        reads = await self._connect()
+        rows = await reads.read_output(reads.keyspace(self._queue), self._task_id, "0-0", 1, None)
+        return bool(rows)
 
     def _take(self) -> list[tuple[Any, str]]:
         items, self._items = self._items, []

@@ -170,9 +170,16 @@ class _Routes:
                 return JSONResponse({"error": str(exc)}, status_code=400)
 
         async def respond(handle: TaskHandle[Any]) -> Response:
-            await handle.status()  # a task never seen (nor its stream) is a 404, not a stream
+            stream = handle.stream(after=after)
+            try:
+                await handle.status()
+            except TaskNotFound:
+                # a task never seen is a 404, not a stream; one whose record went at its
+                # end (ttl=0) still has its stream for a while
+                if not await stream.exists():
+                    raise
             return StreamingResponse(
-                _events(handle, handle.stream(after=after)),
+                _events(handle, stream),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )

@@ -146,6 +146,10 @@ async def test_a_starlette_mount_serves_the_same_routes(make_app: Callable[..., 
     async def quiet() -> int:
         return 7
 
+    @app.task(name="brief", ttl=0)
+    async def brief(ctx: Context) -> None:
+        await ctx.stream("only chunk")
+
     site = Starlette(
         routes=[Mount("/api", routes=segue.web.router(app, allow_unauthenticated=True).routes)]
     )
@@ -156,3 +160,13 @@ async def test_a_starlette_mount_serves_the_same_routes(make_app: Callable[..., 
         assert r.json()["result"] == 7
         events = sse_events((await web.get(f"/api/tasks/{h.id}/stream")).text)
         assert events == [(None, "end", {"status": "succeeded"})]
+        # a ttl=0 task: no record after its end, its stream lingers
+        b = await brief.enqueue()
+        await app.drain()
+        events = sse_events((await web.get(f"/api/tasks/{b.id}/stream")).text)
+        assert [(e, d) for _, e, d in events] == [
+            ("chunk", "only chunk"),
+            ("end", {"status": None}),
+        ]
+        r = await web.get(f"/api/tasks/{h.queue}:01ABCDEFGHJKMNPQRSTVWXYZ00/stream")
+        assert r.status_code == 404
