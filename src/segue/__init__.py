@@ -13,6 +13,8 @@ from segue._errors import (
     LeaseLost,
     Pause,
     PayloadError,
+    QueryFailed,
+    QueryTimeout,
     QueueFull,
     ResultTimeout,
     ResultUnavailable,
@@ -25,6 +27,8 @@ from segue._errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
 )
 from segue._events import Event
 from segue._handle import TaskHandle, WorkflowHandle
@@ -60,6 +64,8 @@ __all__ = [
     "LeaseLost",
     "Pause",
     "PayloadError",
+    "QueryFailed",
+    "QueryTimeout",
     "Queue",
     "QueueFull",
     "Resource",
@@ -87,9 +93,11 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskNotFound",
+    "TaskNotRunning",
     "TaskStatus",
     "TaskStream",
     "Transition",
+    "UnknownQuery",
     "Worker",
     "WorkerInfo",
     "WorkflowHandle",

@@ -14,6 +14,8 @@ from segue._keys import PRIORITIES
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
+# what its parent's end, pause or cancel does to a sub-task (_forward.py, "Cascades")
+ParentEnd = Literal["cancel", "abandon"]
 # what an enqueue waits for before it returns (_durability.py)
 Durability = Literal["memory", "fsync", "replicated"]
 # unique=True: one live task per task name; a function of the arguments: one per key

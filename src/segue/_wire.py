@@ -100,6 +100,13 @@ class TaskField:
     STREAM_COUNT: Final = Code("sn")
     STREAM_LINGER_MS: Final = Code("sl")
     STREAM_BATCH: Final = Code("sb")  # the last batch number of run 'sg' (resends)
+    # Cascades to sub-tasks (_forward.py, "Cascades"); old scripts neither write nor read them,
+    # so a tree started by an old worker has no cascade, as before
+    SUBTASKS: Final = Code("nk")  # the highest n of its sub-tasks '<id>.<n>'
+    PARENT_END: Final = Code("ope")  # 'a': on_parent_end="abandon" (absent: cancel)
+    PAUSED_BY: Final = Code("pc")  # the parent whose cascade paused it (resumed with it)
+    CASCADED: Final = Code("cz")  # the last command sent down to its sub-tasks
+    CASCADING: Final = Code("cw")  # '1' while that command's walk is under way
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)

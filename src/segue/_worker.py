@@ -222,7 +222,7 @@ class Worker:
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller),
+            ControlSubscriber(broker, keyspaces, controller, self.id),
             Waker(
                 broker,
                 keyspaces,

@@ -89,6 +89,11 @@ TASK_CODES = {
     "STREAM_COUNT": "sn",
     "STREAM_LINGER_MS": "sl",
     "STREAM_BATCH": "sb",
+    "SUBTASKS": "nk",
+    "PARENT_END": "ope",
+    "PAUSED_BY": "pc",
+    "CASCADED": "cz",
+    "CASCADING": "cw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",

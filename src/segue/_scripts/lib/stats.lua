@@ -31,17 +31,17 @@ local function count_stat(base, what, at)
     add_stat(base, what, at, 1)
     return
   end
-  local k = base .. '\n' .. what .. '\n' .. at
-  local g = gathered[k]
+  -- one script call counts for one queue at one time (its `now`), so `what` is the key
+  local g = gathered[what]
   if g then
-    g[4] = g[4] + 1
+    g[3] = g[3] + 1
   else
-    gathered[k] = { base, what, at, 1 }
+    gathered[what] = { base, at, 1 }
   end
 end
 
 local function flush_stats()
   if not gathered then return end
-  for _, g in pairs(gathered) do add_stat(g[1], g[2], g[3], g[4]) end
+  for what, g in pairs(gathered) do add_stat(g[1], what, g[2], g[3]) end
   gathered = nil
 end
