@@ -199,3 +199,23 @@ async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
         await asyncio.sleep(0.01)
         with pytest.raises(TaskNotFound):
             await read_all(h)
+
+
+async def test_big_chunks_go_in_entries_of_about_a_mebibyte(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    big = "x" * 300_000
+
+    @app.task(name="bulky")
+    async def bulky(ctx: Context) -> None:
+        for i in range(8):
+            await ctx.stream(f"{i}{big}")
+
+    async with app:
+        h = await bulky.enqueue()
+        await app.drain()
+        got = await read_all(h)
+        assert [c[0] for c in got] == [str(i) for i in range(8)]
+        assert all(len(c) == 300_001 for c in got)
+        assert len(await read_entry_ids(h)) >= 4  # three chunks at most per entry, and the end
