@@ -232,10 +232,11 @@ def stream(
     linger_ms: int,
     chunks: bytes,
     batch: int,
+    resumed: bool,
 ) -> ScriptCall:
     """Append a batch of chunks (a JSON array) to a running task's output stream
     (stream.lua); replies the entry id, or 0 when rejected."""
-    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch]
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
     return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
 
 

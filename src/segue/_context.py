@@ -417,12 +417,14 @@ class Context:
         order is kept), so streaming token by token costs about one round trip per batch;
         a run's last chunks are written before its outcome. A replay of a durable function
         does not write again what its first run wrote."""
-        if self._journal.replaying:
-            return  # written by the first run already
         if self._output is None:
             self.log.debug("stream chunk %r (local run: not streamed)", chunk)
             return
-        await self._output.put(chunk)
+        # a chunk before the run's first step is part of a replay too: the journal tells
+        await self._journal.load()
+        if self._journal.replaying:
+            return  # written by the first run already
+        await self._output.put(chunk, resumed=self._journal.resumed)
 
     async def _close_output(self, *, ended: bool) -> None:
         """The worker's call after the task's function returned (`ended`) or raised out of

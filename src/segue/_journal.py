@@ -217,6 +217,12 @@ class Journal:
             entries[key[len(prefix) :].decode()] = entry
         self._entries = entries
 
+    @property
+    def resumed(self) -> bool:
+        """Whether this run found entries journaled by an earlier run (after load): it
+        continues that run's work instead of starting over."""
+        return bool(self._entries)
+
     def lookup(self, name: str) -> dict[str, msgspec.Raw] | None:
         """The entry journaled under `name` (after load), counted as replayed."""
         entries = self._entries if self._entries is not None else {}

@@ -54,18 +54,23 @@ _READ_COUNT = 200
 
 
 class StreamRestarted:
-    """Yielded by `handle.stream()` where a new run of the task starts writing (a retry, or
-    a re-run after a lost worker): what follows comes from that run, which may say again
-    what the earlier one said. `tries` is the new run's try; `position` where it is."""
+    """Yielded by `handle.stream()` where a new run of the task starts writing (a retry, a
+    re-run after a lost worker, a durable function resumed): what follows comes from that
+    run, which may say again what the earlier one said. `tries` is the new run's try;
+    `position` where it is; `replay` is True when the run replays a durable function's
+    journal: it goes on after its last journaled step instead of starting over."""
 
-    __slots__ = ("position", "tries")
+    __slots__ = ("position", "replay", "tries")
 
-    def __init__(self, tries: int, position: str) -> None:
+    def __init__(self, tries: int, position: str, replay: bool = False) -> None:
         self.tries = tries
         self.position = position
+        self.replay = replay
 
     def __repr__(self) -> str:
-        return f"StreamRestarted(tries={self.tries}, position={self.position!r})"
+        return (
+            f"StreamRestarted(tries={self.tries}, position={self.position!r}, replay={self.replay})"
+        )
 
 
 class OutputWriter:
@@ -78,6 +83,7 @@ class OutputWriter:
         "_limit",
         "_pending",
         "_pending_bytes",
+        "_resumed",
         "_run",
         "_task_id",
         "_tries",
@@ -90,13 +96,17 @@ class OutputWriter:
         self._limit = limit
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._resumed = False
         self._flusher: asyncio.Task[None] | None = None
         self._batch = 0
         self._error: BaseException | None = None
 
-    async def put(self, chunk: Any) -> None:
+    async def put(self, chunk: Any, *, resumed: bool) -> None:
+        """Queue a chunk. `resumed`: this run replays a journal, so its restart marker
+        (before its first write) says it goes on from there instead of starting over."""
         if self._error is not None:
             raise self._error
+        self._resumed = resumed
         data = encode(chunk, what="a stream chunk", limit=self._limit)
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -149,6 +159,7 @@ class OutputWriter:
                         self._tries,
                         body,
                         batch,
+                        self._resumed,
                     ),
                 )
             except asyncio.CancelledError:
@@ -293,7 +304,9 @@ class TaskStream:
             restarted = fields.get(b"r")
             if restarted is not None:
                 if skip_through < 0:
-                    item = StreamRestarted(int(restarted), _position(entry_id, 0))
+                    item = StreamRestarted(
+                        int(restarted), _position(entry_id, 0), fields.get(b"rp") == b"1"
+                    )
                     self._items.append((item, item.position))
                 continue
             chunks = msgspec.json.decode(fields.get(b"c", b"[]"))

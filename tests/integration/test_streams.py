@@ -12,6 +12,7 @@ import pytest
 from segue import (
     App,
     Context,
+    Pause,
     StreamRestarted,
     StreamTruncated,
     SyncContext,
@@ -219,3 +220,30 @@ async def test_big_chunks_go_in_entries_of_about_a_mebibyte(
         assert [c[0] for c in got] == [str(i) for i in range(8)]
         assert all(len(c) == 300_001 for c in got)
         assert len(await read_entry_ids(h)) >= 4  # three chunks at most per entry, and the end
+
+
+async def test_a_durable_function_s_replay_writes_again_only_after_its_journal(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="durable_talker")
+    async def durable_talker(ctx: Context) -> str:
+        await ctx.stream("start")  # before any step: the replay knows it too
+        await ctx.step("a", lambda: 1)
+        await ctx.stream("after a")
+        await ctx.step("b", lambda: 2)
+        if not await ctx.state.get("paused"):
+            await ctx.state.set(paused=True)
+            raise Pause()  # suspended: the next run replays a and b
+        await ctx.stream("after b")
+        return "done"
+
+    async with app:
+        h = await durable_talker.enqueue()
+        await app.drain()
+        assert await h.result() == "done"
+        got = await read_all(h)
+    assert got[:2] == ["start", "after a"]
+    assert isinstance(got[2], StreamRestarted) and got[2].replay and got[2].tries == 1
+    assert got[3:] == ["after b"]
