@@ -415,11 +415,13 @@ class Context:
         `handle.stream()` and the SSE route of `segue.web` read live. Returns at once while
         the previous write is on its way (chunks given meanwhile go together in one entry:
         order is kept), so streaming token by token costs about one round trip per batch;
-        a run's last chunks are written before its outcome. A replay of a durable function
-        does not write again what its first run wrote."""
+        a run's last chunks are written before its outcome. Also a checkpoint (no round
+        trip). A replay of a durable function does not write again what its first run
+        wrote."""
         if self._output is None:
             self.log.debug("stream chunk %r (local run: not streamed)", chunk)
             return
+        self._check()  # a checkpoint too: a streaming loop stops at once when paused
         # a chunk before the run's first step is part of a replay too: the journal tells
         await self._journal.load()
         if self._journal.replaying:

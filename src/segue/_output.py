@@ -57,19 +57,22 @@ class StreamRestarted:
     """Yielded by `handle.stream()` where a new run of the task starts writing (a retry, a
     re-run after a lost worker, a durable function resumed): what follows comes from that
     run, which may say again what the earlier one said. `tries` is the new run's try;
-    `position` where it is; `replay` is True when the run replays a durable function's
-    journal: it goes on after its last journaled step instead of starting over."""
+    `position` where it is; `resumed` is True when the run found the task's durable state
+    (`ctx.state` values or a step journal) left by an earlier run: it goes on from there,
+    so what came before stays (a chunk written after the earlier run's last checkpoint may
+    come again); False: it starts over."""
 
-    __slots__ = ("position", "replay", "tries")
+    __slots__ = ("position", "resumed", "tries")
 
-    def __init__(self, tries: int, position: str, replay: bool = False) -> None:
+    def __init__(self, tries: int, position: str, resumed: bool = False) -> None:
         self.tries = tries
         self.position = position
-        self.replay = replay
+        self.resumed = resumed
 
     def __repr__(self) -> str:
         return (
-            f"StreamRestarted(tries={self.tries}, position={self.position!r}, replay={self.replay})"
+            f"StreamRestarted(tries={self.tries}, position={self.position!r}, "
+            f"resumed={self.resumed})"
         )
 
 
@@ -102,8 +105,8 @@ class OutputWriter:
         self._error: BaseException | None = None
 
     async def put(self, chunk: Any, *, resumed: bool) -> None:
-        """Queue a chunk. `resumed`: this run replays a journal, so its restart marker
-        (before its first write) says it goes on from there instead of starting over."""
+        """Queue a chunk. `resumed`: this run found durable state of an earlier run, so its
+        restart marker (before its first write) says it goes on instead of starting over."""
         if self._error is not None:
             raise self._error
         self._resumed = resumed

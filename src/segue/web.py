@@ -285,7 +285,7 @@ async def _events(handle: TaskHandle[Any], stream: TaskStream) -> AsyncIterator[
             quiet_since = loop.time()
         for item, position in items:
             if isinstance(item, StreamRestarted):
-                yield _sse("restart", {"tries": item.tries, "replay": item.replay}, position)
+                yield _sse("restart", {"tries": item.tries, "resumed": item.resumed}, position)
             else:
                 yield _sse("chunk", item, position)
         if stream.ended:

@@ -18,6 +18,7 @@ from segue import (
     SyncContext,
     TaskHandle,
     TaskNotFound,
+    TaskStatus,
 )
 from tests._support import admin_client
 from tests.integration.conftest import serving
@@ -165,6 +166,7 @@ async def test_a_retry_shows_a_restart_and_a_trimmed_position_raises(
         got = await read_all(h2)
         assert got[:2] == ["1-0", "1-1"]
         assert isinstance(got[2], StreamRestarted) and got[2].tries == 2
+        assert not got[2].resumed  # no durable state: the new try starts over
         assert got[3:] == ["2-0", "2-1"]
         # resuming after the marker goes on with the new run
         assert await read_all(h2, after=got[2].position) == ["2-0", "2-1"]
@@ -245,5 +247,42 @@ async def test_a_durable_function_s_replay_writes_again_only_after_its_journal(
         assert await h.result() == "done"
         got = await read_all(h)
     assert got[:2] == ["start", "after a"]
-    assert isinstance(got[2], StreamRestarted) and got[2].replay and got[2].tries == 1
+    assert isinstance(got[2], StreamRestarted) and got[2].resumed and got[2].tries == 1
     assert got[3:] == ["after b"]
+
+
+async def test_a_paused_task_resumed_from_its_state_goes_on_after_a_resumed_marker(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    gate = asyncio.Event()
+
+    @app.task(name="counter")
+    async def counter(ctx: Context, n: int) -> int:
+        for i in range(await ctx.state.get("next", 0), n):
+            await ctx.stream(i)  # a checkpoint: a pause stops the loop here
+            await ctx.state.set(next=i + 1)
+            if i == 4:
+                await gate.wait()
+        return n
+
+    async with app:
+        h = await counter.enqueue(10)
+        async with serving(app):
+            stream = h.stream()
+            first = [await stream.__anext__() for _ in range(5)]
+            await h.pause()
+            gate.set()
+            await h.wait_for(TaskStatus.PAUSED, timeout=10)
+            await h.resume()
+            rest = [item async for item in stream]
+            assert await h.result(timeout=10) == 10
+    marks = [i for i, item in enumerate(rest) if isinstance(item, StreamRestarted)]
+    assert len(marks) == 1, rest
+    marker, before, after = rest[marks[0]], rest[: marks[0]], rest[marks[0] + 1 :]
+    assert marker.resumed and marker.tries == 1
+    # the paused run stopped at a ctx.stream (one more chunk, if the pause reached it later)
+    assert first + before == list(range(5 + len(before))) and len(before) <= 1
+    # the resumed run goes on from its ctx.state: a chunk written after the last state write
+    # may come again, none is missed
+    assert after == list(range(after[0], 10)) and after[0] <= 5 + len(before)

@@ -4,8 +4,8 @@
   ARGV[4] linger ms (how long the stream outlives the task's end: end_task reads it)
   ARGV[5] the chunks: a JSON array text   ARGV[6] the batch's number in its run (1, 2, ...):
     a batch sent again after its reply was lost is not appended twice ('sb' holds the run's
-    last one)   ARGV[7] 1: the run replays a durable function's journal (its restart marker
-    says so, 'rp': it goes on after its last journaled step), else 0
+    last one)   ARGV[7] 1: the run found durable state of an earlier run (ctx.state, a
+    step journal) and goes on from it: its restart marker says so ('rp'), else 0
   Every entry carries 'n', its number in the stream (1, 2, ...; the record's 'sn' counts
   them), so a reader tells a trimmed stream from a whole one. A chunk entry holds 'c' (the
   JSON array); a restart marker 'r' (the try of the run that starts over); the end marker
