@@ -170,6 +170,10 @@ async def test_a_retry_shows_a_restart_and_a_trimmed_position_raises(
         assert got[3:] == ["2-0", "2-1"]
         # resuming after the marker goes on with the new run
         assert await read_all(h2, after=got[2].position) == ["2-0", "2-1"]
+        # deleting the task deletes its stream
+        assert await h2.delete()
+        with pytest.raises(TaskNotFound):
+            await read_all(h2)
 
 
 async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
