@@ -21,7 +21,7 @@ from segue import (
     TaskStatus,
 )
 from tests._support import admin_client
-from tests.integration.conftest import serving
+from tests.integration.conftest import eventually, serving
 
 
 async def read_all(handle: TaskHandle[Any], after: str | None = None) -> list[Any]:
@@ -179,7 +179,7 @@ async def test_a_retry_shows_a_restart_and_a_trimmed_position_raises(
 async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
     make_app: Callable[..., App], segue_engine: Any
 ) -> None:
-    app = make_app(stream_linger_seconds=1.0)
+    app = make_app(stream_linger_seconds=0.5)
 
     @app.task(name="brief", ttl=0)
     async def brief(ctx: Context) -> None:
@@ -189,21 +189,30 @@ async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
     async def mute() -> None:
         pass
 
+    @app.task(name="kept", ttl=0.3)
+    async def kept(ctx: Context) -> None:
+        await ctx.stream("kept")
+
     async with app:
         h = await brief.enqueue()
         m = await mute.enqueue()
+        k = await kept.enqueue()
         await app.drain()
         assert await read_all(h) == ["hello"]  # no record, the stream is still there
         assert await read_all(m) == []  # an empty stream with its end marker
-        key = f"segue:{{{h.queue}}}:out:{h.id}"
+        assert await read_all(k) == ["kept"]
         admin = admin_client(segue_engine)
+        base = f"segue:{{{h.queue}}}:"
         try:
-            pttl = await admin.pttl(key)
-            assert 0 < pttl <= 1000
-            await admin.pexpire(key, 1)
+            assert 0 < await admin.pttl(base + "out:" + h.id) <= 500
+            assert 0 < await admin.pttl(base + "out:" + k.id) <= 500  # the longer of the two
+
+            async def gone() -> bool:
+                return not await admin.exists(base + "out:" + h.id, base + "out:" + k.id)
+
+            await eventually(gone, timeout=5)  # no stream is left after its linger
         finally:
             await admin.aclose()
-        await asyncio.sleep(0.01)
         with pytest.raises(TaskNotFound):
             await read_all(h)
 
