@@ -240,6 +240,23 @@ def journal(
     return (_scripts.load("journal"), [ks.state(task_id)], args)
 
 
+def stream(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    tries: int,
+    max_entries: int,
+    linger_ms: int,
+    chunks: bytes,
+    batch: int,
+    resumed: bool,
+) -> ScriptCall:
+    """Append a batch of chunks (a JSON array) to a running task's output stream
+    (stream.lua); replies the entry id, or 0 when rejected."""
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
+    return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
+
+
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
     """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each:
     dependency, waiting task, input index, workflow id); replies the entries it added."""

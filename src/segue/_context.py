@@ -33,6 +33,7 @@ from segue._errors import (
 from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._output import OutputWriter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -247,6 +248,7 @@ class Context:
 
     __slots__ = (
         "_journal",
+        "_output",
         "_queries",
         "_run",
         "_seq",
@@ -287,6 +289,7 @@ class Context:
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
+        self._output = None if run is None else OutputWriter(run, task_id, tries, state_limit)
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
@@ -411,6 +414,40 @@ class Context:
                 ),
             )
         await self.checkpoint()
+
+    async def stream(self, chunk: Any) -> None:
+        """Append `chunk` (any JSON value) to the task's own output stream, which
+        `handle.stream()` and the SSE route of `segue.web` read live. Returns at once while
+        the previous write is on its way (chunks given meanwhile go together in one entry:
+        order is kept), so streaming token by token costs about one round trip per batch;
+        a run's last chunks are written before its outcome. Also a checkpoint (no round
+        trip). A replay of a durable function does not write again what its first run
+        wrote."""
+        if self._output is None:
+            self.log.debug("stream chunk %r (local run: not streamed)", chunk)
+            return
+        self._check()  # a checkpoint too: a streaming loop stops at once when paused
+        # a chunk before the run's first step is part of a replay too: the journal tells
+        await self._journal.load()
+        if self._journal.replaying:
+            return  # written by the first run already
+        await self._output.put(chunk, resumed=self._journal.resumed)
+
+    async def _close_output(self, *, ended: bool) -> None:
+        """The worker's call after the task's function returned (`ended`) or raised out of
+        the run: write the chunks left, or drop them with the run."""
+        output = self._output
+        if output is None:
+            return
+        if not ended:
+            output.abandon()
+            return
+        try:
+            await output.close()
+        except Exception as exc:  # the outcome's own write says whether the run still holds it
+            self.log.warning("its last stream chunks were not written: %s", exc)
+        except ServerUnreachable as exc:
+            self.log.warning("its last stream chunks were not written: %s", exc)
 
     async def emit(self, name: str, data: Any = None) -> None:
         """Put an event of the task's own on its queue's event stream (`app.events()`)."""

@@ -48,6 +48,10 @@ STEP_POINTS = ("after_step_effect", "after_journal_write")
 # upgraded in memory, nothing written) and after_migrate (state and version were written
 # together, the task's code has not started)
 VERSION_POINTS = ("before_migrate", "after_migrate")
+# reached only by a task that streams output (ctx.stream), so tests/faults/
+# test_stream_crashes.py has it: after_stream_write (a batch of chunks was stored, the run
+# has not gone on)
+STREAM_POINTS = ("after_stream_write",)
 
 
 class FaultInjected(RuntimeError):

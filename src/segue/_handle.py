@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._output import TaskStream
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -119,6 +120,15 @@ class TaskHandle(Generic[R]):
         entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
+
+    def stream(self, after: str | None = None) -> TaskStream:
+        """The chunks the task streams (`ctx.stream`), in order, from the start or after the
+        position `after`; the loop ends when the task ends (also when it never streamed).
+        A `StreamRestarted` item marks where a new run starts writing. The iterator's
+        `position` is the position of the item last yielded, to resume after it."""
+        from segue._output import TaskStream
+
+        return TaskStream(self._client.reads, self.queue, self.id, after)
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""

@@ -167,11 +167,13 @@ async def attempt(
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
     if not hooks:
-        return await _call(job, task, settings, executor, args, kwargs)
+        if ctx is None:
+            return await _call(job, task, settings, executor, args, kwargs)
+        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     assert ctx is not None
     await call_hooks(hooks, "before_run", ctx)
     try:
-        outcome = await _call(job, task, settings, executor, args, kwargs)
+        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     except BaseException as exc:
         cancelled = job.run is not None and job.run.request == "cancel"
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
@@ -215,6 +217,25 @@ async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outco
         return Requeued("lease lost")
     job.version = mine
     return None
+
+
+async def _call_streaming(
+    job: Job,
+    task: Task[Any, Any],
+    settings: Settings,
+    executor: Executor,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    ctx: Context,
+) -> Outcome:
+    """_call, then the run's last output chunks, written before its outcome is sent."""
+    try:
+        outcome = await _call(job, task, settings, executor, args, kwargs)
+    except BaseException:
+        await ctx._close_output(ended=False)
+        raise
+    await ctx._close_output(ended=True)
+    return outcome
 
 
 async def _call(

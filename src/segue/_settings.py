@@ -109,6 +109,10 @@ class Settings:
     # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
     # a longer one ends the run and frees its slot until the task is due
     sleep_inline_seconds: float = 5.0
+    # a task's output stream (ctx.stream) keeps about this many entries (each a batch of
+    # chunks), trimming the oldest; and outlives the task's end by at least this long
+    max_stream_entries: int = 100_000
+    stream_linger_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -132,6 +136,14 @@ class Settings:
             from segue._sentinel import parse_sentinel_url
 
             parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
+        if self.max_stream_entries < 1:
+            raise ConfigurationError(
+                f"max_stream_entries must be at least 1, not {self.max_stream_entries}"
+            )
+        if self.stream_linger_seconds < 0:
+            raise ConfigurationError(
+                f"stream_linger_seconds must not be negative, not {self.stream_linger_seconds}"
+            )
         if self.reply_timeout_seconds <= 0:
             raise ConfigurationError(
                 f"reply_timeout_seconds must be positive, not {self.reply_timeout_seconds}"

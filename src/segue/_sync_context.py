@@ -107,6 +107,10 @@ class SyncContext:
         """`Context.progress`, blocking."""
         self.state._call(self._ctx.progress(done, total, message))
 
+    def stream(self, chunk: Any) -> None:
+        """`Context.stream`, blocking."""
+        self.state._call(self._ctx.stream(chunk))
+
     def emit(self, name: str, data: Any = None) -> None:
         """`Context.emit`, blocking."""
         self.state._call(self._ctx.emit(name, data))

@@ -93,6 +93,13 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # the output stream (stream.lua): the generation of the run that last wrote to it (a
+    # later run writes a restart marker first), the entries it holds, its linger in ms after
+    # the end. A task that never streamed has none; end_task reads them for its end marker
+    STREAM_GEN: Final = Code("sg")
+    STREAM_COUNT: Final = Code("sn")
+    STREAM_LINGER_MS: Final = Code("sl")
+    STREAM_BATCH: Final = Code("sb")  # the last batch number of run 'sg' (resends)
     # Cascades to sub-tasks (_forward.py, "Cascades"); old scripts neither write nor read them,
     # so a tree started by an old worker has no cascade, as before
     SUBTASKS: Final = Code("nk")  # the highest n of its sub-tasks '<id>.<n>'
