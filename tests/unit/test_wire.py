@@ -217,15 +217,18 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "optional",
         "xdeps",
         "xdependants",
+        "compensable",
     )
-    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 18 == len(step.argv())
+    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-", "")
+    assert GRAPH_WIDTH == 19 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
     assert keys == ks.graph_keys
-    assert args[:11] == [ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0]
-    assert args[11:] == list(step.argv())
+    assert args[:12] == [
+        ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0, 0
+    ]
+    assert args[12:] == list(step.argv())
 
 
 def test_claim_call_and_reply() -> None:
