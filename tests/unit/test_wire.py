@@ -226,7 +226,18 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
     _, keys, args = _calls.graph(ks, record, [step], 0)
     assert keys == ks.graph_keys
     assert args[:12] == [
-        ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0, 0
+        ks.base,
+        ks.done_channel,
+        "q:wf",
+        60_000,
+        "q:1",
+        "q:1",
+        1,
+        "r",
+        "",
+        1,
+        0,
+        0,
     ]
     assert args[12:] == list(step.argv())
 
