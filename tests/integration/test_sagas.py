@@ -76,3 +76,140 @@ async def test_a_saga_failing_at_step_3_compensates_steps_2_then_1(
         assert comps[0].status is comps[1].status is TaskStatus.SUCCEEDED
         assert comps[0].workflow == h.id
         assert comps[2] is None and comps[3] is None
+
+
+async def test_a_cancelled_saga_compensates_what_succeeded_and_a_second_cancel_does_not_stop_it(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(concurrency=4)
+    effects: list[str] = []
+    started = asyncio.Event()
+    undo = asyncio.Event()
+
+    @app.task(name="book")
+    async def book(n: int) -> int:
+        effects.append(f"book {n}")
+        return n
+
+    @app.task(name="wait_forever")
+    async def wait_forever(n: int) -> int:
+        started.set()
+        await asyncio.Event().wait()
+        return n
+
+    @app.task(name="unbook")
+    async def unbook(n: int) -> None:
+        effects.append(f"unbook {n}")
+        await undo.wait()
+
+    async with app:
+        wf = (
+            book.call(1).options(compensate=unbook.call())
+            | wait_forever.options(compensate=unbook.call())
+            | book.call().options(compensate=unbook.call())
+        )
+        h = await wf.enqueue()
+        async with serving(app):
+            await asyncio.wait_for(started.wait(), 10)
+            await h.cancel()
+
+            async def compensating() -> bool:
+                return await h.status() is TaskStatus.COMPENSATING
+
+            await eventually(compensating)
+            assert await h.cancel() is TaskStatus.COMPENSATING  # it does not stop compensation
+            undo.set()
+            assert await h.wait_ended(timeout=10) is TaskStatus.CANCELLED
+        # the interrupted step and the one that never ran are not compensated
+        assert effects == ["book 1", "unbook 1"]
+        steps = await h.steps()
+        assert [s.status for s in steps] == ["succeeded", "cancelled", "cancelled"]
+        assert steps[0].compensation is not None
+        assert steps[0].compensation.status is TaskStatus.SUCCEEDED
+        assert steps[1].compensation is None is steps[2].compensation
+
+
+async def test_the_compensations_of_a_group_run_together(make_app: Callable[..., App]) -> None:
+    app = make_app(concurrency=4)
+    running: set[int] = set()
+    together = asyncio.Event()
+    undone: list[int] = []
+
+    @app.task(name="member")
+    async def member(n: int) -> int:
+        return n
+
+    @app.task(name="merge", max_tries=1)
+    async def merge(values: list[int]) -> None:
+        raise RuntimeError("cannot merge")
+
+    @app.task(name="undo_member")
+    async def undo_member(n: int) -> None:
+        running.add(n)
+        if len(running) == 3:
+            together.set()
+        # one at a time, the first would wait here for ever: the test would time out
+        await asyncio.wait_for(together.wait(), 10)
+        undone.append(n)
+
+    async with app:
+        group = app.group(member.call(n).options(compensate=undo_member.call()) for n in (1, 2, 3))
+        h = await (group | merge.call()).enqueue()
+        async with serving(app):
+            with pytest.raises(TaskFailed):
+                await h.result(timeout=15)
+        assert sorted(undone) == [1, 2, 3]
+        assert await h.status() is TaskStatus.FAILED
+
+
+async def test_a_compensation_whose_tries_are_spent_is_dead_lettered_naming_its_workflow(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    effects: list[str] = []
+
+    @app.task(name="step")
+    async def step(n: int) -> int:
+        return n
+
+    @app.task(name="boom", max_tries=1)
+    async def boom(n: int) -> None:
+        raise RuntimeError("no")
+
+    @app.task(name="broken_undo", max_tries=2, retry_backoff=0.05)
+    async def broken_undo(n: int) -> None:
+        raise RuntimeError("cannot undo")
+
+    @app.task(name="undo")
+    async def undo(n: int) -> None:
+        effects.append(f"undo {n}")
+
+    async with app:
+        wf = (
+            step.call(1).options(compensate=undo.call())
+            | step.call().options(compensate=broken_undo.call())
+            | boom.call()
+        )
+        h = await wf.enqueue()
+        async with serving(app):
+            assert await h.wait_ended(timeout=15) is TaskStatus.FAILED
+        # the earlier compensation still ran after the later one failed for good
+        assert effects == ["undo 1"]
+        [dead] = [d for d in await app.dead_letters(app.settings.queue) if d.name != "boom"]
+        assert dead.name == "broken_undo" and dead.tries == 2
+        assert dead.workflow == h.id and h.id in dead.id
+        steps = await h.steps()
+        assert steps[1].compensation is not None
+        assert steps[1].compensation.status is TaskStatus.FAILED
+
+
+async def test_compensate_is_refused_outside_a_workflow(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="t")
+    async def t(n: int) -> int:
+        return n
+
+    async with app:
+        with pytest.raises(ConfigurationError, match="compensate= is for workflow steps"):
+            await t.options(compensate=t.call()).enqueue(1)
