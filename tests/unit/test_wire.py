@@ -85,6 +85,8 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "COMPENSABLE": "cp",
+    "COMPENSATES": "sg",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -96,6 +98,18 @@ WORKFLOW_CODES = {
     "ENDED_AT": "et",
     "QUEUES": "queues",
     "PART": "part",
+    "COMPENSATED_STEPS": "cps",
+    "COMPENSATION_PREFIX": "cp:",
+    "SUCCEEDED_STEPS": "okn",
+    "RESULT_PREFIX": "ok:",
+    "FAILED_STEP": "bad",
+    "SAGA_STATE": "cs",
+    "SAGA_OUTCOME": "co",
+    "SAGA_LEFT": "cl",
+    "SAGA_WAITS_PREFIX": "cw:",
+    "SAGA_NEXT_PREFIX": "cn:",
+    "SAGA_ENDED_PREFIX": "ck:",
+    "SAGA_LAUNCHED_PREFIX": "ca:",
 }
 EVENT_CODES = {
     "KIND": "e",
