@@ -5,7 +5,11 @@ server, on the cluster, and on Redis when it is on PATH."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,36 +17,36 @@ from segue import App, ConfigurationError, TaskFailed, TaskStatus
 from tests.integration.conftest import eventually, serving
 
 
-def _saga(app: App, effects: list[str], *, fail_at: str = "ship") -> tuple[object, ...]:
+def _saga(app: App, effects: list[str], *, fail_at: str = "ship") -> tuple[Any, ...]:
     """reserve, charge, ship, notify: each records its effect (outside segue), the one
     named `fail_at` fails; reserve and charge have compensations."""
 
-    @app.task(name="reserve")
+    @app.task(name="saga.reserve")
     async def reserve(order: str) -> str:
         effects.append("reserve")
         return f"hold-{order}"
 
-    @app.task(name="charge")
+    @app.task(name="saga.charge")
     async def charge(hold: str, amount: int) -> str:
         effects.append("charge")
         return f"payment-{amount}"
 
-    @app.task(name="ship", max_tries=1)
+    @app.task(name="saga.ship", max_tries=1)
     async def ship(payment: str) -> str:
         if fail_at == "ship":
             raise RuntimeError("no courier")
         effects.append("ship")
         return "parcel"
 
-    @app.task(name="notify")
+    @app.task(name="saga.notify")
     async def notify(parcel: str) -> None:
         effects.append("notify")
 
-    @app.task(name="release")
+    @app.task(name="saga.release")
     async def release(hold: str, reason: str) -> None:
         effects.append(f"release {hold} {reason}")
 
-    @app.task(name="refund")
+    @app.task(name="saga.refund")
     async def refund(payment: str) -> None:
         effects.append(f"refund {payment}")
 
@@ -57,10 +61,10 @@ async def test_a_saga_failing_at_step_3_compensates_steps_2_then_1(
     reserve, charge, ship, notify, release, refund = _saga(app, effects)
     async with app:
         wf = (
-            reserve.call("o1").options(compensate=release.call(reason="failed"))  # type: ignore[attr-defined]
-            | charge.call(amount=30).options(compensate=refund.call())  # type: ignore[attr-defined]
-            | ship.call()  # type: ignore[attr-defined]
-            | notify.call()  # type: ignore[attr-defined]
+            reserve.call("o1").options(compensate=release.call(reason="failed"))
+            | charge.call(amount=30).options(compensate=refund.call())
+            | ship.call()
+            | notify.call()
         )
         h = await wf.enqueue()
         async with serving(app):
@@ -71,8 +75,8 @@ async def test_a_saga_failing_at_step_3_compensates_steps_2_then_1(
         steps = await h.steps()
         assert [s.status for s in steps] == ["succeeded", "succeeded", "failed", "failed"]
         comps = [s.compensation for s in steps]
-        assert comps[0] is not None and comps[0].name == "release"
-        assert comps[1] is not None and comps[1].name == "refund"
+        assert comps[0] is not None and comps[0].name == "saga.release"
+        assert comps[1] is not None and comps[1].name == "saga.refund"
         assert comps[0].status is comps[1].status is TaskStatus.SUCCEEDED
         assert comps[0].workflow == h.id
         assert comps[2] is None and comps[3] is None
@@ -213,3 +217,31 @@ async def test_compensate_is_refused_outside_a_workflow(make_app: Callable[..., 
     async with app:
         with pytest.raises(ConfigurationError, match="compensate= is for workflow steps"):
             await t.options(compensate=t.call()).enqueue(1)
+
+
+async def test_segue_workflow_shows_each_compensation(segue_valkey: Any, queue_name: str) -> None:
+    app = App("test", redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2)
+    effects: list[str] = []
+    reserve, charge, ship, _notify, release, refund = _saga(app, effects)
+    async with app:
+        wf = (
+            reserve.call("o2").options(compensate=release.call(reason="cli"))
+            | charge.call(amount=5).options(compensate=refund.call())
+            | ship.call()
+        )
+        h = await wf.enqueue()
+        async with serving(app):
+            assert await h.wait_ended(timeout=10) is TaskStatus.FAILED
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "segue", "workflow", "status", h.id, "--url", segue_valkey.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"workflow {h.id}: failed" in shown.stdout
+    lines = shown.stdout.splitlines()
+    assert any("saga.release succeeded" in line for line in lines)
+    assert any("saga.refund succeeded" in line for line in lines)
