@@ -301,7 +301,9 @@ def _workflow_command(
         status, steps = asyncio.run(go())
     except SegueError as exc:
         fail(exc)
-    rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
+    rows: list[tuple[str, ...]] = [
+        (str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)
+    ]
     header: tuple[str, ...] = ("#", "step", "task", "status")
     if any(s.compensation for s in steps):
         # a saga: each step's compensation, once it was asked for, and how it ended
