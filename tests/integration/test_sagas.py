@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from segue import App, ConfigurationError, TaskFailed, TaskStatus
+from tests._support import admin_client
 from tests.integration.conftest import eventually, serving
 
 
@@ -54,7 +55,7 @@ def _saga(app: App, effects: list[str], *, fail_at: str = "ship") -> tuple[Any, 
 
 
 async def test_a_saga_failing_at_step_3_compensates_steps_2_then_1(
-    make_app: Callable[..., App],
+    make_app: Callable[..., App], segue_engine: Any
 ) -> None:
     app = make_app()
     effects: list[str] = []
@@ -80,6 +81,12 @@ async def test_a_saga_failing_at_step_3_compensates_steps_2_then_1(
         assert comps[0].status is comps[1].status is TaskStatus.SUCCEEDED
         assert comps[0].workflow == h.id
         assert comps[2] is None and comps[3] is None
+    # the saga's state lives in the workflow record, which expires once it ended (no leak)
+    client = admin_client(segue_engine)
+    try:
+        assert await client.pttl(f"segue:{{{h.queue}}}:wf:{h.id}") > 0
+    finally:
+        await client.aclose()
 
 
 async def test_a_cancelled_saga_compensates_what_succeeded_and_a_second_cancel_does_not_stop_it(
