@@ -252,3 +252,29 @@ async def test_segue_workflow_shows_each_compensation(segue_valkey: Any, queue_n
     lines = shown.stdout.splitlines()
     assert any("saga.release succeeded" in line for line in lines)
     assert any("saga.refund succeeded" in line for line in lines)
+
+
+async def test_steps_and_compensations_on_other_queues_go_through_the_outbox(
+    make_app: Callable[..., App], queue_name: str
+) -> None:
+    app = make_app()
+    effects: list[str] = []
+    reserve, charge, ship, _notify, release, refund = _saga(app, effects)
+    pay, undo = f"{queue_name}-pay", f"{queue_name}-undo"
+    async with app:
+        wf = (
+            reserve.call("o3").options(compensate=release.call(reason="x").options(queue=undo))
+            | charge.call(amount=9).options(queue=pay, compensate=refund.call())
+            | ship.call()
+        )
+        h = await wf.enqueue()
+        async with serving(app, queues=[queue_name, pay, undo]):
+            with pytest.raises(TaskFailed):
+                await h.result(timeout=15)
+        assert effects == ["reserve", "charge", "refund payment-9", "release hold-o3 x"]
+        steps = await h.steps()
+        assert steps[0].compensation is not None and steps[0].compensation.queue == undo
+        # the refund's queue is its own (the App's here), not its step's
+        assert steps[1].compensation is not None
+        assert steps[1].compensation.queue == queue_name
+        assert await h.status() is TaskStatus.FAILED
