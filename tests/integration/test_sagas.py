@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from segue import App, ConfigurationError, TaskFailed, TaskStatus
+from segue import App, ConfigurationError, Hook, TaskFailed, TaskStatus
 from tests._support import admin_client
 from tests.integration.conftest import eventually, serving
 
@@ -278,3 +278,50 @@ async def test_steps_and_compensations_on_other_queues_go_through_the_outbox(
         assert steps[1].compensation is not None
         assert steps[1].compensation.queue == queue_name
         assert await h.status() is TaskStatus.FAILED
+
+
+async def test_the_reconciler_asks_again_for_a_compensation_whose_task_was_lost(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    """A compensation's record deleted while it runs (as an eviction, or a restore from an
+    older copy, would leave it): the workflow would wait for its end for ever; the reconciler
+    asks for it again, it runs again, and the workflow ends."""
+    app = make_app(reconcile_seconds=0.5, lease_seconds=1.0)
+    repairs: list[str] = []
+
+    class Recorder(Hook):
+        async def on_repair(self, queue: str, kind: str, task_id: str) -> None:
+            repairs.append(kind)
+
+    app.add_hook(Recorder())
+    runs: list[int] = []
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    @app.task(name="step")
+    async def step(n: int) -> int:
+        return n
+
+    @app.task(name="boom", max_tries=1)
+    async def boom(n: int) -> None:
+        raise RuntimeError("no")
+
+    @app.task(name="undo")
+    async def undo(n: int) -> None:
+        runs.append(n)
+        if len(runs) == 1:
+            started.set()
+            await go_on.wait()
+
+    async with app:
+        h = await (step.call(1).options(compensate=undo.call()) | boom.call()).enqueue()
+        async with serving(app):
+            await asyncio.wait_for(started.wait(), 10)
+            client = admin_client(segue_engine)
+            try:
+                await client.delete(f"segue:{{{h.queue}}}:task:{h.id}.c1")
+            finally:
+                await client.aclose()
+            go_on.set()  # its end finds no record: nothing tells the workflow
+            assert await h.wait_ended(timeout=15) is TaskStatus.FAILED
+        assert runs == [1, 1]
+        assert "saga_asked_again" in repairs
