@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from segue import App, ConfigurationError, Hook, TaskFailed, TaskStatus
-from tests._support import admin_client
+from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
 
@@ -325,3 +325,30 @@ async def test_the_reconciler_asks_again_for_a_compensation_whose_task_was_lost(
             assert await h.wait_ended(timeout=15) is TaskStatus.FAILED
         assert runs == [1, 1]
         assert "saga_asked_again" in repairs
+
+
+async def test_a_saga_leaves_no_key_behind_once_its_records_expired(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    app = make_app(result_ttl_seconds=0.3)
+    effects: list[str] = []
+    reserve, charge, ship, _notify, release, refund = _saga(app, effects)
+    async with app:
+        wf = (
+            reserve.call("o4").options(compensate=release.call(reason="leak"))
+            | charge.call(amount=1).options(compensate=refund.call())
+            | ship.call()
+        )
+        h = await wf.enqueue()
+        async with serving(app):
+            assert await h.wait_ended(timeout=10) is TaskStatus.FAILED
+        dead = {f"segue:{{{queue_name}}}:task:{d.id}" for d in await app.dead_letters(queue_name)}
+    assert len(dead) == 1  # ship's record, kept in the dead-letter list by design
+    per_task = ("task", "state", "next", "wf", "early", "uniq", "outbox")
+
+    async def gone() -> bool:
+        keys = await keys_of(segue_engine, f"segue:{{{queue_name}}}:*")
+        left = [k for k in keys if k.split(":")[2] in per_task and k not in dead]
+        return not left
+
+    await eventually(gone, timeout=5)
