@@ -352,3 +352,45 @@ async def test_a_saga_leaves_no_key_behind_once_its_records_expired(
         return not left
 
     await eventually(gone, timeout=5)
+
+
+async def test_a_step_that_succeeds_after_the_cancel_arrived_is_compensated(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(concurrency=4)
+    effects: list[str] = []
+    started = asyncio.Event()
+
+    @app.task(name="book")
+    async def book(n: int) -> int:
+        return n
+
+    @app.task(name="finish_anyway")
+    async def finish_anyway(n: int) -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # it completes its work instead of stopping: it succeeded after the cancel
+            effects.append(f"finished {n + 1}")
+            return n + 1
+        return n
+
+    @app.task(name="unbook")
+    async def unbook(n: int) -> None:
+        effects.append(f"unbook {n}")
+
+    async with app:
+        wf = (
+            book.call(1).options(compensate=unbook.call())
+            | finish_anyway.options(compensate=unbook.call())
+            | book.call().options(compensate=unbook.call())
+        )
+        h = await wf.enqueue()
+        async with serving(app):
+            await asyncio.wait_for(started.wait(), 10)
+            await h.cancel()
+            assert await h.wait_ended(timeout=10) is TaskStatus.CANCELLED
+        steps = await h.steps()
+        assert [s.status for s in steps] == ["succeeded", "succeeded", "cancelled"]
+        assert effects == ["finished 2", "unbook 2", "unbook 1"]
