@@ -598,13 +598,15 @@ class WorkflowHandle(Generic[R]):
         or a resume, which the workflow as a whole does not."""
         broker = await self._client.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
-        others = await self._ids(W.QUEUES.b)
+        rec = await self._record()
+        others = rec.get(W.QUEUES.b, b"").decode().split()
         for queue in others:
             with contextlib.suppress(TaskNotFound, InvalidTransition):
                 await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
-        if others:
+        if others or W.COMPENSATED_STEPS.b in rec:
             from segue._forward import forward_now
 
-            # what the command ended is told to the other queues now, not at a worker's poll
+            # what the command ended is told to the other queues now, not at a worker's
+            # poll; so are the compensations a cancel started (lib/saga.lua)
             await forward_now(broker, [self.queue, *others])
         return state

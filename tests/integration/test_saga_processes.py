@@ -17,19 +17,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def workers(segue_valkey: Engine, queue_name: str) -> Iterator[Fleet]:
-    env = {"LEDGER_URL": segue_valkey.admin_url, "LEDGER_KEY": ledger_key(queue_name)}
+def workers(segue_engine: Engine, queue_name: str) -> Iterator[Fleet]:
+    env = {"LEDGER_URL": segue_engine.admin_url, "LEDGER_KEY": ledger_key(queue_name)}
     with Fleet(
-        "tests.apps.sagas:app", segue_valkey.url, queue_name, concurrency=2, lease=1.0, env=env
+        "tests.apps.sagas:app", segue_engine.url, queue_name, concurrency=2, lease=1.0, env=env
     ) as f:
         yield f
 
 
 async def test_a_worker_killed_during_compensation_loses_nothing_and_repeats_no_effect(
-    segue_valkey: Engine, queue_name: str, workers: Fleet
+    segue_engine: Engine, queue_name: str, workers: Fleet
 ) -> None:
-    ledger = Ledger(segue_valkey, queue_name)
-    app: App = use(sagas.app, segue_valkey.url, queue_name)
+    ledger = Ledger(segue_engine, queue_name)
+    app: App = use(sagas.app, segue_engine.url, queue_name)
     first = workers.start()
     async with app:
         wf = (
@@ -61,7 +61,7 @@ async def test_a_worker_killed_during_compensation_loses_nothing_and_repeats_no_
         None,
         None,
     ]
-    client = admin_client(segue_valkey)
+    client = admin_client(segue_engine)
     try:
         effects = [
             e.decode() for e in await client.lrange(f"{ledger_key(queue_name)}:effects", 0, -1)
