@@ -114,7 +114,8 @@ local function count_ended(Q, wf, at)
       end
       if f[3] then e.b = 1 end
       outbox_push(Q, e)
-    elseif not saga_start(Q, wk, wf, at) then
+    elseif redis.call('HEXISTS', wk, 'cs') == 0 and not saga_start(Q, wk, wf, at) then
+      -- (a record whose compensations started ends when the last of them ended)
       workflow_ended(wk, at)
     end
   end
