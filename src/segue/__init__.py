@@ -13,6 +13,8 @@ from segue._errors import (
     LeaseLost,
     Pause,
     PayloadError,
+    QueryFailed,
+    QueryTimeout,
     QueueFull,
     ResultTimeout,
     ResultUnavailable,
@@ -24,6 +26,8 @@ from segue._errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
 )
 from segue._events import Event
 from segue._handle import TaskHandle, WorkflowHandle
@@ -58,6 +62,8 @@ __all__ = [
     "LeaseLost",
     "Pause",
     "PayloadError",
+    "QueryFailed",
+    "QueryTimeout",
     "Queue",
     "QueueFull",
     "Resource",
@@ -83,8 +89,10 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskNotFound",
+    "TaskNotRunning",
     "TaskStatus",
     "Transition",
+    "UnknownQuery",
     "Worker",
     "WorkerInfo",
     "WorkflowHandle",

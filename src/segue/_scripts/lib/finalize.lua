@@ -1,4 +1,4 @@
---#include transition leases saga stats
+--#include transition leases saga stats cascade
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -44,8 +44,18 @@ end
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'sg', 'cp')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
+    'cp')
   local ttl = tonumber(f[1] or '-1')
+  if f[8] then
+    -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
+    -- else those its pause still holds are resumed (its end would never resume them)
+    if status == 'failed' or status == 'cancelled' then
+      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[8])
+    elseif f[9] == 'pause' then
+      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[8])
+    end
+  end
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
@@ -53,7 +63,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   leave_running(Q.base, tk, id)
   transition(Q, tk, id, { to = status, at = at, why = reason, set = { 'et', at, field, value },
     event = 'task.' .. status, name = f[5] or '' })
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
@@ -70,12 +80,12 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   local result = nil
   if status == 'succeeded' then result = value end
   if f[4] then
-    saga_note(Q, id, f[4], status == 'succeeded' or f[3] == '1', f[9] == '1' and result)
+    saga_note(Q, id, f[4], status == 'succeeded' or f[3] == '1', f[11] == '1' and result)
     count_ended(Q, f[4], at)
   end
-  if f[8] then
+  if f[10] then
     -- a compensation: its workflow learns how it ended (lib/saga.lua)
-    local wf, n = string.match(f[8], '^(.*)|(%d+)$')
+    local wf, n = string.match(f[10], '^(.*)|(%d+)$')
     outbox_push(Q, { k = 'k', w = wf, n = n, st = status, s = id })
   end
   return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
