@@ -113,3 +113,7 @@ class TaskInfo:
     workflow: str | None = None
     # a workflow step's compensation task once it was asked for (WorkflowHandle.steps)
     compensation: TaskInfo | None = None
+    # the task's code version (`@app.task(version=...)`), and the one it started under
+    # (ctx.version): they differ once a newer worker migrated it
+    version: int = 1
+    started_version: int = 1

@@ -28,13 +28,13 @@ local changed = 0
 local function create_compensation(e)
   local tk, status, due = new_task(prefix, e.a, 1, now, false)
   if not tk then
-    local f = redis.call('HMGET', prefix .. 'task:' .. e.d, 's', 'sg')
+    local f = redis.call('HMGET', prefix .. 'task:' .. e.d, 's', 'cof')
     if f[1] and FINAL[f[1]] and f[2] then
       outbox_push(Q, { k = 'k', w = e.w, n = e.n, st = f[1], s = e.d })
     end
     return false
   end
-  redis.call('HSET', tk, 'in', e.r or 'null', 'sg', e.w .. '|' .. e.n)
+  redis.call('HSET', tk, 'in', e.r or 'null', 'cof', e.w .. '|' .. e.n)
   emit(Q, 'task.enqueued', e.d, e.a[1 + SPEC.name])
   if status == 'scheduled' then
     redis.call('ZADD', KEYS[4], due, e.d)
