@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from segue import App, ConfigurationError, Hook, TaskFailed, TaskStatus
+from segue import (
+    App,
+    ConfigurationError,
+    Context,
+    Hook,
+    StreamRestarted,
+    TaskFailed,
+    TaskStatus,
+)
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
@@ -212,6 +220,40 @@ async def test_a_compensation_whose_tries_are_spent_is_dead_lettered_naming_its_
         steps = await h.steps()
         assert steps[1].compensation is not None
         assert steps[1].compensation.status is TaskStatus.FAILED
+
+
+async def test_a_compensation_that_streams_and_is_retried_still_tells_its_workflow(
+    make_app: Callable[..., App],
+) -> None:
+    # a compensation's marker and the output stream's fields live side by side in its
+    # record: its streaming, and the retry that clears the stream's fields, keep the marker
+    app = make_app()
+
+    @app.task(name="step")
+    async def step(n: int) -> int:
+        return n
+
+    @app.task(name="boom", max_tries=1)
+    async def boom(n: int) -> None:
+        raise RuntimeError("no")
+
+    @app.task(name="loud_undo", max_tries=2, retry_backoff=0.01)
+    async def loud_undo(ctx: Context, n: int) -> str:
+        await ctx.stream(f"undo {n} try {ctx.tries}")
+        if ctx.tries == 1:
+            raise RuntimeError("first try fails")
+        return "undone"
+
+    async with app:
+        h = await (step.call(1).options(compensate=loud_undo.call()) | boom.call()).enqueue()
+        async with serving(app):
+            assert await h.wait_ended(timeout=10) is TaskStatus.FAILED
+        comp = (await h.steps())[0].compensation
+        assert comp is not None and comp.status is TaskStatus.SUCCEEDED
+        assert comp.workflow == h.id and comp.tries == 2
+        got = [c async for c in (await app.task_handle(comp.id)).stream()]
+        assert got[0] == "undo 1 try 1" and got[-1] == "undo 1 try 2"
+        assert isinstance(got[1], StreamRestarted)
 
 
 async def test_compensate_is_refused_outside_a_workflow(make_app: Callable[..., App]) -> None:
