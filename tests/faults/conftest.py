@@ -51,7 +51,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # size: run by scripts/faults --full, left out of the CI suite's time budget
     if config.getoption("--faults-full"):
         return
-    kept, left = [], []
+    kept: list[pytest.Item] = []
+    left: list[pytest.Item] = []
     for item in items:
         (left if item.get_closest_marker("full_only") else kept).append(item)
     if left:
