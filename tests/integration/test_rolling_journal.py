@@ -16,11 +16,9 @@ the next worker of this release.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +44,10 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's `src/` (its segue package), from this repository's history."""
     # CI tests a full `git clone` of main, so the history is there; a copy without it (an
     # sdist, a shallow clone) cannot run this test, and says why instead of skipping it
+    out = tmp_path_factory.mktemp("previous-release")
+    tar = out / "src.tar"
     found = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", PREVIOUS, "src/segue"],
+        ["git", "-C", str(ROOT), "archive", f"--output={tar}", PREVIOUS, "src/segue"],
         capture_output=True,
         check=False,
     )
@@ -55,9 +55,7 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"the previous release {PREVIOUS} is not in the git history of {ROOT} "
         f"(this test needs a full clone): {found.stderr.decode(errors='replace')}"
     )
-    out = tmp_path_factory.mktemp("previous-release")
-    with tarfile.open(fileobj=io.BytesIO(found.stdout)) as tar:
-        tar.extractall(out, filter="data")
+    subprocess.run(["tar", "-x", "-f", str(tar), "-C", str(out)], check=True)
     assert (out / "src" / "segue" / "_scripts" / "claim.lua").exists()
     return out / "src"
 
