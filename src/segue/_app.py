@@ -9,7 +9,9 @@ import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
-from segue import _journal, _scheduler
+from typing_extensions import Unpack
+
+from segue import _journal, _scheduler, _send
 from segue._client import Client
 from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from segue._lifespan import Resource
     from segue._options import Backoff, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
+    from segue._send import SendOptions
     from segue._sync_context import SyncContext
 
 P = ParamSpec("P")
@@ -208,6 +211,38 @@ class App:
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         return await self._enqueuer.enqueue_many(signatures)
+
+    async def send(
+        self,
+        name: str,
+        /,
+        *args: Any,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        unique: bool | str = False,
+        **options: Unpack[SendOptions],
+    ) -> TaskHandle[Any]:
+        """Enqueue a task by its name, without its code: `await app.send("reports.build",
+        2026, queue="reports", delay=60)`. `kwargs` are the task's keyword arguments;
+        `options` are `task.options(...)`'s.
+
+        The queue is `queue=`, else the App's. The worker that claims the task supplies
+        what this producer cannot know: `max_tries` and `timeout` unless passed here (the
+        record marks them, `TaskInfo.from_worker`), its retry backoff and limits. Only the
+        options passed apply: `key=`, `unique=` (True: one live task of this name; a string:
+        one per that key), priority, delays. The worker checks the arguments: a call that
+        does not fit the function ends FAILED with reason `bad_arguments`, naming the
+        parameter; a name no worker knows ends as unknown tasks do (`unknown_task`).
+        """
+        return await _send.send(
+            self._enqueuer,
+            name,
+            args,
+            dict(kwargs or {}),
+            queue=queue,
+            unique=unique,
+            options=dict(options),
+        )
 
     # --- cron schedules (stored and fired by _scheduler) --------------------------------------
 

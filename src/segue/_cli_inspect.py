@@ -211,6 +211,8 @@ def info(
         _say(f"  bad record: {shown.problem}")
     _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    if shown.from_worker:
+        _say(f"  enqueued by name: {', '.join(shown.from_worker)} from the worker")
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:

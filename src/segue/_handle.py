@@ -22,7 +22,16 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._keys import queue_of
-from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._state import (
+    StepInfo,
+    TaskError,
+    TaskInfo,
+    TaskStatus,
+    Transition,
+    at_ms,
+    from_ms,
+    from_worker_names,
+)
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 
@@ -397,6 +406,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        from_worker=from_worker_names(r.text(F.FROM_WORKER.b)),
     )
 
 

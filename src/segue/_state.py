@@ -107,3 +107,16 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # a task enqueued by name (app.send): the options its worker's definition supplies
+    # ("max_tries", "timeout", "retry_backoff", "limits"); empty for one enqueued with its code
+    from_worker: tuple[str, ...] = ()
+
+
+def from_worker_names(fw: str) -> tuple[str, ...]:
+    """What a record's `fw` field says came from the worker's definition, by option name
+    (TaskInfo.from_worker); empty for a task enqueued with its code."""
+    marks = fw.split()
+    if "send" not in marks:
+        return ()
+    named = [name for mark, name in (("mt", "max_tries"), ("to", "timeout")) if mark in marks]
+    return (*named, "retry_backoff", "limits")

@@ -176,6 +176,9 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
 class Task(Generic[P, R]):
     """A function registered with an App; enqueue it, call it, or run it locally."""
 
+    # a task known by its name only (app.send, _send.ByName): its worker supplies the rest
+    by_name = False
+
     def __init__(
         self,
         owner: TaskOwner,

@@ -93,6 +93,10 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # "mt to": the options an enqueue by name (app.send) left to the worker's definition of
+    # the task; the record's own mt/to hold defaults meanwhile. A worker that does not know
+    # the field runs the task with those defaults (3 tries, no timeout)
+    FROM_WORKER: Final = Code("fw")
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
@@ -137,7 +141,7 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 12 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 13 ARGV fields, in this order."""
 
     id: str
     name: str
@@ -151,6 +155,7 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     unique: str  # '' none, else "<name>:<key>"
     expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
     headers: str  # JSON object, '' none
+    from_worker: str = ""  # "mt to": what the claiming worker's definition supplies
 
     def argv(self) -> tuple[Any, ...]:
         return msgspec.structs.astuple(self)
@@ -211,11 +216,14 @@ class ClaimedRun(msgspec.Struct, gc=False):
     headers: bytes | None  # the enqueuer's headers (JSON)
     lost: int  # how many workers stopped under the task before this claim
     unreadable: str | None = None  # why this row could not be read in full
+    from_worker: str = ""  # "mt to": take these from this worker's definition (app.send)
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
         try:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
+                :10
+            ]
             run = cls(
                 task_id.decode(),
                 name.decode(),
@@ -227,6 +235,7 @@ class ClaimedRun(msgspec.Struct, gc=False):
                 given or None,
                 headers or None,
                 int(lost or 0),
+                from_worker=text(raw[10]) if len(raw) > 10 and raw[10] else "",
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")

@@ -187,7 +187,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         10,
         '{"h":1}',
     )
-    assert ENQUEUE_WIDTH == 12
+    assert ENQUEUE_WIDTH == 13
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
 
 
@@ -219,7 +219,7 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "xdependants",
     )
     assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 18 == len(step.argv())
+    assert GRAPH_WIDTH == 19 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
