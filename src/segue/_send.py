@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from segue._codec import TypedDecoder
 from segue._errors import ConfigurationError
 from segue._keys import check_queue_name
 from segue._options import TaskOptions
@@ -60,6 +61,7 @@ class ByName(Task[..., Any]):
 
     def __init__(self, owner: TaskOwner, opts: TaskOptions, call_options: EnqueueOptions) -> None:
         super().__init__(owner, _untyped, opts, call_options)
+        self.result_decoder = TypedDecoder(Any)  # plain JSON: the result's type is not known
 
     def __repr__(self) -> str:
         return f"<task {self.name} by name>"
