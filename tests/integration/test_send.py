@@ -3,6 +3,10 @@ a single server and the cluster. What the producer cannot know comes from the wo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +15,19 @@ from segue import App, TaskFailed, TaskStatus
 from tests._workers import Fleet
 
 FROM_WORKER = ("max_tries", "timeout", "retry_backoff", "limits")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def segue(url: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEGUE_QUEUE": queue, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "segue", *args, "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 async def failure(handle: Any, timeout: float = 15) -> TaskFailed:
@@ -85,8 +102,36 @@ async def test_send_refuses_what_it_cannot_carry(make_app: Any) -> None:
     app = make_app()
     async with app:
         with pytest.raises(ConfigurationError, match="unknown option"):
-            await app.send("reports.build", 1, dely=5)  # type: ignore[call-arg]
+            await app.send("reports.build", 1, dely=5)  # type: ignore[typeddict-unknown-key]
         with pytest.raises(ConfigurationError, match="task name"):
             await app.send("two words")
         with pytest.raises(ConfigurationError, match="queue"):
             await app.send("reports.build", queue="bad queue")
+
+
+async def test_segue_enqueue_from_a_shell(segue_engine: Any, queue_name: str) -> None:
+    other = f"{queue_name}r"
+    url = segue_engine.url
+    with Fleet("tests.apps.send:app", url, queue_name) as fleet:
+        fleet.start(queues=[queue_name, other])
+        options = ["--queue", other, "--priority", "high", "--delay", "0.5", "--key", "k1"]
+        args = ["enqueue", "reports.build", "[2026]", "--kwargs", '{"title": "q4"}', *options]
+        done = segue(url, queue_name, *args)
+        assert done.returncode == 0, done.stderr
+        task_id = done.stdout.strip().splitlines()[-1]
+        assert task_id == f"{other}:k:k1"
+        bad = segue(url, queue_name, "enqueue", "reports.build", '"not a year"')
+        assert bad.returncode == 0, bad.stderr
+        bad_id = bad.stdout.strip().splitlines()[-1]
+        refused = segue(url, queue_name, "enqueue", "reports.build", "[1", "--kwargs", "{}")
+        assert refused.returncode != 0 and "not JSON" in refused.stderr + refused.stdout
+        async with App("shell", redis_url=url, queue=queue_name) as app:
+            handle = await app.task_handle(task_id)
+            got = await handle.result(timeout=15)
+            assert got == {"year": 2026, "title": "q4", "queue": other, "tries": 1}
+            info = await handle.info()
+            assert info.priority == "high" and info.from_worker == FROM_WORKER
+            assert info.started_at is not None and info.enqueued_at is not None
+            assert (info.started_at - info.enqueued_at).total_seconds() >= 0.45
+            err = await failure(await app.task_handle(bad_id))
+            assert err.reason == "bad_arguments" and "parameter 'year'" in err.message
