@@ -167,13 +167,18 @@ class App:
         ttl: float | EllipsisType | None = ...,  # ...: the App's result_ttl_seconds
         priority: Priority = "normal",
         silent: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> CronDecorator:
         """Declare a task and a schedule that enqueues it (with no arguments) at each tick.
 
         `expr` has five fields, or six with seconds first, or is an alias such as @hourly;
         `tz` is an IANA zone (None: UTC). With `catch_up=True` every tick missed while no
-        worker ran fires; by default they fire once. The schedule's id is the task's name;
-        every worker registers it when it starts. The other options are @app.task's.
+        worker ran fires; by default they fire once. With `unique=True` a tick whose
+        previous run is still queued or running is skipped (a `cron.skipped` event);
+        `expire`: a tick's run not started within that many seconds of its tick ends
+        EXPIRED. The schedule's id is the task's name; every worker registers it when it
+        starts. The other options are @app.task's.
         """
         parse_cron(expr, tz)  # refuse a bad expression or zone here, at declaration
         options: dict[str, Any] = {
@@ -187,7 +192,15 @@ class App:
         }
         if ttl is not ...:
             options["ttl"] = ttl
-        return CronDecorator(self._registry, options, cron=expr, tz=tz, catch_up=catch_up)
+        return CronDecorator(
+            self._registry,
+            options,
+            cron=expr,
+            tz=tz,
+            catch_up=catch_up,
+            unique=unique,
+            expire=expire,
+        )
 
     # --- connection ------------------------------------------------------------------------
 
@@ -257,6 +270,8 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Coroutine[Any, Any, str]: ...
     def schedule(
         self,
@@ -266,11 +281,13 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Coroutine[Any, Any, str] | ScheduleHandle:
         """`await app.schedule(sig, cron=...)`: enqueue this call at every tick of `cron`
         from now on; returns the schedule's id. Scheduling an existing id again updates it
         (keeping its next tick if `cron` and `tz` are unchanged). Workers fire the ticks,
-        each exactly once among them.
+        each exactly once among them. `unique` and `expire` are as for `@app.cron`.
 
         `app.schedule(schedule_id)`: a ScheduleHandle of a stored schedule, to `pause()`,
         `resume()` or read (`info()`) it.
@@ -286,7 +303,7 @@ class App:
             return ScheduleHandle(self._client, sig)
         if cron is None:
             raise ConfigurationError("app.schedule(sig, cron=...) needs a cron expression")
-        return self._schedule(sig, cron, tz, id, catch_up)
+        return self._schedule(sig, cron, tz, id, catch_up, unique, expire)
 
     async def _schedule(
         self,
@@ -295,10 +312,14 @@ class App:
         tz: str | None,
         id: str | None,
         catch_up: bool,
+        unique: bool,
+        expire: float | timedelta | None,
     ) -> str:
         if isinstance(sig, Task):
             sig = sig.call()
-        schedule = make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)
+        schedule = make_schedule(
+            sig, cron=cron, tz=tz, sid=id, catch_up=catch_up, unique=unique, expire=expire
+        )
         await _scheduler.put(self._enqueuer, await self._client.broker(), [schedule])
         return schedule.id
 

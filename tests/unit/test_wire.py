@@ -85,6 +85,7 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -154,6 +155,7 @@ SPEC = EnqueueSpec(
     unique="shop.charge:1",
     expire_ms=10,
     headers='{"h":1}',
+    from_worker="send mt to",
 )
 
 
@@ -172,6 +174,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "unique",
         "expire_ms",
         "headers",
+        "from_worker",
     )
     assert SPEC.argv() == (
         "q:1",
@@ -186,6 +189,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "shop.charge:1",
         10,
         '{"h":1}',
+        "send mt to",
     )
     assert ENQUEUE_WIDTH == 13
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
