@@ -331,10 +331,7 @@ class Scheduler(Service):
                     timeout_ms=e.timeout_ms,
                     ttl_ms=e.ttl_ms,
                     unique=e.unique,
-                    # the schedule's expire counts from the tick, the task's from now
-                    expire_ms=max(1, t + e.tick_expire_ms - now)
-                    if e.tick_expire_ms
-                    else e.expire_ms,
+                    expire_ms=_expire_ms(e, t, now),
                     headers="",
                 )
                 for t in ticks
@@ -399,6 +396,15 @@ class Scheduler(Service):
         data = _encode({"schedule": f.sid, "tick": tick, "running": holder})
         ks = self._broker.keyspace(f.entry.queue)
         return _calls.cron_skipped(ks, own, f.entry.task, data.decode())
+
+
+def _expire_ms(e: _Entry, tick: int, now: int) -> int:
+    """A tick's expire_ms: the schedule's counts from the tick (negative: over already, the
+    run ends EXPIRED when claimed), the task's own from now."""
+    if not e.tick_expire_ms:
+        return e.expire_ms
+    left = tick + e.tick_expire_ms - now
+    return left if left > 0 else -1
 
 
 class _Firing(msgspec.Struct, frozen=True):

@@ -153,7 +153,7 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     timeout_ms: int  # 0: none
     ttl_ms: int  # -1: forever
     unique: str  # '' none, else "<name>:<key>"
-    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
+    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue (< 0: over)
     headers: str  # JSON object, '' none
     from_worker: str = ""  # "mt to": what the claiming worker's definition supplies
 

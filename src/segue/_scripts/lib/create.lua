@@ -74,9 +74,10 @@ local function new_task(base, argv, b, now, waiting)
     'h', status .. '|' .. now .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
-  -- expiry arrives relative (ms from now), so only the server's clock decides it
+  -- expiry arrives relative (ms from now), so only the server's clock decides it; a
+  -- negative one is already over (a cron tick fired later than its expire): EXPIRED at claim
   local expire = tonumber(argv[b + SPEC.expire_ms])
-  if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  if expire ~= 0 then redis.call('HSET', tk, 'exp', now + expire) end
   local headers = argv[b + SPEC.headers]
   if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
   local from_worker = argv[b + SPEC.from_worker]
