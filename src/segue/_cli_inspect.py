@@ -361,6 +361,9 @@ def schedules(app: AppOption = None, url: UrlOption = None, json: JsonOption = F
                 nxt = s.next_run.isoformat(timespec="seconds") if s.next_run else "-"
                 last = s.last_tick.isoformat(timespec="seconds") if s.last_tick else "-"
                 state = "paused" if s.paused else "active"
+                if s.last_overlapped is not None:
+                    at = s.last_overlapped.isoformat(timespec="seconds")
+                    state += f" (skipped {at}: previous run still going)"
                 rows.append((s.id, s.task, s.queue, s.cron, s.tz or "UTC", nxt, last, state))
             return rows
 
