@@ -13,6 +13,7 @@ import pytest
 
 from segue import App, TaskFailed, TaskStatus
 from tests._workers import Fleet
+from tests.e2e.conftest import dashboard
 
 FROM_WORKER = ("max_tries", "timeout", "retry_backoff", "limits")
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ async def failure(handle: Any, timeout: float = 15) -> TaskFailed:
     return caught.value
 
 
+@pytest.mark.slow
 async def test_send_by_name_runs_checks_and_routes_on_worker_processes(
     segue_engine: Any, queue_name: str
 ) -> None:
@@ -94,6 +96,10 @@ async def test_send_by_name_runs_checks_and_routes_on_worker_processes(
             dead = {i.id for i in await producer.dead_letters()}
             assert {wrong_type.id, missing.id, unexpected.id, ghost.id} <= dead
             assert await known.status() is TaskStatus.SUCCEEDED
+            # the dashboard marks what came from the worker
+            async with dashboard(producer, auth=None) as client:
+                page = (await client.get(f"/tasks/{known.id}")).text
+            assert "enqueued by name: max_tries, timeout, retry_backoff, limits from the" in page
 
 
 async def test_send_refuses_what_it_cannot_carry(make_app: Any) -> None:
@@ -109,6 +115,7 @@ async def test_send_refuses_what_it_cannot_carry(make_app: Any) -> None:
             await app.send("reports.build", queue="bad queue")
 
 
+@pytest.mark.slow
 async def test_segue_enqueue_from_a_shell(segue_engine: Any, queue_name: str) -> None:
     other = f"{queue_name}r"
     url = segue_engine.url
