@@ -243,7 +243,7 @@ def test_claim_call_and_reply() -> None:
         1600,
         2,
         [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
-        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0],
+        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0, b"send mt to"],
     ]
     reply = _calls.parse_claim(raw)
     assert reply == ClaimReply(1700, 1600, 2, reply.runs)
@@ -263,6 +263,8 @@ def test_claim_call_and_reply() -> None:
         1,
     )
     assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
+    # the 11th column (fw) is a script's of this release; a 10-column row reads as before
+    assert (first.from_worker, second.from_worker) == ("", "send mt to")
 
 
 @pytest.mark.parametrize(
