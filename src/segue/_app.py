@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         Collection,
         Coroutine,
         Iterable,
+        Mapping,
         Sequence,
     )
     from pathlib import Path
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, Migration, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
     from segue._send import SendOptions
     from segue._sync_context import SyncContext
@@ -137,6 +138,8 @@ class App:
         rate_burst: int = 1,
         concurrency: int | None = None,
         max_pauses: int | None = 100,
+        version: int = 1,
+        migrate: Mapping[int, Migration] | None = None,
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
@@ -233,6 +236,7 @@ class App:
         kwargs: dict[str, Any] | None = None,
         queue: str | None = None,
         unique: bool | str = False,
+        version: int | None = None,
         **options: Unpack[SendOptions],
     ) -> TaskHandle[Any]:
         """Enqueue a task by its name, without its code: `await app.send("reports.build",
@@ -241,11 +245,12 @@ class App:
 
         The queue is `queue=`, else the App's. The worker that claims the task supplies
         what this producer cannot know: `max_tries` and `timeout` unless passed here (the
-        record marks them, `TaskInfo.from_worker`), its retry backoff and limits. Only the
-        options passed apply: `key=`, `unique=` (True: one live task of this name; a string:
-        one per that key), priority, delays. The worker checks the arguments: a call that
-        does not fit the function ends FAILED with reason `bad_arguments`, naming the
-        parameter; a name no worker knows ends as unknown tasks do (`unknown_task`).
+        record marks them, `TaskInfo.from_worker`), `version` likewise, its retry backoff
+        and limits. Only the options passed apply: `key=`, `unique=` (True: one live task of
+        this name; a string: one per that key), priority, delays. The worker checks the
+        arguments: a call that does not fit the function ends FAILED with reason
+        `bad_arguments`, naming the parameter; a name no worker knows ends as unknown tasks
+        do (`unknown_task`).
         """
         return await _send.send(
             self._enqueuer,
@@ -254,6 +259,7 @@ class App:
             dict(kwargs or {}),
             queue=queue,
             unique=unique,
+            version=version,
             options=dict(options),
         )
 

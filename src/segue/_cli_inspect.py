@@ -213,6 +213,10 @@ def info(
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
     if shown.from_worker:
         _say(f"  enqueued by name: {', '.join(shown.from_worker)} from the worker")
+    if shown.version != shown.started_version:
+        _say(f"  version {shown.version} (started under {shown.started_version})")
+    elif shown.version != 1:
+        _say(f"  version {shown.version}")
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:

@@ -54,6 +54,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def output(self, task_id: str) -> str:
+        """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
+        return self.base + "out:" + task_id
+
     def claim(self, token: str) -> str:
         """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
         return self.base + "claim:" + token
@@ -196,6 +200,10 @@ class Keyspace:
     def done_channel(self) -> str:
         """Sharded pub/sub channel announcing ids of tasks that just ended."""
         return self.key("ended")
+
+    def reply_channel(self, client: str) -> str:
+        """Sharded pub/sub channel carrying the answers to one client's queries."""
+        return self.key("replies", client)
 
 
 def queues_key(prefix: str) -> str:

@@ -57,11 +57,12 @@ def _untyped(*args: Any, **kwargs: Any) -> None:
 class ByName(Task[..., Any]):
     """A task known by its name only: what `app.send` enqueues. Never run here."""
 
-    by_name = True
-
-    def __init__(self, owner: TaskOwner, opts: TaskOptions, call_options: EnqueueOptions) -> None:
+    def __init__(
+        self, owner: TaskOwner, opts: TaskOptions, call_options: EnqueueOptions, marks: str
+    ) -> None:
         super().__init__(owner, _untyped, opts, call_options)
         self.result_decoder = TypedDecoder(Any)  # plain JSON: the result's type is not known
+        self.by_name = marks
 
     def __repr__(self) -> str:
         return f"<task {self.name} by name>"
@@ -75,6 +76,7 @@ def signature(
     *,
     queue: str | None,
     unique: bool | str,
+    version: int | None = None,
     options: dict[str, Any],
 ) -> Signature[Any]:
     """The call `app.send(name, *args, queue=..., **options)` enqueues."""
@@ -96,9 +98,10 @@ def signature(
         # the enqueue's own; max_tries and timeout stand in for the worker's (see fw)
         ttl=owner.settings.result_ttl_seconds,
         unique=_keyed(unique) if isinstance(unique, str) else unique,
+        version=1 if version is None else version,
     )
     call_options = _merge({}, options)  # type: ignore[arg-type]
-    task = ByName(owner, opts, call_options)
+    task = ByName(owner, opts, call_options, "send v" if version is None else "send")
     return Signature(task, args, kwargs, call_options, complete=True)
 
 
@@ -109,15 +112,16 @@ def _keyed(key: str) -> Callable[..., str]:
     return unique_key
 
 
-def from_worker(opts: EnqueueOptions) -> str:
-    """The record's `fw` field for a call by name: "send", then "mt" / "to" when the
-    claiming worker's definition supplies max_tries / timeout (not passed here)."""
-    marks = ["send"]
+def from_worker(opts: EnqueueOptions, marks: str) -> str:
+    """The record's `fw` field for a call by name: `marks` ("send", and "v" when no version
+    was passed), then "mt" / "to" when the claiming worker's definition supplies max_tries /
+    timeout (not passed here)."""
+    out = marks.split()
     if "max_tries" not in opts:
-        marks.append("mt")
+        out.append("mt")
     if "timeout" not in opts:
-        marks.append("to")
-    return " ".join(marks)
+        out.append("to")
+    return " ".join(out)
 
 
 async def send(
@@ -128,7 +132,10 @@ async def send(
     *,
     queue: str | None = None,
     unique: bool | str = False,
+    version: int | None = None,
     options: dict[str, Any],
 ) -> TaskHandle[Any]:
-    sig = signature(owner, name, args, kwargs, queue=queue, unique=unique, options=options)
+    sig = signature(
+        owner, name, args, kwargs, queue=queue, unique=unique, version=version, options=options
+    )
     return await owner.enqueue_one(sig)

@@ -107,8 +107,13 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # the task's code version (`@app.task(version=...)`), and the one it started under
+    # (ctx.version): they differ once a newer worker migrated it
+    version: int = 1
+    started_version: int = 1
     # a task enqueued by name (app.send): the options its worker's definition supplies
-    # ("max_tries", "timeout", "retry_backoff", "limits"); empty for one enqueued with its code
+    # ("max_tries", "timeout", "version", "retry_backoff", "limits"); empty for one enqueued
+    # with its code
     from_worker: tuple[str, ...] = ()
 
 
@@ -118,5 +123,6 @@ def from_worker_names(fw: str) -> tuple[str, ...]:
     marks = fw.split()
     if "send" not in marks:
         return ()
-    named = [name for mark, name in (("mt", "max_tries"), ("to", "timeout")) if mark in marks]
+    marked = (("mt", "max_tries"), ("to", "timeout"), ("v", "version"))
+    named = [name for mark, name in marked if mark in marks]
     return (*named, "retry_backoff", "limits")

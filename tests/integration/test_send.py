@@ -15,7 +15,7 @@ from segue import App, TaskFailed, TaskStatus
 from tests._workers import Fleet
 from tests.e2e.conftest import dashboard
 
-FROM_WORKER = ("max_tries", "timeout", "retry_backoff", "limits")
+FROM_WORKER = ("max_tries", "timeout", "version", "retry_backoff", "limits")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,14 +92,14 @@ async def test_send_by_name_runs_checks_and_routes_on_worker_processes(
             assert (await flaky.info()).tries == 2
             err = await failure(slow)
             assert err.reason == "timeout"
-            assert (await slow.info()).from_worker == ("timeout", "retry_backoff", "limits")
+            assert (await slow.info()).from_worker == FROM_WORKER[1:]  # max_tries passed
             dead = {i.id for i in await producer.dead_letters()}
             assert {wrong_type.id, missing.id, unexpected.id, ghost.id} <= dead
             assert await known.status() is TaskStatus.SUCCEEDED
             # the dashboard marks what came from the worker
             async with dashboard(producer, auth=None) as client:
                 page = (await client.get(f"/tasks/{known.id}")).text
-            assert "enqueued by name: max_tries, timeout, retry_backoff, limits from the" in page
+            assert "enqueued by name: max_tries, timeout, version, retry_backoff, limits" in page
 
 
 async def test_send_refuses_what_it_cannot_carry(make_app: Any) -> None:
