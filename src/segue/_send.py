@@ -1,11 +1,11 @@
 """Enqueue by name (`app.send`, `segue enqueue`): a producer that does not import a task's code.
 
 Such a producer knows the name and the arguments, nothing else. What it cannot know is left
-to the worker that claims the task: `max_tries` and `timeout` (unless passed; the record's
-`fw` field lists what the worker supplies), retry backoff and limits (always the worker's,
-as for every task). Arguments are checked there too: a call that does not fit the function
-ends FAILED with reason `bad_arguments`, naming the parameter. A name no worker knows is
-released and then failed `unknown_task`, as for any task.
+to the worker that claims the task: `max_tries`, `timeout` and `version` (unless passed;
+the record's `fw` field lists what the worker supplies), retry backoff and limits (always
+the worker's, as for every task). Arguments are checked there too: a call that does not
+fit the function ends FAILED with reason `bad_arguments`, naming the parameter. A name no
+worker knows is released and then failed `unknown_task`, as for any task.
 """
 
 from __future__ import annotations
