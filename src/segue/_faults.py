@@ -52,6 +52,11 @@ VERSION_POINTS = ("before_migrate", "after_migrate")
 # test_stream_crashes.py has it: after_stream_write (a batch of chunks was stored, the run
 # has not gone on)
 STREAM_POINTS = ("after_stream_write",)
+# reached only by the walk of a cascade to sub-tasks (Broker.cascade, from the process that
+# sent the command and from workers' forwarders), so tests/faults/test_cascade_crashes.py
+# has it: mid_cascade (a batch of the walk was stored, markers are left, the next batch is
+# not sent)
+CASCADE_POINTS = ("mid_cascade",)
 
 
 class FaultInjected(RuntimeError):
