@@ -5,7 +5,9 @@ worker is SIGKILLed (and restarted) and every client connection is cut once. Onc
 queue drained and the records' lifetime is over, the server must hold nothing of the run
 but the documented structural keys (RELIABILITY §5.6: every per-task key has a TTL or is
 deleted), its memory must be back near where it started, and the workers' memory must not
-have grown with the number of tasks.
+have grown with the number of tasks. A few parents of sub-tasks are cancelled under load, so
+the check covers cascades: no marker left, the parents' journals gone with their records,
+the sub-tasks' records (kept an hour by design) with a TTL.
 """
 
 from __future__ import annotations
