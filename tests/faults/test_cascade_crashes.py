@@ -35,11 +35,19 @@ LEASE = 1.0  # the killed worker's running sub-task is reaped (and cancelled) af
 SUBTASKS = 2 * CASCADE_BATCH + 50
 
 
+# the cluster variant runs in full mode: the same walk on one slot of a cluster (a tree is
+# in one slot), where the single server already checks every rule in quick mode
+@pytest.fixture(params=["segue_valkey", pytest.param("segue_cluster", marks=pytest.mark.full_only)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    found: Engine = request.getfixturevalue(request.param)
+    return found
+
+
 @pytest.fixture
-def cascade_app(segue_valkey: Engine, queue_name: str) -> Iterator[App]:
+def cascade_app(engine: Engine, queue_name: str) -> Iterator[App]:
     app = faults.app
     saved = app.settings
-    app.settings = saved.replace(redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2)
+    app.settings = saved.replace(redis_url=engine.url, queue=queue_name, poll_seconds=0.2)
     yield app
     app.settings = saved
 
@@ -92,15 +100,15 @@ async def half_walked(
 
 
 async def test_a_walk_cut_by_its_client_and_by_a_killed_worker_is_finished_by_another(
-    segue_valkey: Engine,
+    engine: Engine,
     cascade_app: App,
     queue_name: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ks = Keyspace("segue", queue_name)
-    admin: Any = admin_client(segue_valkey)
-    fleet = Fleet(APP, segue_valkey.url, queue_name, lease=LEASE, log_dir=tmp_path / "logs")
+    admin: Any = admin_client(engine)
+    fleet = Fleet(APP, engine.url, queue_name, lease=LEASE, log_dir=tmp_path / "logs")
     try:
         async with cascade_app:
             with fleet:
