@@ -248,11 +248,8 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     assert_sound(verdict)
     succeeded = [tally.of(i, "task.succeeded") for i in history.ids("ok")]
     assert succeeded == [1] * (n + warmup)  # each task succeeded, once
-    # the durable functions slept as a run of their own (each resumed and replayed a step);
-    # but for a few whose journal write took longer than their sleep on a loaded machine
-    # (the due time had passed: nothing to wait for)
-    slept = sum(tally.of(history.task_id(str(k)), "task.suspended") >= 1 for k in durable)
-    assert slept >= 0.95 * len(durable), (slept, len(durable))
+    # the durable functions slept as a run of their own (each resumed and replayed a step)
+    assert all(tally.of(history.task_id(str(k)), "task.suspended") >= 1 for k in durable)
     # each cascade reached every sub-task: cancelled once, none ran to its end
     for task_id in [t.id for t in trees] + subtasks:
         assert tally.of(task_id, "task.cancelled") == 1, (task_id, tally.counts[task_id])
