@@ -15,7 +15,9 @@
     ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
     ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
     ├── ResultUnavailable       the task ended but kept no result (ttl=0, or expired)
-    └── ResultTimeout           also a TimeoutError
+    ├── ResultTimeout           also a TimeoutError
+    ├── SignalTimeout           ctx.wait_signal's deadline passed (no default given)
+    └── SignalBufferFull        handle.signal: the task holds max_pending_signals signals
 
 Raised by task code (not errors of segue's, so not under SegueError):
 
@@ -144,6 +146,21 @@ class ResultUnavailable(SegueError):
 
 class ResultTimeout(SegueError, TimeoutError):
     """The task did not end within the time given to result()."""
+
+
+class SignalTimeout(SegueError, TimeoutError):
+    """`ctx.wait_signal(name, timeout=...)` got no signal of that name before its deadline
+    and no `default` was given. Not retried when uncaught: the task ends FAILED with reason
+    `signal_timeout` (a retry would replay the same journaled timeout)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class SignalBufferFull(SegueError):
+    """`handle.signal()` was refused: the task already holds `max_pending_signals` signals
+    that no wait has taken yet. Nothing was stored; a wait that takes one makes room."""
 
 
 class StepFailed(SegueError):

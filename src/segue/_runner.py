@@ -22,11 +22,12 @@ from segue._context import (
     ServerUnreachable,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, Pause, PayloadError, Retry
+from segue._errors import Fail, Pause, PayloadError, Retry, SignalTimeout
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
+from segue._signals import WaitingForSignal
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
@@ -197,8 +198,14 @@ async def _call(
                 # the thread sees the context variables of this run (set by hooks, say)
                 call = functools.partial(task.fn, *args, **kwargs)
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
-    except WaitingForSubtasks:
+    except (WaitingForSubtasks, WaitingForSignal):
         return Waiting()
+    except SignalTimeout as exc:
+        # no retry: a new try would replay the same journaled timeout
+        job.error = exc
+        if not silent:
+            lines.info("task %s failed: %s", job.id, exc)
+        return Failed(_error(exc, "signal_timeout", with_tb=True), "signal_timeout")
     except Sleeping as exc:
         if not silent:
             lines.info("task %s sleeps for %.3f s (durable sleep)", job.id, exc.delay_ms / 1000)

@@ -106,6 +106,9 @@ class Settings:
     # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
     # a longer one ends the run and frees its slot until the task is due
     sleep_inline_seconds: float = 5.0
+    # signals a task may hold that no ctx.wait_signal has taken yet (handle.signal past it
+    # raises SignalBufferFull); Temporal's limit per workflow
+    max_pending_signals: int = 2000
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -116,6 +119,10 @@ class Settings:
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
             raise ConfigurationError(
                 f"prefix {self.prefix!r} must be a bare word (letters, digits, - or _)"
+            )
+        if self.max_pending_signals < 1:
+            raise ConfigurationError(
+                f"max_pending_signals must be 1 or more, not {self.max_pending_signals}"
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {self.concurrency}")

@@ -93,6 +93,16 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # A task WAITING for a signal (ctx.wait_signal, lib/signals.lua): the signal's name, the
+    # journal field its outcome goes to, when the wait began and its deadline (ms; absent:
+    # none). An old release's claim and reconcile scripts do not know them: its claim
+    # drops the deadline's entry unread and its reconciler drops it as stale; a new
+    # reconciler puts it back from 'sgd'. An old worker never runs such a task's code.
+    SIGNAL_WAIT: Final = Code("sgw")
+    SIGNAL_JOURNAL: Final = Code("sgj")
+    SIGNAL_WAIT_AT: Final = Code("sga")
+    SIGNAL_DEADLINE: Final = Code("sgd")
+    SIGNALS_DROPPED: Final = Code("sgx")  # signals still buffered when the task ended
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
@@ -134,6 +144,7 @@ class ScriptErrorCode(enum.StrEnum):
     DUPLICATE = "SEGUE_DUPLICATE"  # <holder id>
     DEPENDENCY_ENDED = "SEGUE_DEPENDENCY_ENDED"  # <id>
     QUEUE_FULL = "SEGUE_QUEUE_FULL"  # <prefix> <length> <limit> <adding>
+    SIGNAL_BUFFER_FULL = "SEGUE_SIGNAL_BUFFER_FULL"  # <signals buffered>
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):

@@ -74,6 +74,7 @@ ALLOW_OOM = frozenset(
         "wait",
         "state",
         "journal",
+        "signal_wait",
         "event",
         "control",
         "workflow",

@@ -7,6 +7,7 @@
   KEYS[14] rate limits hash (task name -> "<tokens per ms> <burst>")
   KEYS[15] concurrency limits hash (task name -> most running at once, all workers)
   KEYS[16] waiting zset (tasks waiting for others)   KEYS[17] events stream
+  KEYS[18] signal deadlines zset (sigdue: tasks waiting for a signal, score = deadline)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   ARGV[8] claim token ('' for none): a claim whose reply was lost is sent again with the
@@ -86,6 +87,18 @@ for _, id in ipairs(due) do
   elseif prio and DUE_STATES[f[2]] then
     transition(Q, tk, id, { to = 'queued', at = now, why = 'due', push = 'back', prio = prio })
     redis.call('HDEL', tk, 'due')
+  end
+end
+
+-- waits for a signal whose deadline passed: the timeout is journaled as the wait's outcome
+-- and the task queued (a signal that came first already took it out of this index)
+local timed = redis.call('ZRANGEBYSCORE', KEYS[18], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(timed) do
+  redis.call('ZREM', KEYS[18], id)
+  local tk = prefix .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'sgw')
+  if f[1] == 'waiting' and f[2] then
+    sig_wake(Q, tk, id, '{"x":1}', 0, 'SignalTimeout', 'signal ' .. f[2] .. ' timed out', now)
   end
 end
 
@@ -252,6 +265,8 @@ end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+first = redis.call('ZRANGE', KEYS[18], 0, 0, 'WITHSCORES')
+if first[2] and (out[1] < 0 or tonumber(first[2]) < out[1]) then out[1] = tonumber(first[2]) end
 if token_at and (out[1] < 0 or token_at < out[1]) then out[1] = token_at end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only

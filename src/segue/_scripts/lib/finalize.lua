@@ -1,4 +1,4 @@
---#include transition leases outbox stats
+--#include transition leases outbox stats signals
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -57,6 +57,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  sig_end(Q, tk, id, ttl, f[5], at)
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -177,6 +178,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
   while redis.call('LLEN', Q.dead) > cap do

@@ -16,6 +16,14 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   if cmd == 'pause' then
     if status == 'paused' then return { status, 0 } end
     if FINAL[status] then return invalid() end
+    if status == 'waiting' and redis.call('HEXISTS', tk, 'sgw') == 1 then
+      -- waiting for a signal holds no slot: PAUSED at once; a signal sent meanwhile is
+      -- buffered, and its next run (after resume) takes it or waits again
+      sig_unwait(Q, tk, id)
+      transition(Q, tk, id, { to = 'paused', at = now, why = reason, set = { 'd', 0 },
+        score = now, event = 'task.paused' })
+      return { 'paused', 0 }
+    end
     if status == 'waiting' then
       -- held where it is: when its dependencies are done it becomes PAUSED, not queued
       if not f[4] then
