@@ -276,10 +276,10 @@ def delete(ks: Keyspace, task_id: str) -> ScriptCall:
     return (_scripts.load("delete"), [*ks.done, ks.dead], [ks.base, task_id])
 
 
-def wf_index(ks: Keyspace, wf_id: str, shape: str) -> ScriptCall:
+def wf_index(ks: Keyspace, wf_id: str, shape: str, names: str = "") -> ScriptCall:
     """List a workflow in its queue's index with its shape (wf_index.lua); replies 1
     listed, 0 no such record."""
-    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape])
+    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape, names])
 
 
 def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:

@@ -73,8 +73,9 @@ def skip_time(until: float) -> None:
 
 
 async def advance_sleeps(broker: Broker, queues: list[str], seconds: float) -> int:
-    """Make due now every SUSPENDED task of `queues` due within `seconds`: the helper of
-    `app.drain(advance=...)`. Returns how many it moved."""
+    """Make due now every SUSPENDED task of `queues` due within `seconds`, and every wait
+    for a signal whose deadline is within it: the helper of `app.drain(advance=...)`.
+    Returns how many it moved."""
     horizon = await broker.reads.server_time_ms() + round(seconds * 1000)
     moved = 0
     for queue in queues:
@@ -87,6 +88,10 @@ async def advance_sleeps(broker: Broker, queues: list[str], seconds: float) -> i
             if status in (b"suspended", "suspended"):
                 await client.zadd(ks.scheduled, {task_id: 0})
                 moved += 1
+        # a ctx.wait_signal whose deadline falls within: its timeout comes now (claim.lua)
+        for raw in await client.zrangebyscore(ks.signal_due, 1, horizon):
+            await client.zadd(ks.signal_due, {raw: 0})
+            moved += 1
     return moved
 
 

@@ -12,7 +12,9 @@ dict and never waits.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import uuid
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,12 +22,18 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from segue import _clock
-from segue._codec import decode_plain
-from segue._errors import LeaseLost, SignalTimeout
+from segue._broker import server_unreachable
+from segue._codec import decode_plain, encode
+from segue._errors import BrokerError, LeaseLost, SignalTimeout
 from segue._journal import FIELD, Journal, RunControl
+from segue._keys import queue_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from segue._broker import Broker
+
+_SEND_ATTEMPTS = 6  # about 1.6 s of resends of one signal while the server is unreachable
 
 MISSING: Any = object()
 
@@ -126,3 +134,25 @@ async def wait_signal(
     if code == 2:
         return _timed_out(task_id, name, seconds, default)
     raise WaitingForSignal
+
+
+async def send_signal(
+    broker: Broker, task_id: str, name: str, data: Any, signal_id: str | None, limit: int
+) -> str:
+    """Send a signal (signal.lua) under one id, sent again while the server is unreachable
+    for a short while: the id makes every resend safe. Returns the task's status after."""
+    check_name(name, task_id)
+    payload = encode(data, what=f"the data of signal {name!r}", limit=limit)
+    sid = signal_id or uuid.uuid4().hex
+    ks = broker.keyspace(queue_of(task_id))
+    pause = 0.05
+    for attempt in range(_SEND_ATTEMPTS):
+        try:
+            _, status = await broker.signal(ks, task_id, name, payload, sid)
+            return status
+        except BrokerError as exc:
+            if not server_unreachable(exc) or attempt == _SEND_ATTEMPTS - 1:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -107,3 +107,8 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # what a WAITING task waits for: "dependencies", "sub-tasks", or "signal:<name>" and,
+    # when the wait has a timeout, " until <deadline, ISO 8601>"; None when not WAITING
+    waiting_for: str | None = None
+    # signals still buffered when the task ended (dropped; a task.signals_dropped event)
+    signals_dropped: int = 0

@@ -121,6 +121,8 @@ class WorkflowField:
     ENDED_AT: Final = Code("et")
     QUEUES: Final = Code("queues")
     PART: Final = Code("part")
+    # the steps' name= labels, JSON {label: step id} (wf_index.lua; old workflows have none)
+    STEP_NAMES: Final = Code("sn")
 
 
 class EventField:
