@@ -369,7 +369,7 @@ class Enqueuer:
         by_id = {s.id: s for s in steps}
         labels: dict[str, str] = {}
         for step in steps:
-            label = step.sig.opts.get("name")
+            label: Any = step.sig.opts.get("name")
             if label is None:
                 continue
             if not isinstance(label, str) or not label or label in labels:

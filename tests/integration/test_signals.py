@@ -1,0 +1,204 @@
+"""Contract tests of signals (issue 18): handle.signal, ctx.wait_signal, wf.signal, and
+signals in local runs and under drain. Single server and cluster (segue_engine)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from segue import (
+    App,
+    Context,
+    InvalidTransition,
+    SignalBufferFull,
+    SignalTimeout,
+    SyncContext,
+    TaskStatus,
+)
+from tests._support import keys_of
+from tests.integration.conftest import eventually, serving
+
+
+async def _is(handle: Any, status: TaskStatus) -> bool:
+    return bool(await handle.status() is status)
+
+
+async def test_a_signal_sent_before_the_wait_is_taken_at_once(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="sig.before")
+    async def before(ctx: Context) -> Any:
+        await ctx.state.set(ready=1)
+        return await ctx.wait_signal("go")
+
+    async with app:
+        h = await before.enqueue()
+        assert await h.signal("go", {"n": 1}) is TaskStatus.QUEUED
+        assert await h.signal("go", {"n": 2}) is TaskStatus.QUEUED
+        await app.drain()
+        assert await h.result(timeout=5) == {"n": 1}
+        info = await h.info()
+        # the second one was still buffered when the task ended: counted, then dropped
+        assert info.signals_dropped == 1
+        kinds = [e.kind for e in await h.events()]
+        assert "task.signals_dropped" in kinds
+        assert [s.name for s in info.steps] == ["signal:go#1"]
+
+
+async def test_a_signal_during_the_wait_wakes_the_task_and_is_delivered_once(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    runs: list[int] = []
+
+    @app.task(name="sig.during")
+    async def during(ctx: Context) -> Any:
+        runs.append(ctx.tries)
+        first = await ctx.wait_signal("approval")
+        second = await ctx.wait_signal("approval", timeout=60)
+        return [first, second]
+
+    async with app, serving(app, concurrency=2):
+        h = await during.enqueue()
+        await eventually(lambda: _is(h, TaskStatus.WAITING))
+        info = await h.info()
+        assert info.waiting_for == "signal:approval"
+        assert info.worker_id is None
+        assert await h.signal("approval", "a", id="one") is TaskStatus.QUEUED
+        # a resend of the same id (a lost reply) changes nothing
+        await h.signal("approval", "a", id="one")
+        await eventually(lambda: _is(h, TaskStatus.WAITING))
+        assert (await h.info()).waiting_for.startswith("signal:approval until ")  # type: ignore[union-attr]
+        await h.signal("approval", "b", id="two")
+        assert await h.result(timeout=10) == ["a", "b"]
+        # a resend after the end still reports success; a new signal is refused
+        assert await h.signal("approval", "b", id="two") is TaskStatus.SUCCEEDED
+        with pytest.raises(InvalidTransition, match="succeeded"):
+            await h.signal("approval", "c")
+        assert (await h.info()).tries == 1  # waits spend no try
+        assert await keys_of(segue_engine, f"*sig:{h.id}") == []
+
+
+async def test_the_timeout_returns_the_default_or_raises(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="sig.default")
+    async def with_default(ctx: Context) -> Any:
+        return await ctx.wait_signal("x", timeout=timedelta(days=2), default="gave up")
+
+    @app.task(name="sig.raises")
+    async def raises(ctx: Context) -> Any:
+        return await ctx.wait_signal("x", timeout=0.3)
+
+    async with app:
+        h1 = await with_default.enqueue()
+        h2 = await raises.enqueue()
+        await app.drain(advance=timedelta(days=2, seconds=1))
+        assert await h1.result(timeout=5) == "gave up"
+        info = await h2.info()
+        assert info.status is TaskStatus.FAILED and info.tries == 1
+        assert info.error is not None and info.error.type == "SignalTimeout"
+        assert info.error.reason == "signal_timeout"
+
+
+async def test_the_timeout_comes_on_time_with_a_worker(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="sig.ontime")
+    async def ontime(ctx: Context) -> Any:
+        return await ctx.wait_signal("x", timeout=1.0, default="late")
+
+    async with app, serving(app):
+        import time
+
+        t0 = time.monotonic()
+        h = await ontime.enqueue()
+        assert await h.result(timeout=10) == "late"
+        assert 0.9 <= time.monotonic() - t0 < 3.0
+
+
+async def test_pause_resume_cancel_of_a_waiting_task(make_app: Callable[..., App]) -> None:
+    app = make_app()
+
+    @app.task(name="sig.paused")
+    async def paused(ctx: Context) -> Any:
+        return await ctx.wait_signal("go")
+
+    async with app, serving(app):
+        h = await paused.enqueue()
+        await eventually(lambda: _is(h, TaskStatus.WAITING))
+        assert await h.pause() is TaskStatus.PAUSED
+        await h.signal("go", 7)  # buffered while paused
+        assert await h.status() is TaskStatus.PAUSED
+        await h.resume()
+        assert await h.result(timeout=10) == 7
+        h2 = await paused.enqueue()
+        await eventually(lambda: _is(h2, TaskStatus.WAITING))
+        await h2.pause()
+        await h2.resume()  # no signal buffered: it waits again
+        await eventually(lambda: _is(h2, TaskStatus.WAITING))
+        assert await h2.cancel() is TaskStatus.CANCELLED
+
+
+async def test_the_buffer_is_bounded(make_app: Callable[..., App]) -> None:
+    app = make_app(max_pending_signals=2)
+
+    @app.task(name="sig.full")
+    async def full(ctx: Context) -> Any:
+        return await ctx.wait_signal("go")
+
+    async with app:
+        h = await full.options(delay=3600).enqueue()
+        await h.signal("go", 1)
+        await h.signal("other", 2)
+        with pytest.raises(SignalBufferFull):
+            await h.signal("go", 3)
+        await h.cancel()
+        assert (await h.info()).signals_dropped == 2
+
+
+async def test_a_signal_to_a_workflow_step_before_it_starts_reaches_it(
+    make_app: Callable[..., App], queue_name: str
+) -> None:
+    app = make_app()
+
+    @app.task(name="sig.first")
+    async def first() -> int:
+        return 1
+
+    @app.task(name="sig.step")
+    async def step(ctx: Context, prev: int) -> Any:
+        return [prev, await ctx.wait_signal("go")]
+
+    async with app:
+        other = f"{queue_name}_b"
+        wf = await (first.call() | step.options(name="approve", queue=other).call()).enqueue()
+        await wf.signal("approve", "go", "yes")
+        await app.drain(queues=[queue_name, other])
+        assert await wf.result(timeout=10) == [1, "yes"]
+
+
+def test_a_local_run_takes_given_signals_and_never_waits(make_app: Callable[..., App]) -> None:
+    import asyncio
+
+    app = make_app()
+
+    @app.task(name="sig.local")
+    async def local(ctx: Context) -> Any:
+        a = await ctx.wait_signal("go")
+        b = await ctx.wait_signal("go", timeout=3600, default="none")
+        return [a, b]
+
+    @app.task(name="sig.local_sync")
+    def local_sync(ctx: SyncContext) -> Any:
+        return ctx.wait_signal("go")
+
+    assert asyncio.run(local.run(signals={"go": ["x"]})) == ["x", "none"]
+    with pytest.raises(SignalTimeout):
+        asyncio.run(local.run())
+    assert asyncio.run(local_sync.run(signals={"go": [5]})) == 5
