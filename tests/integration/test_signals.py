@@ -73,7 +73,7 @@ async def test_a_signal_during_the_wait_wakes_the_task_and_is_delivered_once(
         # a resend of the same id (a lost reply) changes nothing
         await h.signal("approval", "a", id="one")
         await eventually(lambda: _is(h, TaskStatus.WAITING))
-        assert (await h.info()).waiting_for.startswith("signal:approval until ")  # type: ignore[union-attr]
+        assert str((await h.info()).waiting_for).startswith("signal:approval until ")
         await h.signal("approval", "b", id="two")
         assert await h.result(timeout=10) == ["a", "b"]
         # a resend after the end still reports success; a new signal is refused
