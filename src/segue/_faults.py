@@ -43,6 +43,9 @@ SERVICE_POINTS = ("lease_thread", "forwarder_pass")
 # them, not the matrix of POINTS: after_step_effect (a step's function returned or raised,
 # its journal entry is not written) and after_journal_write (the entry was stored)
 STEP_POINTS = ("after_step_effect", "after_journal_write")
+# reached by ctx.wait_signal (tests/faults/test_signal_crashes.py): after_signal_taken (a
+# buffered signal was taken and journaled in one script call, the run has not gone on)
+SIGNAL_POINTS = ("after_signal_taken",)
 
 
 class FaultInjected(RuntimeError):

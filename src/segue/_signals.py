@@ -25,6 +25,7 @@ from segue import _clock
 from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
 from segue._errors import BrokerError, LeaseLost, SignalTimeout
+from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, RunControl
 from segue._keys import queue_of
 
@@ -130,6 +131,7 @@ async def wait_signal(
             f"or it was cancelled), so its wait for signal {name!r} was not recorded"
         )
     if code == 1:
+        faultpoint("after_signal_taken")
         return decode_plain(data or b"null")
     if code == 2:
         return _timed_out(task_id, name, seconds, default)
