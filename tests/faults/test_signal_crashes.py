@@ -160,7 +160,7 @@ async def test_waits_and_buffered_signals_survive_a_server_restart_with_aof(
                 assert await h.result(timeout=20) == [0, 1, 2]
                 await deadline.cancel()
     finally:
-        if server.proc is not None and server.proc.poll() is None:
+        if server.proc.poll() is None:
             server.kill()
 
 
