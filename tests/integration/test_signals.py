@@ -17,6 +17,7 @@ from segue import (
     SignalTimeout,
     SyncContext,
     TaskStatus,
+    _ops_reads,
 )
 from tests._support import keys_of
 from tests.integration.conftest import eventually, serving
@@ -202,3 +203,35 @@ def test_a_local_run_takes_given_signals_and_never_waits(make_app: Callable[...,
     with pytest.raises(SignalTimeout):
         asyncio.run(local.run())
     assert asyncio.run(local_sync.run(signals={"go": [5]})) == 5
+
+
+async def test_waiting_tasks_hold_no_slot_and_do_not_count_as_ready(
+    make_app: Callable[..., App], queue_name: str, segue_engine: Any
+) -> None:
+    # the 1,000 on the single server; fewer elsewhere, to keep the suite fast
+    n = 1000 if segue_engine.kind == "valkey" and not segue_engine.ports else 200
+    app = make_app()
+
+    @app.task(name="sig.waiter")
+    async def waiter(ctx: Context, i: int) -> Any:
+        return [i, await ctx.wait_signal("go")]
+
+    @app.task(name="sig.other")
+    async def other(i: int) -> int:
+        return i
+
+    async with app:
+        hs = await app.enqueue_many([waiter.call(i) for i in range(n)])
+        await app.drain(concurrency=4)
+        counts = await app.queue_counts()
+        assert (counts["waiting"], counts["queued"], counts["running"]) == (n, 0, 0)
+        reads = await app._client.reads()
+        ready = await _ops_reads.readiness(reads, reads.keyspace(queue_name))
+        assert (ready.ready, ready.oldest_age) == (0, 0.0)
+        async with serving(app, concurrency=4):
+            quick = await app.enqueue_many([other.call(i) for i in range(8)])
+            assert [await h.result(timeout=10) for h in quick] == list(range(8))
+        for h in hs:
+            await h.signal("go", h.id)
+        await app.drain(concurrency=4)
+        assert [await h.result(timeout=5) for h in hs] == [[i, h.id] for i, h in enumerate(hs)]
