@@ -235,3 +235,50 @@ async def test_waiting_tasks_hold_no_slot_and_do_not_count_as_ready(
             await h.signal("go", h.id)
         await app.drain(concurrency=4)
         assert [await h.result(timeout=5) for h in hs] == [[i, h.id] for i, h in enumerate(hs)]
+
+
+async def test_the_reconciler_repairs_signal_keys_and_never_queues_a_waiting_task(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    from segue._broker import make_async_client
+    from segue._keys import Keyspace
+    from segue._reconcile import Reconciler
+
+    app = make_app()
+    ks = Keyspace("segue", queue_name)
+
+    @app.task(name="sig.rec")
+    async def rec(ctx: Context) -> Any:
+        return await ctx.wait_signal("go", timeout=3600)
+
+    admin: Any = make_async_client(segue_engine.admin_url, cluster=segue_engine.kind == "cluster")
+    try:
+        async with app:
+            waiting, done = await rec.enqueue(), await rec.enqueue()
+            await done.signal("go", 1, id="kept")
+            await app.drain()
+            assert await done.result(timeout=5) == 1
+            gone = f"{queue_name}:gone"
+            await admin.zrem(ks.signal_due, waiting.id)  # an old release's claim dropped it
+            await admin.zadd(ks.signal_due, {gone: 1})
+            await admin.hset(ks.signals(gone), "c", 1)
+            await admin.sadd(ks.signal_ids(gone), "x")
+            await admin.persist(ks.signal_ids(done.id))
+            broker = await app._client.broker()
+            reconciler = Reconciler(broker, "test", [ks])
+            kinds = sorted(r.kind for r in await reconciler.run_pass(ks, steps=None))
+            assert kinds == [
+                "orphan_signal_ids",
+                "orphan_signals",
+                "signal_deadline_not_indexed",
+                "signal_ids_without_ttl",
+                "stale_signal_deadline",
+            ]
+            assert await reconciler.run_pass(ks, steps=None) == []
+            assert await waiting.status() is TaskStatus.WAITING
+            assert await admin.zscore(ks.signal_due, waiting.id) is not None
+            assert await admin.pttl(ks.signal_ids(done.id)) > 0
+            await waiting.cancel()
+            assert await admin.zscore(ks.signal_due, waiting.id) is None
+    finally:
+        await admin.aclose()
