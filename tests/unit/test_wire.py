@@ -85,6 +85,11 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "SIGNAL_WAIT": "sgw",
+    "SIGNAL_JOURNAL": "sgj",
+    "SIGNAL_WAIT_AT": "sga",
+    "SIGNAL_DEADLINE": "sgd",
+    "SIGNALS_DROPPED": "sgx",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -96,6 +101,7 @@ WORKFLOW_CODES = {
     "ENDED_AT": "et",
     "QUEUES": "queues",
     "PART": "part",
+    "STEP_NAMES": "sn",
 }
 EVENT_CODES = {
     "KIND": "e",
@@ -138,6 +144,7 @@ def test_script_error_codes_are_the_scripts_reply_prefixes() -> None:
         "SEGUE_DUPLICATE",
         "SEGUE_DEPENDENCY_ENDED",
         "SEGUE_QUEUE_FULL",
+        "SEGUE_SIGNAL_BUFFER_FULL",
     }
 
 
