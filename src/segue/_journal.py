@@ -211,6 +211,13 @@ class Journal:
             f"task {self._task_id}: the step journal",
             lambda: run.broker.reads.read_state(run.ks, self._task_id),
         )
+        self._entries = self._parse(raw)
+
+    def preload(self, flat: list[bytes]) -> None:
+        """The journal as the claim handed it over ([field, value, ...]): no read."""
+        self._entries = self._parse(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def _parse(self, raw: dict[bytes, bytes]) -> dict[str, dict[str, msgspec.Raw]]:
         entries: dict[str, dict[str, msgspec.Raw]] = {}
         prefix = FIELD.encode()
         for key, value in raw.items():
@@ -220,7 +227,7 @@ class Journal:
             if "e" in entry and msgspec.json.decode(entry.get("t", b"0")) != self._tries:
                 continue  # a failed step of an earlier try: this try runs it again
             entries[key[len(prefix) :].decode()] = entry
-        self._entries = entries
+        return entries
 
     def lookup(self, name: str) -> dict[str, msgspec.Raw] | None:
         """The entry journaled under `name` (after load), counted as replayed."""

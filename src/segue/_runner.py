@@ -79,6 +79,7 @@ class Job:
     error: BaseException | None = None  # what the run raised, for hooks
     value: Any = None  # what it returned, for hooks
     unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
+    journal: list[bytes] | None = None  # its step journal, when the claim handed it over
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
@@ -153,6 +154,8 @@ async def attempt(
             headers=decode_plain(job.headers) if job.headers else None,
             sleep_inline_seconds=settings.sleep_inline_seconds,
         )
+        if job.journal is not None:
+            ctx._journal.preload(job.journal)
     if task.takes_ctx:
         assert ctx is not None
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))

@@ -224,11 +224,16 @@ class ClaimedRun(msgspec.Struct, gc=False):
     headers: bytes | None  # the enqueuer's headers (JSON)
     lost: int  # how many workers stopped under the task before this claim
     unreadable: str | None = None  # why this row could not be read in full
+    # a task woken by a signal: its step journal, [field, value, ...] (the run reads it
+    # from here instead of from the server)
+    journal: list[bytes] | None = None
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
         try:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
+                :10
+            ]
             run = cls(
                 task_id.decode(),
                 name.decode(),
@@ -243,6 +248,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")
+            if len(raw) > 10 and isinstance(raw[10], list):
+                run.journal = raw[10]
         except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, DecodeError
             return cls._unreadable(raw, exc)
         return run

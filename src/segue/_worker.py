@@ -465,6 +465,7 @@ class Worker:
                 input=run.input,
                 headers=run.headers,
                 unreadable=run.unreadable,
+                journal=run.journal,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (

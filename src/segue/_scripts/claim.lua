@@ -18,8 +18,11 @@
   ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, journal}... }
     (lost: how many workers stopped under the task before this claim)
+    (journal: for a task a signal or a wait's deadline woke (its record's 'sgk', set by
+    lib/signals.lua), its step journal's fields and values, {field, value, ...}, read from
+    its state hash `<prefix>state:<id>` (built from ARGV[1]); '' for any other task)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A run whose lease expired with no outcome and no step journal entry of its own (the
   record's 'jp' is its generation, journal.lua) was a try (max_tries counts runs): the task ends
@@ -191,7 +194,7 @@ if #replay > 0 then
     local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
-        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0 }
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, '' }
       want = want - 1
     end
   end
@@ -208,7 +211,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g')
+          'hd', 'd', 't', 'g', 'sgk')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
@@ -249,8 +252,20 @@ elseif not paused then
               redis.call('HSET', tk, 'cn', 1)
             end
             count_stat(prefix, 'started', now)
+            local journal = ''
+            if f[14] then
+              redis.call('HDEL', tk, 'sgk')
+              journal = {}
+              local st = redis.call('HGETALL', prefix .. 'state:' .. id)
+              for j = 1, #st, 2 do
+                if string.sub(st[j], 1, 3) == '~j:' then
+                  journal[#journal + 1] = st[j]
+                  journal[#journal + 1] = st[j + 1]
+                end
+              end
+            end
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost }
+              lost, journal }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1

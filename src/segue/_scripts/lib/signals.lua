@@ -56,6 +56,9 @@ local function sig_wake(Q, tk, id, entry, ok, kind, why, now)
   local jname = string.sub(f[1] or '~j:?', 4)
   sig_journal(Q.base, tk, id, f[1], entry, jname, f[4], now, ok, kind)
   sig_unwait(Q, tk, id)
+  -- 'sgk': the claim that runs it next hands the run its journal (claim.lua), sparing the
+  -- woken run the read of it before its wait returns
+  redis.call('HSET', tk, 'sgk', 1)
   transition(Q, tk, id, { to = 'queued', at = now, why = why, push = 'back', prio = f[2] })
 end
 
