@@ -282,3 +282,30 @@ async def test_the_reconciler_repairs_signal_keys_and_never_queues_a_waiting_tas
             assert await admin.zscore(ks.signal_due, waiting.id) is None
     finally:
         await admin.aclose()
+
+
+async def test_a_sync_task_waits_too_and_delete_leaves_no_signal_key(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+
+    @app.task(name="sig.sync")
+    def sync_waiter(ctx: SyncContext, n: int) -> Any:
+        return [n, ctx.wait_signal("go", timeout=3600)]
+
+    @app.task(name="sig.after")
+    async def after(x: int) -> int:
+        return x
+
+    async with app:
+        h = await sync_waiter.enqueue(1)
+        dependant = await after.options(after=[h]).enqueue(2)
+        await app.drain()
+        assert (await h.info()).waiting_for is not None
+        assert (await dependant.info()).waiting_for == "dependencies"
+        await h.signal("go", "ok", id="once")
+        await app.drain()
+        assert await h.result(timeout=5) == [1, "ok"]
+        assert await keys_of(segue_engine, f"*sgi:{h.id}") != []
+        assert await h.delete()
+        assert await keys_of(segue_engine, f"*sgi:{h.id}") == []

@@ -41,7 +41,8 @@ for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
 transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },
   push = 'back', prio = f[2] })
-redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw')
+redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw', 'sgx',
+  'sgk')
 if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end
 wake_if_needed(Q)
 return 'queued'
