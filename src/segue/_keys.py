@@ -133,7 +133,7 @@ class Keyspace:
     @cached_property
     def signal_keys(self) -> list[str]:
         """KEYS of signal.lua."""
-        return [*self.pending, self.wake, self.waiting, self.signal_due, self.events]
+        return [*self.pending, self.wake, self.waiting, self.signal_due, self.events, self.paused]
 
     @cached_property
     def signal_wait_keys(self) -> list[str]:

@@ -95,14 +95,18 @@ class TaskField:
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
     # A task WAITING for a signal (ctx.wait_signal, lib/signals.lua): the signal's name, the
     # journal field its outcome goes to, when the wait began and its deadline (ms; absent:
-    # none). An old release's claim and reconcile scripts do not know them: its claim
-    # drops the deadline's entry unread and its reconciler drops it as stale; a new
-    # reconciler puts it back from 'sgd'. An old worker never runs such a task's code.
+    # none; its entry is in the queue's `sigdue` zset, which only this release's claim
+    # reads: while only old workers serve a queue, deadlines wait for a new one). An old
+    # release's pause holds such a task ('hold') instead of pausing it: the signal that
+    # wakes it then makes it PAUSED. An old worker never runs such a task's code.
     SIGNAL_WAIT: Final = Code("sgw")
     SIGNAL_JOURNAL: Final = Code("sgj")
     SIGNAL_WAIT_AT: Final = Code("sga")
     SIGNAL_DEADLINE: Final = Code("sgd")
     SIGNALS_DROPPED: Final = Code("sgx")  # signals still buffered when the task ended
+    # woken by a signal or a deadline: the claim that runs it next hands the run its step
+    # journal (and clears this); an old claim ignores it, and the run reads the journal
+    SIGNAL_WOKEN: Final = Code("sgk")
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)

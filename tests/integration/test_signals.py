@@ -280,6 +280,16 @@ async def test_the_reconciler_repairs_signal_keys_and_never_queues_a_waiting_tas
             assert await admin.pttl(ks.signal_ids(done.id)) > 0
             await waiting.cancel()
             assert await admin.zscore(ks.signal_due, waiting.id) is None
+            # a release that did not know signals held it instead of pausing it: the
+            # signal that wakes it makes it PAUSED, the signal journaled for its resume
+            held = await rec.enqueue()
+            await app.drain()
+            await admin.hset(ks.task(held.id), "hold", 1)
+            await held.signal("go", 5)
+            assert await held.status() is TaskStatus.PAUSED
+            await held.resume()
+            await app.drain()
+            assert await held.result(timeout=5) == 5
     finally:
         await admin.aclose()
 

@@ -90,6 +90,7 @@ TASK_CODES = {
     "SIGNAL_WAIT_AT": "sga",
     "SIGNAL_DEADLINE": "sgd",
     "SIGNALS_DROPPED": "sgx",
+    "SIGNAL_WOKEN": "sgk",
 }
 WORKFLOW_CODES = {
     "STATE": "st",

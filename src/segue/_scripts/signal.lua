@@ -1,6 +1,7 @@
 --[[ signal: deliver a signal to a task, once per signal id (handle.signal, from any process).
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] wake list
   KEYS[5] waiting zset   KEYS[6] signal deadlines zset (sigdue)   KEYS[7] events stream
+  KEYS[8] paused zset
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] signal name
   ARGV[4] data (JSON)   ARGV[5] signal id (made by the sender, the same on every resend)
   ARGV[6] max_pending_signals (signals a task may hold buffered)
@@ -24,7 +25,7 @@ if FINAL[f[1]] then
   return redis.error_reply('SEGUE_INVALID_TRANSITION ' .. f[1] .. ' signal')
 end
 local Q = { base = prefix, lists = { KEYS[1], KEYS[2], KEYS[3] }, wake = KEYS[4],
-  waiting = KEYS[5], events = KEYS[7], woke = false }
+  waiting = KEYS[5], events = KEYS[7], paused = KEYS[8], woke = false }
 if f[1] == 'waiting' and f[2] == name then
   redis.call('SADD', ik, sid)
   sig_wake(Q, tk, id, '{"s":' .. data .. '}', 1, '', 'signal ' .. name, now_ms())

@@ -52,13 +52,20 @@ local function sig_unwait(Q, tk, id)
 end
 
 local function sig_wake(Q, tk, id, entry, ok, kind, why, now)
-  local f = redis.call('HMGET', tk, 'sgj', 'q', 'sgw', 'sga')
+  local f = redis.call('HMGET', tk, 'sgj', 'q', 'sgw', 'sga', 'hold')
   local jname = string.sub(f[1] or '~j:?', 4)
   sig_journal(Q.base, tk, id, f[1], entry, jname, f[4], now, ok, kind)
   sig_unwait(Q, tk, id)
   -- 'sgk': the claim that runs it next hands the run its journal (claim.lua), sparing the
   -- woken run the read of it before its wait returns
   redis.call('HSET', tk, 'sgk', 1)
+  if f[5] and Q.paused then
+    -- held while it waited (a pause by a release that did not know signals): PAUSED
+    redis.call('HDEL', tk, 'hold')
+    transition(Q, tk, id, { to = 'paused', at = now, why = 'paused while waiting',
+      score = now, event = 'task.paused' })
+    return
+  end
   transition(Q, tk, id, { to = 'queued', at = now, why = why, push = 'back', prio = f[2] })
 end
 
