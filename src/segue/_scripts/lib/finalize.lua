@@ -44,7 +44,7 @@ end
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'sgw')
   local ttl = tonumber(f[1] or '-1')
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
@@ -57,7 +57,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
-  sig_end(Q, tk, id, ttl, f[5], at)
+  sig_end(Q, tk, id, ttl, f[5], f[8])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then

@@ -72,7 +72,8 @@ end
 -- At a task's end: the signals still buffered are dropped (counted on the record, 'sgx',
 -- and reported by a task.signals_dropped event); the accepted ids live as long as the
 -- record, so a resend after the end still reports success.
-local function sig_end(Q, tk, id, ttl, name, at)
+-- `waited`: the record's 'sgw' (the task ends while it waits: cancelled, say).
+local function sig_end(Q, tk, id, ttl, name, waited)
   local bk = Q.base .. 'sig:' .. id
   local c = tonumber(redis.call('HGET', bk, 'c') or '0') or 0
   if c > 0 then
@@ -81,9 +82,9 @@ local function sig_end(Q, tk, id, ttl, name, at)
       redis.call('XADD', Q.events, 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.signals_dropped',
         'id', id, 'n', name or '', 'data', '{"dropped":' .. c .. '}')
     end
+    redis.call('DEL', bk)
   end
-  redis.call('DEL', bk)
-  if redis.call('HEXISTS', tk, 'sgw') == 1 then sig_unwait(Q, tk, id) end
+  if waited then sig_unwait(Q, tk, id) end
   local ik = Q.base .. 'sgi:' .. id
   if ttl == 0 then
     redis.call('DEL', ik)
