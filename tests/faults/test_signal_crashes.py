@@ -164,27 +164,40 @@ async def test_waits_and_buffered_signals_survive_a_server_restart_with_aof(
             server.kill()
 
 
-async def test_a_re_run_keeps_the_deadline_its_first_wait_journaled(
+async def test_a_wait_keeps_its_first_deadline_across_pause_kill_and_re_run(
     segue_valkey: Engine, queue_name: str, tmp_path: Path
 ) -> None:
+    ks = Keyspace("segue", queue_name)
     with (
         _use(segue_valkey, queue_name) as app,
         fleet(segue_valkey, queue_name, tmp_path / "hits") as workers,
     ):
         slot = workers.start()
         async with app:
-            h = await signals.deadline.enqueue(60.0, 0.3)
+            h = await signals.deadline.enqueue(60.0, 0.0)
             await eventually(lambda: _status(h, TaskStatus.WAITING), timeout=15)
             first = (await h.info()).waiting_for
             assert first is not None and first.startswith("signal:never until ")
-            await h.pause()
-            await h.resume()  # a re-run reaches the wait again...
-            await eventually(lambda: _status(h, TaskStatus.RUNNING), timeout=15)
-            workers.kill(slot)  # ...but dies on the way; a third run reaches it
+            assert await h.pause() is TaskStatus.PAUSED
+            workers.kill(slot)  # nothing runs it: nothing to lose
             workers.restart(slot)
+            assert await h.resume() is TaskStatus.WAITING  # at once, no run
+            assert (await h.info()).waiting_for == first
+            # a re-run that reaches the wait again (an old release's resume queues it):
+            # the deadline comes from the journal, not from the re-run's clock
+            await h.pause()
+            admin = admin_client(segue_valkey)
+            try:
+                await admin.zrem(ks.paused, h.id)
+                await admin.hset(ks.task(h.id), "s", "queued")
+                await admin.lpush(ks.pending[1], h.id)
+                await admin.lpush(ks.wake, 1)
+            finally:
+                await admin.aclose()
             await eventually(lambda: _status(h, TaskStatus.WAITING), timeout=15)
             again = await h.info()
-            assert again.waiting_for == first  # the first wait's deadline, not a new one
+            assert again.history[-2].status is TaskStatus.RUNNING  # it did run again
+            assert again.waiting_for == first
             assert await h.cancel() is TaskStatus.CANCELLED
 
 

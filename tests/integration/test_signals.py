@@ -141,9 +141,17 @@ async def test_pause_resume_cancel_of_a_waiting_task(make_app: Callable[..., App
         h2 = await paused.enqueue()
         await eventually(lambda: _is(h2, TaskStatus.WAITING))
         await h2.pause()
-        await h2.resume()  # no signal buffered: it waits again
-        await eventually(lambda: _is(h2, TaskStatus.WAITING))
-        assert await h2.cancel() is TaskStatus.CANCELLED
+        runs = (await h2.info()).history_total
+        assert await h2.resume() is TaskStatus.WAITING  # no signal buffered: waits again
+        info = await h2.info()
+        assert info.waiting_for == "signal:go" and info.history_total == runs + 1
+        await h2.pause()
+        await h2.signal("go", 8)
+        assert await h2.resume() is TaskStatus.QUEUED  # the buffered one is taken now
+        assert await h2.result(timeout=10) == 8
+        h3 = await paused.enqueue()
+        await eventually(lambda: _is(h3, TaskStatus.WAITING))
+        assert await h3.cancel() is TaskStatus.CANCELLED
 
 
 async def test_the_buffer_is_bounded(make_app: Callable[..., App]) -> None:

@@ -211,7 +211,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g', 'sgk')
+          'hd', 'd', 't', 'g', 'sgk', 'sgw')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
@@ -252,6 +252,9 @@ elseif not paused then
               redis.call('HSET', tk, 'cn', 1)
             end
             count_stat(prefix, 'started', now)
+            -- a wait that a pause kept for its resume (lib/signals.lua) is over: this run
+            -- replays to it and waits anew, or takes its signal
+            if f[15] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
             local journal = ''
             if f[14] then
               redis.call('HDEL', tk, 'sgk')

@@ -57,7 +57,7 @@ if deadline >= 0 then
   redis.call('ZADD', KEYS[15], deadline, id)
 end
 if redis.call('HEXISTS', tk, 'ctl') == 1 then
-  sig_unwait(Q, tk, id)
+  sig_hold(Q, id)  -- a pause keeps the wait for its resume; a cancel ends it all
   obey_control(Q, tk, id, now)
 end
 wake_if_needed(Q)

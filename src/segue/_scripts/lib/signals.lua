@@ -51,6 +51,13 @@ local function sig_unwait(Q, tk, id)
   redis.call('ZREM', Q.base .. 'sigdue', id)
 end
 
+-- A waiting task paused (by an operator, or at its wait): out of the wait's indexes, the
+-- wait itself kept on the record ('sgw', 'sgj', 'sga', 'sgd') for sig_resume.
+local function sig_hold(Q, id)
+  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  redis.call('ZREM', Q.base .. 'sigdue', id)
+end
+
 local function sig_wake(Q, tk, id, entry, ok, kind, why, now)
   local f = redis.call('HMGET', tk, 'sgj', 'q', 'sgw', 'sga', 'hold')
   local jname = string.sub(f[1] or '~j:?', 4)
@@ -67,6 +74,29 @@ local function sig_wake(Q, tk, id, entry, ok, kind, why, now)
     return
   end
   transition(Q, tk, id, { to = 'queued', at = now, why = why, push = 'back', prio = f[2] })
+end
+
+-- Resume of a PAUSED task that was waiting for a signal: queued if a signal of its name
+-- is buffered (taken and journaled now) or its deadline passed (the timeout journaled),
+-- else WAITING again with its deadline. Returns the status after, or nil for a task that
+-- was not waiting (the caller queues it).
+local function sig_resume(Q, tk, id, reason, now)
+  local f = redis.call('HMGET', tk, 'sgw', 'sgd', 'sgj')
+  if not f[1] or not f[3] then return nil end
+  local data = sig_take(Q.base, id, f[1])
+  if data then
+    sig_wake(Q, tk, id, '{"s":' .. data .. '}', 1, '', reason, now)
+    return 'queued'
+  end
+  local due = tonumber(f[2] or '')
+  if due and due <= now then
+    sig_wake(Q, tk, id, '{"x":1}', 0, 'SignalTimeout', reason, now)
+    return 'queued'
+  end
+  transition(Q, tk, id, { to = 'waiting', at = now, why = reason, score = now,
+    event = 'task.resumed' })
+  if due then redis.call('ZADD', Q.base .. 'sigdue', due, id) end
+  return 'waiting'
 end
 
 -- At a task's end: the signals still buffered are dropped (counted on the record, 'sgx',
