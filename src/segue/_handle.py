@@ -156,7 +156,9 @@ class TaskHandle(Generic[R]):
 
     async def resume(self, reason: str | None = None) -> TaskStatus:
         """Put a PAUSED task back in its queue (it continues from its state), or withdraw a
-        pause that a running task has not carried out yet."""
+        pause that a running task has not carried out yet. A task paused while it waited
+        for a signal waits again (WAITING) unless a signal is buffered or its deadline
+        passed."""
         return await self._control("resume", reason)
 
     async def cancel(self, reason: str | None = None) -> TaskStatus:
