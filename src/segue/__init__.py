@@ -13,6 +13,8 @@ from segue._errors import (
     LeaseLost,
     Pause,
     PayloadError,
+    QueryFailed,
+    QueryTimeout,
     QueueFull,
     ResultTimeout,
     ResultUnavailable,
@@ -23,15 +25,19 @@ from segue._errors import (
     SignalBufferFull,
     SignalTimeout,
     StepFailed,
+    StreamTruncated,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
 )
 from segue._events import Event
 from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
+from segue._output import StreamRestarted, TaskStream
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
@@ -60,6 +66,8 @@ __all__ = [
     "LeaseLost",
     "Pause",
     "PayloadError",
+    "QueryFailed",
+    "QueryTimeout",
     "Queue",
     "QueueFull",
     "Resource",
@@ -78,6 +86,8 @@ __all__ = [
     "Signature",
     "StepFailed",
     "StepInfo",
+    "StreamRestarted",
+    "StreamTruncated",
     "SyncContext",
     "SyncTask",
     "Task",
@@ -87,8 +97,11 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskNotFound",
+    "TaskNotRunning",
     "TaskStatus",
+    "TaskStream",
     "Transition",
+    "UnknownQuery",
     "Worker",
     "WorkerInfo",
     "WorkflowHandle",

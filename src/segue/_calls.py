@@ -129,10 +129,30 @@ def control(ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall
     )
 
 
-def parse_control(reply: list[Any]) -> tuple[str, bool]:
-    """The status after the command, and whether a running task was asked."""
-    status, asked = reply
-    return _text(status), bool(int(asked))
+def parse_control(reply: list[Any]) -> tuple[str, bool, bool]:
+    """The status after the command, whether a running task was asked, and whether it left
+    work for the forwarder (a cascade to sub-tasks to walk)."""
+    status, asked = reply[0], reply[1]
+    return _text(status), bool(int(asked)), len(reply) > 2 and bool(int(reply[2]))
+
+
+def subtask(
+    ks: Keyspace, spec: EnqueueSpec, max_len: int, parent: str, number: int, policy: str
+) -> ScriptCall:
+    """Create sub-task number `number` of `parent` (subtask.lua); `policy`: cancel | abandon.
+    The reply is one of parse_created's."""
+    args: list[Any] = [ks.base, max_len, parent, number, policy, *spec.argv()]
+    return (_scripts.load("subtask"), ks.enqueue_keys, args)
+
+
+def cascade(ks: Keyspace, most: int) -> ScriptCall:
+    """Advance this queue's cascade markers by at most `most` sub-tasks (cascade.lua)."""
+    return (_scripts.load("cascade"), ks.control_keys, [ks.base, ks.done_channel, most])
+
+
+def parse_cascade(reply: list[Any]) -> tuple[int, int]:
+    """Sub-tasks looked at, and markers left."""
+    return int(reply[0]), int(reply[1])
 
 
 def workflow(ks: Keyspace, wf_id: str, command: str, reason: str) -> ScriptCall:
@@ -193,6 +213,19 @@ def event(
     return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
 
 
+def query(ks: Keyspace, task_id: str, message: str) -> ScriptCall:
+    """Hand a query to the worker running the task (query.lua)."""
+    return (_scripts.load("query"), [ks.task(task_id), ks.control_channel], [task_id, message])
+
+
+def parse_query(reply: Any) -> tuple[str, int, str] | None:
+    """query.lua's reply: (status, workers listening, the holding worker's id), or None
+    when there is no record."""
+    if not reply:
+        return None
+    return _text(reply[0]), int(reply[1]), _text(reply[2])
+
+
 def state(
     ks: Keyspace, task_id: str, gen: str, values: dict[str, bytes], deletes: Sequence[str]
 ) -> ScriptCall:
@@ -204,6 +237,23 @@ def state(
     return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
+def migrate(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    versions: tuple[int, int],
+    values: dict[str, bytes],
+    deletes: Sequence[str],
+) -> ScriptCall:
+    """Move a running task from `versions[0]` to `versions[1]` with its upgraded state
+    (migrate.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, versions[0], versions[1], len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (_scripts.load("migrate"), [ks.state(task_id)], args)
+
+
 def journal(
     ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
 ) -> ScriptCall:
@@ -211,6 +261,23 @@ def journal(
     when rejected."""
     args: list[Any] = [ks.base, task_id, gen, field, entry, line]
     return (_scripts.load("journal"), [ks.state(task_id)], args)
+
+
+def stream(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    tries: int,
+    max_entries: int,
+    linger_ms: int,
+    chunks: bytes,
+    batch: int,
+    resumed: bool,
+) -> ScriptCall:
+    """Append a batch of chunks (a JSON array) to a running task's output stream
+    (stream.lua); replies the entry id, or 0 when rejected."""
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
+    return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
 
 
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._output import TaskStream
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -92,10 +93,24 @@ class TaskHandle(Generic[R]):
 
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
-        `limit`, at most that many of them."""
+        `limit`, at most that many of them. A plain read of the server: it works whatever
+        the task's status and whether or not a worker answers (unlike `query()`)."""
         reads = await self._client.reads()
         raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
+
+    async def query(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Ask the running task: the worker holding it calls the handler the task registered
+        with `ctx.on_query(name, fn)` as `fn(*args)` and sends back its value (plain JSON
+        values). Raises TaskNotRunning (naming the status) when no run holds the task,
+        QueryTimeout when its worker does not answer within `timeout` seconds (dead,
+        stopped, or its event loop blocked), UnknownQuery (listing the registered names)
+        when the run has no such handler (yet), QueryFailed when the handler raised.
+        `state()` is the read that always works."""
+        from segue._query import ask
+
+        broker = await self._client.broker()
+        return await ask(broker, broker.keyspace(self.queue), self.id, name, args, timeout)
 
     async def events(self, *, scan: int = 1000) -> list[Event]:
         """This task's events among the last `scan` of its queue's stream, oldest first."""
@@ -105,6 +120,15 @@ class TaskHandle(Generic[R]):
         entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
+
+    def stream(self, after: str | None = None) -> TaskStream:
+        """The chunks the task streams (`ctx.stream`), in order, from the start or after the
+        position `after`; the loop ends when the task ends (also when it never streamed).
+        A `StreamRestarted` item marks where a new run starts writing. The iterator's
+        `position` is the position of the item last yielded, to resume after it."""
+        from segue._output import TaskStream
+
+        return TaskStream(self._client.reads, self.queue, self.id, after)
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""
@@ -388,6 +412,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
+    version = r.integer(F.VERSION.b) or 1
     return TaskInfo(
         id=task_id,
         name=name,
@@ -413,6 +438,8 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        version=version,
+        started_version=r.integer(F.STARTED_VERSION.b) or version,
         waiting_for=_waiting_for(r, status),
         signals_dropped=r.integer(F.SIGNALS_DROPPED.b) or 0,
     )

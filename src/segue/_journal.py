@@ -140,6 +140,7 @@ class Journal:
         "_names",
         "_replayed",
         "_run",
+        "_state_found",
         "_task_id",
         "_tries",
         "inline_seconds",
@@ -162,6 +163,7 @@ class Journal:
         self._names: set[str] = set()
         self._counts: dict[str, int] = {}
         self._replayed = 0
+        self._state_found = False
 
     @property
     def local(self) -> bool:
@@ -211,10 +213,13 @@ class Journal:
             f"task {self._task_id}: the step journal",
             lambda: run.broker.reads.read_state(run.ks, self._task_id),
         )
+        self._state_found = bool(raw)
         self._entries = self._parse(raw)
 
     def preload(self, flat: list[bytes]) -> None:
-        """The journal as the claim handed it over ([field, value, ...]): no read."""
+        """The journal as the claim handed it over ([field, value, ...]): no read. A
+        task woken from a wait for a signal has at least that wait's entry: state found."""
+        self._state_found = bool(flat)
         self._entries = self._parse(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def _parse(self, raw: dict[bytes, bytes]) -> dict[str, dict[str, msgspec.Raw]]:
@@ -228,6 +233,13 @@ class Journal:
                 continue  # a failed step of an earlier try: this try runs it again
             entries[key[len(prefix) :].decode()] = entry
         return entries
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this run found durable state (ctx.state values or journal entries) when
+        it read the journal: it goes on from an earlier run's work instead of starting
+        over (ctx.stream's restart marker says so)."""
+        return self._state_found
 
     def lookup(self, name: str) -> dict[str, msgspec.Raw] | None:
         """The entry journaled under `name` (after load), counted as replayed."""

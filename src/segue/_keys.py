@@ -54,6 +54,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def output(self, task_id: str) -> str:
+        """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
+        return self.base + "out:" + task_id
+
     def signals(self, task_id: str) -> str:
         """A task's buffered signals (lib/signals.lua)."""
         return self.base + "sig:" + task_id
@@ -227,6 +231,10 @@ class Keyspace:
     def done_channel(self) -> str:
         """Sharded pub/sub channel announcing ids of tasks that just ended."""
         return self.key("ended")
+
+    def reply_channel(self, client: str) -> str:
+        """Sharded pub/sub channel carrying the answers to one client's queries."""
+        return self.key("replies", client)
 
 
 def queues_key(prefix: str) -> str:

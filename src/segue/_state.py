@@ -107,6 +107,10 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # the task's code version (`@app.task(version=...)`), and the one it started under
+    # (ctx.version): they differ once a newer worker migrated it
+    version: int = 1
+    started_version: int = 1
     # what a WAITING task waits for: "dependencies", "sub-tasks", or "signal:<name>" and,
     # when the wait has a timeout, " until <deadline, ISO 8601>"; None when not WAITING
     waiting_for: str | None = None

@@ -36,7 +36,7 @@ from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
-from segue._options import parse_rate
+from segue._options import limit_tables
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
@@ -220,9 +220,10 @@ class Worker:
             None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
+        tasks = self._registry.tasks
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller),
+            ControlSubscriber(broker, keyspaces, controller, self.id),
             Waker(
                 broker,
                 keyspaces,
@@ -233,7 +234,7 @@ class Worker:
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
-            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
         ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -370,22 +371,9 @@ class Worker:
 
     async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
         """The claim script enforces the limits of the tasks this worker's code declares."""
-        rates: dict[str, str] = {}
-        concurrency: dict[str, int] = {}
-        clear: tuple[list[str], list[str]] = ([], [])
-        for name, task in self._registry.tasks.items():
-            opts = task.opts
-            if opts.rate_limit is not None:
-                per_ms = parse_rate(opts.rate_limit, name) / 1000
-                rates[name] = f"{per_ms!r} {opts.rate_burst}"
-            else:
-                clear[0].append(name)
-            if opts.concurrency is not None:
-                concurrency[name] = opts.concurrency
-            else:
-                clear[1].append(name)
+        t = limit_tables(task.opts for task in self._registry.tasks.values())
         for ks in keyspaces:
-            await broker.set_limits(ks, rates, concurrency, clear)
+            await broker.set_limits(ks, t.rates, t.concurrency, t.clear)
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:
@@ -465,6 +453,8 @@ class Worker:
                 input=run.input,
                 headers=run.headers,
                 unreadable=run.unreadable,
+                version=run.version,
+                started_version=run.started_version,
                 journal=run.journal,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0

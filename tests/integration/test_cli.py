@@ -30,6 +30,8 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
     # durable tasks: an operator pauses a running task, which is held PAUSED, then resumed
     # from the step its ctx.state recorded; another running task is cancelled
+    assert "operator: query demo.ingest 'progress' -> {'file':" in out.stdout
+    assert "operator: query demo.ingest -> TaskNotRunning (paused)" in out.stdout
     assert "operator: pause demo.ingest at step" in out.stdout
     paused_at = re.search(r"demo\.ingest is PAUSED after step (\d+)", out.stdout)
     resumed_at = re.search(r"demo\.ingest resumed from step (\d+)", out.stdout)
@@ -59,6 +61,8 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert -1 not in at, out.stdout
     assert at == sorted(at), out.stdout
     assert "workflow operator failed" not in out.stdout
+    assert "stream: demo.summarize says, live: Every task of this demo ran" in out.stdout
+    assert "stream: 26 chunks, in order; the loop ended when the task did" in out.stdout
     assert "signal: demo.refund is waiting for signal:approval until " in out.stdout
     assert "refund of o-1 approved by ana" in out.stdout
     assert "cron: demo.tick fired 3 times, one per tick (1 s, 1 s apart)" in out.stdout

@@ -10,6 +10,7 @@ from segue import Settings, _calls
 from segue._broker import Broker, GraphRecord
 from segue._keys import CronKeys, WorkerKeys
 from segue._scripts import NAMES, _with_library, includes, load
+from segue._wire import EnqueueSpec
 
 
 def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
@@ -28,9 +29,11 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "purge": _calls.purge(ks, 500, "why"),
         "renew": _calls.renew(ks, "w", 1000, ["q:1", "1"]),
         "state": _calls.state(ks, "q:1", "1", {}, []),
+        "migrate": _calls.migrate(ks, "q:1", "1", (1, 2), {}, []),
         "wait": _calls.wait(ks, "q:1", "1", ["q:1.1"]),
         "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
         "journal": _calls.journal(ks, "q:1", "1", "~j:a", b"{}", "a|0|0|1|"),
+        "stream": _calls.stream(ks, "q:1", "1", 1, 100, 1000, b"[1]", 1, False),
         "signal": _calls.signal(ks, "q:1", "go", b"1", "s1", 10),
         "signal_wait": _calls.signal_wait(ks, "q:1", "1", "go", "~j:signal:go#1", -1, 0),
     }
@@ -48,6 +51,11 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_remove": _calls.cron_remove(ck, "s"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
+        "cascade": _calls.cascade(ks, 10),
+        "subtask": broker.subtask_call(
+            ks, EnqueueSpec("q:1.1", "t", "[]", "normal", 0, 0, 1, 0, -1, "", 0, ""), "q:1", 1, "x"
+        ),
+        "query": _calls.query(ks, "q:1", "[]"),
     }
     counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
     # the registry is the directory: a new script is checked here or this fails

@@ -18,8 +18,12 @@
   ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, journal}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, v, v0,
+    journal}... }
     (lost: how many workers stopped under the task before this claim)
+    (v: the record's code version, v0: the one it started under; '' when not stored: a
+    worker whose code of the task is older releases it, one whose code is newer migrates
+    its state first, migrate.lua)
     (journal: for a task a signal or a wait's deadline woke (its record's 'sgk', set by
     lib/signals.lua), its step journal's fields and values, {field, value, ...}, read from
     its state hash `<prefix>state:<id>` (built from ARGV[1]); '' for any other task)
@@ -48,6 +52,7 @@ local max_deliveries = tonumber(ARGV[5])
 local holds_last = ARGV[10] == '1'
 local channel = ARGV[6]
 local now = now_ms()
+gather_stats()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], channel)
 Q.dead = KEYS[8]
@@ -191,16 +196,21 @@ if #replay > 0 then
   for i = 1, #replay, 2 do
     local id, gen = replay[i], replay[i + 1]
     local tk = prefix .. 'task:' .. id
-    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
+    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd',
+      'v', 'v0')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
-        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, '' }
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '', '' }
       want = want - 1
     end
   end
   -- kept until it expires: the reply of this replay may be lost too
 elseif not paused then
   local deadline = now + lease
+  -- one table for every start of this call (transition() keeps no reference): built per
+  -- task, it cost the server more than the transition's own commands
+  local STARTING = { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
+    score = deadline, event = 'task.started' }
   for l = 1, 3 do
     -- look a little past tasks held back by their limits, so that others go on
     local held, budget = {}, want + 100
@@ -211,7 +221,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g', 'sgk', 'sgw')
+          'hd', 'd', 't', 'g', 'v', 'v0', 'sgk', 'sgw')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
@@ -245,8 +255,8 @@ elseif not paused then
           if ok then
             local tries = redis.call('HINCRBY', tk, 't', 1)
             local gen = redis.call('HINCRBY', tk, 'g', 1)
-            transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
-              score = deadline, event = 'task.started', name = f[2] })
+            STARTING.name = f[2]
+            transition(Q, tk, id, STARTING)
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
               redis.call('SADD', prefix .. 'running:' .. f[2], id)
               redis.call('HSET', tk, 'cn', 1)
@@ -254,9 +264,9 @@ elseif not paused then
             count_stat(prefix, 'started', now)
             -- a wait that a pause kept for its resume (lib/signals.lua) is over: this run
             -- replays to it and waits anew, or takes its signal
-            if f[15] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
+            if f[17] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
             local journal = ''
-            if f[14] then
+            if f[16] then
               redis.call('HDEL', tk, 'sgk')
               journal = {}
               local st = redis.call('HGETALL', prefix .. 'state:' .. id)
@@ -268,7 +278,7 @@ elseif not paused then
               end
             end
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost, journal }
+              lost, f[14] or '', f[15] or '', journal }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1
@@ -296,4 +306,5 @@ end
 -- a paused queue's queued tasks are not work a burst worker can wait for
 if paused then queued = 0 end
 out[3] = queued + redis.call('ZCARD', KEYS[5])
+flush_stats()
 return out

@@ -9,9 +9,11 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, signal buffers
-  and accepted signal ids, unique locks, concurrency sets), leases, sched, paused, waiting,
-  sigdue (ZSCAN), q1, q2, q3 (list offsets). A task waiting for a signal is never queued
-  here: only its deadline's entry is put back.
+  and accepted signal ids, unique locks, concurrency sets, output streams; a record whose
+  cascade to sub-tasks is under way, field 'cw', gets its marker in the hash
+  <prefix>cascade back if it lost it), leases, sched, paused, waiting, sigdue (ZSCAN), q1,
+  q2, q3 (list offsets). A task waiting for a signal is never queued here: only its
+  deadline's entry is put back.
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
@@ -36,6 +38,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 -- tasks held the server 14-55 ms per step); a backlog drains, and a later pass finds
 -- what is missing
 local LIST_SEARCH_MAX = 1000
+-- the linger of a stream whose task's record is gone (end_task's default)
+local STREAM_LINGER_MS = 300000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -54,7 +58,13 @@ end
 -- a record whose structure lost it: put it back where its status says it is
 local function check_record(id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'sgd')
+  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk', 'sgd')
+  if f[4] and f[5] and redis.call('HEXISTS', prefix .. 'cascade', id) == 0 then
+    -- a cascade to its sub-tasks under way lost its marker: walked again from the first
+    -- (a step repeated changes nothing)
+    redis.call('HSET', prefix .. 'cascade', id, f[5] .. '|1|' .. (f[6] or '0') .. '|reconciled')
+    repaired('cascade_lost', id)
+  end
   local s, list = f[1], LISTS[PRIORITY_LISTS[f[2] or '']]
   if not s or not list then return end
   if s == 'running' then
@@ -86,9 +96,9 @@ local function check_record(id)
       redis.call('ZADD', KEYS[7], now, id)
       repaired('waiting_not_indexed', id)
     end
-    if f[4] and not redis.call('ZSCORE', KEYS[9], id) then
-      -- an old release's claim or reconcile dropped the deadline of a signal wait
-      redis.call('ZADD', KEYS[9], tonumber(f[4]) or now, id)
+    if f[7] and not redis.call('ZSCORE', KEYS[9], id) then
+      -- a signal wait's deadline entry lost under segue (a restore, a hand edit)
+      redis.call('ZADD', KEYS[9], tonumber(f[7]) or now, id)
       repaired('signal_deadline_not_indexed', id)
     end
   end
@@ -131,6 +141,27 @@ local function check_key(key)
     if holder and ended_or_gone(holder) then
       redis.call('DEL', key)
       repaired('stale_unique', holder)
+    end
+  elseif kind == 'out' then
+    -- an output stream lives without expiry only while its task has not ended (or ended
+    -- with ttl -1, end marker written); one whose task ended without writing the marker (a
+    -- record restored or edited as ended) would hold its readers and live for ever
+    if ended_or_gone(tail) and redis.call('PTTL', key) == -1 then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      local ended = false
+      local n = 0
+      if last then
+        for i = 1, #last[2], 2 do
+          if last[2][i] == 'end' then ended = true end
+          if last[2][i] == 'n' then n = tonumber(last[2][i + 1]) or 0 end
+        end
+      end
+      local s = status_of(tail)
+      if not ended then
+        redis.call('XADD', key, '*', 'n', n + 1, 'end', s or 'gone')
+        repaired('stream_without_end', tail)
+      end
+      if not s then redis.call('PEXPIRE', key, STREAM_LINGER_MS) end
     end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever
