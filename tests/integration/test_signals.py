@@ -327,3 +327,25 @@ async def test_a_sync_task_waits_too_and_delete_leaves_no_signal_key(
         assert await keys_of(segue_engine, f"*sgi:{h.id}") != []
         assert await h.delete()
         assert await keys_of(segue_engine, f"*sgi:{h.id}") == []
+
+
+async def test_a_query_to_a_task_waiting_for_a_signal_is_not_running(
+    make_app: Callable[..., App],
+) -> None:
+    from segue import TaskNotRunning
+
+    app = make_app()
+
+    @app.task(name="sig.queried")
+    async def queried(ctx: Context) -> Any:
+        ctx.on_query("draft", lambda: "kept in ctx.state too")
+        await ctx.state.set(draft="v1")
+        return await ctx.wait_signal("approval")
+
+    async with app:
+        h = await queried.enqueue()
+        await app.drain()
+        with pytest.raises(TaskNotRunning, match="waiting"):
+            await h.query("draft")
+        assert (await h.state())["draft"] == "v1"  # the read that always works
+        await h.cancel()
