@@ -3,6 +3,7 @@ signals in local runs and under drain. Single server and cluster (segue_engine).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -107,6 +108,7 @@ async def test_the_timeout_returns_the_default_or_raises(make_app: Callable[...,
         assert info.error.reason == "signal_timeout"
 
 
+@pytest.mark.serial
 async def test_the_timeout_comes_on_time_with_a_worker(make_app: Callable[..., App]) -> None:
     app = make_app()
 
@@ -115,8 +117,6 @@ async def test_the_timeout_comes_on_time_with_a_worker(make_app: Callable[..., A
         return await ctx.wait_signal("x", timeout=1.0, default="late")
 
     async with app, serving(app):
-        import time
-
         t0 = time.monotonic()
         h = await ontime.enqueue()
         assert await h.result(timeout=10) == "late"
