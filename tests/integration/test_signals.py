@@ -3,6 +3,7 @@ signals in local runs and under drain. Single server and cluster (segue_engine).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -349,3 +350,31 @@ async def test_a_query_to_a_task_waiting_for_a_signal_is_not_running(
             await h.query("draft")
         assert (await h.state())["draft"] == "v1"  # the read that always works
         await h.cancel()
+
+
+async def test_segue_signal_and_segue_info(segue_valkey: Any, queue_name: str) -> None:
+    from tests.integration.test_cli_workflow import _segue
+
+    app = App("cli", redis_url=segue_valkey.url, queue=queue_name)
+
+    @app.task(name="sig.cli")
+    async def cli_task(ctx: Context) -> Any:
+        return await ctx.wait_signal("approval", timeout=3600)
+
+    async with app:
+        h = await cli_task.enqueue()
+        await app.drain()
+        url = segue_valkey.url
+        shown = await asyncio.to_thread(_segue, "info", h.id, "--url", url)
+        assert "waiting for signal:approval until " in shown.stdout, shown.stdout
+        sent = await asyncio.to_thread(
+            _segue, "signal", h.id, "approval", '{"by": "ana"}', "--id", "a1", "--url", url
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert f"task {h.id}: signal approval sent (queued)" in sent.stdout
+        bad = await asyncio.to_thread(_segue, "signal", h.id, "approval", "{", "--url", url)
+        assert bad.returncode == 1 and "not JSON" in bad.stderr
+        await app.drain()
+        assert await h.result(timeout=5) == {"by": "ana"}
+        ended = await asyncio.to_thread(_segue, "signal", h.id, "approval", "--url", url)
+        assert ended.returncode == 1 and "succeeded" in ended.stderr
