@@ -93,6 +93,10 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # "send mt to v": an enqueue by name (app.send), and the options it left to the worker's
+    # definition of the task; the record's own mt/to/v hold defaults meanwhile. A worker that
+    # does not know the field runs the task with those defaults (3 tries, no timeout, v1)
+    FROM_WORKER: Final = Code("fw")
     # the output stream (stream.lua): the generation of the run that last wrote to it (a
     # later run writes a restart marker first), the entries it holds, its linger in ms after
     # the end. A task that never streamed has none; end_task reads them for its end marker
@@ -107,6 +111,12 @@ class TaskField:
     PAUSED_BY: Final = Code("pc")  # the parent whose cascade paused it (resumed with it)
     CASCADED: Final = Code("cz")  # the last command sent down to its sub-tasks
     CASCADING: Final = Code("cw")  # '1' while that command's walk is under way
+    # '1': a workflow step with a compensation: its end notes its result (if it succeeded)
+    # in its queue's workflow record; a worker that does not know it notes nothing
+    COMPENSABLE: Final = Code("cp")
+    # a compensation task: "<workflow id>|<step number>"; its end is told to the workflow
+    # (an outbox entry of kind 'k'); a worker that does not know it ends it as any task
+    COMPENSATES: Final = Code("cof")
     # the task's code version (`@app.task(version=...)`): the enqueuer's at first, moved up
     # by migrate.lua together with the state it upgrades. Absent: version 1 (records from
     # before versions, and every version-1 task: create.lua writes it only when above 1).
@@ -152,6 +162,19 @@ class WorkflowField:
     PART: Final = Code("part")
     # the steps' name= labels, JSON {label: step id} (wf_index.lua; old workflows have none)
     STEP_NAMES: Final = Code("sn")
+    # sagas (lib/saga.lua): the plan, written with the main record, and its progress
+    COMPENSATED_STEPS: Final = Code("cps")  # main: step numbers with a compensation
+    COMPENSATION_PREFIX: Final = Code("cp:")  # cp:<n>: JSON {id, a: [spec], w: [numbers]}
+    SUCCEEDED_STEPS: Final = Code("okn")  # step numbers with a compensation that succeeded
+    RESULT_PREFIX: Final = Code("ok:")  # ok:<n>: that step's result (JSON)
+    FAILED_STEP: Final = Code("bad")  # '1': a step did not pass (the workflow fails)
+    SAGA_STATE: Final = Code("cs")  # compensating | compensated (absent: no compensation ran)
+    SAGA_OUTCOME: Final = Code("co")  # failed | cancelled: how the workflow ends
+    SAGA_LEFT: Final = Code("cl")  # compensations not ended yet
+    SAGA_WAITS_PREFIX: Final = Code("cw:")  # cw:<n>: compensations to end before n's
+    SAGA_NEXT_PREFIX: Final = Code("cn:")  # cn:<n>: the numbers waiting for n's
+    SAGA_ENDED_PREFIX: Final = Code("ck:")  # ck:<n>: how n's compensation ended
+    SAGA_LAUNCHED_PREFIX: Final = Code("ca:")  # ca:<n>: when n's compensation was asked for
 
 
 class EventField:
@@ -179,7 +202,7 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 13 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 14 ARGV fields, in this order."""
 
     id: str
     name: str
@@ -191,9 +214,10 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     timeout_ms: int  # 0: none
     ttl_ms: int  # -1: forever
     unique: str  # '' none, else "<name>:<key>"
-    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
+    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue (< 0: over)
     headers: str  # JSON object, '' none
     version: int = 1  # the enqueuing code's version of the task (VERSION)
+    from_worker: str = ""  # "send mt to v": what the claiming worker's definition supplies
 
     def argv(self) -> tuple[Any, ...]:
         return msgspec.structs.astuple(self)
@@ -212,6 +236,7 @@ class GraphStep(msgspec.Struct, gc=False):
     optional: str  # '1': its failure does not fail its dependants
     xdeps: str  # dependencies on other queues, as deps
     xdependants: str  # "<id>|<input index>|<workflow or ->" ... of other queues
+    compensable: str = ""  # '1': a workflow step with a compensation (TaskField.COMPENSABLE)
 
     def argv(self) -> tuple[Any, ...]:
         return (*msgspec.structs.astuple(self.spec), *msgspec.structs.astuple(self)[1:])
@@ -233,6 +258,8 @@ class GraphRecord:
     left: int  # ends counted before this record's share of the workflow has ended
     queues: str = ""  # main: the workflow's other queues
     part: str = ""  # a part: its queue
+    # main: the saga plan, "<n> <JSON {id, a: [spec], w: [numbers]}>" flattened
+    compensations: tuple[str, ...] = ()
 
 
 class ClaimedRun(msgspec.Struct, gc=False):
@@ -256,6 +283,7 @@ class ClaimedRun(msgspec.Struct, gc=False):
     version: int = 1  # the record's VERSION
     started_version: int = 1  # the version it started under (STARTED_VERSION, else VERSION)
     unreadable: str | None = None  # why this row could not be read in full
+    from_worker: str = ""  # "send mt to v": take these from this worker's definition (app.send)
     # a task woken by a signal: its step journal, [field, value, ...] (the run reads it
     # from here instead of from the server)
     journal: list[bytes] | None = None
@@ -266,7 +294,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
             task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
                 :10
             ]
-            if len(raw) not in (10, 12, 13):
+            # 12: v, v0 (task versions); 13: and fw (enqueue by name); 14: and the journal
+            if len(raw) not in (10, 12, 13, 14):
                 raise ValueError(f"a claimed row has {len(raw)} fields")
             version = int(raw[10] or 1) if len(raw) > 10 else 1
             started = int(raw[11] or version) if len(raw) > 11 else version
@@ -285,14 +314,20 @@ class ClaimedRun(msgspec.Struct, gc=False):
                 int(lost or 0),
                 version,
                 started,
+                from_worker=text(raw[12]) if len(raw) > 12 and raw[12] else "",
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")
-            if len(raw) > 12 and isinstance(raw[12], list):
-                run.journal = raw[12]
+            if len(raw) > 13 and isinstance(raw[13], list):
+                run.journal = raw[13]
         except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, DecodeError
             return cls._unreadable(raw, exc)
         return run
+
+    def last_delivery(self, max_deliveries: int) -> bool:
+        """Whether losing this run ends the task, as claim.lua decides it: a run was lost
+        before, and this one spends the last delivery or the last try."""
+        return self.lost > 0 and (self.lost >= max_deliveries - 1 or self.tries >= self.max_tries)
 
     @property
     def id_readable(self) -> bool:

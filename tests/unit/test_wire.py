@@ -94,6 +94,8 @@ TASK_CODES = {
     "PAUSED_BY": "pc",
     "CASCADED": "cz",
     "CASCADING": "cw",
+    "COMPENSABLE": "cp",
+    "COMPENSATES": "cof",
     "VERSION": "v",
     "STARTED_VERSION": "v0",
     "VERSION_RELEASES": "vrel",
@@ -103,6 +105,7 @@ TASK_CODES = {
     "SIGNAL_DEADLINE": "sgd",
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
+    "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -115,6 +118,18 @@ WORKFLOW_CODES = {
     "QUEUES": "queues",
     "PART": "part",
     "STEP_NAMES": "sn",
+    "COMPENSATED_STEPS": "cps",
+    "COMPENSATION_PREFIX": "cp:",
+    "SUCCEEDED_STEPS": "okn",
+    "RESULT_PREFIX": "ok:",
+    "FAILED_STEP": "bad",
+    "SAGA_STATE": "cs",
+    "SAGA_OUTCOME": "co",
+    "SAGA_LEFT": "cl",
+    "SAGA_WAITS_PREFIX": "cw:",
+    "SAGA_NEXT_PREFIX": "cn:",
+    "SAGA_ENDED_PREFIX": "ck:",
+    "SAGA_LAUNCHED_PREFIX": "ca:",
 }
 EVENT_CODES = {
     "KIND": "e",
@@ -175,6 +190,7 @@ SPEC = EnqueueSpec(
     expire_ms=10,
     headers='{"h":1}',
     version=2,
+    from_worker="send mt to",
 )
 
 
@@ -194,6 +210,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "expire_ms",
         "headers",
         "version",
+        "from_worker",
     )
     assert SPEC.argv() == (
         "q:1",
@@ -209,8 +226,9 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         10,
         '{"h":1}',
         2,
+        "send mt to",
     )
-    assert ENQUEUE_WIDTH == 13
+    assert ENQUEUE_WIDTH == 14
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
 
 
@@ -240,15 +258,29 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "optional",
         "xdeps",
         "xdependants",
+        "compensable",
     )
-    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 19 == len(step.argv())
+    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-", "")
+    assert GRAPH_WIDTH == 21 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
     assert keys == ks.graph_keys
-    assert args[:11] == [ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0]
-    assert args[11:] == list(step.argv())
+    assert args[:12] == [
+        ks.base,
+        ks.done_channel,
+        "q:wf",
+        60_000,
+        "q:1",
+        "q:1",
+        1,
+        "r",
+        "",
+        1,
+        0,
+        0,
+    ]
+    assert args[12:] == list(step.argv())
 
 
 def test_claim_call_and_reply() -> None:
@@ -262,11 +294,13 @@ def test_claim_call_and_reply() -> None:
         1600,
         2,
         [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
-        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0],
+        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0, b"", b"", b"send mt to"],
+        [b"q:3", b"add", b"[[],{}]", 1, 2, b"0", b"1", b"", b"", 0, b"2", b"1", b"", b""],
+        [b"q:4", b"add", b"[[],{}]", 1, 3, b"0", b"1", b"", b"", 0, b"", b"", b"", [b"~j:a", b"1"]],
     ]
     reply = _calls.parse_claim(raw)
     assert reply == ClaimReply(1700, 1600, 2, reply.runs)
-    first, second = reply.runs
+    first, second, third, woken = reply.runs
     assert (first.id, first.name, first.payload, first.tries, first.gen) == (
         "q:1",
         "add",
@@ -282,6 +316,12 @@ def test_claim_call_and_reply() -> None:
         1,
     )
     assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
+    # the 13th column (fw) is a script's of this release; a 10-column row reads as before
+    assert (first.from_worker, second.from_worker) == ("", "send mt to")
+    # the 14th, the journal of a task a signal woke: a list, '' (no journal) for the others
+    assert (third.version, third.started_version, third.journal) == (2, 1, None)
+    assert (woken.unreadable, woken.journal) == (None, [b"~j:a", b"1"])
+    assert first.journal is None
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,13 @@
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, v, v0,
-    journal}... }
+    fw, journal}... }
     (lost: how many workers stopped under the task before this claim)
     (v: the record's code version, v0: the one it started under; '' when not stored: a
     worker whose code of the task is older releases it, one whose code is newer migrates
     its state first, migrate.lua)
+    (fw: "mt to v", the options an enqueue by name left to the worker's definition, '' none;
+    a lost run of such a task counts against its stored max_tries, the default 3)
     (journal: for a task a signal or a wait's deadline woke (its record's 'sgk', set by
     lib/signals.lua), its step journal's fields and values, {field, value, ...}, read from
     its state hash `<prefix>state:<id>` (built from ARGV[1]); '' for any other task)
@@ -197,10 +199,11 @@ if #replay > 0 then
     local id, gen = replay[i], replay[i + 1]
     local tk = prefix .. 'task:' .. id
     local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd',
-      'v', 'v0')
+      'v', 'v0', 'fw')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
-        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '', '' }
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '',
+        f[14] or '', '' }
       want = want - 1
     end
   end
@@ -221,7 +224,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g', 'v', 'v0', 'sgk', 'sgw')
+          'hd', 'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
@@ -264,9 +267,9 @@ elseif not paused then
             count_stat(prefix, 'started', now)
             -- a wait that a pause kept for its resume (lib/signals.lua) is over: this run
             -- replays to it and waits anew, or takes its signal
-            if f[17] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
+            if f[18] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
             local journal = ''
-            if f[16] then
+            if f[17] then
               redis.call('HDEL', tk, 'sgk')
               journal = {}
               local st = redis.call('HGETALL', prefix .. 'state:' .. id)
@@ -278,7 +281,7 @@ elseif not paused then
               end
             end
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost, f[14] or '', f[15] or '', journal }
+              lost, f[14] or '', f[15] or '', f[16] or '', journal }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1

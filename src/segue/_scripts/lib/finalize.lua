@@ -1,4 +1,4 @@
---#include transition leases outbox stats cascade signals
+--#include transition leases saga stats cascade signals
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -76,7 +76,7 @@ local ENDING = { set = { 'et', 0, '', '' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'sgw')
+    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw')
   local ttl = tonumber(f[1] or '-1')
   end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
@@ -101,7 +101,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
-  sig_end(Q, tk, id, ttl, f[5], f[15])
+  sig_end(Q, tk, id, ttl, f[5], f[17])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -112,9 +112,17 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
-  if f[4] then count_ended(Q, f[4], at) end
   local result = nil
   if status == 'succeeded' then result = value end
+  if f[4] then
+    saga_note(Q, id, f[4], status == 'succeeded' or f[3] == '1', f[16] == '1' and result)
+    count_ended(Q, f[4], at)
+  end
+  if f[15] then
+    -- a compensation: its workflow learns how it ended (lib/saga.lua)
+    local wf, n = string.match(f[15], '^(.*)|(%d+)$')
+    outbox_push(Q, { k = 'k', w = wf, n = n, st = status, s = id })
+  end
   return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
 end
 
