@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from segue._errors import ConfigurationError
+from segue._eventloop import EventLoop, check_event_loop
 from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
@@ -116,6 +117,10 @@ class Settings:
     # signals a task may hold that no ctx.wait_signal has taken yet (handle.signal past it
     # raises SignalBufferFull); Temporal's limit per workflow
     max_pending_signals: int = 2000
+    # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
+    process_pool_size: int | None = None
+    # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
+    event_loop: EventLoop = "asyncio"
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -165,6 +170,7 @@ class Settings:
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
             )
         check_durability(self.durability, "durability")
+        check_event_loop(self.event_loop)
         if self.durability_replicas < 1:
             raise ConfigurationError(
                 f"durability_replicas must be at least 1, not {self.durability_replicas}"
@@ -181,6 +187,11 @@ class Settings:
             raise ConfigurationError(
                 f"max_queue_length must be at least 1 (or None for no bound), "
                 f"not {self.max_queue_length}"
+            )
+        if self.process_pool_size is not None and self.process_pool_size < 1:
+            raise ConfigurationError(
+                f"process_pool_size must be at least 1 (or None: the CPUs this process may "
+                f"use), not {self.process_pool_size}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(
