@@ -486,7 +486,8 @@ class App:
 
         `advance` skips time for durable sleeps (`ctx.sleep`): during the drain, a sleep due
         within `advance` seconds from now is over, and a SUSPENDED task of its queues due
-        within it is run now; so a test of a three-day sleep runs in a second.
+        within it is run now; so a test of a three-day sleep runs in a second. Likewise a
+        `ctx.wait_signal` whose timeout ends within it times out now.
 
         It stops after a round in which, all at once: it runs nothing itself and has
         recorded every outcome; nothing is queued in its queues (a paused queue's tasks do

@@ -191,7 +191,9 @@ class TaskHandle(Generic[R]):
 
     async def resume(self, reason: str | None = None) -> TaskStatus:
         """Put a PAUSED task back in its queue (it continues from its state), or withdraw a
-        pause that a running task has not carried out yet."""
+        pause that a running task has not carried out yet. A task paused while it waited
+        for a signal waits again (WAITING) unless a signal is buffered or its deadline
+        passed."""
         return await self._control("resume", reason)
 
     async def cancel(self, reason: str | None = None) -> TaskStatus:
@@ -199,6 +201,20 @@ class TaskHandle(Generic[R]):
         its current await (CancelledError inside it, so `finally` blocks run). CANCELLED,
         state deleted. Cancelling an ended task changes nothing and returns its status."""
         return await self._control("cancel", reason)
+
+    async def signal(self, name: str, data: Any = None, *, id: str | None = None) -> TaskStatus:
+        """Send the task the signal `name` with `data` (JSON): a `ctx.wait_signal(name)`
+        waiting for it gets it now, else it is buffered (FIFO per name) for the next wait.
+        The signal carries an id (`id`, or one made here) sent again with every resend,
+        and the server accepts an id once: a resend after a lost reply delivers nothing
+        twice, and reports success even if the task has ended since. Raises
+        InvalidTransition for a task that ended before the first send, SignalBufferFull
+        when it holds `max_pending_signals` signals already. Returns the task's status."""
+        from segue._signals import send_signal
+
+        broker = await self._client.broker()
+        limit = broker.settings.max_payload_bytes
+        return TaskStatus(await send_signal(broker, self.id, name, data, id, limit))
 
     async def retry(self, reason: str | None = None) -> TaskStatus:
         """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
@@ -436,6 +452,8 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         workflow=_workflow_of(r.text(F.WORKFLOW.b) or r.text(F.COMPENSATES.b)),
         version=version,
         started_version=r.integer(F.STARTED_VERSION.b) or version,
+        waiting_for=_waiting_for(r, status),
+        signals_dropped=r.integer(F.SIGNALS_DROPPED.b) or 0,
         from_worker=from_worker_names(r.text(F.FROM_WORKER.b)),
     )
 
@@ -443,6 +461,25 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
 def _workflow_of(text: str) -> str | None:
     """The workflow of a step ('wf') or of a compensation ('cof': "<workflow>|<step n>")."""
     return text.rsplit("|", 1)[0] if text else None
+
+
+def _waiting_for(r: _Reader, status: TaskStatus) -> str | None:
+    """What a WAITING task waits for: `signal:<name>` (with its deadline, if any),
+    `sub-tasks` (a ctx.wait_for) or `dependencies` (after=, an earlier workflow step)."""
+    if status is not TaskStatus.WAITING:
+        return None
+    name = r.text(F.SIGNAL_WAIT.b)
+    if name:
+        due = r.when(F.SIGNAL_DEADLINE.b)
+        return f"signal:{name}" + (f" until {due.isoformat()}" if due else "")
+    if any(line.startswith("waiting|") and "sub-task" in line for line in _last_lines(r)):
+        return "sub-tasks"
+    return "dependencies"
+
+
+def _last_lines(r: _Reader) -> list[str]:
+    lines = r.text(F.HISTORY.b).splitlines()
+    return lines[-1:]
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
@@ -611,6 +648,21 @@ class WorkflowHandle(Generic[R]):
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
+
+    async def signal(
+        self, step: str, name: str, data: Any = None, *, id: str | None = None
+    ) -> TaskStatus:
+        """Send the signal `name` to one step, named by its id or by its `name=` option:
+        a step that has not started buffers it until it runs and waits for it. As
+        `TaskHandle.signal` otherwise; returns the step's status."""
+        rec = await self._record()
+        ids = rec.get(W.STEPS.b, b"").decode().split()
+        step_id = step if step in ids else None
+        if step_id is None and W.STEP_NAMES.b in rec:
+            step_id = decode_plain(rec[W.STEP_NAMES.b]).get(step)
+        if step_id is None:
+            raise TaskNotFound(f"workflow {self.id} has no step {step!r} (by id or name=)")
+        return await TaskHandle[Any](self._client, step_id).signal(name, data, id=id)
 
     async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
         """Start no new step: steps waiting in the queue are held, running ones finish (or,

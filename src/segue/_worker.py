@@ -444,7 +444,6 @@ class Worker:
                 # lapses, and claim.lua fails it worker_lost after max_deliveries
                 log.error("task id %r is not UTF-8; left to expire", run.id)
                 continue
-            lost = run.lost
             job = Job(
                 ks=ks,
                 id=run.id,
@@ -460,12 +459,9 @@ class Worker:
                 unreadable=run.unreadable,
                 version=run.version,
                 started_version=run.started_version,
+                journal=run.journal,
                 from_worker=run.from_worker,
-                # as claim.lua decides it: a lost run before, and losing this one ends it
-                last_delivery=lost > 0
-                and (
-                    lost >= self._client.settings.max_deliveries - 1 or run.tries >= run.max_tries
-                ),
+                last_delivery=run.last_delivery(self._client.settings.max_deliveries),
             )
             job.run = RunControl(
                 self._enqueuer.enqueue_child,

@@ -41,7 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
-        *("_journal", "_query", "_migrate", "_output", "_send", "_procpool"),
+        *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

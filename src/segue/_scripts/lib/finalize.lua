@@ -1,4 +1,4 @@
---#include transition leases saga stats cascade
+--#include transition leases saga stats cascade signals
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -76,7 +76,7 @@ local ENDING = { set = { 'et', 0, '', '' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'cof', 'cp')
+    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw')
   local ttl = tonumber(f[1] or '-1')
   end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
@@ -101,6 +101,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  sig_end(Q, tk, id, ttl, f[5], f[17])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -229,6 +230,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
   while redis.call('LLEN', Q.dead) > cap do
