@@ -40,7 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "_registry",
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
-        *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
+        *("_heartbeat", "_connect", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
         *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
     ),
     "surface": (
