@@ -18,8 +18,9 @@ from segue._enqueue import Enqueuer
 from segue._errors import ConfigurationError
 from segue._eventloop import runner
 from segue._events import Event, follow
-from segue._handle import TaskHandle, WorkflowHandle, parse_info
+from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
+from segue._info import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._queue import Queue
 from segue._redact import mask_url

@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "runtime": (
         *(
+            "_info",
             "_handle",
             "_events",
             "_queue",

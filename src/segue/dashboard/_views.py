@@ -29,7 +29,7 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._events import Event, parse_event
-from segue._handle import parse_info
+from segue._info import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
 from segue._wire import TaskField as F
