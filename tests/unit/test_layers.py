@@ -46,7 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
-        "_demo_durable",
+        *("_demo_durable", "_demo_flows"),
         *("_reload", "_supervisor"),
         *("dashboard", "metrics", "testing", "_display", "web"),
     ),
