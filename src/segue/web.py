@@ -32,8 +32,8 @@ from segue._errors import (
     InvalidTransition,
     PayloadError,
     ResultTimeout,
-    SignalBufferFull,
     ResultUnavailable,
+    SignalBufferFull,
     StreamTruncated,
     TaskCancelled,
     TaskFailed,
@@ -231,9 +231,9 @@ class _Routes:
         body = await self._json_body(request)
         if isinstance(body, Response):
             return body
-        name, data, signal_id = body.get("name"), body.get("data"), body.get("id")
+        data, signal_id = body.get("data"), body.get("id")
         try:
-            check_name(name, str(request.path_params["task_id"]))
+            name = check_name(body.get("name"), str(request.path_params["task_id"]))
         except ValueError as exc:
             # checked here: the guard maps a ValueError (a malformed task id) to 404
             return JSONResponse({"error": str(exc)}, status_code=400)

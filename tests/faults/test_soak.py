@@ -154,6 +154,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
             with fleet:
                 slots = [fleet.start(8) for _ in range(2)]
                 await fleet.ready()
+
                 # a warm-up batch loads the scripts and the workers' code paths first, so
                 # the baseline holds what any running deployment holds
                 def warm(k: int) -> Any:
