@@ -140,8 +140,6 @@ class _Routes:
         except SignalBufferFull as exc:
             # the task has not taken its earlier signals yet: the sender may try again later
             return JSONResponse({"error": str(exc)}, status_code=429)
-        except PayloadError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=413)
 
     async def info(self, request: Request) -> Response:
         async def respond(handle: TaskHandle[Any]) -> Response:
@@ -246,7 +244,10 @@ class _Routes:
             )
 
         async def respond(handle: TaskHandle[Any]) -> Response:
-            status = await handle.signal(name, data, id=signal_id)
+            try:
+                status = await handle.signal(name, data, id=signal_id)
+            except PayloadError as exc:  # over max_payload_bytes
+                return JSONResponse({"error": str(exc)}, status_code=413)
             return JSONResponse({"id": handle.id, "status": status.value})
 
         return await self._guarded(request, "signal", respond)
