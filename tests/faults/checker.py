@@ -48,7 +48,8 @@ STRUCTURAL = frozenset(
     | {"sigdue"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
-PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi"})
+# `out`: a task's output stream, kept its linger (or the record's ttl) after its end.
+PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi", "out"})
 # A run that segue stopped and recorded, after which the task may run again.
 _RERUN_REASONS = {"worker shutdown", "resumed", "retry", "paused itself", "due"}
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
