@@ -13,6 +13,8 @@ from segue._errors import (
     LeaseLost,
     Pause,
     PayloadError,
+    QueryFailed,
+    QueryTimeout,
     QueueFull,
     RateLimited,
     ResultTimeout,
@@ -21,10 +23,15 @@ from segue._errors import (
     ScriptError,
     SegueError,
     ServerOutOfMemory,
+    SignalBufferFull,
+    SignalTimeout,
     StepFailed,
+    StreamTruncated,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
 )
 from segue._events import Event
 from segue._handle import TaskHandle, WorkflowHandle
@@ -32,6 +39,7 @@ from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
 from segue._options import Limit
+from segue._output import StreamRestarted, TaskStream
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
@@ -62,6 +70,8 @@ __all__ = [
     "Limit",
     "Pause",
     "PayloadError",
+    "QueryFailed",
+    "QueryTimeout",
     "Queue",
     "QueueFull",
     "RateLimited",
@@ -76,9 +86,13 @@ __all__ = [
     "SegueError",
     "ServerOutOfMemory",
     "Settings",
+    "SignalBufferFull",
+    "SignalTimeout",
     "Signature",
     "StepFailed",
     "StepInfo",
+    "StreamRestarted",
+    "StreamTruncated",
     "SyncContext",
     "SyncTask",
     "Task",
@@ -88,8 +102,11 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskNotFound",
+    "TaskNotRunning",
     "TaskStatus",
+    "TaskStream",
     "Transition",
+    "UnknownQuery",
     "Worker",
     "WorkerInfo",
     "WorkflowHandle",

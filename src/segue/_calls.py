@@ -83,7 +83,8 @@ def graph(
     (graph.lua)."""
     w = record or GraphRecord("", -1, "", "", 0)
     args: list[Any] = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left]
-    args.extend((w.queues, w.part, len(steps), max_len))
+    args.extend((w.queues, w.part, len(steps), max_len, len(w.compensations) // 2))
+    args.extend(w.compensations)
     for step in steps:
         args.extend(step.argv())
     return (_scripts.load("graph"), ks.graph_keys, _with_lanes(args, (s.spec for s in steps)))
@@ -215,12 +216,48 @@ def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> Script
     return (_scripts.load("wait"), [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
 
 
+def signal(
+    ks: Keyspace, task_id: str, name: str, data: bytes, signal_id: str, most: int
+) -> ScriptCall:
+    """Deliver a signal, once per signal id (signal.lua); replies [outcome, status]:
+    delivered | buffered | duplicate."""
+    args: list[Any] = [ks.base, task_id, name, data, signal_id, most]
+    return (_scripts.load("signal"), ks.signal_keys, args)
+
+
+def parse_signal(reply: Any) -> tuple[str, str]:
+    return _text(reply[0]), _text(reply[1])
+
+
+def signal_wait(
+    ks: Keyspace, task_id: str, gen: str, name: str, field: str, deadline_ms: int, began_ms: int
+) -> ScriptCall:
+    """A running task waits for a signal (signal_wait.lua); replies [-1] lost, [1, data]
+    taken, [2] timed out, [0] the run must stop."""
+    args: list[Any] = [ks.base, task_id, gen, name, field, deadline_ms, began_ms]
+    args.append(ks.done_channel)
+    return (_scripts.load("signal_wait"), ks.signal_wait_keys, args)
+
+
 def event(
     ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
 ) -> ScriptCall:
     """A running task's progress (kind 'progress': done, total, message) or own event
     ('emit': name, JSON data) (event.lua); replies 1, or 0 when the run lost the task."""
     return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+
+
+def query(ks: Keyspace, task_id: str, message: str) -> ScriptCall:
+    """Hand a query to the worker running the task (query.lua)."""
+    return (_scripts.load("query"), [ks.task(task_id), ks.control_channel], [task_id, message])
+
+
+def parse_query(reply: Any) -> tuple[str, int, str] | None:
+    """query.lua's reply: (status, workers listening, the holding worker's id), or None
+    when there is no record."""
+    if not reply:
+        return None
+    return _text(reply[0]), int(reply[1]), _text(reply[2])
 
 
 def state(
@@ -234,6 +271,23 @@ def state(
     return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
+def migrate(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    versions: tuple[int, int],
+    values: dict[str, bytes],
+    deletes: Sequence[str],
+) -> ScriptCall:
+    """Move a running task from `versions[0]` to `versions[1]` with its upgraded state
+    (migrate.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, versions[0], versions[1], len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (_scripts.load("migrate"), [ks.state(task_id)], args)
+
+
 def journal(
     ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
 ) -> ScriptCall:
@@ -241,6 +295,23 @@ def journal(
     when rejected."""
     args: list[Any] = [ks.base, task_id, gen, field, entry, line]
     return (_scripts.load("journal"), [ks.state(task_id)], args)
+
+
+def stream(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    tries: int,
+    max_entries: int,
+    linger_ms: int,
+    chunks: bytes,
+    batch: int,
+    resumed: bool,
+) -> ScriptCall:
+    """Append a batch of chunks (a JSON array) to a running task's output stream
+    (stream.lua); replies the entry id, or 0 when rejected."""
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
+    return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
 
 
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
@@ -300,16 +371,30 @@ def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> Script
     return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
 
 
+def cron_overlap(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
+    """Move a unique schedule past a tick it skipped because its previous run is still
+    going, fenced on that tick: cron_advance.lua with the tick noted in the `overlapped`
+    hash instead of `fired`. Replies 1 skipped, 0 stale."""
+    keys = [ck.defs, ck.due, ck.firing, ck.overlapped]
+    return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
+
+
+def cron_skipped(ks: Keyspace, task_id: str, name: str, data: str) -> ScriptCall:
+    """Record a `cron.skipped` event in a queue's stream (cron_skipped.lua): the tick that
+    would have enqueued `task_id` was skipped; `data` JSON says why. Replies 1."""
+    return (_scripts.load("cron_skipped"), [ks.events], [task_id, name, data])
+
+
 def delete(ks: Keyspace, task_id: str) -> ScriptCall:
     """Delete an ended task's record and index entries (delete.lua); replies its final
     status, or 0 when it had no record."""
     return (_scripts.load("delete"), [*ks.done, ks.dead], [ks.base, task_id])
 
 
-def wf_index(ks: Keyspace, wf_id: str, shape: str) -> ScriptCall:
+def wf_index(ks: Keyspace, wf_id: str, shape: str, names: str = "") -> ScriptCall:
     """List a workflow in its queue's index with its shape (wf_index.lua); replies 1
     listed, 0 no such record."""
-    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape])
+    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape, names])
 
 
 def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:

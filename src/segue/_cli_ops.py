@@ -1,15 +1,18 @@
-"""The `segue` commands of the operator's day: delete an ended task, pause and resume a
-cron schedule. Like the other control commands they take `--app` or `--url`."""
+"""The `segue` commands of the operator's day: enqueue a task by name, delete an ended task,
+pause and resume a cron schedule, send a task a signal, query a running task. Like the other
+control commands they take `--app` or `--url`."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 
 from segue._cli_common import AppOption, UrlOption, cli, client_app, error_line, out
 from segue._errors import SegueError
+from segue._keys import PRIORITIES
 
 schedule_cli = typer.Typer(help="Pause or resume a cron schedule by its id.", no_args_is_help=True)
 cli.add_typer(schedule_cli, name="schedule")
@@ -17,6 +20,64 @@ cli.add_typer(schedule_cli, name="schedule")
 
 def _fail(text: str) -> typer.Exit:
     return typer.Exit(error_line(text, 1))  # one `error:` line, its text never markup
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"{what} is not JSON ({exc}): {text[:80]!r}") from None
+
+
+@cli.command()
+def enqueue(
+    name: Annotated[str, typer.Argument(help="The task's name, e.g. reports.build")],
+    args: Annotated[
+        str | None,
+        typer.Argument(help="Its positional arguments: a JSON array (another value: one argument)"),
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option("--kwargs", help="Its keyword arguments: a JSON object")
+    ] = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", help="Seconds to wait first")] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", help="low, normal (default) or high")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Idempotency key: the same key, the same task")
+    ] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Enqueue a task by name, without its code (`app.send`); prints the task id. The
+    worker that runs it checks the arguments and supplies max_tries, timeout and retries."""
+    positional = [] if args is None else _json_arg(args, "the arguments")
+    if not isinstance(positional, list):
+        positional = [positional]
+    named = {} if kwargs is None else _json_arg(kwargs, "--kwargs")
+    if not isinstance(named, dict):
+        raise _fail(f"--kwargs must be a JSON object, not {kwargs!r}")
+    if priority is not None and priority not in PRIORITIES:
+        raise _fail(f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    options: dict[str, Any] = {}
+    if delay is not None:
+        options["delay"] = delay
+    if priority is not None:
+        options["priority"] = priority
+    if key is not None:
+        options["key"] = key
+
+    async def go() -> str:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.send(name, *positional, kwargs=named, queue=queue, **options)
+            return handle.id
+
+    try:
+        task_id = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(task_id, markup=False, highlight=False)
 
 
 @cli.command()
@@ -72,3 +133,73 @@ def schedule_resume(
 ) -> None:
     """Resume a paused schedule: its next tick fires as usual."""
     _schedule_command(schedule_id, False, app, url)
+
+
+@cli.command()
+def signal(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    name: Annotated[str, typer.Argument(help="The signal's name (what ctx.wait_signal waits for)")],
+    data: Annotated[
+        str | None, typer.Argument(help="The signal's data, as JSON (default: null)")
+    ] = None,
+    signal_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="The signal's id: a repeat with the same id delivers nothing twice"
+        ),
+    ] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Send a task a signal: a wait for it gets it now, else it is buffered for the next."""
+    try:
+        value = None if data is None else json.loads(data)
+    except ValueError as exc:
+        raise _fail(f"the signal's data is not JSON: {exc}") from None
+
+    async def go() -> str:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            return str(await handle.signal(name, value, id=signal_id))
+
+    try:
+        status = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"task {task_id}: signal {name} sent ({status})", markup=False, highlight=False)
+
+
+def _json_or_text(word: str) -> Any:
+    try:
+        return json.loads(word)
+    except ValueError:
+        return word  # a bare word is meant as a string: no quotes to escape in a shell
+
+
+@cli.command()
+def query(
+    task_id: Annotated[str, typer.Argument(help="The id of a running task")],
+    name: Annotated[str, typer.Argument(help="The query, as the task named it in ctx.on_query")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="The handler's arguments, each a JSON value (a bare word: a string)"),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="Seconds to wait for the answer")
+    ] = 5.0,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Ask a running task a query; prints its answer as JSON."""
+
+    async def go() -> Any:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            values = [_json_or_text(a) for a in args or ()]
+            return await handle.query(name, *values, timeout=timeout)
+
+    try:
+        answer = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(json.dumps(answer, ensure_ascii=False), markup=False, highlight=False)

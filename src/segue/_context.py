@@ -33,6 +33,9 @@ from segue._errors import (
 from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._output import OutputWriter
+from segue._signals import MISSING as NO_DEFAULT
+from segue._signals import wait_signal
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -87,6 +90,7 @@ class RunControl:
         "gen",
         "ks",
         "lease_seconds",
+        "queries",
         "request",
         "resources",
     )
@@ -111,6 +115,8 @@ class RunControl:
         self.ks = ks
         self.gen = gen
         self.request: str | None = None
+        # the run's query handlers (ctx.on_query), answered on the worker's loop (_query.py)
+        self.queries: dict[str, Callable[..., Any]] = {}
 
     async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
         """`send()`, a server call of ctx, sent again while the server is unreachable, for up
@@ -237,11 +243,15 @@ class Context:
     """Passed as the first parameter to tasks that declare `ctx: Context`.
 
     Attributes: `task_id`, `name`, `tries` (1 on the first run), `worker_id`, `queue`,
-    `log` (a logger whose lines carry the task id), and `state` (durable per-task values).
+    `version` (the version of the task's code it started under, `@app.task(version=...)`:
+    code branches on it to replay its journal the way it was written), `log` (a logger
+    whose lines carry the task id), and `state` (durable per-task values).
     """
 
     __slots__ = (
         "_journal",
+        "_output",
+        "_queries",
         "_run",
         "_seq",
         "headers",
@@ -251,6 +261,7 @@ class Context:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -266,20 +277,34 @@ class Context:
         state_limit: int = 1 << 20,
         headers: dict[str, str] | None = None,
         sleep_inline_seconds: float = 5.0,
+        version: int = 1,
     ) -> None:
         self.task_id = task_id
+        self.version = version
         self.name = name
         self.tries = tries
         self.worker_id = worker_id
         self.queue = queue
         self._run = run
         self._seq = 0
+        self._queries: dict[str, Callable[..., Any]] = run.queries if run is not None else {}
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
+        self._output = None if run is None else OutputWriter(run, task_id, tries, state_limit)
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
+
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """Answer `handle.query(name, *args)` with `fn(*args)` (sync or async) while this run
+        lasts; a second `on_query` of the same name replaces the first. The handler runs on
+        the worker's event loop between the task's awaits, and must only read: it must not
+        change state. A run that has not called `on_query(name, ...)` yet (a replay on its
+        way) answers UnknownQuery."""
+        if not callable(fn):
+            raise TypeError(f"ctx.on_query({name!r}, ...) takes a function, not {fn!r}")
+        self._queries[name] = fn
 
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as the durable step `name` (unique within a run) and
@@ -392,6 +417,40 @@ class Context:
             )
         await self.checkpoint()
 
+    async def stream(self, chunk: Any) -> None:
+        """Append `chunk` (any JSON value) to the task's own output stream, which
+        `handle.stream()` and the SSE route of `segue.web` read live. Returns at once while
+        the previous write is on its way (chunks given meanwhile go together in one entry:
+        order is kept), so streaming token by token costs about one round trip per batch;
+        a run's last chunks are written before its outcome. Also a checkpoint (no round
+        trip). A replay of a durable function does not write again what its first run
+        wrote."""
+        if self._output is None:
+            self.log.debug("stream chunk %r (local run: not streamed)", chunk)
+            return
+        self._check()  # a checkpoint too: a streaming loop stops at once when paused
+        # a chunk before the run's first step is part of a replay too: the journal tells
+        await self._journal.load()
+        if self._journal.replaying:
+            return  # written by the first run already
+        await self._output.put(chunk, resumed=self._journal.resumed)
+
+    async def _close_output(self, *, ended: bool) -> None:
+        """The worker's call after the task's function returned (`ended`) or raised out of
+        the run: write the chunks left, or drop them with the run."""
+        output = self._output
+        if output is None:
+            return
+        if not ended:
+            output.abandon()
+            return
+        try:
+            await output.close()
+        except Exception as exc:  # the outcome's own write says whether the run still holds it
+            self.log.warning("its last stream chunks were not written: %s", exc)
+        except ServerUnreachable as exc:
+            self.log.warning("its last stream chunks were not written: %s", exc)
+
     async def emit(self, name: str, data: Any = None) -> None:
         """Put an event of the task's own on its queue's event stream (`app.events()`)."""
         run = self._run
@@ -487,6 +546,23 @@ class Context:
             await journal.record(name, journal.results_entry(results), started, ok=True)
             return results
         return [await h.result() for h in handles]
+
+    async def wait_signal(
+        self,
+        name: str,
+        *,
+        timeout: float | timedelta | None = None,
+        default: Any = NO_DEFAULT,
+    ) -> Any:
+        """The data of the next signal `name` sent to this task (`handle.signal`), FIFO.
+        A signal already buffered is taken and journaled at once. Otherwise this run stops
+        here and the task WAITS (no worker slot held, the try not spent) until a signal of
+        that name comes or `timeout` passes; it then runs again from the start, its replay
+        reaching this wait, which returns the signal's data. The deadline is journaled at
+        the first wait, so re-runs keep it. On timeout, returns `default`, or raises
+        SignalTimeout when none is given. A local run never waits: it takes the signals
+        given to `task.run(..., signals=...)`, else times out at once."""
+        return await wait_signal(self._journal, self._run, self.task_id, name, timeout, default)
 
     def _check(self) -> None:
         run = self._run

@@ -3,16 +3,17 @@
 Everything here goes through the public API, as a user's code would: tasks are enqueued,
 a worker in this process runs them, and the display follows their handles and the
 queue's counts on the server. Beside the batch, two long durable tasks run with
-checkpoints; an operator (a coroutine here, the CLI or another process elsewhere) pauses
-one, holds it, resumes it so that it finishes from its `ctx.state`, and cancels the other.
+checkpoints; an operator (a coroutine here, the CLI or another process elsewhere) queries
+one (its worker answers), pauses it, holds it, resumes it so that it finishes from its
+`ctx.state`, and cancels the other.
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
+A saga follows: its last step fails, and the compensations of the others run in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import random
@@ -25,17 +26,17 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from segue import _demo_durable
+from segue import _demo_durable, _demo_flows
 from segue._app import App
 from segue._context import Context
-from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
-from segue._handle import TaskHandle, WorkflowHandle
+from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed, TaskNotRunning
+from segue._handle import TaskHandle
 from segue._options import Limit
 from segue._redact import mask_url
-from segue._state import TaskInfo, TaskStatus
+from segue._state import TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 console = Console()
 
@@ -46,10 +47,7 @@ HOLD_SECONDS = 1.5  # how long it stays PAUSED
 EXPORT_CHUNKS = 40  # demo.export: cancelled on its way
 EXPORT_STEP_SECONDS = 0.1
 CANCEL_AT = 8
-ALBUM = "album-2026"  # the workflow: scan | 4 thumbnail parts | contact sheet | publish
-ALBUM_PHOTOS = 12
-THUMB_PARTS = 4
-WORKFLOW_HOLD_SECONDS = 1.5  # how long the paused workflow holds its next step
+ALBUM_PHOTOS = 12  # demo.scan finds this many photos in the album
 
 
 class Board:
@@ -100,15 +98,19 @@ def build_app(board: Board | None = None) -> App:
     async def ingest(ctx: Context, files: list[str]) -> int:
         """A long task in checkpointed steps: its progress lives in ctx.state."""
         done: int = await ctx.state.get("done", 0)
+        # answered by the worker running it, from the variables as they stand: a read only
+        ctx.on_query("progress", lambda: {"file": files[min(done, len(files) - 1)], "done": done})
         if done:
             board.say(
                 f"demo.ingest [bold]resumed from step {done}[/bold] of its ctx.state; "
                 f"try {ctx.tries}" + (": the pause spent none" if ctx.tries == 1 else "")
             )
-        for i in range(done, len(files)):
+        while done < len(files):
+            i = done
             await asyncio.sleep(INGEST_STEP_SECONDS)  # process files[i]
             board.done[files[i]] += 1
-            await ctx.state.set(done=i + 1)  # durable: survives pauses and worker deaths
+            done = i + 1
+            await ctx.state.set(done=done)  # durable: survives pauses and worker deaths
             board.steps[ctx.task_id] = i + 1
             await ctx.checkpoint()  # where an operator's pause or cancel is obeyed
         return len(files)
@@ -127,6 +129,15 @@ def build_app(board: Board | None = None) -> App:
             board.steps[ctx.task_id] = i + 1
             await ctx.checkpoint()
         return chunks
+
+    @app.task(name="demo.summarize")
+    async def summarize(ctx: Context, text: str) -> int:
+        """Streams its answer word by word, as an LLM's tokens (ctx.stream)."""
+        words = text.split()
+        for word in words:
+            await ctx.stream(word + " ")
+            await asyncio.sleep(0.01)  # the model thinks
+        return len(words)
 
     @app.task(name="demo.scan")
     async def scan(album: str) -> list[str]:
@@ -147,6 +158,26 @@ def build_app(board: Board | None = None) -> App:
     async def publish(sheet: str, album: str) -> str:
         await asyncio.sleep(0.3)
         return f"{album} published with a {sheet}"
+
+    @app.task(name="demo.reserve")
+    async def reserve(order: str) -> str:
+        return f"stock held for {order}"
+
+    @app.task(name="demo.charge")
+    async def charge(hold: str, cents: int) -> str:
+        return f"payment of {cents / 100:.2f} EUR"
+
+    @app.task(name="demo.ship", max_tries=2, retry_backoff=0.05)
+    async def ship(payment: str) -> str:
+        raise RuntimeError("the courier refused the parcel")
+
+    @app.task(name="demo.release")
+    async def release(hold: str) -> str:
+        return f"released: {hold}"
+
+    @app.task(name="demo.refund")
+    async def refund(payment: str) -> str:
+        return f"refunded: {payment}"
 
     @app.task(name="demo.tick", ttl=60)
     async def tick(ctx: Context) -> str:
@@ -193,11 +224,14 @@ async def _demo(total: int) -> None:
         names = [s.task.name for s in sigs]
         delayed = await t["demo.report"].options(delay=2.0).enqueue("daily (delayed 2 s)")
         urgent = await t["demo.report"].options(priority="high").enqueue("urgent (high prio)")
-        handles += [delayed, urgent]
-        names += ["demo.report", "demo.report"]
+        # as a producer without the task's code does: by name, checked on the worker
+        by_name = await app.send("demo.report", "sent by name")
+        handles += [delayed, urgent, by_name]
+        names += ["demo.report", "demo.report", "demo.report"]
         console.print(
             f"enqueued {len(handles)} tasks in {1000 * (time.monotonic() - start):.0f} ms "
-            "(one batched call); one is delayed by 2 s, one has high priority"
+            "(one batched call); one is delayed by 2 s, one has high priority, one is sent "
+            "by name (app.send)"
         )
         files = [f"batch-{i:02}.csv" for i in range(INGEST_FILES)]
         ingest = await t["demo.ingest"].enqueue(files)
@@ -218,12 +252,21 @@ async def _demo(total: int) -> None:
         sample = outcome.get(delayed.id)
         if sample is not None:
             console.print(f"delayed task: {sample[1]}")
+        sent = outcome.get(by_name.id)
+        if sent is not None:
+            info = await by_name.info()
+            console.print(
+                f"sent by name: {sent[1]} ({', '.join(info.from_worker)} from the worker)",
+                soft_wrap=True,
+            )
         failed = next((v for v in outcome.values() if v[0] == "failed"), None)
         if failed is not None:
             console.print(f"a failure, as the caller sees it: [red]{failed[1]}[/red]")
         _durable_summary(outcome, board, files, ingest, export)
         try:
-            await _workflow(app)  # the same worker runs its steps
+            await _demo_flows.workflow(app, console)  # the same worker runs its steps
+            await _demo_flows.saga(app, console)
+            await _demo_flows.stream(app, console)
             await _time_and_limits(app)
             await _demo_durable.show(console)
         finally:
@@ -255,6 +298,8 @@ async def _operator(
 ) -> None:
     """What an operator does from any process (here: this one), through the handles."""
     await _reached(board, ingest.id, PAUSE_AT)
+    answer = await ingest.query("progress")
+    board.say(f"operator: query demo.ingest 'progress' -> {answer} (its worker answered)")
     status = await ingest.pause(reason="demo: operator pause")
     board.say(
         f"operator: pause demo.ingest at step {board.steps[ingest.id]} -> {status} "
@@ -266,6 +311,13 @@ async def _operator(
         f"demo.ingest is [yellow]PAUSED[/yellow] after step {board.steps[ingest.id]}, held on "
         f"the server; app.tasks(PAUSED): {len(held)}"
     )
+    try:
+        await ingest.query("progress")
+    except TaskNotRunning as exc:
+        board.say(
+            f"operator: query demo.ingest -> TaskNotRunning ({exc.status}); "
+            f"handle.state() always reads: {await ingest.state()}"
+        )
     paused_at = time.monotonic()
     await _reached(board, export.id, CANCEL_AT)
     status = await export.cancel(reason="demo: operator cancel")
@@ -398,124 +450,6 @@ def _durable_summary(
 
 
 # --- the workflow ------------------------------------------------------------------------
-
-
-async def _workflow(app: App) -> None:
-    """A chain with a fan-out group and a merge, enqueued in one call, shown step by step;
-    an operator pauses it between two steps and resumes it."""
-    t = app.registry
-    wf = (
-        t["demo.scan"].call(ALBUM)
-        | app.group(
-            t["demo.thumbnails"].call(part=i, parts=THUMB_PARTS) for i in range(THUMB_PARTS)
-        )
-        | t["demo.contact_sheet"].call()
-    ).then(t["demo.publish"], album=ALBUM)
-    h = await wf.enqueue()
-    steps = await h.steps()
-    console.print(
-        f"workflow: demo.scan | group({THUMB_PARTS} x demo.thumbnails) | demo.contact_sheet "
-        f"| demo.publish ({len(steps)} steps)",
-        soft_wrap=True,
-    )
-    operator = asyncio.create_task(_workflow_operator(app, h.id))
-    status = await h.status()
-    deadline = time.monotonic() + 60  # never hang the demo on a workflow gone wrong
-    with Live(_steps_table(steps, status), console=console, refresh_per_second=10) as live:
-        while (not operator.done() or not status.is_final) and time.monotonic() < deadline:
-            live.update(_steps_table(await h.steps(), status))
-            await asyncio.sleep(0.1)
-            status = await h.status()
-        steps = await h.steps()
-        live.update(_steps_table(steps, status))
-    if not console.is_terminal:
-        console.line()
-    await operator
-    try:
-        value = await h.result(timeout=30)
-    except SegueError as exc:
-        console.print(f"workflow ended {await h.status()}: [red]{exc}[/red]", soft_wrap=True)
-        return
-    console.print(f"workflow result: [bold]{value}[/bold]", soft_wrap=True)
-    sheet = next(s for s in steps if s.name == "demo.contact_sheet")
-    path = ", ".join(
-        f"{tr.status}" + (f" ({tr.reason})" if tr.status is TaskStatus.PAUSED else "")
-        for tr in sheet.history
-    )
-    console.print(f"demo.contact_sheet history: {path}", soft_wrap=True)
-
-
-async def _workflow_operator(app: App, workflow_id: str) -> None:
-    """Pause the workflow while its fan-out runs, show the next step held, resume it: what
-    a web app or another process does with `app.workflow_handle(id)`."""
-    h: WorkflowHandle[Any] = await app.workflow_handle(workflow_id)
-    try:
-        async with asyncio.timeout(30):
-            await _until(h, lambda s: s.name == "demo.thumbnails", TaskStatus.RUNNING)
-            status = await h.pause(reason="demo: operator pause between steps")
-            console.print(
-                f"operator: pause the workflow while {THUMB_PARTS} thumbnail steps run -> "
-                f"{status} (no new step starts)",
-                soft_wrap=True,
-            )
-            held = await _until(h, lambda s: True, TaskStatus.PAUSED)
-            steps = await h.steps()
-            done = sum(s.status is TaskStatus.SUCCEEDED for s in steps)
-            console.print(
-                f"workflow paused between steps: {done}/{len(steps)} done, next step "
-                f"{held.name} is [yellow]PAUSED[/yellow] (held)",
-                soft_wrap=True,
-            )
-            await asyncio.sleep(WORKFLOW_HOLD_SECONDS)
-            status = await h.resume(reason="demo: operator resume")
-            console.print(
-                f"operator: resume the workflow -> {status} (held steps queued again)",
-                soft_wrap=True,
-            )
-    except (SegueError, TimeoutError) as exc:
-        console.print(
-            f"[red]the workflow operator failed[/red] ({exc!r}); resuming it", soft_wrap=True
-        )
-        with contextlib.suppress(SegueError):
-            await h.resume(reason="demo: operator script failed")
-
-
-async def _until(
-    h: WorkflowHandle[Any], which: Callable[[TaskInfo], bool], status: TaskStatus
-) -> TaskInfo:
-    """The first step that `which` selects and that is in `status`, once there is one."""
-    while True:
-        for step in await h.steps():
-            if which(step) and step.status is status:
-                return step
-        await asyncio.sleep(0.05)
-
-
-def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
-    styles = {
-        TaskStatus.WAITING: "[dim]waiting[/dim]",
-        TaskStatus.QUEUED: "queued",
-        TaskStatus.RUNNING: "[cyan]running[/cyan]",
-        TaskStatus.PAUSED: "[yellow]PAUSED[/yellow] (held)",
-        TaskStatus.SUCCEEDED: "[green]succeeded[/green]",
-        TaskStatus.FAILED: "[red]failed[/red]",
-        TaskStatus.CANCELLED: "[red]cancelled[/red]",
-    }
-    table = Table(title=f"workflow steps (workflow {status})", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("step", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    # what is left of the width once the other columns (up to 1 + 26 + 13) and the borders
-    # are drawn, so that narrow terminals cut results rather than step names
-    room = min(40, max(8, console.width - 54))
-    table.add_column("result", overflow="ellipsis", no_wrap=True, max_width=room)
-    for n, s in enumerate(steps, 1):
-        name = s.name
-        if "part" in s.kwargs:
-            name += f" (part {s.kwargs['part'] + 1}/{s.kwargs.get('parts', '?')})"
-        result = "" if s.result is None else str(s.result)
-        table.add_row(str(n), name, styles.get(s.status, str(s.status)), result)
-    return table
 
 
 async def _time_and_limits(app: App) -> None:

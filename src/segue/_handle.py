@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import dataclasses
+import json
 import os
 import socket
 import time
@@ -21,18 +22,20 @@ from segue._errors import (
     TaskFailed,
     TaskNotFound,
 )
+from segue._info import parse_error, parse_info
 from segue._keys import queue_of
-from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._state import (
+    TaskError,
+    TaskInfo,
+    TaskStatus,
+)
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from datetime import datetime
-
     from segue._client import Client
-    from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._output import TaskStream
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -92,10 +95,24 @@ class TaskHandle(Generic[R]):
 
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
-        `limit`, at most that many of them."""
+        `limit`, at most that many of them. A plain read of the server: it works whatever
+        the task's status and whether or not a worker answers (unlike `query()`)."""
         reads = await self._client.reads()
         raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
         return {k.decode(): decode_plain(v) for k, v in raw.items()}
+
+    async def query(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Ask the running task: the worker holding it calls the handler the task registered
+        with `ctx.on_query(name, fn)` as `fn(*args)` and sends back its value (plain JSON
+        values). Raises TaskNotRunning (naming the status) when no run holds the task,
+        QueryTimeout when its worker does not answer within `timeout` seconds (dead,
+        stopped, or its event loop blocked), UnknownQuery (listing the registered names)
+        when the run has no such handler (yet), QueryFailed when the handler raised.
+        `state()` is the read that always works."""
+        from segue._query import ask
+
+        broker = await self._client.broker()
+        return await ask(broker, broker.keyspace(self.queue), self.id, name, args, timeout)
 
     async def events(self, *, scan: int = 1000) -> list[Event]:
         """This task's events among the last `scan` of its queue's stream, oldest first."""
@@ -105,6 +122,15 @@ class TaskHandle(Generic[R]):
         entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
+
+    def stream(self, after: str | None = None) -> TaskStream:
+        """The chunks the task streams (`ctx.stream`), in order, from the start or after the
+        position `after`; the loop ends when the task ends (also when it never streamed).
+        A `StreamRestarted` item marks where a new run starts writing. The iterator's
+        `position` is the position of the item last yielded, to resume after it."""
+        from segue._output import TaskStream
+
+        return TaskStream(self._client.reads, self.queue, self.id, after)
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""
@@ -156,7 +182,9 @@ class TaskHandle(Generic[R]):
 
     async def resume(self, reason: str | None = None) -> TaskStatus:
         """Put a PAUSED task back in its queue (it continues from its state), or withdraw a
-        pause that a running task has not carried out yet."""
+        pause that a running task has not carried out yet. A task paused while it waited
+        for a signal waits again (WAITING) unless a signal is buffered or its deadline
+        passed."""
         return await self._control("resume", reason)
 
     async def cancel(self, reason: str | None = None) -> TaskStatus:
@@ -164,6 +192,20 @@ class TaskHandle(Generic[R]):
         its current await (CancelledError inside it, so `finally` blocks run). CANCELLED,
         state deleted. Cancelling an ended task changes nothing and returns its status."""
         return await self._control("cancel", reason)
+
+    async def signal(self, name: str, data: Any = None, *, id: str | None = None) -> TaskStatus:
+        """Send the task the signal `name` with `data` (JSON): a `ctx.wait_signal(name)`
+        waiting for it gets it now, else it is buffered (FIFO per name) for the next wait.
+        The signal carries an id (`id`, or one made here) sent again with every resend,
+        and the server accepts an id once: a resend after a lost reply delivers nothing
+        twice, and reports success even if the task has ended since. Raises
+        InvalidTransition for a task that ended before the first send, SignalBufferFull
+        when it holds `max_pending_signals` signals already. Returns the task's status."""
+        from segue._signals import send_signal
+
+        broker = await self._client.broker()
+        limit = broker.settings.max_payload_bytes
+        return TaskStatus(await send_signal(broker, self.id, name, data, id, limit))
 
     async def retry(self, reason: str | None = None) -> TaskStatus:
         """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
@@ -227,177 +269,6 @@ class TaskHandle(Generic[R]):
         except Exception:  # written by someone else: still a failure, said plainly
             err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
-
-
-def parse_error(raw: bytes | None) -> TaskError | None:
-    if not raw:
-        return None
-    data = decode_plain(raw)
-    if not isinstance(data, dict):
-        raise ValueError("an error that is not a JSON object")
-    return TaskError(
-        type=str(data.get("type", "Error")),
-        message=str(data.get("message", "")),
-        traceback=data.get("traceback"),
-        reason=str(data.get("reason", "error")),
-    )
-
-
-class _Reader:
-    """Reads the fields of one task record as written by anyone with write access: a field
-    it cannot read is left empty and named in `problems`, never raised, so one bad record
-    does not take a list, a page or a worker down with it."""
-
-    def __init__(self, rec: dict[bytes, bytes]) -> None:
-        self.rec = rec
-        self.problems: list[str] = []
-
-    def bad(self, code: bytes, why: str) -> None:
-        shown = self.rec.get(code, b"")[:40].decode(errors="replace")
-        self.problems.append(f"{code.decode()}={shown!r} {why}")
-
-    def text(self, code: bytes, default: str = "") -> str:
-        raw = self.rec.get(code)
-        if raw is None:
-            return default
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            self.bad(code, "is not UTF-8")
-            return raw.decode(errors="replace")
-
-    def integer(self, code: bytes) -> int | None:
-        raw = self.rec.get(code)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            self.bad(code, "is not a number")
-            return None
-
-    def when(self, code: bytes) -> datetime | None:
-        ms = self.integer(code)
-        try:
-            return from_ms(ms)
-        except (OverflowError, ValueError, OSError):
-            self.bad(code, "is not a time")
-            return None
-
-    def status(self) -> TaskStatus:
-        try:
-            return TaskStatus(self.text(F.STATUS.b))
-        except ValueError:
-            # a status no segue writes: the task is not one any worker will run
-            self.bad(F.STATUS.b, "is not a status")
-            return TaskStatus.FAILED
-
-    def history(self) -> tuple[list[Transition], int]:
-        """The kept transitions, numbered, and how many there were in all: the count the
-        scripts keep, or the lines (a record from before it was kept, or one a worker of
-        the previous release appended to without counting)."""
-        lines = self.text(F.HISTORY.b).splitlines()
-        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines))
-        first = total - len(lines) + 1
-        out = []
-        for n, line in enumerate(lines, first):
-            st, _, rest = line.partition("|")
-            at, _, reason = rest.partition("|")
-            try:
-                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason, n))
-            except (ValueError, OverflowError, OSError):
-                self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
-        return out, total
-
-    def steps(self) -> list[StepInfo]:
-        out = []
-        count = self.integer(F.STEP_COUNT.b) or 0
-        for n in range(1, count + 1):
-            code = F.STEP_PREFIX.b + str(n).encode()
-            line = self.rec.get(code, b"").decode(errors="replace")
-            try:
-                name, start, took, ok, kind = line.split("|")
-                out.append(
-                    StepInfo(name, at_ms(int(start)), int(took) / 1000, ok == "1", kind or None)
-                )
-            except (ValueError, OverflowError, OSError):
-                self.bad(code, "is not name|start|ms|ok|type")
-        return out
-
-    def progress(self) -> tuple[float, float | None] | None:
-        if F.PROGRESS.b not in self.rec:
-            return None
-        done_text, _, total_text = self.text(F.PROGRESS.b).partition(" ")
-        try:
-            done, total = float(done_text), float(total_text) if total_text else None
-        except ValueError:
-            self.bad(F.PROGRESS.b, "is not '<done> [<total>]'")
-            return None
-        if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
-            self.bad(F.PROGRESS.b, "is not finite")
-            return None
-        return done, total
-
-    def decoded(self, code: bytes, decoder: TypedDecoder) -> Any:
-        try:
-            return decoder.decode(self.rec[code])
-        except Exception:  # any decode failure of stored JSON: not this reader's to raise
-            self.bad(code, "does not decode")
-            return None
-
-    def error(self) -> TaskError | None:
-        try:
-            return parse_error(self.rec.get(F.ERROR.b))
-        except Exception:
-            self.bad(F.ERROR.b, "is not an error record")
-            return None
-
-
-def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
-    r = _Reader(rec)
-    name = r.text(F.NAME.b)
-    task = tasks.get(name)
-    status = r.status()
-    try:
-        if task is not None:
-            args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
-        else:
-            args, kwargs = decode_plain(rec[F.PAYLOAD.b])
-        args, kwargs = list(args), dict(kwargs)
-    except Exception:
-        args, kwargs = [], {}
-    history, history_total = r.history()
-    result: Any = None
-    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
-        result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
-    worker = r.text(F.WORKER.b) or None
-    progress = r.progress()
-    return TaskInfo(
-        id=task_id,
-        name=name,
-        queue=queue_of(task_id),
-        status=status,
-        args=args,
-        kwargs=kwargs,
-        priority=r.text(F.PRIORITY.b, "normal"),
-        tries=r.integer(F.TRIES.b) or 0,
-        max_tries=r.integer(F.MAX_TRIES.b) or 0,
-        worker_id=worker,
-        enqueued_at=r.when(F.ENQUEUED_AT.b),
-        started_at=r.when(F.STARTED_AT.b),
-        ended_at=r.when(F.ENDED_AT.b),
-        due_at=r.when(F.DUE_AT.b),
-        history=history,
-        result=result,
-        error=r.error(),
-        progress=progress,
-        progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
-        steps=r.steps(),
-        problem="; ".join(r.problems) or None,
-        pending_request=r.text(F.CONTROL.b) or None,
-        pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
-        history_total=history_total,
-    )
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
@@ -471,6 +342,11 @@ class WorkflowHandle(Generic[R]):
         """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
         (being cancelled) or RUNNING."""
         rec = await self._record()
+        saga = rec.get(W.SAGA_STATE.b)
+        if saga == b"compensating":
+            return TaskStatus.COMPENSATING
+        if saga is not None:
+            return TaskStatus(rec.get(W.SAGA_OUTCOME.b, b"failed").decode())
         if rec.get(W.STATE.b) == b"cancelled":
             return TaskStatus.CANCELLED
         last = rec.get(W.LAST.b, b"").decode().split()
@@ -491,12 +367,38 @@ class WorkflowHandle(Generic[R]):
         `offset` and `limit` read one page of a large fan-out."""
         reads = await self._client.reads()
         infos: list[TaskInfo] = []
-        ids = await self._ids(W.STEPS.b)
+        wf = await self._record()
+        ids = wf.get(W.STEPS.b, b"").decode().split()
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await reads.task_record(reads.keyspace(queue_of(step_id)), step_id)
             if rec:
-                infos.append(parse_info(step_id, rec, self._client.tasks))
+                info = parse_info(step_id, rec, self._client.tasks)
+                plan = wf.get(W.COMPENSATION_PREFIX.b + step_id.rsplit(".", 1)[1].encode())
+                if plan is not None:
+                    compensation = await self._compensation(json.loads(plan)["id"])
+                    info = dataclasses.replace(info, compensation=compensation)
+                infos.append(info)
         return infos
+
+    async def _compensation(self, task_id: str) -> TaskInfo | None:
+        reads = await self._client.reads()
+        rec = await reads.task_record(reads.keyspace(queue_of(task_id)), task_id)
+        return parse_info(task_id, rec, self._client.tasks) if rec else None
+
+    async def wait_ended(self, timeout: float | None = None) -> TaskStatus:
+        """Wait until the workflow has ended, its compensations included (a workflow
+        without any ends with its last steps); returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            rec = await self._record()
+            if W.ENDED_AT.b in rec:
+                return await self.status()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {self.id} has not ended after {timeout} s")
+            # a saga's end is told through the forwarder, not the done channel: look again
+            await asyncio.sleep(pause)
+            pause = min(0.2, pause * 2)
 
     async def result(self, timeout: float | None = None) -> R:
         """The last step's value (a list when the workflow ends with a group); raises
@@ -513,7 +415,14 @@ class WorkflowHandle(Generic[R]):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return await self._step_result(handle, left)
 
-        results = await asyncio.gather(*(one(h) for h in handles))
+        try:
+            results = await asyncio.gather(*(one(h) for h in handles))
+        except (TaskFailed, TaskCancelled):
+            if W.COMPENSATED_STEPS.b in await self._record():
+                # its compensations have run when result() raises, as its steps have
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await self.wait_ended(left)
+            raise
         if len(handles) == 1:
             value: R = results[0]
             return value
@@ -528,6 +437,21 @@ class WorkflowHandle(Generic[R]):
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
+
+    async def signal(
+        self, step: str, name: str, data: Any = None, *, id: str | None = None
+    ) -> TaskStatus:
+        """Send the signal `name` to one step, named by its id or by its `name=` option:
+        a step that has not started buffers it until it runs and waits for it. As
+        `TaskHandle.signal` otherwise; returns the step's status."""
+        rec = await self._record()
+        ids = rec.get(W.STEPS.b, b"").decode().split()
+        step_id = step if step in ids else None
+        if step_id is None and W.STEP_NAMES.b in rec:
+            step_id = decode_plain(rec[W.STEP_NAMES.b]).get(step)
+        if step_id is None:
+            raise TaskNotFound(f"workflow {self.id} has no step {step!r} (by id or name=)")
+        return await TaskHandle[Any](self._client, step_id).signal(name, data, id=id)
 
     async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
         """Start no new step: steps waiting in the queue are held, running ones finish (or,
@@ -552,13 +476,15 @@ class WorkflowHandle(Generic[R]):
         or a resume, which the workflow as a whole does not."""
         broker = await self._client.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
-        others = await self._ids(W.QUEUES.b)
+        rec = await self._record()
+        others = rec.get(W.QUEUES.b, b"").decode().split()
         for queue in others:
             with contextlib.suppress(TaskNotFound, InvalidTransition):
                 await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
-        if others:
+        if others or W.COMPENSATED_STEPS.b in rec:
             from segue._forward import forward_now
 
-            # what the command ended is told to the other queues now, not at a worker's poll
+            # what the command ended is told to the other queues now, not at a worker's
+            # poll; so are the compensations a cancel started (lib/saga.lua)
             await forward_now(broker, [self.queue, *others])
         return state

@@ -18,6 +18,7 @@ from segue._context import _PASS_THROUGH, Context, TaskState
 from segue._faults import faultpoint
 from segue._journal import Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._signals import MISSING as NO_DEFAULT
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -77,6 +78,7 @@ class SyncContext:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -86,6 +88,7 @@ class SyncContext:
         self.task_id = ctx.task_id
         self.name = ctx.name
         self.tries = ctx.tries
+        self.version = ctx.version
         self.worker_id = ctx.worker_id
         self.queue = ctx.queue
         self.log = ctx.log
@@ -95,9 +98,19 @@ class SyncContext:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
 
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """`Context.on_query`. The handler runs on the worker's event loop thread while the
+        task runs in its own: it must be thread-safe (read values the task replaces whole,
+        or guard them with a lock)."""
+        self._ctx.on_query(name, fn)
+
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """`Context.progress`, blocking."""
         self.state._call(self._ctx.progress(done, total, message))
+
+    def stream(self, chunk: Any) -> None:
+        """`Context.stream`, blocking."""
+        self.state._call(self._ctx.stream(chunk))
 
     def emit(self, name: str, data: Any = None) -> None:
         """`Context.emit`, blocking."""
@@ -157,6 +170,12 @@ class SyncContext:
             time.sleep(rest)
             return
         raise Sleeping(math.ceil(rest * 1000))
+
+    def wait_signal(
+        self, name: str, *, timeout: float | timedelta | None = None, default: Any = NO_DEFAULT
+    ) -> Any:
+        """`Context.wait_signal`, blocking."""
+        return self.state._call(self._ctx.wait_signal(name, timeout=timeout, default=default))
 
     def _await(self, value: Any) -> Any:
         loop = self.state._loop

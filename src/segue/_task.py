@@ -26,6 +26,7 @@ from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context
 from segue._errors import ConfigurationError
 from segue._options import check_durability, check_key, check_priority
+from segue._signals import local_signals, set_local
 from segue._sync_context import SyncContext
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class EnqueueOptions(TypedDict, total=False):
     debounce_key: str
     max_wait: float | timedelta | None
     debounce_edge: Literal["trailing", "leading"]
+    name: str  # a workflow step's label, unique in its workflow (wf.signal(step, ...))
+    compensate: Signature[Any]
 
 
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
@@ -173,6 +176,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         check_durability(extra["durability"], "options()")
     if "key" in extra:
         check_key(extra["key"])
+    if "compensate" in extra and not isinstance(extra["compensate"], Signature):
+        raise ConfigurationError(
+            "compensate= takes a call, e.g. charge.call(order).options(compensate=refund.call())"
+        )
     merged = base.copy()
     merged.update(extra)
     return merged
@@ -180,6 +187,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
 
 class Task(Generic[P, R]):
     """A function registered with an App; enqueue it, call it, or run it locally."""
+
+    # a task known by its name only (app.send, _send.ByName): "send" and what its worker
+    # supplies (the record's fw field); '' for a task declared with its code
+    by_name = ""
 
     def __init__(
         self,
@@ -243,13 +254,22 @@ class Task(Generic[P, R]):
         return await self._owner.enqueue_one(sig)
 
     async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here, now, without a queue (sync functions in a thread)."""
-        call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
-        if self.is_async:
-            return cast("R", await self.fn(*call_args, **kwargs))
-        if self.takes_ctx:
-            call_args = (SyncContext(call_args[0]), *args)
-        return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
+        """Run the function here, now, without a queue (sync functions in a thread).
+        `signals={name: [data, ...]}` (taken out of the arguments when the function has no
+        parameter of that name) hands `ctx.wait_signal` its signals, in order."""
+        token = None
+        if "signals" in kwargs and "signals" not in self._signature.parameters:
+            token = set_local(cast("Any", kwargs.pop("signals")))
+        try:
+            call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
+            if self.is_async:
+                return cast("R", await self.fn(*call_args, **kwargs))
+            if self.takes_ctx:
+                call_args = (SyncContext(call_args[0]), *args)
+            return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
+        finally:
+            if token is not None:
+                local_signals.reset(token)
 
     def local_context(self) -> Context:
         return Context(
@@ -258,6 +278,7 @@ class Task(Generic[P, R]):
             tries=1,
             worker_id="local",
             queue=self.queue,
+            version=self.opts.version,
         )
 
     def bound_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
-from segue._broker import server_unreachable
 from segue._calls import parse_claim, parse_finish
+from segue._connect import wait_for_server
 from segue._context import PauseRequested, RunControl
 from segue._control import Controller, ControlSubscriber
-from segue._embedded import server_label
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
 from segue._forward import Forwarder
@@ -37,6 +36,7 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._options import limit_tables
+from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
@@ -98,6 +98,7 @@ class Worker:
         self._finished = 0
         self._lease: LeaseKeeper | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None  # for executor="process" tasks
         self._next_due: float | None = None
         self._broker: Any = None
         self._resources: dict[Any, Any] = {}
@@ -157,31 +158,7 @@ class Worker:
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
-        """The App's broker; a server that does not answer yet (restarting, or started
-        after the workers) is waited for, so a supervisor's restart does not race it."""
-        delay = 0.1
-        since: float | None = None
-        said = 0.0
-        while True:
-            try:
-                broker = await self._client.broker()
-            except BrokerError as exc:
-                if self._stopping or not server_unreachable(exc):
-                    raise
-                now = _clock.monotonic()
-                if since is None:
-                    since = said = now
-                    log.warning("%s; the worker waits for it", exc)
-                elif now - said >= self._outage_log_seconds:
-                    said = now
-                    where = server_label(self._client.settings)
-                    log.warning("still waiting for %s (%.0f s)", where, now - since)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                continue
-            if since is not None:
-                log.warning("server reachable again after %.1f s", _clock.monotonic() - since)
-            return broker
+        return await wait_for_server(self._client, lambda: self._stopping, self._outage_log_seconds)
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
@@ -205,6 +182,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
+        self._processes = process_pool(self._registry.tasks.values(), self._client.settings)
         self._broker = broker
         controller = self._controller
         self._lease = LeaseKeeper(
@@ -220,9 +198,10 @@ class Worker:
             None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
+        tasks = self._registry.tasks
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller),
+            ControlSubscriber(broker, keyspaces, controller, self.id),
             Waker(
                 broker,
                 keyspaces,
@@ -233,7 +212,7 @@ class Worker:
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
-            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
         ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -250,6 +229,8 @@ class Worker:
         finally:
             self._stopping = True
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._processes is not None:
+                await self._processes.close()
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -438,7 +419,6 @@ class Worker:
                 # lapses, and claim.lua fails it worker_lost after max_deliveries
                 log.error("task id %r is not UTF-8; left to expire", run.id)
                 continue
-            lost = run.lost
             job = Job(
                 ks=ks,
                 id=run.id,
@@ -452,11 +432,11 @@ class Worker:
                 input=run.input,
                 headers=run.headers,
                 unreadable=run.unreadable,
-                # as claim.lua decides it: a lost run before, and losing this one ends it
-                last_delivery=lost > 0
-                and (
-                    lost >= self._client.settings.max_deliveries - 1 or run.tries >= run.max_tries
-                ),
+                version=run.version,
+                started_version=run.started_version,
+                journal=run.journal,
+                from_worker=run.from_worker,
+                last_delivery=run.last_delivery(self._client.settings.max_deliveries),
             )
             job.run = RunControl(
                 self._enqueuer.enqueue_child,
@@ -487,7 +467,13 @@ class Worker:
         outcome: Outcome | None
         try:
             outcome = await attempt(
-                job, task, self._client.settings, self.id, self._executor, self._registry.hooks
+                job,
+                task,
+                self._client.settings,
+                self.id,
+                self._executor,
+                self._registry.hooks,
+                self._processes,
             )
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._controller.stopped_outcome(job)

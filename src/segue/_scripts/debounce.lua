@@ -8,8 +8,8 @@
   ARGV[2] most tasks waiting to run in the queue (0 = no limit), as enqueue.lua
   ARGV[3] debounce key   ARGV[4] window ms   ARGV[5] max wait ms (0 = none)
   ARGV[6] edge: trailing | leading
-  ARGV[7..18] the 12 enqueue fields of the task a new window creates (SPEC, lib/create.lua;
-    trailing: its delay is the window)   ARGV[19] its lane, when it has one
+  ARGV[7..20] the 14 enqueue fields of the task a new window creates (SPEC, lib/create.lua;
+    trailing: its delay is the window)   ARGV[21] its lane, when it has one
   Trailing: while the window's task is still SCHEDULED, an enqueue takes its place: its
   arguments become this call's, and its start moves to a window from now, but never later
   than max wait after the window opened ('dbs'). Once it is queued or running, the next

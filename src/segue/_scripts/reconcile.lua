@@ -4,16 +4,25 @@
   under segue: a restore from an older copy, a hand edit, eviction.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] leases zset   KEYS[6] paused zset   KEYS[7] waiting zset   KEYS[8] wake list
+  KEYS[9] signal deadlines zset (sigdue)
   ARGV[1] key prefix "segue:{q}:" (records and per-task keys are built from it, and SCAN
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
-  Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets, keyed running sets and lanes out of turn; a record whose cascade to sub-tasks is under way, field 'cw', gets its
-  marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  Phases, in order: keys (SCAN of the queue's keys: records, durable state, signal buffers
+  and accepted signal ids, unique locks, concurrency sets, keyed running sets and lanes out
+  of turn, output streams; a record whose cascade to sub-tasks is under way, field 'cw',
+  gets its marker in the hash <prefix>cascade back if it lost it), leases, sched, paused,
+  waiting, sigdue (ZSCAN), q1, q2, q3 (list offsets). A task waiting for a signal is never
+  queued here: only its deadline's entry is put back.
+  A workflow record that is compensating (lib/saga.lua) asks again for each compensation
+  it asked for and has not heard the end of, when that compensation's task is gone or ended
+  SAGA_TOLD_MS ago (its queue's), or (another queue's) when it was asked for
+  SAGA_ASK_AGAIN_MS ago: the outbox entry that creates it, or the one that tells its end,
+  may have been lost. Asking again creates nothing that exists, and an end is counted once.
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
---#include clock states lanes
+--#include clock states lanes outbox
 local prefix, lease = ARGV[1], tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local phase, cursor = ARGV[4], ARGV[5]
@@ -23,16 +32,19 @@ local woke = false
 local LISTS = { KEYS[1], KEYS[2], KEYS[3] }
 local IN_SCHEDULE = { scheduled = true, retrying = true, suspended = true }
 local IN_LIST = { queued = true, suspended = true }
-local ORDER = { 'keys', 'leases', 'sched', 'paused', 'waiting', 'q1', 'q2', 'q3', 'done' }
+local ORDER = { 'keys', 'leases', 'sched', 'paused', 'waiting', 'sigdue', 'q1', 'q2', 'q3',
+  'done' }
 local STALE = { leases = 'stale_lease', sched = 'stale_schedule', paused = 'stale_paused',
-  waiting = 'stale_waiting' }
+  waiting = 'stale_waiting', sigdue = 'stale_signal_deadline' }
 local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
-  waiting = { KEYS[7], 'waiting' } }
+  waiting = { KEYS[7], 'waiting' }, sigdue = { KEYS[9], 'waiting' } }
 -- a list longer than this is not searched for a missing entry in this pass: LPOS is
 -- linear, so a pass over a backlog of N searched N times for N entries (10,000 queued
 -- tasks held the server 14-55 ms per step); a backlog drains, and a later pass finds
 -- what is missing
 local LIST_SEARCH_MAX = 1000
+-- the linger of a stream whose task's record is gone (end_task's default)
+local STREAM_LINGER_MS = 300000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -51,7 +63,7 @@ end
 -- a record whose structure lost it: put it back where its status says it is
 local function check_record(id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk', 'lk')
+  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk', 'lk', 'sgd')
   if f[4] and f[5] and redis.call('HEXISTS', prefix .. 'cascade', id) == 0 then
     -- a cascade to its sub-tasks under way lost its marker: walked again from the first
     -- (a step repeated changes nothing)
@@ -98,12 +110,45 @@ local function check_record(id)
       redis.call('ZADD', KEYS[7], now, id)
       repaired('waiting_not_indexed', id)
     end
+    if f[8] and not redis.call('ZSCORE', KEYS[9], id) then
+      -- a signal wait's deadline entry lost under segue (a restore, a hand edit)
+      redis.call('ZADD', KEYS[9], tonumber(f[8]) or now, id)
+      repaired('signal_deadline_not_indexed', id)
+    end
   end
 end
 
 local function ended_or_gone(id)
   local s = status_of(id)
   return not s or FINAL[s]
+end
+
+-- A compensating workflow whose compensation was asked for and did not tell its end.
+local SAGA_ASK_AGAIN_MS = 300000
+local SAGA_TOLD_MS = 60000 -- an end is told within this (a worker's forwarder, or its poll)
+local function check_saga(key, wf)
+  local f = redis.call('HMGET', key, 'cs', 'cps')
+  if f[1] ~= 'compensating' then return end
+  local Q = { base = prefix }
+  for n in string.gmatch(f[2] or '', '%S+') do
+    local g = redis.call('HMGET', key, 'ca:' .. n, 'ck:' .. n, 'cp:' .. n, 'ok:' .. n)
+    if g[1] and not g[2] then
+      local plan = cjson.decode(g[3])
+      local again
+      if plan.id == wf .. '.c' .. n then
+        -- of this queue: gone, or ended a while ago and its end not heard
+        local t = redis.call('HMGET', prefix .. 'task:' .. plan.id, 's', 'et')
+        again = not t[1] or (FINAL[t[1]] and now - tonumber(t[2] or '0') > SAGA_TOLD_MS)
+      else
+        again = now - tonumber(g[1]) > SAGA_ASK_AGAIN_MS
+      end
+      if again then
+        redis.call('HSET', key, 'ca:' .. n, now)
+        outbox_push(Q, { k = 'c', d = plan.id, w = wf, n = n, a = plan.a, r = g[4] })
+        repaired('saga_asked_again', plan.id)
+      end
+    end
+  end
 end
 
 local function check_key(key)
@@ -115,6 +160,23 @@ local function check_key(key)
     if ended_or_gone(tail) then
       redis.call('DEL', key)
       repaired('orphan_state', tail)
+    end
+  elseif kind == 'sig' then
+    -- a buffer left by a release whose end of task did not know signals
+    if ended_or_gone(tail) then
+      redis.call('DEL', key)
+      repaired('orphan_signals', tail)
+    end
+  elseif kind == 'sgi' then
+    -- accepted signal ids live as long as the record
+    local tk = prefix .. 'task:' .. tail
+    local s = status_of(tail)
+    if not s then
+      redis.call('DEL', key)
+      repaired('orphan_signal_ids', tail)
+    elseif FINAL[s] and redis.call('PTTL', key) == -1 and redis.call('PTTL', tk) > 0 then
+      redis.call('PEXPIRE', key, redis.call('PTTL', tk))
+      repaired('signal_ids_without_ttl', tail)
     end
   elseif kind == 'uniq' then
     local holder = redis.call('GET', key)
@@ -148,6 +210,29 @@ local function check_key(key)
       woke = true
       repaired('lane_not_in_turn', lane)
     end
+  elseif kind == 'wf' then
+    check_saga(key, tail)
+  elseif kind == 'out' then
+    -- an output stream lives without expiry only while its task has not ended (or ended
+    -- with ttl -1, end marker written); one whose task ended without writing the marker (a
+    -- record restored or edited as ended) would hold its readers and live for ever
+    if ended_or_gone(tail) and redis.call('PTTL', key) == -1 then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      local ended = false
+      local n = 0
+      if last then
+        for i = 1, #last[2], 2 do
+          if last[2][i] == 'end' then ended = true end
+          if last[2][i] == 'n' then n = tonumber(last[2][i + 1]) or 0 end
+        end
+      end
+      local s = status_of(tail)
+      if not ended then
+        redis.call('XADD', key, '*', 'n', n + 1, 'end', s or 'gone')
+        repaired('stream_without_end', tail)
+      end
+      if not s then redis.call('PEXPIRE', key, STREAM_LINGER_MS) end
+    end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever
     for _, id in ipairs(redis.call('SMEMBERS', key)) do
@@ -177,6 +262,9 @@ elseif phase == 'sched' or ZSETS[phase] then
     local id = r[2][i]
     local s = status_of(id)
     local belongs = s and ((want and s == want) or (not want and IN_SCHEDULE[s]))
+    if belongs and phase == 'sigdue' then
+      belongs = redis.call('HEXISTS', prefix .. 'task:' .. id, 'sgd') == 1
+    end
     if not belongs then
       redis.call('ZREM', zset, id)
       repaired(STALE[phase], id)
