@@ -64,7 +64,6 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
       end
       transition(Q, tk, id, { to = 'queued', at = now, why = reason, push = 'back', prio = prio,
         lane = f[6] or false, event = 'task.resumed' })
-        event = 'task.resumed' })
       reach('resume')
       return { 'queued', 0 }
     end
