@@ -3,9 +3,10 @@
 Such a producer knows the name and the arguments, nothing else. What it cannot know is left
 to the worker that claims the task: `max_tries`, `timeout` and `version` (unless passed;
 the record's `fw` field lists what the worker supplies), retry backoff and limits (always
-the worker's, as for every task). Arguments are checked there too: a call that does not
-fit the function ends FAILED with reason `bad_arguments`, naming the parameter. A name no
-worker knows is released and then failed `unknown_task`, as for any task.
+the worker's, as for every task; a keyed limit's key only when `limit_key=` is passed).
+Arguments are checked there too: a call that does not fit the function ends FAILED with
+reason `bad_arguments`, naming the parameter. A name no worker knows is released and then
+failed `unknown_task`, as for any task.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class SendOptions(TypedDict, total=False):
     on_duplicate: OnDuplicate
     headers: dict[str, str]
     durability: Durability
+    # the lane of a keyed limit: the producer cannot read a key from the arguments
+    limit_key: str | int
 
 
 SEND_OPTIONS = frozenset(SendOptions.__annotations__)

@@ -19,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from segue import App, ConfigurationError, Limit, RateLimited, TaskFailed, TaskStatus, Worker
+from segue import (
+    App,
+    ConfigurationError,
+    Context,
+    Limit,
+    RateLimited,
+    TaskFailed,
+    TaskStatus,
+    Worker,
+)
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 
@@ -435,3 +444,56 @@ async def test_the_reconciler_puts_keyed_tasks_and_lanes_back_in_turn(
             await client.aclose()
         await app.drain()
         assert [await h.result() for h in hs] == ["a", "a", "b"]
+
+
+async def test_a_keyed_task_waiting_for_a_signal_frees_its_key_and_wakes_into_its_lane(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+
+    @app.task(name="approve", concurrency=Limit(1, key="tenant"))
+    async def approve(ctx: Context, tenant: str, wait: bool) -> Any:
+        return await ctx.wait_signal("ok") if wait else tenant
+
+    async with app, serving(app, concurrency=2):
+        waiting = await approve.enqueue("t", True)
+        await eventually(lambda: _status_is(waiting, TaskStatus.WAITING))
+        # the wait holds no slot of its key: another task of the key runs meanwhile
+        assert await (await approve.enqueue("t", False)).result(timeout=10) == "t"
+        assert await waiting.signal("ok", "yes") is TaskStatus.QUEUED
+        assert await waiting.result(timeout=10) == "yes"
+    q = app.settings.queue
+    left = [
+        k
+        for kind in ("lane", "ring", "krun", "kpark", "kdue")
+        for k in await keys_of(segue_engine, f"*{{{q}}}:{kind}:*")
+    ]
+    assert left == []
+
+
+async def _status_is(h: Any, status: TaskStatus) -> bool:
+    return bool(await h.status() is status)
+
+
+async def test_a_task_sent_by_name_waits_in_the_lane_of_its_limit_key(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app()
+    running = most = 0
+
+    @app.task(name="by_name", concurrency=Limit(1, key="tenant"))
+    async def by_name(tenant: str) -> str:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return tenant
+
+    async with app:
+        hs = [await app.send("by_name", "a", limit_key="a") for _ in range(4)]
+        q = app.settings.queue
+        assert await keys_of(segue_engine, f"*{{{q}}}:lane:2:by_name|a") != []
+        async with serving(app, concurrency=4):
+            assert [await h.result(timeout=10) for h in hs] == ["a"] * 4
+        assert most == 1
