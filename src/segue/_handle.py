@@ -9,8 +9,9 @@ import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
+from segue._blobs import is_ref, parse_ref
 from segue._codec import TypedDecoder, decode_plain
 from segue._errors import (
     InvalidTransition,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._queries import Queries
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -95,7 +97,34 @@ class TaskHandle(Generic[R]):
         `limit`, at most that many of them."""
         reads = await self._client.reads()
         raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
-        return {k.decode(): decode_plain(v) for k, v in raw.items()}
+        return {
+            k.decode(): decode_plain(await self._offloaded(reads, v, f"state value {k!r}"))
+            for k, v in raw.items()
+        }
+
+    async def download(self, what: Literal["args", "result"]) -> bytes:
+        """The stored JSON of the task's arguments (`[args, kwargs]`) or its result, read
+        from the payload store when it was offloaded (Settings.offload_bytes): what `segue
+        download` and the dashboard's download link give. Raises TaskNotFound, and
+        ResultUnavailable when there is no such value (no result yet, or none kept)."""
+        reads = await self._client.reads()
+        rec = await reads.task_record(reads.keyspace(self.queue), self.id)
+        if not rec:
+            raise self._not_found()
+        code = F.PAYLOAD.b if what == "args" else F.RESULT.b
+        data = rec.get(code)
+        if data is None:
+            raise ResultUnavailable(f"task {self.id} has no {what} stored")
+        return await self._offloaded(reads, data, what)
+
+    async def _offloaded(self, reads: Queries, data: bytes, what: str) -> bytes:
+        try:
+            return await reads.offloaded(data)
+        except KeyError:
+            raise PayloadError(
+                f"the offloaded {what} of task {self.id} is gone from the payload store "
+                "(expired, or deleted)"
+            ) from None
 
     async def events(self, *, scan: int = 1000) -> list[Event]:
         """This task's events among the last `scan` of its queue's stream, oldest first."""
@@ -123,6 +152,8 @@ class TaskHandle(Generic[R]):
                     raise self._not_found()
                 status = TaskStatus(rec[F.STATUS.b].decode())
                 if status.is_final:
+                    if status is TaskStatus.SUCCEEDED and is_ref(rec.get(F.RESULT.b)):
+                        rec[F.RESULT.b] = await self._offloaded(reads, rec[F.RESULT.b], "result")
                     return self._outcome(status, rec)
                 wait = _RECHECK_SECONDS
                 if deadline is not None:
@@ -358,8 +389,19 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
     name = r.text(F.NAME.b)
     task = tasks.get(name)
     status = r.status()
+    offloaded: dict[str, int] = {}
+    for what, code in (("args", F.PAYLOAD.b), ("result", F.RESULT.b)):
+        value = rec.get(code)
+        if value is not None and is_ref(value):
+            # shown as its size, read on demand (handle.download): not fetched for a listing
+            with contextlib.suppress(ValueError):
+                offloaded[what] = parse_ref(value).size
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
     try:
-        if task is not None:
+        if "args" in offloaded:
+            pass
+        elif task is not None:
             args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
         else:
             args, kwargs = decode_plain(rec[F.PAYLOAD.b])
@@ -368,7 +410,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         args, kwargs = [], {}
     history, history_total = r.history()
     result: Any = None
-    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
+    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec and "result" not in offloaded:
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
@@ -397,6 +439,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        offloaded=offloaded,
     )
 
 

@@ -54,6 +54,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def blob(self, task_id: str, name: str) -> str:
+        """An offloaded value's chunk hash (lib/blobs.lua, _offload.py)."""
+        return self.base + "blob:" + task_id + ":" + name
+
     def claim(self, token: str) -> str:
         """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
         return self.base + "claim:" + token

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from segue import _calls
 from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
+from segue._offload import forget
+from segue._wire import TaskField as F
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -27,7 +29,13 @@ def _text(value: Any) -> str:
 
 
 async def delete_task(broker: Broker, ks: Keyspace, task_id: str) -> str | None:
-    """Delete an ended task's record; its final status, or None when it had none."""
+    """Delete an ended task's record; its final status, or None when it had none. Its
+    values offloaded to a custom payload store are deleted from it too (the Redis chunk
+    store's go with the record, in delete.lua)."""
+    refs: list[bytes | None] = []
+    if broker.settings.payload_store is not None:
+        async with broker.errors():
+            refs = await broker.client.hmget(ks.task(task_id), F.PAYLOAD, F.RESULT)
     call = _calls.delete(ks, task_id)
     try:
         reply = (await broker.run_calls([call], retry=True))[0]
@@ -41,6 +49,8 @@ async def delete_task(broker: Broker, ks: Keyspace, task_id: str) -> str | None:
                 "delete",
             ) from None
         raise
+    if reply != 0 and refs:
+        await forget(broker, refs)
     return None if reply == 0 else _text(reply)
 
 

@@ -235,12 +235,14 @@ async def _call(
         return _failure(job, task, exc, "error")
     job.value = value
     faultpoint("after_effect_before_complete")
+    # offloading: the worker puts a result over offload_bytes in the payload store
+    offload = settings.offload_bytes is not None
     try:
         payload = encode(
             value,
             what=f"the result of task {job.id} ({job.name})",
-            limit=settings.max_result_bytes,
-            setting="max_result_bytes",
+            limit=settings.max_offload_bytes if offload else settings.max_result_bytes,
+            setting="max_offload_bytes" if offload else "max_result_bytes",
         )
     except Exception as exc:
         # no retry: another try would most likely return the same value

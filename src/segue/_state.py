@@ -107,3 +107,6 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # values stored by reference (Settings.offload_bytes): "args" / "result" -> encoded
+    # size; such a value is left out of args/kwargs/result (TaskHandle.download reads it)
+    offloaded: dict[str, int] = field(default_factory=dict)

@@ -93,6 +93,11 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # the names of the task's blobs in the Redis chunk store (space-separated), whose
+    # lifetime follows the record's (lib/blobs.lua); p, r or a state value then holds a
+    # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the
+    # record ends or goes: the reconciler gives them the record's lifetime, or deletes them.
+    OFFLOADED: Final = Code("off")
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)

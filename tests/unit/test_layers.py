@@ -20,11 +20,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
         "_redact",
+        "_blobs",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
         *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
-        *("_ops_reads", "_ops_actions"),
+        *("_ops_reads", "_ops_actions", "_offload"),
     ),
     "runtime": (
         *(
@@ -41,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
         "_journal",
+        "_offload_runs",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

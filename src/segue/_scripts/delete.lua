@@ -2,10 +2,11 @@
   KEYS[1..4] done zsets: succeeded, failed, cancelled, expired   KEYS[5] dead-letter list
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id
   The task key `<prefix>task:<id>` is built from ARGV[1], in the queue's hash tag. A task
-  that has not ended is refused: cancel it first. Its state was deleted when it ended.
+  that has not ended is refused: cancel it first. Its state was deleted when it ended; its
+  offloaded values (blobs named in 'off', lib/blobs.lua) go with it.
   Returns: its final status, or 0 when there was no record (deleted already, or expired).
   Errors: SEGUE_INVALID_TRANSITION <status> delete. ]]
---#include states
+--#include states blobs
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
 local status = redis.call('HGET', tk, 's')
@@ -16,5 +17,6 @@ end
 for k = 1, 4 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[5], 0, id)
 if not status then return 0 end
+blobs_live(prefix, id, redis.call('HGET', tk, 'off'), 0, true)
 redis.call('DEL', tk)
 return status

@@ -58,6 +58,7 @@ local function paused_itself(tk, id, b)
     local kv = {}
     for j = b + 6, b + 5 + 2 * k do kv[#kv + 1] = ARGV[j] end
     redis.call('HSET', prefix .. 'state:' .. id, unpack(kv))
+    for j = 2, #kv, 2 do adopt_blob(prefix, tk, id, kv[j]) end
   end
   local count = 0
   if k > 0 or redis.call('HGET', tk, 'pw') then

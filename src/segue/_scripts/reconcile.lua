@@ -8,7 +8,7 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  concurrency sets, offloaded blobs), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
@@ -105,6 +105,27 @@ local function check_key(key)
     if holder and ended_or_gone(holder) then
       redis.call('DEL', key)
       repaired('stale_unique', holder)
+    end
+  elseif kind == 'blob' then
+    -- an offloaded value (lib/blobs.lua). One with a TTL is pending or follows its record:
+    -- left to expire. A kept one whose record is gone, or no longer names it, is an orphan
+    -- (its record deleted by a script that knew nothing of blobs, or a rollback); one kept
+    -- while its record expires (ended under such a script) takes the record's lifetime.
+    local id, name = string.match(tail, '^(.+):([^:]+)$')
+    if id and redis.call('PTTL', key) == -1 then
+      local tk = prefix .. 'task:' .. id
+      local f = redis.call('HMGET', tk, 's', 'off')
+      local named = f[2] and string.find(' ' .. f[2] .. ' ', ' ' .. name .. ' ', 1, true)
+      if not f[1] or not named or (FINAL[f[1]] and string.sub(name, 1, 6) == 'state.') then
+        redis.call('DEL', key)
+        repaired('orphan_blob', id)
+      else
+        local life = redis.call('PTTL', tk)
+        if life > 0 then
+          redis.call('PEXPIRE', key, life)
+          repaired('blob_lifetime', id)
+        end
+      end
     end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever

@@ -1,4 +1,4 @@
---#include transition leases outbox stats
+--#include transition leases outbox stats blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -44,8 +44,12 @@ end
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'off')
   local ttl = tonumber(f[1] or '-1')
+  if field == 'r' and blob_ref(value) then
+    adopt_blob(Q.base, tk, id, value)
+    f[8] = redis.call('HGET', tk, 'off')
+  end
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
@@ -65,6 +69,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
+  blobs_live(Q.base, id, f[8], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   if f[4] then count_ended(Q, f[4], at) end
@@ -177,6 +182,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  blobs_live(Q.base, id, redis.call('HGET', tk, 'off'), -1, true)
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
   while redis.call('LLEN', Q.dead) > cap do
@@ -185,6 +191,7 @@ local function dead_letter(Q, id, cap, now)
     local ttl = tonumber(redis.call('HGET', otk, 'ttl') or '-1')
     if ttl > 0 and redis.call('HGET', otk, 's') == 'failed' then
       redis.call('PEXPIRE', otk, ttl)
+      blobs_live(Q.base, old, redis.call('HGET', otk, 'off'), ttl, true)
       redis.call('ZADD', Q.done.failed, now + ttl, old)
     end
   end
