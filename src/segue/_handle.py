@@ -26,6 +26,7 @@ from segue._keys import queue_of
 from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
+from segue._wire import plain_name
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -386,7 +387,7 @@ class _Reader:
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
     r = _Reader(rec)
-    name = r.text(F.NAME.b)
+    name = plain_name(r.text(F.NAME.b))
     task = tasks.get(name)
     status = r.status()
     offloaded: dict[str, int] = {}

@@ -100,6 +100,16 @@ class TaskField:
     OFFLOADED: Final = Code("off")
 
 
+# After the name of a record that refers to an offloaded value (lib/states.lua NAME_MARK): a
+# worker of an earlier release knows no task by that name and releases the task.
+NAME_MARK: Final = "\x00offloaded"
+
+
+def plain_name(name: str) -> str:
+    """A record's task name without the mark of an offloaded value."""
+    return name.partition(NAME_MARK)[0]
+
+
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
 
 

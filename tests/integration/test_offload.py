@@ -6,12 +6,17 @@ and on the cluster."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from segue import App, Context, PayloadError, TaskStatus
+from segue._keys import Keyspace
 from segue._offload import PENDING_SECONDS
+from segue._reconcile import Reconciler
+from segue._runner import Job, attempt
+from segue._wire import Released
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually
 
@@ -117,3 +122,71 @@ async def test_a_deleted_task_takes_its_chunks_and_a_lost_enqueue_leaves_a_pendi
         finally:
             await client.aclose()
         assert 0 < ttl <= PENDING_SECONDS * 1000
+
+
+async def test_the_reconciler_deletes_kept_chunks_whose_record_went_and_aligns_lifetimes(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    # a record deleted, or ended, by scripts that know nothing of chunks (a release before
+    # payloads by reference, a hand edit, a restore) leaves kept chunks behind
+    app = make_app(offload_bytes=OFFLOAD)
+    ks = Keyspace("segue", queue_name)
+
+    @app.task(name="size", ttl=None)
+    async def size(text: str) -> int:
+        return len(text)
+
+    async with app:
+        gone = await size.enqueue("a" * MiB)
+        ended = await size.enqueue("b" * MiB)
+        pending = await size.enqueue("c" * MiB)
+        [gone_blob] = await keys_of(segue_engine, ks.blob(gone.id, "*"))
+        [ended_blob] = await keys_of(segue_engine, ks.blob(ended.id, "*"))
+        [pending_blob] = await keys_of(segue_engine, ks.blob(pending.id, "*"))
+        client = admin_client(segue_engine)
+        try:
+            await client.delete(ks.task(gone.id))
+            await client.pexpire(ks.task(ended.id), 60_000)
+            broker = await app._client.broker()
+            repairs = await Reconciler(broker, "test", [ks]).run_pass(ks, steps=None)
+            assert sorted((r.kind, r.task_id) for r in repairs) == sorted(
+                [("orphan_blob", gone.id), ("blob_lifetime", ended.id), ("stale_queued", gone.id)]
+            )
+            assert not await client.exists(gone_blob)
+            assert 0 < await client.pttl(ended_blob) <= 60_000
+            assert await client.pttl(pending_blob) == -1  # its record is live: kept
+            assert await Reconciler(broker, "test", [ks]).run_pass(ks, steps=None) == []
+        finally:
+            await client.aclose()
+
+
+async def test_a_worker_of_the_release_before_releases_an_offloaded_task(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    # An earlier release's worker reads the record's name through its own claim script,
+    # which knows nothing of the mark: it finds no task by that name and releases the task
+    # without spending a try (runner.attempt's unknown-name branch, unchanged since), where
+    # reading the reference as arguments would have failed it. This release runs it.
+    app = make_app(offload_bytes=OFFLOAD)
+    ks = Keyspace("segue", queue_name)
+
+    @app.task(name="size")
+    async def size(text: str) -> int:
+        return len(text)
+
+    async with app:
+        handle = await size.enqueue("d" * MiB)
+        client = admin_client(segue_engine)
+        try:
+            raw = await client.hget(ks.task(handle.id), "n")
+        finally:
+            await client.aclose()
+        seen_by_old = raw.decode()
+        assert seen_by_old != "size" and seen_by_old.startswith("size")
+        assert app._registry.tasks.get(seen_by_old) is None
+        job = Job(ks, handle.id, seen_by_old, b"", 1, "1", 0, 3)
+        outcome = await attempt(job, None, app.settings, "old-worker", ThreadPoolExecutor(1))
+        assert isinstance(outcome, Released)
+        assert (await handle.info()).name == "size"
+        await app.drain()
+        assert await handle.result() == MiB

@@ -1,3 +1,4 @@
+--#include states
 -- Offloaded values (issue 21, _offload.py): a value over Settings.offload_bytes is written
 -- by the client, before the script that refers to it, as a chunk hash
 -- `<base>blob:<task id>:<name>` in the task's slot, with a pending TTL: a client that stops
@@ -21,7 +22,11 @@ local function adopt_blob(base, tk, id, value)
   local rid, name = blob_ref(value)
   if not name or rid ~= id then return end
   redis.call('PERSIST', base .. 'blob:' .. id .. ':' .. name)
-  local off = redis.call('HGET', tk, 'off')
+  local f = redis.call('HMGET', tk, 'off', 'n')
+  local off = f[1]
+  if f[2] and not string.find(f[2], NAME_MARK, 1, true) then
+    redis.call('HSET', tk, 'n', f[2] .. NAME_MARK)
+  end
   if not off then
     redis.call('HSET', tk, 'off', name)
   elseif not string.find(' ' .. off .. ' ', ' ' .. name .. ' ', 1, true) then
