@@ -11,7 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
-from segue._blobs import is_ref, parse_ref
+from segue._blobs import human_size, is_ref, parse_ref
 from segue._codec import TypedDecoder, decode_plain
 from segue._errors import (
     InvalidTransition,
@@ -102,6 +102,22 @@ class TaskHandle(Generic[R]):
             k.decode(): decode_plain(await self._offloaded(reads, v, f"state value {k!r}"))
             for k, v in raw.items()
         }
+
+    async def _state_shown(self, limit: int) -> dict[str, Any]:
+        """The state as a person looks at it (CLI, dashboard): an offloaded value is shown
+        as its size, not read."""
+        reads = await self._client.reads()
+        raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
+        shown: dict[str, Any] = {}
+        for k, v in raw.items():
+            if is_ref(v):
+                try:
+                    shown[k.decode()] = f"<offloaded, {human_size(parse_ref(v).size)}>"
+                except ValueError:
+                    shown[k.decode()] = "<offloaded>"
+            else:
+                shown[k.decode()] = decode_plain(v)
+        return shown
 
     async def download(self, what: Literal["args", "result"]) -> bytes:
         """The stored JSON of the task's arguments (`[args, kwargs]`) or its result, read

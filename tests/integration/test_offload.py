@@ -5,8 +5,10 @@ and on the cluster."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from segue._runner import Job, attempt
 from segue._wire import Released
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually
+from tests.integration.test_cli_workflow import _segue
 
 MiB = 1024 * 1024
 OFFLOAD = 256 * 1024
@@ -190,3 +193,28 @@ async def test_a_worker_of_the_release_before_releases_an_offloaded_task(
         assert (await handle.info()).name == "size"
         await app.drain()
         assert await handle.result() == MiB
+
+
+@pytest.mark.slow
+async def test_segue_info_shows_the_size_and_segue_download_gives_the_value(
+    segue_valkey: Any, queue_name: str, tmp_path: Path
+) -> None:
+    app = App("test", redis_url=segue_valkey.url, queue=queue_name, offload_bytes=OFFLOAD)
+
+    @app.task(name="cli.big")
+    async def big(text: str) -> int:
+        return len(text)
+
+    async with app:
+        handle = await big.enqueue("e" * MiB)
+        await app.drain()
+        shown = _segue("info", handle.id, "--url", segue_valkey.url)
+        assert shown.returncode == 0, shown.stderr
+        assert f"args offloaded (1.0 MiB): segue download {handle.id} args" in shown.stdout
+        assert "eeee" not in shown.stdout
+        saved = tmp_path / "args.json"
+        got = _segue("download", handle.id, "args", "-o", str(saved), "--url", segue_valkey.url)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(saved.read_bytes()) == [["e" * MiB], {}]
+        result = _segue("download", handle.id, "result", "--url", segue_valkey.url)
+        assert result.returncode == 0 and json.loads(result.stdout) == MiB

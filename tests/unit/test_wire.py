@@ -85,6 +85,7 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "OFFLOADED": "off",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
