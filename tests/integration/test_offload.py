@@ -218,3 +218,28 @@ async def test_segue_info_shows_the_size_and_segue_download_gives_the_value(
         assert json.loads(saved.read_bytes()) == [["e" * MiB], {}]
         result = _segue("download", handle.id, "result", "--url", segue_valkey.url)
         assert result.returncode == 0 and json.loads(result.stdout) == MiB
+
+
+async def test_a_chain_and_a_group_hand_on_offloaded_results(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(offload_bytes=OFFLOAD)
+
+    @app.task(name="make")
+    async def make(n: int) -> str:
+        return "m" * n
+
+    @app.task(name="measure")
+    async def measure(text: str) -> int:
+        return len(text)
+
+    @app.task(name="total")
+    async def total(texts: list[str]) -> int:
+        return sum(len(t) for t in texts)
+
+    async with app:
+        chain = await (make.call(MiB) | measure.call()).enqueue()
+        group = await (app.group([make.call(MiB), make.call(3)]) | total.call()).enqueue()
+        await app.drain()
+        assert await chain.result() == MiB
+        assert await group.result() == MiB + 3
