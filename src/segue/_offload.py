@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20  # bytes per chunk: no single command carries more
 PENDING_SECONDS = 600  # how long a value lives before a record adopts it
+_PUTS_AT_ONCE = 8
 
 
 class RedisChunkStore:
@@ -125,9 +126,13 @@ async def offload_specs(transport: Transport, specs: Iterable[EnqueueSpec]) -> N
     if not big:
         return
 
+    # a few at once: each holds a connection of the pool while its chunks go
+    room = asyncio.Semaphore(_PUTS_AT_ONCE)
+
     async def one(spec: EnqueueSpec) -> None:
         data = spec.payload.encode() if isinstance(spec.payload, str) else spec.payload
-        spec.payload = await put(transport, spec.id, f"args.{ULID()}", data)
+        async with room:
+            spec.payload = await put(transport, spec.id, f"args.{ULID()}", data)
 
     await asyncio.gather(*(one(s) for s in big))
 

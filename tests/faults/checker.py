@@ -43,7 +43,8 @@ STRUCTURAL = frozenset(
     | {"stats", "hist"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
-PER_TASK = frozenset({"task", "state", "next", "wf", "uniq"})
+# (`blob`: an offloaded value's chunks, issue 21: they live and go with their record)
+PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "blob"})
 # A run that segue stopped and recorded, after which the task may run again.
 _RERUN_REASONS = {"worker shutdown", "resumed", "retry", "paused itself", "due"}
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
