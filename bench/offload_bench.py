@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _server import server
 
-from _server import server  # noqa: E402
-
-from segue import App  # noqa: E402
+from segue import App
 
 MiB = 1024 * 1024
 
