@@ -43,6 +43,10 @@ SERVICE_POINTS = ("lease_thread", "forwarder_pass")
 # them, not the matrix of POINTS: after_step_effect (a step's function returned or raised,
 # its journal entry is not written) and after_journal_write (the entry was stored)
 STEP_POINTS = ("after_step_effect", "after_journal_write")
+# reached only with offload_bytes set, so tests/faults/test_offload_crashes.py has them:
+# after_offload_put (an offloaded value's chunks were written, the record or the outcome
+# that refers to them is not)
+OFFLOAD_POINTS = ("after_offload_put",)
 
 
 class FaultInjected(RuntimeError):

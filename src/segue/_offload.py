@@ -19,6 +19,7 @@ import msgspec
 from ulid import ULID
 
 from segue._blobs import CUSTOM, REDIS, REF_HEAD, PayloadStore, Ref, is_ref, make_ref, parse_ref
+from segue._faults import faultpoint
 from segue._keys import Keyspace, queue_of
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ async def put(transport: Transport, task_id: str, name: str, data: bytes) -> byt
     """Store `data` and return the reference a record holds instead."""
     kind, store = store_of(transport)
     await store.put(task_id, name, data)
+    faultpoint("after_offload_put")
     return make_ref(Ref(kind, task_id, name, len(data), max(1, -(-len(data) // CHUNK))))
 
 
