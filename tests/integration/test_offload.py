@@ -243,3 +243,15 @@ async def test_a_chain_and_a_group_hand_on_offloaded_results(
         await app.drain()
         assert await chain.result() == MiB
         assert await group.result() == MiB + 3
+
+
+async def test_a_schedules_arguments_are_never_offloaded(make_app: Callable[..., App]) -> None:
+    app = make_app(offload_bytes=OFFLOAD)
+
+    @app.task(name="take")
+    async def take(text: str) -> int:
+        return len(text)
+
+    async with app:
+        with pytest.raises(PayloadError, match="not offloaded"):
+            await app.schedule(take.call("s" * (2 * MiB)), cron="* * * * *")
