@@ -255,3 +255,52 @@ async def test_a_schedules_arguments_are_never_offloaded(make_app: Callable[...,
     async with app:
         with pytest.raises(PayloadError, match="not offloaded"):
             await app.schedule(take.call("s" * (2 * MiB)), cron="* * * * *")
+
+
+class MemoryStore:
+    """A PayloadStore in this process's memory (an external store, for the test)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], bytes] = {}
+
+    async def put(self, task_id: str, name: str, data: bytes) -> None:
+        self.values[task_id, name] = data
+
+    async def get(self, task_id: str, name: str) -> bytes:
+        return self.values[task_id, name]
+
+    async def delete(self, task_id: str, name: str) -> None:
+        self.values.pop((task_id, name), None)
+
+
+async def test_a_store_of_your_own_holds_the_values_and_is_told_when_the_record_goes(
+    segue_valkey: Any, queue_name: str
+) -> None:
+    store = MemoryStore()
+    app = App(
+        "test",
+        redis_url=segue_valkey.url,
+        queue=queue_name,
+        offload_bytes=OFFLOAD,
+        payload_store=store,
+    )
+    ks = Keyspace("segue", queue_name)
+
+    @app.task(name="twice")
+    async def twice(text: str) -> str:
+        return text * 2
+
+    async with app:
+        handle = await twice.enqueue("t" * MiB)
+        client = admin_client(segue_valkey)
+        try:
+            # an earlier release's worker would release it as well
+            assert (await client.hget(ks.task(handle.id), "n")) != b"twice"
+        finally:
+            await client.aclose()
+        await app.drain()
+        assert await handle.result() == "t" * (2 * MiB)
+        assert sorted(name.split(".")[0] for _, name in store.values) == ["args", "result"]
+        assert await _blobs(segue_valkey, queue_name) == []  # nothing in Redis
+        assert await handle.delete()
+        assert store.values == {}

@@ -9,24 +9,32 @@
 -- with a dead letter, deleted with the record.
 local REF_HEAD = '{"\\u0000ref":'
 
+-- Whether a stored value is a reference (to any store).
+local function is_ref(value)
+  return type(value) == 'string' and string.sub(value, 1, #REF_HEAD) == REF_HEAD
+end
+
 -- The task id and blob name a stored value refers to in the Redis chunk store, else nil
 -- (an inline JSON value; a reference to another store). _offload.py writes the fields in
 -- this order.
 local function blob_ref(value)
-  if type(value) ~= 'string' or string.sub(value, 1, #REF_HEAD) ~= REF_HEAD then return nil end
+  if not is_ref(value) then return nil end
   return string.match(value, '^{"\\u0000ref":{"store":"redis","id":"([^"\\]+)","name":"([%w%._%-]+)"')
 end
 
--- Adopt the blob that `value`, about to be stored in the record `tk`, refers to.
+-- A value that refers to an offloaded one is about to be stored in the record `tk`: the
+-- record's name takes the mark (lib/states.lua), and a blob of this task in the Redis
+-- chunk store is adopted.
 local function adopt_blob(base, tk, id, value)
-  local rid, name = blob_ref(value)
-  if not name or rid ~= id then return end
-  redis.call('PERSIST', base .. 'blob:' .. id .. ':' .. name)
+  if not is_ref(value) then return end
   local f = redis.call('HMGET', tk, 'off', 'n')
-  local off = f[1]
   if f[2] and not string.find(f[2], NAME_MARK, 1, true) then
     redis.call('HSET', tk, 'n', f[2] .. NAME_MARK)
   end
+  local rid, name = blob_ref(value)
+  if not name or rid ~= id then return end
+  redis.call('PERSIST', base .. 'blob:' .. id .. ':' .. name)
+  local off = f[1]
   if not off then
     redis.call('HSET', tk, 'off', name)
   elseif not string.find(' ' .. off .. ' ', ' ' .. name .. ' ', 1, true) then

@@ -47,7 +47,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'off')
   f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
-  if field == 'r' and blob_ref(value) then
+  if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
     f[8] = redis.call('HGET', tk, 'off')
   end
