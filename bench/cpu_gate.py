@@ -17,6 +17,8 @@ source tree interleaved (A B A B ...) and the median of each reported:
   drain_calls     commands the server ran per task drained, over the whole drain;
                   commandstats counts the commands a script runs too, so this is the
                   server's work per task, not round trips
+  drain_script_us microseconds the server spent inside script calls per task drained, by
+                  its own clock (INFO commandstats): the scripts' share of drain_server_ms
   --detail        also prints each command's calls per drained task, to find which
                   command a change added
   drain_scripts   script calls (EVALSHA/EVAL) per task drained: the round trips that
@@ -67,6 +69,14 @@ def command_calls(client: Any) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
 
+def script_usec(client: Any) -> int:
+    """Microseconds the server spent inside script calls (commandstats' own clock)."""
+    stats = client.info("commandstats")
+    return sum(
+        int(v["usec"]) for k, v in stats.items() if k.removeprefix("cmdstat_") in SCRIPT_COMMANDS
+    )
+
+
 def per_command(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
     """Each command's calls per task between two commandstats snapshots, most first."""
     deltas = {k: (v - before.get(k, 0)) / n for k, v in after.items() if k != "info"}
@@ -108,6 +118,7 @@ def one_run(src: Path, n: int, log_to_file: bool, detail: bool = False) -> dict[
             capture_output=True,
         )
         s1, c1 = cpu_seconds(spid), command_calls(client)
+        u1 = script_usec(client)
         enq_total, _ = calls_between(c0, c1)
         # drain
         cmd = [sys.executable, "-m", "segue", "worker", "segue_bench:app", "--concurrency", "32"]
@@ -135,6 +146,7 @@ def one_run(src: Path, n: int, log_to_file: bool, detail: bool = False) -> dict[
                         raise RuntimeError(f"worker did not drain {n} tasks:\n{tail}")
                     time.sleep(0.002)
                 c2 = command_calls(client)
+                u2 = script_usec(client)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
@@ -151,6 +163,7 @@ def one_run(src: Path, n: int, log_to_file: bool, detail: bool = False) -> dict[
             "drain_server_ms": 1e6 * (marks["hi"][1] - marks["lo"][1]) / window,
             "drain_calls": drain_total / n,
             "drain_scripts": drain_scripts / n,
+            "drain_script_us": (u2 - u1) / n,
         }
 
 

@@ -14,6 +14,8 @@ from segue._errors import (
     LeaseLost,
     Pause,
     PayloadError,
+    QueryFailed,
+    QueryTimeout,
     QueueFull,
     ResultTimeout,
     ResultUnavailable,
@@ -25,6 +27,8 @@ from segue._errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskNotRunning,
+    UnknownQuery,
 )
 from segue._events import Event
 from segue._handle import TaskHandle, WorkflowHandle
@@ -60,6 +64,8 @@ __all__ = [
     "Pause",
     "PayloadError",
     "PayloadStore",
+    "QueryFailed",
+    "QueryTimeout",
     "Queue",
     "QueueFull",
     "Resource",
@@ -85,8 +91,10 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskNotFound",
+    "TaskNotRunning",
     "TaskStatus",
     "Transition",
+    "UnknownQuery",
     "Worker",
     "WorkerInfo",
     "WorkflowHandle",

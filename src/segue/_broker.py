@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from segue._wire import EnqueueSpec, Finished, GraphStep
 
 
+CASCADE_BATCH = 200  # sub-tasks one cascade.lua call looks at: holds the server ~1 ms
+CLIENT_CASCADE_STEPS = 10  # batches the process that sent a command walks itself
+
+
 class Broker(Transport):
     """The connections of one App and every command it sends; `reads` is its read side.
 
@@ -112,7 +116,44 @@ class Broker(Transport):
         except ScriptError as exc:
             _raise_refusal(exc, "task", task_id, command)
             raise
-        return _calls.parse_control(reply[0])[0]
+        status, _, left_work = _calls.parse_control(reply[0])
+        if left_work:
+            # the command's cascade to sub-tasks is walked from here at once, a few batches;
+            # what is left (a big tree), or all of it if this process stops, workers walk
+            for _ in range(CLIENT_CASCADE_STEPS):
+                _, markers = await self.cascade(ks)
+                if not markers:
+                    break
+        return status
+
+    def subtask_call(
+        self, ks: Keyspace, spec: EnqueueSpec, parent: str, number: int, policy: str
+    ) -> ScriptCall:
+        """Create a sub-task of `parent` (subtask.lua); see _calls.parse_created for the reply."""
+        return _calls.subtask(ks, spec, self.max_len, parent, number, policy)
+
+    async def cascade(self, ks: Keyspace, most: int = CASCADE_BATCH) -> tuple[int, int]:
+        """Advance the queue's cascades to sub-tasks (cascade.lua): sub-tasks looked at,
+        markers left. Safe to repeat, from any process."""
+        reply = await self.run_calls([_calls.cascade(ks, most)], retry=True)
+        return _calls.parse_cascade(reply[0])
+
+    async def send_query(
+        self, ks: Keyspace, task_id: str, message: str
+    ) -> tuple[str, int, str] | None:
+        """Publish a query to the worker running the task, if one does (query.lua): the
+        task's status, how many workers listen and the holder's id, or None when there is
+        no record."""
+        reply = await self.run_calls([_calls.query(ks, task_id, message)])
+        return _calls.parse_query(reply[0])
+
+    async def answer_query(self, channel: str, data: bytes) -> None:
+        """Send a query's answer on the asker's reply channel."""
+        async with self.errors():
+            if self.fast is not None:
+                await self.fast.execute("SPUBLISH", channel, data)
+            else:
+                await self.client.spublish(channel, data)
 
     def graph_call(
         self, ks: Keyspace, workflow: GraphRecord | None, steps: Sequence[GraphStep]
@@ -154,6 +195,10 @@ class Broker(Transport):
             verb = "pause" if command == "pause_running" else command
             _raise_refusal(exc, "workflow", wf_id, verb)
             raise
+        for _ in range(CLIENT_CASCADE_STEPS):  # its steps' sub-tasks, as for a task's command
+            _, markers = await self.cascade(ks)
+            if not markers:
+                break
         return _text(reply[0])
 
     async def retry(self, ks: Keyspace, task_id: str, reason: str) -> str:

@@ -129,10 +129,30 @@ def control(ks: Keyspace, task_id: str, command: str, reason: str) -> ScriptCall
     )
 
 
-def parse_control(reply: list[Any]) -> tuple[str, bool]:
-    """The status after the command, and whether a running task was asked."""
-    status, asked = reply
-    return _text(status), bool(int(asked))
+def parse_control(reply: list[Any]) -> tuple[str, bool, bool]:
+    """The status after the command, whether a running task was asked, and whether it left
+    work for the forwarder (a cascade to sub-tasks to walk)."""
+    status, asked = reply[0], reply[1]
+    return _text(status), bool(int(asked)), len(reply) > 2 and bool(int(reply[2]))
+
+
+def subtask(
+    ks: Keyspace, spec: EnqueueSpec, max_len: int, parent: str, number: int, policy: str
+) -> ScriptCall:
+    """Create sub-task number `number` of `parent` (subtask.lua); `policy`: cancel | abandon.
+    The reply is one of parse_created's."""
+    args: list[Any] = [ks.base, max_len, parent, number, policy, *spec.argv()]
+    return (_scripts.load("subtask"), ks.enqueue_keys, args)
+
+
+def cascade(ks: Keyspace, most: int) -> ScriptCall:
+    """Advance this queue's cascade markers by at most `most` sub-tasks (cascade.lua)."""
+    return (_scripts.load("cascade"), ks.control_keys, [ks.base, ks.done_channel, most])
+
+
+def parse_cascade(reply: list[Any]) -> tuple[int, int]:
+    """Sub-tasks looked at, and markers left."""
+    return int(reply[0]), int(reply[1])
 
 
 def workflow(ks: Keyspace, wf_id: str, command: str, reason: str) -> ScriptCall:
@@ -168,6 +188,19 @@ def event(
     """A running task's progress (kind 'progress': done, total, message) or own event
     ('emit': name, JSON data) (event.lua); replies 1, or 0 when the run lost the task."""
     return (_scripts.load("event"), [ks.events], [ks.base, task_id, gen, kind, a, b, c])
+
+
+def query(ks: Keyspace, task_id: str, message: str) -> ScriptCall:
+    """Hand a query to the worker running the task (query.lua)."""
+    return (_scripts.load("query"), [ks.task(task_id), ks.control_channel], [task_id, message])
+
+
+def parse_query(reply: Any) -> tuple[str, int, str] | None:
+    """query.lua's reply: (status, workers listening, the holding worker's id), or None
+    when there is no record."""
+    if not reply:
+        return None
+    return _text(reply[0]), int(reply[1]), _text(reply[2])
 
 
 def state(

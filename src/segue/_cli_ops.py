@@ -1,10 +1,12 @@
 """The `segue` commands of the operator's day: delete an ended task, pause and resume a
-cron schedule. Like the other control commands they take `--app` or `--url`."""
+cron schedule, query a running task. Like the other control commands they take `--app` or
+`--url`."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 
@@ -72,3 +74,39 @@ def schedule_resume(
 ) -> None:
     """Resume a paused schedule: its next tick fires as usual."""
     _schedule_command(schedule_id, False, app, url)
+
+
+def _json_or_text(word: str) -> Any:
+    try:
+        return json.loads(word)
+    except ValueError:
+        return word  # a bare word is meant as a string: no quotes to escape in a shell
+
+
+@cli.command()
+def query(
+    task_id: Annotated[str, typer.Argument(help="The id of a running task")],
+    name: Annotated[str, typer.Argument(help="The query, as the task named it in ctx.on_query")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="The handler's arguments, each a JSON value (a bare word: a string)"),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="Seconds to wait for the answer")
+    ] = 5.0,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Ask a running task a query; prints its answer as JSON."""
+
+    async def go() -> Any:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            values = [_json_or_text(a) for a in args or ()]
+            return await handle.query(name, *values, timeout=timeout)
+
+    try:
+        answer = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(json.dumps(answer, ensure_ascii=False), markup=False, highlight=False)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from segue._handle import TaskHandle
     from segue._keys import Keyspace
     from segue._lifespan import Resource
+    from segue._options import ParentEnd
 
 _task_log = logging.getLogger("segue.task")
 log = logging.getLogger("segue.worker")
@@ -90,13 +91,15 @@ class RunControl:
         "gen",
         "ks",
         "lease_seconds",
+        "queries",
         "request",
         "resources",
     )
 
     def __init__(
         self,
-        enqueue_child: Callable[[Any, str], Awaitable[TaskHandle[Any]]],  # under an id
+        # under an id, with the sub-task's on_parent_end policy
+        enqueue_child: Callable[[Any, str, str], Awaitable[TaskHandle[Any]]],
         broker: Broker,
         ks: Keyspace,
         gen: str,
@@ -113,6 +116,8 @@ class RunControl:
         self.ks = ks
         self.gen = gen
         self.request: str | None = None
+        # the run's query handlers (ctx.on_query), answered on the worker's loop (_query.py)
+        self.queries: dict[str, Callable[..., Any]] = {}
 
     async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
         """`send()`, a server call of ctx, sent again while the server is unreachable, for up
@@ -267,6 +272,7 @@ class Context:
 
     __slots__ = (
         "_journal",
+        "_queries",
         "_run",
         "_seq",
         "headers",
@@ -299,12 +305,23 @@ class Context:
         self.queue = queue
         self._run = run
         self._seq = 0
+        self._queries: dict[str, Callable[..., Any]] = run.queries if run is not None else {}
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
+
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """Answer `handle.query(name, *args)` with `fn(*args)` (sync or async) while this run
+        lasts; a second `on_query` of the same name replaces the first. The handler runs on
+        the worker's event loop between the task's awaits, and must only read: it must not
+        change state. A run that has not called `on_query(name, ...)` yet (a replay on its
+        way) answers UnknownQuery."""
+        if not callable(fn):
+            raise TypeError(f"ctx.on_query({name!r}, ...) takes a function, not {fn!r}")
+        self._queries[name] = fn
 
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as the durable step `name` (unique within a run) and
@@ -434,13 +451,25 @@ class Context:
         )
 
     @overload
-    async def enqueue(self, signatures: Call[R], /) -> TaskHandle[R]: ...
+    async def enqueue(
+        self, signatures: Call[R], /, *, on_parent_end: ParentEnd = ...
+    ) -> TaskHandle[R]: ...
     @overload
-    async def enqueue(self, signatures: Iterable[Call[R]], /) -> list[TaskHandle[R]]: ...
-    async def enqueue(self, signatures: Any, /) -> Any:
+    async def enqueue(
+        self, signatures: Iterable[Call[R]], /, *, on_parent_end: ParentEnd = ...
+    ) -> list[TaskHandle[R]]: ...
+    async def enqueue(self, signatures: Any, /, *, on_parent_end: ParentEnd = "cancel") -> Any:
         """Start sub-tasks of this task, in its queue. Their ids come from this task's id
         and a count, so a re-run of this task (after a worker death, or after `wait_for`)
-        gets the same handles back instead of starting them twice."""
+        gets the same handles back instead of starting them twice.
+
+        A pause, resume or cancel of this task reaches its sub-tasks, recursively, and
+        when this task ends FAILED or CANCELLED its unfinished sub-tasks are cancelled;
+        `on_parent_end="abandon"` starts sub-tasks that all of this leaves alone."""
+        if on_parent_end not in ("cancel", "abandon"):
+            raise ConfigurationError(
+                f"on_parent_end={on_parent_end!r}: expected 'cancel' or 'abandon'"
+            )
         single = not isinstance(signatures, Iterable)  # a Signature, or several
         sigs: list[Call[Any]] = [signatures] if single else list(signatures)
         run = self._run
@@ -460,7 +489,9 @@ class Context:
                 handles.append(run.child_handle(sig, journal.child_of(entry)))
                 continue
             started = _clock.wall()
-            send = functools.partial(run.enqueue_child, sig, f"{self.task_id}.{self._seq}")
+            send = functools.partial(
+                run.enqueue_child, sig, f"{self.task_id}.{self._seq}", on_parent_end
+            )
             handle = await run.call(f"task {self.task_id}: ctx.enqueue", send)
             await journal.record(name, journal.child_entry(handle.id), started, ok=True)
             handles.append(handle)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segue._faults import faultpoint
+from segue._query import Answerer
 from segue._services import Service
 from segue._wire import Cancelled, Outcome, Paused, Requeued
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from segue._broker import Broker
     from segue._keys import Keyspace
@@ -37,6 +38,14 @@ class Controller:
         self._running = running
         self._grace = pause_grace_seconds
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def query_handlers(self, task_id: str) -> dict[str, Callable[..., Any]] | None:
+        """The query handlers of this worker's run of the task (_query.py), None if it
+        holds no run of it."""
+        job = self._running.get(task_id)
+        if job is None:
+            return None
+        return job.run.queries if job.run is not None else {}
 
     def on_message(self, data: bytes) -> None:
         command, _, task_id = data.decode().partition(" ")
@@ -103,23 +112,35 @@ class Controller:
 
 
 class ControlSubscriber(Service):
-    """The worker's service listening on its queues' control channels."""
+    """The worker's service listening on its queues' control channels: operators'
+    requests go to the Controller, queries (_query.py) to the Answerer."""
 
     name = "subscriber"
 
     def __init__(
-        self, broker: Broker, keyspaces: Sequence[Keyspace], controller: Controller
+        self,
+        broker: Broker,
+        keyspaces: Sequence[Keyspace],
+        controller: Controller,
+        worker_id: str,
     ) -> None:
         self._broker = broker
         self._keyspaces = list(keyspaces)
         self._controller = controller
+        self._answerer = Answerer(broker, worker_id, controller.query_handlers)
         self._subscriber: Subscriber | None = None
+
+    def _on_message(self, data: bytes) -> None:
+        if data.startswith(b"query "):
+            self._answerer.on_message(data[6:].decode())
+        else:
+            self._controller.on_message(data)
 
     async def start(self) -> None:
         """Subscribed, and confirmed by the server, before the worker claims anything."""
         sub = self._subscriber = self._broker.subscriber()
         for ks in self._keyspaces:
-            await sub.subscribe(ks.control_channel, self._controller.on_message, listen=False)
+            await sub.subscribe(ks.control_channel, self._on_message, listen=False)
         await sub.read_confirmations()
 
     async def run(self) -> None:
@@ -127,5 +148,6 @@ class ControlSubscriber(Service):
         await self._subscriber.listen()
 
     async def close(self) -> None:
+        await self._answerer.close()
         if self._subscriber is not None:
             await self._subscriber.close()

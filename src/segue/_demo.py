@@ -3,8 +3,9 @@
 Everything here goes through the public API, as a user's code would: tasks are enqueued,
 a worker in this process runs them, and the display follows their handles and the
 queue's counts on the server. Beside the batch, two long durable tasks run with
-checkpoints; an operator (a coroutine here, the CLI or another process elsewhere) pauses
-one, holds it, resumes it so that it finishes from its `ctx.state`, and cancels the other.
+checkpoints; an operator (a coroutine here, the CLI or another process elsewhere) queries
+one (its worker answers), pauses it, holds it, resumes it so that it finishes from its
+`ctx.state`, and cancels the other.
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
 """
@@ -28,7 +29,7 @@ from rich.table import Table
 from segue import _demo_durable
 from segue._app import App
 from segue._context import Context
-from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed
+from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed, TaskNotRunning
 from segue._handle import TaskHandle, WorkflowHandle
 from segue._redact import mask_url
 from segue._state import TaskInfo, TaskStatus
@@ -99,15 +100,19 @@ def build_app(board: Board | None = None) -> App:
     async def ingest(ctx: Context, files: list[str]) -> int:
         """A long task in checkpointed steps: its progress lives in ctx.state."""
         done: int = await ctx.state.get("done", 0)
+        # answered by the worker running it, from the variables as they stand: a read only
+        ctx.on_query("progress", lambda: {"file": files[min(done, len(files) - 1)], "done": done})
         if done:
             board.say(
                 f"demo.ingest [bold]resumed from step {done}[/bold] of its ctx.state; "
                 f"try {ctx.tries}" + (": the pause spent none" if ctx.tries == 1 else "")
             )
-        for i in range(done, len(files)):
+        while done < len(files):
+            i = done
             await asyncio.sleep(INGEST_STEP_SECONDS)  # process files[i]
             board.done[files[i]] += 1
-            await ctx.state.set(done=i + 1)  # durable: survives pauses and worker deaths
+            done = i + 1
+            await ctx.state.set(done=done)  # durable: survives pauses and worker deaths
             board.steps[ctx.task_id] = i + 1
             await ctx.checkpoint()  # where an operator's pause or cancel is obeyed
         return len(files)
@@ -249,6 +254,8 @@ async def _operator(
 ) -> None:
     """What an operator does from any process (here: this one), through the handles."""
     await _reached(board, ingest.id, PAUSE_AT)
+    answer = await ingest.query("progress")
+    board.say(f"operator: query demo.ingest 'progress' -> {answer} (its worker answered)")
     status = await ingest.pause(reason="demo: operator pause")
     board.say(
         f"operator: pause demo.ingest at step {board.steps[ingest.id]} -> {status} "
@@ -260,6 +267,13 @@ async def _operator(
         f"demo.ingest is [yellow]PAUSED[/yellow] after step {board.steps[ingest.id]}, held on "
         f"the server; app.tasks(PAUSED): {len(held)}"
     )
+    try:
+        await ingest.query("progress")
+    except TaskNotRunning as exc:
+        board.say(
+            f"operator: query demo.ingest -> TaskNotRunning ({exc.status}); "
+            f"handle.state() always reads: {await ingest.state()}"
+        )
     paused_at = time.monotonic()
     await _reached(board, export.id, CANCEL_AT)
     status = await export.cancel(reason="demo: operator cancel")

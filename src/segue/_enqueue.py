@@ -236,9 +236,12 @@ class Enqueuer:
             replies = await broker.run_durable([call], need, ids)
         return list(replies[0])
 
-    async def enqueue_child(self, sig: Signature[R], task_id: str) -> TaskHandle[R]:
-        """Enqueue a sub-task under a given id, in its parent's queue (the id's); a repeat
-        finds the task already there and changes nothing."""
+    async def enqueue_child(
+        self, sig: Signature[R], task_id: str, on_parent_end: str = "cancel"
+    ) -> TaskHandle[R]:
+        """Enqueue a sub-task under a given id ('<parent id>.<n>'), in its parent's queue
+        (the id's), counted in its parent's record for the cascades (_forward.py,
+        "Cascades"); a repeat finds the task already there and changes nothing."""
         sig.check()
         queue, spec = self.spec(sig, task_id, queue_of(task_id))
         # the parent reads its sub-tasks' results, and finds them again by id when it runs
@@ -252,10 +255,13 @@ class Enqueuer:
         if self.settings.offload_bytes is not None:
             await offload_specs(broker, (spec,))
         level = sig.opts.get("durability", self.settings.durability)
-        if level == "memory":
-            reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
+        parent, _, number = task_id.rpartition(".")
+        call = broker.subtask_call(ks, spec, parent, int(number), on_parent_end)
+        need = need_for((level,), self.settings)
+        if need is None:
+            reply = (await broker.run_calls([call], retry=True))[0]
         else:
-            reply = await self._enqueue_durable(broker, ks, spec, level)
+            reply = (await broker.run_durable([call], need, (spec.id,)))[0]
         return self._handle_for(sig, task_id, reply, spec)
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:

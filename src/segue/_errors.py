@@ -15,7 +15,11 @@
     ├── TaskFailed              from TaskHandle.result(): remote type, message, traceback
     ├── TaskCancelled           from TaskHandle.result() when the task was cancelled
     ├── ResultUnavailable       the task ended but kept no result (ttl=0, or expired)
-    └── ResultTimeout           also a TimeoutError
+    ├── ResultTimeout           also a TimeoutError
+    ├── TaskNotRunning          a query to a task that no run holds (carries the status)
+    ├── QueryTimeout            the worker holding the task did not answer a query; a TimeoutError
+    ├── UnknownQuery            the running task has no handler of that name (lists those it has)
+    └── QueryFailed             the task's query handler raised: remote type and message
 
 Raised by task code (not errors of segue's, so not under SegueError):
 
@@ -144,6 +148,40 @@ class ResultUnavailable(SegueError):
 
 class ResultTimeout(SegueError, TimeoutError):
     """The task did not end within the time given to result()."""
+
+
+class TaskNotRunning(SegueError):
+    """A query went to a task that no run holds (queued, waiting, paused or ended);
+    `status` names its status."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QueryTimeout(SegueError, TimeoutError):
+    """The worker holding the task did not answer a query in time: it died (its lease has
+    not run out yet), its event loop is blocked, or it is stopped."""
+
+
+class UnknownQuery(SegueError):
+    """The running task has registered no query handler of that name; `names` lists the
+    ones it has (none yet, while a replay has not reached its `ctx.on_query` calls)."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+class QueryFailed(SegueError):
+    """The task's query handler raised; `.type` names the exception's class, `.message`
+    is its text."""
+
+    def __init__(self, query: str, type: str, message: str) -> None:
+        super().__init__(f"query {query!r} failed: {type}: {message}")
+        self.query = query
+        self.type = type
+        self.message = message
 
 
 class StepFailed(SegueError):

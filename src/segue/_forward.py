@@ -17,6 +17,21 @@ ended tells the main workflow record the same way (an entry of kind 'p').
 Cost: one more server step per crossing, and up to `poll_seconds` of delay when the entry
 came from another process than a worker of the queue (a worker that finished the task
 forwards at once; an operator's cancel is forwarded at the next poll).
+
+Cascades. A pause, resume or cancel of a task reaches the sub-tasks it started with
+ctx.enqueue, and a task that ends FAILED or CANCELLED cancels its unfinished ones (those
+of policy `on_parent_end="cancel"`, the default). A tree can be large and a script must stay
+short, so the script that applies the command to the parent only leaves a marker (the
+field <parent id> of the queue's hash `cascade`: command, next sub-task, reason; lib/
+cascade.lua). The walk is then driven from the server's side: cascade.lua moves markers on
+by at most `CASCADE_BATCH` sub-tasks per call, each sub-task reached that has sub-tasks gets
+its own marker, and the forwarder calls it on every pass, as the process that sent the
+command does a few times at once (Broker.control). A client that dies half-way leaves the
+marker, which a worker finishes; a sub-task started while a walk goes on is reached by it,
+one started after is marked by subtask.lua itself. Sub-tasks share their parent's queue
+(ids '<parent id>.<n>'), so a whole tree is in one slot and no outbox is needed. A pause
+records in each sub-task who paused it ('pc', the parent), and a resume resumes only those;
+a parent that ends SUCCEEDED with sub-tasks its pause still holds resumes them.
 """
 
 from __future__ import annotations
@@ -141,11 +156,13 @@ class Forwarder(Service):
         self._poked.set()
 
     async def run_once(self) -> int:
-        """One pass over the queues' outboxes; how many entries it moved."""
+        """One pass over the queues' outboxes and cascades; how many entries it moved and
+        sub-tasks it reached."""
         self._poked.clear()
         moved = 0
         for ks in self._keyspaces:
             moved += await forward_queue(self._broker, ks)
+            moved += (await self._broker.cascade(ks))[0]
         return moved
 
     async def stop(self) -> None:

@@ -95,7 +95,8 @@ class TaskHandle(Generic[R]):
 
     async def state(self, *, limit: int | None = None) -> dict[str, Any]:
         """The task's durable `ctx.state` values as they stand (empty once it ended); with
-        `limit`, at most that many of them."""
+        `limit`, at most that many of them. A plain read of the server: it works whatever
+        the task's status and whether or not a worker answers (unlike `query()`)."""
         reads = await self._client.reads()
         raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
         return {
@@ -142,6 +143,19 @@ class TaskHandle(Generic[R]):
                 f"the offloaded {what} of task {self.id} is gone from the payload store "
                 "(expired, or deleted)"
             ) from None
+
+    async def query(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Ask the running task: the worker holding it calls the handler the task registered
+        with `ctx.on_query(name, fn)` as `fn(*args)` and sends back its value (plain JSON
+        values). Raises TaskNotRunning (naming the status) when no run holds the task,
+        QueryTimeout when its worker does not answer within `timeout` seconds (dead,
+        stopped, or its event loop blocked), UnknownQuery (listing the registered names)
+        when the run has no such handler (yet), QueryFailed when the handler raised.
+        `state()` is the read that always works."""
+        from segue._query import ask
+
+        broker = await self._client.broker()
+        return await ask(broker, broker.keyspace(self.queue), self.id, name, args, timeout)
 
     async def events(self, *, scan: int = 1000) -> list[Event]:
         """This task's events among the last `scan` of its queue's stream, oldest first."""

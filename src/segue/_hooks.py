@@ -35,7 +35,8 @@ class RunResult:
     `end`: succeeded, failed (for good), retrying, suspended (raised Pause), paused or
     cancelled (by an operator), waiting (for sub-tasks), stopped (the worker stopped it:
     shutdown, lost lease). `value` when it succeeded; `error` when it raised; `retry_in`
-    seconds when a retry follows.
+    seconds when a retry follows. It is the worker's view, before the server applies it: a
+    Pause past `max_pauses`, which the server ends FAILED `pause_limit`, is `suspended` here.
     """
 
     end: RunEnd

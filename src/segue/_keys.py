@@ -201,6 +201,10 @@ class Keyspace:
         """Sharded pub/sub channel announcing ids of tasks that just ended."""
         return self.key("ended")
 
+    def reply_channel(self, client: str) -> str:
+        """Sharded pub/sub channel carrying the answers to one client's queries."""
+        return self.key("replies", client)
+
 
 def queues_key(prefix: str) -> str:
     """The set of known queue names (its own slot: written once per process and queue)."""

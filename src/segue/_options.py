@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -14,6 +14,8 @@ from segue._keys import PRIORITIES
 Priority = Literal["low", "normal", "high"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
+# what its parent's end, pause or cancel does to a sub-task (_forward.py, "Cascades")
+ParentEnd = Literal["cancel", "abandon"]
 # what an enqueue waits for before it returns (_durability.py)
 Durability = Literal["memory", "fsync", "replicated"]
 # unique=True: one live task per task name; a function of the arguments: one per key
@@ -92,6 +94,32 @@ def parse_rate(text: str, name: str) -> float:
     if per <= 0:
         raise ConfigurationError(f"task {name}: rate_limit {text!r} must be positive")
     return per
+
+
+@dataclass(frozen=True, slots=True)
+class LimitTables:
+    """The limits a worker's code declares, as claim.lua reads them: rate per name as
+    "<tasks per ms> <burst>", concurrency per name, and the names whose limit is gone (a
+    deploy removed it, so the tables on the server must forget it)."""
+
+    rates: dict[str, str]
+    concurrency: dict[str, int]
+    clear: tuple[list[str], list[str]]
+
+
+def limit_tables(options: Iterable[TaskOptions]) -> LimitTables:
+    tables = LimitTables({}, {}, ([], []))
+    for opts in options:
+        if opts.rate_limit is not None:
+            per_ms = parse_rate(opts.rate_limit, opts.name) / 1000
+            tables.rates[opts.name] = f"{per_ms!r} {opts.rate_burst}"
+        else:
+            tables.clear[0].append(opts.name)
+        if opts.concurrency is not None:
+            tables.concurrency[opts.name] = opts.concurrency
+        else:
+            tables.clear[1].append(opts.name)
+    return tables
 
 
 def check_key(key: object) -> str:

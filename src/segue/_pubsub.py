@@ -1,7 +1,8 @@
 """Sharded pub/sub: one connection per subscriber, handlers per channel.
 
 The stored records stay the truth everywhere; pub/sub only makes waiting for them fast
-(result() waiters, control requests reaching workers).
+(result() waiters, control requests reaching workers), or carries what is never stored
+(the answers to queries).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -141,6 +143,40 @@ class EndedWaiters:
             futs.discard(fut)
             if not futs:
                 del self._waiters[task_id]
+
+    async def close(self) -> None:
+        await self._subscriber.close()
+
+
+class QueryReplies:
+    """Futures of this process's queries, by query id, set by the answers that workers send
+    on this process's reply channel of the task's queue (`token` names the channel).
+
+    An answer lost on the way (a reconnect) leaves its query to time out; a late answer,
+    after its query gave up, is dropped."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self._subscriber = subscriber
+        self.token = secrets.token_hex(8)
+        self._waiters: dict[str, asyncio.Future[bytes]] = {}
+
+    async def expect(self, ks: Keyspace, query_id: str) -> asyncio.Future[bytes]:
+        """A future for the answer to `query_id`, made before the query is sent, and set to
+        the answer's body; the reply channel is subscribed (and confirmed) at the first use
+        of a queue."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiters[query_id] = fut
+        await self._subscriber.subscribe(ks.reply_channel(self.token), self._answered)
+        return fut
+
+    def _answered(self, data: bytes) -> None:
+        query_id, _, body = data.partition(b" ")
+        fut = self._waiters.pop(query_id.decode(), None)
+        if fut is not None and not fut.done():
+            fut.set_result(body)
+
+    def forget(self, query_id: str) -> None:
+        self._waiters.pop(query_id, None)
 
     async def close(self) -> None:
         await self._subscriber.close()

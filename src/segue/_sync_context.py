@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from segue._handle import TaskHandle
     from segue._lifespan import Resource
+    from segue._options import ParentEnd
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -93,6 +94,12 @@ class SyncContext:
     def checkpoint(self) -> None:
         """A safe point to stop: carries out a pause or cancel asked for by an operator."""
         self._ctx._check()
+
+    def on_query(self, name: str, fn: Callable[..., Any]) -> None:
+        """`Context.on_query`. The handler runs on the worker's event loop thread while the
+        task runs in its own: it must be thread-safe (read values the task replaces whole,
+        or guard them with a lock)."""
+        self._ctx.on_query(name, fn)
 
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """`Context.progress`, blocking."""
@@ -167,9 +174,9 @@ class SyncContext:
         """`Context.get`: a worker lifespan's value."""
         return self._ctx.get(resource)
 
-    def enqueue(self, signatures: Any, /) -> Any:
+    def enqueue(self, signatures: Any, /, *, on_parent_end: ParentEnd = "cancel") -> Any:
         """`Context.enqueue`, blocking."""
-        return self.state._call(self._ctx.enqueue(signatures))
+        return self.state._call(self._ctx.enqueue(signatures, on_parent_end=on_parent_end))
 
     def wait_for(self, handles: Sequence[TaskHandle[R]]) -> list[R]:
         """`Context.wait_for`, blocking."""

@@ -38,7 +38,7 @@ from segue._errors import (
 )
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace
-from segue._pubsub import EndedWaiters, Subscriber
+from segue._pubsub import EndedWaiters, QueryReplies, Subscriber
 from segue._versions import warn_if_unpatched
 from segue._wire import ScriptErrorCode as Code
 from segue._wire import text as _text
@@ -348,6 +348,7 @@ class Transport:
         self.max_len = settings.max_queue_length or 0
         self._known_queues: set[str] = set()
         self._ended: EndedWaiters | None = None
+        self._replies: QueryReplies | None = None
         self.server_version: tuple[str, str] | None = None  # (server, version) from HELLO
 
     def new_fast_connection(self, reply_timeout: float | None = None) -> FastConnection | None:
@@ -429,6 +430,9 @@ class Transport:
         if self._ended is not None:
             await self._ended.close()
             self._ended = None
+        if self._replies is not None:
+            await self._replies.close()
+            self._replies = None
         for c in (self._blocking, self.client):
             if c is not None:
                 with contextlib.suppress(Exception):
@@ -543,3 +547,9 @@ class Transport:
     def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
         if self._ended is not None:
             self._ended.unwatch(task_id, fut)
+
+    def query_replies(self) -> QueryReplies:
+        """Where the answers to this process's queries arrive (made at the first query)."""
+        if self._replies is None:
+            self._replies = QueryReplies(self.subscriber())
+        return self._replies

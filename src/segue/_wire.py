@@ -93,6 +93,13 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # Cascades to sub-tasks (_forward.py, "Cascades"); old scripts neither write nor read them,
+    # so a tree started by an old worker has no cascade, as before
+    SUBTASKS: Final = Code("nk")  # the highest n of its sub-tasks '<id>.<n>'
+    PARENT_END: Final = Code("ope")  # 'a': on_parent_end="abandon" (absent: cancel)
+    PAUSED_BY: Final = Code("pc")  # the parent whose cascade paused it (resumed with it)
+    CASCADED: Final = Code("cz")  # the last command sent down to its sub-tasks
+    CASCADING: Final = Code("cw")  # '1' while that command's walk is under way
     # the names of the task's blobs in the Redis chunk store (space-separated), whose
     # lifetime follows the record's (lib/blobs.lua); p, r or a state value then holds a
     # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the

@@ -37,7 +37,7 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference
-from segue._options import parse_rate
+from segue._options import limit_tables
 from segue._reconcile import Reconciler
 from segue._runner import Job
 from segue._scheduler import Scheduler
@@ -223,7 +223,7 @@ class Worker:
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller),
+            ControlSubscriber(broker, keyspaces, controller, self.id),
             Waker(
                 broker,
                 keyspaces,
@@ -371,22 +371,9 @@ class Worker:
 
     async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
         """The claim script enforces the limits of the tasks this worker's code declares."""
-        rates: dict[str, str] = {}
-        concurrency: dict[str, int] = {}
-        clear: tuple[list[str], list[str]] = ([], [])
-        for name, task in self._registry.tasks.items():
-            opts = task.opts
-            if opts.rate_limit is not None:
-                per_ms = parse_rate(opts.rate_limit, name) / 1000
-                rates[name] = f"{per_ms!r} {opts.rate_burst}"
-            else:
-                clear[0].append(name)
-            if opts.concurrency is not None:
-                concurrency[name] = opts.concurrency
-            else:
-                clear[1].append(name)
+        t = limit_tables(task.opts for task in self._registry.tasks.values())
         for ks in keyspaces:
-            await broker.set_limits(ks, rates, concurrency, clear)
+            await broker.set_limits(ks, t.rates, t.concurrency, t.clear)
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:

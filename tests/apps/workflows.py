@@ -156,3 +156,11 @@ async def work(ctx: Context, label: str) -> str:
     if label == "boom":
         raise Fail("the root of the tree failed")
     return label
+
+
+@app.task(name="wf.branch")
+async def branch(ctx: Context, n: int, child_gate: str = "") -> list[int]:
+    """The root of a 3-level tree: starts `n` wf.parent sub-tasks of 2 children each, and
+    waits for them."""
+    record(ctx, "start")
+    return await ctx.wait_for(await ctx.enqueue(parent.call(2, child_gate) for _ in range(n)))

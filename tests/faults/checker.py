@@ -17,7 +17,8 @@ own records say, and measure what the faults cost.
   next start (server time of the claim), as p50/p99;
 - leaks (when `retention` is given): after the task records' lifetime, per-task keys left
   under the queue, keys without a TTL outside the documented structural set, ended-task
-  index entries not yet pruned, anything still queued or running, `used_memory` delta.
+  index entries not yet pruned, anything still queued or running, cascade markers whose walk
+  to sub-tasks is not over, `used_memory` delta.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class Leaks:
     index_entries: int  # ended-task index entries not pruned (dead-lettered excepted)
     queued: int  # tasks in the queued lists, the schedule, paused or waiting
     running: int  # leases still held
+    cascading: int  # cascade markers whose walk down to sub-tasks is not over
     used_memory_delta: int | None  # bytes, against the `memory_before` given to check()
     waited_s: float  # how long the checker waited for the records to expire
     retention: bool  # whether the records' lifetime was over (else per-task keys are live)
@@ -126,7 +128,7 @@ class Leaks:
         return (
             not self.per_task
             and not self.no_ttl
-            and not (self.index_entries or self.queued or self.running)
+            and not (self.index_entries or self.queued or self.running or self.cascading)
         )
 
 
@@ -206,6 +208,7 @@ class Verdict:
                 leaked_no_ttl_keys=len(self.leaks.no_ttl),
                 left_queued=self.leaks.queued,
                 left_running=self.leaks.running,
+                left_cascading=self.leaks.cascading,
                 used_memory_delta=self.leaks.used_memory_delta,
             )
         return figures
@@ -327,8 +330,13 @@ async def _leaks(
     queued += await client.zcard(ks.paused)
     queued += await client.zcard(ks.waiting)
     running = int(await client.zcard(ks.leases))
+    # a marker left after the run drained is a cascade that never finished (sub-tasks a
+    # parent's cancel or pause did not reach): unfinished work, not a structure
+    cascading = int(await client.hlen(ks.base + "cascade"))
     delta = None if memory_before is None else await used_memory(admin_url) - memory_before
-    return Leaks(len(keys), per_task, no_ttl, index, queued, running, delta, waited, retention)
+    return Leaks(
+        len(keys), per_task, no_ttl, index, queued, running, cascading, delta, waited, retention
+    )
 
 
 async def check(

@@ -30,6 +30,8 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
     # durable tasks: an operator pauses a running task, which is held PAUSED, then resumed
     # from the step its ctx.state recorded; another running task is cancelled
+    assert "operator: query demo.ingest 'progress' -> {'file':" in out.stdout
+    assert "operator: query demo.ingest -> TaskNotRunning (paused)" in out.stdout
     assert "operator: pause demo.ingest at step" in out.stdout
     paused_at = re.search(r"demo\.ingest is PAUSED after step (\d+)", out.stdout)
     resumed_at = re.search(r"demo\.ingest resumed from step (\d+)", out.stdout)

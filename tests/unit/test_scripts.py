@@ -10,6 +10,7 @@ from segue import Settings, _calls
 from segue._broker import Broker, GraphRecord
 from segue._keys import CronKeys, WorkerKeys
 from segue._scripts import NAMES, _with_library, includes, load
+from segue._wire import EnqueueSpec
 
 
 def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
@@ -46,6 +47,11 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_remove": _calls.cron_remove(ck, "s"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
+        "cascade": _calls.cascade(ks, 10),
+        "subtask": broker.subtask_call(
+            ks, EnqueueSpec("q:1.1", "t", "[]", "normal", 0, 0, 1, 0, -1, "", 0, ""), "q:1", 1, "x"
+        ),
+        "query": _calls.query(ks, "q:1", "[]"),
     }
     counts |= {name: len(keys) for name, (_, keys, _) in more.items()}
     # the registry is the directory: a new script is checked here or this fails

@@ -85,6 +85,11 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "SUBTASKS": "nk",
+    "PARENT_END": "ope",
+    "PAUSED_BY": "pc",
+    "CASCADED": "cz",
+    "CASCADING": "cw",
     "OFFLOADED": "off",
 }
 WORKFLOW_CODES = {

@@ -76,6 +76,8 @@ ALLOW_OOM = frozenset(
         "journal",
         "event",
         "control",
+        "cascade",
+        "query",
         "workflow",
         "purge",
         "delete",

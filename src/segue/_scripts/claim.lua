@@ -44,6 +44,7 @@ local max_deliveries = tonumber(ARGV[5])
 local holds_last = ARGV[10] == '1'
 local channel = ARGV[6]
 local now = now_ms()
+gather_stats()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], channel)
 Q.dead = KEYS[8]
@@ -265,4 +266,5 @@ end
 -- a paused queue's queued tasks are not work a burst worker can wait for
 if paused then queued = 0 end
 out[3] = queued + redis.call('ZCARD', KEYS[5])
+flush_stats()
 return out

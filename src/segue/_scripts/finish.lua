@@ -33,6 +33,7 @@ local prefix = ARGV[1]
 local channel = ARGV[2]
 local n = tonumber(ARGV[5])
 local now = now_ms()
+gather_stats()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], channel)
 local out = {}
@@ -174,4 +175,5 @@ for i = 0, n - 1 do
   b = b + width
 end
 if ARGV[4] ~= '1' then wake_if_needed(Q) end
+flush_stats()
 return out

@@ -8,7 +8,8 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets, offloaded blobs), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  concurrency sets, offloaded blobs; a record whose cascade to sub-tasks is under way, field 'cw', gets its
+  marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
@@ -50,7 +51,13 @@ end
 -- a record whose structure lost it: put it back where its status says it is
 local function check_record(id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'due')
+  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk')
+  if f[4] and f[5] and redis.call('HEXISTS', prefix .. 'cascade', id) == 0 then
+    -- a cascade to its sub-tasks under way lost its marker: walked again from the first
+    -- (a step repeated changes nothing)
+    redis.call('HSET', prefix .. 'cascade', id, f[5] .. '|1|' .. (f[6] or '0') .. '|reconciled')
+    repaired('cascade_lost', id)
+  end
   local s, list = f[1], LISTS[PRIORITY_LISTS[f[2] or '']]
   if not s or not list then return end
   if s == 'running' then

@@ -9,7 +9,9 @@
   ARGV[4] reason   ARGV[5] done channel
   pause: steps waiting in the queue are held (PAUSED); steps whose dependencies end while
   paused are held instead of queued. resume: held steps go back to the queue. cancel:
-  running steps are asked to stop, every other unfinished step is CANCELLED.
+  running steps are asked to stop, every other unfinished step is CANCELLED. A step's
+  pause, resume or cancel reaches its sub-tasks (lib/cascade.lua), whose markers the
+  client then walks (cascade.lua).
   Returns: the workflow's state after the command: running | paused | cancelled.
   Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <state> <command>. ]]
 --#include clock operator
@@ -46,7 +48,11 @@ end
 if cmd == 'pause' or cmd == 'pause_running' then
   redis.call('HSET', wk, 'st', 'paused')
   each_step(function(sid, s)
-    if HELD[s] or (s == 'running' and cmd == 'pause_running') then
+    -- pause_running also holds a step waiting for its sub-tasks, as a task pause would:
+    -- the pause reaches them (a cascade, lib/cascade.lua)
+    local busy = s == 'running'
+      or (s == 'waiting' and redis.call('HEXISTS', prefix .. 'task:' .. sid, 'nk') == 1)
+    if HELD[s] or (busy and cmd == 'pause_running') then
       control_task(Q, sid, 'pause', reason, KEYS[7], now)
     end
   end)
@@ -54,7 +60,9 @@ if cmd == 'pause' or cmd == 'pause_running' then
 elseif cmd == 'resume' then
   redis.call('HSET', wk, 'st', 'running')
   each_step(function(sid, s)
-    if s == 'paused' or s == 'running' then control_task(Q, sid, 'resume', reason, KEYS[7], now) end
+    if s == 'paused' or s == 'running' or s == 'waiting' then
+      control_task(Q, sid, 'resume', reason, KEYS[7], now)
+    end
   end)
   wake_if_needed(Q)
   return 'running'

@@ -1,4 +1,4 @@
---#include transition leases outbox stats blobs
+--#include transition leases outbox stats cascade blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -44,12 +44,21 @@ end
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'off')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'off')
   f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
-    f[8] = redis.call('HGET', tk, 'off')
+    f[10] = redis.call('HGET', tk, 'off')
+  end
+  if f[8] then
+    -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
+    -- else those its pause still holds are resumed (its end would never resume them)
+    if status == 'failed' or status == 'cancelled' then
+      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[8])
+    elseif f[9] == 'pause' then
+      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[8])
+    end
   end
   if f[6] then
     local lock = Q.base .. 'uniq:' .. f[6]
@@ -58,7 +67,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   leave_running(Q.base, tk, id)
   transition(Q, tk, id, { to = status, at = at, why = reason, set = { 'et', at, field, value },
     event = 'task.' .. status, name = f[5] or '' })
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
@@ -70,7 +79,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
-  blobs_live(Q.base, id, f[8], ttl, true)
+  blobs_live(Q.base, id, f[10], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   if f[4] then count_ended(Q, f[4], at) end
