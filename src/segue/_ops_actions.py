@@ -72,9 +72,20 @@ async def delete_dead(broker: Broker, ks: Keyspace, ids: Iterable[str] | None) -
 
 
 async def _delete_batch(broker: Broker, ks: Keyspace, ids: list[str]) -> int:
+    refs: list[list[bytes | None]] = []
+    if broker.settings.payload_store is not None:
+        # a custom store's values of these records: deleted from it once the records are
+        async with broker.errors():
+            pipe = broker.client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(ks.task(i), F.PAYLOAD, F.RESULT)
+            refs = await pipe.execute()
     calls = [_calls.delete(ks, i) for i in ids]
     try:
         replies = await broker.run_calls(calls, retry=True)
+        for row, reply in zip(refs, replies, strict=False):
+            if reply != 0:
+                await forget(broker, row)
     except ScriptError:
         # one of them has not ended (it was retried meanwhile): delete one by one
         replies = []
