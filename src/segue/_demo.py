@@ -8,6 +8,7 @@ one (its worker answers), pauses it, holds it, resumes it so that it finishes fr
 `ctx.state`, and cancels the other.
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
+Its contact sheet (a 400 KiB result) is stored by reference (offload_bytes) and handed on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from segue import _demo_durable
 from segue._app import App
+from segue._blobs import human_size
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed, TaskNotRunning
 from segue._handle import TaskHandle, WorkflowHandle
@@ -50,6 +52,8 @@ ALBUM = "album-2026"  # the workflow: scan | 4 thumbnail parts | contact sheet |
 ALBUM_PHOTOS = 12
 THUMB_PARTS = 4
 WORKFLOW_HOLD_SECONDS = 1.5  # how long the paused workflow holds its next step
+OFFLOAD_BYTES = 256 * 1024  # the demo's offload_bytes (the recommended value)
+SHEET_KIB = 400  # the contact sheet's size: offloaded
 
 
 class Board:
@@ -65,7 +69,14 @@ class Board:
 
 
 def build_app(board: Board | None = None) -> App:
-    app = App("demo", queue="demo", concurrency=24, result_ttl_seconds=600.0)
+    # offload_bytes: the contact sheet (a big result) is stored by reference
+    app = App(
+        "demo",
+        queue="demo",
+        concurrency=24,
+        result_ttl_seconds=600.0,
+        offload_bytes=OFFLOAD_BYTES,
+    )
     board = board or Board()
 
     @app.task(name="demo.resize")
@@ -145,12 +156,14 @@ def build_app(board: Board | None = None) -> App:
     @app.task(name="demo.contact_sheet")
     async def contact_sheet(parts: list[list[str]]) -> str:
         await asyncio.sleep(0.4)
-        return f"contact sheet of {sum(len(p) for p in parts)} thumbnails"
+        # the rendered sheet: over offload_bytes, so its record holds a reference
+        title = f"contact sheet of {sum(len(p) for p in parts)} thumbnails"
+        return title + "\n" + ("#" * 1023 + "\n") * SHEET_KIB
 
     @app.task(name="demo.publish")
     async def publish(sheet: str, album: str) -> str:
         await asyncio.sleep(0.3)
-        return f"{album} published with a {sheet}"
+        return f"{album} published with a {sheet.partition(chr(10))[0]}"
 
     @app.task(name="demo.tick", ttl=60)
     async def tick(ctx: Context) -> str:
@@ -451,6 +464,15 @@ async def _workflow(app: App) -> None:
         for tr in sheet.history
     )
     console.print(f"demo.contact_sheet history: {path}", soft_wrap=True)
+    size = sheet.offloaded.get("result")
+    if size is not None:
+        console.print(
+            f"demo.contact_sheet result: offloaded ({human_size(size)}, over offload_bytes "
+            f"{human_size(OFFLOAD_BYTES)}), handed to demo.publish by reference; "
+            f"segue download {sheet.id} result",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 async def _workflow_operator(app: App, workflow_id: str) -> None:
