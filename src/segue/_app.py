@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Collection,
         Coroutine,
         Iterable,
+        Mapping,
         Sequence,
     )
     from pathlib import Path
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, Migration, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
     from segue._sync_context import SyncContext
 
@@ -134,6 +135,8 @@ class App:
         rate_burst: int = 1,
         concurrency: int | None = None,
         max_pauses: int | None = 100,
+        version: int = 1,
+        migrate: Mapping[int, Migration] | None = None,
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""

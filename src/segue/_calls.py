@@ -214,6 +214,23 @@ def state(
     return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
+def migrate(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    versions: tuple[int, int],
+    values: dict[str, bytes],
+    deletes: Sequence[str],
+) -> ScriptCall:
+    """Move a running task from `versions[0]` to `versions[1]` with its upgraded state
+    (migrate.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, versions[0], versions[1], len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (_scripts.load("migrate"), [ks.state(task_id)], args)
+
+
 def journal(
     ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
 ) -> ScriptCall:
@@ -221,6 +238,23 @@ def journal(
     when rejected."""
     args: list[Any] = [ks.base, task_id, gen, field, entry, line]
     return (_scripts.load("journal"), [ks.state(task_id)], args)
+
+
+def stream(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    tries: int,
+    max_entries: int,
+    linger_ms: int,
+    chunks: bytes,
+    batch: int,
+    resumed: bool,
+) -> ScriptCall:
+    """Append a batch of chunks (a JSON array) to a running task's output stream
+    (stream.lua); replies the entry id, or 0 when rejected."""
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
+    return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
 
 
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:

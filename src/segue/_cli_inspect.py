@@ -216,6 +216,10 @@ def info(
     else:
         _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    if shown.version != shown.started_version:
+        _say(f"  version {shown.version} (started under {shown.started_version})")
+    elif shown.version != 1:
+        _say(f"  version {shown.version}")
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:

@@ -143,6 +143,15 @@ def build_app(board: Board | None = None) -> App:
             await ctx.checkpoint()
         return chunks
 
+    @app.task(name="demo.summarize")
+    async def summarize(ctx: Context, text: str) -> int:
+        """Streams its answer word by word, as an LLM's tokens (ctx.stream)."""
+        words = text.split()
+        for word in words:
+            await ctx.stream(word + " ")
+            await asyncio.sleep(0.01)  # the model thinks
+        return len(words)
+
     @app.task(name="demo.scan")
     async def scan(album: str) -> list[str]:
         await asyncio.sleep(0.4)  # list the album's photos
@@ -236,6 +245,7 @@ async def _demo(total: int) -> None:
         _durable_summary(outcome, board, files, ingest, export)
         try:
             await _workflow(app)  # the same worker runs its steps
+            await _stream(app)
             await _time_and_limits(app)
             await _demo_durable.show(console)
         finally:
@@ -546,6 +556,24 @@ def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
         result = "" if s.result is None else str(s.result)
         table.add_row(str(n), name, styles.get(s.status, str(s.status)), result)
     return table
+
+
+async def _stream(app: App) -> None:
+    """A task's output read live, chunk by chunk, as it is written (handle.stream)."""
+    h = await app.registry["demo.summarize"].enqueue(_SUMMARY)
+    console.print("stream: demo.summarize says, live: ", end="")
+    chunks = 0
+    async for chunk in h.stream():
+        chunks += 1
+        console.print(str(chunk), end="", highlight=False)
+    console.print()
+    console.print(f"stream: {chunks} chunks, in order; the loop ended when the task did")
+
+
+_SUMMARY = (
+    "Every task of this demo ran at least once, was retried when it failed, and was paused, "
+    "resumed or cancelled by an operator while it ran."
+)
 
 
 async def _time_and_limits(app: App) -> None:

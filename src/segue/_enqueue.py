@@ -153,6 +153,7 @@ class Enqueuer:
                 unique=self._unique_key(sig),
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
                 headers=_headers(sig),
+                version=d.version,
             ),
         )
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._output import TaskStream
     from segue._queries import Queries
 
 R = TypeVar("R")
@@ -165,6 +166,15 @@ class TaskHandle(Generic[R]):
         entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
+
+    def stream(self, after: str | None = None) -> TaskStream:
+        """The chunks the task streams (`ctx.stream`), in order, from the start or after the
+        position `after`; the loop ends when the task ends (also when it never streamed).
+        A `StreamRestarted` item marks where a new run starts writing. The iterator's
+        `position` is the position of the item last yielded, to resume after it."""
+        from segue._output import TaskStream
+
+        return TaskStream(self._client.reads, self.queue, self.id, after)
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""
@@ -445,6 +455,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
+    version = r.integer(F.VERSION.b) or 1
     return TaskInfo(
         id=task_id,
         name=name,
@@ -471,6 +482,8 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
         offloaded=offloaded,
+        version=version,
+        started_version=r.integer(F.STARTED_VERSION.b) or version,
     )
 
 

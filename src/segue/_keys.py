@@ -58,6 +58,10 @@ class Keyspace:
         """An offloaded value's chunk hash (lib/blobs.lua, _offload.py)."""
         return self.base + "blob:" + task_id + ":" + name
 
+    def output(self, task_id: str) -> str:
+        """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
+        return self.base + "out:" + task_id
+
     def claim(self, token: str) -> str:
         """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
         return self.base + "claim:" + token

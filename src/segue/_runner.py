@@ -22,14 +22,16 @@ from segue._context import (
     ServerUnreachable,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, Pause, PayloadError, Retry
+from segue._errors import Fail, LeaseLost, Pause, PayloadError, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
+from segue._migrate import MigrationFailed, VersionUnsupported, upgrade
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
+    NewerVersion,
     Outcome,
     Paused,
     PausedItself,
@@ -78,6 +80,8 @@ class Job:
     error: BaseException | None = None  # what the run raised, for hooks
     value: Any = None  # what it returned, for hooks
     unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
+    version: int = 1  # the record's version of the task's code (_migrate.py)
+    started_version: int = 1  # the version it started under: ctx.version
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
@@ -125,6 +129,10 @@ async def attempt(
             settings.unknown_task_max_releases,
             int(settings.unknown_task_window_seconds * 1000),
         )
+    if job.version != task.opts.version:
+        early = await _versions(job, task, settings)
+        if early is not None:
+            return early
     try:
         args, kwargs = task.args_decoder.decode(job.payload, first=job.input)
     except Exception as exc:
@@ -151,6 +159,7 @@ async def attempt(
             state_limit=settings.max_payload_bytes,
             headers=decode_plain(job.headers) if job.headers else None,
             sleep_inline_seconds=settings.sleep_inline_seconds,
+            version=job.started_version,
         )
     if task.takes_ctx:
         assert ctx is not None
@@ -158,11 +167,13 @@ async def attempt(
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
     if not hooks:
-        return await _call(job, task, settings, executor, args, kwargs)
+        if ctx is None:
+            return await _call(job, task, settings, executor, args, kwargs)
+        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     assert ctx is not None
     await call_hooks(hooks, "before_run", ctx)
     try:
-        outcome = await _call(job, task, settings, executor, args, kwargs)
+        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
     except BaseException as exc:
         cancelled = job.run is not None and job.run.request == "cancel"
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
@@ -171,6 +182,65 @@ async def attempt(
     end = _ENDS.get(outcome.action, "stopped")
     retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
     await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
+    return outcome
+
+
+async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outcome | None:
+    """What a run does before the task's code when the record is of another version than
+    this worker's code of the task: release it (newer), or migrate its state (older)."""
+    mine = task.opts.version
+    if job.version > mine:
+        if not task.opts.silent:
+            lines.info(
+                "task %s is of version %d, this worker's code is version %d: released",
+                job.id,
+                job.version,
+                mine,
+            )
+        most = int(settings.newer_version_backoff_seconds * 1000)
+        return NewerVersion(min(1000, most), most)
+    if job.run is None:
+        return None
+    try:
+        # an upgraded state value is bounded as ctx.state.set bounds it
+        limit = (
+            settings.max_payload_bytes
+            if settings.offload_bytes is None
+            else settings.max_offload_bytes
+        )
+        await upgrade(job.id, task.opts, job.version, job.run, limit)
+    except VersionUnsupported as exc:
+        log.warning("task %s failed: %s", job.id, exc)
+        return Failed(_message("version_unsupported", str(exc)), "version_unsupported")
+    except MigrationFailed as exc:
+        return _failure(job, task, exc, "error")
+    except ServerUnreachable as exc:
+        log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)
+        return Requeued("server unreachable")
+    except LeaseLost as exc:
+        job.lost = True  # nothing to send: the task is another run's now
+        log.warning("%s", exc)
+        return Requeued("lease lost")
+    job.version = mine
+    return None
+
+
+async def _call_streaming(
+    job: Job,
+    task: Task[Any, Any],
+    settings: Settings,
+    executor: Executor,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    ctx: Context,
+) -> Outcome:
+    """_call, then the run's last output chunks, written before its outcome is sent."""
+    try:
+        outcome = await _call(job, task, settings, executor, args, kwargs)
+    except BaseException:
+        await ctx._close_output(ended=False)
+        raise
+    await ctx._close_output(ended=True)
     return outcome
 
 

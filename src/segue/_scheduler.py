@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from segue._calls import ScriptCall
     from segue._enqueue import Enqueuer
     from segue._queries import Queries
+    from segue._task import Task
 
 R = TypeVar("R")
 
@@ -226,10 +227,17 @@ class Scheduler(Service):
     stop_wait = 5.0
 
     def __init__(
-        self, enqueuer: Enqueuer, broker: Broker, crons: Mapping[str, _cron.Schedule]
+        self,
+        enqueuer: Enqueuer,
+        broker: Broker,
+        crons: Mapping[str, _cron.Schedule],
+        tasks: Mapping[str, Task[Any, Any]] | None = None,
     ) -> None:
         self._enqueuer = enqueuer
         self._crons = crons
+        # a tick carries this worker's code version of its task, as any enqueue does (1 for
+        # a task it does not know: a worker that knows it migrates from there)
+        self._tasks: Mapping[str, Task[Any, Any]] = tasks or {}
         self._broker = broker
         self._keys = CronKeys(enqueuer.settings.prefix)
         self._wake = asyncio.Event()
@@ -304,6 +312,8 @@ class Scheduler(Service):
             ticks, nxt = plan(cron, e.catch_up, tick, now)
             specs = by_queue.setdefault(e.queue, [])
             payload = bytes(e.args)
+            known = self._tasks.get(e.task)
+            version = known.opts.version if known is not None else 1
             specs.extend(
                 EnqueueSpec(
                     id=tick_id(e.queue, sid, t),
@@ -318,6 +328,7 @@ class Scheduler(Service):
                     unique=e.unique,
                     expire_ms=e.expire_ms,
                     headers="",
+                    version=version,
                 )
                 for t in ticks
             )

@@ -89,6 +89,9 @@ class Settings:
     dead_letter_cap: int = 10_000
     unknown_task_max_releases: int = 3
     unknown_task_window_seconds: float = 300.0
+    # a worker whose code of a task is older than the task's version releases it again
+    # after a delay doubling from 1 s up to this; never counted as an unknown-task release
+    newer_version_backoff_seconds: float = 30.0
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
@@ -107,6 +110,10 @@ class Settings:
     # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
     # a longer one ends the run and frees its slot until the task is due
     sleep_inline_seconds: float = 5.0
+    # a task's output stream (ctx.stream) keeps about this many entries (each a batch of
+    # chunks), trimming the oldest; and outlives the task's end by at least this long
+    max_stream_entries: int = 100_000
+    stream_linger_seconds: float = 300.0
     # payloads by reference (docs/payloads.md): an encoded argument payload, result or
     # ctx.state value over offload_bytes goes to payload_store (None: the Redis chunk
     # store) and the record keeps a reference; None: never. max_offload_bytes bounds such a
@@ -137,9 +144,22 @@ class Settings:
             from segue._sentinel import parse_sentinel_url
 
             parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
+        if self.max_stream_entries < 1:
+            raise ConfigurationError(
+                f"max_stream_entries must be at least 1, not {self.max_stream_entries}"
+            )
+        if self.stream_linger_seconds < 0:
+            raise ConfigurationError(
+                f"stream_linger_seconds must not be negative, not {self.stream_linger_seconds}"
+            )
         if self.reply_timeout_seconds <= 0:
             raise ConfigurationError(
                 f"reply_timeout_seconds must be positive, not {self.reply_timeout_seconds}"
+            )
+        if self.newer_version_backoff_seconds <= 0:
+            raise ConfigurationError(
+                "newer_version_backoff_seconds must be positive, not "
+                f"{self.newer_version_backoff_seconds}"
             )
         if self.reconcile_seconds <= 0:
             raise ConfigurationError(

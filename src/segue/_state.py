@@ -107,6 +107,10 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # the task's code version (`@app.task(version=...)`), and the one it started under
+    # (ctx.version): they differ once a newer worker migrated it
+    version: int = 1
+    started_version: int = 1
     # values stored by reference (Settings.offload_bytes): "args" / "result" -> encoded
     # size; such a value is left out of args/kwargs/result (TaskHandle.download reads it)
     offloaded: dict[str, int] = field(default_factory=dict)

@@ -253,6 +253,7 @@ class Task(Generic[P, R]):
             tries=1,
             worker_id="local",
             queue=self.queue,
+            version=self.opts.version,
         )
 
     def check_args(

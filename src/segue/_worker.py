@@ -221,6 +221,7 @@ class Worker:
             None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
+        tasks = self._registry.tasks
         services: list[Service | None] = [
             self._lease,
             ControlSubscriber(broker, keyspaces, controller, self.id),
@@ -234,7 +235,7 @@ class Worker:
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
-            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
         ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -453,6 +454,8 @@ class Worker:
                 input=run.input,
                 headers=run.headers,
                 unreadable=run.unreadable,
+                version=run.version,
+                started_version=run.started_version,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (

@@ -41,14 +41,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
-        *("_journal", "_query"),
+        *("_journal", "_query", "_migrate", "_output"),
         "_offload_runs",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
         "_demo_durable",
         "_reload",
-        *("dashboard", "metrics", "testing", "_display"),
+        *("dashboard", "metrics", "testing", "_display", "web"),
     ),
 }
 ORDER = list(LAYERS)

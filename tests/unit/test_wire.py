@@ -85,11 +85,18 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "STREAM_GEN": "sg",
+    "STREAM_COUNT": "sn",
+    "STREAM_LINGER_MS": "sl",
+    "STREAM_BATCH": "sb",
     "SUBTASKS": "nk",
     "PARENT_END": "ope",
     "PAUSED_BY": "pc",
     "CASCADED": "cz",
     "CASCADING": "cw",
+    "VERSION": "v",
+    "STARTED_VERSION": "v0",
+    "VERSION_RELEASES": "vrel",
     "OFFLOADED": "off",
 }
 WORKFLOW_CODES = {
@@ -160,6 +167,7 @@ SPEC = EnqueueSpec(
     unique="shop.charge:1",
     expire_ms=10,
     headers='{"h":1}',
+    version=2,
 )
 
 
@@ -178,6 +186,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "unique",
         "expire_ms",
         "headers",
+        "version",
     )
     assert SPEC.argv() == (
         "q:1",
@@ -192,8 +201,9 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "shop.charge:1",
         10,
         '{"h":1}',
+        2,
     )
-    assert ENQUEUE_WIDTH == 12
+    assert ENQUEUE_WIDTH == 13
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
 
 
@@ -225,7 +235,7 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "xdependants",
     )
     assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 18 == len(step.argv())
+    assert GRAPH_WIDTH == 19 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)

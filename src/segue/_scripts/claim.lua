@@ -17,8 +17,11 @@
   ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, v, v0}... }
     (lost: how many workers stopped under the task before this claim)
+    (v: the record's code version, v0: the one it started under; '' when not stored: a
+    worker whose code of the task is older releases it, one whose code is newer migrates
+    its state first, migrate.lua)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A run whose lease expired with no outcome and no step journal entry of its own (the
   record's 'jp' is its generation, journal.lua) was a try (max_tries counts runs): the task ends
@@ -176,17 +179,22 @@ if #replay > 0 then
   for i = 1, #replay, 2 do
     local id, gen = replay[i], replay[i + 1]
     local tk = prefix .. 'task:' .. id
-    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
+    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd',
+      'v', 'v0')
     f[2] = task_name(f[2])
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
-        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0 }
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '' }
       want = want - 1
     end
   end
   -- kept until it expires: the reply of this replay may be lost too
 elseif not paused then
   local deadline = now + lease
+  -- one table for every start of this call (transition() keeps no reference): built per
+  -- task, it cost the server more than the transition's own commands
+  local STARTING = { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
+    score = deadline, event = 'task.started' }
   for l = 1, 3 do
     -- look a little past tasks held back by their limits, so that others go on
     local held, budget = {}, want + 100
@@ -197,7 +205,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g')
+          'hd', 'd', 't', 'g', 'v', 'v0')
         f[2] = task_name(f[2])
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
@@ -232,15 +240,15 @@ elseif not paused then
           if ok then
             local tries = redis.call('HINCRBY', tk, 't', 1)
             local gen = redis.call('HINCRBY', tk, 'g', 1)
-            transition(Q, tk, id, { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
-              score = deadline, event = 'task.started', name = f[2] })
+            STARTING.name = f[2]
+            transition(Q, tk, id, STARTING)
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
               redis.call('SADD', prefix .. 'running:' .. f[2], id)
               redis.call('HSET', tk, 'cn', 1)
             end
             count_stat(prefix, 'started', now)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost }
+              lost, f[14] or '', f[15] or '' }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1

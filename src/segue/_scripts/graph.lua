@@ -15,7 +15,7 @@
     on the queue of the workflow id)
   ARGV[10] count of tasks   ARGV[11] most tasks waiting to run in the queue (0 = no limit;
     see enqueue.lua: the whole call, workflow record included, is refused or written)
-  then 18 fields per task: the 12 of enqueue.lua (SPEC in lib/create.lua), then
+  then 19 fields per task: the 13 of enqueue.lua (SPEC in lib/create.lua), then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants

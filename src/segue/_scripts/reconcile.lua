@@ -8,7 +8,7 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets, offloaded blobs; a record whose cascade to sub-tasks is under way, field 'cw', gets its
+  concurrency sets, offloaded blobs, output streams; a record whose cascade to sub-tasks is under way, field 'cw', gets its
   marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
@@ -33,6 +33,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 -- tasks held the server 14-55 ms per step); a backlog drains, and a later pass finds
 -- what is missing
 local LIST_SEARCH_MAX = 1000
+-- the linger of a stream whose task's record is gone (end_task's default)
+local STREAM_LINGER_MS = 300000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -133,6 +135,27 @@ local function check_key(key)
           repaired('blob_lifetime', id)
         end
       end
+    end
+  elseif kind == 'out' then
+    -- an output stream lives without expiry only while its task has not ended (or ended
+    -- with ttl -1, end marker written); one whose task ended without writing the marker (a
+    -- record restored or edited as ended) would hold its readers and live for ever
+    if ended_or_gone(tail) and redis.call('PTTL', key) == -1 then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      local ended = false
+      local n = 0
+      if last then
+        for i = 1, #last[2], 2 do
+          if last[2][i] == 'end' then ended = true end
+          if last[2][i] == 'n' then n = tonumber(last[2][i + 1]) or 0 end
+        end
+      end
+      local s = status_of(tail)
+      if not ended then
+        redis.call('XADD', key, '*', 'n', n + 1, 'end', s or 'gone')
+        repaired('stream_without_end', tail)
+      end
+      if not s then redis.call('PEXPIRE', key, STREAM_LINGER_MS) end
     end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever

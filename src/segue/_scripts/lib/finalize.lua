@@ -39,18 +39,51 @@ local function assemble_input(tk)
   end
 end
 
+-- The end marker of a task's output stream (stream.lua writes its chunks), so that its
+-- readers stop. A run that did not write the chunks there (a later try that wrote none yet)
+-- first gets its restart marker. The stream outlives the end by its linger ('sl', written by
+-- the worker that streamed), or by the record's ttl when longer (ttl -1, kept forever: until
+-- the record is deleted). A task that never streamed gets a stream only when its record goes
+-- now (ttl 0): an empty one with the end marker, for 300 s; with a record, a reader learns
+-- the end from its status, and a plain task costs no stream. The key is built from the
+-- queue's key prefix, in its hash tag.
+local function end_stream(sk, status, ttl, sg, sn, sl, gen, tries)
+  if not sg then
+    if ttl == 0 then
+      redis.call('XADD', sk, '*', 'n', 1, 'end', status)
+      redis.call('PEXPIRE', sk, 300000)
+    end
+    return
+  end
+  local n = tonumber(sn or '0') or 0
+  if sg ~= gen then
+    n = n + 1
+    redis.call('XADD', sk, '*', 'n', n, 'r', tries or '0')
+  end
+  redis.call('XADD', sk, '*', 'n', n + 1, 'end', status)
+  local linger = tonumber(sl or '300000') or 300000
+  if ttl >= 0 then redis.call('PEXPIRE', sk, math.max(ttl, linger)) end
+end
+
 -- Final transition of one task: store the outcome, index it until the record expires, tell
 -- waiters, count it in its workflow. Returns what dependants need: its result, whether it
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
 -- queues ('xd': "<id>|<input index>|<workflow id or ->" ...), its workflow.
+-- The transition of every task end, filled in place: a claim or finish call ends a batch of
+-- tasks, and a table built per task (with its `set` list) was a good part of the server's
+-- time per task, in allocation and garbage collection. transition() keeps no reference.
+local ENDING = { set = { 'et', 0, '', '' } }
+
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'off')
+  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
+    'sn', 'sl', 'g', 't', 'off')
   f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
-    f[10] = redis.call('HGET', tk, 'off')
+    f[15] = redis.call('HGET', tk, 'off')
   end
+  end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
     -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
     -- else those its pause still holds are resumed (its end would never resume them)
@@ -65,8 +98,10 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
   leave_running(Q.base, tk, id)
-  transition(Q, tk, id, { to = status, at = at, why = reason, set = { 'et', at, field, value },
-    event = 'task.' .. status, name = f[5] or '' })
+  local t, set = ENDING, ENDING.set
+  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[5] or ''
+  set[2], set[3], set[4] = at, field, value
+  transition(Q, tk, id, t)
   redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
@@ -79,7 +114,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
-  blobs_live(Q.base, id, f[10], ttl, true)
+  blobs_live(Q.base, id, f[15], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   if f[4] then count_ended(Q, f[4], at) end
