@@ -20,7 +20,7 @@ from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._wire import Released
 from tests._support import admin_client, keys_of
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, serving
 from tests.integration.test_cli_workflow import _segue
 
 MiB = 1024 * 1024
@@ -66,6 +66,50 @@ async def test_a_5_mib_argument_and_result_round_trip_by_reference_and_leave_no_
         assert all(".args." not in k for k in kept)
         # once the record expires, so do its chunks
         await eventually(lambda: _gone(segue_engine, queue_name, handle.id), timeout=5)
+
+
+async def test_a_migration_reads_offloaded_state_and_stores_its_upgrade_by_reference(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    old = make_app(offload_bytes=OFFLOAD)
+    new = make_app(offload_bytes=OFFLOAD)
+    text = "xy" * MiB
+
+    @old.task(name="off.v", max_tries=2, retry_backoff=2, ttl=1)
+    async def job_v1(ctx: Context) -> int:
+        await ctx.state.set(text=text)
+        raise ValueError("stop here, state kept")
+
+    def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+        # the value itself, not the reference the state hash holds
+        return {"text": state["text"].upper()}
+
+    @new.task(name="off.v", version=2, migrate={1: upgrade}, max_tries=2, ttl=1)
+    async def job_v2(ctx: Context) -> int:
+        client = admin_client(segue_engine)
+        try:
+            raw = await client.hget(f"segue:{{{queue_name}}}:state:{ctx.task_id}", "text")
+        finally:
+            await client.aclose()
+        assert raw is not None and len(raw) < 200  # stored by reference again
+        return (
+            len(await ctx.state.get("text")) if await ctx.state.get("text") == text.upper() else 0
+        )
+
+    async with old, new:
+        handle = await job_v1.enqueue()
+        async with serving(old):
+            await eventually(lambda: _status(handle, TaskStatus.RETRYING))
+        await new.drain(horizon=10)
+        assert await handle.result(timeout=5) == len(text)
+        assert (await handle.info()).version == 2
+        # the state's chunks (before and after the upgrade) went with the state
+        assert not [k for k in await _blobs(segue_engine, queue_name) if ":state." in k]
+        await eventually(lambda: _gone(segue_engine, queue_name, handle.id), timeout=5)
+
+
+async def _status(handle: Any, status: TaskStatus) -> bool:
+    return bool(await handle.status() is status)
 
 
 async def _gone(engine: Any, queue: str, task_id: str) -> bool:
