@@ -52,7 +52,8 @@ def graph(
     (graph.lua)."""
     w = record or GraphRecord("", -1, "", "", 0)
     args: list[Any] = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left]
-    args.extend((w.queues, w.part, len(steps), max_len))
+    args.extend((w.queues, w.part, len(steps), max_len, len(w.compensations) // 2))
+    args.extend(w.compensations)
     for step in steps:
         args.extend(step.argv())
     return (_scripts.load("graph"), ks.graph_keys, args)

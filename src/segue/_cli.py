@@ -301,8 +301,18 @@ def _workflow_command(
         status, steps = asyncio.run(go())
     except SegueError as exc:
         fail(exc)
-    rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
-    print_rows(("#", "step", "task", "status"), rows, f"workflow {workflow_id}: {status}")
+    rows: list[tuple[str, ...]] = [
+        (str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)
+    ]
+    header: tuple[str, ...] = ("#", "step", "task", "status")
+    if any(s.compensation for s in steps):
+        # a saga: each step's compensation, once it was asked for, and how it ended
+        header = (*header, "compensation")
+        rows = [
+            (*row, f"{c.name} {c.status}" if (c := s.compensation) else "")
+            for row, s in zip(rows, steps, strict=True)
+        ]
+    print_rows(header, rows, f"workflow {workflow_id}: {status}")
 
 
 @workflow_cli.command("status")

@@ -9,6 +9,7 @@ one (its worker answers), pauses it, holds it, resumes it so that it finishes fr
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
 Its contact sheet (a 400 KiB result) is stored by reference (offload_bytes) and handed on.
+A saga follows: its last step fails, and the compensations of the others run in reverse.
 """
 
 from __future__ import annotations
@@ -174,6 +175,26 @@ def build_app(board: Board | None = None) -> App:
         await asyncio.sleep(0.3)
         return f"{album} published with a {sheet.partition(chr(10))[0]}"
 
+    @app.task(name="demo.reserve")
+    async def reserve(order: str) -> str:
+        return f"stock held for {order}"
+
+    @app.task(name="demo.charge")
+    async def charge(hold: str, cents: int) -> str:
+        return f"payment of {cents / 100:.2f} EUR"
+
+    @app.task(name="demo.ship", max_tries=2, retry_backoff=0.05)
+    async def ship(payment: str) -> str:
+        raise RuntimeError("the courier refused the parcel")
+
+    @app.task(name="demo.release")
+    async def release(hold: str) -> str:
+        return f"released: {hold}"
+
+    @app.task(name="demo.refund")
+    async def refund(payment: str) -> str:
+        return f"refunded: {payment}"
+
     @app.task(name="demo.tick", ttl=60)
     async def tick(ctx: Context) -> str:
         return ctx.task_id
@@ -245,6 +266,7 @@ async def _demo(total: int) -> None:
         _durable_summary(outcome, board, files, ingest, export)
         try:
             await _workflow(app)  # the same worker runs its steps
+            await _saga(app)
             await _stream(app)
             await _time_and_limits(app)
             await _demo_durable.show(console)
@@ -483,6 +505,30 @@ async def _workflow(app: App) -> None:
             soft_wrap=True,
             markup=False,
         )
+
+
+async def _saga(app: App) -> None:
+    """A saga: reserve | charge | ship, each undoable step with its compensation; ship
+    fails, so the charge is refunded, then the stock released (reverse order)."""
+    t = app.registry
+    wf = (
+        t["demo.reserve"].call("order-42").options(compensate=t["demo.release"].call())
+        | t["demo.charge"].call(cents=1999).options(compensate=t["demo.refund"].call())
+        | t["demo.ship"].call()
+    )
+    h = await wf.enqueue()
+    console.print(
+        "saga: demo.reserve (compensate=demo.release) | demo.charge (compensate=demo.refund) "
+        "| demo.ship, which fails",
+        soft_wrap=True,
+    )
+    with contextlib.suppress(SegueError):
+        await h.result(timeout=30)  # returns once the compensations have run
+    for step in await h.steps():
+        undo = step.compensation
+        undone = f" -> {undo.name} {undo.status}: {undo.result}" if undo else ""
+        console.print(f"  {step.name} {step.status}{undone}", soft_wrap=True)
+    console.print(f"saga ended {await h.status()}: compensated in reverse order")
 
 
 async def _workflow_operator(app: App, workflow_id: str) -> None:

@@ -22,6 +22,8 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # a workflow's only: it failed or was cancelled, and its compensations run (sagas)
+    COMPENSATING = "compensating"
 
     @property
     def is_final(self) -> bool:
@@ -107,6 +109,10 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # a workflow step's or a compensation's workflow
+    workflow: str | None = None
+    # a workflow step's compensation task once it was asked for (WorkflowHandle.steps)
+    compensation: TaskInfo | None = None
     # the task's code version (`@app.task(version=...)`), and the one it started under
     # (ctx.version): they differ once a newer worker migrated it
     version: int = 1

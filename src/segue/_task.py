@@ -61,6 +61,7 @@ class EnqueueOptions(TypedDict, total=False):
     on_duplicate: OnDuplicate
     headers: dict[str, str]
     durability: Durability
+    compensate: Signature[Any]
 
 
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
@@ -168,6 +169,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         check_durability(extra["durability"], "options()")
     if "key" in extra:
         check_key(extra["key"])
+    if "compensate" in extra and not isinstance(extra["compensate"], Signature):
+        raise ConfigurationError(
+            "compensate= takes a call, e.g. charge.call(order).options(compensate=refund.call())"
+        )
     merged = base.copy()
     merged.update(extra)
     return merged

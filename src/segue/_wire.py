@@ -107,6 +107,12 @@ class TaskField:
     PAUSED_BY: Final = Code("pc")  # the parent whose cascade paused it (resumed with it)
     CASCADED: Final = Code("cz")  # the last command sent down to its sub-tasks
     CASCADING: Final = Code("cw")  # '1' while that command's walk is under way
+    # '1': a workflow step with a compensation: its end notes its result (if it succeeded)
+    # in its queue's workflow record; a worker that does not know it notes nothing
+    COMPENSABLE: Final = Code("cp")
+    # a compensation task: "<workflow id>|<step number>"; its end is told to the workflow
+    # (an outbox entry of kind 'k'); a worker that does not know it ends it as any task
+    COMPENSATES: Final = Code("cof")
     # the task's code version (`@app.task(version=...)`): the enqueuer's at first, moved up
     # by migrate.lua together with the state it upgrades. Absent: version 1 (records from
     # before versions, and every version-1 task: create.lua writes it only when above 1).
@@ -151,6 +157,19 @@ class WorkflowField:
     ENDED_AT: Final = Code("et")
     QUEUES: Final = Code("queues")
     PART: Final = Code("part")
+    # sagas (lib/saga.lua): the plan, written with the main record, and its progress
+    COMPENSATED_STEPS: Final = Code("cps")  # main: step numbers with a compensation
+    COMPENSATION_PREFIX: Final = Code("cp:")  # cp:<n>: JSON {id, a: [spec], w: [numbers]}
+    SUCCEEDED_STEPS: Final = Code("okn")  # step numbers with a compensation that succeeded
+    RESULT_PREFIX: Final = Code("ok:")  # ok:<n>: that step's result (JSON)
+    FAILED_STEP: Final = Code("bad")  # '1': a step did not pass (the workflow fails)
+    SAGA_STATE: Final = Code("cs")  # compensating | compensated (absent: no compensation ran)
+    SAGA_OUTCOME: Final = Code("co")  # failed | cancelled: how the workflow ends
+    SAGA_LEFT: Final = Code("cl")  # compensations not ended yet
+    SAGA_WAITS_PREFIX: Final = Code("cw:")  # cw:<n>: compensations to end before n's
+    SAGA_NEXT_PREFIX: Final = Code("cn:")  # cn:<n>: the numbers waiting for n's
+    SAGA_ENDED_PREFIX: Final = Code("ck:")  # ck:<n>: how n's compensation ended
+    SAGA_LAUNCHED_PREFIX: Final = Code("ca:")  # ca:<n>: when n's compensation was asked for
 
 
 class EventField:
@@ -210,6 +229,7 @@ class GraphStep(msgspec.Struct, gc=False):
     optional: str  # '1': its failure does not fail its dependants
     xdeps: str  # dependencies on other queues, as deps
     xdependants: str  # "<id>|<input index>|<workflow or ->" ... of other queues
+    compensable: str = ""  # '1': a workflow step with a compensation (TaskField.COMPENSABLE)
 
     def argv(self) -> tuple[Any, ...]:
         return (*msgspec.structs.astuple(self.spec), *msgspec.structs.astuple(self)[1:])
@@ -231,6 +251,8 @@ class GraphRecord:
     left: int  # ends counted before this record's share of the workflow has ended
     queues: str = ""  # main: the workflow's other queues
     part: str = ""  # a part: its queue
+    # main: the saga plan, "<n> <JSON {id, a: [spec], w: [numbers]}>" flattened
+    compensations: tuple[str, ...] = ()
 
 
 class ClaimedRun(msgspec.Struct, gc=False):

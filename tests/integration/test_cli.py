@@ -63,6 +63,15 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert -1 not in at, out.stdout
     assert at == sorted(at), out.stdout
     assert "workflow operator failed" not in out.stdout
+    # a saga: ship fails, the charge is refunded, then the stock released
+    saga = [
+        "demo.reserve succeeded -> demo.release succeeded: released: stock held for order-42",
+        "demo.charge succeeded -> demo.refund succeeded: refunded: payment of 19.99 EUR",
+        "demo.ship failed",
+        "saga ended failed: compensated in reverse order",
+    ]
+    at = [out.stdout.find(line) for line in saga]
+    assert -1 not in at and at == sorted(at), out.stdout
     assert "stream: demo.summarize says, live: Every task of this demo ran" in out.stdout
     assert "stream: 26 chunks, in order; the loop ended when the task did" in out.stdout
     assert "cron: demo.tick fired 3 times, one per tick (1 s, 1 s apart)" in out.stdout

@@ -94,6 +94,8 @@ TASK_CODES = {
     "PAUSED_BY": "pc",
     "CASCADED": "cz",
     "CASCADING": "cw",
+    "COMPENSABLE": "cp",
+    "COMPENSATES": "cof",
     "VERSION": "v",
     "STARTED_VERSION": "v0",
     "VERSION_RELEASES": "vrel",
@@ -109,6 +111,18 @@ WORKFLOW_CODES = {
     "ENDED_AT": "et",
     "QUEUES": "queues",
     "PART": "part",
+    "COMPENSATED_STEPS": "cps",
+    "COMPENSATION_PREFIX": "cp:",
+    "SUCCEEDED_STEPS": "okn",
+    "RESULT_PREFIX": "ok:",
+    "FAILED_STEP": "bad",
+    "SAGA_STATE": "cs",
+    "SAGA_OUTCOME": "co",
+    "SAGA_LEFT": "cl",
+    "SAGA_WAITS_PREFIX": "cw:",
+    "SAGA_NEXT_PREFIX": "cn:",
+    "SAGA_ENDED_PREFIX": "ck:",
+    "SAGA_LAUNCHED_PREFIX": "ca:",
 }
 EVENT_CODES = {
     "KIND": "e",
@@ -233,15 +247,29 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "optional",
         "xdeps",
         "xdependants",
+        "compensable",
     )
-    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 19 == len(step.argv())
+    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-", "")
+    assert GRAPH_WIDTH == 20 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
     assert keys == ks.graph_keys
-    assert args[:11] == [ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0]
-    assert args[11:] == list(step.argv())
+    assert args[:12] == [
+        ks.base,
+        ks.done_channel,
+        "q:wf",
+        60_000,
+        "q:1",
+        "q:1",
+        1,
+        "r",
+        "",
+        1,
+        0,
+        0,
+    ]
+    assert args[12:] == list(step.argv())
 
 
 def test_claim_call_and_reply() -> None:

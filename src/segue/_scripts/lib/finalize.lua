@@ -1,4 +1,4 @@
---#include transition leases outbox stats cascade blobs
+--#include transition leases saga stats cascade blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -76,12 +76,12 @@ local ENDING = { set = { 'et', 0, '', '' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'off')
+    'sn', 'sl', 'g', 't', 'cof', 'cp', 'off')
   f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
-    f[15] = redis.call('HGET', tk, 'off')
+    f[17] = redis.call('HGET', tk, 'off')
   end
   end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
@@ -114,12 +114,20 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
-  blobs_live(Q.base, id, f[15], ttl, true)
+  blobs_live(Q.base, id, f[17], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
-  if f[4] then count_ended(Q, f[4], at) end
   local result = nil
   if status == 'succeeded' then result = value end
+  if f[4] then
+    saga_note(Q, id, f[4], status == 'succeeded' or f[3] == '1', f[16] == '1' and result)
+    count_ended(Q, f[4], at)
+  end
+  if f[15] then
+    -- a compensation: its workflow learns how it ended (lib/saga.lua)
+    local wf, n = string.match(f[15], '^(.*)|(%d+)$')
+    outbox_push(Q, { k = 'k', w = wf, n = n, st = status, s = id })
+  end
   return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
 end
 
