@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from segue import App, Context, PayloadError, TaskStatus
+from segue import App, Context, PayloadError, TaskFailed, TaskStatus
 from segue._keys import Keyspace
 from segue._offload import PENDING_SECONDS
 from segue._reconcile import Reconciler
@@ -106,6 +106,33 @@ async def test_a_migration_reads_offloaded_state_and_stores_its_upgrade_by_refer
         # the state's chunks (before and after the upgrade) went with the state
         assert not [k for k in await _blobs(segue_engine, queue_name) if ":state." in k]
         await eventually(lambda: _gone(segue_engine, queue_name, handle.id), timeout=5)
+
+
+async def test_a_compensation_receives_its_steps_offloaded_result(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    app = make_app(offload_bytes=OFFLOAD)
+    big = "z" * MiB
+    undone: list[int] = []
+
+    @app.task(name="off.book")
+    async def book() -> str:
+        return big
+
+    @app.task(name="off.fail", max_tries=1)
+    async def fail(booked: str) -> None:
+        raise RuntimeError("no")
+
+    @app.task(name="off.unbook")
+    async def unbook(booked: str) -> None:
+        undone.append(len(booked) if booked == big else -1)
+
+    async with app:
+        h = await (book.call().options(compensate=unbook.call()) | fail.call()).enqueue()
+        async with serving(app):
+            with pytest.raises(TaskFailed):
+                await h.result(timeout=10)
+    assert undone == [len(big)]
 
 
 async def _status(handle: Any, status: TaskStatus) -> bool:
