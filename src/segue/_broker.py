@@ -340,6 +340,7 @@ class Broker(Transport):
             pipe = self.client.pipeline(transaction=False)
             pipe.hdel(ck.paused, sid)
             pipe.hdel(ck.skipped, sid)
+            pipe.hdel(ck.overlapped, sid)
             await pipe.execute()
 
     async def advance_session_generation(self) -> int:

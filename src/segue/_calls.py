@@ -315,6 +315,20 @@ def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> Script
     return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
 
 
+def cron_overlap(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
+    """Move a unique schedule past a tick it skipped because its previous run is still
+    going, fenced on that tick: cron_advance.lua with the tick noted in the `overlapped`
+    hash instead of `fired`. Replies 1 skipped, 0 stale."""
+    keys = [ck.defs, ck.due, ck.firing, ck.overlapped]
+    return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
+
+
+def cron_skipped(ks: Keyspace, task_id: str, name: str, data: str) -> ScriptCall:
+    """Record a `cron.skipped` event in a queue's stream (cron_skipped.lua): the tick that
+    would have enqueued `task_id` was skipped; `data` JSON says why. Replies 1."""
+    return (_scripts.load("cron_skipped"), [ks.events], [task_id, name, data])
+
+
 def delete(ks: Keyspace, task_id: str) -> ScriptCall:
     """Delete an ended task's record and index entries (delete.lua); replies its final
     status, or 0 when it had no record."""

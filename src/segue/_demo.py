@@ -235,11 +235,14 @@ async def _demo(total: int) -> None:
         names = [s.task.name for s in sigs]
         delayed = await t["demo.report"].options(delay=2.0).enqueue("daily (delayed 2 s)")
         urgent = await t["demo.report"].options(priority="high").enqueue("urgent (high prio)")
-        handles += [delayed, urgent]
-        names += ["demo.report", "demo.report"]
+        # as a producer without the task's code does: by name, checked on the worker
+        by_name = await app.send("demo.report", "sent by name")
+        handles += [delayed, urgent, by_name]
+        names += ["demo.report", "demo.report", "demo.report"]
         console.print(
             f"enqueued {len(handles)} tasks in {1000 * (time.monotonic() - start):.0f} ms "
-            "(one batched call); one is delayed by 2 s, one has high priority"
+            "(one batched call); one is delayed by 2 s, one has high priority, one is sent "
+            "by name (app.send)"
         )
         files = [f"batch-{i:02}.csv" for i in range(INGEST_FILES)]
         ingest = await t["demo.ingest"].enqueue(files)
@@ -260,6 +263,13 @@ async def _demo(total: int) -> None:
         sample = outcome.get(delayed.id)
         if sample is not None:
             console.print(f"delayed task: {sample[1]}")
+        sent = outcome.get(by_name.id)
+        if sent is not None:
+            info = await by_name.info()
+            console.print(
+                f"sent by name: {sent[1]} ({', '.join(info.from_worker)} from the worker)",
+                soft_wrap=True,
+            )
         failed = next((v for v in outcome.values() if v[0] == "failed"), None)
         if failed is not None:
             console.print(f"a failure, as the caller sees it: [red]{failed[1]}[/red]")

@@ -25,6 +25,7 @@ from segue._keys import check_queue_name, queue_of
 from segue._offload import offload_specs
 from segue._ops_actions import index_workflow
 from segue._options import seconds
+from segue._send import from_worker
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import (
     MAX_SHAPE_STEPS,
@@ -170,6 +171,7 @@ class Enqueuer:
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
                 headers=_headers(sig),
                 version=d.version,
+                from_worker=from_worker(o, task.by_name) if task.by_name else "",
             ),
         )
 

@@ -25,7 +25,16 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._keys import queue_of
-from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._state import (
+    StepInfo,
+    TaskError,
+    TaskInfo,
+    TaskStatus,
+    Transition,
+    at_ms,
+    from_ms,
+    from_worker_names,
+)
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 from segue._wire import plain_name
@@ -487,6 +496,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         workflow=_workflow_of(r.text(F.WORKFLOW.b) or r.text(F.COMPENSATES.b)),
         version=version,
         started_version=r.integer(F.STARTED_VERSION.b) or version,
+        from_worker=from_worker_names(r.text(F.FROM_WORKER.b)),
     )
 
 

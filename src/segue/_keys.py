@@ -269,6 +269,12 @@ class CronKeys:
         """Hash: schedule id -> the last tick skipped while paused (ms)."""
         return self.base + "skipped"
 
+    @cached_property
+    def overlapped(self) -> str:
+        """Hash: schedule id -> the last tick a unique schedule skipped because its previous
+        run was still going (ms)."""
+        return self.base + "overlapped"
+
 
 @dataclass(frozen=True)
 class WorkerKeys:

@@ -19,6 +19,7 @@ from segue._task import AsyncTask, SyncTask, Task
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
+    from datetime import timedelta
 
     from segue._context import Context
     from segue._cron import Schedule
@@ -77,12 +78,16 @@ class Registry:
         cron: str,
         tz: str | None,
         catch_up: bool,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Task[Any, Any]:
         """A task and its schedule, a call with no arguments at every tick; neither is kept
         if the schedule is refused."""
         task = self.register(fn, **options)
         try:
-            schedule = make_schedule(task.call(), cron, tz, task.name, catch_up)
+            schedule = make_schedule(
+                task.call(), cron, tz, task.name, catch_up, unique=unique, expire=expire
+            )
         except TypeError as exc:
             del self.tasks[task.name]
             raise ConfigurationError(
@@ -136,10 +141,12 @@ class CronDecorator:
         cron: str,
         tz: str | None,
         catch_up: bool,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> None:
         self._registry = registry
         self._options = options
-        self._schedule = (cron, tz, catch_up)
+        self._schedule = (cron, tz, catch_up, unique, expire)
 
     @overload
     def __call__(  # type: ignore[overload-overlap]
@@ -154,5 +161,7 @@ class CronDecorator:
     @overload
     def __call__(self, fn: Callable[[], R]) -> SyncTask[[], R]: ...
     def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
-        cron, tz, catch_up = self._schedule
-        return self._registry.register_cron(fn, dict(self._options), cron, tz, catch_up)
+        cron, tz, catch_up, unique, expire = self._schedule
+        return self._registry.register_cron(
+            fn, dict(self._options), cron, tz, catch_up, unique, expire
+        )

@@ -82,6 +82,9 @@ class Job:
     unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
     version: int = 1  # the record's version of the task's code (_migrate.py)
     started_version: int = 1  # the version it started under: ctx.version
+    # an enqueue by name (app.send): "send", plus "mt"/"to"/"v" when this worker's definition
+    # supplies max_tries/timeout/version (the record holds defaults for older workers)
+    from_worker: str = ""
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
@@ -129,6 +132,8 @@ async def attempt(
             settings.unknown_task_max_releases,
             int(settings.unknown_task_window_seconds * 1000),
         )
+    if job.from_worker:
+        _take_definition(job, task)
     if job.version != task.opts.version:
         early = await _versions(job, task, settings)
         if early is not None:
@@ -136,16 +141,19 @@ async def attempt(
     try:
         args, kwargs = task.args_decoder.decode(job.payload, first=job.input)
     except Exception as exc:
+        # a producer without the code (app.send) was not checked against the parameters: a
+        # value that does not fit one is its mistake, not a record gone bad
+        why = "bad_arguments" if isinstance(exc, PayloadError) and job.from_worker else ""
         return Failed(
             _message(
-                "undecodable",
+                why or "undecodable",
                 (
                     f"the arguments of task {job.id} ({job.name}) do not decode "
                     f"for its parameters: "
                     f"{exc}"
                 ),
             ),
-            "undecodable",
+            why or "undecodable",
         )
     ctx: Context | None = None
     if task.takes_ctx or hooks:
@@ -302,6 +310,14 @@ async def _call(
         expired = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
         return _failure(job, task, expired, "timeout")
     except Exception as exc:
+        if isinstance(exc, TypeError) and (bad := _misfit(task, args, kwargs)) is not None:
+            # the function was never entered: another try would fail the same way
+            job.error = exc
+            if not silent:
+                log.warning("task %s failed: %s", job.id, bad)
+            return Failed(
+                _message("bad_arguments", f"task {job.id} ({job.name}): {bad}"), "bad_arguments"
+            )
         return _failure(job, task, exc, "error")
     job.value = value
     faultpoint("after_effect_before_complete")
@@ -324,6 +340,31 @@ async def _call(
     if not silent:
         lines.info("task %s succeeded", job.id)
     return Succeeded(payload)
+
+
+def _take_definition(job: Job, task: Task[Any, Any]) -> None:
+    """A task enqueued by name runs with this worker's max_tries, timeout and version where
+    its producer left them out (`from_worker`): a version not passed is this code's, so
+    nothing is migrated or released for it."""
+    marks = job.from_worker.split()
+    if "v" in marks and job.started_version == job.version == 1:
+        job.version = job.started_version = task.opts.version
+    if "mt" in marks:
+        job.max_tries = task.opts.max_tries
+    if "to" in marks:
+        timeout = task.opts.timeout
+        job.timeout_ms = int(timeout * 1000) if timeout else 0
+
+
+def _misfit(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """Why the arguments do not fit the function's parameters (naming the parameter), or
+    None when they do. Asked only after a call raised TypeError, so a run whose arguments
+    fit pays nothing for it."""
+    try:
+        task.check_args(tuple(args[1:] if task.takes_ctx else args), kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 def _paused_itself(job: Job, task: Task[Any, Any], settings: Settings, exc: Pause) -> Outcome:

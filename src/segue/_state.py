@@ -120,3 +120,18 @@ class TaskInfo:
     # values stored by reference (Settings.offload_bytes): "args" / "result" -> encoded
     # size; such a value is left out of args/kwargs/result (TaskHandle.download reads it)
     offloaded: dict[str, int] = field(default_factory=dict)
+    # a task enqueued by name (app.send): the options its worker's definition supplies
+    # ("max_tries", "timeout", "version", "retry_backoff", "limits"); empty for one enqueued
+    # with its code
+    from_worker: tuple[str, ...] = ()
+
+
+def from_worker_names(fw: str) -> tuple[str, ...]:
+    """What a record's `fw` field says came from the worker's definition, by option name
+    (TaskInfo.from_worker); empty for a task enqueued with its code."""
+    marks = fw.split()
+    if "send" not in marks:
+        return ()
+    marked = (("mt", "max_tries"), ("to", "timeout"), ("v", "version"))
+    named = [name for mark, name in marked if mark in marks]
+    return (*named, "retry_backoff", "limits")

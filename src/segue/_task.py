@@ -181,6 +181,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
 class Task(Generic[P, R]):
     """A function registered with an App; enqueue it, call it, or run it locally."""
 
+    # a task known by its name only (app.send, _send.ByName): "send" and what its worker
+    # supplies (the record's fw field); '' for a task declared with its code
+    by_name = ""
+
     def __init__(
         self,
         owner: TaskOwner,

@@ -93,6 +93,10 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # "send mt to v": an enqueue by name (app.send), and the options it left to the worker's
+    # definition of the task; the record's own mt/to/v hold defaults meanwhile. A worker that
+    # does not know the field runs the task with those defaults (3 tries, no timeout, v1)
+    FROM_WORKER: Final = Code("fw")
     # the output stream (stream.lua): the generation of the run that last wrote to it (a
     # later run writes a restart marker first), the entries it holds, its linger in ms after
     # the end. A task that never streamed has none; end_task reads them for its end marker
@@ -196,7 +200,7 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 13 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 14 ARGV fields, in this order."""
 
     id: str
     name: str
@@ -208,9 +212,10 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     timeout_ms: int  # 0: none
     ttl_ms: int  # -1: forever
     unique: str  # '' none, else "<name>:<key>"
-    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
+    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue (< 0: over)
     headers: str  # JSON object, '' none
     version: int = 1  # the enqueuing code's version of the task (VERSION)
+    from_worker: str = ""  # "send mt to v": what the claiming worker's definition supplies
 
     def argv(self) -> tuple[Any, ...]:
         return msgspec.structs.astuple(self)
@@ -276,6 +281,7 @@ class ClaimedRun(msgspec.Struct, gc=False):
     version: int = 1  # the record's VERSION
     started_version: int = 1  # the version it started under (STARTED_VERSION, else VERSION)
     unreadable: str | None = None  # why this row could not be read in full
+    from_worker: str = ""  # "send mt to v": take these from this worker's definition (app.send)
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
@@ -283,7 +289,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
             task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
                 :10
             ]
-            if len(raw) not in (10, 12):
+            # 12: v, v0 (task versions); 13: and fw (enqueue by name)
+            if len(raw) not in (10, 12, 13):
                 raise ValueError(f"a claimed row has {len(raw)} fields")
             version = int(raw[10] or 1) if len(raw) > 10 else 1
             started = int(raw[11] or version) if len(raw) > 11 else version
@@ -302,6 +309,7 @@ class ClaimedRun(msgspec.Struct, gc=False):
                 int(lost or 0),
                 version,
                 started,
+                from_worker=text(raw[12]) if len(raw) > 12 and raw[12] else "",
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")

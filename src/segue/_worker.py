@@ -456,6 +456,7 @@ class Worker:
                 unreadable=run.unreadable,
                 version=run.version,
                 started_version=run.started_version,
+                from_worker=run.from_worker,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (

@@ -28,6 +28,7 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "tasks in" in out.stdout
     assert "demo.flaky" in out.stdout and "demo.report" in out.stdout
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
+    assert re.search(r"sent by name: report 'sent by name' .*\(max_tries, timeout", out.stdout)
     # durable tasks: an operator pauses a running task, which is held PAUSED, then resumed
     # from the step its ctx.state recorded; another running task is cancelled
     assert "operator: query demo.ingest 'progress' -> {'file':" in out.stdout

@@ -41,7 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
-        *("_journal", "_query", "_migrate", "_output"),
+        *("_journal", "_query", "_migrate", "_output", "_send"),
         "_offload_runs",
     ),
     "surface": (

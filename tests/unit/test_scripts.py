@@ -47,6 +47,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_take": _calls.cron_take(ck, 1, 1),
         "cron_advance": _calls.cron_advance(ck, "s", 1, 1, ""),
         "cron_remove": _calls.cron_remove(ck, "s"),
+        "cron_skipped": _calls.cron_skipped(ks, "q:cron-s-1", "t", "{}"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
         "cascade": _calls.cascade(ks, 10),

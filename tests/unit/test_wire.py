@@ -100,6 +100,7 @@ TASK_CODES = {
     "STARTED_VERSION": "v0",
     "VERSION_RELEASES": "vrel",
     "OFFLOADED": "off",
+    "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -182,6 +183,7 @@ SPEC = EnqueueSpec(
     expire_ms=10,
     headers='{"h":1}',
     version=2,
+    from_worker="send mt to",
 )
 
 
@@ -201,6 +203,7 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "expire_ms",
         "headers",
         "version",
+        "from_worker",
     )
     assert SPEC.argv() == (
         "q:1",
@@ -216,8 +219,9 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         10,
         '{"h":1}',
         2,
+        "send mt to",
     )
-    assert ENQUEUE_WIDTH == 13
+    assert ENQUEUE_WIDTH == 14
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
 
 
@@ -250,7 +254,7 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "compensable",
     )
     assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-", "")
-    assert GRAPH_WIDTH == 20 == len(step.argv())
+    assert GRAPH_WIDTH == 21 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
@@ -283,7 +287,7 @@ def test_claim_call_and_reply() -> None:
         1600,
         2,
         [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
-        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0],
+        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0, b"", b"", b"send mt to"],
     ]
     reply = _calls.parse_claim(raw)
     assert reply == ClaimReply(1700, 1600, 2, reply.runs)
@@ -303,6 +307,8 @@ def test_claim_call_and_reply() -> None:
         1,
     )
     assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
+    # the 13th column (fw) is a script's of this release; a 10-column row reads as before
+    assert (first.from_worker, second.from_worker) == ("", "send mt to")
 
 
 @pytest.mark.parametrize(

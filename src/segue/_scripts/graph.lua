@@ -17,7 +17,7 @@
     see enqueue.lua: the whole call, workflow record included, is refused or written)
   ARGV[12] count k of compensations (main record; the saga plan of lib/saga.lua), then k
     pairs: a step's number, its 'cp:<n>' JSON
-  then 20 fields per task: the 13 of enqueue.lua (SPEC in lib/create.lua), then
+  then 21 fields per task: the 14 of enqueue.lua (SPEC in lib/create.lua), then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
