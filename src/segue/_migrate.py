@@ -68,10 +68,15 @@ async def upgrade(
     journal = FIELD.encode()  # the step journal shares the hash: not state values
     old = {k.decode(): v for k, v in raw.items() if not k.startswith(journal)}
     # a migration sees the values themselves, not references to them
-    plain = {
-        k: await run.call(what, functools.partial(fetch, run.broker, v)) if is_ref(v) else v
-        for k, v in old.items()
-    }
+    try:
+        plain = {
+            k: await run.call(what, functools.partial(fetch, run.broker, v)) if is_ref(v) else v
+            for k, v in old.items()
+        }
+    except KeyError as exc:
+        # a failed try, as a migration that raises: not a worker's internal error, which
+        # would put the task back to fail the same way for ever
+        raise MigrationFailed(f"{what}: a state value is gone from the payload store") from exc
     state: Any = {k: decode_plain(v) for k, v in plain.items()}
     at = version
     try:

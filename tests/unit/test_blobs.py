@@ -6,6 +6,8 @@ import pytest
 
 from segue import ConfigurationError, Settings
 from segue._blobs import REF_HEAD, Ref, human_size, is_ref, make_ref, parse_ref
+from segue._offload import PENDING_SECONDS
+from segue._scripts import load
 from segue._wire import NAME_MARK, plain_name
 
 
@@ -40,3 +42,7 @@ def test_offload_bytes_must_fit_what_a_record_holds() -> None:
     with pytest.raises(ConfigurationError, match="max_offload_bytes"):
         Settings(max_offload_bytes=0)
     assert Settings.from_env({"SEGUE_OFFLOAD_BYTES": "262144"}).offload_bytes == 262144
+
+
+def test_the_reconciler_gives_an_orphan_the_pending_ttl_of_the_chunk_store() -> None:
+    assert f"local BLOB_PENDING_MS = {PENDING_SECONDS * 1000}\n" in load("reconcile").source

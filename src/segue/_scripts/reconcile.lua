@@ -40,6 +40,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 local LIST_SEARCH_MAX = 1000
 -- the linger of a stream whose task's record is gone (end_task's default)
 local STREAM_LINGER_MS = 300000
+-- an offloaded value's lifetime before a record adopts it (_offload.PENDING_SECONDS)
+local BLOB_PENDING_MS = 600000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -151,15 +153,18 @@ local function check_key(key)
   elseif kind == 'blob' then
     -- an offloaded value (lib/blobs.lua). One with a TTL is pending or follows its record:
     -- left to expire. A kept one whose record is gone, or no longer names it, is an orphan
-    -- (its record deleted by a script that knew nothing of blobs, or a rollback); one kept
-    -- while its record expires (ended under such a script) takes the record's lifetime.
+    -- (its record deleted by a script that knew nothing of blobs, or a rollback): it gets
+    -- the pending TTL, not a DEL, since a key being written looks the same (a client's
+    -- pipeline sets its TTL after its first chunk, and a DEL there would leave the later
+    -- chunks without the first). One kept while its record expires (ended under such a
+    -- script) takes the record's lifetime.
     local id, name = string.match(tail, '^(.+):([^:]+)$')
     if id and redis.call('PTTL', key) == -1 then
       local tk = prefix .. 'task:' .. id
       local f = redis.call('HMGET', tk, 's', 'off')
       local named = f[2] and string.find(' ' .. f[2] .. ' ', ' ' .. name .. ' ', 1, true)
       if not f[1] or not named or (FINAL[f[1]] and string.sub(name, 1, 6) == 'state.') then
-        redis.call('DEL', key)
+        redis.call('PEXPIRE', key, BLOB_PENDING_MS)
         repaired('orphan_blob', id)
       else
         local life = redis.call('PTTL', tk)
