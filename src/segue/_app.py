@@ -4,7 +4,6 @@ handles and tasks get those collaborators, not the App."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
@@ -17,6 +16,7 @@ from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
 from segue._enqueue import Enqueuer
 from segue._errors import ConfigurationError
+from segue._eventloop import runner
 from segue._events import Event, follow
 from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, Migration, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, Executor, Migration, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
     from segue._send import SendOptions
     from segue._sync_context import SyncContext
@@ -140,6 +140,7 @@ class App:
         max_pauses: int | None = 100,
         version: int = 1,
         migrate: Mapping[int, Migration] | None = None,
+        executor: Executor = "thread",
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
@@ -469,8 +470,8 @@ class App:
             finally:  # the embedded server it started stops now, not after its idle timeout
                 await self.close()
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve())
+        with contextlib.suppress(KeyboardInterrupt), runner(self.settings.event_loop) as loop:
+            loop.run(serve())
 
     async def drain(
         self,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from segue import _calls
 from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
+from segue._faults import faultpoint
 from segue._keys import dashboard_sessions_key, queues_key
 from segue._queries import Queries
 from segue._transport import (
@@ -136,7 +137,12 @@ class Broker(Transport):
         """Advance the queue's cascades to sub-tasks (cascade.lua): sub-tasks looked at,
         markers left. Safe to repeat, from any process."""
         reply = await self.run_calls([_calls.cascade(ks, most)], retry=True)
-        return _calls.parse_cascade(reply[0])
+        seen, markers = _calls.parse_cascade(reply[0])
+        if markers:
+            # a batch is stored and the walk is not over: a process that dies here (a
+            # client, a forwarder) leaves a marker that another process walks on from
+            faultpoint("mid_cascade")
+        return seen, markers
 
     async def send_query(
         self, ks: Keyspace, task_id: str, message: str

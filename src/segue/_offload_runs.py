@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from segue._hooks import Hook
+    from segue._procpool import ProcessPool
     from segue._runner import Job
     from segue._settings import Settings
     from segue._task import Task
@@ -31,6 +32,7 @@ async def attempt_by_reference(
     worker_id: str,
     executor: Executor,
     hooks: Sequence[Hook] = (),
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """runner.attempt, with the run's offloaded values read and its big result put."""
     if job.unreadable is None and task is not None:
@@ -47,7 +49,7 @@ async def attempt_by_reference(
             return Failed(_message("undecodable", text), "undecodable")
         except BrokerError:
             return Requeued("server unreachable")
-    outcome = await attempt(job, task, settings, worker_id, executor, hooks)
+    outcome = await attempt(job, task, settings, worker_id, executor, hooks, processes)
     if isinstance(outcome, Succeeded) and offloads(transport, len(outcome.result)):
         try:
             # named by the run's generation: a run that lost its lease writes elsewhere

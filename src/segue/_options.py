@@ -12,6 +12,8 @@ from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
 
 Priority = Literal["low", "normal", "high"]
+# where a sync task runs in the worker: a thread (default) or a child process (_procpool.py)
+Executor = Literal["thread", "process"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
 # what its parent's end, pause or cancel does to a sub-task (_forward.py, "Cascades")
@@ -47,10 +49,15 @@ class TaskOptions:
     max_pauses: int | None = 100  # Pauses in a row without progress; None: no limit
     version: int = 1  # the code's version of the task: tasks carry it (versions.md)
     migrate: Mapping[int, Migration] | None = None
+    executor: Executor = "thread"
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
         self._check_versions()
+        if self.executor not in ("thread", "process"):
+            raise ConfigurationError(
+                f"task {self.name}: executor must be 'thread' or 'process', not {self.executor!r}"
+            )
         if self.rate_limit is not None:
             parse_rate(self.rate_limit, self.name)
         if self.rate_burst < 1:

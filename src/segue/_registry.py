@@ -68,6 +68,8 @@ class Registry:
             )
         cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
         task: Task[Any, Any] = cls(self._owner, fn, opts)
+        if opts.executor == "process":
+            _check_process_task(task, fn)
         self.tasks[name] = task
         return task
 
@@ -103,6 +105,29 @@ class Registry:
         res = Resource(fn, getattr(fn, "__qualname__", repr(fn)))
         self.lifespans.append(res)
         return res
+
+
+def _check_process_task(task: Task[Any, Any], fn: Callable[..., Any]) -> None:
+    """A process task runs in a child process that receives JSON and imports the function
+    by name (_procpool.py): refuse, now, what could not run there."""
+    where = f"task {task.name} (executor='process')"
+    if task.is_async:
+        raise ConfigurationError(
+            f"{where} is an async function: a process runs sync functions (CPU-bound work); "
+            "an async task already runs on the worker's event loop"
+        )
+    if task.takes_ctx:
+        raise ConfigurationError(
+            f"{where} takes a ctx parameter: ctx talks to the server through the worker's "
+            "connections and event loop, which stay in the worker process, not in the child "
+            "the task runs in. Drop ctx (pass what the task needs as arguments), or run it "
+            "in a thread (the default executor) to use ctx"
+        )
+    if "<locals>" in fn.__qualname__:
+        raise ConfigurationError(
+            f"{where} is defined inside a function ({fn.__qualname__}): the child process "
+            "imports it by name, so it must be at the top level of a module"
+        )
 
 
 class TaskDecorator:

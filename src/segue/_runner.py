@@ -28,6 +28,7 @@ from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
 from segue._migrate import MigrationFailed, VersionUnsupported, upgrade
+from segue._procpool import ProcessTaskError
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from segue._hooks import Hook
     from segue._keys import Keyspace
+    from segue._procpool import ProcessPool
     from segue._settings import Settings
     from segue._task import Task
 
@@ -89,9 +91,13 @@ class Job:
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
     tb = "".join(traceback.format_exception(exc)) if with_tb else None
+    kind, message = type(exc).__qualname__, str(exc)
+    if isinstance(exc, ProcessTaskError):  # as the child process raised it
+        kind, message = exc.type_name, exc.args[0]
+        tb = exc.remote_traceback if with_tb else None
     data = {
-        "type": type(exc).__qualname__,
-        "message": str(exc),
+        "type": kind,
+        "message": message,
         "traceback": tb,
         "reason": reason,
     }
@@ -122,6 +128,7 @@ async def attempt(
     worker_id: str,
     executor: Executor,
     hooks: Sequence[Hook] = (),
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """Run one attempt and say what should happen next."""
     if job.unreadable is not None:
@@ -176,12 +183,12 @@ async def attempt(
     current_task.set((job.id, job.name))
     if not hooks:
         if ctx is None:
-            return await _call(job, task, settings, executor, args, kwargs)
-        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
+            return await _call(job, task, settings, executor, args, kwargs, processes)
+        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
     assert ctx is not None
     await call_hooks(hooks, "before_run", ctx)
     try:
-        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx)
+        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
     except BaseException as exc:
         cancelled = job.run is not None and job.run.request == "cancel"
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
@@ -241,10 +248,11 @@ async def _call_streaming(
     args: list[Any],
     kwargs: dict[str, Any],
     ctx: Context,
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """_call, then the run's last output chunks, written before its outcome is sent."""
     try:
-        outcome = await _call(job, task, settings, executor, args, kwargs)
+        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
     except BaseException:
         await ctx._close_output(ended=False)
         raise
@@ -259,6 +267,7 @@ async def _call(
     executor: Executor,
     args: list[Any],
     kwargs: dict[str, Any],
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """Call the function under its timeout; the outcome, with job.error / job.value set."""
     silent = task.opts.silent
@@ -270,6 +279,14 @@ async def _call(
         async with timer:
             if task.is_async:
                 value = await task.fn(*args, **kwargs)
+            elif processes is not None and task.opts.executor == "process":
+                # the child decodes the stored arguments itself and answers in JSON
+                limit = settings.max_result_bytes
+                result = await processes.run(task, job.payload, job.input, limit)
+                job.value = decode_plain(result)
+                if not silent:
+                    lines.info("task %s succeeded", job.id)
+                return Succeeded(result)
             else:
                 loop = asyncio.get_running_loop()
                 # the thread sees the context variables of this run (set by hooks, say)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from segue._blobs import PayloadStore  # noqa: TC001 (from_env resolves the hints at run time)
 from segue._errors import ConfigurationError
+from segue._eventloop import EventLoop, check_event_loop
 from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
@@ -114,6 +115,10 @@ class Settings:
     # chunks), trimming the oldest; and outlives the task's end by at least this long
     max_stream_entries: int = 100_000
     stream_linger_seconds: float = 300.0
+    # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
+    process_pool_size: int | None = None
+    # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
+    event_loop: EventLoop = "asyncio"
     # payloads by reference (docs/payloads.md): an encoded argument payload, result or
     # ctx.state value over offload_bytes goes to payload_store (None: the Redis chunk
     # store) and the record keeps a reference; None: never. max_offload_bytes bounds such a
@@ -166,6 +171,7 @@ class Settings:
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
             )
         check_durability(self.durability, "durability")
+        check_event_loop(self.event_loop)
         if self.durability_replicas < 1:
             raise ConfigurationError(
                 f"durability_replicas must be at least 1, not {self.durability_replicas}"
@@ -193,6 +199,11 @@ class Settings:
             raise ConfigurationError(
                 f"max_queue_length must be at least 1 (or None for no bound), "
                 f"not {self.max_queue_length}"
+            )
+        if self.process_pool_size is not None and self.process_pool_size < 1:
+            raise ConfigurationError(
+                f"process_pool_size must be at least 1 (or None: the CPUs this process may "
+                f"use), not {self.process_pool_size}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(

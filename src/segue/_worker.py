@@ -38,6 +38,7 @@ from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference
 from segue._options import limit_tables
+from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._runner import Job
 from segue._scheduler import Scheduler
@@ -99,6 +100,7 @@ class Worker:
         self._finished = 0
         self._lease: LeaseKeeper | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None  # for executor="process" tasks
         self._next_due: float | None = None
         self._broker: Any = None
         self._resources: dict[Any, Any] = {}
@@ -206,6 +208,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
+        self._processes = process_pool(self._registry.tasks.values(), self._client.settings)
         self._broker = broker
         controller = self._controller
         self._lease = LeaseKeeper(
@@ -252,6 +255,8 @@ class Worker:
         finally:
             self._stopping = True
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._processes is not None:
+                await self._processes.close()
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -499,6 +504,7 @@ class Worker:
                 self.id,
                 self._executor,
                 self._registry.hooks,
+                self._processes,
             )
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._controller.stopped_outcome(job)

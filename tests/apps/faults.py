@@ -193,3 +193,34 @@ async def report(ctx: Context, ms: int) -> int:
         await asyncio.sleep(0.05)
     run.finish()
     return n
+
+
+@app.task(name="faults.idle", silent=True)
+async def idle(ctx: Context, ms: int) -> int:
+    """Sleep `ms` milliseconds; a sub-task of `faults.tree` (no ledger row: the checker
+    counts the producer's tasks, and these are not)."""
+    await asyncio.sleep(ms / 1000)
+    return ms
+
+
+@app.task(name="faults.tree", silent=True)
+async def tree(
+    ctx: Context, delayed: int, running: int = 0, ttl: float | None = None, wait: bool = True
+) -> int:
+    """The parent of a cascade: starts `running` sub-tasks that sleep a minute (ids
+    `<id>.1`...), then `delayed` ones due in an hour, their records kept `ttl` seconds
+    (the app's default when None); then waits for them (WAITING, no run holds it) or, with
+    `wait=False`, sleeps a minute (RUNNING). Meant to be cancelled; no ledger row (the
+    checker would count it as a phantom)."""
+
+    def sub(ms: int, delay: float) -> Any:
+        sig = idle.call(ms) if not delay else idle.call(ms).options(delay=delay)
+        return sig if ttl is None else sig.options(ttl=ttl)
+
+    subs = [sub(60_000, 0) for _ in range(running)] + [sub(0, 3600) for _ in range(delayed)]
+    handles = await ctx.enqueue(subs)
+    if wait:
+        await ctx.wait_for(handles)
+    else:
+        await asyncio.sleep(60)
+    return len(handles)

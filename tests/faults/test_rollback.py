@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from segue import TaskStatus
 from segue._keys import Keyspace
@@ -29,6 +30,7 @@ from tests.apps import faults, journal
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
+from tests.faults.test_cascade_crashes import half_walked, statuses, sub_ids
 from tests.integration.conftest import eventually
 
 APP = "tests.apps.faults:app"
@@ -343,3 +345,60 @@ async def test_a_sleeping_task_and_a_journal_survive_a_rollback_and_the_reconcil
     counts = _journal_counts(steps_dir, n)
     assert journaled and all(counts[int(k.split("-")[1])] == 1 for k in journaled), counts
     assert min(counts) >= 1
+
+
+async def test_a_cascade_under_way_at_the_copy_is_walked_again_and_the_tree_ends_cancelled(
+    aof_server: Server, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R2 with a cascade to sub-tasks: at T the cancel of a tree is half walked (its client
+    and the worker that took the walk on both stopped mid-walk, test_cascade_crashes.py).
+    After T another worker finishes the walk; then the machine goes down (server and worker
+    killed) and the server comes back from the copy taken at T, with the walk's marker lost
+    too (a key lost under segue: what the reconciler repairs, from the root's record). The
+    restarted worker's reconciler puts the marker back, the walk runs again, and the whole
+    tree ends cancelled, nothing left queued, scheduled or running, no marker left."""
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0"
+    app = faults.app
+    saved = app.settings
+    app.settings = saved.replace(redis_url=url, queue=queue_name, poll_seconds=0.2)
+    ks = Keyspace("segue", queue_name)
+    env = {"SEGUE_RECONCILE_SECONDS": str(RECONCILE)}
+    fleet = Fleet(APP, url, queue_name, lease=1.0, env=env, log_dir=tmp_path / "w")
+    admin: Any = redis.asyncio.Redis(port=aof_server.port)
+    try:
+        async with app:
+            with fleet:
+                root, _ = await half_walked(app, fleet, admin, ks, tmp_path / "hits", monkeypatch)
+                subs = sub_ids(root.id)
+                left = await statuses(admin, ks, subs)
+                assert "scheduled" in left and "cancelled" in left  # T: under way
+                await asyncio.to_thread(_snapshot, aof_server, tmp_path / "copy")
+                finisher = fleet.start(2)
+
+                async def tree_cancelled() -> bool:
+                    return set(await statuses(admin, ks, subs)) == {"cancelled"}
+
+                await eventually(tree_cancelled, timeout=20)
+                fleet.kill(finisher)
+                aof_server.kill()
+                _restore(aof_server, tmp_path / "copy")
+                aof_server.start()
+                add_acl_user(aof_server.port)
+                assert await statuses(admin, ks, subs) == left  # the walk after T is gone
+                assert await admin.hdel(ks.base + "cascade", root.id) == 1
+                fleet.restart(finisher)
+                await fleet.line_with(finisher, f"repaired cascade_lost of task {root.id}")
+                await eventually(tree_cancelled, timeout=20)
+                assert await root.status() is TaskStatus.CANCELLED
+                assert await admin.hlen(ks.base + "cascade") == 0
+                assert await admin.hget(ks.task(root.id), "cw") is None
+                sync_admin: Any = redis.Redis(port=aof_server.port)
+                try:
+                    assert disagreements(sync_admin, ks) == []
+                finally:
+                    sync_admin.close()
+                counts = await app.queue_counts(queue_name)
+                assert counts["queued"] + counts["running"] + counts["scheduled"] == 0
+    finally:
+        app.settings = saved
+        await admin.aclose()

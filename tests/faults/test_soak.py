@@ -5,7 +5,9 @@ worker is SIGKILLed (and restarted) and every client connection is cut once. Onc
 queue drained and the records' lifetime is over, the server must hold nothing of the run
 but the documented structural keys (RELIABILITY §5.6: every per-task key has a TTL or is
 deleted), its memory must be back near where it started, and the workers' memory must not
-have grown with the number of tasks.
+have grown with the number of tasks. A few parents of sub-tasks are cancelled under load, so
+the check covers cascades: no marker left, the parents' journals gone with their records,
+the sub-tasks' records (kept an hour by design) with a TTL.
 """
 
 from __future__ import annotations
@@ -154,10 +156,26 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                 memory_before, events_before = await memory_without_events(admin, ks)
                 rss_before = {s.pid: rss_kb(s.pid) for s in slots}
                 began = time.time()
+                # parents of cascades, cancelled once their sub-tasks exist (one queued or
+                # running, two delayed): the walk's markers, the sub-tasks' records and the
+                # parents' journals must all go too. Half wait for their sub-tasks
+                # (WAITING), half run on (RUNNING: their end walks again, from a worker).
+                trees = [
+                    await faults.tree.options(ttl=TTL).enqueue(2, running=1, ttl=TTL, wait=w)
+                    for w in [True, False] * fault_scale.pick(3, 6)
+                ]
                 for i in range(0, n, 1_000):
                     batch = enumerate(durations[i : i + 1_000], start=i)
                     await history.enqueue_many([(call(k, ms), str(k)) for k, ms in batch])
                 assert history.counts() == {"ok": n + warmup, "fail": 0, "ambiguous": 0}
+                subtasks = [f"{t.id}.{k}" for t in trees for k in (1, 2, 3)]
+
+                async def trees_built() -> bool:
+                    return all([await admin.exists(ks.task(i)) for i in subtasks])
+
+                await eventually(trees_built, timeout=30)
+                for tree in trees:
+                    await tree.cancel(reason="soak")
                 # the chaos: a SIGKILL (restarted 0.5 s later) and a cut of every connection
                 chaos = fault_scale.pick(1, 10)
                 client_kills = 0
@@ -184,6 +202,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                     kills=fleet.signals,
                     leaks=True,
                     retention=TTL,
+                    outlive=subtasks,
                 )
                 memory_after, events_after = await memory_without_events(admin, ks)
                 keys = {
@@ -200,8 +219,15 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     no_ttl_outside = sorted(
         k for k, ttl in outside_queue.items() if ttl == -1 and k != queues_key(PREFIX)
     )
+    # sub-tasks' records are kept at least an hour by design (a parent finds its sub-tasks'
+    # results again when it runs again), whatever their ttl: checked to have a TTL
+    subtask_keys = {ks.task(i) for i in subtasks}
     structural_left = sorted(
-        {k[len(ks.base) :].split(":", 1)[0] for k in keys if k.startswith(ks.base)}
+        {
+            k[len(ks.base) :].split(":", 1)[0]
+            for k in keys
+            if k.startswith(ks.base) and k not in subtask_keys
+        }
     )
     adjusted_before = memory_before - events_before
     adjusted_after = memory_after - events_after
@@ -217,6 +243,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         workers=2,
         ttl_s=TTL,
         worker_kills=chaos,
+        cascade_trees=len(trees),
         client_kills=client_kills,
         drain_s=round(done_at - began, 3),
         keys_left=len(keys),
@@ -234,12 +261,16 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     succeeded = [tally.of(i, "task.succeeded") for i in history.ids("ok")]
     assert succeeded == [1] * (n + warmup)  # each task succeeded, once
     # the durable functions slept as a run of their own (each resumed and replayed a step)
-    missing = [k for k in durable if tally.of(history.task_id(str(k)), "task.suspended") < 1]
-    assert missing == [], (len(missing), len(durable))
+    assert all(tally.of(history.task_id(str(k)), "task.suspended") >= 1 for k in durable)
+    # each cascade reached every sub-task: cancelled once, none ran to its end
+    for task_id in [t.id for t in trees] + subtasks:
+        assert tally.of(task_id, "task.cancelled") == 1, (task_id, tally.counts[task_id])
+        assert tally.of(task_id, "task.succeeded") == 0, task_id
     assert verdict.dup_exec <= 8 * chaos  # at most what a killed worker had running
     assert verdict.leaks is not None and verdict.leaks.clean, verdict.leaks
     assert set(structural_left) <= STRUCTURAL | {"gen", "claim"}, structural_left
     assert no_ttl_outside == []
+    assert all(0 < keys[k] <= 3_600_000 for k in subtask_keys if k in keys)  # an hour at most
     assert adjusted_after <= 1.10 * adjusted_before, (memory_before, memory_after)
     assert survivors, "every worker was killed: no process lived through the run"
     assert max(growth_kb.values()) < 20 * 1024, growth_kb
