@@ -117,6 +117,11 @@ class TaskInfo:
     # (ctx.version): they differ once a newer worker migrated it
     version: int = 1
     started_version: int = 1
+    # what a WAITING task waits for: "dependencies", "sub-tasks", or "signal:<name>" and,
+    # when the wait has a timeout, " until <deadline, ISO 8601>"; None when not WAITING
+    waiting_for: str | None = None
+    # signals still buffered when the task ended (dropped; a task.signals_dropped event)
+    signals_dropped: int = 0
     # values stored by reference (Settings.offload_bytes): "args" / "result" -> encoded
     # size; such a value is left out of args/kwargs/result (TaskHandle.download reads it)
     offloaded: dict[str, int] = field(default_factory=dict)

@@ -152,6 +152,16 @@ async def durable(ctx: Context, ms: int) -> int:
     return after
 
 
+@app.task(name="faults.signalled", silent=True)
+async def signalled(ctx: Context, ms: int) -> int:
+    """Wait up to `ms` milliseconds for a signal `poke` (a run of its own: the task WAITS
+    meanwhile), then the effect; returns the signal's data, 0 when none came in time."""
+    got: int = await ctx.wait_signal("poke", timeout=ms / 1000, default=0)
+    run = Execution(ctx)
+    run.finish()
+    return got
+
+
 @app.task(name="faults.poison", silent=True)
 async def poison(ctx: Context) -> None:
     """Kill the worker running it, on every attempt (a crash-looping task)."""

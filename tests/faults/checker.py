@@ -44,10 +44,12 @@ STRUCTURAL = frozenset(
     | {"limits"}
     # the outcome counters and the bounded throughput ring of the dashboard's metrics
     | {"stats", "hist"}
+    # the deadlines of waits for a signal (removed when empty)
+    | {"sigdue"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
 # (`blob`: an offloaded value's chunks, issue 21: they live and go with their record)
-PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "blob"})
+PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi", "blob"})
 # A run that segue stopped and recorded, after which the task may run again.
 _RERUN_REASONS = {"worker shutdown", "resumed", "retry", "paused itself", "due"}
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
@@ -311,7 +313,8 @@ async def _leaks(
     outlive: frozenset[str],
 ) -> Leaks:
     dead = {d.decode() for d in await client.lrange(ks.dead, 0, -1)}
-    keep = {ks.task(i) for i in dead}
+    # a dead letter keeps its record, and the signal ids it accepted with it
+    keep = {ks.task(i) for i in dead} | {ks.signal_ids(i) for i in dead}
     kept_longer = {ks.task(i) for i in outlive}
     keys = [k.decode() async for k in client.scan_iter(match=ks.base + "*", count=1000)]
     per_task, no_ttl = [], []

@@ -13,6 +13,7 @@ the sub-tasks' records (kept an hour by design) with a TTL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from segue import App
+from segue import App, InvalidTransition
 from segue._keys import Keyspace, queues_key
 from tests._support import Engine, start_server, stop
 from tests._workers import Fleet
@@ -128,12 +129,20 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     # every tenth task is a durable function: it journals steps and sleeps (SUSPENDED, a run
     # of its own), so its journal (in the state hash) must go with its record too
     durable = {k for k in range(n) if k % 10 == 0}
-    # every 50th carries an argument stored by reference (its chunks must go with its record)
-    offloaded = {k for k in range(n) if k % 50 == 5}
+    # and every tenth (another one) waits for a signal: half of them are sent one (before
+    # their wait, during it, or after they timed out and ended), the rest time out, so the
+    # buffers, accepted ids and deadlines of signals must go with their records too
+    waiting = {k for k in range(n) if k % 10 == 5}
+    poked = sorted(k for k in waiting if k % 20 == 5)
+    # every 50th (none of the above) carries an argument stored by reference (its chunks
+    # must go with its record)
+    offloaded = {k for k in range(n) if k % 50 == 7}
 
     def call(k: int, ms: int) -> Any:
         if k in offloaded:
             return faults.blob.call("b" * (OFFLOAD + 1000)).options(ttl=TTL)
+        if k in waiting:
+            return faults.signalled.call(ms + 200).options(ttl=TTL)
         task = faults.durable if k in durable else faults.sleep
         # a sleep far longer than the step before it takes, even on a loaded machine: under
         # load a 0.1 s sleep was over before the run could end to sleep, and ran inline
@@ -150,8 +159,18 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                 # a warm-up batch loads the scripts and the workers' code paths first, so
                 # the baseline holds what any running deployment holds
                 await history.enqueue_many(
-                    [(faults.sleep.call(0).options(ttl=TTL), f"w{k}") for k in range(warmup)]
+                    [
+                        (
+                            (faults.signalled.call(50) if k < 4 else faults.sleep.call(0)).options(
+                                ttl=TTL
+                            ),
+                            f"w{k}",
+                        )
+                        for k in range(warmup)
+                    ]
                 )
+                with contextlib.suppress(InvalidTransition):  # the signal scripts, loaded
+                    await (await app.task_handle(history.task_id("w0"))).signal("poke", 1)
                 await drained(app, ledger, warmup, timeout=30)
                 memory_before, events_before = await memory_without_events(admin, ks)
                 rss_before = {s.pid: rss_kb(s.pid) for s in slots}
@@ -176,6 +195,10 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                 await eventually(trees_built, timeout=30)
                 for tree in trees:
                     await tree.cancel(reason="soak")
+                for k in poked:
+                    handle = await app.task_handle(history.task_id(str(k)))
+                    with contextlib.suppress(InvalidTransition):  # it timed out and ended
+                        await handle.signal("poke", k)
                 # the chaos: a SIGKILL (restarted 0.5 s later) and a cut of every connection
                 chaos = fault_scale.pick(1, 10)
                 client_kills = 0

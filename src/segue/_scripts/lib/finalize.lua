@@ -1,4 +1,4 @@
---#include transition leases saga stats cascade blobs
+--#include transition leases saga stats cascade signals blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -76,12 +76,12 @@ local ENDING = { set = { 'et', 0, '', '' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'cof', 'cp', 'off')
+    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw', 'off')
   f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
-    f[17] = redis.call('HGET', tk, 'off')
+    f[18] = redis.call('HGET', tk, 'off')
   end
   end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
@@ -106,6 +106,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  sig_end(Q, tk, id, ttl, f[5], f[17])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -114,7 +115,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
-  blobs_live(Q.base, id, f[17], ttl, true)
+  blobs_live(Q.base, id, f[18], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   local result = nil
@@ -236,6 +237,7 @@ local function dead_letter(Q, id, cap, now)
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
   blobs_live(Q.base, id, redis.call('HGET', tk, 'off'), -1, true)
+  redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
   while redis.call('LLEN', Q.dead) > cap do
