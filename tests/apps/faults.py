@@ -162,6 +162,18 @@ async def signalled(ctx: Context, ms: int) -> int:
     return got
 
 
+@app.task(name="faults.streamed", silent=True)
+async def streamed(ctx: Context, ms: int) -> int:
+    """Stream three chunks over `ms` milliseconds, then the effect: its output stream, and
+    the end marker the server adds, must go once the record and the stream's linger are over."""
+    run = Execution(ctx)
+    for i in range(3):
+        await ctx.stream({"chunk": i})
+        await asyncio.sleep(ms / 3000)
+    run.finish()
+    return ms
+
+
 @app.task(name="faults.poison", silent=True)
 async def poison(ctx: Context) -> None:
     """Kill the worker running it, on every attempt (a crash-looping task)."""

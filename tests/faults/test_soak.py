@@ -7,7 +7,8 @@ but the documented structural keys (RELIABILITY §5.6: every per-task key has a 
 deleted), its memory must be back near where it started, and the workers' memory must not
 have grown with the number of tasks. A few parents of sub-tasks are cancelled under load, so
 the check covers cascades: no marker left, the parents' journals gone with their records,
-the sub-tasks' records (kept an hour by design) with a TTL.
+the sub-tasks' records (kept an hour by design) with a TTL. Some tasks stream output, so
+the check covers output streams and their end markers: none left after its linger.
 """
 
 from __future__ import annotations
@@ -114,11 +115,12 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         prefix=PREFIX,
         lease=2.0,
         poll=0.2,
-        # every sleep ends a run; payloads over OFFLOAD go by reference (their chunks must go
-        # with their records as well)
         env={
             **fault_ledger.env(),
-            "SEGUE_SLEEP_INLINE_SECONDS": "0",
+            "SEGUE_SLEEP_INLINE_SECONDS": "0",  # every sleep ends a run
+            # below the records' ttl: a stream goes with its record (max of the two)
+            "SEGUE_STREAM_LINGER_SECONDS": "0.5",
+            # payloads over OFFLOAD go by reference: their chunks must go with their records
             "SEGUE_OFFLOAD_BYTES": str(OFFLOAD),
         },
         log_dir=tmp_path / "logs",
@@ -134,6 +136,9 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     # buffers, accepted ids and deadlines of signals must go with their records too
     waiting = {k for k in range(n) if k % 10 == 5}
     poked = sorted(k for k in waiting if k % 20 == 5)
+    # and every tenth (another one) streams output: its stream, with the end marker the
+    # server adds (or a restart marker first, for a try after a SIGKILL), must go too
+    streaming = {k for k in range(n) if k % 10 == 3}
     # every 50th (none of the above) carries an argument stored by reference (its chunks
     # must go with its record)
     offloaded = {k for k in range(n) if k % 50 == 7}
@@ -143,6 +148,8 @@ async def test_no_leaks_after_a_run_with_light_chaos(
             return faults.blob.call("b" * (OFFLOAD + 1000)).options(ttl=TTL)
         if k in waiting:
             return faults.signalled.call(ms + 200).options(ttl=TTL)
+        if k in streaming:
+            return faults.streamed.call(ms).options(ttl=TTL)
         task = faults.durable if k in durable else faults.sleep
         # a sleep far longer than the step before it takes, even on a loaded machine: under
         # load a 0.1 s sleep was over before the run could end to sleep, and ran inline
@@ -156,18 +163,16 @@ async def test_no_leaks_after_a_run_with_light_chaos(
             with fleet:
                 slots = [fleet.start(8) for _ in range(2)]
                 await fleet.ready()
+
                 # a warm-up batch loads the scripts and the workers' code paths first, so
                 # the baseline holds what any running deployment holds
+                def warm(k: int) -> Any:
+                    if k < 4:
+                        return faults.signalled.call(50)
+                    return faults.streamed.call(0) if k < 8 else faults.sleep.call(0)
+
                 await history.enqueue_many(
-                    [
-                        (
-                            (faults.signalled.call(50) if k < 4 else faults.sleep.call(0)).options(
-                                ttl=TTL
-                            ),
-                            f"w{k}",
-                        )
-                        for k in range(warmup)
-                    ]
+                    [(warm(k).options(ttl=TTL), f"w{k}") for k in range(warmup)]
                 )
                 with contextlib.suppress(InvalidTransition):  # the signal scripts, loaded
                     await (await app.task_handle(history.task_id("w0"))).signal("poke", 1)
