@@ -10,10 +10,10 @@
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, signal buffers
   and accepted signal ids, unique locks, concurrency sets, keyed running sets and lanes out
-  of turn, output streams; a record whose cascade to sub-tasks is under way, field 'cw',
-  gets its marker in the hash <prefix>cascade back if it lost it), leases, sched, paused,
-  waiting, sigdue (ZSCAN), q1, q2, q3 (list offsets). A task waiting for a signal is never
-  queued here: only its deadline's entry is put back.
+  of turn, offloaded blobs, output streams; a record whose cascade to sub-tasks is under
+  way, field 'cw', gets its marker in the hash <prefix>cascade back if it lost it), leases,
+  sched, paused, waiting, sigdue (ZSCAN), q1, q2, q3 (list offsets). A task waiting for a
+  signal is never queued here: only its deadline's entry is put back.
   A workflow record that is compensating (lib/saga.lua) asks again for each compensation
   it asked for and has not heard the end of, when that compensation's task is gone or ended
   SAGA_TOLD_MS ago (its queue's), or (another queue's) when it was asked for
@@ -45,6 +45,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 local LIST_SEARCH_MAX = 1000
 -- the linger of a stream whose task's record is gone (end_task's default)
 local STREAM_LINGER_MS = 300000
+-- an offloaded value's lifetime before a record adopts it (_offload.PENDING_SECONDS)
+local BLOB_PENDING_MS = 600000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -209,6 +211,30 @@ local function check_key(key)
       redis.call('LPUSH', prefix .. 'ring:' .. level, lane)
       woke = true
       repaired('lane_not_in_turn', lane)
+    end
+  elseif kind == 'blob' then
+    -- an offloaded value (lib/blobs.lua). One with a TTL is pending or follows its record:
+    -- left to expire. A kept one whose record is gone, or no longer names it, is an orphan
+    -- (its record deleted by a script that knew nothing of blobs, or a rollback): it gets
+    -- the pending TTL, not a DEL, since a key being written looks the same (a client's
+    -- pipeline sets its TTL after its first chunk, and a DEL there would leave the later
+    -- chunks without the first). One kept while its record expires (ended under such a
+    -- script) takes the record's lifetime.
+    local id, name = string.match(tail, '^(.+):([^:]+)$')
+    if id and redis.call('PTTL', key) == -1 then
+      local tk = prefix .. 'task:' .. id
+      local f = redis.call('HMGET', tk, 's', 'off')
+      local named = f[2] and string.find(' ' .. f[2] .. ' ', ' ' .. name .. ' ', 1, true)
+      if not f[1] or not named or (FINAL[f[1]] and string.sub(name, 1, 6) == 'state.') then
+        redis.call('PEXPIRE', key, BLOB_PENDING_MS)
+        repaired('orphan_blob', id)
+      else
+        local life = redis.call('PTTL', tk)
+        if life > 0 then
+          redis.call('PEXPIRE', key, life)
+          repaired('blob_lifetime', id)
+        end
+      end
     end
   elseif kind == 'wf' then
     check_saga(key, tail)

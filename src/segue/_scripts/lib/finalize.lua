@@ -1,4 +1,4 @@
---#include transition leases saga stats cascade signals
+--#include transition leases saga stats cascade signals blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -76,8 +76,13 @@ local ENDING = { set = { 'et', 0, '', '' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw')
+    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw', 'off')
+  f[5] = task_name(f[5])
   local ttl = tonumber(f[1] or '-1')
+  if field == 'r' and is_ref(value) then
+    adopt_blob(Q.base, tk, id, value)
+    f[18] = redis.call('HGET', tk, 'off')
+  end
   end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
   if f[8] then
     -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
@@ -110,6 +115,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, ttl)
     redis.call('ZADD', Q.done[status], at + ttl, id)
   end
+  blobs_live(Q.base, id, f[18], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   local result = nil
@@ -230,6 +236,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  blobs_live(Q.base, id, redis.call('HGET', tk, 'off'), -1, true)
   redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
@@ -239,6 +246,7 @@ local function dead_letter(Q, id, cap, now)
     local ttl = tonumber(redis.call('HGET', otk, 'ttl') or '-1')
     if ttl > 0 and redis.call('HGET', otk, 's') == 'failed' then
       redis.call('PEXPIRE', otk, ttl)
+      blobs_live(Q.base, old, redis.call('HGET', otk, 'off'), ttl, true)
       redis.call('ZADD', Q.done.failed, now + ttl, old)
     end
   end

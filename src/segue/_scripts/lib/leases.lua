@@ -1,4 +1,4 @@
---#include lanes
+--#include states lanes
 -- A server that stood still (DEBUG SLEEP, a long fork or fsync, a paused VM, a restart)
 -- stopped no lease clock: deadlines are server time, so once it goes on, leases look
 -- expired that no holder could renew meanwhile. Claims and renewals note in the queue's
@@ -23,7 +23,7 @@ end
 -- against its key's ('kc': the lane whose krun set counts it).
 local function leave_running(base, tk, id)
   local f = redis.call('HMGET', tk, 'cn', 'n', 'kc')
-  if f[1] then redis.call('SREM', base .. 'running:' .. f[2], id) end
+  if f[1] then redis.call('SREM', base .. 'running:' .. task_name(f[2]), id) end
   if f[3] then lane_release(base, f[3], id) end
   if f[1] or f[3] then redis.call('HDEL', tk, 'cn', 'kc') end
 end
