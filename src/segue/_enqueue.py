@@ -391,6 +391,14 @@ class Enqueuer:
         max_wait = seconds(o.get("max_wait"))
         key = o.get("debounce_key", sig.task.name)
         queue, spec = self.spec(sig)
+        if len(spec.payload) > self.settings.max_payload_bytes:
+            # not offloaded: a collapse hands the arguments to a task of another id, and
+            # an offloaded value's chunk keys are named for the task that enqueued them
+            raise PayloadError(
+                f"arguments of debounced task {sig.task.name} are {len(spec.payload)} bytes, "
+                f"over max_payload_bytes ({self.settings.max_payload_bytes}): debounced "
+                "arguments are not offloaded"
+            )
         if edge == "trailing":
             spec = msgspec.structs.replace(spec, delay_ms=int(window * 1000), at_ms=0)
         broker = self._broker or await self.broker()

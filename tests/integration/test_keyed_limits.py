@@ -24,6 +24,7 @@ from segue import (
     ConfigurationError,
     Context,
     Limit,
+    PayloadError,
     RateLimited,
     TaskFailed,
     TaskStatus,
@@ -497,3 +498,18 @@ async def test_a_task_sent_by_name_waits_in_the_lane_of_its_limit_key(
         async with serving(app, concurrency=4):
             assert [await h.result(timeout=10) for h in hs] == ["a"] * 4
         assert most == 1
+
+
+async def test_debounced_arguments_are_not_offloaded(make_app: Callable[..., App]) -> None:
+    app = make_app(offload_bytes=1024, max_payload_bytes=4096)
+
+    @app.task(name="big_debounced")
+    async def big_debounced(blob: str) -> int:
+        return len(blob)
+
+    async with app, serving(app):
+        with pytest.raises(PayloadError, match="debounced"):
+            await big_debounced.options(debounce=5).enqueue("x" * 5000)
+        # within max_payload_bytes it is stored in its record, as without offloading
+        h = await big_debounced.options(debounce=0.1).enqueue("x" * 2000)
+        assert await h.result(timeout=10) == 2000
