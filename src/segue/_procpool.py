@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segue._codec import ArgsDecoder, encode
-from segue._errors import Fail, Retry, SegueError
+from segue._errors import Fail, RateLimited, Retry, SegueError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -118,8 +118,8 @@ class ProcessPool:
         self, task: Task[Any, Any], payload: bytes, first: bytes | None, result_limit: int
     ) -> bytes:
         """Call the task's function with the decoded arguments in a child; its value,
-        JSON-encoded; raises what the function raised (Fail and Retry as themselves,
-        anything else as ProcessTaskError)."""
+        JSON-encoded; raises what the function raised (Fail, Retry and RateLimited as
+        themselves, anything else as ProcessTaskError)."""
         module = self._modules.get(task.name) or self._modules.setdefault(
             task.name, importable_module(task)
         )
@@ -143,6 +143,8 @@ class ProcessPool:
             raise Fail(error["fail"])
         if error["retry"]:
             raise Retry(error["retry_delay"])
+        if error.get("limited") is not None:
+            raise RateLimited(error["limited"], key=error.get("limited_key"))
         raise ProcessTaskError(error["type"], error["message"], error["traceback"])
 
     def _kill(self, child: _Child) -> None:
@@ -252,6 +254,8 @@ def _error(exc: BaseException) -> bytes:
             "fail": exc.reason if isinstance(exc, Fail) else None,
             "retry": isinstance(exc, Retry),
             "retry_delay": exc.delay if isinstance(exc, Retry) else None,
+            "limited": exc.retry_after if isinstance(exc, RateLimited) else None,
+            "limited_key": exc.key if isinstance(exc, RateLimited) else None,
         }
     ).encode()
 

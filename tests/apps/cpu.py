@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from segue import App, Fail
+from segue import App, Fail, RateLimited
 
 app = App("cpu")
 
@@ -27,6 +27,11 @@ async def loop() -> str:
 @app.task(name="cpu.refuse", executor="process", max_tries=1)
 def refuse(reason: str) -> None:
     raise Fail(reason)
+
+
+@app.task(name="cpu.slow_down", executor="process", max_pauses=0)
+def slow_down(retry_after: float) -> None:
+    raise RateLimited(retry_after)
 
 
 @app.task(name="cpu.spin", executor="process", max_tries=1)

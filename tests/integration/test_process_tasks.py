@@ -56,6 +56,12 @@ async def test_runs_in_a_child_process_with_typed_args_and_value(app: App) -> No
         with pytest.raises(TaskFailed, match="no such file"):
             await failed.result(timeout=20)
         assert (await failed.info()).status is TaskStatus.FAILED
+        # RateLimited comes back from the child as itself: no try spent, past max_pauses
+        # (0 here) the task ends pause_limit, not an error of the child
+        limited = await cpu.slow_down.enqueue(0.05)
+        with pytest.raises(TaskFailed, match="RateLimited"):
+            await limited.result(timeout=20)
+        assert (await limited.info()).error.reason == "pause_limit"  # type: ignore[union-attr]
 
 
 async def test_timeout_and_cancel_kill_the_child_and_free_the_slot(
