@@ -89,6 +89,7 @@ class _Entry(msgspec.Struct, frozen=True):
     # schedule's tick is then not created while the earlier run holds the key, silently)
     overlap: bool = False  # unique=True: a tick skipped for a run still going is reported
     tick_expire_ms: int = 0  # the schedule's expire, counted from the tick (0: none)
+    lane: str = ""  # a keyed limit's lane of the call (lib/lanes.lua), '' none
 
 
 _encode = msgspec.json.Encoder().encode
@@ -126,6 +127,7 @@ def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
         expire_ms=task.expire_ms,
         overlap=schedule.unique,
         tick_expire_ms=int(schedule.expire * 1000) if schedule.expire else 0,
+        lane=task.lane,
     )
     return _encode(entry)
 
@@ -352,6 +354,7 @@ class Scheduler(Service):
                     expire_ms=_expire_ms(e, t, now),
                     headers="",
                     version=version,
+                    lane=e.lane,
                 )
                 for t in ticks
             )

@@ -513,3 +513,34 @@ async def test_debounced_arguments_are_not_offloaded(make_app: Callable[..., App
         # within max_payload_bytes it is stored in its record, as without offloading
         h = await big_debounced.options(debounce=0.1).enqueue("x" * 2000)
         assert await h.result(timeout=10) == 2000
+
+
+async def test_a_schedule_of_a_keyed_task_fires_its_ticks_into_the_key_lane(
+    make_app: Callable[..., App], segue_engine: Any, queue_name: str
+) -> None:
+    app = make_app()
+    ran: list[str] = []
+
+    @app.task(name="tick_keyed", concurrency=Limit(1, key="tenant"))
+    async def tick_keyed(tenant: str) -> None:
+        ran.append(tenant)
+
+    async with app:
+        sid = await app.schedule(tick_keyed.call("t"), cron="* * * * * *", id=f"{queue_name}-k")
+        try:
+            async with serving(app):
+                await eventually(lambda: asyncio.sleep(0, bool(ran)), timeout=5)
+            ticks = [t async for t in _task_keys(segue_engine, queue_name)]
+            client = admin_client(segue_engine)
+            try:
+                lanes = {await client.hget(k, "lk") for k in ticks}
+            finally:
+                await client.aclose()
+        finally:
+            await app.unschedule(sid)
+    assert lanes == {b"tick_keyed|t"}
+
+
+async def _task_keys(engine: Any, queue: str) -> AsyncIterator[str]:
+    for k in await keys_of(engine, f"*{{{queue}}}:task:*"):
+        yield k
