@@ -65,6 +65,19 @@ local function not_integer(f, at, names)
   return nil
 end
 
+-- The numbers of a record being claimed (to, mt, exp, d, t, g), checked as not_integer
+-- does. A record as segue writes it has all but 'exp': one match over the five, joined,
+-- answers for it (six matches and two tables per task cost the claim a tenth of its time).
+local CLAIMED_AT, CLAIMED_NAMES = { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' }
+local FIVE_INTEGERS = '^%-?%d+ %-?%d+ %-?%d+ %-?%d+ %-?%d+$'
+local function claimed_not_integer(f)
+  if not f[7] and f[4] and f[5] and f[11] and f[12] and f[13] and string.find(
+      f[4] .. ' ' .. f[5] .. ' ' .. f[11] .. ' ' .. f[12] .. ' ' .. f[13], FIVE_INTEGERS) then
+    return nil
+  end
+  return not_integer(f, CLAIMED_AT, CLAIMED_NAMES)
+end
+
 local function undecodable(tk, id, what)
   local err = cjson.encode({ type = 'Undecodable', reason = 'undecodable',
     message = 'the task record holds ' .. what .. ', which segue cannot read' })
@@ -203,7 +216,7 @@ elseif not paused then
           'hd', 'd', 't', 'g')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
-          local bad = not_integer(f, { 4, 5, 7, 11, 12, 13 }, { 'to', 'mt', 'exp', 'd', 't', 'g' })
+          local bad = claimed_not_integer(f)
           local lost = tonumber(f[11] or '0') or 0
           -- its lease lapsed before, and lapsing once more ends it (deliveries or tries spent)
           local last = not bad and lost > 0 and (lost >= max_deliveries - 1

@@ -46,30 +46,35 @@ end
 -- The transition of every task end, filled in place: a claim or finish call ends a batch of
 -- tasks, and a table built per task (with its `set` list) was a good part of the server's
 -- time per task, in allocation and garbage collection. transition() keeps no reference.
+-- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command.
 local ENDING = { set = { 'et', 0, '', '' } }
+local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz')
+  -- one read for all it needs, leave_running's fields ('cn', 'n') included
+  local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn')
   local ttl = tonumber(f[1] or '-1')
-  if f[8] then
+  if f[7] then
     -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
     -- else those its pause still holds are resumed (its end would never resume them)
     if status == 'failed' or status == 'cancelled' then
-      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[8])
-    elseif f[9] == 'pause' then
-      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[8])
+      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[7])
+    elseif redis.call('HGET', tk, 'cz') == 'pause' then
+      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[7])
     end
   end
-  if f[6] then
-    local lock = Q.base .. 'uniq:' .. f[6]
+  if f[5] then
+    local lock = Q.base .. 'uniq:' .. f[5]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
-  leave_running(Q.base, tk, id)
-  local t, set = ENDING, ENDING.set
-  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[5] or ''
+  -- it leaves RUNNING (leave_running): 'cn' goes with the fields deleted below
+  if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
+  local t = status == 'succeeded' and SUCCEEDING or ENDING
+  local set = t.set
+  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn')
   redis.call('DEL', Q.base .. 'state:' .. id)
   redis.call('ZREM', Q.paused, id)
   if Q.waiting then redis.call('ZREM', Q.waiting, id) end
@@ -83,10 +88,10 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
-  if f[4] then count_ended(Q, f[4], at) end
+  if f[3] then count_ended(Q, f[3], at) end
   local result = nil
   if status == 'succeeded' then result = value end
-  return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
+  return result, status == 'succeeded' or f[2] == '1', f[4] or '?', f[6], f[3]
 end
 
 -- End a task and carry the consequence to every task waiting on it, transitively: a
