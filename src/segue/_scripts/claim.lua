@@ -198,11 +198,12 @@ if #replay > 0 then
   end
   -- kept until it expires: the reply of this replay may be lost too
 elseif not paused then
-  local deadline = now + lease
   -- one table for every start of this call (transition() keeps no reference): built per
-  -- task, it cost the server more than the transition's own commands
-  local STARTING = { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now },
-    score = deadline, event = 'task.started' }
+  -- task, it cost the server more than the transition's own commands; its times are text,
+  -- formatted once here instead of once or twice per task
+  local now_text = ms_text(now)
+  local STARTING = { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now_text },
+    score = tostring(now + lease), event = 'task.started' }
   for l = 1, 3 do
     -- look a little past tasks held back by their limits, so that others go on
     local held, budget = {}, want + 100
@@ -245,8 +246,8 @@ elseif not paused then
             end
           end
           if ok then
-            local tries = redis.call('HINCRBY', tk, 't', 1)
-            local gen = redis.call('HINCRBY', tk, 'g', 1)
+            local tries = redis.call('HINCRBY', tk, 't', '1')
+            local gen = redis.call('HINCRBY', tk, 'g', '1')
             STARTING.name = f[2]
             transition(Q, tk, id, STARTING)
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then

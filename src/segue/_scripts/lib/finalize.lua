@@ -71,8 +71,9 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
   local t = status == 'succeeded' and SUCCEEDING or ENDING
   local set = t.set
-  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
-  set[2], set[3], set[4] = at, field, value
+  local at_text = ms_text(at)
+  t.to, t.at, t.why, t.event, t.name = status, at_text, reason, 'task.' .. status, f[4] or ''
+  set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
   redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn')
   redis.call('DEL', Q.base .. 'state:' .. id)
@@ -108,7 +109,7 @@ local function finalize(Q, tk, id, status, at, field, value, reason, root)
     k = k + 1
     local wid, wst = w[2], w[3]
     local nk = Q.base .. 'next:' .. wid
-    local entries = redis.call('LRANGE', nk, 0, -1)
+    local entries = redis.call('LRANGE', nk, '0', '-1')
     local result, passed, name, xd, wf = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
     if #entries > 0 then redis.call('DEL', nk) end
     local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)

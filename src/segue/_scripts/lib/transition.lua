@@ -14,6 +14,16 @@
 -- bounds a history that a worker of the previous release (which appends without counting)
 -- made long. Returns the new history, and its count when 'hn' must be written (else nil).
 local HISTORY_KEEP = 200
+
+-- A time (server ms) as text. Lua formats a number each time it goes into a string or a
+-- command, at more cost than a hash field's write; a script call writes the same time
+-- (its `now`) for each task it handles, so the last one converted is kept.
+local last_ms, last_ms_text = nil, nil
+local function ms_text(ms)
+  if ms ~= last_ms then last_ms, last_ms_text = ms, tostring(ms) end
+  return last_ms_text
+end
+
 local HISTORY_SCAN_BYTES = HISTORY_KEEP * 22
 local function next_history(tk, status, at, reason)
   local line = status .. '|' .. at .. '|' .. (reason or '') .. '\n'
@@ -72,7 +82,7 @@ end
 local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
   paused = 'paused', waiting = 'waiting', running = 'leases' }
 local function transition(Q, tk, id, t)
-  local h, total = next_history(tk, t.to, t.at, t.why)
+  local h, total = next_history(tk, t.to, ms_text(t.at), t.why)
   if total then
     redis.call('HSET', tk, 'hn', total, 's', t.to, 'h', h, unpack(t.set or {}))
   elseif t.set then
