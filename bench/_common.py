@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -66,4 +67,11 @@ def run(hooks: Hooks) -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--sleep", type=float, default=0.0)
     ns = parser.parse_args()
+    # BENCH_LOOP=uvloop: the producer's side on uvloop (the worker reads SEGUE_EVENT_LOOP)
+    if os.environ.get("BENCH_LOOP") == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            print(json.dumps(runner.run(_main(hooks, ns))))
+        return
     print(json.dumps(asyncio.run(_main(hooks, ns))))

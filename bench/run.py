@@ -1,15 +1,22 @@
 """Benchmark segue against streaQ and taskiq on one machine, one server, one worker process.
 
     python bench/run.py [--only segue] [--n 20000] [--server redis|valkey] [--json out.json]
+                        [--processes N] [--event-loop asyncio|uvloop]
 
 Each library runs the same workloads against the same freshly flushed server:
   enqueue-one    N/4 enqueues, each awaited before the next
   enqueue-batch  N enqueues in the library's batch call (taskiq: 64 concurrent sends)
   drain          N queued no-op tasks, results stored; time from worker start to the last
                  result, minus that worker's start-up time (measured alone, same way)
+  drain-warm     (segue) N queued no-op tasks in a paused queue, drained by workers already
+                 registered from the queue's resume to the last result: no start-up in it,
+                 which matters with --processes, whose children come up one by one
   latency        200 round trips (enqueue, wait for the result) on an idle worker
   sleep          2,000 tasks that each await a 50 ms sleep, concurrency 100 (ideal 1.0 s)
 The peers run from their own virtual environment (bench/.venv-peers, made on first use).
+`--processes N` runs segue's worker as `segue worker --processes N` (N processes under one
+supervisor, each with the given concurrency); `--event-loop uvloop` runs segue's worker
+(SEGUE_EVENT_LOOP) and its producer on uvloop.
 """
 
 from __future__ import annotations
@@ -53,9 +60,13 @@ def _peers_env() -> None:
 class System:
     """How to drive one library: its python, its worker command, its count of results."""
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(
+        self, name: str, url: str, processes: int | None = None, event_loop: str = "asyncio"
+    ) -> None:
         self.name = name
         self.url = url
+        self.processes = processes
+        self.event_loop = event_loop
         self.py = sys.executable if name == "segue" else str(PEER_PY)
         self.client = redis.Redis.from_url(url)
 
@@ -72,6 +83,7 @@ class System:
                 c,
                 "--log-level",
                 "warning",
+                *(["--processes", str(self.processes)] if self.processes else []),
             ]
         if self.name == "streaq":
             return [str(PEERS / "bin" / "streaq"), "run", "streaq_bench:worker"]
@@ -104,6 +116,8 @@ class System:
             "BENCH_CONCURRENCY": str(concurrency),
             "PYTHONPATH": str(HERE),
         }
+        if self.name == "segue" and self.event_loop == "uvloop":
+            env |= {"SEGUE_EVENT_LOOP": "uvloop", "BENCH_LOOP": "uvloop"}
         env.pop("VIRTUAL_ENV", None)
         return env
 
@@ -147,6 +161,41 @@ class System:
             stop(proc)
 
 
+def _queue_command(system: System, command: str) -> None:
+    code = (
+        "import asyncio, segue\n"
+        "async def main():\n"
+        "    async with segue.App('bench') as app:\n"
+        f"        await app.queue('bench').{command}()\n"
+        "asyncio.run(main())"
+    )
+    subprocess.run([system.py, "-c", code], env=system.env(32), check=True, timeout=60)
+
+
+def warm_drain(system: System, n: int, concurrency: int) -> float:
+    """Tasks per second drained by segue workers already up (see drain-warm above)."""
+    system.client.flushall()
+    system.driver("prepare", n)
+    _queue_command(system, "pause")
+    proc = system.spawn(concurrency)
+    try:
+        deadline = time.perf_counter() + 120
+        while system.client.zcard("segue:{workers}:index") < (system.processes or 1):
+            if time.perf_counter() > deadline or proc.poll() is not None:
+                raise RuntimeError("segue: the workers did not register")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        system.client.hdel("segue:{bench}:meta", "paused")  # as Queue.resume() does
+        system.client.lpush("segue:{bench}:wake", 1)
+        while system.done() < n:
+            if time.perf_counter() > t0 + 300 or proc.poll() is not None:
+                raise RuntimeError(f"segue: the workers did not finish {n} tasks")
+            time.sleep(0.005)
+        return n / (time.perf_counter() - t0)
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -168,6 +217,8 @@ def bench(system: System, n: int) -> dict[str, float]:
     r["worker_startup_s"] = startup
     drain = system.timed_run(n, 32)
     r["drain_per_s"] = n / max(1e-6, drain - startup)
+    if system.name == "segue":
+        r["drain_warm_per_s"] = warm_drain(system, n, 32)
     r["sleep_2000x50ms_s"] = system.timed_run(2000, 100, 0.05) - startup
     c.flushall()
     proc = system.spawn(32)
@@ -211,6 +262,7 @@ ROWS = [
     ("enqueue_one_per_s", "enqueue one by one (/s)", True),
     ("enqueue_batch_per_s", "enqueue batched (/s)", True),
     ("drain_per_s", "drain no-op (/s)", True),
+    ("drain_warm_per_s", "drain, workers up (/s)", True),
     ("latency_p50_ms", "latency p50 (ms)", False),
     ("latency_p99_ms", "latency p99 (ms)", False),
     ("sleep_2000x50ms_s", "2,000 x 50 ms sleep (s)", False),
@@ -226,8 +278,8 @@ def report(results: dict[str, dict[str, float]]) -> None:
         head += f"{'segue/best':>12}"
     print(head)
     for key, label, higher in ROWS:
-        line = f"{label:<26}" + "".join(f"{results[n][key]:>12.2f}" for n in names)
-        if peers and "segue" in results:
+        line = f"{label:<26}" + "".join(f"{results[n].get(key, 0.0):>12.2f}" for n in names)
+        if peers and "segue" in results and all(key in results[p] for p in [*peers, "segue"]):
             vals = [results[p][key] for p in peers]
             best = max(vals) if higher else min(vals)
             ratio = results["segue"][key] / best if higher else best / results["segue"][key]
@@ -241,6 +293,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--server", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--processes", type=int, help="segue worker --processes N")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     ns = parser.parse_args()
     names = ns.only or ["segue", "streaq", "taskiq"]
     if any(n != "segue" for n in names):
@@ -250,10 +304,14 @@ def main() -> None:
     try:
         for name in names:
             print(f"running {name} ...", flush=True)
-            results[name] = bench(System(name, url), ns.n)
+            results[name] = bench(System(name, url, ns.processes, ns.event_loop), ns.n)
     finally:
         stop(proc)
-    print(f"\nserver: {ns.server}, N = {ns.n}, one worker process, concurrency 32 (sleep: 100)")
+    procs = f"segue: {ns.processes} worker processes" if ns.processes else "one worker process"
+    print(
+        f"\nserver: {ns.server}, N = {ns.n}, {procs}, concurrency 32 (sleep: 100), "
+        f"segue's loop: {ns.event_loop}"
+    )
     report(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))

@@ -23,6 +23,7 @@ from segue._errors import (
     SegueError,
     ServerOutOfMemory,
     StepFailed,
+    StreamTruncated,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -34,6 +35,7 @@ from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo
 from segue._hooks import Hook, RunResult
 from segue._lifespan import Resource
+from segue._output import StreamRestarted, TaskStream
 from segue._queue import Queue
 from segue._schedule_handle import ScheduleHandle
 from segue._settings import Settings
@@ -80,6 +82,8 @@ __all__ = [
     "Signature",
     "StepFailed",
     "StepInfo",
+    "StreamRestarted",
+    "StreamTruncated",
     "SyncContext",
     "SyncTask",
     "Task",
@@ -91,6 +95,7 @@ __all__ = [
     "TaskNotFound",
     "TaskNotRunning",
     "TaskStatus",
+    "TaskStream",
     "Transition",
     "UnknownQuery",
     "Worker",

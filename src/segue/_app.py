@@ -4,17 +4,19 @@ handles and tasks get those collaborators, not the App."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
-from segue import _journal, _scheduler
+from typing_extensions import Unpack
+
+from segue import _journal, _scheduler, _send
 from segue._client import Client
 from segue._cron import make_schedule
 from segue._cron import parse as parse_cron
 from segue._enqueue import Enqueuer
 from segue._errors import ConfigurationError
+from segue._eventloop import runner
 from segue._events import Event, follow
 from segue._handle import TaskHandle, WorkflowHandle, parse_info
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
         Collection,
         Coroutine,
         Iterable,
+        Mapping,
         Sequence,
     )
     from pathlib import Path
@@ -42,8 +45,9 @@ if TYPE_CHECKING:
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
     from segue._lifespan import Resource
-    from segue._options import Backoff, OnDuplicate, Priority, Unique
+    from segue._options import Backoff, Executor, Migration, OnDuplicate, Priority, Unique
     from segue._schedule_handle import ScheduleHandle
+    from segue._send import SendOptions
     from segue._sync_context import SyncContext
 
 P = ParamSpec("P")
@@ -134,6 +138,9 @@ class App:
         rate_burst: int = 1,
         concurrency: int | None = None,
         max_pauses: int | None = 100,
+        version: int = 1,
+        migrate: Mapping[int, Migration] | None = None,
+        executor: Executor = "thread",
     ) -> TaskDecorator: ...
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
@@ -164,13 +171,18 @@ class App:
         ttl: float | EllipsisType | None = ...,  # ...: the App's result_ttl_seconds
         priority: Priority = "normal",
         silent: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> CronDecorator:
         """Declare a task and a schedule that enqueues it (with no arguments) at each tick.
 
         `expr` has five fields, or six with seconds first, or is an alias such as @hourly;
         `tz` is an IANA zone (None: UTC). With `catch_up=True` every tick missed while no
-        worker ran fires; by default they fire once. The schedule's id is the task's name;
-        every worker registers it when it starts. The other options are @app.task's.
+        worker ran fires; by default they fire once. With `unique=True` a tick whose
+        previous run is still queued or running is skipped (a `cron.skipped` event);
+        `expire`: a tick's run not started within that many seconds of its tick ends
+        EXPIRED. The schedule's id is the task's name; every worker registers it when it
+        starts. The other options are @app.task's.
         """
         parse_cron(expr, tz)  # refuse a bad expression or zone here, at declaration
         options: dict[str, Any] = {
@@ -184,7 +196,15 @@ class App:
         }
         if ttl is not ...:
             options["ttl"] = ttl
-        return CronDecorator(self._registry, options, cron=expr, tz=tz, catch_up=catch_up)
+        return CronDecorator(
+            self._registry,
+            options,
+            cron=expr,
+            tz=tz,
+            catch_up=catch_up,
+            unique=unique,
+            expire=expire,
+        )
 
     # --- connection ------------------------------------------------------------------------
 
@@ -209,6 +229,41 @@ class App:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         return await self._enqueuer.enqueue_many(signatures)
 
+    async def send(
+        self,
+        name: str,
+        /,
+        *args: Any,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        unique: bool | str = False,
+        version: int | None = None,
+        **options: Unpack[SendOptions],
+    ) -> TaskHandle[Any]:
+        """Enqueue a task by its name, without its code: `await app.send("reports.build",
+        2026, queue="reports", delay=60)`. `kwargs` are the task's keyword arguments;
+        `options` are `task.options(...)`'s.
+
+        The queue is `queue=`, else the App's. The worker that claims the task supplies
+        what this producer cannot know: `max_tries` and `timeout` unless passed here (the
+        record marks them, `TaskInfo.from_worker`), `version` likewise, its retry backoff
+        and limits. Only the options passed apply: `key=`, `unique=` (True: one live task of
+        this name; a string: one per that key), priority, delays. The worker checks the
+        arguments: a call that does not fit the function ends FAILED with reason
+        `bad_arguments`, naming the parameter; a name no worker knows ends as unknown tasks
+        do (`unknown_task`).
+        """
+        return await _send.send(
+            self._enqueuer,
+            name,
+            args,
+            dict(kwargs or {}),
+            queue=queue,
+            unique=unique,
+            version=version,
+            options=dict(options),
+        )
+
     # --- cron schedules (stored and fired by _scheduler) --------------------------------------
 
     @overload
@@ -222,6 +277,8 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Coroutine[Any, Any, str]: ...
     def schedule(
         self,
@@ -231,11 +288,13 @@ class App:
         tz: str | None = None,
         id: str | None = None,
         catch_up: bool = False,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Coroutine[Any, Any, str] | ScheduleHandle:
         """`await app.schedule(sig, cron=...)`: enqueue this call at every tick of `cron`
         from now on; returns the schedule's id. Scheduling an existing id again updates it
         (keeping its next tick if `cron` and `tz` are unchanged). Workers fire the ticks,
-        each exactly once among them.
+        each exactly once among them. `unique` and `expire` are as for `@app.cron`.
 
         `app.schedule(schedule_id)`: a ScheduleHandle of a stored schedule, to `pause()`,
         `resume()` or read (`info()`) it.
@@ -251,7 +310,7 @@ class App:
             return ScheduleHandle(self._client, sig)
         if cron is None:
             raise ConfigurationError("app.schedule(sig, cron=...) needs a cron expression")
-        return self._schedule(sig, cron, tz, id, catch_up)
+        return self._schedule(sig, cron, tz, id, catch_up, unique, expire)
 
     async def _schedule(
         self,
@@ -260,10 +319,14 @@ class App:
         tz: str | None,
         id: str | None,
         catch_up: bool,
+        unique: bool,
+        expire: float | timedelta | None,
     ) -> str:
         if isinstance(sig, Task):
             sig = sig.call()
-        schedule = make_schedule(sig, cron=cron, tz=tz, sid=id, catch_up=catch_up)
+        schedule = make_schedule(
+            sig, cron=cron, tz=tz, sid=id, catch_up=catch_up, unique=unique, expire=expire
+        )
         await _scheduler.put(self._enqueuer, await self._client.broker(), [schedule])
         return schedule.id
 
@@ -407,8 +470,8 @@ class App:
             finally:  # the embedded server it started stops now, not after its idle timeout
                 await self.close()
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve())
+        with contextlib.suppress(KeyboardInterrupt), runner(self.settings.event_loop) as loop:
+            loop.run(serve())
 
     async def drain(
         self,

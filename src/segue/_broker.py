@@ -259,10 +259,43 @@ class Broker(Transport):
         reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
 
+    async def migrate_state(
+        self,
+        ks: Keyspace,
+        task_id: str,
+        gen: str,
+        versions: tuple[int, int],
+        values: dict[str, bytes],
+        deletes: list[str],
+    ) -> bool:
+        call = _calls.migrate(ks, task_id, gen, versions, values, deletes)
+        reply = await self.run_calls([call], retry=True)
+        return bool(reply[0])
+
     async def write_journal(
         self, ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
     ) -> bool:
         call = _calls.journal(ks, task_id, gen, field, entry, line)
+        reply = await self.run_calls([call], retry=True)
+        return bool(reply[0])
+
+    async def write_stream(
+        self,
+        ks: Keyspace,
+        task_id: str,
+        gen: str,
+        tries: int,
+        chunks: bytes,
+        batch: int,
+        resumed: bool,
+    ) -> bool:
+        """Append chunks (a JSON array) to a running task's output stream; False when the
+        run no longer holds the task."""
+        s = self.settings
+        linger_ms = round(s.stream_linger_seconds * 1000)
+        call = _calls.stream(
+            ks, task_id, gen, tries, s.max_stream_entries, linger_ms, chunks, batch, resumed
+        )
         reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
 
@@ -307,6 +340,7 @@ class Broker(Transport):
             pipe = self.client.pipeline(transaction=False)
             pipe.hdel(ck.paused, sid)
             pipe.hdel(ck.skipped, sid)
+            pipe.hdel(ck.overlapped, sid)
             await pipe.execute()
 
     async def advance_session_generation(self) -> int:

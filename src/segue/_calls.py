@@ -52,7 +52,8 @@ def graph(
     (graph.lua)."""
     w = record or GraphRecord("", -1, "", "", 0)
     args: list[Any] = [ks.base, ks.done_channel, w.id, w.ttl_ms, w.steps, w.last, w.left]
-    args.extend((w.queues, w.part, len(steps), max_len))
+    args.extend((w.queues, w.part, len(steps), max_len, len(w.compensations) // 2))
+    args.extend(w.compensations)
     for step in steps:
         args.extend(step.argv())
     return (_scripts.load("graph"), ks.graph_keys, args)
@@ -214,6 +215,23 @@ def state(
     return (_scripts.load("state"), [ks.state(task_id)], args)
 
 
+def migrate(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    versions: tuple[int, int],
+    values: dict[str, bytes],
+    deletes: Sequence[str],
+) -> ScriptCall:
+    """Move a running task from `versions[0]` to `versions[1]` with its upgraded state
+    (migrate.lua); replies 1, or 0 when rejected."""
+    args: list[Any] = [ks.base, task_id, gen, versions[0], versions[1], len(values)]
+    for k, v in values.items():
+        args.extend((k, v))
+    args.extend(deletes)
+    return (_scripts.load("migrate"), [ks.state(task_id)], args)
+
+
 def journal(
     ks: Keyspace, task_id: str, gen: str, field: str, entry: bytes, line: str
 ) -> ScriptCall:
@@ -221,6 +239,23 @@ def journal(
     when rejected."""
     args: list[Any] = [ks.base, task_id, gen, field, entry, line]
     return (_scripts.load("journal"), [ks.state(task_id)], args)
+
+
+def stream(
+    ks: Keyspace,
+    task_id: str,
+    gen: str,
+    tries: int,
+    max_entries: int,
+    linger_ms: int,
+    chunks: bytes,
+    batch: int,
+    resumed: bool,
+) -> ScriptCall:
+    """Append a batch of chunks (a JSON array) to a running task's output stream
+    (stream.lua); replies the entry id, or 0 when rejected."""
+    args: list[Any] = [gen, tries, max_entries, linger_ms, chunks, batch, 1 if resumed else 0]
+    return (_scripts.load("stream"), [ks.task(task_id), ks.output(task_id)], args)
 
 
 def watch(ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
@@ -278,6 +313,20 @@ def cron_skip(ck: CronKeys, sid: str, tick: int, following: int | str) -> Script
     `following` '' when it has no later tick. Replies 1 skipped, 0 stale."""
     keys = [ck.defs, ck.due, ck.firing, ck.skipped]
     return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
+
+
+def cron_overlap(ck: CronKeys, sid: str, tick: int, following: int | str) -> ScriptCall:
+    """Move a unique schedule past a tick it skipped because its previous run is still
+    going, fenced on that tick: cron_advance.lua with the tick noted in the `overlapped`
+    hash instead of `fired`. Replies 1 skipped, 0 stale."""
+    keys = [ck.defs, ck.due, ck.firing, ck.overlapped]
+    return (_scripts.load("cron_advance"), keys, [sid, tick, tick, following])
+
+
+def cron_skipped(ks: Keyspace, task_id: str, name: str, data: str) -> ScriptCall:
+    """Record a `cron.skipped` event in a queue's stream (cron_skipped.lua): the tick that
+    would have enqueued `task_id` was skipped; `data` JSON says why. Replies 1."""
+    return (_scripts.load("cron_skipped"), [ks.events], [task_id, name, data])
 
 
 def delete(ks: Keyspace, task_id: str) -> ScriptCall:

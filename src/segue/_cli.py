@@ -33,6 +33,7 @@ from segue._cli_common import (
     warn_unknown_queue,
 )
 from segue._errors import ConfigurationError, SegueError
+from segue._eventloop import runner
 from segue._heartbeat import Health
 from segue._logging import (
     BatchedHandler,
@@ -115,6 +116,15 @@ def worker(
             "(development; needs watchfiles)",
         ),
     ] = False,
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            "--processes",
+            "-p",
+            help="Run N worker processes under one supervisor that forwards signals and "
+            "restarts a child that dies; auto: the CPUs this process may use",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once, requeueing)."""
     _logging(log_level, log_format)
@@ -128,7 +138,15 @@ def worker(
         run_with_reload([a for a in sys.argv[1:] if a != "--reload"], held, Path.cwd())
         return
     the_app = load_app(app)
-    say_server(the_app)
+    if "SEGUE_SUPERVISOR_PID" in os.environ:  # a supervisor's child: it named the server
+        from segue._supervisor import die_with_supervisor
+
+        die_with_supervisor()
+    else:
+        say_server(the_app)
+    if processes is not None:
+        _supervise(the_app, processes, metrics_port, pid_file, burst)
+        return
     if metrics_port is not None:
         from segue.metrics import PrometheusHook, serve_metrics
 
@@ -138,13 +156,33 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         if burst:
-            n = asyncio.run(_burst(the_app, names, concurrency, pid_file))
+            with runner(the_app.settings.event_loop) as loop:
+                n = loop.run(_burst(the_app, names, concurrency, pid_file))
             flush_logs()  # the worker's batched lines come before the summary
             err.print(f"burst worker finished {n} runs")
         else:
             the_app.run_worker(queues=names, concurrency=concurrency, pid_file=pid_file)
     except SegueError as exc:
         fail(exc)
+
+
+def _supervise(
+    app: App, processes: str, metrics_port: int | None, pid_file: Path | None, burst: bool
+) -> None:
+    from segue._supervisor import parse_processes, run_supervised
+
+    if "SEGUE_SUPERVISOR_PID" in os.environ:  # never a supervisor under a supervisor
+        fail("--processes in a worker process of a supervisor (SEGUE_SUPERVISOR_PID is set)", 2)
+    try:
+        n = parse_processes(processes)
+    except ConfigurationError as exc:
+        fail(exc, 2)
+    # the children run this same command line, less the options that are the supervisor's
+    code = run_supervised(
+        sys.argv[2:], n, app, metrics_port=metrics_port, pid_file=pid_file, burst=burst
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 async def _burst(
@@ -301,8 +339,18 @@ def _workflow_command(
         status, steps = asyncio.run(go())
     except SegueError as exc:
         fail(exc)
-    rows = [(str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)]
-    print_rows(("#", "step", "task", "status"), rows, f"workflow {workflow_id}: {status}")
+    rows: list[tuple[str, ...]] = [
+        (str(n), s.id, s.name, str(s.status)) for n, s in enumerate(steps, 1)
+    ]
+    header: tuple[str, ...] = ("#", "step", "task", "status")
+    if any(s.compensation for s in steps):
+        # a saga: each step's compensation, once it was asked for, and how it ended
+        header = (*header, "compensation")
+        rows = [
+            (*row, f"{c.name} {c.status}" if (c := s.compensation) else "")
+            for row, s in zip(rows, steps, strict=True)
+        ]
+    print_rows(header, rows, f"workflow {workflow_id}: {status}")
 
 
 @workflow_cli.command("status")

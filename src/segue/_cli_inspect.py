@@ -211,6 +211,12 @@ def info(
         _say(f"  bad record: {shown.problem}")
     _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
+    if shown.from_worker:
+        _say(f"  enqueued by name: {', '.join(shown.from_worker)} from the worker")
+    if shown.version != shown.started_version:
+        _say(f"  version {shown.version} (started under {shown.started_version})")
+    elif shown.version != 1:
+        _say(f"  version {shown.version}")
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
     if shown.progress is not None:
@@ -359,6 +365,9 @@ def schedules(app: AppOption = None, url: UrlOption = None, json: JsonOption = F
                 nxt = s.next_run.isoformat(timespec="seconds") if s.next_run else "-"
                 last = s.last_tick.isoformat(timespec="seconds") if s.last_tick else "-"
                 state = "paused" if s.paused else "active"
+                if s.last_overlapped is not None:
+                    at = s.last_overlapped.isoformat(timespec="seconds")
+                    state += f" (skipped {at}: previous run still going)"
                 rows.append((s.id, s.task, s.queue, s.cron, s.tz or "UTC", nxt, last, state))
             return rows
 

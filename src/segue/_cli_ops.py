@@ -1,5 +1,6 @@
-"""The `segue` commands of the operator's day: delete an ended task, pause and resume a
-cron schedule, query a running task. Like the other control commands they take `--app` or
+"""The `segue` commands of the operator's day: enqueue a task by name, delete an ended task,
+pause and resume a cron schedule, query a running task. Like the other control commands they
+take `--app` or
 `--url`."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import typer
 
 from segue._cli_common import AppOption, UrlOption, cli, client_app, error_line, out
 from segue._errors import SegueError
+from segue._keys import PRIORITIES
 
 schedule_cli = typer.Typer(help="Pause or resume a cron schedule by its id.", no_args_is_help=True)
 cli.add_typer(schedule_cli, name="schedule")
@@ -19,6 +21,64 @@ cli.add_typer(schedule_cli, name="schedule")
 
 def _fail(text: str) -> typer.Exit:
     return typer.Exit(error_line(text, 1))  # one `error:` line, its text never markup
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"{what} is not JSON ({exc}): {text[:80]!r}") from None
+
+
+@cli.command()
+def enqueue(
+    name: Annotated[str, typer.Argument(help="The task's name, e.g. reports.build")],
+    args: Annotated[
+        str | None,
+        typer.Argument(help="Its positional arguments: a JSON array (another value: one argument)"),
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option("--kwargs", help="Its keyword arguments: a JSON object")
+    ] = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Default: the App's")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", help="Seconds to wait first")] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", help="low, normal (default) or high")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Idempotency key: the same key, the same task")
+    ] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Enqueue a task by name, without its code (`app.send`); prints the task id. The
+    worker that runs it checks the arguments and supplies max_tries, timeout and retries."""
+    positional = [] if args is None else _json_arg(args, "the arguments")
+    if not isinstance(positional, list):
+        positional = [positional]
+    named = {} if kwargs is None else _json_arg(kwargs, "--kwargs")
+    if not isinstance(named, dict):
+        raise _fail(f"--kwargs must be a JSON object, not {kwargs!r}")
+    if priority is not None and priority not in PRIORITIES:
+        raise _fail(f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    options: dict[str, Any] = {}
+    if delay is not None:
+        options["delay"] = delay
+    if priority is not None:
+        options["priority"] = priority
+    if key is not None:
+        options["key"] = key
+
+    async def go() -> str:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.send(name, *positional, kwargs=named, queue=queue, **options)
+            return handle.id
+
+    try:
+        task_id = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(task_id, markup=False, highlight=False)
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from segue._errors import (
 from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._output import OutputWriter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -240,11 +241,14 @@ class Context:
     """Passed as the first parameter to tasks that declare `ctx: Context`.
 
     Attributes: `task_id`, `name`, `tries` (1 on the first run), `worker_id`, `queue`,
-    `log` (a logger whose lines carry the task id), and `state` (durable per-task values).
+    `version` (the version of the task's code it started under, `@app.task(version=...)`:
+    code branches on it to replay its journal the way it was written), `log` (a logger
+    whose lines carry the task id), and `state` (durable per-task values).
     """
 
     __slots__ = (
         "_journal",
+        "_output",
         "_queries",
         "_run",
         "_seq",
@@ -255,6 +259,7 @@ class Context:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -270,8 +275,10 @@ class Context:
         state_limit: int = 1 << 20,
         headers: dict[str, str] | None = None,
         sleep_inline_seconds: float = 5.0,
+        version: int = 1,
     ) -> None:
         self.task_id = task_id
+        self.version = version
         self.name = name
         self.tries = tries
         self.worker_id = worker_id
@@ -282,6 +289,7 @@ class Context:
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
+        self._output = None if run is None else OutputWriter(run, task_id, tries, state_limit)
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
@@ -406,6 +414,40 @@ class Context:
                 ),
             )
         await self.checkpoint()
+
+    async def stream(self, chunk: Any) -> None:
+        """Append `chunk` (any JSON value) to the task's own output stream, which
+        `handle.stream()` and the SSE route of `segue.web` read live. Returns at once while
+        the previous write is on its way (chunks given meanwhile go together in one entry:
+        order is kept), so streaming token by token costs about one round trip per batch;
+        a run's last chunks are written before its outcome. Also a checkpoint (no round
+        trip). A replay of a durable function does not write again what its first run
+        wrote."""
+        if self._output is None:
+            self.log.debug("stream chunk %r (local run: not streamed)", chunk)
+            return
+        self._check()  # a checkpoint too: a streaming loop stops at once when paused
+        # a chunk before the run's first step is part of a replay too: the journal tells
+        await self._journal.load()
+        if self._journal.replaying:
+            return  # written by the first run already
+        await self._output.put(chunk, resumed=self._journal.resumed)
+
+    async def _close_output(self, *, ended: bool) -> None:
+        """The worker's call after the task's function returned (`ended`) or raised out of
+        the run: write the chunks left, or drop them with the run."""
+        output = self._output
+        if output is None:
+            return
+        if not ended:
+            output.abandon()
+            return
+        try:
+            await output.close()
+        except Exception as exc:  # the outcome's own write says whether the run still holds it
+            self.log.warning("its last stream chunks were not written: %s", exc)
+        except ServerUnreachable as exc:
+            self.log.warning("its last stream chunks were not written: %s", exc)
 
     async def emit(self, name: str, data: Any = None) -> None:
         """Put an event of the task's own on its queue's event stream (`app.events()`)."""

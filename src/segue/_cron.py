@@ -162,6 +162,10 @@ class Schedule:
     sig: Signature[Any]
     cron: Cron
     catch_up: bool
+    # skip a tick while the run of an earlier one is queued or running (cron.skipped)
+    unique: bool = False
+    # seconds after its tick that a tick's run may start; later, it ends EXPIRED
+    expire: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +175,10 @@ class ScheduleInfo:
     `next_run` and `last_tick` are in the schedule's time zone; `next_run` is None for a
     schedule that has no future tick. A `paused` schedule skips its ticks (neither fired
     nor caught up later) until resumed; `last_skipped` is the last tick it skipped.
-    `last_task_id` is the id of the task the last fired tick enqueued.
+    `last_task_id` is the id of the task the last fired tick enqueued. A `unique` schedule
+    skips a tick while the run of an earlier tick is queued or running; `last_overlapped`
+    is the last tick it skipped so. `expire`: seconds after its tick that a tick's run may
+    still start (later it ends EXPIRED); None, no limit.
     """
 
     id: str
@@ -185,13 +192,30 @@ class ScheduleInfo:
     paused: bool = False
     last_skipped: datetime | None = None
     last_task_id: str | None = None
+    unique: bool = False
+    expire: float | None = None
+    last_overlapped: datetime | None = None
 
 
 def make_schedule(
-    sig: Signature[Any], cron: str, tz: str | None, sid: str | None, catch_up: bool
+    sig: Signature[Any],
+    cron: str,
+    tz: str | None,
+    sid: str | None,
+    catch_up: bool,
+    *,
+    unique: bool = False,
+    expire: float | timedelta | None = None,
 ) -> Schedule:
     """Check a schedule before anything is written: expression, zone, id, the call itself."""
     parsed = parse(cron, tz)
+    if not isinstance(unique, bool):
+        raise ConfigurationError(f"schedule of {sig.task.name}: unique must be True or False")
+    seconds = expire.total_seconds() if isinstance(expire, timedelta) else expire
+    if seconds is not None and not seconds > 0:
+        raise ConfigurationError(
+            f"schedule of {sig.task.name}: expire must be a positive number of seconds or None"
+        )
     refused = sorted(k for k in _REFUSED if k in sig.opts)
     if refused:
         raise ConfigurationError(
@@ -200,4 +224,4 @@ def make_schedule(
         )
     sig.task.check_args(sig.args, sig.kwargs)
     sid = check_schedule_id(sid if sid is not None else f"s-{ULID()}")
-    return Schedule(id=sid, sig=sig, cron=parsed, catch_up=catch_up)
+    return Schedule(id=sid, sig=sig, cron=parsed, catch_up=catch_up, unique=unique, expire=seconds)

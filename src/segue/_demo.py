@@ -8,6 +8,7 @@ one (its worker answers), pauses it, holds it, resumes it so that it finishes fr
 `ctx.state`, and cancels the other.
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
+A saga follows: its last step fails, and the compensations of the others run in reverse.
 """
 
 from __future__ import annotations
@@ -132,6 +133,15 @@ def build_app(board: Board | None = None) -> App:
             await ctx.checkpoint()
         return chunks
 
+    @app.task(name="demo.summarize")
+    async def summarize(ctx: Context, text: str) -> int:
+        """Streams its answer word by word, as an LLM's tokens (ctx.stream)."""
+        words = text.split()
+        for word in words:
+            await ctx.stream(word + " ")
+            await asyncio.sleep(0.01)  # the model thinks
+        return len(words)
+
     @app.task(name="demo.scan")
     async def scan(album: str) -> list[str]:
         await asyncio.sleep(0.4)  # list the album's photos
@@ -151,6 +161,26 @@ def build_app(board: Board | None = None) -> App:
     async def publish(sheet: str, album: str) -> str:
         await asyncio.sleep(0.3)
         return f"{album} published with a {sheet}"
+
+    @app.task(name="demo.reserve")
+    async def reserve(order: str) -> str:
+        return f"stock held for {order}"
+
+    @app.task(name="demo.charge")
+    async def charge(hold: str, cents: int) -> str:
+        return f"payment of {cents / 100:.2f} EUR"
+
+    @app.task(name="demo.ship", max_tries=2, retry_backoff=0.05)
+    async def ship(payment: str) -> str:
+        raise RuntimeError("the courier refused the parcel")
+
+    @app.task(name="demo.release")
+    async def release(hold: str) -> str:
+        return f"released: {hold}"
+
+    @app.task(name="demo.refund")
+    async def refund(payment: str) -> str:
+        return f"refunded: {payment}"
 
     @app.task(name="demo.tick", ttl=60)
     async def tick(ctx: Context) -> str:
@@ -192,11 +222,14 @@ async def _demo(total: int) -> None:
         names = [s.task.name for s in sigs]
         delayed = await t["demo.report"].options(delay=2.0).enqueue("daily (delayed 2 s)")
         urgent = await t["demo.report"].options(priority="high").enqueue("urgent (high prio)")
-        handles += [delayed, urgent]
-        names += ["demo.report", "demo.report"]
+        # as a producer without the task's code does: by name, checked on the worker
+        by_name = await app.send("demo.report", "sent by name")
+        handles += [delayed, urgent, by_name]
+        names += ["demo.report", "demo.report", "demo.report"]
         console.print(
             f"enqueued {len(handles)} tasks in {1000 * (time.monotonic() - start):.0f} ms "
-            "(one batched call); one is delayed by 2 s, one has high priority"
+            "(one batched call); one is delayed by 2 s, one has high priority, one is sent "
+            "by name (app.send)"
         )
         files = [f"batch-{i:02}.csv" for i in range(INGEST_FILES)]
         ingest = await t["demo.ingest"].enqueue(files)
@@ -217,12 +250,21 @@ async def _demo(total: int) -> None:
         sample = outcome.get(delayed.id)
         if sample is not None:
             console.print(f"delayed task: {sample[1]}")
+        sent = outcome.get(by_name.id)
+        if sent is not None:
+            info = await by_name.info()
+            console.print(
+                f"sent by name: {sent[1]} ({', '.join(info.from_worker)} from the worker)",
+                soft_wrap=True,
+            )
         failed = next((v for v in outcome.values() if v[0] == "failed"), None)
         if failed is not None:
             console.print(f"a failure, as the caller sees it: [red]{failed[1]}[/red]")
         _durable_summary(outcome, board, files, ingest, export)
         try:
             await _workflow(app)  # the same worker runs its steps
+            await _saga(app)
+            await _stream(app)
             await _time_and_limits(app)
             await _demo_durable.show(console)
         finally:
@@ -453,6 +495,30 @@ async def _workflow(app: App) -> None:
     console.print(f"demo.contact_sheet history: {path}", soft_wrap=True)
 
 
+async def _saga(app: App) -> None:
+    """A saga: reserve | charge | ship, each undoable step with its compensation; ship
+    fails, so the charge is refunded, then the stock released (reverse order)."""
+    t = app.registry
+    wf = (
+        t["demo.reserve"].call("order-42").options(compensate=t["demo.release"].call())
+        | t["demo.charge"].call(cents=1999).options(compensate=t["demo.refund"].call())
+        | t["demo.ship"].call()
+    )
+    h = await wf.enqueue()
+    console.print(
+        "saga: demo.reserve (compensate=demo.release) | demo.charge (compensate=demo.refund) "
+        "| demo.ship, which fails",
+        soft_wrap=True,
+    )
+    with contextlib.suppress(SegueError):
+        await h.result(timeout=30)  # returns once the compensations have run
+    for step in await h.steps():
+        undo = step.compensation
+        undone = f" -> {undo.name} {undo.status}: {undo.result}" if undo else ""
+        console.print(f"  {step.name} {step.status}{undone}", soft_wrap=True)
+    console.print(f"saga ended {await h.status()}: compensated in reverse order")
+
+
 async def _workflow_operator(app: App, workflow_id: str) -> None:
     """Pause the workflow while its fan-out runs, show the next step held, resume it: what
     a web app or another process does with `app.workflow_handle(id)`."""
@@ -524,6 +590,24 @@ def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
         result = "" if s.result is None else str(s.result)
         table.add_row(str(n), name, styles.get(s.status, str(s.status)), result)
     return table
+
+
+async def _stream(app: App) -> None:
+    """A task's output read live, chunk by chunk, as it is written (handle.stream)."""
+    h = await app.registry["demo.summarize"].enqueue(_SUMMARY)
+    console.print("stream: demo.summarize says, live: ", end="")
+    chunks = 0
+    async for chunk in h.stream():
+        chunks += 1
+        console.print(str(chunk), end="", highlight=False)
+    console.print()
+    console.print(f"stream: {chunks} chunks, in order; the loop ended when the task did")
+
+
+_SUMMARY = (
+    "Every task of this demo ran at least once, was retried when it failed, and was paused, "
+    "resumed or cancelled by an operator while it ran."
+)
 
 
 async def _time_and_limits(app: App) -> None:

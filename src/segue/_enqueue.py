@@ -24,8 +24,18 @@ from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
 from segue._ops_actions import index_workflow
 from segue._options import seconds
+from segue._send import from_worker
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
-from segue._workflow import MAX_SHAPE_STEPS, _first_signature, _place, _shape, _Step, _step_ids
+from segue._workflow import (
+    MAX_SHAPE_STEPS,
+    _first_signature,
+    _place,
+    _shape,
+    _Step,
+    _step_ids,
+    compensated_after,
+    step_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
@@ -87,9 +97,16 @@ class Enqueuer:
         queue: str | None = None,
         *,
         first_to_come: bool = False,
+        step: bool = False,
     ) -> tuple[str, EnqueueSpec]:
-        """The queue a call goes to, and the task enqueue.lua creates for it."""
+        """The queue a call goes to, and the task enqueue.lua creates for it (`step`: a
+        workflow step, which alone may have a compensation)."""
         task, o = sig.task, sig.opts
+        if "compensate" in o and not step:
+            raise ConfigurationError(
+                f"{task.name}: compensate= is for workflow steps (a compensation runs when its "
+                "workflow fails); in a durable task, compensate in an except block"
+            )
         d = task.opts
         if queue is None:
             queue = self.queue_for(sig)
@@ -147,6 +164,8 @@ class Enqueuer:
                 unique=self._unique_key(sig),
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
                 headers=_headers(sig),
+                version=d.version,
+                from_worker=from_worker(o, task.by_name) if task.by_name else "",
             ),
         )
 
@@ -191,11 +210,13 @@ class Enqueuer:
         mode: str,
         xdeps: list[tuple[str, int]] | None = None,
         xdependants: str = "",
+        *,
+        step: bool = False,
     ) -> GraphStep:
         """The task graph.lua creates for a call that waits for `deps` (id, input index)
         of its own queue and `xdeps` of other queues; `xdependants` are the tasks of other
         queues that wait for it ("<id>|<index>|<workflow id>" ...)."""
-        _, spec = self.spec(sig, task_id, queue, first_to_come=bool(mode))
+        _, spec = self.spec(sig, task_id, queue, first_to_come=bool(mode), step=step)
         return GraphStep(
             spec=spec,
             deps=" ".join(f"{d}|{i}" for d, i in deps),
@@ -204,6 +225,7 @@ class Enqueuer:
             optional="1" if sig.opts.get("optional") else "0",
             xdeps=" ".join(f"{d}|{i}" for d, i in xdeps or ()),
             xdependants=xdependants,
+            compensable="1" if step and "compensate" in sig.opts else "",
         )
 
     async def enqueue_graph(
@@ -227,6 +249,31 @@ class Enqueuer:
             ids = tuple(step.spec.id for step in steps)
             replies = await broker.run_durable([call], need, ids)
         return list(replies[0])
+
+    def _compensation(self, step: _Step, queue: str, wf_id: str, later: list[str]) -> list[str]:
+        """A step's compensation as the saga plan holds it (lib/saga.lua): its number, and
+        {id, a: its enqueue fields, w: the numbers of the compensated steps after it}. Its
+        task gets the step's result first, as a chain's next step would."""
+        sig: Signature[Any] = step.sig.opts["compensate"]
+        task = sig.task
+        if "compensate" in sig.opts or "after" in sig.opts:
+            raise ConfigurationError(
+                f"the compensation {task.name} of step {step.sig.task.name} cannot have "
+                "compensate= or after= of its own"
+            )
+        if task.opts.unique is not False:
+            raise ConfigurationError(
+                f"task {task.name} is unique: a compensation cannot be (it could be refused "
+                "while its workflow waits for it)"
+            )
+        task.check_args((None, *sig.args), sig.kwargs)
+        n = step_number(step.id)
+        own = self.queue_for(sig)
+        task_id = f"{wf_id}.c{n}" if own == queue else f"{own}:{wf_id}.c{n}"
+        _, spec = self.spec(sig, task_id, own, first_to_come=True)
+        fields = [v.decode() if isinstance(v, bytes) else str(v) for v in spec.argv()]
+        plan = {"id": task_id, "a": fields, "w": [int(step_number(s)) for s in later]}
+        return [n, json.dumps(plan, separators=(",", ":"))]
 
     async def enqueue_child(
         self, sig: Signature[R], task_id: str, on_parent_end: str = "cancel"
@@ -405,9 +452,18 @@ class Enqueuer:
             local = [(d, i) for d, i in step.deps if queue_of(d) == here]
             cross = [(d, i) for d, i in step.deps if queue_of(d) != here]
             told = " ".join(xdependants.get(step.id, ()))
-            part = self.graph_step(step.sig, here, step.id, local, step.mode, cross, told)
+            part = self.graph_step(
+                step.sig, here, step.id, local, step.mode, cross, told, step=True
+            )
             fields.setdefault(here, []).append(part)
             ids.setdefault(here, []).append(step.id)
+        later = compensated_after(steps)
+        compensations = [
+            text
+            for step in steps
+            if "compensate" in step.sig.opts
+            for text in self._compensation(step, queue, wf_id, later[step.id])
+        ]
         ttl = self.settings.result_ttl_seconds
         ttl_ms = -1 if ttl is None else int(ttl * 1000)
         others = [q for q in fields if q != queue]
@@ -421,6 +477,7 @@ class Enqueuer:
             " ".join(last),
             len(ids[queue]) + len(others),
             " ".join(others),
+            compensations=tuple(compensations),
         )
         await self.enqueue_graph(queue, fields[queue], main, levels)
         broker = await self.broker()

@@ -19,7 +19,8 @@
     ├── TaskNotRunning          a query to a task that no run holds (carries the status)
     ├── QueryTimeout            the worker holding the task did not answer a query; a TimeoutError
     ├── UnknownQuery            the running task has no handler of that name (lists those it has)
-    └── QueryFailed             the task's query handler raised: remote type and message
+    ├── QueryFailed             the task's query handler raised: remote type and message
+    └── StreamTruncated         a task's output stream no longer holds the position asked for
 
 Raised by task code (not errors of segue's, so not under SegueError):
 
@@ -182,6 +183,16 @@ class QueryFailed(SegueError):
         self.query = query
         self.type = type
         self.message = message
+
+
+class StreamTruncated(SegueError):
+    """`handle.stream()` cannot go on from where it was asked to: the entries after that
+    position were trimmed (`max_stream_entries`), or the stream outlived its linger and is
+    gone. `position` is the one asked for (None: from the start)."""
+
+    def __init__(self, message: str, position: str | None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class StepFailed(SegueError):

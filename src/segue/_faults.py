@@ -43,6 +43,15 @@ SERVICE_POINTS = ("lease_thread", "forwarder_pass")
 # them, not the matrix of POINTS: after_step_effect (a step's function returned or raised,
 # its journal entry is not written) and after_journal_write (the entry was stored)
 STEP_POINTS = ("after_step_effect", "after_journal_write")
+# reached only by a run that migrates a task's state to its code's version (_migrate.py), so
+# tests/faults/test_version_crashes.py has them: before_migrate (the state is read and
+# upgraded in memory, nothing written) and after_migrate (state and version were written
+# together, the task's code has not started)
+VERSION_POINTS = ("before_migrate", "after_migrate")
+# reached only by a task that streams output (ctx.stream), so tests/faults/
+# test_stream_crashes.py has it: after_stream_write (a batch of chunks was stored, the run
+# has not gone on)
+STREAM_POINTS = ("after_stream_write",)
 
 
 class FaultInjected(RuntimeError):

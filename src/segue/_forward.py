@@ -64,7 +64,7 @@ def _target(raw: bytes) -> str | None:
     """The queue an outbox entry goes to (None for an entry that cannot be read)."""
     try:
         entry = json.loads(raw)
-        return queue_of(entry["d"] if entry["k"] == "d" else entry["w"])
+        return queue_of(entry["d"] if entry["k"] in ("d", "c") else entry["w"])
     except (ValueError, KeyError, TypeError, ConfigurationError):
         return None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import socket
@@ -22,7 +24,16 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._keys import queue_of
-from segue._state import StepInfo, TaskError, TaskInfo, TaskStatus, Transition, at_ms, from_ms
+from segue._state import (
+    StepInfo,
+    TaskError,
+    TaskInfo,
+    TaskStatus,
+    Transition,
+    at_ms,
+    from_ms,
+    from_worker_names,
+)
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 
@@ -33,6 +44,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._codec import TaskTypes
     from segue._events import Event
+    from segue._output import TaskStream
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -119,6 +131,15 @@ class TaskHandle(Generic[R]):
         entries = await reads.recent_events(reads.keyspace(self.queue), scan)
         found = [parse_event(self.queue, eid, fields) for eid, fields in reversed(entries)]
         return [e for e in found if e.task_id == self.id]
+
+    def stream(self, after: str | None = None) -> TaskStream:
+        """The chunks the task streams (`ctx.stream`), in order, from the start or after the
+        position `after`; the loop ends when the task ends (also when it never streamed).
+        A `StreamRestarted` item marks where a new run starts writing. The iterator's
+        `position` is the position of the item last yielded, to resume after it."""
+        from segue._output import TaskStream
+
+        return TaskStream(self._client.reads, self.queue, self.id, after)
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to end; its value, or TaskFailed / TaskCancelled."""
@@ -386,6 +407,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
+    version = r.integer(F.VERSION.b) or 1
     return TaskInfo(
         id=task_id,
         name=name,
@@ -411,7 +433,16 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        workflow=_workflow_of(r.text(F.WORKFLOW.b) or r.text(F.COMPENSATES.b)),
+        version=version,
+        started_version=r.integer(F.STARTED_VERSION.b) or version,
+        from_worker=from_worker_names(r.text(F.FROM_WORKER.b)),
     )
+
+
+def _workflow_of(text: str) -> str | None:
+    """The workflow of a step ('wf') or of a compensation ('cof': "<workflow>|<step n>")."""
+    return text.rsplit("|", 1)[0] if text else None
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
@@ -485,6 +516,11 @@ class WorkflowHandle(Generic[R]):
         """SUCCEEDED, FAILED or CANCELLED once its last steps ended; else PAUSED, CANCELLED
         (being cancelled) or RUNNING."""
         rec = await self._record()
+        saga = rec.get(W.SAGA_STATE.b)
+        if saga == b"compensating":
+            return TaskStatus.COMPENSATING
+        if saga is not None:
+            return TaskStatus(rec.get(W.SAGA_OUTCOME.b, b"failed").decode())
         if rec.get(W.STATE.b) == b"cancelled":
             return TaskStatus.CANCELLED
         last = rec.get(W.LAST.b, b"").decode().split()
@@ -505,12 +541,38 @@ class WorkflowHandle(Generic[R]):
         `offset` and `limit` read one page of a large fan-out."""
         reads = await self._client.reads()
         infos: list[TaskInfo] = []
-        ids = await self._ids(W.STEPS.b)
+        wf = await self._record()
+        ids = wf.get(W.STEPS.b, b"").decode().split()
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await reads.task_record(reads.keyspace(queue_of(step_id)), step_id)
             if rec:
-                infos.append(parse_info(step_id, rec, self._client.tasks))
+                info = parse_info(step_id, rec, self._client.tasks)
+                plan = wf.get(W.COMPENSATION_PREFIX.b + step_id.rsplit(".", 1)[1].encode())
+                if plan is not None:
+                    compensation = await self._compensation(json.loads(plan)["id"])
+                    info = dataclasses.replace(info, compensation=compensation)
+                infos.append(info)
         return infos
+
+    async def _compensation(self, task_id: str) -> TaskInfo | None:
+        reads = await self._client.reads()
+        rec = await reads.task_record(reads.keyspace(queue_of(task_id)), task_id)
+        return parse_info(task_id, rec, self._client.tasks) if rec else None
+
+    async def wait_ended(self, timeout: float | None = None) -> TaskStatus:
+        """Wait until the workflow has ended, its compensations included (a workflow
+        without any ends with its last steps); returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            rec = await self._record()
+            if W.ENDED_AT.b in rec:
+                return await self.status()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {self.id} has not ended after {timeout} s")
+            # a saga's end is told through the forwarder, not the done channel: look again
+            await asyncio.sleep(pause)
+            pause = min(0.2, pause * 2)
 
     async def result(self, timeout: float | None = None) -> R:
         """The last step's value (a list when the workflow ends with a group); raises
@@ -527,7 +589,14 @@ class WorkflowHandle(Generic[R]):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return await self._step_result(handle, left)
 
-        results = await asyncio.gather(*(one(h) for h in handles))
+        try:
+            results = await asyncio.gather(*(one(h) for h in handles))
+        except (TaskFailed, TaskCancelled):
+            if W.COMPENSATED_STEPS.b in await self._record():
+                # its compensations have run when result() raises, as its steps have
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await self.wait_ended(left)
+            raise
         if len(handles) == 1:
             value: R = results[0]
             return value
@@ -566,13 +635,15 @@ class WorkflowHandle(Generic[R]):
         or a resume, which the workflow as a whole does not."""
         broker = await self._client.broker()
         state = await broker.workflow_command(broker.keyspace(self.queue), self.id, command, reason)
-        others = await self._ids(W.QUEUES.b)
+        rec = await self._record()
+        others = rec.get(W.QUEUES.b, b"").decode().split()
         for queue in others:
             with contextlib.suppress(TaskNotFound, InvalidTransition):
                 await broker.workflow_command(broker.keyspace(queue), self.id, command, reason)
-        if others:
+        if others or W.COMPENSATED_STEPS.b in rec:
             from segue._forward import forward_now
 
-            # what the command ended is told to the other queues now, not at a worker's poll
+            # what the command ended is told to the other queues now, not at a worker's
+            # poll; so are the compensations a cancel started (lib/saga.lua)
             await forward_now(broker, [self.queue, *others])
         return state

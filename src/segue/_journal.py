@@ -135,6 +135,7 @@ class Journal:
         "_names",
         "_replayed",
         "_run",
+        "_state_found",
         "_task_id",
         "_tries",
         "inline_seconds",
@@ -157,6 +158,7 @@ class Journal:
         self._names: set[str] = set()
         self._counts: dict[str, int] = {}
         self._replayed = 0
+        self._state_found = False
 
     @property
     def local(self) -> bool:
@@ -206,6 +208,7 @@ class Journal:
             f"task {self._task_id}: the step journal",
             lambda: run.broker.reads.read_state(run.ks, self._task_id),
         )
+        self._state_found = bool(raw)
         entries: dict[str, dict[str, msgspec.Raw]] = {}
         prefix = FIELD.encode()
         for key, value in raw.items():
@@ -216,6 +219,13 @@ class Journal:
                 continue  # a failed step of an earlier try: this try runs it again
             entries[key[len(prefix) :].decode()] = entry
         self._entries = entries
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this run found durable state (ctx.state values or journal entries) when
+        it read the journal: it goes on from an earlier run's work instead of starting
+        over (ctx.stream's restart marker says so)."""
+        return self._state_found
 
     def lookup(self, name: str) -> dict[str, msgspec.Raw] | None:
         """The entry journaled under `name` (after load), counted as replayed."""

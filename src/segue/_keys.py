@@ -54,6 +54,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def output(self, task_id: str) -> str:
+        """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
+        return self.base + "out:" + task_id
+
     def claim(self, token: str) -> str:
         """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
         return self.base + "claim:" + token
@@ -260,6 +264,12 @@ class CronKeys:
     def skipped(self) -> str:
         """Hash: schedule id -> the last tick skipped while paused (ms)."""
         return self.base + "skipped"
+
+    @cached_property
+    def overlapped(self) -> str:
+        """Hash: schedule id -> the last tick a unique schedule skipped because its previous
+        run was still going (ms)."""
+        return self.base + "overlapped"
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,13 @@ async def paused_schedules(
     return paused, skipped
 
 
+async def overlapped_schedules(reads: Queries, ck: CronKeys) -> dict[bytes, bytes]:
+    """The last tick each unique schedule skipped because its previous run still went on."""
+    async with reads.errors():
+        overlapped: dict[bytes, bytes] = await reads.client.hgetall(ck.overlapped)
+    return overlapped
+
+
 async def schedules_paused(
     reads: Queries, ck: CronKeys, ids: Sequence[bytes | str]
 ) -> list[bytes | None]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from segue._errors import ConfigurationError
 from segue._keys import PRIORITIES
 
 Priority = Literal["low", "normal", "high"]
+# where a sync task runs in the worker: a thread (default) or a child process (_procpool.py)
+Executor = Literal["thread", "process"]
 Backoff = float | Callable[[int], float]
 OnDuplicate = Literal["return", "raise"]
 # what its parent's end, pause or cancel does to a sub-task (_forward.py, "Cascades")
@@ -20,6 +22,8 @@ ParentEnd = Literal["cancel", "abandon"]
 Durability = Literal["memory", "fsync", "replicated"]
 # unique=True: one live task per task name; a function of the arguments: one per key
 Unique = bool | Callable[..., str]
+# migrate={old version: upgrade}: upgrade(state) is the task's ctx.state at old version + 1
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
 _DURABILITY = ("memory", "fsync", "replicated")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -43,9 +47,17 @@ class TaskOptions:
     rate_burst: int = 1
     concurrency: int | None = None
     max_pauses: int | None = 100  # Pauses in a row without progress; None: no limit
+    version: int = 1  # the code's version of the task: tasks carry it (versions.md)
+    migrate: Mapping[int, Migration] | None = None
+    executor: Executor = "thread"
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
+        self._check_versions()
+        if self.executor not in ("thread", "process"):
+            raise ConfigurationError(
+                f"task {self.name}: executor must be 'thread' or 'process', not {self.executor!r}"
+            )
         if self.rate_limit is not None:
             parse_rate(self.rate_limit, self.name)
         if self.rate_burst < 1:
@@ -68,6 +80,33 @@ class TaskOptions:
             raise ConfigurationError(f"task {self.name}: timeout must be positive or None")
         if self.ttl is not None and self.ttl < 0:
             raise ConfigurationError(f"task {self.name}: ttl must be >= 0 or None")
+
+    def _check_versions(self) -> None:
+        v: object = self.version
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigurationError(
+                f"task {self.name}: version must be an int >= 1, not {self.version!r}"
+            )
+        chain: Any = self.migrate or {}  # checked as the user passed it, not as typed
+        for old, fn in chain.items():
+            if not isinstance(old, int) or isinstance(old, bool) or not 1 <= old < v:
+                raise ConfigurationError(
+                    f"task {self.name}: migrate={{{old!r}: ...}}: each key is a version a "
+                    f"migration upgrades from, an int from 1 to {v - 1} (version={v})"
+                )
+            if not callable(fn):
+                raise ConfigurationError(
+                    f"task {self.name}: migrate[{old}] must be a function state -> state"
+                )
+
+    def migrations(self, since: int) -> list[Migration] | None:
+        """The upgrades that take state of version `since` to this version, in order (none
+        when it is this version); None when a link of the chain is missing."""
+        chain = self.migrate or {}
+        steps = [chain.get(v) for v in range(since, self.version)]
+        if any(fn is None for fn in steps):
+            return None
+        return [fn for fn in steps if fn is not None]
 
     def backoff(self, tries: int) -> float:
         """Seconds to wait before the next try after `tries` runs failed.

@@ -231,6 +231,32 @@ class Queries:
                         found.append((queue, entry_id, fields))
         return found
 
+    async def read_output(
+        self, ks: Keyspace, task_id: str, after: str, count: int, block_ms: int | None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries of a task's output stream after entry id `after`, oldest first; with
+        `block_ms`, waiting up to that long for one (on the blocking connection)."""
+        key = ks.output(task_id)
+        async with self._t.errors():
+            if block_ms is None:
+                rows: list[tuple[bytes, dict[bytes, bytes]]] = await self._t.client.xrange(
+                    key, min="(" + after, max="+", count=count
+                )
+                return rows
+            reply = await self._t.blocking_client().xread({key: after}, count=count, block=block_ms)
+        for _key, entries in reply or []:
+            found: list[tuple[bytes, dict[bytes, bytes]]] = entries
+            return found
+        return []
+
+    async def output_entry(
+        self, ks: Keyspace, task_id: str, entry_id: str
+    ) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """One entry of a task's output stream, or None when it is not there (trimmed)."""
+        async with self._t.errors():
+            rows = await self._t.client.xrange(ks.output(task_id), entry_id, entry_id)
+        return rows[0] if rows else None
+
     async def dead_ids(self, ks: Keyspace, offset: int, limit: int) -> list[str]:
         async with self._t.errors():
             ids = await self._t.client.lrange(ks.dead, offset, offset + limit - 1)

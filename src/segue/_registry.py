@@ -19,6 +19,7 @@ from segue._task import AsyncTask, SyncTask, Task
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
+    from datetime import timedelta
 
     from segue._context import Context
     from segue._cron import Schedule
@@ -67,6 +68,8 @@ class Registry:
             )
         cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
         task: Task[Any, Any] = cls(self._owner, fn, opts)
+        if opts.executor == "process":
+            _check_process_task(task, fn)
         self.tasks[name] = task
         return task
 
@@ -77,12 +80,16 @@ class Registry:
         cron: str,
         tz: str | None,
         catch_up: bool,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> Task[Any, Any]:
         """A task and its schedule, a call with no arguments at every tick; neither is kept
         if the schedule is refused."""
         task = self.register(fn, **options)
         try:
-            schedule = make_schedule(task.call(), cron, tz, task.name, catch_up)
+            schedule = make_schedule(
+                task.call(), cron, tz, task.name, catch_up, unique=unique, expire=expire
+            )
         except TypeError as exc:
             del self.tasks[task.name]
             raise ConfigurationError(
@@ -98,6 +105,29 @@ class Registry:
         res = Resource(fn, getattr(fn, "__qualname__", repr(fn)))
         self.lifespans.append(res)
         return res
+
+
+def _check_process_task(task: Task[Any, Any], fn: Callable[..., Any]) -> None:
+    """A process task runs in a child process that receives JSON and imports the function
+    by name (_procpool.py): refuse, now, what could not run there."""
+    where = f"task {task.name} (executor='process')"
+    if task.is_async:
+        raise ConfigurationError(
+            f"{where} is an async function: a process runs sync functions (CPU-bound work); "
+            "an async task already runs on the worker's event loop"
+        )
+    if task.takes_ctx:
+        raise ConfigurationError(
+            f"{where} takes a ctx parameter: ctx talks to the server through the worker's "
+            "connections and event loop, which stay in the worker process, not in the child "
+            "the task runs in. Drop ctx (pass what the task needs as arguments), or run it "
+            "in a thread (the default executor) to use ctx"
+        )
+    if "<locals>" in fn.__qualname__:
+        raise ConfigurationError(
+            f"{where} is defined inside a function ({fn.__qualname__}): the child process "
+            "imports it by name, so it must be at the top level of a module"
+        )
 
 
 class TaskDecorator:
@@ -136,10 +166,12 @@ class CronDecorator:
         cron: str,
         tz: str | None,
         catch_up: bool,
+        unique: bool = False,
+        expire: float | timedelta | None = None,
     ) -> None:
         self._registry = registry
         self._options = options
-        self._schedule = (cron, tz, catch_up)
+        self._schedule = (cron, tz, catch_up, unique, expire)
 
     @overload
     def __call__(  # type: ignore[overload-overlap]
@@ -154,5 +186,7 @@ class CronDecorator:
     @overload
     def __call__(self, fn: Callable[[], R]) -> SyncTask[[], R]: ...
     def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
-        cron, tz, catch_up = self._schedule
-        return self._registry.register_cron(fn, dict(self._options), cron, tz, catch_up)
+        cron, tz, catch_up, unique, expire = self._schedule
+        return self._registry.register_cron(
+            fn, dict(self._options), cron, tz, catch_up, unique, expire
+        )

@@ -22,14 +22,17 @@ from segue._context import (
     ServerUnreachable,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, Pause, PayloadError, Retry
+from segue._errors import Fail, LeaseLost, Pause, PayloadError, Retry
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
+from segue._migrate import MigrationFailed, VersionUnsupported, upgrade
+from segue._procpool import ProcessTaskError
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
+    NewerVersion,
     Outcome,
     Paused,
     PausedItself,
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
     from segue._hooks import Hook
     from segue._keys import Keyspace
+    from segue._procpool import ProcessPool
     from segue._settings import Settings
     from segue._task import Task
 
@@ -78,13 +82,22 @@ class Job:
     error: BaseException | None = None  # what the run raised, for hooks
     value: Any = None  # what it returned, for hooks
     unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
+    version: int = 1  # the record's version of the task's code (_migrate.py)
+    started_version: int = 1  # the version it started under: ctx.version
+    # an enqueue by name (app.send): "send", plus "mt"/"to"/"v" when this worker's definition
+    # supplies max_tries/timeout/version (the record holds defaults for older workers)
+    from_worker: str = ""
 
 
 def _error(exc: BaseException, reason: str, *, with_tb: bool = True) -> bytes:
     tb = "".join(traceback.format_exception(exc)) if with_tb else None
+    kind, message = type(exc).__qualname__, str(exc)
+    if isinstance(exc, ProcessTaskError):  # as the child process raised it
+        kind, message = exc.type_name, exc.args[0]
+        tb = exc.remote_traceback if with_tb else None
     data = {
-        "type": type(exc).__qualname__,
-        "message": str(exc),
+        "type": kind,
+        "message": message,
         "traceback": tb,
         "reason": reason,
     }
@@ -115,6 +128,7 @@ async def attempt(
     worker_id: str,
     executor: Executor,
     hooks: Sequence[Hook] = (),
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """Run one attempt and say what should happen next."""
     if job.unreadable is not None:
@@ -125,19 +139,28 @@ async def attempt(
             settings.unknown_task_max_releases,
             int(settings.unknown_task_window_seconds * 1000),
         )
+    if job.from_worker:
+        _take_definition(job, task)
+    if job.version != task.opts.version:
+        early = await _versions(job, task, settings)
+        if early is not None:
+            return early
     try:
         args, kwargs = task.args_decoder.decode(job.payload, first=job.input)
     except Exception as exc:
+        # a producer without the code (app.send) was not checked against the parameters: a
+        # value that does not fit one is its mistake, not a record gone bad
+        why = "bad_arguments" if isinstance(exc, PayloadError) and job.from_worker else ""
         return Failed(
             _message(
-                "undecodable",
+                why or "undecodable",
                 (
                     f"the arguments of task {job.id} ({job.name}) do not decode "
                     f"for its parameters: "
                     f"{exc}"
                 ),
             ),
-            "undecodable",
+            why or "undecodable",
         )
     ctx: Context | None = None
     if task.takes_ctx or hooks:
@@ -151,6 +174,7 @@ async def attempt(
             state_limit=settings.max_payload_bytes,
             headers=decode_plain(job.headers) if job.headers else None,
             sleep_inline_seconds=settings.sleep_inline_seconds,
+            version=job.started_version,
         )
     if task.takes_ctx:
         assert ctx is not None
@@ -158,11 +182,13 @@ async def attempt(
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
     if not hooks:
-        return await _call(job, task, settings, executor, args, kwargs)
+        if ctx is None:
+            return await _call(job, task, settings, executor, args, kwargs, processes)
+        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
     assert ctx is not None
     await call_hooks(hooks, "before_run", ctx)
     try:
-        outcome = await _call(job, task, settings, executor, args, kwargs)
+        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
     except BaseException as exc:
         cancelled = job.run is not None and job.run.request == "cancel"
         stopped: RunEnd = "cancelled" if cancelled else "stopped"
@@ -174,6 +200,60 @@ async def attempt(
     return outcome
 
 
+async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outcome | None:
+    """What a run does before the task's code when the record is of another version than
+    this worker's code of the task: release it (newer), or migrate its state (older)."""
+    mine = task.opts.version
+    if job.version > mine:
+        if not task.opts.silent:
+            lines.info(
+                "task %s is of version %d, this worker's code is version %d: released",
+                job.id,
+                job.version,
+                mine,
+            )
+        most = int(settings.newer_version_backoff_seconds * 1000)
+        return NewerVersion(min(1000, most), most)
+    if job.run is None:
+        return None
+    try:
+        await upgrade(job.id, task.opts, job.version, job.run, settings.max_payload_bytes)
+    except VersionUnsupported as exc:
+        log.warning("task %s failed: %s", job.id, exc)
+        return Failed(_message("version_unsupported", str(exc)), "version_unsupported")
+    except MigrationFailed as exc:
+        return _failure(job, task, exc, "error")
+    except ServerUnreachable as exc:
+        log.warning("task %s stopped: %s; requeued, the try not spent", job.id, exc)
+        return Requeued("server unreachable")
+    except LeaseLost as exc:
+        job.lost = True  # nothing to send: the task is another run's now
+        log.warning("%s", exc)
+        return Requeued("lease lost")
+    job.version = mine
+    return None
+
+
+async def _call_streaming(
+    job: Job,
+    task: Task[Any, Any],
+    settings: Settings,
+    executor: Executor,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    ctx: Context,
+    processes: ProcessPool | None = None,
+) -> Outcome:
+    """_call, then the run's last output chunks, written before its outcome is sent."""
+    try:
+        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
+    except BaseException:
+        await ctx._close_output(ended=False)
+        raise
+    await ctx._close_output(ended=True)
+    return outcome
+
+
 async def _call(
     job: Job,
     task: Task[Any, Any],
@@ -181,6 +261,7 @@ async def _call(
     executor: Executor,
     args: list[Any],
     kwargs: dict[str, Any],
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """Call the function under its timeout; the outcome, with job.error / job.value set."""
     silent = task.opts.silent
@@ -192,6 +273,14 @@ async def _call(
         async with timer:
             if task.is_async:
                 value = await task.fn(*args, **kwargs)
+            elif processes is not None and task.opts.executor == "process":
+                # the child decodes the stored arguments itself and answers in JSON
+                limit = settings.max_result_bytes
+                result = await processes.run(task, job.payload, job.input, limit)
+                job.value = decode_plain(result)
+                if not silent:
+                    lines.info("task %s succeeded", job.id)
+                return Succeeded(result)
             else:
                 loop = asyncio.get_running_loop()
                 # the thread sees the context variables of this run (set by hooks, say)
@@ -232,6 +321,14 @@ async def _call(
         expired = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
         return _failure(job, task, expired, "timeout")
     except Exception as exc:
+        if isinstance(exc, TypeError) and (bad := _misfit(task, args, kwargs)) is not None:
+            # the function was never entered: another try would fail the same way
+            job.error = exc
+            if not silent:
+                log.warning("task %s failed: %s", job.id, bad)
+            return Failed(
+                _message("bad_arguments", f"task {job.id} ({job.name}): {bad}"), "bad_arguments"
+            )
         return _failure(job, task, exc, "error")
     job.value = value
     faultpoint("after_effect_before_complete")
@@ -252,6 +349,31 @@ async def _call(
     if not silent:
         lines.info("task %s succeeded", job.id)
     return Succeeded(payload)
+
+
+def _take_definition(job: Job, task: Task[Any, Any]) -> None:
+    """A task enqueued by name runs with this worker's max_tries, timeout and version where
+    its producer left them out (`from_worker`): a version not passed is this code's, so
+    nothing is migrated or released for it."""
+    marks = job.from_worker.split()
+    if "v" in marks and job.started_version == job.version == 1:
+        job.version = job.started_version = task.opts.version
+    if "mt" in marks:
+        job.max_tries = task.opts.max_tries
+    if "to" in marks:
+        timeout = task.opts.timeout
+        job.timeout_ms = int(timeout * 1000) if timeout else 0
+
+
+def _misfit(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """Why the arguments do not fit the function's parameters (naming the parameter), or
+    None when they do. Asked only after a call raised TypeError, so a run whose arguments
+    fit pays nothing for it."""
+    try:
+        task.check_args(tuple(args[1:] if task.takes_ctx else args), kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 def _paused_itself(job: Job, task: Task[Any, Any], settings: Settings, exc: Pause) -> Outcome:

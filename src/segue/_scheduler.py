@@ -12,6 +12,12 @@ last fired ticks. Firing one tick takes three steps, none of which touches two s
 3. cron_advance.lua stores the next tick, fenced on the tick taken: a worker whose lease
    ran out cannot move a schedule that another has advanced since.
 
+A unique schedule (`unique=True`) enqueues its ticks under a unique key of its own: while
+the run of an earlier tick is queued or running, the enqueue creates nothing and names that
+run, and the tick is skipped: noted in the `overlapped` hash and, once the advance went
+through (so only one worker reports it), as a `cron.skipped` event in the task's queue. A
+schedule's `expire` counts from its tick: a tick fired late gets less of it.
+
 Next ticks are computed here (croniter, in the schedule's zone) from the tick fired, not
 from any local clock; a schedule whose next tick is already past (every worker was down)
 fires that one tick and then goes on from the present, unless it catches up, which fires
@@ -25,7 +31,7 @@ import contextlib
 import functools
 import logging
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
     from segue._calls import ScriptCall
     from segue._enqueue import Enqueuer
     from segue._queries import Queries
+    from segue._task import Task
 
 R = TypeVar("R")
 
@@ -76,8 +83,12 @@ class _Entry(msgspec.Struct, frozen=True):
     max_tries: int
     timeout_ms: int
     ttl_ms: int
-    unique: str = ""  # the unique key of the call, if its task is unique
-    expire_ms: int = 0  # how long after its tick a fire may wait to start
+    unique: str = ""  # the unique key of the call, if its task (or the schedule) is unique
+    expire_ms: int = 0  # the task's expire: how long after its enqueue a run may wait to start
+    # newer fields: a worker that does not know them fires the tick without them (a unique
+    # schedule's tick is then not created while the earlier run holds the key, silently)
+    overlap: bool = False  # unique=True: a tick skipped for a run still going is reported
+    tick_expire_ms: int = 0  # the schedule's expire, counted from the tick (0: none)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -87,6 +98,10 @@ _decode = msgspec.json.Decoder(_Entry).decode
 def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
     queue, task = enqueuer.spec(schedule.sig)
+    unique = task.unique
+    if schedule.unique and not unique:
+        # one live run per schedule (the task's own unique key, if it has one, is stricter)
+        unique = f"{task.name}:cron-{schedule.id}"
     entry = _Entry(
         spec=schedule.cron.spec,
         task=task.name,
@@ -99,8 +114,10 @@ def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
         max_tries=task.max_tries,
         timeout_ms=task.timeout_ms,
         ttl_ms=task.ttl_ms,
-        unique=task.unique,
+        unique=unique,
         expire_ms=task.expire_ms,
+        overlap=schedule.unique,
+        tick_expire_ms=int(schedule.expire * 1000) if schedule.expire else 0,
     )
     return _encode(entry)
 
@@ -138,6 +155,7 @@ async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
     ck = CronKeys(prefix)
     defs, due, fired = await reads.schedule_rows(ck)
     paused, skipped = await _ops_reads.paused_schedules(reads, ck)
+    overlapped = await _ops_reads.overlapped_schedules(reads, ck)
     next_ms = {_text(sid): int(score) for sid, score in due}
     infos: list[_cron.ScheduleInfo] = []
     for raw_id, raw in defs.items():
@@ -151,6 +169,7 @@ async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
         last = fired.get(raw_id)
         nxt = next_ms.get(sid)
         skip = skipped.get(raw_id)
+        overlap = overlapped.get(raw_id) if e.overlap else None
         infos.append(
             _cron.ScheduleInfo(
                 id=sid,
@@ -166,6 +185,11 @@ async def listing(prefix: str, reads: Queries) -> list[_cron.ScheduleInfo]:
                 if skip is None
                 else datetime.fromtimestamp(int(skip) / 1000, zone),
                 last_task_id=None if last is None else tick_id(e.queue, sid, int(last)),
+                unique=e.overlap,
+                expire=e.tick_expire_ms / 1000 if e.tick_expire_ms else None,
+                last_overlapped=None
+                if overlap is None
+                else datetime.fromtimestamp(int(overlap) / 1000, zone),
             )
         )
     infos.sort(key=lambda i: (i.next_run is None, next_ms.get(i.id, 0), i.id))
@@ -218,10 +242,17 @@ class Scheduler(Service):
     stop_wait = 5.0
 
     def __init__(
-        self, enqueuer: Enqueuer, broker: Broker, crons: Mapping[str, _cron.Schedule]
+        self,
+        enqueuer: Enqueuer,
+        broker: Broker,
+        crons: Mapping[str, _cron.Schedule],
+        tasks: Mapping[str, Task[Any, Any]] | None = None,
     ) -> None:
         self._enqueuer = enqueuer
         self._crons = crons
+        # a tick carries this worker's code version of its task, as any enqueue does (1 for
+        # a task it does not know: a worker that knows it migrates from there)
+        self._tasks: Mapping[str, Task[Any, Any]] = tasks or {}
         self._broker = broker
         self._keys = CronKeys(enqueuer.settings.prefix)
         self._wake = asyncio.Event()
@@ -272,8 +303,7 @@ class Scheduler(Service):
                 return _MAX_SLEEP
             return min(_MAX_SLEEP, max(0.0, (soonest - now) / 1000))
         by_queue: dict[str, list[EnqueueSpec]] = {}
-        advances = []
-        counts = []
+        firing: list[_Firing] = []
         skips: list[_calls.ScriptCall] = []
         ck = CronKeys(self._enqueuer.settings.prefix)
         held = await _ops_reads.schedules_paused(broker.reads, ck, [r[0] for r in rows])
@@ -295,7 +325,10 @@ class Scheduler(Service):
                 continue
             ticks, nxt = plan(cron, e.catch_up, tick, now)
             specs = by_queue.setdefault(e.queue, [])
+            at = (e.queue, len(specs))
             payload = bytes(e.args)
+            known = self._tasks.get(e.task)
+            version = known.opts.version if known is not None else 1
             specs.extend(
                 EnqueueSpec(
                     id=tick_id(e.queue, sid, t),
@@ -308,29 +341,90 @@ class Scheduler(Service):
                     timeout_ms=e.timeout_ms,
                     ttl_ms=e.ttl_ms,
                     unique=e.unique,
-                    expire_ms=e.expire_ms,
+                    expire_ms=_expire_ms(e, t, now),
                     headers="",
+                    version=version,
                 )
                 for t in ticks
             )
-            following = "" if nxt is None else nxt
-            advances.append(_calls.cron_advance(self._keys, sid, tick, ticks[-1], following))
-            counts.append(len(ticks))
+            firing.append(_Firing(sid, tick, ticks, nxt, e, at))
             log.debug("schedule %s fires %d tick(s) from %d; next %s", sid, len(ticks), tick, nxt)
         calls: list[ScriptCall] = []
+        where: list[str] = []
         for queue, specs in by_queue.items():
             await broker.register_queue(queue)
             ks = broker.keyspace(queue)
             step = _CATCH_UP_BATCH
-            calls.extend(
-                broker.enqueue_call(ks, specs[i : i + step]) for i in range(0, len(specs), step)
-            )
+            for i in range(0, len(specs), step):
+                calls.append(broker.enqueue_call(ks, specs[i : i + step]))
+                where.append(queue)
+        created: dict[str, list[Any]] = {queue: [] for queue in by_queue}
         if calls:
-            await broker.run_calls(calls, retry=True)  # idempotent by task id
+            replies = await broker.run_calls(calls, retry=True)  # idempotent by task id
+            for queue, reply in zip(where, replies, strict=True):
+                created[queue].extend(reply)
         faultpoint("cron_after_enqueue")
+        advances: list[ScriptCall] = []
+        reports: list[list[tuple[str, int, str]]] = []
+        counts: list[int] = []
+        for f in firing:
+            queue, first = f.at
+            fired, overlapped = [], []
+            for t, reply in zip(f.ticks, created[queue][first : first + len(f.ticks)], strict=True):
+                own = tick_id(queue, f.sid, t)
+                # a reply naming another task: a live run holds the unique key
+                holder = None if reply.__class__ is int else _text(reply)
+                if holder is None or holder == own:
+                    fired.append(t)
+                else:
+                    overlapped.append((own, t, holder))
+            following = "" if f.nxt is None else f.nxt
+            if fired:
+                advances.append(
+                    _calls.cron_advance(self._keys, f.sid, f.tick, fired[-1], following)
+                )
+            else:
+                advances.append(_calls.cron_overlap(self._keys, f.sid, f.tick, following))
+            counts.append(len(fired))
+            reports.append(overlapped if f.entry.overlap else [])
         if advances:
             done = await broker.run_calls(advances, retry=True)  # fenced on the tick
             self.fired += sum(n for n, ok in zip(counts, done, strict=True) if ok)
+            events = [
+                self._skipped_event(f, own, t, holder)
+                for f, report, ok in zip(firing, reports, done, strict=True)
+                if ok
+                for own, t, holder in report
+            ]
+            if events:
+                await broker.run_calls(events, retry=True)
         if skips:
             await broker.run_calls(skips, retry=True)  # fenced on the tick too
         return 0.0
+
+    def _skipped_event(self, f: _Firing, own: str, tick: int, holder: str) -> ScriptCall:
+        log.info("schedule %s skipped tick %d: run %s is still going", f.sid, tick, holder)
+        data = _encode({"schedule": f.sid, "tick": tick, "running": holder})
+        ks = self._broker.keyspace(f.entry.queue)
+        return _calls.cron_skipped(ks, own, f.entry.task, data.decode())
+
+
+def _expire_ms(e: _Entry, tick: int, now: int) -> int:
+    """A tick's expire_ms: the schedule's counts from the tick (negative: over already, the
+    run ends EXPIRED when claimed), the task's own from now."""
+    if not e.tick_expire_ms:
+        return e.expire_ms
+    left = tick + e.tick_expire_ms - now
+    return left if left > 0 else -1
+
+
+class _Firing(msgspec.Struct, frozen=True):
+    """One schedule being fired: its tick taken, the ticks it enqueues (at `at`: queue and
+    index among that queue's specs) and its next tick."""
+
+    sid: str
+    tick: int
+    ticks: list[int]
+    nxt: int | None
+    entry: _Entry
+    at: tuple[str, int]

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from segue._errors import ConfigurationError
+from segue._eventloop import EventLoop, check_event_loop
 from segue._options import Durability, check_durability
 
 _ENV_PREFIX = "SEGUE_"
@@ -88,6 +89,9 @@ class Settings:
     dead_letter_cap: int = 10_000
     unknown_task_max_releases: int = 3
     unknown_task_window_seconds: float = 300.0
+    # a worker whose code of a task is older than the task's version releases it again
+    # after a delay doubling from 1 s up to this; never counted as an unknown-task release
+    newer_version_backoff_seconds: float = 30.0
     home: Path | None = None
     embedded_idle_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
@@ -106,6 +110,14 @@ class Settings:
     # a durable sleep (ctx.sleep) shorter than this sleeps in the worker, still journaled;
     # a longer one ends the run and frees its slot until the task is due
     sleep_inline_seconds: float = 5.0
+    # a task's output stream (ctx.stream) keeps about this many entries (each a batch of
+    # chunks), trimming the oldest; and outlives the task's end by at least this long
+    max_stream_entries: int = 100_000
+    stream_linger_seconds: float = 300.0
+    # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
+    process_pool_size: int | None = None
+    # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
+    event_loop: EventLoop = "asyncio"
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -129,15 +141,29 @@ class Settings:
             from segue._sentinel import parse_sentinel_url
 
             parse_sentinel_url(self.redis_url or "")  # a malformed URL fails here, not later
+        if self.max_stream_entries < 1:
+            raise ConfigurationError(
+                f"max_stream_entries must be at least 1, not {self.max_stream_entries}"
+            )
+        if self.stream_linger_seconds < 0:
+            raise ConfigurationError(
+                f"stream_linger_seconds must not be negative, not {self.stream_linger_seconds}"
+            )
         if self.reply_timeout_seconds <= 0:
             raise ConfigurationError(
                 f"reply_timeout_seconds must be positive, not {self.reply_timeout_seconds}"
+            )
+        if self.newer_version_backoff_seconds <= 0:
+            raise ConfigurationError(
+                "newer_version_backoff_seconds must be positive, not "
+                f"{self.newer_version_backoff_seconds}"
             )
         if self.reconcile_seconds <= 0:
             raise ConfigurationError(
                 f"reconcile_seconds must be positive, not {self.reconcile_seconds}"
             )
         check_durability(self.durability, "durability")
+        check_event_loop(self.event_loop)
         if self.durability_replicas < 1:
             raise ConfigurationError(
                 f"durability_replicas must be at least 1, not {self.durability_replicas}"
@@ -154,6 +180,11 @@ class Settings:
             raise ConfigurationError(
                 f"max_queue_length must be at least 1 (or None for no bound), "
                 f"not {self.max_queue_length}"
+            )
+        if self.process_pool_size is not None and self.process_pool_size < 1:
+            raise ConfigurationError(
+                f"process_pool_size must be at least 1 (or None: the CPUs this process may "
+                f"use), not {self.process_pool_size}"
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(

@@ -22,6 +22,8 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # a workflow's only: it failed or was cancelled, and its compensations run (sagas)
+    COMPENSATING = "compensating"
 
     @property
     def is_final(self) -> bool:
@@ -107,3 +109,26 @@ class TaskInfo:
     history_total: int = 0
     # the step journal's summary, in the order written (kept for the record's ttl)
     steps: list[StepInfo] = field(default_factory=list)
+    # a workflow step's or a compensation's workflow
+    workflow: str | None = None
+    # a workflow step's compensation task once it was asked for (WorkflowHandle.steps)
+    compensation: TaskInfo | None = None
+    # the task's code version (`@app.task(version=...)`), and the one it started under
+    # (ctx.version): they differ once a newer worker migrated it
+    version: int = 1
+    started_version: int = 1
+    # a task enqueued by name (app.send): the options its worker's definition supplies
+    # ("max_tries", "timeout", "version", "retry_backoff", "limits"); empty for one enqueued
+    # with its code
+    from_worker: tuple[str, ...] = ()
+
+
+def from_worker_names(fw: str) -> tuple[str, ...]:
+    """What a record's `fw` field says came from the worker's definition, by option name
+    (TaskInfo.from_worker); empty for a task enqueued with its code."""
+    marks = fw.split()
+    if "send" not in marks:
+        return ()
+    marked = (("mt", "max_tries"), ("to", "timeout"), ("v", "version"))
+    named = [name for mark, name in marked if mark in marks]
+    return (*named, "retry_backoff", "limits")

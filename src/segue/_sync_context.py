@@ -77,6 +77,7 @@ class SyncContext:
         "state",
         "task_id",
         "tries",
+        "version",
         "worker_id",
     )
 
@@ -86,6 +87,7 @@ class SyncContext:
         self.task_id = ctx.task_id
         self.name = ctx.name
         self.tries = ctx.tries
+        self.version = ctx.version
         self.worker_id = ctx.worker_id
         self.queue = ctx.queue
         self.log = ctx.log
@@ -104,6 +106,10 @@ class SyncContext:
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """`Context.progress`, blocking."""
         self.state._call(self._ctx.progress(done, total, message))
+
+    def stream(self, chunk: Any) -> None:
+        """`Context.stream`, blocking."""
+        self.state._call(self._ctx.stream(chunk))
 
     def emit(self, name: str, data: Any = None) -> None:
         """`Context.emit`, blocking."""

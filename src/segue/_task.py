@@ -61,6 +61,7 @@ class EnqueueOptions(TypedDict, total=False):
     on_duplicate: OnDuplicate
     headers: dict[str, str]
     durability: Durability
+    compensate: Signature[Any]
 
 
 _ENQUEUE_KEYS = frozenset(EnqueueOptions.__annotations__)
@@ -168,6 +169,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
         check_durability(extra["durability"], "options()")
     if "key" in extra:
         check_key(extra["key"])
+    if "compensate" in extra and not isinstance(extra["compensate"], Signature):
+        raise ConfigurationError(
+            "compensate= takes a call, e.g. charge.call(order).options(compensate=refund.call())"
+        )
     merged = base.copy()
     merged.update(extra)
     return merged
@@ -175,6 +180,10 @@ def _merge(base: EnqueueOptions, extra: EnqueueOptions) -> EnqueueOptions:
 
 class Task(Generic[P, R]):
     """A function registered with an App; enqueue it, call it, or run it locally."""
+
+    # a task known by its name only (app.send, _send.ByName): "send" and what its worker
+    # supplies (the record's fw field); '' for a task declared with its code
+    by_name = ""
 
     def __init__(
         self,
@@ -253,6 +262,7 @@ class Task(Generic[P, R]):
             tries=1,
             worker_id="local",
             queue=self.queue,
+            version=self.opts.version,
         )
 
     def check_args(

@@ -93,6 +93,17 @@ class TaskField:
     # Pause; that Pause clears it. Any script that records progress sets it.
     PROGRESSED: Final = Code("pw")
     PAUSES: Final = Code("np")  # Pauses in a row raised by runs that recorded no progress
+    # "send mt to v": an enqueue by name (app.send), and the options it left to the worker's
+    # definition of the task; the record's own mt/to/v hold defaults meanwhile. A worker that
+    # does not know the field runs the task with those defaults (3 tries, no timeout, v1)
+    FROM_WORKER: Final = Code("fw")
+    # the output stream (stream.lua): the generation of the run that last wrote to it (a
+    # later run writes a restart marker first), the entries it holds, its linger in ms after
+    # the end. A task that never streamed has none; end_task reads them for its end marker
+    STREAM_GEN: Final = Code("sg")
+    STREAM_COUNT: Final = Code("sn")
+    STREAM_LINGER_MS: Final = Code("sl")
+    STREAM_BATCH: Final = Code("sb")  # the last batch number of run 'sg' (resends)
     # Cascades to sub-tasks (_forward.py, "Cascades"); old scripts neither write nor read them,
     # so a tree started by an old worker has no cascade, as before
     SUBTASKS: Final = Code("nk")  # the highest n of its sub-tasks '<id>.<n>'
@@ -100,6 +111,23 @@ class TaskField:
     PAUSED_BY: Final = Code("pc")  # the parent whose cascade paused it (resumed with it)
     CASCADED: Final = Code("cz")  # the last command sent down to its sub-tasks
     CASCADING: Final = Code("cw")  # '1' while that command's walk is under way
+    # '1': a workflow step with a compensation: its end notes its result (if it succeeded)
+    # in its queue's workflow record; a worker that does not know it notes nothing
+    COMPENSABLE: Final = Code("cp")
+    # a compensation task: "<workflow id>|<step number>"; its end is told to the workflow
+    # (an outbox entry of kind 'k'); a worker that does not know it ends it as any task
+    COMPENSATES: Final = Code("cof")
+    # the task's code version (`@app.task(version=...)`): the enqueuer's at first, moved up
+    # by migrate.lua together with the state it upgrades. Absent: version 1 (records from
+    # before versions, and every version-1 task: create.lua writes it only when above 1).
+    # A worker from before versions does not read it and runs the task as it is.
+    VERSION: Final = Code("v")
+    # the version the task started under, kept when migrate.lua moves VERSION (absent: the
+    # record's VERSION is still it): ctx.version, so replays take the same branches
+    STARTED_VERSION: Final = Code("v0")
+    # releases by workers whose code of the task is older than its VERSION: never counted
+    # toward the unknown-task bound (RELEASES), only their backoff grows with them
+    VERSION_RELEASES: Final = Code("vrel")
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
@@ -118,6 +146,19 @@ class WorkflowField:
     ENDED_AT: Final = Code("et")
     QUEUES: Final = Code("queues")
     PART: Final = Code("part")
+    # sagas (lib/saga.lua): the plan, written with the main record, and its progress
+    COMPENSATED_STEPS: Final = Code("cps")  # main: step numbers with a compensation
+    COMPENSATION_PREFIX: Final = Code("cp:")  # cp:<n>: JSON {id, a: [spec], w: [numbers]}
+    SUCCEEDED_STEPS: Final = Code("okn")  # step numbers with a compensation that succeeded
+    RESULT_PREFIX: Final = Code("ok:")  # ok:<n>: that step's result (JSON)
+    FAILED_STEP: Final = Code("bad")  # '1': a step did not pass (the workflow fails)
+    SAGA_STATE: Final = Code("cs")  # compensating | compensated (absent: no compensation ran)
+    SAGA_OUTCOME: Final = Code("co")  # failed | cancelled: how the workflow ends
+    SAGA_LEFT: Final = Code("cl")  # compensations not ended yet
+    SAGA_WAITS_PREFIX: Final = Code("cw:")  # cw:<n>: compensations to end before n's
+    SAGA_NEXT_PREFIX: Final = Code("cn:")  # cn:<n>: the numbers waiting for n's
+    SAGA_ENDED_PREFIX: Final = Code("ck:")  # ck:<n>: how n's compensation ended
+    SAGA_LAUNCHED_PREFIX: Final = Code("ca:")  # ca:<n>: when n's compensation was asked for
 
 
 class EventField:
@@ -144,7 +185,7 @@ class ScriptErrorCode(enum.StrEnum):
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
-    """One task as enqueue.lua creates it: its 12 ARGV fields, in this order."""
+    """One task as enqueue.lua creates it: its 14 ARGV fields, in this order."""
 
     id: str
     name: str
@@ -156,8 +197,10 @@ class EnqueueSpec(msgspec.Struct, gc=False):
     timeout_ms: int  # 0: none
     ttl_ms: int  # -1: forever
     unique: str  # '' none, else "<name>:<key>"
-    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue
+    expire_ms: int  # 0 none, else EXPIRED if not started that long after the enqueue (< 0: over)
     headers: str  # JSON object, '' none
+    version: int = 1  # the enqueuing code's version of the task (VERSION)
+    from_worker: str = ""  # "send mt to v": what the claiming worker's definition supplies
 
     def argv(self) -> tuple[Any, ...]:
         return msgspec.structs.astuple(self)
@@ -176,6 +219,7 @@ class GraphStep(msgspec.Struct, gc=False):
     optional: str  # '1': its failure does not fail its dependants
     xdeps: str  # dependencies on other queues, as deps
     xdependants: str  # "<id>|<input index>|<workflow or ->" ... of other queues
+    compensable: str = ""  # '1': a workflow step with a compensation (TaskField.COMPENSABLE)
 
     def argv(self) -> tuple[Any, ...]:
         return (*msgspec.structs.astuple(self.spec), *msgspec.structs.astuple(self)[1:])
@@ -197,6 +241,8 @@ class GraphRecord:
     left: int  # ends counted before this record's share of the workflow has ended
     queues: str = ""  # main: the workflow's other queues
     part: str = ""  # a part: its queue
+    # main: the saga plan, "<n> <JSON {id, a: [spec], w: [numbers]}>" flattened
+    compensations: tuple[str, ...] = ()
 
 
 class ClaimedRun(msgspec.Struct, gc=False):
@@ -217,12 +263,24 @@ class ClaimedRun(msgspec.Struct, gc=False):
     input: bytes | None  # a workflow step's value from the steps before it (JSON)
     headers: bytes | None  # the enqueuer's headers (JSON)
     lost: int  # how many workers stopped under the task before this claim
+    version: int = 1  # the record's VERSION
+    started_version: int = 1  # the version it started under (STARTED_VERSION, else VERSION)
     unreadable: str | None = None  # why this row could not be read in full
+    from_worker: str = ""  # "send mt to v": take these from this worker's definition (app.send)
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
         try:
-            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw
+            task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
+                :10
+            ]
+            # 12: v, v0 (task versions); 13: and fw (enqueue by name)
+            if len(raw) not in (10, 12, 13):
+                raise ValueError(f"a claimed row has {len(raw)} fields")
+            version = int(raw[10] or 1) if len(raw) > 10 else 1
+            started = int(raw[11] or version) if len(raw) > 11 else version
+            if version < 1 or started < 1:
+                raise ValueError(f"version v={version}, v0={started} is below 1")
             run = cls(
                 task_id.decode(),
                 name.decode(),
@@ -234,6 +292,9 @@ class ClaimedRun(msgspec.Struct, gc=False):
                 given or None,
                 headers or None,
                 int(lost or 0),
+                version,
+                started,
+                from_worker=text(raw[12]) if len(raw) > 12 and raw[12] else "",
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")
@@ -253,7 +314,7 @@ class ClaimedRun(msgspec.Struct, gc=False):
     @classmethod
     def _unreadable(cls, raw: list[Any], exc: Exception) -> ClaimedRun:
         """What can be read of a bad row: enough to name the task and end its lease."""
-        row = [*raw, *([None] * 10)]
+        row = [*raw, *([None] * 12)]
         # an id that is not UTF-8 keeps its bytes as surrogates: the worker sees that it
         # cannot send it back (see Worker._start_claimed)
         task_id = _text(row[0], "surrogateescape")
@@ -268,6 +329,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
             None,
             None,
             _number(row[9], 0),
+            _number(row[10], 1),
+            _number(row[11], 1),
             unreadable=f"{type(exc).__name__}: {exc}",
         )
 
@@ -413,6 +476,20 @@ class Released(Outcome, frozen=True, gc=False):
 
     def argv(self) -> tuple[Any, Any]:
         return (self.max_releases, self.window_ms)
+
+
+class NewerVersion(Outcome, frozen=True, gc=False):
+    """The task's record is of a newer version than this worker's code of it: back to the
+    queue after a backoff (`base_ms` doubling to `max_ms`), no try spent, and never counted
+    toward the unknown-task bound, however long the deploy takes. Only a worker that knows
+    versions sends it, with its own finish script."""
+
+    base_ms: int
+    max_ms: int
+    action: ClassVar[str] = "newer"
+
+    def argv(self) -> tuple[Any, Any]:
+        return (self.base_ms, self.max_ms)
 
 
 class Waiting(Outcome, frozen=True, gc=False):

@@ -37,6 +37,7 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._options import limit_tables
+from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
@@ -98,6 +99,7 @@ class Worker:
         self._finished = 0
         self._lease: LeaseKeeper | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None  # for executor="process" tasks
         self._next_due: float | None = None
         self._broker: Any = None
         self._resources: dict[Any, Any] = {}
@@ -205,6 +207,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="segue-task"
         )
+        self._processes = process_pool(self._registry.tasks.values(), self._client.settings)
         self._broker = broker
         controller = self._controller
         self._lease = LeaseKeeper(
@@ -220,6 +223,7 @@ class Worker:
             None if burst else Reconciler(broker, self.id, keyspaces, self._registry.hooks)
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
+        tasks = self._registry.tasks
         services: list[Service | None] = [
             self._lease,
             ControlSubscriber(broker, keyspaces, controller, self.id),
@@ -233,7 +237,7 @@ class Worker:
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
-            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons),
+            None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
         ]
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
@@ -250,6 +254,8 @@ class Worker:
         finally:
             self._stopping = True
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._processes is not None:
+                await self._processes.close()
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -452,6 +458,9 @@ class Worker:
                 input=run.input,
                 headers=run.headers,
                 unreadable=run.unreadable,
+                version=run.version,
+                started_version=run.started_version,
+                from_worker=run.from_worker,
                 # as claim.lua decides it: a lost run before, and losing this one ends it
                 last_delivery=lost > 0
                 and (
@@ -487,7 +496,13 @@ class Worker:
         outcome: Outcome | None
         try:
             outcome = await attempt(
-                job, task, self._client.settings, self.id, self._executor, self._registry.hooks
+                job,
+                task,
+                self._client.settings,
+                self.id,
+                self._executor,
+                self._registry.hooks,
+                self._processes,
             )
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._controller.stopped_outcome(job)

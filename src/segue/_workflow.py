@@ -94,3 +94,37 @@ def _step_ids(queue: str, wf_id: str) -> Callable[[Signature[Any]], str]:
         return f"{check_queue_name(own)}:{wf_id}.{n}"
 
     return new_id
+
+
+def compensated_after(steps: list[_Step]) -> dict[str, list[str]]:
+    """For each step with a compensation (`compensate=`), the nearest steps with one after
+    it, through steps without one: its compensation waits for theirs (lib/saga.lua), so
+    compensations run in the reverse order of their steps, a group's members together."""
+    after: dict[str, list[str]] = {}
+    ids = {s.id for s in steps}
+    for step in steps:
+        for dep, _ in step.deps:
+            if dep in ids:
+                after.setdefault(dep, []).append(step.id)
+    has = {s.id for s in steps if s.sig.opts.get("compensate") is not None}
+    plan: dict[str, list[str]] = {}
+    for sid in has:
+        found: list[str] = []
+        seen: set[str] = set()
+        todo = list(after.get(sid, ()))
+        while todo:
+            nxt = todo.pop()
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            if nxt in has:
+                found.append(nxt)
+            else:
+                todo.extend(after.get(nxt, ()))
+        plan[sid] = found
+    return plan
+
+
+def step_number(step_id: str) -> str:
+    """The `.n` of a step id (a step of another queue has its queue in front)."""
+    return step_id.rsplit(".", 1)[1]

@@ -121,7 +121,9 @@ async def test_no_leaks_after_a_run_with_light_chaos(
 
     def call(k: int, ms: int) -> Any:
         task = faults.durable if k in durable else faults.sleep
-        return task.call(ms + 100 if k in durable else ms).options(ttl=TTL)
+        # a sleep far longer than the step before it takes, even on a loaded machine: under
+        # load a 0.1 s sleep was over before the run could end to sleep, and ran inline
+        return task.call(ms + 1_000 if k in durable else ms).options(ttl=TTL)
 
     # the records expire within the run: each task's end is counted from the event stream
     # as it grows (it keeps only its last ~10,000 events)

@@ -28,6 +28,7 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert "tasks in" in out.stdout
     assert "demo.flaky" in out.stdout and "demo.report" in out.stdout
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
+    assert re.search(r"sent by name: report 'sent by name' .*\(max_tries, timeout", out.stdout)
     # durable tasks: an operator pauses a running task, which is held PAUSED, then resumed
     # from the step its ctx.state recorded; another running task is cancelled
     assert "operator: query demo.ingest 'progress' -> {'file':" in out.stdout
@@ -61,6 +62,17 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert -1 not in at, out.stdout
     assert at == sorted(at), out.stdout
     assert "workflow operator failed" not in out.stdout
+    # a saga: ship fails, the charge is refunded, then the stock released
+    saga = [
+        "demo.reserve succeeded -> demo.release succeeded: released: stock held for order-42",
+        "demo.charge succeeded -> demo.refund succeeded: refunded: payment of 19.99 EUR",
+        "demo.ship failed",
+        "saga ended failed: compensated in reverse order",
+    ]
+    at = [out.stdout.find(line) for line in saga]
+    assert -1 not in at and at == sorted(at), out.stdout
+    assert "stream: demo.summarize says, live: Every task of this demo ran" in out.stdout
+    assert "stream: 26 chunks, in order; the loop ended when the task did" in out.stdout
     assert "cron: demo.tick fired 3 times, one per tick (1 s, 1 s apart)" in out.stdout
     assert "unique: 5 enqueues of demo.rebuild_index gave 1 task" in out.stdout
     rate = re.search(r"rate limit: 10 demo.geocode calls at 5/s took ([\d.]+) s", out.stdout)

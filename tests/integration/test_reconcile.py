@@ -125,6 +125,9 @@ async def test_each_disagreement_is_repaired_within_two_intervals(
                 await client.sadd(ks.base + "running:limited", ended.id)
                 await client.hset(ks.base + "state:" + f"{queue_name}:gone-s", "k", "1")
                 await client.set(ks.base + "uniq:job:k", f"{queue_name}:gone-u")
+                # an output stream whose task is gone and that has no end marker: its
+                # readers would wait for ever, and it would never expire
+                await client.xadd(ks.base + f"out:{queue_name}:gone-o", {"n": 1, "c": '["x"]'})
 
                 wanted = {
                     ("running_without_lease", orphan_run.id),
@@ -138,6 +141,7 @@ async def test_each_disagreement_is_repaired_within_two_intervals(
                     ("stale_concurrency", ended.id),
                     ("orphan_state", f"{queue_name}:gone-s"),
                     ("stale_unique", f"{queue_name}:gone-u"),
+                    ("stream_without_end", f"{queue_name}:gone-o"),
                 }
 
                 async def all_found() -> bool:
@@ -160,6 +164,9 @@ async def test_each_disagreement_is_repaired_within_two_intervals(
                 assert await client.zscore(ks.paused, paused.id) is not None
                 assert await client.zscore(ks.waiting, waiting.id) is not None
                 assert await ended.status() is TaskStatus.SUCCEEDED
+                gone_o = ks.base + f"out:{queue_name}:gone-o"
+                assert (await client.xrevrange(gone_o, count=1))[0][1][b"end"] == b"gone"
+                assert await client.pttl(gone_o) > 0
                 # a claim that reaps the expired lease of an ended task must not run it again
                 assert await client.zscore(ks.leases, ended2.id) is None
                 assert await ended2.status() is TaskStatus.SUCCEEDED

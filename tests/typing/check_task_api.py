@@ -85,6 +85,10 @@ async def check() -> None:
     fan_in = app.group(double.call(i) for i in range(3)) | total
     assert_type(await fan_in.enqueue(), WorkflowHandle[int])
     assert_type(await app.group([double.call(1)]).enqueue(), WorkflowHandle[list[int]])
+    saga = add.call(1, 2).options(compensate=double.call()) | double
+    assert_type(saga, Chain[int])
+    assert_type(await (await saga.enqueue()).wait_ended(timeout=1), TaskStatus)
+    add.call(1, 2).options(compensate=double)  # type: ignore[arg-type]
     add.call(1, 2).then(greet)  # type: ignore[arg-type]
     add.call(1, 2).then(add, "3")  # type: ignore[arg-type]
     await add.enqueue("1", 2)  # type: ignore[arg-type]

@@ -9,17 +9,25 @@ import pytest
 
 from segue._wire import ClaimedRun
 
-GOOD: list[Any] = [b"q:01", b"job", b"[[],{}]", 1, 3, b"0", b"3", b"", b"", 0]
+GOOD: list[Any] = [b"q:01", b"job", b"[[],{}]", 1, 3, b"0", b"3", b"", b"", 0, b"", b""]
 
 
 def test_a_good_row_reads_in_full() -> None:
     run = ClaimedRun.parse(GOOD)
     assert (run.id, run.name, run.tries, run.gen, run.unreadable) == ("q:01", "job", 1, "3", None)
+    # a record without a version is version 1, and started under its version
+    assert (run.version, run.started_version) == (1, 1)
+    moved = ClaimedRun.parse([*GOOD[:10], b"3", b"1"])
+    assert (moved.version, moved.started_version) == (3, 1)
+    assert ClaimedRun.parse([*GOOD[:10], b"2", b""]).started_version == 2
 
 
 @pytest.mark.parametrize(
     ("index", "value"),
-    [(1, b"\xff name"), (5, b"abc"), (6, b"1.5"), (8, b"[1]"), (8, b"{not json"), (9, b"x")],
+    [
+        *((1, b"\xff name"), (5, b"abc"), (6, b"1.5"), (8, b"[1]"), (8, b"{not json")),
+        *((9, b"x"), (10, b"two"), (10, b"0"), (11, b"1.5")),
+    ],
 )
 def test_a_bad_field_makes_the_row_unreadable_not_an_exception(index: int, value: bytes) -> None:
     row = list(GOOD)

@@ -20,6 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
         "_redact",
+        "_eventloop",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
@@ -40,13 +41,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
-        *("_journal", "_query"),
+        *("_journal", "_query", "_migrate", "_output", "_send", "_procpool"),
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
         "_demo_durable",
-        "_reload",
-        *("dashboard", "metrics", "testing", "_display"),
+        *("_reload", "_supervisor"),
+        *("dashboard", "metrics", "testing", "_display", "web"),
     ),
 }
 ORDER = list(LAYERS)

@@ -91,6 +91,7 @@ async def run(
     timeout_ms: int = 0,
     payload: bytes | None = None,
     hooks: Sequence[Hook] = (),
+    from_worker: str = "",
 ) -> Decision:
     """One attempt of the app's task `task_name` (None: a name no worker knows)."""
     task = app.registry.get(task_name) if task_name else None
@@ -103,6 +104,7 @@ async def run(
         gen="1",
         timeout_ms=timeout_ms,
         max_tries=max_tries,
+        from_worker=from_worker,
     )
     with ThreadPoolExecutor(max_workers=1) as executor:
         return decision(await attempt(job, task, app.settings, "w-1", executor, hooks))
@@ -407,6 +409,51 @@ async def test_arguments_that_do_not_decode_fail_at_once_naming_the_task() -> No
     assert got.error is not None and got.error["reason"] == "undecodable"
     assert f"{QUEUE}:01TEST (charge)" in got.error["message"]
     assert (await run(app, "charge", payload=b"not json")).reason == "undecodable"
+
+
+async def test_a_call_that_does_not_fit_the_function_fails_bad_arguments_without_a_retry() -> None:
+    app = _app()
+
+    @app.task(name="report")
+    def report(year: int, *, title: str = "r") -> str:
+        return f"{title} {year}"
+
+    @app.task(name="typo")
+    async def typo(n: int) -> None:
+        raise TypeError("the function's own TypeError")  # not an argument mismatch
+
+    missing = await run(app, "report", payload=b"[[],{}]", max_tries=5)
+    assert (missing.kind, missing.reason) == ("fail", "bad_arguments")
+    assert missing.error is not None and "'year'" in missing.error["message"]
+    assert "(report)" in missing.error["message"]
+    extra = await run(app, "report", payload=b'[[1],{"colour":"red"}]', max_tries=5)
+    assert (extra.kind, extra.reason) == ("fail", "bad_arguments")
+    assert extra.error is not None and "'colour'" in extra.error["message"]
+    assert (await run(app, "typo", 1, max_tries=5)).kind == "retry"
+    # the producer of a task enqueued by name did not check the types: its mistake too
+    sent = await run(app, "report", payload=b'[["x"],{}]', from_worker="send mt to")
+    assert (sent.kind, sent.reason) == ("fail", "bad_arguments")
+    assert sent.error is not None and "parameter 'year'" in sent.error["message"]
+
+
+async def test_a_task_sent_by_name_runs_with_this_workers_max_tries_and_timeout() -> None:
+    app = _app()
+
+    @app.task(name="flaky", max_tries=5, retry_backoff=0.0)
+    async def flaky() -> None:
+        raise RuntimeError("again")
+
+    @app.task(name="slow", timeout=0.05, max_tries=1)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    # the record's stand-ins (3 tries, no timeout) give way to the definition's
+    assert (await run(app, "flaky", tries=3, from_worker="send mt to")).kind == "retry"
+    assert (await run(app, "flaky", tries=5, from_worker="send mt to")).kind == "fail"
+    # passed to send: the record's own value holds
+    assert (await run(app, "flaky", tries=3, from_worker="send to")).kind == "fail"
+    timed_out = await run(app, "slow", from_worker="send mt to")
+    assert (timed_out.kind, timed_out.reason) == ("fail", "timeout")
 
 
 # --- what hooks are told ------------------------------------------------------------------------

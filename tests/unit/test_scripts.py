@@ -29,9 +29,11 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "purge": _calls.purge(ks, 500, "why"),
         "renew": _calls.renew(ks, "w", 1000, ["q:1", "1"]),
         "state": _calls.state(ks, "q:1", "1", {}, []),
+        "migrate": _calls.migrate(ks, "q:1", "1", (1, 2), {}, []),
         "wait": _calls.wait(ks, "q:1", "1", ["q:1.1"]),
         "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
         "journal": _calls.journal(ks, "q:1", "1", "~j:a", b"{}", "a|0|0|1|"),
+        "stream": _calls.stream(ks, "q:1", "1", 1, 100, 1000, b"[1]", 1, False),
     }
     counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():
@@ -45,6 +47,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_take": _calls.cron_take(ck, 1, 1),
         "cron_advance": _calls.cron_advance(ck, "s", 1, 1, ""),
         "cron_remove": _calls.cron_remove(ck, "s"),
+        "cron_skipped": _calls.cron_skipped(ks, "q:cron-s-1", "t", "{}"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
         "cascade": _calls.cascade(ks, 10),

@@ -85,11 +85,21 @@ TASK_CODES = {
     "SLEEP_GEN": "slp",
     "PROGRESSED": "pw",
     "PAUSES": "np",
+    "STREAM_GEN": "sg",
+    "STREAM_COUNT": "sn",
+    "STREAM_LINGER_MS": "sl",
+    "STREAM_BATCH": "sb",
     "SUBTASKS": "nk",
     "PARENT_END": "ope",
     "PAUSED_BY": "pc",
     "CASCADED": "cz",
     "CASCADING": "cw",
+    "COMPENSABLE": "cp",
+    "COMPENSATES": "cof",
+    "VERSION": "v",
+    "STARTED_VERSION": "v0",
+    "VERSION_RELEASES": "vrel",
+    "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
@@ -101,6 +111,18 @@ WORKFLOW_CODES = {
     "ENDED_AT": "et",
     "QUEUES": "queues",
     "PART": "part",
+    "COMPENSATED_STEPS": "cps",
+    "COMPENSATION_PREFIX": "cp:",
+    "SUCCEEDED_STEPS": "okn",
+    "RESULT_PREFIX": "ok:",
+    "FAILED_STEP": "bad",
+    "SAGA_STATE": "cs",
+    "SAGA_OUTCOME": "co",
+    "SAGA_LEFT": "cl",
+    "SAGA_WAITS_PREFIX": "cw:",
+    "SAGA_NEXT_PREFIX": "cn:",
+    "SAGA_ENDED_PREFIX": "ck:",
+    "SAGA_LAUNCHED_PREFIX": "ca:",
 }
 EVENT_CODES = {
     "KIND": "e",
@@ -159,6 +181,8 @@ SPEC = EnqueueSpec(
     unique="shop.charge:1",
     expire_ms=10,
     headers='{"h":1}',
+    version=2,
+    from_worker="send mt to",
 )
 
 
@@ -177,6 +201,8 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "unique",
         "expire_ms",
         "headers",
+        "version",
+        "from_worker",
     )
     assert SPEC.argv() == (
         "q:1",
@@ -191,8 +217,10 @@ def test_enqueue_spec_sends_its_fields_in_enqueue_lua_order() -> None:
         "shop.charge:1",
         10,
         '{"h":1}',
+        2,
+        "send mt to",
     )
-    assert ENQUEUE_WIDTH == 12
+    assert ENQUEUE_WIDTH == 14
     assert EnqueueSpec(*SPEC.argv()) == SPEC  # every field round-trips
 
 
@@ -222,15 +250,29 @@ def test_graph_step_sends_the_enqueue_fields_then_its_own_in_graph_lua_order() -
         "optional",
         "xdeps",
         "xdependants",
+        "compensable",
     )
-    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-")
-    assert GRAPH_WIDTH == 18 == len(step.argv())
+    assert step.argv() == (*SPEC.argv(), "q:0|0", "1", "cancel", "1", "r:0|-1", "r:9|0|-", "")
+    assert GRAPH_WIDTH == 21 == len(step.argv())
     ks = Keyspace("segue", "q")
     record = GraphRecord("q:wf", 60_000, "q:1", "q:1", 1, "r", "")
     _, keys, args = _calls.graph(ks, record, [step], 0)
     assert keys == ks.graph_keys
-    assert args[:11] == [ks.base, ks.done_channel, "q:wf", 60_000, "q:1", "q:1", 1, "r", "", 1, 0]
-    assert args[11:] == list(step.argv())
+    assert args[:12] == [
+        ks.base,
+        ks.done_channel,
+        "q:wf",
+        60_000,
+        "q:1",
+        "q:1",
+        1,
+        "r",
+        "",
+        1,
+        0,
+        0,
+    ]
+    assert args[12:] == list(step.argv())
 
 
 def test_claim_call_and_reply() -> None:
@@ -244,7 +286,7 @@ def test_claim_call_and_reply() -> None:
         1600,
         2,
         [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
-        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0],
+        [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0, b"", b"", b"send mt to"],
     ]
     reply = _calls.parse_claim(raw)
     assert reply == ClaimReply(1700, 1600, 2, reply.runs)
@@ -264,6 +306,8 @@ def test_claim_call_and_reply() -> None:
         1,
     )
     assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
+    # the 13th column (fw) is a script's of this release; a 10-column row reads as before
+    assert (first.from_worker, second.from_worker) == ("", "send mt to")
 
 
 @pytest.mark.parametrize(

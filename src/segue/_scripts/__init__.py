@@ -73,6 +73,7 @@ ALLOW_OOM = frozenset(
         "generation",
         "wait",
         "state",
+        "migrate",
         "journal",
         "event",
         "control",

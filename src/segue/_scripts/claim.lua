@@ -17,8 +17,14 @@
   ARGV[9] the token of this worker's previous claim, answered since: its key is deleted.
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
-    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost}... }
+    {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, v, v0,
+    fw}... }
     (lost: how many workers stopped under the task before this claim)
+    (v: the record's code version, v0: the one it started under; '' when not stored: a
+    worker whose code of the task is older releases it, one whose code is newer migrates
+    its state first, migrate.lua)
+    (fw: "mt to v", the options an enqueue by name left to the worker's definition, '' none;
+    a lost run of such a task counts against its stored max_tries, the default 3)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A run whose lease expired with no outcome and no step journal entry of its own (the
   record's 'jp' is its generation, journal.lua) was a try (max_tries counts runs): the task ends
@@ -189,10 +195,12 @@ if #replay > 0 then
   for i = 1, #replay, 2 do
     local id, gen = replay[i], replay[i + 1]
     local tk = prefix .. 'task:' .. id
-    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd')
+    local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd',
+      'v', 'v0', 'fw')
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
-        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0 }
+        f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '',
+        f[14] or '' }
       want = want - 1
     end
   end
@@ -214,7 +222,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g')
+          'hd', 'd', 't', 'g', 'v', 'v0', 'fw')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = claimed_not_integer(f)
@@ -256,7 +264,7 @@ elseif not paused then
             end
             count_stat(prefix, 'started', now)
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost }
+              lost, f[14] or '', f[15] or '', f[16] or '' }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1

@@ -3,7 +3,8 @@
   KEYS[2] due (zset)          segue:{cron}:due     schedule id -> next tick (ms)
   KEYS[3] firing (zset)       segue:{cron}:firing  schedule id -> lease expiry (ms)
   KEYS[4] fired (hash)        segue:{cron}:fired   schedule id -> last tick fired (ms); a
-          paused schedule's skip passes segue:{cron}:skipped here (last tick skipped)
+          paused schedule's skip passes segue:{cron}:skipped here (last tick skipped), a
+          unique schedule's skip segue:{cron}:overlapped (its previous run still going)
   ARGV[1] schedule id   ARGV[2] the tick taken (the fence)   ARGV[3] the last tick fired
   ARGV[4] the next tick (ms), or '' when the expression has no later tick
   Returns: 1 advanced; 0 stale, nothing written: the stored tick is no longer the one taken

@@ -7,12 +7,13 @@
   ARGV[2] count of tasks
   ARGV[3] most tasks waiting to run in the queue (0 = no limit): a call that would go over
     it writes nothing and fails with SEGUE_QUEUE_FULL <prefix> <length> <limit> <adding>
-  then the 12 enqueue fields per task (SPEC in lib/create.lua, EnqueueSpec in _wire.py):
+  then the 13 enqueue fields per task (SPEC in lib/create.lua, EnqueueSpec in _wire.py):
     id, name, payload, priority (high|normal|low), delay_ms, at_ms (absolute, 0 = none),
     max_tries, timeout_ms (0 = none), ttl_ms (-1 = forever),
     unique key ('' = none; "<name>:<key>": at most one live task holds it),
-    expire_in_ms (0 = none: else EXPIRED if not started that long after now),
-    headers (JSON object, '' = none)
+    expire_in_ms (0 = none: else EXPIRED if not started that long after now; < 0: over),
+    headers (JSON object, '' = none), version (the enqueuing code's, 1 when it has none),
+    from_worker ('' = none, else "mt to v": what the claiming worker's definition supplies)
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key (nothing written).
   A server at maxmemory (noeviction) refuses the first write, before anything is stored. ]]

@@ -23,6 +23,9 @@
     paused   (an operator's pause was carried out: held until resumed, the try not spent)
     cancelled (an operator's cancel was carried out)
     release  a = max releases, b = release window ms (unknown task name: not a try)
+    newer    a = base delay ms, b = most delay ms (the worker's code of the task is older than
+             the record's version 'v': not a try, and not a release toward the unknown-task
+             bound: back after a delay doubling from a to b with each such release, 'vrel')
   Returns: one integer per outcome: 1 applied, 2 applied and it left outbox entries for
   other queues (the worker's forwarder moves them now), 3 already applied (a success sent
   again after the reply to its first sending was lost with the connection: the record
@@ -168,6 +171,14 @@ for i = 0, n - 1 do
         dead_letter(Q, id, cap, now)
       else
         schedule(tk, id, 'scheduled', now + 1000 * rel, 'unknown task name, released')
+      end
+    elseif action == 'newer' then
+      redis.call('HINCRBY', tk, 't', -1)
+      local vrel = redis.call('HINCRBY', tk, 'vrel', 1)
+      if not obey_control(Q, tk, id, now) then
+        local step = tonumber(ARGV[b + 3]) * 2 ^ math.min(vrel - 1, 30)
+        local delay = math.min(tonumber(ARGV[b + 4]), step)
+        schedule(tk, id, 'scheduled', now + math.floor(delay), 'newer version, released')
       end
     end
     if Q.outboxed then out[i + 1] = 2 end

@@ -15,7 +15,9 @@
     on the queue of the workflow id)
   ARGV[10] count of tasks   ARGV[11] most tasks waiting to run in the queue (0 = no limit;
     see enqueue.lua: the whole call, workflow record included, is refused or written)
-  then 18 fields per task: the 12 of enqueue.lua (SPEC in lib/create.lua), then
+  ARGV[12] count k of compensations (main record; the saga plan of lib/saga.lua), then k
+    pairs: a step's number, its 'cp:<n>' JSON
+  then 21 fields per task: the 14 of enqueue.lua (SPEC in lib/create.lua), then
     deps: "<id>|<input index>" separated by spaces ('' none; index -1: passes no input)
     input mode: '' none, '1' the one previous result, 'l' the list of previous results
     on_failure: fail|cancel   optional: 1 if its failure must not fail its dependants
@@ -24,6 +26,8 @@
       early:<id> and is applied here
     xdependants: tasks of other queues waiting for this one, "<id>|<input index>|<workflow
       id or ->" ...: told through the outbox when this one ends
+    compensable: '1' a workflow step with a compensation (its result is noted when it
+      succeeds: lib/saga.lua), '' none
   Tasks come in dependency order. A dependency that already ended counts at once; one
   whose record is gone fails the dependant. `deps` live in this queue's slot.
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
@@ -36,8 +40,11 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6
 Q.waiting = KEYS[11]
 Q.events = KEYS[12]
 local n = tonumber(ARGV[10])
+local ncp = tonumber(ARGV[12])
+local first = 13 + 2 * ncp -- the first task's first field
+local WIDTH = SPEC_WIDTH + 7
 local full = queue_full(prefix, tonumber(ARGV[11]), { KEYS[1], KEYS[2], KEYS[3] },
-  { KEYS[4], KEYS[10], KEYS[11] }, ARGV, 12, n, SPEC_WIDTH + 6)
+  { KEYS[4], KEYS[10], KEYS[11] }, ARGV, first, n, WIDTH)
 if full then return redis.error_reply(full) end
 local wf = ARGV[3]
 if wf ~= '' then
@@ -47,11 +54,20 @@ if wf ~= '' then
       ARGV[7], 'ttl', ARGV[4], 'ce', now)
     if ARGV[8] ~= '' then redis.call('HSET', wk, 'queues', ARGV[8]) end
     if ARGV[9] ~= '' then redis.call('HSET', wk, 'part', ARGV[9]) end
+    if ncp > 0 then
+      local nums = {}
+      for j = 0, ncp - 1 do
+        local num = ARGV[13 + 2 * j]
+        nums[#nums + 1] = num
+        redis.call('HSET', wk, 'cp:' .. num, ARGV[14 + 2 * j])
+      end
+      redis.call('HSET', wk, 'cps', table.concat(nums, ' '))
+    end
   end
 end
 local out = {}
 for i = 0, n - 1 do
-  local b = 12 + i * (SPEC_WIDTH + 6)
+  local b = first + i * WIDTH
   local g = b + SPEC_WIDTH -- this task's own graph fields (GraphStep in _wire.py)
   local id, deps, mode, xdeps = ARGV[b + SPEC.id], ARGV[g], ARGV[g + 1], ARGV[g + 4]
   local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '')
@@ -65,6 +81,7 @@ for i = 0, n - 1 do
     redis.call('HSET', tk, 'of', ARGV[g + 2], 'opt', ARGV[g + 3])
     if wf ~= '' then redis.call('HSET', tk, 'wf', wf) end
     if ARGV[g + 5] ~= '' then redis.call('HSET', tk, 'xd', ARGV[g + 5]) end
+    if ARGV[g + 6] == '1' then redis.call('HSET', tk, 'cp', '1') end
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then

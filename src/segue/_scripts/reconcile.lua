@@ -8,12 +8,17 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets; a record whose cascade to sub-tasks is under way, field 'cw', gets its
+  concurrency sets, output streams; a record whose cascade to sub-tasks is under way, field 'cw', gets its
   marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  A workflow record that is compensating (lib/saga.lua) asks again for each compensation
+  it asked for and has not heard the end of, when that compensation's task is gone or ended
+  SAGA_TOLD_MS ago (its queue's), or (another queue's) when it was asked for
+  SAGA_ASK_AGAIN_MS ago: the outbox entry that creates it, or the one that tells its end,
+  may have been lost. Asking again creates nothing that exists, and an end is counted once.
   Returns: { next phase ('done' when the pass is over), its cursor, kind, id, kind, id... }
   with one kind, id pair per repair. Repairing twice changes nothing: a repaired
   disagreement is gone. ]]
---#include clock states
+--#include clock states outbox
 local prefix, lease = ARGV[1], tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local phase, cursor = ARGV[4], ARGV[5]
@@ -33,6 +38,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 -- tasks held the server 14-55 ms per step); a backlog drains, and a later pass finds
 -- what is missing
 local LIST_SEARCH_MAX = 1000
+-- the linger of a stream whose task's record is gone (end_task's default)
+local STREAM_LINGER_MS = 300000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -97,6 +104,34 @@ local function ended_or_gone(id)
   return not s or FINAL[s]
 end
 
+-- A compensating workflow whose compensation was asked for and did not tell its end.
+local SAGA_ASK_AGAIN_MS = 300000
+local SAGA_TOLD_MS = 60000 -- an end is told within this (a worker's forwarder, or its poll)
+local function check_saga(key, wf)
+  local f = redis.call('HMGET', key, 'cs', 'cps')
+  if f[1] ~= 'compensating' then return end
+  local Q = { base = prefix }
+  for n in string.gmatch(f[2] or '', '%S+') do
+    local g = redis.call('HMGET', key, 'ca:' .. n, 'ck:' .. n, 'cp:' .. n, 'ok:' .. n)
+    if g[1] and not g[2] then
+      local plan = cjson.decode(g[3])
+      local again
+      if plan.id == wf .. '.c' .. n then
+        -- of this queue: gone, or ended a while ago and its end not heard
+        local t = redis.call('HMGET', prefix .. 'task:' .. plan.id, 's', 'et')
+        again = not t[1] or (FINAL[t[1]] and now - tonumber(t[2] or '0') > SAGA_TOLD_MS)
+      else
+        again = now - tonumber(g[1]) > SAGA_ASK_AGAIN_MS
+      end
+      if again then
+        redis.call('HSET', key, 'ca:' .. n, now)
+        outbox_push(Q, { k = 'c', d = plan.id, w = wf, n = n, a = plan.a, r = g[4] })
+        repaired('saga_asked_again', plan.id)
+      end
+    end
+  end
+end
+
 local function check_key(key)
   local rest = string.sub(key, #prefix + 1)
   local kind, tail = string.match(rest, '^(%a+):(.+)$')
@@ -112,6 +147,29 @@ local function check_key(key)
     if holder and ended_or_gone(holder) then
       redis.call('DEL', key)
       repaired('stale_unique', holder)
+    end
+  elseif kind == 'wf' then
+    check_saga(key, tail)
+  elseif kind == 'out' then
+    -- an output stream lives without expiry only while its task has not ended (or ended
+    -- with ttl -1, end marker written); one whose task ended without writing the marker (a
+    -- record restored or edited as ended) would hold its readers and live for ever
+    if ended_or_gone(tail) and redis.call('PTTL', key) == -1 then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      local ended = false
+      local n = 0
+      if last then
+        for i = 1, #last[2], 2 do
+          if last[2][i] == 'end' then ended = true end
+          if last[2][i] == 'n' then n = tonumber(last[2][i + 1]) or 0 end
+        end
+      end
+      local s = status_of(tail)
+      if not ended then
+        redis.call('XADD', key, '*', 'n', n + 1, 'end', s or 'gone')
+        repaired('stream_without_end', tail)
+      end
+      if not s then redis.call('PEXPIRE', key, STREAM_LINGER_MS) end
     end
   elseif kind == 'running' then
     -- a member that no longer runs would hold a slot of its name's limit for ever

@@ -4,6 +4,7 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] reason
   Its tries start again from 0 and its error is cleared; tasks that depended on it have
   already ended and are not revived.
+  Its output stream is deleted (key built from ARGV[1], in the queue's hash tag).
   Its expiry is dropped (it was retried on purpose). A unique task is refused while
   another live task holds its key; a task that ended because its dependency did is refused
   (it has no input to run with: retry the dependency's workflow or task).
@@ -41,7 +42,9 @@ for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
 transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },
   push = 'back', prio = f[2] })
-redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw')
+redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw', 'sg', 'sn', 'sl', 'sb')
+-- it starts as new: its output stream too (readers of the ended one saw its end marker)
+redis.call('DEL', prefix .. 'out:' .. id)
 if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end
 wake_if_needed(Q)
 return 'queued'

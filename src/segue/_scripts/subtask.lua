@@ -7,7 +7,7 @@
     built from it: same hash tag)   ARGV[2] most tasks waiting to run (0 = no limit)
   ARGV[3] parent id   ARGV[4] the sub-task's number n (its id is '<parent id>.<n>')
   ARGV[5] what its parent's end does to it: cancel | abandon
-  ARGV[6..17] the 12 enqueue fields (lib/create.lua, EnqueueSpec in _wire.py)
+  ARGV[6..18] the 13 enqueue fields (lib/create.lua, EnqueueSpec in _wire.py)
   A sub-task created while a cascade of its parent is under way is reached by that walk; one
   created after a pause or cancel of its parent was carried down (a running parent that
   has not stopped yet) gets a walk of its own, from its number.

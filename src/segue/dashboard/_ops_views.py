@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # a status filter on the workflows page looks at this many of the newest workflows
 WORKFLOW_SCAN = 500
-WORKFLOW_STATUSES = ("running", "paused", "succeeded", "failed", "cancelled")
+WORKFLOW_STATUSES = ("running", "paused", "compensating", "succeeded", "failed", "cancelled")
 # a form of a dead-letter page carries at most a page of ids
 MAX_FORM_FIELDS = 260
 

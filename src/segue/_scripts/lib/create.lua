@@ -3,11 +3,15 @@
 -- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
 -- live task), expire_in_ms (0 none), headers (JSON, '' none: carried to the run, e.g. a
--- trace context). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the
--- spec is added here (and to new_task), and nowhere else.
+-- trace context), version (the enqueuing code's version of the task: stored as 'v' only
+-- above 1, so a version-1 record is as it was before versions), from_worker ('' none, else
+-- "mt to v": the options an enqueue by name left to the claiming worker's definition; stored
+-- as fw). Scripts read them by name, argv[b + SPEC.<field>]: a field added to the spec is
+-- added here (and to new_task), and nowhere else.
 local SPEC = { id = 0, name = 1, payload = 2, priority = 3, delay_ms = 4, at_ms = 5,
-  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11 }
-local SPEC_WIDTH = 12
+  max_tries = 6, timeout_ms = 7, ttl_ms = 8, unique = 9, expire_ms = 10, headers = 11,
+  version = 12, from_worker = 13 }
+local SPEC_WIDTH = 14
 
 -- Whether the task whose fields start at argv[b] would be created: false when its id has a
 -- record already; false and the holder's id when a live task holds its unique key.
@@ -72,10 +76,15 @@ local function new_task(base, argv, b, now, waiting)
     'h', status .. '|' .. now .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
-  -- expiry arrives relative (ms from now), so only the server's clock decides it
+  -- expiry arrives relative (ms from now), so only the server's clock decides it; a
+  -- negative one is already over (a cron tick fired later than its expire): EXPIRED at claim
   local expire = tonumber(argv[b + SPEC.expire_ms])
-  if expire > 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  if expire ~= 0 then redis.call('HSET', tk, 'exp', now + expire) end
   local headers = argv[b + SPEC.headers]
   if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
+  local version = tonumber(argv[b + SPEC.version])
+  if version and version > 1 then redis.call('HSET', tk, 'v', version) end
+  local from_worker = argv[b + SPEC.from_worker]
+  if from_worker and from_worker ~= '' then redis.call('HSET', tk, 'fw', from_worker) end
   return tk, status, due
 end

@@ -1,4 +1,4 @@
---#include transition leases outbox stats cascade
+--#include transition leases saga stats cascade
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -39,6 +39,32 @@ local function assemble_input(tk)
   end
 end
 
+-- The end marker of a task's output stream (stream.lua writes its chunks), so that its
+-- readers stop. A run that did not write the chunks there (a later try that wrote none yet)
+-- first gets its restart marker. The stream outlives the end by its linger ('sl', written by
+-- the worker that streamed), or by the record's ttl when longer (ttl -1, kept forever: until
+-- the record is deleted). A task that never streamed gets a stream only when its record goes
+-- now (ttl 0): an empty one with the end marker, for 300 s; with a record, a reader learns
+-- the end from its status, and a plain task costs no stream. The key is built from the
+-- queue's key prefix, in its hash tag.
+local function end_stream(sk, status, ttl, sg, sn, sl, gen, tries)
+  if not sg then
+    if ttl == 0 then
+      redis.call('XADD', sk, '*', 'n', 1, 'end', status)
+      redis.call('PEXPIRE', sk, 300000)
+    end
+    return
+  end
+  local n = tonumber(sn or '0') or 0
+  if sg ~= gen then
+    n = n + 1
+    redis.call('XADD', sk, '*', 'n', n, 'r', tries or '0')
+  end
+  redis.call('XADD', sk, '*', 'n', n + 1, 'end', status)
+  local linger = tonumber(sl or '300000') or 300000
+  if ttl >= 0 then redis.call('PEXPIRE', sk, math.max(ttl, linger)) end
+end
+
 -- Final transition of one task: store the outcome, index it until the record expires, tell
 -- waiters, count it in its workflow. Returns what dependants need: its result, whether it
 -- counts as passed (succeeded, or an optional step), its name, its dependants on other
@@ -51,9 +77,17 @@ local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  -- one read for all it needs, leave_running's fields ('cn', 'n') included
-  local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn')
+  -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
+  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
+  local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
+    'cof', 'cp')
   local ttl = tonumber(f[1] or '-1')
+  if f[9] then
+    local sf = redis.call('HMGET', tk, 'sn', 'sl', 'g', 't')
+    end_stream(Q.base .. 'out:' .. id, status, ttl, f[9], sf[1], sf[2], sf[3], sf[4])
+  else
+    end_stream(Q.base .. 'out:' .. id, status, ttl, nil)
+  end
   if f[7] then
     -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
     -- else those its pause still holds are resumed (its end would never resume them)
@@ -89,9 +123,17 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   end
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
-  if f[3] then count_ended(Q, f[3], at) end
   local result = nil
   if status == 'succeeded' then result = value end
+  if f[3] then
+    saga_note(Q, id, f[3], status == 'succeeded' or f[2] == '1', f[11] == '1' and result)
+    count_ended(Q, f[3], at)
+  end
+  if f[10] then
+    -- a compensation: its workflow learns how it ended (lib/saga.lua)
+    local wf, n = string.match(f[10], '^(.*)|(%d+)$')
+    outbox_push(Q, { k = 'k', w = wf, n = n, st = status, s = id })
+  end
   return result, status == 'succeeded' or f[2] == '1', f[4] or '?', f[6], f[3]
 end
 

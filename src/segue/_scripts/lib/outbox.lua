@@ -15,20 +15,6 @@ local function workflow_status(Q, wf)
   return redis.call('HGET', Q.base .. 'wf:' .. wf, 'st')
 end
 
--- A step of workflow `wf` ended in this queue: count it in this queue's record of the
--- workflow. A record that counted its last one starts its ttl; a part (the record of a
--- queue other than the workflow's own) then tells the main record, which counts parts too.
-local function count_ended(Q, wf, at)
-  local wk = Q.base .. 'wf:' .. wf
-  if redis.call('HINCRBY', wk, 'left', -1) <= 0 then
-    redis.call('HSET', wk, 'et', at)
-    local f = redis.call('HMGET', wk, 'ttl', 'part')
-    local wttl = tonumber(f[1] or '-1')
-    if wttl >= 0 then redis.call('PEXPIRE', wk, math.max(wttl, 1)) end
-    if f[2] then outbox_push(Q, { k = 'p', w = wf, q = f[2] }) end
-  end
-end
-
 -- A task that ended has dependants on other queues: one outbox entry for each.
 local function push_cross(Q, xd, sid, wf, status, passed, result, root)
   local cancelling = workflow_status(Q, wf) == 'cancelled' and 1 or 0
