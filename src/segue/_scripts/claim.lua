@@ -209,9 +209,13 @@ elseif not paused then
   -- one table for every start of this call (transition() keeps no reference): built per
   -- task, it cost the server more than the transition's own commands; its times are text,
   -- formatted once here instead of once or twice per task
+  -- The try and the generation it starts are written with its status, in the same
+  -- command (its numbers were read and checked just before: the script runs alone).
   local now_text = ms_text(now)
-  local STARTING = { to = 'running', at = now, why = wid, set = { 'w', wid, 'st', now_text },
-    score = tostring(now + lease), event = 'task.started' }
+  local STARTING = { to = 'running', at = now, why = wid,
+    set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0 }, score = tostring(now + lease),
+    event = 'task.started' }
+  local started = STARTING.set
   for l = 1, 3 do
     -- look a little past tasks held back by their limits, so that others go on
     local held, budget = {}, want + 100
@@ -254,8 +258,8 @@ elseif not paused then
             end
           end
           if ok then
-            local tries = redis.call('HINCRBY', tk, 't', '1')
-            local gen = redis.call('HINCRBY', tk, 'g', '1')
+            local tries, gen = tonumber(f[12] or '0') + 1, tonumber(f[13] or '0') + 1
+            started[6], started[8] = tries, gen
             STARTING.name = f[2]
             transition(Q, tk, id, STARTING)
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then

@@ -80,7 +80,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
   -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp')
+    'cof', 'cp', 's')
   local ttl = tonumber(f[1] or '-1')
   if f[9] then
     local sf = redis.call('HMGET', tk, 'sn', 'sl', 'g', 't')
@@ -111,8 +111,12 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   transition(Q, tk, id, t)
   redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn')
   redis.call('DEL', Q.base .. 'state:' .. id)
-  redis.call('ZREM', Q.paused, id)
-  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
+  -- which is in neither: two commands less per task a worker ends)
+  if f[12] ~= 'running' then
+    redis.call('ZREM', Q.paused, id)
+    if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  end
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -153,8 +157,11 @@ local function finalize(Q, tk, id, status, at, field, value, reason, root)
     local nk = Q.base .. 'next:' .. wid
     local entries = redis.call('LRANGE', nk, '0', '-1')
     local result, passed, name, xd, wf = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
-    if #entries > 0 then redis.call('DEL', nk) end
-    local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)
+    local root = w[7]
+    if #entries > 0 or xd then
+      if #entries > 0 then redis.call('DEL', nk) end
+      root = root or (name .. ' (' .. wid .. ') ended ' .. wst)
+    end
     for _, e in ipairs(entries) do
       local did, idx, kind = string.match(e, '^(.*)|(%-?%d+)|(%a)$')
       local dtk = Q.base .. 'task:' .. did
