@@ -1,4 +1,4 @@
---#include states
+--#include clock states
 -- Creating tasks from the enqueue fields (EnqueueSpec in _wire.py, in the same order), read
 -- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
@@ -71,9 +71,9 @@ local function new_task(base, argv, b, now, waiting)
     status = 'scheduled'
   end
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
-    'q', argv[b + SPEC.priority], 't', 0, 'd', 0, 'g', 0, 'mt', argv[b + SPEC.max_tries],
-    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now,
-    'h', status .. '|' .. now .. '|\n')
+    'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
+    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', ms_text(now),
+    'h', status .. '|' .. ms_text(now) .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it; a

@@ -1,4 +1,4 @@
---#include states events
+--#include clock states events
 -- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
 -- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built by
 -- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
@@ -14,15 +14,6 @@
 -- bounds a history that a worker of the previous release (which appends without counting)
 -- made long. Returns the new history, and its count when 'hn' must be written (else nil).
 local HISTORY_KEEP = 200
-
--- A time (server ms) as text. Lua formats a number each time it goes into a string or a
--- command, at more cost than a hash field's write; a script call writes the same time
--- (its `now`) for each task it handles, so the last one converted is kept.
-local last_ms, last_ms_text = nil, nil
-local function ms_text(ms)
-  if ms ~= last_ms then last_ms, last_ms_text = ms, tostring(ms) end
-  return last_ms_text
-end
 
 local HISTORY_SCAN_BYTES = HISTORY_KEEP * 22
 local function next_history(tk, status, at, reason)
