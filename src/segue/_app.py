@@ -18,8 +18,9 @@ from segue._enqueue import Enqueuer
 from segue._errors import ConfigurationError
 from segue._eventloop import runner
 from segue._events import Event, follow
-from segue._handle import TaskHandle, WorkflowHandle, parse_info
+from segue._handle import TaskHandle, WorkflowHandle
 from segue._heartbeat import Health, WorkerInfo, check, list_workers
+from segue._info import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._queue import Queue
 from segue._redact import mask_url
@@ -486,7 +487,8 @@ class App:
 
         `advance` skips time for durable sleeps (`ctx.sleep`): during the drain, a sleep due
         within `advance` seconds from now is over, and a SUSPENDED task of its queues due
-        within it is run now; so a test of a three-day sleep runs in a second.
+        within it is run now; so a test of a three-day sleep runs in a second. Likewise a
+        `ctx.wait_signal` whose timeout ends within it times out now.
 
         It stops after a round in which, all at once: it runs nothing itself and has
         recorded every outcome; nothing is queued in its queues (a paused queue's tasks do

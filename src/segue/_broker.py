@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from segue import _calls
-from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
+from segue._errors import (
+    DuplicateTask,
+    InvalidTransition,
+    ScriptError,
+    SignalBufferFull,
+    TaskNotFound,
+)
+from segue._faults import faultpoint
 from segue._keys import dashboard_sessions_key, queues_key
 from segue._queries import Queries
 from segue._transport import (
@@ -136,7 +143,12 @@ class Broker(Transport):
         """Advance the queue's cascades to sub-tasks (cascade.lua): sub-tasks looked at,
         markers left. Safe to repeat, from any process."""
         reply = await self.run_calls([_calls.cascade(ks, most)], retry=True)
-        return _calls.parse_cascade(reply[0])
+        seen, markers = _calls.parse_cascade(reply[0])
+        if markers:
+            # a batch is stored and the walk is not over: a process that dies here (a
+            # client, a forwarder) leaves a marker that another process walks on from
+            faultpoint("mid_cascade")
+        return seen, markers
 
     async def send_query(
         self, ks: Keyspace, task_id: str, message: str
@@ -278,6 +290,44 @@ class Broker(Transport):
         call = _calls.journal(ks, task_id, gen, field, entry, line)
         reply = await self.run_calls([call], retry=True)
         return bool(reply[0])
+
+    async def signal(
+        self, ks: Keyspace, task_id: str, name: str, data: bytes, signal_id: str
+    ) -> tuple[str, str]:
+        """Deliver a signal once per id (signal.lua): (delivered | buffered | duplicate,
+        the task's status). Sent again after a dropped connection: the id makes it safe."""
+        most = self.settings.max_pending_signals
+        call = _calls.signal(ks, task_id, name, data, signal_id, most)
+        try:
+            reply = await self.run_calls([call], retry=True)
+        except ScriptError as exc:
+            if exc.code == Code.SIGNAL_BUFFER_FULL:
+                raise SignalBufferFull(
+                    f"cannot signal task {task_id} ({name!r}): it holds {most:,} signals not "
+                    "yet taken by a wait (Settings.max_pending_signals)"
+                ) from None
+            _raise_refusal(exc, "task", task_id, "signal")
+            raise
+        return _calls.parse_signal(reply[0])
+
+    async def wait_signal(
+        self,
+        ks: Keyspace,
+        task_id: str,
+        gen: str,
+        name: str,
+        field: str,
+        deadline_ms: int,
+        began_ms: int,
+    ) -> tuple[int, bytes | None]:
+        """A running task waits for a signal (signal_wait.lua): (-1 lost, 1 taken with its
+        data, 2 timed out, 0 the run must stop)."""
+        call = _calls.signal_wait(ks, task_id, gen, name, field, deadline_ms, began_ms)
+        reply = (await self.run_calls([call], retry=True))[0]
+        data = reply[1] if len(reply) > 1 else None
+        if isinstance(data, str):
+            data = data.encode()
+        return int(reply[0]), data
 
     async def write_stream(
         self,

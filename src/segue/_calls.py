@@ -183,6 +183,29 @@ def wait(ks: Keyspace, parent: str, gen: str, children: Sequence[str]) -> Script
     return (_scripts.load("wait"), [ks.leases, ks.waiting], [ks.base, parent, gen, *children])
 
 
+def signal(
+    ks: Keyspace, task_id: str, name: str, data: bytes, signal_id: str, most: int
+) -> ScriptCall:
+    """Deliver a signal, once per signal id (signal.lua); replies [outcome, status]:
+    delivered | buffered | duplicate."""
+    args: list[Any] = [ks.base, task_id, name, data, signal_id, most]
+    return (_scripts.load("signal"), ks.signal_keys, args)
+
+
+def parse_signal(reply: Any) -> tuple[str, str]:
+    return _text(reply[0]), _text(reply[1])
+
+
+def signal_wait(
+    ks: Keyspace, task_id: str, gen: str, name: str, field: str, deadline_ms: int, began_ms: int
+) -> ScriptCall:
+    """A running task waits for a signal (signal_wait.lua); replies [-1] lost, [1, data]
+    taken, [2] timed out, [0] the run must stop."""
+    args: list[Any] = [ks.base, task_id, gen, name, field, deadline_ms, began_ms]
+    args.append(ks.done_channel)
+    return (_scripts.load("signal_wait"), ks.signal_wait_keys, args)
+
+
 def event(
     ks: Keyspace, task_id: str, gen: str, kind: str, a: str, b: str, c: str = ""
 ) -> ScriptCall:
@@ -335,10 +358,10 @@ def delete(ks: Keyspace, task_id: str) -> ScriptCall:
     return (_scripts.load("delete"), [*ks.done, ks.dead], [ks.base, task_id])
 
 
-def wf_index(ks: Keyspace, wf_id: str, shape: str) -> ScriptCall:
+def wf_index(ks: Keyspace, wf_id: str, shape: str, names: str = "") -> ScriptCall:
     """List a workflow in its queue's index with its shape (wf_index.lua); replies 1
     listed, 0 no such record."""
-    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape])
+    return (_scripts.load("wf_index"), [ks.workflows], [ks.base, wf_id, shape, names])
 
 
 def reconcile(ks: Keyspace, lease_ms: int, most: int, phase: str, cursor: str) -> ScriptCall:

@@ -219,6 +219,10 @@ def info(
         _say(f"  version {shown.version}")
     if shown.due_at is not None:
         _say(f"  due {_utc(shown.due_at)} UTC")
+    if shown.waiting_for is not None:
+        _say(f"  waiting for {shown.waiting_for}")
+    if shown.signals_dropped:
+        _say(f"  {shown.signals_dropped} signal(s) still buffered at its end were dropped")
     if shown.progress is not None:
         message = f" {shown.progress_message}" if shown.progress_message else ""
         _say(f"  progress {_progress_text(shown)}{message}")

@@ -1,7 +1,6 @@
 """The `segue` commands of the operator's day: enqueue a task by name, delete an ended task,
-pause and resume a cron schedule, query a running task. Like the other control commands they
-take `--app` or
-`--url`."""
+pause and resume a cron schedule, send a task a signal, query a running task. Like the other
+control commands they take `--app` or `--url`."""
 
 from __future__ import annotations
 
@@ -134,6 +133,40 @@ def schedule_resume(
 ) -> None:
     """Resume a paused schedule: its next tick fires as usual."""
     _schedule_command(schedule_id, False, app, url)
+
+
+@cli.command()
+def signal(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    name: Annotated[str, typer.Argument(help="The signal's name (what ctx.wait_signal waits for)")],
+    data: Annotated[
+        str | None, typer.Argument(help="The signal's data, as JSON (default: null)")
+    ] = None,
+    signal_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="The signal's id: a repeat with the same id delivers nothing twice"
+        ),
+    ] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Send a task a signal: a wait for it gets it now, else it is buffered for the next."""
+    try:
+        value = None if data is None else json.loads(data)
+    except ValueError as exc:
+        raise _fail(f"the signal's data is not JSON: {exc}") from None
+
+    async def go() -> str:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            return str(await handle.signal(name, value, id=signal_id))
+
+    try:
+        status = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"task {task_id}: signal {name} sent ({status})", markup=False, highlight=False)
 
 
 def _json_or_text(word: str) -> Any:

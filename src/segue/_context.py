@@ -34,6 +34,8 @@ from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
 from segue._output import OutputWriter
+from segue._signals import MISSING as NO_DEFAULT
+from segue._signals import wait_signal
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -544,6 +546,23 @@ class Context:
             await journal.record(name, journal.results_entry(results), started, ok=True)
             return results
         return [await h.result() for h in handles]
+
+    async def wait_signal(
+        self,
+        name: str,
+        *,
+        timeout: float | timedelta | None = None,
+        default: Any = NO_DEFAULT,
+    ) -> Any:
+        """The data of the next signal `name` sent to this task (`handle.signal`), FIFO.
+        A signal already buffered is taken and journaled at once. Otherwise this run stops
+        here and the task WAITS (no worker slot held, the try not spent) until a signal of
+        that name comes or `timeout` passes; it then runs again from the start, its replay
+        reaching this wait, which returns the signal's data. The deadline is journaled at
+        the first wait, so re-runs keep it. On timeout, returns `default`, or raises
+        SignalTimeout when none is given. A local run never waits: it takes the signals
+        given to `task.run(..., signals=...)`, else times out at once."""
+        return await wait_signal(self._journal, self._run, self.task_id, name, timeout, default)
 
     def _check(self) -> None:
         run = self._run

@@ -14,7 +14,6 @@ A saga follows: its last step fails, and the compensations of the others run in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import random
@@ -27,16 +26,16 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from segue import _demo_durable
+from segue import _demo_durable, _demo_flows
 from segue._app import App
 from segue._context import Context
 from segue._errors import Fail, SegueError, TaskCancelled, TaskFailed, TaskNotRunning
-from segue._handle import TaskHandle, WorkflowHandle
+from segue._handle import TaskHandle
 from segue._redact import mask_url
-from segue._state import TaskInfo, TaskStatus
+from segue._state import TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 console = Console()
 
@@ -47,10 +46,7 @@ HOLD_SECONDS = 1.5  # how long it stays PAUSED
 EXPORT_CHUNKS = 40  # demo.export: cancelled on its way
 EXPORT_STEP_SECONDS = 0.1
 CANCEL_AT = 8
-ALBUM = "album-2026"  # the workflow: scan | 4 thumbnail parts | contact sheet | publish
-ALBUM_PHOTOS = 12
-THUMB_PARTS = 4
-WORKFLOW_HOLD_SECONDS = 1.5  # how long the paused workflow holds its next step
+ALBUM_PHOTOS = 12  # demo.scan finds this many photos in the album
 
 
 class Board:
@@ -262,9 +258,9 @@ async def _demo(total: int) -> None:
             console.print(f"a failure, as the caller sees it: [red]{failed[1]}[/red]")
         _durable_summary(outcome, board, files, ingest, export)
         try:
-            await _workflow(app)  # the same worker runs its steps
-            await _saga(app)
-            await _stream(app)
+            await _demo_flows.workflow(app, console)  # the same worker runs its steps
+            await _demo_flows.saga(app, console)
+            await _demo_flows.stream(app, console)
             await _time_and_limits(app)
             await _demo_durable.show(console)
         finally:
@@ -448,166 +444,6 @@ def _durable_summary(
 
 
 # --- the workflow ------------------------------------------------------------------------
-
-
-async def _workflow(app: App) -> None:
-    """A chain with a fan-out group and a merge, enqueued in one call, shown step by step;
-    an operator pauses it between two steps and resumes it."""
-    t = app.registry
-    wf = (
-        t["demo.scan"].call(ALBUM)
-        | app.group(
-            t["demo.thumbnails"].call(part=i, parts=THUMB_PARTS) for i in range(THUMB_PARTS)
-        )
-        | t["demo.contact_sheet"].call()
-    ).then(t["demo.publish"], album=ALBUM)
-    h = await wf.enqueue()
-    steps = await h.steps()
-    console.print(
-        f"workflow: demo.scan | group({THUMB_PARTS} x demo.thumbnails) | demo.contact_sheet "
-        f"| demo.publish ({len(steps)} steps)",
-        soft_wrap=True,
-    )
-    operator = asyncio.create_task(_workflow_operator(app, h.id))
-    status = await h.status()
-    deadline = time.monotonic() + 60  # never hang the demo on a workflow gone wrong
-    with Live(_steps_table(steps, status), console=console, refresh_per_second=10) as live:
-        while (not operator.done() or not status.is_final) and time.monotonic() < deadline:
-            live.update(_steps_table(await h.steps(), status))
-            await asyncio.sleep(0.1)
-            status = await h.status()
-        steps = await h.steps()
-        live.update(_steps_table(steps, status))
-    if not console.is_terminal:
-        console.line()
-    await operator
-    try:
-        value = await h.result(timeout=30)
-    except SegueError as exc:
-        console.print(f"workflow ended {await h.status()}: [red]{exc}[/red]", soft_wrap=True)
-        return
-    console.print(f"workflow result: [bold]{value}[/bold]", soft_wrap=True)
-    sheet = next(s for s in steps if s.name == "demo.contact_sheet")
-    path = ", ".join(
-        f"{tr.status}" + (f" ({tr.reason})" if tr.status is TaskStatus.PAUSED else "")
-        for tr in sheet.history
-    )
-    console.print(f"demo.contact_sheet history: {path}", soft_wrap=True)
-
-
-async def _saga(app: App) -> None:
-    """A saga: reserve | charge | ship, each undoable step with its compensation; ship
-    fails, so the charge is refunded, then the stock released (reverse order)."""
-    t = app.registry
-    wf = (
-        t["demo.reserve"].call("order-42").options(compensate=t["demo.release"].call())
-        | t["demo.charge"].call(cents=1999).options(compensate=t["demo.refund"].call())
-        | t["demo.ship"].call()
-    )
-    h = await wf.enqueue()
-    console.print(
-        "saga: demo.reserve (compensate=demo.release) | demo.charge (compensate=demo.refund) "
-        "| demo.ship, which fails",
-        soft_wrap=True,
-    )
-    with contextlib.suppress(SegueError):
-        await h.result(timeout=30)  # returns once the compensations have run
-    for step in await h.steps():
-        undo = step.compensation
-        undone = f" -> {undo.name} {undo.status}: {undo.result}" if undo else ""
-        console.print(f"  {step.name} {step.status}{undone}", soft_wrap=True)
-    console.print(f"saga ended {await h.status()}: compensated in reverse order")
-
-
-async def _workflow_operator(app: App, workflow_id: str) -> None:
-    """Pause the workflow while its fan-out runs, show the next step held, resume it: what
-    a web app or another process does with `app.workflow_handle(id)`."""
-    h: WorkflowHandle[Any] = await app.workflow_handle(workflow_id)
-    try:
-        async with asyncio.timeout(30):
-            await _until(h, lambda s: s.name == "demo.thumbnails", TaskStatus.RUNNING)
-            status = await h.pause(reason="demo: operator pause between steps")
-            console.print(
-                f"operator: pause the workflow while {THUMB_PARTS} thumbnail steps run -> "
-                f"{status} (no new step starts)",
-                soft_wrap=True,
-            )
-            held = await _until(h, lambda s: True, TaskStatus.PAUSED)
-            steps = await h.steps()
-            done = sum(s.status is TaskStatus.SUCCEEDED for s in steps)
-            console.print(
-                f"workflow paused between steps: {done}/{len(steps)} done, next step "
-                f"{held.name} is [yellow]PAUSED[/yellow] (held)",
-                soft_wrap=True,
-            )
-            await asyncio.sleep(WORKFLOW_HOLD_SECONDS)
-            status = await h.resume(reason="demo: operator resume")
-            console.print(
-                f"operator: resume the workflow -> {status} (held steps queued again)",
-                soft_wrap=True,
-            )
-    except (SegueError, TimeoutError) as exc:
-        console.print(
-            f"[red]the workflow operator failed[/red] ({exc!r}); resuming it", soft_wrap=True
-        )
-        with contextlib.suppress(SegueError):
-            await h.resume(reason="demo: operator script failed")
-
-
-async def _until(
-    h: WorkflowHandle[Any], which: Callable[[TaskInfo], bool], status: TaskStatus
-) -> TaskInfo:
-    """The first step that `which` selects and that is in `status`, once there is one."""
-    while True:
-        for step in await h.steps():
-            if which(step) and step.status is status:
-                return step
-        await asyncio.sleep(0.05)
-
-
-def _steps_table(steps: list[TaskInfo], status: TaskStatus) -> Table:
-    styles = {
-        TaskStatus.WAITING: "[dim]waiting[/dim]",
-        TaskStatus.QUEUED: "queued",
-        TaskStatus.RUNNING: "[cyan]running[/cyan]",
-        TaskStatus.PAUSED: "[yellow]PAUSED[/yellow] (held)",
-        TaskStatus.SUCCEEDED: "[green]succeeded[/green]",
-        TaskStatus.FAILED: "[red]failed[/red]",
-        TaskStatus.CANCELLED: "[red]cancelled[/red]",
-    }
-    table = Table(title=f"workflow steps (workflow {status})", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("step", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    # what is left of the width once the other columns (up to 1 + 26 + 13) and the borders
-    # are drawn, so that narrow terminals cut results rather than step names
-    room = min(40, max(8, console.width - 54))
-    table.add_column("result", overflow="ellipsis", no_wrap=True, max_width=room)
-    for n, s in enumerate(steps, 1):
-        name = s.name
-        if "part" in s.kwargs:
-            name += f" (part {s.kwargs['part'] + 1}/{s.kwargs.get('parts', '?')})"
-        result = "" if s.result is None else str(s.result)
-        table.add_row(str(n), name, styles.get(s.status, str(s.status)), result)
-    return table
-
-
-async def _stream(app: App) -> None:
-    """A task's output read live, chunk by chunk, as it is written (handle.stream)."""
-    h = await app.registry["demo.summarize"].enqueue(_SUMMARY)
-    console.print("stream: demo.summarize says, live: ", end="")
-    chunks = 0
-    async for chunk in h.stream():
-        chunks += 1
-        console.print(str(chunk), end="", highlight=False)
-    console.print()
-    console.print(f"stream: {chunks} chunks, in order; the loop ended when the task did")
-
-
-_SUMMARY = (
-    "Every task of this demo ran at least once, was retried when it failed, and was paused, "
-    "resumed or cancelled by an operator while it ran."
-)
 
 
 async def _time_and_limits(app: App) -> None:

@@ -1,7 +1,8 @@
 """The demo's durable function: an order in five journaled steps, run by a worker process
 that is SIGKILLed mid-way; a worker in the demo's own process takes it over once the lease
 lapses and finishes it from the step journal, without running a recorded step again and
-without spending a try.
+without spending a try. Then a refund that waits for a person's approval (a signal):
+WAITING without a worker slot until the demo approves it.
 
 `app` is module level so that `python -m segue worker segue._demo_durable:app` runs it; that
 process attaches to the demo's embedded server (the same project directory).
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from segue._app import App
 from segue._context import Context  # noqa: TC001 (the task's ctx parameter, read at runtime)
+from segue._state import TaskStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,6 +40,33 @@ def _effect(step: str, order_id: str) -> str:
 @app.task(name="demo.order")
 async def order(ctx: Context, order_id: str) -> list[str]:
     return [await ctx.step(step, _effect, step, order_id) for step in STEPS]
+
+
+@app.task(name="demo.refund")
+async def refund(ctx: Context, order_id: str) -> str:
+    decision = await ctx.wait_signal("approval", timeout=3600, default={"by": None})
+    who = decision.get("by")
+    return f"refund of {order_id} approved by {who}" if who else f"refund of {order_id} expired"
+
+
+async def show_signal(console: Console) -> None:
+    """A refund waits for approval without holding a slot; the demo sends the signal."""
+    async with app:
+        worker = app.worker(concurrency=1)
+        running = asyncio.create_task(worker.run())
+        try:
+            h = await refund.enqueue("o-1")
+            await h.wait_for(TaskStatus.WAITING, timeout=30)
+            info = await h.info()
+            console.print(
+                f"signal: demo.refund is {info.status} for {info.waiting_for}, holding no "
+                f'worker slot; sending it (segue signal {h.id} approval \'{{"by": "ana"}}\')'
+            )
+            await h.signal("approval", {"by": "ana"})
+            console.print(f"  {await h.result(timeout=30)}")
+        finally:
+            worker.stop()
+            await running
 
 
 async def show(console: Console, kill_after: int = 2) -> None:
@@ -80,3 +109,4 @@ async def show(console: Console, kill_after: int = 2) -> None:
         f"demo.order finished by this process after the lease lapsed: each step ran once "
         f"(journal: {names}), tries: {info.tries}"
     )
+    await show_signal(console)

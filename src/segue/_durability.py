@@ -301,7 +301,9 @@ class Confirmer:
             raise reply
         written: list[Any] = list(replies)
         confirmed = await asyncio.gather(*confirms, return_exceptions=True)
-        if not all(r == 1 for reply in written for r in reply):
+        # enqueue.lua answers a list (one reply per task), subtask.lua one reply
+        rows = [r for reply in written for r in (reply if isinstance(reply, list) else [reply])]
+        if not all(r == 1 for r in rows):
             # some task was already there: confirm it too, behind a write of this connection
             generation = conn.generation
             marker = conn.send("SET", calls[0][2][0] + "durable", 1, "PX", _MARKER_PX)

@@ -420,6 +420,17 @@ class Enqueuer:
         steps: list[_Step] = []
         last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))
         by_id = {s.id: s for s in steps}
+        labels: dict[str, str] = {}
+        for step in steps:
+            label: Any = step.sig.opts.get("name")
+            if label is None:
+                continue
+            if not isinstance(label, str) or not label or label in labels:
+                raise ConfigurationError(
+                    f"workflow step name {label!r}: a step's name= must be a non-empty "
+                    "string, unique within its workflow"
+                )
+            labels[label] = step.id
         for step in steps:
             sig = step.sig
             sig.task.check_args((None, *sig.args) if step.mode else sig.args, sig.kwargs)
@@ -483,7 +494,8 @@ class Enqueuer:
         broker = await self.broker()
         shape = _shape(root, iter(range(1, 1 << 62))) if len(steps) <= MAX_SHAPE_STEPS else None
         try:
-            await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape))
+            names = json.dumps(labels) if labels else ""
+            await index_workflow(broker, broker.keyspace(queue), wf_id, json.dumps(shape), names)
         except ServerOutOfMemory:
             # the workflow exists and runs: only its line in the dashboard's list is missing
             log.warning("workflow %s is not listed on the dashboard: the server is full", wf_id)

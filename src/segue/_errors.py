@@ -20,7 +20,9 @@
     ├── QueryTimeout            the worker holding the task did not answer a query; a TimeoutError
     ├── UnknownQuery            the running task has no handler of that name (lists those it has)
     ├── QueryFailed             the task's query handler raised: remote type and message
-    └── StreamTruncated         a task's output stream no longer holds the position asked for
+    ├── StreamTruncated         a task's output stream no longer holds the position asked for
+    ├── SignalTimeout           ctx.wait_signal's deadline passed (no default given)
+    └── SignalBufferFull        handle.signal: the task holds max_pending_signals signals
 
 Raised by task code (not errors of segue's, so not under SegueError):
 
@@ -149,6 +151,21 @@ class ResultUnavailable(SegueError):
 
 class ResultTimeout(SegueError, TimeoutError):
     """The task did not end within the time given to result()."""
+
+
+class SignalTimeout(SegueError, TimeoutError):
+    """`ctx.wait_signal(name, timeout=...)` got no signal of that name before its deadline
+    and no `default` was given. Not retried when uncaught: the task ends FAILED with reason
+    `signal_timeout` (a retry would replay the same journaled timeout)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class SignalBufferFull(SegueError):
+    """`handle.signal()` was refused: the task already holds `max_pending_signals` signals
+    that no wait has taken yet. Nothing was stored; a wait that takes one makes room."""
 
 
 class TaskNotRunning(SegueError):

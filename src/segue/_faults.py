@@ -18,7 +18,10 @@ script, one atomic step, so a crash falls before or after it (after_claim).
 
 `SERVICE_POINTS` fail a worker's service instead, for the tests of its failure policy
 (_services.py): lease_thread (each turn of the lease renewal thread, outside its retries)
-and forwarder_pass (each pass of the forwarder service).
+and forwarder_pass (each pass of the forwarder service). The points reached only by one
+feature are listed below, each with the fault test that uses them: STEP_POINTS (durable
+steps), VERSION_POINTS (state migrations), STREAM_POINTS (output streams), CASCADE_POINTS
+(the walk of a cascade to sub-tasks, in any process that walks: a client or a worker).
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ VERSION_POINTS = ("before_migrate", "after_migrate")
 # test_stream_crashes.py has it: after_stream_write (a batch of chunks was stored, the run
 # has not gone on)
 STREAM_POINTS = ("after_stream_write",)
+# reached only by the walk of a cascade to sub-tasks (Broker.cascade, from the process that
+# sent the command and from workers' forwarders), so tests/faults/test_cascade_crashes.py
+# has it: mid_cascade (a batch of the walk was stored, markers are left, the next batch is
+# not sent)
+CASCADE_POINTS = ("mid_cascade",)
+# reached by ctx.wait_signal (tests/faults/test_signal_crashes.py): after_signal_taken (a
+# buffered signal was taken and journaled in one script call, the run has not gone on)
+SIGNAL_POINTS = ("after_signal_taken",)
 
 
 class FaultInjected(RuntimeError):

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import socket
 import time
@@ -23,26 +22,18 @@ from segue._errors import (
     TaskFailed,
     TaskNotFound,
 )
+from segue._info import parse_error, parse_info
 from segue._keys import queue_of
 from segue._state import (
-    StepInfo,
     TaskError,
     TaskInfo,
     TaskStatus,
-    Transition,
-    at_ms,
-    from_ms,
-    from_worker_names,
 )
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from datetime import datetime
-
     from segue._client import Client
-    from segue._codec import TaskTypes
     from segue._events import Event
     from segue._output import TaskStream
 
@@ -191,7 +182,9 @@ class TaskHandle(Generic[R]):
 
     async def resume(self, reason: str | None = None) -> TaskStatus:
         """Put a PAUSED task back in its queue (it continues from its state), or withdraw a
-        pause that a running task has not carried out yet."""
+        pause that a running task has not carried out yet. A task paused while it waited
+        for a signal waits again (WAITING) unless a signal is buffered or its deadline
+        passed."""
         return await self._control("resume", reason)
 
     async def cancel(self, reason: str | None = None) -> TaskStatus:
@@ -199,6 +192,20 @@ class TaskHandle(Generic[R]):
         its current await (CancelledError inside it, so `finally` blocks run). CANCELLED,
         state deleted. Cancelling an ended task changes nothing and returns its status."""
         return await self._control("cancel", reason)
+
+    async def signal(self, name: str, data: Any = None, *, id: str | None = None) -> TaskStatus:
+        """Send the task the signal `name` with `data` (JSON): a `ctx.wait_signal(name)`
+        waiting for it gets it now, else it is buffered (FIFO per name) for the next wait.
+        The signal carries an id (`id`, or one made here) sent again with every resend,
+        and the server accepts an id once: a resend after a lost reply delivers nothing
+        twice, and reports success even if the task has ended since. Raises
+        InvalidTransition for a task that ended before the first send, SignalBufferFull
+        when it holds `max_pending_signals` signals already. Returns the task's status."""
+        from segue._signals import send_signal
+
+        broker = await self._client.broker()
+        limit = broker.settings.max_payload_bytes
+        return TaskStatus(await send_signal(broker, self.id, name, data, id, limit))
 
     async def retry(self, reason: str | None = None) -> TaskStatus:
         """Queue a FAILED, CANCELLED or EXPIRED task again, as new: same id, tries from
@@ -262,187 +269,6 @@ class TaskHandle(Generic[R]):
         except Exception:  # written by someone else: still a failure, said plainly
             err = TaskError("Undecodable", "its error record does not decode", None, "undecodable")
         raise TaskFailed(self.id, err.type, err.message, err.traceback, err.reason)
-
-
-def parse_error(raw: bytes | None) -> TaskError | None:
-    if not raw:
-        return None
-    data = decode_plain(raw)
-    if not isinstance(data, dict):
-        raise ValueError("an error that is not a JSON object")
-    return TaskError(
-        type=str(data.get("type", "Error")),
-        message=str(data.get("message", "")),
-        traceback=data.get("traceback"),
-        reason=str(data.get("reason", "error")),
-    )
-
-
-class _Reader:
-    """Reads the fields of one task record as written by anyone with write access: a field
-    it cannot read is left empty and named in `problems`, never raised, so one bad record
-    does not take a list, a page or a worker down with it."""
-
-    def __init__(self, rec: dict[bytes, bytes]) -> None:
-        self.rec = rec
-        self.problems: list[str] = []
-
-    def bad(self, code: bytes, why: str) -> None:
-        shown = self.rec.get(code, b"")[:40].decode(errors="replace")
-        self.problems.append(f"{code.decode()}={shown!r} {why}")
-
-    def text(self, code: bytes, default: str = "") -> str:
-        raw = self.rec.get(code)
-        if raw is None:
-            return default
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            self.bad(code, "is not UTF-8")
-            return raw.decode(errors="replace")
-
-    def integer(self, code: bytes) -> int | None:
-        raw = self.rec.get(code)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            self.bad(code, "is not a number")
-            return None
-
-    def when(self, code: bytes) -> datetime | None:
-        ms = self.integer(code)
-        try:
-            return from_ms(ms)
-        except (OverflowError, ValueError, OSError):
-            self.bad(code, "is not a time")
-            return None
-
-    def status(self) -> TaskStatus:
-        try:
-            return TaskStatus(self.text(F.STATUS.b))
-        except ValueError:
-            # a status no segue writes: the task is not one any worker will run
-            self.bad(F.STATUS.b, "is not a status")
-            return TaskStatus.FAILED
-
-    def history(self) -> tuple[list[Transition], int]:
-        """The kept transitions, numbered, and how many there were in all: the count the
-        scripts keep, or the lines (a record from before it was kept, or one a worker of
-        the previous release appended to without counting)."""
-        lines = self.text(F.HISTORY.b).splitlines()
-        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines))
-        first = total - len(lines) + 1
-        out = []
-        for n, line in enumerate(lines, first):
-            st, _, rest = line.partition("|")
-            at, _, reason = rest.partition("|")
-            try:
-                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason, n))
-            except (ValueError, OverflowError, OSError):
-                self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
-        return out, total
-
-    def steps(self) -> list[StepInfo]:
-        out = []
-        count = self.integer(F.STEP_COUNT.b) or 0
-        for n in range(1, count + 1):
-            code = F.STEP_PREFIX.b + str(n).encode()
-            line = self.rec.get(code, b"").decode(errors="replace")
-            try:
-                name, start, took, ok, kind = line.split("|")
-                out.append(
-                    StepInfo(name, at_ms(int(start)), int(took) / 1000, ok == "1", kind or None)
-                )
-            except (ValueError, OverflowError, OSError):
-                self.bad(code, "is not name|start|ms|ok|type")
-        return out
-
-    def progress(self) -> tuple[float, float | None] | None:
-        if F.PROGRESS.b not in self.rec:
-            return None
-        done_text, _, total_text = self.text(F.PROGRESS.b).partition(" ")
-        try:
-            done, total = float(done_text), float(total_text) if total_text else None
-        except ValueError:
-            self.bad(F.PROGRESS.b, "is not '<done> [<total>]'")
-            return None
-        if not math.isfinite(done) or (total is not None and not (math.isfinite(total))):
-            self.bad(F.PROGRESS.b, "is not finite")
-            return None
-        return done, total
-
-    def decoded(self, code: bytes, decoder: TypedDecoder) -> Any:
-        try:
-            return decoder.decode(self.rec[code])
-        except Exception:  # any decode failure of stored JSON: not this reader's to raise
-            self.bad(code, "does not decode")
-            return None
-
-    def error(self) -> TaskError | None:
-        try:
-            return parse_error(self.rec.get(F.ERROR.b))
-        except Exception:
-            self.bad(F.ERROR.b, "is not an error record")
-            return None
-
-
-def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
-    r = _Reader(rec)
-    name = r.text(F.NAME.b)
-    task = tasks.get(name)
-    status = r.status()
-    try:
-        if task is not None:
-            args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
-        else:
-            args, kwargs = decode_plain(rec[F.PAYLOAD.b])
-        args, kwargs = list(args), dict(kwargs)
-    except Exception:
-        args, kwargs = [], {}
-    history, history_total = r.history()
-    result: Any = None
-    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
-        result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
-    worker = r.text(F.WORKER.b) or None
-    progress = r.progress()
-    version = r.integer(F.VERSION.b) or 1
-    return TaskInfo(
-        id=task_id,
-        name=name,
-        queue=queue_of(task_id),
-        status=status,
-        args=args,
-        kwargs=kwargs,
-        priority=r.text(F.PRIORITY.b, "normal"),
-        tries=r.integer(F.TRIES.b) or 0,
-        max_tries=r.integer(F.MAX_TRIES.b) or 0,
-        worker_id=worker,
-        enqueued_at=r.when(F.ENQUEUED_AT.b),
-        started_at=r.when(F.STARTED_AT.b),
-        ended_at=r.when(F.ENDED_AT.b),
-        due_at=r.when(F.DUE_AT.b),
-        history=history,
-        result=result,
-        error=r.error(),
-        progress=progress,
-        progress_message=r.text(F.PROGRESS_MESSAGE.b) or None,
-        steps=r.steps(),
-        problem="; ".join(r.problems) or None,
-        pending_request=r.text(F.CONTROL.b) or None,
-        pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
-        history_total=history_total,
-        workflow=_workflow_of(r.text(F.WORKFLOW.b) or r.text(F.COMPENSATES.b)),
-        version=version,
-        started_version=r.integer(F.STARTED_VERSION.b) or version,
-        from_worker=from_worker_names(r.text(F.FROM_WORKER.b)),
-    )
-
-
-def _workflow_of(text: str) -> str | None:
-    """The workflow of a step ('wf') or of a compensation ('cof': "<workflow>|<step n>")."""
-    return text.rsplit("|", 1)[0] if text else None
 
 
 def _passed(row: list[bytes | None]) -> TaskStatus:
@@ -611,6 +437,21 @@ class WorkflowHandle(Generic[R]):
             if optional == b"1" and not _by_dependency(error):
                 return None
             raise
+
+    async def signal(
+        self, step: str, name: str, data: Any = None, *, id: str | None = None
+    ) -> TaskStatus:
+        """Send the signal `name` to one step, named by its id or by its `name=` option:
+        a step that has not started buffers it until it runs and waits for it. As
+        `TaskHandle.signal` otherwise; returns the step's status."""
+        rec = await self._record()
+        ids = rec.get(W.STEPS.b, b"").decode().split()
+        step_id = step if step in ids else None
+        if step_id is None and W.STEP_NAMES.b in rec:
+            step_id = decode_plain(rec[W.STEP_NAMES.b]).get(step)
+        if step_id is None:
+            raise TaskNotFound(f"workflow {self.id} has no step {step!r} (by id or name=)")
+        return await TaskHandle[Any](self._client, step_id).signal(name, data, id=id)
 
     async def pause(self, *, running: bool = False, reason: str | None = None) -> TaskStatus:
         """Start no new step: steps waiting in the queue are held, running ones finish (or,

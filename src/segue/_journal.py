@@ -73,8 +73,9 @@ def skip_time(until: float) -> None:
 
 
 async def advance_sleeps(broker: Broker, queues: list[str], seconds: float) -> int:
-    """Make due now every SUSPENDED task of `queues` due within `seconds`: the helper of
-    `app.drain(advance=...)`. Returns how many it moved."""
+    """Make due now every SUSPENDED task of `queues` due within `seconds`, and every wait
+    for a signal whose deadline is within it: the helper of `app.drain(advance=...)`.
+    Returns how many it moved."""
     horizon = await broker.reads.server_time_ms() + round(seconds * 1000)
     moved = 0
     for queue in queues:
@@ -87,6 +88,10 @@ async def advance_sleeps(broker: Broker, queues: list[str], seconds: float) -> i
             if status in (b"suspended", "suspended"):
                 await client.zadd(ks.scheduled, {task_id: 0})
                 moved += 1
+        # a ctx.wait_signal whose deadline falls within: its timeout comes now (claim.lua)
+        for raw in await client.zrangebyscore(ks.signal_due, 1, horizon):
+            await client.zadd(ks.signal_due, {raw: 0})
+            moved += 1
     return moved
 
 
@@ -209,6 +214,15 @@ class Journal:
             lambda: run.broker.reads.read_state(run.ks, self._task_id),
         )
         self._state_found = bool(raw)
+        self._entries = self._parse(raw)
+
+    def preload(self, flat: list[bytes]) -> None:
+        """The journal as the claim handed it over ([field, value, ...]): no read. A
+        task woken from a wait for a signal has at least that wait's entry: state found."""
+        self._state_found = bool(flat)
+        self._entries = self._parse(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def _parse(self, raw: dict[bytes, bytes]) -> dict[str, dict[str, msgspec.Raw]]:
         entries: dict[str, dict[str, msgspec.Raw]] = {}
         prefix = FIELD.encode()
         for key, value in raw.items():
@@ -218,7 +232,7 @@ class Journal:
             if "e" in entry and msgspec.json.decode(entry.get("t", b"0")) != self._tries:
                 continue  # a failed step of an earlier try: this try runs it again
             entries[key[len(prefix) :].decode()] = entry
-        self._entries = entries
+        return entries
 
     @property
     def resumed(self) -> bool:

@@ -58,6 +58,14 @@ class Keyspace:
         """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
         return self.base + "out:" + task_id
 
+    def signals(self, task_id: str) -> str:
+        """A task's buffered signals (lib/signals.lua)."""
+        return self.base + "sig:" + task_id
+
+    def signal_ids(self, task_id: str) -> str:
+        """The ids of the signals a task accepted (a resend of one changes nothing)."""
+        return self.base + "sgi:" + task_id
+
     def claim(self, token: str) -> str:
         """What a worker's claim leased, kept for a replay of that claim (claim.lua)."""
         return self.base + "claim:" + token
@@ -76,7 +84,7 @@ class Keyspace:
     def claim_keys(self) -> list[str]:
         """KEYS of claim.lua."""
         queue_keys = [self.scheduled, self.leases, self.wake, self.meta, self.dead]
-        tail = [self.paused, *self.limits, self.waiting, self.events]
+        tail = [self.paused, *self.limits, self.waiting, self.events, self.signal_due]
         return [*self.pending, *queue_keys, *self.done, *tail]
 
     @cached_property
@@ -116,7 +124,25 @@ class Keyspace:
     @cached_property
     def reconcile_keys(self) -> list[str]:
         """KEYS of reconcile.lua."""
-        return [*self.pending, self.scheduled, self.leases, self.paused, self.waiting, self.wake]
+        return [
+            *self.pending,
+            self.scheduled,
+            self.leases,
+            self.paused,
+            self.waiting,
+            self.wake,
+            self.signal_due,
+        ]
+
+    @cached_property
+    def signal_keys(self) -> list[str]:
+        """KEYS of signal.lua."""
+        return [*self.pending, self.wake, self.waiting, self.signal_due, self.events, self.paused]
+
+    @cached_property
+    def signal_wait_keys(self) -> list[str]:
+        """KEYS of signal_wait.lua."""
+        return [*self.control_keys, self.signal_due]
 
     @cached_property
     def generation(self) -> str:
@@ -149,6 +175,11 @@ class Keyspace:
     def waiting(self) -> str:
         """Index of tasks waiting for others (after=, workflow steps, sub-task waits)."""
         return self.key("waiting")
+
+    @cached_property
+    def signal_due(self) -> str:
+        """Deadlines of the tasks waiting for a signal (ctx.wait_signal with a timeout)."""
+        return self.key("sigdue")
 
     @cached_property
     def events(self) -> str:

@@ -107,8 +107,10 @@ async def retry_dead(
             return queued, refused
 
 
-async def index_workflow(broker: Broker, ks: Keyspace, wf_id: str, shape: str) -> None:
-    await broker.run_calls([_calls.wf_index(ks, wf_id, shape)], retry=True)
+async def index_workflow(
+    broker: Broker, ks: Keyspace, wf_id: str, shape: str, names: str = ""
+) -> None:
+    await broker.run_calls([_calls.wf_index(ks, wf_id, shape, names)], retry=True)
 
 
 async def set_schedule_paused(broker: Broker, ck: CronKeys, sid: str, paused: bool) -> bool:

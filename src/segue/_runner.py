@@ -22,13 +22,14 @@ from segue._context import (
     ServerUnreachable,
     WaitingForSubtasks,
 )
-from segue._errors import Fail, LeaseLost, Pause, PayloadError, Retry
+from segue._errors import Fail, LeaseLost, Pause, PayloadError, Retry, SignalTimeout
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
 from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
 from segue._migrate import MigrationFailed, VersionUnsupported, upgrade
 from segue._procpool import ProcessTaskError
+from segue._signals import WaitingForSignal
 from segue._sync_context import SyncContext
 from segue._wire import (
     Failed,
@@ -82,6 +83,7 @@ class Job:
     error: BaseException | None = None  # what the run raised, for hooks
     value: Any = None  # what it returned, for hooks
     unreadable: str | None = None  # the claimed row did not read in full: fail, do not run
+    journal: list[bytes] | None = None  # its step journal, when the claim handed it over
     version: int = 1  # the record's version of the task's code (_migrate.py)
     started_version: int = 1  # the version it started under: ctx.version
     # an enqueue by name (app.send): "send", plus "mt"/"to"/"v" when this worker's definition
@@ -176,6 +178,8 @@ async def attempt(
             sleep_inline_seconds=settings.sleep_inline_seconds,
             version=job.started_version,
         )
+        if job.journal is not None:
+            ctx._journal.preload(job.journal)
     if task.takes_ctx:
         assert ctx is not None
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
@@ -286,8 +290,14 @@ async def _call(
                 # the thread sees the context variables of this run (set by hooks, say)
                 call = functools.partial(task.fn, *args, **kwargs)
                 value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
-    except WaitingForSubtasks:
+    except (WaitingForSubtasks, WaitingForSignal):
         return Waiting()
+    except SignalTimeout as exc:
+        # no retry: a new try would replay the same journaled timeout
+        job.error = exc
+        if not silent:
+            lines.info("task %s failed: %s", job.id, exc)
+        return Failed(_error(exc, "signal_timeout", with_tb=True), "signal_timeout")
     except Sleeping as exc:
         if not silent:
             lines.info("task %s sleeps for %.3f s (durable sleep)", job.id, exc.delay_ms / 1000)

@@ -114,6 +114,9 @@ class Settings:
     # chunks), trimming the oldest; and outlives the task's end by at least this long
     max_stream_entries: int = 100_000
     stream_linger_seconds: float = 300.0
+    # signals a task may hold that no ctx.wait_signal has taken yet (handle.signal past it
+    # raises SignalBufferFull); Temporal's limit per workflow
+    max_pending_signals: int = 2000
     # child processes a worker runs `executor="process"` tasks in; None: the CPUs it may use
     process_pool_size: int | None = None
     # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
@@ -128,6 +131,10 @@ class Settings:
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
             raise ConfigurationError(
                 f"prefix {self.prefix!r} must be a bare word (letters, digits, - or _)"
+            )
+        if self.max_pending_signals < 1:
+            raise ConfigurationError(
+                f"max_pending_signals must be 1 or more, not {self.max_pending_signals}"
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {self.concurrency}")

@@ -117,6 +117,11 @@ class TaskInfo:
     # (ctx.version): they differ once a newer worker migrated it
     version: int = 1
     started_version: int = 1
+    # what a WAITING task waits for: "dependencies", "sub-tasks", or "signal:<name>" and,
+    # when the wait has a timeout, " until <deadline, ISO 8601>"; None when not WAITING
+    waiting_for: str | None = None
+    # signals still buffered when the task ended (dropped; a task.signals_dropped event)
+    signals_dropped: int = 0
     # a task enqueued by name (app.send): the options its worker's definition supplies
     # ("max_tries", "timeout", "version", "retry_backoff", "limits"); empty for one enqueued
     # with its code

@@ -18,6 +18,7 @@ from segue._context import _PASS_THROUGH, Context, TaskState
 from segue._faults import faultpoint
 from segue._journal import Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._signals import MISSING as NO_DEFAULT
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -169,6 +170,12 @@ class SyncContext:
             time.sleep(rest)
             return
         raise Sleeping(math.ceil(rest * 1000))
+
+    def wait_signal(
+        self, name: str, *, timeout: float | timedelta | None = None, default: Any = NO_DEFAULT
+    ) -> Any:
+        """`Context.wait_signal`, blocking."""
+        return self.state._call(self._ctx.wait_signal(name, timeout=timeout, default=default))
 
     def _await(self, value: Any) -> Any:
         loop = self.state._loop

@@ -26,6 +26,7 @@ from segue._codec import ArgsDecoder, TypedDecoder
 from segue._context import Context
 from segue._errors import ConfigurationError
 from segue._options import check_durability, check_key, check_priority
+from segue._signals import local_signals, set_local
 from segue._sync_context import SyncContext
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class EnqueueOptions(TypedDict, total=False):
     on_duplicate: OnDuplicate
     headers: dict[str, str]
     durability: Durability
+    name: str  # a workflow step's label, unique in its workflow (wf.signal(step, ...))
     compensate: Signature[Any]
 
 
@@ -247,13 +249,22 @@ class Task(Generic[P, R]):
         return await self._owner.enqueue_one(sig)
 
     async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here, now, without a queue (sync functions in a thread)."""
-        call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
-        if self.is_async:
-            return cast("R", await self.fn(*call_args, **kwargs))
-        if self.takes_ctx:
-            call_args = (SyncContext(call_args[0]), *args)
-        return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
+        """Run the function here, now, without a queue (sync functions in a thread).
+        `signals={name: [data, ...]}` (taken out of the arguments when the function has no
+        parameter of that name) hands `ctx.wait_signal` its signals, in order."""
+        token = None
+        if "signals" in kwargs and "signals" not in self._signature.parameters:
+            token = set_local(cast("Any", kwargs.pop("signals")))
+        try:
+            call_args: tuple[Any, ...] = (self.local_context(), *args) if self.takes_ctx else args
+            if self.is_async:
+                return cast("R", await self.fn(*call_args, **kwargs))
+            if self.takes_ctx:
+                call_args = (SyncContext(call_args[0]), *args)
+            return cast("R", await asyncio.to_thread(self.fn, *call_args, **kwargs))
+        finally:
+            if token is not None:
+                local_signals.reset(token)
 
     def local_context(self) -> Context:
         return Context(

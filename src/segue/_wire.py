@@ -128,6 +128,20 @@ class TaskField:
     # releases by workers whose code of the task is older than its VERSION: never counted
     # toward the unknown-task bound (RELEASES), only their backoff grows with them
     VERSION_RELEASES: Final = Code("vrel")
+    # A task WAITING for a signal (ctx.wait_signal, lib/signals.lua): the signal's name, the
+    # journal field its outcome goes to, when the wait began and its deadline (ms; absent:
+    # none; its entry is in the queue's `sigdue` zset, which only this release's claim
+    # reads: while only old workers serve a queue, deadlines wait for a new one). An old
+    # release's pause holds such a task ('hold') instead of pausing it: the signal that
+    # wakes it then makes it PAUSED. An old worker never runs such a task's code.
+    SIGNAL_WAIT: Final = Code("sgw")
+    SIGNAL_JOURNAL: Final = Code("sgj")
+    SIGNAL_WAIT_AT: Final = Code("sga")
+    SIGNAL_DEADLINE: Final = Code("sgd")
+    SIGNALS_DROPPED: Final = Code("sgx")  # signals still buffered when the task ended
+    # woken by a signal or a deadline: the claim that runs it next hands the run its step
+    # journal (and clears this); an old claim ignores it, and the run reads the journal
+    SIGNAL_WOKEN: Final = Code("sgk")
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
@@ -146,6 +160,8 @@ class WorkflowField:
     ENDED_AT: Final = Code("et")
     QUEUES: Final = Code("queues")
     PART: Final = Code("part")
+    # the steps' name= labels, JSON {label: step id} (wf_index.lua; old workflows have none)
+    STEP_NAMES: Final = Code("sn")
     # sagas (lib/saga.lua): the plan, written with the main record, and its progress
     COMPENSATED_STEPS: Final = Code("cps")  # main: step numbers with a compensation
     COMPENSATION_PREFIX: Final = Code("cp:")  # cp:<n>: JSON {id, a: [spec], w: [numbers]}
@@ -182,6 +198,7 @@ class ScriptErrorCode(enum.StrEnum):
     DUPLICATE = "SEGUE_DUPLICATE"  # <holder id>
     DEPENDENCY_ENDED = "SEGUE_DEPENDENCY_ENDED"  # <id>
     QUEUE_FULL = "SEGUE_QUEUE_FULL"  # <prefix> <length> <limit> <adding>
+    SIGNAL_BUFFER_FULL = "SEGUE_SIGNAL_BUFFER_FULL"  # <signals buffered>
 
 
 class EnqueueSpec(msgspec.Struct, gc=False):
@@ -267,6 +284,9 @@ class ClaimedRun(msgspec.Struct, gc=False):
     started_version: int = 1  # the version it started under (STARTED_VERSION, else VERSION)
     unreadable: str | None = None  # why this row could not be read in full
     from_worker: str = ""  # "send mt to v": take these from this worker's definition (app.send)
+    # a task woken by a signal: its step journal, [field, value, ...] (the run reads it
+    # from here instead of from the server)
+    journal: list[bytes] | None = None
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
@@ -274,8 +294,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
             task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
                 :10
             ]
-            # 12: v, v0 (task versions); 13: and fw (enqueue by name)
-            if len(raw) not in (10, 12, 13):
+            # 12: v, v0 (task versions); 13: and fw (enqueue by name); 14: and the journal
+            if len(raw) not in (10, 12, 13, 14):
                 raise ValueError(f"a claimed row has {len(raw)} fields")
             version = int(raw[10] or 1) if len(raw) > 10 else 1
             started = int(raw[11] or version) if len(raw) > 11 else version
@@ -298,9 +318,16 @@ class ClaimedRun(msgspec.Struct, gc=False):
             )
             if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
                 raise ValueError("the headers are not a JSON object")
+            if len(raw) > 13 and isinstance(raw[13], list):
+                run.journal = raw[13]
         except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, DecodeError
             return cls._unreadable(raw, exc)
         return run
+
+    def last_delivery(self, max_deliveries: int) -> bool:
+        """Whether losing this run ends the task, as claim.lua decides it: a run was lost
+        before, and this one spends the last delivery or the last try."""
+        return self.lost > 0 and (self.lost >= max_deliveries - 1 or self.tries >= self.max_tries)
 
     @property
     def id_readable(self) -> bool:

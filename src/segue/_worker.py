@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
-from segue._broker import server_unreachable
 from segue._calls import parse_claim, parse_finish
+from segue._connect import wait_for_server
 from segue._context import PauseRequested, RunControl
 from segue._control import Controller, ControlSubscriber
-from segue._embedded import server_label
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
 from segue._forward import Forwarder
@@ -159,31 +158,7 @@ class Worker:
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
-        """The App's broker; a server that does not answer yet (restarting, or started
-        after the workers) is waited for, so a supervisor's restart does not race it."""
-        delay = 0.1
-        since: float | None = None
-        said = 0.0
-        while True:
-            try:
-                broker = await self._client.broker()
-            except BrokerError as exc:
-                if self._stopping or not server_unreachable(exc):
-                    raise
-                now = _clock.monotonic()
-                if since is None:
-                    since = said = now
-                    log.warning("%s; the worker waits for it", exc)
-                elif now - said >= self._outage_log_seconds:
-                    said = now
-                    where = server_label(self._client.settings)
-                    log.warning("still waiting for %s (%.0f s)", where, now - since)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                continue
-            if since is not None:
-                log.warning("server reachable again after %.1f s", _clock.monotonic() - since)
-            return broker
+        return await wait_for_server(self._client, lambda: self._stopping, self._outage_log_seconds)
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
@@ -444,7 +419,6 @@ class Worker:
                 # lapses, and claim.lua fails it worker_lost after max_deliveries
                 log.error("task id %r is not UTF-8; left to expire", run.id)
                 continue
-            lost = run.lost
             job = Job(
                 ks=ks,
                 id=run.id,
@@ -460,12 +434,9 @@ class Worker:
                 unreadable=run.unreadable,
                 version=run.version,
                 started_version=run.started_version,
+                journal=run.journal,
                 from_worker=run.from_worker,
-                # as claim.lua decides it: a lost run before, and losing this one ends it
-                last_delivery=lost > 0
-                and (
-                    lost >= self._client.settings.max_deliveries - 1 or run.tries >= run.max_tries
-                ),
+                last_delivery=run.last_delivery(self._client.settings.max_deliveries),
             )
             job.run = RunControl(
                 self._enqueuer.enqueue_child,

@@ -7,6 +7,7 @@ A Starlette router (a FastAPI `APIRouter` when FastAPI is installed, so that
     GET  /{id}                 status and info, JSON
     GET  /{id}/result?timeout= the result, waiting up to `timeout` seconds (at most 60)
     GET  /{id}/stream          the output stream and progress as Server-Sent Events
+    POST /{id}/signal          JSON body {"name": "...", "data": ..., "id": "..."} (id optional)
     POST /{id}/pause|resume|cancel   JSON bodies only: {"reason": "..."} or {}
 
 `authorize(request, task_id, action)` is called before every route (GETs included: a task
@@ -29,8 +30,10 @@ from starlette.routing import Route, Router
 from segue._errors import (
     ConfigurationError,
     InvalidTransition,
+    PayloadError,
     ResultTimeout,
     ResultUnavailable,
+    SignalBufferFull,
     StreamTruncated,
     TaskCancelled,
     TaskFailed,
@@ -38,6 +41,7 @@ from segue._errors import (
 )
 from segue._keys import queue_of
 from segue._output import StreamRestarted, TaskStream, parse_position
+from segue._signals import check_name
 
 if TYPE_CHECKING:
     # typed as FastAPI's router (a Starlette Router), so that FastAPI.include_router takes
@@ -48,13 +52,14 @@ if TYPE_CHECKING:
     from segue._handle import TaskHandle
     from segue._state import TaskInfo
 
-Action = Literal["info", "result", "stream", "pause", "resume", "cancel"]
+Action = Literal["info", "result", "stream", "signal", "pause", "resume", "cancel"]
 Authorize = Callable[[Request, str, Action], bool | Awaitable[bool]]
 __all__ = ["Action", "Authorize", "router"]
 
 _MAX_WAIT = 60.0
 _PROGRESS_EVERY = 0.5  # seconds between reads of the record's progress during an SSE stream
 _KEEPALIVE_EVERY = 15.0  # a comment line keeps proxies from closing a quiet stream
+_MAX_SIGNAL_ID = 200
 
 
 def router(
@@ -78,6 +83,7 @@ def router(
         ("/{task_id}", routes.info, "GET"),
         ("/{task_id}/result", routes.result, "GET"),
         ("/{task_id}/stream", routes.stream, "GET"),
+        ("/{task_id}/signal", routes.signal, "POST"),
         ("/{task_id}/pause", routes.pause, "POST"),
         ("/{task_id}/resume", routes.resume, "POST"),
         ("/{task_id}/cancel", routes.cancel, "POST"),
@@ -131,6 +137,9 @@ class _Routes:
             return JSONResponse({"error": "no such task"}, status_code=404)
         except InvalidTransition as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
+        except SignalBufferFull as exc:
+            # the task has not taken its earlier signals yet: the sender may try again later
+            return JSONResponse({"error": str(exc)}, status_code=429)
 
     async def info(self, request: Request) -> Response:
         async def respond(handle: TaskHandle[Any]) -> Response:
@@ -186,7 +195,8 @@ class _Routes:
 
         return await self._guarded(request, "stream", respond)
 
-    async def _command(self, request: Request, action: Action) -> Response:
+    async def _json_body(self, request: Request) -> dict[str, Any] | Response:
+        """The POST's JSON object, or the response that refuses it."""
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             # a cross-site HTML form can post only form encodings and text/plain
             return JSONResponse(
@@ -196,7 +206,15 @@ class _Routes:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        return body
+
+    async def _command(self, request: Request, action: Action) -> Response:
+        body = await self._json_body(request)
+        if isinstance(body, Response):
+            return body
+        reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             return JSONResponse({"error": "reason must be a string"}, status_code=400)
 
@@ -206,6 +224,33 @@ class _Routes:
             return JSONResponse({"id": handle.id, "status": status.value})
 
         return await self._guarded(request, action, respond)
+
+    async def signal(self, request: Request) -> Response:
+        body = await self._json_body(request)
+        if isinstance(body, Response):
+            return body
+        data, signal_id = body.get("data"), body.get("id")
+        try:
+            name = check_name(body.get("name"), str(request.path_params["task_id"]))
+        except ValueError as exc:
+            # checked here: the guard maps a ValueError (a malformed task id) to 404
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if signal_id is not None and (
+            not isinstance(signal_id, str) or not 0 < len(signal_id) <= _MAX_SIGNAL_ID
+        ):
+            return JSONResponse(
+                {"error": f"id must be a string of 1 to {_MAX_SIGNAL_ID} characters"},
+                status_code=400,
+            )
+
+        async def respond(handle: TaskHandle[Any]) -> Response:
+            try:
+                status = await handle.signal(name, data, id=signal_id)
+            except PayloadError as exc:  # over max_payload_bytes
+                return JSONResponse({"error": str(exc)}, status_code=413)
+            return JSONResponse({"id": handle.id, "status": status.value})
+
+        return await self._guarded(request, "signal", respond)
 
     async def pause(self, request: Request) -> Response:
         return await self._command(request, "pause")

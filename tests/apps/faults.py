@@ -152,6 +152,28 @@ async def durable(ctx: Context, ms: int) -> int:
     return after
 
 
+@app.task(name="faults.signalled", silent=True)
+async def signalled(ctx: Context, ms: int) -> int:
+    """Wait up to `ms` milliseconds for a signal `poke` (a run of its own: the task WAITS
+    meanwhile), then the effect; returns the signal's data, 0 when none came in time."""
+    got: int = await ctx.wait_signal("poke", timeout=ms / 1000, default=0)
+    run = Execution(ctx)
+    run.finish()
+    return got
+
+
+@app.task(name="faults.streamed", silent=True)
+async def streamed(ctx: Context, ms: int) -> int:
+    """Stream three chunks over `ms` milliseconds, then the effect: its output stream, and
+    the end marker the server adds, must go once the record and the stream's linger are over."""
+    run = Execution(ctx)
+    for i in range(3):
+        await ctx.stream({"chunk": i})
+        await asyncio.sleep(ms / 3000)
+    run.finish()
+    return ms
+
+
 @app.task(name="faults.poison", silent=True)
 async def poison(ctx: Context) -> None:
     """Kill the worker running it, on every attempt (a crash-looping task)."""
@@ -193,3 +215,34 @@ async def report(ctx: Context, ms: int) -> int:
         await asyncio.sleep(0.05)
     run.finish()
     return n
+
+
+@app.task(name="faults.idle", silent=True)
+async def idle(ctx: Context, ms: int) -> int:
+    """Sleep `ms` milliseconds; a sub-task of `faults.tree` (no ledger row: the checker
+    counts the producer's tasks, and these are not)."""
+    await asyncio.sleep(ms / 1000)
+    return ms
+
+
+@app.task(name="faults.tree", silent=True)
+async def tree(
+    ctx: Context, delayed: int, running: int = 0, ttl: float | None = None, wait: bool = True
+) -> int:
+    """The parent of a cascade: starts `running` sub-tasks that sleep a minute (ids
+    `<id>.1`...), then `delayed` ones due in an hour, their records kept `ttl` seconds
+    (the app's default when None); then waits for them (WAITING, no run holds it) or, with
+    `wait=False`, sleeps a minute (RUNNING). Meant to be cancelled; no ledger row (the
+    checker would count it as a phantom)."""
+
+    def sub(ms: int, delay: float) -> Any:
+        sig = idle.call(ms) if not delay else idle.call(ms).options(delay=delay)
+        return sig if ttl is None else sig.options(ttl=ttl)
+
+    subs = [sub(60_000, 0) for _ in range(running)] + [sub(0, 3600) for _ in range(delayed)]
+    handles = await ctx.enqueue(subs)
+    if wait:
+        await ctx.wait_for(handles)
+    else:
+        await asyncio.sleep(60)
+    return len(handles)

@@ -18,7 +18,9 @@ own records say, and measure what the faults cost.
 - leaks (when `retention` is given): after the task records' lifetime, per-task keys left
   under the queue, keys without a TTL outside the documented structural set, ended-task
   index entries not yet pruned, anything still queued or running, cascade markers whose walk
-  to sub-tasks is not over, `used_memory` delta.
+  to sub-tasks is not over, `used_memory` delta. Records kept longer than the run's
+  retention by design (`outlive`: sub-tasks, kept at least an hour) are not counted, but
+  must have a TTL.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ STRUCTURAL = frozenset(
     | {"limits"}
     # the outcome counters and the bounded throughput ring of the dashboard's metrics
     | {"stats", "hist"}
+    # the deadlines of waits for a signal (removed when empty)
+    | {"sigdue"}
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
-PER_TASK = frozenset({"task", "state", "next", "wf", "uniq"})
+# `out`: a task's output stream, kept its linger (or the record's ttl) after its end.
+PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi", "out"})
 # A run that segue stopped and recorded, after which the task may run again.
 _RERUN_REASONS = {"worker shutdown", "resumed", "retry", "paused itself", "due"}
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
@@ -305,9 +310,12 @@ async def _leaks(
     admin_url: str,
     waited: float,
     retention: bool,
+    outlive: frozenset[str],
 ) -> Leaks:
     dead = {d.decode() for d in await client.lrange(ks.dead, 0, -1)}
-    keep = {ks.task(i) for i in dead}
+    # a dead letter keeps its record, and the signal ids it accepted with it
+    keep = {ks.task(i) for i in dead} | {ks.signal_ids(i) for i in dead}
+    kept_longer = {ks.task(i) for i in outlive}
     keys = [k.decode() async for k in client.scan_iter(match=ks.base + "*", count=1000)]
     per_task, no_ttl = [], []
     pipe = client.pipeline(transaction=False)
@@ -316,14 +324,17 @@ async def _leaks(
     ttls = await pipe.execute() if keys else []
     for key, ttl in zip(keys, ttls, strict=True):
         kind = key[len(ks.base) :].split(":", 1)[0]
-        if kind in PER_TASK and key not in keep:
+        if key in kept_longer:
+            if ttl == -1:
+                no_ttl.append(key)
+        elif kind in PER_TASK and key not in keep:
             per_task.append(key)
         elif ttl == -1 and kind not in structural and key not in keep:
             no_ttl.append(key)
     index = 0
     for done_key in ks.done:
         members = {m.decode() for m in await client.zrange(done_key, 0, -1)}
-        index += len(members - dead)
+        index += len(members - dead - outlive)
     queued = sum([await client.llen(k) for k in ks.pending])
     queued += await client.zcard(ks.scheduled)
     queued += await client.zcard(ks.paused)
@@ -350,12 +361,15 @@ async def check(
     retention: float = 0.0,
     memory_before: int | None = None,
     structural: Iterable[str] = (),
+    outlive: Iterable[str] = (),
 ) -> Verdict:
     """Check one drained run. `kills`: the fleet's signals (its SIGKILLs make orphans).
     With `leaks`, also read what is left under the queue; with a `retention` (the task
     records' lifetime, seconds) wait up to that long, plus a margin for expiry and pruning,
     for it to be clean first. `structural`: kinds of queue key that other features add and
-    that have no TTL."""
+    that have no TTL. `outlive`: ids of tasks whose records are kept longer than
+    `retention` by design (sub-tasks: at least an hour), left out of the per-task keys and
+    index entries found, but each must have a TTL."""
     ks = Keyspace(prefix, queue)
     client: Any = make_async_client(admin_url, cluster="+cluster://" in admin_url)
     try:
@@ -401,6 +415,7 @@ async def check(
                     admin_url=admin_url,
                     waited=time.monotonic() - started,
                     retention=retention > 0,
+                    outlive=frozenset(outlive),
                 )
                 if verdict_leaks.clean or time.monotonic() > deadline:
                     break

@@ -11,6 +11,7 @@ within a reconcile cycle, and nothing may be left queued or running without a le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import time
@@ -20,19 +21,22 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
-from segue import TaskStatus
+from segue import BrokerError, TaskStatus
 from segue._keys import Keyspace
 from tests._support import ACL_PASSWORD, ACL_USER, Server, add_acl_user
 from tests._workers import Fleet
-from tests.apps import faults, journal
+from tests.apps import faults, journal, signals
 from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
+from tests.faults.test_cascade_crashes import half_walked, statuses, sub_ids
 from tests.integration.conftest import eventually
 
 APP = "tests.apps.faults:app"
 JOURNAL_APP = "tests.apps.journal:app"
+SIGNALS_APP = "tests.apps.signals:app"
 RECONCILE = 0.5  # reconcile_seconds of the workers
 LEASE = 2.0
 
@@ -307,3 +311,107 @@ async def test_a_sleeping_task_and_a_journal_survive_a_rollback_and_the_reconcil
     counts = _journal_counts(steps_dir, n)
     assert journaled and all(counts[int(k.split("-")[1])] == 1 for k in journaled), counts
     assert min(counts) >= 1
+
+
+async def test_a_cascade_under_way_at_the_copy_is_walked_again_and_the_tree_ends_cancelled(
+    aof_server: Server, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R2 with a cascade to sub-tasks: at T the cancel of a tree is half walked (its client
+    and the worker that took the walk on both stopped mid-walk, test_cascade_crashes.py).
+    After T another worker finishes the walk; then the machine goes down (server and worker
+    killed) and the server comes back from the copy taken at T, with the walk's marker lost
+    too (a key lost under segue: what the reconciler repairs, from the root's record). The
+    restarted worker's reconciler puts the marker back, the walk runs again, and the whole
+    tree ends cancelled, nothing left queued, scheduled or running, no marker left."""
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0"
+    app = faults.app
+    saved = app.settings
+    app.settings = saved.replace(redis_url=url, queue=queue_name, poll_seconds=0.2)
+    ks = Keyspace("segue", queue_name)
+    env = {"SEGUE_RECONCILE_SECONDS": str(RECONCILE)}
+    fleet = Fleet(APP, url, queue_name, lease=1.0, env=env, log_dir=tmp_path / "w")
+    admin: Any = redis.asyncio.Redis(port=aof_server.port)
+    try:
+        async with app:
+            with fleet:
+                root, _ = await half_walked(app, fleet, admin, ks, tmp_path / "hits", monkeypatch)
+                subs = sub_ids(root.id)
+                left = await statuses(admin, ks, subs)
+                assert "scheduled" in left and "cancelled" in left  # T: under way
+                await asyncio.to_thread(_snapshot, aof_server, tmp_path / "copy")
+                finisher = fleet.start(2)
+
+                async def tree_cancelled() -> bool:
+                    return set(await statuses(admin, ks, subs)) == {"cancelled"}
+
+                await eventually(tree_cancelled, timeout=20)
+                fleet.kill(finisher)
+                aof_server.kill()
+                _restore(aof_server, tmp_path / "copy")
+                aof_server.start()
+                add_acl_user(aof_server.port)
+                assert await statuses(admin, ks, subs) == left  # the walk after T is gone
+                assert await admin.hdel(ks.base + "cascade", root.id) == 1
+                fleet.restart(finisher)
+                await fleet.line_with(finisher, f"repaired cascade_lost of task {root.id}")
+                await eventually(tree_cancelled, timeout=20)
+                assert await root.status() is TaskStatus.CANCELLED
+                assert await admin.hlen(ks.base + "cascade") == 0
+                assert await admin.hget(ks.task(root.id), "cw") is None
+                sync_admin: Any = redis.Redis(port=aof_server.port)
+                try:
+                    assert disagreements(sync_admin, ks) == []
+                finally:
+                    sync_admin.close()
+                counts = await app.queue_counts(queue_name)
+                assert counts["queued"] + counts["running"] + counts["scheduled"] == 0
+    finally:
+        app.settings = saved
+        await admin.aclose()
+
+
+async def test_a_wait_for_a_signal_survives_a_rollback_and_its_lost_deadline_is_repaired(
+    aof_server: Server, queue_name: str, tmp_path: Path
+) -> None:
+    """R2 with a wait for a signal: at T a task WAITS (its deadline in the queue's `sigdue`
+    index). A signal sent after T is gone with the copy (the rollback's expected loss), and
+    the deadline's index entry is lost under segue too: the reconciler puts it back from the
+    record, and the wait times out at its first deadline."""
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{aof_server.port}/0"
+    app = signals.app
+    saved = app.settings
+    app.settings = saved.replace(redis_url=url, queue=queue_name, poll_seconds=0.1)
+    ks = Keyspace("segue", queue_name)
+    env = {"SEGUE_RECONCILE_SECONDS": str(RECONCILE)}
+    fleet = Fleet(SIGNALS_APP, url, queue_name, lease=LEASE, env=env, log_dir=tmp_path / "w")
+    admin: Any = redis.Redis(port=aof_server.port)
+    try:
+        async with app:
+            with fleet:
+                fleet.start(2)
+                await fleet.ready()
+                h = await signals.deadline.enqueue(4.0, 0.0)
+                await eventually(lambda: _is(h, TaskStatus.WAITING), timeout=15)
+                due = float(admin.zscore(ks.signal_due, h.id)) / 1000
+                await asyncio.to_thread(_snapshot, aof_server, tmp_path / "copy")
+                await h.signal("never", "after T")  # accepted, then lost with the rollback
+                await h.wait_for(TaskStatus.SUCCEEDED, timeout=10)
+                aof_server.kill()
+                _restore(aof_server, tmp_path / "copy")
+                aof_server.start()
+                add_acl_user(aof_server.port)
+                admin.zrem(ks.signal_due, h.id)  # the index lost under segue
+                with contextlib.suppress(BrokerError):  # its connection went with the server
+                    await h.status()
+                assert await h.status() is TaskStatus.WAITING  # the signal went with it
+                woke = await h.result(timeout=30)
+            log = " ".join(fleet.log(fleet.slots[0]).split())
+    finally:
+        app.settings = saved
+        admin.close()
+    assert f"repaired signal_deadline_not_indexed of task {h.id}" in log, log[-2000:]
+    assert due - 0.05 <= woke <= due + 2 * RECONCILE + 1.0
+
+
+async def _is(handle: Any, status: TaskStatus) -> bool:
+    return bool(await handle.status() is status)

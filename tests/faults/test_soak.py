@@ -5,12 +5,16 @@ worker is SIGKILLed (and restarted) and every client connection is cut once. Onc
 queue drained and the records' lifetime is over, the server must hold nothing of the run
 but the documented structural keys (RELIABILITY §5.6: every per-task key has a TTL or is
 deleted), its memory must be back near where it started, and the workers' memory must not
-have grown with the number of tasks.
+have grown with the number of tasks. A few parents of sub-tasks are cancelled under load, so
+the check covers cascades: no marker left, the parents' journals gone with their records,
+the sub-tasks' records (kept an hour by design) with a TTL. Some tasks stream output, so
+the check covers output streams and their end markers: none left after its linger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -20,7 +24,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from segue import App
+from segue import App, InvalidTransition
 from segue._keys import Keyspace, queues_key
 from tests._support import Engine, start_server, stop
 from tests._workers import Fleet
@@ -109,7 +113,12 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         prefix=PREFIX,
         lease=2.0,
         poll=0.2,
-        env={**fault_ledger.env(), "SEGUE_SLEEP_INLINE_SECONDS": "0"},  # every sleep ends a run
+        env={
+            **fault_ledger.env(),
+            "SEGUE_SLEEP_INLINE_SECONDS": "0",  # every sleep ends a run
+            # below the records' ttl: a stream goes with its record (max of the two)
+            "SEGUE_STREAM_LINGER_SECONDS": "0.5",
+        },
         log_dir=tmp_path / "logs",
     )
     history = History(app, queue_name)
@@ -118,8 +127,20 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     # every tenth task is a durable function: it journals steps and sleeps (SUSPENDED, a run
     # of its own), so its journal (in the state hash) must go with its record too
     durable = {k for k in range(n) if k % 10 == 0}
+    # and every tenth (another one) waits for a signal: half of them are sent one (before
+    # their wait, during it, or after they timed out and ended), the rest time out, so the
+    # buffers, accepted ids and deadlines of signals must go with their records too
+    waiting = {k for k in range(n) if k % 10 == 5}
+    poked = sorted(k for k in waiting if k % 20 == 5)
+    # and every tenth (another one) streams output: its stream, with the end marker the
+    # server adds (or a restart marker first, for a try after a SIGKILL), must go too
+    streaming = {k for k in range(n) if k % 10 == 3}
 
     def call(k: int, ms: int) -> Any:
+        if k in waiting:
+            return faults.signalled.call(ms + 200).options(ttl=TTL)
+        if k in streaming:
+            return faults.streamed.call(ms).options(ttl=TTL)
         task = faults.durable if k in durable else faults.sleep
         # a sleep far longer than the step before it takes, even on a loaded machine: under
         # load a 0.1 s sleep was over before the run could end to sleep, and ran inline
@@ -133,19 +154,47 @@ async def test_no_leaks_after_a_run_with_light_chaos(
             with fleet:
                 slots = [fleet.start(8) for _ in range(2)]
                 await fleet.ready()
+
                 # a warm-up batch loads the scripts and the workers' code paths first, so
                 # the baseline holds what any running deployment holds
+                def warm(k: int) -> Any:
+                    if k < 4:
+                        return faults.signalled.call(50)
+                    return faults.streamed.call(0) if k < 8 else faults.sleep.call(0)
+
                 await history.enqueue_many(
-                    [(faults.sleep.call(0).options(ttl=TTL), f"w{k}") for k in range(warmup)]
+                    [(warm(k).options(ttl=TTL), f"w{k}") for k in range(warmup)]
                 )
+                with contextlib.suppress(InvalidTransition):  # the signal scripts, loaded
+                    await (await app.task_handle(history.task_id("w0"))).signal("poke", 1)
                 await drained(app, ledger, warmup, timeout=30)
                 memory_before, events_before = await memory_without_events(admin, ks)
                 rss_before = {s.pid: rss_kb(s.pid) for s in slots}
                 began = time.time()
+                # parents of cascades, cancelled once their sub-tasks exist (one queued or
+                # running, two delayed): the walk's markers, the sub-tasks' records and the
+                # parents' journals must all go too. Half wait for their sub-tasks
+                # (WAITING), half run on (RUNNING: their end walks again, from a worker).
+                trees = [
+                    await faults.tree.options(ttl=TTL).enqueue(2, running=1, ttl=TTL, wait=w)
+                    for w in [True, False] * fault_scale.pick(3, 6)
+                ]
                 for i in range(0, n, 1_000):
                     batch = enumerate(durations[i : i + 1_000], start=i)
                     await history.enqueue_many([(call(k, ms), str(k)) for k, ms in batch])
                 assert history.counts() == {"ok": n + warmup, "fail": 0, "ambiguous": 0}
+                subtasks = [f"{t.id}.{k}" for t in trees for k in (1, 2, 3)]
+
+                async def trees_built() -> bool:
+                    return all([await admin.exists(ks.task(i)) for i in subtasks])
+
+                await eventually(trees_built, timeout=30)
+                for tree in trees:
+                    await tree.cancel(reason="soak")
+                for k in poked:
+                    handle = await app.task_handle(history.task_id(str(k)))
+                    with contextlib.suppress(InvalidTransition):  # it timed out and ended
+                        await handle.signal("poke", k)
                 # the chaos: a SIGKILL (restarted 0.5 s later) and a cut of every connection
                 chaos = fault_scale.pick(1, 10)
                 client_kills = 0
@@ -172,6 +221,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
                     kills=fleet.signals,
                     leaks=True,
                     retention=TTL,
+                    outlive=subtasks,
                 )
                 memory_after, events_after = await memory_without_events(admin, ks)
                 keys = {
@@ -188,8 +238,15 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     no_ttl_outside = sorted(
         k for k, ttl in outside_queue.items() if ttl == -1 and k != queues_key(PREFIX)
     )
+    # sub-tasks' records are kept at least an hour by design (a parent finds its sub-tasks'
+    # results again when it runs again), whatever their ttl: checked to have a TTL
+    subtask_keys = {ks.task(i) for i in subtasks}
     structural_left = sorted(
-        {k[len(ks.base) :].split(":", 1)[0] for k in keys if k.startswith(ks.base)}
+        {
+            k[len(ks.base) :].split(":", 1)[0]
+            for k in keys
+            if k.startswith(ks.base) and k not in subtask_keys
+        }
     )
     adjusted_before = memory_before - events_before
     adjusted_after = memory_after - events_after
@@ -205,6 +262,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         workers=2,
         ttl_s=TTL,
         worker_kills=chaos,
+        cascade_trees=len(trees),
         client_kills=client_kills,
         drain_s=round(done_at - began, 3),
         keys_left=len(keys),
@@ -223,10 +281,15 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     assert succeeded == [1] * (n + warmup)  # each task succeeded, once
     # the durable functions slept as a run of their own (each resumed and replayed a step)
     assert all(tally.of(history.task_id(str(k)), "task.suspended") >= 1 for k in durable)
+    # each cascade reached every sub-task: cancelled once, none ran to its end
+    for task_id in [t.id for t in trees] + subtasks:
+        assert tally.of(task_id, "task.cancelled") == 1, (task_id, tally.counts[task_id])
+        assert tally.of(task_id, "task.succeeded") == 0, task_id
     assert verdict.dup_exec <= 8 * chaos  # at most what a killed worker had running
     assert verdict.leaks is not None and verdict.leaks.clean, verdict.leaks
     assert set(structural_left) <= STRUCTURAL | {"gen", "claim"}, structural_left
     assert no_ttl_outside == []
+    assert all(0 < keys[k] <= 3_600_000 for k in subtask_keys if k in keys)  # an hour at most
     assert adjusted_after <= 1.10 * adjusted_before, (memory_before, memory_after)
     assert survivors, "every worker was killed: no process lived through the run"
     assert max(growth_kb.values()) < 20 * 1024, growth_kb

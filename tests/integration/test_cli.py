@@ -73,6 +73,8 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     assert -1 not in at and at == sorted(at), out.stdout
     assert "stream: demo.summarize says, live: Every task of this demo ran" in out.stdout
     assert "stream: 26 chunks, in order; the loop ended when the task did" in out.stdout
+    assert "signal: demo.refund is waiting for signal:approval until " in out.stdout
+    assert "refund of o-1 approved by ana" in out.stdout
     assert "cron: demo.tick fired 3 times, one per tick (1 s, 1 s apart)" in out.stdout
     assert "unique: 5 enqueues of demo.rebuild_index gave 1 task" in out.stdout
     rate = re.search(r"rate limit: 10 demo.geocode calls at 5/s took ([\d.]+) s", out.stdout)

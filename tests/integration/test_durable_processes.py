@@ -338,7 +338,9 @@ async def segue_cli(
 async def test_cli_pause_resume_and_cancel_of_running_tasks(
     workers: Fleet, client_app: App, ledger: Ledger, segue_valkey: Engine, queue_name: str
 ) -> None:
-    files = file_names(30)
+    # 6 s of work: the CLI's pause must reach it before it ends, and a CLI process starts
+    # in over a second on a loaded machine
+    files = file_names(60)
     url = segue_valkey.url
     workers.start()
     async with client_app:
@@ -361,7 +363,7 @@ async def test_cli_pause_resume_and_cancel_of_running_tasks(
         assert (out.returncode, out.stdout) == (0, f"task {c.id}: running\n"), out.stderr
         assert await c.wait_for(TaskStatus.CANCELLED, timeout=3) is TaskStatus.CANCELLED
 
-        assert await p.result(timeout=15) == total_of(files)
+        assert await p.result(timeout=30) == total_of(files)
         out = await segue_cli("resume", p.id, "--url", url)
         assert out.returncode != 0 and out.stdout == ""
         assert "cannot resume" in out.stderr and "succeeded" in out.stderr
@@ -371,7 +373,7 @@ async def test_cli_pause_resume_and_cancel_of_running_tasks(
 
         info = await p.info()
         assert [t.reason for t in info.history if t.status is TaskStatus.PAUSED] == ["cli: hold on"]
-        assert steps(await ledger.rows(p.id)) == list(range(30))
+        assert steps(await ledger.rows(p.id)) == list(range(60))
         assert await keys_of(segue_valkey, f"*state:{c.id}") == []
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from segue import App, TaskFailed, TaskStatus
 from segue._broker import Broker
-from segue._wire import Finished, Succeeded
+from segue._wire import ClaimedRun, Finished, Succeeded
 from tests.integration.conftest import eventually, serving
 
 
@@ -136,8 +136,9 @@ async def test_a_lost_run_spends_a_try_and_the_last_one_runs_alone(
         # its lease lapsed once and it has one try left: losing it again ends it, so a worker
         # that already runs such a task does not get it (it may be what kills workers)
         assert await poll(broker, q, "busy", within=0.6, holds_last=True) == []
-        ((_, _, _, tries, *_, lost),) = await poll(broker, q, "crashing-1")
-        assert (int(tries), int(lost)) == (2, 1)
+        (row,) = await poll(broker, q, "crashing-1")
+        run = ClaimedRun.parse(row)
+        assert (run.tries, run.lost) == (2, 1)
         assert await poll(broker, q, "next", within=0.6) == []
         with pytest.raises(TaskFailed) as caught:
             await h.result(timeout=1)

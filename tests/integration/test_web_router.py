@@ -170,3 +170,51 @@ async def test_a_starlette_mount_serves_the_same_routes(make_app: Callable[..., 
         ]
         r = await web.get(f"/api/tasks/{h.queue}:01ABCDEFGHJKMNPQRSTVWXYZ00/stream")
         assert r.status_code == 404
+
+
+async def test_the_signal_route_delivers_once_and_answers_in_json(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(max_pending_signals=1, max_payload_bytes=1000)
+
+    async def authorize(request: Request, task_id: str, action: str) -> bool:
+        return action == "signal" and request.headers.get("x-user") == "ada"
+
+    @app.task(name="approve")
+    async def approve(ctx: Context) -> Any:
+        return await ctx.wait_signal("go")
+
+    api = FastAPI()
+    api.include_router(segue.web.router(app, authorize=authorize))
+    headers = {"x-user": "ada"}
+    async with app, client_of(api) as web:
+        h = await approve.enqueue()
+        url = f"/tasks/{h.id}/signal"
+        r = await web.post(url, data={"name": "go"}, headers=headers)
+        assert r.status_code == 415  # a cross-site form cannot signal
+        r = await web.post(url, json={"name": "go"})
+        assert r.status_code == 403
+        for bad in ({}, {"name": ""}, {"name": "a|b"}, {"name": "go", "id": 7}, ["go"]):
+            r = await web.post(url, json=bad, headers=headers)
+            assert r.status_code == 400, bad
+            assert "error" in r.json()
+        r = await web.post(url, json={"name": "go", "data": "x" * 2000}, headers=headers)
+        assert r.status_code == 413
+        body = {"name": "go", "data": {"ok": True}, "id": "approval-1"}
+        r = await web.post(url, json=body, headers=headers)
+        assert r.status_code == 200 and r.json() == {"id": h.id, "status": "queued"}
+        # a resend after a lost reply (same id) is accepted and delivers nothing twice
+        r = await web.post(url, json=body, headers=headers)
+        assert r.status_code == 200
+        r = await web.post(url, json={"name": "go", "id": "approval-2"}, headers=headers)
+        assert r.status_code == 429  # max_pending_signals=1: the first is not taken yet
+        await app.drain()
+        assert await h.result(timeout=5) == {"ok": True}
+        r = await web.post(url, json={"name": "go", "id": "late"}, headers=headers)
+        assert r.status_code == 409 and "error" in r.json()  # the task has ended
+        r = await web.post(url, json=body, headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        r = await web.post(
+            f"/tasks/{h.queue}:01ABCDEFGHJKMNPQRSTVWXYZ00/signal", json=body, headers=headers
+        )
+        assert r.status_code == 404

@@ -22,6 +22,17 @@ def test_a_good_row_reads_in_full() -> None:
     assert ClaimedRun.parse([*GOOD[:10], b"2", b""]).started_version == 2
 
 
+def test_a_last_delivery_is_one_whose_loss_ends_the_task() -> None:
+    # as claim.lua decides it: a run lost before, and deliveries or tries spent
+    def row(tries: int, lost: int) -> ClaimedRun:
+        return ClaimedRun.parse([*GOOD[:3], tries, 3, b"0", b"3", b"", b"", lost])
+
+    assert not row(2, 0).last_delivery(5)
+    assert not row(1, 1).last_delivery(5)
+    assert row(1, 4).last_delivery(5)
+    assert row(3, 1).last_delivery(5)
+
+
 @pytest.mark.parametrize(
     ("index", "value"),
     [

@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "runtime": (
         *(
+            "_info",
             "_handle",
             "_events",
             "_queue",
@@ -40,12 +41,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "_registry",
         ),
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
-        *("_heartbeat", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
-        *("_journal", "_query", "_migrate", "_output", "_send", "_procpool"),
+        *("_heartbeat", "_connect", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
+        *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
-        "_demo_durable",
+        *("_demo_durable", "_demo_flows"),
         *("_reload", "_supervisor"),
         *("dashboard", "metrics", "testing", "_display", "web"),
     ),

@@ -34,6 +34,8 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "event": _calls.event(ks, "q:1", "1", "emit", "x", "{}"),
         "journal": _calls.journal(ks, "q:1", "1", "~j:a", b"{}", "a|0|0|1|"),
         "stream": _calls.stream(ks, "q:1", "1", 1, 100, 1000, b"[1]", 1, False),
+        "signal": _calls.signal(ks, "q:1", "go", b"1", "s1", 10),
+        "signal_wait": _calls.signal_wait(ks, "q:1", "1", "go", "~j:signal:go#1", -1, 0),
     }
     counts = {name: len(keys) for name, (_, keys, _) in calls.items()}
     for name, (script, keys, _) in calls.items():

@@ -99,6 +99,12 @@ TASK_CODES = {
     "VERSION": "v",
     "STARTED_VERSION": "v0",
     "VERSION_RELEASES": "vrel",
+    "SIGNAL_WAIT": "sgw",
+    "SIGNAL_JOURNAL": "sgj",
+    "SIGNAL_WAIT_AT": "sga",
+    "SIGNAL_DEADLINE": "sgd",
+    "SIGNALS_DROPPED": "sgx",
+    "SIGNAL_WOKEN": "sgk",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
@@ -111,6 +117,7 @@ WORKFLOW_CODES = {
     "ENDED_AT": "et",
     "QUEUES": "queues",
     "PART": "part",
+    "STEP_NAMES": "sn",
     "COMPENSATED_STEPS": "cps",
     "COMPENSATION_PREFIX": "cp:",
     "SUCCEEDED_STEPS": "okn",
@@ -165,6 +172,7 @@ def test_script_error_codes_are_the_scripts_reply_prefixes() -> None:
         "SEGUE_DUPLICATE",
         "SEGUE_DEPENDENCY_ENDED",
         "SEGUE_QUEUE_FULL",
+        "SEGUE_SIGNAL_BUFFER_FULL",
     }
 
 
@@ -287,10 +295,12 @@ def test_claim_call_and_reply() -> None:
         2,
         [b"q:1", b"add", b"[[1],{}]", 2, 5, b"8", b"7", b"[1]", b'{"h":1}', 1],
         [b"q:2", b"add", b"[[],{}]", 1, 1, b"0", b"1", b"", b"", 0, b"", b"", b"send mt to"],
+        [b"q:3", b"add", b"[[],{}]", 1, 2, b"0", b"1", b"", b"", 0, b"2", b"1", b"", b""],
+        [b"q:4", b"add", b"[[],{}]", 1, 3, b"0", b"1", b"", b"", 0, b"", b"", b"", [b"~j:a", b"1"]],
     ]
     reply = _calls.parse_claim(raw)
     assert reply == ClaimReply(1700, 1600, 2, reply.runs)
-    first, second = reply.runs
+    first, second, third, woken = reply.runs
     assert (first.id, first.name, first.payload, first.tries, first.gen) == (
         "q:1",
         "add",
@@ -308,6 +318,10 @@ def test_claim_call_and_reply() -> None:
     assert (second.input, second.headers, second.lost, second.timeout_ms) == (None, None, 0, 0)
     # the 13th column (fw) is a script's of this release; a 10-column row reads as before
     assert (first.from_worker, second.from_worker) == ("", "send mt to")
+    # the 14th, the journal of a task a signal woke: a list, '' (no journal) for the others
+    assert (third.version, third.started_version, third.journal) == (2, 1, None)
+    assert (woken.unreadable, woken.journal) == (None, [b"~j:a", b"1"])
+    assert first.journal is None
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ ALLOW_OOM = frozenset(
         "state",
         "migrate",
         "journal",
+        "signal_wait",
         "event",
         "control",
         "cascade",

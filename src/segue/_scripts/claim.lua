@@ -7,6 +7,7 @@
   KEYS[14] rate limits hash (task name -> "<tokens per ms> <burst>")
   KEYS[15] concurrency limits hash (task name -> most running at once, all workers)
   KEYS[16] waiting zset (tasks waiting for others)   KEYS[17] events stream
+  KEYS[18] signal deadlines zset (sigdue: tasks waiting for a signal, score = deadline)
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] worker id   ARGV[3] max tasks to claim
   ARGV[4] lease ms   ARGV[5] max_deliveries   ARGV[6] done channel   ARGV[7] dead-letter cap
   ARGV[8] claim token ('' for none): a claim whose reply was lost is sent again with the
@@ -18,13 +19,16 @@
   ARGV[10] '1' when this worker already runs a task on its last delivery (see below)
   Returns: { next_due_ms or -1, now_ms, tasks left queued or running,
     {id, name, payload, tries, gen, timeout_ms, max_tries, input, headers, lost, v, v0,
-    fw}... }
+    fw, journal}... }
     (lost: how many workers stopped under the task before this claim)
     (v: the record's code version, v0: the one it started under; '' when not stored: a
     worker whose code of the task is older releases it, one whose code is newer migrates
     its state first, migrate.lua)
     (fw: "mt to v", the options an enqueue by name left to the worker's definition, '' none;
     a lost run of such a task counts against its stored max_tries, the default 3)
+    (journal: for a task a signal or a wait's deadline woke (its record's 'sgk', set by
+    lib/signals.lua), its step journal's fields and values, {field, value, ...}, read from
+    its state hash `<prefix>state:<id>` (built from ARGV[1]); '' for any other task)
     (input: the JSON a workflow step receives from the steps before it, '' for none)
   A run whose lease expired with no outcome and no step journal entry of its own (the
   record's 'jp' is its generation, journal.lua) was a try (max_tries counts runs): the task ends
@@ -106,6 +110,18 @@ for _, id in ipairs(due) do
   elseif prio and DUE_STATES[f[2]] then
     transition(Q, tk, id, { to = 'queued', at = now, why = 'due', push = 'back', prio = prio })
     redis.call('HDEL', tk, 'due')
+  end
+end
+
+-- waits for a signal whose deadline passed: the timeout is journaled as the wait's outcome
+-- and the task queued (a signal that came first already took it out of this index)
+local timed = redis.call('ZRANGEBYSCORE', KEYS[18], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(timed) do
+  redis.call('ZREM', KEYS[18], id)
+  local tk = prefix .. 'task:' .. id
+  local f = redis.call('HMGET', tk, 's', 'sgw')
+  if f[1] == 'waiting' and f[2] then
+    sig_wake(Q, tk, id, '{"x":1}', 0, 'SignalTimeout', 'signal ' .. f[2] .. ' timed out', now)
   end
 end
 
@@ -200,7 +216,7 @@ if #replay > 0 then
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
         f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '',
-        f[14] or '' }
+        f[14] or '', '' }
       want = want - 1
     end
   end
@@ -226,7 +242,7 @@ elseif not paused then
       for _, id in ipairs(ids) do
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-          'hd', 'd', 't', 'g', 'v', 'v0', 'fw')
+          'hd', 'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw')
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = claimed_not_integer(f)
@@ -267,8 +283,23 @@ elseif not paused then
               redis.call('HSET', tk, 'cn', 1)
             end
             count_stat(prefix, 'started', now)
+            -- a wait that a pause kept for its resume (lib/signals.lua) is over: this run
+            -- replays to it and waits anew, or takes its signal
+            if f[18] then redis.call('HDEL', tk, 'sgw', 'sgj', 'sga', 'sgd') end
+            local journal = ''
+            if f[17] then
+              redis.call('HDEL', tk, 'sgk')
+              journal = {}
+              local st = redis.call('HGETALL', prefix .. 'state:' .. id)
+              for j = 1, #st, 2 do
+                if string.sub(st[j], 1, 3) == '~j:' then
+                  journal[#journal + 1] = st[j]
+                  journal[#journal + 1] = st[j + 1]
+                end
+              end
+            end
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
-              lost, f[14] or '', f[15] or '', f[16] or '' }
+              lost, f[14] or '', f[15] or '', f[16] or '', journal }
             if last then holds_last = true end
             if claim_key then redis.call('RPUSH', claim_key, id, gen) end
             want = want - 1
@@ -283,6 +314,8 @@ end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+first = redis.call('ZRANGE', KEYS[18], 0, 0, 'WITHSCORES')
+if first[2] and (out[1] < 0 or tonumber(first[2]) < out[1]) then out[1] = tonumber(first[2]) end
 if token_at and (out[1] < 0 or token_at < out[1]) then out[1] = token_at end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only

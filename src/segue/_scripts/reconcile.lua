@@ -4,12 +4,16 @@
   under segue: a restore from an older copy, a hand edit, eviction.
   KEYS[1] high list   KEYS[2] normal list   KEYS[3] low list   KEYS[4] scheduled zset
   KEYS[5] leases zset   KEYS[6] paused zset   KEYS[7] waiting zset   KEYS[8] wake list
+  KEYS[9] signal deadlines zset (sigdue)
   ARGV[1] key prefix "segue:{q}:" (records and per-task keys are built from it, and SCAN
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
-  Phases, in order: keys (SCAN of the queue's keys: records, durable state, unique locks,
-  concurrency sets, output streams; a record whose cascade to sub-tasks is under way, field 'cw', gets its
-  marker in the hash <prefix>cascade back if it lost it), leases, sched, paused, waiting (ZSCAN), q1, q2, q3 (list offsets).
+  Phases, in order: keys (SCAN of the queue's keys: records, durable state, signal buffers
+  and accepted signal ids, unique locks, concurrency sets, output streams; a record whose
+  cascade to sub-tasks is under way, field 'cw', gets its marker in the hash
+  <prefix>cascade back if it lost it), leases, sched, paused, waiting, sigdue (ZSCAN), q1,
+  q2, q3 (list offsets). A task waiting for a signal is never queued here: only its
+  deadline's entry is put back.
   A workflow record that is compensating (lib/saga.lua) asks again for each compensation
   it asked for and has not heard the end of, when that compensation's task is gone or ended
   SAGA_TOLD_MS ago (its queue's), or (another queue's) when it was asked for
@@ -28,11 +32,12 @@ local woke = false
 local LISTS = { KEYS[1], KEYS[2], KEYS[3] }
 local IN_SCHEDULE = { scheduled = true, retrying = true, suspended = true }
 local IN_LIST = { queued = true, suspended = true }
-local ORDER = { 'keys', 'leases', 'sched', 'paused', 'waiting', 'q1', 'q2', 'q3', 'done' }
+local ORDER = { 'keys', 'leases', 'sched', 'paused', 'waiting', 'sigdue', 'q1', 'q2', 'q3',
+  'done' }
 local STALE = { leases = 'stale_lease', sched = 'stale_schedule', paused = 'stale_paused',
-  waiting = 'stale_waiting' }
+  waiting = 'stale_waiting', sigdue = 'stale_signal_deadline' }
 local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
-  waiting = { KEYS[7], 'waiting' } }
+  waiting = { KEYS[7], 'waiting' }, sigdue = { KEYS[9], 'waiting' } }
 -- a list longer than this is not searched for a missing entry in this pass: LPOS is
 -- linear, so a pass over a backlog of N searched N times for N entries (10,000 queued
 -- tasks held the server 14-55 ms per step); a backlog drains, and a later pass finds
@@ -58,7 +63,7 @@ end
 -- a record whose structure lost it: put it back where its status says it is
 local function check_record(id)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk')
+  local f = redis.call('HMGET', tk, 's', 'q', 'due', 'cw', 'cz', 'nk', 'sgd')
   if f[4] and f[5] and redis.call('HEXISTS', prefix .. 'cascade', id) == 0 then
     -- a cascade to its sub-tasks under way lost its marker: walked again from the first
     -- (a step repeated changes nothing)
@@ -95,6 +100,11 @@ local function check_record(id)
     if not redis.call('ZSCORE', KEYS[7], id) then
       redis.call('ZADD', KEYS[7], now, id)
       repaired('waiting_not_indexed', id)
+    end
+    if f[7] and not redis.call('ZSCORE', KEYS[9], id) then
+      -- a signal wait's deadline entry lost under segue (a restore, a hand edit)
+      redis.call('ZADD', KEYS[9], tonumber(f[7]) or now, id)
+      repaired('signal_deadline_not_indexed', id)
     end
   end
 end
@@ -141,6 +151,23 @@ local function check_key(key)
     if ended_or_gone(tail) then
       redis.call('DEL', key)
       repaired('orphan_state', tail)
+    end
+  elseif kind == 'sig' then
+    -- a buffer left by a release whose end of task did not know signals
+    if ended_or_gone(tail) then
+      redis.call('DEL', key)
+      repaired('orphan_signals', tail)
+    end
+  elseif kind == 'sgi' then
+    -- accepted signal ids live as long as the record
+    local tk = prefix .. 'task:' .. tail
+    local s = status_of(tail)
+    if not s then
+      redis.call('DEL', key)
+      repaired('orphan_signal_ids', tail)
+    elseif FINAL[s] and redis.call('PTTL', key) == -1 and redis.call('PTTL', tk) > 0 then
+      redis.call('PEXPIRE', key, redis.call('PTTL', tk))
+      repaired('signal_ids_without_ttl', tail)
     end
   elseif kind == 'uniq' then
     local holder = redis.call('GET', key)
@@ -200,6 +227,9 @@ elseif phase == 'sched' or ZSETS[phase] then
     local id = r[2][i]
     local s = status_of(id)
     local belongs = s and ((want and s == want) or (not want and IN_SCHEDULE[s]))
+    if belongs and phase == 'sigdue' then
+      belongs = redis.call('HEXISTS', prefix .. 'task:' .. id, 'sgd') == 1
+    end
     if not belongs then
       redis.call('ZREM', zset, id)
       repaired(STALE[phase], id)

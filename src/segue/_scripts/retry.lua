@@ -42,7 +42,8 @@ for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
 transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },
   push = 'back', prio = f[2] })
-redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw', 'sg', 'sn', 'sl', 'sb')
+redis.call('HDEL', tk, 'e', 'et', 'w', 'due', 'rel', 'rel0', 'st', 'exp', 'np', 'pw', 'sg', 'sn', 'sl', 'sb',
+  'sgx', 'sgk')
 -- it starts as new: its output stream too (readers of the ended one saw its end marker)
 redis.call('DEL', prefix .. 'out:' .. id)
 if f[3] then redis.call('SET', prefix .. 'uniq:' .. f[3], id) end

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from segue import _ops_reads
-from segue._handle import parse_info
+from segue._info import parse_info
 from segue._keys import queue_of
 from segue._state import TaskStatus
 

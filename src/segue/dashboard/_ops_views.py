@@ -4,13 +4,14 @@ of `_views.Views`."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.exceptions import HTTPException
 
 from segue import _ops_actions, _ops_reads
-from segue._errors import InvalidTransition, TaskNotFound
+from segue._errors import InvalidTransition, SegueError, TaskNotFound
 from segue.dashboard import _ops_lists
 
 if TYPE_CHECKING:
@@ -164,6 +165,22 @@ async def delete(
     if to is None or to.startswith("/tasks/"):
         to = f"/tasks?queue={quote(handle.queue)}"
     return views.back(request, to, "ok", text)
+
+
+async def signal(
+    views: Views, request: Request, handle: TaskHandle[Any], form: dict[str, str]
+) -> Response:
+    """The signal form of a task's page: a name and JSON data, sent under the form's id."""
+    to, name = form.get("next"), form.get("name", "").strip()
+    try:
+        data = json.loads(form.get("data") or "null")
+    except ValueError as exc:
+        return views.back(request, to, "error", f"the signal's data is not JSON: {exc}")
+    try:
+        status = await handle.signal(name, data, id=form.get("signal_id") or None)
+    except (SegueError, ValueError) as exc:
+        return views.back(request, to, "error", str(exc))
+    return views.back(request, to, "ok", f"signal {name} sent: task {handle.id} is {status}")
 
 
 def _fields(body: bytes) -> dict[str, list[str]]:

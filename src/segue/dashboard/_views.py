@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote
@@ -28,7 +29,7 @@ from segue._errors import (
     TaskNotFound,
 )
 from segue._events import Event, parse_event
-from segue._handle import parse_info
+from segue._info import parse_info
 from segue._keys import check_queue_name, queue_of
 from segue._state import TaskStatus
 from segue._wire import TaskField as F
@@ -145,6 +146,14 @@ def progress_of(progress: tuple[float, float | None] | None) -> dict[str, Any] |
 
 def number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _signal_waited(info: TaskInfo) -> str | None:
+    """The name of the signal a WAITING task waits for (to fill the signal form)."""
+    what = info.waiting_for or ""
+    if not what.startswith("signal:"):
+        return None
+    return what.removeprefix("signal:").split(" until ", 1)[0]
 
 
 def _form(body: bytes) -> dict[str, str]:
@@ -381,6 +390,9 @@ class Views:
             events=_ops_lists.group_progress(await self._events_of(info)),
             workflow_id=workflow_id_of(info.id),
             parent_id=parent_id_of(info.id),
+            # one id per form shown: a form sent twice (a reload, a double click) delivers once
+            signal_id=uuid.uuid4().hex,
+            signal_name=_signal_waited(info),
         )
 
     async def _task_handle(self, task_id: str) -> TaskHandle[Any]:
@@ -474,11 +486,13 @@ class Views:
     async def task_action(self, request: Request) -> Response:
         form = _form(await request.body())
         action, task_id = form.get("action", ""), form.get("id", "")
-        if action not in ("pause", "resume", "cancel", "retry", "delete"):
+        if action not in ("pause", "resume", "cancel", "retry", "delete", "signal"):
             raise HTTPException(400, f"unknown task action {action!r}")
         handle = await self._task_handle(task_id)
         if action == "delete":
             return await _ops_views.delete(self, request, handle, form.get("next"))
+        if action == "signal":
+            return await _ops_views.signal(self, request, handle, form)
         try:
             status = await getattr(handle, action)(f"{action} from the dashboard")
         except (InvalidTransition, TaskNotFound) as exc:

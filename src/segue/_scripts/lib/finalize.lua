@@ -1,4 +1,4 @@
---#include transition leases saga stats cascade
+--#include transition leases saga stats cascade signals
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -80,7 +80,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
   -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's')
+    'cof', 'cp', 's', 'sgw')
   local ttl = tonumber(f[1] or '-1')
   if f[9] then
     local sf = redis.call('HMGET', tk, 'sn', 'sl', 'g', 't')
@@ -117,6 +117,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('ZREM', Q.paused, id)
     if Q.waiting then redis.call('ZREM', Q.waiting, id) end
   end
+  sig_end(Q, tk, id, ttl, f[4], f[13])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
@@ -248,6 +249,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
   while redis.call('LLEN', Q.dead) > cap do

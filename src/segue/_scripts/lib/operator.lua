@@ -18,6 +18,15 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   if cmd == 'pause' then
     if status == 'paused' then return { status, 0 } end
     if FINAL[status] then return invalid() end
+    if status == 'waiting' and redis.call('HEXISTS', tk, 'sgw') == 1 then
+      -- waiting for a signal holds no slot: PAUSED at once, its wait kept on the record
+      -- for resume; a signal sent meanwhile is buffered
+      sig_hold(Q, id)
+      transition(Q, tk, id, { to = 'paused', at = now, why = reason, set = { 'd', 0 },
+        score = now, event = 'task.paused' })
+      reach('pause')
+      return { 'paused', 0 }
+    end
     if status == 'waiting' then
       -- held where it is: when its dependencies are done it becomes PAUSED, not queued
       if not f[4] then
@@ -43,9 +52,14 @@ local function control_task(Q, id, cmd, reason, control_channel, now)
   elseif cmd == 'resume' then
     if status == 'paused' then
       redis.call('ZREM', Q.paused, id)
+      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
+      local after = sig_resume(Q, tk, id, reason, now)
+      if after then
+        reach('resume')
+        return { after, 0 }
+      end
       transition(Q, tk, id, { to = 'queued', at = now, why = reason, push = 'back', prio = prio,
         event = 'task.resumed' })
-      redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt')
       reach('resume')
       return { 'queued', 0 }
     end
