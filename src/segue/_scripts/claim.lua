@@ -227,7 +227,7 @@ elseif not paused then
   -- formatted once here instead of once or twice per task
   -- The try and the generation it starts are written with its status, in the same
   -- command (its numbers were read and checked just before: the script runs alone).
-  local now_text = ms_text(now)
+  local now_text = num_text(now)
   local STARTING = { to = 'running', at = now, why = wid,
     set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0 }, score = tostring(now + lease),
     event = 'task.started' }
@@ -275,7 +275,7 @@ elseif not paused then
           end
           if ok then
             local tries, gen = tonumber(f[12] or '0') + 1, tonumber(f[13] or '0') + 1
-            started[6], started[8] = tries, gen
+            started[6], started[8] = num_text(tries), num_text(gen)
             STARTING.name = f[2]
             transition(Q, tk, id, STARTING)
             if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
@@ -301,7 +301,7 @@ elseif not paused then
             out[#out + 1] = { id, f[2], f[3], tries, gen, f[4], f[5], f[6] or '', f[10] or '',
               lost, f[14] or '', f[15] or '', f[16] or '', journal }
             if last then holds_last = true end
-            if claim_key then redis.call('RPUSH', claim_key, id, gen) end
+            if claim_key then redis.call('RPUSH', claim_key, id, started[8]) end
             want = want - 1
           end
         end

@@ -72,8 +72,8 @@ local function new_task(base, argv, b, now, waiting)
   end
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
     'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
-    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', ms_text(now),
-    'h', status .. '|' .. ms_text(now) .. '|\n')
+    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', num_text(now),
+    'h', status .. '|' .. num_text(now) .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it; a

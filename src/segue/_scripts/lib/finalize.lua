@@ -105,8 +105,8 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
   local t = status == 'succeeded' and SUCCEEDING or ENDING
   local set = t.set
-  local at_text = ms_text(at)
-  t.to, t.at, t.why, t.event, t.name = status, at_text, reason, 'task.' .. status, f[4] or ''
+  local at_text = num_text(at)
+  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
   redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn')
@@ -121,10 +121,10 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
-    redis.call('ZADD', Q.done[status], 9007199254740991, id)
+    redis.call('ZADD', Q.done[status], '9007199254740991', id)
   else
-    redis.call('PEXPIRE', tk, ttl)
-    redis.call('ZADD', Q.done[status], at + ttl, id)
+    redis.call('PEXPIRE', tk, num_text(ttl))
+    redis.call('ZADD', Q.done[status], num_text(at + ttl), id)
   end
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)

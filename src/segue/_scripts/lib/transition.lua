@@ -73,7 +73,7 @@ end
 local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
   paused = 'paused', waiting = 'waiting', running = 'leases' }
 local function transition(Q, tk, id, t)
-  local h, total = next_history(tk, t.to, ms_text(t.at), t.why)
+  local h, total = next_history(tk, t.to, num_text(t.at), t.why)
   if total then
     redis.call('HSET', tk, 'hn', total, 's', t.to, 'h', h, unpack(t.set or {}))
   elseif t.set then
