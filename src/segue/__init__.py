@@ -1,6 +1,7 @@
 """segue: a durable, asyncio-first task queue for Python on Redis/Valkey."""
 
 from segue._app import App
+from segue._blobs import PayloadStore
 from segue._context import Context
 from segue._cron import ScheduleInfo
 from segue._errors import (
@@ -66,6 +67,7 @@ __all__ = [
     "LeaseLost",
     "Pause",
     "PayloadError",
+    "PayloadStore",
     "QueryFailed",
     "QueryTimeout",
     "Queue",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path  # noqa: TC003 (typer reads the annotations at run time)
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -16,6 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
+from segue._blobs import human_size
 from segue._cli_common import (
     AppOption,
     UrlOption,
@@ -195,7 +197,7 @@ def info(
             handle = await the_app.task_handle(task_id)
             if follow:
                 await _follow(handle)
-            return await handle.info(), await handle.state(limit=50), await handle.events()
+            return await handle.info(), await handle._state_shown(50), await handle.events()
 
     shown, state, task_events = _run(go, mixed_up(task_id, "task"))
     if json:
@@ -209,7 +211,10 @@ def info(
     )
     if shown.problem:
         _say(f"  bad record: {shown.problem}")
-    _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
+    if "args" in shown.offloaded:
+        _say(_offloaded_line(shown, "args"))
+    else:
+        _say(f"  args {shown.args!r} kwargs {shown.kwargs!r}")
     _say(f"  tries {shown.tries}/{shown.max_tries}  worker {shown.worker_id or '-'}")
     if shown.from_worker:
         _say(f"  enqueued by name: {', '.join(shown.from_worker)} from the worker")
@@ -235,7 +240,9 @@ def info(
         _say(f"  ({dropped} earlier transitions not kept: a record keeps the last 200)")
     for t in shown.history:
         _say(f"  {t.at:%Y-%m-%d %H:%M:%S}  {t.status:<10} {t.reason}")
-    if shown.status is TaskStatus.SUCCEEDED:
+    if shown.status is TaskStatus.SUCCEEDED and "result" in shown.offloaded:
+        _say(_offloaded_line(shown, "result"))
+    elif shown.status is TaskStatus.SUCCEEDED:
         _say(f"  result {shown.result!r}")
     if state:
         _say(f"  state {state!r}")
@@ -251,6 +258,42 @@ def info(
 
 def _say(text: str) -> None:
     out.print(clean(text), markup=False, highlight=False)
+
+
+def _offloaded_line(shown: TaskInfo, what: str) -> str:
+    size = human_size(shown.offloaded[what])
+    return f"  {what} offloaded ({size}): segue download {shown.id} {what} -o {what}.json"
+
+
+@cli.command()
+def download(
+    task_id: Annotated[str, typer.Argument(help="The task id")],
+    what: Annotated[
+        str, typer.Argument(help="args (the JSON [args, kwargs]) or result (its JSON value)")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file instead of standard output"),
+    ] = None,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """A task's stored arguments or result as JSON, offloaded (read from the payload store)
+    or not."""
+    if what not in ("args", "result"):
+        fail(f"what to download is args or result, not {what!r}")
+
+    async def go() -> bytes:
+        async with client_app(app, url) as the_app:
+            handle = await the_app.task_handle(task_id)
+            return await handle.download("args" if what == "args" else "result")
+
+    data: bytes = _run(go, mixed_up(task_id, "task"))
+    if output is None:
+        sys.stdout.buffer.write(data + b"\n")
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
 
 
 @cli.command()

@@ -60,8 +60,15 @@ class PayloadTooLarge(PayloadError):
     """A payload that encodes but is over its size limit (internal: users see PayloadError)."""
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str, limit: int) -> bytes:
-    return encode((args, kwargs), what=what, limit=limit)
+def encode_args(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    what: str,
+    limit: int,
+    setting: str = "max_payload_bytes",
+) -> bytes:
+    return encode((args, kwargs), what=what, limit=limit, setting=setting)
 
 
 def decode_plain(data: bytes) -> Any:

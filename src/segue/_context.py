@@ -18,7 +18,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
+from ulid import ULID
+
 from segue import _clock
+from segue._blobs import is_ref
 from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
 from segue._errors import (
@@ -33,6 +36,7 @@ from segue._errors import (
 from segue._faults import faultpoint
 from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
 from segue._journal import now as journal_now
+from segue._offload import fetch, offloads, put
 from segue._output import OutputWriter
 from segue._signals import MISSING as NO_DEFAULT
 from segue._signals import wait_signal
@@ -199,20 +203,43 @@ class TaskState:
             f"task {self._id}: ctx.state", lambda: run.broker.reads.read_state(run.ks, self._id)
         )
         journal = FIELD.encode()  # the step journal shares the hash: not state values
-        return {k.decode(): decode_plain(v) for k, v in raw.items() if not k.startswith(journal)}
+        values = {k.decode(): v for k, v in raw.items() if not k.startswith(journal)}
+        for key, value in values.items():
+            if is_ref(value):  # offloaded (Settings.offload_bytes)
+                values[key] = await run.call(
+                    f"task {self._id}: ctx.state", functools.partial(fetch, run.broker, value)
+                )
+        return {k: decode_plain(v) for k, v in values.items()}
 
     async def set(self, **values: Any) -> None:
         """Store several values atomically (one round trip), fenced to this run."""
         encoded = {}
+        run = self._run
+        offload = run.broker.settings if run is not None else None
+        if offload is not None and offload.offload_bytes is None:
+            offload = None
+        limit = offload.max_offload_bytes if offload is not None else self._limit
+        setting = "max_offload_bytes" if offload is not None else "max_payload_bytes"
         for key, value in values.items():
             if key.startswith(FIELD):
                 raise ValueError(
                     f"ctx.state.set: key {key!r}: keys starting {FIELD!r} are reserved"
                 )
             try:
-                encoded[key] = encode(value, what=f"state value {key!r}", limit=self._limit)
+                encoded[key] = encode(
+                    value, what=f"state value {key!r}", limit=limit, setting=setting
+                )
             except PayloadError as exc:
                 raise PayloadError(f"ctx.state.set: {exc}") from None
+        if run is not None and offload is not None:
+            for key, data in encoded.items():
+                if offloads(run.broker, len(data)):
+                    # a new name per write: the state.lua call adopts it, fenced to this run
+                    name = f"state.{run.gen}.{ULID()}"
+                    encoded[key] = await run.call(
+                        f"task {self._id}: ctx.state",
+                        functools.partial(put, run.broker, self._id, name, data),
+                    )
         await self._write(encoded, [])
         if self._run is None:
             self._local.update(values)

@@ -8,6 +8,7 @@ one (its worker answers), pauses it, holds it, resumes it so that it finishes fr
 `ctx.state`, and cancels the other.
 Then a workflow runs (a chain with a fan-out group and a merge), its steps shown live; the
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
+Its contact sheet (a 400 KiB result) is stored by reference (offload_bytes) and handed on.
 A saga follows: its last step fails, and the compensations of the others run in reverse.
 """
 
@@ -47,6 +48,8 @@ EXPORT_CHUNKS = 40  # demo.export: cancelled on its way
 EXPORT_STEP_SECONDS = 0.1
 CANCEL_AT = 8
 ALBUM_PHOTOS = 12  # demo.scan finds this many photos in the album
+OFFLOAD_BYTES = 256 * 1024  # the demo's offload_bytes (the recommended value)
+SHEET_KIB = 400  # the contact sheet's size: offloaded
 
 
 class Board:
@@ -62,7 +65,14 @@ class Board:
 
 
 def build_app(board: Board | None = None) -> App:
-    app = App("demo", queue="demo", concurrency=24, result_ttl_seconds=600.0)
+    # offload_bytes: the contact sheet (a big result) is stored by reference
+    app = App(
+        "demo",
+        queue="demo",
+        concurrency=24,
+        result_ttl_seconds=600.0,
+        offload_bytes=OFFLOAD_BYTES,
+    )
     board = board or Board()
 
     @app.task(name="demo.resize")
@@ -151,12 +161,14 @@ def build_app(board: Board | None = None) -> App:
     @app.task(name="demo.contact_sheet")
     async def contact_sheet(parts: list[list[str]]) -> str:
         await asyncio.sleep(0.4)
-        return f"contact sheet of {sum(len(p) for p in parts)} thumbnails"
+        # the rendered sheet: over offload_bytes, so its record holds a reference
+        title = f"contact sheet of {sum(len(p) for p in parts)} thumbnails"
+        return title + "\n" + ("#" * 1023 + "\n") * SHEET_KIB
 
     @app.task(name="demo.publish")
     async def publish(sheet: str, album: str) -> str:
         await asyncio.sleep(0.3)
-        return f"{album} published with a {sheet}"
+        return f"{album} published with a {sheet.partition(chr(10))[0]}"
 
     @app.task(name="demo.reserve")
     async def reserve(order: str) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.live import Live
 from rich.table import Table
 
+from segue._blobs import human_size
 from segue._errors import SegueError
 from segue._state import TaskInfo, TaskStatus
 
@@ -73,6 +74,15 @@ async def workflow(app: App, console: Console) -> None:
         for tr in sheet.history
     )
     console.print(f"demo.contact_sheet history: {path}", soft_wrap=True)
+    size, least = sheet.offloaded.get("result"), app.settings.offload_bytes
+    if size is not None and least is not None:
+        console.print(
+            f"demo.contact_sheet result: offloaded ({human_size(size)}, over offload_bytes "
+            f"{human_size(least)}), handed to demo.publish by reference; "
+            f"segue download {sheet.id} result",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 async def saga(app: App, console: Console) -> None:

@@ -22,6 +22,7 @@ from segue._errors import ConfigurationError, DuplicateTask, PayloadError, Serve
 from segue._handle import TaskHandle, WorkflowHandle
 from segue._hooks import Hook, call_hooks
 from segue._keys import check_queue_name, queue_of
+from segue._offload import offload_specs
 from segue._ops_actions import index_workflow
 from segue._options import seconds
 from segue._send import from_worker
@@ -127,11 +128,16 @@ class Enqueuer:
         key = o.get("key")
         if task_id is None:
             task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
+        settings = self.settings
+        # offloading: what the record would not hold goes to the payload store, up to its
+        # own bound; refused here, before anything is written, when over that too
+        offload = settings.offload_bytes is not None
         payload = encode_args(
             sig.args,
             sig.kwargs,
             what=f"arguments of task {task.name}",
-            limit=self.settings.max_payload_bytes,
+            limit=settings.max_offload_bytes if offload else settings.max_payload_bytes,
+            setting="max_offload_bytes" if offload else "max_payload_bytes",
         )
         try:
             # what a worker would refuse to decode is refused here, before anything is written
@@ -241,6 +247,8 @@ class Enqueuer:
         broker = await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
+        if self.settings.offload_bytes is not None:
+            await offload_specs(broker, [step.spec for step in steps])
         call = broker.graph_call(ks, workflow, steps)
         need = need_for(levels, self.settings)
         if need is None:
@@ -291,6 +299,8 @@ class Enqueuer:
             spec.ttl_ms = keep
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
+        if self.settings.offload_bytes is not None:
+            await offload_specs(broker, (spec,))
         level = sig.opts.get("durability", self.settings.durability)
         parent, _, number = task_id.rpartition(".")
         call = broker.subtask_call(ks, spec, parent, int(number), on_parent_end)
@@ -341,6 +351,8 @@ class Enqueuer:
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
+        if self.settings.offload_bytes is not None:
+            await offload_specs(broker, (spec,))
         level = sig.opts.get("durability", self.settings.durability)
         if level == "memory":
             reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
@@ -391,6 +403,8 @@ class Enqueuer:
                 )
             )
         broker = await self.broker()
+        if self.settings.offload_bytes is not None:
+            await offload_specs(broker, kept)
         calls: list[tuple[Any, list[str], list[Any]]] = []
         for queue, specs in by_queue.items():
             ks = broker.keyspace(queue)

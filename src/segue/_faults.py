@@ -63,6 +63,10 @@ CASCADE_POINTS = ("mid_cascade",)
 # reached by ctx.wait_signal (tests/faults/test_signal_crashes.py): after_signal_taken (a
 # buffered signal was taken and journaled in one script call, the run has not gone on)
 SIGNAL_POINTS = ("after_signal_taken",)
+# reached only with offload_bytes set, so tests/faults/test_offload_crashes.py has them:
+# after_offload_put (an offloaded value's chunks were written, the record or the outcome
+# that refers to them is not)
+OFFLOAD_POINTS = ("after_offload_put",)
 
 
 class FaultInjected(RuntimeError):

@@ -10,8 +10,9 @@ import json
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
+from segue._blobs import human_size, is_ref, parse_ref
 from segue._codec import TypedDecoder, decode_plain
 from segue._errors import (
     InvalidTransition,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._events import Event
     from segue._output import TaskStream
+    from segue._queries import Queries
 
 R = TypeVar("R")
 _PLAIN = TypedDecoder(Any)
@@ -99,7 +101,50 @@ class TaskHandle(Generic[R]):
         the task's status and whether or not a worker answers (unlike `query()`)."""
         reads = await self._client.reads()
         raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
-        return {k.decode(): decode_plain(v) for k, v in raw.items()}
+        return {
+            k.decode(): decode_plain(await self._offloaded(reads, v, f"state value {k!r}"))
+            for k, v in raw.items()
+        }
+
+    async def _state_shown(self, limit: int) -> dict[str, Any]:
+        """The state as a person looks at it (CLI, dashboard): an offloaded value is shown
+        as its size, not read."""
+        reads = await self._client.reads()
+        raw = await reads.read_state(reads.keyspace(self.queue), self.id, limit)
+        shown: dict[str, Any] = {}
+        for k, v in raw.items():
+            if is_ref(v):
+                try:
+                    shown[k.decode()] = f"<offloaded, {human_size(parse_ref(v).size)}>"
+                except ValueError:
+                    shown[k.decode()] = "<offloaded>"
+            else:
+                shown[k.decode()] = decode_plain(v)
+        return shown
+
+    async def download(self, what: Literal["args", "result"]) -> bytes:
+        """The stored JSON of the task's arguments (`[args, kwargs]`) or its result, read
+        from the payload store when it was offloaded (Settings.offload_bytes): what `segue
+        download` and the dashboard's download link give. Raises TaskNotFound, and
+        ResultUnavailable when there is no such value (no result yet, or none kept)."""
+        reads = await self._client.reads()
+        rec = await reads.task_record(reads.keyspace(self.queue), self.id)
+        if not rec:
+            raise self._not_found()
+        code = F.PAYLOAD.b if what == "args" else F.RESULT.b
+        data = rec.get(code)
+        if data is None:
+            raise ResultUnavailable(f"task {self.id} has no {what} stored")
+        return await self._offloaded(reads, data, what)
+
+    async def _offloaded(self, reads: Queries, data: bytes, what: str) -> bytes:
+        try:
+            return await reads.offloaded(data)
+        except KeyError:
+            raise PayloadError(
+                f"the offloaded {what} of task {self.id} is gone from the payload store "
+                "(expired, or deleted)"
+            ) from None
 
     async def query(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
         """Ask the running task: the worker holding it calls the handler the task registered
@@ -149,6 +194,8 @@ class TaskHandle(Generic[R]):
                     raise self._not_found()
                 status = TaskStatus(rec[F.STATUS.b].decode())
                 if status.is_final:
+                    if status is TaskStatus.SUCCEEDED and is_ref(rec.get(F.RESULT.b)):
+                        rec[F.RESULT.b] = await self._offloaded(reads, rec[F.RESULT.b], "result")
                     return self._outcome(status, rec)
                 wait = _RECHECK_SECONDS
                 if deadline is not None:

@@ -4,9 +4,11 @@ dashboard)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
+from segue._blobs import is_ref, parse_ref
 from segue._codec import TypedDecoder, decode_plain
 from segue._keys import queue_of
 from segue._state import (
@@ -20,6 +22,7 @@ from segue._state import (
     from_worker_names,
 )
 from segue._wire import TaskField as F
+from segue._wire import plain_name
 
 _PLAIN = TypedDecoder(Any)
 
@@ -156,11 +159,22 @@ class _Reader:
 
 def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTypes]) -> TaskInfo:
     r = _Reader(rec)
-    name = r.text(F.NAME.b)
+    name = plain_name(r.text(F.NAME.b))
     task = tasks.get(name)
     status = r.status()
+    offloaded: dict[str, int] = {}
+    for what, code in (("args", F.PAYLOAD.b), ("result", F.RESULT.b)):
+        value = rec.get(code)
+        if value is not None and is_ref(value):
+            # shown as its size, read on demand (handle.download): not fetched for a listing
+            with contextlib.suppress(ValueError):
+                offloaded[what] = parse_ref(value).size
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
     try:
-        if task is not None:
+        if "args" in offloaded:
+            pass
+        elif task is not None:
             args, kwargs = task.args_decoder.decode(rec[F.PAYLOAD.b])
         else:
             args, kwargs = decode_plain(rec[F.PAYLOAD.b])
@@ -169,7 +183,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         args, kwargs = [], {}
     history, history_total = r.history()
     result: Any = None
-    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec:
+    if status is TaskStatus.SUCCEEDED and F.RESULT.b in rec and "result" not in offloaded:
         result = r.decoded(F.RESULT.b, task.result_decoder if task is not None else _PLAIN)
     worker = r.text(F.WORKER.b) or None
     progress = r.progress()
@@ -199,6 +213,7 @@ def parse_info(task_id: str, rec: dict[bytes, bytes], tasks: Mapping[str, TaskTy
         pending_request=r.text(F.CONTROL.b) or None,
         pending_request_at=r.when(F.CONTROL_AT.b) if F.CONTROL.b in rec else None,
         history_total=history_total,
+        offloaded=offloaded,
         workflow=_workflow_of(r.text(F.WORKFLOW.b) or r.text(F.COMPENSATES.b)),
         version=version,
         started_version=r.integer(F.STARTED_VERSION.b) or version,

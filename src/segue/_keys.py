@@ -54,6 +54,10 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         return self.base + "state:" + task_id
 
+    def blob(self, task_id: str, name: str) -> str:
+        """An offloaded value's chunk hash (lib/blobs.lua, _offload.py)."""
+        return self.base + "blob:" + task_id + ":" + name
+
     def output(self, task_id: str) -> str:
         """A task's output stream (ctx.stream; stream.lua, end_task's end marker)."""
         return self.base + "out:" + task_id

@@ -7,17 +7,24 @@ code is newer upgrades the task's ctx.state through the chain of `migrate` funct
 writes it with the new version in one fenced step (migrate.lua) before the task's code
 runs: that is the run's first write, so a worker of the old version never reads upgraded
 state. A missing link of the chain ends the task FAILED `version_unsupported`.
+State values stored by reference (Settings.offload_bytes) are read through it, and upgraded
+values over offload_bytes are stored by reference again (migrate.lua adopts them).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ulid import ULID
+
+from segue._blobs import is_ref
 from segue._codec import decode_plain, encode
 from segue._errors import LeaseLost
 from segue._faults import faultpoint
 from segue._journal import FIELD
+from segue._offload import fetch, offloads, put
 
 if TYPE_CHECKING:
     from segue._context import RunControl
@@ -60,7 +67,17 @@ async def upgrade(
     raw = await run.call(what, lambda: run.broker.reads.read_state(run.ks, task_id))
     journal = FIELD.encode()  # the step journal shares the hash: not state values
     old = {k.decode(): v for k, v in raw.items() if not k.startswith(journal)}
-    state: Any = {k: decode_plain(v) for k, v in old.items()}
+    # a migration sees the values themselves, not references to them
+    try:
+        plain = {
+            k: await run.call(what, functools.partial(fetch, run.broker, v)) if is_ref(v) else v
+            for k, v in old.items()
+        }
+    except KeyError as exc:
+        # a failed try, as a migration that raises: not a worker's internal error, which
+        # would put the task back to fail the same way for ever
+        raise MigrationFailed(f"{what}: a state value is gone from the payload store") from exc
+    state: Any = {k: decode_plain(v) for k, v in plain.items()}
     at = version
     try:
         for fn in steps:
@@ -74,6 +91,13 @@ async def upgrade(
     if any(k.startswith(FIELD) for k in values):
         raise MigrationFailed(f"{what}: state keys starting {FIELD!r} are reserved")
     deletes = [k for k in old if k not in values]
+    for k, data in values.items():
+        if offloads(run.broker, len(data)):
+            # a new name, as ctx.state.set gives: migrate.lua adopts it, fenced to this run
+            name = f"state.{run.gen}.{ULID()}"
+            values[k] = await run.call(
+                what, functools.partial(put, run.broker, task_id, name, data)
+            )
     versions = (version, opts.version)
     faultpoint("before_migrate")
     written = await run.call(

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from segue import _calls
 from segue._errors import DuplicateTask, InvalidTransition, ScriptError, TaskNotFound
+from segue._offload import forget
+from segue._wire import TaskField as F
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -27,7 +29,13 @@ def _text(value: Any) -> str:
 
 
 async def delete_task(broker: Broker, ks: Keyspace, task_id: str) -> str | None:
-    """Delete an ended task's record; its final status, or None when it had none."""
+    """Delete an ended task's record; its final status, or None when it had none. Its
+    values offloaded to a custom payload store are deleted from it too (the Redis chunk
+    store's go with the record, in delete.lua)."""
+    refs: list[bytes | None] = []
+    if broker.settings.payload_store is not None:
+        async with broker.errors():
+            refs = await broker.client.hmget(ks.task(task_id), F.PAYLOAD, F.RESULT)
     call = _calls.delete(ks, task_id)
     try:
         reply = (await broker.run_calls([call], retry=True))[0]
@@ -41,6 +49,8 @@ async def delete_task(broker: Broker, ks: Keyspace, task_id: str) -> str | None:
                 "delete",
             ) from None
         raise
+    if reply != 0 and refs:
+        await forget(broker, refs)
     return None if reply == 0 else _text(reply)
 
 
@@ -62,9 +72,20 @@ async def delete_dead(broker: Broker, ks: Keyspace, ids: Iterable[str] | None) -
 
 
 async def _delete_batch(broker: Broker, ks: Keyspace, ids: list[str]) -> int:
+    refs: list[list[bytes | None]] = []
+    if broker.settings.payload_store is not None:
+        # a custom store's values of these records: deleted from it once the records are
+        async with broker.errors():
+            pipe = broker.client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(ks.task(i), F.PAYLOAD, F.RESULT)
+            refs = await pipe.execute()
     calls = [_calls.delete(ks, i) for i in ids]
     try:
         replies = await broker.run_calls(calls, retry=True)
+        for row, reply in zip(refs, replies, strict=False):
+            if reply != 0:
+                await forget(broker, row)
     except ScriptError:
         # one of them has not ended (it was retried meanwhile): delete one by one
         replies = []

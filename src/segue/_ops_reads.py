@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from segue._wire import NAME_MARK, plain_name
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -120,6 +122,8 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     for n, (task_id, (task_name, status, history)) in enumerate(zip(ids, rows, strict=True)):
         in_list = n < listed
         waiting = status in (_WAITING_TO_RUN if in_list else _DUE_STATES)
+        if task_name is not None and NAME_MARK.encode() in task_name:
+            task_name = plain_name(task_name.decode()).encode()
         if not waiting or task_name in held_names:
             not_ready += 1
             continue

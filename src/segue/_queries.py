@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from segue._blobs import is_ref
 from segue._keys import dashboard_sessions_key, queues_key
+from segue._offload import fetch
 from segue._transport import while_migrating
 from segue._wire import text as _text
 
@@ -261,6 +263,13 @@ class Queries:
         async with self._t.errors():
             ids = await self._t.client.lrange(ks.dead, offset, offset + limit - 1)
         return [i.decode() for i in ids]
+
+    async def offloaded(self, data: bytes) -> bytes:
+        """The value an offloaded reference names (KeyError when it is gone); any other
+        stored value as it is."""
+        if not is_ref(data):
+            return data
+        return await fetch(self._t, data)
 
     async def read_state(
         self, ks: Keyspace, task_id: str, limit: int | None = None

@@ -221,7 +221,13 @@ async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outco
     if job.run is None:
         return None
     try:
-        await upgrade(job.id, task.opts, job.version, job.run, settings.max_payload_bytes)
+        # an upgraded state value is bounded as ctx.state.set bounds it
+        limit = (
+            settings.max_payload_bytes
+            if settings.offload_bytes is None
+            else settings.max_offload_bytes
+        )
+        await upgrade(job.id, task.opts, job.version, job.run, limit)
     except VersionUnsupported as exc:
         log.warning("task %s failed: %s", job.id, exc)
         return Failed(_message("version_unsupported", str(exc)), "version_unsupported")
@@ -342,12 +348,14 @@ async def _call(
         return _failure(job, task, exc, "error")
     job.value = value
     faultpoint("after_effect_before_complete")
+    # offloading: the worker puts a result over offload_bytes in the payload store
+    offload = settings.offload_bytes is not None
     try:
         payload = encode(
             value,
             what=f"the result of task {job.id} ({job.name})",
-            limit=settings.max_result_bytes,
-            setting="max_result_bytes",
+            limit=settings.max_offload_bytes if offload else settings.max_result_bytes,
+            setting="max_offload_bytes" if offload else "max_result_bytes",
         )
     except Exception as exc:
         # no retry: another try would most likely return the same value

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from segue import _calls, _cron, _ops_actions, _ops_reads
-from segue._errors import BrokerError, ConfigurationError, QueueFull
+from segue._errors import BrokerError, ConfigurationError, PayloadError, QueueFull
 from segue._faults import faultpoint
 from segue._keys import CronKeys
 from segue._services import Service
@@ -98,6 +98,14 @@ _decode = msgspec.json.Decoder(_Entry).decode
 def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
     # the same fields an enqueue of the call would send (queue, options, payload limit)
     queue, task = enqueuer.spec(schedule.sig)
+    limit = enqueuer.settings.max_payload_bytes
+    if len(task.payload) > limit:
+        # a schedule keeps its arguments in its definition, for every tick: never offloaded
+        raise PayloadError(
+            f"arguments of schedule {task.name} are {len(task.payload):,} bytes encoded, over "
+            f"the limit of {limit:,} bytes (Settings.max_payload_bytes); a schedule's "
+            "arguments are not offloaded: pass a reference (a path, a URL, an id) instead"
+        )
     unique = task.unique
     if schedule.unique and not unique:
         # one live run per schedule (the task's own unique key, if it has one, is stricter)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+from segue._blobs import PayloadStore  # noqa: TC001 (from_env resolves the hints at run time)
 from segue._errors import ConfigurationError
 from segue._eventloop import EventLoop, check_event_loop
 from segue._options import Durability, check_durability
@@ -121,6 +122,13 @@ class Settings:
     process_pool_size: int | None = None
     # the worker's event loop: "asyncio", or "uvloop" (opt-in, the `fast` extra)
     event_loop: EventLoop = "asyncio"
+    # payloads by reference (docs/payloads.md): an encoded argument payload, result or
+    # ctx.state value over offload_bytes goes to payload_store (None: the Redis chunk
+    # store) and the record keeps a reference; None: never. max_offload_bytes bounds such a
+    # value, as max_payload_bytes / max_result_bytes bound what a record holds.
+    offload_bytes: int | None = None
+    max_offload_bytes: int = 64 * 1024 * 1024
+    payload_store: PayloadStore | None = None
 
     def __post_init__(self) -> None:
         home: Any = self.home  # typed Path, but App(home="...") passes a str: take both
@@ -183,6 +191,17 @@ class Settings:
         for name in ("max_payload_bytes", "max_result_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.offload_bytes is not None and not (
+            1 <= self.offload_bytes <= min(self.max_payload_bytes, self.max_result_bytes)
+        ):
+            raise ConfigurationError(
+                f"offload_bytes must be between 1 and max_payload_bytes / max_result_bytes "
+                f"(what a record may hold), or None; not {self.offload_bytes}"
+            )
+        if self.max_offload_bytes < 1:
+            raise ConfigurationError(
+                f"max_offload_bytes must be at least 1, not {self.max_offload_bytes}"
+            )
         if self.max_queue_length is not None and self.max_queue_length < 1:
             raise ConfigurationError(
                 f"max_queue_length must be at least 1 (or None for no bound), "
@@ -242,7 +261,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is None or f.name in overrides:
+            if raw is None or f.name in overrides or f.name == "payload_store":
                 continue
             if f.name == "redis_url" and raw:
                 check_url(raw, _ENV_PREFIX + "REDIS_URL")

@@ -122,6 +122,9 @@ class TaskInfo:
     waiting_for: str | None = None
     # signals still buffered when the task ended (dropped; a task.signals_dropped event)
     signals_dropped: int = 0
+    # values stored by reference (Settings.offload_bytes): "args" / "result" -> encoded
+    # size; such a value is left out of args/kwargs/result (TaskHandle.download reads it)
+    offloaded: dict[str, int] = field(default_factory=dict)
     # a task enqueued by name (app.send): the options its worker's definition supplies
     # ("max_tries", "timeout", "version", "retry_backoff", "limits"); empty for one enqueued
     # with its code

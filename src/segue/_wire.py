@@ -142,6 +142,21 @@ class TaskField:
     # woken by a signal or a deadline: the claim that runs it next hands the run its step
     # journal (and clears this); an old claim ignores it, and the run reads the journal
     SIGNAL_WOKEN: Final = Code("sgk")
+    # the names of the task's blobs in the Redis chunk store (space-separated), whose
+    # lifetime follows the record's (lib/blobs.lua); p, r or a state value then holds a
+    # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the
+    # record ends or goes: the reconciler gives them the record's lifetime, or the pending TTL.
+    OFFLOADED: Final = Code("off")
+
+
+# After the name of a record that refers to an offloaded value (lib/states.lua NAME_MARK): a
+# worker of an earlier release knows no task by that name and releases the task.
+NAME_MARK: Final = "\x00offloaded"
+
+
+def plain_name(name: str) -> str:
+    """A record's task name without the mark of an offloaded value."""
+    return name.partition(NAME_MARK)[0]
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)

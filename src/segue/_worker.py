@@ -35,10 +35,11 @@ from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
+from segue._offload_runs import attempt_by_reference
 from segue._options import limit_tables
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
-from segue._runner import Job, attempt
+from segue._runner import Job
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
 from segue._waker import Waker
@@ -466,7 +467,8 @@ class Worker:
         task = self._registry.tasks.get(job.name)
         outcome: Outcome | None
         try:
-            outcome = await attempt(
+            outcome = await attempt_by_reference(
+                self._broker,
                 job,
                 task,
                 self._client.settings,

@@ -49,7 +49,8 @@ STRUCTURAL = frozenset(
 )
 # Kinds that belong to one task (or workflow, or unique key) and must go with it.
 # `out`: a task's output stream, kept its linger (or the record's ttl) after its end.
-PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi", "out"})
+# `blob`: an offloaded value's chunks (issue 21): they live and go with their record.
+PER_TASK = frozenset({"task", "state", "next", "wf", "uniq", "sig", "sgi", "out", "blob"})
 # A run that segue stopped and recorded, after which the task may run again.
 _RERUN_REASONS = {"worker shutdown", "resumed", "retry", "paused itself", "due"}
 FINAL = {"succeeded", "failed", "cancelled", "expired"}

@@ -39,6 +39,7 @@ from tests.integration.conftest import eventually
 pytestmark = pytest.mark.slow
 
 TTL = 2.0
+OFFLOAD = 64 * 1024  # offload_bytes of the run
 PREFIX = "segue"  # the least-privilege user's; the server is the test's own
 
 
@@ -103,6 +104,7 @@ async def test_no_leaks_after_a_run_with_light_chaos(
         queue=queue_name,
         prefix=PREFIX,
         poll_seconds=0.2,
+        offload_bytes=OFFLOAD,
     )
     ks = Keyspace(PREFIX, queue_name)
     admin: Any = redis.asyncio.Redis.from_url(own_server.admin_url)
@@ -118,6 +120,8 @@ async def test_no_leaks_after_a_run_with_light_chaos(
             "SEGUE_SLEEP_INLINE_SECONDS": "0",  # every sleep ends a run
             # below the records' ttl: a stream goes with its record (max of the two)
             "SEGUE_STREAM_LINGER_SECONDS": "0.5",
+            # payloads over OFFLOAD go by reference: their chunks must go with their records
+            "SEGUE_OFFLOAD_BYTES": str(OFFLOAD),
         },
         log_dir=tmp_path / "logs",
     )
@@ -135,8 +139,13 @@ async def test_no_leaks_after_a_run_with_light_chaos(
     # and every tenth (another one) streams output: its stream, with the end marker the
     # server adds (or a restart marker first, for a try after a SIGKILL), must go too
     streaming = {k for k in range(n) if k % 10 == 3}
+    # every 50th (none of the above) carries an argument stored by reference (its chunks
+    # must go with its record)
+    offloaded = {k for k in range(n) if k % 50 == 7}
 
     def call(k: int, ms: int) -> Any:
+        if k in offloaded:
+            return faults.blob.call("b" * (OFFLOAD + 1000)).options(ttl=TTL)
         if k in waiting:
             return faults.signalled.call(ms + 200).options(ttl=TTL)
         if k in streaming:

@@ -57,6 +57,8 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
         "operator: resume the workflow -> running",
         "workflow result: album-2026 published with a contact sheet of 12 thumbnails",
         "demo.contact_sheet history: waiting, paused (workflow paused), queued, running, succeeded",
+        "demo.contact_sheet result: offloaded (400.4 KiB, over offload_bytes 256.0 KiB), handed "
+        "to demo.publish by reference",
     ]
     at = [out.stdout.find(line) for line in lines]
     assert -1 not in at, out.stdout

@@ -21,11 +21,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
         "_redact",
         "_eventloop",
+        "_blobs",
     ),
     "storage": (
         *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
         *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
-        *("_ops_reads", "_ops_actions"),
+        *("_ops_reads", "_ops_actions", "_offload"),
     ),
     "runtime": (
         *(
@@ -43,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_workflow", "_enqueue", "_runner", "_scheduler", "_reconcile", "_forward"),
         *("_heartbeat", "_connect", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
         *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
+        "_offload_runs",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

@@ -77,7 +77,7 @@ def test_each_script_carries_the_library_parts_it_includes_once_before_its_own_t
     assert claim.index("local function end_task(") < claim.index("--[[ claim:")
     assert includes(claim.split("--[[ claim:", 1)[1]) == ["clock", "finalize"]
     # a script carries only what it includes
-    assert "local function" not in load("state").source
+    assert "local function" not in load("journal").source
     beat = load("beat").source
     assert "local function now_ms(" in beat and "transition" not in beat
 

@@ -105,6 +105,7 @@ TASK_CODES = {
     "SIGNAL_DEADLINE": "sgd",
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
+    "OFFLOADED": "off",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {

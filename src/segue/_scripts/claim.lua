@@ -213,6 +213,7 @@ if #replay > 0 then
     local tk = prefix .. 'task:' .. id
     local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'hd', 'w', 'g', 't', 'd',
       'v', 'v0', 'fw')
+    f[2] = task_name(f[2])
     if f[1] == 'running' and f[8] == wid and f[9] == gen then
       out[#out + 1] = { id, f[2], f[3], tonumber(f[10]) or 0, tonumber(gen), f[4], f[5],
         f[6] or '', f[7] or '', tonumber(f[11] or '0') or 0, f[12] or '', f[13] or '',
@@ -243,6 +244,7 @@ elseif not paused then
         local tk = prefix .. 'task:' .. id
         local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
           'hd', 'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw')
+        f[2] = task_name(f[2])
         if f[1] == 'queued' or f[1] == 'suspended' then
           local ok, back = true, nil
           local bad = claimed_not_integer(f)

@@ -6,10 +6,11 @@
       on the record (fields pg, pgm) and streamed as task.progress
     emit: ARGV[5] event name, ARGV[6] data (JSON)
   Returns: 1, or 0 if this run no longer holds the task (nothing written). ]]
---#include events
+--#include states events
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g', 'n')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
+f[3] = task_name(f[3])
 if ARGV[4] == 'progress' then
   redis.call('HSET', tk, 'pg', ARGV[5] .. ' ' .. ARGV[6], 'pgm', ARGV[7] or '')
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', EVENTS_CAP, '*', 'e', 'task.progress', 'id', ARGV[2],

@@ -62,6 +62,7 @@ local function paused_itself(tk, id, b)
     local kv = {}
     for j = b + 6, b + 5 + 2 * k do kv[#kv + 1] = ARGV[j] end
     redis.call('HSET', prefix .. 'state:' .. id, unpack(kv))
+    for j = 2, #kv, 2 do adopt_blob(prefix, tk, id, kv[j]) end
   end
   local count = 0
   if k > 0 or redis.call('HGET', tk, 'pw') then
@@ -164,7 +165,7 @@ for i = 0, n - 1 do
       local first = tonumber(redis.call('HGET', tk, 'rel0') or now)
       if rel == 1 then redis.call('HSET', tk, 'rel0', now) end
       if rel >= tonumber(ARGV[b + 3]) or now - first >= tonumber(ARGV[b + 4]) then
-        local name = redis.call('HGET', tk, 'n')
+        local name = task_name(redis.call('HGET', tk, 'n'))
         local err = cjson.encode({ type = 'UnknownTask', reason = 'unknown_task',
           message = 'no worker knows the task name ' .. name .. ' (released ' .. rel .. ' times)' })
         finalize(Q, tk, id, 'failed', now, 'e', err, 'unknown_task')

@@ -92,6 +92,7 @@ for i = 0, n - 1 do
       for dep, idx in string.gmatch(deps, '(%S+)|(%-?%d+)') do
         if tonumber(idx) >= 0 then inputs = inputs + 1 end
         local df = redis.call('HMGET', prefix .. 'task:' .. dep, 's', 'r', 'opt', 'n')
+        df[4] = task_name(df[4])
         if not df[1] then
           bad = bad or { 'failed', 'dependency_missing', 'dependency ' .. dep
             .. ' has no record (it never existed, or its record expired)' }

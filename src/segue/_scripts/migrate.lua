@@ -10,7 +10,9 @@
   step journal's fields ('~j:...') are not state and are left as they are. Fenced to the
   run, and to the version it read: only the lease holder writes state, so nothing moved
   them between the read and this write unless the run lost its lease.
+  A value that refers to an offloaded blob (lib/blobs.lua) adopts it, as state.lua does.
   Returns: 1 written, 0 rejected (the run no longer holds the task). ]]
+--#include blobs
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g', 'v', 'v0')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] or (f[3] or '1') ~= ARGV[4] then return 0 end
@@ -20,6 +22,7 @@ local n = tonumber(ARGV[6])
 local i = 7
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  adopt_blob(ARGV[1], tk, ARGV[2], ARGV[i + 1])
   i = i + 2
 end
 while i <= #ARGV do

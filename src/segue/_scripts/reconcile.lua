@@ -9,8 +9,8 @@
     matches only it: every key the step touches is in the queue's hash tag and slot)
   ARGV[2] lease ms   ARGV[3] entries per step   ARGV[4] phase   ARGV[5] its cursor
   Phases, in order: keys (SCAN of the queue's keys: records, durable state, signal buffers
-  and accepted signal ids, unique locks, concurrency sets, output streams; a record whose
-  cascade to sub-tasks is under way, field 'cw', gets its marker in the hash
+  and accepted signal ids, unique locks, concurrency sets, offloaded blobs, output streams; a
+  record whose cascade to sub-tasks is under way, field 'cw', gets its marker in the hash
   <prefix>cascade back if it lost it), leases, sched, paused, waiting, sigdue (ZSCAN), q1,
   q2, q3 (list offsets). A task waiting for a signal is never queued here: only its
   deadline's entry is put back.
@@ -45,6 +45,8 @@ local ZSETS = { leases = { KEYS[5], 'running' }, paused = { KEYS[6], 'paused' },
 local LIST_SEARCH_MAX = 1000
 -- the linger of a stream whose task's record is gone (end_task's default)
 local STREAM_LINGER_MS = 300000
+-- an offloaded value's lifetime before a record adopts it (_offload.PENDING_SECONDS)
+local BLOB_PENDING_MS = 600000
 
 local function repaired(kind, id)
   out[#out + 1] = kind
@@ -174,6 +176,30 @@ local function check_key(key)
     if holder and ended_or_gone(holder) then
       redis.call('DEL', key)
       repaired('stale_unique', holder)
+    end
+  elseif kind == 'blob' then
+    -- an offloaded value (lib/blobs.lua). One with a TTL is pending or follows its record:
+    -- left to expire. A kept one whose record is gone, or no longer names it, is an orphan
+    -- (its record deleted by a script that knew nothing of blobs, or a rollback): it gets
+    -- the pending TTL, not a DEL, since a key being written looks the same (a client's
+    -- pipeline sets its TTL after its first chunk, and a DEL there would leave the later
+    -- chunks without the first). One kept while its record expires (ended under such a
+    -- script) takes the record's lifetime.
+    local id, name = string.match(tail, '^(.+):([^:]+)$')
+    if id and redis.call('PTTL', key) == -1 then
+      local tk = prefix .. 'task:' .. id
+      local f = redis.call('HMGET', tk, 's', 'off')
+      local named = f[2] and string.find(' ' .. f[2] .. ' ', ' ' .. name .. ' ', 1, true)
+      if not f[1] or not named or (FINAL[f[1]] and string.sub(name, 1, 6) == 'state.') then
+        redis.call('PEXPIRE', key, BLOB_PENDING_MS)
+        repaired('orphan_blob', id)
+      else
+        local life = redis.call('PTTL', tk)
+        if life > 0 then
+          redis.call('PEXPIRE', key, life)
+          repaired('blob_lifetime', id)
+        end
+      end
     end
   elseif kind == 'wf' then
     check_saga(key, tail)

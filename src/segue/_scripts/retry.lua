@@ -10,7 +10,7 @@
   (it has no input to run with: retry the dependency's workflow or task).
   Returns: 'queued'. Errors: SEGUE_NOT_FOUND, SEGUE_INVALID_TRANSITION <status> retry,
   SEGUE_DUPLICATE <holder id>, SEGUE_DEPENDENCY_ENDED <id>. ]]
---#include clock transition
+--#include clock transition blobs
 local prefix, id = ARGV[1], ARGV[2]
 local tk = prefix .. 'task:' .. id
 local f = redis.call('HMGET', tk, 's', 'q', 'uq')
@@ -38,6 +38,7 @@ local now = now_ms()
 local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], nil, KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   KEYS[8], nil, nil)
 redis.call('PERSIST', tk)
+blobs_live(prefix, id, redis.call('HGET', tk, 'off'), -1, true)
 for k = 5, 8 do redis.call('ZREM', KEYS[k], id) end
 redis.call('LREM', KEYS[9], 0, id)
 transition(Q, tk, id, { to = 'queued', at = now, why = ARGV[3], set = { 't', 0, 'd', 0 },

@@ -3,7 +3,10 @@
   ARGV[1] key prefix "segue:{q}:"   ARGV[2] task id   ARGV[3] lease generation
   ARGV[4] count of fields to set, then field, JSON value pairs; then fields to delete
   Marks the task as having made progress ('pw', cleared by its next Pause).
+  A value that refers to an offloaded blob (lib/blobs.lua) adopts it: it then ends with
+  the state.
   Returns: 1 written, 0 rejected (the run no longer holds the task). ]]
+--#include blobs
 local tk = ARGV[1] .. 'task:' .. ARGV[2]
 local f = redis.call('HMGET', tk, 's', 'g')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
@@ -13,6 +16,7 @@ local n = tonumber(ARGV[4])
 local i = 5
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  adopt_blob(ARGV[1], tk, ARGV[2], ARGV[i + 1])
   i = i + 2
 end
 while i <= #ARGV do

@@ -15,6 +15,7 @@ for i = 2, #ARGV, 4 do
   local sid, did, idx, wf = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local tk = prefix .. 'task:' .. sid
   local f = redis.call('HMGET', tk, 's', 'r', 'opt', 'n', 'xd')
+  f[4] = task_name(f[4])
   local e = { k = 'd', d = did, i = idx, w = wf, s = sid, c = 0 }
   if not f[1] then
     e.st, e.p = 'missing', 0

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from segue._blobs import human_size
 from segue._errors import ConfigurationError, SegueError
 from segue.dashboard import _ops_lists, _ops_views, _views
 from segue.dashboard._security import LOOPBACK_HOSTS, Gate, Security
@@ -82,6 +83,7 @@ def create_app(
         q=lambda value: _quote(str(value)),
         duration=_ops_lists.duration,
         runtime=_ops_lists.runtime,
+        size=human_size,
     )
     templates.globals["actions_for"] = _views.task_actions
     views = _views.Views(
@@ -98,6 +100,7 @@ def create_app(
     routes = [
         Route("/", views.overview),
         Route("/tasks", views.tasks),
+        Route("/download/{what}/{task_id:path}", views.download),
         Route("/tasks/{task_id:path}", views.task),
         Route("/workflows", ops.workflows),
         Route("/workflows/{workflow_id:path}", views.workflow),

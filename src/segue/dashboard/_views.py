@@ -379,7 +379,7 @@ class Views:
         task_id: str = request.path_params["task_id"]
         handle = await self._task_handle(task_id)
         info = await handle.info()
-        state = {} if info.status.is_final else await handle.state(limit=STATE_SHOWN)
+        state = {} if info.status.is_final else await handle._state_shown(STATE_SHOWN)
         return self.page(
             request,
             "task.html",
@@ -394,6 +394,22 @@ class Views:
             signal_id=uuid.uuid4().hex,
             signal_name=_signal_waited(info),
         )
+
+    async def download(self, request: Request) -> Response:
+        """A task's stored arguments or result as a JSON file (read from the payload store
+        when offloaded): the task page links it for a value too big to show."""
+        what: str = request.path_params["what"]
+        if what not in ("args", "result"):
+            raise HTTPException(404, "what to download is args or result")
+        task_id: str = request.path_params["task_id"]
+        handle = await self._task_handle(task_id)
+        try:
+            data = await handle.download("args" if what == "args" else "result")
+        except SegueError as exc:
+            raise HTTPException(404, str(exc)) from None
+        name = f"{task_id.replace(':', '_')}.{what}.json"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(data, media_type="application/json", headers=headers)
 
     async def _task_handle(self, task_id: str) -> TaskHandle[Any]:
         try:

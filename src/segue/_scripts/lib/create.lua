@@ -1,4 +1,4 @@
---#include clock states
+--#include clock states blobs
 -- Creating tasks from the enqueue fields (EnqueueSpec in _wire.py, in the same order), read
 -- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
@@ -75,6 +75,8 @@ local function new_task(base, argv, b, now, waiting)
     'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', num_text(now),
     'h', status .. '|' .. num_text(now) .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
+  -- offloaded arguments: their blob now lives as long as this record (lib/blobs.lua)
+  adopt_blob(base, tk, id, argv[b + SPEC.payload])
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it; a
   -- negative one is already over (a cron tick fired later than its expire): EXPIRED at claim

@@ -1,4 +1,4 @@
---#include transition leases saga stats cascade signals
+--#include transition leases saga stats cascade signals blobs
 -- A task whose dependencies are done: queued, unless its workflow is paused or an operator
 -- paused it while it waited (then held, PAUSED, until resumed).
 local function make_ready(Q, tk, id, now)
@@ -80,8 +80,13 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
   -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw')
+    'cof', 'cp', 's', 'sgw', 'off')
+  f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
+  if field == 'r' and is_ref(value) then
+    adopt_blob(Q.base, tk, id, value)
+    f[14] = redis.call('HGET', tk, 'off')
+  end
   if f[9] then
     local sf = redis.call('HMGET', tk, 'sn', 'sl', 'g', 't')
     end_stream(Q.base .. 'out:' .. id, status, ttl, f[9], sf[1], sf[2], sf[3], sf[4])
@@ -126,6 +131,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('PEXPIRE', tk, num_text(ttl))
     redis.call('ZADD', Q.done[status], num_text(at + ttl), id)
   end
+  blobs_live(Q.base, id, f[14], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   local result = nil
@@ -249,6 +255,7 @@ local function dead_letter(Q, id, cap, now)
   local tk = Q.base .. 'task:' .. id
   if redis.call('EXISTS', tk) == 0 then return end
   redis.call('PERSIST', tk)
+  blobs_live(Q.base, id, redis.call('HGET', tk, 'off'), -1, true)
   redis.call('PERSIST', Q.base .. 'sgi:' .. id)  -- the accepted signal ids live as long
   redis.call('ZADD', Q.done.failed, 9007199254740991, id)
   redis.call('LPUSH', Q.dead, id)
@@ -258,6 +265,7 @@ local function dead_letter(Q, id, cap, now)
     local ttl = tonumber(redis.call('HGET', otk, 'ttl') or '-1')
     if ttl > 0 and redis.call('HGET', otk, 's') == 'failed' then
       redis.call('PEXPIRE', otk, ttl)
+      blobs_live(Q.base, old, redis.call('HGET', otk, 'off'), ttl, true)
       redis.call('ZADD', Q.done.failed, now + ttl, old)
     end
   end

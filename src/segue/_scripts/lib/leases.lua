@@ -1,3 +1,4 @@
+--#include states
 -- A server that stood still (DEBUG SLEEP, a long fork or fsync, a paused VM, a restart)
 -- stopped no lease clock: deadlines are server time, so once it goes on, leases look
 -- expired that no holder could renew meanwhile. Claims and renewals note in the queue's
@@ -22,7 +23,7 @@ end
 local function leave_running(base, tk, id)
   local f = redis.call('HMGET', tk, 'cn', 'n')
   if f[1] then
-    redis.call('SREM', base .. 'running:' .. f[2], id)
+    redis.call('SREM', base .. 'running:' .. task_name(f[2]), id)
     redis.call('HDEL', tk, 'cn')
   end
 end

@@ -89,6 +89,6 @@ local function transition(Q, tk, id, t)
     redis.call('ZADD', Q[ZSET_OF[t.to]], t.score, id)
   end
   if t.event and Q.events then
-    emit(Q, t.event, id, t.name or redis.call('HGET', tk, 'n'))
+    emit(Q, t.event, id, t.name or task_name(redis.call('HGET', tk, 'n')))
   end
 end
