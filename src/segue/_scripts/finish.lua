@@ -153,9 +153,10 @@ for i = 0, n - 1 do
   else
     out[i + 1] = 1
     redis.call('ZREM', KEYS[5], id)
-    leave_running(prefix, tk, id)
+    -- an end (finalize) leaves RUNNING itself: once per task is enough
+    if action ~= 'ok' and action ~= 'fail' then leave_running(prefix, tk, id) end
     if action == 'ok' then
-      redis.call('HSET', tk, 'd', 0)
+      -- its end also sets 'd' (lost deliveries in a row) back to 0
       finalize(Q, tk, id, 'succeeded', now, 'r', ARGV[b + 3], '')
     elseif action == 'fail' then
       finalize(Q, tk, id, 'failed', now, 'e', ARGV[b + 3], ARGV[b + 4])

@@ -1,4 +1,4 @@
---#include states lanes blobs
+--#include clock states lanes blobs
 -- Creating tasks from the enqueue fields (EnqueueSpec in _wire.py, in the same order), read
 -- from `argv` at a task's first index b: id, name, payload, priority, delay_ms, at_ms,
 -- max_tries, timeout_ms, ttl_ms, unique key ('' none: else a lock uniq:<key> names the one
@@ -73,31 +73,44 @@ local function new_task(base, argv, b, now, waiting, lane)
   if not create then return nil end
   local unique = argv[b + SPEC.unique]
   if unique ~= '' then redis.call('SET', base .. 'uniq:' .. unique, id) end
-  local due = now + tonumber(argv[b + SPEC.delay_ms])
-  local at = tonumber(argv[b + SPEC.at_ms])
-  if at > 0 then due = at end
+  -- the usual values ('0': no delay, no time, no expiry; '1': the first version) are told
+  -- by their text: reading a number costs the server more than the rest of the field
+  local delay = argv[b + SPEC.delay_ms]
+  local due = delay == '0' and now or now + tonumber(delay)
+  local at = argv[b + SPEC.at_ms]
+  if at ~= '0' then
+    at = tonumber(at)
+    if at > 0 then due = at end
+  end
   local status = 'queued'
   if waiting then
     status = 'waiting'
   elseif due > now then
     status = 'scheduled'
   end
+  local now_text = num_text(now)
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
-    'q', argv[b + SPEC.priority], 't', 0, 'd', 0, 'g', 0, 'mt', argv[b + SPEC.max_tries],
-    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now,
-    'h', status .. '|' .. now .. '|\n')
+    'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
+    'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now_text,
+    'h', status .. '|' .. now_text .. '|\n')
   if due > now then redis.call('HSET', tk, 'due', due) end
   -- offloaded arguments: their blob now lives as long as this record (lib/blobs.lua)
   adopt_blob(base, tk, id, argv[b + SPEC.payload])
   if unique ~= '' then redis.call('HSET', tk, 'uq', unique) end
   -- expiry arrives relative (ms from now), so only the server's clock decides it; a
   -- negative one is already over (a cron tick fired later than its expire): EXPIRED at claim
-  local expire = tonumber(argv[b + SPEC.expire_ms])
-  if expire ~= 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  local expire = argv[b + SPEC.expire_ms]
+  if expire ~= '0' then
+    expire = tonumber(expire)
+    if expire ~= 0 then redis.call('HSET', tk, 'exp', now + expire) end
+  end
   local headers = argv[b + SPEC.headers]
   if headers ~= '' then redis.call('HSET', tk, 'hd', headers) end
-  local version = tonumber(argv[b + SPEC.version])
-  if version and version > 1 then redis.call('HSET', tk, 'v', version) end
+  local version = argv[b + SPEC.version]
+  if version ~= '1' then
+    version = tonumber(version)
+    if version and version > 1 then redis.call('HSET', tk, 'v', version) end
+  end
   local from_worker = argv[b + SPEC.from_worker]
   if from_worker and from_worker ~= '' then redis.call('HSET', tk, 'fw', from_worker) end
   if lane then redis.call('HSET', tk, 'lk', lane) end

@@ -72,64 +72,81 @@ end
 -- The transition of every task end, filled in place: a claim or finish call ends a batch of
 -- tasks, and a table built per task (with its `set` list) was a good part of the server's
 -- time per task, in allocation and garbage collection. transition() keeps no reference.
+-- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command.
 local ENDING = { set = { 'et', 0, '', '' } }
+local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  local f = redis.call('HMGET', tk, 'ttl', 'r', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cz', 'sg',
-    'sn', 'sl', 'g', 't', 'cof', 'cp', 'sgw', 'off')
-  f[5] = task_name(f[5])
+  -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
+  -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
+  local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
+    'cof', 'cp', 's', 'sgw', 'off', 'kc')
+  f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
     adopt_blob(Q.base, tk, id, value)
-    f[18] = redis.call('HGET', tk, 'off')
+    f[14] = redis.call('HGET', tk, 'off')
   end
-  end_stream(Q.base .. 'out:' .. id, status, ttl, f[10], f[11], f[12], f[13], f[14])
-  if f[8] then
+  if f[9] then
+    local sf = redis.call('HMGET', tk, 'sn', 'sl', 'g', 't')
+    end_stream(Q.base .. 'out:' .. id, status, ttl, f[9], sf[1], sf[2], sf[3], sf[4])
+  else
+    end_stream(Q.base .. 'out:' .. id, status, ttl, nil)
+  end
+  if f[7] then
     -- its sub-tasks: cancelled when it failed or was cancelled (those of policy 'cancel');
     -- else those its pause still holds are resumed (its end would never resume them)
     if status == 'failed' or status == 'cancelled' then
-      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[8])
-    elseif f[9] == 'pause' then
-      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[8])
+      cascade_mark(Q, id, 'cancel', 'parent ended ' .. status, f[7])
+    elseif redis.call('HGET', tk, 'cz') == 'pause' then
+      cascade_mark(Q, id, 'resume', 'parent ended ' .. status, f[7])
     end
   end
-  if f[6] then
-    local lock = Q.base .. 'uniq:' .. f[6]
+  if f[5] then
+    local lock = Q.base .. 'uniq:' .. f[5]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
-  leave_running(Q.base, tk, id)
-  local t, set = ENDING, ENDING.set
-  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[5] or ''
-  set[2], set[3], set[4] = at, field, value
+  -- it leaves RUNNING (leave_running): 'cn' and 'kc' go with the fields deleted below
+  if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
+  if f[15] then lane_release(Q.base, f[15], id) end
+  local t = status == 'succeeded' and SUCCEEDING or ENDING
+  local set = t.set
+  local at_text = num_text(at)
+  t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
+  set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn', 'kc')
   redis.call('DEL', Q.base .. 'state:' .. id)
-  redis.call('ZREM', Q.paused, id)
-  if Q.waiting then redis.call('ZREM', Q.waiting, id) end
-  sig_end(Q, tk, id, ttl, f[5], f[17])
+  -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
+  -- which is in neither: two commands less per task a worker ends)
+  if f[12] ~= 'running' then
+    redis.call('ZREM', Q.paused, id)
+    if Q.waiting then redis.call('ZREM', Q.waiting, id) end
+  end
+  sig_end(Q, tk, id, ttl, f[4], f[13])
   if ttl == 0 then
     redis.call('DEL', tk)
   elseif ttl < 0 then
-    redis.call('ZADD', Q.done[status], 9007199254740991, id)
+    redis.call('ZADD', Q.done[status], '9007199254740991', id)
   else
-    redis.call('PEXPIRE', tk, ttl)
-    redis.call('ZADD', Q.done[status], at + ttl, id)
+    redis.call('PEXPIRE', tk, num_text(ttl))
+    redis.call('ZADD', Q.done[status], num_text(at + ttl), id)
   end
-  blobs_live(Q.base, id, f[18], ttl, true)
+  blobs_live(Q.base, id, f[14], ttl, true)
   redis.call('SPUBLISH', Q.channel, id)
   count_stat(Q.base, status, at)
   local result = nil
   if status == 'succeeded' then result = value end
-  if f[4] then
-    saga_note(Q, id, f[4], status == 'succeeded' or f[3] == '1', f[16] == '1' and result)
-    count_ended(Q, f[4], at)
+  if f[3] then
+    saga_note(Q, id, f[3], status == 'succeeded' or f[2] == '1', f[11] == '1' and result)
+    count_ended(Q, f[3], at)
   end
-  if f[15] then
+  if f[10] then
     -- a compensation: its workflow learns how it ended (lib/saga.lua)
-    local wf, n = string.match(f[15], '^(.*)|(%d+)$')
+    local wf, n = string.match(f[10], '^(.*)|(%d+)$')
     outbox_push(Q, { k = 'k', w = wf, n = n, st = status, s = id })
   end
-  return result, status == 'succeeded' or f[3] == '1', f[5] or '?', f[7], f[4]
+  return result, status == 'succeeded' or f[2] == '1', f[4] or '?', f[6], f[3]
 end
 
 -- End a task and carry the consequence to every task waiting on it, transitively: a
@@ -146,10 +163,13 @@ local function finalize(Q, tk, id, status, at, field, value, reason, root)
     k = k + 1
     local wid, wst = w[2], w[3]
     local nk = Q.base .. 'next:' .. wid
-    local entries = redis.call('LRANGE', nk, 0, -1)
+    local entries = redis.call('LRANGE', nk, '0', '-1')
     local result, passed, name, xd, wf = end_task(Q, w[1], wid, wst, at, w[4], w[5], w[6])
-    if #entries > 0 then redis.call('DEL', nk) end
-    local root = w[7] or (name .. ' (' .. wid .. ') ended ' .. wst)
+    local root = w[7]
+    if #entries > 0 or xd then
+      if #entries > 0 then redis.call('DEL', nk) end
+      root = root or (name .. ' (' .. wid .. ') ended ' .. wst)
+    end
     for _, e in ipairs(entries) do
       local did, idx, kind = string.match(e, '^(.*)|(%-?%d+)|(%a)$')
       local dtk = Q.base .. 'task:' .. did

@@ -105,7 +105,10 @@ end
 -- `waited`: the record's 'sgw' (the task ends while it waits: cancelled, say).
 local function sig_end(Q, tk, id, ttl, name, waited)
   local bk = Q.base .. 'sig:' .. id
-  local c = tonumber(redis.call('HGET', bk, 'c') or '0') or 0
+  local ik = Q.base .. 'sgi:' .. id
+  -- a task never signalled (most) has neither key: one command instead of two per end
+  local signalled = redis.call('EXISTS', bk, ik) > 0
+  local c = signalled and tonumber(redis.call('HGET', bk, 'c') or '0') or 0
   if c > 0 then
     redis.call('HSET', tk, 'sgx', c)
     if Q.events then
@@ -115,7 +118,7 @@ local function sig_end(Q, tk, id, ttl, name, waited)
     redis.call('DEL', bk)
   end
   if waited then sig_unwait(Q, tk, id) end
-  local ik = Q.base .. 'sgi:' .. id
+  if not signalled then return end
   if ttl == 0 then
     redis.call('DEL', ik)
   elseif ttl > 0 then

@@ -1,37 +1,46 @@
---#include states events lanes
+--#include clock states events lanes
 -- Per-task keys (task:<id>, state:<id>, next:<id>, wf:<id>, early:<id>), per-task-name keys
 -- (uniq:<name>:<key>, bucket:<name>, running:<name>) and the queue's outbox are built by
 -- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
 -- the queue's hash tag and slot.
 
--- A record keeps its last HISTORY_KEEP transitions in 'h' ("<status>|<at>|<reason>\n" each)
--- and counts every one in 'hn', so a reader numbers what is kept (segue._handle). Without
--- 'hn' (a record no transition of this release touched yet) the lines are counted. A line
--- is at least 22 bytes, so a shorter history cannot be full and is not scanned: the scan
--- costs only tasks with long histories, and it also bounds one that a worker of the
--- previous release (which appends without counting) made long.
+-- A record keeps its last HISTORY_KEEP transitions in 'h' ("<status>|<at>|<reason>\n" each).
+-- A reader numbers what is kept by the count in 'hn' (segue._handle), or, without it, by
+-- counting the lines. A line is at least 22 bytes, so a history shorter than
+-- HISTORY_SCAN_BYTES cannot be full: it is only appended to, and its lines are its count.
+-- A longer one is counted and trimmed, and its count written to 'hn' from then on (it
+-- stays that long: trimmed, it keeps HISTORY_KEEP lines). So the scan and the count cost
+-- only tasks with long histories (most tasks take three transitions), and the scan also
+-- bounds a history that a worker of the previous release (which appends without counting)
+-- made long. Returns the new history, and its count when 'hn' must be written (else nil).
 local HISTORY_KEEP = 200
+
 local HISTORY_SCAN_BYTES = HISTORY_KEEP * 22
 local function next_history(tk, status, at, reason)
-  local f = redis.call('HMGET', tk, 'h', 'hn')
-  local h, total = f[1] or '', tonumber(f[2])
-  if total == nil or #h >= HISTORY_SCAN_BYTES then
-    local _, kept = string.gsub(h, '\n', '')
-    if total == nil or total < kept then total = kept end
-    local from = 1
-    while kept >= HISTORY_KEEP do
-      from = string.find(h, '\n', from, true) + 1
-      kept = kept - 1
-    end
-    if from > 1 then h = string.sub(h, from) end
+  local line = status .. '|' .. at .. '|' .. (reason or '') .. '\n'
+  local h = redis.call('HGET', tk, 'h')
+  if not h then return line, nil end
+  if #h < HISTORY_SCAN_BYTES then return h .. line, nil end
+  local total = tonumber(redis.call('HGET', tk, 'hn'))
+  local _, kept = string.gsub(h, '\n', '')
+  if total == nil or total < kept then total = kept end
+  local from = 1
+  while kept >= HISTORY_KEEP do
+    from = string.find(h, '\n', from, true) + 1
+    kept = kept - 1
   end
-  return h .. status .. '|' .. at .. '|' .. (reason or '') .. '\n', total + 1
+  if from > 1 then h = string.sub(h, from) end
+  return h .. line, total + 1
 end
 
 -- A history line without a change of status (an operator's hold of a waiting task).
 local function add_history(tk, status, at, reason)
   local h, total = next_history(tk, status, at, reason)
-  redis.call('HSET', tk, 'h', h, 'hn', total)
+  if total then
+    redis.call('HSET', tk, 'h', h, 'hn', total)
+  else
+    redis.call('HSET', tk, 'h', h)
+  end
 end
 
 -- The queue-level keys a transition may touch, gathered once per script call:
@@ -65,11 +74,13 @@ end
 local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
   paused = 'paused', waiting = 'waiting', running = 'leases' }
 local function transition(Q, tk, id, t)
-  local h, total = next_history(tk, t.to, t.at, t.why)
-  if t.set then
-    redis.call('HSET', tk, 's', t.to, 'h', h, 'hn', total, unpack(t.set))
+  local h, total = next_history(tk, t.to, num_text(t.at), t.why)
+  if total then
+    redis.call('HSET', tk, 'hn', total, 's', t.to, 'h', h, unpack(t.set or {}))
+  elseif t.set then
+    redis.call('HSET', tk, 's', t.to, 'h', h, unpack(t.set))
   else
-    redis.call('HSET', tk, 's', t.to, 'h', h, 'hn', total)
+    redis.call('HSET', tk, 's', t.to, 'h', h)
   end
   if t.push then
     local prio, lane = t.prio, t.lane
