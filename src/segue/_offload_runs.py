@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from segue._transport import Transport
 
 
+def by_reference(payload: bytes, given: bytes | None) -> bool:
+    """Whether a run's arguments or its workflow input name offloaded values."""
+    return is_ref(payload) or (given is not None and REF_HEAD in given)
+
+
 async def attempt_by_reference(
     transport: Transport,
     job: Job,

@@ -35,11 +35,11 @@ from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
-from segue._offload_runs import attempt_by_reference
+from segue._offload_runs import attempt_by_reference, by_reference
 from segue._options import limit_tables
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
-from segue._runner import Job
+from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
 from segue._waker import Waker
@@ -465,18 +465,17 @@ class Worker:
     async def _run(self, job: Job) -> None:
         assert self._executor is not None
         task = self._registry.tasks.get(job.name)
+        rest = (self._executor, self._registry.hooks, self._processes)
         outcome: Outcome | None
+        settings = self._client.settings
         try:
-            outcome = await attempt_by_reference(
-                self._broker,
-                job,
-                task,
-                self._client.settings,
-                self.id,
-                self._executor,
-                self._registry.hooks,
-                self._processes,
-            )
+            # a run with nothing by reference (offloading off, no reference given) skips
+            # the payload store's layer: one coroutine less per task on the hot path
+            if settings.offload_bytes or by_reference(job.payload, job.input):
+                run = attempt_by_reference(self._broker, job, task, settings, self.id, *rest)
+            else:
+                run = attempt(job, task, settings, self.id, *rest)
+            outcome = await run
         except (asyncio.CancelledError, PauseRequested):
             outcome = self._controller.stopped_outcome(job)
         except BaseException as exc:  # a bug in segue itself must not lose the task
