@@ -8,7 +8,7 @@ this module imports only names both releases have, and the old code calls no ctx
 Each side effect is a line (the pid that did it) in a file of its own under the task's
 `directory`, so a test counts effects outside segue; the old code also writes what it found
 in `ctx.state` to `<directory>/old-state.json`, and where its segue came from to
-`<directory>/old-segue`.
+`<directory>/old-segue`. `rolling.measure` is the same code in both.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ def effect(directory: str, what: str) -> str:
     with (Path(directory) / what).open("a") as f:
         f.write(f"{os.getpid()}\n")
     return what
+
+
+@app.task(name="rolling.measure")
+async def measure(data: str) -> int:
+    # the same in both releases: an old worker knows this name, but not the name a record
+    # whose argument is offloaded carries (it has a mark after it)
+    return len(data)
 
 
 if os.environ.get("ROLLING_CODE", "new") == "new":

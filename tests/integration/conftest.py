@@ -7,11 +7,13 @@ import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from segue import App, Worker
+from tests.releases.source import PREVIOUS, extract
 
 # --- async tests -------------------------------------------------------------------------
 
@@ -50,6 +52,15 @@ async def serving(app: App, **options: Any) -> AsyncIterator[Worker]:
     finally:
         worker.stop()
         await running
+
+
+# --- the previous release -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The previous release's `src/` (its segue package), for a worker of that release."""
+    return extract(PREVIOUS, tmp_path_factory.mktemp("previous-release"))
 
 
 # --- apps --------------------------------------------------------------------------------

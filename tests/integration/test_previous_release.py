@@ -26,9 +26,9 @@ import pytest
 from segue import App, Context, TaskStatus
 from tests._support import ACL_PASSWORD, Engine, add_acl_user, admin_client, keys_of
 from tests.integration.conftest import eventually, serving
+from tests.releases.source import PREVIOUS
 
 RELEASES = Path(__file__).resolve().parents[1] / "releases"
-PREVIOUS = "a9921ef"  # the release before the typed-core redesign (issue 12)
 
 
 def load(release: str) -> dict[str, Any]:

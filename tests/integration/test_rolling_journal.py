@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,33 +30,11 @@ from tests._workers import ROOT, Fleet
 from tests.apps import rolling
 from tests.integration.conftest import eventually
 from tests.integration.test_durable_processes import state_of
-from tests.integration.test_previous_release import PREVIOUS
 
 pytestmark = pytest.mark.slow
 
 NAP = 3600.0  # the tasks wait this long: the test makes them due when it wants, not a clock
 NEW = {"ROLLING_CODE": "new"}
-
-
-@pytest.fixture(scope="module")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The previous release's `src/` (its segue package), from this repository's history."""
-    # CI tests a full `git clone` of main, so the history is there; a copy without it (an
-    # sdist, a shallow clone) cannot run this test, and says why instead of skipping it
-    out = tmp_path_factory.mktemp("previous-release")
-    tar = out / "src.tar"
-    found = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", f"--output={tar}", PREVIOUS, "src/segue"],
-        capture_output=True,
-        check=False,
-    )
-    assert found.returncode == 0, (
-        f"the previous release {PREVIOUS} is not in the git history of {ROOT} "
-        f"(this test needs a full clone): {found.stderr.decode(errors='replace')}"
-    )
-    subprocess.run(["tar", "-x", "-f", str(tar), "-C", str(out)], check=True)
-    assert (out / "src" / "segue" / "_scripts" / "claim.lua").exists()
-    return out / "src"
 
 
 @pytest.fixture
