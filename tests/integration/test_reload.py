@@ -62,6 +62,28 @@ def project(tmp_path: Path) -> Iterator[Path]:
                 os.kill(int(pids[key]), signal.SIGTERM)
 
 
+def interrupt(parent: subprocess.Popen[bytes], log: Path, within: float = 60.0) -> None:
+    """Ctrl-C to a `segue worker --reload`: it stops its worker (up to the shutdown grace
+    and 5 s), then releases the embedded server. Past `within` seconds the test fails with
+    the log and what is still running in the group, which is then killed so that nothing
+    outlives the test."""
+    parent.send_signal(signal.SIGINT)
+    try:
+        parent.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        group = subprocess.run(
+            ["ps", "-o", "pid,stat,etime,args", "-g", str(parent.pid)],
+            capture_output=True,
+            text=True,
+        ).stdout
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        raise AssertionError(
+            f"segue worker --reload still ran {within:.0f} s after Ctrl-C\n{group}\n"
+            + log.read_text()[-3000:]
+        ) from None
+
+
 def test_reload_picks_up_an_edited_task_module(project: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGUE_")}
     (project / "tasks.py").write_text(TASKS.format(value="v1"))
@@ -106,6 +128,5 @@ def test_reload_picks_up_an_edited_task_module(project: Path) -> None:
         now = json.loads((project / ".segue" / "server.json").read_text())["server_pid"]
         assert now == server_pid
     finally:
-        parent.send_signal(signal.SIGINT)
-        parent.wait(timeout=30)
+        interrupt(parent, log)
     assert "Traceback" not in log.read_text()

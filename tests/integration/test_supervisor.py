@@ -190,7 +190,7 @@ def test_processes_auto_counts_usable_cpus(tmp_path: Path) -> None:
 def test_reload_restarts_the_supervisor_and_its_processes(tmp_path: Path) -> None:
     """--reload with --processes: one reloader around one supervisor; the embedded server
     stays the same across the restart."""
-    from tests.integration.test_reload import ASK, TASKS
+    from tests.integration.test_reload import ASK, TASKS, interrupt
 
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "ask.py").write_text(ASK)
@@ -200,7 +200,12 @@ def test_reload_restarts_the_supervisor_and_its_processes(tmp_path: Path) -> Non
 
     def ask() -> str:
         done = subprocess.run(
-            [sys.executable, "ask.py"], cwd=tmp_path, env=env, capture_output=True, text=True
+            [sys.executable, "ask.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, done.stderr + log.read_text()
         return done.stdout.strip()
@@ -226,8 +231,7 @@ def test_reload_restarts_the_supervisor_and_its_processes(tmp_path: Path) -> Non
         assert ask() == "v2"
         assert json.loads(state.read_text())["server_pid"] == server_pid
     finally:
-        parent.send_signal(signal.SIGINT)
-        parent.wait(timeout=30)
+        interrupt(parent, log)
         pids = json.loads(state.read_text()) if state.exists() else {}
         for key in ("watchdog_pid", "server_pid"):
             if key in pids and _exists(int(pids[key])):
