@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,11 @@ def run_with_reload(argv: list[str], app: App | None, watch: Path) -> int:
 
         held = _embedded.acquire(app.settings.home, idle_timeout=app.settings.embedded_idle_seconds)
     command = shlex.join([sys.executable, "-m", "segue", *argv])
+    # Ctrl-C (SIGINT) stops the reloader and its worker even when this process was started
+    # with SIGINT ignored, as a shell's background job or a CI runner's child is: Python
+    # then keeps the inherited SIG_IGN, and the signal would never reach watchfiles'
+    # KeyboardInterrupt (it handles SIGTERM itself). The worker itself already handles both.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     grace = int(app.settings.shutdown_grace_seconds) + 5 if app is not None else 15
 
     def changed(changes: set[tuple[watchfiles.Change, str]]) -> None:
