@@ -18,15 +18,5 @@ local f = redis.call('HMGET', tk, 's', 'g', 'v', 'v0')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] or (f[3] or '1') ~= ARGV[4] then return 0 end
 if not f[4] then redis.call('HSET', tk, 'v0', f[3] or '1') end
 redis.call('HSET', tk, 'v', ARGV[5])
-local n = tonumber(ARGV[6])
-local i = 7
-for _ = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  adopt_blob(ARGV[1], tk, ARGV[2], ARGV[i + 1])
-  i = i + 2
-end
-while i <= #ARGV do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-  i = i + 1
-end
+write_state(ARGV[1], tk, ARGV[2], KEYS[1], ARGV, 6)
 return 1

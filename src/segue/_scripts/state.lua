@@ -12,15 +12,5 @@ local f = redis.call('HMGET', tk, 's', 'g')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
 -- progress: the task's next Pause does not count toward max_pauses (finish.lua)
 redis.call('HSET', tk, 'pw', 1)
-local n = tonumber(ARGV[4])
-local i = 5
-for _ = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  adopt_blob(ARGV[1], tk, ARGV[2], ARGV[i + 1])
-  i = i + 2
-end
-while i <= #ARGV do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-  i = i + 1
-end
+write_state(ARGV[1], tk, ARGV[2], KEYS[1], ARGV, 4)
 return 1

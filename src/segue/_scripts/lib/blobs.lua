@@ -61,3 +61,19 @@ local function blobs_live(base, id, off, ttl, ended)
     end
   end
 end
+
+-- Write a running task's state hash `sk` from a call's arguments: from `args[at]`, a count
+-- n, then n field/JSON value pairs to set (each offloaded value adopted), then the fields
+-- to delete. state.lua and migrate.lua both write state this way.
+local function write_state(base, tk, id, sk, args, at)
+  local i = at + 1
+  for _ = 1, tonumber(args[at]) do
+    redis.call('HSET', sk, args[i], args[i + 1])
+    adopt_blob(base, tk, id, args[i + 1])
+    i = i + 2
+  end
+  while i <= #args do
+    redis.call('HDEL', sk, args[i])
+    i = i + 1
+  end
+end
