@@ -411,3 +411,9 @@ def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: st
         [ks.generation, ks.events],
         [worker_id, last, keep_ms, cursor],
     )
+
+
+def shards(ks: Keyspace, action: str, count: int = 0) -> ScriptCall:
+    """Create, change or read a queue's shard count in its base meta hash (shards.lua);
+    replies [count, old count (0: none), done (1 changed, 0 nothing to do, -1 refused)]."""
+    return (_scripts.load("shards"), [ks.meta], [action, count])

@@ -28,6 +28,7 @@ from segue._offload import offload_specs
 from segue._ops_actions import index_workflow
 from segue._options import check_key, lane_of, seconds
 from segue._send import from_worker
+from segue._shards import logical_queue
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import (
     MAX_SHAPE_STEPS,
@@ -111,13 +112,14 @@ class Enqueuer:
                 "workflow fails); in a durable task, compensate in an except block"
             )
         d = task.opts
+        routed = queue is None
         if queue is None:
             queue = self.queue_for(sig)
         else:
             # a sub-task joins its parent's queue (wait.lua counts its sub-tasks in that
             # slot); a workflow step comes here with its own queue already chosen
             own = o.get("queue") or d.queue
-            if own is not None and own != queue:
+            if own is not None and own != logical_queue(queue):
                 where = (
                     f"{task.name}.options(queue={own!r})"
                     if o.get("queue")
@@ -128,8 +130,6 @@ class Enqueuer:
                     f"queue {queue!r}: a task's sub-tasks share its queue"
                 )
         key = o.get("key")
-        if task_id is None:
-            task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
         settings = self.settings
         # offloading: what the record would not hold goes to the payload store, up to its
         # own bound; refused here, before anything is written, when over that too
@@ -157,6 +157,22 @@ class Enqueuer:
         expire_s = seconds(expire)
         timeout = o.get("timeout", d.timeout)
         ttl = o.get("ttl", d.ttl)
+        unique = self._unique_key(sig)
+        lane = (
+            lane_of(
+                d,
+                lambda: task.bound_arguments(sig.args, sig.kwargs),
+                sig.args,
+                sig.kwargs,
+                o.get("limit_key"),
+            )
+            if d.limits.has_keyed or "limit_key" in o
+            else ""
+        )
+        if routed:
+            queue = self._route(queue, sig, key, unique, lane)
+        if task_id is None:
+            task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
         return (
             queue,
             EnqueueSpec(
@@ -169,22 +185,38 @@ class Enqueuer:
                 max_tries=o.get("max_tries", d.max_tries),
                 timeout_ms=int(timeout * 1000) if timeout else 0,
                 ttl_ms=-1 if ttl is None else int(ttl * 1000),
-                unique=self._unique_key(sig),
+                unique=unique,
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
                 headers=_headers(sig),
                 version=d.version,
                 from_worker=from_worker(o, task.by_name) if task.by_name else "",
-                lane=lane_of(
-                    d,
-                    lambda: task.bound_arguments(sig.args, sig.kwargs),
-                    sig.args,
-                    sig.kwargs,
-                    o.get("limit_key"),
-                )
-                if d.limits.has_keyed or "limit_key" in o
-                else "",
+                lane=lane,
             ),
         )
+
+    def _route(
+        self, queue: str, sig: Signature[Any], key: str | None, unique: str, lane: str
+    ) -> str:
+        """The shard of a sharded queue a new task goes to (docs/sharding.md): by the first
+        key it has that must stay exact (limit key, idempotency key, unique key, debounce
+        key), else round-robin. Before the process read the queue's count: the queue itself
+        (its base, which its workers serve too)."""
+        broker = self._broker
+        sc = broker.shards.cached(queue) if broker is not None else None
+        if sc is None or (sc.count == 1 and not sc.old):
+            return queue
+        # a limit key first: it is the coarsest (tasks of one unique or idempotency key
+        # share their limit key), so routing by it keeps all of them exact
+        if lane:
+            key = "l:" + lane
+        elif key is not None:
+            key = "k:" + key
+        elif unique:
+            key = "u:" + unique
+        elif "debounce" in sig.opts:
+            key = "d:" + str(sig.opts.get("debounce_key", sig.task.name))
+        assert broker is not None
+        return broker.shards.router.pick(queue, sc, key)
 
     @staticmethod
     def _unique_key(sig: Signature[Any]) -> str:
@@ -288,7 +320,7 @@ class Enqueuer:
         task.check_args((None, *sig.args), sig.kwargs)
         n = step_number(step.id)
         own = self.queue_for(sig)
-        task_id = f"{wf_id}.c{n}" if own == queue else f"{own}:{wf_id}.c{n}"
+        task_id = f"{wf_id}.c{n}" if own == logical_queue(queue) else f"{own}:{wf_id}.c{n}"
         _, spec = self.spec(sig, task_id, own, first_to_come=True)
         fields = [v.decode() if isinstance(v, bytes) else str(v) for v in spec.argv()]
         plan = {"id": task_id, "a": fields, "w": [int(step_number(s)) for s in later]}
@@ -324,13 +356,15 @@ class Enqueuer:
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
         after = sig.opts.get("after") or []
-        queue = self.queue_for(sig)
+        await (await self.broker()).shards.get(self.queue_for(sig))
+        # the task's shard first: a dependency in the same shard is local to it
+        queue, first = self.spec(sig)
         deps: list[tuple[str, int]] = []
         xdeps: list[tuple[str, int]] = []
         for dep in after:
             dep_id = dep if isinstance(dep, str) else dep.id
             (deps if queue_of(dep_id) == queue else xdeps).append((dep_id, -1))
-        step = self.graph_step(sig, None, None, deps, "", xdeps)
+        step = self.graph_step(sig, queue, first.id, deps, "", xdeps)
         level = sig.opts.get("durability", self.settings.durability)
         replies = await self.enqueue_graph(queue, [step], None, (level,))
         task_id = step.spec.id
@@ -360,8 +394,9 @@ class Enqueuer:
             return await self._enqueue_after(sig)
         if "debounce" in sig.opts:
             return await self._enqueue_debounced(sig)
-        queue, spec = self.spec(sig)
         broker = self._broker or await self.broker()
+        await broker.shards.get(self.queue_for(sig))
+        queue, spec = self.spec(sig)
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
         if self.settings.offload_bytes is not None:
@@ -390,6 +425,8 @@ class Enqueuer:
             )
         max_wait = seconds(o.get("max_wait"))
         key = o.get("debounce_key", sig.task.name)
+        broker = self._broker or await self.broker()
+        await broker.shards.get(self.queue_for(sig))
         queue, spec = self.spec(sig)
         if len(spec.payload) > self.settings.max_payload_bytes:
             # not offloaded: a collapse hands the arguments to a task of another id, and
@@ -401,7 +438,6 @@ class Enqueuer:
             )
         if edge == "trailing":
             spec = msgspec.structs.replace(spec, delay_ms=int(window * 1000), at_ms=0)
-        broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
         call = broker.debounce_call(
@@ -443,6 +479,9 @@ class Enqueuer:
         handles: list[TaskHandle[R]] = []
         levels: set[str] = set()
         default_level = self.settings.durability
+        broker = await self.broker()
+        for q in {self.queue_for(sig) for sig in sigs}:
+            await broker.shards.get(q)
         for n, sig in enumerate(sigs):
             if "after" in sig.opts:
                 raise ConfigurationError(
@@ -488,6 +527,9 @@ class Enqueuer:
         """Enqueue a chain or a group as one graph (what their `enqueue()` calls)."""
         first = _first_signature(root)
         queue = self.queue_for(first)
+        await (await self.broker()).shards.get(queue)
+        # the workflow's shard, and every step of its queue with it (docs/sharding.md)
+        queue = self._route(queue, first, None, "", "")
         wf_id = f"{queue}:wf-{ULID()}"
         steps: list[_Step] = []
         last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))

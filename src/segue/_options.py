@@ -316,6 +316,16 @@ def limit_tables(options: Iterable[TaskOptions]) -> LimitTables:
     return tables
 
 
+def shard_limits(t: LimitTables, n: int) -> tuple[dict[str, str], dict[str, int]]:
+    """One shard's share of task-wide limits over `n` shards (docs/sharding.md): the rate
+    divided by n (burst kept), the concurrency divided by n rounded up, so at least 1."""
+    rates = {}
+    for name, text in t.rates.items():
+        per_ms, _, burst = text.partition(" ")
+        rates[name] = f"{float(per_ms) / n!r} {burst}"
+    return rates, {name: -(-c // n) for name, c in t.concurrency.items()}
+
+
 def check_key(key: object) -> str:
     """An idempotency key becomes part of the task id, and task ids travel space- and
     `|`-separated in the dependency lists of graph.lua: a key with either could name

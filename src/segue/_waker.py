@@ -44,6 +44,10 @@ class Waker(Service):
         # a BLPOP under way ends within its timeout, or at once with stop()'s wake token
         self.stop_wait = poll_seconds + 2
 
+    def add(self, keyspaces: Sequence[Keyspace]) -> None:
+        """Wait on these queues too (the new shards of a reshard)."""
+        self._keyspaces.extend(keyspaces)
+
     async def run(self) -> None:
         while not self._stopping:
             if not self._wanted():

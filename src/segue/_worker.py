@@ -36,12 +36,13 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference, by_reference
-from segue._options import limit_tables
+from segue._options import limit_tables, shard_limits
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
+from segue._shard_worker import Rotation, ShardGroup, ShardWatcher, shard_groups
 from segue._waker import Waker
 from segue._wire import (
     Cancelled,
@@ -118,6 +119,7 @@ class Worker:
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
         self._forwarder: Forwarder | None = None
+        self._rotation: Rotation | None = None  # the claim order over the queues' shards
 
     def __repr__(self) -> str:
         return (
@@ -163,11 +165,15 @@ class Worker:
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
-        keyspaces = [broker.keyspace(q) for q in self.queues]
+        # each queue is the group of its shards (one, unsharded): docs/sharding.md
+        groups = await shard_groups(broker, self.queues)
+        self._rotation = Rotation(groups)
+        keyspaces = [ks for g in groups for ks in g.spaces]
         try:
             for q in self.queues:
                 await broker.register_queue(q)
-            await self._publish_limits(broker, keyspaces)
+            for g in groups:
+                await self._publish_limits(broker, g, g.spaces)
         except ServerOutOfMemory as exc:
             # workers are what frees a full server: they must start all the same
             log.warning(
@@ -200,21 +206,46 @@ class Worker:
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
         tasks = self._registry.tasks
+        subscriber = ControlSubscriber(broker, keyspaces, controller, self.id)
+        waker = Waker(
+            broker,
+            keyspaces,
+            self._client.settings.poll_seconds,
+            lambda: not self._stopping and len(self._running) < self.concurrency,
+            self._changed.set,
+        )
+
+        async def resharded(group: ShardGroup, more: list[Keyspace]) -> None:
+            # a reshard's new shards: served like the others from now on
+            keyspaces.extend(more)
+            await self._publish_limits(broker, group, group.spaces)
+            waker.add(more)
+            await subscriber.add(more)
+            if self.reconciler is not None:
+                self.reconciler.add(more)
+            if self._forwarder is not None:
+                self._forwarder.add(more)
+            self._changed.set()
+
+        sharded = any(g.count.count > 1 or g.count.old for g in groups)
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller, self.id),
-            Waker(
-                broker,
-                keyspaces,
-                self._client.settings.poll_seconds,
-                lambda: not self._stopping and len(self._running) < self.concurrency,
-                self._changed.set,
-            ),
+            subscriber,
+            waker,
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
             None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
+            # an unsharded queue is watched too (it may be resharded while the worker runs),
+            # but a burst ends before that matters
+            None if burst else ShardWatcher(broker, groups, resharded),
         ]
+        if sharded:
+            log.info(
+                "worker %s serves shards: %s",
+                self.id,
+                ", ".join(f"{g.queue}={g.count.count}" for g in groups),
+            )
         log.info(
             "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
@@ -262,7 +293,8 @@ class Worker:
                 await self._forward(forwarder)
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
-            claim_from = keyspaces[0] if free > 0 else None
+            order = self._rotation.order() if self._rotation is not None else keyspaces
+            claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
             # finish need not wake other workers for it (the claim does, if more is left)
             calls = [
@@ -301,11 +333,14 @@ class Worker:
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
             self._check_finished(taken, replies[:n_finish])
             if claim_from is not None:
-                # later queues are served only with what the earlier ones left free
-                for ks in keyspaces[1:]:
+                # later queues are served only with what the earlier ones left free; a
+                # sharded queue's next round starts after the shard that filled them
+                last: Keyspace | None = claim_from
+                for ks in order[1:]:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
+                    last = ks
                     call = broker.claim_call(
                         ks, self.id, free, *self._tokens(ks), holds_last=self._holds_last()
                     )
@@ -317,6 +352,10 @@ class Worker:
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
                     backlog += b
+                else:
+                    last = None if self.concurrency > len(self._running) else last
+                if self._rotation is not None:
+                    self._rotation.stopped(last)
             if claimed and self.concurrency > len(self._running):
                 continue
             if self._outcomes:
@@ -350,11 +389,16 @@ class Worker:
             await self._server_down(exc)
             return 1
 
-    async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
-        """The claim script enforces the limits of the tasks this worker's code declares."""
+    async def _publish_limits(
+        self, broker: Broker, group: ShardGroup, keyspaces: list[Keyspace]
+    ) -> None:
+        """The claim script enforces the limits of the tasks this worker's code declares;
+        a sharded queue's shards each get their share of a task-wide limit."""
         t = limit_tables(task.opts for task in self._registry.tasks.values())
         for ks in keyspaces:
-            await broker.set_limits(ks, t.rates, t.concurrency, t.clear, t.keyed)
+            n = group.divisor(ks)
+            rates, conc = (t.rates, t.concurrency) if n == 1 else shard_limits(t, n)
+            await broker.set_limits(ks, rates, conc, t.clear, t.keyed)
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:

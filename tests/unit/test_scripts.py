@@ -55,6 +55,7 @@ def test_wrappers_send_as_many_keys_as_each_header_documents() -> None:
         "cron_skipped": _calls.cron_skipped(ks, "q:cron-s-1", "t", "{}"),
         "delete": _calls.delete(ks, "q:1"),
         "wf_index": _calls.wf_index(ks, "q:wf-1", "null"),
+        "shards": _calls.shards(ks, "create", 16),
         "cascade": _calls.cascade(ks, 10),
         "subtask": broker.subtask_call(
             ks, EnqueueSpec("q:1.1", "t", "[]", "normal", 0, 0, 1, 0, -1, "", 0, ""), "q:1", 1, "x"

@@ -1,0 +1,169 @@
+"""Sharded queues (docs/sharding.md): routing, claiming from every shard, pause across
+shards, workflows and sub-tasks kept in one shard, per-key uniqueness, resharding."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from segue import App, Context, TaskStatus
+from segue._keys import queue_of
+from segue._shards import logical_queue, shard_names, slot
+from tests._support import Engine
+from tests.integration.conftest import eventually, serving
+
+
+def _app(engine: Engine, queue: str) -> tuple[App, dict[str, Any]]:
+    app = App("shards", redis_url=engine.url, queue=queue, poll_seconds=0.2)
+    ran: Counter[str] = Counter()
+
+    @app.task
+    async def job(ctx: Context, n: int) -> int:
+        ran[ctx.task_id] += 1
+        return n
+
+    @app.task(unique=lambda n: str(n % 3))
+    async def one_per(ctx: Context, n: int) -> int:
+        ran[ctx.task_id] += 1
+        await asyncio.sleep(0.5)
+        return n
+
+    @app.task
+    async def parent(ctx: Context, k: int) -> list[str]:
+        handles = [await ctx.enqueue(job.call(i)) for i in range(k)]
+        return [h.id for h in handles]
+
+    return app, {"job": job, "one_per": one_per, "parent": parent, "ran": ran}
+
+
+def test_shard_tags_spread_evenly_over_the_slot_space() -> None:
+    for n in (2, 3, 16, 100):
+        names = shard_names("events", n)
+        assert len(set(names)) == n
+        # shard i hashes into the i-th n-th of the slots: one shard per window
+        assert [slot(s) * n // 16384 for s in names] == list(range(n))
+        assert {logical_queue(s) for s in names} == {"events"}
+    assert set(shard_names("events", 16)).isdisjoint(shard_names("events", 32))
+
+
+async def test_a_sharded_queue_on_one_server(segue_valkey: Engine, queue_name: str) -> None:
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        assert await app.queue(queue_name, shards=4).create() == 4
+        handles = [await t["job"].enqueue(i) for i in range(40)]
+        shards = Counter(queue_of(h.id) for h in handles)
+        # round-robin: every shard gets its share, the base none
+        assert set(shards) == set(shard_names(queue_name, 4))
+        assert set(shards.values()) == {10}
+        many = await app.enqueue_many([t["job"].call(i) for i in range(8)])
+        assert len({queue_of(h.id) for h in many}) == 4
+        # an idempotency key routes by the key: the same key finds the same task
+        a = await t["job"].options(key="k1").enqueue(1)
+        b = await t["job"].options(key="k1").enqueue(1)
+        assert a.id == b.id
+        assert (await app.queue(queue_name).counts())["queued"] == 49
+        async with serving(app):
+            assert [await h.result(timeout=10) for h in handles] == list(range(40))
+            assert await a.result(timeout=10) == 1
+        assert set(t["ran"].values()) == {1} and len(t["ran"]) == 49
+        counts = await app.queue(queue_name).counts()
+        assert counts["succeeded"] == 49 and counts["queued"] == 0
+        per_shard = await app.queue(queue_name).shard_counts()
+        assert sum(c["succeeded"] for c in per_shard.values()) == 49
+        assert await app.queues() == sorted({*await app.queues()}) and queue_name in (
+            await app.queues()
+        )
+
+
+async def test_a_later_declaration_that_disagrees_is_warned_about_and_the_server_wins(
+    segue_valkey: Engine, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = _app(segue_valkey, queue_name)
+    second, t = _app(segue_valkey, queue_name)
+    async with first, second:
+        assert await first.queue(queue_name, shards=4).create() == 4
+        second.queue(queue_name, shards=8)  # declared in code, met at the first enqueue
+        with caplog.at_level(logging.WARNING, logger="segue.shards"):
+            h = await t["job"].enqueue(1)
+        assert queue_of(h.id) in shard_names(queue_name, 4)
+        assert "server holds 4 shards" in caplog.text
+
+
+async def test_pause_and_resume_hold_across_shards(segue_valkey: Engine, queue_name: str) -> None:
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        q = app.queue(queue_name, shards=4)
+        await q.create()
+        await q.pause()
+        assert await q.is_paused()
+        handles = [await t["job"].enqueue(i) for i in range(8)]
+        async with serving(app) as worker:
+            await asyncio.sleep(0.6)  # several claim rounds over every shard
+            assert worker.finished == 0
+            assert {await h.status() for h in handles} == {TaskStatus.QUEUED}
+            await q.resume()
+            assert [await h.result(timeout=10) for h in handles] == list(range(8))
+
+
+async def test_workflows_and_sub_tasks_stay_in_their_shard(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    app, t = _app(segue_valkey, queue_name)
+    job, parent = t["job"], t["parent"]
+    async with app:
+        await app.queue(queue_name, shards=8).create()
+        wf = await (job.call(1) | job.call() | job.call()).enqueue()
+        p = await parent.enqueue(5)
+        async with serving(app):
+            assert await wf.result(timeout=10) == 1
+            children = await p.result(timeout=10)
+        shard = queue_of(wf.id)
+        assert shard in shard_names(queue_name, 8)
+        steps = [i for i in t["ran"] if i.startswith(wf.id)]
+        assert len(steps) == 3 and {queue_of(i) for i in steps} == {shard}
+        assert {queue_of(c) for c in children} == {queue_of(p.id)}
+
+
+async def test_unique_tasks_of_one_key_share_a_shard(segue_valkey: Engine, queue_name: str) -> None:
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        await app.queue(queue_name, shards=8).create()
+        handles = [await t["one_per"].enqueue(n) for n in range(12)]
+        by_key: dict[int, set[str]] = {}
+        for n, h in enumerate(handles):
+            by_key.setdefault(n % 3, set()).add(queue_of(h.id))
+        assert all(len(s) == 1 for s in by_key.values())
+        # one live task per key: the later enqueues got the first one's handle
+        assert len({h.id for h in handles}) == 3
+
+
+async def test_reshard_mid_drain_loses_nothing_and_never_splits_a_key(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    app, t = _app(segue_valkey, queue_name)
+    job = t["job"]
+    async with app:
+        q = app.queue(queue_name, shards=4)
+        await q.create()
+        first = [await job.enqueue(i) for i in range(40)]
+        keyed_before = [await job.options(key=f"k{i}").enqueue(i) for i in range(8)]
+        async with serving(app, concurrency=2):
+            assert await q.reshard(8) == 8
+            broker = await app._client.broker()
+            await broker.shards.read(queue_name)
+            later = [await job.enqueue(i) for i in range(40)]
+            # new enqueues use the new count
+            assert {queue_of(h.id) for h in later} == set(shard_names(queue_name, 8))
+            # keyed ones keep the old routing while the old shards drain
+            keyed_during = [await job.options(key=f"k{i}").enqueue(i) for i in range(8)]
+            assert [queue_of(h.id) for h in keyed_during] == [
+                queue_of(h.id) for h in keyed_before
+            ]
+            for h in [*first, *later, *keyed_before]:
+                await h.result(timeout=30)
+        assert set(t["ran"].values()) == {1}
+        assert len(t["ran"]) == 88
