@@ -8,7 +8,7 @@ from segue import _ops_actions
 from segue._errors import ConfigurationError
 from segue._keys import queue_of
 from segue._options import check_limit_key
-from segue._shards import check_shards
+from segue._shards import check_shards, shard_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -63,6 +63,10 @@ class Queue:
         """Make `shards` the count new enqueues use; tasks stay where they are and the old
         shards drain ([Resharding](sharding.md#resharding)). Returns the new count."""
         broker = await self._client.broker()
+        if await broker.reads.queue_paused(broker.keyspace(self.name)):
+            # the new shards start paused with the rest: the pause holds across the reshard
+            for name in shard_names(self.name, check_shards(shards)):
+                await broker.set_queue_paused(broker.keyspace(name), True)
         sc = await broker.shards.reshard(self.name, shards)
         return sc.count
 

@@ -14,10 +14,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from segue import _calls, _clock
-from segue._shards import Router, ShardCount, check_shards, shard_names
+from segue._shards import Router, ShardCount, check_shards
 
 if TYPE_CHECKING:
-    from segue._broker import Broker
+    from segue._transport import Transport
 
 log = logging.getLogger("segue.shards")
 
@@ -32,7 +32,7 @@ class ReshardRefused(Exception):
 class ShardMap:
     """Counts by queue, read from the server and kept `REFRESH_SECONDS`."""
 
-    def __init__(self, broker: Broker, declared: dict[str, int]) -> None:
+    def __init__(self, broker: Transport, declared: dict[str, int]) -> None:
         self._broker = broker
         self.declared = declared  # the Client's: app.queue(name, shards=N) calls
         self._known: dict[str, tuple[ShardCount, float]] = {}
@@ -78,12 +78,6 @@ class ShardMap:
         """Make `count` the queue's count; the old count's shards drain (docs/sharding.md)."""
         check_shards(count)
         before, _ = await self._call(queue, "read")
-        ks = self._broker.keyspace
-        paused = await self._broker.reads.queue_paused(ks(queue))
-        if paused and count > 1:
-            # the new shards start paused with the rest: the pause holds across the reshard
-            for name in shard_names(queue, count):
-                await self._broker.set_queue_paused(ks(name), True)
         sc, done = await self._call(queue, "reshard", count)
         if done < 0:
             raise ReshardRefused(

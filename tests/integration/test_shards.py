@@ -14,7 +14,7 @@ from segue import App, Context, TaskStatus
 from segue._keys import queue_of
 from segue._shards import logical_queue, shard_names, slot
 from tests._support import Engine
-from tests.integration.conftest import eventually, serving
+from tests.integration.conftest import serving
 
 
 def _app(engine: Engine, queue: str) -> tuple[App, dict[str, Any]]:
@@ -160,9 +160,7 @@ async def test_reshard_mid_drain_loses_nothing_and_never_splits_a_key(
             assert {queue_of(h.id) for h in later} == set(shard_names(queue_name, 8))
             # keyed ones keep the old routing while the old shards drain
             keyed_during = [await job.options(key=f"k{i}").enqueue(i) for i in range(8)]
-            assert [queue_of(h.id) for h in keyed_during] == [
-                queue_of(h.id) for h in keyed_before
-            ]
+            assert [queue_of(h.id) for h in keyed_during] == [queue_of(h.id) for h in keyed_before]
             for h in [*first, *later, *keyed_before]:
                 await h.result(timeout=30)
         assert set(t["ran"].values()) == {1}
