@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from segue._context import Context
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
+    from segue._keys import Keyspace
     from segue._lifespan import Resource
     from segue._options import (
         Backoff,
@@ -380,12 +381,28 @@ class App:
         offset: int = 0,
         limit: int = 100,
     ) -> list[TaskInfo]:
-        """Tasks of one queue in one status, paged (`offset`, `limit`)."""
+        """Tasks of one queue in one status, paged (`offset`, `limit`); a sharded queue's
+        shard after shard."""
         st = TaskStatus(status)
         reads = await self._client.reads()
-        ks = reads.keyspace(queue or self.settings.queue)
+        name = queue or self.settings.queue
+        sc = await (await self._client.broker()).shards.read(name)
+        spaces = [reads.keyspace(shard) for shard in sc.serving(name)]
+        found: list[tuple[Keyspace, str]] = []
+        if len(spaces) == 1:  # only the page is read, however long the lists
+            found = [
+                (spaces[0], i) for i in await reads.list_ids(spaces[0], st.value, offset, limit)
+            ]
+        else:
+            for ks in spaces:
+                # ids only, at most offset + limit in all: the page is cut from them
+                want = offset + limit - len(found)
+                if want <= 0:
+                    break
+                found += [(ks, i) for i in await reads.list_ids(ks, st.value, 0, want)]
+            found = found[offset : offset + limit]
         infos: list[TaskInfo] = []
-        for task_id in await reads.list_ids(ks, st.value, offset, limit):
+        for ks, task_id in found:
             rec = await reads.task_record(ks, task_id)
             if rec:
                 info = parse_info(task_id, rec, self._registry.tasks)

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from segue import _calls, _clock
+from segue._errors import SegueError
 from segue._shards import Router, ShardCount, check_shards
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ REFRESH_SECONDS = 5.0
 UNSHARDED = ShardCount()
 
 
-class ReshardRefused(Exception):
+class ReshardRefused(SegueError):
     """A reshard asked for while the previous one's old shards still drain."""
 
 

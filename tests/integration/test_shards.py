@@ -4,6 +4,7 @@ shards, workflows and sub-tasks kept in one shard, per-key uniqueness, reshardin
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from typing import Any
@@ -15,6 +16,7 @@ from segue._keys import queue_of
 from segue._shards import logical_queue, shard_names, slot
 from tests._support import Engine
 from tests.integration.conftest import serving
+from tests.integration.test_cli_polish import segue
 
 
 def _app(engine: Engine, queue: str) -> tuple[App, dict[str, Any]]:
@@ -165,3 +167,33 @@ async def test_reshard_mid_drain_loses_nothing_and_never_splits_a_key(
                 await h.result(timeout=30)
         assert set(t["ran"].values()) == {1}
         assert len(t["ran"]) == 88
+
+
+@pytest.mark.slow
+async def test_the_cli_creates_and_reshards_a_queue_and_lists_it_whole(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    url = segue_valkey.url
+    made = segue("queue", "create", queue_name, "--shards", "4", "--url", url)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == f"queue {queue_name}: 4 shard(s)"
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        for i in range(8):
+            await t["job"].enqueue(i)
+        # listing pages through the shards: the queue's 8 tasks, 3 at a time
+        pages = [await app.tasks("queued", queue=queue_name, offset=o, limit=3) for o in (0, 3, 6)]
+        assert [len(p) for p in pages] == [3, 3, 2]
+        assert len({i.id for p in pages for i in p}) == 8
+    shown = segue("queues", "--url", url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [q for q in json.loads(shown.stdout) if q["queue"].startswith(queue_name)] == [
+        {"queue": queue_name, "paused": False}
+    ]
+    resharded = segue("queue", "reshard", queue_name, "8", "--url", url)
+    assert resharded.returncode == 0, resharded.stderr
+    assert f"queue {queue_name}: resharded to 8 shard(s)" in resharded.stdout
+    # the 4 shards still hold their 8 tasks: a second reshard waits for them to drain
+    refused = segue("queue", "reshard", queue_name, "16", "--url", url)
+    assert refused.returncode == 1
+    assert "still draining" in refused.stderr
