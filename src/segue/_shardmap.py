@@ -45,6 +45,11 @@ class ShardMap:
         got = self._known.get(queue)
         return got[0] if got is not None else None
 
+    def cached_serving(self, queue: str) -> tuple[str, ...]:
+        """The shards a worker of `queue` serves, by the count last read (the queue alone
+        before any read)."""
+        return (self.cached(queue) or UNSHARDED).serving(queue)
+
     async def get(self, queue: str) -> ShardCount:
         """The count, read again when the last read is older than REFRESH_SECONDS."""
         got = self._known.get(queue)

@@ -197,3 +197,22 @@ async def test_the_cli_creates_and_reshards_a_queue_and_lists_it_whole(
     refused = segue("queue", "reshard", queue_name, "16", "--url", url)
     assert refused.returncode == 1
     assert "still draining" in refused.stderr
+
+
+async def test_metrics_add_up_the_shards_and_show_each(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    from segue.dashboard._metrics import render
+
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        await app.queue(queue_name, shards=4).create()
+        for i in range(6):
+            await t["job"].enqueue(i)
+        text = (await render(app._client)).decode()
+    lines = text.splitlines()
+    assert f'segue_queue_tasks{{queue="{queue_name}",status="queued"}} 6.0' in lines
+    assert f'segue_queue_ready{{queue="{queue_name}"}} 6.0' in lines
+    per_shard = [ln for ln in lines if ln.startswith(f'segue_shard_ready{{queue="{queue_name}"')]
+    assert len(per_shard) == 5  # the base and the 4 shards
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in per_shard) == 6

@@ -482,7 +482,12 @@ class Views:
             queue=queue,
             tasks=infos[: self.page_size],
             has_next=len(infos) > self.page_size,
-            total=await reads.dead_count(reads.keyspace(queue)),
+            total=sum(
+                [
+                    await reads.dead_count(reads.keyspace(name))
+                    for name in (await self.client.broker()).shards.cached_serving(queue)
+                ]
+            ),
             offset=offset,
             limit=self.page_size,
         )
