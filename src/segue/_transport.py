@@ -513,19 +513,30 @@ class Transport:
             self._blocking = make_async_client(self.url, cluster=self.cluster)
         return self._blocking
 
-    async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
-        """Block until an enqueue or a finished task signals work, or `timeout` passes."""
+    async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> Keyspace | None:
+        """Block until an enqueue or a finished task signals work, or `timeout` passes; the
+        queue whose token arrived (None: the time passed)."""
         blocking = self.blocking_client()
         timeout = max(0.01, timeout)
         async with self.errors():
             if not self.cluster or len(keyspaces) == 1:
-                await blocking.blpop([ks.wake for ks in keyspaces], timeout=timeout)
-            else:
-                # wake keys of several queues live in different slots: share the wait
-                share = max(0.01, timeout / len(keyspaces))
-                for ks in keyspaces:
-                    if await blocking.blpop([ks.wake], timeout=share):
-                        return
+                got = await blocking.blpop([ks.wake for ks in keyspaces], timeout=timeout)
+                if not got:
+                    return None
+                key = got[0].decode() if isinstance(got[0], bytes) else got[0]
+                return next((ks for ks in keyspaces if ks.wake == key), None)
+            # wake keys of several queues live in different slots: share the wait
+            share = max(0.01, timeout / len(keyspaces))
+            for ks in keyspaces:
+                if await blocking.blpop([ks.wake], timeout=share):
+                    return ks
+            return None
+
+    async def wait_on(self, ks: Keyspace, timeout: float) -> bool:
+        """Block until a wake token of one queue arrives (True) or `timeout` passes: one of
+        several waits run side by side, on a cluster's queues of different slots."""
+        async with self.errors():
+            return bool(await self.blocking_client().blpop([ks.wake], timeout=max(0.01, timeout)))
 
     async def nudge(self, keyspaces: Sequence[Keyspace]) -> None:
         """Put a wake token on each queue so that a blocked wait returns now."""

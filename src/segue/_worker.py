@@ -120,6 +120,10 @@ class Worker:
         # moves the queues' outbox entries to other queues (_forward.py)
         self._forwarder: Forwarder | None = None
         self._rotation: Rotation | None = None  # the claim order over the queues' shards
+        # the shards of sharded queues, and until when each found nothing to claim is left
+        # out of the claim rounds (a wake token on it, or poll_seconds, brings it back)
+        self._sharded: set[Keyspace] = set()
+        self._idle_until: dict[Keyspace, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -169,6 +173,7 @@ class Worker:
         groups = await shard_groups(broker, self.queues)
         self._rotation = Rotation(groups)
         keyspaces = [ks for g in groups for ks in g.spaces]
+        self._sharded = {ks for g in groups if len(g.spaces) > 1 for ks in g.spaces}
         try:
             for q in self.queues:
                 await broker.register_queue(q)
@@ -213,11 +218,13 @@ class Worker:
             self._client.settings.poll_seconds,
             lambda: not self._stopping and len(self._running) < self.concurrency,
             self._changed.set,
+            lambda ks: self._idle_until.pop(ks, None),
         )
 
         async def resharded(group: ShardGroup, more: list[Keyspace]) -> None:
             # a reshard's new shards: served like the others from now on
             keyspaces.extend(more)
+            self._sharded.update(group.spaces)
             await self._publish_limits(broker, group, group.spaces)
             waker.add(more)
             await subscriber.add(more)
@@ -294,6 +301,9 @@ class Worker:
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
             order = self._rotation.order() if self._rotation is not None else keyspaces
+            if self._idle_until and not burst:
+                now = _clock.monotonic()
+                order = [ks for ks in order if self._idle_until.get(ks, 0.0) <= now] or order[:1]
             claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
             # finish need not wake other workers for it (the claim does, if more is left)
@@ -455,6 +465,16 @@ class Worker:
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
         jobs = reply.runs
+        if ks in self._sharded:
+            if jobs:
+                self._idle_until.pop(ks, None)
+            else:
+                # nothing to claim: left out of the rounds until its wake token, or its
+                # next due task, or poll_seconds (what a rate limit's refill waits for)
+                rest = self._client.settings.poll_seconds
+                if next_due >= 0:
+                    rest = min(rest, max(0.0, (next_due - reply.now_ms) / 1000))
+                self._idle_until[ks] = _clock.monotonic() + rest
         if jobs:
             faultpoint("after_claim")
             faultpoint("after_start_mark")

@@ -4,8 +4,10 @@ shards, workflows and sub-tasks kept in one shard, per-key uniqueness, reshardin
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,7 +17,7 @@ from segue import App, Context, TaskStatus
 from segue._keys import queue_of
 from segue._shards import logical_queue, shard_names, slot
 from tests._support import Engine
-from tests.integration.conftest import serving
+from tests.integration.conftest import eventually, serving
 from tests.integration.test_cli_polish import segue
 
 
@@ -216,3 +218,33 @@ async def test_metrics_add_up_the_shards_and_show_each(
     per_shard = [ln for ln in lines if ln.startswith(f'segue_shard_ready{{queue="{queue_name}"')]
     assert len(per_shard) == 5  # the base and the 4 shards
     assert sum(float(ln.rsplit(" ", 1)[1]) for ln in per_shard) == 6
+
+
+async def test_an_idle_cluster_worker_wakes_at_once_for_a_task_on_any_shard(
+    segue_cluster: Engine, queue_name: str
+) -> None:
+    # a poll far longer than the wait allowed: only the wake tokens can explain a start
+    app = App("shards", redis_url=segue_cluster.url, queue=queue_name, poll_seconds=10.0)
+    started: dict[str, float] = {}
+
+    @app.task
+    async def job(ctx: Context, n: int) -> int:
+        started[ctx.task_id] = time.monotonic()
+        return n
+
+    async with app:
+        await app.queue(queue_name, shards=8).create()
+        async with serving(app) as worker:
+            await worker.ready.wait()
+            took = []
+            for i in range(8):  # round-robin: one task on each shard in turn
+                await asyncio.sleep(0.1)  # the worker is idle, blocked in its waits
+                at = time.monotonic()
+                h = await job.enqueue(i)
+                await eventually(functools.partial(_is_in, h.id, started), timeout=5)
+                took.append(started[h.id] - at)
+        assert max(took) < 1.0, took
+
+
+async def _is_in(task_id: str, started: dict[str, float]) -> bool:
+    return task_id in started
