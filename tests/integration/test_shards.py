@@ -248,3 +248,40 @@ async def test_an_idle_cluster_worker_wakes_at_once_for_a_task_on_any_shard(
 
 async def _is_in(task_id: str, started: dict[str, float]) -> bool:
     return task_id in started
+
+
+async def test_a_task_wide_rate_limit_is_split_over_the_shards(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    app = App("shards", redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.2)
+    starts: list[float] = []
+    running = most = 0
+
+    @app.task(rate_limit="20/s")
+    async def call_api(i: int) -> int:
+        starts.append(time.monotonic())
+        return i
+
+    @app.task(concurrency=8)
+    async def fragile(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return i
+
+    async with app:
+        await app.queue(queue_name, shards=4).create()
+        limited = await app.enqueue_many([call_api.call(i) for i in range(40)])
+        capped = await app.enqueue_many([fragile.call(i) for i in range(40)])
+        async with serving(app, concurrency=20):
+            for h in [*limited, *capped]:
+                await h.result(timeout=20)
+    # each of the 4 shards starts 5/s (burst 1): 40 tasks spread evenly take about 2 s,
+    # not the half second four whole budgets would allow
+    assert starts[-1] - starts[0] >= 1.5
+    for i, t in enumerate(starts):
+        # over any second: the rate, plus each shard's burst and its early start
+        assert sum(1 for s in starts[i:] if s - t < 1.0) <= 20 + 4 * 2
+    assert most <= 8  # 2 per shard
