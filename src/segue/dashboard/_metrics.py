@@ -223,10 +223,7 @@ async def render(client: Client) -> bytes:
                 shard_ready.add_metric([name, shard], r.ready)
                 shard_oldest.add_metric([name, shard], r.oldest_age)
         families += [tasks, paused, dead, ready, oldest, started, retried, ended]
-        families += [key_waiting, key_running]
-        if any(snap.shards for snap in snapshots):  # only where a sharded queue exists
-            families += [shard_ready, shard_oldest]
-        families.append(omitted)
+        families += [key_waiting, key_running, shard_ready, shard_oldest, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)
