@@ -4,17 +4,20 @@ every task runs once, and the queue's keys live on every primary."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
-from segue import App
+from segue import App, TaskStatus
 from segue._keys import queue_of
 from segue._shards import shard_names
 from tests._support import Engine, ledger
-from tests._workers import Fleet
+from tests._workers import ROOT, Fleet
+from tests.apps import rolling
 from tests.apps import shards as shards_app
 
 pytestmark = pytest.mark.slow
@@ -88,3 +91,41 @@ async def test_a_16_shard_queue_on_the_cluster_runs_each_task_once(
     segue_cluster: Engine, segue_valkey: Engine, queue_name: str
 ) -> None:
     await drain_sharded_queue(segue_cluster, segue_valkey.admin_url, queue_name, 2000)
+
+
+async def test_an_old_worker_serves_the_base_only_and_leaves_the_shards_to_new_ones(
+    segue_valkey: Engine, queue_name: str, previous_release: Path
+) -> None:
+    """A worker of the previous release on a sharded queue (docs/sharding.md, "Rolling
+    deploys"): it knows no shard, serves the queue's base, and takes nothing from a shard."""
+    app = rolling.app  # this process imports the new code
+    saved = app.settings
+    app.settings = saved.replace(redis_url=segue_valkey.url, queue=queue_name, poll_seconds=0.1)
+    old_env = {
+        "ROLLING_CODE": "old",
+        "PYTHONPATH": os.pathsep.join([str(previous_release), str(ROOT)]),
+    }
+    try:
+        with Fleet(
+            "tests.apps.rolling:app", segue_valkey.url, queue_name, concurrency=2, lease=1.0
+        ) as fleet:
+            async with app:
+                # enqueued before the count exists: into the base, as an old producer would
+                in_base = await rolling.measure.enqueue("base")
+                await app.queue(queue_name, shards=4).create()
+                in_shards = [await rolling.measure.enqueue("x" * n) for n in range(8)]
+                assert {queue_of(h.id) for h in in_shards} == set(shard_names(queue_name, 4))
+                old = fleet.start(env=old_env)
+                assert await in_base.result(timeout=20) == 4
+                # the old worker keeps serving; the shards' tasks wait for a new one
+                await fleet.ready(old)
+                await asyncio.sleep(1.0)  # ten of the old worker's polls
+                assert {await h.status() for h in in_shards} == {TaskStatus.QUEUED}
+                new = fleet.start(env={"ROLLING_CODE": "new"})
+                assert [await h.result(timeout=20) for h in in_shards] == list(range(8))
+                infos = [await h.info() for h in in_shards]
+                base_info = await in_base.info()
+    finally:
+        app.settings = saved
+    assert base_info.worker_id.startswith(old.id_prefix)  # type: ignore[union-attr]
+    assert all(i.tries == 1 and i.worker_id.startswith(new.id_prefix) for i in infos)  # type: ignore[union-attr]
