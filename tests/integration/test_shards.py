@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from segue import App, Context, TaskStatus
+from segue import App, Context, QueueFull, TaskStatus
 from segue._keys import queue_of
 from segue._shards import logical_queue, shard_names, slot
 from tests._support import Engine
@@ -285,3 +285,20 @@ async def test_a_task_wide_rate_limit_is_split_over_the_shards(
         # over any second: the rate, plus each shard's burst and its early start
         assert sum(1 for s in starts[i:] if s - t < 1.0) <= 20 + 4 * 2
     assert most <= 8  # 2 per shard
+
+
+async def test_max_queue_length_holds_per_shard(segue_valkey: Engine, queue_name: str) -> None:
+    app = App("shards", redis_url=segue_valkey.url, queue=queue_name, max_queue_length=8)
+
+    @app.task
+    async def job(n: int) -> int:
+        return n
+
+    async with app:
+        await app.queue(queue_name, shards=4).create()
+        for i in range(8):  # round-robin: 2 in each shard, each shard's share of 8
+            await job.enqueue(i)
+        with pytest.raises(QueueFull) as refused:
+            await job.enqueue(8)
+        assert refused.value.limit == 2
+        assert (await app.queue(queue_name).counts())["queued"] == 8
