@@ -102,6 +102,7 @@ class Enqueuer:
         *,
         first_to_come: bool = False,
         step: bool = False,
+        route: bool = True,
     ) -> tuple[str, EnqueueSpec]:
         """The queue a call goes to, and the task enqueue.lua creates for it (`step`: a
         workflow step, which alone may have a compensation)."""
@@ -112,7 +113,7 @@ class Enqueuer:
                 "workflow fails); in a durable task, compensate in an except block"
             )
         d = task.opts
-        routed = queue is None
+        routed = queue is None and route
         if queue is None:
             queue = self.queue_for(sig)
         else:
