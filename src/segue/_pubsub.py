@@ -37,6 +37,14 @@ class Connections(Protocol):
 
 Handler = Callable[[bytes], None]
 
+# How long one read waits on one node of a cluster whose subscriptions span several nodes.
+# redis-py reads a cluster's nodes in turn, each for the whole timeout: with channels on
+# several nodes (a worker of queues, or of a sharded queue, spread over the primaries), a
+# message from a node not being read waits for the reads of the others. Short reads keep
+# that wait near this figure times the nodes (a pause or cancel must reach its run within
+# 100 ms), for ~50 reads a second; on one node a read waits for the message itself.
+CLUSTER_READ_SECONDS = 0.02
+
 
 class Subscriber:
     """Sharded pub/sub on one connection: handlers per channel, run on the event loop."""
@@ -66,8 +74,11 @@ class Subscriber:
                 await event.wait()
 
     def _get(self, timeout: float) -> Any:
-        get = self._pubsub.get_sharded_message if self._broker.cluster else self._pubsub.get_message
-        return get(timeout=timeout)
+        if self._broker.cluster:
+            if len(getattr(self._pubsub, "node_pubsub_mapping", (1, 2))) > 1:
+                timeout = min(timeout, CLUSTER_READ_SECONDS)
+            return self._pubsub.get_sharded_message(timeout=timeout)
+        return self._pubsub.get_message(timeout=timeout)
 
     async def read_confirmations(self, timeout: float = 2.0) -> None:
         """Read until the server confirmed every subscription (or `timeout` passed), for a

@@ -97,20 +97,29 @@ async def test_a_later_declaration_that_disagrees_is_warned_about_and_the_server
         assert "server holds 4 shards" in caplog.text
 
 
-async def test_pause_and_resume_hold_across_shards(segue_valkey: Engine, queue_name: str) -> None:
-    app, t = _app(segue_valkey, queue_name)
+@pytest.fixture(params=["segue_valkey", "segue_cluster"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """A single server and the cluster."""
+    found: Engine = request.getfixturevalue(request.param)
+    return found
+
+
+async def test_pause_and_resume_hold_across_shards(engine: Engine, queue_name: str) -> None:
+    app, t = _app(engine, queue_name)
     async with app:
-        q = app.queue(queue_name, shards=4)
+        q = app.queue(queue_name, shards=16)
         await q.create()
         await q.pause()
         assert await q.is_paused()
-        handles = [await t["job"].enqueue(i) for i in range(8)]
+        handles = [await t["job"].enqueue(i) for i in range(32)]
+        assert len({queue_of(h.id) for h in handles}) == 16
         async with serving(app) as worker:
-            await asyncio.sleep(0.6)  # several claim rounds over every shard
+            # nothing to wait for but time: several claim rounds over every shard
+            await asyncio.sleep(0.6)
             assert worker.finished == 0
             assert {await h.status() for h in handles} == {TaskStatus.QUEUED}
             await q.resume()
-            assert [await h.result(timeout=10) for h in handles] == list(range(8))
+            assert [await h.result(timeout=10) for h in handles] == list(range(32))
 
 
 async def test_workflows_and_sub_tasks_stay_in_their_shard(
