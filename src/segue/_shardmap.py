@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from segue import _calls, _clock
-from segue._errors import SegueError
+from segue._errors import SegueError, ServerOutOfMemory
 from segue._shards import Router, ShardCount, check_shards
 
 if TYPE_CHECKING:
@@ -59,9 +59,15 @@ class ShardMap:
 
     async def read(self, queue: str) -> ShardCount:
         want = self.declared.get(queue)
+        sc: ShardCount | None = None
         if want is not None and want > 1:
-            sc, _ = await self._call(queue, "create", want)
-        else:
+            try:
+                sc, _ = await self._call(queue, "create", want)
+            except ServerOutOfMemory:
+                # a full server refuses the write, not the read: workers must start all the
+                # same (they are what frees it), and enqueues fail on their own writes
+                log.warning("queue %s: the server is full; its declared count is not stored", queue)
+        if sc is None:
             sc, _ = await self._call(queue, "read")
         if want is not None and want != sc.count and queue not in self._warned:
             self._warned.add(queue)
