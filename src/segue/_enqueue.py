@@ -28,7 +28,7 @@ from segue._offload import offload_specs
 from segue._ops_actions import index_workflow
 from segue._options import check_key, lane_of, seconds
 from segue._send import from_worker
-from segue._shards import logical_queue
+from segue._shards import logical_queue, routing_key
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import (
     MAX_SHAPE_STEPS,
@@ -204,20 +204,10 @@ class Enqueuer:
         (its base, which its workers serve too)."""
         broker = self._broker
         sc = broker.shards.cached(queue) if broker is not None else None
-        if sc is None or (sc.count == 1 and not sc.old):
+        if sc is None or broker is None or (sc.count == 1 and not sc.old):
             return queue
-        # a limit key first: it is the coarsest (tasks of one unique or idempotency key
-        # share their limit key), so routing by it keeps all of them exact
-        if lane:
-            key = "l:" + lane
-        elif key is not None:
-            key = "k:" + key
-        elif unique:
-            key = "u:" + unique
-        elif "debounce" in sig.opts:
-            key = "d:" + str(sig.opts.get("debounce_key", sig.task.name))
-        assert broker is not None
-        return broker.shards.router.pick(queue, sc, key)
+        debounce = sig.opts.get("debounce_key", sig.task.name) if "debounce" in sig.opts else None
+        return broker.shards.router.pick(queue, sc, routing_key(lane, key, unique, debounce))
 
     @staticmethod
     def _unique_key(sig: Signature[Any]) -> str:

@@ -59,17 +59,27 @@ async def shard_groups(broker: Broker, queues: list[str]) -> list[ShardGroup]:
     return groups
 
 
-class Rotation:
-    """The claim order over a worker's groups."""
+class ClaimOrder:
+    """The order a worker's claim rounds go through its groups' shards.
 
-    def __init__(self, groups: list[ShardGroup]) -> None:
+    A rotation per group, and the shards of sharded queues that found nothing to claim,
+    left out of the rounds until a wake token on them, their next due task or
+    `poll_seconds` (what a rate limit's refill waits for), so idle shards cost nothing."""
+
+    def __init__(self, groups: list[ShardGroup], poll_seconds: float) -> None:
         self.groups = groups
+        self._poll = poll_seconds
+        self._sharded = {ks for g in groups if len(g.spaces) > 1 for ks in g.spaces}
+        self._idle_until: dict[Keyspace, float] = {}
 
-    def order(self) -> list[Keyspace]:
+    def order(self, *, skip_idle: bool) -> list[Keyspace]:
         out: list[Keyspace] = []
         for g in self.groups:
             s = g.start % len(g.spaces)
             out += g.spaces[s:] + g.spaces[:s]
+        if skip_idle and self._idle_until:
+            now = _clock.monotonic()
+            out = [ks for ks in out if self._idle_until.get(ks, 0.0) <= now] or out[:1]
         return out
 
     def stopped(self, last: Keyspace | None) -> None:
@@ -79,6 +89,28 @@ class Rotation:
                 g.start = g.spaces.index(last) + 1
             elif len(g.spaces) > 1:
                 g.start += 1
+
+    def claimed(self, ks: Keyspace, runs: int, next_due_ms: int, now_ms: int) -> None:
+        """A claim from `ks` leased `runs` tasks; the next one of it is due at
+        `next_due_ms` (-1: none)."""
+        if ks not in self._sharded:
+            return
+        if runs:
+            self._idle_until.pop(ks, None)
+            return
+        rest = self._poll
+        if next_due_ms >= 0:
+            rest = min(rest, max(0.0, (next_due_ms - now_ms) / 1000))
+        self._idle_until[ks] = _clock.monotonic() + rest
+
+    def woken(self, ks: Keyspace) -> None:
+        """A wake token arrived on `ks`: back in the rounds."""
+        self._idle_until.pop(ks, None)
+
+    def added(self, group: ShardGroup) -> None:
+        """The group gained shards (a reshard)."""
+        if len(group.spaces) > 1:
+            self._sharded.update(group.spaces)
 
 
 class ShardWatcher(Service):

@@ -91,6 +91,21 @@ class ShardCount:
         return tuple(dict.fromkeys(names))
 
 
+def routing_key(lane: str, key: str | None, unique: str, debounce: object) -> str | None:
+    """The key a task is routed by (None: round-robin). A limit key first: it is the
+    coarsest (tasks of one unique or idempotency key share their limit key), so routing by
+    it keeps all of them exact; then the idempotency key, the unique key, the debounce key."""
+    if lane:
+        return "l:" + lane
+    if key is not None:
+        return "k:" + key
+    if unique:
+        return "u:" + unique
+    if debounce is not None:
+        return f"d:{debounce}"
+    return None
+
+
 class Router:
     """Picks a task's shard: by its routing key when it has one (the same key, the same
     shard, for as long as the count a keyed enqueue uses stays), else round-robin from a

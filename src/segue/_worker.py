@@ -42,7 +42,7 @@ from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
-from segue._shard_worker import Rotation, ShardGroup, ShardWatcher, shard_groups
+from segue._shard_worker import ClaimOrder, ShardGroup, ShardWatcher, shard_groups
 from segue._waker import Waker
 from segue._wire import (
     Cancelled,
@@ -119,11 +119,7 @@ class Worker:
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
         self._forwarder: Forwarder | None = None
-        self._rotation: Rotation | None = None  # the claim order over the queues' shards
-        # the shards of sharded queues, and until when each found nothing to claim is left
-        # out of the claim rounds (a wake token on it, or poll_seconds, brings it back)
-        self._sharded: set[Keyspace] = set()
-        self._idle_until: dict[Keyspace, float] = {}
+        self._order: ClaimOrder | None = None  # the claim order over the queues' shards
 
     def __repr__(self) -> str:
         return (
@@ -171,9 +167,8 @@ class Worker:
         broker = await self._connect()
         # each queue is the group of its shards (one, unsharded): docs/sharding.md
         groups = await shard_groups(broker, self.queues)
-        self._rotation = Rotation(groups)
+        self._order = order = ClaimOrder(groups, self._client.settings.poll_seconds)
         keyspaces = [ks for g in groups for ks in g.spaces]
-        self._sharded = {ks for g in groups if len(g.spaces) > 1 for ks in g.spaces}
         try:
             for q in self.queues:
                 await broker.register_queue(q)
@@ -218,13 +213,13 @@ class Worker:
             self._client.settings.poll_seconds,
             lambda: not self._stopping and len(self._running) < self.concurrency,
             self._changed.set,
-            lambda ks: self._idle_until.pop(ks, None),
+            order.woken,
         )
 
         async def resharded(group: ShardGroup, more: list[Keyspace]) -> None:
             # a reshard's new shards: served like the others from now on
             keyspaces.extend(more)
-            self._sharded.update(group.spaces)
+            order.added(group)
             await self._publish_limits(broker, group, group.spaces)
             waker.add(more)
             await subscriber.add(more)
@@ -234,7 +229,6 @@ class Worker:
                 self._forwarder.add(more)
             self._changed.set()
 
-        sharded = any(g.count.count > 1 or g.count.old for g in groups)
         services: list[Service | None] = [
             self._lease,
             subscriber,
@@ -247,14 +241,12 @@ class Worker:
             # but a burst ends before that matters
             None if burst else ShardWatcher(broker, groups, resharded),
         ]
-        if sharded:
-            log.info(
-                "worker %s serves shards: %s",
-                self.id,
-                ", ".join(f"{g.queue}={g.count.count}" for g in groups),
-            )
         log.info(
-            "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
+            "worker %s started queues=%s concurrency=%d%s",
+            self.id,
+            self.queues,
+            self.concurrency,
+            "".join(f" {g.queue}:shards={g.count.count}" for g in groups if len(g.spaces) > 1),
         )
         try:
             # stopped in the reverse order: the claim loop first, the lease thread last
@@ -300,10 +292,7 @@ class Worker:
                 await self._forward(forwarder)
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
-            order = self._rotation.order() if self._rotation is not None else keyspaces
-            if self._idle_until and not burst:
-                now = _clock.monotonic()
-                order = [ks for ks in order if self._idle_until.get(ks, 0.0) <= now] or order[:1]
+            order = self._order.order(skip_idle=not burst) if self._order else keyspaces
             claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
             # finish need not wake other workers for it (the claim does, if more is left)
@@ -364,8 +353,8 @@ class Worker:
                     backlog += b
                 else:
                     last = None if self.concurrency > len(self._running) else last
-                if self._rotation is not None:
-                    self._rotation.stopped(last)
+                if self._order is not None:
+                    self._order.stopped(last)
             if claimed and self.concurrency > len(self._running):
                 continue
             if self._outcomes:
@@ -465,16 +454,8 @@ class Worker:
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
         jobs = reply.runs
-        if ks in self._sharded:
-            if jobs:
-                self._idle_until.pop(ks, None)
-            else:
-                # nothing to claim: left out of the rounds until its wake token, or its
-                # next due task, or poll_seconds (what a rate limit's refill waits for)
-                rest = self._client.settings.poll_seconds
-                if next_due >= 0:
-                    rest = min(rest, max(0.0, (next_due - reply.now_ms) / 1000))
-                self._idle_until[ks] = _clock.monotonic() + rest
+        if self._order is not None:
+            self._order.claimed(ks, len(jobs), next_due, reply.now_ms)
         if jobs:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
