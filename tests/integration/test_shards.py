@@ -311,3 +311,23 @@ async def test_max_queue_length_holds_per_shard(segue_valkey: Engine, queue_name
             await job.enqueue(8)
         assert refused.value.limit == 2
         assert (await app.queue(queue_name).counts())["queued"] == 8
+
+
+async def test_the_dashboard_lists_ended_tasks_of_every_shard_newest_first(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    from segue.dashboard._ops_lists import ended_newest
+
+    app, t = _app(segue_valkey, queue_name)
+    async with app:
+        await app.queue(queue_name, shards=4).create()
+        handles = [await t["job"].enqueue(i) for i in range(8)]
+        async with serving(app):
+            for h in handles:
+                await h.result(timeout=10)
+        page = await ended_newest(app._client, TaskStatus.SUCCEEDED, queue_name, 0, 5)
+        rest = await ended_newest(app._client, TaskStatus.SUCCEEDED, queue_name, 5, 5)
+    got = [i.id for i in [*page, *rest]]
+    assert len(got) == 8 and set(got) == {h.id for h in handles}
+    ended = [i.ended_at for i in [*page, *rest]]
+    assert ended == sorted(ended, reverse=True)  # type: ignore[type-var]
