@@ -331,3 +331,36 @@ async def test_the_dashboard_lists_ended_tasks_of_every_shard_newest_first(
     assert len(got) == 8 and set(got) == {h.id for h in handles}
     ended = [i.ended_at for i in [*page, *rest]]
     assert ended == sorted(ended, reverse=True)  # type: ignore[type-var]
+
+
+async def test_once_the_old_shards_drained_keyed_enqueues_route_by_the_new_count(
+    segue_valkey: Engine, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segue import _shard_worker
+
+    monkeypatch.setattr(_shard_worker, "DRAIN_GRACE_SECONDS", 0.0)
+    app, t = _app(segue_valkey, queue_name)
+    job = t["job"]
+    async with app:
+        q = app.queue(queue_name, shards=2)
+        await q.create()
+        before = [await job.options(key=f"k{i}").enqueue(i) for i in range(8)]
+        await q.reshard(4)
+        broker = await app._client.broker()
+        groups = await _shard_worker.shard_groups(broker, [queue_name])
+        watcher = _shard_worker.ShardWatcher(broker, groups, _nothing)
+        await watcher.check(groups[0])  # old shards hold tasks: nothing changes
+        assert (await broker.shards.read(queue_name)).old == 2
+        async with serving(app):
+            for h in before:
+                await h.result(timeout=10)
+        await watcher.check(groups[0])  # empty since now
+        await watcher.check(groups[0])  # and still, past the grace: the old count goes
+        assert (await broker.shards.read(queue_name)).old == 0
+        after = [await job.options(key=f"n{i}").enqueue(i) for i in range(16)]
+    assert {queue_of(h.id) for h in after} <= set(shard_names(queue_name, 4))
+    assert len({queue_of(h.id) for h in after}) > 2
+
+
+async def _nothing(group: Any, more: Any) -> None:
+    del group, more
