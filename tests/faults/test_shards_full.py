@@ -9,7 +9,7 @@ import pytest
 from tests._support import Engine
 from tests.integration.test_shards_processes import drain_sharded_queue
 
-pytestmark = [pytest.mark.full_only, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.full_only, pytest.mark.slow]
 
 
 async def test_20000_tasks_on_a_16_shard_queue_each_run_once(
