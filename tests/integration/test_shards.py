@@ -364,3 +364,29 @@ async def test_once_the_old_shards_drained_keyed_enqueues_route_by_the_new_count
 
 async def _nothing(group: Any, more: Any) -> None:
     del group, more
+
+
+async def test_the_dashboard_lists_the_workflows_of_every_shard(
+    segue_valkey: Engine, queue_name: str
+) -> None:
+    from segue.dashboard._ops_lists import workflow_rows
+    from segue.dashboard._ops_views import _workflow_ids
+
+    app, t = _app(segue_valkey, queue_name)
+    job = t["job"]
+    async with app:
+        await app.queue(queue_name, shards=4).create()
+        flows = [await (job.call(i) | job.call()).enqueue() for i in range(6)]
+        assert len({queue_of(wf.id) for wf in flows}) == 4
+        async with serving(app):
+            for wf in flows:
+                await wf.result(timeout=10)
+        broker = await app._client.broker()
+        shards = (await broker.shards.read(queue_name)).serving(queue_name)
+        spaces = [broker.reads.keyspace(s) for s in shards]
+        ids = await _workflow_ids(broker.reads, spaces, 0, 4) + await _workflow_ids(
+            broker.reads, spaces, 4, 4
+        )
+        rows = await workflow_rows(app, queue_name, ids)
+    assert ids == [wf.id for wf in reversed(flows)]  # newest first, across the shards
+    assert [(r.steps, r.done, r.units) for r in rows] == [(2, 2, 2)] * 6

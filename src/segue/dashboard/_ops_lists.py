@@ -91,14 +91,22 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     from segue._state import from_ms
 
     reads = await app._client.reads()
-    records = await _ops_reads.workflow_records(reads, reads.keyspace(queue), ids)
+    # each record where its id says (a sharded queue's in its shard), one read per shard
+    by_shard: dict[str, list[str]] = {}
+    for wf_id in ids:
+        by_shard.setdefault(queue_of(wf_id), []).append(wf_id)
+    found: dict[str, Any] = {}
+    for shard, some in by_shard.items():
+        got = await _ops_reads.workflow_records(reads, reads.keyspace(shard), some)
+        found.update(zip(some, got, strict=True))
+    records = [found[wf_id] for wf_id in ids]
     rows: list[WorkflowRow] = []
     for wf_id, rec in zip(ids, records, strict=True):
         if not rec:
             continue
         steps = rec.get(b"steps", b"").decode().split()
         others = rec.get(b"queues", b"").decode().split()
-        own = sum(1 for s in steps if queue_of(s) == queue)
+        own = sum(1 for s in steps if queue_of(s) == queue_of(wf_id))
         units = own + len(others)
         left = _ops_reads.as_int(rec.get(b"left"), units)
         status = await (await app.workflow_handle(wf_id)).status()
