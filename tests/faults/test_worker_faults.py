@@ -128,7 +128,7 @@ async def sigkill_storm(
     kills_wanted = fault_scale.pick(4, 20)
     lease, poll = 2.0, 0.2
     concurrency = 4
-    history = History(client_app, queue_name)
+    history = History(client_app, queue_name, shards)
     durations = [fault_rng.randrange(0, 201) for _ in range(n)]
     gaps = [
         fault_scale.seconds(fault_rng.uniform(0.8, 1.6), fault_rng.uniform(4.0, 6.0))
