@@ -36,8 +36,9 @@ class Readiness:
     """How many tasks of a queue a worker could start now, and how long the oldest of them
     has waited since it became QUEUED (seconds; 0.0 when none is ready).
 
-    Ready: queued (or due to be: its delay or retry time passed), not held back by its
-    name's rate or concurrency limit, in a queue that is not paused. `exact` is False when
+    Ready: queued (or due to be: its delay or retry time passed; a signal wait past its
+    deadline), not held back by its name's or its limit key's rate or concurrency limit or
+    a RateLimited hold, in a queue that is not paused. `exact` is False when
     the queue holds more tasks than were read and some names are limited: the tasks not
     read (those that run last) are then counted as ready."""
 
