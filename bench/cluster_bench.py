@@ -1,13 +1,19 @@
 """Drain rate and CPU of segue on a local Valkey cluster against one standalone Valkey.
 
     python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--primaries 6]
-                                  [--only cluster|single] [--src PATH] [--json out.json]
+                                  [--queues Q] [--rounds R] [--only cluster|single]
+                                  [--src PATH] [--vs PATH] [--json out.json]
 
-Both setups run the same load: one queue per primary of the cluster, each queue's hash
+Both setups run the same load: Q queues (one per primary by default), each queue's hash
 tag landing on a different primary (on the standalone server the same queues share it),
-N / primaries no-op tasks queued on each (results stored, as in bench/run.py's drain),
-then one worker process per queue (`segue worker --queues <q>`) drains them. The cluster
-has `--primaries` primaries (6 by default) and no replicas. Reported per setup:
+N / Q no-op tasks queued on each (results stored, as in bench/run.py's drain), then one
+worker process per queue (`segue worker --queues <q>`) drains them. The cluster has
+`--primaries` primaries (6 by default) and no replicas. With `--rounds R` the setups
+alternate R times (cluster, single, cluster, ...; each run on fresh queues of the same
+servers) and the medians are printed last, as bench/cpu_gate.py does: CPU per task moves
+little from run to run on this shared machine, wall-clock rates a lot. `--queues 1` is
+the cleanest worker-CPU comparison (one worker, one queue, same batches on both setups).
+Reported per run:
 
   enqueue_per_s   the N enqueues (batched by enqueue_many, one queue after another)
   drain_per_s     all queues: tasks from 10 % to 90 % of N done, per second (the steady
@@ -24,9 +30,10 @@ has `--primaries` primaries (6 by default) and no replicas. Reported per setup:
                   whole run in the 10-90 % window; `balance` is the largest deviation of
                   a primary's CPU from their mean, in %
 
-`--src` runs the workers with another checkout's `src/` first on PYTHONPATH (the
-before/after of a change: `git archive main src | tar -x -C /tmp/base`, then
-`--src /tmp/base/src`); the producer is this environment's segue either way. What bounds
+`--src` runs the workers with another checkout's `src/` first on PYTHONPATH, and `--vs`
+adds a cluster run with that one's (the before/after of a change: `git archive main src |
+tar -x -C /tmp/base`, then `--vs /tmp/base/src`); the producer is this environment's
+segue either way. What bounds
 the drain rate here: the 2 shared cores, which the workers and servers of all primaries
 share, so the cluster's aggregate cannot exceed one server's (docs/scaling.md carries the
 model that turns per-primary figures into a cluster's).
@@ -43,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -92,12 +100,17 @@ def cluster(primaries: int) -> Iterator[tuple[str, list[tuple[int, int]]]]:
                 stop(proc)
 
 
-def queues_on(ranges: list[tuple[int, int]]) -> list[str]:
-    """One queue name per slot range: its keys' hash tag lands in that range."""
+def queues_on(ranges: list[tuple[int, int]], skip: int = 0) -> list[str]:
+    """One queue name per slot range: its keys' hash tag lands in that range (the
+    `skip`-th such name after the first: each run of a setup gets fresh queues)."""
     names = []
     for low, high in ranges:
-        i = 0
-        while not low <= key_slot(f"segue:{{b{i}}}:q".encode()) <= high:
+        i, seen = 0, 0
+        while True:
+            if low <= key_slot(f"segue:{{b{i}}}:q".encode()) <= high:
+                if seen == skip:
+                    break
+                seen += 1
             i += 1
         names.append(f"b{i}")
     return names
@@ -220,35 +233,57 @@ def run(
     }
 
 
+MEDIANS = ("drain_per_s", "server_cpu_ms_per_1000", "worker_cpu_ms_per_1000", "balance_pct")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--primaries", type=int, default=6)
+    parser.add_argument("--queues", type=int, help="queues (and workers); default: primaries")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", choices=["cluster", "single"], action="append")
     parser.add_argument("--src", type=Path, help="the workers' segue: a checkout's src/")
+    parser.add_argument("--vs", type=Path, help="also run the cluster with this src/")
     parser.add_argument("--json", type=Path)
     ns = parser.parse_args()
-    if ns.src is not None:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(ns.src.resolve()), str(HERE)])
-    results = []
-    queues = queues_on(slot_ranges(ns.primaries))
-    if "cluster" in (ns.only or ["cluster"]):
-        with cluster(ns.primaries) as (url, servers):
-            print(f"cluster: queues {queues} on {ns.primaries} primaries ...", flush=True)
-            results.append(run("cluster", url, servers, queues, ns.n, ns.concurrency))
-    if "single" in (ns.only or ["single"]):
-        with server() as single:
+    paths = {"cluster": ns.src, "single": ns.src, "cluster_vs": ns.vs}
+    setups = [s for s in ("cluster", "single") if s in (ns.only or ["cluster", "single"])]
+    if ns.vs is not None and "cluster" in setups:
+        setups.insert(1, "cluster_vs")
+    ranges = slot_ranges(ns.primaries)
+    nq = ns.queues or ns.primaries
+    results: dict[str, list[Any]] = {s: [] for s in setups}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        if any(s.startswith("cluster") for s in setups):
+            urls["cluster"] = stack.enter_context(cluster(ns.primaries))
+            urls["cluster_vs"] = urls["cluster"]
+        if "single" in setups:
+            single = stack.enter_context(server())
             port = int(single.rsplit(":", 1)[1].split("/")[0])
-            servers = [(_pid_of_port(port), port)]
-            print(f"single server: same queues {queues} ...", flush=True)
-            results.append(run("single", single, servers, queues, ns.n, ns.concurrency))
+            urls["single"] = (single, [(_pid_of_port(port), port)])
+        for r in range(ns.rounds):
+            for k, setup in enumerate(setups):
+                src = paths[setup]
+                if src is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), str(HERE)])
+                queues = queues_on(ranges, r * len(setups) + k)[:nq]
+                url, servers = urls[setup]
+                print(f"round {r + 1}, {setup}: queues {queues} ...", flush=True)
+                results[setup].append(run(setup, url, servers, queues, ns.n, ns.concurrency))
+                print(json.dumps(results[setup][-1]), flush=True)
     print(
-        f"\nN = {ns.n}, {len(queues)} worker processes (one per queue), "
-        f"concurrency {ns.concurrency}, workers' src {ns.src or 'this environment'}"
+        f"\nN = {ns.n}, {nq} worker processes (one per queue), concurrency {ns.concurrency}, "
+        f"{ns.primaries} primaries, workers' src {ns.src or 'this environment'}"
+        + (f", vs {ns.vs}" if ns.vs else "")
     )
-    for r in results:
-        print(json.dumps(r))
+    for setup, runs in results.items():
+        medians = {m: statistics.median(r[m] for r in runs) for m in MEDIANS}
+        print(f"{setup}: median of {len(runs)}: {json.dumps(medians)}")
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
 
