@@ -221,20 +221,25 @@ async def test_a_signal_wait_past_its_deadline_is_ready(
 
     @app.task(name="awaits_go")
     async def awaits_go(ctx: Context) -> Any:
-        return await ctx.wait_signal("go", timeout=1.0, default="late")
+        return await ctx.wait_signal("go", timeout=2.0, default="late")
 
     queue = app.settings.queue
     names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
     async with app:
+        enqueued = time.monotonic()
         handle = await awaits_go.enqueue()
         async with serving(app):
             await handle.wait_for(TaskStatus.WAITING, timeout=10)
         waited = time.monotonic()
-        assert await _scrape(app, queue, *names) == [0, 0]
-        await asyncio.sleep(1.3)
+        # its deadline is 2 s after the wait began, between the enqueue and now
+        if waited < enqueued + 1.5:
+            assert await _scrape(app, queue, *names) == [0, 0]
+        await asyncio.sleep(max(0.0, waited + 2.3 - time.monotonic()))
+        before = time.monotonic()
         ready, age = await _scrape(app, queue, *names)
+        after = time.monotonic()
         assert ready == 1
-        assert 0 < age <= time.monotonic() - waited - 1.0 + 0.1
+        assert before - waited - 2.0 - 0.1 <= age <= after - enqueued - 2.0 + 0.1
         async with serving(app):
             assert await handle.result(timeout=10) == "late"
         assert await _scrape(app, queue, *names) == [0, 0]
