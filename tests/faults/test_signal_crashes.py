@@ -20,7 +20,8 @@ from tests.apps import signals
 from tests.faults.proxy import FaultProxy
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 LEASE = 1.0
 

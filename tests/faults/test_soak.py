@@ -36,7 +36,8 @@ from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 TTL = 2.0
 OFFLOAD = 64 * 1024  # offload_bytes of the run
