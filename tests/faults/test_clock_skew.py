@@ -23,9 +23,7 @@ from tests.integration.conftest import eventually
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 SKEWS = ("+120s", "-120s", None)
-# its assertions are invariants, not timings: scripts/test runs it beside another one
 pytestmark = [
-    pytest.mark.pairable,
     pytest.mark.slow,
     pytest.mark.skipif(
         not LIBFAKETIME.exists(),

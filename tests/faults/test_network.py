@@ -152,7 +152,6 @@ async def test_latency_and_jitter_cause_no_false_lease_expiry(
     assert sum(resets) > 0, "no reset hit a connection"
 
 
-@pytest.mark.pairable  # invariants, not timings: scripts/test runs it beside another one
 @pytest.mark.parametrize("heal", ["reset", "late"])
 async def test_a_partitioned_worker_is_fenced_and_its_tasks_taken_over(
     heal: str,
