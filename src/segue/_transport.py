@@ -38,7 +38,7 @@ from segue._errors import (
 )
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace
-from segue._pubsub import EndedWaiters, QueryReplies, Subscriber
+from segue._pubsub import EndedMark, EndedWaiters, QueryReplies, Subscriber
 from segue._versions import warn_if_unpatched
 from segue._wire import ScriptErrorCode as Code
 from segue._wire import text as _text
@@ -538,13 +538,20 @@ class Transport:
         """A sharded pub/sub connection of its own (cluster-aware)."""
         return Subscriber(self)
 
-    async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
-        """A future set when the server announces that this task ended (best effort)."""
+    async def watch_ended(
+        self, ks: Keyspace, task_id: str, mark: EndedMark | None = None
+    ) -> tuple[asyncio.Future[bytes | None], bool]:
+        """A future set when the server announces that this task ended (best effort), and
+        whether it surely has not ended unannounced (EndedWaiters.watch)."""
         if self._ended is None:
             self._ended = EndedWaiters(self.subscriber())
-        return await self._ended.watch(ks, task_id)
+        return await self._ended.watch(ks, task_id, mark)
 
-    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+    def ended_mark(self, ks: Keyspace) -> EndedMark | None:
+        """Taken before an enqueue is sent, for its handle's result() (EndedWaiters.mark)."""
+        return None if self._ended is None else self._ended.mark(ks)
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[bytes | None]) -> None:
         if self._ended is not None:
             self._ended.unwatch(task_id, fut)
 
