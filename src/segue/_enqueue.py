@@ -367,13 +367,18 @@ class Enqueuer:
         if self.settings.offload_bytes is not None:
             await offload_specs(broker, (spec,))
         level = sig.opts.get("durability", self.settings.durability)
+        mark = broker.ended_mark(ks)  # before the send, for the handle's result()
         if level == "memory":
             reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
         else:
             reply = await self._enqueue_durable(broker, ks, spec, level)
         if reply.__class__ is int:
             return TaskHandle(
-                self._client, spec.id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
+                self._client,
+                spec.id,
+                sig.task.result_decoder,
+                keeps_result=spec.ttl_ms != 0,
+                mark=mark if reply == 1 else None,  # 0: an older task of this id
             )
         return self._handle_for(sig, spec.id, reply, spec)
 

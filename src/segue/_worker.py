@@ -294,11 +294,13 @@ class Worker:
             claimed = 0
             backlog = 0
             now_ms = 0
+            short = False
             if claim_from is not None:
                 self._next_due = None  # this round's claims say what is due next, in any queue
                 # leases first: the renewal thread must know the new tasks before anything
                 # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
+                short = claimed < free
             self._check_finished(taken, replies[:n_finish])
             if claim_from is not None:
                 # later queues are served only with what the earlier ones left free
@@ -317,7 +319,10 @@ class Worker:
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
                     backlog += b
-            if claimed and self.concurrency > len(self._running):
+                    short = short or c < free
+            # claim again at once only after full claims: a short one emptied what it could
+            # take, and what comes next wakes the waker (a claim less per task when idle)
+            if claimed and not short and self.concurrency > len(self._running):
                 continue
             if self._outcomes:
                 continue
