@@ -7,6 +7,7 @@ round trip. Nothing here talks to the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from segue._task import Task
 
 log = logging.getLogger("segue.worker")
+_UNTIMED = contextlib.nullcontext()  # a sync or process run without a timeout
 # the task lines at INFO, cheap when only the command's own handler writes them
 lines = LineLog(log)
 
@@ -280,24 +282,30 @@ async def _call(
     if not silent:
         lines.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
     timeout = job.timeout_ms / 1000 if job.timeout_ms else None
-    timer = asyncio.timeout(timeout)
+    # no timeout (the default): no timer to arm and disarm around an async function
+    timer = None if timeout is None else asyncio.timeout(timeout)
     try:
-        async with timer:
-            if task.is_async:
-                value = await task.fn(*args, **kwargs)
-            elif processes is not None and task.opts.executor == "process":
-                # the child decodes the stored arguments itself and answers in JSON
-                limit = settings.max_result_bytes
-                result = await processes.run(task, job.payload, job.input, limit)
-                job.value = decode_plain(result)
-                if not silent:
-                    lines.info("task %s succeeded", job.id)
-                return Succeeded(result)
-            else:
-                loop = asyncio.get_running_loop()
-                # the thread sees the context variables of this run (set by hooks, say)
-                call = functools.partial(task.fn, *args, **kwargs)
-                value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
+        if timer is None and task.is_async:
+            value = await task.fn(*args, **kwargs)
+        else:
+            async with timer or _UNTIMED:
+                if task.is_async:
+                    value = await task.fn(*args, **kwargs)
+                elif processes is not None and task.opts.executor == "process":
+                    # the child decodes the stored arguments itself and answers in JSON
+                    limit = settings.max_result_bytes
+                    result = await processes.run(task, job.payload, job.input, limit)
+                    job.value = decode_plain(result)
+                    if not silent:
+                        lines.info("task %s succeeded", job.id)
+                    return Succeeded(result)
+                else:
+                    loop = asyncio.get_running_loop()
+                    # the thread sees the context variables of this run (set by hooks, say)
+                    call = functools.partial(task.fn, *args, **kwargs)
+                    value = await loop.run_in_executor(
+                        executor, contextvars.copy_context().run, call
+                    )
     except (WaitingForSubtasks, WaitingForSignal):
         return Waiting()
     except SignalTimeout as exc:
@@ -340,7 +348,7 @@ async def _call(
             return Retrying(_error(exc, "retry", with_tb=False), int(delay * 1000))
         return Failed(_error(exc, "max_tries", with_tb=False), "max_tries")
     except TimeoutError as exc:
-        if not timer.expired():
+        if timer is None or not timer.expired():
             return _failure(job, task, exc, "error")
         expired = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
         return _failure(job, task, expired, "timeout")
