@@ -281,6 +281,7 @@ class Context:
         "_queries",
         "_run",
         "_seq",
+        "_state_limit",
         "headers",
         "log",
         "name",
@@ -318,7 +319,9 @@ class Context:
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
         self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
-        self._output = None if run is None else OutputWriter(run, task_id, tries, state_limit)
+        # made at the run's first ctx.stream: a run that streams nothing pays nothing for it
+        self._output: OutputWriter | None = None
+        self._state_limit = state_limit
         log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
         log.journal = self._journal
         self.log: logging.LoggerAdapter[logging.Logger] = log
@@ -452,7 +455,8 @@ class Context:
         a run's last chunks are written before its outcome. Also a checkpoint (no round
         trip). A replay of a durable function does not write again what its first run
         wrote."""
-        if self._output is None:
+        run = self._run
+        if run is None:
             self.log.debug("stream chunk %r (local run: not streamed)", chunk)
             return
         self._check()  # a checkpoint too: a streaming loop stops at once when paused
@@ -460,7 +464,10 @@ class Context:
         await self._journal.load()
         if self._journal.replaying:
             return  # written by the first run already
-        await self._output.put(chunk, resumed=self._journal.resumed)
+        output = self._output
+        if output is None:
+            output = self._output = OutputWriter(run, self.task_id, self.tries, self._state_limit)
+        await output.put(chunk, resumed=self._journal.resumed)
 
     async def _close_output(self, *, ended: bool) -> None:
         """The worker's call after the task's function returned (`ended`) or raised out of

@@ -258,13 +258,16 @@ async def _call_streaming(
     ctx: Context,
     processes: ProcessPool | None = None,
 ) -> Outcome:
-    """_call, then the run's last output chunks, written before its outcome is sent."""
+    """_call, then the run's last output chunks, written before its outcome is sent (a run
+    that streamed nothing has no writer: nothing to close)."""
     try:
         outcome = await _call(job, task, settings, executor, args, kwargs, processes)
     except BaseException:
-        await ctx._close_output(ended=False)
+        if ctx._output is not None:
+            await ctx._close_output(ended=False)
         raise
-    await ctx._close_output(ended=True)
+    if ctx._output is not None:
+        await ctx._close_output(ended=True)
     return outcome
 
 
