@@ -24,8 +24,9 @@ around each stage by `callgrind_control` (a minute or two per tree at N = 2000).
 Two things still move the drain figure a little between runs: how many outcomes one finish
 call carries depends on timing, and the background services' work grows with wall time.
 
-`--top` (call counts only) lists the functions whose calls per drained task differ most
-between the first tree and each other one: where the calls went.
+`--ctx`: the task takes `ctx: Context` (each run builds its Context). `--top` (call counts
+only) lists the functions whose calls per task differ most between the first tree and each
+other one: where the calls went.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from _server import server
+
+# at run time: the task below is decorated in the child, which reads its hints then
+from segue import Context  # noqa: TC001
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -91,10 +95,17 @@ class _Counter:
             await asyncio.sleep(0.005)
 
 
-async def _child(n: int, one: int, sync: Path | None) -> dict[str, Any]:
+async def _child(n: int, one: int, sync: Path | None, ctx: bool) -> dict[str, Any]:
     import segue_bench
     from segue_bench import app, work
 
+    if ctx:
+
+        @app.task(name="bench.work_ctx")
+        async def work_ctx(ctx: Context, i: int, sleep: float) -> int:
+            return i
+
+        work = work_ctx  # type: ignore[assignment]
     counter = _Counter(sync)
     await app.connect()
     # 1. warm-up
@@ -147,14 +158,14 @@ def _totals(dump_dir: Path, seen: set[Path]) -> int:
         time.sleep(0.1)
 
 
-def one_run(src: Path, n: int, one: int, instructions: bool) -> dict[str, Any]:
+def one_run(src: Path, n: int, one: int, instructions: bool, ctx: bool) -> dict[str, Any]:
     with server() as url, tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "BENCH_URL": url, "SEGUE_REDIS_URL": url}
         env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE)])
         env["SEGUE_RECONCILE_SECONDS"] = "86400"  # a burst runs no reconciler; be sure
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)]
-        cmd += ["--n", str(n), "--one", str(one)]
+        cmd += ["--n", str(n), "--one", str(one)] + (["--ctx"] if ctx else [])
         if not instructions:
             subprocess.run(cmd, cwd=HERE, env=env, check=True)
             return dict(json.loads(out.read_text()))
@@ -207,13 +218,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs of each tree, interleaved")
     parser.add_argument("--instructions", "-i", action="store_true")
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--ctx", action="store_true", help="the task takes ctx: Context")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sync", type=Path, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     n = ns.n or (2000 if ns.instructions else 5000)
     one = ns.one or (200 if ns.instructions else 500)
     if ns.child is not None:
-        result = asyncio.run(_child(n, one, ns.sync))
+        result = asyncio.run(_child(n, one, ns.sync, ns.ctx))
         ns.child.write_text(json.dumps(result))
         return
     srcs = [p.resolve() for p in (ns.src or [HERE.parent / "src"])]
@@ -221,7 +233,7 @@ def main() -> None:
     results: dict[Path, list[dict[str, Any]]] = {s: [] for s in srcs}
     for _ in range(ns.runs):
         for src in srcs:
-            results[src].append(one_run(src, n, one, ns.instructions))
+            results[src].append(one_run(src, n, one, ns.instructions, ns.ctx))
     print(f"{what} per task, N = {n} drained, {one} enqueued one by one")
     keys = ["drain", "enq_many", "enq_one", "drain_fixed"]
     print(f"{'':<32}" + "".join(f"{k:>14}" for k in keys))
