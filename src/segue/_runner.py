@@ -189,22 +189,28 @@ async def attempt(
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
-    if not hooks:
-        if ctx is None:
-            return await _call(job, task, settings, executor, args, kwargs, processes)
-        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
-    assert ctx is not None
-    await call_hooks(hooks, "before_run", ctx)
+    if ctx is None:
+        return await _call(job, task, settings, executor, args, kwargs, processes)
+    if hooks:
+        await call_hooks(hooks, "before_run", ctx)
+    # the run's last output chunks (if it streamed: a writer exists) are written before its
+    # outcome is sent, and before the after_run hooks hear of its end
     try:
-        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
+        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
     except BaseException as exc:
-        cancelled = job.run is not None and job.run.request == "cancel"
-        stopped: RunEnd = "cancelled" if cancelled else "stopped"
-        await after_run(hooks, ctx, RunResult(stopped, error=exc))
+        if ctx._output is not None:
+            await ctx._close_output(ended=False)
+        if hooks:
+            cancelled = job.run is not None and job.run.request == "cancel"
+            stopped: RunEnd = "cancelled" if cancelled else "stopped"
+            await after_run(hooks, ctx, RunResult(stopped, error=exc))
         raise
-    end = _ENDS.get(outcome.action, "stopped")
-    retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
-    await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
+    if ctx._output is not None:
+        await ctx._close_output(ended=True)
+    if hooks:
+        end = _ENDS.get(outcome.action, "stopped")
+        retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
+        await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
     return outcome
 
 
@@ -246,29 +252,6 @@ async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outco
         return Requeued("lease lost")
     job.version = mine
     return None
-
-
-async def _call_streaming(
-    job: Job,
-    task: Task[Any, Any],
-    settings: Settings,
-    executor: Executor,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    ctx: Context,
-    processes: ProcessPool | None = None,
-) -> Outcome:
-    """_call, then the run's last output chunks, written before its outcome is sent (a run
-    that streamed nothing has no writer: nothing to close)."""
-    try:
-        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
-    except BaseException:
-        if ctx._output is not None:
-            await ctx._close_output(ended=False)
-        raise
-    if ctx._output is not None:
-        await ctx._close_output(ended=True)
-    return outcome
 
 
 async def _call(
