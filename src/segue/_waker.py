@@ -88,6 +88,9 @@ class Waker(Service):
             if got is not None and self._woken is not None:
                 self._woken(got)
             self._wake()
+            # let the claim loop send its claim before the next BLPOP goes out: the claim
+            # is what the woken work waits for
+            await asyncio.sleep(0)
 
     async def _wait_on(self, ks: Keyspace) -> None:
         while not self._stopping:
