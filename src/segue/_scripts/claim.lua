@@ -266,6 +266,11 @@ end
 local meta = redis.call('HMGET', KEYS[7], 'paused', 'kq')
 local paused = meta[1] == '1'
 local keyed = tonumber(meta[2] or '0') > 0
+-- 'kq' stays (at 0) once a task of the queue waited in a lane: only then can a list hold a
+-- keyed task (one that a script of the previous release requeued), so only then does a
+-- claim read the lane ('lk') of a task it takes from a list (a missing field costs the
+-- server a scan of the record)
+local lanes_ever = meta[2] ~= false
 local kq_taken = 0
 local claim_key = (ARGV[8] or '') ~= '' and (prefix .. 'claim:' .. ARGV[8]) or nil
 if (ARGV[9] or '') ~= '' then redis.call('DEL', prefix .. 'claim:' .. ARGV[9]) end
@@ -275,13 +280,14 @@ local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
 -- formatted once here instead of once or twice per task
 -- The try and the generation it starts are written with its status, in the same
 -- command (its numbers were read and checked just before: the script runs alone).
--- KSTARTING: the start of a task that counts in its key's concurrency ('kc': its lane).
+-- KSTARTING: the start of a task that counts in its key's concurrency ('kc': its lane;
+-- 'cn' too, which tells an end to read 'kc': lib/leases.lua).
 local now_text = num_text(now)
 local STARTING = { to = 'running', at = now, why = wid,
   set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0 }, score = tostring(now + lease),
   event = 'task.started' }
 local KSTARTING = { to = 'running', at = now, why = wid,
-  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'kc', '' }, score = STARTING.score,
+  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'kc', '', 'cn', 1 }, score = STARTING.score,
   event = 'task.started' }
 
 -- Consider one task popped from priority level l (from lane `lane`, or from the list when
@@ -289,11 +295,17 @@ local KSTARTING = { to = 'running', at = now, why = wid,
 -- ('last', 'park', 'wide': the name's own limit, or when its key's token is back).
 local function take(l, id, lane)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-    'hd', 'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw', 'lk')
+  local f
+  if lanes_ever and not lane then
+    f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st', 'hd',
+      'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw', 'lk')
+  else
+    f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st', 'hd',
+      'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw')
+  end
   f[2] = task_name(f[2])
   if f[1] ~= 'queued' and f[1] ~= 'suspended' then return 'gone' end
-  if f[19] and not lane then
+  if f[19] then
     -- a keyed task queued by a script of the previous release: into its lane
     lane_push(prefix, l, f[19], id, true)
     return 'gone'
@@ -511,7 +523,7 @@ if keyed and want > 0 and not paused and redis.call('EXISTS', prefix .. 'ring:1'
     prefix .. 'kdue:3', prefix .. 'kparked') == 0 then
   -- no lane has a task (each with one is in one of these): a count the reconciler raised
   -- after a restore comes back to the truth
-  redis.call('HDEL', KEYS[7], 'kq')
+  redis.call('HSET', KEYS[7], 'kq', 0)
   keyed = false
 end
 

@@ -77,10 +77,11 @@ local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
-  -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
+  -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
+  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks, the
+  -- key's slot 'kc' of a run that counts in a concurrency set)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw', 'off', 'kc')
+    'cof', 'cp', 's', 'sgw', 'off')
   f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
@@ -106,16 +107,20 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     local lock = Q.base .. 'uniq:' .. f[5]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
-  -- it leaves RUNNING (leave_running): 'cn' and 'kc' go with the fields deleted below
-  if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
-  if f[15] then lane_release(Q.base, f[15], id) end
+  -- it leaves RUNNING (leave_running)
+  if f[8] then
+    redis.call('SREM', Q.base .. 'running:' .. f[4], id)
+    local kc = redis.call('HGET', tk, 'kc')
+    if kc then lane_release(Q.base, kc, id) end
+    redis.call('HDEL', tk, 'cn', 'kc')
+  end
   local t = status == 'succeeded' and SUCCEEDING or ENDING
   local set = t.set
   local at_text = num_text(at)
   t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn', 'kc')
+  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
   redis.call('DEL', Q.base .. 'state:' .. id)
   -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
   -- which is in neither: two commands less per task a worker ends)

@@ -20,7 +20,10 @@ local function bridge_gap(meta, leases, now, lease)
 end
 
 -- A task leaves RUNNING: it no longer counts against its name's concurrency limit, nor
--- against its key's ('kc': the lane whose krun set counts it).
+-- against its key's ('kc': the lane whose krun set counts it). A run that counts in either
+-- has 'cn' (a keyed one too: so an end reads 'kc' only then, and a worker of the previous
+-- release ending it removes it from its name's set, where it is not, and leaves 'kc' to
+-- the reconciler).
 local function leave_running(base, tk, id)
   local f = redis.call('HMGET', tk, 'cn', 'n', 'kc')
   if f[1] then redis.call('SREM', base .. 'running:' .. task_name(f[2]), id) end
