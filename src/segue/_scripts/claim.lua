@@ -43,9 +43,11 @@
   whose numbers (to, mt, exp, t, d, g) are not integers, or whose priority is unknown (written
   by another client, or by hand), ends FAILED (undecodable) and dead-lettered here, alone:
   left in place it would make every claim that reaches it fail. A task held back by its
-  name's rate or concurrency limit stays at the head of its list; the reply's next_due then
-  includes the moment a rate-limit token comes back. A name held by RateLimited (zset
-  <prefix>holds) is held back the same way until then.
+  name's rate or concurrency limit, or by a RateLimited hold of its name (zset
+  <prefix>holds), goes from its list to its name's own lane ('|<name>', no key; its 'lk'),
+  where the tasks of that name behind it follow it: a flood of a limited name is then one
+  turn of the ring, as a key's is. The reply's next_due includes the moment a rate-limit
+  token comes back or a hold ends.
   Keyed tasks wait in lanes (lib/lanes.lua; meta 'kq' counts them, and without any the claim
   does as before). With lanes, each level is served in rounds: the list's head task, then
   one turn of each lane in the ring (its quantum: the key's weight), until the slots are
@@ -205,16 +207,29 @@ local function take_token(bk, per_ms, burst, b)
   return true, nil
 end
 
+-- The task-wide limits of a name, read once per claim: { most or false, rate or false }, or
+-- false when it has none.
+local name_limits = {}
+local function limits_of(name)
+  local nl = name_limits[name]
+  if nl == nil then
+    local most = redis.call('HGET', KEYS[15], name)
+    local rl = redis.call('HGET', KEYS[14], name)
+    nl = (most or rl) and { most and tonumber(most), rl } or false
+    name_limits[name] = nl
+  end
+  return nl
+end
+
 local function admit(name)
-  local most = redis.call('HGET', KEYS[15], name)
-  if most and redis.call('SCARD', prefix .. 'running:' .. name) >= tonumber(most) then
+  local nl = limits_of(name)
+  if nl and nl[1] and redis.call('SCARD', prefix .. 'running:' .. name) >= nl[1] then
     return false, nil
   end
   local hold = holding and tonumber(redis.call('ZSCORE', holds, name))
   if hold and hold > now then return false, hold end
-  local rl = redis.call('HGET', KEYS[14], name)
-  if rl then
-    local per_ms, burst = string.match(rl, '^(%S+) (%S+)$')
+  if nl and nl[2] then
+    local per_ms, burst = string.match(nl[2], '^(%S+) (%S+)$')
     local bk = prefix .. 'bucket:' .. name
     return take_token(bk, tonumber(per_ms), tonumber(burst), redis.call('HMGET', bk, 'tk', 'ts'))
   end
@@ -290,6 +305,19 @@ local KSTARTING = { to = 'running', at = now, why = wid,
   set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'kc', '', 'cn', 1 }, score = STARTING.score,
   event = 'task.started' }
 
+-- A task of a limited name taken from its list goes to its name's lane (at its head when
+-- it is the oldest there), and stays in it (its 'lk'). A claim moves at most MOVES: past
+-- them, held tasks stay at the head of their list as before, and the claim leaves a wake
+-- token so that the next claim goes on at once.
+local MOVES = 1000
+local moves, moves_before = MOVES, MOVES
+local function to_own_lane(l, own, tk, id, front)
+  lane_push(prefix, l, own, id, front)
+  redis.call('HSET', tk, 'lk', own)
+  moves, keyed, lanes_ever = moves - 1, true, true
+  return 'gone'
+end
+
 -- Consider one task popped from priority level l (from lane `lane`, or from the list when
 -- nil): 'started', 'gone' (ended or moved here, or not queued any more), or 'held' and why
 -- ('last', 'park', 'wide': the name's own limit, or when its key's token is back).
@@ -333,9 +361,19 @@ local function take(l, id, lane)
     return 'gone'
   end
   if lane then
-    local ok, why, bk = kadmit(lane)
-    if not ok then return 'held', why end
-    krun, kbk = why, bk
+    -- a name's own lane ('|<name>') has no key limits: only its name's, below
+    if string.byte(lane, 1) ~= 124 then
+      local ok, why, bk = kadmit(lane)
+      if not ok then return 'held', why end
+      krun, kbk = why, bk
+    end
+  elseif limited and moves > 0 and limits_of(f[2]) then
+    -- a task of a limited name waits in its name's lane once one of them is held there,
+    -- so that a flood of it is one entry of the ring, not a length of the list to look past
+    local own = '|' .. f[2]
+    if lanes_ever and redis.call('EXISTS', prefix .. 'lane:' .. l .. ':' .. own) == 1 then
+      return to_own_lane(l, own, tk, id, false)
+    end
   end
   if limited then
     local ok, back = admit(f[2])
@@ -343,7 +381,8 @@ local function take(l, id, lane)
       -- the key's token goes back: the task did not start
       if kbk then redis.call('HINCRBYFLOAT', kbk, 'tk', 1) end
       note_due(back)
-      return 'held', 'wide'
+      if not lane and moves > 0 then return to_own_lane(l, '|' .. f[2], tk, id, true) end
+      return 'held', back or 'wide'
     end
   end
   local tries, gen = tonumber(f[12] or '0') + 1, tonumber(f[13] or '0') + 1
@@ -383,14 +422,16 @@ local function take(l, id, lane)
 end
 
 -- Claim up to n tasks from the list of level l; returns how many. A task held back by its
--- limits stays at the head of its list; the claim looks a little past them, so that others
--- go on.
+-- name's limits goes to its name's lane (to_own_lane); one held back otherwise (a last
+-- delivery, or past the claim's moves) stays at the head of its list, and the claim looks
+-- a little past those, so that others go on.
 local function take_list(l, n)
   local held, budget, got = {}, n + 100, 0
   while n > 0 and want > 0 and budget > 0 do
     local ids = redis.call('RPOP', KEYS[l], math.min(want, budget, n))
     if not ids then break end
-    budget = budget - #ids
+    budget = budget - #ids + (moves_before - moves)
+    moves_before = moves
     for _, id in ipairs(ids) do
       local r = take(l, id, nil)
       if r == 'started' then
@@ -543,7 +584,10 @@ if keyed then queued = queued + tonumber(redis.call('HGET', KEYS[7], 'kq') or '0
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only
 -- when this claim filled every slot it was given: if it left slots free, what stays queued
 -- is held back by limits, and a wake-up would only make workers spin on it.
-if queued > 0 and not paused and want <= 0 and redis.call('LLEN', KEYS[6]) == 0 then
+-- (A claim that used up its moves into lanes left more of a flood to move: the next one goes
+-- on at once.)
+if queued > 0 and not paused and (want <= 0 or moves <= 0)
+    and redis.call('LLEN', KEYS[6]) == 0 then
   redis.call('LPUSH', KEYS[6], 1)
 end
 -- a paused queue's queued tasks are not work a burst worker can wait for
