@@ -354,7 +354,9 @@ class Worker:
         """The claim script enforces the limits of the tasks this worker's code declares."""
         t = limit_tables(task.opts for task in self._registry.tasks.values())
         for ks in keyspaces:
-            await broker.set_limits(ks, t.rates, t.concurrency, t.clear, t.keyed)
+            await broker.set_limits(
+                ks, t.rates, t.concurrency, t.clear, t.keyed, (t.lanes, t.lanes_clear)
+            )
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:

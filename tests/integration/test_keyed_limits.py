@@ -500,6 +500,47 @@ async def test_a_task_sent_by_name_waits_in_the_lane_of_its_limit_key(
         assert most == 1
 
 
+async def test_tasks_sent_by_name_join_the_shared_limit_their_workers_declare(
+    make_app: Callable[..., App], segue_engine: Any
+) -> None:
+    """A producer without the definitions: the worker publishes each keyed task name's
+    limit (limits:lanes), enqueue.lua puts the call in that limit's lane."""
+    worker_app, producer = make_app(), make_app()
+    running: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+
+    async def body(tenant: str) -> str:
+        running[tenant] += 1
+        most[tenant] = max(most[tenant], running[tenant])
+        await asyncio.sleep(0.02)
+        running[tenant] -= 1
+        return tenant
+
+    shared = Limit(1, key="tenant", name="partner-api")
+    worker_app.task(name="push", concurrency=shared)(body)
+    worker_app.task(name="pull", concurrency=shared)(body)
+    # a shared budget without a key: every call is in it, no limit_key needed
+    worker_app.task(name="report", concurrency=Limit(1, name="reports"))(body)
+
+    async with worker_app, producer:
+        async with serving(worker_app):  # publishes the limits, then nothing is queued
+            pass
+        hs = [
+            await producer.send(name, "t", limit_key="t")
+            for _ in range(3)
+            for name in ("push", "pull")
+        ]
+        reports = [await producer.send("report", f"r{i}") for i in range(3)]
+        q = worker_app.settings.queue
+        assert await keys_of(segue_engine, f"*{{{q}}}:lane:2:partner-api|t") != []
+        assert await keys_of(segue_engine, f"*{{{q}}}:lane:2:reports|") != []
+        async with three_workers(worker_app):
+            assert [await h.result(timeout=15) for h in hs] == ["t"] * 6
+            assert [await h.result(timeout=15) for h in reports] == ["r0", "r1", "r2"]
+    # push and pull share the key's budget of 1
+    assert most["t"] == 1
+
+
 async def test_debounced_arguments_are_not_offloaded(make_app: Callable[..., App]) -> None:
     app = make_app(offload_bytes=1024, max_payload_bytes=4096)
 
