@@ -120,4 +120,3 @@ async def test_an_old_worker_runs_no_task_from_a_lane_and_keeps_the_limits_it_kn
 
 async def no_keys(engine: Engine, pattern: str) -> bool:
     return await keys_of(engine, pattern) == []
-
