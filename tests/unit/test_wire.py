@@ -107,6 +107,10 @@ TASK_CODES = {
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
     "OFFLOADED": "off",
+    "LANE": "lk",
+    "KEY_SLOT": "kc",
+    "DEBOUNCE_START": "dbs",
+    "DEBOUNCE_KEY": "dbk",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
