@@ -74,7 +74,9 @@ class TaskField:
     WORKFLOW: Final = Code("wf")
     CROSS_DEPENDANTS: Final = Code("xd")  # "<id>|<index>|<workflow or ->" on other queues
     CROSS_PREFIX: Final = Code("x:")  # x:<dependency id>: '0' pending, '1' resolved
-    COUNTED_RUNNING: Final = Code("cn")  # counted in its name's (or its key's) concurrency set
+    # counted in a concurrency set while it runs: '1' its name's (the previous release's
+    # only value), '0<lane>' its key's, '1<lane>' both (lib/leases.lua)
+    COUNTED_RUNNING: Final = Code("cn")
     RELEASES: Final = Code("rel")  # releases by workers that did not know its name
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
@@ -149,11 +151,8 @@ class TaskField:
     OFFLOADED: Final = Code("off")
     # Flow control by key (lib/lanes.lua, docs/fairness.md): the lane the task waits in,
     # "<limit name>|<key>", or "|<task name>" for its name's own lane (a task its name's
-    # limit held back); and, while it runs counted in its key's concurrency set (krun),
-    # that lane (with COUNTED_RUNNING set too, which tells an end to read it). Scripts of
-    # the previous release read neither.
+    # limit held back). Scripts of the previous release do not read it.
     LANE: Final = Code("lk")
-    KEY_SLOT: Final = Code("kc")
     # Debounce (debounce.lua): when the window of its debounce key opened, and that key
     DEBOUNCE_START: Final = Code("dbs")
     DEBOUNCE_KEY: Final = Code("dbk")

@@ -227,6 +227,8 @@ async def test_rate_limited_holds_the_key_across_workers_and_spends_no_try(
         first = await api.enqueue("noisy", 0)
         async with three_workers(app):
             await eventually(lambda: asyncio.sleep(0, told), timeout=10)
+            # the hold begins when the worker's finish records the outcome, after the raise
+            await eventually(lambda: _status_is(first, TaskStatus.QUEUED), timeout=10)
             t0 = time.monotonic()
             others = await app.enqueue_many([api.call("noisy", i) for i in range(1, 4)])
             quiet = await api.enqueue("quiet", 0)

@@ -108,7 +108,6 @@ TASK_CODES = {
     "SIGNAL_WOKEN": "sgk",
     "OFFLOADED": "off",
     "LANE": "lk",
-    "KEY_SLOT": "kc",
     "DEBOUNCE_START": "dbs",
     "DEBOUNCE_KEY": "dbk",
     "FROM_WORKER": "fw",

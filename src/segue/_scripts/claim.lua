@@ -210,6 +210,7 @@ end
 -- The task-wide limits of a name, read once per claim: { most or false, rate or false }, or
 -- false when it has none.
 local name_limits = {}
+local NO_LIMITS = {}
 local function limits_of(name)
   local nl = name_limits[name]
   if nl == nil then
@@ -295,14 +296,14 @@ local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
 -- formatted once here instead of once or twice per task
 -- The try and the generation it starts are written with its status, in the same
 -- command (its numbers were read and checked just before: the script runs alone).
--- KSTARTING: the start of a task that counts in its key's concurrency ('kc': its lane;
--- 'cn' too, which tells an end to read 'kc': lib/leases.lua).
+-- KSTARTING: the start of a task that counts in its key's concurrency ('cn': '0' and its
+-- lane, lib/leases.lua).
 local now_text = num_text(now)
 local STARTING = { to = 'running', at = now, why = wid,
   set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0 }, score = tostring(now + lease),
   event = 'task.started' }
 local KSTARTING = { to = 'running', at = now, why = wid,
-  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'kc', '', 'cn', 1 }, score = STARTING.score,
+  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'cn', '' }, score = STARTING.score,
   event = 'task.started' }
 
 -- A task of a limited name taken from its list goes to its name's lane (at its head when
@@ -389,12 +390,12 @@ local function take(l, id, lane)
   local start = krun and KSTARTING or STARTING
   local started = start.set
   started[6], started[8] = num_text(tries), num_text(gen)
-  if krun then started[10] = lane end
+  if krun then started[10] = '0' .. lane end
   start.name = f[2]
   transition(Q, tk, id, start)
-  if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
+  if limited and (limits_of(f[2]) or NO_LIMITS)[1] then
     redis.call('SADD', prefix .. 'running:' .. f[2], id)
-    redis.call('HSET', tk, 'cn', 1)
+    redis.call('HSET', tk, 'cn', krun and ('1' .. lane) or 1)
   end
   if krun then redis.call('SADD', prefix .. 'krun:' .. lane, id) end
   count_stat(prefix, 'started', now)

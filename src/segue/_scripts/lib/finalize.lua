@@ -78,8 +78,7 @@ local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
-  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks, the
-  -- key's slot 'kc' of a run that counts in a concurrency set)
+  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
     'cof', 'cp', 's', 'sgw', 'off')
   f[4] = task_name(f[4])
@@ -108,12 +107,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
   -- it leaves RUNNING (leave_running)
-  if f[8] then
-    redis.call('SREM', Q.base .. 'running:' .. f[4], id)
-    local kc = redis.call('HGET', tk, 'kc')
-    if kc then lane_release(Q.base, kc, id) end
-    redis.call('HDEL', tk, 'cn', 'kc')
-  end
+  if f[8] then leave_sets(Q.base, tk, id, f[8], f[4]) end
   local t = status == 'succeeded' and SUCCEEDING or ENDING
   local set = t.set
   local at_text = num_text(at)
