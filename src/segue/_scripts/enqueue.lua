@@ -45,7 +45,8 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     else
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lane)
+      local list = KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]]
+      if lane then push_new(prefix, list, ARGV, b, lane) else redis.call('LPUSH', list, id) end
     end
     pushed = true
     out[i + 1] = 1
