@@ -74,7 +74,9 @@ class TaskField:
     WORKFLOW: Final = Code("wf")
     CROSS_DEPENDANTS: Final = Code("xd")  # "<id>|<index>|<workflow or ->" on other queues
     CROSS_PREFIX: Final = Code("x:")  # x:<dependency id>: '0' pending, '1' resolved
-    COUNTED_RUNNING: Final = Code("cn")  # counted in its name's concurrency set
+    # counted in a concurrency set while it runs: '1' its name's (the previous release's
+    # only value), '0<lane>' its key's, '1<lane>' both (lib/leases.lua)
+    COUNTED_RUNNING: Final = Code("cn")
     RELEASES: Final = Code("rel")  # releases by workers that did not know its name
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
@@ -147,6 +149,13 @@ class TaskField:
     # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the
     # record ends or goes: the reconciler gives them the record's lifetime, or the pending TTL.
     OFFLOADED: Final = Code("off")
+    # Flow control by key (lib/lanes.lua, docs/fairness.md): the lane the task waits in,
+    # "<limit name>|<key>", or "|<task name>" for its name's own lane (a task its name's
+    # limit held back). Scripts of the previous release do not read it.
+    LANE: Final = Code("lk")
+    # Debounce (debounce.lua): when the window of its debounce key opened, and that key
+    DEBOUNCE_START: Final = Code("dbs")
+    DEBOUNCE_KEY: Final = Code("dbk")
 
 
 # After the name of a record that refers to an offloaded value (lib/states.lua NAME_MARK): a

@@ -108,6 +108,9 @@ TASK_CODES = {
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
     "OFFLOADED": "off",
+    "LANE": "lk",
+    "DEBOUNCE_START": "dbs",
+    "DEBOUNCE_KEY": "dbk",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
