@@ -49,7 +49,13 @@ class TaskField:
     TIMEOUT_MS: Final = Code("to")
     TTL_MS: Final = Code("ttl")  # how long the record outlives the task's end (-1 forever)
     ENQUEUED_AT: Final = Code("ce")
-    HISTORY: Final = Code("h")  # "<status>|<at ms>|<reason>\n": the last HISTORY_KEEP transitions
+    # the last HISTORY_KEEP transitions, "<status>|<at ms>|<reason>\n" each: written by the
+    # previous release, and still by its workers, beside HISTORY_COMPACT on a newer record
+    HISTORY: Final = Code("h")
+    # the same, compact (lib/transition.lua): "<letter><ms after ENQUEUED_AT>[|<reason>]\n"
+    # each, the letters HISTORY_CODES': short enough for the server to keep the record in
+    # its compact encoding. A reader merges both by time (history_lines)
+    HISTORY_COMPACT: Final = Code("hc")
     HISTORY_TOTAL: Final = Code("hn")  # transitions ever recorded (absent: count the lines)
     DUE_AT: Final = Code("due")
     UNIQUE_KEY: Final = Code("uq")
@@ -160,6 +166,55 @@ def plain_name(name: str) -> str:
 
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
+
+# The letter of each status in a compact history (lib/states.lua's HISTORY_CODES)
+HISTORY_CODES: Final = {
+    "queued": "q",
+    "scheduled": "d",
+    "running": "r",
+    "succeeded": "k",
+    "failed": "f",
+    "cancelled": "c",
+    "waiting": "w",
+    "suspended": "u",
+    "paused": "p",
+    "retrying": "y",
+    "expired": "x",
+    "compensating": "m",
+}
+_HISTORY_STATUS: Final = {code: status for status, code in HISTORY_CODES.items()}
+
+
+def history_lines(
+    long: bytes | None, compact: bytes | None, created_ms: int | None
+) -> tuple[list[tuple[str, int, str]], int]:
+    """A record's kept transitions as (status, at ms, reason), oldest first, and how many
+    lines did not read: the long form `h` merged by time with the compact `hc`, whose times
+    count from `created_ms` (ENQUEUED_AT). Both are there only on a record that a worker of
+    the previous release moved after this release created it."""
+    out: list[tuple[str, int, str]] = []
+    bad = 0
+    for line in (long or b"").decode(errors="replace").splitlines():
+        status, _, rest = line.partition("|")
+        at, _, reason = rest.partition("|")
+        try:
+            out.append((status, int(at), reason))
+        except ValueError:
+            bad += 1
+    if compact:
+        merge = bool(out)
+        for line in compact.decode(errors="replace").splitlines():
+            head, _, reason = line.partition("|")
+            code = _HISTORY_STATUS.get(head[:1])
+            try:
+                if code is None or created_ms is None:
+                    raise ValueError(line)
+                out.append((code, created_ms + int(head[1:]), reason))
+            except ValueError:
+                bad += 1
+        if merge:
+            out.sort(key=lambda line: line[1])
+    return out, bad
 
 
 class WorkflowField:

@@ -92,7 +92,7 @@ local function new_task(base, argv, b, now, waiting, lane)
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
     'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
     'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now_text,
-    'h', status .. '|' .. now_text .. '|\n')
+    'hc', first_history(status))
   if due > now then redis.call('HSET', tk, 'due', due) end
   -- offloaded arguments: their blob now lives as long as this record (lib/blobs.lua)
   adopt_blob(base, tk, id, argv[b + SPEC.payload])
