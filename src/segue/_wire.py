@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def text(value: Any) -> str:
@@ -222,7 +225,12 @@ class WorkflowField:
     record on the queue of the workflow id; a part record on each other queue)."""
 
     STATE: Final = Code("st")  # running | paused | cancelled (the task record's st: STARTED_AT)
-    STEPS: Final = Code("steps")
+    STEPS: Final = Code("steps")  # the step ids, space-separated, in layout order
+    # instead of STEPS when the steps are `<workflow id>.1` .. `<workflow id>.<n>` (graph.lua):
+    # their count n. Listed, two ids pass hash-max-listpack-value (64 bytes) and the server
+    # keeps the whole record as a hashtable. A client of the previous release reads no steps
+    # on such a record (docs/architecture.md, "Rolling deploys")
+    STEP_COUNT: Final = Code("stn")
     LAST: Final = Code("last")
     LEFT: Final = Code("left")
     TTL_MS: Final = Code("ttl")
@@ -245,6 +253,18 @@ class WorkflowField:
     SAGA_NEXT_PREFIX: Final = Code("cn:")  # cn:<n>: the numbers waiting for n's
     SAGA_ENDED_PREFIX: Final = Code("ck:")  # ck:<n>: how n's compensation ended
     SAGA_LAUNCHED_PREFIX: Final = Code("ca:")  # ca:<n>: when n's compensation was asked for
+
+
+def workflow_steps(workflow_id: str, rec: Mapping[bytes, bytes]) -> list[str]:
+    """A workflow record's step ids, in layout order: listed (STEPS), or counted (STEP_COUNT)."""
+    count = rec.get(WorkflowField.STEP_COUNT.b)
+    if count is None:
+        return rec.get(WorkflowField.STEPS.b, b"").decode(errors="replace").split()
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    return [f"{workflow_id}.{i}" for i in range(1, n + 1)]
 
 
 class EventField:

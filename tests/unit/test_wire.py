@@ -38,6 +38,7 @@ from segue._wire import (
     TaskField,
     WorkflowField,
     history_lines,
+    workflow_steps,
 )
 
 # What the server stores: a code here changes only with a rolling-deploy plan (DESIGN §10).
@@ -116,6 +117,7 @@ TASK_CODES = {
 WORKFLOW_CODES = {
     "STATE": "st",
     "STEPS": "steps",
+    "STEP_COUNT": "stn",
     "LAST": "last",
     "LEFT": "left",
     "TTL_MS": "ttl",
@@ -414,3 +416,11 @@ def test_history_lines_merge_the_long_form_and_the_compact_one_by_time() -> None
     ]
     assert history_lines(b"queued|5|\n", None, None) == ([("queued", 5, "")], 0)
     assert history_lines(None, b"z1\nq\n", 1000) == ([], 2)
+
+
+def test_a_workflow_record_lists_its_steps_or_counts_the_usual_ones() -> None:
+    """graph.lua counts the steps `<id>.1` .. `<id>.<n>` (a short record) and lists others
+    (a part on another queue; a record of the previous release)."""
+    assert workflow_steps("q:wf-1", {b"stn": b"3"}) == ["q:wf-1.1", "q:wf-1.2", "q:wf-1.3"]
+    assert workflow_steps("q:wf-1", {b"steps": b"q:wf-1.2 q:wf-1.5"}) == ["q:wf-1.2", "q:wf-1.5"]
+    assert workflow_steps("q:wf-1", {}) == []
