@@ -5,7 +5,9 @@ This release writes a task's history compactly in 'hc'; the previous release kno
 long form 'h', and appends its transitions there, beside 'hc'. Nothing about it keeps the
 old worker off the task, and a reader of this release merges both forms by time: the
 history reads whole and in order, numbered from 1, after the task went from this release to
-the old one and back.
+the old one and back. Likewise a workflow record of this release counts its steps ('stn')
+where the previous release listed them ('steps'): the old worker runs the steps, which it
+finds in its lists as any task, and never reads the workflow's step list.
 """
 
 from __future__ import annotations
@@ -82,3 +84,30 @@ async def test_a_history_moved_by_an_old_worker_reads_whole_and_in_order(
     times = [t.at for t in info.history]
     assert times == sorted(times)
     assert info.history[1].reason != "" and info.history[4].reason != ""  # their workers
+
+
+async def test_an_old_worker_runs_the_steps_of_a_workflow_that_counts_them(
+    segue_valkey: Engine, producer: App, queue_name: str, previous_release: Path
+) -> None:
+    old_env = {
+        "ROLLING_CODE": "old",
+        "PYTHONPATH": os.pathsep.join([str(previous_release), str(ROOT)]),
+    }
+    client = admin_client(segue_valkey)
+    with Fleet(
+        "tests.apps.rolling:app", segue_valkey.url, queue_name, concurrency=2, lease=1.0
+    ) as fleet:
+        try:
+            async with producer:
+                wf = await (rolling.double.call(2) | rolling.double.call()).enqueue()
+                stored = await client.hgetall(
+                    f"{producer.settings.prefix}:{{{queue_name}}}:wf:{wf.id}"
+                )
+                assert stored[b"stn"] == b"2" and b"steps" not in stored
+                fleet.start(env=old_env)
+                assert await wf.result(timeout=20) == 8
+                steps = await wf.steps()
+        finally:
+            await client.aclose()
+    assert [s.id for s in steps] == [f"{wf.id}.1", f"{wf.id}.2"]
+    assert [s.status for s in steps] == [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED]
