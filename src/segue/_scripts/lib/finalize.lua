@@ -80,7 +80,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
   -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw', 'off', 'kc')
+    'cof', 'cp', 's', 'sgw', 'off', 'kc', 'ctl')
   f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
@@ -115,7 +115,10 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn', 'kc')
+  -- each field named costs a scan of the record (kept compact, lib/transition.lua): those
+  -- read above go only when there (a pending request's 'ctl' comes with 'ctlr', 'ctlt')
+  redis.call('HDEL', tk, 'wait', 'hold', 'pc')
+  if f[8] or f[15] or f[16] then redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'cn', 'kc') end
   redis.call('DEL', Q.base .. 'state:' .. id)
   -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
   -- which is in neither: two commands less per task a worker ends)

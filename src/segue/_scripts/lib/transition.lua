@@ -40,14 +40,20 @@ local function trimmed_history(tk, field, h, line)
 end
 
 local function next_history(tk, status, at, reason)
-  local f = redis.call('HMGET', tk, 'hc', 'h', 'ce')
-  if f[2] and not f[1] then
-    return 'h', trimmed_history(tk, 'h', f[2],
-      status .. '|' .. num_text(at) .. '|' .. (reason or '') .. '\n')
+  local f = redis.call('HMGET', tk, 'hc', 'ce')
+  if not f[1] then
+    local h = redis.call('HGET', tk, 'h')
+    if h then
+      return 'h', trimmed_history(tk, 'h', h,
+        status .. '|' .. num_text(at) .. '|' .. (reason or '') .. '\n')
+    end
   end
-  local line = HISTORY_CODES[status] .. num_text(at - (tonumber(f[3]) or at))
-  if reason and reason ~= '' then line = line .. '|' .. reason end
-  line = line .. '\n'
+  local line
+  if reason and reason ~= '' then
+    line = HISTORY_CODES[status] .. (at - (tonumber(f[2]) or at)) .. '|' .. reason .. '\n'
+  else
+    line = HISTORY_CODES[status] .. (at - (tonumber(f[2]) or at)) .. '\n'
+  end
   if not f[1] then return 'hc', line, nil end
   return 'hc', trimmed_history(tk, 'hc', f[1], line)
 end
