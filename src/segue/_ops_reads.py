@@ -36,8 +36,9 @@ class Readiness:
     """How many tasks of a queue a worker could start now, and how long the oldest of them
     has waited since it became QUEUED (seconds; 0.0 when none is ready).
 
-    Ready: queued (or due to be: its delay or retry time passed), not held back by its
-    name's rate or concurrency limit, in a queue that is not paused. `exact` is False when
+    Ready: queued (or due to be: its delay or retry time passed; a signal wait past its
+    deadline), not held back by its name's or its limit key's rate or concurrency limit or
+    a RateLimited hold, in a queue that is not paused. `exact` is False when
     the queue holds more tasks than were read and some names are limited: the tasks not
     read (those that run last) are then counted as ready."""
 
@@ -73,13 +74,22 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
             pipe.llen(key)
         pipe.hgetall(rate_key)
         pipe.hgetall(conc_key)
+        pipe.hget(ks.meta, "kq")
+        pipe.zrangebyscore(ks.base + "holds", now + 1, "+inf")
+        # a signal wait past its deadline needs a worker to end it (claim.lua): ready
+        pipe.zrangebyscore(ks.signal_due, "-inf", now, start=0, num=1, withscores=True)
+        pipe.zcount(ks.signal_due, "-inf", now)
         first = await pipe.execute()
     if first[0] == b"1":
         return Readiness(0, 0.0)
     lengths: list[int] = first[1:4]
     rates: dict[bytes, bytes] = first[4]
     most: dict[bytes, bytes] = first[5]
-    scan = SCAN_LIMITED if rates or most else SCAN_FREE
+    keyed = int(first[6] or 0) > 0
+    scan = SCAN_LIMITED if rates or most or keyed else SCAN_FREE
+    # keyed tasks wait in lanes, not in the lists: (head id, tasks) of each lane whose key
+    # lets it start now
+    lanes, lanes_read_all = await _ready_lanes(reads, ks, now, scan) if keyed else ([], True)
     async with reads.errors():
         pipe = reads.client.pipeline(transaction=False)
         for key in ks.pending:
@@ -94,7 +104,8 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     tails: list[list[bytes]] = second[0:3]
     due: list[tuple[bytes, float]] = second[3]
     due_count: int = second[4]
-    held_names = set()
+    # names a task raised RateLimited for, until their hold ends
+    held_names = set(first[7])
     for i, name in enumerate(names):
         running, (tokens, at) = second[5 + 2 * i], second[6 + 2 * i]
         if name in most and running >= int(most[name]):
@@ -105,34 +116,90 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
             last = int(at) if at is not None else now
             if min(burst + 0.5, have + (now - last) * per_ms) < 1:
                 held_names.add(name)
-    ids = [i for tail in tails for i in tail] + [i for i, _ in due]
-    if not ids:
+    ids = [i for tail in tails for i in tail] + [i for i, _ in due] + [i for i, _ in lanes]
+    timed_out: int = first[9]
+    if not ids and not timed_out:
         return Readiness(0, 0.0)
+    rows: list[list[bytes | None]] = []
     async with reads.errors():
         pipe = reads.client.pipeline(transaction=False)
         for task_id in ids:
             pipe.hmget(ks.task(task_id.decode()), "n", "s", "h", "hc", "ce")
-        rows: list[list[bytes | None]] = await pipe.execute()
+        if ids:
+            rows = await pipe.execute()
     listed = sum(len(t) for t in tails)
+    heads = listed + len(due)
     due_at = {i: int(score) for i, score in due}
     not_ready = 0
-    oldest = now
+    # the longest past its deadline has waited to be ended since then
+    oldest = int(first[8][0][1]) if timed_out else now
     for n, (task_id, (task_name, status, *history)) in enumerate(zip(ids, rows, strict=True)):
-        in_list = n < listed
+        in_list = n < listed or n >= heads
         waiting = status in (_WAITING_TO_RUN if in_list else _DUE_STATES)
         if task_name is not None and NAME_MARK.encode() in task_name:
             task_name = plain_name(task_name.decode()).encode()
         if not waiting or task_name in held_names:
-            not_ready += 1
+            # a lane's head held back holds its whole lane
+            not_ready += lanes[n - heads][1] if n >= heads else 1
             continue
         queued_at = _since(*history) if in_list else due_at[task_id]
         if queued_at is not None:
             oldest = min(oldest, queued_at)
-    total = sum(lengths) + due_count
-    read_all = listed == sum(lengths) and len(due) == due_count
+    total = sum(lengths) + due_count + sum(count for _, count in lanes) + timed_out
+    read_all = listed == sum(lengths) and len(due) == due_count and lanes_read_all
     return Readiness(
         max(0, total - not_ready), max(0.0, (now - oldest) / 1000), read_all or not held_names
     )
+
+
+async def _ready_lanes(
+    reads: Queries, ks: Keyspace, now: int, scan: int
+) -> tuple[list[tuple[bytes, int]], bool]:
+    """The lanes of keyed tasks that could start now, as (head task id, tasks in the lane),
+    and whether every such lane was read (at most `scan` per level and structure). A lane
+    whose key is held back is not ready, as claim.lua's kadmit decides: its key's
+    concurrency is full, a RateLimited hold is not over, or its rate has no token."""
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
+        for level in (1, 2, 3):
+            pipe.lrange(ks.key("ring", str(level)), 0, scan - 1)
+            # a lane waiting for a token or a hold that is due takes its turn at the next claim
+            pipe.zrangebyscore(ks.key("kdue", str(level)), "-inf", now, start=0, num=scan)
+        pipe.hgetall(ks.keyed_limits)
+        found = await pipe.execute()
+    specs: dict[bytes, bytes] = found[6]
+    lanes = [
+        (level, lane) for level in (1, 2, 3) for lane in found[2 * level - 2] + found[2 * level - 1]
+    ]
+    if not lanes:
+        return [], True
+    async with reads.errors():
+        pipe = reads.client.pipeline(transaction=False)
+        for level, lane in lanes:
+            key = ks.key("lane", str(level), lane.decode())
+            pipe.llen(key)
+            pipe.lindex(key, -1)  # the head: lanes pop from the right, as the lists do
+            pipe.scard(ks.lane_key("krun", lane.decode()))
+            pipe.hmget(ks.lane_key("kbucket", lane.decode()), "tk", "ts", "hold")
+        got = await pipe.execute()
+    ready = []
+    for i, (_, lane) in enumerate(lanes):
+        count, head, running, (tokens, at, hold) = got[4 * i : 4 * i + 4]
+        if not count or head is None:
+            continue
+        spec = specs.get(lane.partition(b"|")[0], b"").split()
+        most, per_ms, burst = (float(x) for x in (spec + [b"0", b"0", b"1"][len(spec) :])[:3])
+        if most > 0 and running >= most:
+            continue
+        if hold is not None and int(hold) > now:
+            continue
+        if per_ms > 0:
+            have = float(tokens) if tokens is not None else burst
+            last = int(at) if at is not None else now
+            if min(burst + 0.5, have + (now - last) * per_ms) < 1:
+                continue
+        ready.append((head, int(count)))
+    return ready, all(len(group) < scan for group in found[:6])
 
 
 async def stats(reads: Queries, ks: Keyspace) -> dict[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +29,7 @@ import redis.retry
 from redis import exceptions as rexc
 
 from segue import _scripts, _sentinel, _tls
+from segue._clusterconn import ClusterRoutes
 from segue._durability import Confirmer, Need
 from segue._errors import (
     BrokerError,
@@ -341,6 +343,12 @@ class Transport:
         # the hot path of a standalone server goes through one auto-pipelined connection;
         # under Sentinel it asks the sentinels for the primary at every (re)connect
         self.fast = self.new_fast_connection()
+        # a cluster's hot path: one such connection per primary, routed by slot
+        self.routes = (
+            ClusterRoutes(self.client, _plain_url(url), settings.reply_timeout_seconds)
+            if self.cluster and not _sentinel.is_sentinel_url(url)
+            else None
+        )
         self._confirmer: Confirmer | None = None  # durable enqueues, made at the first
         self._blocking: Any = None
         self._keyspaces: dict[str, Keyspace] = {}
@@ -424,6 +432,8 @@ class Transport:
     async def close(self) -> None:
         if self.fast is not None:
             await self.fast.close()
+        if self.routes is not None:
+            await self.routes.close()
         if self._confirmer is not None:
             await self._confirmer.close()
             self._confirmer = None
@@ -453,8 +463,14 @@ class Transport:
                         raise
                     return await self._run_fast(self.fast, calls)
         async with self.errors():
-            # only a cluster has no fast connection: a cluster pipeline may split over
-            # nodes, so the calls go one by one
+            if self.routes is not None:
+                # what a primary's connection cannot deliver (a redirection, a refusal
+                # that says the call did not run, a dead primary, NOSCRIPT) goes through
+                # redis-py's client as every cluster call went before: it follows the
+                # redirection, refreshes the slot map that routes, loads the script and
+                # waits out a failover with its tuned retries (all these calls are safe
+                # to resend: see _RETRIES)
+                return await self.routes.run(calls, functools.partial(_eval, self.client))
             return [await _eval(self.client, call) for call in calls]
 
     @staticmethod

@@ -12,7 +12,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from segue import App, Fail, TaskHandle, TaskNotFound, TaskStatus, _ops_reads
+from segue import (
+    App,
+    Context,
+    Fail,
+    Limit,
+    RateLimited,
+    TaskHandle,
+    TaskNotFound,
+    TaskStatus,
+    _ops_reads,
+)
 from tests.e2e.conftest import dashboard
 from tests.integration.conftest import serving
 
@@ -128,6 +138,110 @@ async def test_a_delayed_task_is_not_late_and_a_held_one_is_not_ready(
             release.set()
             await second.wait_for(timeout=10)
             await waiting.wait_for(timeout=10)
+        assert await _scrape(app, queue, *names) == [0, 0]
+
+
+async def test_keyed_tasks_count_as_ready_unless_their_key_holds_them(
+    make_dash_app: Callable[..., App],
+) -> None:
+    """Tasks with a limit key wait in lanes, not in the priority lists: with no worker
+    running they are ready (an autoscaler starting from zero must see them), until their
+    key's concurrency or rate holds them back."""
+    app = make_dash_app()
+    release = asyncio.Event()
+
+    @app.task(name="per_tenant", concurrency=Limit(1, key="tenant"))
+    async def per_tenant(tenant: str) -> None:
+        await release.wait()
+
+    @app.task(name="paced", rate_limit=Limit("1/m", key="tenant", burst=1))
+    async def paced(tenant: str) -> None:
+        return None
+
+    queue = app.settings.queue
+    names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
+    async with app:
+        start = time.monotonic()
+        a1, a2, b1 = await app.enqueue_many([per_tenant.call(t) for t in ("a", "a", "b")])
+        await asyncio.sleep(0.3)
+        ready, age = await _scrape(app, queue, *names)
+        assert ready == 3
+        assert 0.2 <= age <= time.monotonic() - start + 0.1
+        async with serving(app):
+            # one run of each key holds its key: a's second task waits, held
+            await a1.wait_for(TaskStatus.RUNNING, timeout=10)
+            await b1.wait_for(TaskStatus.RUNNING, timeout=10)
+            assert await a2.status() is TaskStatus.QUEUED
+            assert await _scrape(app, queue, *names) == [0, 0]
+            release.set()
+            await a2.wait_for(timeout=10)
+            # the rate's one token goes to the first; the second waits for the next
+            first = await paced.enqueue("c")
+            await first.wait_for(timeout=10)
+            second = await paced.enqueue("c")
+            await asyncio.sleep(0.5)  # claims come and go: it stays queued
+            assert await second.status() is TaskStatus.QUEUED
+            assert await _scrape(app, queue, *names) == [0, 0]
+            await second.cancel()
+
+
+async def test_a_name_held_by_rate_limited_is_not_ready(
+    make_dash_app: Callable[..., App],
+) -> None:
+    """A task that raised RateLimited holds its task name: the name's waiting tasks are not
+    ready until the hold ends."""
+    app = make_dash_app()
+    told = asyncio.Event()
+
+    @app.task(name="told_to_wait")
+    async def told_to_wait(n: int) -> None:
+        told.set()
+        raise RateLimited(retry_after=60)
+
+    queue = app.settings.queue
+    names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
+    async with app:
+        first, second = await app.enqueue_many([told_to_wait.call(n) for n in range(2)])
+        assert (await _scrape(app, queue, *names))[0] == 2
+        async with serving(app, concurrency=1):
+            await asyncio.wait_for(told.wait(), timeout=10)
+            await asyncio.sleep(0.5)  # claims come and go: both stay queued
+            assert await first.status() is await second.status() is TaskStatus.QUEUED
+            assert await _scrape(app, queue, *names) == [0, 0]
+        await first.cancel()
+        await second.cancel()
+
+
+async def test_a_signal_wait_past_its_deadline_is_ready(
+    make_dash_app: Callable[..., App],
+) -> None:
+    """A task waiting for a signal is not ready; once its deadline passes it is, since only
+    a worker ends the wait (with its timeout), and counts from the deadline."""
+    app = make_dash_app()
+
+    @app.task(name="awaits_go")
+    async def awaits_go(ctx: Context) -> Any:
+        return await ctx.wait_signal("go", timeout=2.0, default="late")
+
+    queue = app.settings.queue
+    names = ("segue_queue_ready", "segue_queue_oldest_ready_seconds")
+    async with app:
+        enqueued = time.monotonic()
+        handle = await awaits_go.enqueue()
+        async with serving(app):
+            await handle.wait_for(TaskStatus.WAITING, timeout=10)
+        waited = time.monotonic()
+        # its deadline is 2 s after the wait began, between the enqueue and now
+        if waited < enqueued + 1.5:
+            assert await _scrape(app, queue, *names) == [0, 0]
+        await asyncio.sleep(max(0.0, waited + 2.3 - time.monotonic()))
+        before = time.monotonic()
+        ready, age = await _scrape(app, queue, *names)
+        after = time.monotonic()
+        assert ready == 1
+        assert before - waited - 2.0 - 0.1 <= age <= after - enqueued - 2.0 + 0.1
+        async with serving(app):
+            assert await handle.result(timeout=10) == "late"
         assert await _scrape(app, queue, *names) == [0, 0]
 
 

@@ -24,7 +24,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_blobs",
     ),
     "storage": (
-        *("_scripts", "_fastconn", "_sentinel", "_tls", "_broker", "_pubsub", "_durability"),
+        *(
+            "_scripts",
+            "_fastconn",
+            "_clusterconn",
+            "_sentinel",
+            "_tls",
+            "_broker",
+            "_pubsub",
+            "_durability",
+        ),
         *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
         *("_ops_reads", "_ops_actions", "_offload"),
     ),
