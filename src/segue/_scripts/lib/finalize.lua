@@ -72,7 +72,8 @@ end
 -- The transition of every task end, filled in place: a claim or finish call ends a batch of
 -- tasks, and a table built per task (with its `set` list) was a good part of the server's
 -- time per task, in allocation and garbage collection. transition() keeps no reference.
--- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command.
+-- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command, when
+-- there is one to reset (a record starts without it: adding it costs more than a read).
 local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 
@@ -80,7 +81,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
   -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw', 'off', 'kc', 'ctl')
+    'cof', 'cp', 's', 'sgw', 'off', 'kc', 'ctl', 'd')
   f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
@@ -109,7 +110,7 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
   -- it leaves RUNNING (leave_running): 'cn' and 'kc' go with the fields deleted below
   if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
   if f[15] then lane_release(Q.base, f[15], id) end
-  local t = status == 'succeeded' and SUCCEEDING or ENDING
+  local t = (status == 'succeeded' and f[17] and f[17] ~= '0') and SUCCEEDING or ENDING
   local set = t.set
   local at_text = num_text(at)
   t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
