@@ -88,7 +88,7 @@ class Enqueuer:
 
     def queue_for(self, sig: Signature[Any]) -> str:
         """The queue a signature goes to: its options, else its task's, else the App's."""
-        queue = sig.opts.get("queue") or sig.task.opts.queue or self.settings.queue
+        queue = sig.opts.get("queue") or sig.task.opts.queue or self._client.settings.queue
         if queue not in self._checked_queues:
             self._checked_queues.add(check_queue_name(queue))
         return queue
@@ -130,7 +130,7 @@ class Enqueuer:
         key = o.get("key")
         if task_id is None:
             task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
-        settings = self.settings
+        settings = self._client.settings
         # offloading: what the record would not hold goes to the payload store, up to its
         # own bound; refused here, before anything is written, when over that too
         offload = settings.offload_bytes is not None
@@ -149,12 +149,14 @@ class Enqueuer:
                 f"arguments of task {task.name} do not decode for its parameters, so a worker "
                 f"would refuse them: {exc}"
             ) from None
-        delay = seconds(o.get("delay")) or 0.0
+        # hot (once per task enqueued): options left out cost no call
+        delay = o.get("delay")
+        delay = (seconds(delay) or 0.0) if delay else 0.0
         at: datetime | None = o.get("at")
         expire = o.get("expire", d.expire)
         if isinstance(expire, datetime):
             expire = max(0.001, expire.timestamp() - time.time())
-        expire_s = seconds(expire)
+        expire_s = seconds(expire) if expire else None
         timeout = o.get("timeout", d.timeout)
         ttl = o.get("ttl", d.ttl)
         return (
@@ -169,9 +171,9 @@ class Enqueuer:
                 max_tries=o.get("max_tries", d.max_tries),
                 timeout_ms=int(timeout * 1000) if timeout else 0,
                 ttl_ms=-1 if ttl is None else int(ttl * 1000),
-                unique=self._unique_key(sig),
+                unique="" if d.unique is False else self._unique_key(sig),
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
-                headers=_headers(sig),
+                headers=_headers(sig) if sig.headers or o.get("headers") else "",
                 version=d.version,
                 from_worker=from_worker(o, task.by_name) if task.by_name else "",
                 lane=lane_of(
@@ -364,16 +366,22 @@ class Enqueuer:
         broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        if self.settings.offload_bytes is not None:
+        settings = self._client.settings
+        if settings.offload_bytes is not None:
             await offload_specs(broker, (spec,))
-        level = sig.opts.get("durability", self.settings.durability)
+        level = sig.opts.get("durability", settings.durability)
+        mark = broker.ended_mark(ks)  # before the send, for the handle's result()
         if level == "memory":
             reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
         else:
             reply = await self._enqueue_durable(broker, ks, spec, level)
         if reply.__class__ is int:
             return TaskHandle(
-                self._client, spec.id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
+                self._client,
+                spec.id,
+                sig.task.result_decoder,
+                keeps_result=spec.ttl_ms != 0,
+                mark=mark if reply == 1 else None,  # 0: an older task of this id
             )
         return self._handle_for(sig, spec.id, reply, spec)
 
@@ -431,10 +439,11 @@ class Enqueuer:
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         sigs = list(signatures)
-        if any("debounce" in sig.opts for sig in sigs):
-            raise ConfigurationError(
-                "enqueue_many does not debounce: enqueue debounced calls one at a time"
-            )
+        for sig in sigs:
+            if "debounce" in sig.opts:
+                raise ConfigurationError(
+                    "enqueue_many does not debounce: enqueue debounced calls one at a time"
+                )
         for sig in sigs if self.hooks else ():
             await call_hooks(self.hooks, "before_enqueue", sig)
         by_queue: dict[str, list[EnqueueSpec]] = {}
@@ -442,7 +451,8 @@ class Enqueuer:
         kept: list[EnqueueSpec] = []
         handles: list[TaskHandle[R]] = []
         levels: set[str] = set()
-        default_level = self.settings.durability
+        settings = self._client.settings
+        default_level = settings.durability
         for n, sig in enumerate(sigs):
             if "after" in sig.opts:
                 raise ConfigurationError(

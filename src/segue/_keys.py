@@ -247,8 +247,16 @@ class Keyspace:
 
     @cached_property
     def done_channel(self) -> str:
-        """Sharded pub/sub channel announcing ids of tasks that just ended."""
+        """Sharded pub/sub channel announcing ids of tasks that just ended (the channel the
+        previous release's result() waits on; scripts publish on both)."""
         return self.key("ended")
+
+    @cached_property
+    def outcome_channel(self) -> str:
+        """Sharded pub/sub channel announcing each task that just ended: its id, then for a
+        success whose result is at most 4,096 bytes (OUTCOME_INLINE in lib/finalize.lua) a
+        NUL and the result. Scripts name it `<done channel>:out` (lib/finalize.lua)."""
+        return self.key("ended", "out")
 
     def reply_channel(self, client: str) -> str:
         """Sharded pub/sub channel carrying the answers to one client's queries."""

@@ -55,6 +55,9 @@ class Waker(Service):
                 await asyncio.sleep(0.5)
                 continue
             self._wake()
+            # let the claim loop send its claim before the next BLPOP goes out: the claim
+            # is what the woken work waits for
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         # Cancelling a BLPOP in flight can stall redis-py's connection teardown; a wake

@@ -294,11 +294,13 @@ class Worker:
             claimed = 0
             backlog = 0
             now_ms = 0
+            short = False
             if claim_from is not None:
                 self._next_due = None  # this round's claims say what is due next, in any queue
                 # leases first: the renewal thread must know the new tasks before anything
                 # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
+                short = claimed < free
             self._check_finished(taken, replies[:n_finish])
             if claim_from is not None:
                 # later queues are served only with what the earlier ones left free
@@ -317,7 +319,10 @@ class Worker:
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
                     backlog += b
-            if claimed and self.concurrency > len(self._running):
+                    short = short or c < free
+            # claim again at once only after full claims: a short one emptied what it could
+            # take, and what comes next wakes the waker (a claim less per task when idle)
+            if claimed and not short and self.concurrency > len(self._running):
                 continue
             if self._outcomes:
                 continue
@@ -378,12 +383,12 @@ class Worker:
         if taken:
             faultpoint("after_complete_before_ack")
         for (_, finished), reply in zip(taken, replies, strict=True):
+            if self._lease is not None:
+                self._lease.drop_all([(run.id, run.gen) for run in finished])
             for run, ok in zip(finished, parse_finish(reply), strict=True):
-                if self._lease is not None:
-                    self._lease.drop(run.id, run.gen)
                 if ok is FinishResult.FORWARD and self._forwarder is not None:
                     self._forwarder.poke()  # it left outbox entries for other queues
-                if ok and isinstance(run.outcome, Paused):
+                if ok and run.outcome.__class__ is Paused:
                     faultpoint("after_pause_ack")
                 if not ok:
                     log.warning(
@@ -414,41 +419,51 @@ class Worker:
         if jobs:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
+        # looked up once per claim, not once per run
+        settings = self._client.settings
+        max_deliveries = settings.max_deliveries
+        lease_seconds = settings.lease_seconds
+        enqueue_child = self._enqueuer.enqueue_child
+        child_handle = self._enqueuer.child_handle
+        broker, resources, running = self._broker, self._resources, self._running
+        lease = self._lease
+        assert lease is not None
+        held: list[tuple[str, Keyspace, str]] = []
         for run in jobs:
-            if not run.id_readable:
+            if run.unreadable is not None and not run.id_readable:
                 # an id that is not UTF-8 cannot name the task back to the server: its lease
                 # lapses, and claim.lua fails it worker_lost after max_deliveries
                 log.error("task id %r is not UTF-8; left to expire", run.id)
                 continue
             job = Job(
-                ks=ks,
-                id=run.id,
-                name=run.name,
-                payload=run.payload,
-                tries=run.tries,
-                gen=run.gen,
-                timeout_ms=run.timeout_ms,
-                max_tries=run.max_tries,
+                ks,
+                run.id,
+                run.name,
+                run.payload,
+                run.tries,
+                run.gen,
+                run.timeout_ms,
+                run.max_tries,
+                run.input,
+                run.headers,
+                run.lost > 0 and run.last_delivery(max_deliveries),
                 started=_clock.monotonic(),
-                input=run.input,
-                headers=run.headers,
                 unreadable=run.unreadable,
                 version=run.version,
                 started_version=run.started_version,
                 journal=run.journal,
                 from_worker=run.from_worker,
-                last_delivery=run.last_delivery(self._client.settings.max_deliveries),
             )
             job.run = RunControl(
-                self._enqueuer.enqueue_child,
-                self._broker,
+                enqueue_child,
+                broker,
                 ks,
                 job.gen,
-                self._resources,
-                lease_seconds=self._client.settings.lease_seconds,
-                child_handle=self._enqueuer.child_handle,
+                resources,
+                lease_seconds=lease_seconds,
+                child_handle=child_handle,
             )
-            earlier = self._running.get(job.id)
+            earlier = running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
                 # lapsed (an outage longer than the lease) and gave it back here: that run's
@@ -456,10 +471,11 @@ class Worker:
                 log.warning("lease of task %s lost; its new run replaces the old", job.id)
                 earlier.lost = True
                 earlier.task.cancel()
-            self._running[job.id] = job
-            assert self._lease is not None
-            self._lease.hold(job.id, ks, job.gen)
+            running[job.id] = job
+            held.append((job.id, ks, job.gen))
             job.task = asyncio.create_task(self._run(job), name=f"segue-run-{job.id}")
+        if held:
+            lease.hold_all(held)
         return len(jobs), reply.backlog, reply.now_ms
 
     async def _run(self, job: Job) -> None:
@@ -481,19 +497,18 @@ class Worker:
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = Retrying(b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
-        if isinstance(outcome, Waiting):
+        if outcome is None or outcome.__class__ is Succeeded:
+            pass  # the common case first: no more checks
+        elif isinstance(outcome, Waiting):
             outcome = None  # wait.lua already made it WAITING and released its lease
-        elif (
-            outcome is not None
-            and not isinstance(outcome, Succeeded)
-            and job.run
-            and job.run.request == "cancel"
-        ):
+        elif job.run and job.run.request == "cancel":
             # the task caught the CancelledError and went on: the cancel still stands
             outcome = Cancelled()
         if self._running.get(job.id) is job:  # not if a newer run of the task replaced it
             del self._running[job.id]
-            self._controller.ended(job.id)
+            if job.run is not None and job.run.request is not None:
+                # a grace timer runs only for a run asked to pause (_control.py)
+                self._controller.ended(job.id)
         if outcome is not None and not job.lost:
             self._outcomes.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
             # the lease is renewed until the outcome is on the server (_check_finished):

@@ -11,6 +11,7 @@ import pytest
 
 import segue
 from segue import TaskStatus, _calls, _scripts
+from segue._fastconn import _pack
 from segue._keys import Keyspace
 from segue._settings import Settings
 from segue._wire import (
@@ -424,3 +425,16 @@ def test_a_workflow_record_lists_its_steps_or_counts_the_usual_ones() -> None:
     assert workflow_steps("q:wf-1", {b"stn": b"3"}) == ["q:wf-1.1", "q:wf-1.2", "q:wf-1.3"]
     assert workflow_steps("q:wf-1", {b"steps": b"q:wf-1.2 q:wf-1.5"}) == ["q:wf-1.2", "q:wf-1.5"]
     assert workflow_steps("q:wf-1", {}) == []
+
+
+def test_command_arguments_go_out_as_resp_bulk_strings() -> None:
+    # exact bytes, str and int take the fast path of _pack; a str subclass (a field code)
+    # and a float the general one: all arrive as the server reads them
+    packed = _pack((b"\x00b", "é", TaskField.STATUS, 42, -7, 1 << 70, 1.5))
+    big = str(1 << 70).encode()
+    assert packed == (
+        b"*7\r\n$2\r\n\x00b\r\n$2\r\n\xc3\xa9\r\n$1\r\ns\r\n$2\r\n42\r\n$2\r\n-7\r\n"
+        b"$%d\r\n%s\r\n$3\r\n1.5\r\n" % (len(big), big)
+    )
+    with pytest.raises(TypeError, match="cannot send a NoneType"):
+        _pack((None,))

@@ -76,6 +76,8 @@ end
 -- there is one to reset (a record starts without it: adding it costs more than a read).
 local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
+-- the largest result an ended message carries (Keyspace.outcome_channel says the same)
+local OUTCOME_INLINE = 4096
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
   -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
@@ -137,7 +139,18 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('ZADD', Q.done[status], num_text(at + ttl), id)
   end
   blobs_live(Q.base, id, f[14], ttl, true)
+  -- the ended channel of the previous release's waiters (the id alone), then this release's
+  -- (`<done channel>:out`, Keyspace.outcome_channel): with a success's result up to
+  -- OUTCOME_INLINE bytes after a NUL, which spares its waiters reading the record; a larger
+  -- or offloaded result and every other end are read from the record, as before
   redis.call('SPUBLISH', Q.channel, id)
+  if status == 'succeeded' and ttl ~= 0 and field == 'r' and value
+      and #value <= OUTCOME_INLINE
+      and not is_ref(value) then
+    redis.call('SPUBLISH', Q.channel .. ':out', id .. '\0' .. value)
+  else
+    redis.call('SPUBLISH', Q.channel .. ':out', id)
+  end
   count_stat(Q.base, status, at)
   local result = nil
   if status == 'succeeded' then result = value end
