@@ -89,10 +89,14 @@ local function new_task(base, argv, b, now, waiting, lane)
     status = 'scheduled'
   end
   local now_text = num_text(now)
+  -- lost runs 'd' start absent, read as 0 by the scripts of this release and of the previous
+  -- one (HINCRBY, or a default): it put a waiting record in the next size class of the
+  -- server's allocator. Tries 't' and the generation 'g' are written: the claim then
+  -- replaces them in place, where adding them cost the drain more than it saved
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
-    'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
+    'q', argv[b + SPEC.priority], 't', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
     'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now_text,
-    'h', status .. '|' .. now_text .. '|\n')
+    'hc', first_history(status))
   if due > now then redis.call('HSET', tk, 'due', due) end
   -- offloaded arguments: their blob now lives as long as this record (lib/blobs.lua)
   adopt_blob(base, tk, id, argv[b + SPEC.payload])
