@@ -84,7 +84,7 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
     make_app: Callable[..., App],
 ) -> None:
     app = make_app()
-    started = asyncio.Event()
+    seen_five = asyncio.Event()
 
     @app.task(name="endless")
     async def endless(ctx: Context) -> None:
@@ -92,9 +92,15 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
         while True:
             await ctx.stream(i)
             i += 1
-            if i == 5:
-                started.set()
             await asyncio.sleep(0.01)
+
+    async def read_until_cancelled(handle: TaskHandle[Any]) -> list[Any]:
+        got: list[Any] = []
+        async for chunk in handle.stream():
+            got.append(chunk)
+            if len(got) == 5:
+                seen_five.set()
+        return got
 
     @app.task(name="quiet")
     def quiet(ctx: SyncContext) -> int:
@@ -109,9 +115,11 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
         h = await endless.enqueue()
         q = await quiet.enqueue()
         s = await sync_talker.enqueue()
-        reader = asyncio.create_task(read_all(h))
+        reader = asyncio.create_task(read_until_cancelled(h))
         async with serving(app, concurrency=4):
-            await asyncio.wait_for(started.wait(), 10)
+            # the cancel comes once five chunks are on the server: chunks the run gave that
+            # were still waiting or on their way when it was cancelled are dropped with it
+            await asyncio.wait_for(seen_five.wait(), 10)
             await h.cancel()
             got = await asyncio.wait_for(reader, 10)
             assert got[:5] == [0, 1, 2, 3, 4]
