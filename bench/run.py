@@ -1,11 +1,14 @@
-"""Benchmark segue against streaQ and taskiq on one machine, one server, one worker process.
+"""Benchmark segue against streaQ, taskiq, Huey and BullMQ on one machine and one server.
 
     python bench/run.py [--only segue] [--n 20000] [--server redis|valkey] [--json out.json]
                         [--processes N] [--event-loop asyncio|uvloop]
 
+Every system runs one worker process (segue: N with --processes N).
+
 Each library runs the same workloads against the same freshly flushed server:
   enqueue-one    N/4 enqueues, each awaited before the next
-  enqueue-batch  N enqueues in the library's batch call (taskiq: 64 concurrent sends)
+  enqueue-batch  N enqueues in the library's batch call (taskiq: 64 concurrent sends; Huey has
+                 no batch call, so its figure is `task.map`, one by one; BullMQ: addBulk of 1,000)
   drain          N queued no-op tasks, results stored; time from worker start to the last
                  result, minus that worker's start-up time (measured alone, same way)
   drain-warm     (segue) N queued no-op tasks in a paused queue, drained by workers already
@@ -13,7 +16,10 @@ Each library runs the same workloads against the same freshly flushed server:
                  which matters with --processes, whose children come up one by one
   latency        200 round trips (enqueue, wait for the result) on an idle worker
   sleep          2,000 tasks that each await a 50 ms sleep, concurrency 100 (ideal 1.0 s)
-The peers run from their own virtual environment (bench/.venv-peers, made on first use).
+The Python peers run from their own virtual environment (bench/.venv-peers, made on first use);
+BullMQ runs its Node worker and producer from bench/node (`npm ci` there on first use). Huey's
+worker is `huey_consumer -k thread` with one thread per slot, its results wait on a BLPOP
+(`notify_result=True`); BullMQ's results wait on its QueueEvents stream.
 `--processes N` runs segue's worker as `segue worker --processes N` (N processes under one
 supervisor, each with the given concurrency); `--event-loop uvloop` runs segue's worker
 (SEGUE_EVENT_LOOP) and its producer on uvloop.
@@ -38,6 +44,9 @@ import redis
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".venv-peers"
 PEER_PY = PEERS / "bin" / "python"
+NODE_DIR = HERE / "node"
+PEER_PACKAGES = ["streaq", "taskiq", "taskiq-redis", "huey", "redis"]
+SYSTEMS = ["segue", "streaq", "taskiq", "huey", "bullmq"]
 
 
 def _free_port() -> int:
@@ -46,15 +55,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _peers_env() -> None:
-    if PEER_PY.exists():
-        return
-    print("installing streaq, taskiq and taskiq-redis into bench/.venv-peers ...")
-    subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-    subprocess.run(
-        [str(PEER_PY), "-m", "pip", "install", "--quiet", "streaq", "taskiq", "taskiq-redis"],
-        check=True,
-    )
+def _peers_env(names: list[str]) -> None:
+    if any(n in ("streaq", "taskiq", "huey") for n in names) and not PEER_PY.exists():
+        print("installing streaq, taskiq, taskiq-redis and huey into bench/.venv-peers ...")
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        subprocess.run(
+            [str(PEER_PY), "-m", "pip", "install", "--quiet", *PEER_PACKAGES],
+            check=True,
+        )
+    if "bullmq" in names and not (NODE_DIR / "node_modules" / "bullmq").exists():
+        print("installing bullmq into bench/node/node_modules ...")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
 
 
 class System:
@@ -68,6 +79,8 @@ class System:
         self.processes = processes
         self.event_loop = event_loop
         self.py = sys.executable if name == "segue" else str(PEER_PY)
+        if name == "bullmq":
+            self.py = shutil.which("node") or "node"
         self.client = redis.Redis.from_url(url)
 
     def worker_cmd(self, concurrency: int) -> list[str]:
@@ -87,6 +100,11 @@ class System:
             ]
         if self.name == "streaq":
             return [str(PEERS / "bin" / "streaq"), "run", "streaq_bench:worker"]
+        if self.name == "huey":
+            consumer = str(PEERS / "bin" / "huey_consumer")
+            return [consumer, "huey_bench.huey", "-q", "-n", "-k", "thread", "-w", c]
+        if self.name == "bullmq":
+            return [self.py, str(NODE_DIR / "bullmq_bench.mjs"), "worker"]
         return [
             str(PEERS / "bin" / "taskiq"),
             "worker",
@@ -106,6 +124,10 @@ class System:
             return int(self.client.zcard("segue:{bench}:done:succeeded"))
         if self.name == "streaq":
             return int(self.client.zcard("streaq:bench:index:results"))
+        if self.name == "huey":
+            return int(self.client.hlen("huey.results.bench"))
+        if self.name == "bullmq":
+            return int(self.client.zcard("bull:bench:completed"))
         return int(self.client.dbsize()) - 1  # one result key per task, plus the stream
 
     def env(self, concurrency: int) -> dict[str, str]:
@@ -122,8 +144,9 @@ class System:
         return env
 
     def driver(self, workload: str, n: int, sleep: float = 0.0) -> dict[str, Any]:
+        script = "node/bullmq_bench.mjs" if self.name == "bullmq" else f"{self.name}_bench.py"
         out = subprocess.run(
-            [self.py, f"{self.name}_bench.py", workload, "--n", str(n), "--sleep", str(sleep)],
+            [self.py, script, workload, "--n", str(n), "--sleep", str(sleep)],
             cwd=HERE,
             env=self.env(32),
             capture_output=True,
@@ -289,16 +312,15 @@ def report(results: dict[str, dict[str, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--only", choices=["segue", "streaq", "taskiq"], action="append")
+    parser.add_argument("--only", choices=SYSTEMS, action="append")
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--server", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--processes", type=int, help="segue worker --processes N")
     parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     ns = parser.parse_args()
-    names = ns.only or ["segue", "streaq", "taskiq"]
-    if any(n != "segue" for n in names):
-        _peers_env()
+    names = ns.only or SYSTEMS
+    _peers_env(names)
     proc, url = start_server(ns.server)
     results: dict[str, dict[str, float]] = {}
     try:

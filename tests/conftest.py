@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,45 @@ def segue_server(segue_valkey: Engine) -> LocalServer:
 
 # A machine with redis-server on PATH also runs the contract tests on Redis itself.
 ENGINES = ["valkey", "cluster"] + (["redis"] if server_binary("redis") else [])
+
+# The scripts and commands every feature builds on are checked on Redis in every run; the
+# Redis variants of the features' own tests (the same scripts and commands again, a fifth of
+# the suite's time) run with --all-engines or --faults-full.
+REDIS_IN_EVERY_RUN = {
+    "test_core",
+    "test_workflows",
+    "test_durable",
+    "test_signals",
+    "test_streams",
+    "test_limits",
+    "test_keyed_limits",
+    "test_reconcile",
+    "test_previous_release",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-engines",
+        action="store_true",
+        default=os.environ.get("SEGUE_ALL_ENGINES") == "1",
+        help="run every engine variant on Redis too, not only the core contract tests",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--all-engines") or config.getoption("--faults-full", False):
+        return
+    kept: list[pytest.Item] = []
+    left: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_redis = callspec is not None and callspec.params.get("segue_engine") == "redis"
+        module = Path(str(item.fspath)).stem
+        (left if on_redis and module not in REDIS_IN_EVERY_RUN else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", params=ENGINES)

@@ -5,7 +5,7 @@ handles and tasks get those collaborators, not the App."""
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from typing_extensions import Unpack
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from segue._context import Context
     from segue._cron import Schedule, ScheduleInfo
     from segue._hooks import Hook
+    from segue._keys import Keyspace
     from segue._lifespan import Resource
     from segue._options import (
         Backoff,
@@ -380,12 +381,28 @@ class App:
         offset: int = 0,
         limit: int = 100,
     ) -> list[TaskInfo]:
-        """Tasks of one queue in one status, paged (`offset`, `limit`)."""
+        """Tasks of one queue in one status, paged (`offset`, `limit`); a sharded queue's
+        shard after shard."""
         st = TaskStatus(status)
         reads = await self._client.reads()
-        ks = reads.keyspace(queue or self.settings.queue)
+        name = queue or self.settings.queue
+        sc = await (await self._client.broker()).shards.read(name)
+        spaces = [reads.keyspace(shard) for shard in sc.serving(name)]
+        found: list[tuple[Keyspace, str]] = []
+        if len(spaces) == 1:  # only the page is read, however long the lists
+            found = [
+                (spaces[0], i) for i in await reads.list_ids(spaces[0], st.value, offset, limit)
+            ]
+        else:
+            for ks in spaces:
+                # ids only, at most offset + limit in all: the page is cut from them
+                want = offset + limit - len(found)
+                if want <= 0:
+                    break
+                found += [(ks, i) for i in await reads.list_ids(ks, st.value, 0, want)]
+            found = found[offset : offset + limit]
         infos: list[TaskInfo] = []
-        for task_id in await reads.list_ids(ks, st.value, offset, limit):
+        for ks, task_id in found:
             rec = await reads.task_record(ks, task_id)
             if rec:
                 info = parse_info(task_id, rec, self._registry.tasks)
@@ -393,9 +410,10 @@ class App:
                     infos.append(info)
         return infos
 
-    def queue(self, name: str | None = None) -> Queue:
-        """One queue as a whole (default: the App's queue): pause, resume, counts."""
-        return Queue(self._client, check_queue_name(name or self.settings.queue))
+    def queue(self, name: str | None = None, *, shards: int | None = None) -> Queue:
+        """One queue as a whole (default: the App's queue): pause, resume, counts.
+        `shards=N` declares it sharded ([Sharded queues](sharding.md))."""
+        return Queue(self._client, check_queue_name(name or self.settings.queue), shards)
 
     async def retry(self, task_id: str) -> TaskHandle[Any]:
         """Queue a failed (e.g. dead-lettered), cancelled or expired task again."""
@@ -406,15 +424,27 @@ class App:
     async def dead_letters(
         self, queue: str | None = None, *, offset: int = 0, limit: int = 100
     ) -> list[TaskInfo]:
-        """Tasks of a queue that failed for good, newest first, paged."""
+        """Tasks of a queue that failed for good, newest first, paged (a sharded queue's:
+        merged from its shards by when they ended)."""
         reads = await self._client.reads()
-        ks = reads.keyspace(queue or self.settings.queue)
+        name = queue or self.settings.queue
+        sc = await (await self._client.broker()).shards.read(name)
+        spaces = [reads.keyspace(q) for q in sc.serving(name)]
+        if len(spaces) == 1:
+            start, count = offset, limit
+        else:
+            start, count = 0, offset + limit  # the page is cut from the merged lists
         infos: list[TaskInfo] = []
-        for task_id in await reads.dead_ids(ks, offset, limit):
-            rec = await reads.task_record(ks, task_id)
-            if rec:
-                infos.append(parse_info(task_id, rec, self._registry.tasks))
-        return infos
+        for ks in spaces:
+            for task_id in await reads.dead_ids(ks, start, count):
+                rec = await reads.task_record(ks, task_id)
+                if rec:
+                    infos.append(parse_info(task_id, rec, self._registry.tasks))
+        if len(spaces) == 1:
+            return infos
+        never = datetime.min.replace(tzinfo=UTC)
+        infos.sort(key=lambda i: i.ended_at or never, reverse=True)
+        return infos[offset : offset + limit]
 
     async def events(
         self,
@@ -431,6 +461,10 @@ class App:
         keep; an event's `id` resumes after it. Ends when the caller stops iterating."""
         if queues is None:
             queues = [queue_of(task_id) if task_id else self.settings.queue]
+        if task_id is None:
+            # a sharded queue's stream is one per shard: all of them are followed
+            shards = (await self._client.broker()).shards
+            queues = [n for q in queues for n in (await shards.read(q)).serving(q)]
         async for event in follow(self._client, list(queues), since, block, task_id, kinds):
             yield event
 
@@ -439,8 +473,7 @@ class App:
         return await reads.queues()
 
     async def queue_counts(self, queue: str | None = None) -> dict[str, int]:
-        reads = await self._client.reads()
-        return await reads.count(reads.keyspace(queue or self.settings.queue))
+        return await self.queue(queue).counts()
 
     # --- running ---------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from segue._errors import (
 from segue._faults import faultpoint
 from segue._keys import dashboard_sessions_key, queues_key
 from segue._queries import Queries
+from segue._shardmap import ShardMap
+from segue._shards import logical_queue, shard_count_of
 from segue._transport import (
     Transport,
     _cluster_seeds,
@@ -65,25 +67,40 @@ class Broker(Transport):
     the reads are a separate object over the same transport, handed alone to whoever only
     reads (CLI, dashboard, /metrics, handles)."""
 
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(
+        self, settings: Settings, url: str, declared: dict[str, int] | None = None
+    ) -> None:
         super().__init__(settings, url)
         self.reads = Queries(self)
+        self.shards = ShardMap(self, {} if declared is None else declared)
+        self._max_lens: dict[str, int] = {}
+
+    def max_len_of(self, ks: Keyspace) -> int:
+        """max_queue_length as one queue's scripts take it: a shard holds its share (the
+        total divided by the count its name carries, rounded up)."""
+        got = self._max_lens.get(ks.queue)
+        if got is None:
+            n = shard_count_of(ks.queue)
+            got = self._max_lens[ks.queue] = -(-self.max_len // n) if self.max_len else 0
+        return got
 
     def enqueue_call(self, ks: Keyspace, specs: Sequence[EnqueueSpec]) -> ScriptCall:
         """Create tasks (enqueue.lua); see _calls.parse_created for the reply."""
-        return _calls.enqueue(ks, specs, self.max_len)
+        return _calls.enqueue(ks, specs, self.max_len_of(ks))
 
     def debounce_call(
         self, ks: Keyspace, spec: EnqueueSpec, key: str, window_ms: int, max_wait_ms: int, edge: str
     ) -> ScriptCall:
         """One debounced enqueue (debounce.lua); see _calls.parse_debounced for the reply."""
-        return _calls.debounce(ks, spec, self.max_len, key, window_ms, max_wait_ms, edge)
+        return _calls.debounce(ks, spec, self.max_len_of(ks), key, window_ms, max_wait_ms, edge)
 
     async def register_queue(self, queue: str) -> None:
         if queue in self._known_queues:
             return
         async with self.errors():
-            await self.client.sadd(queues_key(self.settings.prefix), queue)
+            # a shard is listed as its queue: the listing, the CLI and the dashboard show
+            # queues, and find their shards from the queue's count (_shardmap.py)
+            await self.client.sadd(queues_key(self.settings.prefix), logical_queue(queue))
         self._known_queues.add(queue)
 
     def forget_queue(self, queue: str) -> None:
@@ -143,7 +160,7 @@ class Broker(Transport):
         self, ks: Keyspace, spec: EnqueueSpec, parent: str, number: int, policy: str
     ) -> ScriptCall:
         """Create a sub-task of `parent` (subtask.lua); see _calls.parse_created for the reply."""
-        return _calls.subtask(ks, spec, self.max_len, parent, number, policy)
+        return _calls.subtask(ks, spec, self.max_len_of(ks), parent, number, policy)
 
     async def cascade(self, ks: Keyspace, most: int = CASCADE_BATCH) -> tuple[int, int]:
         """Advance the queue's cascades to sub-tasks (cascade.lua): sub-tasks looked at,
@@ -178,7 +195,7 @@ class Broker(Transport):
     ) -> ScriptCall:
         """Create tasks with dependencies, and a workflow's record on this queue when given
         (graph.lua)."""
-        return _calls.graph(ks, workflow, steps, self.max_len)
+        return _calls.graph(ks, workflow, steps, self.max_len_of(ks))
 
     def watch_call(self, ks: Keyspace, watches: Sequence[Any]) -> ScriptCall:
         """Tasks of other queues wait for tasks of this one (watch.lua, 4 fields each)."""
@@ -256,14 +273,20 @@ class Broker(Transport):
         concurrency: dict[str, int],
         clear: tuple[list[str], list[str]],
         keyed: dict[str, str] | None = None,
+        lanes: tuple[dict[str, str], list[str]] | None = None,
     ) -> None:
         """Publish the rate and concurrency limits of task names, and the keyed limits by
-        limit name, for claim.lua to enforce."""
+        limit name, for claim.lua to enforce; and the lanes of keyed task names, for
+        enqueue.lua to place a task sent by name (with the names to forget)."""
         rate_key, conc_key = ks.limits
         async with self.errors():
             pipe = self.client.pipeline(transaction=False)
             if keyed:
                 pipe.hset(ks.keyed_limits, mapping=keyed)
+            if lanes and lanes[0]:
+                pipe.hset(ks.sent_lanes, mapping=lanes[0])
+            if lanes and lanes[1]:
+                pipe.hdel(ks.sent_lanes, *lanes[1])
             if rates:
                 pipe.hset(rate_key, mapping=rates)
             if concurrency:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from msgspec.structs import astuple as _astuple
+
 from segue import _scripts
 from segue._wire import (
+    ENQUEUE_WIDTH,
     ClaimReply,
     EnqueueSpec,
     Finished,
     FinishResult,
     GraphRecord,
     GraphStep,
+    Succeeded,
 )
 from segue._wire import text as _text
 
@@ -35,7 +39,7 @@ def enqueue(ks: Keyspace, specs: Sequence[EnqueueSpec], max_len: int) -> ScriptC
     """Create tasks, each idempotent by id (enqueue.lua). `max_len`: 0 for no limit."""
     args: list[Any] = [ks.base, len(specs), max_len]
     for spec in specs:
-        args.extend(spec.argv())
+        args += _astuple(spec)[:ENQUEUE_WIDTH]  # hot: EnqueueSpec.argv inline
     return (_scripts.load("enqueue"), ks.enqueue_keys, _with_lanes(args, specs))
 
 
@@ -130,7 +134,11 @@ def finish(
     args: list[Any] = [ks.base, ks.done_channel, dead_letter_cap, 1 if claim_follows else 0]
     args.append(len(finished))
     for f in finished:
-        args.extend(f.argv())
+        o = f.outcome
+        if type(o) is Succeeded:  # hot (once per run): Finished.argv inline, no calls
+            args += (f.id, f.gen, "ok", o.result, "")
+        else:
+            args.extend(f.argv())
     return (_scripts.load("finish"), ks.finish_keys, args)
 
 
@@ -411,3 +419,9 @@ def generation(ks: Keyspace, worker_id: str, last: int, keep_ms: int, cursor: st
         [ks.generation, ks.events],
         [worker_id, last, keep_ms, cursor],
     )
+
+
+def shards(ks: Keyspace, action: str, count: int = 0) -> ScriptCall:
+    """Create, change or read a queue's shard count in its base meta hash (shards.lua);
+    replies [count, old count (0: none), done (1 changed, 0 nothing to do, -1 refused)]."""
+    return (_scripts.load("shards"), [ks.meta], [action, count])

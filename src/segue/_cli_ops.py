@@ -16,6 +16,8 @@ from segue._keys import PRIORITIES
 
 schedule_cli = typer.Typer(help="Pause or resume a cron schedule by its id.", no_args_is_help=True)
 cli.add_typer(schedule_cli, name="schedule")
+queue_cli = typer.Typer(help="Create or reshard a queue (sharded queues).", no_args_is_help=True)
+cli.add_typer(queue_cli, name="queue")
 
 
 def _fail(text: str) -> typer.Exit:
@@ -203,3 +205,48 @@ def query(
     except SegueError as exc:
         raise _fail(str(exc)) from None
     out.print(json.dumps(answer, ensure_ascii=False), markup=False, highlight=False)
+
+
+def _queue_command(name: str, shards: int, reshard: bool, app: str | None, url: str | None) -> None:
+    async def go() -> int:
+        async with client_app(app, url) as the_app:
+            queue = the_app.queue(name, shards=None if reshard else shards)
+            return await (queue.reshard(shards) if reshard else queue.create())
+
+    try:
+        count = asyncio.run(go())
+    except SegueError as exc:
+        raise _fail(str(exc)) from None
+    if reshard:
+        said = (
+            f"resharded to {count} shard(s); the tasks of the old ones stay there and drain "
+            "(keyed enqueues keep the old routing until then)"
+        )
+    elif count != shards:
+        said = f"exists with {count} shard(s) (the server's count is kept)"
+    else:
+        said = f"{count} shard(s)"
+    out.print(f"queue {name}: {said}", markup=False, highlight=False)
+
+
+@queue_cli.command("create")
+def queue_create(
+    name: Annotated[str, typer.Argument(help="The queue's name")],
+    shards: Annotated[int, typer.Option("--shards", help="How many shards (1: unsharded)")] = 1,
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Store a queue's shard count on the server (unless it holds one already)."""
+    _queue_command(name, shards, False, app, url)
+
+
+@queue_cli.command("reshard")
+def queue_reshard(
+    name: Annotated[str, typer.Argument(help="The queue's name")],
+    shards: Annotated[int, typer.Argument(help="The new shard count")],
+    app: AppOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Change a queue's shard count: new enqueues use it, tasks stay where they are, and
+    keyed enqueues keep the old routing until the old shards drained."""
+    _queue_command(name, shards, True, app, url)

@@ -27,12 +27,14 @@ class Client:
     """The settings, the connected broker (`connected`, None before the first use) and the
     tasks whose types decode records. `settings` may change until the first connection."""
 
-    __slots__ = ("_embedded", "_lock", "connected", "settings", "tasks")
+    __slots__ = ("_embedded", "_lock", "connected", "settings", "shards_declared", "tasks")
 
     def __init__(self, settings: Settings, tasks: Mapping[str, TaskTypes]) -> None:
         self.settings = settings
         self.tasks = tasks
         self.connected: Broker | None = None
+        # shard counts declared in the code (app.queue(name, shards=N)), stored at first use
+        self.shards_declared: dict[str, int] = {}
         self._embedded: EmbeddedServer | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -57,7 +59,7 @@ class Client:
                         idle_timeout=self.settings.embedded_idle_seconds,
                     )
                     url = self._embedded.url
-                broker = Broker(self.settings, url)
+                broker = Broker(self.settings, url, self.shards_declared)
                 try:
                     await broker.ping()
                     need = need_for((self.settings.durability,), self.settings)

@@ -129,14 +129,35 @@ class ArgsDecoder:
         if self.typed and self._var_positional is None and self._var_keyword is None:
             self._whole = _whole_decoder(params, hints)
 
-    def decode(self, data: bytes, first: bytes | None = None) -> tuple[list[Any], dict[str, Any]]:
+    def decode(
+        self, data: bytes, first: bytes | None = None, *, start: int = 0
+    ) -> tuple[list[Any], dict[str, Any]]:
         """`first`: a JSON value to pass before the stored arguments (a workflow step's
-        input from the step before it), decoded for the first parameter. Raises
-        PayloadError naming the parameter whose value does not decode."""
+        input from the step before it), decoded for the first parameter. `start`: the
+        parameter the stored arguments begin at. Raises PayloadError naming the parameter
+        whose value does not decode."""
         raw_args, raw_kwargs = _args_decoder.decode(data)
         if first is not None:
             raw_args = [msgspec.Raw(first), *raw_args]
-        return self._decode(raw_args, raw_kwargs, 0)
+        # hot (once per run): the parameter's name is built only for an error's message
+        args: list[Any] = []
+        n = len(self._positional)
+        for i, raw in enumerate(raw_args, start):
+            if i < n:
+                dec = self._positional[i][1]
+            elif self._var_positional is not None:
+                dec = self._var_positional[1]
+            else:
+                dec = _PLAIN
+            try:
+                args.append(dec._decoder.decode(raw))
+            except Exception as exc:  # msgspec's, or a pydantic model's own validation
+                raise PayloadError(f"parameter {self._name(i)!r}: {exc}") from None
+        kwargs = {
+            k: _decode_one(self._named.get(k, self._var_keyword or _PLAIN), raw, k)
+            for k, raw in raw_kwargs.items()
+        }
+        return args, kwargs
 
     def check(self, data: bytes, *, first_to_come: bool = False) -> None:
         """Refuse arguments a worker would not decode (PayloadError naming the parameter).
@@ -150,27 +171,16 @@ class ArgsDecoder:
                 return
             except Exception:
                 pass  # the parameter by parameter decoding below names the parameter
-        raw_args, raw_kwargs = _args_decoder.decode(data)
-        self._decode(raw_args, raw_kwargs, 1 if first_to_come else 0)
+        self.decode(data, start=1 if first_to_come else 0)
 
-    def _decode(
-        self, raw_args: list[msgspec.Raw], raw_kwargs: dict[str, msgspec.Raw], start: int
-    ) -> tuple[list[Any], dict[str, Any]]:
-        args: list[Any] = []
+    def _name(self, i: int) -> str:
+        """How an error names positional argument `i`."""
         n = len(self._positional)
-        for i, raw in enumerate(raw_args, start):
-            if i < n:
-                name, dec = self._positional[i]
-            elif self._var_positional is not None:
-                name, dec = f"{self._var_positional[0]}[{i - n}]", self._var_positional[1]
-            else:
-                name, dec = f"#{i + 1}", _PLAIN
-            args.append(_decode_one(dec, raw, name))
-        kwargs = {
-            k: _decode_one(self._named.get(k, self._var_keyword or _PLAIN), raw, k)
-            for k, raw in raw_kwargs.items()
-        }
-        return args, kwargs
+        if i < n:
+            return self._positional[i][0]
+        if self._var_positional is not None:
+            return f"{self._var_positional[0]}[{i - n}]"
+        return f"#{i + 1}"
 
 
 def _whole_decoder(

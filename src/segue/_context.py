@@ -34,7 +34,7 @@ from segue._errors import (
     Retry,
 )
 from segue._faults import faultpoint
-from segue._journal import FIELD, Journal, Sleeping, enter_step, leave_step
+from segue._journal import FIELD, Journal, Sleeping, TaskLog, enter_step, leave_step
 from segue._journal import now as journal_now
 from segue._offload import fetch, offloads, put
 from segue._output import OutputWriter
@@ -163,20 +163,6 @@ class RunControl:
             pause = min(pause * 2, 1.0)
 
 
-class _TaskLog(logging.LoggerAdapter[logging.Logger]):
-    journal: Journal | None = None
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        # a replay of a durable function says again what its first run said: not logged
-        if self.journal is not None and self.journal.replaying:
-            return
-        super().log(level, msg, *args, **kwargs)
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('task_id')}] {msg}", kwargs
-
-
 class TaskState:
     """A task's durable dict of JSON values: kept across tries, pauses, worker deaths and
     server restarts (AOF), deleted when the task ends."""
@@ -276,11 +262,13 @@ class Context:
     """
 
     __slots__ = (
-        "_journal",
         "_output",
         "_queries",
         "_run",
         "_seq",
+        "_sleep_inline",
+        "_state_limit",
+        "_step_journal",
         "headers",
         "log",
         "name",
@@ -317,11 +305,25 @@ class Context:
         self._queries: dict[str, Callable[..., Any]] = run.queries if run is not None else {}
         self.headers: dict[str, str] = headers or {}
         self.state = TaskState(task_id, run, state_limit)
-        self._journal = Journal(task_id, tries, run, state_limit, sleep_inline_seconds)
-        self._output = None if run is None else OutputWriter(run, task_id, tries, state_limit)
-        log = _TaskLog(_task_log, {"task_id": task_id, "task_name": name})
-        log.journal = self._journal
-        self.log: logging.LoggerAdapter[logging.Logger] = log
+        # made at first use: a run with no durable call and no stream pays nothing for them
+        self._step_journal: Journal | None = None
+        self._output: OutputWriter | None = None
+        self._state_limit = state_limit
+        self._sleep_inline = sleep_inline_seconds
+        self.log: logging.LoggerAdapter[logging.Logger] = TaskLog(
+            _task_log, {"task_id": task_id, "task_name": name}
+        )
+
+    @property
+    def _journal(self) -> Journal:
+        journal = self._step_journal
+        if journal is None:
+            journal = self._step_journal = Journal(
+                self.task_id, self.tries, self._run, self._state_limit, self._sleep_inline
+            )
+            if isinstance(self.log, TaskLog):
+                self.log.journal = journal  # a replay's lines are not logged again
+        return journal
 
     def on_query(self, name: str, fn: Callable[..., Any]) -> None:
         """Answer `handle.query(name, *args)` with `fn(*args)` (sync or async) while this run
@@ -452,7 +454,8 @@ class Context:
         a run's last chunks are written before its outcome. Also a checkpoint (no round
         trip). A replay of a durable function does not write again what its first run
         wrote."""
-        if self._output is None:
+        run = self._run
+        if run is None:
             self.log.debug("stream chunk %r (local run: not streamed)", chunk)
             return
         self._check()  # a checkpoint too: a streaming loop stops at once when paused
@@ -460,7 +463,10 @@ class Context:
         await self._journal.load()
         if self._journal.replaying:
             return  # written by the first run already
-        await self._output.put(chunk, resumed=self._journal.resumed)
+        output = self._output
+        if output is None:
+            output = self._output = OutputWriter(run, self.task_id, self.tries, self._state_limit)
+        await output.put(chunk, resumed=self._journal.resumed)
 
     async def _close_output(self, *, ended: bool) -> None:
         """The worker's call after the task's function returned (`ended`) or raised out of

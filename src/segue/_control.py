@@ -143,6 +143,14 @@ class ControlSubscriber(Service):
             await sub.subscribe(ks.control_channel, self._on_message, listen=False)
         await sub.read_confirmations()
 
+    async def add(self, keyspaces: Sequence[Keyspace]) -> None:
+        """Listen on these queues too (the new shards of a reshard); the running listen()
+        reads their messages."""
+        self._keyspaces.extend(keyspaces)
+        if self._subscriber is not None:
+            for ks in keyspaces:
+                await self._subscriber.subscribe(ks.control_channel, self._on_message, listen=False)
+
     async def run(self) -> None:
         assert self._subscriber is not None
         await self._subscriber.listen()

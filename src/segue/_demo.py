@@ -10,6 +10,7 @@ Then a workflow runs (a chain with a fan-out group and a merge), its steps shown
 operator pauses it between two steps, so that the next step is held PAUSED, and resumes it.
 Its contact sheet (a 400 KiB result) is stored by reference (offload_bytes) and handed on.
 A saga follows: its last step fails, and the compensations of the others run in reverse.
+Last, a queue of 4 shards is filled round-robin and drained by a worker claiming from each.
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ async def _demo(total: int) -> None:
             await _demo_flows.saga(app, console)
             await _demo_flows.stream(app, console)
             await _time_and_limits(app)
+            await _demo_flows.sharding(app, console)
             await _demo_durable.show(console)
         finally:
             worker.stop()

@@ -1,12 +1,13 @@
 """`segue demo`, its second half: a workflow paused and resumed between two steps, a saga
-whose compensations run in reverse, and a task's output streamed live. The tasks are
-declared with the rest in _demo.build_app; these run them and show them."""
+whose compensations run in reverse, a task's output streamed live, and a sharded queue.
+The tasks are declared with the rest in _demo.build_app; these run them and show them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
@@ -198,3 +199,24 @@ _SUMMARY = (
     "Every task of this demo ran at least once, was retried when it failed, and was paused, "
     "resumed or cancelled by an operator while it ran."
 )
+
+
+SHARDED_QUEUE = "demo-events"
+SHARDS = 4
+SHARDED_TASKS = 40
+
+
+async def sharding(app: App, console: Console) -> None:
+    """A queue of 4 shards (on one server, shards are only names): 40 tasks spread over
+    them round-robin, drained by a worker that claims from each shard in turn."""
+    q = app.queue(SHARDED_QUEUE, shards=SHARDS)
+    count = await q.create()
+    tick = app.registry["demo.tick"].options(queue=SHARDED_QUEUE)
+    handles = await app.enqueue_many(tick.call() for _ in range(SHARDED_TASKS))
+    ran = await app.worker(queues=[SHARDED_QUEUE]).run_until_idle()
+    per_shard = Counter(h.queue for h in handles)
+    spread = ", ".join(f"{n} in {name}" for name, n in sorted(per_shard.items()))
+    console.print(
+        f"sharding: {len(handles)} tasks round-robin over the {count} shards of "
+        f"{SHARDED_QUEUE} ({spread}); one worker claiming from each shard in turn ran {ran}"
+    )

@@ -28,6 +28,7 @@ from segue._offload import offload_specs
 from segue._ops_actions import index_workflow
 from segue._options import check_key, lane_of, seconds
 from segue._send import from_worker
+from segue._shards import logical_queue, routing_key
 from segue._wire import EnqueueSpec, GraphRecord, GraphStep
 from segue._workflow import (
     MAX_SHAPE_STEPS,
@@ -88,7 +89,7 @@ class Enqueuer:
 
     def queue_for(self, sig: Signature[Any]) -> str:
         """The queue a signature goes to: its options, else its task's, else the App's."""
-        queue = sig.opts.get("queue") or sig.task.opts.queue or self.settings.queue
+        queue = sig.opts.get("queue") or sig.task.opts.queue or self._client.settings.queue
         if queue not in self._checked_queues:
             self._checked_queues.add(check_queue_name(queue))
         return queue
@@ -101,6 +102,7 @@ class Enqueuer:
         *,
         first_to_come: bool = False,
         step: bool = False,
+        route: bool = True,
     ) -> tuple[str, EnqueueSpec]:
         """The queue a call goes to, and the task enqueue.lua creates for it (`step`: a
         workflow step, which alone may have a compensation)."""
@@ -111,13 +113,14 @@ class Enqueuer:
                 "workflow fails); in a durable task, compensate in an except block"
             )
         d = task.opts
+        routed = queue is None and route
         if queue is None:
             queue = self.queue_for(sig)
         else:
             # a sub-task joins its parent's queue (wait.lua counts its sub-tasks in that
             # slot); a workflow step comes here with its own queue already chosen
             own = o.get("queue") or d.queue
-            if own is not None and own != queue:
+            if own is not None and own != logical_queue(queue):
                 where = (
                     f"{task.name}.options(queue={own!r})"
                     if o.get("queue")
@@ -128,9 +131,7 @@ class Enqueuer:
                     f"queue {queue!r}: a task's sub-tasks share its queue"
                 )
         key = o.get("key")
-        if task_id is None:
-            task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
-        settings = self.settings
+        settings = self._client.settings
         # offloading: what the record would not hold goes to the payload store, up to its
         # own bound; refused here, before anything is written, when over that too
         offload = settings.offload_bytes is not None
@@ -149,14 +150,32 @@ class Enqueuer:
                 f"arguments of task {task.name} do not decode for its parameters, so a worker "
                 f"would refuse them: {exc}"
             ) from None
-        delay = seconds(o.get("delay")) or 0.0
+        # hot (once per task enqueued): options left out cost no call
+        delay = o.get("delay")
+        delay = (seconds(delay) or 0.0) if delay else 0.0
         at: datetime | None = o.get("at")
         expire = o.get("expire", d.expire)
         if isinstance(expire, datetime):
             expire = max(0.001, expire.timestamp() - time.time())
-        expire_s = seconds(expire)
+        expire_s = seconds(expire) if expire else None
         timeout = o.get("timeout", d.timeout)
         ttl = o.get("ttl", d.ttl)
+        unique = "" if d.unique is False else self._unique_key(sig)
+        lane = (
+            lane_of(
+                d,
+                lambda: task.bound_arguments(sig.args, sig.kwargs),
+                sig.args,
+                sig.kwargs,
+                o.get("limit_key"),
+            )
+            if d.limits.has_keyed or "limit_key" in o
+            else ""
+        )
+        if routed:
+            queue = self._route(queue, sig, key, unique, lane)
+        if task_id is None:
+            task_id = f"{queue}:k:{key}" if key is not None else f"{queue}:{ULID()}"
         return (
             queue,
             EnqueueSpec(
@@ -169,22 +188,28 @@ class Enqueuer:
                 max_tries=o.get("max_tries", d.max_tries),
                 timeout_ms=int(timeout * 1000) if timeout else 0,
                 ttl_ms=-1 if ttl is None else int(ttl * 1000),
-                unique=self._unique_key(sig),
+                unique=unique,
                 expire_ms=max(1, int(expire_s * 1000)) if expire_s else 0,
-                headers=_headers(sig),
+                headers=_headers(sig) if sig.headers or o.get("headers") else "",
                 version=d.version,
                 from_worker=from_worker(o, task.by_name) if task.by_name else "",
-                lane=lane_of(
-                    d,
-                    lambda: task.bound_arguments(sig.args, sig.kwargs),
-                    sig.args,
-                    sig.kwargs,
-                    o.get("limit_key"),
-                )
-                if d.limits.has_keyed or "limit_key" in o
-                else "",
+                lane=lane,
             ),
         )
+
+    def _route(
+        self, queue: str, sig: Signature[Any], key: str | None, unique: str, lane: str
+    ) -> str:
+        """The shard of a sharded queue a new task goes to (docs/sharding.md): by the first
+        key it has that must stay exact (limit key, idempotency key, unique key, debounce
+        key), else round-robin. Before the process read the queue's count: the queue itself
+        (its base, which its workers serve too)."""
+        broker = self._broker
+        sc = broker.shards.cached(queue) if broker is not None else None
+        if sc is None or broker is None or (sc.count == 1 and not sc.old):
+            return queue
+        debounce = sig.opts.get("debounce_key", sig.task.name) if "debounce" in sig.opts else None
+        return broker.shards.router.pick(queue, sc, routing_key(lane, key, unique, debounce))
 
     @staticmethod
     def _unique_key(sig: Signature[Any]) -> str:
@@ -288,7 +313,7 @@ class Enqueuer:
         task.check_args((None, *sig.args), sig.kwargs)
         n = step_number(step.id)
         own = self.queue_for(sig)
-        task_id = f"{wf_id}.c{n}" if own == queue else f"{own}:{wf_id}.c{n}"
+        task_id = f"{wf_id}.c{n}" if own == logical_queue(queue) else f"{own}:{wf_id}.c{n}"
         _, spec = self.spec(sig, task_id, own, first_to_come=True)
         fields = [v.decode() if isinstance(v, bytes) else str(v) for v in spec.argv()]
         plan = {"id": task_id, "a": fields, "w": [int(step_number(s)) for s in later]}
@@ -324,13 +349,15 @@ class Enqueuer:
 
     async def _enqueue_after(self, sig: Signature[R]) -> TaskHandle[R]:
         after = sig.opts.get("after") or []
-        queue = self.queue_for(sig)
+        await (await self.broker()).shards.get(self.queue_for(sig))
+        # the task's shard first: a dependency in the same shard is local to it
+        queue, first = self.spec(sig)
         deps: list[tuple[str, int]] = []
         xdeps: list[tuple[str, int]] = []
         for dep in after:
             dep_id = dep if isinstance(dep, str) else dep.id
             (deps if queue_of(dep_id) == queue else xdeps).append((dep_id, -1))
-        step = self.graph_step(sig, None, None, deps, "", xdeps)
+        step = self.graph_step(sig, queue, first.id, deps, "", xdeps)
         level = sig.opts.get("durability", self.settings.durability)
         replies = await self.enqueue_graph(queue, [step], None, (level,))
         task_id = step.spec.id
@@ -360,20 +387,27 @@ class Enqueuer:
             return await self._enqueue_after(sig)
         if "debounce" in sig.opts:
             return await self._enqueue_debounced(sig)
-        queue, spec = self.spec(sig)
         broker = self._broker or await self.broker()
+        await broker.shards.get(self.queue_for(sig))
+        queue, spec = self.spec(sig)
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
-        if self.settings.offload_bytes is not None:
+        settings = self._client.settings
+        if settings.offload_bytes is not None:
             await offload_specs(broker, (spec,))
-        level = sig.opts.get("durability", self.settings.durability)
+        level = sig.opts.get("durability", settings.durability)
+        mark = broker.ended_mark(ks)  # before the send, for the handle's result()
         if level == "memory":
             reply = (await broker.run_calls([broker.enqueue_call(ks, (spec,))], retry=True))[0][0]
         else:
             reply = await self._enqueue_durable(broker, ks, spec, level)
         if reply.__class__ is int:
             return TaskHandle(
-                self._client, spec.id, sig.task.result_decoder, keeps_result=spec.ttl_ms != 0
+                self._client,
+                spec.id,
+                sig.task.result_decoder,
+                keeps_result=spec.ttl_ms != 0,
+                mark=mark if reply == 1 else None,  # 0: an older task of this id
             )
         return self._handle_for(sig, spec.id, reply, spec)
 
@@ -390,6 +424,8 @@ class Enqueuer:
             )
         max_wait = seconds(o.get("max_wait"))
         key = o.get("debounce_key", sig.task.name)
+        broker = self._broker or await self.broker()
+        await broker.shards.get(self.queue_for(sig))
         queue, spec = self.spec(sig)
         if len(spec.payload) > self.settings.max_payload_bytes:
             # not offloaded: a collapse hands the arguments to a task of another id, and
@@ -401,7 +437,6 @@ class Enqueuer:
             )
         if edge == "trailing":
             spec = msgspec.structs.replace(spec, delay_ms=int(window * 1000), at_ms=0)
-        broker = self._broker or await self.broker()
         ks = broker.keyspace(queue)
         await broker.register_queue(queue)
         call = broker.debounce_call(
@@ -431,10 +466,11 @@ class Enqueuer:
     async def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[TaskHandle[R]]:
         """Enqueue many calls: one script call per queue and batch of 1,000."""
         sigs = list(signatures)
-        if any("debounce" in sig.opts for sig in sigs):
-            raise ConfigurationError(
-                "enqueue_many does not debounce: enqueue debounced calls one at a time"
-            )
+        for sig in sigs:
+            if "debounce" in sig.opts:
+                raise ConfigurationError(
+                    "enqueue_many does not debounce: enqueue debounced calls one at a time"
+                )
         for sig in sigs if self.hooks else ():
             await call_hooks(self.hooks, "before_enqueue", sig)
         by_queue: dict[str, list[EnqueueSpec]] = {}
@@ -442,7 +478,11 @@ class Enqueuer:
         kept: list[EnqueueSpec] = []
         handles: list[TaskHandle[R]] = []
         levels: set[str] = set()
-        default_level = self.settings.durability
+        settings = self._client.settings
+        default_level = settings.durability
+        broker = await self.broker()
+        for q in {self.queue_for(sig) for sig in sigs}:
+            await broker.shards.get(q)
         for n, sig in enumerate(sigs):
             if "after" in sig.opts:
                 raise ConfigurationError(
@@ -488,6 +528,9 @@ class Enqueuer:
         """Enqueue a chain or a group as one graph (what their `enqueue()` calls)."""
         first = _first_signature(root)
         queue = self.queue_for(first)
+        await (await self.broker()).shards.get(queue)
+        # the workflow's shard, and every step of its queue with it (docs/sharding.md)
+        queue = self._route(queue, first, None, "", "")
         wf_id = f"{queue}:wf-{ULID()}"
         steps: list[_Step] = []
         last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))

@@ -41,7 +41,16 @@ class ConnectionLost(ConnectionError):
 def _pack(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        if isinstance(a, bytes):
+        # hot (every argument of every command): the exact types first, by class, the
+        # subclasses (bool, an IntEnum) as before
+        t = a.__class__
+        if t is bytes:
+            b = a
+        elif t is str:
+            b = a.encode()
+        elif t is int:
+            b = b"%d" % a
+        elif isinstance(a, bytes):
             b = a
         elif isinstance(a, str):
             b = a.encode()

@@ -148,6 +148,10 @@ class Forwarder(Service):
         self._poked = asyncio.Event()
         self._stopping = False
 
+    def add(self, keyspaces: Sequence[Keyspace]) -> None:
+        """Serve these queues too (the new shards of a reshard)."""
+        self._keyspaces.extend(keyspaces)
+
     @property
     def poked(self) -> bool:
         return self._poked.is_set()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from segue._client import Client
     from segue._events import Event
     from segue._output import TaskStream
+    from segue._pubsub import EndedMark
     from segue._queries import Queries
 
 R = TypeVar("R")
@@ -50,7 +51,7 @@ _WAIT_AT_ONCE = 32  # last steps whose results one result() call waits for at on
 class TaskHandle(Generic[R]):
     """A submitted run of a task: its id, and ways to read its status and result."""
 
-    __slots__ = ("_client", "_decoder", "_keeps_result", "id", "queue")
+    __slots__ = ("_client", "_decoder", "_keeps_result", "_mark", "id", "queue")
 
     def __init__(
         self,
@@ -59,12 +60,16 @@ class TaskHandle(Generic[R]):
         decoder: TypedDecoder | None = None,
         *,
         keeps_result: bool = True,
+        mark: EndedMark | None = None,
     ) -> None:
         self._client = client
         self.id = task_id
         self.queue = queue_of(task_id)
         self._decoder = decoder or _PLAIN
         self._keeps_result = keeps_result
+        # set by the enqueue that created the task (EndedWaiters.mark): result() may wait
+        # for the ended message without reading the record first
+        self._mark = mark
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}>"
@@ -186,9 +191,21 @@ class TaskHandle(Generic[R]):
         reads = await self._client.reads()
         ks = reads.keyspace(self.queue)
         deadline = None if timeout is None else time.monotonic() + timeout
-        fut = await reads.watch_ended(ks, self.id)
+        fut, unseen = await reads.watch_ended(ks, self.id, self._mark)
         try:
             while True:
+                if fut.done():
+                    value = fut.result()
+                    if value is not None:  # a success, its result in the message
+                        return self._outcome(TaskStatus.SUCCEEDED, {F.RESULT.b: value})
+                elif unseen:
+                    # it has not ended yet (the mark says so): the message comes first
+                    unseen = False
+                    left = _RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
+                    if left > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(fut), min(left, _RECHECK_SECONDS))
+                        continue
                 rec = await reads.task_record(ks, self.id)
                 if not rec:
                     raise self._not_found()
@@ -206,11 +223,13 @@ class TaskHandle(Generic[R]):
                         )
                     wait = min(wait, left)
                 if fut.done():
+                    if fut.result() is not None:
+                        continue  # a success announced with its result: returned above
                     # the end was announced while the record was being read: that read may
                     # predate it, so read again now (watching anew first), instead of
                     # waiting on a fresh watch for an announcement already spent
                     reads.unwatch(self.id, fut)
-                    fut = await reads.watch_ended(ks, self.id)
+                    fut, _ = await reads.watch_ended(ks, self.id)
                     continue
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), wait)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import traceback
 import typing
 from contextvars import ContextVar
@@ -128,6 +129,22 @@ def enter_step(name: str) -> Any:
 
 def leave_step(token: Any) -> None:
     _in_step.reset(token)
+
+
+class TaskLog(logging.LoggerAdapter[logging.Logger]):
+    """ctx.log: its lines carry the task id, and a replay's are not logged again."""
+
+    journal: Journal | None = None
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        # a replay of a durable function says again what its first run said: not logged
+        if self.journal is not None and self.journal.replaying:
+            return
+        super().log(level, msg, *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('task_id')}] {msg}", kwargs
 
 
 class Journal:

@@ -125,6 +125,11 @@ class Keyspace:
         return self.key("limits", "keyed")
 
     @cached_property
+    def sent_lanes(self) -> str:
+        """The lane of a task sent by name, by task name (LimitTables.lanes, enqueue.lua)."""
+        return self.key("limits", "lanes")
+
+    @cached_property
     def weights(self) -> str:
         """Per-key weights set at run time (Queue.set_weight): key -> weight."""
         return self.key("kweight")
@@ -247,8 +252,16 @@ class Keyspace:
 
     @cached_property
     def done_channel(self) -> str:
-        """Sharded pub/sub channel announcing ids of tasks that just ended."""
+        """Sharded pub/sub channel announcing ids of tasks that just ended (the channel the
+        previous release's result() waits on; scripts publish on both)."""
         return self.key("ended")
+
+    @cached_property
+    def outcome_channel(self) -> str:
+        """Sharded pub/sub channel announcing each task that just ended: its id, then for a
+        success whose result is at most 4,096 bytes (OUTCOME_INLINE in lib/finalize.lua) a
+        NUL and the result. Scripts name it `<done channel>:out` (lib/finalize.lua)."""
+        return self.key("ended", "out")
 
     def reply_channel(self, client: str) -> str:
         """Sharded pub/sub channel carrying the answers to one client's queries."""

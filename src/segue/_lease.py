@@ -23,7 +23,7 @@ from segue._services import Service
 from segue._transport import SyncScripts
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from segue._keys import Keyspace
     from segue._settings import Settings
@@ -106,12 +106,27 @@ class LeaseKeeper(Service):
         with self._lock:
             self._held[task_id] = (ks, gen)
 
+    def hold_all(self, runs: Iterable[tuple[str, Keyspace, str]]) -> None:
+        """hold() of a claim's runs (task id, keyspace, generation), under one lock."""
+        with self._lock:
+            for task_id, ks, gen in runs:
+                self._held[task_id] = (ks, gen)
+
     def drop(self, task_id: str, gen: str) -> None:
         """Stop renewing the run `gen` of the task (not a newer run this worker holds)."""
         with self._lock:
             held = self._held.get(task_id)
             if held is not None and held[1] == gen:
                 del self._held[task_id]
+
+    def drop_all(self, runs: Iterable[tuple[str, str]]) -> None:
+        """drop() of a finish's runs (task id, generation), under one lock."""
+        with self._lock:
+            get = self._held.get
+            for task_id, gen in runs:
+                held = get(task_id)
+                if held is not None and held[1] == gen:
+                    del self._held[task_id]
 
     def _run(self) -> None:
         try:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from segue._keys import CronKeys, Keyspace, WorkerKeys
+    from segue._pubsub import EndedMark
     from segue._settings import Settings
     from segue._transport import Transport
 
@@ -58,11 +59,14 @@ class Queries:
     def errors(self) -> AbstractAsyncContextManager[None]:
         return self._t.errors()
 
-    async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
-        """A future set when the server announces that this task ended (best effort)."""
-        return await self._t.watch_ended(ks, task_id)
+    async def watch_ended(
+        self, ks: Keyspace, task_id: str, mark: EndedMark | None = None
+    ) -> tuple[asyncio.Future[bytes | None], bool]:
+        """A future set when the server announces that this task ended (best effort): to
+        the result it carries, or None; and whether the task surely did not end unseen."""
+        return await self._t.watch_ended(ks, task_id, mark)
 
-    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, fut: asyncio.Future[bytes | None]) -> None:
         self._t.unwatch(task_id, fut)
 
     async def queues(self) -> list[str]:

@@ -91,6 +91,12 @@ class Reconciler(Service):
         self.rollbacks = 0  # rollbacks this worker detected
         self.repairs: list[Repair] = []  # the most recent repairs (at most 1,000 kept)
 
+    def add(self, queues: Sequence[Keyspace]) -> None:
+        """Reconcile these queues too (the new shards of a reshard)."""
+        for ks in queues:
+            self._queues.append(ks)
+            self._progress[ks] = _Progress()
+
     async def run(self) -> None:
         while True:
             try:

@@ -7,6 +7,7 @@ round trip. Nothing here talks to the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from segue._task import Task
 
 log = logging.getLogger("segue.worker")
+_UNTIMED = contextlib.nullcontext()  # a sync or process run without a timeout
 # the task lines at INFO, cheap when only the command's own handler writes them
 lines = LineLog(log)
 
@@ -187,22 +189,28 @@ async def attempt(
         args.insert(0, ctx if task.is_async else SyncContext(ctx, asyncio.get_running_loop()))
     # every log line of the run (its own loggers, libraries') carries the task's fields
     current_task.set((job.id, job.name))
-    if not hooks:
-        if ctx is None:
-            return await _call(job, task, settings, executor, args, kwargs, processes)
-        return await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
-    assert ctx is not None
-    await call_hooks(hooks, "before_run", ctx)
+    if ctx is None:
+        return await _call(job, task, settings, executor, args, kwargs, processes)
+    if hooks:
+        await call_hooks(hooks, "before_run", ctx)
+    # the run's last output chunks (if it streamed: a writer exists) are written before its
+    # outcome is sent, and before the after_run hooks hear of its end
     try:
-        outcome = await _call_streaming(job, task, settings, executor, args, kwargs, ctx, processes)
+        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
     except BaseException as exc:
-        cancelled = job.run is not None and job.run.request == "cancel"
-        stopped: RunEnd = "cancelled" if cancelled else "stopped"
-        await after_run(hooks, ctx, RunResult(stopped, error=exc))
+        if ctx._output is not None:
+            await ctx._close_output(ended=False)
+        if hooks:
+            cancelled = job.run is not None and job.run.request == "cancel"
+            stopped: RunEnd = "cancelled" if cancelled else "stopped"
+            await after_run(hooks, ctx, RunResult(stopped, error=exc))
         raise
-    end = _ENDS.get(outcome.action, "stopped")
-    retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
-    await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
+    if ctx._output is not None:
+        await ctx._close_output(ended=True)
+    if hooks:
+        end = _ENDS.get(outcome.action, "stopped")
+        retry_in = outcome.delay_ms / 1000 if isinstance(outcome, Retrying) else None
+        await after_run(hooks, ctx, RunResult(end, job.value, job.error, retry_in))
     return outcome
 
 
@@ -246,26 +254,6 @@ async def _versions(job: Job, task: Task[Any, Any], settings: Settings) -> Outco
     return None
 
 
-async def _call_streaming(
-    job: Job,
-    task: Task[Any, Any],
-    settings: Settings,
-    executor: Executor,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    ctx: Context,
-    processes: ProcessPool | None = None,
-) -> Outcome:
-    """_call, then the run's last output chunks, written before its outcome is sent."""
-    try:
-        outcome = await _call(job, task, settings, executor, args, kwargs, processes)
-    except BaseException:
-        await ctx._close_output(ended=False)
-        raise
-    await ctx._close_output(ended=True)
-    return outcome
-
-
 async def _call(
     job: Job,
     task: Task[Any, Any],
@@ -280,24 +268,30 @@ async def _call(
     if not silent:
         lines.info("task %s started name=%s try=%d", job.id, job.name, job.tries)
     timeout = job.timeout_ms / 1000 if job.timeout_ms else None
-    timer = asyncio.timeout(timeout)
+    # no timeout (the default): no timer to arm and disarm around an async function
+    timer = None if timeout is None else asyncio.timeout(timeout)
     try:
-        async with timer:
-            if task.is_async:
-                value = await task.fn(*args, **kwargs)
-            elif processes is not None and task.opts.executor == "process":
-                # the child decodes the stored arguments itself and answers in JSON
-                limit = settings.max_result_bytes
-                result = await processes.run(task, job.payload, job.input, limit)
-                job.value = decode_plain(result)
-                if not silent:
-                    lines.info("task %s succeeded", job.id)
-                return Succeeded(result)
-            else:
-                loop = asyncio.get_running_loop()
-                # the thread sees the context variables of this run (set by hooks, say)
-                call = functools.partial(task.fn, *args, **kwargs)
-                value = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
+        if timer is None and task.is_async:
+            value = await task.fn(*args, **kwargs)
+        else:
+            async with timer or _UNTIMED:
+                if task.is_async:
+                    value = await task.fn(*args, **kwargs)
+                elif processes is not None and task.opts.executor == "process":
+                    # the child decodes the stored arguments itself and answers in JSON
+                    limit = settings.max_result_bytes
+                    result = await processes.run(task, job.payload, job.input, limit)
+                    job.value = decode_plain(result)
+                    if not silent:
+                        lines.info("task %s succeeded", job.id)
+                    return Succeeded(result)
+                else:
+                    loop = asyncio.get_running_loop()
+                    # the thread sees the context variables of this run (set by hooks, say)
+                    call = functools.partial(task.fn, *args, **kwargs)
+                    value = await loop.run_in_executor(
+                        executor, contextvars.copy_context().run, call
+                    )
     except (WaitingForSubtasks, WaitingForSignal):
         return Waiting()
     except SignalTimeout as exc:
@@ -340,7 +334,7 @@ async def _call(
             return Retrying(_error(exc, "retry", with_tb=False), int(delay * 1000))
         return Failed(_error(exc, "max_tries", with_tb=False), "max_tries")
     except TimeoutError as exc:
-        if not timer.expired():
+        if timer is None or not timer.expired():
             return _failure(job, task, exc, "error")
         expired = TimeoutError(f"task {job.id} ({job.name}) ran past its timeout of {timeout} s")
         return _failure(job, task, expired, "timeout")

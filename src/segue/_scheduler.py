@@ -97,8 +97,9 @@ _decode = msgspec.json.Decoder(_Entry).decode
 
 
 def _entry(enqueuer: Enqueuer, schedule: _cron.Schedule) -> bytes:
-    # the same fields an enqueue of the call would send (queue, options, payload limit)
-    queue, task = enqueuer.spec(schedule.sig)
+    # the same fields an enqueue of the call would send (queue, options, payload limit);
+    # a sharded queue's ticks go to its base, the same from every process (docs/sharding.md)
+    queue, task = enqueuer.spec(schedule.sig, route=False)
     limit = enqueuer.settings.max_payload_bytes
     if len(task.payload) > limit:
         # a schedule keeps its arguments in its definition, for every tick: never offloaded

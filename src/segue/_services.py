@@ -55,6 +55,8 @@ POLICY: dict[str, OnFailure] = {
     "reconciler": OnFailure.RESTART,
     "forwarder": OnFailure.RESTART,
     "scheduler": OnFailure.RESTART,
+    # the worker serves the shards it knows meanwhile; a reshard's new ones wait for it
+    "shard watcher": OnFailure.RESTART,
 }
 BACKOFF_FIRST = 0.5  # seconds before the first restart; doubles at each failure in a row
 BACKOFF_MAX = 30.0  # and no more; a run that lasted longer than this starts over at FIRST

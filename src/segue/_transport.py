@@ -40,7 +40,7 @@ from segue._errors import (
 )
 from segue._fastconn import FastConnection, ReplyError
 from segue._keys import Keyspace
-from segue._pubsub import EndedWaiters, QueryReplies, Subscriber
+from segue._pubsub import EndedMark, EndedWaiters, QueryReplies, Subscriber
 from segue._versions import warn_if_unpatched
 from segue._wire import ScriptErrorCode as Code
 from segue._wire import text as _text
@@ -351,6 +351,7 @@ class Transport:
         )
         self._confirmer: Confirmer | None = None  # durable enqueues, made at the first
         self._blocking: Any = None
+        self._blocking_fast: FastConnection | None = None  # the waker's (wait_for_work)
         self._keyspaces: dict[str, Keyspace] = {}
         # Settings.max_queue_length as enqueue.lua and graph.lua take it (0: no limit)
         self.max_len = settings.max_queue_length or 0
@@ -432,6 +433,9 @@ class Transport:
     async def close(self) -> None:
         if self.fast is not None:
             await self.fast.close()
+        if self._blocking_fast is not None:
+            await self._blocking_fast.close()
+            self._blocking_fast = None
         if self.routes is not None:
             await self.routes.close()
         if self._confirmer is not None:
@@ -529,19 +533,39 @@ class Transport:
             self._blocking = make_async_client(self.url, cluster=self.cluster)
         return self._blocking
 
-    async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> None:
-        """Block until an enqueue or a finished task signals work, or `timeout` passes."""
-        blocking = self.blocking_client()
+    async def wait_for_work(self, keyspaces: Sequence[Keyspace], timeout: float) -> Keyspace | None:
+        """Block until an enqueue or a finished task signals work, or `timeout` passes; the
+        queue whose token arrived (None: the time passed, or it is not known)."""
         timeout = max(0.01, timeout)
+        if not self.cluster:
+            # a fast connection of its own: through redis-py, a BLPOP's pool, retry and
+            # timeout layers cost each wake of an idle worker about 0.1 ms, and a draining
+            # worker (py-spy) about a sixth of its time
+            if self._blocking_fast is None:
+                wait = timeout + self.settings.reply_timeout_seconds
+                self._blocking_fast = self.new_fast_connection(reply_timeout=wait)
+            fast = self._blocking_fast
+            if fast is not None:
+                async with self.errors():
+                    got = await fast.execute("BLPOP", *[ks.wake for ks in keyspaces], timeout)
+                return _woken(keyspaces, got)
+        blocking = self.blocking_client()
         async with self.errors():
             if not self.cluster or len(keyspaces) == 1:
-                await blocking.blpop([ks.wake for ks in keyspaces], timeout=timeout)
-            else:
-                # wake keys of several queues live in different slots: share the wait
-                share = max(0.01, timeout / len(keyspaces))
-                for ks in keyspaces:
-                    if await blocking.blpop([ks.wake], timeout=share):
-                        return
+                got = await blocking.blpop([ks.wake for ks in keyspaces], timeout=timeout)
+                return _woken(keyspaces, got)
+            # wake keys of several queues live in different slots: share the wait
+            share = max(0.01, timeout / len(keyspaces))
+            for ks in keyspaces:
+                if await blocking.blpop([ks.wake], timeout=share):
+                    return ks
+            return None
+
+    async def wait_on(self, ks: Keyspace, timeout: float) -> bool:
+        """Block until a wake token of one queue arrives (True) or `timeout` passes: one of
+        several waits run side by side, on a cluster's queues of different slots."""
+        async with self.errors():
+            return bool(await self.blocking_client().blpop([ks.wake], timeout=max(0.01, timeout)))
 
     async def nudge(self, keyspaces: Sequence[Keyspace]) -> None:
         """Put a wake token on each queue so that a blocked wait returns now."""
@@ -554,13 +578,20 @@ class Transport:
         """A sharded pub/sub connection of its own (cluster-aware)."""
         return Subscriber(self)
 
-    async def watch_ended(self, ks: Keyspace, task_id: str) -> asyncio.Future[None]:
-        """A future set when the server announces that this task ended (best effort)."""
+    async def watch_ended(
+        self, ks: Keyspace, task_id: str, mark: EndedMark | None = None
+    ) -> tuple[asyncio.Future[bytes | None], bool]:
+        """A future set when the server announces that this task ended (best effort), and
+        whether it surely has not ended unannounced (EndedWaiters.watch)."""
         if self._ended is None:
             self._ended = EndedWaiters(self.subscriber())
-        return await self._ended.watch(ks, task_id)
+        return await self._ended.watch(ks, task_id, mark)
 
-    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+    def ended_mark(self, ks: Keyspace) -> EndedMark | None:
+        """Taken before an enqueue is sent, for its handle's result() (EndedWaiters.mark)."""
+        return None if self._ended is None else self._ended.mark(ks)
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[bytes | None]) -> None:
         if self._ended is not None:
             self._ended.unwatch(task_id, fut)
 
@@ -569,3 +600,11 @@ class Transport:
         if self._replies is None:
             self._replies = QueryReplies(self.subscriber())
         return self._replies
+
+
+def _woken(keyspaces: Sequence[Keyspace], got: Any) -> Keyspace | None:
+    """The queue a BLPOP reply (key, token) names; None for a timeout."""
+    if not got:
+        return None
+    key = got[0].decode() if isinstance(got[0], bytes) else str(got[0])
+    return next((ks for ks in keyspaces if ks.wake == key), None)

@@ -74,7 +74,9 @@ class TaskField:
     WORKFLOW: Final = Code("wf")
     CROSS_DEPENDANTS: Final = Code("xd")  # "<id>|<index>|<workflow or ->" on other queues
     CROSS_PREFIX: Final = Code("x:")  # x:<dependency id>: '0' pending, '1' resolved
-    COUNTED_RUNNING: Final = Code("cn")  # counted in its name's concurrency set
+    # counted in a concurrency set while it runs: '1' its name's (the previous release's
+    # only value), '0<lane>' its key's, '1<lane>' both (lib/leases.lua)
+    COUNTED_RUNNING: Final = Code("cn")
     RELEASES: Final = Code("rel")  # releases by workers that did not know its name
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
@@ -147,6 +149,13 @@ class TaskField:
     # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the
     # record ends or goes: the reconciler gives them the record's lifetime, or the pending TTL.
     OFFLOADED: Final = Code("off")
+    # Flow control by key (lib/lanes.lua, docs/fairness.md): the lane the task waits in,
+    # "<limit name>|<key>", or "|<task name>" for its name's own lane (a task its name's
+    # limit held back). Scripts of the previous release do not read it.
+    LANE: Final = Code("lk")
+    # Debounce (debounce.lua): when the window of its debounce key opened, and that key
+    DEBOUNCE_START: Final = Code("dbs")
+    DEBOUNCE_KEY: Final = Code("dbk")
 
 
 # After the name of a record that refers to an offloaded value (lib/states.lua NAME_MARK): a
@@ -307,17 +316,22 @@ class ClaimedRun(msgspec.Struct, gc=False):
 
     @classmethod
     def parse(cls, raw: list[Any]) -> ClaimedRun:
+        # hot (once per task run): the common row (12 fields, no headers) takes no call
+        # beyond the conversions; each optional part is looked at only when it is there
         try:
+            n = len(raw)
+            # 12: v, v0 (task versions); 13: and fw (enqueue by name); 14: and the journal
+            if n != 12 and n not in (10, 13, 14):
+                raise ValueError(f"a claimed row has {n} fields")
             task_id, name, payload, tries, gen, timeout_ms, max_tries, given, headers, lost = raw[
                 :10
             ]
-            # 12: v, v0 (task versions); 13: and fw (enqueue by name); 14: and the journal
-            if len(raw) not in (10, 12, 13, 14):
-                raise ValueError(f"a claimed row has {len(raw)} fields")
-            version = int(raw[10] or 1) if len(raw) > 10 else 1
-            started = int(raw[11] or version) if len(raw) > 11 else version
-            if version < 1 or started < 1:
-                raise ValueError(f"version v={version}, v0={started} is below 1")
+            version = started = 1
+            if n > 10:
+                version = int(raw[10] or 1)
+                started = int(raw[11] or version)
+                if version < 1 or started < 1:
+                    raise ValueError(f"version v={version}, v0={started} is below 1")
             run = cls(
                 task_id.decode(),
                 name.decode(),
@@ -331,12 +345,14 @@ class ClaimedRun(msgspec.Struct, gc=False):
                 int(lost or 0),
                 version,
                 started,
-                from_worker=text(raw[12]) if len(raw) > 12 and raw[12] else "",
             )
-            if run.headers is not None and not isinstance(_JSON.decode(run.headers), dict):
+            if n > 12:
+                if raw[12]:
+                    run.from_worker = text(raw[12])
+                if n > 13 and isinstance(raw[13], list):
+                    run.journal = raw[13]
+            if headers and not isinstance(_JSON.decode(headers), dict):
                 raise ValueError("the headers are not a JSON object")
-            if len(raw) > 13 and isinstance(raw[13], list):
-                run.journal = raw[13]
         except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, DecodeError
             return cls._unreadable(raw, exc)
         return run
@@ -348,7 +364,8 @@ class ClaimedRun(msgspec.Struct, gc=False):
 
     @property
     def id_readable(self) -> bool:
-        """Whether the id can name the task back to the server (it was UTF-8)."""
+        """Whether the id can name the task back to the server (it was UTF-8). Only a row
+        that did not read (`unreadable`) can have an id that is not."""
         try:
             self.id.encode()
         except UnicodeEncodeError:

@@ -36,12 +36,13 @@ from segue._keys import Keyspace, check_queue_name
 from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference, by_reference
-from segue._options import limit_tables
+from segue._options import limit_tables, shard_limits
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
+from segue._shard_worker import ClaimOrder, ShardGroup, ShardWatcher, shard_groups
 from segue._waker import Waker
 from segue._wire import (
     Cancelled,
@@ -118,6 +119,7 @@ class Worker:
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
         self._forwarder: Forwarder | None = None
+        self._order: ClaimOrder | None = None  # the claim order over the queues' shards
 
     def __repr__(self) -> str:
         return (
@@ -163,11 +165,15 @@ class Worker:
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
-        keyspaces = [broker.keyspace(q) for q in self.queues]
+        # each queue is the group of its shards (one, unsharded): docs/sharding.md
+        groups = await shard_groups(broker, self.queues)
+        self._order = order = ClaimOrder(groups, self._client.settings.poll_seconds)
+        keyspaces = [ks for g in groups for ks in g.spaces]
         try:
             for q in self.queues:
                 await broker.register_queue(q)
-            await self._publish_limits(broker, keyspaces)
+            for g in groups:
+                await self._publish_limits(broker, g, g.spaces)
         except ServerOutOfMemory as exc:
             # workers are what frees a full server: they must start all the same
             log.warning(
@@ -200,23 +206,47 @@ class Worker:
         )
         self._forwarder = Forwarder(broker, keyspaces, self._client.settings.poll_seconds)
         tasks = self._registry.tasks
+        subscriber = ControlSubscriber(broker, keyspaces, controller, self.id)
+        waker = Waker(
+            broker,
+            keyspaces,
+            self._client.settings.poll_seconds,
+            lambda: not self._stopping and len(self._running) < self.concurrency,
+            self._changed.set,
+            order.woken,
+        )
+
+        async def resharded(group: ShardGroup, more: list[Keyspace]) -> None:
+            # a reshard's new shards: served like the others from now on
+            keyspaces.extend(more)
+            order.added(group)
+            await self._publish_limits(broker, group, group.spaces)
+            waker.add(more)
+            await subscriber.add(more)
+            if self.reconciler is not None:
+                self.reconciler.add(more)
+            if self._forwarder is not None:
+                self._forwarder.add(more)
+            self._changed.set()
+
         services: list[Service | None] = [
             self._lease,
-            ControlSubscriber(broker, keyspaces, controller, self.id),
-            Waker(
-                broker,
-                keyspaces,
-                self._client.settings.poll_seconds,
-                lambda: not self._stopping and len(self._running) < self.concurrency,
-                self._changed.set,
-            ),
+            subscriber,
+            waker,
             Heartbeat(self, broker, self.pid_file),
             self.reconciler,
             None if burst else self._forwarder,
             None if burst else Scheduler(self._enqueuer, broker, self._registry.crons, tasks),
+            # an unsharded queue is watched too (it may be resharded while the worker runs),
+            # but a burst ends before that matters
+            None if burst else ShardWatcher(broker, groups, resharded),
         ]
         log.info(
-            "worker %s started queues=%s concurrency=%d", self.id, self.queues, self.concurrency
+            "worker %s started queues=%s concurrency=%d%s",
+            self.id,
+            self.queues,
+            self.concurrency,
+            "".join(f" {g.queue}:shards={g.count.count}" for g in groups if len(g.spaces) > 1),
         )
         try:
             # stopped in the reverse order: the claim loop first, the lease thread last
@@ -262,7 +292,8 @@ class Worker:
                 await self._forward(forwarder)
             free = self.concurrency - len(self._running)
             taken = self._take_outcomes()
-            claim_from = keyspaces[0] if free > 0 else None
+            order = self._order.order(skip_idle=not burst) if self._order else keyspaces
+            claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
             # finish need not wake other workers for it (the claim does, if more is left)
             calls = [
@@ -294,18 +325,23 @@ class Worker:
             claimed = 0
             backlog = 0
             now_ms = 0
+            short = False
             if claim_from is not None:
                 self._next_due = None  # this round's claims say what is due next, in any queue
                 # leases first: the renewal thread must know the new tasks before anything
                 # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
+                short = claimed < free
             self._check_finished(taken, replies[:n_finish])
             if claim_from is not None:
-                # later queues are served only with what the earlier ones left free
-                for ks in keyspaces[1:]:
+                # later queues are served only with what the earlier ones left free; a
+                # sharded queue's next round starts after the shard that filled them
+                last: Keyspace | None = claim_from
+                for ks in order[1:]:
                     free = self.concurrency - len(self._running)
                     if free <= 0:
                         break
+                    last = ks
                     call = broker.claim_call(
                         ks, self.id, free, *self._tokens(ks), holds_last=self._holds_last()
                     )
@@ -317,7 +353,14 @@ class Worker:
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
                     backlog += b
-            if claimed and self.concurrency > len(self._running):
+                    short = short or c < free
+                else:
+                    last = None if self.concurrency > len(self._running) else last
+                if self._order is not None:
+                    self._order.stopped(last)
+            # claim again at once only after full claims: a short one emptied what it could
+            # take, and what comes next wakes the waker (a claim less per task when idle)
+            if claimed and not short and self.concurrency > len(self._running):
                 continue
             if self._outcomes:
                 continue
@@ -350,11 +393,16 @@ class Worker:
             await self._server_down(exc)
             return 1
 
-    async def _publish_limits(self, broker: Broker, keyspaces: list[Keyspace]) -> None:
-        """The claim script enforces the limits of the tasks this worker's code declares."""
+    async def _publish_limits(
+        self, broker: Broker, group: ShardGroup, keyspaces: list[Keyspace]
+    ) -> None:
+        """The claim script enforces the limits of the tasks this worker's code declares;
+        a sharded queue's shards each get their share of a task-wide limit."""
         t = limit_tables(task.opts for task in self._registry.tasks.values())
         for ks in keyspaces:
-            await broker.set_limits(ks, t.rates, t.concurrency, t.clear, t.keyed)
+            n = group.divisor(ks)
+            rates, conc = (t.rates, t.concurrency) if n == 1 else shard_limits(t, n)
+            await broker.set_limits(ks, rates, conc, t.clear, t.keyed, (t.lanes, t.lanes_clear))
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:
@@ -378,12 +426,12 @@ class Worker:
         if taken:
             faultpoint("after_complete_before_ack")
         for (_, finished), reply in zip(taken, replies, strict=True):
+            if self._lease is not None:
+                self._lease.drop_all([(run.id, run.gen) for run in finished])
             for run, ok in zip(finished, parse_finish(reply), strict=True):
-                if self._lease is not None:
-                    self._lease.drop(run.id, run.gen)
                 if ok is FinishResult.FORWARD and self._forwarder is not None:
                     self._forwarder.poke()  # it left outbox entries for other queues
-                if ok and isinstance(run.outcome, Paused):
+                if ok and run.outcome.__class__ is Paused:
                     faultpoint("after_pause_ack")
                 if not ok:
                     log.warning(
@@ -411,44 +459,56 @@ class Worker:
         if next_due >= 0 and (self._next_due is None or next_due < self._next_due):
             self._next_due = next_due
         jobs = reply.runs
+        if self._order is not None:
+            self._order.claimed(ks, len(jobs), next_due, reply.now_ms)
         if jobs:
             faultpoint("after_claim")
             faultpoint("after_start_mark")
+        # looked up once per claim, not once per run
+        settings = self._client.settings
+        max_deliveries = settings.max_deliveries
+        lease_seconds = settings.lease_seconds
+        enqueue_child = self._enqueuer.enqueue_child
+        child_handle = self._enqueuer.child_handle
+        broker, resources, running = self._broker, self._resources, self._running
+        lease = self._lease
+        assert lease is not None
+        held: list[tuple[str, Keyspace, str]] = []
         for run in jobs:
-            if not run.id_readable:
+            if run.unreadable is not None and not run.id_readable:
                 # an id that is not UTF-8 cannot name the task back to the server: its lease
                 # lapses, and claim.lua fails it worker_lost after max_deliveries
                 log.error("task id %r is not UTF-8; left to expire", run.id)
                 continue
             job = Job(
-                ks=ks,
-                id=run.id,
-                name=run.name,
-                payload=run.payload,
-                tries=run.tries,
-                gen=run.gen,
-                timeout_ms=run.timeout_ms,
-                max_tries=run.max_tries,
+                ks,
+                run.id,
+                run.name,
+                run.payload,
+                run.tries,
+                run.gen,
+                run.timeout_ms,
+                run.max_tries,
+                run.input,
+                run.headers,
+                run.lost > 0 and run.last_delivery(max_deliveries),
                 started=_clock.monotonic(),
-                input=run.input,
-                headers=run.headers,
                 unreadable=run.unreadable,
                 version=run.version,
                 started_version=run.started_version,
                 journal=run.journal,
                 from_worker=run.from_worker,
-                last_delivery=run.last_delivery(self._client.settings.max_deliveries),
             )
             job.run = RunControl(
-                self._enqueuer.enqueue_child,
-                self._broker,
+                enqueue_child,
+                broker,
                 ks,
                 job.gen,
-                self._resources,
-                lease_seconds=self._client.settings.lease_seconds,
-                child_handle=self._enqueuer.child_handle,
+                resources,
+                lease_seconds=lease_seconds,
+                child_handle=child_handle,
             )
-            earlier = self._running.get(job.id)
+            earlier = running.get(job.id)
             if earlier is not None and earlier.task is not None:
                 # the server took the task from an earlier run of this worker whose lease
                 # lapsed (an outage longer than the lease) and gave it back here: that run's
@@ -456,10 +516,11 @@ class Worker:
                 log.warning("lease of task %s lost; its new run replaces the old", job.id)
                 earlier.lost = True
                 earlier.task.cancel()
-            self._running[job.id] = job
-            assert self._lease is not None
-            self._lease.hold(job.id, ks, job.gen)
+            running[job.id] = job
+            held.append((job.id, ks, job.gen))
             job.task = asyncio.create_task(self._run(job), name=f"segue-run-{job.id}")
+        if held:
+            lease.hold_all(held)
         return len(jobs), reply.backlog, reply.now_ms
 
     async def _run(self, job: Job) -> None:
@@ -481,19 +542,18 @@ class Worker:
         except BaseException as exc:  # a bug in segue itself must not lose the task
             log.exception("internal error running task %s", job.id)
             outcome = Retrying(b"{}", 1000) if not isinstance(exc, KeyboardInterrupt) else None
-        if isinstance(outcome, Waiting):
+        if outcome is None or outcome.__class__ is Succeeded:
+            pass  # the common case first: no more checks
+        elif isinstance(outcome, Waiting):
             outcome = None  # wait.lua already made it WAITING and released its lease
-        elif (
-            outcome is not None
-            and not isinstance(outcome, Succeeded)
-            and job.run
-            and job.run.request == "cancel"
-        ):
+        elif job.run and job.run.request == "cancel":
             # the task caught the CancelledError and went on: the cancel still stands
             outcome = Cancelled()
         if self._running.get(job.id) is job:  # not if a newer run of the task replaced it
             del self._running[job.id]
-            self._controller.ended(job.id)
+            if job.run is not None and job.run.request is not None:
+                # a grace timer runs only for a run asked to pause (_control.py)
+                self._controller.ended(job.id)
         if outcome is not None and not job.lost:
             self._outcomes.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
             # the lease is renewed until the outcome is on the server (_check_finished):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from segue._keys import check_queue_name
+from segue._shards import logical_queue
 from segue._task import Chain, Signature
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def _step_ids(queue: str, wf_id: str) -> Callable[[Signature[Any]], str]:
     def new_id(sig: Signature[Any]) -> str:
         own = sig.opts.get("queue") or sig.task.opts.queue
         n = next(counter)
-        if own is None or own == queue:
+        if own is None or own == logical_queue(queue):
             return f"{wf_id}.{n}"
         return f"{check_queue_name(own)}:{wf_id}.{n}"
 

@@ -67,7 +67,9 @@ class Execution:
         self.row = f"{ctx.worker_id} {_gen(ctx)} {ctx.tries} {_ms()}"
         pipe = ledger().pipeline(transaction=True)
         pipe.rpush(EXEC + ctx.task_id, self.row + " -")
-        pipe.sadd(RAN + ctx.queue, ctx.task_id)
+        # by queue, not shard: a sharded queue's runs are read as the queue's (its shards
+        # are named `<queue>#<count>.<j>`, docs/sharding.md)
+        pipe.sadd(RAN + ctx.queue.partition("#")[0], ctx.task_id)
         length, _ = pipe.execute()
         self.index = int(length) - 1
 

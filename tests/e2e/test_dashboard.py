@@ -577,6 +577,8 @@ async def test_metrics_are_queue_gauges_read_from_the_server(
             "segue_tasks_ended": "counter",
             "segue_key_waiting": "gauge",
             "segue_key_running": "gauge",
+            "segue_shard_ready": "gauge",
+            "segue_shard_oldest_ready_seconds": "gauge",
             "segue_queues_not_exported": "gauge",
             "segue_workers": "gauge",
         }

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from segue._broker import make_async_client
-from segue._keys import Keyspace
+from segue._keys import Keyspace, queue_of
 from tests._workers import Signal
 from tests.faults.ledger import Effects, History
 
@@ -234,14 +234,15 @@ async def used_memory(admin_url: str) -> int:
     return sum(int(v["used_memory"]) for v in info.values() if isinstance(v, dict))
 
 
-async def _records(client: Any, ks: Keyspace, ids: Iterable[str]) -> dict[str, Record]:
+async def _records(client: Any, prefix: str, ids: Iterable[str]) -> dict[str, Record]:
     ordered = sorted(ids)
     records: dict[str, Record] = {}
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         pipe = client.pipeline(transaction=False)
         for task_id in chunk:
-            pipe.hmget(ks.task(task_id), "s", "h")
+            # each record where its id says: a sharded queue's tasks live in its shards
+            pipe.hmget(Keyspace(prefix, queue_of(task_id)).task(task_id), "s", "h")
         for task_id, (status, history) in zip(chunk, await pipe.execute(), strict=True):
             records[task_id] = Record(
                 status.decode() if status else None,
@@ -353,6 +354,24 @@ async def _leaks(
     )
 
 
+def _together(found: list[Leaks]) -> Leaks:
+    """The leaks of a queue's shards as one (the first: the queue's own keys, with the
+    memory delta)."""
+    first = found[0]
+    return Leaks(
+        sum(f.keys for f in found),
+        [k for f in found for k in f.per_task],
+        [k for f in found for k in f.no_ttl],
+        sum(f.index_entries for f in found),
+        sum(f.queued for f in found),
+        sum(f.running for f in found),
+        sum(f.cascading for f in found),
+        first.used_memory_delta,
+        first.waited_s,
+        first.retention,
+    )
+
+
 async def check(
     *,
     history: History,
@@ -366,6 +385,7 @@ async def check(
     memory_before: int | None = None,
     structural: Iterable[str] = (),
     outlive: Iterable[str] = (),
+    shards: Sequence[str] = (),
 ) -> Verdict:
     """Check one drained run. `kills`: the fleet's signals (its SIGKILLs make orphans).
     With `leaks`, also read what is left under the queue; with a `retention` (the task
@@ -373,16 +393,22 @@ async def check(
     for it to be clean first. `structural`: kinds of queue key that other features add and
     that have no TTL. `outlive`: ids of tasks whose records are kept longer than
     `retention` by design (sub-tasks: at least an hour), left out of the per-task keys and
-    index entries found, but each must have a TTL."""
-    ks = Keyspace(prefix, queue)
+    index entries found, but each must have a TTL. `shards`: the queue's shards, checked
+    with it (a sharded queue, docs/sharding.md)."""
+    spaces = [Keyspace(prefix, q) for q in (queue, *shards)]
     client: Any = make_async_client(admin_url, cluster="+cluster://" in admin_url)
     try:
         acked = history.ids("ok")
         maybe = history.ids("ambiguous")
         effectful = history.ids("ok", effect=True)
         ran = set(effects.executions)
-        records = await _records(client, ks, acked | maybe | ran)
-        succeeded_events, events_complete = await _succeeded_events(client, ks)
+        records = await _records(client, prefix, acked | maybe | ran)
+        succeeded_events: Counter[str] = Counter()
+        events_complete = True
+        for ks in spaces:
+            counted, complete = await _succeeded_events(client, ks)
+            succeeded_events.update(counted)
+            events_complete = events_complete and complete
         lost = sorted(effectful - set(effects.effects))
         phantom = sorted((ran | set(effects.effects)) - acked - maybe)
         not_succeeded = {
@@ -411,16 +437,20 @@ async def check(
             started = time.monotonic()
             deadline = started + retention + 10.0 if retention > 0 else started
             while True:
-                verdict_leaks = await _leaks(
-                    client,
-                    ks,
-                    structural=STRUCTURAL | frozenset(structural),
-                    memory_before=memory_before,
-                    admin_url=admin_url,
-                    waited=time.monotonic() - started,
-                    retention=retention > 0,
-                    outlive=frozenset(outlive),
-                )
+                per_shard = [
+                    await _leaks(
+                        client,
+                        ks,
+                        structural=STRUCTURAL | frozenset(structural),
+                        memory_before=memory_before if ks is spaces[0] else None,
+                        admin_url=admin_url,
+                        waited=time.monotonic() - started,
+                        retention=retention > 0,
+                        outlive=frozenset(outlive),
+                    )
+                    for ks in spaces
+                ]
+                verdict_leaks = _together(per_shard)
                 if verdict_leaks.clean or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.25)

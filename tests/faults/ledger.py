@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 
 from segue import BrokerError, ScriptError, ServerOutOfMemory
+from segue._shards import Router, ShardCount, routing_key
 from tests._support import free_port, server_binary, start_process, stop, wait_for_ping
 from tests.apps import faults
 
@@ -170,13 +171,15 @@ class History:
     before the call is made and a retry of an ambiguous enqueue cannot create a second task.
     """
 
-    def __init__(self, app: App, queue: str) -> None:
+    def __init__(self, app: App, queue: str, shards: int = 1) -> None:
         self.app = app
         self.queue = queue
         self.ops: list[Op] = []
+        self._shards = ShardCount(shards)  # a sharded queue: a key's shard is known too
 
     def task_id(self, key: str) -> str:
-        return f"{self.queue}:k:{key}"
+        shard = Router().pick(self.queue, self._shards, routing_key("", key, "", None))
+        return f"{shard}:k:{key}"
 
     async def enqueue(self, sig: Signature[Any], key: str, *, effect: bool = True) -> Op:
         """Enqueue one call; never raises for a failed enqueue (its op says what happened)."""

@@ -21,6 +21,7 @@ import dataclasses
 import time
 from typing import Any
 
+import pytest
 import redis.asyncio
 
 from segue import App, BrokerError, Context, TaskStatus
@@ -30,6 +31,9 @@ from tests.faults.conftest import Report, Scale
 from tests.faults.events import EventTally
 from tests.faults.proxy import FaultProxy
 from tests.integration.conftest import serving
+
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
 
 DROP_P = 0.05
 PRODUCERS = 16

@@ -12,12 +12,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio
 
 from segue import App, TaskStatus
 from tests._support import Engine
 from tests.faults.conftest import Report, Scale
 from tests.integration.conftest import eventually, serving
+
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
 
 
 class _Sentinel:

@@ -27,7 +27,8 @@ from tests._workers import Fleet, Slot
 from tests.apps import faults
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 APP = "tests.apps.faults:app"
 KILLED = -9

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio
 
 from segue._keys import Keyspace
@@ -12,6 +13,9 @@ from tests._support import Engine
 from tests.apps import faults
 from tests.faults.checker import check
 from tests.faults.ledger import History, Ledger, LedgerServer
+
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
 
 
 async def test_the_checker_reports_lost_phantom_double_success_and_unbounded_reruns(

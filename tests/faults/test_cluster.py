@@ -383,6 +383,7 @@ class RedirectCounter(logging.Handler):
 
 # Valkey 9's atomic slot migration runs in full mode: the key-by-key migration, which every
 # server has, is the one whose ASK replies segue must follow, and it runs in quick mode
+@pytest.mark.pairable  # invariants, not timings: scripts/test runs it beside another one
 @pytest.mark.parametrize("how", ["keys", pytest.param("atomic", marks=pytest.mark.full_only)])
 async def test_a_queue_slot_resharded_under_load_loses_nothing(
     how: str,

@@ -27,7 +27,8 @@ from tests.apps import durable
 from tests.faults.conftest import Report, Scale
 from tests.integration.test_durable_processes import file_names, fleet, ledger_key, total_of
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 STEP_SECONDS = 0.05
 

@@ -34,7 +34,8 @@ from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 LEASE = 1.5
 POLL = 0.2

@@ -23,7 +23,8 @@ from tests.integration.conftest import eventually
 from tests.integration.test_workflow_processes import Ledger, use
 from tests.integration.test_workflow_processes import fleet as workflow_fleet
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 
 @pytest.fixture

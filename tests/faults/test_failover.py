@@ -29,6 +29,9 @@ from tests.faults.ledger import History
 from tests.faults.proxy import FaultProxy
 from tests.faults.sentinel import SentinelSet, launch_node, sentinel_set
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 __all__ = ["sentinel_set"]  # a fixture, used by name
 TIMEOUT = 0.25  # durability_timeout_seconds: how long a replicated enqueue waits for a replica
 WAVE = 50  # enqueues in flight at once (the replicated ones of a wave share one WAIT)

@@ -9,6 +9,9 @@ import pytest
 
 from tests.faults import figures
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 STORM = {
     "test": "test_sigkill_storm",
     "seed": 111,

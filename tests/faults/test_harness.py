@@ -6,7 +6,12 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.faults.conftest import Report, Scale
+
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
 
 
 def test_a_seed_replays_the_same_fault_schedule(fault_seed: int) -> None:

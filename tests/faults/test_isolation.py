@@ -16,6 +16,9 @@ from segue import App, BrokerError, Context
 from tests._support import ACL_PASSWORD, Engine, add_acl_user
 from tests.faults.conftest import Report, Scale
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 
 def _app(port: int, user: str, prefix: str, queue: str, ran: list[str]) -> App:
     url = f"redis://{user}:{ACL_PASSWORD}@127.0.0.1:{port}/0"

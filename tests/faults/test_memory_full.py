@@ -27,6 +27,9 @@ from tests.apps import faults
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 APP = "tests.apps.faults:app"
 BATCH = 20
 LONG = 4

@@ -19,7 +19,8 @@ from tests._workers import Fleet
 from tests.apps import offload
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 LEASE = 1.0
 OFFLOAD = 64 * 1024

@@ -16,6 +16,9 @@ import redis.asyncio
 from segue import App, PayloadError
 from tests._support import Engine, start_server, stop
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 LIMIT = 1024 * 1024
 OVERHEAD = len(b'[[""],{}]')  # the JSON around one string argument
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from segue import App
 from tests._support import Engine
 from tests._workers import Fleet
@@ -15,6 +17,9 @@ from tests.faults.checker import check
 from tests.faults.conftest import Report, Scale
 from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, client_app, drained
+
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
 
 __all__ = ["client_app"]  # the fixture, imported for this module's tests
 

@@ -19,7 +19,8 @@ from tests.apps import sagas
 from tests.faults.test_rollback import _restore, _snapshot, aof_server  # noqa: F401
 from tests.integration.test_workflow_processes import Ledger, gate_key, ledger_key, use
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 
 async def test_a_saga_rolled_back_while_compensating_compensates_again_once_each(

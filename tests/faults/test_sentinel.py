@@ -35,6 +35,9 @@ from tests.faults.sentinel import (
 )
 from tests.integration.conftest import eventually, serving
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 __all__ = ["sentinel_set", "shared_sentinel_set", "tls_sentinel_set"]  # fixtures, used by name
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -36,6 +36,8 @@ from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound
 from tests.integration.conftest import eventually
 
+# alone, not pairable: beside another test on a heavily loaded machine its server's
+# used_memory grew 13 %, past the 10 % leak bound, with every key check passing
 pytestmark = pytest.mark.slow
 
 TTL = 2.0

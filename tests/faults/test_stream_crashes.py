@@ -17,7 +17,8 @@ from tests._workers import Fleet
 from tests.apps import streams
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 
 async def test_a_kill_after_a_stream_write_restarts_the_stream_and_ends_it(

@@ -23,6 +23,9 @@ from tests._support import Engine
 from tests.faults.proxy import FaultProxy
 from tests.integration.conftest import serving
 
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = pytest.mark.pairable
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

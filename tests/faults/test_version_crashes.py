@@ -19,7 +19,8 @@ from tests.integration.conftest import eventually
 from tests.integration.test_durable_processes import state_of
 from tests.integration.test_versions_processes import client
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 KILLED = -9
 # short, so the kills cost little: a lease that lapses under load only requeues a run that is

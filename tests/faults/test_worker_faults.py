@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from segue import App
+from segue._shards import shard_names
 from tests._support import Engine
 from tests._workers import Fleet
 from tests.apps import faults
@@ -73,11 +74,61 @@ async def test_sigkill_storm(
     """★W1: seeded SIGKILL + restart cycles while 4 workers drain tasks of 0–200 ms:
     nothing acked is lost, no effect applied twice, each extra execution is explained by
     a lease the killed worker held, and every orphan restarts within the lease + reaper."""
+    await sigkill_storm(
+        1,
+        segue_valkey,
+        fault_ledger,
+        client_app,
+        queue_name,
+        fault_rng,
+        fault_scale,
+        fault_report,
+        tmp_path,
+    )
+
+
+@pytest.mark.full_only
+async def test_sigkill_storm_sharded(
+    segue_valkey: Engine,
+    fault_ledger: LedgerServer,
+    client_app: App,
+    queue_name: str,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
+    """W1 on a queue of 4 shards (docs/sharding.md): every shard a queue of its own, each
+    task's record, lease and effect checked where its id says, the same bounds held."""
+    await sigkill_storm(
+        4,
+        segue_valkey,
+        fault_ledger,
+        client_app,
+        queue_name,
+        fault_rng,
+        fault_scale,
+        fault_report,
+        tmp_path,
+    )
+
+
+async def sigkill_storm(
+    shards: int,
+    segue_valkey: Engine,
+    fault_ledger: LedgerServer,
+    client_app: App,
+    queue_name: str,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
     n = fault_scale.pick(1_000, 10_000)
     kills_wanted = fault_scale.pick(4, 20)
     lease, poll = 2.0, 0.2
     concurrency = 4
-    history = History(client_app, queue_name)
+    history = History(client_app, queue_name, shards)
     durations = [fault_rng.randrange(0, 201) for _ in range(n)]
     gaps = [
         fault_scale.seconds(fault_rng.uniform(0.8, 1.6), fault_rng.uniform(4.0, 6.0))
@@ -88,6 +139,8 @@ async def test_sigkill_storm(
         APP, segue_valkey.url, queue_name, lease=lease, poll=poll, env=env, log_dir=tmp_path
     )
     async with client_app:
+        if shards > 1:
+            await client_app.queue(queue_name, shards=shards).create()
         with fleet:
             slots = [fleet.start(concurrency) for _ in range(4)]
             await fleet.ready()
@@ -117,6 +170,7 @@ async def test_sigkill_storm(
                 queue=queue_name,
                 kills=fleet.signals,
                 leaks=True,
+                shards=shard_names(queue_name, shards) if shards > 1 else (),
             )
 
     p99 = verdict.recovery_ms(99)

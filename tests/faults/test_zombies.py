@@ -28,7 +28,8 @@ from tests.faults.ledger import History, Ledger, LedgerServer
 from tests.faults.test_worker_faults import APP, assert_sound, client_app, drained
 from tests.integration.conftest import eventually
 
-pytestmark = pytest.mark.slow
+# its assertions are invariants, not timings: scripts/test runs it beside another one
+pytestmark = [pytest.mark.slow, pytest.mark.pairable]
 
 __all__ = ["client_app"]  # the fixture, imported for this module's tests
 

@@ -26,6 +26,12 @@ def test_demo_runs_tasks_and_leaves_no_server(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "tasks in" in out.stdout
+    # a queue of 4 shards: 10 tasks in each, all run by one worker
+    assert re.search(
+        r"sharding:\s+40\s+tasks\s+round-robin\s+over\s+the\s+4\s+shards\s+of\s+demo-events",
+        out.stdout,
+    )
+    assert re.search(r"each\s+shard\s+in\s+turn\s+ran\s+40", out.stdout)
     assert "demo.flaky" in out.stdout and "demo.report" in out.stdout
     assert "delayed task: report 'daily (delayed 2 s)'" in out.stdout
     assert re.search(r"sent by name: report 'sent by name' .*\(max_tries, timeout", out.stdout)

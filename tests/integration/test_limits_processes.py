@@ -27,7 +27,7 @@ from tests.apps import limits
 from tests.integration.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +101,7 @@ def client_app(segue_valkey: Engine, queue_name: str) -> App:
 # --- limits shared by worker processes ------------------------------------------------------
 
 
+@pytest.mark.serial  # a rate measured against a 10 % bound
 async def test_a_rate_limit_of_20_per_second_holds_across_three_worker_processes(
     workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:
@@ -181,6 +182,7 @@ async def test_a_concurrency_limit_of_3_is_never_exceeded_by_three_worker_proces
 # --- a unique task across a worker's death --------------------------------------------------
 
 
+@pytest.mark.serial  # reads the status within the killed worker's 1.5 s lease
 async def test_a_unique_task_keeps_its_lock_while_recovered_from_a_sigkilled_worker(
     workers: Fleet, client_app: App, segue_valkey: Engine, queue_name: str
 ) -> None:

@@ -22,6 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_redact",
         "_eventloop",
         "_blobs",
+        "_shards",
     ),
     "storage": (
         *(
@@ -35,7 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "_durability",
         ),
         *("_lease", "_embedded", "_client", "_calls", "_transport", "_queries"),
-        *("_ops_reads", "_ops_actions", "_offload"),
+        *("_ops_reads", "_ops_actions", "_offload", "_shardmap"),
     ),
     "runtime": (
         *(
@@ -54,6 +55,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_heartbeat", "_connect", "_worker", "_control", "_waker", "_schedule_handle", "_app"),
         *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
         "_offload_runs",
+        "_shard_worker",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

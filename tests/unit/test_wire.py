@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from segue import _calls, _scripts
+from segue._fastconn import _pack
 from segue._keys import Keyspace
 from segue._settings import Settings
 from segue._wire import (
@@ -107,6 +108,9 @@ TASK_CODES = {
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
     "OFFLOADED": "off",
+    "LANE": "lk",
+    "DEBOUNCE_START": "dbs",
+    "DEBOUNCE_KEY": "dbk",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
@@ -384,3 +388,16 @@ def test_the_scripts_read_the_enqueue_fields_at_the_specs_offsets() -> None:
     assert sorted(offsets.values()) == list(range(ENQUEUE_WIDTH))
     width = re.search(r"local SPEC_WIDTH = (\d+)", source)
     assert width is not None and int(width.group(1)) == ENQUEUE_WIDTH
+
+
+def test_command_arguments_go_out_as_resp_bulk_strings() -> None:
+    # exact bytes, str and int take the fast path of _pack; a str subclass (a field code)
+    # and a float the general one: all arrive as the server reads them
+    packed = _pack((b"\x00b", "é", TaskField.STATUS, 42, -7, 1 << 70, 1.5))
+    big = str(1 << 70).encode()
+    assert packed == (
+        b"*7\r\n$2\r\n\x00b\r\n$2\r\n\xc3\xa9\r\n$1\r\ns\r\n$2\r\n42\r\n$2\r\n-7\r\n"
+        b"$%d\r\n%s\r\n$3\r\n1.5\r\n" % (len(big), big)
+    )
+    with pytest.raises(TypeError, match="cannot send a NoneType"):
+        _pack((None,))

@@ -72,8 +72,10 @@ for i = 0, n - 1 do
   local b = first + i * WIDTH
   local g = b + SPEC_WIDTH -- this task's own graph fields (GraphStep in _wire.py)
   local id, deps, mode, xdeps = ARGV[b + SPEC.id], ARGV[g], ARGV[g + 1], ARGV[g + 4]
+  local lane = lanes[i]
+  if ARGV[b + SPEC.from_worker] ~= '' then lane = sent_lane(prefix, ARGV[b + SPEC.name], lane) end
   local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '',
-    lanes[i])
+    lane)
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -88,7 +90,7 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lanes[i])
+      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lane)
       Q.woke = true
     else
       local pending, inputs, bad = 0, 0, nil

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -67,21 +67,34 @@ class QueueSnapshot:
     ready: _ops_reads.Readiness
     stats: dict[str, int]
     keys: list[KeyCount]
+    # a sharded queue's readiness by shard (docs/sharding.md); empty when unsharded
+    shards: dict[str, _ops_reads.Readiness] = field(default_factory=dict)
 
 
 async def queue_snapshot(client: Client, name: str) -> QueueSnapshot:
     queue = Queue(client, name)
-    reads = await client.reads()
-    ks = reads.keyspace(name)
-    counts, paused, dead, ready, stats, keys = await asyncio.gather(
-        queue.counts(),
-        queue.is_paused(),
-        reads.dead_count(ks),
-        _ops_reads.readiness(reads, ks),
-        _ops_reads.stats(reads, ks),
-        queue.key_counts(TOP_KEYS),
+    broker = await client.broker()
+    reads = broker.reads
+    spaces = [reads.keyspace(s) for s in (await broker.shards.read(name)).serving(name)]
+    counts, paused, keys = await asyncio.gather(
+        queue.counts(), queue.is_paused(), queue.key_counts(TOP_KEYS)
     )
-    return QueueSnapshot(counts, paused, dead, ready, stats, keys)
+    dead = 0
+    stats: dict[str, int] = {}
+    shards: dict[str, _ops_reads.Readiness] = {}
+    for ks in spaces:
+        dead += await reads.dead_count(ks)
+        for k, v in (await _ops_reads.stats(reads, ks)).items():
+            stats[k] = stats.get(k, 0) + v
+        shards[ks.queue] = await _ops_reads.readiness(reads, ks)
+    ready = _ops_reads.Readiness(
+        sum(r.ready for r in shards.values()),
+        max(r.oldest_age for r in shards.values()),
+        all(r.exact for r in shards.values()),
+    )
+    return QueueSnapshot(
+        counts, paused, dead, ready, stats, keys, shards if len(spaces) > 1 else {}
+    )
 
 
 # Queues read at once: each read takes a few pooled connections, and redis-py's pool
@@ -168,6 +181,16 @@ async def render(client: Client) -> bytes:
         f"Tasks of a limit key running (the {TOP_KEYS} busiest keys of each queue)",
         labels=["queue", "limit", "key"],
     )
+    shard_ready = GaugeMetricFamily(
+        "segue_shard_ready",
+        "Ready tasks of one shard of a sharded queue (the queue's own name: its base)",
+        labels=["queue", "shard"],
+    )
+    shard_oldest = GaugeMetricFamily(
+        "segue_shard_oldest_ready_seconds",
+        "How long the oldest ready task of one shard of a sharded queue has waited",
+        labels=["queue", "shard"],
+    )
     omitted = GaugeMetricFamily(
         "segue_queues_not_exported", f"Queues beyond the first {MAX_QUEUES}, not read"
     )
@@ -196,8 +219,11 @@ async def render(client: Client) -> bytes:
             for k in snap.keys:
                 key_waiting.add_metric([name, k.limit, k.key], k.waiting)
                 key_running.add_metric([name, k.limit, k.key], k.running)
+            for shard, r in snap.shards.items():
+                shard_ready.add_metric([name, shard], r.ready)
+                shard_oldest.add_metric([name, shard], r.oldest_age)
         families += [tasks, paused, dead, ready, oldest, started, retried, ended]
-        families += [key_waiting, key_running, omitted]
+        families += [key_waiting, key_running, shard_ready, shard_oldest, omitted]
         alive = GaugeMetricFamily("segue_workers", "Workers whose heartbeat is alive")
         alive.add_metric([], sum(not w.stale for w in await list_workers(client)))
         families.append(alive)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from segue import _ops_reads
@@ -14,8 +15,6 @@ from segue._keys import queue_of
 from segue._state import TaskStatus
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from segue._app import App
     from segue._client import Client
     from segue._cron import ScheduleInfo
@@ -26,15 +25,24 @@ if TYPE_CHECKING:
 async def ended_newest(
     client: Client, status: TaskStatus, queue: str, offset: int, limit: int
 ) -> list[TaskInfo]:
-    """A page of the tasks that ended in this status, newest first."""
-    reads = await client.reads()
-    ks = reads.keyspace(queue)
+    """A page of the tasks that ended in this status, newest first (a sharded queue's:
+    the newest of each shard, merged by when they ended)."""
+    broker = await client.broker()
+    reads = broker.reads
+    names = (await broker.shards.read(queue)).serving(queue)
+    start, count = (offset, limit) if len(names) == 1 else (0, offset + limit)
     infos: list[TaskInfo] = []
-    for task_id in await _ops_reads.ended_ids_newest(reads, ks, status.value, offset, limit):
-        rec = await reads.task_record(ks, task_id)
-        if rec:
-            infos.append(parse_info(task_id, rec, client.tasks))
-    return infos
+    for name in names:
+        ks = reads.keyspace(name)
+        for task_id in await _ops_reads.ended_ids_newest(reads, ks, status.value, start, count):
+            rec = await reads.task_record(ks, task_id)
+            if rec:
+                infos.append(parse_info(task_id, rec, client.tasks))
+    if len(names) == 1:
+        return infos
+    never = datetime.min.replace(tzinfo=UTC)
+    infos.sort(key=lambda i: i.ended_at or never, reverse=True)
+    return infos[offset : offset + limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +91,22 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     from segue._state import from_ms
 
     reads = await app._client.reads()
-    records = await _ops_reads.workflow_records(reads, reads.keyspace(queue), ids)
+    # each record where its id says (a sharded queue's in its shard), one read per shard
+    by_shard: dict[str, list[str]] = {}
+    for wf_id in ids:
+        by_shard.setdefault(queue_of(wf_id), []).append(wf_id)
+    found: dict[str, Any] = {}
+    for shard, some in by_shard.items():
+        got = await _ops_reads.workflow_records(reads, reads.keyspace(shard), some)
+        found.update(zip(some, got, strict=True))
+    records = [found[wf_id] for wf_id in ids]
     rows: list[WorkflowRow] = []
     for wf_id, rec in zip(ids, records, strict=True):
         if not rec:
             continue
         steps = rec.get(b"steps", b"").decode().split()
         others = rec.get(b"queues", b"").decode().split()
-        own = sum(1 for s in steps if queue_of(s) == queue)
+        own = sum(1 for s in steps if queue_of(s) == queue_of(wf_id))
         units = own + len(others)
         left = _ops_reads.as_int(rec.get(b"left"), units)
         status = await (await app.workflow_handle(wf_id)).status()

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from segue._app import App
     from segue._client import Client
     from segue._handle import TaskHandle
+    from segue._keys import Keyspace
+    from segue._queries import Queries
 
     class Views(Protocol):
         """What these pages use of `_views.Views` (which imports this module)."""
@@ -59,16 +61,17 @@ class OpsViews:
             raise HTTPException(400, f"unknown workflow status {wanted!r}")
         search = (request.query_params.get("q") or "").strip()[:200]
         offset = v._int(request, "offset", 0, 1_000_000)
-        reads = await self.v.client.reads()
-        ks = reads.keyspace(queue)
-        total = await _ops_reads.workflow_total(reads, ks)
+        broker = await self.v.client.broker()
+        reads = broker.reads
+        spaces = [reads.keyspace(s) for s in (await broker.shards.read(queue)).serving(queue)]
+        total = sum([await _ops_reads.workflow_total(reads, ks) for ks in spaces])
         filtered = bool(wanted or search)
         if not filtered:
-            ids = await _ops_reads.workflow_ids(reads, ks, offset, v.page_size + 1)
+            ids = await _workflow_ids(reads, spaces, offset, v.page_size + 1)
             rows = await _ops_lists.workflow_rows(self.app, queue, ids)
             shown, has_next, matched = rows[: v.page_size], len(ids) > v.page_size, None
         else:
-            ids = await _ops_reads.workflow_ids(reads, ks, 0, WORKFLOW_SCAN)
+            ids = await _workflow_ids(reads, spaces, 0, WORKFLOW_SCAN)
             if search:
                 ids = [i for i in ids if search.casefold() in i.casefold()]
             rows = await _ops_lists.workflow_rows(self.app, queue, ids)
@@ -196,3 +199,15 @@ def _one(form: dict[str, list[str]], name: str) -> str:
 
 def _in_queue(task_id: str, queue: str) -> bool:
     return task_id.partition(":")[0] == queue
+
+
+async def _workflow_ids(
+    reads: Queries, spaces: list[Keyspace], offset: int, limit: int
+) -> list[str]:
+    """A page of a queue's workflow ids, newest first; a sharded queue's merged from its
+    shards (an id ends with a ULID, so newer sorts later)."""
+    if len(spaces) == 1:
+        return await _ops_reads.workflow_ids(reads, spaces[0], offset, limit)
+    ids = [i for ks in spaces for i in await _ops_reads.workflow_ids(reads, ks, 0, offset + limit)]
+    ids.sort(key=lambda i: i.rpartition(":wf-")[2], reverse=True)
+    return ids[offset : offset + limit]

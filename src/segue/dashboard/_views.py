@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from segue._app import App
     from segue._handle import TaskHandle
     from segue._heartbeat import WorkerInfo
+    from segue._keys import Keyspace
     from segue._state import TaskInfo
     from segue.dashboard._security import Security
 
@@ -356,25 +357,33 @@ class Views:
         among the first NAME_SCAN of the status; how many ids were looked at, and how many
         matched. Only the names (and statuses) of those are read, then the whole records of
         the page."""
-        reads = await self.client.reads()
-        ks = reads.keyspace(queue)
-        ids = await reads.list_ids(ks, status.value, 0, NAME_SCAN)
-        fields = await reads.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
+        broker = await self.client.broker()
+        reads = broker.reads
         wanted = search.casefold()
-        matches = [
-            task_id
-            for task_id, (name, st) in zip(ids, fields, strict=True)
-            if name is not None
-            and wanted in name.decode(errors="replace").casefold()
-            # a suspended task is looked for among the queued ones: keep what it says it is
-            and (status.is_final or st == status.value.encode())
-        ]
+        scanned = 0
+        matches: list[tuple[Keyspace, str]] = []
+        # a sharded queue's shards in turn, NAME_SCAN ids in all
+        for shard in (await broker.shards.read(queue)).serving(queue):
+            ks = reads.keyspace(shard)
+            ids = await reads.list_ids(ks, status.value, 0, NAME_SCAN - scanned)
+            scanned += len(ids)
+            fields = await reads.task_fields(ks, ids, [F.NAME, F.STATUS]) if ids else []
+            matches += [
+                (ks, task_id)
+                for task_id, (name, st) in zip(ids, fields, strict=True)
+                if name is not None
+                and wanted in name.decode(errors="replace").casefold()
+                # a suspended task is looked for among the queued ones: keep what it says
+                and (status.is_final or st == status.value.encode())
+            ]
+            if scanned >= NAME_SCAN:
+                break
         infos: list[TaskInfo] = []
-        for task_id in matches[offset : offset + limit]:
+        for ks, task_id in matches[offset : offset + limit]:
             rec = await reads.task_record(ks, task_id)
             if rec:
                 infos.append(parse_info(task_id, rec, self.client.tasks))
-        return infos, len(ids), len(matches)
+        return infos, scanned, len(matches)
 
     async def task(self, request: Request) -> Response:
         task_id: str = request.path_params["task_id"]
@@ -482,7 +491,12 @@ class Views:
             queue=queue,
             tasks=infos[: self.page_size],
             has_next=len(infos) > self.page_size,
-            total=await reads.dead_count(reads.keyspace(queue)),
+            total=sum(
+                [
+                    await reads.dead_count(reads.keyspace(name))
+                    for name in (await self.client.broker()).shards.cached_serving(queue)
+                ]
+            ),
             offset=offset,
             limit=self.page_size,
         )

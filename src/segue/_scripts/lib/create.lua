@@ -117,6 +117,21 @@ local function new_task(base, argv, b, now, waiting, lane)
   return tk, status, due
 end
 
+-- The lane of a task sent by name (its record's 'fw': app.send, segue enqueue), whose
+-- producer does not know the task's limits: the lane its workers' definition names, as they
+-- publish it (hash limits:lanes, task name -> "<limit name>|" for a keyed limit without a
+-- key, "<limit name>" for one keyed by an argument). A key sent with the call (limit_key=,
+-- lane "<task name>|<key>") goes under that limit name; without one, a task keyed by an
+-- argument waits in its list, held only by its name's limits. No worker published (none
+-- started yet, or of the previous release): the lane as sent.
+local function sent_lane(base, name, lane)
+  local pub = redis.call('HGET', base .. 'limits:lanes', name)
+  if not pub then return lane end
+  if lane then return string.match(pub, '^[^|]*') .. string.match(lane, '|.*$') end
+  if string.byte(pub, -1) == 124 then return pub end
+  return lane
+end
+
 -- A new queued task joins the back of its priority list `list`, or of its lane.
 local function push_new(base, list, argv, b, lane)
   if not lane then

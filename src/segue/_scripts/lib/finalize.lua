@@ -75,12 +75,14 @@ end
 -- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command.
 local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
+-- the largest result an ended message carries (Keyspace.outcome_channel says the same)
+local OUTCOME_INLINE = 4096
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
-  -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
+  -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
+  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw', 'off', 'kc')
+    'cof', 'cp', 's', 'sgw', 'off', 'ctl', 'wait', 'hold', 'pc')
   f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
@@ -106,16 +108,20 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     local lock = Q.base .. 'uniq:' .. f[5]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
-  -- it leaves RUNNING (leave_running): 'cn' and 'kc' go with the fields deleted below
-  if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
-  if f[15] then lane_release(Q.base, f[15], id) end
+  -- it leaves RUNNING (leave_running)
+  if f[8] then leave_sets(Q.base, tk, id, f[8], f[4]) end
   local t = status == 'succeeded' and SUCCEEDING or ENDING
   local set = t.set
   local at_text = num_text(at)
   t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn', 'kc')
+  -- what an end clears, when the read above found any (most ends find none: reading four
+  -- absent fields costs the server less than deleting six, 'ctlr' and 'ctlt' going with
+  -- 'ctl')
+  if f[15] or f[16] or f[17] or f[18] then
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
+  end
   redis.call('DEL', Q.base .. 'state:' .. id)
   -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
   -- which is in neither: two commands less per task a worker ends)
@@ -133,7 +139,18 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     redis.call('ZADD', Q.done[status], num_text(at + ttl), id)
   end
   blobs_live(Q.base, id, f[14], ttl, true)
+  -- the ended channel of the previous release's waiters (the id alone), then this release's
+  -- (`<done channel>:out`, Keyspace.outcome_channel): with a success's result up to
+  -- OUTCOME_INLINE bytes after a NUL, which spares its waiters reading the record; a larger
+  -- or offloaded result and every other end are read from the record, as before
   redis.call('SPUBLISH', Q.channel, id)
+  if status == 'succeeded' and ttl ~= 0 and field == 'r' and value
+      and #value <= OUTCOME_INLINE
+      and not is_ref(value) then
+    redis.call('SPUBLISH', Q.channel .. ':out', id .. '\0' .. value)
+  else
+    redis.call('SPUBLISH', Q.channel .. ':out', id)
+  end
   count_stat(Q.base, status, at)
   local result = nil
   if status == 'succeeded' then result = value end

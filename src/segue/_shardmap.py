@@ -1,0 +1,112 @@
+"""The shard counts of queues as this process knows them (docs/sharding.md).
+
+The count lives on the server, in the queue's base meta hash (shards.lua), so that every
+producer routes the same way. A process reads it at its first enqueue to (or worker start
+on) a queue and again once `REFRESH_SECONDS` passed, so a reshard reaches every process
+within that time; in between, routing costs a dict lookup. A count declared in the code
+(`app.queue(name, shards=N)`) is stored by the first process that meets an unset one; a
+declaration that disagrees with the server is warned about once, and the server wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from segue import _calls, _clock
+from segue._errors import SegueError, ServerOutOfMemory
+from segue._shards import Router, ShardCount, check_shards
+
+if TYPE_CHECKING:
+    from segue._transport import Transport
+
+log = logging.getLogger("segue.shards")
+
+REFRESH_SECONDS = 5.0
+UNSHARDED = ShardCount()
+
+
+class ReshardRefused(SegueError):
+    """A reshard asked for while the previous one's old shards still drain."""
+
+
+class ShardMap:
+    """Counts by queue, read from the server and kept `REFRESH_SECONDS`."""
+
+    def __init__(self, broker: Transport, declared: dict[str, int]) -> None:
+        self._broker = broker
+        self.declared = declared  # the Client's: app.queue(name, shards=N) calls
+        self._known: dict[str, tuple[ShardCount, float]] = {}
+        self._warned: set[str] = set()
+        self.router = Router()
+
+    def cached(self, queue: str) -> ShardCount | None:
+        """The count as last read (None: never read); routing uses it without a round trip."""
+        got = self._known.get(queue)
+        return got[0] if got is not None else None
+
+    def cached_serving(self, queue: str) -> tuple[str, ...]:
+        """The shards a worker of `queue` serves, by the count last read (the queue alone
+        before any read)."""
+        return (self.cached(queue) or UNSHARDED).serving(queue)
+
+    async def get(self, queue: str) -> ShardCount:
+        """The count, read again when the last read is older than REFRESH_SECONDS."""
+        got = self._known.get(queue)
+        if got is not None and got[1] > _clock.monotonic():
+            return got[0]
+        return await self.read(queue)
+
+    async def read(self, queue: str) -> ShardCount:
+        want = self.declared.get(queue)
+        sc: ShardCount | None = None
+        if want is not None and want > 1:
+            try:
+                sc, _ = await self._call(queue, "create", want)
+            except ServerOutOfMemory:
+                # a full server refuses the write, not the read: workers must start all the
+                # same (they are what frees it), and enqueues fail on their own writes
+                log.warning("queue %s: the server is full; its declared count is not stored", queue)
+        if sc is None:
+            sc, _ = await self._call(queue, "read")
+        if want is not None and want != sc.count and queue not in self._warned:
+            self._warned.add(queue)
+            log.warning(
+                "queue %s is declared with shards=%d here, but the server holds %d shards: "
+                "the server's count is used (change it with `segue queue reshard`)",
+                queue,
+                want,
+                sc.count,
+            )
+        return sc
+
+    async def create(self, queue: str, count: int) -> ShardCount:
+        """Store `count` unless the server holds one already; the count in force."""
+        check_shards(count)
+        self.declared[queue] = count
+        return await self.read(queue)
+
+    async def reshard(self, queue: str, count: int) -> ShardCount:
+        """Make `count` the queue's count; the old count's shards drain (docs/sharding.md)."""
+        check_shards(count)
+        before, _ = await self._call(queue, "read")
+        sc, done = await self._call(queue, "reshard", count)
+        if done < 0:
+            raise ReshardRefused(
+                f"queue {queue} is still draining the shards of its count before the last "
+                f"reshard ({before.old}); reshard again once they are empty"
+            )
+        self.declared.pop(queue, None)
+        return sc
+
+    async def drained(self, queue: str, old: int) -> ShardCount:
+        """Forget the old count `old` (its shards hold nothing unfinished any more)."""
+        sc, _ = await self._call(queue, "drained", old)
+        return sc
+
+    async def _call(self, queue: str, action: str, count: int = 0) -> tuple[ShardCount, int]:
+        call = _calls.shards(self._broker.keyspace(queue), action, count)
+        n, old, done = (await self._broker.run_calls([call], retry=True))[0]
+        sc = ShardCount(int(n), int(old)) if (int(n), int(old)) != (1, 0) else UNSHARDED
+        self._known[queue] = (sc, _clock.monotonic() + REFRESH_SECONDS)
+        return sc, int(done)
