@@ -115,7 +115,56 @@ def _with_library(name: str, source: str) -> str:
             parts.append(own)
 
     add(source, f"script {name!r}")
-    return "\n".join([*parts, source])
+    return "\n".join([*_used_only([_without_comment_lines(p) for p in parts], source), source])
+
+
+_LOCAL_RE = re.compile(r"local (?:function )?([A-Za-z_][\w, ]*?)\s*(?:[=(]|$)")
+_NAME_RE = re.compile(r"[A-Za-z_]\w*")
+_COMMENT_RE = re.compile(r"--\[\[.*?\]\]", re.DOTALL)
+
+
+def _used_only(parts: list[str], source: str) -> list[str]:
+    """The library parts with each top-level definition that `source` does not reach
+    (directly, or through the definitions it uses) made empty lines. A script runs its
+    library's top level on every call: each `local function` there is a closure built
+    anew, each table a table, and the open upvalues of its ~100 locals are searched one by
+    one as each closure is built; claim.lua and finish.lua, which include nearly the whole
+    library through finalize, spent more server instructions on that per call than on a
+    task's own commands. A part's top level holds only `local` definitions (their bodies
+    indented, closed by `end` or a bracket at column 0); any other top-level statement is
+    kept, with what it names. A Lua local can be reached only by its name, so a definition
+    no kept text names is never run by this script. Lines are emptied, not removed, so an
+    error's line numbers stay those of the assembled text."""
+    chunks: list[tuple[list[str], list[str]]] = []  # (names defined, lines)
+    for part in parts:
+        for line in part.split("\n"):
+            m = _LOCAL_RE.match(line)
+            if m:
+                chunks.append(([n.strip() for n in m.group(1).split(",")], [line]))
+            elif chunks and (line[:1] in ("", " ", "\t", "}", ")", "-") or line.startswith("end")):
+                chunks[-1][1].append(line)
+            else:
+                chunks.append(([], [line]))
+    defines: dict[str, list[int]] = {}
+    for i, (names, _) in enumerate(chunks):
+        for n in names:
+            defines.setdefault(n, []).append(i)
+    keep: set[int] = set()
+    # what a comment names is not a use: whole-line comments and the header block are not
+    # read (a trailing comment is, which at worst keeps a definition)
+    own = _COMMENT_RE.sub("", _without_comment_lines(source))
+    todo = [own] + ["\n".join(lines) for names, lines in chunks if not names]
+    keep.update(i for i, (names, _) in enumerate(chunks) if not names)
+    while todo:
+        for n in set(_NAME_RE.findall(todo.pop())):
+            for i in defines.get(n, ()):
+                if i not in keep:
+                    keep.add(i)
+                    todo.append("\n".join(chunks[i][1]))
+    out = []
+    for i, (_, lines) in enumerate(chunks):
+        out.extend(lines if i in keep else [""] * len(lines))
+    return ["\n".join(out)]
 
 
 def _without_comment_lines(source: str) -> str:
