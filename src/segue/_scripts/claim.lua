@@ -125,8 +125,15 @@ for _, id in ipairs(due) do
 end
 
 -- waits for a signal whose deadline passed: the timeout is journaled as the wait's outcome
--- and the task queued (a signal that came first already took it out of this index)
-local timed = redis.call('ZRANGEBYSCORE', KEYS[18], '-inf', now, 'LIMIT', 0, 1000)
+-- and the task queued (a signal that came first already took it out of this index). The
+-- earliest deadline, read first, answers for the reply's next_due too unless some are
+-- past: most claims find none, and the index is read once. (No path of this script adds
+-- to the index; one that removed the earliest would only make next_due early.)
+local sig_first = redis.call('ZRANGE', KEYS[18], 0, 0, 'WITHSCORES')
+local timed = {}
+if sig_first[2] and tonumber(sig_first[2]) <= now then
+  timed = redis.call('ZRANGEBYSCORE', KEYS[18], '-inf', now, 'LIMIT', 0, 1000)
+end
 for _, id in ipairs(timed) do
   redis.call('ZREM', KEYS[18], id)
   local tk = prefix .. 'task:' .. id
@@ -571,7 +578,7 @@ end
 
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
-first = redis.call('ZRANGE', KEYS[18], 0, 0, 'WITHSCORES')
+first = #timed > 0 and redis.call('ZRANGE', KEYS[18], 0, 0, 'WITHSCORES') or sig_first
 if first[2] and (out[1] < 0 or tonumber(first[2]) < out[1]) then out[1] = tonumber(first[2]) end
 if keyed then
   for l = 1, 3 do
