@@ -26,7 +26,7 @@ from ulid import ULID
 from segue import _clock
 from segue._calls import parse_claim, parse_finish
 from segue._connect import wait_for_server
-from segue._context import PauseRequested, RunControl
+from segue._context import PauseRequested
 from segue._control import Controller, ControlSubscriber
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
@@ -39,6 +39,7 @@ from segue._offload_runs import attempt_by_reference, by_reference
 from segue._options import limit_tables, shard_limits
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
+from segue._run_control import RunControl
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe

@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "_handle",
             "_events",
             "_queue",
+            "_run_control",
             "_context",
             "_sync_context",
             "_task",
