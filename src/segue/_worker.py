@@ -25,7 +25,7 @@ from ulid import ULID
 
 from segue import _clock
 from segue._calls import parse_claim, parse_finish
-from segue._connect import wait_for_server
+from segue._connect import Outage, wait_for_server
 from segue._context import PauseRequested
 from segue._control import Controller, ControlSubscriber
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
@@ -112,10 +112,8 @@ class Worker:
         # a claim resent after a dropped connection gets back what the lost one leased
         self._claim_tokens: dict[Keyspace, str] = {}
         self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
-        self._down_since: float | None = None  # when round trips began to fail
-        self._down_said = 0.0  # when the outage was last logged
         # an outage is logged when it starts, then every two heartbeats (10 s by default)
-        self._outage_log_seconds = 2 * settings.heartbeat_seconds
+        self._outage = Outage(2 * settings.heartbeat_seconds)
         # the queues' reconciler while serving (not in a burst), see _reconcile.py
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
@@ -162,7 +160,7 @@ class Worker:
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
-        return await wait_for_server(self._client, lambda: self._stopping, self._outage_log_seconds)
+        return await wait_for_server(self._client, lambda: self._stopping, self._outage.log_seconds)
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
@@ -316,13 +314,9 @@ class Worker:
                 replies = await broker.run_calls(calls)
             except BrokerError as exc:
                 self._restore(taken)
-                await self._server_down(exc)
+                await self._outage.failed(exc, lambda: self._stopping)
                 continue
-            if self._down_since is not None:
-                log.warning(
-                    "server reachable again after %.1f s", _clock.monotonic() - self._down_since
-                )
-                self._down_since = None
+            self._outage.answered()
             claimed = 0
             backlog = 0
             now_ms = 0
@@ -349,7 +343,7 @@ class Worker:
                     try:
                         reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
-                        await self._server_down(exc)
+                        await self._outage.failed(exc, lambda: self._stopping)
                         break
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
@@ -391,7 +385,7 @@ class Worker:
         try:
             return await forwarder.run_once()
         except BrokerError as exc:
-            await self._server_down(exc)
+            await self._outage.failed(exc, lambda: self._stopping)
             return 1
 
     async def _publish_limits(
@@ -564,23 +558,6 @@ class Worker:
             self._lease.drop(job.id, job.gen)
         self._finished += 1
         self._changed.set()
-
-    async def _server_down(self, exc: BrokerError) -> None:
-        """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
-        is fenced by lease generation. The first failure retries at once (a dropped
-        connection reconnects on the next call); later ones pause briefly first."""
-        now = _clock.monotonic()
-        if self._down_since is None:
-            log.warning("server unavailable (%s); retrying", exc)
-            self._down_since = self._down_said = now
-            return
-        if now - self._down_said >= self._outage_log_seconds:  # not one line per try
-            self._down_said = now
-            log.warning("server still unavailable after %.0f s (%s)", now - self._down_since, exc)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                while not self._stopping:
-                    await asyncio.sleep(0.1)
 
     async def _shutdown(self, broker: Broker) -> None:
         """Let running tasks finish within the grace period, then requeue the rest."""
