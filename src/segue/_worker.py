@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
-from segue._calls import parse_claim, parse_finish
+from segue._calls import parse_claim
 from segue._connect import Outage, wait_for_server
 from segue._context import PauseRequested
 from segue._control import Controller, ControlSubscriber
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
+from segue._finish_batch import FinishBatch
 from segue._forward import Forwarder
 from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
@@ -48,9 +49,7 @@ from segue._waker import Waker
 from segue._wire import (
     Cancelled,
     Finished,
-    FinishResult,
     Outcome,
-    Paused,
     Retrying,
     Succeeded,
     Waiting,
@@ -94,7 +93,7 @@ class Worker:
         self.concurrency = concurrency or settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
         self._running: dict[str, Job] = {}
-        self._outcomes: dict[Keyspace, list[Finished]] = {}
+        self._finishes = FinishBatch()  # the ended runs' outcomes, until they are recorded
         self._changed = asyncio.Event()
         self._stopping = False
         self._force = False
@@ -290,7 +289,7 @@ class Worker:
             if burst and forwarder.poked:
                 await self._forward(forwarder)
             free = self.concurrency - len(self._running)
-            taken = self._take_outcomes()
+            taken = self._finishes.take()
             order = self._order.order(skip_idle=not burst) if self._order else keyspaces
             claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
@@ -313,7 +312,7 @@ class Worker:
             try:
                 replies = await broker.run_calls(calls)
             except BrokerError as exc:
-                self._restore(taken)
+                self._finishes.restore(taken)
                 await self._outage.failed(exc, lambda: self._stopping)
                 continue
             self._outage.answered()
@@ -327,7 +326,7 @@ class Worker:
                 # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
                 short = claimed < free
-            self._check_finished(taken, replies[:n_finish])
+            self._finishes.check(taken, replies[:n_finish], self._lease, self._forwarder)
             if claim_from is not None:
                 # later queues are served only with what the earlier ones left free; a
                 # sharded queue's next round starts after the shard that filled them
@@ -357,7 +356,7 @@ class Worker:
             # take, and what comes next wakes the waker (a claim less per task when idle)
             if claimed and not short and self.concurrency > len(self._running):
                 continue
-            if self._outcomes:
+            if self._finishes.pending:
                 continue
             if (
                 burst
@@ -406,34 +405,6 @@ class Worker:
             if await broker.reads.has_retrying(ks):
                 return True
         return False
-
-    def _take_outcomes(self) -> list[tuple[Keyspace, list[Finished]]]:
-        outcomes, self._outcomes = self._outcomes, {}
-        return list(outcomes.items())
-
-    def _restore(self, taken: list[tuple[Keyspace, list[Finished]]]) -> None:
-        for ks, finished in taken:
-            self._outcomes.setdefault(ks, []).extend(finished)
-
-    def _check_finished(
-        self, taken: list[tuple[Keyspace, list[Finished]]], replies: list[Any]
-    ) -> None:
-        if taken:
-            faultpoint("after_complete_before_ack")
-        for (_, finished), reply in zip(taken, replies, strict=True):
-            if self._lease is not None:
-                self._lease.drop_all([(run.id, run.gen) for run in finished])
-            for run, ok in zip(finished, parse_finish(reply), strict=True):
-                if ok is FinishResult.FORWARD and self._forwarder is not None:
-                    self._forwarder.poke()  # it left outbox entries for other queues
-                if ok and run.outcome.__class__ is Paused:
-                    faultpoint("after_pause_ack")
-                if not ok:
-                    log.warning(
-                        "outcome of task %s discarded: this worker no longer holds its lease "
-                        "(another worker took it over, or it ended)",
-                        run.id,
-                    )
 
     def _holds_last(self) -> bool:
         """Whether a task on its last delivery runs here (claim.lua gives no second one)."""
@@ -550,8 +521,8 @@ class Worker:
                 # a grace timer runs only for a run asked to pause (_control.py)
                 self._controller.ended(job.id)
         if outcome is not None and not job.lost:
-            self._outcomes.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
-            # the lease is renewed until the outcome is on the server (_check_finished):
+            self._finishes.pending.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
+            # the lease is renewed until the outcome is on the server (FinishBatch.check):
             # another task may block the loop before the next flush, and a lease lapsed
             # meanwhile would discard this outcome and run the task again
         elif self._lease is not None:
@@ -564,7 +535,7 @@ class Worker:
         grace = self._client.settings.shutdown_grace_seconds
         deadline = _clock.monotonic() + grace
         while self._running and not self._force and _clock.monotonic() < deadline:
-            await self._flush(broker)
+            await self._finishes.flush(broker, self._lease, self._forwarder)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(0.5, deadline - _clock.monotonic()))):
@@ -580,23 +551,13 @@ class Worker:
                     tasks.append(job.task)
             await asyncio.gather(*tasks, return_exceptions=True)
         for _ in range(5):
-            if not self._outcomes:
+            if not self._finishes.pending:
                 break
             try:
-                await self._flush(broker)
+                await self._finishes.flush(broker, self._lease, self._forwarder)
             except BrokerError as exc:
                 log.warning("could not record outcomes at shutdown (%s); retrying", exc)
                 await asyncio.sleep(0.5)
-
-    async def _flush(self, broker: Broker) -> None:
-        taken = self._take_outcomes()
-        if taken:
-            try:
-                replies = await broker.run_calls([broker.finish_call(k, f) for k, f in taken])
-            except BrokerError:
-                self._restore(taken)
-                raise
-            self._check_finished(taken, replies)
 
 
 class _ClaimLoop(Service):

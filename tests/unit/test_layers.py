@@ -57,6 +57,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
         "_offload_runs",
         "_shard_worker",
+        "_finish_batch",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),
