@@ -1,12 +1,13 @@
 """Worker: claims tasks in batches, runs them concurrently, records outcomes in batches.
 
 One loop does all server writes of the hot path: each round trip carries the outcomes that
-piled up since the last one (finish.lua) and a claim for the free slots (claim.lua), in one
-pipeline. Runs are asyncio tasks; sync functions go to a thread pool. Beside the loop run
-the worker's services, under one task group and one failure policy (_services.py): lease
-renewal in its own thread (_lease.py), the control subscriber that carries out pause and
-cancel requests (_control.py), the waker that turns new work into a turn of the loop
-(_waker.py), the heartbeat, the reconciler, the forwarder and the scheduler.
+piled up since the last one (finish.lua, _finish_batch.py) and a claim for the free slots
+(claim.lua), in one pipeline. Runs are asyncio tasks; sync functions go to a thread pool.
+Beside the loop run the worker's services, under one task group and one failure policy
+(_services.py): lease renewal in its own thread (_lease.py), the control subscriber that
+carries out pause and cancel requests (_control.py), the waker that turns new work into a
+turn of the loop (_waker.py), the heartbeat, the reconciler, the forwarder and the
+scheduler.
 """
 
 from __future__ import annotations
