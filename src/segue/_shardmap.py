@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from segue import _calls, _clock
 from segue._errors import SegueError, ServerOutOfMemory
+from segue._faults import faultpoint
 from segue._shards import Router, ShardCount, check_shards, shard_names
 
 if TYPE_CHECKING:
@@ -100,10 +101,12 @@ class ShardMap:
         new = [] if count == before.count else [n for n in shard_names(queue, count) if n != queue]
         for shard in new:
             await self._hold(shard, "hold")
+        faultpoint("after_reshard_hold")
         sc, done, paused = await self._reshard(queue, count)
+        faultpoint("after_reshard_count")
         if done < 0 or not paused:
             for shard in new:
-                await self._hold(shard, "release")
+                await self.release(shard)
         if done < 0:
             raise self._refused(queue, sc.old)
         self.declared.pop(queue, None)
@@ -120,6 +123,11 @@ class ShardMap:
         """Flag a new shard paused for a reshard, or clear that flag (shards.lua)."""
         call = _calls.shards(self._broker.keyspace(shard), action)
         await self._broker.run_calls([call], retry=True)
+
+    async def release(self, shard: str) -> None:
+        """Clear a shard's pause flag if a reshard set it (`pr`); a pause's flag stays.
+        Only once the base was read unpaused after the count naming the shard."""
+        await self._hold(shard, "release")
 
     async def _reshard(self, queue: str, count: int) -> tuple[ShardCount, int, bool]:
         call = _calls.shards(self._broker.keyspace(queue), "reshard", count)
