@@ -273,14 +273,20 @@ class Broker(Transport):
         concurrency: dict[str, int],
         clear: tuple[list[str], list[str]],
         keyed: dict[str, str] | None = None,
+        lanes: tuple[dict[str, str], list[str]] | None = None,
     ) -> None:
         """Publish the rate and concurrency limits of task names, and the keyed limits by
-        limit name, for claim.lua to enforce."""
+        limit name, for claim.lua to enforce; and the lanes of keyed task names, for
+        enqueue.lua to place a task sent by name (with the names to forget)."""
         rate_key, conc_key = ks.limits
         async with self.errors():
             pipe = self.client.pipeline(transaction=False)
             if keyed:
                 pipe.hset(ks.keyed_limits, mapping=keyed)
+            if lanes and lanes[0]:
+                pipe.hset(ks.sent_lanes, mapping=lanes[0])
+            if lanes and lanes[1]:
+                pipe.hdel(ks.sent_lanes, *lanes[1])
             if rates:
                 pipe.hset(rate_key, mapping=rates)
             if concurrency:

@@ -32,6 +32,7 @@ from segue._state import (
 )
 from segue._wire import TaskField as F
 from segue._wire import WorkflowField as W
+from segue._wire import workflow_steps
 
 if TYPE_CHECKING:
     from segue._client import Client
@@ -378,7 +379,7 @@ class WorkflowHandle(Generic[R]):
         return rec
 
     async def step_count(self) -> int:
-        return len(await self._ids(W.STEPS.b))
+        return len(workflow_steps(self.id, await self._record()))
 
     async def _ids(self, field: bytes) -> list[str]:
         return (await self._record()).get(field, b"").decode().split()
@@ -434,7 +435,7 @@ class WorkflowHandle(Generic[R]):
         reads = await self._client.reads()
         infos: list[TaskInfo] = []
         wf = await self._record()
-        ids = wf.get(W.STEPS.b, b"").decode().split()
+        ids = workflow_steps(self.id, wf)
         for step_id in ids[offset:] if limit is None else ids[offset : offset + limit]:
             rec = await reads.task_record(reads.keyspace(queue_of(step_id)), step_id)
             if rec:
@@ -511,7 +512,7 @@ class WorkflowHandle(Generic[R]):
         a step that has not started buffers it until it runs and waits for it. As
         `TaskHandle.signal` otherwise; returns the step's status."""
         rec = await self._record()
-        ids = rec.get(W.STEPS.b, b"").decode().split()
+        ids = workflow_steps(self.id, rec)
         step_id = step if step in ids else None
         if step_id is None and W.STEP_NAMES.b in rec:
             step_id = decode_plain(rec[W.STEP_NAMES.b]).get(step)

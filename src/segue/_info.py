@@ -22,7 +22,7 @@ from segue._state import (
     from_worker_names,
 )
 from segue._wire import TaskField as F
-from segue._wire import plain_name
+from segue._wire import history_lines, plain_name
 
 _PLAIN = TypedDecoder(Any)
 
@@ -100,15 +100,19 @@ class _Reader:
         """The kept transitions, numbered, and how many there were in all: the count the
         scripts keep, or the lines (a record from before it was kept, or one a worker of
         the previous release appended to without counting)."""
-        lines = self.text(F.HISTORY.b).splitlines()
-        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines))
-        first = total - len(lines) + 1
+        lines, bad = history_lines(
+            self.rec.get(F.HISTORY.b),
+            self.rec.get(F.HISTORY_COMPACT.b),
+            self.integer(F.ENQUEUED_AT.b),
+        )
+        total = max(self.integer(F.HISTORY_TOTAL.b) or 0, len(lines) + bad)
+        first = total - len(lines) - bad + 1
+        if bad:
+            self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
         out = []
-        for n, line in enumerate(lines, first):
-            st, _, rest = line.partition("|")
-            at, _, reason = rest.partition("|")
+        for n, (st, at, reason) in enumerate(lines, first):
             try:
-                out.append(Transition(TaskStatus(st), at_ms(int(at)), reason, n))
+                out.append(Transition(TaskStatus(st), at_ms(at), reason, n))
             except (ValueError, OverflowError, OSError):
                 self.bad(F.HISTORY.b, "has a line that is not status|time|reason")
         return out, total
@@ -237,11 +241,9 @@ def _waiting_for(r: _Reader, status: TaskStatus) -> str | None:
     if name:
         due = r.when(F.SIGNAL_DEADLINE.b)
         return f"signal:{name}" + (f" until {due.isoformat()}" if due else "")
-    if any(line.startswith("waiting|") and "sub-task" in line for line in _last_lines(r)):
+    lines, _ = history_lines(
+        r.rec.get(F.HISTORY.b), r.rec.get(F.HISTORY_COMPACT.b), r.integer(F.ENQUEUED_AT.b)
+    )
+    if lines and lines[-1][0] == "waiting" and "sub-task" in lines[-1][2]:
         return "sub-tasks"
     return "dependencies"
-
-
-def _last_lines(r: _Reader) -> list[str]:
-    lines = r.text(F.HISTORY.b).splitlines()
-    return lines[-1:]

@@ -125,6 +125,11 @@ class Keyspace:
         return self.key("limits", "keyed")
 
     @cached_property
+    def sent_lanes(self) -> str:
+        """The lane of a task sent by name, by task name (LimitTables.lanes, enqueue.lua)."""
+        return self.key("limits", "lanes")
+
+    @cached_property
     def weights(self) -> str:
         """Per-key weights set at run time (Queue.set_weight): key -> weight."""
         return self.key("kweight")

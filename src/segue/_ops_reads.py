@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from segue._wire import NAME_MARK, plain_name
+from segue._wire import NAME_MARK, history_lines, plain_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,16 +47,14 @@ class Readiness:
     exact: bool = True
 
 
-def _since(history: bytes | None) -> int | None:
+def _since(long: bytes | None, compact: bytes | None, created: bytes | None) -> int | None:
     """When a task entered its present status: the time of the last line of its history."""
-    if not history:
-        return None
-    last = history.rstrip(b"\n").rpartition(b"\n")[2]
-    parts = last.split(b"|", 2)
     try:
-        return int(parts[1])
-    except (IndexError, ValueError):
-        return None
+        created_ms = int(created) if created is not None else None
+    except ValueError:
+        created_ms = None
+    lines, _ = history_lines(long, compact, created_ms)
+    return lines[-1][1] if lines else None
 
 
 async def server_ms(reads: Queries) -> int:
@@ -126,7 +124,7 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     async with reads.errors():
         pipe = reads.client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hmget(ks.task(task_id.decode()), "n", "s", "h")
+            pipe.hmget(ks.task(task_id.decode()), "n", "s", "h", "hc", "ce")
         if ids:
             rows = await pipe.execute()
     listed = sum(len(t) for t in tails)
@@ -135,7 +133,7 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
     not_ready = 0
     # the longest past its deadline has waited to be ended since then
     oldest = int(first[8][0][1]) if timed_out else now
-    for n, (task_id, (task_name, status, history)) in enumerate(zip(ids, rows, strict=True)):
+    for n, (task_id, (task_name, status, *history)) in enumerate(zip(ids, rows, strict=True)):
         in_list = n < listed or n >= heads
         waiting = status in (_WAITING_TO_RUN if in_list else _DUE_STATES)
         if task_name is not None and NAME_MARK.encode() in task_name:
@@ -144,7 +142,7 @@ async def readiness(reads: Queries, ks: Keyspace) -> Readiness:
             # a lane's head held back holds its whole lane
             not_ready += lanes[n - heads][1] if n >= heads else 1
             continue
-        queued_at = _since(history) if in_list else due_at[task_id]
+        queued_at = _since(*history) if in_list else due_at[task_id]
         if queued_at is not None:
             oldest = min(oldest, queued_at)
     total = sum(lengths) + due_count + sum(count for _, count in lanes) + timed_out

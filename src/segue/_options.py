@@ -296,6 +296,10 @@ class LimitTables:
     concurrency: dict[str, int]
     clear: tuple[list[str], list[str]]
     keyed: dict[str, str] = field(default_factory=dict)  # limit name -> Limits.spec
+    # task name -> its keyed limit's lane for a call by name (enqueue.lua): "<limit name>|"
+    # without a key, "<limit name>" with one (the call's limit_key= completes it)
+    lanes: dict[str, str] = field(default_factory=dict)
+    lanes_clear: list[str] = field(default_factory=list)  # names without a keyed limit
 
 
 def limit_tables(options: Iterable[TaskOptions]) -> LimitTables:
@@ -312,7 +316,11 @@ def limit_tables(options: Iterable[TaskOptions]) -> LimitTables:
         else:
             tables.clear[1].append(opts.name)
         if lim.has_keyed:
-            tables.keyed[lim.limit_name or opts.name] = lim.spec(opts.name)
+            limit = lim.limit_name or opts.name
+            tables.keyed[limit] = lim.spec(opts.name)
+            tables.lanes[opts.name] = limit if lim.key is not None else limit + "|"
+        else:
+            tables.lanes_clear.append(opts.name)
     return tables
 
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def text(value: Any) -> str:
@@ -49,7 +52,13 @@ class TaskField:
     TIMEOUT_MS: Final = Code("to")
     TTL_MS: Final = Code("ttl")  # how long the record outlives the task's end (-1 forever)
     ENQUEUED_AT: Final = Code("ce")
-    HISTORY: Final = Code("h")  # "<status>|<at ms>|<reason>\n": the last HISTORY_KEEP transitions
+    # the last HISTORY_KEEP transitions, "<status>|<at ms>|<reason>\n" each: written by the
+    # previous release, and still by its workers, beside HISTORY_COMPACT on a newer record
+    HISTORY: Final = Code("h")
+    # the same, compact (lib/transition.lua): "<letter><ms after ENQUEUED_AT>[|<reason>]\n"
+    # each, the letters HISTORY_CODES': short enough for the server to keep the record in
+    # its compact encoding. A reader merges both by time (history_lines)
+    HISTORY_COMPACT: Final = Code("hc")
     HISTORY_TOTAL: Final = Code("hn")  # transitions ever recorded (absent: count the lines)
     DUE_AT: Final = Code("due")
     UNIQUE_KEY: Final = Code("uq")
@@ -74,7 +83,9 @@ class TaskField:
     WORKFLOW: Final = Code("wf")
     CROSS_DEPENDANTS: Final = Code("xd")  # "<id>|<index>|<workflow or ->" on other queues
     CROSS_PREFIX: Final = Code("x:")  # x:<dependency id>: '0' pending, '1' resolved
-    COUNTED_RUNNING: Final = Code("cn")  # counted in its name's concurrency set
+    # counted in a concurrency set while it runs: '1' its name's (the previous release's
+    # only value), '0<lane>' its key's, '1<lane>' both (lib/leases.lua)
+    COUNTED_RUNNING: Final = Code("cn")
     RELEASES: Final = Code("rel")  # releases by workers that did not know its name
     FIRST_RELEASE_AT: Final = Code("rel0")
     PROGRESS: Final = Code("pg")  # "<done> <total>"
@@ -147,6 +158,13 @@ class TaskField:
     # reference (_blobs.py). Scripts of a release before it leave the blobs kept when the
     # record ends or goes: the reconciler gives them the record's lifetime, or the pending TTL.
     OFFLOADED: Final = Code("off")
+    # Flow control by key (lib/lanes.lua, docs/fairness.md): the lane the task waits in,
+    # "<limit name>|<key>", or "|<task name>" for its name's own lane (a task its name's
+    # limit held back). Scripts of the previous release do not read it.
+    LANE: Final = Code("lk")
+    # Debounce (debounce.lua): when the window of its debounce key opened, and that key
+    DEBOUNCE_START: Final = Code("dbs")
+    DEBOUNCE_KEY: Final = Code("dbk")
 
 
 # After the name of a record that refers to an offloaded value (lib/states.lua NAME_MARK): a
@@ -161,13 +179,67 @@ def plain_name(name: str) -> str:
 
 HISTORY_KEEP: Final = 200  # the transitions a record keeps (lib/transition.lua's HISTORY_KEEP)
 
+# The letter of each status in a compact history (lib/states.lua's HISTORY_CODES)
+HISTORY_CODES: Final = {
+    "queued": "q",
+    "scheduled": "d",
+    "running": "r",
+    "succeeded": "k",
+    "failed": "f",
+    "cancelled": "c",
+    "waiting": "w",
+    "suspended": "u",
+    "paused": "p",
+    "retrying": "y",
+    "expired": "x",
+    "compensating": "m",
+}
+_HISTORY_STATUS: Final = {code: status for status, code in HISTORY_CODES.items()}
+
+
+def history_lines(
+    long: bytes | None, compact: bytes | None, created_ms: int | None
+) -> tuple[list[tuple[str, int, str]], int]:
+    """A record's kept transitions as (status, at ms, reason), oldest first, and how many
+    lines did not read: the long form `h` merged by time with the compact `hc`, whose times
+    count from `created_ms` (ENQUEUED_AT). Both are there only on a record that a worker of
+    the previous release moved after this release created it."""
+    out: list[tuple[str, int, str]] = []
+    bad = 0
+    for line in (long or b"").decode(errors="replace").splitlines():
+        status, _, rest = line.partition("|")
+        at, _, reason = rest.partition("|")
+        try:
+            out.append((status, int(at), reason))
+        except ValueError:
+            bad += 1
+    if compact:
+        merge = bool(out)
+        for line in compact.decode(errors="replace").splitlines():
+            head, _, reason = line.partition("|")
+            code = _HISTORY_STATUS.get(head[:1])
+            try:
+                if code is None or created_ms is None:
+                    raise ValueError(line)
+                out.append((code, created_ms + int(head[1:]), reason))
+            except ValueError:
+                bad += 1
+        if merge:
+            out.sort(key=lambda line: line[1])
+    return out, bad
+
 
 class WorkflowField:
     """The fields of a workflow record, the hash `<prefix>:{<queue>}:wf:<id>` (the main
     record on the queue of the workflow id; a part record on each other queue)."""
 
     STATE: Final = Code("st")  # running | paused | cancelled (the task record's st: STARTED_AT)
-    STEPS: Final = Code("steps")
+    STEPS: Final = Code("steps")  # the step ids, space-separated, in layout order
+    # instead of STEPS when the steps are `<workflow id>.1` .. `<workflow id>.<n>` (graph.lua):
+    # their count n. Listed, two ids pass hash-max-listpack-value (64 bytes) and the server
+    # keeps the whole record as a hashtable. A client of the previous release reads no steps
+    # on such a record (docs/architecture.md, "Rolling deploys")
+    STEP_COUNT: Final = Code("stn")
     LAST: Final = Code("last")
     LEFT: Final = Code("left")
     TTL_MS: Final = Code("ttl")
@@ -190,6 +262,18 @@ class WorkflowField:
     SAGA_NEXT_PREFIX: Final = Code("cn:")  # cn:<n>: the numbers waiting for n's
     SAGA_ENDED_PREFIX: Final = Code("ck:")  # ck:<n>: how n's compensation ended
     SAGA_LAUNCHED_PREFIX: Final = Code("ca:")  # ca:<n>: when n's compensation was asked for
+
+
+def workflow_steps(workflow_id: str, rec: Mapping[bytes, bytes]) -> list[str]:
+    """A workflow record's step ids, in layout order: listed (STEPS), or counted (STEP_COUNT)."""
+    count = rec.get(WorkflowField.STEP_COUNT.b)
+    if count is None:
+        return rec.get(WorkflowField.STEPS.b, b"").decode(errors="replace").split()
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    return [f"{workflow_id}.{i}" for i in range(1, n + 1)]
 
 
 class EventField:

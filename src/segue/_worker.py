@@ -402,7 +402,7 @@ class Worker:
         for ks in keyspaces:
             n = group.divisor(ks)
             rates, conc = (t.rates, t.concurrency) if n == 1 else shard_limits(t, n)
-            await broker.set_limits(ks, rates, conc, t.clear, t.keyed)
+            await broker.set_limits(ks, rates, conc, t.clear, t.keyed, (t.lanes, t.lanes_clear))
 
     async def _any_retrying(self, broker: Broker, keyspaces: list[Keyspace]) -> bool:
         if self._next_due is None:

@@ -8,7 +8,8 @@ this module imports only names both releases have, and the old code calls no ctx
 Each side effect is a line (the pid that did it) in a file of its own under the task's
 `directory`, so a test counts effects outside segue; the old code also writes what it found
 in `ctx.state` to `<directory>/old-state.json`, and where its segue came from to
-`<directory>/old-segue`. `rolling.measure` is the same code in both.
+`<directory>/old-segue`. `rolling.measure` is the same code in both; `rolling.hop` fails
+under the old code and succeeds under the new; `rolling.double` is the same in both.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ async def measure(data: str) -> int:
     # the same in both releases: an old worker knows this name, but not the name a record
     # whose argument is offloaded carries (it has a mark after it)
     return len(data)
+
+
+@app.task(name="rolling.double")
+async def double(x: int) -> int:
+    return 2 * x
+
+
+@app.task(name="rolling.hop", max_tries=1)
+async def hop(x: int) -> int:
+    if os.environ.get("ROLLING_CODE", "new") != "new":
+        raise RuntimeError("the old code of rolling.hop fails")
+    return x
 
 
 if os.environ.get("ROLLING_CODE", "new") == "new":

@@ -35,6 +35,7 @@ from typing import Any
 
 from segue._broker import make_async_client
 from segue._keys import Keyspace, queue_of
+from segue._wire import history_lines
 from tests._workers import Signal
 from tests.faults.ledger import Effects, History
 
@@ -76,6 +77,15 @@ def parse_history(text: str) -> list[Transition]:
         if status:
             out.append(Transition(status, int(at), reason))
     return out
+
+
+def read_history(
+    long: bytes | None, compact: bytes | None, created: bytes | None
+) -> list[Transition]:
+    """A record's history from its fields: the long form, the compact one (this release's
+    records), or both (merged by time), as segue reads them (segue._wire.history_lines)."""
+    lines, _ = history_lines(long, compact, int(created) if created else None)
+    return [Transition(status, at, reason) for status, at, reason in lines]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +252,9 @@ async def _records(client: Any, prefix: str, ids: Iterable[str]) -> dict[str, Re
         pipe = client.pipeline(transaction=False)
         for task_id in chunk:
             # each record where its id says: a sharded queue's tasks live in its shards
-            pipe.hmget(Keyspace(prefix, queue_of(task_id)).task(task_id), "s", "h")
-        for task_id, (status, history) in zip(chunk, await pipe.execute(), strict=True):
-            records[task_id] = Record(
-                status.decode() if status else None,
-                parse_history(history.decode()) if history else [],
-            )
+            pipe.hmget(Keyspace(prefix, queue_of(task_id)).task(task_id), "s", "h", "hc", "ce")
+        for task_id, (status, *history) in zip(chunk, await pipe.execute(), strict=True):
+            records[task_id] = Record(status.decode() if status else None, read_history(*history))
     return records
 
 

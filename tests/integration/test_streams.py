@@ -84,7 +84,7 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
     make_app: Callable[..., App],
 ) -> None:
     app = make_app()
-    started = asyncio.Event()
+    seen_five = asyncio.Event()
 
     @app.task(name="endless")
     async def endless(ctx: Context) -> None:
@@ -92,9 +92,15 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
         while True:
             await ctx.stream(i)
             i += 1
-            if i == 5:
-                started.set()
             await asyncio.sleep(0.01)
+
+    async def read_until_cancelled(handle: TaskHandle[Any]) -> list[Any]:
+        got: list[Any] = []
+        async for chunk in handle.stream():
+            got.append(chunk)
+            if len(got) == 5:
+                seen_five.set()
+        return got
 
     @app.task(name="quiet")
     def quiet(ctx: SyncContext) -> int:
@@ -109,9 +115,11 @@ async def test_every_reader_ends_for_a_cancelled_task_and_one_that_never_streams
         h = await endless.enqueue()
         q = await quiet.enqueue()
         s = await sync_talker.enqueue()
-        reader = asyncio.create_task(read_all(h))
+        reader = asyncio.create_task(read_until_cancelled(h))
         async with serving(app, concurrency=4):
-            await asyncio.wait_for(started.wait(), 10)
+            # the cancel comes once five chunks are on the server: chunks the run gave that
+            # were still waiting or on their way when it was cancelled are dropped with it
+            await asyncio.wait_for(seen_five.wait(), 10)
             await h.cancel()
             got = await asyncio.wait_for(reader, 10)
             assert got[:5] == [0, 1, 2, 3, 4]
@@ -194,7 +202,9 @@ async def test_a_retry_shows_a_restart_and_a_trimmed_position_raises(
 async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
     make_app: Callable[..., App], segue_engine: Any
 ) -> None:
-    app = make_app(stream_linger_seconds=0.5)
+    # a linger long enough that a loaded machine reads within it: the "gone" half below
+    # takes a short one and waits for the server to expire it
+    app = make_app(stream_linger_seconds=60)
 
     @app.task(name="brief", ttl=0)
     async def brief(ctx: Context) -> None:
@@ -208,28 +218,40 @@ async def test_a_stream_outlives_a_ttl_zero_task_for_its_linger_then_is_gone(
     async def kept(ctx: Context) -> None:
         await ctx.stream("kept")
 
-    async with app:
-        h = await brief.enqueue()
-        m = await mute.enqueue()
-        k = await kept.enqueue()
-        await app.drain()
-        assert await read_all(h) == ["hello"]  # no record, the stream is still there
-        assert await read_all(m) == []  # an empty stream with its end marker
-        assert await read_all(k) == ["kept"]
-        admin = admin_client(segue_engine)
-        base = f"segue:{{{h.queue}}}:"
-        try:
-            assert 0 < await admin.pttl(base + "out:" + h.id) <= 500
-            assert 0 < await admin.pttl(base + "out:" + k.id) <= 500  # the longer of the two
+    admin = admin_client(segue_engine)
+    try:
+        async with app:
+            h = await brief.enqueue()
+            m = await mute.enqueue()
+            k = await kept.enqueue()
+            await app.drain()
+            assert await read_all(h) == ["hello"]  # no record, the stream is still there
+            assert await read_all(m) == []  # an empty stream with its end marker
+            assert await read_all(k) == ["kept"]
+            base = f"segue:{{{h.queue}}}:"
+            assert 0 < await admin.pttl(base + "out:" + h.id) <= 60_000
+            # the longer of the task's ttl and the linger
+            assert 300 < await admin.pttl(base + "out:" + k.id) <= 60_000
+
+        brief_app = make_app(stream_linger_seconds=0.2)
+
+        @brief_app.task(name="brief", ttl=0)
+        async def brief_again(ctx: Context) -> None:
+            await ctx.stream("hello")
+
+        async with brief_app:
+            b = await brief_again.enqueue()
+            await brief_app.drain()
+            stream_key = f"segue:{{{b.queue}}}:out:{b.id}"
 
             async def gone() -> bool:
-                return not await admin.exists(base + "out:" + h.id, base + "out:" + k.id)
+                return not await admin.exists(stream_key)
 
             await eventually(gone, timeout=5)  # no stream is left after its linger
-        finally:
-            await admin.aclose()
-        with pytest.raises(TaskNotFound):
-            await read_all(h)
+            with pytest.raises(TaskNotFound):
+                await read_all(b)
+    finally:
+        await admin.aclose()
 
 
 async def test_big_chunks_go_in_entries_of_about_a_mebibyte(

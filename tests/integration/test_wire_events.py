@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from segue import App, Context, Pause
+from segue._wire import history_lines
 from tests._support import Engine
 from tests.integration.conftest import eventually
 
@@ -30,9 +31,9 @@ async def _events(app: App, queue: str) -> list[tuple[str, str, str]]:
 async def _history(app: App, queue: str, task_id: str) -> list[tuple[str, str]]:
     """(status, reason) of a task's history, without the times."""
     broker = await app._client.broker()
-    raw = await broker.client.hget(broker.keyspace(queue).task(task_id), "h")
-    rows = raw.decode().splitlines() if raw else []
-    return [(r.split("|", 2)[0], r.split("|", 2)[2]) for r in rows]
+    fields = await broker.client.hmget(broker.keyspace(queue).task(task_id), "h", "hc", "ce")
+    lines, _ = history_lines(fields[0], fields[1], int(fields[2]) if fields[2] else None)
+    return [(status, reason) for status, _, reason in lines]
 
 
 def _kinds(events: list[tuple[str, str, str]], task_id: str) -> list[str]:

@@ -46,6 +46,16 @@ def test_keyed_limits_combine_with_task_wide_ones_and_publish_one_spec() -> None
     assert limit_tables([o]).keyed == {"api.call": f"5 {per_ms!r} 10 2"}
 
 
+def test_workers_publish_the_lane_a_task_sent_by_name_joins() -> None:
+    keyed = opts(concurrency=Limit(5, key="tenant", name="partner-api"))
+    shared = TaskOptions(name="report", concurrency=Limit(1, name="reports"))
+    plain = TaskOptions(name="plain", concurrency=3)
+    t = limit_tables([keyed, shared, plain])
+    # keyed by an argument: the call's limit_key= completes the lane; no key: the lane itself
+    assert t.lanes == {"api.call": "partner-api", "report": "reports|"}
+    assert t.lanes_clear == ["plain"]
+
+
 def test_a_named_limit_is_shared_and_a_key_may_be_a_function() -> None:
     o = opts(concurrency=Limit(2, key=lambda tenant, i: f"{tenant}-{i % 2}", name="shared"))
     assert lane(o, "acme", 3) == "shared|acme-1"

@@ -51,6 +51,10 @@ def test_a_run_of_progress_events_is_one_row() -> None:
 
 def test_a_task_entered_its_status_at_its_last_history_line() -> None:
     history = b"queued|1000|\nrunning|2000|w1\nqueued|3500|lease expired\n"
-    assert _since(history) == 3500
-    assert _since(b"") is None
-    assert _since(b"garbled") is None
+    assert _since(history, None, b"1000") == 3500
+    assert _since(b"", None, None) is None
+    assert _since(b"garbled", None, None) is None
+    # a record of this release keeps it compactly (ms after its creation), and one an old
+    # worker moved after that has lines in both forms: the latest of them counts
+    assert _since(None, b"q0\nr1000|w1\nq2500|lease expired\n", b"1000") == 3500
+    assert _since(b"running|5000|w1\n", b"q0\n", b"1000") == 5000

@@ -104,3 +104,22 @@ def test_every_key_of_a_call_carries_the_queue_tag() -> None:
 def test_an_include_of_a_missing_part_is_named() -> None:
     with pytest.raises(ValueError, match="script 'x' includes 'nope'"):
         _with_library("x", "--[[ x ]]\n--#include clock nope\nreturn 1\n")
+
+
+def test_the_server_gets_no_comment_lines_and_the_same_line_numbers() -> None:
+    from segue._scripts import _without_comment_lines
+
+    text = "--[[ x: header\n  -- kept in the block ]]\n--#include clock\n"
+    text += "-- why\n  -- why\nreturn 1\n"
+    assert _without_comment_lines(text).split("\n") == [
+        "--[[ x: header",
+        "  -- kept in the block ]]",
+        "--#include clock",
+        "",
+        "",
+        "return 1",
+        "",
+    ]
+    for name in NAMES:
+        source = load(name).source
+        assert "\n-- " not in source, name

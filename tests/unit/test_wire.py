@@ -9,13 +9,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from segue import _calls, _scripts
+import segue
+from segue import TaskStatus, _calls, _scripts
 from segue._fastconn import _pack
 from segue._keys import Keyspace
 from segue._settings import Settings
 from segue._wire import (
     ENQUEUE_WIDTH,
     GRAPH_WIDTH,
+    HISTORY_CODES,
     Cancelled,
     ClaimReply,
     EnqueueSpec,
@@ -36,6 +38,8 @@ from segue._wire import (
     Suspended,
     TaskField,
     WorkflowField,
+    history_lines,
+    workflow_steps,
 )
 
 # What the server stores: a code here changes only with a rolling-deploy plan (DESIGN §10).
@@ -52,6 +56,7 @@ TASK_CODES = {
     "TTL_MS": "ttl",
     "ENQUEUED_AT": "ce",
     "HISTORY": "h",
+    "HISTORY_COMPACT": "hc",
     "HISTORY_TOTAL": "hn",
     "DUE_AT": "due",
     "UNIQUE_KEY": "uq",
@@ -108,11 +113,15 @@ TASK_CODES = {
     "SIGNALS_DROPPED": "sgx",
     "SIGNAL_WOKEN": "sgk",
     "OFFLOADED": "off",
+    "LANE": "lk",
+    "DEBOUNCE_START": "dbs",
+    "DEBOUNCE_KEY": "dbk",
     "FROM_WORKER": "fw",
 }
 WORKFLOW_CODES = {
     "STATE": "st",
     "STEPS": "steps",
+    "STEP_COUNT": "stn",
     "LAST": "last",
     "LEFT": "left",
     "TTL_MS": "ttl",
@@ -385,6 +394,40 @@ def test_the_scripts_read_the_enqueue_fields_at_the_specs_offsets() -> None:
     assert sorted(offsets.values()) == list(range(ENQUEUE_WIDTH))
     width = re.search(r"local SPEC_WIDTH = (\d+)", source)
     assert width is not None and int(width.group(1)) == ENQUEUE_WIDTH
+
+
+def test_the_compact_history_letters_are_the_scripts_and_name_every_status() -> None:
+    """A compact history line starts with its status's letter (lib/states.lua writes them,
+    _wire.history_lines reads them): both tables must agree, one letter per status."""
+    lua = (Path(segue.__file__).parent / "_scripts" / "lib" / "states.lua").read_text()
+    table = re.search(r"HISTORY_CODES = \{(.*?)\}", lua, re.S)
+    assert table is not None
+    assert dict(re.findall(r"(\w+) = '(\w)'", table.group(1))) == HISTORY_CODES
+    assert set(HISTORY_CODES) == {s.value for s in TaskStatus}
+    assert len(set(HISTORY_CODES.values())) == len(HISTORY_CODES)
+
+
+def test_history_lines_merge_the_long_form_and_the_compact_one_by_time() -> None:
+    """A record created by this release and moved on by a worker of the previous release
+    has both; one of the previous release has only the long form."""
+    lines, bad = history_lines(b"running|1500|old-worker\n", b"q0\nr300|new-worker\nk700\n", 1000)
+    assert bad == 0
+    assert lines == [
+        ("queued", 1000, ""),
+        ("running", 1300, "new-worker"),
+        ("running", 1500, "old-worker"),
+        ("succeeded", 1700, ""),
+    ]
+    assert history_lines(b"queued|5|\n", None, None) == ([("queued", 5, "")], 0)
+    assert history_lines(None, b"z1\nq\n", 1000) == ([], 2)
+
+
+def test_a_workflow_record_lists_its_steps_or_counts_the_usual_ones() -> None:
+    """graph.lua counts the steps `<id>.1` .. `<id>.<n>` (a short record) and lists others
+    (a part on another queue; a record of the previous release)."""
+    assert workflow_steps("q:wf-1", {b"stn": b"3"}) == ["q:wf-1.1", "q:wf-1.2", "q:wf-1.3"]
+    assert workflow_steps("q:wf-1", {b"steps": b"q:wf-1.2 q:wf-1.5"}) == ["q:wf-1.2", "q:wf-1.5"]
+    assert workflow_steps("q:wf-1", {}) == []
 
 
 def test_command_arguments_go_out_as_resp_bulk_strings() -> None:

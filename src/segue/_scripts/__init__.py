@@ -118,10 +118,30 @@ def _with_library(name: str, source: str) -> str:
     return "\n".join([*parts, source])
 
 
+def _without_comment_lines(source: str) -> str:
+    """The text the server gets: each line that is only a `--` comment made empty. The
+    server compiles a script once per load, at a cost that follows its length (a third of
+    the hot scripts' text is such comments: about 2 % of a drain of 2,000 tasks' server
+    instructions); emptied, not removed, so the line numbers of an error stay those of the
+    files. Block comments (`--[[ ... ]]`, the headers) and `--#include` lines stay."""
+    out: list[str] = []
+    in_block = False
+    for line in source.split("\n"):
+        text = line.lstrip()
+        if in_block:
+            in_block = "]]" not in line
+        elif text.startswith("--[["):
+            in_block = "]]" not in text[4:]
+        elif text.startswith("--") and not text.startswith("--#"):
+            line = ""
+        out.append(line)
+    return "\n".join(out)
+
+
 @cache
 def load(name: str) -> Script:
     own = (resources.files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
-    source = _with_library(name, own)
+    source = _without_comment_lines(_with_library(name, own))
     if name in ALLOW_OOM:
         source = "#!lua flags=allow-oom\n" + source
     sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()

@@ -43,9 +43,11 @@
   whose numbers (to, mt, exp, t, d, g) are not integers, or whose priority is unknown (written
   by another client, or by hand), ends FAILED (undecodable) and dead-lettered here, alone:
   left in place it would make every claim that reaches it fail. A task held back by its
-  name's rate or concurrency limit stays at the head of its list; the reply's next_due then
-  includes the moment a rate-limit token comes back. A name held by RateLimited (zset
-  <prefix>holds) is held back the same way until then.
+  name's rate or concurrency limit, or by a RateLimited hold of its name (zset
+  <prefix>holds), goes from its list to its name's own lane ('|<name>', no key; its 'lk'),
+  where the tasks of that name behind it follow it: a flood of a limited name is then one
+  turn of the ring, as a key's is. The reply's next_due includes the moment a rate-limit
+  token comes back or a hold ends.
   Keyed tasks wait in lanes (lib/lanes.lua; meta 'kq' counts them, and without any the claim
   does as before). With lanes, each level is served in rounds: the list's head task, then
   one turn of each lane in the ring (its quantum: the key's weight), until the slots are
@@ -205,16 +207,30 @@ local function take_token(bk, per_ms, burst, b)
   return true, nil
 end
 
+-- The task-wide limits of a name, read once per claim: { most or false, rate or false }, or
+-- false when it has none.
+local name_limits = {}
+local NO_LIMITS = {}
+local function limits_of(name)
+  local nl = name_limits[name]
+  if nl == nil then
+    local most = redis.call('HGET', KEYS[15], name)
+    local rl = redis.call('HGET', KEYS[14], name)
+    nl = (most or rl) and { most and tonumber(most), rl } or false
+    name_limits[name] = nl
+  end
+  return nl
+end
+
 local function admit(name)
-  local most = redis.call('HGET', KEYS[15], name)
-  if most and redis.call('SCARD', prefix .. 'running:' .. name) >= tonumber(most) then
+  local nl = limits_of(name)
+  if nl and nl[1] and redis.call('SCARD', prefix .. 'running:' .. name) >= nl[1] then
     return false, nil
   end
   local hold = holding and tonumber(redis.call('ZSCORE', holds, name))
   if hold and hold > now then return false, hold end
-  local rl = redis.call('HGET', KEYS[14], name)
-  if rl then
-    local per_ms, burst = string.match(rl, '^(%S+) (%S+)$')
+  if nl and nl[2] then
+    local per_ms, burst = string.match(nl[2], '^(%S+) (%S+)$')
     local bk = prefix .. 'bucket:' .. name
     return take_token(bk, tonumber(per_ms), tonumber(burst), redis.call('HMGET', bk, 'tk', 'ts'))
   end
@@ -266,6 +282,11 @@ end
 local meta = redis.call('HMGET', KEYS[7], 'paused', 'kq')
 local paused = meta[1] == '1'
 local keyed = tonumber(meta[2] or '0') > 0
+-- 'kq' stays (at 0) once a task of the queue waited in a lane: only then can a list hold a
+-- keyed task (one that a script of the previous release requeued), so only then does a
+-- claim read the lane ('lk') of a task it takes from a list (a missing field costs the
+-- server a scan of the record)
+local lanes_ever = meta[2] ~= false
 local kq_taken = 0
 local claim_key = (ARGV[8] or '') ~= '' and (prefix .. 'claim:' .. ARGV[8]) or nil
 if (ARGV[9] or '') ~= '' then redis.call('DEL', prefix .. 'claim:' .. ARGV[9]) end
@@ -275,25 +296,45 @@ local replay = claim_key and redis.call('LRANGE', claim_key, 0, -1) or {}
 -- formatted once here instead of once or twice per task
 -- The try and the generation it starts are written with its status, in the same
 -- command (its numbers were read and checked just before: the script runs alone).
--- KSTARTING: the start of a task that counts in its key's concurrency ('kc': its lane).
+-- KSTARTING: the start of a task that counts in its key's concurrency ('cn': '0' and its
+-- lane, lib/leases.lua).
 local now_text = num_text(now)
 local STARTING = { to = 'running', at = now, why = wid,
   set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0 }, score = tostring(now + lease),
   event = 'task.started' }
 local KSTARTING = { to = 'running', at = now, why = wid,
-  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'kc', '' }, score = STARTING.score,
+  set = { 'w', wid, 'st', now_text, 't', 0, 'g', 0, 'cn', '' }, score = STARTING.score,
   event = 'task.started' }
+
+-- A task of a limited name taken from its list goes to its name's lane (at its head when
+-- it is the oldest there), and stays in it (its 'lk'). A claim moves at most MOVES: past
+-- them, held tasks stay at the head of their list as before, and the claim leaves a wake
+-- token so that the next claim goes on at once.
+local MOVES = 1000
+local moves, moves_before = MOVES, MOVES
+local function to_own_lane(l, own, tk, id, front)
+  lane_push(prefix, l, own, id, front)
+  redis.call('HSET', tk, 'lk', own)
+  moves, keyed, lanes_ever = moves - 1, true, true
+  return 'gone'
+end
 
 -- Consider one task popped from priority level l (from lane `lane`, or from the list when
 -- nil): 'started', 'gone' (ended or moved here, or not queued any more), or 'held' and why
 -- ('last', 'park', 'wide': the name's own limit, or when its key's token is back).
 local function take(l, id, lane)
   local tk = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st',
-    'hd', 'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw', 'lk')
+  local f
+  if lanes_ever and not lane then
+    f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st', 'hd',
+      'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw', 'lk')
+  else
+    f = redis.call('HMGET', tk, 's', 'n', 'p', 'to', 'mt', 'in', 'exp', 'wf', 'st', 'hd',
+      'd', 't', 'g', 'v', 'v0', 'fw', 'sgk', 'sgw')
+  end
   f[2] = task_name(f[2])
   if f[1] ~= 'queued' and f[1] ~= 'suspended' then return 'gone' end
-  if f[19] and not lane then
+  if f[19] then
     -- a keyed task queued by a script of the previous release: into its lane
     lane_push(prefix, l, f[19], id, true)
     return 'gone'
@@ -321,9 +362,19 @@ local function take(l, id, lane)
     return 'gone'
   end
   if lane then
-    local ok, why, bk = kadmit(lane)
-    if not ok then return 'held', why end
-    krun, kbk = why, bk
+    -- a name's own lane ('|<name>') has no key limits: only its name's, below
+    if string.byte(lane, 1) ~= 124 then
+      local ok, why, bk = kadmit(lane)
+      if not ok then return 'held', why end
+      krun, kbk = why, bk
+    end
+  elseif limited and moves > 0 and limits_of(f[2]) then
+    -- a task of a limited name waits in its name's lane once one of them is held there,
+    -- so that a flood of it is one entry of the ring, not a length of the list to look past
+    local own = '|' .. f[2]
+    if lanes_ever and redis.call('EXISTS', prefix .. 'lane:' .. l .. ':' .. own) == 1 then
+      return to_own_lane(l, own, tk, id, false)
+    end
   end
   if limited then
     local ok, back = admit(f[2])
@@ -331,19 +382,20 @@ local function take(l, id, lane)
       -- the key's token goes back: the task did not start
       if kbk then redis.call('HINCRBYFLOAT', kbk, 'tk', 1) end
       note_due(back)
-      return 'held', 'wide'
+      if not lane and moves > 0 then return to_own_lane(l, '|' .. f[2], tk, id, true) end
+      return 'held', back or 'wide'
     end
   end
   local tries, gen = tonumber(f[12] or '0') + 1, tonumber(f[13] or '0') + 1
   local start = krun and KSTARTING or STARTING
   local started = start.set
   started[6], started[8] = num_text(tries), num_text(gen)
-  if krun then started[10] = lane end
+  if krun then started[10] = '0' .. lane end
   start.name = f[2]
   transition(Q, tk, id, start)
-  if limited and redis.call('HEXISTS', KEYS[15], f[2]) == 1 then
+  if limited and (limits_of(f[2]) or NO_LIMITS)[1] then
     redis.call('SADD', prefix .. 'running:' .. f[2], id)
-    redis.call('HSET', tk, 'cn', 1)
+    redis.call('HSET', tk, 'cn', krun and ('1' .. lane) or 1)
   end
   if krun then redis.call('SADD', prefix .. 'krun:' .. lane, id) end
   count_stat(prefix, 'started', now)
@@ -371,14 +423,16 @@ local function take(l, id, lane)
 end
 
 -- Claim up to n tasks from the list of level l; returns how many. A task held back by its
--- limits stays at the head of its list; the claim looks a little past them, so that others
--- go on.
+-- name's limits goes to its name's lane (to_own_lane); one held back otherwise (a last
+-- delivery, or past the claim's moves) stays at the head of its list, and the claim looks
+-- a little past those, so that others go on.
 local function take_list(l, n)
   local held, budget, got = {}, n + 100, 0
   while n > 0 and want > 0 and budget > 0 do
     local ids = redis.call('RPOP', KEYS[l], math.min(want, budget, n))
     if not ids then break end
-    budget = budget - #ids
+    budget = budget - #ids + (moves_before - moves)
+    moves_before = moves
     for _, id in ipairs(ids) do
       local r = take(l, id, nil)
       if r == 'started' then
@@ -511,7 +565,7 @@ if keyed and want > 0 and not paused and redis.call('EXISTS', prefix .. 'ring:1'
     prefix .. 'kdue:3', prefix .. 'kparked') == 0 then
   -- no lane has a task (each with one is in one of these): a count the reconciler raised
   -- after a restore comes back to the truth
-  redis.call('HDEL', KEYS[7], 'kq')
+  redis.call('HSET', KEYS[7], 'kq', 0)
   keyed = false
 end
 
@@ -531,7 +585,10 @@ if keyed then queued = queued + tonumber(redis.call('HGET', KEYS[7], 'kq') or '0
 -- more work is waiting: wake another idle worker (wake-ups chain worker to worker). Only
 -- when this claim filled every slot it was given: if it left slots free, what stays queued
 -- is held back by limits, and a wake-up would only make workers spin on it.
-if queued > 0 and not paused and want <= 0 and redis.call('LLEN', KEYS[6]) == 0 then
+-- (A claim that used up its moves into lanes left more of a flood to move: the next one goes
+-- on at once.)
+if queued > 0 and not paused and (want <= 0 or moves <= 0)
+    and redis.call('LLEN', KEYS[6]) == 0 then
   redis.call('LPUSH', KEYS[6], 1)
 end
 -- a paused queue's queued tasks are not work a burst worker can wait for

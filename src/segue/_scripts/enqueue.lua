@@ -15,7 +15,9 @@
     headers (JSON object, '' = none), version (the enqueuing code's, 1 when it has none),
     from_worker ('' = none, else "mt to v": what the claiming worker's definition supplies)
   then, only when some have one, the lanes of keyed tasks: their count, then index (from 0)
-    and lane ("<limit name>|<key>": the task waits there, lib/lanes.lua) of each
+    and lane ("<limit name>|<key>": the task waits there, lib/lanes.lua) of each; a task
+    sent by name (from_worker) takes the limit name its workers publish (sent_lane,
+    lib/create.lua)
   Returns: one reply per task: 1 created, 0 already existed (nothing written), or the id
   of the live task that holds its unique key (nothing written).
   A server at maxmemory (noeviction) refuses the first write, before anything is stored. ]]
@@ -32,7 +34,9 @@ local lanes = lanes_after(ARGV, 4 + n * SPEC_WIDTH)
 for i = 0, n - 1 do
   local b = 4 + i * SPEC_WIDTH
   local id = ARGV[b + SPEC.id]
-  local tk, status, due, holder = new_task(prefix, ARGV, b, now, false, lanes[i])
+  local lane = lanes[i]
+  if ARGV[b + SPEC.from_worker] ~= '' then lane = sent_lane(prefix, ARGV[b + SPEC.name], lane) end
+  local tk, status, due, holder = new_task(prefix, ARGV, b, now, false, lane)
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -41,7 +45,8 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     else
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lanes[i])
+      local list = KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]]
+      if lane then push_new(prefix, list, ARGV, b, lane) else redis.call('LPUSH', list, id) end
     end
     pushed = true
     out[i + 1] = 1

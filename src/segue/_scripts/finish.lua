@@ -121,7 +121,9 @@ local function rate_limited(tk, id, b)
   local untl = now + hold
   local own = lane == '' or lane == f[1]
   if lane == '' then lane = f[1] end
-  if lane then
+  -- a name's own lane ('|<name>', claim.lua) has no key: the hold is its name's, which its
+  -- tasks still in the list obey too
+  if lane and string.byte(lane, 1) ~= 124 then
     local bk = prefix .. 'kbucket:' .. lane
     if tonumber(redis.call('HGET', bk, 'hold') or '0') < untl then
       redis.call('HSET', bk, 'hold', untl)

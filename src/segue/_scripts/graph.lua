@@ -6,7 +6,8 @@
   ARGV[3] workflow id ('' for none; this queue's record wf:<id> is created once, with the
     tasks: a workflow whose steps live on several queues has one record on each)
   ARGV[4] workflow record ttl ms (-1 = forever)   ARGV[5] step ids, space-separated (the
-    main record: every step, in layout order; a part: the steps of this queue)
+    main record: every step, in layout order; a part: the steps of this queue), stored as
+    'steps', or as their count 'stn' when they are <workflow id>.1 .. <workflow id>.<n>
   ARGV[6] ids of the last steps (the workflow's result), space-separated ('' in a part)
   ARGV[7] how many ends the record counts before the workflow's part here has ended: its
     steps on this queue, plus (main record) one per other queue of the workflow
@@ -51,8 +52,18 @@ local wf = ARGV[3]
 if wf ~= '' then
   local wk = prefix .. 'wf:' .. wf
   if redis.call('EXISTS', wk) == 0 then
-    redis.call('HSET', wk, 'st', 'running', 'steps', ARGV[5], 'last', ARGV[6], 'left',
-      ARGV[7], 'ttl', ARGV[4], 'ce', now)
+    -- the usual steps <wf>.1 .. <wf>.<n> are only counted ('stn'): listed, two of them pass
+    -- the length at which the server stops keeping the record compact (_wire.py)
+    local n = 0
+    for sid in string.gmatch(ARGV[5], '%S+') do
+      n = n + 1
+      if sid ~= wf .. '.' .. n then
+        n = nil
+        break
+      end
+    end
+    redis.call('HSET', wk, 'st', 'running', n and 'stn' or 'steps', n or ARGV[5], 'last',
+      ARGV[6], 'left', ARGV[7], 'ttl', ARGV[4], 'ce', now)
     if ARGV[8] ~= '' then redis.call('HSET', wk, 'queues', ARGV[8]) end
     if ARGV[9] ~= '' then redis.call('HSET', wk, 'part', ARGV[9]) end
     if ncp > 0 then
@@ -72,8 +83,10 @@ for i = 0, n - 1 do
   local b = first + i * WIDTH
   local g = b + SPEC_WIDTH -- this task's own graph fields (GraphStep in _wire.py)
   local id, deps, mode, xdeps = ARGV[b + SPEC.id], ARGV[g], ARGV[g + 1], ARGV[g + 4]
+  local lane = lanes[i]
+  if ARGV[b + SPEC.from_worker] ~= '' then lane = sent_lane(prefix, ARGV[b + SPEC.name], lane) end
   local tk, status, due, holder = new_task(prefix, ARGV, b, now, deps ~= '' or xdeps ~= '',
-    lanes[i])
+    lane)
   if holder then
     out[i + 1] = holder
   elseif not tk then
@@ -88,7 +101,7 @@ for i = 0, n - 1 do
     if status == 'scheduled' then
       redis.call('ZADD', KEYS[4], due, id)
     elseif status == 'queued' then
-      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lanes[i])
+      push_new(prefix, KEYS[PRIORITY_LISTS[ARGV[b + SPEC.priority]]], ARGV, b, lane)
       Q.woke = true
     else
       local pending, inputs, bad = 0, 0, nil

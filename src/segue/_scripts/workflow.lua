@@ -17,7 +17,7 @@
 --#include clock operator
 local prefix, wf, cmd, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wk = prefix .. 'wf:' .. wf
-local f = redis.call('HMGET', wk, 'st', 'steps', 'left')
+local f = redis.call('HMGET', wk, 'st', 'steps', 'left', 'stn')
 if not f[1] then return redis.error_reply('SEGUE_NOT_FOUND ' .. wf) end
 local st = f[1]
 local ended = tonumber(f[3]) <= 0
@@ -27,9 +27,14 @@ local Q = queue_keys(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8
 Q.waiting = KEYS[13]
 Q.events = KEYS[14]
 local function each_step(fn)
-  for sid in string.gmatch(f[2], '%S+') do
+  local function one(sid)
     local s = redis.call('HGET', prefix .. 'task:' .. sid, 's')
     if s then fn(sid, s) end
+  end
+  if f[4] then  -- the steps <wf>.1 .. <wf>.<n>, counted (graph.lua)
+    for i = 1, tonumber(f[4]) or 0 do one(wf .. '.' .. i) end
+  else
+    for sid in string.gmatch(f[2] or '', '%S+') do one(sid) end
   end
 end
 if cmd == 'cancel' then

@@ -13,6 +13,7 @@ from segue import _ops_reads
 from segue._info import parse_info
 from segue._keys import queue_of
 from segue._state import TaskStatus
+from segue._wire import workflow_steps
 
 if TYPE_CHECKING:
     from segue._app import App
@@ -104,7 +105,7 @@ async def workflow_rows(app: App, queue: str, ids: list[str]) -> list[WorkflowRo
     for wf_id, rec in zip(ids, records, strict=True):
         if not rec:
             continue
-        steps = rec.get(b"steps", b"").decode().split()
+        steps = workflow_steps(wf_id, rec)
         others = rec.get(b"queues", b"").decode().split()
         own = sum(1 for s in steps if queue_of(s) == queue_of(wf_id))
         units = own + len(others)

@@ -89,10 +89,14 @@ local function new_task(base, argv, b, now, waiting, lane)
     status = 'scheduled'
   end
   local now_text = num_text(now)
+  -- lost runs 'd' start absent, read as 0 by the scripts of this release and of the previous
+  -- one (HINCRBY, or a default): it put a waiting record in the next size class of the
+  -- server's allocator. Tries 't' and the generation 'g' are written: the claim then
+  -- replaces them in place, where adding them cost the drain more than it saved
   redis.call('HSET', tk, 'n', argv[b + SPEC.name], 'p', argv[b + SPEC.payload], 's', status,
-    'q', argv[b + SPEC.priority], 't', '0', 'd', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
+    'q', argv[b + SPEC.priority], 't', '0', 'g', '0', 'mt', argv[b + SPEC.max_tries],
     'to', argv[b + SPEC.timeout_ms], 'ttl', argv[b + SPEC.ttl_ms], 'ce', now_text,
-    'h', status .. '|' .. now_text .. '|\n')
+    'hc', first_history(status))
   if due > now then redis.call('HSET', tk, 'due', due) end
   -- offloaded arguments: their blob now lives as long as this record (lib/blobs.lua)
   adopt_blob(base, tk, id, argv[b + SPEC.payload])
@@ -115,6 +119,21 @@ local function new_task(base, argv, b, now, waiting, lane)
   if from_worker and from_worker ~= '' then redis.call('HSET', tk, 'fw', from_worker) end
   if lane then redis.call('HSET', tk, 'lk', lane) end
   return tk, status, due
+end
+
+-- The lane of a task sent by name (its record's 'fw': app.send, segue enqueue), whose
+-- producer does not know the task's limits: the lane its workers' definition names, as they
+-- publish it (hash limits:lanes, task name -> "<limit name>|" for a keyed limit without a
+-- key, "<limit name>" for one keyed by an argument). A key sent with the call (limit_key=,
+-- lane "<task name>|<key>") goes under that limit name; without one, a task keyed by an
+-- argument waits in its list, held only by its name's limits. No worker published (none
+-- started yet, or of the previous release): the lane as sent.
+local function sent_lane(base, name, lane)
+  local pub = redis.call('HGET', base .. 'limits:lanes', name)
+  if not pub then return lane end
+  if lane then return string.match(pub, '^[^|]*') .. string.match(lane, '|.*$') end
+  if string.byte(pub, -1) == 124 then return pub end
+  return lane
 end
 
 -- A new queued task joins the back of its priority list `list`, or of its lane.

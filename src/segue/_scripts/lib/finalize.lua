@@ -72,17 +72,18 @@ end
 -- The transition of every task end, filled in place: a claim or finish call ends a batch of
 -- tasks, and a table built per task (with its `set` list) was a good part of the server's
 -- time per task, in allocation and garbage collection. transition() keeps no reference.
--- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command.
+-- A success also sets 'd' (lost deliveries in a row) back to 0, in the same command, when
+-- there is one to reset (a record starts without it: adding it costs more than a read).
 local ENDING = { set = { 'et', 0, '', '' } }
 local SUCCEEDING = { set = { 'et', 0, '', '', 'd', '0' } }
 -- the largest result an ended message carries (Keyspace.outcome_channel says the same)
 local OUTCOME_INLINE = 4096
 
 local function end_task(Q, tk, id, status, at, field, value, reason)
-  -- one read for what every end needs, leave_running's fields ('cn', 'n', 'kc') included;
-  -- the rest only when there is one (a stream's fields, the last command sent to sub-tasks)
+  -- one read for what every end needs, leave_running's fields ('cn', 'n') included; the
+  -- rest only when there is one (a stream's fields, the last command sent to sub-tasks)
   local f = redis.call('HMGET', tk, 'ttl', 'opt', 'wf', 'n', 'uq', 'xd', 'nk', 'cn', 'sg',
-    'cof', 'cp', 's', 'sgw', 'off', 'kc')
+    'cof', 'cp', 's', 'sgw', 'off', 'ctl', 'wait', 'hold', 'pc', 'd')
   f[4] = task_name(f[4])
   local ttl = tonumber(f[1] or '-1')
   if field == 'r' and is_ref(value) then
@@ -108,16 +109,21 @@ local function end_task(Q, tk, id, status, at, field, value, reason)
     local lock = Q.base .. 'uniq:' .. f[5]
     if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   end
-  -- it leaves RUNNING (leave_running): 'cn' and 'kc' go with the fields deleted below
-  if f[8] then redis.call('SREM', Q.base .. 'running:' .. f[4], id) end
-  if f[15] then lane_release(Q.base, f[15], id) end
-  local t = status == 'succeeded' and SUCCEEDING or ENDING
+  -- it leaves RUNNING (leave_running)
+  if f[8] then leave_sets(Q.base, tk, id, f[8], f[4]) end
+  local t = (status == 'succeeded' and f[19] and f[19] ~= '0') and SUCCEEDING or ENDING
   local set = t.set
   local at_text = num_text(at)
   t.to, t.at, t.why, t.event, t.name = status, at, reason, 'task.' .. status, f[4] or ''
   set[2], set[3], set[4] = at_text, field, value
   transition(Q, tk, id, t)
-  redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc', 'cn', 'kc')
+  -- what an end clears, when the read above found any (most ends find none: each field
+  -- named costs a scan of the record, kept compact by lib/transition.lua, so reading four
+  -- absent fields costs the server less than deleting six, 'ctlr' and 'ctlt' going with
+  -- 'ctl')
+  if f[15] or f[16] or f[17] or f[18] then
+    redis.call('HDEL', tk, 'ctl', 'ctlr', 'ctlt', 'wait', 'hold', 'pc')
+  end
   redis.call('DEL', Q.base .. 'state:' .. id)
   -- only a paused or a waiting task is in its status's index (a run ends from RUNNING,
   -- which is in neither: two commands less per task a worker ends)

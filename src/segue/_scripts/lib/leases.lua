@@ -20,10 +20,17 @@ local function bridge_gap(meta, leases, now, lease)
 end
 
 -- A task leaves RUNNING: it no longer counts against its name's concurrency limit, nor
--- against its key's ('kc': the lane whose krun set counts it).
+-- against its key's. Its 'cn' says where it counts: '1' in its name's set (running:<name>;
+-- the only value the previous release writes), '0<lane>' in its key's (krun:<lane>), and
+-- '1<lane>' in both. A worker of the previous release ending a keyed run takes it out of its
+-- name's set (where it may not be: harmless) and leaves its key's slot to the reconciler.
+local function leave_sets(base, tk, id, cn, name)
+  if string.byte(cn, 1) ~= 48 then redis.call('SREM', base .. 'running:' .. name, id) end
+  if #cn > 1 then lane_release(base, string.sub(cn, 2), id) end
+  redis.call('HDEL', tk, 'cn')
+end
+
 local function leave_running(base, tk, id)
-  local f = redis.call('HMGET', tk, 'cn', 'n', 'kc')
-  if f[1] then redis.call('SREM', base .. 'running:' .. task_name(f[2]), id) end
-  if f[3] then lane_release(base, f[3], id) end
-  if f[1] or f[3] then redis.call('HDEL', tk, 'cn', 'kc') end
+  local f = redis.call('HMGET', tk, 'cn', 'n')
+  if f[1] then leave_sets(base, tk, id, f[1], task_name(f[2])) end
 end

@@ -4,23 +4,29 @@
 -- the library from the key prefix its caller passes ("<prefix>:{<queue>}:"), so they share
 -- the queue's hash tag and slot.
 
--- A record keeps its last HISTORY_KEEP transitions in 'h' ("<status>|<at>|<reason>\n" each).
--- A reader numbers what is kept by the count in 'hn' (segue._handle), or, without it, by
--- counting the lines. A line is at least 22 bytes, so a history shorter than
--- HISTORY_SCAN_BYTES cannot be full: it is only appended to, and its lines are its count.
--- A longer one is counted and trimmed, and its count written to 'hn' from then on (it
+-- A record keeps its last HISTORY_KEEP transitions. A record created by this release keeps
+-- them compactly in 'hc', one line each: the status's letter (HISTORY_CODES), the time in
+-- ms after the record's creation ('ce'), then '|' and the reason when there is one. Three
+-- such lines fit in a hash value short enough (hash-max-listpack-value, 64 bytes by
+-- default) for the server to keep the whole record in its compact encoding, where the
+-- long form of 'h' ("<status>|<at ms>|<reason>\n" each) made a finished record cost three
+-- times as much. A record of the previous release (with 'h' and no 'hc') keeps the long
+-- form to the end, so readers of that release still read it; an old worker appends its own
+-- transitions to 'h' in the long form, beside 'hc', and a reader merges both by time.
+-- A reader numbers what is kept by the count in 'hn' (segue._info), or, without it, by
+-- counting the lines. A line is at least MIN_LINE bytes, so a history shorter than
+-- HISTORY_KEEP * MIN_LINE cannot be full: it is only appended to, and its lines are its
+-- count. A longer one is counted and trimmed, and its count written to 'hn' from then on (it
 -- stays that long: trimmed, it keeps HISTORY_KEEP lines). So the scan and the count cost
 -- only tasks with long histories (most tasks take three transitions), and the scan also
--- bounds a history that a worker of the previous release (which appends without counting)
--- made long. Returns the new history, and its count when 'hn' must be written (else nil).
+-- bounds a long-form history that a worker of the previous release (which appends without
+-- counting) made long. Returns the field to write, the new history, and its count when
+-- 'hn' must be written (else nil).
 local HISTORY_KEEP = 200
+local MIN_LINE = { h = 22, hc = 3 }
 
-local HISTORY_SCAN_BYTES = HISTORY_KEEP * 22
-local function next_history(tk, status, at, reason)
-  local line = status .. '|' .. at .. '|' .. (reason or '') .. '\n'
-  local h = redis.call('HGET', tk, 'h')
-  if not h then return line, nil end
-  if #h < HISTORY_SCAN_BYTES then return h .. line, nil end
+local function trimmed_history(tk, field, h, line)
+  if #h < HISTORY_KEEP * MIN_LINE[field] then return h .. line, nil end
   local total = tonumber(redis.call('HGET', tk, 'hn'))
   local _, kept = string.gsub(h, '\n', '')
   if total == nil or total < kept then total = kept end
@@ -33,13 +39,32 @@ local function next_history(tk, status, at, reason)
   return h .. line, total + 1
 end
 
+local function next_history(tk, status, at, reason)
+  local f = redis.call('HMGET', tk, 'hc', 'ce')
+  if not f[1] then
+    local h = redis.call('HGET', tk, 'h')
+    if h then
+      return 'h', trimmed_history(tk, 'h', h,
+        status .. '|' .. num_text(at) .. '|' .. (reason or '') .. '\n')
+    end
+  end
+  local line
+  if reason and reason ~= '' then
+    line = HISTORY_CODES[status] .. (at - (tonumber(f[2]) or at)) .. '|' .. reason .. '\n'
+  else
+    line = HISTORY_CODES[status] .. (at - (tonumber(f[2]) or at)) .. '\n'
+  end
+  if not f[1] then return 'hc', line, nil end
+  return 'hc', trimmed_history(tk, 'hc', f[1], line)
+end
+
 -- A history line without a change of status (an operator's hold of a waiting task).
 local function add_history(tk, status, at, reason)
-  local h, total = next_history(tk, status, at, reason)
+  local field, h, total = next_history(tk, status, at, reason)
   if total then
-    redis.call('HSET', tk, 'h', h, 'hn', total)
+    redis.call('HSET', tk, field, h, 'hn', total)
   else
-    redis.call('HSET', tk, 'h', h)
+    redis.call('HSET', tk, field, h)
   end
 end
 
@@ -74,13 +99,13 @@ end
 local ZSET_OF = { scheduled = 'sched', retrying = 'sched', suspended = 'sched',
   paused = 'paused', waiting = 'waiting', running = 'leases' }
 local function transition(Q, tk, id, t)
-  local h, total = next_history(tk, t.to, num_text(t.at), t.why)
+  local field, h, total = next_history(tk, t.to, t.at, t.why)
   if total then
-    redis.call('HSET', tk, 'hn', total, 's', t.to, 'h', h, unpack(t.set or {}))
+    redis.call('HSET', tk, 'hn', total, 's', t.to, field, h, unpack(t.set or {}))
   elseif t.set then
-    redis.call('HSET', tk, 's', t.to, 'h', h, unpack(t.set))
+    redis.call('HSET', tk, 's', t.to, field, h, unpack(t.set))
   else
-    redis.call('HSET', tk, 's', t.to, 'h', h)
+    redis.call('HSET', tk, 's', t.to, field, h)
   end
   if t.push then
     local prio, lane = t.prio, t.lane
