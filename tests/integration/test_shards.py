@@ -130,12 +130,12 @@ async def test_a_reshard_racing_a_pause_or_a_resume_leaves_every_shard_as_the_qu
     app, t = _app(engine, queue_name)
     other = App("shards", redis_url=engine.url)
     async with app, other:
+        broker = await app._client.broker()
         for i, (first, n) in enumerate([("pause", 4), ("reshard", 4), ("pause", 1)]):
             name = f"{queue_name}-{i}"
             q, q2 = app.queue(name), other.queue(name)
             if n > 1:
                 await app.queue(name, shards=n).create()
-            broker = await app._client.broker()
 
             async def flags(name: str = name) -> set[bool]:
                 sc = await broker.shards.read(name)
