@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
     from segue._calls import ScriptCall
     from segue._keys import CronKeys, Keyspace, WorkerKeys
+    from segue._outcome import Finished
     from segue._settings import Settings
-    from segue._wire import EnqueueSpec, Finished, GraphStep
+    from segue._wire import EnqueueSpec, GraphStep
 
 
 CASCADE_BATCH = 200  # sub-tasks one cascade.lua call looks at: holds the server ~1 ms

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from segue._calls import parse_finish
 from segue._errors import BrokerError
 from segue._faults import faultpoint
-from segue._wire import Finished, FinishResult, Paused
+from segue._outcome import Finished, FinishResult, Paused
 
 if TYPE_CHECKING:
     from segue._broker import Broker

@@ -39,6 +39,7 @@ from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference, by_reference
 from segue._options import limit_tables, shard_limits
+from segue._outcome import Cancelled, Finished, Outcome, Retrying, Succeeded, Waiting
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
 from segue._run_control import RunControl
@@ -47,14 +48,6 @@ from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
 from segue._shard_worker import ClaimOrder, ShardGroup, ShardWatcher, shard_groups
 from segue._waker import Waker
-from segue._wire import (
-    Cancelled,
-    Finished,
-    Outcome,
-    Retrying,
-    Succeeded,
-    Waiting,
-)
 
 if TYPE_CHECKING:
     from segue._broker import Broker

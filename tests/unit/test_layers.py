@@ -19,6 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
+        "_outcome",
         "_redact",
         "_eventloop",
         "_blobs",
