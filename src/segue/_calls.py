@@ -12,16 +12,8 @@ from typing import TYPE_CHECKING, Any
 from msgspec.structs import astuple as _astuple
 
 from segue import _scripts
-from segue._wire import (
-    ENQUEUE_WIDTH,
-    ClaimReply,
-    EnqueueSpec,
-    Finished,
-    FinishResult,
-    GraphRecord,
-    GraphStep,
-    Succeeded,
-)
+from segue._outcome import Finished, FinishResult, Succeeded
+from segue._wire import ENQUEUE_WIDTH, ClaimReply, EnqueueSpec, GraphRecord, GraphStep
 from segue._wire import text as _text
 
 if TYPE_CHECKING:

@@ -1,10 +1,11 @@
 """Context: what a running task knows about its own run, and its durable state.
 
-A worker builds a Context bound to the run (`RunControl`): `ctx.state` writes are fenced to
-that run, and `ctx.checkpoint()` carries out a pause or cancel that an operator asked for.
-A task run locally (called directly, or `task.run()`) gets a Context whose state lives in
-memory and whose checkpoint never stops it. Sync tasks get `SyncContext`
-(`_sync_context.py`): the same names, blocking, safe to call from the worker's threads.
+A worker builds a Context bound to the run (`RunControl`, _run_control.py): `ctx.state`
+writes are fenced to that run, and `ctx.checkpoint()` carries out a pause or cancel that
+an operator asked for. A task run locally (called directly, or `task.run()`) gets a Context
+whose state lives in memory and whose checkpoint never stops it. Sync tasks get
+`SyncContext` (`_sync_context.py`): the same names, blocking, safe to call from the
+worker's threads.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from ulid import ULID
 
 from segue import _clock
 from segue._blobs import is_ref
-from segue._broker import server_unreachable
 from segue._codec import decode_plain, encode
 from segue._errors import (
-    BrokerError,
     ConfigurationError,
     Fail,
     LeaseLost,
@@ -38,15 +37,14 @@ from segue._journal import FIELD, Journal, Sleeping, TaskLog, enter_step, leave_
 from segue._journal import now as journal_now
 from segue._offload import fetch, offloads, put
 from segue._output import OutputWriter
+from segue._run_control import RunControl, ServerUnreachable
 from segue._signals import MISSING as NO_DEFAULT
 from segue._signals import wait_signal
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
-    from segue._broker import Broker
     from segue._handle import TaskHandle
-    from segue._keys import Keyspace
     from segue._lifespan import Resource
     from segue._options import ParentEnd
 
@@ -71,96 +69,11 @@ class WaitingForSubtasks(BaseException):
     WAITS without holding a worker slot, and the last sub-task to end queues it again."""
 
 
-class ServerUnreachable(BaseException):
-    """Raised by a ctx call when the server stayed unreachable for half a lease: the run
-    stops and goes back to its queue without spending a try (an outage is not the task's
-    fault). A BaseException, so that `except Exception` in task code does not swallow it."""
-
-
 class Call(Protocol[R]):
     """A Signature as a Context sees it (this module sits below _task)."""
 
     def check(self) -> None: ...
     def enqueue(self) -> Coroutine[Any, Any, TaskHandle[R]]: ...
-
-
-class RunControl:
-    """The worker's side of one run: the operator request the run should obey."""
-
-    __slots__ = (
-        "broker",
-        "child_handle",
-        "enqueue_child",
-        "gen",
-        "ks",
-        "lease_seconds",
-        "queries",
-        "request",
-        "resources",
-    )
-
-    def __init__(
-        self,
-        # under an id, with the sub-task's on_parent_end policy
-        enqueue_child: Callable[[Any, str, str], Awaitable[TaskHandle[Any]]],
-        broker: Broker,
-        ks: Keyspace,
-        gen: str,
-        resources: dict[Resource[Any], Any] | None = None,
-        *,
-        lease_seconds: float,
-        child_handle: Callable[[Any, str], TaskHandle[Any]] | None = None,
-    ) -> None:
-        self.enqueue_child = enqueue_child
-        self.child_handle = child_handle
-        self.lease_seconds = lease_seconds
-        self.resources = resources or {}
-        self.broker = broker
-        self.ks = ks
-        self.gen = gen
-        self.request: str | None = None
-        # the run's query handlers (ctx.on_query), answered on the worker's loop (_query.py)
-        self.queries: dict[str, Callable[..., Any]] = {}
-
-    async def call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()`, a server call of ctx, sent again while the server is unreachable, for up
-        to half a lease from the first sending: leases outlive such an outage (a lease keeps
-        what it had left, up to half a lease, see bridge_gap), so the run goes on past it.
-        Longer, ServerUnreachable stops the run, which is requeued without spending a try.
-        Every ctx call is safe to send again: state writes and events are fenced to the
-        run, sub-task ids are fixed, reads are reads."""
-        give_up = _clock.monotonic() + self.lease_seconds / 2
-        pause, failed = 0.05, False
-        while True:
-            try:
-                if not failed:
-                    return await send()
-                # a resend may hang on a cut-off connection: it too ends at the deadline
-                async with asyncio.timeout(max(give_up - _clock.monotonic(), 0.01)):
-                    return await send()
-            except BrokerError as exc:
-                if not server_unreachable(exc):
-                    raise
-                cause: BaseException = exc
-            except TimeoutError as exc:
-                if not failed:
-                    raise
-                cause = exc
-            now = _clock.monotonic()
-            if not failed:
-                failed = True
-                log.warning(
-                    "%s: the server is unreachable (%s); sending again for up to %.1f s",
-                    what,
-                    cause,
-                    max(give_up - now, 0),
-                )
-            if now >= give_up:
-                raise ServerUnreachable(
-                    f"{what}: the server stayed unreachable for half a lease"
-                ) from cause
-            await asyncio.sleep(min(pause, give_up - now))
-            pause = min(pause * 2, 1.0)
 
 
 class TaskState:

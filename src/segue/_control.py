@@ -16,9 +16,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from segue._faults import faultpoint
+from segue._outcome import Cancelled, Outcome, Paused, Requeued
 from segue._query import Answerer
 from segue._services import Service
-from segue._wire import Cancelled, Outcome, Paused, Requeued
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

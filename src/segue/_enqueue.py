@@ -37,7 +37,9 @@ from segue._workflow import (
     _shape,
     _Step,
     _step_ids,
+    check_steps,
     compensated_after,
+    cross_queue,
     step_number,
 )
 
@@ -535,47 +537,8 @@ class Enqueuer:
         steps: list[_Step] = []
         last, _ = _place(root, [], "", steps, _step_ids(queue, wf_id))
         by_id = {s.id: s for s in steps}
-        labels: dict[str, str] = {}
-        for step in steps:
-            label: Any = step.sig.opts.get("name")
-            if label is None:
-                continue
-            if not isinstance(label, str) or not label or label in labels:
-                raise ConfigurationError(
-                    f"workflow step name {label!r}: a step's name= must be a non-empty "
-                    "string, unique within its workflow"
-                )
-            labels[label] = step.id
-        for step in steps:
-            sig = step.sig
-            sig.task.check_args((None, *sig.args) if step.mode else sig.args, sig.kwargs)
-            if sig.task.opts.unique is not False:
-                raise ConfigurationError(
-                    f"task {sig.task.name} is unique: a workflow step cannot be (its step could "
-                    "be refused while the rest of the workflow waits for it)"
-                )
-            if "debounce" in sig.opts:
-                raise ConfigurationError(
-                    f"task {sig.task.name} is debounced: a workflow step cannot be (its step "
-                    "could be collapsed into another task while the workflow waits for it)"
-                )
-            # after= on a step: it also waits for those tasks (no value passed on)
-            for dep in sig.opts.get("after") or ():
-                step.deps.append((dep if isinstance(dep, str) else dep.id, -1))
-        # a dependency on another queue: a step of this workflow learns of its dependant when
-        # it is created (xdependants); a task outside it is watched once the parts exist
-        xdependants: dict[str, list[str]] = {}
-        watches: dict[str, list[Any]] = {}
-        for step in steps:
-            here = queue_of(step.id)
-            for dep_id, index in step.deps:
-                there = queue_of(dep_id)
-                if there == here:
-                    continue
-                if dep_id in by_id:
-                    xdependants.setdefault(dep_id, []).append(f"{step.id}|{index}|{wf_id}")
-                else:
-                    watches.setdefault(there, []).extend((dep_id, step.id, index, wf_id))
+        labels = check_steps(steps)
+        xdependants, watches = cross_queue(steps, wf_id)
         fields: dict[str, list[GraphStep]] = {queue: []}  # the workflow's queue first
         ids: dict[str, list[str]] = {queue: []}
         for step in steps:

@@ -67,6 +67,11 @@ SIGNAL_POINTS = ("after_signal_taken",)
 # after_offload_put (an offloaded value's chunks were written, the record or the outcome
 # that refers to them is not)
 OFFLOAD_POINTS = ("after_offload_put",)
+# reached only by a reshard (Shards.reshard, in the process that asks for it), so
+# tests/faults/test_reshard_crashes.py has them: after_reshard_hold (the new shards are held
+# paused, the count is not written) and after_reshard_count (the count is written, the new
+# shards are not released)
+RESHARD_POINTS = ("after_reshard_hold", "after_reshard_count")
 
 
 class FaultInjected(RuntimeError):

@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 
 class RunControl(Protocol):
-    """The run a journal belongs to (_context.RunControl, which sits above this module)."""
+    """The run a journal belongs to (_run_control.RunControl, which sits above this module)."""
 
     broker: Broker
     ks: Keyspace

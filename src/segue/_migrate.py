@@ -27,8 +27,8 @@ from segue._journal import FIELD
 from segue._offload import fetch, offloads, put
 
 if TYPE_CHECKING:
-    from segue._context import RunControl
     from segue._options import TaskOptions
+    from segue._run_control import RunControl
 
 log = logging.getLogger("segue.worker")
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from segue._blobs import REF_HEAD, is_ref
 from segue._errors import BrokerError
 from segue._offload import offloads, put, resolve
+from segue._outcome import Failed, Outcome, Requeued, Succeeded
 from segue._runner import _message, attempt
-from segue._wire import Failed, Outcome, Requeued, Succeeded
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

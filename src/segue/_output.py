@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 class RunControl(Protocol):
-    """The run a writer belongs to (_context.RunControl, which sits above this module)."""
+    """The run a writer belongs to (_run_control.RunControl, which sits above this module)."""
 
     broker: Broker
     ks: Keyspace

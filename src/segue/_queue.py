@@ -8,7 +8,7 @@ from segue import _ops_actions
 from segue._errors import ConfigurationError
 from segue._keys import queue_of
 from segue._options import check_limit_key
-from segue._shards import check_shards, shard_names
+from segue._shards import check_shards
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -63,10 +63,7 @@ class Queue:
         """Make `shards` the count new enqueues use; tasks stay where they are and the old
         shards drain ([Resharding](sharding.md#resharding)). Returns the new count."""
         broker = await self._client.broker()
-        if await broker.reads.queue_paused(broker.keyspace(self.name)):
-            # the new shards start paused with the rest: the pause holds across the reshard
-            for name in shard_names(self.name, check_shards(shards)):
-                await broker.set_queue_paused(broker.keyspace(name), True)
+        # a paused queue's new shards start paused (the reshard reads the base's flag)
         sc = await broker.shards.reshard(self.name, shards)
         return sc.count
 
@@ -78,15 +75,22 @@ class Queue:
     async def pause(self) -> None:
         """Start nothing new from this queue until `resume()`. Returns once every shard is
         flagged: no task of the queue starts after it returned."""
-        broker, spaces = await self._all()
-        for ks in spaces:
-            await broker.set_queue_paused(ks, True)
+        await self._set_paused(True)
 
     async def resume(self) -> None:
         """Let workers start this queue's tasks again (waking idle ones now)."""
+        await self._set_paused(False)
+
+    async def _set_paused(self, paused: bool) -> None:
+        # the base first, then the shards of the count read after it: a reshard reads the
+        # base's flag as it writes the new count, so whichever comes first, the new shards
+        # end up flagged as the base is (Shards.reshard)
+        broker = await self._client.broker()
+        await broker.set_queue_paused(broker.keyspace(self.name), paused)
         broker, spaces = await self._all()
         for ks in spaces:
-            await broker.set_queue_paused(ks, False)
+            if ks.queue != self.name:
+                await broker.set_queue_paused(ks, paused)
 
     async def is_paused(self) -> bool:
         broker, spaces = await self._all()

@@ -16,13 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from segue._codec import PayloadTooLarge, decode_plain, encode
-from segue._context import (
-    Context,
-    PauseRequested,
-    RunControl,
-    ServerUnreachable,
-    WaitingForSubtasks,
-)
+from segue._context import Context, PauseRequested, WaitingForSubtasks
 from segue._errors import Fail, LeaseLost, Pause, PayloadError, RateLimited, Retry, SignalTimeout
 from segue._faults import faultpoint
 from segue._hooks import RunEnd, RunResult, after_run, call_hooks
@@ -30,10 +24,7 @@ from segue._journal import Sleeping
 from segue._logging import LineLog, current_task
 from segue._migrate import MigrationFailed, VersionUnsupported, upgrade
 from segue._options import TaskOptions, check_limit_key
-from segue._procpool import ProcessTaskError
-from segue._signals import WaitingForSignal
-from segue._sync_context import SyncContext
-from segue._wire import (
+from segue._outcome import (
     Failed,
     Limited,
     NewerVersion,
@@ -47,6 +38,10 @@ from segue._wire import (
     Succeeded,
     Waiting,
 )
+from segue._procpool import ProcessTaskError
+from segue._run_control import RunControl, ServerUnreachable
+from segue._signals import WaitingForSignal
+from segue._sync_context import SyncContext
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -132,15 +132,17 @@ class ShardWatcher(Service):
         self._added = added
 
     async def run(self) -> None:
+        unchecked = set(range(len(self._groups)))
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             try:
-                for g in self._groups:
-                    await self.check(g)
+                for i, g in enumerate(self._groups):
+                    await self.check(g, first=i in unchecked)
+                    unchecked.discard(i)
             except BrokerError as exc:
                 log.warning("could not read the shard counts (%s); retrying", exc)
 
-    async def check(self, g: ShardGroup) -> None:
+    async def check(self, g: ShardGroup, first: bool = False) -> None:
         broker = self._broker
         sc = await broker.shards.read(g.queue)
         new = [broker.keyspace(n) for n in sc.serving(g.queue)]
@@ -150,6 +152,8 @@ class ShardWatcher(Service):
             log.info("queue %s has %d shards now; serving them too", g.queue, sc.count)
             g.spaces.extend(more)
             await self._added(g, more)
+        if more or (first and len(g.spaces) > 1):
+            await self.release_held(g, more or g.spaces)
         if not sc.old:
             g.drained_since = None
             return
@@ -167,3 +171,17 @@ class ShardWatcher(Service):
             await broker.shards.drained(g.queue, sc.old)
             log.info("queue %s: the shards of its old count %d drained", g.queue, sc.old)
             g.drained_since = None
+
+    async def release_held(self, g: ShardGroup, spaces: list[Keyspace]) -> None:
+        """Clear the pause flags a reshard set on its new shards (`pr`), unless the queue is
+        paused: a reshard that died before it released them would leave them paused for
+        good. Checked for every shard once as the worker starts, and for new ones as they
+        are found. The base's flag is read after the count that named the shards, so a
+        pause racing this either flagged the base first (nothing released) or finds the
+        shards in its count and clears `pr` as it flags them (the release keeps its flag)."""
+        broker = self._broker
+        if await broker.reads.queue_paused(broker.keyspace(g.queue)):
+            return
+        for ks in spaces:
+            if ks.queue != g.queue:
+                await broker.shards.release(ks.queue)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from segue import _calls, _clock
 from segue._errors import SegueError, ServerOutOfMemory
-from segue._shards import Router, ShardCount, check_shards
+from segue._faults import faultpoint
+from segue._shards import Router, ShardCount, check_shards, shard_names
 
 if TYPE_CHECKING:
     from segue._transport import Transport
@@ -87,17 +88,52 @@ class ShardMap:
         return await self.read(queue)
 
     async def reshard(self, queue: str, count: int) -> ShardCount:
-        """Make `count` the queue's count; the old count's shards drain (docs/sharding.md)."""
+        """Make `count` the queue's count; the old count's shards drain (docs/sharding.md).
+
+        The new shards are held paused until the count is written: the script reads the
+        base's pause flag in the same step, so a pause racing the reshard (it flags the base
+        first, then reads the count) either sees the new count and flags the new shards
+        itself, or is seen here and the new shards stay paused."""
         check_shards(count)
         before, _ = await self._call(queue, "read")
-        sc, done = await self._call(queue, "reshard", count)
+        if before.old:
+            raise self._refused(queue, before.old)
+        new = [] if count == before.count else [n for n in shard_names(queue, count) if n != queue]
+        for shard in new:
+            await self._hold(shard, "hold")
+        faultpoint("after_reshard_hold")
+        sc, done, paused = await self._reshard(queue, count)
+        faultpoint("after_reshard_count")
+        if done < 0 or not paused:
+            for shard in new:
+                await self.release(shard)
         if done < 0:
-            raise ReshardRefused(
-                f"queue {queue} is still draining the shards of its count before the last "
-                f"reshard ({before.old}); reshard again once they are empty"
-            )
+            raise self._refused(queue, sc.old)
         self.declared.pop(queue, None)
         return sc
+
+    @staticmethod
+    def _refused(queue: str, old: int) -> ReshardRefused:
+        return ReshardRefused(
+            f"queue {queue} is still draining the shards of its count before the last "
+            f"reshard ({old}); reshard again once they are empty"
+        )
+
+    async def _hold(self, shard: str, action: str) -> None:
+        """Flag a new shard paused for a reshard, or clear that flag (shards.lua)."""
+        call = _calls.shards(self._broker.keyspace(shard), action)
+        await self._broker.run_calls([call], retry=True)
+
+    async def release(self, shard: str) -> None:
+        """Clear a shard's pause flag if a reshard set it (`pr`); a pause's flag stays.
+        Only once the base was read unpaused after the count naming the shard."""
+        await self._hold(shard, "release")
+
+    async def _reshard(self, queue: str, count: int) -> tuple[ShardCount, int, bool]:
+        call = _calls.shards(self._broker.keyspace(queue), "reshard", count)
+        reply = (await self._broker.run_calls([call], retry=True))[0]
+        sc = self._keep(queue, int(reply[0]), int(reply[1]))
+        return sc, int(reply[2]), len(reply) > 3 and int(reply[3]) == 1
 
     async def drained(self, queue: str, old: int) -> ShardCount:
         """Forget the old count `old` (its shards hold nothing unfinished any more)."""
@@ -106,7 +142,10 @@ class ShardMap:
 
     async def _call(self, queue: str, action: str, count: int = 0) -> tuple[ShardCount, int]:
         call = _calls.shards(self._broker.keyspace(queue), action, count)
-        n, old, done = (await self._broker.run_calls([call], retry=True))[0]
-        sc = ShardCount(int(n), int(old)) if (int(n), int(old)) != (1, 0) else UNSHARDED
+        reply = (await self._broker.run_calls([call], retry=True))[0]
+        return self._keep(queue, int(reply[0]), int(reply[1])), int(reply[2])
+
+    def _keep(self, queue: str, n: int, old: int) -> ShardCount:
+        sc = ShardCount(n, old) if (n, old) != (1, 0) else UNSHARDED
         self._known[queue] = (sc, _clock.monotonic() + REFRESH_SECONDS)
-        return sc, int(done)
+        return sc

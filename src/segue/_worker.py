@@ -1,12 +1,13 @@
 """Worker: claims tasks in batches, runs them concurrently, records outcomes in batches.
 
 One loop does all server writes of the hot path: each round trip carries the outcomes that
-piled up since the last one (finish.lua) and a claim for the free slots (claim.lua), in one
-pipeline. Runs are asyncio tasks; sync functions go to a thread pool. Beside the loop run
-the worker's services, under one task group and one failure policy (_services.py): lease
-renewal in its own thread (_lease.py), the control subscriber that carries out pause and
-cancel requests (_control.py), the waker that turns new work into a turn of the loop
-(_waker.py), the heartbeat, the reconciler, the forwarder and the scheduler.
+piled up since the last one (finish.lua, _finish_batch.py) and a claim for the free slots
+(claim.lua), in one pipeline. Runs are asyncio tasks; sync functions go to a thread pool.
+Beside the loop run the worker's services, under one task group and one failure policy
+(_services.py): lease renewal in its own thread (_lease.py), the control subscriber that
+carries out pause and cancel requests (_control.py), the waker that turns new work into a
+turn of the loop (_waker.py), the heartbeat, the reconciler, the forwarder and the
+scheduler.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from segue import _clock
-from segue._calls import parse_claim, parse_finish
-from segue._connect import wait_for_server
-from segue._context import PauseRequested, RunControl
+from segue._calls import parse_claim
+from segue._connect import Outage, wait_for_server
+from segue._context import PauseRequested
 from segue._control import Controller, ControlSubscriber
 from segue._errors import BrokerError, SegueError, ServerOutOfMemory
 from segue._faults import faultpoint
+from segue._finish_batch import FinishBatch
 from segue._forward import Forwarder
 from segue._heartbeat import Heartbeat
 from segue._keys import Keyspace, check_queue_name
@@ -37,23 +39,15 @@ from segue._lease import LeaseKeeper
 from segue._lifespan import open_all
 from segue._offload_runs import attempt_by_reference, by_reference
 from segue._options import limit_tables, shard_limits
+from segue._outcome import Cancelled, Finished, Outcome, Retrying, Succeeded, Waiting
 from segue._procpool import ProcessPool, process_pool
 from segue._reconcile import Reconciler
+from segue._run_control import RunControl
 from segue._runner import Job, attempt
 from segue._scheduler import Scheduler
 from segue._services import Service, ServiceGroup, describe
 from segue._shard_worker import ClaimOrder, ShardGroup, ShardWatcher, shard_groups
 from segue._waker import Waker
-from segue._wire import (
-    Cancelled,
-    Finished,
-    FinishResult,
-    Outcome,
-    Paused,
-    Retrying,
-    Succeeded,
-    Waiting,
-)
 
 if TYPE_CHECKING:
     from segue._broker import Broker
@@ -93,7 +87,7 @@ class Worker:
         self.concurrency = concurrency or settings.concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{str(ULID())[-6:]}"
         self._running: dict[str, Job] = {}
-        self._outcomes: dict[Keyspace, list[Finished]] = {}
+        self._finishes = FinishBatch()  # the ended runs' outcomes, until they are recorded
         self._changed = asyncio.Event()
         self._stopping = False
         self._force = False
@@ -111,10 +105,8 @@ class Worker:
         # a claim resent after a dropped connection gets back what the lost one leased
         self._claim_tokens: dict[Keyspace, str] = {}
         self._answered: dict[Keyspace, str] = {}  # the last answered token, to forget
-        self._down_since: float | None = None  # when round trips began to fail
-        self._down_said = 0.0  # when the outage was last logged
         # an outage is logged when it starts, then every two heartbeats (10 s by default)
-        self._outage_log_seconds = 2 * settings.heartbeat_seconds
+        self._outage = Outage(2 * settings.heartbeat_seconds)
         # the queues' reconciler while serving (not in a burst), see _reconcile.py
         self.reconciler: Reconciler | None = None
         # moves the queues' outbox entries to other queues (_forward.py)
@@ -161,7 +153,7 @@ class Worker:
             return await self._serve_open(burst=burst, horizon=horizon, signals=signals)
 
     async def _connect(self) -> Broker:
-        return await wait_for_server(self._client, lambda: self._stopping, self._outage_log_seconds)
+        return await wait_for_server(self._client, lambda: self._stopping, self._outage.log_seconds)
 
     async def _serve_open(self, *, burst: bool, horizon: float, signals: bool) -> int:
         broker = await self._connect()
@@ -291,7 +283,7 @@ class Worker:
             if burst and forwarder.poked:
                 await self._forward(forwarder)
             free = self.concurrency - len(self._running)
-            taken = self._take_outcomes()
+            taken = self._finishes.take()
             order = self._order.order(skip_idle=not burst) if self._order else keyspaces
             claim_from = order[0] if free > 0 else None
             # a claim right after a queue's finish takes what the finish made ready: that
@@ -314,14 +306,10 @@ class Worker:
             try:
                 replies = await broker.run_calls(calls)
             except BrokerError as exc:
-                self._restore(taken)
-                await self._server_down(exc)
+                self._finishes.restore(taken)
+                await self._outage.failed(exc, lambda: self._stopping)
                 continue
-            if self._down_since is not None:
-                log.warning(
-                    "server reachable again after %.1f s", _clock.monotonic() - self._down_since
-                )
-                self._down_since = None
+            self._outage.answered()
             claimed = 0
             backlog = 0
             now_ms = 0
@@ -332,7 +320,7 @@ class Worker:
                 # else of this round runs (a stall there would let their leases lapse)
                 claimed, backlog, now_ms = self._start_claimed(claim_from, replies[n_finish])
                 short = claimed < free
-            self._check_finished(taken, replies[:n_finish])
+            self._finishes.check(taken, replies[:n_finish], self._lease, self._forwarder)
             if claim_from is not None:
                 # later queues are served only with what the earlier ones left free; a
                 # sharded queue's next round starts after the shard that filled them
@@ -348,7 +336,7 @@ class Worker:
                     try:
                         reply = (await broker.run_calls([call]))[0]
                     except BrokerError as exc:
-                        await self._server_down(exc)
+                        await self._outage.failed(exc, lambda: self._stopping)
                         break
                     c, b, _ = self._start_claimed(ks, reply)
                     claimed += c
@@ -362,7 +350,7 @@ class Worker:
             # take, and what comes next wakes the waker (a claim less per task when idle)
             if claimed and not short and self.concurrency > len(self._running):
                 continue
-            if self._outcomes:
+            if self._finishes.pending:
                 continue
             if (
                 burst
@@ -390,7 +378,7 @@ class Worker:
         try:
             return await forwarder.run_once()
         except BrokerError as exc:
-            await self._server_down(exc)
+            await self._outage.failed(exc, lambda: self._stopping)
             return 1
 
     async def _publish_limits(
@@ -411,34 +399,6 @@ class Worker:
             if await broker.reads.has_retrying(ks):
                 return True
         return False
-
-    def _take_outcomes(self) -> list[tuple[Keyspace, list[Finished]]]:
-        outcomes, self._outcomes = self._outcomes, {}
-        return list(outcomes.items())
-
-    def _restore(self, taken: list[tuple[Keyspace, list[Finished]]]) -> None:
-        for ks, finished in taken:
-            self._outcomes.setdefault(ks, []).extend(finished)
-
-    def _check_finished(
-        self, taken: list[tuple[Keyspace, list[Finished]]], replies: list[Any]
-    ) -> None:
-        if taken:
-            faultpoint("after_complete_before_ack")
-        for (_, finished), reply in zip(taken, replies, strict=True):
-            if self._lease is not None:
-                self._lease.drop_all([(run.id, run.gen) for run in finished])
-            for run, ok in zip(finished, parse_finish(reply), strict=True):
-                if ok is FinishResult.FORWARD and self._forwarder is not None:
-                    self._forwarder.poke()  # it left outbox entries for other queues
-                if ok and run.outcome.__class__ is Paused:
-                    faultpoint("after_pause_ack")
-                if not ok:
-                    log.warning(
-                        "outcome of task %s discarded: this worker no longer holds its lease "
-                        "(another worker took it over, or it ended)",
-                        run.id,
-                    )
 
     def _holds_last(self) -> bool:
         """Whether a task on its last delivery runs here (claim.lua gives no second one)."""
@@ -555,8 +515,8 @@ class Worker:
                 # a grace timer runs only for a run asked to pause (_control.py)
                 self._controller.ended(job.id)
         if outcome is not None and not job.lost:
-            self._outcomes.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
-            # the lease is renewed until the outcome is on the server (_check_finished):
+            self._finishes.pending.setdefault(job.ks, []).append(Finished(job.id, job.gen, outcome))
+            # the lease is renewed until the outcome is on the server (FinishBatch.check):
             # another task may block the loop before the next flush, and a lease lapsed
             # meanwhile would discard this outcome and run the task again
         elif self._lease is not None:
@@ -564,29 +524,12 @@ class Worker:
         self._finished += 1
         self._changed.set()
 
-    async def _server_down(self, exc: BrokerError) -> None:
-        """Outcomes not sent were kept (_restore); resending them is safe because finish.lua
-        is fenced by lease generation. The first failure retries at once (a dropped
-        connection reconnects on the next call); later ones pause briefly first."""
-        now = _clock.monotonic()
-        if self._down_since is None:
-            log.warning("server unavailable (%s); retrying", exc)
-            self._down_since = self._down_said = now
-            return
-        if now - self._down_said >= self._outage_log_seconds:  # not one line per try
-            self._down_said = now
-            log.warning("server still unavailable after %.0f s (%s)", now - self._down_since, exc)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                while not self._stopping:
-                    await asyncio.sleep(0.1)
-
     async def _shutdown(self, broker: Broker) -> None:
         """Let running tasks finish within the grace period, then requeue the rest."""
         grace = self._client.settings.shutdown_grace_seconds
         deadline = _clock.monotonic() + grace
         while self._running and not self._force and _clock.monotonic() < deadline:
-            await self._flush(broker)
+            await self._finishes.flush(broker, self._lease, self._forwarder)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(0.5, deadline - _clock.monotonic()))):
@@ -602,23 +545,13 @@ class Worker:
                     tasks.append(job.task)
             await asyncio.gather(*tasks, return_exceptions=True)
         for _ in range(5):
-            if not self._outcomes:
+            if not self._finishes.pending:
                 break
             try:
-                await self._flush(broker)
+                await self._finishes.flush(broker, self._lease, self._forwarder)
             except BrokerError as exc:
                 log.warning("could not record outcomes at shutdown (%s); retrying", exc)
                 await asyncio.sleep(0.5)
-
-    async def _flush(self, broker: Broker) -> None:
-        taken = self._take_outcomes()
-        if taken:
-            try:
-                replies = await broker.run_calls([broker.finish_call(k, f) for k, f in taken])
-            except BrokerError:
-                self._restore(taken)
-                raise
-            self._check_finished(taken, replies)
 
 
 class _ClaimLoop(Service):

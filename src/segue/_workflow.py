@@ -8,8 +8,8 @@ one queue is one atomic script in that queue's slot, and a dependency that cross
 carried by the outbox and the forwarder (_forward.py). The workflow record (`wf:<id>`, on
 the workflow's queue) holds the step ids, its other queues, and whether the workflow is
 paused or cancelled; each other queue has a part record of its own steps. Chain and Group
-are built in _task (next to Signature), the laid-out graph is enqueued by the Enqueuer
-(_enqueue), and WorkflowHandle follows a workflow (_handle).
+are built in _task (next to Signature), laid out and checked here, the laid-out graph is
+enqueued by the Enqueuer (_enqueue), and WorkflowHandle follows a workflow (_handle).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from segue._keys import check_queue_name
+from segue._errors import ConfigurationError
+from segue._keys import check_queue_name, queue_of
 from segue._shards import logical_queue
 from segue._task import Chain, Signature
 
@@ -129,3 +130,58 @@ def compensated_after(steps: list[_Step]) -> dict[str, list[str]]:
 def step_number(step_id: str) -> str:
     """The `.n` of a step id (a step of another queue has its queue in front)."""
     return step_id.rsplit(".", 1)[1]
+
+
+def check_steps(steps: list[_Step]) -> dict[str, str]:
+    """Check each step's arguments and options before anything is sent, and add its after=
+    to its dependencies; returns the steps' ids by their name=."""
+    labels: dict[str, str] = {}
+    for step in steps:
+        label: Any = step.sig.opts.get("name")
+        if label is None:
+            continue
+        if not isinstance(label, str) or not label or label in labels:
+            raise ConfigurationError(
+                f"workflow step name {label!r}: a step's name= must be a non-empty "
+                "string, unique within its workflow"
+            )
+        labels[label] = step.id
+    for step in steps:
+        sig = step.sig
+        sig.task.check_args((None, *sig.args) if step.mode else sig.args, sig.kwargs)
+        if sig.task.opts.unique is not False:
+            raise ConfigurationError(
+                f"task {sig.task.name} is unique: a workflow step cannot be (its step could "
+                "be refused while the rest of the workflow waits for it)"
+            )
+        if "debounce" in sig.opts:
+            raise ConfigurationError(
+                f"task {sig.task.name} is debounced: a workflow step cannot be (its step "
+                "could be collapsed into another task while the workflow waits for it)"
+            )
+        # after= on a step: it also waits for those tasks (no value passed on)
+        for dep in sig.opts.get("after") or ():
+            step.deps.append((dep if isinstance(dep, str) else dep.id, -1))
+    return labels
+
+
+def cross_queue(
+    steps: list[_Step], wf_id: str
+) -> tuple[dict[str, list[str]], dict[str, list[Any]]]:
+    """The dependencies that cross queues: a step of this workflow learns of its dependant
+    when it is created (the first dict, by step id); a task outside the workflow is watched
+    once the parts exist (the second, by the queue of the task watched)."""
+    by_id = {s.id for s in steps}
+    xdependants: dict[str, list[str]] = {}
+    watches: dict[str, list[Any]] = {}
+    for step in steps:
+        here = queue_of(step.id)
+        for dep_id, index in step.deps:
+            there = queue_of(dep_id)
+            if there == here:
+                continue
+            if dep_id in by_id:
+                xdependants.setdefault(dep_id, []).append(f"{step.id}|{index}|{wf_id}")
+            else:
+                watches.setdefault(there, []).extend((dep_id, step.id, index, wf_id))
+    return xdependants, watches

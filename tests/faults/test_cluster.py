@@ -24,6 +24,7 @@ import redis
 from redis.crc import key_slot
 
 from segue import App
+from segue._shards import shard_names
 from tests._support import Engine, start_cluster, stop
 from tests._workers import Fleet
 from tests.apps import faults
@@ -190,6 +191,36 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     enqueue is lost (memory durability, loopback replication), every task drains, tasks
     running across the failover keep their leases (renewed through the new primary), and
     the producer's unavailability stays within 5 s."""
+    await failover(
+        1, failover_cluster, fault_ledger, fault_rng, fault_scale, fault_report, tmp_path
+    )
+
+
+@pytest.mark.full_only
+async def test_a_primary_killed_mid_drain_of_a_sharded_queue_fails_over(
+    failover_cluster: tuple[Engine, list[Any]],
+    fault_ledger: LedgerServer,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
+    """★R6(b) on a queue of 6 shards (docs/sharding.md), 2 on each primary, the queue's base
+    (and its shard count) on the killed one: the same bounds, every shard checked."""
+    await failover(
+        6, failover_cluster, fault_ledger, fault_rng, fault_scale, fault_report, tmp_path
+    )
+
+
+async def failover(
+    shards: int,
+    failover_cluster: tuple[Engine, list[Any]],
+    fault_ledger: LedgerServer,
+    fault_rng: random.Random,
+    fault_scale: Scale,
+    fault_report: Report,
+    tmp_path: Path,
+) -> None:
     engine, procs = failover_cluster
     victim = fault_rng.randrange(PRIMARIES)
     # the victim first: the checker's client, made after the kill, must get past it
@@ -204,11 +235,13 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     app = faults.app
     saved = app.settings
     app.settings = saved.replace(redis_url=engine.url, queue=queue, poll_seconds=0.2)
-    history = History(app, queue)
+    history = History(app, queue, shards)
     fleet = Fleet(APP, engine.url, queue, lease=lease, env=fault_ledger.env(), log_dir=tmp_path)
     counter = RedirectCounter()
     try:
         async with app, counter.watching():
+            if shards > 1:
+                await app.queue(queue, shards=shards).create()
             with fleet:
                 for _ in range(2):
                     fleet.start(8)
@@ -233,7 +266,11 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
                 alive = len(fleet.alive())
                 effects = await Ledger(fault_ledger, queue).read()
                 verdict = await check(
-                    history=history, effects=effects, admin_url=engine.admin_url, queue=queue
+                    history=history,
+                    effects=effects,
+                    admin_url=engine.admin_url,
+                    queue=queue,
+                    shards=shard_names(queue, shards) if shards > 1 else (),
                 )
                 errors = _fleet_errors(fleet, "CROSSSLOT", "Traceback")
                 # after the checker: a result awaited through the promoted replica
@@ -244,6 +281,7 @@ async def test_a_primary_killed_mid_drain_fails_over_to_its_replica(
     seen = unavailability(history.ops, killed_at)
     fault_report.add(
         n=n,
+        shards=shards,
         workers=2,
         lease_s=lease,
         cluster_node_timeout_ms=1000,

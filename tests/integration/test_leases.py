@@ -12,7 +12,8 @@ import pytest
 
 from segue import App, TaskFailed, TaskStatus
 from segue._broker import Broker
-from segue._wire import ClaimedRun, Finished, Succeeded
+from segue._outcome import Finished, Succeeded
+from segue._wire import ClaimedRun
 from tests.integration.conftest import eventually, serving
 
 

@@ -16,9 +16,9 @@ import pytest
 from segue import App, Context, PayloadError, TaskFailed, TaskStatus
 from segue._keys import Keyspace
 from segue._offload import PENDING_SECONDS
+from segue._outcome import Released
 from segue._reconcile import Reconciler
 from segue._runner import Job, attempt
-from segue._wire import Released
 from tests._support import admin_client, keys_of
 from tests.integration.conftest import eventually, serving
 from tests.integration.test_cli_workflow import _segue

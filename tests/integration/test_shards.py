@@ -122,6 +122,44 @@ async def test_pause_and_resume_hold_across_shards(engine: Engine, queue_name: s
             assert [await h.result(timeout=10) for h in handles] == list(range(32))
 
 
+async def test_a_reshard_racing_a_pause_or_a_resume_leaves_every_shard_as_the_queue(
+    engine: Engine, queue_name: str
+) -> None:
+    """A reshard and a pause (or a resume) sent at the same moment, from two processes, in
+    both orders: every shard the workers serve ends flagged as the queue is."""
+    app, t = _app(engine, queue_name)
+    other = App("shards", redis_url=engine.url)
+    async with app, other:
+        broker = await app._client.broker()
+        for i, (first, n) in enumerate([("pause", 4), ("reshard", 4), ("pause", 1)]):
+            name = f"{queue_name}-{i}"
+            q, q2 = app.queue(name), other.queue(name)
+            if n > 1:
+                await app.queue(name, shards=n).create()
+
+            async def flags(name: str = name) -> set[bool]:
+                sc = await broker.shards.read(name)
+                names = sc.serving(name)
+                return {await broker.reads.queue_paused(broker.keyspace(s)) for s in names}
+
+            steps = [q.pause(), q2.reshard(2 * n + 2)]
+            await asyncio.gather(*(steps if first == "pause" else steps[::-1]))
+            assert await flags() == {True}, (first, n)
+            assert len(await q.shard_counts()) == 1 + (n if n > 1 else 0) + 2 * n + 2
+            # and a resume racing a reshard of the paused queue clears every shard
+            await q.resume()
+            await q.pause()
+            await broker.shards.drained(name, n)
+            steps = [q.resume(), q2.reshard(4 * n + 4)]
+            await asyncio.gather(*(steps if first == "pause" else steps[::-1]))
+            assert await flags() == {False}, (first, n)
+        # the new shards run their tasks once resumed
+        h = await t["job"].options(queue=f"{queue_name}-0").enqueue(7)
+        assert logical_queue(queue_of(h.id)) == f"{queue_name}-0"
+        async with serving(app, queues=[f"{queue_name}-0"]):
+            assert await h.result(timeout=10) == 7
+
+
 async def test_workflows_and_sub_tasks_stay_in_their_shard(
     segue_valkey: Engine, queue_name: str
 ) -> None:

@@ -19,6 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
         *("_errors", "_keys", "_codec", "_settings", "_options", "_state", "_clock"),
         *("_faults", "_logging", "_versions", "_lifespan", "_cancel", "_wire", "_services"),
+        "_outcome",
         "_redact",
         "_eventloop",
         "_blobs",
@@ -44,6 +45,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "_handle",
             "_events",
             "_queue",
+            "_run_control",
             "_context",
             "_sync_context",
             "_task",
@@ -56,6 +58,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("_journal", "_query", "_migrate", "_output", "_signals", "_send", "_procpool"),
         "_offload_runs",
         "_shard_worker",
+        "_finish_batch",
     ),
     "surface": (
         *("__init__", "__main__", "_cli", "_cli_common", "_cli_inspect", "_cli_ops", "_demo"),

@@ -30,8 +30,9 @@ from segue import (
     Retry,
     RunResult,
 )
-from segue._context import PauseRequested, ServerUnreachable, WaitingForSubtasks
+from segue._context import PauseRequested, WaitingForSubtasks
 from segue._keys import Keyspace
+from segue._run_control import ServerUnreachable
 from segue._runner import Job, attempt
 
 QUEUE = "q"

@@ -13,29 +13,31 @@ import segue
 from segue import TaskStatus, _calls, _scripts
 from segue._fastconn import _pack
 from segue._keys import Keyspace
-from segue._settings import Settings
-from segue._wire import (
-    ENQUEUE_WIDTH,
-    GRAPH_WIDTH,
-    HISTORY_CODES,
+from segue._outcome import (
     Cancelled,
-    ClaimReply,
-    EnqueueSpec,
-    EventField,
     Failed,
     Finished,
     FinishResult,
-    GraphRecord,
-    GraphStep,
     Outcome,
     Paused,
     PausedItself,
     Released,
     Requeued,
     Retrying,
-    ScriptErrorCode,
     Succeeded,
     Suspended,
+)
+from segue._settings import Settings
+from segue._wire import (
+    ENQUEUE_WIDTH,
+    GRAPH_WIDTH,
+    HISTORY_CODES,
+    ClaimReply,
+    EnqueueSpec,
+    EventField,
+    GraphRecord,
+    GraphStep,
+    ScriptErrorCode,
     TaskField,
     WorkflowField,
     history_lines,

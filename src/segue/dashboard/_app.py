@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from segue._blobs import human_size
 from segue._errors import ConfigurationError, SegueError
-from segue.dashboard import _ops_lists, _ops_views, _views
+from segue.dashboard import _filters, _ops_lists, _ops_views, _views
 from segue.dashboard._security import LOOPBACK_HOSTS, Gate, Security
 
 if TYPE_CHECKING:
@@ -75,17 +75,17 @@ def create_app(
         lstrip_blocks=True,
     )
     templates.filters.update(
-        when=_views.when,
-        pretty=_views.pretty,
-        cell=_views.cell,
-        number=_views.number,
-        progress=_views.progress_of,
+        when=_filters.when,
+        pretty=_filters.pretty,
+        cell=_filters.cell,
+        number=_filters.number,
+        progress=_filters.progress_of,
         q=lambda value: _quote(str(value)),
         duration=_ops_lists.duration,
         runtime=_ops_lists.runtime,
         size=human_size,
     )
-    templates.globals["actions_for"] = _views.task_actions
+    templates.globals["actions_for"] = _filters.task_actions
     views = _views.Views(
         app, templates, security, page_size=page_size, refresh_seconds=refresh_seconds
     )

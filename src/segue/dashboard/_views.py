@@ -9,9 +9,7 @@ the script only refreshes the parts marked `data-live`.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote
 
@@ -57,16 +55,6 @@ STATE_SHOWN = 100
 # a search by name reads the names of at most this many tasks of the status shown
 NAME_SCAN = 1000
 STATUS_ORDER = [s.value for s in TaskStatus]
-RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
-
-
-def task_actions(status: TaskStatus) -> list[str]:
-    """The buttons a task in this status gets (the others would only be refused)."""
-    if status.is_final:
-        return ["retry", "delete"] if status in RETRYABLE else ["delete"]
-    if status is TaskStatus.PAUSED:
-        return ["resume", "cancel"]
-    return ["pause", "cancel"]
 
 
 def workflow_id_of(task_id: str) -> str | None:
@@ -105,48 +93,6 @@ def _worker_row(w: WorkerInfo) -> dict[str, Any]:
         "finished": w.finished,
         "last beat": f"{w.age:.1f} s ago" + (" (stale)" if w.stale else ""),
     }
-
-
-def cell(value: Any) -> str:
-    """A value as short text for a table cell."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return when(value)
-    if isinstance(value, list | tuple | set | frozenset):
-        return ", ".join(cell(v) for v in value)
-    return str(value)
-
-
-def when(value: datetime | None) -> str:
-    """A time as every page shows it: UTC, 24-hour (a schedule's times come in its zone)."""
-    if value is None:
-        return ""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def pretty(value: Any, limit: int = 20_000) -> str:
-    """A JSON value indented for reading, cut at `limit` characters (a payload may be big)."""
-    text = json.dumps(value, ensure_ascii=False, default=repr, sort_keys=True)
-    if len(text) > 80:  # short values read best on one line, longer ones indented
-        text = json.dumps(value, indent=2, ensure_ascii=False, default=repr, sort_keys=True)
-    if len(text) > limit:
-        return f"{text[:limit]}\n… ({len(text) - limit} more characters)"
-    return text
-
-
-def progress_of(progress: tuple[float, float | None] | None) -> dict[str, Any] | None:
-    if progress is None:
-        return None
-    done, total = progress
-    percent = min(100.0, 100.0 * done / total) if total else None
-    return {"done": done, "total": total, "percent": percent}
-
-
-def number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _signal_waited(info: TaskInfo) -> str | None:
