@@ -123,3 +123,33 @@ def test_the_server_gets_no_comment_lines_and_the_same_line_numbers() -> None:
     for name in NAMES:
         source = load(name).source
         assert "\n-- " not in source, name
+
+
+def test_a_script_carries_every_library_definition_its_text_names_and_no_other() -> None:
+    # A library local the server's text names but does not define would be read as an
+    # unset global: a script error, and only on the path that reaches it.
+    from importlib import resources
+
+    import segue._scripts as scripts
+
+    lib = resources.files(scripts) / "lib"
+    defined_in_lib: set[str] = set()
+    for part in lib.iterdir():
+        if part.name.endswith(".lua"):
+            for m in re.finditer(r"^local (?:function )?([\w, ]+?)\s*[=(]", part.read_text(), re.M):
+                defined_in_lib.update(n.strip() for n in m.group(1).split(","))
+    for name in NAMES:
+        source = load(name).source
+        code = re.sub(r"--\[\[.*?\]\]", "", source, flags=re.DOTALL)
+        defined = {
+            n.strip()
+            for m in re.finditer(r"^local (?:function )?([\w, ]+?)\s*[=(]", code, re.M)
+            for n in m.group(1).split(",")
+        }
+        named = set(re.findall(r"[A-Za-z_]\w*", code)) & defined_in_lib
+        assert named <= defined, (name, sorted(named - defined))
+    claim = load("claim").source
+    assert "local function finalize(" in claim and "local function end_task(" in claim
+    # a definition of an included part that claim never reaches is not built on each call
+    assert "local function resolve_cross(" not in claim
+    assert "local function resolve_cross(" in load("forward").source

@@ -3,7 +3,8 @@
 Every `<name>.lua` here is a script; `lib/` holds the library parts they share. A script
 declares the parts it uses on a line `--#include <part> ...` after its header, and a part may
 include others the same way: at load, each part it needs comes once, before what uses it,
-then the script's own text; the SHA is of that text. Scripts are sent by the transport
+then the script's own text, less the parts' definitions that text never reaches
+(_used_only); the SHA is of that text. Scripts are sent by the transport
 (_transport.py), the one place that reloads a script the server forgot (NOSCRIPT) and
 resends only that command, also for commands queued in a pipeline.
 
