@@ -121,6 +121,7 @@ def _with_library(name: str, source: str) -> str:
 
 _LOCAL_RE = re.compile(r"local (?:function )?([A-Za-z_][\w, ]*?)\s*(?:[=(]|$)")
 _NAME_RE = re.compile(r"[A-Za-z_]\w*")
+_LAZY_RE = re.compile(r"^--#lazy ([a-z_ ]+)$", re.MULTILINE)
 _COMMENT_RE = re.compile(r"--\[\[.*?\]\]", re.DOTALL)
 
 
@@ -150,21 +151,45 @@ def _used_only(parts: list[str], source: str) -> list[str]:
     for i, (names, _) in enumerate(chunks):
         for n in names:
             defines.setdefault(n, []).append(i)
-    keep: set[int] = set()
+
+    def reach(texts: list[str], stop: set[str]) -> set[int]:
+        found: set[int] = set()
+        while texts:
+            for n in set(_NAME_RE.findall(texts.pop())) - stop:
+                for i in defines.get(n, ()):
+                    if i not in found:
+                        found.add(i)
+                        texts.append("\n".join(chunks[i][1]))
+        return found
+
     # what a comment names is not a use: whole-line comments and the header block are not
     # read (a trailing comment is, which at worst keeps a definition)
     own = _COMMENT_RE.sub("", _without_comment_lines(source))
-    todo = [own] + ["\n".join(lines) for names, lines in chunks if not names]
-    keep.update(i for i, (names, _) in enumerate(chunks) if not names)
-    while todo:
-        for n in set(_NAME_RE.findall(todo.pop())):
-            for i in defines.get(n, ()):
-                if i not in keep:
-                    keep.add(i)
-                    todo.append("\n".join(chunks[i][1]))
+    lazy = {n for line in _LAZY_RE.findall(source) for n in line.split()}
+    top = [i for i, (names, _) in enumerate(chunks) if not names]
+    while True:
+        hot = reach([own] + ["\n".join(chunks[i][1]) for i in top], lazy) | set(top)
+        # a lazy name that other library code calls is built with it
+        named = {n for i in hot for n in _NAME_RE.findall("\n".join(chunks[i][1]))}
+        if not lazy & named:
+            break
+        lazy -= named
+    cold = sorted(reach(list(lazy & set(_NAME_RE.findall(own))), set()) - hot)
     out = []
     for i, (_, lines) in enumerate(chunks):
-        out.extend(lines if i in keep else [""] * len(lines))
+        out.extend(lines if i in hot else [""] * len(lines))
+    if cold:
+        entries = sorted(n for n in lazy if any(n in chunks[i][0] for i in cold))
+        out.append("local lazy_built = nil")
+        out.append("local function lazy_build()")
+        out.append("  if lazy_built then return lazy_built end")
+        for i in cold:
+            out.extend(chunks[i][1])
+        out.append("  lazy_built = { " + ", ".join(f"{n} = {n}" for n in entries) + " }")
+        out.append("  return lazy_built")
+        out.append("end")
+        for n in entries:
+            out.append(f"local {n} = function(...) return lazy_build().{n}(...) end")
     return ["\n".join(out)]
 
 

@@ -56,6 +56,7 @@
   then. So a lane costs the claim one turn, whatever its length, and an idle key nothing.
   Keyed limits: hash <prefix>limits:keyed; weights set at run time: hash <prefix>kweight. ]]
 --#include clock finalize
+--#lazy finalize dead_letter obey_control sig_wake workflow_status leave_running
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local want = tonumber(ARGV[3])
