@@ -153,3 +153,10 @@ def test_a_script_carries_every_library_definition_its_text_names_and_no_other()
     # a definition of an included part that claim never reaches is not built on each call
     assert "local function resolve_cross(" not in claim
     assert "local function resolve_cross(" in load("forward").source
+    # claim's ending functions (--#lazy) are built only by a call that uses one; finish ends
+    # a task on each call and builds them up front
+    lazy = claim.split("local function lazy_build()", 1)[1].split("  lazy_built = {", 1)[0]
+    assert "local function finalize(" in lazy and "local function end_task(" in lazy
+    assert "local function transition(" not in lazy  # every start calls it
+    assert "local finalize = function(...) return lazy_build().finalize(...) end" in claim
+    assert "lazy_build" not in load("finish").source

@@ -4,7 +4,10 @@ Every `<name>.lua` here is a script; `lib/` holds the library parts they share. 
 declares the parts it uses on a line `--#include <part> ...` after its header, and a part may
 include others the same way: at load, each part it needs comes once, before what uses it,
 then the script's own text, less the parts' definitions that text never reaches
-(_used_only); the SHA is of that text. Scripts are sent by the transport
+(_used_only); the SHA is of that text. A line `--#lazy <name> ...` after it names library
+functions the script calls only on rare paths: they, and what only they reach, are built
+when one of them is first called in a call, not on every call (claim.lua: finalize and
+the ends it reaches, which a plain claim never runs). Scripts are sent by the transport
 (_transport.py), the one place that reloads a script the server forgot (NOSCRIPT) and
 resends only that command, also for commands queued in a pipeline.
 
@@ -188,8 +191,7 @@ def _used_only(parts: list[str], source: str) -> list[str]:
         out.append("  lazy_built = { " + ", ".join(f"{n} = {n}" for n in entries) + " }")
         out.append("  return lazy_built")
         out.append("end")
-        for n in entries:
-            out.append(f"local {n} = function(...) return lazy_build().{n}(...) end")
+        out.extend(f"local {n} = function(...) return lazy_build().{n}(...) end" for n in entries)
     return ["\n".join(out)]
 
 
