@@ -147,7 +147,13 @@ async def sigkill_storm(
             began = time.time()
             for i in range(0, n, 500):
                 batch = enumerate(durations[i : i + 500], start=i)
-                await history.enqueue_many([(faults.sleep.call(ms), str(k)) for k, ms in batch])
+                # a run lost to a kill spends a try (docs/core.md): tries enough that no
+                # schedule of kills can spend them, so any task not SUCCEEDED is a loss
+                calls = [
+                    (faults.sleep.call(ms).options(max_tries=kills_wanted + 1), str(k))
+                    for k, ms in batch
+                ]
+                await history.enqueue_many(calls)
             assert history.counts() == {"ok": n, "fail": 0, "ambiguous": 0}
 
             last_kill = began
